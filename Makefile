@@ -1,0 +1,30 @@
+# Two commands do all set-up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The CUDA build of torch cached on our machines; elsewhere pip picks any torch >= 2.4.
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: run test install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[cpu,test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# The main job: the whole DVC pipeline on the embedded default (params.yaml).
+run: install
+	@test -d .dvc || $(BIN)/dvc init --quiet
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,5 @@
+import sys
+
+from finalbn.cli import main
+
+sys.exit(main())

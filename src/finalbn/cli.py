@@ -1,0 +1,144 @@
+"""The `finalbn` command. Only this module reads argv, the environment and default paths.
+
+    finalbn prepare --params params.yaml --set split.seed=3
+    finalbn prepare --split.seed 3            # the form `mlflow run . -P split.seed=3` appends
+
+Config and data errors print one line and exit with status 2 before any work starts.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+from finalbn.config import Config, ConfigError, load_config
+
+EXIT_USAGE = 2
+
+
+class UsageError(ValueError):
+    """A problem with what the user asked for; printed as one line, exit 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--params", action="append", metavar="FILE",
+                        help="params file (default params.yaml); repeat to overlay files in order")
+    common.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override one key, e.g. --set split.seed=3 (also: --split.seed 3)")
+    parser = argparse.ArgumentParser(prog="finalbn", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("synthesize", parents=[common], help="write the built-in synthetic leaf collection")
+    p = sub.add_parser("prepare", parents=[common], help="validate images and draw the imbalanced splits")
+    p.add_argument("--dataset", action="append", help="only this dataset (repeatable); default: all")
+    p.add_argument("--out", default="data/splits", help="output folder (default data/splits)")
+    p = sub.add_parser("pretrain", parents=[common], help="train the synthetic backbone (model.weights=synthetic)")
+    p = sub.add_parser("train", parents=[common], help="train one cell (dataset, six toggles, seed) as an MLflow run")
+    p.add_argument("--dataset", help="dataset name (default: the first in params)")
+    p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
+    return parser
+
+
+def split_overrides(extra: list[str]) -> list[str]:
+    """`--a.b value` / `--a.b=value` (as `mlflow run -P` appends them) -> ['a.b=value']."""
+    out, i = [], 0
+    while i < len(extra):
+        arg = extra[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise UsageError(f"unexpected argument {arg!r} (overrides look like --set a.b=value or --a.b value)")
+        key, sep, value = arg[2:].partition("=")
+        if not sep:
+            if i + 1 >= len(extra):
+                raise UsageError(f"override --{key} has no value")
+            value, i = extra[i + 1], i + 1
+        out.append(f"{key}={value}")
+        i += 1
+    return out
+
+
+def _cmd_synthesize(cfg: Config, args: argparse.Namespace) -> int:
+    from finalbn.synthetic import generate
+
+    s = cfg.synthetic
+    stats = generate(Path(s.root), seed=s.seed, image_size=s.image_size, crops=s.crops, healthy=s.healthy,
+                     per_disease=s.per_disease, workers=s.workers, progress=sys.stderr.isatty())
+    print(f"synthesize: {stats['images']} images in {stats['seconds']:.1f} s "
+          f"({stats['images_per_second']:.0f} img/s) -> {s.root}")
+    return 0
+
+
+def _cmd_prepare(cfg: Config, args: argparse.Namespace) -> int:
+    from finalbn.splits import prepare_dataset
+
+    names = args.dataset or [d.name for d in cfg.datasets]
+    datasets = [cfg.dataset(n) for n in names]  # unknown names fail before any work
+    for ds in datasets:
+        summary = prepare_dataset(ds, cfg.split, Path(args.out), progress=sys.stderr.isatty())
+        c = summary["counts"]
+        print(f"prepare {ds.name}: train {c['train']['majority']}/{c['train']['minority']}, "
+              f"val {c['val']['majority']}/{c['val']['minority']}, test {c['test']['majority']}/{c['test']['minority']} "
+              f"({summary['classes'][0]}/{summary['classes'][1]}); {len(summary['rejected'])} files rejected; "
+              f"-> {Path(args.out) / ds.name}/manifest.csv")
+    return 0
+
+
+def _cmd_pretrain(cfg: Config, args: argparse.Namespace) -> int:
+    from finalbn.pretrain import pretrain
+
+    s = pretrain(cfg, progress=sys.stderr.isatty())
+    print(f"pretrain {s['arch']}: {len(s['classes'])} synthetic classes x {s['images_per_class']} images, "
+          f"val accuracy {s['val_accuracy']:.3f} (chance {s['chance_accuracy']:.3f}) at epoch {s['best_epoch']}, "
+          f"{s['train_seconds']:.0f} s -> {cfg.pretrain.out_dir}/{s['arch']}.pt")
+    return 0
+
+
+def _cmd_train(cfg: Config, args: argparse.Namespace) -> int:
+    from finalbn.cells import preflight
+    from finalbn.tracking import track_cell, tracking_uri
+
+    dataset = cfg.dataset(args.dataset).name if args.dataset else cfg.datasets[0].name
+    preflight(cfg, dataset, Path(args.splits))
+    run_id, r = track_cell(cfg, dataset, Path(args.splits), progress=sys.stderr.isatty())
+    fitr = r.fit
+    print(f"train {dataset} {r.config_name} (config {r.config_id}) seed {cfg.train.seed}: "
+          f"{fitr.train_images / fitr.train_seconds:.0f} train img/s, {fitr.train_seconds:.0f} s, bn_policy {r.bn_policy}")
+    for label, m in (("last epoch", r.test_last), (f"best epoch {fitr.best_epoch}", r.test_best)):
+        print(f"  test, {label:13s}: minority P {m['precision_1']:.3f} R {m['recall_1']:.3f} F1 {m['f1_1']:.3f} | "
+              f"majority F1 {m['f1_0']:.3f} | acc {m['accuracy']:.3f} ECE {m['ece']:.3f} Brier {m['brier']:.3f}")
+    print(f"  mlflow run {run_id} in {tracking_uri()} (experiment {cfg.tracking.experiment})")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
+    "synthesize": _cmd_synthesize,
+    "prepare": _cmd_prepare,
+    "pretrain": _cmd_pretrain,
+    "train": _cmd_train,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    # MLflow's INFO lines (creating tables, new experiment) drown the one line that matters.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    from finalbn.engine import TrainingDiverged
+    from finalbn.models import WeightsError
+    from finalbn.splits import DataError
+
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    try:
+        overrides = list(args.overrides) + split_overrides(extra)
+        cfg = load_config(args.params or ["params.yaml"], overrides)
+        return COMMANDS[args.command](cfg, args)
+    except (ConfigError, UsageError, DataError, WeightsError, FileNotFoundError) as exc:
+        print(f"finalbn {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except TrainingDiverged as exc:  # the input was fine; the run failed (and is recorded FAILED)
+        print(f"finalbn {args.command}: failed: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

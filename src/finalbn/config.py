@@ -1,0 +1,352 @@
+"""Typed, strict configuration for every finalbn command.
+
+`params.yaml` is the only place defaults live; this module only says what shape and range each
+key has. Load with::
+
+    cfg = load_config(["params.yaml"], ["split.seed=3", "datasets.0.crop=Pepper"])
+
+An unknown key, a wrong type or an out-of-range value raises `ConfigError` with one line naming
+the key and what is allowed, before any work starts.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
+
+import yaml
+from pydantic import ConfigDict, Field, Strict, ValidationError, model_validator
+from pydantic.dataclasses import dataclass
+
+_STRICT = ConfigDict(extra="forbid")
+
+# Strict scalars: a YAML "10" (a string) is not an int, and 1 is not a bool. Floats stay lax so
+# that `lr: 1` and an override `lr=3e-4` (YAML reads that as a string) both work.
+Int = Annotated[int, Strict()]
+Bool = Annotated[bool, Strict()]
+Str = Annotated[str, Strict(), Field(min_length=1)]
+Seed = Annotated[int, Strict(), Field(ge=0)]
+Count = Annotated[int, Strict(), Field(ge=0)]
+Size = Annotated[int, Strict(), Field(ge=16, le=1024)]
+Name = Annotated[str, Strict(), Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+# (majority, minority) image counts of one split
+Pair = tuple[Count, Count]
+
+
+class ConfigError(ValueError):
+    """A bad params file or override; the message is one line naming the key."""
+
+
+@dataclass(frozen=True, config=_STRICT)
+class DatasetConfig:
+    """One imbalanced binary task. `crop` for plantvillage/synthetic, the dir lists for folders."""
+
+    name: Name
+    source: Literal["synthetic", "plantvillage", "folders"]
+    root: Str
+    image_size: Size
+    crop: Optional[Str] = None
+    majority: tuple[Str, ...] = ()
+    minority: tuple[Str, ...] = ()
+
+    @model_validator(mode="after")
+    def _source_fields(self):
+        if self.source in ("synthetic", "plantvillage"):
+            if not self.crop:
+                raise ValueError(f"source {self.source} needs 'crop' (e.g. Apple)")
+            if self.majority or self.minority:
+                raise ValueError(f"source {self.source} takes 'crop', not majority/minority lists")
+        else:
+            if not self.majority or not self.minority:
+                raise ValueError("source folders needs non-empty 'majority' and 'minority' lists")
+            if self.crop:
+                raise ValueError("source folders takes majority/minority lists, not 'crop'")
+        return self
+
+
+@dataclass(frozen=True, config=_STRICT)
+class SyntheticConfig:
+    """The built-in procedural leaf collection (PlantVillage layout)."""
+
+    root: Str
+    seed: Seed
+    image_size: Size
+    crops: Annotated[tuple[Str, ...], Field(min_length=1)]
+    healthy: Annotated[int, Strict(), Field(ge=1)]
+    per_disease: Annotated[int, Strict(), Field(ge=1)]
+    workers: Count  # 0 = one process per core
+
+
+@dataclass(frozen=True, config=_STRICT)
+class SplitConfig:
+    seed: Seed
+    train: Pair
+    val: Pair
+    test: Pair
+
+    @model_validator(mode="after")
+    def _train_both(self):
+        if min(self.train) < 1:
+            raise ValueError("train needs at least one image of each class")
+        return self
+
+
+Prob = Annotated[float, Field(ge=0.0, lt=1.0)]
+PosFloat = Annotated[float, Field(gt=0.0)]
+
+
+@dataclass(frozen=True, config=_STRICT)
+class ModelConfig:
+    """Backbone and fastai-style head; `final_variant` is what the BN toggle adds."""
+
+    arch: Str
+    weights: Str  # imagenet | none | synthetic | path/to/file.pt
+    hidden: Annotated[int, Strict(), Field(ge=2)]
+    dropout: tuple[Prob, Prob]
+    final_variant: Literal["bn", "selu"]
+    final_bn_momentum: Annotated[float, Field(gt=0.0, le=1.0)]
+    final_bn_eps: PosFloat
+    final_bn_affine: Bool
+    final_bias: Bool
+    frozen_bn: Literal["eval", "train"]  # UF off: eval keeps pre-trained statistics; train = fastai's
+
+
+@dataclass(frozen=True, config=_STRICT)
+class AblationConfig:
+    """The paper's six switches; `finalbn.cells.config_id` turns them into the paper's config id."""
+
+    bn: Bool
+    wl: Bool
+    da: Bool
+    mx: Bool
+    uf: Bool
+    wd: Bool
+
+
+@dataclass(frozen=True, config=_STRICT)
+class AugmentConfig:
+    """DA: flips, small rotation, zoom, lighting (fastai's get_transforms defaults)."""
+
+    flip_vertical: Bool
+    rotate: Annotated[float, Field(ge=0.0, le=180.0)]
+    zoom: Annotated[float, Field(ge=1.0, le=2.0)]
+    lighting: Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+@dataclass(frozen=True, config=_STRICT)
+class TrainConfig:
+    seed: Seed
+    epochs: Annotated[int, Strict(), Field(ge=1)]
+    batch_size: Annotated[int, Strict(), Field(ge=2)]
+    lr: PosFloat
+    weight_decay: Annotated[float, Field(ge=0.0)]  # used when ablation.wd is on; off = 0
+    mixup_alpha: PosFloat
+    label_smoothing: Prob
+    augment: AugmentConfig
+    device: Literal["auto", "cpu", "cuda"]
+    num_workers: Count
+    threads: Count  # torch intra-op threads; 0 = torch's default
+    log_model: Bool
+
+
+@dataclass(frozen=True, config=_STRICT)
+class PretrainConfig:
+    """The synthetic source task: every crop/condition class of crops no dataset targets, balanced."""
+
+    out_dir: Str
+    per_class: Annotated[int, Strict(), Field(ge=2)]
+    image_size: Size
+    epochs: Annotated[int, Strict(), Field(ge=1)]
+    batch_size: Annotated[int, Strict(), Field(ge=2)]
+    lr: PosFloat
+    seed: Seed
+
+
+@dataclass(frozen=True, config=_STRICT)
+class TrackingConfig:
+    experiment: Str
+
+
+@dataclass(frozen=True, config=_STRICT)
+class Config:
+    datasets: Annotated[tuple[DatasetConfig, ...], Field(min_length=1)]
+    synthetic: SyntheticConfig
+    split: SplitConfig
+    model: ModelConfig
+    ablation: AblationConfig
+    train: TrainConfig
+    pretrain: PretrainConfig
+    tracking: TrackingConfig
+
+    @model_validator(mode="after")
+    def _unique_names(self):
+        names = [d.name for d in self.datasets]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"dataset names must be unique, repeated: {sorted(dup)}")
+        return self
+
+    def dataset(self, name: str) -> DatasetConfig:
+        for d in self.datasets:
+            if d.name == name:
+                return d
+        raise ConfigError(f"no dataset named {name!r} (have: {', '.join(d.name for d in self.datasets)})")
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(paths: Sequence[str | Path], overrides: Sequence[str] = ()) -> Config:
+    """Merge the YAML files in order, apply `a.b=value` overrides, validate strictly."""
+    raw: dict[str, Any] = {}
+    for p in paths:
+        raw = _merge(raw, _read_yaml(Path(p)))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. split.seed=3)")
+        _assign(raw, key.strip(), parse_value(value))
+    return validate(raw)
+
+
+def validate(raw: dict[str, Any]) -> Config:
+    try:
+        return Config(**raw) if isinstance(raw, dict) else Config(raw)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+    except TypeError as exc:  # e.g. a section that is not a mapping
+        raise ConfigError(f"params: {exc}") from None
+
+
+def to_dict(cfg: Any) -> Any:
+    """Plain dict/list form of a config (for config.yaml artifacts and flattened params)."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (tuple, list)):
+        return [to_dict(v) for v in cfg]
+    return cfg
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}, 'l': [x, y]} -> {'a.b': 1, 'l.0': x, 'l.1': y}."""
+    out: dict[str, Any] = {}
+    items = d.items() if isinstance(d, dict) else enumerate(d) if isinstance(d, list) else None
+    if items is None:
+        return {prefix: d}
+    for k, v in items:
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) or (isinstance(v, list) and v and isinstance(v[0], dict)):
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def parse_value(text: str) -> Any:
+    """YAML scalar/list parsing for overrides; `3e-4` (a string to YAML 1.1) becomes a float."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", value.strip()):
+        return float(value)
+    return value
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"params file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"params file {path}{where} is not valid YAML") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"params file {path} must be a mapping of sections")
+    return data
+
+
+def _merge(base: Any, top: Any) -> Any:
+    if isinstance(base, dict) and isinstance(top, dict):
+        out = copy.deepcopy(base)
+        for k, v in top.items():
+            out[k] = _merge(out.get(k), v) if k in out else copy.deepcopy(v)
+        return out
+    return copy.deepcopy(top)
+
+
+def _assign(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node: Any = raw
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"unknown key '{where}': '{'.'.join(parts[:i])}' has {len(node)} entries (0..{len(node) - 1})")
+            idx = int(part)
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value  # an unknown leaf is caught by validation with the allowed keys
+            else:
+                if part not in node:
+                    allowed = _allowed_at(parts[:i])
+                    raise ConfigError(f"unknown key '{where}'" + (f" (allowed: {', '.join(allowed)})" if allowed else ""))
+                node = node[part]
+        else:
+            raise ConfigError(f"unknown key '{where}': '{'.'.join(parts[:i])}' is a value, not a section")
+
+
+def _allowed_at(loc: Sequence[Any]) -> list[str]:
+    """Field names of the dataclass reached by following `loc` from Config, or []."""
+    tp: Any = Config
+    for part in loc:
+        tp = _unwrap(tp)
+        if dataclasses.is_dataclass(tp):
+            hints = typing.get_type_hints(tp, include_extras=True)
+            if part not in hints:
+                return []
+            tp = hints[part]
+        elif typing.get_origin(tp) in (tuple, list):
+            tp = typing.get_args(tp)[0]
+        else:
+            return []
+    tp = _unwrap(tp)
+    return [f.name for f in dataclasses.fields(tp)] if dataclasses.is_dataclass(tp) else []
+
+
+def _unwrap(tp: Any) -> Any:
+    while typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    if typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp = args[0] if len(args) == 1 else tp
+    return tp
+
+
+def _one_line(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = [p for p in err["loc"] if p != "__root__"]
+    key = ".".join(str(p) for p in loc)
+    kind = err["type"]
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        allowed = _allowed_at(loc[:-1])
+        return f"unknown key '{key}'" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
+    if kind in ("missing", "missing_argument"):
+        return f"missing key '{key}' (every key must be set in params.yaml)"
+    msg = err["msg"].replace("Value error, ", "")
+    shown = err.get("input")
+    got = "" if isinstance(shown, (dict, tuple)) or kind == "value_error" else f" (got {shown!r})"
+    where = f"'{key}': " if key else ""
+    return f"bad value for {where}{msg}{got}" if key else f"bad config: {msg}"

@@ -1,0 +1,63 @@
+"""Shared test helpers: tiny image collections made by the tests, in temporary folders."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from finalbn.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = ROOT / "params.yaml"
+
+
+def write_png(path: Path, seed: int, size: int = 16) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def make_plantvillage(root: Path, crop: str = "Apple", healthy: int = 12, diseases: dict[str, int] | None = None,
+                      size: int = 16) -> Path:
+    """<root>/<crop>___healthy/*.png and <root>/<crop>___<disease>/*.png with random pixels."""
+    diseases = {"Black_rot": 4, "Scab": 4} if diseases is None else diseases
+    seed = 0
+    for cond, n in {"healthy": healthy, **diseases}.items():
+        for i in range(n):
+            seed += 1
+            write_png(root / f"{crop}___{cond}" / f"img{i:03d}.png", seed, size)
+    return root
+
+
+@pytest.fixture
+def tiny_split():
+    """Overrides for a split small enough for a handful of images: train 4/2, val 2/1, test 2/2."""
+    return ["split.train=[4, 2]", "split.val=[2, 1]", "split.test=[2, 2]"]
+
+
+@pytest.fixture
+def load():
+    """load(overrides) -> Config from the project's params.yaml plus overrides."""
+    return lambda overrides=(): load_config([PARAMS], list(overrides))
+
+
+@pytest.fixture
+def prepared(tmp_path, monkeypatch, tiny_split):
+    """A prepared tiny PlantVillage-layout dataset in tmp_path (the cwd), an MLflow store there,
+    and the overrides that make one cell train in a second: returns (cfg_loader, overrides)."""
+    from finalbn.splits import prepare_dataset
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    root = make_plantvillage(tmp_path / "pv", healthy=12, diseases={"Scab": 4, "Rot": 4}, size=32)
+    overrides = tiny_split + [
+        f"datasets.0.root={root}", "datasets.0.source=plantvillage", "datasets.0.image_size=32",
+        "model.weights=none", "train.epochs=2", "train.batch_size=4", "train.threads=1",
+        f"pretrain.out_dir={tmp_path / 'pretrained'}",
+    ]
+    cfg = load_config([PARAMS], overrides)
+    prepare_dataset(cfg.datasets[0], cfg.split, tmp_path / "data" / "splits", progress=False)
+    return (lambda extra=(): load_config([PARAMS], overrides + list(extra))), overrides

@@ -1,0 +1,139 @@
+"""finalbn.plots: each function returns one Figure that saves to a PNG and closes cleanly."""
+from __future__ import annotations
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from finalbn import metrics, plots
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+Y = np.array([1, 0, 1, 0, 0, 0])
+P1 = np.array([0.9, 0.1, 0.35, 0.3, 0.75, 0.45])
+PROBS = np.column_stack([1 - P1, P1])
+
+HISTORY = [
+    {"epoch": 1, "train_loss": 0.9, "val_loss": 1.0, "val_accuracy": 0.6, "val_minority_f1": 0.0},
+    {"epoch": 2, "train_loss": 0.6, "val_loss": 0.8, "val_accuracy": 0.7, "val_minority_f1": 0.3},
+    {"epoch": 3, "train_loss": 0.4, "val_loss": 0.7, "val_accuracy": 0.8, "val_minority_f1": 0.5},
+]
+
+
+def _save_and_close(fig, tmp_path, name, before):
+    assert isinstance(fig, Figure)
+    assert len(plt.get_fignums()) == len(before) + 1  # exactly one new figure
+    path = tmp_path / f"{name}.png"
+    fig.savefig(path)
+    data = path.read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 1000
+    plt.close(fig)
+    assert plt.get_fignums() == before  # no leak
+
+
+def test_backend_is_agg():
+    assert matplotlib.get_backend().lower() == "agg"
+
+
+def test_loss_curves(tmp_path):
+    before = plt.get_fignums()
+    fig = plots.loss_curves(HISTORY, title="run 1")
+    ax_loss, ax_score = fig.axes[:2]
+    assert len(fig.axes) == 2
+    lines = {ln.get_label(): ln for ln in ax_loss.get_lines()}
+    np.testing.assert_allclose(lines["train loss"].get_xdata(), [1, 2, 3])
+    np.testing.assert_allclose(lines["val loss"].get_ydata(), [1.0, 0.8, 0.7])
+    scores = {ln.get_label(): ln for ln in ax_score.get_lines()}
+    np.testing.assert_allclose(scores["val minority F1"].get_ydata(), [0.0, 0.3, 0.5])
+    np.testing.assert_allclose(scores["val accuracy"].get_ydata(), [0.6, 0.7, 0.8])
+    assert fig._suptitle.get_text() == "run 1"
+    _save_and_close(fig, tmp_path, "loss", before)
+
+
+def test_loss_curves_missing_values_are_gaps(tmp_path):
+    before = plt.get_fignums()
+    fig = plots.loss_curves([{"epoch": 0, "train_loss": 1.0}, {"epoch": 1, "train_loss": 0.5,
+                                                               "val_loss": None}])
+    val = next(ln for ln in fig.axes[0].get_lines() if ln.get_label() == "val loss")
+    assert np.isnan(val.get_ydata()).all()
+    _save_and_close(fig, tmp_path, "loss_gaps", before)
+
+
+def test_loss_curves_rejects_empty():
+    with pytest.raises(ValueError):
+        plots.loss_curves([])
+    with pytest.raises(ValueError, match="epoch"):
+        plots.loss_curves([{"train_loss": 1.0}])
+
+
+def test_softmax_scatter(tmp_path):
+    before = plt.get_fignums()
+    fig = plots.softmax_scatter(Y, PROBS, title="with final BN")
+    ax = fig.axes[0]
+    assert ax.get_title() == "with final BN"
+    # stable order: class-0 samples (indices 1,3,4,5) then class-1 samples (0,2)
+    order = [1, 3, 4, 5, 0, 2]
+    blue, red = ax.collections[:2]
+    np.testing.assert_allclose(blue.get_offsets()[:, 1], PROBS[order, 0])
+    np.testing.assert_allclose(red.get_offsets()[:, 1], PROBS[order, 1])
+    np.testing.assert_allclose(red.get_offsets()[:, 0], np.arange(6))
+    truth = next(ln for ln in ax.get_lines() if ln.get_label() == "ground truth")
+    np.testing.assert_array_equal(truth.get_ydata(), [0, 0, 0, 0, 1, 1])
+    assert truth.get_color() == "black"
+    half = next(ln for ln in ax.get_lines() if ln.get_label() == "0.5")
+    assert half.get_linestyle() == "--"
+    np.testing.assert_allclose(half.get_ydata(), [0.5, 0.5])
+    _save_and_close(fig, tmp_path, "scatter", before)
+
+
+def test_softmax_scatter_rejects_bad_shapes():
+    with pytest.raises(ValueError, match=r"\(N, 2\)"):
+        plots.softmax_scatter([0, 1], np.full((2, 3), 1 / 3))
+    with pytest.raises(ValueError, match="samples"):
+        plots.softmax_scatter([0, 1, 1], PROBS[:2])
+
+
+def test_reliability_diagram(tmp_path):
+    bins = metrics.reliability_bins(Y, PROBS)
+    ece = metrics.ece(Y, PROBS)
+    before = plt.get_fignums()
+    fig = plots.reliability_diagram(bins, title=f"ECE = {ece:.3f}")
+    ax = fig.axes[0]
+    assert ax.get_title() == f"ECE = {ece:.3f}"
+    full = [i for i, c in enumerate(bins["count"]) if c]
+    assert len(full) == 5  # empty bins are not drawn
+    acc_bars = ax.containers[0]
+    gap_bars = ax.containers[1]
+    np.testing.assert_allclose([r.get_height() for r in acc_bars],
+                               [bins["accuracy"][i] for i in full])
+    np.testing.assert_allclose([r.get_x() for r in acc_bars], [bins["lower"][i] for i in full])
+    # gap bar spans accuracy -> confidence
+    np.testing.assert_allclose([r.get_y() + r.get_height() for r in gap_bars],
+                               [bins["confidence"][i] for i in full])
+    diag = next(ln for ln in ax.get_lines() if ln.get_label() == "perfect calibration")
+    np.testing.assert_allclose(diag.get_ydata(), [0, 1])
+    _save_and_close(fig, tmp_path, "reliability", before)
+
+
+def test_reliability_diagram_rejects_bad_bins():
+    with pytest.raises(ValueError, match="missing"):
+        plots.reliability_diagram({"lower": [0.0], "upper": [1.0]})
+
+
+def test_confusion_matrix_plot(tmp_path):
+    cm = metrics.confusion(Y, PROBS.argmax(axis=1))
+    assert cm.tolist() == [[3, 1], [1, 1]]
+    before = plt.get_fignums()
+    fig = plots.confusion_matrix_plot(cm)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.texts] == ["3", "1", "1", "1"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["healthy", "diseased"]
+    np.testing.assert_array_equal(ax.images[0].get_array(), cm)
+    _save_and_close(fig, tmp_path, "cm", before)
+
+
+def test_confusion_matrix_plot_rejects_wrong_shape():
+    with pytest.raises(ValueError, match="shape"):
+        plots.confusion_matrix_plot(np.zeros((3, 3)))

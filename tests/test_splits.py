@@ -1,0 +1,142 @@
+"""The prepare stage on tiny collections: each source, counts, disjointness, determinism, bad input."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from finalbn.cli import main
+from finalbn.splits import DataError, prepare_dataset, read_manifest
+
+from conftest import PARAMS, make_plantvillage, write_png
+
+
+def _ds(load, tiny_split, root: Path, *extra: str):
+    cfg = load(tiny_split + [f"datasets.0.root={root}", *extra])
+    return cfg.datasets[0], cfg.split
+
+
+def _prepare(load, tiny_split, root, out, *extra):
+    ds, split = _ds(load, tiny_split, root, *extra)
+    return prepare_dataset(ds, split, out, progress=False)
+
+
+def test_plantvillage_counts_disjoint_and_pooled(load, tiny_split, tmp_path):
+    root = make_plantvillage(tmp_path / "pv", "Pepper,_bell", healthy=10, diseases={"Bacterial_spot": 3, "Mold": 4})
+    make_plantvillage(tmp_path / "pv", "Apple", healthy=9)  # another crop is ignored
+    summary = _prepare(load, tiny_split, root, tmp_path / "out", "datasets.0.source=plantvillage", "datasets.0.crop=Pepper,_bell")
+    rows = read_manifest(tmp_path / "out" / "synthetic-apple" / "manifest.csv")
+    by = {(s, l): [r for r in rows if r["split"] == s and r["label"] == l] for s in ("train", "val", "test") for l in (0, 1)}
+    assert [len(by[k]) for k in sorted(by)] == [2, 2, 4, 2, 2, 1]  # test, train, val × (majority, minority)
+    paths = [r["path"] for r in rows]
+    assert len(set(paths)) == len(paths)  # disjoint splits
+    assert all("Pepper,_bell___" in p for p in paths)
+    assert {r["source_class"] for r in rows if r["label"] == 1} <= {"Pepper,_bell___Bacterial_spot", "Pepper,_bell___Mold"}
+    assert all(r["source_class"] == "Pepper,_bell___healthy" for r in rows if r["label"] == 0)
+    minority_by_class = sum(sum(v for k, v in summary["counts"][s]["by_source_class"].items() if "healthy" not in k)
+                            for s in ("train", "val", "test"))
+    assert minority_by_class == 5
+    assert summary["classes"] == ["healthy", "diseased"]
+    assert summary["usable"]["Pepper,_bell___Mold"] == 4
+
+
+def test_same_params_same_bytes_and_seed_changes_draw(load, tiny_split, tmp_path):
+    root = make_plantvillage(tmp_path / "pv")
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    _prepare(load, tiny_split, root, a, "datasets.0.source=plantvillage")
+    _prepare(load, tiny_split, root, b, "datasets.0.source=plantvillage")
+    for name in ("manifest.csv", "split.json"):
+        assert (a / "synthetic-apple" / name).read_bytes() == (b / "synthetic-apple" / name).read_bytes()
+    _prepare(load, tiny_split, root, c, "datasets.0.source=plantvillage", "split.seed=99")
+    assert (a / "synthetic-apple" / "manifest.csv").read_bytes() != (c / "synthetic-apple" / "manifest.csv").read_bytes()
+
+
+def test_manifest_hash_and_sha256_columns(load, tiny_split, tmp_path):
+    import hashlib
+    root = make_plantvillage(tmp_path / "pv")
+    summary = _prepare(load, tiny_split, root, tmp_path / "o", "datasets.0.source=plantvillage")
+    out = tmp_path / "o" / "synthetic-apple"
+    assert summary["manifest_sha256"] == hashlib.sha256((out / "manifest.csv").read_bytes()).hexdigest()
+    row = read_manifest(out / "manifest.csv")[0]
+    assert row["sha256"] == hashlib.sha256(Path(row["path"]).read_bytes()).hexdigest()
+    assert json.loads((out / "split.json").read_text())["manifest_sha256"] == summary["manifest_sha256"]
+
+
+def test_folders_source(load, tiny_split, tmp_path):
+    for i in range(9):
+        write_png(tmp_path / "src" / "negative" / f"n{i}.png", i)
+    for i in range(3):
+        write_png(tmp_path / "src" / "positive_a" / f"p{i}.png", 100 + i)
+        write_png(tmp_path / "src" / "positive_b" / f"q{i}.png", 200 + i)
+    summary = _prepare(load, tiny_split, tmp_path / "src", tmp_path / "o", "datasets.0.source=folders",
+                       "datasets.0.crop=null", "datasets.0.majority=[negative]", "datasets.0.minority=[positive_a, positive_b]")
+    assert summary["classes"] == ["majority", "minority"]
+    assert summary["counts"]["train"]["minority"] == 2 and summary["counts"]["test"]["majority"] == 2
+
+
+def test_bad_files_are_listed_and_skipped(load, tiny_split, tmp_path):
+    root = make_plantvillage(tmp_path / "pv")
+    (root / "Apple___healthy" / "empty.png").write_bytes(b"")
+    (root / "Apple___Scab" / "notes.txt").write_text("field notes")
+    (root / "Apple___Scab" / "fake.jpg").write_text("not a jpeg")
+    summary = _prepare(load, tiny_split, root, tmp_path / "o", "datasets.0.source=plantvillage")
+    reasons = {Path(r["path"]).name: r["reason"] for r in summary["rejected"]}
+    assert set(reasons) == {"empty.png", "notes.txt", "fake.jpg"}
+    assert all(reasons.values())
+    rows = read_manifest(tmp_path / "o" / "synthetic-apple" / "manifest.csv")
+    assert not any(Path(r["path"]).name in reasons for r in rows)
+    assert (root / "Apple___Scab" / "fake.jpg").read_text() == "not a jpeg"  # inputs are never touched
+
+
+def test_too_few_images_names_the_class(load, tiny_split, tmp_path):
+    root = make_plantvillage(tmp_path / "pv", diseases={"Scab": 3})
+    with pytest.raises(DataError, match=r"class diseased \(Apple___Scab\) has 3 usable images, the split needs 5"):
+        _prepare(load, tiny_split, root, tmp_path / "o", "datasets.0.source=plantvillage")
+
+
+@pytest.mark.parametrize("layout, expected", [
+    ("missing_root", "root folder .* does not exist"),
+    ("no_crop", r"no <Apple>___<condition> folders .* \(crops found: Grape\)"),
+    ("no_healthy", "Apple___healthy does not exist"),
+    ("no_disease", "no disease folders"),
+    ("empty_minority", "has 0 usable images"),
+])
+def test_missing_or_empty_folders(load, tiny_split, tmp_path, layout, expected):
+    root = tmp_path / "pv"
+    if layout == "no_crop":
+        make_plantvillage(root, "Grape")
+    elif layout == "no_healthy":
+        make_plantvillage(root, healthy=0)  # disease folders only
+    elif layout == "no_disease":
+        make_plantvillage(root, diseases={})
+    elif layout == "empty_minority":
+        make_plantvillage(root, diseases={})
+        (root / "Apple___Scab").mkdir()
+    with pytest.raises(DataError, match=expected):
+        _prepare(load, tiny_split, root, tmp_path / "o", "datasets.0.source=plantvillage")
+
+
+def test_folders_source_missing_dir(load, tiny_split, tmp_path):
+    (tmp_path / "src" / "negative").mkdir(parents=True)
+    with pytest.raises(DataError, match="class folder .*positive does not exist"):
+        _prepare(load, tiny_split, tmp_path / "src", tmp_path / "o", "datasets.0.source=folders", "datasets.0.crop=null",
+                 "datasets.0.majority=[negative]", "datasets.0.minority=[positive]")
+
+
+def test_failed_prepare_keeps_earlier_outputs(load, tiny_split, tmp_path, monkeypatch, capsys):
+    """CLI: exit 2 with one line, and the manifest from a good run is still there, unchanged."""
+    root = make_plantvillage(tmp_path / "pv")
+    monkeypatch.chdir(tmp_path)
+    args = ["prepare", "--params", str(PARAMS), *sum([["--set", o] for o in tiny_split], []),
+            "--set", f"datasets.0.root={root}", "--set", "datasets.0.source=plantvillage"]
+    assert main(args) == 0
+    manifest = tmp_path / "data" / "splits" / "synthetic-apple" / "manifest.csv"
+    before = manifest.read_bytes()
+    assert "prepare synthetic-apple: train 4/2" in capsys.readouterr().out
+    assert main(args + ["--set", "split.test=[2, 50]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has 8 usable images, the split needs 53" in err and len(err.splitlines()) == 1
+    assert manifest.read_bytes() == before
+    assert not [p for p in manifest.parent.iterdir() if p.name.startswith(".")]  # no temp files left

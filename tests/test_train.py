@@ -1,0 +1,191 @@
+"""One training cell end to end on tiny images: toggles, determinism, failures, MLflow content."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+from torchvision.transforms import v2
+
+from finalbn import cells
+from finalbn.cells import ablation_from_id, config_id, config_name, fit_settings, run_cell
+from finalbn.cli import main
+from finalbn.config import AblationConfig
+from finalbn.data import load_splits, make_loaders
+from finalbn.engine import FitSettings, TrainingDiverged, fit
+from finalbn.models import WeightsError
+
+from conftest import ROOT
+
+SPLITS = Path("data/splits")
+
+
+def test_config_ids_match_the_paper():
+    # Paper Table III: 31 = BN only, 48 = DA+MX+UF+WD, 28 = BN+UF+WD; 63 = nothing.
+    assert config_name(ablation_from_id(31)) == "BN"
+    assert config_name(ablation_from_id(48)) == "DA+MX+UF+WD"
+    assert config_name(ablation_from_id(28)) == "BN+UF+WD"
+    assert config_name(ablation_from_id(63)) == "none"
+    assert all(config_id(ablation_from_id(i)) == i for i in range(64))
+    assert len({config_name(ablation_from_id(i)) for i in range(64)}) == 64
+
+
+def test_toggles_change_what_they_should(prepared):
+    load, _ = prepared
+    labels = np.array([0] * 4 + [1] * 2)
+    off = fit_settings(load(["ablation.wl=false", "ablation.mx=false", "ablation.wd=false"]), labels)
+    assert off.class_weights is None and off.mixup_alpha is None and off.weight_decay == 0.0
+    on = fit_settings(load(["ablation.wl=true", "ablation.mx=true", "ablation.wd=true"]), labels)
+    assert on.class_weights == pytest.approx((6 / 8, 6 / 4))  # n / (k * count)
+    assert on.mixup_alpha == 0.4 and on.weight_decay == 0.01
+
+    bn = cells.build_model(load(["ablation.bn=true"]))
+    nobn = cells.build_model(load(["ablation.bn=false"]))
+    assert isinstance(bn.head[-1], nn.BatchNorm1d) and bn.head[-1].momentum == 0.01
+    assert isinstance(nobn.head[-1], nn.Linear)
+    selu = cells.build_model(load(["model.final_variant=selu"]))
+    assert isinstance(selu.head[-1], nn.SELU)
+
+    uf = cells.build_model(load(["ablation.uf=true"])).train()
+    frozen = cells.build_model(load(["ablation.uf=false"])).train()
+    body_bn = lambda m: [x for x in m.body.modules() if isinstance(x, nn.BatchNorm2d)]
+    assert all(x.weight.requires_grad and x.training for x in body_bn(uf))
+    assert all(not x.weight.requires_grad and not x.training for x in body_bn(frozen))
+    fastai = cells.build_model(load(["ablation.uf=false", "model.frozen_bn=train"])).train()
+    assert all(not x.weight.requires_grad and x.training for x in body_bn(fastai))
+    assert {uf.bn_policy, frozen.bn_policy, fastai.bn_policy} == {"unfrozen", "frozen-eval", "frozen-train (fastai)"}
+
+    cfg = load()
+    tensors = load_splits(SPLITS / "synthetic-apple" / "manifest.csv", 32)
+    plain = make_loaders(tensors, 4, None, seed=0)["train"].dataset.transform
+    augmented = make_loaders(tensors, 4, cfg.train.augment, seed=0)["train"].dataset.transform
+    assert not any(isinstance(t, v2.RandomAffine) for t in plain.transforms)
+    assert any(isinstance(t, v2.RandomAffine) for t in augmented.transforms)
+
+
+def test_mixup_feeds_soft_targets(monkeypatch):
+    seen = []
+    real = torch.nn.functional.cross_entropy
+
+    def spy(logits, target, *a, **k):
+        seen.append(target)
+        return real(logits, target, *a, **k)
+
+    monkeypatch.setattr("finalbn.engine.F.cross_entropy", spy)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
+    data = torch.utils.data.TensorDataset(torch.randn(8, 3, 2, 2), torch.tensor([0, 1] * 4))
+    loader = torch.utils.data.DataLoader(data, batch_size=4)
+    fit(model, loader, loader, FitSettings(epochs=1, lr=1e-3, mixup_alpha=0.4))
+    assert seen[0].shape == (4, 2) and seen[0].dtype.is_floating_point  # (B, C) mixed labels
+    seen.clear()
+    fit(model, loader, loader, FitSettings(epochs=1, lr=1e-3))
+    assert seen[0].shape == (4,)
+
+
+def test_never_a_training_batch_of_one(prepared):
+    tensors = load_splits(SPLITS / "synthetic-apple" / "manifest.csv", 32)  # 6 training images
+    loader = make_loaders(tensors, 5, None, seed=0)["train"]
+    assert [len(y) for _, y in loader] == [5]
+
+
+def test_same_cell_twice_same_metrics(prepared):
+    load, _ = prepared
+    cfg = load(["ablation.da=true", "ablation.mx=true"])
+    a = run_cell(cfg, "synthetic-apple", SPLITS)
+    b = run_cell(cfg, "synthetic-apple", SPLITS)
+    assert a.fit.history == b.fit.history
+    assert a.test_best == b.test_best and a.predictions == b.predictions
+    c = run_cell(load(["ablation.da=true", "ablation.mx=true", "train.seed=1"]), "synthetic-apple", SPLITS)
+    assert c.fit.history != a.fit.history
+
+
+def test_nan_loss_stops_with_epoch_and_step():
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(12, 2)
+
+        def forward(self, x):
+            return self.lin(x.flatten(1)) * float("nan")
+
+    data = torch.utils.data.TensorDataset(torch.randn(8, 3, 2, 2), torch.tensor([0, 1] * 4))
+    loader = torch.utils.data.DataLoader(data, batch_size=4)
+    with pytest.raises(TrainingDiverged, match="at epoch 1, step 1"):
+        fit(Broken(), loader, loader, FitSettings(epochs=2, lr=1e-3))
+
+
+def test_failed_cell_run_ends_failed_and_cli_says_why(prepared, monkeypatch, capsys):
+    _, overrides = prepared
+
+    def diverge(*a, **k):
+        raise TrainingDiverged("loss is nan at epoch 2, step 3")
+
+    monkeypatch.setattr(cells, "fit", diverge)
+    assert main(["train", "--params", str(ROOT / "params.yaml"), *[f"--{o}" for o in overrides]]) == 1
+    assert "loss is nan at epoch 2, step 3" in capsys.readouterr().err
+    runs = mlflow.search_runs(experiment_names=["finalbn"], output_format="list")
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_interrupted_cell_run_ends_killed(prepared, monkeypatch):
+    load, _ = prepared
+    from finalbn.tracking import track_cell
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cells, "fit", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        track_cell(load(), "synthetic-apple", SPLITS)
+    runs = mlflow.search_runs(experiment_names=["finalbn"], output_format="list")
+    assert [r.info.status for r in runs] == ["KILLED"]
+
+
+def test_synthetic_weights_missing_says_what_to_run(prepared, capsys):
+    _, overrides = prepared
+    args = ["train", "--params", str(ROOT / "params.yaml"), *sum([["--set", o] for o in overrides], [])]
+    assert main(args + ["--set", "model.weights=synthetic"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "finalbn pretrain" in err and len(err.splitlines()) == 1
+    with pytest.raises(WeightsError, match="does not exist"):
+        cells.build_model(prepared[0](["model.weights=missing.pt"]))
+
+
+def test_mlflow_run_holds_params_metrics_by_step_and_artifacts(prepared, capsys):
+    _, overrides = prepared
+    args = ["train", "--params", str(ROOT / "params.yaml"), *sum([["--set", o] for o in overrides], [])]
+    assert main(args + ["--set", "ablation.wl=true", "--set", "train.log_model=true"]) == 0
+    out = capsys.readouterr().out
+    assert "train synthetic-apple BN+WL (config 15)" in out and "minority P" in out
+    client = mlflow.MlflowClient()
+    (run,) = mlflow.search_runs(experiment_names=["finalbn"], output_format="list")
+    assert run.info.status == "FINISHED"
+    p, tags, m = run.data.params, run.data.tags, run.data.metrics
+    assert p["train.epochs"] == "2" and p["model.final_bn_momentum"] == "0.01" and p["ablation.wl"] == "True"
+    assert "class_weight_1" in p
+    assert tags["BN"] == "true" and tags["WL"] == "true" and tags["DA"] == "false" and tags["config_id"] == "15"
+    assert tags["bn_policy"] == "frozen-eval" and len(tags["manifest_sha256"]) == 64
+    assert [x.step for x in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2]
+    for key in ("test_f1_1", "test_best_f1_1", "test_ece", "test_brier", "best_epoch"):
+        assert key in m
+    arts = {a.path for d in ("", "plots", "predictions") for a in client.list_artifacts(run.info.run_id, d or None)}
+    for path in ("config.yaml", "history.csv", "reliability.json", "plots/loss_curves.png", "plots/softmax_scatter.png",
+                 "plots/reliability_best.png", "plots/confusion_matrix.png", "predictions/test_predictions.csv"):
+        assert path in arts, path
+    local = Path(client.download_artifacts(run.info.run_id, "predictions/test_predictions.csv"))
+    assert len(local.read_text().splitlines()) == 1 + 4  # header + 4 test images
+    logged = mlflow.pytorch.load_model(tags["model_uri"])  # MLflow 3 keeps models beside the run
+    assert logged(torch.zeros(2, 3, 32, 32)).shape == (2, 2)
+
+
+def test_mlproject_parameters_are_all_used():
+    spec = yaml.safe_load((ROOT / "MLproject").read_text())
+    assert spec["conda_env"] == "conda.yaml"
+    assert {"train", "main", "prepare"} <= set(spec["entry_points"])
+    for name, ep in spec["entry_points"].items():
+        for param in ep.get("parameters", {}):
+            assert "{" + param + "}" in ep["command"], f"{name}: {param} declared but unused"
