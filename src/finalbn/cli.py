@@ -98,6 +98,8 @@ def _cmd_train(cfg: Config, args: argparse.Namespace) -> int:
     from finalbn.cells import preflight
     from finalbn.tracking import track_cell, tracking_uri
 
+    # MLflow's INFO lines (creating tables, new experiment) drown the lines that matter.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     dataset = cfg.dataset(args.dataset).name if args.dataset else cfg.datasets[0].name
     preflight(cfg, dataset, Path(args.splits))
     run_id, r = track_cell(cfg, dataset, Path(args.splits), progress=sys.stderr.isatty())
@@ -120,8 +122,6 @@ COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    # MLflow's INFO lines (creating tables, new experiment) drown the one line that matters.
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
     from finalbn.engine import TrainingDiverged
     from finalbn.models import WeightsError
     from finalbn.splits import DataError

@@ -155,9 +155,11 @@ class TrainConfig:
 
 @dataclass(frozen=True, config=_STRICT)
 class PretrainConfig:
-    """The synthetic source task: every crop/condition class of crops no dataset targets, balanced."""
+    """The synthetic source task: leaf condition on crops no dataset targets, lesions `severity`x."""
 
     out_dir: Str
+    crops: Annotated[tuple[Str, ...], Field(min_length=1)]
+    severity: Annotated[float, Field(ge=0.1, le=10.0)]
     per_class: Annotated[int, Strict(), Field(ge=2)]
     image_size: Size
     epochs: Annotated[int, Strict(), Field(ge=1)]

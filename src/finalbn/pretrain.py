@@ -3,67 +3,61 @@
     summary = pretrain(cfg)     # writes <pretrain.out_dir>/<arch>.pt and <arch>.json
 
 No ImageNet weights can be downloaded on our machines, yet the paper fine-tunes a pretrained
-network. So the embedded default first trains the torchvision architecture from scratch on every
-crop/condition class of the synthetic crops that no dataset targets (balanced: `per_class` images
-each), then saves its state_dict: `model.weights=synthetic` loads it like any local `.pt` file.
-The target crop's images are never seen here, so nothing leaks into its test split.
+network. So the embedded default first trains the torchvision architecture from scratch on a
+balanced synthetic source task: which condition (healthy or one of the disease kinds) a leaf
+shows, on crops that no dataset targets, drawn in memory with `pretrain.severity` times more and
+larger lesions (late-stage leaves, as ImageNet-scale photo collections show obvious symptoms).
+It saves the state_dict: `model.weights=synthetic` loads it like any local `.pt` file. No target
+image is ever seen here, so nothing leaks into a test split; what transfers is what lesions
+look like.
 """
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from finalbn.config import Config
-from finalbn.data import SplitTensors, decode_images, make_loaders
+from finalbn.data import SplitTensors, make_loaders
 from finalbn.engine import FitSettings, fit, resolve_device
-from finalbn.images import scan_folder
 from finalbn.models import ARCHS
 from finalbn.splits import DataError
+from finalbn.synthetic import DISEASES, HEALTHY, render_leaf
 
 
-def source_classes(cfg: Config) -> list[Path]:
-    """Class folders of the synthetic crops that no synthetic dataset targets."""
-    root = Path(cfg.synthetic.root)
-    targets = {d.crop for d in cfg.datasets if d.source == "synthetic"}
-    crops = [c for c in cfg.synthetic.crops if c not in targets]
-    if not crops:
-        raise DataError(f"pretrain needs a synthetic crop that no dataset targets (crops {list(cfg.synthetic.crops)}, "
-                        f"targets {sorted(targets)}): add one to synthetic.crops")
-    folders = sorted(p for p in root.glob("*___*") if p.is_dir() and p.name.split("___")[0] in crops) if root.is_dir() else []
-    if not folders:
-        raise DataError(f"no synthetic class folders for crops {crops} under {root}: run `finalbn synthesize` first")
-    return folders
-
-
-def _balanced_split(cfg: Config, folders: list[Path]) -> dict[str, SplitTensors]:
-    """per_class images of each class, 80 % train / 20 % val, drawn with pretrain.seed."""
+def source_images(cfg: Config) -> tuple[list[str], dict[str, SplitTensors]]:
+    """Class names and in-memory train/val tensors (80/20) of the balanced source task."""
     pc = cfg.pretrain
-    rng = np.random.default_rng(pc.seed)
-    parts: dict[str, list[tuple[str, int]]] = {"train": [], "val": []}
-    for label, folder in enumerate(folders):
-        files, _ = scan_folder(folder)
-        if len(files) < pc.per_class:
-            raise DataError(f"pretrain class {folder.name} has {len(files)} usable images, pretrain.per_class needs {pc.per_class}")
-        chosen = [files[i] for i in sorted(rng.choice(len(files), pc.per_class, replace=False))]
-        n_val = max(1, pc.per_class // 5)
-        parts["val"] += [(str(p), label) for p in chosen[:n_val]]
-        parts["train"] += [(str(p), label) for p in chosen[n_val:]]
-    return {name: SplitTensors(decode_images([p for p, _ in items], pc.image_size),
-                               torch.tensor([y for _, y in items]), tuple(p for p, _ in items))
-            for name, items in parts.items()}
+    targets = {d.crop for d in cfg.datasets if d.source == "synthetic"} & set(pc.crops)
+    if targets:
+        raise DataError(f"pretrain.crops must not include a crop a dataset targets ({', '.join(sorted(targets))}): "
+                        "its images would leak into the study")
+    classes = [HEALTHY, *DISEASES]
+    n_val = max(1, pc.per_class // 5)
+    parts: dict[str, list[tuple[np.ndarray, int]]] = {"train": [], "val": []}
+    for label, condition in enumerate(classes):
+        for i in range(pc.per_class):
+            crop = pc.crops[i % len(pc.crops)]
+            # A seed space apart from `synthesize`'s files (index offset), so no image repeats them.
+            rng = np.random.default_rng([pc.seed, 7919, zlib.crc32(crop.encode()), label, i])
+            img = render_leaf(rng, pc.image_size, crop, None if condition == HEALTHY else condition, pc.severity)
+            parts["val" if i < n_val else "train"].append((img, label))
+    tensors = {name: SplitTensors(torch.from_numpy(np.stack([a for a, _ in items])).permute(0, 3, 1, 2).contiguous(),
+                                  torch.tensor([y for _, y in items]), tuple(f"{name}/{j}" for j in range(len(items))))
+               for name, items in parts.items()}
+    return classes, tensors
 
 
 def pretrain(cfg: Config, progress: bool = False) -> dict:
     pc, arch = cfg.pretrain, cfg.model.arch
     if arch not in ARCHS:
         raise DataError(f"unknown arch {arch!r} (have: {', '.join(ARCHS)})")
-    folders = source_classes(cfg)
+    classes, tensors = source_images(cfg)
     torch.manual_seed(pc.seed)
-    tensors = _balanced_split(cfg, folders)
-    model = ARCHS[arch](num_classes=len(folders))  # from scratch: every parameter trains
+    model = ARCHS[arch](num_classes=len(classes))  # from scratch: every parameter trains
     device = resolve_device(cfg.train.device)
     loaders = make_loaders(tensors, pc.batch_size, cfg.train.augment, seed=pc.seed,
                            num_workers=cfg.train.num_workers, pin_memory=device.type == "cuda")
@@ -76,10 +70,10 @@ def pretrain(cfg: Config, progress: bool = False) -> dict:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save(state, out / f"{arch}.pt")
     summary = {
-        "arch": arch, "classes": [f.name for f in folders], "images_per_class": pc.per_class,
+        "arch": arch, "classes": classes, "crops": list(pc.crops), "severity": pc.severity, "images_per_class": pc.per_class,
         "image_size": pc.image_size, "epochs": pc.epochs, "best_epoch": result.best_epoch,
         "val_accuracy": result.history[result.best_epoch - 1]["val_accuracy"],
-        "chance_accuracy": 1 / len(folders), "train_seconds": round(result.train_seconds, 1),
+        "chance_accuracy": 1 / len(classes), "train_seconds": round(result.train_seconds, 1),
         "history": result.history,
     }
     (out / f"{arch}.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")

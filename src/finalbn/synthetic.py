@@ -446,8 +446,13 @@ def _downsample(a: np.ndarray, ss: int) -> np.ndarray:
     return out
 
 
-def render_leaf(rng: np.random.Generator, size: int, crop: str, disease: str | None) -> np.ndarray:
+def render_leaf(rng: np.random.Generator, size: int, crop: str, disease: str | None,
+                severity: float = 1.0) -> np.ndarray:
     """One (size, size, 3) uint8 image of a `crop` leaf, healthy (None) or with `disease`.
+
+    `severity` multiplies the number of lesions and their area (1.0: the scarce early-stage
+    cues of the study; the pretrain stage's source task uses late-stage leaves, as ImageNet or
+    PlantVillage photos show obvious symptoms).
 
     Everything but the lesions is drawn first, from the same draws of `rng` whatever the
     disease, so two generators in the same state give a healthy image and the same image
@@ -455,6 +460,8 @@ def render_leaf(rng: np.random.Generator, size: int, crop: str, disease: str | N
     """
     if disease is not None and disease not in _LESIONS:
         raise ValueError(f"unknown disease {disease!r} (have: {', '.join(DISEASES)})")
+    if not 0.1 <= severity <= 10:
+        raise ValueError(f"severity must be within 0.1..10, got {severity!r}")
     _check_crop(crop)
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 8:
         raise ValueError(f"size must be an integer >= 8, got {size!r}")
@@ -566,7 +573,8 @@ def render_leaf(rng: np.random.Generator, size: int, crop: str, disease: str | N
 
     if disease is not None:
         paint, lo, hi = _LESIONS[disease]
-        n = int(rng.integers(lo, hi + 1))
+        n = max(1, round(int(rng.integers(lo, hi + 1)) * severity))
+        scale *= severity ** 0.5
         pool = margin if disease == "Blight" and len(margin) else interior
         if len(pool) == 0:
             pool = np.flatnonzero(alpha > 0.5)
