@@ -32,10 +32,29 @@ def repo(tmp_path):
     params["synthetic"].update(image_size=16, crops=["Apple", "Grape"], healthy=12, per_disease=2, workers=1)
     params["datasets"][0]["image_size"] = 16
     params["split"].update(train=[4, 2], val=[2, 1], test=[2, 2])
+    params["pretrain"].update(per_class=5, image_size=16, epochs=1, batch_size=8)
+    params["train"].update(epochs=1, batch_size=4, threads=1)
+    params["grid"].update(configs=[31, 63, 47], workers=1)
+    params["report"]["bootstrap"] = 200
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cmd in (["git", "init", "-q"], [str(Path(sys.executable).parent / "dvc"), "init", "-q"]):
         subprocess.run(cmd, cwd=tmp_path, check=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
     return tmp_path
+
+
+def test_whole_pipeline_then_nothing_then_only_what_changed(repo, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # MLflow's default store in the repo
+    first = _repro(repo)
+    for stage in ("synthesize", "prepare@0", "pretrain", "grid", "report"):
+        assert f"Running stage '{stage}'" in first
+    assert "grid: 3/3 cells finished" in first and "report: 3 cells" in first
+    assert (repo / "mlflow.db").is_file() and (repo / "report" / "report.md").is_file()
+    assert "Running stage" not in _repro(repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["report"]["bootstrap"] = 300
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    third = _repro(repo)
+    assert "Running stage 'report'" in third and "Running stage 'grid'" not in third
 
 
 def test_prepare_runs_once_and_reruns_only_on_change(repo):

@@ -3,14 +3,11 @@
     result = run_cell(cfg, "synthetic-apple", splits_dir=Path("data/splits"))
     result.test_best["minority_f1"]
 
-Configuration ids follow the paper: the six switches in the fixed order BN WL DA MX UF WD, and
-the id is the index of the combination in `itertools.product([True, False], repeat=6)` — so
-id 31 is "BN only", 63 is "nothing", 0 is "everything" (the paper's Tables II–III use these ids).
+Configuration ids and names (`config_id`, `config_name`) follow the paper; see `finalbn.config`.
 Knows nothing of MLflow or Optuna: callbacks reach `engine.fit`.
 """
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,29 +19,10 @@ import torch
 from sklearn.utils.class_weight import compute_class_weight
 
 from finalbn import metrics
-from finalbn.config import AblationConfig, Config, DatasetConfig
+from finalbn.config import TOGGLES, Config, DatasetConfig, ablation_from_id, config_id, config_name  # noqa: F401
 from finalbn.data import load_splits, make_loaders
 from finalbn.engine import Callback, FitResult, FitSettings, fit, predict, resolve_device
 from finalbn.models import FinalBNNet, WeightsError, create_model
-
-TOGGLES = ("bn", "wl", "da", "mx", "uf", "wd")
-
-
-def config_id(ab: AblationConfig) -> int:
-    """The paper's configuration id (0..63); see the module docstring."""
-    return sum((0 if getattr(ab, t) else 1) << (5 - i) for i, t in enumerate(TOGGLES))
-
-
-def config_name(ab: AblationConfig) -> str:
-    """'BN+DA', or 'none' when every switch is off."""
-    on = [t.upper() for t in TOGGLES if getattr(ab, t)]
-    return "+".join(on) or "none"
-
-
-def ablation_from_id(cid: int) -> AblationConfig:
-    bits = list(itertools.product([True, False], repeat=6))[cid]
-    return AblationConfig(**dict(zip(TOGGLES, bits)))
-
 
 def weights_path(cfg: Config) -> str:
     """`model.weights`, with `synthetic` resolved to the pretrain stage's file."""

@@ -38,6 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", parents=[common], help="train one cell (dataset, six toggles, seed) as an MLflow run")
     p.add_argument("--dataset", help="dataset name (default: the first in params)")
     p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
+    p = sub.add_parser("grid", parents=[common], help="run the factorial grid of cells (resumable, shardable)")
+    p.add_argument("--shard", metavar="I/N", help="run only shard I of N (0-based), e.g. 0/4; writes no results")
+    p.add_argument("--workers", type=int, help="local shard processes (default grid.workers)")
+    p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
+    p.add_argument("--results", default="results", help="where grid.csv/grid.json go (default results)")
+    p = sub.add_parser("report", parents=[common], help="the paper's tables and figures, from the tracking store")
+    p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
+    p.add_argument("--out", default="report", help="output folder (default report)")
     return parser
 
 
@@ -113,11 +121,84 @@ def _cmd_train(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {text!r} is not I/N (e.g. 0/4)") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise UsageError(f"--shard {text}: need 0 <= I < N")
+    return i, n
+
+
+def _grid_preflight(cfg: Config, splits: Path) -> None:
+    import dataclasses
+
+    from finalbn.cells import preflight
+
+    for ds in cfg.datasets:
+        for arch in cfg.grid.archs:
+            preflight(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch=arch)), ds.name, splits)
+
+
+def _cmd_grid(cfg: Config, args: argparse.Namespace) -> int:
+    import os
+
+    from finalbn import grid
+
+    # Under `mlflow run -e grid` the project's run id is in the environment; each cell must get
+    # its own run rather than resume that one.
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    splits = Path(args.splits)
+    _grid_preflight(cfg, splits)
+    cells = grid.all_cells(cfg)
+    if args.shard:
+        i, n = _parse_shard(args.shard)
+        stats = grid.run_shard(cfg, splits, i, n, log=lambda m: print(m, flush=True))
+        print(f"grid shard {i}/{n}: {stats['ran']} cells run, {stats['skipped']} already finished, "
+              f"{len(stats['failed'])} failed", flush=True)
+        return 1 if stats["failed"] else 0
+    workers = args.workers or cfg.grid.workers
+    print(f"grid: {len(cells)} cells ({len(cfg.datasets)} datasets x {len(cfg.grid.archs)} archs x "
+          f"{len(grid.parse_configs(cfg.grid.configs))} configs x {len(cfg.grid.seeds)} seeds), {workers} worker(s)", flush=True)
+    if workers > 1:
+        base = [x for p in (args.params or ["params.yaml"]) for x in ("--params", p)]
+        base += [x for o in args.all_overrides for x in ("--set", o)] + ["--splits", args.splits]
+        code = grid.run_workers(cfg, base, workers)
+    else:
+        stats = grid.run_shard(cfg, splits, 0, 1, log=lambda m: print(m, flush=True))
+        code = 1 if stats["failed"] else 0
+    summary = grid.write_results(cfg, splits, Path(args.results))
+    print(f"grid: {summary['finished']}/{summary['cells']} cells finished -> {args.results}/grid.csv")
+    if "best_config" in summary:
+        f1 = summary["minority_f1_mean"]
+        print(f"  mean minority F1: final BN on {f1['bn_on']}, off {f1['bn_off']}; best config "
+              f"{summary['best_config']['id']} ({summary['best_config']['name']}) {summary['best_config']['minority_f1']}")
+    if summary["missing"]:
+        print(f"  {len(summary['missing'])} cells have no finished run (rerun `finalbn grid` to retry): "
+              f"{', '.join(summary['missing'][:5])}{' ...' if len(summary['missing']) > 5 else ''}", file=sys.stderr)
+        return code or 1
+    return code
+
+
+def _cmd_report(cfg: Config, args: argparse.Namespace) -> int:
+    from finalbn import report
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    summary = report.make_report(cfg, Path(args.splits), Path(args.out))
+    print(f"report: {summary['cells']} cells -> {args.out}/report.md")
+    print(f"  {summary['verdict']}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
     "synthesize": _cmd_synthesize,
     "prepare": _cmd_prepare,
     "pretrain": _cmd_pretrain,
     "train": _cmd_train,
+    "grid": _cmd_grid,
+    "report": _cmd_report,
 }
 
 
@@ -130,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     try:
         overrides = list(args.overrides) + split_overrides(extra)
+        args.all_overrides = overrides
         cfg = load_config(args.params or ["params.yaml"], overrides)
         return COMMANDS[args.command](cfg, args)
     except (ConfigError, UsageError, DataError, WeightsError, FileNotFoundError) as exc:

@@ -16,7 +16,7 @@ import re
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import ConfigDict, Field, Strict, ValidationError, model_validator
@@ -117,7 +117,7 @@ class ModelConfig:
 
 @dataclass(frozen=True, config=_STRICT)
 class AblationConfig:
-    """The paper's six switches; `finalbn.cells.config_id` turns them into the paper's config id."""
+    """The paper's six switches; `config_id` below turns them into the paper's config id."""
 
     bn: Bool
     wl: Bool
@@ -125,6 +125,46 @@ class AblationConfig:
     mx: Bool
     uf: Bool
     wd: Bool
+
+
+TOGGLES = ("bn", "wl", "da", "mx", "uf", "wd")
+
+
+def config_id(ab: AblationConfig) -> int:
+    """The paper's configuration id (0..63): the index of the six switches, in the order
+    BN WL DA MX UF WD, in `itertools.product([True, False], repeat=6)` — so 31 is "BN only",
+    63 is "nothing" and 0 is "everything", as in the paper's Tables II–III."""
+    return sum((0 if getattr(ab, t) else 1) << (5 - i) for i, t in enumerate(TOGGLES))
+
+
+def config_name(ab: AblationConfig) -> str:
+    """'BN+DA', or 'none' when every switch is off."""
+    return "+".join(t.upper() for t in TOGGLES if getattr(ab, t)) or "none"
+
+
+def ablation_from_id(cid: int) -> AblationConfig:
+    return AblationConfig(**{t: not (cid >> (5 - i)) & 1 for i, t in enumerate(TOGGLES)})
+
+
+def parse_configs(spec: str | Sequence[str | int]) -> list[int]:
+    """`all`, or ids (31) and names ('BN+DA', 'da+bn', 'none') -> sorted config ids."""
+    if isinstance(spec, str):
+        if spec != "all":
+            raise ValueError(f"grid.configs must be 'all' or a list of ids/names, got {spec!r}")
+        return list(range(64))
+    if not spec:
+        raise ValueError("grid.configs is empty: give 'all' or at least one id/name")
+    canon = lambda name: frozenset(name.lower().split("+"))  # noqa: E731 - order-free names
+    by_name = {canon(config_name(ablation_from_id(i))): i for i in range(64)}
+    ids = set()
+    for item in spec:
+        if isinstance(item, int) and not isinstance(item, bool) and 0 <= item < 64:
+            ids.add(item)
+        elif isinstance(item, str) and canon(item) in by_name:
+            ids.add(by_name[canon(item)])
+        else:
+            raise ValueError(f"grid.configs: {item!r} is neither an id 0..63 nor a name like BN+DA or none")
+    return sorted(ids)
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -169,6 +209,27 @@ class PretrainConfig:
 
 
 @dataclass(frozen=True, config=_STRICT)
+class GridConfig:
+    """Which cells `finalbn grid` runs: configs × seeds × archs × every dataset."""
+
+    configs: Union[Literal["all"], tuple[Union[Int, Str], ...]]  # ids and names are checked by parse_configs
+    seeds: Annotated[tuple[Seed, ...], Field(min_length=1)]
+    archs: Annotated[tuple[Str, ...], Field(min_length=1)]
+    workers: Annotated[int, Strict(), Field(ge=1)]
+
+    @model_validator(mode="after")
+    def _known(self):
+        parse_configs(self.configs)
+        return self
+
+
+@dataclass(frozen=True, config=_STRICT)
+class ReportConfig:
+    bootstrap: Annotated[int, Strict(), Field(ge=100)]  # bootstrap resamples for the CIs
+    seed: Seed
+
+
+@dataclass(frozen=True, config=_STRICT)
 class TrackingConfig:
     experiment: Str
 
@@ -182,6 +243,8 @@ class Config:
     ablation: AblationConfig
     train: TrainConfig
     pretrain: PretrainConfig
+    grid: GridConfig
+    report: ReportConfig
     tracking: TrackingConfig
 
     @model_validator(mode="after")
@@ -337,9 +400,20 @@ def _unwrap(tp: Any) -> Any:
     return tp
 
 
+def _field_loc(loc: Sequence[Any]) -> list[Any]:
+    """The config path part of a pydantic error location (drops union-branch tags like literal['all'])."""
+    out = []
+    for p in loc:
+        if isinstance(p, str) and ("[" in p or p in ("int", "str", "float", "bool") or p.startswith("function")):
+            break
+        out.append(p)
+    return [p for p in out if p != "__root__"]
+
+
 def _one_line(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = [p for p in err["loc"] if p != "__root__"]
+    errors = exc.errors()
+    err = errors[0]
+    loc = _field_loc(err["loc"])
     key = ".".join(str(p) for p in loc)
     kind = err["type"]
     if kind in ("unexpected_keyword_argument", "extra_forbidden"):
@@ -347,8 +421,10 @@ def _one_line(exc: ValidationError) -> str:
         return f"unknown key '{key}'" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
     if kind in ("missing", "missing_argument"):
         return f"missing key '{key}' (every key must be set in params.yaml)"
-    msg = err["msg"].replace("Value error, ", "")
+    # A union reports one error per branch: say every way the value could have been right.
+    same = [e for e in errors if _field_loc(e["loc"]) == loc]
+    msgs = list(dict.fromkeys(e["msg"].replace("Value error, ", "") for e in same))
+    msg = " or ".join(msgs)
     shown = err.get("input")
     got = "" if isinstance(shown, (dict, tuple)) or kind == "value_error" else f" (got {shown!r})"
-    where = f"'{key}': " if key else ""
-    return f"bad value for {where}{msg}{got}" if key else f"bad config: {msg}"
+    return f"bad value for '{key}': {msg}{got}" if key else f"bad config: {msg}"

@@ -16,6 +16,7 @@ import contextlib
 import csv
 import io
 import os
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -25,8 +26,8 @@ import yaml
 from mlflow.entities import RunStatus
 
 from finalbn import plots
-from finalbn.cells import TOGGLES, CellResult, run_cell
-from finalbn.config import Config, flatten, to_dict
+from finalbn.cells import CellResult, run_cell
+from finalbn.config import TOGGLES, Config, ablation_from_id, config_id, config_name, flatten, to_dict
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 
@@ -36,9 +37,77 @@ def tracking_uri() -> str:
 
 
 def setup(cfg: Config) -> str:
-    """Point MLflow at the store and the experiment; returns the experiment id."""
-    mlflow.set_tracking_uri(tracking_uri())
+    """Point MLflow at the store and the experiment; returns the experiment id.
+
+    With a sqlite store, a file lock makes concurrent first calls (grid shards) take turns:
+    two processes creating the tables or the experiment at once would fail."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:///"):
+        from filelock import FileLock
+
+        with FileLock(uri[len("sqlite:///"):] + ".lock"):
+            return mlflow.set_experiment(cfg.tracking.experiment).experiment_id
     return mlflow.set_experiment(cfg.tracking.experiment).experiment_id
+
+
+def cell_runs_by_key(experiment: str) -> dict[str, list]:
+    """Every cell run of the experiment that has a grid key, grouped by key."""
+    runs = mlflow.search_runs(experiment_names=[experiment], filter_string="tags.cell_key != ''",
+                              output_format="list", max_results=100_000)
+    out: dict[str, list] = {}
+    for r in runs:
+        out.setdefault(r.data.tags["cell_key"], []).append(r)
+    return out
+
+
+def mark_killed(run_id: str) -> None:
+    mlflow.MlflowClient().set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+
+
+def _find_parent(experiment: str, parent_key: str):
+    found = mlflow.search_runs(experiment_names=[experiment], output_format="list",
+                               filter_string=f"tags.parent_key = '{parent_key}' and tags.`finalbn.parent` = 'true'")
+    return found[0] if found else None
+
+
+def parent_finished(cfg: Config, parent_key: str) -> bool:
+    run = _find_parent(cfg.tracking.experiment, parent_key)
+    return run is not None and run.info.status == "FINISHED"
+
+
+def grid_parent(cfg: Config, dataset: str, arch: str, config_id: int, parent_key: str) -> str:
+    """The parent run of one (dataset, arch, configuration): found by key, or created."""
+    found = _find_parent(cfg.tracking.experiment, parent_key)
+    if found:
+        return found.info.run_id
+    exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
+    ab = ablation_from_id(config_id)
+    tags = {**{t.upper(): str(getattr(ab, t)).lower() for t in TOGGLES}, "config_id": str(config_id),
+            "config_name": config_name(ab), "dataset": dataset, "arch": arch, "parent_key": parent_key,
+            "finalbn.parent": "true", "mlflow.runName": f"{dataset} {arch} {config_name(ab)} (config {config_id})"}
+    return mlflow.MlflowClient().create_run(exp.experiment_id, tags=tags).info.run_id
+
+
+def finish_parent(cfg: Config, dataset: str, arch: str, config_id: int, parent_key: str, parent_id: str | None) -> None:
+    """Mean and std of the FINISHED children's test metrics on the parent, which then ends FINISHED."""
+    import numpy as np
+
+    client = mlflow.MlflowClient()
+    parent_id = parent_id or grid_parent(cfg, dataset, arch, config_id, parent_key)
+    children = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], output_format="list",
+                                  filter_string=f"tags.parent_key = '{parent_key}' and attributes.status = 'FINISHED'")
+    children = [c for c in children if c.data.tags.get("finalbn.cell") == "true"]
+    if children:
+        keys = sorted({k for c in children for k in c.data.metrics if k.startswith(("test_", "best_epoch"))})
+        metrics = {}
+        for k in keys:
+            vals = np.array([c.data.metrics[k] for c in children if k in c.data.metrics])
+            metrics[f"mean_{k}"], metrics[f"std_{k}"] = float(vals.mean()), float(vals.std())
+        client.log_batch(parent_id, metrics=[mlflow.entities.Metric(k, v, int(time.time() * 1000), 0)
+                                             for k, v in metrics.items()])
+        client.set_tag(parent_id, "seeds_finished", str(len(children)))
+    client.set_terminated(parent_id, RunStatus.to_string(RunStatus.FINISHED))
 
 
 class EpochLogger:
@@ -72,12 +141,10 @@ def cell_run(run_name: str, tags: dict[str, str], nested: bool = False, parent_r
 
 
 def cell_tags(cfg: Config, dataset: str) -> dict[str, str]:
-    from finalbn.cells import config_id, config_name
-
     ab = cfg.ablation
     return {**{t.upper(): str(getattr(ab, t)).lower() for t in TOGGLES},
             "config_id": str(config_id(ab)), "config_name": config_name(ab), "dataset": dataset,
-            "arch": cfg.model.arch, "seed": str(cfg.train.seed)}
+            "arch": cfg.model.arch, "seed": str(cfg.train.seed), "finalbn.cell": "true"}
 
 
 def track_cell(cfg: Config, dataset: str, splits_dir: Path, callbacks=(), progress: bool = False,

@@ -1,0 +1,205 @@
+"""The factorial grid: 2^6 configurations × seeds × datasets × archs, resumable and shardable.
+
+    finalbn grid                    # every cell, in this process
+    finalbn grid --workers 2        # two local shard processes sharing the tracking store
+    finalbn grid --shard 3/8        # one deterministic eighth (one GPU, a Kubernetes Indexed Job, a Slurm array)
+
+Each cell is one MLflow run, nested under a parent run per (dataset, arch, configuration) that
+carries the mean and std of its seeds. A cell's key hashes everything that changes its result
+(dataset and manifest hash, arch, configuration, seed, the weights file, the model and training
+params), so a rerun skips cells with a FINISHED run for their key, and a cell left RUNNING by a
+killed process is marked KILLED and redone.
+
+Shards split the grid by *family* — (dataset, arch, UF, DA, MX) — so that a parent run and all
+of its seeds live in one shard (workers never race to create a parent), and so do the cells that
+see the same backbone inputs: with UF off, cells differing only in the head-side toggles (BN, WL,
+WD) at one seed, DA and MX feed the frozen backbone the same images.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from finalbn.cells import weights_path
+from finalbn.config import TOGGLES, Config, ablation_from_id, config_name, flatten, parse_configs, to_dict
+from finalbn.splits import sha256_file
+
+# train.* keys that do not change what a cell computes (where and how fast it runs)
+_NOT_RESULT = {"train.seed", "train.device", "train.num_workers", "train.threads", "train.log_model"}
+METRIC_COLUMNS = ("precision_0", "recall_0", "f1_0", "precision_1", "recall_1", "f1_1", "accuracy", "ece", "brier")
+
+
+@dataclass(frozen=True)
+class Cell:
+    dataset: str
+    arch: str
+    config_id: int
+    seed: int
+
+    @property
+    def family(self) -> tuple:
+        ab = ablation_from_id(self.config_id)
+        return (self.dataset, self.arch, ab.uf, ab.da, ab.mx)
+
+
+def all_cells(cfg: Config) -> list[Cell]:
+    g = cfg.grid
+    return [Cell(d.name, arch, cid, seed) for d in cfg.datasets for arch in g.archs
+            for cid in parse_configs(g.configs) for seed in g.seeds]
+
+
+def shard_cells(cells: Sequence[Cell], index: int, count: int) -> list[Cell]:
+    """The cells of shard `index` of `count`: whole families, dealt round-robin in sorted order."""
+    families = sorted({c.family for c in cells})
+    mine = {f for i, f in enumerate(families) if i % count == index}
+    return [c for c in cells if c.family in mine]
+
+
+def cell_config(cfg: Config, cell: Cell) -> Config:
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch=cell.arch),
+                               ablation=ablation_from_id(cell.config_id),
+                               train=dataclasses.replace(cfg.train, seed=cell.seed))
+
+
+def cell_key(cfg: Config, cell: Cell, splits_dir: Path, with_seed: bool = True) -> str:
+    """Hash of everything that changes a cell's result (without the seed: its parent's key)."""
+    c = cell_config(cfg, cell)
+    split = json.loads((splits_dir / cell.dataset / "split.json").read_text())
+    w = weights_path(c)
+    flat = flatten(to_dict(c))
+    payload = {
+        "dataset": cell.dataset, "manifest": split["manifest_sha256"], "image_size": c.dataset(cell.dataset).image_size,
+        "arch": cell.arch, "config": cell.config_id, "seed": cell.seed if with_seed else None,
+        "weights": _file_hash(w, Path(w).stat().st_mtime_ns) if Path(w).is_file() else w,
+        "params": {k: v for k, v in flat.items() if k.split(".")[0] in ("model", "train") and k not in _NOT_RESULT},
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+@functools.lru_cache(maxsize=8)
+def _file_hash(path: str, mtime_ns: int) -> str:
+    return sha256_file(path)
+
+
+def run_shard(cfg: Config, splits_dir: Path, index: int = 0, count: int = 1,
+              log: Callable[[str], None] = print) -> dict:
+    """Run this shard's unfinished cells; returns {"ran", "skipped", "failed": [...]}."""
+    from finalbn.engine import TrainingDiverged
+    from finalbn import tracking
+
+    tracking.setup(cfg)
+    cells = shard_cells(all_cells(cfg), index, count)
+    existing = tracking.cell_runs_by_key(cfg.tracking.experiment)
+    stats = {"ran": 0, "skipped": 0, "failed": []}
+    by_parent: dict[tuple, list[Cell]] = {}
+    for c in cells:
+        by_parent.setdefault((c.dataset, c.arch, c.config_id), []).append(c)
+    done = 0
+    for (dataset, arch, cid), group in by_parent.items():
+        pkey = cell_key(cfg, group[0], splits_dir, with_seed=False)
+        parent_id, ran_any = None, False
+        for cell in group:
+            done += 1
+            key = cell_key(cfg, cell, splits_dir)
+            runs = existing.get(key, [])
+            if any(r.info.status == "FINISHED" for r in runs):
+                stats["skipped"] += 1
+                continue
+            for r in runs:
+                if r.info.status == "RUNNING":  # its process died: this shard alone owns the cell
+                    tracking.mark_killed(r.info.run_id)
+            if parent_id is None:
+                parent_id = tracking.grid_parent(cfg, dataset, arch, cid, pkey)
+            ccfg = cell_config(cfg, cell)
+            name = f"{dataset} {arch} {config_name(ccfg.ablation)} seed{cell.seed}"
+            t0 = time.perf_counter()
+            try:
+                _, result = tracking.track_cell(ccfg, dataset, splits_dir, run_name=name, parent_run_id=parent_id,
+                                                extra_tags={"cell_key": key, "parent_key": pkey})
+            except TrainingDiverged as exc:
+                stats["failed"].append({"cell": name, "error": str(exc)})
+                log(f"[shard {index}/{count}] cell {done}/{len(cells)} {name}: FAILED: {exc}")
+                continue
+            stats["ran"] += 1
+            ran_any = True
+            m = result.test_best
+            log(f"[shard {index}/{count}] cell {done}/{len(cells)} {name} (config {cid}): minority F1 {m['f1_1']:.3f} "
+                f"(best epoch {result.fit.best_epoch}), {time.perf_counter() - t0:.0f} s")
+        if ran_any or not tracking.parent_finished(cfg, pkey):  # e.g. killed before the parent was closed
+            tracking.finish_parent(cfg, dataset, arch, cid, pkey, parent_id)
+    return stats
+
+
+def run_workers(cfg: Config, argv_base: Sequence[str], workers: int, log: Callable[[str], None] = print) -> int:
+    """Start `workers` local `finalbn grid --shard i/N` processes; returns the worst exit code."""
+    from finalbn import tracking
+
+    tracking.setup(cfg)  # create the store and experiment once, before any worker touches it
+    threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // workers)
+    procs = [subprocess.Popen([sys.executable, "-m", "finalbn", "grid", *argv_base, "--shard", f"{i}/{workers}",
+                               "--set", f"train.threads={threads}"]) for i in range(workers)]
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:
+            p.send_signal(signal.SIGINT)
+        for p in procs:
+            p.wait()
+        raise
+    return max(codes)
+
+
+def write_results(cfg: Config, splits_dir: Path, out_dir: Path) -> dict:
+    """results/grid.csv (one row per cell of this grid) and grid.json, from the tracking store."""
+    import pandas as pd
+
+    from finalbn import tracking
+
+    tracking.setup(cfg)
+    existing = tracking.cell_runs_by_key(cfg.tracking.experiment)
+    rows, missing = [], []
+    for cell in all_cells(cfg):
+        key = cell_key(cfg, cell, splits_dir)
+        finished = [r for r in existing.get(key, []) if r.info.status == "FINISHED"]
+        ab = ablation_from_id(cell.config_id)
+        if not finished:
+            missing.append(f"{cell.dataset} {cell.arch} {config_name(ab)} seed{cell.seed}")
+            continue
+        run = max(finished, key=lambda r: r.info.end_time or 0)
+        m = run.data.metrics
+        rows.append({"dataset": cell.dataset, "arch": cell.arch, "config_id": cell.config_id,
+                     "config_name": config_name(ab), "seed": cell.seed,
+                     **{t.upper(): int(getattr(ab, t)) for t in TOGGLES},
+                     **{f"test_{k}": m.get(f"test_best_{k}") for k in METRIC_COLUMNS},
+                     **{f"test_last_{k}": m.get(f"test_{k}") for k in ("f1_1", "f1_0")},
+                     "best_epoch": int(m.get("best_epoch", 0)), "run_id": run.info.run_id, "cell_key": key})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame(rows)
+    df.to_csv(out_dir / "grid.csv", index=False, float_format="%.6f")
+    summary = {"cells": len(rows) + len(missing), "finished": len(rows), "missing": missing}
+    if rows:
+        f1 = df.groupby("BN")["test_f1_1"].mean()
+        best = df.groupby(["config_id", "config_name"])["test_f1_1"].mean().sort_values(ascending=False)
+        summary.update({
+            "minority_f1_mean": {"bn_on": _num(f1.get(1)), "bn_off": _num(f1.get(0))},
+            "best_config": {"id": int(best.index[0][0]), "name": best.index[0][1], "minority_f1": _num(best.iloc[0])},
+            "worst_config": {"id": int(best.index[-1][0]), "name": best.index[-1][1], "minority_f1": _num(best.iloc[-1])},
+        })
+    (out_dir / "grid.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _num(x) -> float | None:
+    return None if x is None or not np.isfinite(x) else round(float(x), 6)

@@ -1,0 +1,137 @@
+"""The grid: shard partition, resumability after SIGKILL, concurrent shards on one sqlite store,
+parent runs with mean/std, and results/grid.csv."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from finalbn import grid
+from finalbn.config import ablation_from_id
+
+from conftest import ROOT
+
+SPLITS = Path("data/splits")
+
+
+def _cells(load, extra=()):
+    return grid.all_cells(load(list(extra)))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 13])
+def test_shards_cover_every_cell_exactly_once(load, n):
+    cfg = load(["grid.seeds=[0, 1, 2]", "grid.archs=[resnet18, vgg19]"])
+    cells = grid.all_cells(cfg)
+    assert len(cells) == 64 * 3 * 2
+    parts = [grid.shard_cells(cells, i, n) for i in range(n)]
+    counts = Counter(c for part in parts for c in part)
+    assert set(counts) == set(cells) and set(counts.values()) == {1}
+    # a family (dataset, arch, UF, DA, MX) — and so every parent's seeds — stays in one shard
+    for part in parts:
+        others = [c for p in parts if p is not part for c in p]
+        assert not {c.family for c in part} & {c.family for c in others}
+    assert grid.shard_cells(cells, 0, n) == parts[0]  # deterministic
+
+
+def test_config_selection(load):
+    cfg = load(["grid.configs=[31, none, WL]"])
+    assert sorted({c.config_id for c in grid.all_cells(cfg)}) == [31, 47, 63]
+    assert ablation_from_id(47).wl and not ablation_from_id(47).bn
+
+
+def _grid_cmd(overrides, *extra):
+    return [sys.executable, "-m", "finalbn", "grid", "--params", str(ROOT / "params.yaml"),
+            *[x for o in overrides for x in ("--set", o)], *extra]
+
+
+def _cell_runs():
+    runs = mlflow.search_runs(experiment_names=["finalbn"], output_format="list",
+                              filter_string="tags.`finalbn.cell` = 'true'")
+    return runs
+
+
+GRID4 = ["grid.configs=[31, 63, 15, 47]", "grid.seeds=[0]", "grid.workers=1", "train.epochs=1"]
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_leaves_one_finished_run_per_cell(prepared):
+    _, overrides = prepared
+    cmd = _grid_cmd(overrides + GRID4)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in proc.stdout:  # kill right after the first cell finished, while the next one runs
+        seen.append(line)
+        if "cell 1/4" in line:
+            time.sleep(1.0)
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen)
+    statuses = Counter(r.info.status for r in _cell_runs())
+    assert statuses["FINISHED"] >= 1 and statuses["FINISHED"] < 4
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    runs = _cell_runs()
+    finished = Counter(r.data.tags["cell_key"] for r in runs if r.info.status == "FINISHED")
+    assert len(finished) == 4 and set(finished.values()) == {1}
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    assert "grid: 4/4 cells finished" in rerun.stdout
+    rows = pd.read_csv("results/grid.csv")
+    assert sorted(rows.config_id) == [15, 31, 47, 63] and set(rows.run_id) == {r.info.run_id for r in runs if r.info.status == "FINISHED"}
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # nothing left to do
+    assert again.returncode == 0 and " cell " not in again.stdout
+    assert len(_cell_runs()) == len(runs)
+
+
+@pytest.mark.slow
+def test_two_concurrent_shards_share_one_sqlite_store(prepared):
+    _, overrides = prepared
+    procs = [subprocess.Popen(_grid_cmd(overrides + GRID4, "--shard", f"{i}/2"), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    runs = _cell_runs()
+    assert Counter(r.info.status for r in runs) == {"FINISHED": 4}
+    assert len({r.data.tags["cell_key"] for r in runs}) == 4
+
+
+@pytest.mark.slow
+def test_parent_runs_carry_mean_and_std_of_seeds(prepared):
+    load, overrides = prepared
+    cfg = load(["grid.configs=[31]", "grid.seeds=[0, 1]", "train.epochs=1"])
+    stats = grid.run_shard(cfg, SPLITS, log=lambda m: None)
+    assert stats == {"ran": 2, "skipped": 0, "failed": []}
+    children = _cell_runs()
+    (parent,) = mlflow.search_runs(experiment_names=["finalbn"], output_format="list",
+                                   filter_string="tags.`finalbn.parent` = 'true'")
+    assert parent.info.status == "FINISHED" and parent.data.tags["config_id"] == "31"
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    vals = [c.data.metrics["test_best_f1_1"] for c in children]
+    assert parent.data.metrics["mean_test_best_f1_1"] == pytest.approx(sum(vals) / 2)
+    assert parent.data.metrics["std_test_best_f1_1"] == pytest.approx(abs(vals[0] - vals[1]) / 2)
+    summary = grid.write_results(cfg, SPLITS, Path("results"))
+    assert summary["finished"] == 2 and summary["missing"] == []
+    # a changed result-relevant param gives new keys: nothing is skipped
+    assert grid.run_shard(load(["grid.configs=[31]", "grid.seeds=[0]", "train.epochs=2"]), SPLITS,
+                          log=lambda m: None)["ran"] == 1
+
+
+def test_bad_shard_and_missing_split_exit_2(prepared, capsys):
+    from finalbn.cli import main
+
+    _, overrides = prepared
+    args = ["grid", "--params", str(ROOT / "params.yaml"), *[x for o in overrides for x in ("--set", o)]]
+    assert main(args + ["--shard", "3/2"]) == 2
+    assert "need 0 <= I < N" in capsys.readouterr().err
+    assert main(args + ["--splits", "nowhere"]) == 2
+    assert "run `finalbn prepare`" in capsys.readouterr().err
