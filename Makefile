@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run test install clean
+.PHONY: run test install clean paper
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ install: $(VENV)/.installed
 run: install
 	@test -d .dvc || $(BIN)/dvc init --quiet
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+# The paper's study on PlantVillage (profiles/paper.yaml); outside DVC so that it never touches
+# the embedded default's outputs.
+PAPER := --params params.yaml --params profiles/paper.yaml
+paper: install
+	$(BIN)/finalbn prepare $(PAPER) --out data/splits-paper
+	$(BIN)/finalbn grid $(PAPER) --splits data/splits-paper --results results-paper
+	$(BIN)/finalbn report $(PAPER) --splits data/splits-paper --out report-paper
 
 test: install
 	$(BIN)/python -m pytest -q

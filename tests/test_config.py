@@ -116,3 +116,13 @@ def test_cli_exits_2_with_one_line(argv, expected, capsys, monkeypatch, tmp_path
     err = capsys.readouterr().err.strip()
     assert expected in err and len(err.splitlines()) == 1
     assert not (tmp_path / "data").exists()  # nothing was started
+
+
+def test_paper_profile_overlays_params():
+    from conftest import ROOT
+
+    cfg = load_config([PARAMS, ROOT / "profiles" / "paper.yaml"])
+    assert [d.crop for d in cfg.datasets] == ["Apple", "Pepper,_bell", "Tomato"]
+    assert {d.image_size for d in cfg.datasets} == {224} and cfg.model.weights == "imagenet"
+    assert cfg.grid.archs == ("resnet34", "vgg19_bn") and len(cfg.grid.seeds) == 10
+    assert cfg.split.train == (1000, 10)

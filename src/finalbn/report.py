@@ -40,9 +40,7 @@ from finalbn import plots  # noqa: F401  (selects the Agg backend before pyplot 
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-# Same order as finalbn.cells.TOGGLES; copied because importing finalbn.cells pulls in torch,
-# which a report over tracked numbers does not need.
-TOGGLES = ("bn", "wl", "da", "mx", "uf", "wd")
+from finalbn.config import TOGGLES, AblationConfig, ablation_from_id, config_id, config_name  # noqa: E402
 METRICS = ("accuracy", "precision_0", "recall_0", "f1_0", "support_0", "precision_1", "recall_1", "f1_1",
            "support_1", "f1_macro", "ece", "brier", "nll", "minority_f1")
 HISTORY_KEYS = ("train_loss", "val_loss", "val_accuracy", "val_minority_f1", "lr")
@@ -56,20 +54,18 @@ FILES = ("report.md", "summary.json", "cells.csv", "table1.csv", "table2.csv", "
 __all__ = ["CellData", "FILES", "build_report", "collect", "config_id_of", "effect_stats", "log_report",
            "paired_differences", "interaction_differences", "table1", "table2", "table3", "table4", "verdict"]
 
-_PRODUCT = list(itertools.product([True, False], repeat=6))
-
-
 def config_id_of(toggles: dict[str, bool]) -> int:
-    """The paper's id of a switch combination (see the module docstring)."""
-    return _PRODUCT.index(tuple(bool(toggles[t]) for t in TOGGLES))
+    """The paper's id of a switch combination (see `finalbn.config.config_id`)."""
+    return config_id(AblationConfig(**{t: bool(toggles[t]) for t in TOGGLES}))
 
 
 def toggles_of(cid: int) -> dict[str, bool]:
-    return dict(zip(TOGGLES, _PRODUCT[int(cid)]))
+    ab = ablation_from_id(int(cid))
+    return {t: getattr(ab, t) for t in TOGGLES}
 
 
 def config_name_of(toggles: dict[str, bool]) -> str:
-    return "+".join(t.upper() for t in TOGGLES if toggles[t]) or "none"
+    return config_name(AblationConfig(**{t: bool(toggles[t]) for t in TOGGLES}))
 
 
 def _empty_message(experiment: str) -> str:
