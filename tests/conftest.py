@@ -1,6 +1,7 @@
 """Shared test helpers: tiny image collections made by the tests, in temporary folders."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,9 @@ def prepared(tmp_path, monkeypatch, tiny_split):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    import mlflow
+
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])  # an earlier test may have set another
     root = make_plantvillage(tmp_path / "pv", healthy=12, diseases={"Scab": 4, "Rot": 4}, size=32)
     overrides = tiny_split + [
         f"datasets.0.root={root}", "datasets.0.source=plantvillage", "datasets.0.image_size=32",
@@ -61,3 +65,13 @@ def prepared(tmp_path, monkeypatch, tiny_split):
     cfg = load_config([PARAMS], overrides)
     prepare_dataset(cfg.datasets[0], cfg.split, tmp_path / "data" / "splits", progress=False)
     return (lambda extra=(): load_config([PARAMS], overrides + list(extra))), overrides
+
+
+@pytest.fixture(autouse=True)
+def _restore_mlflow_env():
+    """mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID; keep one test's store out of the next."""
+    before = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    yield
+    for k in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        del os.environ[k]
+    os.environ.update(before)

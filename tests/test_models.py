@@ -13,13 +13,13 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import finalbn.models as models
+from finalbn.engine import param_groups
 from finalbn.models import (
     ARCHS,
     AdaptiveConcatPool2d,
     FinalBNNet,
     WeightsError,
     create_model,
-    param_groups,
     trainable_parameters,
 )
 

@@ -165,7 +165,7 @@ def test_mlflow_run_holds_params_metrics_by_step_and_artifacts(prepared, capsys)
     (run,) = mlflow.search_runs(experiment_names=["finalbn"], output_format="list")
     assert run.info.status == "FINISHED"
     p, tags, m = run.data.params, run.data.tags, run.data.metrics
-    assert p["train.epochs"] == "2" and p["model.final_bn_momentum"] == "0.01" and p["ablation.wl"] == "True"
+    assert p["train.epochs"] == "2" and p["model.final_bn_momentum"] == "0.01" and p["ablation.wl"] == "true"
     assert "class_weight_1" in p
     assert tags["BN"] == "true" and tags["WL"] == "true" and tags["DA"] == "false" and tags["config_id"] == "15"
     assert tags["bn_policy"] == "frozen-eval" and len(tags["manifest_sha256"]) == 64
@@ -189,3 +189,26 @@ def test_mlproject_parameters_are_all_used():
     for name, ep in spec["entry_points"].items():
         for param in ep.get("parameters", {}):
             assert "{" + param + "}" in ep["command"], f"{name}: {param} declared but unused"
+
+
+@pytest.mark.slow
+def test_mlflow_run_entry_point(prepared, tmp_path):
+    """`mlflow run . --env-manager local -e train -P a.b=v` trains one cell as the project's run."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    _, overrides = prepared
+    for name in ("MLproject", "conda.yaml", "params.yaml"):
+        shutil.copy(ROOT / name, tmp_path)
+    bindir = Path(sys.executable).parent
+    cmd = [str(bindir / "mlflow"), "run", str(tmp_path), "--env-manager", "local", "-e", "train",
+           "--experiment-name", "finalbn", *[x for o in overrides + ["ablation.bn=false"] for x in ("-P", o)]]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "train synthetic-apple none (config 63)" in out.stdout
+    (run,) = mlflow.search_runs(experiment_names=["finalbn"], output_format="list")
+    assert run.info.status == "FINISHED" and run.data.tags["BN"] == "false"
+    assert run.data.params["ablation.bn"] == "false" and "test_best_f1_1" in run.data.metrics

@@ -106,8 +106,7 @@ def _cmd_train(cfg: Config, args: argparse.Namespace) -> int:
     from finalbn.cells import preflight
     from finalbn.tracking import track_cell, tracking_uri
 
-    # MLflow's INFO lines (creating tables, new experiment) drown the lines that matter.
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    _quiet_mlflow()
     dataset = cfg.dataset(args.dataset).name if args.dataset else cfg.datasets[0].name
     preflight(cfg, dataset, Path(args.splits))
     run_id, r = track_cell(cfg, dataset, Path(args.splits), progress=sys.stderr.isatty())
@@ -119,6 +118,14 @@ def _cmd_train(cfg: Config, args: argparse.Namespace) -> int:
               f"majority F1 {m['f1_0']:.3f} | acc {m['accuracy']:.3f} ECE {m['ece']:.3f} Brier {m['brier']:.3f}")
     print(f"  mlflow run {run_id} in {tracking_uri()} (experiment {cfg.tracking.experiment})")
     return 0
+
+
+def _quiet_mlflow() -> None:
+    """MLflow's INFO lines (creating tables, a new experiment) drown the lines that matter.
+    Set after `import mlflow`, which configures its own logger level."""
+    import mlflow  # noqa: F401
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -149,7 +156,7 @@ def _cmd_grid(cfg: Config, args: argparse.Namespace) -> int:
     # Under `mlflow run -e grid` the project's run id is in the environment; each cell must get
     # its own run rather than resume that one.
     os.environ.pop("MLFLOW_RUN_ID", None)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    _quiet_mlflow()
     splits = Path(args.splits)
     _grid_preflight(cfg, splits)
     cells = grid.all_cells(cfg)
@@ -185,7 +192,7 @@ def _cmd_grid(cfg: Config, args: argparse.Namespace) -> int:
 def _cmd_report(cfg: Config, args: argparse.Namespace) -> int:
     from finalbn import report
 
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    _quiet_mlflow()
     summary = report.make_report(cfg, Path(args.splits), Path(args.out))
     print(f"report: {summary['cells']} cells -> {args.out}/report.md")
     print(f"  {summary['verdict']}")

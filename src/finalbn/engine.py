@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 from tqdm import tqdm
@@ -67,13 +68,27 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    # No decay on BN and bias parameters (standard practice: they set scale/offset, not capacity).
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: BN weights/biases and every bias get no weight decay, the rest `weight_decay`.
+
+    Exempting BN and bias parameters is standard practice (decaying a BN scale or a shift only
+    fights the normalisation); fastai v1's default `bn_wd=True` decays BN too. Frozen parameters
+    are left out; empty groups are dropped. Each group carries a "name" for logging.
+    """
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    seen: set[int] = set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            (no_decay if isinstance(module, _BatchNorm) or name == "bias" else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": float(weight_decay), "name": "decay"},
+        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+    ]
+    return [g for g in groups if g["params"]]
 
 
 def _autocast(device: torch.device):
@@ -89,7 +104,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, sett
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise ValueError("the training loader yields no batch")
-    opt = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.lr)
+    opt = torch.optim.AdamW(param_groups(model, settings.weight_decay), lr=settings.lr)
     total = settings.epochs * steps_per_epoch
     # OneCycleLR divides by zero when the warm-up phase is under 1.5 steps (tiny runs): stretch it.
     pct = min(max(settings.pct_start, 1.5 / total), 0.75)

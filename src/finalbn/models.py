@@ -8,7 +8,7 @@ with three ways of treating the body's BatchNorm layers (`bn_policy`, to be logg
 Used by the training engine as::
 
     model = create_model("resnet34", weights="imagenet", final="bn")
-    opt = torch.optim.AdamW(param_groups(model, weight_decay=1e-2), lr=1e-3)
+    opt = torch.optim.AdamW(finalbn.engine.param_groups(model, weight_decay=1e-2), lr=1e-3)
     logits = model(images)                      # (B, 2); needs B >= 2 in train mode
 
 `weights` is `"none"` (random init), `"imagenet"` (torchvision's default weights from the torch hub
@@ -38,7 +38,6 @@ __all__ = [
     "WeightsError",
     "create_model",
     "create_head",
-    "param_groups",
     "trainable_parameters",
 ]
 
@@ -243,28 +242,6 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The parameters the optimiser should see (requires_grad), in module order."""
     return [p for p in model.parameters() if p.requires_grad]
 
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: BN weights/biases and every bias get no weight decay, the rest `weight_decay`.
-
-    Exempting BN and bias parameters is standard practice (decaying a BN scale or a shift only
-    fights the normalisation); fastai v1's default `bn_wd=True` decays BN too. Frozen parameters
-    are left out; empty groups are dropped. Each group carries a "name" for logging.
-    """
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    seen: set[int] = set()
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad or id(p) in seen:
-                continue
-            seen.add(id(p))
-            (no_decay if isinstance(module, _BatchNorm) or name == "bias" else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": float(weight_decay), "name": "decay"},
-        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
-    ]
-    return [g for g in groups if g["params"]]
 
 
 # ---------------------------------------------------------------- building and loading bodies

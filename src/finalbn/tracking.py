@@ -43,6 +43,11 @@ def setup(cfg: Config) -> str:
     two processes creating the tables or the experiment at once would fail."""
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
+    project_run = os.environ.get("MLFLOW_RUN_ID")
+    if project_run:  # inside `mlflow run`: the project's run is the cell's run, in its experiment
+        exp_id = mlflow.MlflowClient().get_run(project_run).info.experiment_id
+        mlflow.set_experiment(experiment_id=exp_id)
+        return exp_id
     if uri.startswith("sqlite:///"):
         from filelock import FileLock
 
@@ -128,6 +133,7 @@ def cell_run(run_name: str, tags: dict[str, str], nested: bool = False, parent_r
     if parent_run_id:
         tags = {**tags, "mlflow.parentRunId": parent_run_id}
     run = mlflow.start_run(run_name=run_name, tags=tags, nested=nested)
+    mlflow.set_tags(tags)  # start_run drops them when it resumes `mlflow run`'s own run
     try:
         yield run
     except (KeyboardInterrupt, SystemExit):
@@ -155,7 +161,10 @@ def track_cell(cfg: Config, dataset: str, splits_dir: Path, callbacks=(), progre
     name = run_name or f"{dataset} {tags['config_name']} seed{cfg.train.seed}"
     with cell_run(name, tags, parent_run_id=parent_run_id) as run:
         run_id = run.info.run_id
-        params = {k: ("" if v is None else str(v))[:6000] for k, v in flatten(to_dict(cfg)).items()}
+        # `mlflow run -P a.b=v` has already logged a.b with the user's spelling; MLflow refuses
+        # to change a logged param, so those keys keep theirs.
+        logged = mlflow.get_run(run_id).data.params
+        params = {k: _param_text(v) for k, v in flatten(to_dict(cfg)).items() if k not in logged}
         mlflow.log_params(params)
         result = run_cell(cfg, dataset, splits_dir, callbacks=[EpochLogger(run_id), *callbacks], progress=progress)
         log_result(cfg, result)
@@ -205,6 +214,12 @@ def _log_model(model, size: int) -> None:
         out = model(torch.from_numpy(example)).numpy()
     info = mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example, out), input_example=example)
     mlflow.set_tag("model_uri", info.model_uri)
+
+
+def _param_text(v: Any) -> str:
+    """Params as the YAML spelling: true/false, null, numbers and lists as written."""
+    text = "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+    return text[:6000]
 
 
 def _csv(rows: list[dict]) -> str:
