@@ -190,8 +190,11 @@ def _cmd_grid(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _cmd_report(cfg: Config, args: argparse.Namespace) -> int:
+    import os
+
     from finalbn import report
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per downloaded file
     _quiet_mlflow()
     summary = report.make_report(cfg, Path(args.splits), Path(args.out))
     print(f"report: {summary['cells']} cells -> {args.out}/report.md")
