@@ -12,7 +12,6 @@ import torchvision
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-import finalbn.models as models
 from finalbn.engine import param_groups
 from finalbn.models import (
     ARCHS,

@@ -23,7 +23,6 @@ only and its PNG as a placeholder that says why, so every output path always exi
 """
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import tempfile

@@ -181,7 +181,7 @@ def log_result(cfg: Config, r: CellResult) -> None:
                         "train_images_per_second": r.fit.train_images / max(r.fit.train_seconds, 1e-9)})
     if r.class_weights:
         mlflow.log_params({f"class_weight_{i}": round(w, 6) for i, w in enumerate(r.class_weights)})
-    labels, best, last = r.info["labels"], r.info["probs_best"], r.info["probs_last"]
+    labels, best = r.info["labels"], r.info["probs_best"]
     title = f"{r.dataset} {r.config_name} (config {r.config_id})"
     figures = {
         "loss_curves.png": plots.loss_curves(r.fit.history, title),
