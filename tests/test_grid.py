@@ -135,3 +135,16 @@ def test_bad_shard_and_missing_split_exit_2(prepared, capsys):
     assert "need 0 <= I < N" in capsys.readouterr().err
     assert main(args + ["--splits", "nowhere"]) == 2
     assert "run `finalbn prepare`" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_workers_launch_shards_and_collect_results(prepared):
+    _, overrides = prepared
+    # two families (UF off: 31, 63; UF on: 29, 61), so each of the two workers gets one
+    grid4 = ["grid.configs=[31, 63, 29, 61]", "grid.seeds=[0]", "train.epochs=1"]
+    out = subprocess.run(_grid_cmd(overrides + grid4, "--workers", "2"), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "grid shard 0/2: 2 cells run" in out.stdout and "grid shard 1/2: 2 cells run" in out.stdout
+    assert "grid: 4/4 cells finished" in out.stdout
+    assert Counter(r.info.status for r in _cell_runs()) == {"FINISHED": 4}
+    assert len(pd.read_csv("results/grid.csv")) == 4

@@ -12,8 +12,9 @@ from torch import nn
 from torchvision.transforms import v2
 
 from finalbn import cells
-from finalbn.cells import ablation_from_id, config_id, config_name, fit_settings, run_cell
+from finalbn.cells import fit_settings, run_cell
 from finalbn.cli import main
+from finalbn.config import ablation_from_id, config_id, config_name
 from finalbn.data import load_splits, make_loaders
 from finalbn.engine import FitSettings, TrainingDiverged, fit
 from finalbn.models import WeightsError

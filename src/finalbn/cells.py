@@ -19,10 +19,11 @@ import torch
 from sklearn.utils.class_weight import compute_class_weight
 
 from finalbn import metrics
-from finalbn.config import TOGGLES, Config, DatasetConfig, ablation_from_id, config_id, config_name  # noqa: F401
+from finalbn.config import Config, DatasetConfig, config_id, config_name
 from finalbn.data import load_splits, make_loaders
 from finalbn.engine import Callback, FitResult, FitSettings, fit, predict, resolve_device
 from finalbn.models import FinalBNNet, WeightsError, create_model
+
 
 def weights_path(cfg: Config) -> str:
     """`model.weights`, with `synthetic` resolved to the pretrain stage's file."""

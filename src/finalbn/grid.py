@@ -142,7 +142,7 @@ def run_shard(cfg: Config, splits_dir: Path, index: int = 0, count: int = 1,
     return stats
 
 
-def run_workers(cfg: Config, argv_base: Sequence[str], workers: int, log: Callable[[str], None] = print) -> int:
+def run_workers(cfg: Config, argv_base: Sequence[str], workers: int) -> int:
     """Start `workers` local `finalbn grid --shard i/N` processes; returns the worst exit code."""
     from finalbn import tracking
 

@@ -123,7 +123,7 @@ class EpochLogger:
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         self.client.log_batch(self.run_id, metrics=[
-            mlflow.entities.Metric(k, float(v), int(mlflow.utils.time.get_current_time_millis()), epoch)
+            mlflow.entities.Metric(k, float(v), int(time.time() * 1000), epoch)
             for k, v in metrics.items() if k != "epoch"])
 
 
