@@ -3,8 +3,8 @@
     python benchmarks/bench_cell.py --sizes 32 64 --epochs 2 [--device cuda]
 
 Generates synthetic Apple leaves in a temporary folder, prepares the split, and trains the
-final-BN cell with the backbone frozen (UF off) and with its BN layers unfrozen (UF on), random
-init. Prints train images/s, wall seconds per cell and the UF-on/UF-off time ratio, all measured
+final-BN cell with the backbone frozen (UF off) and with its BN layers unfrozen (UF on), with the
+default arch's weights (efficientnet_lite0: ImageNet, offline; `--weights none` for random init). Prints train images/s, wall seconds per cell and the UF-on/UF-off time ratio, all measured
 in this one run (a benchmark prints; it does not assert).
 """
 from __future__ import annotations
@@ -24,7 +24,8 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--arch", default="resnet18")
+    ap.add_argument("--arch", default="efficientnet_lite0")
+    ap.add_argument("--weights", default="imagenet")
     args = ap.parse_args()
 
     from finalbn.cells import run_cell
@@ -34,9 +35,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
-        generate(Path(tmp) / "raw", seed=0, image_size=64, crops=["Apple"], healthy=1310, per_disease=45, progress=False)
+        generate(Path(tmp) / "raw", seed=0, image_size=64, crops=["Apple"], healthy=1310, per_disease=45, progress=False,
+                 severity=2.5)
         for size in args.sizes:
-            base = [f"datasets.0.root={tmp}/raw", f"datasets.0.image_size={size}", "model.weights=none",
+            base = [f"datasets.0.root={tmp}/raw", f"datasets.0.image_size={size}", f"model.weights={args.weights}",
                     f"model.arch={args.arch}", f"train.epochs={args.epochs}", f"train.device={args.device}"]
             cfg = load_config([ROOT / "params.yaml"], base)
             prepare_dataset(cfg.datasets[0], cfg.split, Path(tmp) / "splits", progress=False)

@@ -63,7 +63,8 @@ def prepared(tmp_path, monkeypatch, tiny_split):
         f"pretrain.out_dir={tmp_path / 'pretrained'}",
     ]
     cfg = load_config([PARAMS], overrides)
-    prepare_dataset(cfg.datasets[0], cfg.split, tmp_path / "data" / "splits", progress=False)
+    prepare_dataset(cfg.datasets[0], cfg.split, tmp_path / "data" / "splits", progress=False,
+                    replicates=cfg.grid.max_replicates)
     return (lambda extra=(): load_config([PARAMS], overrides + list(extra))), overrides
 
 

@@ -124,5 +124,7 @@ def test_paper_profile_overlays_params():
     cfg = load_config([PARAMS, ROOT / "profiles" / "paper.yaml"])
     assert [d.crop for d in cfg.datasets] == ["Apple", "Pepper,_bell", "Tomato"]
     assert {d.image_size for d in cfg.datasets} == {224} and cfg.model.weights == "imagenet"
-    assert cfg.grid.archs == ("resnet34", "vgg19_bn") and len(cfg.grid.seeds) == 10
+    assert cfg.grid.archs == ("resnet34", "vgg19_bn") and cfg.grid.replicates == 10
+    assert cfg.grid.max_replicates == 10 and cfg.train.body_lr_ratio == 0.1 and cfg.train.wd_on_bn
+    assert cfg.model.frozen_bn == "train"
     assert cfg.split.train == (1000, 10)

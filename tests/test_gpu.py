@@ -21,7 +21,7 @@ def test_cell_trains_on_cuda(prepared, toggles):
     assert result.device == "cuda"
     assert next(result.info["model"].parameters()).is_cuda
     assert all(math.isfinite(v) for row in result.fit.history for v in row.values())
-    assert len(result.predictions) == 4 and 0.0 <= result.test_best["f1_1"] <= 1.0
+    assert len(result.predictions) == 4 and 0.0 <= result.test_last["f1_1"] <= 1.0
 
 
 def test_auto_picks_cuda(prepared):

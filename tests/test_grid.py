@@ -28,13 +28,13 @@ def _cells(load, extra=()):
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 13])
 def test_shards_cover_every_cell_exactly_once(load, n):
-    cfg = load(["grid.seeds=[0, 1, 2]", "grid.archs=[resnet18, vgg19]"])
+    cfg = load(["grid.replicates=3", "grid.archs=[resnet18, vgg19]"])
     cells = grid.all_cells(cfg)
-    assert len(cells) == 64 * 3 * 2
+    assert len(cells) == (64 * 3 + 4 * 2) * 2  # headline configs on 5 replicates
     parts = [grid.shard_cells(cells, i, n) for i in range(n)]
     counts = Counter(c for part in parts for c in part)
     assert set(counts) == set(cells) and set(counts.values()) == {1}
-    # a family (dataset, arch, UF, DA, MX) — and so every parent's seeds — stays in one shard
+    # a family (dataset, arch, UF, DA, MX) — and so every parent's replicates — stays in one shard
     for part in parts:
         others = [c for p in parts if p is not part for c in p]
         assert not {c.family for c in part} & {c.family for c in others}
@@ -42,9 +42,18 @@ def test_shards_cover_every_cell_exactly_once(load, n):
 
 
 def test_config_selection(load):
-    cfg = load(["grid.configs=[31, none, WL]"])
+    cfg = load(["grid.configs=[31, none, WL]", "grid.headline.configs=[]"])
     assert sorted({c.config_id for c in grid.all_cells(cfg)}) == [31, 47, 63]
     assert ablation_from_id(47).wl and not ablation_from_id(47).bn
+
+
+def test_default_design_every_config_once_headline_contrasts_five_times(load):
+    cells = grid.all_cells(load())
+    reps = Counter(c.config_id for c in cells)
+    assert set(reps) == set(range(64)) and len(cells) == 64 + 4 * 4
+    assert {cid: reps[cid] for cid in (31, 63, 47, 15)} == {31: 5, 63: 5, 47: 5, 15: 5}
+    assert all(n == 1 for cid, n in reps.items() if cid not in (31, 63, 47, 15))
+    assert load().grid.max_replicates == 5
 
 
 def _grid_cmd(overrides, *extra):
@@ -58,7 +67,7 @@ def _cell_runs():
     return runs
 
 
-GRID4 = ["grid.configs=[31, 63, 15, 47]", "grid.seeds=[0]", "grid.workers=1", "train.epochs=1"]
+GRID4 = ["grid.configs=[31, 63, 15, 47]", "grid.headline.configs=[]", "grid.workers=1", "train.epochs=1"]
 
 
 @pytest.mark.slow
@@ -106,9 +115,9 @@ def test_two_concurrent_shards_share_one_sqlite_store(prepared):
 
 
 @pytest.mark.slow
-def test_parent_runs_carry_mean_and_std_of_seeds(prepared):
+def test_parent_runs_carry_mean_and_std_of_replicates(prepared):
     load, overrides = prepared
-    cfg = load(["grid.configs=[31]", "grid.seeds=[0, 1]", "train.epochs=1"])
+    cfg = load(["grid.configs=[31]", "grid.replicates=2", "grid.headline.configs=[]", "train.epochs=1"])
     stats = grid.run_shard(cfg, SPLITS, log=lambda m: None)
     assert stats == {"ran": 2, "skipped": 0, "failed": []}
     children = _cell_runs()
@@ -116,14 +125,15 @@ def test_parent_runs_carry_mean_and_std_of_seeds(prepared):
                                    filter_string="tags.`finalbn.parent` = 'true'")
     assert parent.info.status == "FINISHED" and parent.data.tags["config_id"] == "31"
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
-    vals = [c.data.metrics["test_best_f1_1"] for c in children]
-    assert parent.data.metrics["mean_test_best_f1_1"] == pytest.approx(sum(vals) / 2)
-    assert parent.data.metrics["std_test_best_f1_1"] == pytest.approx(abs(vals[0] - vals[1]) / 2)
+    assert {c.data.tags["replicate"] for c in children} == {"0", "1"}
+    vals = [c.data.metrics["test_f1_1"] for c in children]
+    assert parent.data.metrics["mean_test_f1_1"] == pytest.approx(sum(vals) / 2)
+    assert parent.data.metrics["std_test_f1_1"] == pytest.approx(abs(vals[0] - vals[1]) / 2)
     summary = grid.write_results(cfg, SPLITS, Path("results"))
     assert summary["finished"] == 2 and summary["missing"] == []
     # a changed result-relevant param gives new keys: nothing is skipped
-    assert grid.run_shard(load(["grid.configs=[31]", "grid.seeds=[0]", "train.epochs=2"]), SPLITS,
-                          log=lambda m: None)["ran"] == 1
+    assert grid.run_shard(load(["grid.configs=[31]", "grid.replicates=1", "grid.headline.configs=[]",
+                                "train.epochs=2"]), SPLITS, log=lambda m: None)["ran"] == 1
 
 
 def test_bad_shard_and_missing_split_exit_2(prepared, capsys):
@@ -135,13 +145,19 @@ def test_bad_shard_and_missing_split_exit_2(prepared, capsys):
     assert "need 0 <= I < N" in capsys.readouterr().err
     assert main(args + ["--splits", "nowhere"]) == 2
     assert "run `finalbn prepare`" in capsys.readouterr().err
+    # the headline configs need 5 replicates; a split folder with fewer is named
+    import shutil
+    shutil.rmtree("data/splits/synthetic-apple/4")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "synthetic-apple/4/manifest.csv does not exist" in err and "replicates" in err
 
 
 @pytest.mark.slow
 def test_workers_launch_shards_and_collect_results(prepared):
     _, overrides = prepared
     # two families (UF off: 31, 63; UF on: 29, 61), so each of the two workers gets one
-    grid4 = ["grid.configs=[31, 63, 29, 61]", "grid.seeds=[0]", "train.epochs=1"]
+    grid4 = ["grid.configs=[31, 63, 29, 61]", "grid.headline.configs=[]", "train.epochs=1"]
     out = subprocess.run(_grid_cmd(overrides + grid4, "--workers", "2"), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "grid shard 0/2: 2 cells run" in out.stdout and "grid shard 1/2: 2 cells run" in out.stdout

@@ -49,6 +49,7 @@ def test_classification_report_worked_example():
         "precision_0", "recall_0", "f1_0", "support_0",
         "precision_1", "recall_1", "f1_1", "support_1",
         "f1_macro", "ece", "brier", "nll", "minority_f1",
+        "balanced_accuracy", "auroc", "ap",
     ]
     assert all(type(v) is float for v in r.values())
     assert r["accuracy"] == pytest.approx(4 / 6)
@@ -66,6 +67,28 @@ def test_classification_report_worked_example():
     nll = -np.mean(np.log([0.9, 0.7, 0.25, 0.55, 0.9, 0.35]))
     assert r["nll"] == pytest.approx(nll)
     assert r["minority_f1"] == r["f1_1"]
+    assert r["balanced_accuracy"] == pytest.approx((0.75 + 0.5) / 2)
+    # P(1) ranks: positives 0.90, 0.35 against negatives 0.10, 0.30, 0.75, 0.45 -> 4 + 2 of 8 pairs
+    assert r["auroc"] == pytest.approx(6 / 8)
+    # AP: ranked 0.90 (+), 0.75, 0.45, 0.35 (+) -> precision 1 at recall 1/2, 2/4 at recall 1
+    assert r["ap"] == pytest.approx(0.5 * 1 + 0.5 * 0.5)
+
+
+def test_prior_correction_moves_the_threshold_by_the_training_odds():
+    """Logit adjustment to a uniform prior: minority iff p1/p0 > n1/n0 (here 10/1000)."""
+    probs = np.array([[0.995, 0.005], [0.985, 0.015], [0.4, 0.6], [0.999, 0.001]])
+    assert m.prior_corrected_preds(probs, (1000, 10)).tolist() == [0, 1, 1, 0]
+    assert m.prior_corrected_preds(probs, (10, 10)).tolist() == [0, 0, 1, 0]  # balanced: argmax
+    r = m.classification_report([0, 1, 1, 0], probs, train_counts=(1000, 10))
+    assert r["f1_1_pc"] == pytest.approx(1.0) and r["f1_1"] == pytest.approx(2 / 3)
+    assert r["recall_1_pc"] == 1.0 and r["balanced_accuracy_pc"] == 1.0
+    with pytest.raises(ValueError, match="train_counts must both be positive"):
+        m.prior_corrected_preds(probs, (1000, 0))
+
+
+def test_threshold_free_metrics_with_one_class_are_nan():
+    probs = np.array([[0.6, 0.4], [0.3, 0.7]])
+    assert math.isnan(m.auroc([0, 0], probs)) and math.isnan(m.average_precision([0, 0], probs))
 
 
 def test_asymmetric_precision_recall():

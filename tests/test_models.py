@@ -16,6 +16,7 @@ from finalbn.engine import param_groups
 from finalbn.models import (
     ARCHS,
     AdaptiveConcatPool2d,
+    get_spec,
     FinalBNNet,
     WeightsError,
     create_model,
@@ -63,14 +64,35 @@ def _step(model: FinalBNNet) -> None:
 
 
 def test_registry_has_the_study_archs():
-    assert {"resnet18", "resnet34", "resnet50", "vgg19_bn", "vgg19"} <= set(ARCHS)
+    assert {"efficientnet_lite0", "resnet18", "resnet34", "resnet50", "vgg19_bn", "vgg19"} <= set(ARCHS)
     assert all(callable(spec) for spec in ARCHS.values())
+
+
+@pytest.mark.parametrize("arch, nf", [("mobilenet_v3_small", 576), ("regnet_y_400mf", 440),
+                                      ("convnext_tiny", 768), ("densenet121", 1024)])
+def test_any_torchvision_model_by_name(arch, nf):
+    """Not only the registered archs: the body is cut generically (features, or up to the pool)."""
+    model = create_model(arch).eval()
+    assert model.nf == nf and model(_x()).shape == (4, 2)
+    assert get_spec(arch).mean == (0.485, 0.456, 0.406)
+
+
+def test_preprocessing_is_per_arch_metadata():
+    lite, resnet = get_spec("efficientnet_lite0"), get_spec("resnet34")
+    assert lite.mean == lite.std == (0.5, 0.5, 0.5)  # TF-trained: inputs in [-1, 1]
+    assert resnet.mean == (0.485, 0.456, 0.406) and resnet.std == (0.229, 0.224, 0.225)
+    assert lite.preprocessing()["mean"] == [0.5, 0.5, 0.5]
+
+
+def test_a_model_without_a_convolutional_body_is_refused():
+    with pytest.raises(ValueError, match="has no convolutional body"):
+        create_model("vit_b_16")
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"arch": "resnet9"}, r"unknown arch 'resnet9' \(have: resnet18, "),
+        ({"arch": "resnet9"}, r"unknown arch 'resnet9' \(have: efficientnet_lite0, resnet18, .*any torchvision"),
         ({"final": "batchnorm"}, "final must be one of bn, selu, none"),
         ({"frozen_bn": "off"}, "frozen_bn must be one of eval, train"),
         ({"dropout": (0.25, 1.0)}, "dropout"),
@@ -92,7 +114,7 @@ def test_forward_and_one_step_default(arch):
     model = create_model(arch)
     assert isinstance(model, FinalBNNet) and model.bn_policy == "frozen-eval"
     body_out = model.body(_x())  # (4, nf, 2, 2)
-    assert model.nf == body_out.shape[1] == {"resnet50": 2048}.get(arch, 512)
+    assert model.nf == body_out.shape[1] == {"resnet50": 2048, "efficientnet_lite0": 1280}.get(arch, 512)
     assert next(m for m in model.head if isinstance(m, nn.Linear)).in_features == 2 * model.nf
 
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
@@ -233,10 +255,10 @@ def test_batch_of_one_raises_in_train_mode_only():
 @pytest.mark.parametrize("unfreeze_bn", [False, True])
 def test_param_groups_exempt_bn_and_bias_from_weight_decay(unfreeze_bn):
     model = create_model("resnet18", unfreeze_bn=unfreeze_bn)
-    groups = {g["name"]: g for g in param_groups(model, weight_decay=0.05)}
-    assert groups["decay"]["weight_decay"] == 0.05 and groups["no_decay"]["weight_decay"] == 0.0
-    decay = {id(p) for p in groups["decay"]["params"]}
-    no_decay = {id(p) for p in groups["no_decay"]["params"]}
+    groups = param_groups(model, weight_decay=0.05)
+    assert all(g["weight_decay"] == (0.05 if g["name"] in ("decay", "body_decay") else 0.0) for g in groups)
+    decay = {id(p) for g in groups if g["name"] in ("decay", "body_decay") for p in g["params"]}
+    no_decay = {id(p) for g in groups if g["name"] in ("no_decay", "body_no_decay") for p in g["params"]}
     assert not decay & no_decay
     assert decay | no_decay == {id(p) for p in trainable_parameters(model)}
     linears = [m for m in model.head if isinstance(m, nn.Linear)]
@@ -244,7 +266,25 @@ def test_param_groups_exempt_bn_and_bias_from_weight_decay(unfreeze_bn):
     bns = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.weight is not None and m.weight.requires_grad]
     assert {id(m.weight) for m in bns} <= no_decay and {id(m.bias) for m in linears} <= no_decay
     assert len(bns) == (3 + 20 if unfreeze_bn else 3)  # resnet18 has 20 BatchNorm2d
+    assert all(g["lr_scale"] == 1.0 for g in groups)
     torch.optim.AdamW(param_groups(model, 0.05))  # accepted as is
+
+
+def test_param_groups_fastai_semantics_body_lr_and_bn_decay():
+    """The paper profile: body BN params at a tenth of the head's LR (slice(lr)), BN decayed too."""
+    model = create_model("resnet18", unfreeze_bn=True)
+    groups = {g["name"]: g for g in param_groups(model, 0.05, body_lr_ratio=0.1, wd_on_bn=True)}
+    assert set(groups) == {"body_decay", "decay", "no_decay"}  # head biases only stay exempt
+    assert groups["body_decay"]["lr_scale"] == 0.1 and groups["decay"]["lr_scale"] == 1.0
+    body_bn = {id(p) for m in model.body.modules() if isinstance(m, _BatchNorm) for p in m.parameters()}
+    assert {id(p) for p in groups["body_decay"]["params"]} == body_bn
+    lr = {g["name"]: g["lr"] for g in torch.optim.AdamW(list(groups.values()), lr=1.0).param_groups}
+    sched_groups = list(groups.values())
+    opt = torch.optim.AdamW(sched_groups, lr=1e-3)
+    torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[1e-3 * g["lr_scale"] for g in sched_groups], total_steps=10)
+    peaks = {g["name"]: g["max_lr"] for g in opt.param_groups}
+    assert peaks["body_decay"] == pytest.approx(1e-4) and peaks["decay"] == pytest.approx(1e-3)
+    assert lr  # the groups are plain AdamW groups
 
 
 # ---------------------------------------------------------------- weights

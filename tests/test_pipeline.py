@@ -1,6 +1,8 @@
-"""The DVC pipeline in a scratch git repo: stages run, rerun nothing, and re-run only what changed."""
+"""The DVC pipeline in a scratch git repo: stages run, rerun nothing, and re-run only what changed;
+and every stage's code deps are the modules it imports."""
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -12,7 +14,51 @@ import yaml
 
 from conftest import ROOT
 
-pytestmark = pytest.mark.slow
+SRC = ROOT / "src" / "finalbn"
+ENTRY = {"synthesize": "synthetic", "prepare": "splits", "ceiling": "ceiling", "grid": "grid", "report": "report"}
+
+
+def _module_file(name: str) -> Path:
+    path = SRC / Path(*name.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def _imports(name: str) -> set[str]:
+    """finalbn modules imported anywhere in `name` (top level or inside functions)."""
+    tree = ast.parse(_module_file(name).read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("finalbn"):
+            base = node.module.split(".", 1)[1] if "." in node.module else ""
+            for alias in node.names:
+                sub = f"{base}.{alias.name}" if base else alias.name
+                found.add(sub if _module_file(sub).is_file() else base)
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".", 1)[1] for a in node.names if a.name.startswith("finalbn.")}
+    return {m for m in found if m and m != "cli"}
+
+
+def _closure(name: str) -> set[str]:
+    seen, todo = set(), [name]
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        todo.extend(_imports(m) - seen)
+        if "." in m:
+            todo.append(m.rsplit(".", 1)[0])  # a submodule's package __init__ runs too
+    return seen
+
+
+def test_stage_deps_are_the_modules_each_stage_imports():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for stage, entry in ENTRY.items():
+        spec = stages[stage].get("do", stages[stage])
+        deps = [d for d in spec["deps"] if d.startswith("src/")]
+        for module in _closure(entry):
+            path = _module_file(module).relative_to(ROOT).as_posix()
+            assert any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps), f"{stage}: {path} not in deps"
 
 
 def _repro(repo: Path, *stages: str) -> str:
@@ -32,9 +78,8 @@ def repo(tmp_path):
     params["synthetic"].update(image_size=16, crops=["Apple", "Grape"], healthy=12, per_disease=2, workers=1)
     params["datasets"][0]["image_size"] = 16
     params["split"].update(train=[4, 2], val=[2, 1], test=[2, 2])
-    params["pretrain"].update(per_class=5, image_size=16, epochs=1, batch_size=8)
     params["train"].update(epochs=1, batch_size=4, threads=1)
-    params["grid"].update(configs=[31, 63, 47], workers=1)
+    params["grid"].update(configs=[31, 63, 47], workers=1, headline={"configs": [31, 63], "replicates": 2})
     params["report"]["bootstrap"] = 200
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cmd in (["git", "init", "-q"], [str(Path(sys.executable).parent / "dvc"), "init", "-q"]):
@@ -42,13 +87,15 @@ def repo(tmp_path):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_whole_pipeline_then_nothing_then_only_what_changed(repo, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # MLflow's default store in the repo
     first = _repro(repo)
-    for stage in ("synthesize", "prepare@0", "pretrain", "grid", "report"):
+    for stage in ("synthesize", "prepare@0", "ceiling@0", "grid", "report"):
         assert f"Running stage '{stage}'" in first
-    assert "grid: 3/3 cells finished" in first and "report: 3 cells" in first
+    assert "grid: 5/5 cells finished" in first and "report: 5 cells" in first  # 47 once, 31 and 63 twice
     assert (repo / "mlflow.db").is_file() and (repo / "report" / "report.md").is_file()
+    assert "## Can the features see the cue?" in (repo / "report" / "report.md").read_text()
     assert "Running stage" not in _repro(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["report"]["bootstrap"] = 300
@@ -57,10 +104,11 @@ def test_whole_pipeline_then_nothing_then_only_what_changed(repo, monkeypatch):
     assert "Running stage 'report'" in third and "Running stage 'grid'" not in third
 
 
+@pytest.mark.slow
 def test_prepare_runs_once_and_reruns_only_on_change(repo):
     first = _repro(repo, "synthesize", "prepare")
-    assert "prepare synthetic-apple: train 4/2, val 2/1, test 2/2" in first
-    manifest = repo / "data/splits/synthetic-apple/manifest.csv"
+    assert "prepare synthetic-apple: 2 replicate split(s) of train 4/2, val 2/1, test 2/2" in first
+    manifest = repo / "data/splits/synthetic-apple/0/manifest.csv"
     before = manifest.read_bytes()
     second = _repro(repo, "synthesize", "prepare")
     assert "Running stage" not in second and "up to date" in second

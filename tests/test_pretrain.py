@@ -14,7 +14,7 @@ from finalbn.splits import DataError
 def test_pretrain_writes_a_backbone_the_cell_loads(prepared, tmp_path):
     load, _ = prepared
     cfg = load(["pretrain.per_class=5", "pretrain.image_size=32", "pretrain.epochs=1", "pretrain.batch_size=8",
-                "model.weights=synthetic"])
+                "model.weights=synthetic", "model.arch=resnet18"])
     summary = pretrain(cfg)
     out = tmp_path / "pretrained"
     assert summary["classes"] == ["healthy", "Leaf_spot", "Rust", "Mosaic", "Blight"]

@@ -17,16 +17,18 @@ def _ds(load, tiny_split, root: Path, *extra: str):
     return cfg.datasets[0], cfg.split
 
 
-def _prepare(load, tiny_split, root, out, *extra):
+def _prepare(load, tiny_split, root, out, *extra, replicates=1):
     ds, split = _ds(load, tiny_split, root, *extra)
-    return prepare_dataset(ds, split, out, progress=False)
+    summaries = prepare_dataset(ds, split, out, progress=False, replicates=replicates)
+    assert len(summaries) == replicates
+    return summaries[0]
 
 
 def test_plantvillage_counts_disjoint_and_pooled(load, tiny_split, tmp_path):
     root = make_plantvillage(tmp_path / "pv", "Pepper,_bell", healthy=10, diseases={"Bacterial_spot": 3, "Mold": 4})
     make_plantvillage(tmp_path / "pv", "Apple", healthy=9)  # another crop is ignored
     summary = _prepare(load, tiny_split, root, tmp_path / "out", "datasets.0.source=plantvillage", "datasets.0.crop=Pepper,_bell")
-    rows = read_manifest(tmp_path / "out" / "synthetic-apple" / "manifest.csv")
+    rows = read_manifest(tmp_path / "out" / "synthetic-apple" / "0" / "manifest.csv")
     by = {(s, l): [r for r in rows if r["split"] == s and r["label"] == l] for s in ("train", "val", "test") for l in (0, 1)}
     assert [len(by[k]) for k in sorted(by)] == [2, 2, 4, 2, 2, 1]  # test, train, val × (majority, minority)
     paths = [r["path"] for r in rows]
@@ -47,16 +49,16 @@ def test_same_params_same_bytes_and_seed_changes_draw(load, tiny_split, tmp_path
     _prepare(load, tiny_split, root, a, "datasets.0.source=plantvillage")
     _prepare(load, tiny_split, root, b, "datasets.0.source=plantvillage")
     for name in ("manifest.csv", "split.json"):
-        assert (a / "synthetic-apple" / name).read_bytes() == (b / "synthetic-apple" / name).read_bytes()
+        assert (a / "synthetic-apple" / "0" / name).read_bytes() == (b / "synthetic-apple" / "0" / name).read_bytes()
     _prepare(load, tiny_split, root, c, "datasets.0.source=plantvillage", "split.seed=99")
-    assert (a / "synthetic-apple" / "manifest.csv").read_bytes() != (c / "synthetic-apple" / "manifest.csv").read_bytes()
+    assert (a / "synthetic-apple" / "0" / "manifest.csv").read_bytes() != (c / "synthetic-apple" / "0" / "manifest.csv").read_bytes()
 
 
 def test_manifest_hash_and_sha256_columns(load, tiny_split, tmp_path):
     import hashlib
     root = make_plantvillage(tmp_path / "pv")
     summary = _prepare(load, tiny_split, root, tmp_path / "o", "datasets.0.source=plantvillage")
-    out = tmp_path / "o" / "synthetic-apple"
+    out = tmp_path / "o" / "synthetic-apple" / "0"
     assert summary["manifest_sha256"] == hashlib.sha256((out / "manifest.csv").read_bytes()).hexdigest()
     row = read_manifest(out / "manifest.csv")[0]
     assert row["sha256"] == hashlib.sha256(Path(row["path"]).read_bytes()).hexdigest()
@@ -84,9 +86,27 @@ def test_bad_files_are_listed_and_skipped(load, tiny_split, tmp_path):
     reasons = {Path(r["path"]).name: r["reason"] for r in summary["rejected"]}
     assert set(reasons) == {"empty.png", "notes.txt", "fake.jpg"}
     assert all(reasons.values())
-    rows = read_manifest(tmp_path / "o" / "synthetic-apple" / "manifest.csv")
+    rows = read_manifest(tmp_path / "o" / "synthetic-apple" / "0" / "manifest.csv")
     assert not any(Path(r["path"]).name in reasons for r in rows)
     assert (root / "Apple___Scab" / "fake.jpg").read_text() == "not a jpeg"  # inputs are never touched
+
+
+def test_replicates_redraw_the_split(load, tiny_split, tmp_path):
+    """A replicate is another draw: other minority training images; same counts; replicate 0 is
+    the same whatever the number of replicates."""
+    root = make_plantvillage(tmp_path / "pv", healthy=20, diseases={"Scab": 8, "Rot": 8})
+    _prepare(load, tiny_split, root, tmp_path / "one", "datasets.0.source=plantvillage")
+    _prepare(load, tiny_split, root, tmp_path / "many", "datasets.0.source=plantvillage", replicates=4)
+    base = tmp_path / "many" / "synthetic-apple"
+    assert (base / "0" / "manifest.csv").read_bytes() == \
+        (tmp_path / "one" / "synthetic-apple" / "0" / "manifest.csv").read_bytes()
+    minority = []
+    for r in range(4):
+        rows = read_manifest(base / str(r) / "manifest.csv")
+        assert sum(1 for x in rows if x["split"] == "train" and x["label"] == 1) == 2
+        minority.append(frozenset(x["path"] for x in rows if x["split"] == "train" and x["label"] == 1))
+        assert json.loads((base / str(r) / "split.json").read_text())["replicate"] == r
+    assert len(set(minority)) > 1
 
 
 def test_too_few_images_names_the_class(load, tiny_split, tmp_path):
@@ -131,9 +151,9 @@ def test_failed_prepare_keeps_earlier_outputs(load, tiny_split, tmp_path, monkey
     args = ["prepare", "--params", str(PARAMS), *sum([["--set", o] for o in tiny_split], []),
             "--set", f"datasets.0.root={root}", "--set", "datasets.0.source=plantvillage"]
     assert main(args) == 0
-    manifest = tmp_path / "data" / "splits" / "synthetic-apple" / "manifest.csv"
+    manifest = tmp_path / "data" / "splits" / "synthetic-apple" / "0" / "manifest.csv"
     before = manifest.read_bytes()
-    assert "prepare synthetic-apple: train 4/2" in capsys.readouterr().out
+    assert "prepare synthetic-apple: 5 replicate split(s) of train 4/2" in capsys.readouterr().out
     assert main(args + ["--set", "split.test=[2, 50]"]) == 2
     err = capsys.readouterr().err.strip()
     assert "has 8 usable images, the split needs 53" in err and len(err.splitlines()) == 1

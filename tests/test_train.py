@@ -60,7 +60,7 @@ def test_toggles_change_what_they_should(prepared):
     assert {uf.bn_policy, frozen.bn_policy, fastai.bn_policy} == {"unfrozen", "frozen-eval", "frozen-train (fastai)"}
 
     cfg = load()
-    tensors = load_splits(SPLITS / "synthetic-apple" / "manifest.csv", 32)
+    tensors = load_splits(SPLITS / "synthetic-apple" / "0" / "manifest.csv", 32)
     plain = make_loaders(tensors, 4, None, seed=0)["train"].dataset.transform
     augmented = make_loaders(tensors, 4, cfg.train.augment, seed=0)["train"].dataset.transform
     assert not any(isinstance(t, v2.RandomAffine) for t in plain.transforms)
@@ -87,7 +87,7 @@ def test_mixup_feeds_soft_targets(monkeypatch):
 
 
 def test_never_a_training_batch_of_one(prepared):
-    tensors = load_splits(SPLITS / "synthetic-apple" / "manifest.csv", 32)  # 6 training images
+    tensors = load_splits(SPLITS / "synthetic-apple" / "0" / "manifest.csv", 32)  # 6 training images
     loader = make_loaders(tensors, 5, None, seed=0)["train"]
     assert [len(y) for _, y in loader] == [5]
 
@@ -98,9 +98,13 @@ def test_same_cell_twice_same_metrics(prepared):
     a = run_cell(cfg, "synthetic-apple", SPLITS)
     b = run_cell(cfg, "synthetic-apple", SPLITS)
     assert a.fit.history == b.fit.history
-    assert a.test_best == b.test_best and a.predictions == b.predictions
+    assert a.test_sel == b.test_sel and a.test_last == b.test_last and a.predictions == b.predictions
     c = run_cell(load(["ablation.da=true", "ablation.mx=true", "train.seed=1"]), "synthetic-apple", SPLITS)
     assert c.fit.history != a.fit.history
+    # another replicate: another split and another seed
+    d = run_cell(cfg, "synthetic-apple", SPLITS, replicate=1)
+    assert d.replicate == 1 and d.info["seed"] == cfg.train.seed + 1
+    assert {p["path"] for p in d.predictions} != {p["path"] for p in a.predictions}
 
 
 def test_nan_loss_stops_with_epoch_and_step():
@@ -169,12 +173,19 @@ def test_mlflow_run_holds_params_metrics_by_step_and_artifacts(prepared, capsys)
     assert "class_weight_1" in p
     assert tags["BN"] == "true" and tags["WL"] == "true" and tags["DA"] == "false" and tags["config_id"] == "15"
     assert tags["bn_policy"] == "frozen-eval" and len(tags["manifest_sha256"]) == 64
+    assert tags["replicate"] == "0" and tags["seed"] == "0"
     assert [x.step for x in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2]
-    for key in ("test_f1_1", "test_best_f1_1", "test_ece", "test_brier", "best_epoch"):
-        assert key in m
+    # the mechanism under study, per epoch: the final BN's running statistics, gamma and beta
+    for key in ("val_auroc", "val_balanced_loss", "final_bn_running_mean_1", "final_bn_running_var_0",
+                "final_bn_gamma_1", "final_bn_beta_0"):
+        assert [x.step for x in client.get_metric_history(run.info.run_id, key)] == [1, 2], key
+    for key in ("test_f1_1", "test_sel_f1_1", "test_ece", "test_brier", "selected_epoch", "test_auroc", "test_ap",
+                "test_balanced_accuracy", "test_f1_1_pc", "val_last_auroc", "val_last_f1_1_pc", "val_sel_auroc"):
+        assert key in m, key
+    assert {k for k in m if k.startswith("test_recall_1__")} == {"test_recall_1__Apple___Scab", "test_recall_1__Apple___Rot"}
     arts = {a.path for d in ("", "plots", "predictions") for a in client.list_artifacts(run.info.run_id, d or None)}
     for path in ("config.yaml", "history.csv", "reliability.json", "plots/loss_curves.png", "plots/softmax_scatter.png",
-                 "plots/reliability_best.png", "plots/confusion_matrix.png", "predictions/test_predictions.csv"):
+                 "plots/reliability_selected.png", "plots/confusion_matrix.png", "predictions/test_predictions.csv"):
         assert path in arts, path
     local = Path(client.download_artifacts(run.info.run_id, "predictions/test_predictions.csv"))
     assert len(local.read_text().splitlines()) == 1 + 4  # header + 4 test images
@@ -211,4 +222,4 @@ def test_mlflow_run_entry_point(prepared, tmp_path):
     assert "train synthetic-apple none (config 63)" in out.stdout
     (run,) = mlflow.search_runs(experiment_names=["finalbn"], output_format="list")
     assert run.info.status == "FINISHED" and run.data.tags["BN"] == "false"
-    assert run.data.params["ablation.bn"] == "false" and "test_best_f1_1" in run.data.metrics
+    assert run.data.params["ablation.bn"] == "false" and "test_sel_f1_1" in run.data.metrics

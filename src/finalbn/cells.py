@@ -1,10 +1,13 @@
-"""One training cell = (dataset, configuration of the six toggles, seed): data -> model -> fit -> test.
+"""One training cell = (dataset, replicate, configuration of the six toggles): data -> model -> fit -> test.
 
-    result = run_cell(cfg, "synthetic-apple", splits_dir=Path("data/splits"))
-    result.test_best["minority_f1"]
+    result = run_cell(cfg, "synthetic-apple", splits_dir=Path("data/splits"), replicate=0)
+    result.test_last["f1_1"], result.test_last["auroc"]
 
-Configuration ids and names (`config_id`, `config_name`) follow the paper; see `finalbn.config`.
-Knows nothing of MLflow or Optuna: callbacks reach `engine.fit`.
+A replicate is one split draw (`<splits_dir>/<dataset>/<replicate>/manifest.csv`) and trains with
+seed `train.seed + replicate`. The primary numbers are the last epoch's (`test_last`); those at
+the epoch selected on validation AUROC are `test_sel`. Configuration ids and names (`config_id`,
+`config_name`) follow the paper; see `finalbn.config`. Knows nothing of MLflow or Optuna:
+callbacks reach `engine.fit`.
 """
 from __future__ import annotations
 
@@ -22,7 +25,8 @@ from finalbn import metrics
 from finalbn.config import Config, DatasetConfig, config_id, config_name
 from finalbn.data import load_splits, make_loaders
 from finalbn.engine import Callback, FitResult, FitSettings, fit, predict, resolve_device
-from finalbn.models import FinalBNNet, WeightsError, create_model
+from finalbn.models import FinalBNNet, WeightsError, create_model, get_spec
+from finalbn.splits import split_dir
 
 
 def weights_path(cfg: Config) -> str:
@@ -36,11 +40,17 @@ def weights_path(cfg: Config) -> str:
     return str(path)
 
 
-def preflight(cfg: Config, dataset: str, splits_dir: Path) -> None:
-    """Fail before any run starts: the split exists and `model.weights` resolves to something."""
-    manifest = splits_dir / cfg.dataset(dataset).name / "manifest.csv"
-    if not manifest.is_file():
-        raise FileNotFoundError(f"{manifest} does not exist: run `finalbn prepare` (or `dvc repro`) first")
+def preflight(cfg: Config, dataset: str, splits_dir: Path, replicates: int = 1) -> None:
+    """Fail before any run starts: the splits exist and `model.weights` resolves to something."""
+    for r in range(replicates):
+        manifest = split_dir(splits_dir, cfg.dataset(dataset).name, r) / "manifest.csv"
+        if not manifest.is_file():
+            raise FileNotFoundError(f"{manifest} does not exist: run `finalbn prepare` (or `dvc repro`) first"
+                                    f"{' with grid.replicates covering ' + str(r) if r else ''}")
+    try:
+        get_spec(cfg.model.arch)
+    except ValueError as exc:
+        raise WeightsError(str(exc)) from None
     w = weights_path(cfg)
     if w not in ("imagenet", "none") and not Path(w).is_file():
         raise WeightsError(f"weights file {w} does not exist (model.weights: imagenet | none | synthetic | <file.pt>)")
@@ -66,7 +76,19 @@ def fit_settings(cfg: Config, train_labels: np.ndarray, device: str = "cpu", pro
     return FitSettings(epochs=tc.epochs, lr=tc.lr, weight_decay=tc.weight_decay if ab.wd else 0.0,
                        class_weights=class_weights(train_labels) if ab.wl else None,
                        mixup_alpha=tc.mixup_alpha if ab.mx else None, label_smoothing=tc.label_smoothing,
-                       device=device, progress=progress)
+                       device=device, progress=progress, body_lr_ratio=tc.body_lr_ratio, wd_on_bn=tc.wd_on_bn,
+                       train_counts=train_counts(train_labels))
+
+
+def train_counts(labels: np.ndarray) -> tuple[int, int]:
+    """(n_majority, n_minority) of the training split: the prior that prior correction removes."""
+    c = np.bincount(np.asarray(labels, dtype=np.int64), minlength=2)
+    return int(c[0]), int(c[1])
+
+
+def cell_seed(cfg: Config, replicate: int) -> int:
+    """Training seed of a replicate: a replicate re-draws the split and re-seeds training."""
+    return cfg.train.seed + replicate
 
 
 def seed_everything(seed: int) -> None:
@@ -77,57 +99,77 @@ def seed_everything(seed: int) -> None:
 @dataclass
 class CellResult:
     dataset: str
+    replicate: int
     manifest_sha256: str
     config_id: int
     config_name: str
     fit: FitResult
-    test_last: dict[str, float]
-    test_best: dict[str, float]
-    predictions: list[dict[str, Any]]  # per test image: path, label, probs at last and best epoch
+    test_last: dict[str, float]  # primary: the last epoch (the paper's protocol)
+    test_sel: dict[str, float]  # the epoch selected on validation AUROC
+    val_last: dict[str, float]
+    predictions: list[dict[str, Any]]  # per test image: path, source class, label, P(minority) last / selected
     reliability_last: dict[str, list]
-    reliability_best: dict[str, list]
-    confusion_best: list[list[int]]
+    reliability_sel: dict[str, list]
+    confusion_last: list[list[int]]
     class_weights: tuple[float, ...] | None
     bn_policy: str
     device: str
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def per_source_recall(labels: np.ndarray, preds: np.ndarray, sources: Sequence[str]) -> dict[str, float]:
+    """Recall of each minority source class (disease kind) of the test split."""
+    out = {}
+    src = np.asarray(sources)
+    for s in sorted(set(src[labels == 1].tolist())):
+        mask = (labels == 1) & (src == s)
+        out[s] = float((preds[mask] == 1).mean())
+    return out
+
+
 def run_cell(cfg: Config, dataset: str | DatasetConfig, splits_dir: Path, callbacks: Sequence[Callback] = (),
-             progress: bool = False) -> CellResult:
-    """Train one cell on `<splits_dir>/<dataset>/manifest.csv` and evaluate it on the test split."""
+             progress: bool = False, replicate: int = 0) -> CellResult:
+    """Train one cell on `<splits_dir>/<dataset>/<replicate>/manifest.csv`; evaluate it on test."""
     ds = cfg.dataset(dataset) if isinstance(dataset, str) else dataset
-    split_dir = splits_dir / ds.name
+    where = split_dir(splits_dir, ds.name, replicate)
     tc, ab = cfg.train, cfg.ablation
     if tc.threads:
         torch.set_num_threads(tc.threads)
     device = resolve_device(tc.device)
-    tensors = load_splits(split_dir / "manifest.csv", ds.image_size)
-    manifest_hash = json.loads((split_dir / "split.json").read_text())["manifest_sha256"]
+    spec = get_spec(cfg.model.arch)
+    tensors = load_splits(where / "manifest.csv", ds.image_size)
+    manifest_hash = json.loads((where / "split.json").read_text())["manifest_sha256"]
 
-    seed_everything(tc.seed)
+    seed = cell_seed(cfg, replicate)
+    seed_everything(seed)
     model = build_model(cfg)
-    loaders = make_loaders(tensors, tc.batch_size, tc.augment if ab.da else None, seed=tc.seed,
-                           num_workers=tc.num_workers, pin_memory=device.type == "cuda")
+    loaders = make_loaders(tensors, tc.batch_size, tc.augment if ab.da else None, seed=seed,
+                           num_workers=tc.num_workers, pin_memory=device.type == "cuda", mean=spec.mean, std=spec.std)
     train_labels = tensors["train"].labels.numpy()
+    counts = train_counts(train_labels)
     settings = fit_settings(cfg, train_labels, str(device), progress)
     result = fit(model, loaders["train"], loaders["val"], settings, callbacks)
 
     labels, probs_last = predict(model, loaders["test"], device)
+    val_labels, val_last = predict(model, loaders["val"], device)
     last_state = {k: v.clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(result.best_state)
-    _, probs_best = predict(model, loaders["test"], device)
+    model.load_state_dict(result.selected_state)
+    _, probs_sel = predict(model, loaders["test"], device)
     model.load_state_dict(last_state)  # the returned model is the last epoch's, as trained
-    preds = [{"path": p, "label": int(y), "p1_last": float(a[1]), "p1_best": float(b[1])}
-             for p, y, a, b in zip(tensors["test"].paths, labels, probs_last, probs_best)]
+    sources = tensors["test"].sources or ("",) * len(labels)
+    preds = [{"path": p, "source_class": s, "label": int(y), "p1_last": float(a[1]), "p1_sel": float(b[1])}
+             for p, s, y, a, b in zip(tensors["test"].paths, sources, labels, probs_last, probs_sel)]
+    test_last = metrics.classification_report(labels, probs_last, train_counts=counts)
+    test_last.update({f"recall_1__{k}": v for k, v in per_source_recall(labels, probs_last.argmax(1), sources).items()})
     return CellResult(
-        dataset=ds.name, manifest_sha256=manifest_hash, config_id=config_id(ab), config_name=config_name(ab),
-        fit=result, test_last=metrics.classification_report(labels, probs_last),
-        test_best=metrics.classification_report(labels, probs_best), predictions=preds,
+        dataset=ds.name, replicate=replicate, manifest_sha256=manifest_hash, config_id=config_id(ab),
+        config_name=config_name(ab), fit=result, test_last=test_last,
+        test_sel=metrics.classification_report(labels, probs_sel, train_counts=counts),
+        val_last=metrics.classification_report(val_labels, val_last, train_counts=counts), predictions=preds,
         reliability_last=metrics.reliability_bins(labels, probs_last),
-        reliability_best=metrics.reliability_bins(labels, probs_best),
-        confusion_best=metrics.confusion(labels, probs_best.argmax(1)).tolist(),
+        reliability_sel=metrics.reliability_bins(labels, probs_sel),
+        confusion_last=metrics.confusion(labels, probs_last.argmax(1)).tolist(),
         class_weights=settings.class_weights, bn_policy=model.bn_policy, device=str(device),
-        info={"model": model, "train_size": len(train_labels), "probs_best": probs_best, "probs_last": probs_last,
-              "labels": labels},
+        info={"model": model, "train_size": len(train_labels), "train_counts": counts, "probs_sel": probs_sel,
+              "probs_last": probs_last, "labels": labels, "seed": seed},
     )

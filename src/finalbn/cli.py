@@ -8,7 +8,9 @@ Config and data errors print one line and exit with status 2 before any work sta
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -35,8 +37,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", action="append", help="only this dataset (repeatable); default: all")
     p.add_argument("--out", default="data/splits", help="output folder (default data/splits)")
     p = sub.add_parser("pretrain", parents=[common], help="train the synthetic backbone (model.weights=synthetic)")
-    p = sub.add_parser("train", parents=[common], help="train one cell (dataset, six toggles, seed) as an MLflow run")
+    p = sub.add_parser("ceiling", parents=[common],
+                       help="can the frozen body see the cue? CV AUROC of a balanced linear probe")
+    p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
+    p.add_argument("--dataset", action="append", help="only this dataset (repeatable); default: all")
+    p.add_argument("--out", default="results/ceiling/all.json", help="output file (default results/ceiling/all.json)")
+    p = sub.add_parser("train", parents=[common], help="train one cell (dataset, replicate, six toggles) as an MLflow run")
     p.add_argument("--dataset", help="dataset name (default: the first in params)")
+    p.add_argument("--replicate", type=int, default=0, help="which split draw and seed (default 0)")
     p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
     p = sub.add_parser("grid", parents=[common], help="run the factorial grid of cells (resumable, shardable)")
     p.add_argument("--shard", metavar="I/N", help="run only shard I of N (0-based), e.g. 0/4; writes no results")
@@ -46,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", parents=[common], help="the paper's tables and figures, from the tracking store")
     p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
     p.add_argument("--out", default="report", help="output folder (default report)")
+    p.add_argument("--ceiling", default="results/ceiling",
+                   help="folder of the ceiling stage's JSON files, shown first (default results/ceiling)")
     return parser
 
 
@@ -70,7 +80,7 @@ def _cmd_synthesize(cfg: Config, args: argparse.Namespace) -> int:
     from finalbn.synthetic import generate
 
     s = cfg.synthetic
-    stats = generate(Path(s.root), seed=s.seed, image_size=s.image_size, crops=s.crops, healthy=s.healthy,
+    stats = generate(Path(s.root), seed=s.seed, image_size=s.image_size, crops=s.crops, healthy=s.healthy, severity=s.severity,
                      per_disease=s.per_disease, workers=s.workers, progress=sys.stderr.isatty())
     print(f"synthesize: {stats['images']} images in {stats['seconds']:.1f} s "
           f"({stats['images_per_second']:.0f} img/s) -> {s.root}")
@@ -82,13 +92,38 @@ def _cmd_prepare(cfg: Config, args: argparse.Namespace) -> int:
 
     names = args.dataset or [d.name for d in cfg.datasets]
     datasets = [cfg.dataset(n) for n in names]  # unknown names fail before any work
+    n = cfg.grid.max_replicates
     for ds in datasets:
-        summary = prepare_dataset(ds, cfg.split, Path(args.out), progress=sys.stderr.isatty())
+        summaries = prepare_dataset(ds, cfg.split, Path(args.out), progress=sys.stderr.isatty(), replicates=n)
+        summary = summaries[0]
         c = summary["counts"]
-        print(f"prepare {ds.name}: train {c['train']['majority']}/{c['train']['minority']}, "
+        print(f"prepare {ds.name}: {n} replicate split(s) of train {c['train']['majority']}/{c['train']['minority']}, "
               f"val {c['val']['majority']}/{c['val']['minority']}, test {c['test']['majority']}/{c['test']['minority']} "
               f"({summary['classes'][0]}/{summary['classes'][1]}); {len(summary['rejected'])} files rejected; "
-              f"-> {Path(args.out) / ds.name}/manifest.csv")
+              f"-> {Path(args.out) / ds.name}/<replicate>/manifest.csv")
+    return 0
+
+
+def _cmd_ceiling(cfg: Config, args: argparse.Namespace) -> int:
+    from finalbn.cells import preflight
+    from finalbn.ceiling import ceiling_sentence, measure_ceiling, write_ceiling
+    from finalbn.tracking import log_ceiling
+
+    os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run -e ceiling`: one run per measurement
+    _quiet_mlflow()
+    splits = Path(args.splits)
+    names = args.dataset or [d.name for d in cfg.datasets]
+    pairs = [(cfg.dataset(n).name, arch) for n in names for arch in cfg.grid.archs]
+    for name, arch in pairs:  # every split and weights file exists before any work
+        preflight(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch=arch)), name, splits)
+    results = []
+    for name, arch in pairs:
+        result = measure_ceiling(cfg, name, splits, arch, progress=sys.stderr.isatty())
+        result["mlflow_run_id"] = log_ceiling(cfg, result)
+        results.append(result)
+        print(ceiling_sentence(result))
+    write_ceiling(results, Path(args.out))
+    print(f"ceiling -> {args.out}")
     return 0
 
 
@@ -108,14 +143,17 @@ def _cmd_train(cfg: Config, args: argparse.Namespace) -> int:
 
     _quiet_mlflow()
     dataset = cfg.dataset(args.dataset).name if args.dataset else cfg.datasets[0].name
-    preflight(cfg, dataset, Path(args.splits))
-    run_id, r = track_cell(cfg, dataset, Path(args.splits), progress=sys.stderr.isatty())
+    if args.replicate < 0:
+        raise UsageError(f"--replicate must be >= 0 (got {args.replicate})")
+    preflight(cfg, dataset, Path(args.splits), replicates=args.replicate + 1)
+    run_id, r = track_cell(cfg, dataset, Path(args.splits), progress=sys.stderr.isatty(), replicate=args.replicate)
     fitr = r.fit
-    print(f"train {dataset} {r.config_name} (config {r.config_id}) seed {cfg.train.seed}: "
+    print(f"train {dataset} {r.config_name} (config {r.config_id}) replicate {r.replicate}: "
           f"{fitr.train_images / fitr.train_seconds:.0f} train img/s, {fitr.train_seconds:.0f} s, bn_policy {r.bn_policy}")
-    for label, m in (("last epoch", r.test_last), (f"best epoch {fitr.best_epoch}", r.test_best)):
-        print(f"  test, {label:13s}: minority P {m['precision_1']:.3f} R {m['recall_1']:.3f} F1 {m['f1_1']:.3f} | "
-              f"majority F1 {m['f1_0']:.3f} | acc {m['accuracy']:.3f} ECE {m['ece']:.3f} Brier {m['brier']:.3f}")
+    for label, m in (("last epoch", r.test_last), (f"selected epoch {fitr.selected_epoch}", r.test_sel)):
+        print(f"  test, {label:17s}: minority P {m['precision_1']:.3f} R {m['recall_1']:.3f} F1 {m['f1_1']:.3f} "
+              f"(prior-corrected {m['f1_1_pc']:.3f}) | AUROC {m['auroc']:.3f} AP {m['ap']:.3f} | "
+              f"majority F1 {m['f1_0']:.3f} | ECE {m['ece']:.3f} Brier {m['brier']:.3f}")
     print(f"  mlflow run {run_id} in {tracking_uri()} (experiment {cfg.tracking.experiment})")
     return 0
 
@@ -139,18 +177,15 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 
 def _grid_preflight(cfg: Config, splits: Path) -> None:
-    import dataclasses
-
     from finalbn.cells import preflight
 
     for ds in cfg.datasets:
         for arch in cfg.grid.archs:
-            preflight(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch=arch)), ds.name, splits)
+            preflight(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch=arch)), ds.name, splits,
+                      replicates=cfg.grid.max_replicates)
 
 
 def _cmd_grid(cfg: Config, args: argparse.Namespace) -> int:
-    import os
-
     from finalbn import grid
 
     # Under `mlflow run -e grid` the project's run id is in the environment; each cell must get
@@ -168,7 +203,8 @@ def _cmd_grid(cfg: Config, args: argparse.Namespace) -> int:
         return 1 if stats["failed"] else 0
     workers = args.workers or cfg.grid.workers
     print(f"grid: {len(cells)} cells ({len(cfg.datasets)} datasets x {len(cfg.grid.archs)} archs x "
-          f"{len(grid.parse_configs(cfg.grid.configs))} configs x {len(cfg.grid.seeds)} seeds), {workers} worker(s)", flush=True)
+          f"{len(grid.parse_configs(cfg.grid.configs))} configs x {cfg.grid.replicates} replicate(s), headline "
+          f"configs on {cfg.grid.headline.replicates}), {workers} worker(s)", flush=True)
     if workers > 1:
         base = [x for p in (args.params or ["params.yaml"]) for x in ("--params", p)]
         base += [x for o in args.all_overrides for x in ("--set", o)] + ["--splits", args.splits]
@@ -179,9 +215,9 @@ def _cmd_grid(cfg: Config, args: argparse.Namespace) -> int:
     summary = grid.write_results(cfg, splits, Path(args.results))
     print(f"grid: {summary['finished']}/{summary['cells']} cells finished -> {args.results}/grid.csv")
     if "best_config" in summary:
-        f1 = summary["minority_f1_mean"]
-        print(f"  mean minority F1: final BN on {f1['bn_on']}, off {f1['bn_off']}; best config "
-              f"{summary['best_config']['id']} ({summary['best_config']['name']}) {summary['best_config']['minority_f1']}")
+        f1, b = summary["minority_f1_mean"], summary["best_config"]
+        print(f"  mean test minority F1: final BN on {f1['bn_on']}, off {f1['bn_off']}; best config on validation "
+              f"{b['id']} ({b['name']}): val AUROC {b['val_auroc']}, test minority F1 {b['test_minority_f1']}")
     if summary["missing"]:
         print(f"  {len(summary['missing'])} cells have no finished run (rerun `finalbn grid` to retry): "
               f"{', '.join(summary['missing'][:5])}{' ...' if len(summary['missing']) > 5 else ''}", file=sys.stderr)
@@ -190,15 +226,14 @@ def _cmd_grid(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _cmd_report(cfg: Config, args: argparse.Namespace) -> int:
-    import os
-
     from finalbn import report
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per downloaded file
     _quiet_mlflow()
-    summary = report.make_report(cfg, Path(args.splits), Path(args.out))
+    summary = report.make_report(cfg, Path(args.splits), Path(args.out), ceiling=Path(args.ceiling))
     print(f"report: {summary['cells']} cells -> {args.out}/report.md")
-    print(f"  {summary['verdict']}")
+    for line in summary["verdict"]:
+        print(f"  {line}")
     return 0
 
 
@@ -206,6 +241,7 @@ COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
     "synthesize": _cmd_synthesize,
     "prepare": _cmd_prepare,
     "pretrain": _cmd_pretrain,
+    "ceiling": _cmd_ceiling,
     "train": _cmd_train,
     "grid": _cmd_grid,
     "report": _cmd_report,

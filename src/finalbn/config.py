@@ -78,6 +78,7 @@ class SyntheticConfig:
     crops: Annotated[tuple[Str, ...], Field(min_length=1)]
     healthy: Annotated[int, Strict(), Field(ge=1)]
     per_disease: Annotated[int, Strict(), Field(ge=1)]
+    severity: Annotated[float, Field(ge=0.1, le=10.0)]  # lesion number and area multiplier
     workers: Count  # 0 = one process per core
 
 
@@ -187,6 +188,8 @@ class TrainConfig:
     mixup_alpha: PosFloat
     label_smoothing: Prob
     augment: AugmentConfig
+    body_lr_ratio: Annotated[float, Field(gt=0.0, le=1.0)]  # body params' LR / head LR (fastai slice(lr): 0.1)
+    wd_on_bn: Bool  # WD also decays BN weights and biases (fastai's bn_wd=True)
     device: Literal["auto", "cpu", "cuda"]
     num_workers: Count
     threads: Count  # torch intra-op threads; 0 = torch's default
@@ -208,19 +211,48 @@ class PretrainConfig:
     seed: Seed
 
 
+Replicates = Annotated[int, Strict(), Field(ge=1, le=1000)]
+
+
+@dataclass(frozen=True, config=_STRICT)
+class HeadlineConfig:
+    """Configurations run on more replicates than the rest: the paper's contrasts."""
+
+    configs: tuple[Union[Int, Str], ...]  # ids and names, checked by parse_configs
+    replicates: Replicates
+
+
 @dataclass(frozen=True, config=_STRICT)
 class GridConfig:
-    """Which cells `finalbn grid` runs: configs × seeds × archs × every dataset."""
+    """Which cells `finalbn grid` runs: (configs × replicates ∪ headline configs × their replicates)
+    × archs × every dataset. A replicate is a fresh split draw plus a training seed."""
 
     configs: Union[Literal["all"], tuple[Union[Int, Str], ...]]  # ids and names are checked by parse_configs
-    seeds: Annotated[tuple[Seed, ...], Field(min_length=1)]
+    replicates: Replicates
+    headline: HeadlineConfig
     archs: Annotated[tuple[Str, ...], Field(min_length=1)]
     workers: Annotated[int, Strict(), Field(ge=1)]
 
     @model_validator(mode="after")
     def _known(self):
         parse_configs(self.configs)
+        if self.headline.configs:
+            parse_configs(self.headline.configs)
         return self
+
+    @property
+    def max_replicates(self) -> int:
+        """How many split draws `prepare` must write."""
+        return max(self.replicates, self.headline.replicates if self.headline.configs else 1)
+
+
+@dataclass(frozen=True, config=_STRICT)
+class CeilingConfig:
+    """The separability probe run before the grid (`finalbn ceiling`)."""
+
+    per_class: Annotated[int, Strict(), Field(ge=2)]  # balanced probe set: up to this many per class
+    folds: Annotated[int, Strict(), Field(ge=2, le=20)]
+    seed: Seed
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -244,6 +276,7 @@ class Config:
     train: TrainConfig
     pretrain: PretrainConfig
     grid: GridConfig
+    ceiling: CeilingConfig
     report: ReportConfig
     tracking: TrackingConfig
 

@@ -1,7 +1,8 @@
 """Datasets over a split manifest: a decoded-image cache, the transforms, and the loaders.
 
     images = decode_images([r["path"] for r in rows], image_size=64)   # (N, 3, 64, 64) uint8
-    loaders = make_loaders(split_tensors, batch_size=64, augment=cfg.train.augment, seed=0)
+    loaders = make_loaders(split_tensors, batch_size=64, augment=cfg.train.augment, seed=0,
+                           mean=spec.mean, std=spec.std)    # the body's normalisation (models.get_spec)
 
 Images are decoded once (through `finalbn.images.load_rgb`) into a uint8 tensor and kept in
 memory: the paper's splits are ~1,500 images, so every epoch after the first costs no decoding.
@@ -24,19 +25,22 @@ from finalbn.config import AugmentConfig
 from finalbn.images import load_rgb
 from finalbn.splits import SPLITS, read_manifest
 
-# ImageNet statistics: torchvision's pretrained weights expect them, and the synthetic backbone
-# is trained with the same normalisation so that either kind of weights is a drop-in.
+# The default normalisation (torchvision's ImageNet statistics); each backbone's own comes from
+# its registry spec (`finalbn.models.get_spec(arch).mean/std`) and is passed in.
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
+Stats = tuple[float, float, float]
 
 
 @dataclass(frozen=True)
 class SplitTensors:
-    """One split in memory: images (N, 3, H, W) uint8, labels (N,) int64, and their paths."""
+    """One split in memory: images (N, 3, H, W) uint8, labels (N,) int64, their paths and source
+    classes (the folder each image came from: the disease kind of a minority image)."""
 
     images: torch.Tensor
     labels: torch.Tensor
     paths: tuple[str, ...]
+    sources: tuple[str, ...] = ()
 
 
 def resize_square(img: Image.Image, size: int) -> Image.Image:
@@ -67,7 +71,8 @@ def _load_manifest_cached(manifest: str, mtime_ns: int, image_size: int) -> dict
         part = [r for r in rows if r["split"] == split]
         paths = tuple(r["path"] for r in part)
         out[split] = SplitTensors(decode_images(paths, image_size),
-                                  torch.tensor([r["label"] for r in part], dtype=torch.int64), paths)
+                                  torch.tensor([r["label"] for r in part], dtype=torch.int64), paths,
+                                  tuple(r.get("source_class", "") for r in part))
     return out
 
 
@@ -79,14 +84,14 @@ def load_splits(manifest: str | Path, image_size: int) -> dict[str, SplitTensors
     return _load_manifest_cached(str(path.resolve()), path.stat().st_mtime_ns, image_size)
 
 
-def eval_transform() -> v2.Transform:
-    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
+def eval_transform(mean: Stats = MEAN, std: Stats = STD) -> v2.Transform:
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
 
 
-def train_transform(aug: AugmentConfig | None) -> v2.Transform:
+def train_transform(aug: AugmentConfig | None, mean: Stats = MEAN, std: Stats = STD) -> v2.Transform:
     """DA on: flips, small rotation, zoom and lighting (fastai's get_transforms, in torchvision v2)."""
     if aug is None:
-        return eval_transform()
+        return eval_transform(mean, std)
     steps: list[v2.Transform] = [v2.RandomHorizontalFlip()]
     if aug.flip_vertical:
         steps.append(v2.RandomVerticalFlip())
@@ -94,7 +99,7 @@ def train_transform(aug: AugmentConfig | None) -> v2.Transform:
         v2.RandomAffine(degrees=aug.rotate, scale=(1.0, aug.zoom)),
         v2.ColorJitter(brightness=aug.lighting, contrast=aug.lighting),
         v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(MEAN, STD),
+        v2.Normalize(mean, std),
     ]
     return v2.Compose(steps)
 
@@ -111,21 +116,21 @@ class TensorImages(Dataset):
 
 
 def make_loaders(splits: dict[str, SplitTensors], batch_size: int, augment: AugmentConfig | None, seed: int,
-                 num_workers: int = 0, pin_memory: bool = False) -> dict[str, DataLoader]:
-    """train (shuffled, seeded; augmented when `augment` is given) and val/test loaders.
-
-    The train loader never yields a batch of 1."""
+                 num_workers: int = 0, pin_memory: bool = False, mean: Stats = MEAN,
+                 std: Stats = STD) -> dict[str, DataLoader]:
+    """train (shuffled, seeded; augmented when `augment` is given) and val/test loaders, normalised
+    with the body's `mean` / `std`. The train loader never yields a batch of 1."""
     train = splits["train"]
     if len(train.labels) < 2:
         raise ValueError("the training split needs at least 2 images")
     # A lone last sample would make BatchNorm raise in train mode ("Expected more than 1 value").
     drop_last = len(train.labels) % batch_size == 1
     gen = torch.Generator().manual_seed(seed)
-    loaders = {"train": DataLoader(TensorImages(train, train_transform(augment)), batch_size=batch_size,
+    loaders = {"train": DataLoader(TensorImages(train, train_transform(augment, mean, std)), batch_size=batch_size,
                                    shuffle=True, drop_last=drop_last, generator=gen,
                                    num_workers=num_workers, pin_memory=pin_memory)}
     for name in ("val", "test"):
         if name in splits:
-            loaders[name] = DataLoader(TensorImages(splits[name], eval_transform()), batch_size=max(batch_size, 128),
+            loaders[name] = DataLoader(TensorImages(splits[name], eval_transform(mean, std)), batch_size=max(batch_size, 128),
                                        shuffle=False, num_workers=num_workers, pin_memory=pin_memory)
     return loaders

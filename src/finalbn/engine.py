@@ -5,8 +5,11 @@
     labels, probs = predict(model, loaders["test"], device)
 
 One-cycle LR (OneCycleLR) with AdamW; optional class weights (WL), MixUp (MX, torchvision v2),
-label smoothing. The best epoch is chosen on validation minority F1 (ties: lower validation loss),
-and its weights are kept in memory so the caller can evaluate both the last and the best epoch.
+label smoothing. The last epoch is the primary result (the paper's protocol); a second epoch is
+selected on a prevalence-invariant validation criterion — validation AUROC of P(minority), ties
+to the lower class-balanced validation loss (accuracy for multi-class) — and its weights are kept
+in memory so the caller can evaluate both. A model with an `epoch_stats()` method (the final
+BN's running statistics, gamma, beta) has them added to each epoch's row.
 On CUDA the same code runs with bf16 autocast and channels_last.
 """
 from __future__ import annotations
@@ -48,13 +51,16 @@ class FitSettings:
     device: str = "cpu"
     progress: bool = False
     pct_start: float = 0.25  # fastai's fit_one_cycle warm-up fraction
+    body_lr_ratio: float = 1.0  # LR of parameters under `body.` / head LR (fastai's slice(lr): 0.1)
+    wd_on_bn: bool = False  # decay BN weights and biases too (fastai's bn_wd=True)
+    train_counts: tuple[int, ...] | None = None  # (n_majority, n_minority): prior-corrected val F1
 
 
 @dataclass
 class FitResult:
     history: list[dict[str, float]]
-    best_epoch: int  # 1-based
-    best_state: dict[str, torch.Tensor]
+    selected_epoch: int  # 1-based, chosen on validation (see the module docstring)
+    selected_state: dict[str, torch.Tensor]
     train_seconds: float
     train_images: int  # images seen in training, all epochs
 
@@ -67,27 +73,34 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: BN weights/biases and every bias get no weight decay, the rest `weight_decay`.
+def param_groups(model: nn.Module, weight_decay: float, body_lr_ratio: float = 1.0,
+                 wd_on_bn: bool = False) -> list[dict[str, Any]]:
+    """AdamW groups: by default BN weights/biases and every other bias get no weight decay, the
+    rest `weight_decay`; parameters under a `body` submodule get `lr_scale` = `body_lr_ratio`.
 
     Exempting BN and bias parameters is standard practice (decaying a BN scale or a shift only
-    fights the normalisation); fastai v1's default `bn_wd=True` decays BN too. Frozen parameters
-    are left out; empty groups are dropped. Each group carries a "name" for logging.
+    fights the normalisation); fastai v1's default `bn_wd=True` decays BN weights and biases too
+    (`wd_on_bn`); other biases stay exempt either way.
+    Frozen parameters are left out; empty groups are dropped. Each group carries a "name" for
+    logging and an "lr_scale" that `fit` multiplies into the one-cycle maximum LR.
     """
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
+    body_ids = {id(p) for name, p in model.named_parameters() if name.startswith("body.")}
+    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     seen: set[int] = set()
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             if not p.requires_grad or id(p) in seen:
                 continue
             seen.add(id(p))
-            (no_decay if isinstance(module, _BatchNorm) or name == "bias" else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": float(weight_decay), "name": "decay"},
-        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
-    ]
-    return [g for g in groups if g["params"]]
+            is_bn = isinstance(module, _BatchNorm)
+            exempt = not wd_on_bn if is_bn else name == "bias"
+            buckets.setdefault((id(p) in body_ids, not exempt), []).append(p)
+    groups = []
+    for (in_body, decays), params in sorted(buckets.items()):
+        groups.append({"params": params, "weight_decay": float(weight_decay) if decays else 0.0,
+                       "name": f"{'body_' if in_body else ''}{'decay' if decays else 'no_decay'}",
+                       "lr_scale": body_lr_ratio if in_body else 1.0})
+    return groups
 
 
 def _autocast(device: torch.device):
@@ -103,11 +116,13 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, sett
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise ValueError("the training loader yields no batch")
-    opt = torch.optim.AdamW(param_groups(model, settings.weight_decay), lr=settings.lr)
+    groups = param_groups(model, settings.weight_decay, settings.body_lr_ratio, settings.wd_on_bn)
+    opt = torch.optim.AdamW(groups, lr=settings.lr)
     total = settings.epochs * steps_per_epoch
     # OneCycleLR divides by zero when the warm-up phase is under 1.5 steps (tiny runs): stretch it.
     pct = min(max(settings.pct_start, 1.5 / total), 0.75)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=total, pct_start=pct)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[settings.lr * g["lr_scale"] for g in groups],
+                                                total_steps=total, pct_start=pct)
     weight = torch.tensor(settings.class_weights, dtype=torch.float32, device=device) if settings.class_weights else None
     num_classes = _num_classes(model)
     mixup = v2.MixUp(alpha=settings.mixup_alpha, num_classes=num_classes) if settings.mixup_alpha else None
@@ -115,6 +130,7 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, sett
     history: list[dict[str, float]] = []
     best: tuple[float, float] | None = None
     best_epoch, best_state = 1, copy.deepcopy(model.state_dict())
+    probe = getattr(model, "epoch_stats", None)
     seen, t0 = 0, time.perf_counter()
     for epoch in range(1, settings.epochs + 1):
         model.train()
@@ -143,14 +159,25 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, sett
         seen += count
         labels, probs, val_loss = predict(model, val_loader, device, with_loss=True)
         row = {"epoch": epoch, "train_loss": total / max(count, 1), "val_loss": val_loss,
-               "lr": sched.get_last_lr()[0], **_val_metrics(labels, probs, num_classes)}
+               "lr": sched.get_last_lr()[-1], **_val_metrics(labels, probs, num_classes, settings.train_counts)}
+        if callable(probe):
+            row.update(probe())
         history.append(row)
-        key = (row["val_minority_f1"] if num_classes == 2 else row["val_accuracy"], -val_loss)
+        key = _selection_key(row, num_classes)
         if best is None or key > best:
             best, best_epoch, best_state = key, epoch, copy.deepcopy(model.state_dict())
         for cb in callbacks:
             cb.on_epoch_end(epoch, dict(row))
     return FitResult(history, best_epoch, best_state, time.perf_counter() - t0, seen)
+
+
+def _selection_key(row: dict[str, float], num_classes: int) -> tuple[float, float]:
+    """Higher is better: (validation AUROC, -class-balanced loss); accuracy for multi-class. Both
+    are prevalence-invariant: 7 validation positives cannot swing them as they swing argmax F1."""
+    if num_classes != 2:
+        return (row["val_accuracy"], -row["val_loss"])
+    auc = row["val_auroc"]
+    return (auc if np.isfinite(auc) else -np.inf, -row["val_balanced_loss"])
 
 
 @torch.no_grad()
@@ -171,11 +198,23 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device | str, wi
     return labels, probs
 
 
-def _val_metrics(labels: np.ndarray, probs: np.ndarray, num_classes: int) -> dict[str, float]:
+def _val_metrics(labels: np.ndarray, probs: np.ndarray, num_classes: int,
+                 train_counts: tuple[int, ...] | None = None) -> dict[str, float]:
     acc = float((probs.argmax(1) == labels).mean())
     if num_classes != 2:
         return {"val_accuracy": acc}
-    return {"val_accuracy": acc, "val_minority_f1": metrics.minority_f1(labels, probs.argmax(1))}
+    out = {"val_accuracy": acc, "val_minority_f1": metrics.minority_f1(labels, probs.argmax(1)),
+           "val_auroc": metrics.auroc(labels, probs), "val_ap": metrics.average_precision(labels, probs),
+           "val_balanced_loss": balanced_loss(labels, probs)}
+    if train_counts is not None:
+        out["val_minority_f1_pc"] = metrics.minority_f1(labels, metrics.prior_corrected_preds(probs, train_counts))
+    return out
+
+
+def balanced_loss(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Cross-entropy averaged within each present class, then over classes (prevalence-free)."""
+    nll = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0))
+    return float(np.mean([nll[labels == c].mean() for c in np.unique(labels)]))
 
 
 def _num_classes(model: nn.Module) -> int:

@@ -1,19 +1,27 @@
-"""The factorial grid: 2^6 configurations × seeds × datasets × archs, resumable and shardable.
+"""The factorial grid: 2^6 configurations × replicates × datasets × archs, resumable and shardable.
 
     finalbn grid                    # every cell, in this process
     finalbn grid --workers 2        # two local shard processes sharing the tracking store
     finalbn grid --shard 3/8        # one deterministic eighth (one GPU, a Kubernetes Indexed Job, a Slurm array)
 
+Cells: every configuration of `grid.configs` on replicates 0..grid.replicates-1, plus the
+headline configurations (the paper's contrasts 31, 63, 47, 15) on replicates
+0..grid.headline.replicates-1. A replicate is one split draw and one training seed.
+
 Each cell is one MLflow run, nested under a parent run per (dataset, arch, configuration) that
-carries the mean and std of its seeds. A cell's key hashes everything that changes its result
-(dataset and manifest hash, arch, configuration, seed, the weights file, the model and training
-params), so a rerun skips cells with a FINISHED run for their key, and a cell left RUNNING by a
-killed process is marked KILLED and redone.
+carries the mean and std of its replicates. A cell's key hashes everything that changes its
+result (dataset and the replicate's manifest hash, arch, configuration, seed, the weights file,
+the model and training params, and the source of the modules that compute a cell), so a rerun
+skips cells with a FINISHED run for their key, a code change re-runs them, and a cell left
+RUNNING by a killed process is marked KILLED and redone.
 
 Shards split the grid by *family* — (dataset, arch, UF, DA, MX) — so that a parent run and all
-of its seeds live in one shard (workers never race to create a parent), and so do the cells that
+of its replicates live in one shard (workers never race to create a parent), and so do the cells that
 see the same backbone inputs: with UF off, cells differing only in the head-side toggles (BN, WL,
-WD) at one seed, DA and MX feed the frozen backbone the same images.
+WD) at one replicate, DA and MX feed the frozen backbone the same images.
+
+"Best configuration" in grid.json is ranked on validation (mean validation AUROC at the last
+epoch); test values are only reported beside it.
 """
 from __future__ import annotations
 
@@ -32,13 +40,17 @@ from pathlib import Path
 
 import numpy as np
 
-from finalbn.cells import weights_path
+from finalbn.cells import cell_seed, weights_path
 from finalbn.config import TOGGLES, Config, ablation_from_id, config_name, flatten, parse_configs, to_dict
-from finalbn.splits import sha256_file
+from finalbn.splits import sha256_file, split_dir
 
-# train.* keys that do not change what a cell computes (where and how fast it runs)
+# train.* keys that do not change what a cell computes (where and how fast it runs); the seed
+# enters the key as the cell's own seed (train.seed + replicate)
 _NOT_RESULT = {"train.seed", "train.device", "train.num_workers", "train.threads", "train.log_model"}
-METRIC_COLUMNS = ("precision_0", "recall_0", "f1_0", "precision_1", "recall_1", "f1_1", "accuracy", "ece", "brier")
+# The modules whose code computes a cell's numbers: their source is part of every cell key.
+RESULT_MODULES = ("cells", "data", "engine", "images", "metrics", "models", "tracking")
+METRIC_COLUMNS = ("precision_0", "recall_0", "f1_0", "precision_1", "recall_1", "f1_1", "accuracy",
+                  "balanced_accuracy", "auroc", "ap", "f1_1_pc", "balanced_accuracy_pc", "ece", "brier")
 
 
 @dataclass(frozen=True)
@@ -46,7 +58,7 @@ class Cell:
     dataset: str
     arch: str
     config_id: int
-    seed: int
+    replicate: int
 
     @property
     def family(self) -> tuple:
@@ -55,9 +67,12 @@ class Cell:
 
 
 def all_cells(cfg: Config) -> list[Cell]:
+    """Every configuration on `grid.replicates` replicates, the headline ones on more."""
     g = cfg.grid
-    return [Cell(d.name, arch, cid, seed) for d in cfg.datasets for arch in g.archs
-            for cid in parse_configs(g.configs) for seed in g.seeds]
+    wanted = {(cid, r) for cid in parse_configs(g.configs) for r in range(g.replicates)}
+    if g.headline.configs:
+        wanted |= {(cid, r) for cid in parse_configs(g.headline.configs) for r in range(g.headline.replicates)}
+    return [Cell(d.name, arch, cid, r) for d in cfg.datasets for arch in g.archs for cid, r in sorted(wanted)]
 
 
 def shard_cells(cells: Sequence[Cell], index: int, count: int) -> list[Cell]:
@@ -69,21 +84,34 @@ def shard_cells(cells: Sequence[Cell], index: int, count: int) -> list[Cell]:
 
 def cell_config(cfg: Config, cell: Cell) -> Config:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch=cell.arch),
-                               ablation=ablation_from_id(cell.config_id),
-                               train=dataclasses.replace(cfg.train, seed=cell.seed))
+                               ablation=ablation_from_id(cell.config_id))
 
 
-def cell_key(cfg: Config, cell: Cell, splits_dir: Path, with_seed: bool = True) -> str:
-    """Hash of everything that changes a cell's result (without the seed: its parent's key)."""
+def code_version() -> str:
+    """Hash of the source of RESULT_MODULES: a change there changes every cell key."""
+    h = hashlib.sha256()
+    here = Path(__file__).resolve().parent
+    for name in RESULT_MODULES:
+        h.update(name.encode())
+        h.update(_file_hash(str(here / f"{name}.py"), (here / f"{name}.py").stat().st_mtime_ns).encode())
+    return h.hexdigest()[:16]
+
+
+def cell_key(cfg: Config, cell: Cell, splits_dir: Path, with_replicate: bool = True) -> str:
+    """Hash of everything that changes a cell's result (without the replicate: its parent's key)."""
     c = cell_config(cfg, cell)
-    split = json.loads((splits_dir / cell.dataset / "split.json").read_text())
+    rep = cell.replicate if with_replicate else 0
+    split = json.loads((split_dir(splits_dir, cell.dataset, rep) / "split.json").read_text())
     w = weights_path(c)
     flat = flatten(to_dict(c))
     payload = {
         "dataset": cell.dataset, "manifest": split["manifest_sha256"], "image_size": c.dataset(cell.dataset).image_size,
-        "arch": cell.arch, "config": cell.config_id, "seed": cell.seed if with_seed else None,
+        "arch": cell.arch, "config": cell.config_id,
+        "replicate": cell.replicate if with_replicate else None,
+        "seed": cell_seed(c, cell.replicate) if with_replicate else None,
         "weights": _file_hash(w, Path(w).stat().st_mtime_ns) if Path(w).is_file() else w,
         "params": {k: v for k, v in flat.items() if k.split(".")[0] in ("model", "train") and k not in _NOT_RESULT},
+        "code": code_version(),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
@@ -108,7 +136,7 @@ def run_shard(cfg: Config, splits_dir: Path, index: int = 0, count: int = 1,
         by_parent.setdefault((c.dataset, c.arch, c.config_id), []).append(c)
     done = 0
     for (dataset, arch, cid), group in by_parent.items():
-        pkey = cell_key(cfg, group[0], splits_dir, with_seed=False)
+        pkey = cell_key(cfg, group[0], splits_dir, with_replicate=False)
         parent_id, ran_any = None, False
         for cell in group:
             done += 1
@@ -123,20 +151,22 @@ def run_shard(cfg: Config, splits_dir: Path, index: int = 0, count: int = 1,
             if parent_id is None:
                 parent_id = tracking.grid_parent(cfg, dataset, arch, cid, pkey)
             ccfg = cell_config(cfg, cell)
-            name = f"{dataset} {arch} {config_name(ccfg.ablation)} seed{cell.seed}"
+            name = f"{dataset} {arch} {config_name(ccfg.ablation)} r{cell.replicate}"
             t0 = time.perf_counter()
             try:
                 _, result = tracking.track_cell(ccfg, dataset, splits_dir, run_name=name, parent_run_id=parent_id,
-                                                extra_tags={"cell_key": key, "parent_key": pkey})
+                                                extra_tags={"cell_key": key, "parent_key": pkey},
+                                                replicate=cell.replicate)
             except TrainingDiverged as exc:
                 stats["failed"].append({"cell": name, "error": str(exc)})
                 log(f"[shard {index}/{count}] cell {done}/{len(cells)} {name}: FAILED: {exc}")
                 continue
             stats["ran"] += 1
             ran_any = True
-            m = result.test_best
-            log(f"[shard {index}/{count}] cell {done}/{len(cells)} {name} (config {cid}): minority F1 {m['f1_1']:.3f} "
-                f"(best epoch {result.fit.best_epoch}), {time.perf_counter() - t0:.0f} s")
+            m = result.test_last
+            log(f"[shard {index}/{count}] cell {done}/{len(cells)} {name} (config {cid}): test minority F1 "
+                f"{m['f1_1']:.3f}, AUROC {m['auroc']:.3f} (last epoch; selected epoch {result.fit.selected_epoch}), "
+                f"{time.perf_counter() - t0:.0f} s")
         if ran_any or not tracking.parent_finished(cfg, pkey):  # e.g. killed before the parent was closed
             tracking.finish_parent(cfg, dataset, arch, cid, pkey, parent_id)
     return stats
@@ -175,30 +205,50 @@ def write_results(cfg: Config, splits_dir: Path, out_dir: Path) -> dict:
         finished = [r for r in existing.get(key, []) if r.info.status == "FINISHED"]
         ab = ablation_from_id(cell.config_id)
         if not finished:
-            missing.append(f"{cell.dataset} {cell.arch} {config_name(ab)} seed{cell.seed}")
+            missing.append(f"{cell.dataset} {cell.arch} {config_name(ab)} r{cell.replicate}")
             continue
         run = max(finished, key=lambda r: r.info.end_time or 0)
         m = run.data.metrics
         rows.append({"dataset": cell.dataset, "arch": cell.arch, "config_id": cell.config_id,
-                     "config_name": config_name(ab), "seed": cell.seed,
+                     "config_name": config_name(ab), "replicate": cell.replicate,
                      **{t.upper(): int(getattr(ab, t)) for t in TOGGLES},
-                     **{f"test_{k}": m.get(f"test_best_{k}") for k in METRIC_COLUMNS},
-                     **{f"test_last_{k}": m.get(f"test_{k}") for k in ("f1_1", "f1_0")},
-                     "best_epoch": int(m.get("best_epoch", 0)), "run_id": run.info.run_id, "cell_key": key})
+                     **{f"test_{k}": m.get(f"test_{k}") for k in METRIC_COLUMNS},
+                     **{f"val_{k}": m.get(f"val_last_{k}") for k in ("auroc", "ap", "f1_1", "f1_1_pc")},
+                     **{f"test_sel_{k}": m.get(f"test_sel_{k}") for k in ("f1_1", "auroc")},
+                     "selected_epoch": int(m.get("selected_epoch", 0)), "run_id": run.info.run_id, "cell_key": key})
     out_dir.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows)
     df.to_csv(out_dir / "grid.csv", index=False, float_format="%.6f")
     summary = {"cells": len(rows) + len(missing), "finished": len(rows), "missing": missing}
     if rows:
         f1 = df.groupby("BN")["test_f1_1"].mean()
-        best = df.groupby(["config_id", "config_name"])["test_f1_1"].mean().sort_values(ascending=False)
+        ranked = rank_configs(df)
+        best, worst = ranked.iloc[0], ranked.iloc[-1]
         summary.update({
             "minority_f1_mean": {"bn_on": _num(f1.get(1)), "bn_off": _num(f1.get(0))},
-            "best_config": {"id": int(best.index[0][0]), "name": best.index[0][1], "minority_f1": _num(best.iloc[0])},
-            "worst_config": {"id": int(best.index[-1][0]), "name": best.index[-1][1], "minority_f1": _num(best.iloc[-1])},
+            "best_config": _config_summary(best), "worst_config": _config_summary(worst),
+            "ranked_on": "mean validation AUROC at the last epoch (test values reported only)",
         })
     (out_dir / "grid.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def rank_configs(df):
+    """Configurations by mean validation AUROC (last epoch), ties to validation F1 then id;
+    test columns ride along and never decide the order."""
+    g = df.groupby(["config_id", "config_name"])
+    agg = g[["val_auroc", "val_f1_1", "test_f1_1", "test_auroc"]].mean()
+    agg["replicates"] = g.size()
+    agg = agg.reset_index()
+    agg["neg_id"] = -agg["config_id"]
+    agg = agg.sort_values(["val_auroc", "val_f1_1", "neg_id"], ascending=False, na_position="last")
+    return agg.drop(columns="neg_id").reset_index(drop=True)
+
+
+def _config_summary(r) -> dict:
+    return {"id": int(r["config_id"]), "name": r["config_name"], "val_auroc": _num(r["val_auroc"]),
+            "val_minority_f1": _num(r["val_f1_1"]), "test_minority_f1": _num(r["test_f1_1"]),
+            "test_auroc": _num(r["test_auroc"]), "replicates": int(r["replicates"])}
 
 
 def _num(x) -> float | None:

@@ -20,6 +20,13 @@ Which metric is which:
   It lies in ``[0, 2]``; for two classes it equals twice the usual binary Brier score
   ``mean((y - p_1) ** 2)``. It is computed as the sum of scikit-learn's one-vs-rest
   ``brier_score_loss`` per class, which is the same quantity on every scikit-learn version.
+* Threshold-free ranking metrics of P(minority): ``auroc`` (``roc_auc_score``) and ``average_precision``
+  (``average_precision_score``); ``nan`` when only one class is present. ``balanced_accuracy`` is
+  scikit-learn's (mean per-class recall).
+* ``prior_corrected_preds`` is post-hoc logit adjustment (Menon et al. 2021) to a uniform prior:
+  ``log(n_majority / n_minority)`` of the *training* counts is added to the minority logit, i.e.
+  predict the minority when ``p1 / p0 > n_minority / n_majority``. It needs no training and no
+  validation or test information: the free baseline a final BN has to beat.
 * ``ece`` and ``reliability_bins`` are written by hand (scikit-learn has neither): Guo et al.
   2017, "On Calibration of Modern Neural Networks" -- confidence is the max probability, bins are
   ``n_bins`` equal-width intervals ``(lower, upper]`` over ``[0, 1]`` (a confidence of exactly 0
@@ -32,14 +39,20 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import (
     accuracy_score,
+    average_precision_score,
+    balanced_accuracy_score,
     brier_score_loss,
     confusion_matrix,
     log_loss,
     precision_recall_fscore_support,
+    roc_auc_score,
 )
 
 __all__ = [
+    "auroc",
+    "average_precision",
     "brier",
+    "prior_corrected_preds",
     "classification_report",
     "confusion",
     "ece",
@@ -142,6 +155,36 @@ def _check_n_bins(n_bins: int) -> int:
 # --------------------------------------------------------------------------- metrics
 
 
+def auroc(y_true, probs) -> float:
+    """AUROC of P(minority) against the minority label; nan when one class is absent."""
+    y, p = _pair_probs(y_true, probs)
+    if len(np.unique(y)) < 2:
+        return float("nan")
+    return float(roc_auc_score((y == MINORITY).astype(np.int64), p[:, MINORITY]))
+
+
+def average_precision(y_true, probs) -> float:
+    """Average precision (area under the precision-recall curve) of P(minority); nan without positives."""
+    y, p = _pair_probs(y_true, probs)
+    if not (y == MINORITY).any():
+        return float("nan")
+    return float(average_precision_score((y == MINORITY).astype(np.int64), p[:, MINORITY]))
+
+
+def prior_corrected_preds(probs, train_counts: Sequence[int]) -> np.ndarray:
+    """Binary predictions after logit adjustment to a uniform prior from the training counts
+    (n_majority, n_minority): minority iff log p1 - log p0 + log(n0 / n1) > 0."""
+    p = _as_probs(probs)
+    if p.shape[1] != 2:
+        raise ValueError(f"prior correction is for two classes, got {p.shape[1]}")
+    n0, n1 = (float(c) for c in train_counts)
+    if n0 <= 0 or n1 <= 0:
+        raise ValueError(f"train_counts must both be positive, got {list(train_counts)}")
+    with np.errstate(divide="ignore"):
+        margin = np.log(p[:, 1]) - np.log(p[:, 0]) + np.log(n0 / n1)
+    return (margin > 0).astype(np.int64)
+
+
 def minority_f1(y_true, y_pred) -> float:
     """F1 of the minority class (label 1); 0.0 when it is never predicted or never present."""
     y, yp = _pair_preds(y_true, y_pred)
@@ -220,13 +263,17 @@ def ece(y_true, probs, n_bins: int = 15) -> float:
     return float(total)
 
 
-def classification_report(y_true, probs, labels: Sequence[int] = (0, 1)) -> dict[str, float]:
+def classification_report(y_true, probs, labels: Sequence[int] = (0, 1),
+                          train_counts: Sequence[int] | None = None) -> dict[str, float]:
     """All scalar metrics of one evaluation, as plain floats (ready for logging).
 
-    Keys: ``accuracy``; for each class ``l`` in ``labels``: ``precision_l``, ``recall_l``,
-    ``f1_l``, ``support_l`` (count of true samples, as a float); ``f1_macro`` (unweighted mean of
-    the per-class F1 over ``labels``); ``ece`` (15 bins); ``brier`` (multi-class, see ``brier``);
-    ``nll`` (mean cross-entropy, probabilities clipped); ``minority_f1`` (= ``f1_1``).
+    Keys: ``accuracy``, ``balanced_accuracy``; for each class ``l`` in ``labels``: ``precision_l``,
+    ``recall_l``, ``f1_l``, ``support_l`` (count of true samples, as a float); ``f1_macro``
+    (unweighted mean of the per-class F1 over ``labels``); ``ece`` (15 bins); ``brier``
+    (multi-class, see ``brier``); ``nll`` (mean cross-entropy, probabilities clipped);
+    ``minority_f1`` (= ``f1_1``); for two classes ``auroc`` and ``ap`` of P(minority), and with
+    ``train_counts`` ``f1_1_pc`` / ``recall_1_pc`` / ``balanced_accuracy_pc``: the same after
+    prior correction (see ``prior_corrected_preds``).
     Precision/recall/F1 of a class that is never predicted (or never present) are 0, without warning.
     """
     y, p = _pair_probs(y_true, probs)
@@ -246,4 +293,16 @@ def classification_report(y_true, probs, labels: Sequence[int] = (0, 1)) -> dict
     report["brier"] = brier(y, p)
     report["nll"] = float(log_loss(y, p, labels=list(range(p.shape[1]))))
     report["minority_f1"] = minority_f1(y, y_pred)
+    report["balanced_accuracy"] = float(balanced_accuracy_score(y, y_pred)) if len(np.unique(y)) > 1 else float("nan")
+    if p.shape[1] == 2:
+        report["auroc"] = auroc(y, p)
+        report["ap"] = average_precision(y, p)
+        if train_counts is not None:
+            pc = prior_corrected_preds(p, train_counts)
+            _, rec_pc, f1_pc, _ = precision_recall_fscore_support(y, pc, labels=[MINORITY], average=None,
+                                                                 zero_division=0)
+            report["f1_1_pc"] = float(f1_pc[0])
+            report["recall_1_pc"] = float(rec_pc[0])
+            report["balanced_accuracy_pc"] = (float(balanced_accuracy_score(y, pc)) if len(np.unique(y)) > 1
+                                              else float("nan"))
     return report

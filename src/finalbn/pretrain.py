@@ -2,8 +2,9 @@
 
     summary = pretrain(cfg)     # writes <pretrain.out_dir>/<arch>.pt and <arch>.json
 
-No ImageNet weights can be downloaded on our machines, yet the paper fine-tunes a pretrained
-network. So the embedded default first trains the torchvision architecture from scratch on a
+For archs without offline ImageNet weights (torchvision's cannot be downloaded on our machines;
+the default `efficientnet_lite0` has them and does not need this stage, which is therefore not
+in the default DVC pipeline). It trains the architecture from scratch on a
 balanced synthetic source task: which condition (healthy or one of the disease kinds) a leaf
 shows, on crops that no dataset targets, drawn in memory with `pretrain.severity` times more and
 larger lesions (late-stage leaves, as ImageNet-scale photo collections show obvious symptoms).
@@ -23,7 +24,7 @@ import torch
 from finalbn.config import Config
 from finalbn.data import SplitTensors, make_loaders
 from finalbn.engine import FitSettings, fit, resolve_device
-from finalbn.models import ARCHS
+from finalbn.models import get_spec
 from finalbn.splits import DataError
 from finalbn.synthetic import DISEASES, HEALTHY, render_leaf
 
@@ -53,26 +54,29 @@ def source_images(cfg: Config) -> tuple[list[str], dict[str, SplitTensors]]:
 
 def pretrain(cfg: Config, progress: bool = False) -> dict:
     pc, arch = cfg.pretrain, cfg.model.arch
-    if arch not in ARCHS:
-        raise DataError(f"unknown arch {arch!r} (have: {', '.join(ARCHS)})")
+    try:
+        spec = get_spec(arch)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
     classes, tensors = source_images(cfg)
     torch.manual_seed(pc.seed)
-    model = ARCHS[arch](num_classes=len(classes))  # from scratch: every parameter trains
+    model = spec(num_classes=len(classes))  # from scratch: every parameter trains
     device = resolve_device(cfg.train.device)
     loaders = make_loaders(tensors, pc.batch_size, cfg.train.augment, seed=pc.seed,
-                           num_workers=cfg.train.num_workers, pin_memory=device.type == "cuda")
+                           num_workers=cfg.train.num_workers, pin_memory=device.type == "cuda",
+                           mean=spec.mean, std=spec.std)
     settings = FitSettings(epochs=pc.epochs, lr=pc.lr, weight_decay=cfg.train.weight_decay, device=str(device),
                            progress=progress)
     result = fit(model, loaders["train"], loaders["val"], settings)
-    model.load_state_dict(result.best_state)
+    model.load_state_dict(result.selected_state)
     out = Path(pc.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save(state, out / f"{arch}.pt")
     summary = {
         "arch": arch, "classes": classes, "crops": list(pc.crops), "severity": pc.severity, "images_per_class": pc.per_class,
-        "image_size": pc.image_size, "epochs": pc.epochs, "best_epoch": result.best_epoch,
-        "val_accuracy": result.history[result.best_epoch - 1]["val_accuracy"],
+        "image_size": pc.image_size, "epochs": pc.epochs, "best_epoch": result.selected_epoch,
+        "val_accuracy": result.history[result.selected_epoch - 1]["val_accuracy"],
         "chance_accuracy": 1 / len(classes), "train_seconds": round(result.train_seconds, 1),
         "history": result.history,
     }

@@ -1,10 +1,11 @@
-"""The `prepare` stage: an image collection -> the paper's seeded 99 %/1 % split.
+"""The `prepare` stage: an image collection -> the paper's seeded 99 %/1 % split, per replicate.
 
-    summary = prepare_dataset(cfg.dataset("synthetic-apple"), cfg.split, Path("data/splits"))
+    summaries = prepare_dataset(cfg.dataset("synthetic-apple"), cfg.split, Path("data/splits"), replicates=5)
 
-Scans the dataset's class folders, validates every image (`finalbn.images`), draws disjoint
-train/val/test sets with exactly the requested [majority, minority] counts, and writes
-`<out>/<name>/manifest.csv` (path, label, split, source_class, sha256) and `split.json`
+Scans the dataset's class folders, validates every image (`finalbn.images`), and for each
+replicate r draws disjoint train/val/test sets with exactly the requested [majority, minority]
+counts (seeded by split.seed and r, so each replicate picks other minority images), writing
+`<out>/<name>/<r>/manifest.csv` (path, label, split, source_class, sha256) and `split.json`
 (counts per split and source class, rejected files with reasons, the manifest's hash).
 Same params and same files give byte-identical outputs.
 """
@@ -87,7 +88,7 @@ def scan_dataset(folders: ClassFolders, progress: bool = True) -> tuple[dict[int
 
 
 def draw_split(usable: dict[int, list[tuple[str, Path]]], split: SplitConfig, names: tuple[str, str],
-               sources: tuple[str, str]) -> list[dict]:
+               sources: tuple[str, str], replicate: int = 0) -> list[dict]:
     """Seeded, disjoint train/val/test rows with exactly the requested counts per label."""
     rows: list[dict] = []
     for label in LABELS:
@@ -97,7 +98,7 @@ def draw_split(usable: dict[int, list[tuple[str, Path]]], split: SplitConfig, na
             raise DataError(f"class {names[label]} ({sources[label]}) has {len(pool)} usable images, the split needs {sum(need)} "
                             f"({' + '.join(f'{n} {s}' for n, s in zip(need, SPLITS))})")
         # One generator per label, so changing the minority counts never reshuffles the majority.
-        order = np.random.default_rng([split.seed, label]).permutation(len(pool))
+        order = np.random.default_rng([split.seed, replicate, label]).permutation(len(pool))
         start = 0
         for name, n in zip(SPLITS, need):
             for idx in sorted(order[start:start + n], key=lambda i: str(pool[i][1])):
@@ -116,17 +117,31 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def prepare_dataset(ds: DatasetConfig, split: SplitConfig, out_root: Path, progress: bool = True) -> dict:
-    """Scan, validate, split and write manifest.csv + split.json for one dataset; returns the summary."""
+def split_dir(splits_dir: Path, dataset: str, replicate: int) -> Path:
+    """Where one replicate's manifest.csv and split.json live."""
+    return Path(splits_dir) / dataset / str(replicate)
+
+
+def prepare_dataset(ds: DatasetConfig, split: SplitConfig, out_root: Path, progress: bool = True,
+                    replicates: int = 1) -> list[dict]:
+    """Scan and validate once, then split and write manifest.csv + split.json per replicate;
+    returns the summaries (one per replicate)."""
     folders = class_folders(ds)
     usable, rejected = scan_dataset(folders, progress=progress)
     sources = tuple(", ".join(c for c, _ in g) for g in (folders.majority, folders.minority))
-    rows = draw_split(usable, split, folders.names, sources)  # type: ignore[arg-type]
+    draws = [draw_split(usable, split, folders.names, sources, r) for r in range(replicates)]  # type: ignore[arg-type]
+    paths = sorted({r["path"] for rows in draws for r in rows})
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        hashes = list(tqdm(pool.map(sha256_file, [r["path"] for r in rows]), total=len(rows),
-                           desc=f"hash {ds.name}", unit="img", disable=not progress))
-    for row, digest in zip(rows, hashes):
-        row["sha256"] = digest
+        hashes = dict(zip(paths, tqdm(pool.map(sha256_file, paths), total=len(paths),
+                                      desc=f"hash {ds.name}", unit="img", disable=not progress)))
+    return [_write_split(ds, split, out_root, folders, usable, rejected, rows, hashes, r)
+            for r, rows in enumerate(draws)]
+
+
+def _write_split(ds: DatasetConfig, split: SplitConfig, out_root: Path, folders: ClassFolders, usable, rejected,
+                 rows: list[dict], hashes: dict[str, str], replicate: int) -> dict:
+    for row in rows:
+        row["sha256"] = hashes[row["path"]]
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
@@ -147,12 +162,13 @@ def prepare_dataset(ds: DatasetConfig, split: SplitConfig, out_root: Path, progr
         "classes": list(folders.names),
         "source_classes": {"majority": [c for c, _ in folders.majority], "minority": [c for c, _ in folders.minority]},
         "seed": split.seed,
+        "replicate": replicate,
         "counts": counts,
         "usable": dict(sorted(available.items())),
         "rejected": [{"path": r.path, "reason": r.reason} for r in rejected],
         "manifest_sha256": hashlib.sha256(manifest.encode()).hexdigest(),
     }
-    out = out_root / ds.name
+    out = split_dir(out_root, ds.name, replicate)
     out.mkdir(parents=True, exist_ok=True)
     _write_atomic(out / "manifest.csv", manifest)
     _write_atomic(out / "split.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")

@@ -632,10 +632,10 @@ def _write_png(folder: str, index: int, pixels: np.ndarray) -> None:
 
 def _run_job(job: tuple) -> int:
     """Render and write images [start, stop) of one class folder; returns how many."""
-    folder, seed, size, crop, condition, start, stop = job
+    folder, seed, size, crop, condition, start, stop, severity = job
     disease = None if condition == HEALTHY else condition
     for i in range(start, stop):
-        _write_png(folder, i, render_leaf(_seed_for(seed, crop, condition, i), size, crop, disease))
+        _write_png(folder, i, render_leaf(_seed_for(seed, crop, condition, i), size, crop, disease, severity))
     return stop - start
 
 
@@ -655,11 +655,12 @@ def _pool_context():
 
 
 def generate(root: str | os.PathLike, *, seed: int, image_size: int, crops: Sequence[str],
-             healthy: int, per_disease: int, workers: int = 0, progress: bool = True) -> dict:
+             healthy: int, per_disease: int, workers: int = 0, progress: bool = True,
+             severity: float = 1.0) -> dict:
     """Write the synthetic collection under `root` and return timing and per-class counts.
 
     Per crop: `healthy` images in <Crop>___healthy and `per_disease` images in each
-    <Crop>___<Disease> folder. Existing class folders are overwritten (images past the new
+    <Crop>___<Disease> folder, lesions drawn at `severity` (see `render_leaf`). Existing class folders are overwritten (images past the new
     count are removed); other folders under `root` are left alone. workers=0 uses one process
     per core, workers=1 renders in this process. Worker processes start by forkserver (no
     inherited threads), so a calling script needs the usual `if __name__ == "__main__":`.
@@ -671,6 +672,8 @@ def generate(root: str | os.PathLike, *, seed: int, image_size: int, crops: Sequ
     healthy = _check_count("healthy", healthy, 1)
     per_disease = _check_count("per_disease", per_disease, 1)
     workers = _check_count("workers", workers, 0)
+    if not 0.1 <= severity <= 10:
+        raise ValueError(f"severity must be within 0.1..10, got {severity!r}")
     if isinstance(crops, (str, bytes)) or not isinstance(crops, Sequence) or not crops:
         raise ValueError(f"crops must be a non-empty list of names, got {crops!r}")
     for crop in crops:
@@ -693,7 +696,7 @@ def generate(root: str | os.PathLike, *, seed: int, image_size: int, crops: Sequ
             folder.mkdir(exist_ok=True)
             _prune(folder, count)
             classes[folder.name] = count
-            jobs += [(str(folder), seed, image_size, crop, condition, i, min(i + chunk, count))
+            jobs += [(str(folder), seed, image_size, crop, condition, i, min(i + chunk, count), float(severity))
                      for i in range(0, count, chunk)]
     procs = min(procs, len(jobs))
 

@@ -4,18 +4,26 @@
 
 One run per cell in experiment `tracking.experiment`, in MLflow's default store
 (`sqlite:///mlflow.db` in the working folder) unless MLFLOW_TRACKING_URI says otherwise. Logged:
-every config value (flattened), the six toggles as tags, dataset and manifest hash, per-epoch
-metrics by step, test metrics at the last and the best (validation-chosen) epoch, and artifacts:
-loss curves, the softmax scatter (paper Fig. 4), reliability diagrams, confusion matrix,
-per-image test predictions, history and config.yaml. A run that raises ends FAILED; Ctrl-C ends
-it KILLED; it never stays RUNNING.
+every config value (flattened), the six toggles, replicate and BN policy as tags, dataset and
+manifest hash, per-epoch metrics by step (validation AUROC/AP/F1/balanced loss, the final BN's
+running mean/var, gamma, beta), validation and test metrics at the last epoch (`val_*`, `test_*`:
+the primary numbers) and test metrics at the validation-selected epoch (`test_sel_*`), per-disease
+test recall, and artifacts: loss curves, the softmax scatter (paper Fig. 4), reliability diagrams,
+confusion matrix, per-image test predictions, history and config.yaml. A run that raises ends
+FAILED; Ctrl-C ends it KILLED; it never stays RUNNING.
+
+The report and the ceiling stage read and write MLflow through this module too
+(`finished_cell_runs`, `metric_history`, `artifact_text`, `log_report`, `log_ceiling`).
 """
 from __future__ import annotations
 
 import contextlib
 import csv
 import io
+import json
 import os
+import re
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,7 +34,7 @@ import yaml
 from mlflow.entities import RunStatus
 
 from finalbn import plots
-from finalbn.cells import CellResult, run_cell
+from finalbn.cells import CellResult, cell_seed, run_cell
 from finalbn.config import TOGGLES, Config, ablation_from_id, config_id, config_name, flatten, to_dict
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -95,7 +103,8 @@ def grid_parent(cfg: Config, dataset: str, arch: str, config_id: int, parent_key
 
 
 def finish_parent(cfg: Config, dataset: str, arch: str, config_id: int, parent_key: str, parent_id: str | None) -> None:
-    """Mean and std of the FINISHED children's test metrics on the parent, which then ends FINISHED."""
+    """Mean and std over replicates of the FINISHED children's metrics on the parent, which then
+    ends FINISHED."""
     import numpy as np
 
     client = mlflow.MlflowClient()
@@ -104,14 +113,14 @@ def finish_parent(cfg: Config, dataset: str, arch: str, config_id: int, parent_k
                                   filter_string=f"tags.parent_key = '{parent_key}' and attributes.status = 'FINISHED'")
     children = [c for c in children if c.data.tags.get("finalbn.cell") == "true"]
     if children:
-        keys = sorted({k for c in children for k in c.data.metrics if k.startswith(("test_", "best_epoch"))})
+        keys = sorted({k for c in children for k in c.data.metrics if k.startswith(("test_", "val_", "selected_epoch"))})
         metrics = {}
         for k in keys:
             vals = np.array([c.data.metrics[k] for c in children if k in c.data.metrics])
             metrics[f"mean_{k}"], metrics[f"std_{k}"] = float(vals.mean()), float(vals.std())
         client.log_batch(parent_id, metrics=[mlflow.entities.Metric(k, v, int(time.time() * 1000), 0)
                                              for k, v in metrics.items()])
-        client.set_tag(parent_id, "seeds_finished", str(len(children)))
+        client.set_tag(parent_id, "replicates_finished", str(len(children)))
     client.set_terminated(parent_id, RunStatus.to_string(RunStatus.FINISHED))
 
 
@@ -146,19 +155,20 @@ def cell_run(run_name: str, tags: dict[str, str], nested: bool = False, parent_r
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
 
 
-def cell_tags(cfg: Config, dataset: str) -> dict[str, str]:
+def cell_tags(cfg: Config, dataset: str, replicate: int = 0) -> dict[str, str]:
     ab = cfg.ablation
     return {**{t.upper(): str(getattr(ab, t)).lower() for t in TOGGLES},
             "config_id": str(config_id(ab)), "config_name": config_name(ab), "dataset": dataset,
-            "arch": cfg.model.arch, "seed": str(cfg.train.seed), "finalbn.cell": "true"}
+            "arch": cfg.model.arch, "replicate": str(replicate), "seed": str(cell_seed(cfg, replicate)),
+            "finalbn.cell": "true"}
 
 
 def track_cell(cfg: Config, dataset: str, splits_dir: Path, callbacks=(), progress: bool = False,
                run_name: str | None = None, extra_tags: dict[str, str] | None = None,
-               parent_run_id: str | None = None) -> tuple[str, CellResult]:
+               parent_run_id: str | None = None, replicate: int = 0) -> tuple[str, CellResult]:
     setup(cfg)
-    tags = {**cell_tags(cfg, dataset), **(extra_tags or {})}
-    name = run_name or f"{dataset} {tags['config_name']} seed{cfg.train.seed}"
+    tags = {**cell_tags(cfg, dataset, replicate), **(extra_tags or {})}
+    name = run_name or f"{dataset} {tags['config_name']} r{replicate}"
     with cell_run(name, tags, parent_run_id=parent_run_id) as run:
         run_id = run.info.run_id
         # `mlflow run -P a.b=v` has already logged a.b with the user's spelling; MLflow refuses
@@ -166,7 +176,8 @@ def track_cell(cfg: Config, dataset: str, splits_dir: Path, callbacks=(), progre
         logged = mlflow.get_run(run_id).data.params
         params = {k: _param_text(v) for k, v in flatten(to_dict(cfg)).items() if k not in logged}
         mlflow.log_params(params)
-        result = run_cell(cfg, dataset, splits_dir, callbacks=[EpochLogger(run_id), *callbacks], progress=progress)
+        result = run_cell(cfg, dataset, splits_dir, callbacks=[EpochLogger(run_id), *callbacks], progress=progress,
+                          replicate=replicate)
         log_result(cfg, result)
     return run_id, result
 
@@ -174,21 +185,26 @@ def track_cell(cfg: Config, dataset: str, splits_dir: Path, callbacks=(), progre
 def log_result(cfg: Config, r: CellResult) -> None:
     """Test metrics, tags that only exist after training, and every artifact of one cell."""
     mlflow.set_tags({"manifest_sha256": r.manifest_sha256, "bn_policy": r.bn_policy, "device": r.device,
-                     "best_epoch": str(r.fit.best_epoch)})
-    mlflow.log_metrics({f"test_{k}": v for k, v in r.test_last.items()})
-    mlflow.log_metrics({f"test_best_{k}": v for k, v in r.test_best.items()})
-    mlflow.log_metrics({"best_epoch": r.fit.best_epoch, "train_seconds": r.fit.train_seconds,
+                     "selected_epoch": str(r.fit.selected_epoch)})
+    finite = lambda d: {_metric_name(k): v for k, v in d.items() if v == v}  # noqa: E731 - NaN (one class) is not logged
+    mlflow.log_metrics(finite({f"test_{k}": v for k, v in r.test_last.items()}))
+    mlflow.log_metrics(finite({f"test_sel_{k}": v for k, v in r.test_sel.items()}))
+    mlflow.log_metrics(finite({f"val_last_{k}": v for k, v in r.val_last.items()}))
+    sel = r.fit.history[r.fit.selected_epoch - 1]
+    mlflow.log_metrics(finite({f"val_sel_{k[4:]}": v for k, v in sel.items() if k.startswith("val_")}))
+    mlflow.log_metrics({"selected_epoch": r.fit.selected_epoch, "train_seconds": r.fit.train_seconds,
                         "train_images_per_second": r.fit.train_images / max(r.fit.train_seconds, 1e-9)})
     if r.class_weights:
         mlflow.log_params({f"class_weight_{i}": round(w, 6) for i, w in enumerate(r.class_weights)})
-    labels, best = r.info["labels"], r.info["probs_best"]
-    title = f"{r.dataset} {r.config_name} (config {r.config_id})"
+    labels, last = r.info["labels"], r.info["probs_last"]
+    title = f"{r.dataset} r{r.replicate} {r.config_name} (config {r.config_id})"
     figures = {
         "loss_curves.png": plots.loss_curves(r.fit.history, title),
-        "softmax_scatter.png": plots.softmax_scatter(labels, best, f"{title}, best epoch {r.fit.best_epoch}"),
-        "reliability_best.png": plots.reliability_diagram(r.reliability_best, f"best epoch, ECE {r.test_best['ece']:.3f}"),
+        "softmax_scatter.png": plots.softmax_scatter(labels, last, f"{title}, last epoch"),
         "reliability_last.png": plots.reliability_diagram(r.reliability_last, f"last epoch, ECE {r.test_last['ece']:.3f}"),
-        "confusion_matrix.png": plots.confusion_matrix_plot(r.confusion_best),
+        "reliability_selected.png": plots.reliability_diagram(
+            r.reliability_sel, f"selected epoch {r.fit.selected_epoch}, ECE {r.test_sel['ece']:.3f}"),
+        "confusion_matrix.png": plots.confusion_matrix_plot(r.confusion_last),
     }
     for name, fig in figures.items():
         mlflow.log_figure(fig, f"plots/{name}")
@@ -196,9 +212,101 @@ def log_result(cfg: Config, r: CellResult) -> None:
     mlflow.log_text(_csv(r.predictions), "predictions/test_predictions.csv")
     mlflow.log_text(_csv(r.fit.history), "history.csv")
     mlflow.log_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), "config.yaml")
-    mlflow.log_dict({"last": r.reliability_last, "best": r.reliability_best}, "reliability.json")
+    mlflow.log_dict({"last": r.reliability_last, "selected": r.reliability_sel}, "reliability.json")
     if cfg.train.log_model:
         _log_model(r.info["model"], cfg.dataset(r.dataset).image_size)
+
+
+def _metric_name(name: str) -> str:
+    # MLflow allows letters, digits, _ - . / and space; a user's folder name may hold anything
+    return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", name)
+
+
+# ---------------------------------------------------------------- reading runs (report, ceiling)
+
+
+def finished_cell_runs(experiment: str) -> list:
+    """Every FINISHED run tagged finalbn.cell=true of `experiment` (active ones only)."""
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri())
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    flt, runs, token = "tags.`finalbn.cell` = 'true' and attributes.status = 'FINISHED'", [], None
+    while True:
+        page = client.search_runs([exp.experiment_id], flt, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    # the filter already says so; checked again so a store with looser filtering cannot leak runs in
+    return [r for r in runs if r.info.status == "FINISHED" and r.data.tags.get("finalbn.cell") == "true"]
+
+
+def metric_history(run_id: str, keys) -> dict[int, dict[str, float]]:
+    """{epoch: {key: value}} of the per-epoch metrics `keys` of one run (a later value wins)."""
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri())
+    by_epoch: dict[int, dict[str, float]] = {}
+    for key in keys:
+        for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp):
+            by_epoch.setdefault(int(m.step), {})[key] = float(m.value)
+    return by_epoch
+
+
+def artifact_text(run_id: str, path: str) -> str | None:
+    """The text of one artifact of a run, or None when it is missing."""
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri())
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = client.download_artifacts(run_id, path, tmp)
+        except Exception:  # a missing artifact raises MlflowException or OSError depending on the store
+            return None
+        p = Path(local)
+        return p.read_text(encoding="utf-8") if p.is_file() else None
+
+
+def log_report(out_dir: Path, experiment: str) -> str:
+    """Log every file of `out_dir` as artifacts of a new run named "report" (tag finalbn.report=true,
+    never finalbn.cell) in `experiment`; the headline numbers of summary.json become its metrics
+    and the verdict a tag. Returns the run id."""
+    from mlflow.entities import Metric
+
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise FileNotFoundError(f"{out} does not exist: build the report first")
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri())
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    run_id = client.create_run(exp_id, run_name="report", tags={"finalbn.report": "true"}).info.run_id
+    try:
+        client.log_artifacts(run_id, str(out))
+        summary_path = out / "summary.json"
+        if summary_path.is_file():
+            s = json.loads(summary_path.read_text(encoding="utf-8"))
+            now = int(time.time() * 1000)
+            flat = {_metric_name(k): v for k, v in (s.get("metrics") or {}).items()}
+            metrics = [Metric(k, float(v), now, 0) for k, v in flat.items()
+                       if isinstance(v, (int, float)) and v == v]
+            if metrics:
+                client.log_batch(run_id, metrics=metrics)
+            for i, line in enumerate(s.get("verdict") or []):
+                client.set_tag(run_id, f"verdict_{i}", str(line)[:5000])
+        client.set_terminated(run_id, "FINISHED")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    return run_id
+
+
+def log_ceiling(cfg: Config, result: dict) -> str:
+    """One run per (dataset, arch) ceiling measurement, tagged finalbn.ceiling=true."""
+    setup(cfg)
+    tags = {"finalbn.ceiling": "true", "dataset": result["dataset"], "arch": result["arch"]}
+    with cell_run(f"ceiling {result['dataset']} {result['arch']}", tags) as run:
+        mlflow.log_params({k: _param_text(result[k]) for k in ("weights", "image_size", "images", "n", "feature_dim",
+                                                              "folds")})
+        mlflow.log_metrics({"ceiling_auroc": result["auroc"], "ceiling_auroc_std": result["auroc_std"]})
+        mlflow.log_dict(result, "ceiling.json")
+        return run.info.run_id
 
 
 def _log_model(model, size: int) -> None:

@@ -1,0 +1,70 @@
+"""The protocol's guarantees: no test label decides anything, and a code change re-runs cells."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from finalbn import grid
+from finalbn.cells import run_cell
+from finalbn.splits import read_manifest
+
+SPLITS = Path("data/splits")
+
+
+def _poison(src: Path, dst: Path) -> None:
+    """A copy of the split folder with every test label flipped."""
+    shutil.copytree(src, dst)
+    for manifest in dst.glob("*/*/manifest.csv"):
+        df = pd.read_csv(manifest)
+        test = df["split"] == "test"
+        df.loc[test, "label"] = 1 - df.loc[test, "label"]
+        df.to_csv(manifest, index=False, lineterminator="\n")
+
+
+def test_poisoned_test_labels_change_no_choice(prepared):
+    """Epoch selection, the prior-correction threshold and the best configuration are the same
+    when every test label is flipped; only the test metrics move."""
+    load, _ = prepared
+    _poison(SPLITS, Path("poisoned"))
+    assert {r["label"] for r in read_manifest("poisoned/synthetic-apple/0/manifest.csv") if r["split"] == "test"} \
+        == {0, 1}
+    rows = {"clean": [], "poisoned": []}
+    for cid in (31, 63, 47, 15):
+        cfg = grid.cell_config(load(["train.epochs=3"]), grid.Cell("synthetic-apple", "efficientnet_lite0", cid, 0))
+        clean = run_cell(cfg, "synthetic-apple", SPLITS)
+        bad = run_cell(cfg, "synthetic-apple", Path("poisoned"))
+        assert bad.fit.selected_epoch == clean.fit.selected_epoch
+        assert bad.fit.history == clean.fit.history  # every validation number per epoch
+        assert bad.val_last == clean.val_last
+        assert bad.info["train_counts"] == clean.info["train_counts"]  # the prior correction's only input
+        assert [p["p1_last"] for p in bad.predictions] == [p["p1_last"] for p in clean.predictions]
+        assert [p["label"] for p in bad.predictions] == [1 - p["label"] for p in clean.predictions]
+        assert bad.test_last != clean.test_last  # the poison reached the test metrics, and only them
+        for name, r in (("clean", clean), ("poisoned", bad)):
+            rows[name].append({"config_id": cid, "config_name": r.config_name, "val_auroc": r.val_last["auroc"],
+                               "val_f1_1": r.val_last["f1_1"], "test_f1_1": r.test_last["f1_1"],
+                               "test_auroc": r.test_last["auroc"]})
+    ranked = {k: grid.rank_configs(pd.DataFrame(v))["config_id"].tolist() for k, v in rows.items()}
+    assert ranked["clean"] == ranked["poisoned"]
+
+
+def test_a_code_change_reruns_a_finished_cell(prepared, tmp_path, monkeypatch):
+    load, _ = prepared
+    cfg = load(["grid.configs=[31]", "grid.headline.configs=[]", "train.epochs=1"])
+    assert grid.run_shard(cfg, SPLITS, log=lambda m: None)["ran"] == 1
+    assert grid.run_shard(cfg, SPLITS, log=lambda m: None) == {"ran": 0, "skipped": 1, "failed": []}
+    # the same package with a fix in engine.py: code_version reads the sources beside grid.py
+    pkg = tmp_path / "pkg"
+    shutil.copytree(Path(grid.__file__).parent, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(pkg / "engine.py", "a") as fh:
+        fh.write("\n# a fix\n")
+    before = grid.cell_key(cfg, grid.all_cells(cfg)[0], SPLITS)
+    monkeypatch.setattr(grid, "__file__", str(pkg / "grid.py"))
+    assert grid.cell_key(cfg, grid.all_cells(cfg)[0], SPLITS) != before
+    assert grid.run_shard(cfg, SPLITS, log=lambda m: None)["ran"] == 1
+    # a module that computes no cell (the report) changes no key
+    after = grid.cell_key(cfg, grid.all_cells(cfg)[0], SPLITS)
+    (pkg / "report" / "markdown.py").write_text("# changed\n")
+    assert grid.cell_key(cfg, grid.all_cells(cfg)[0], SPLITS) == after
