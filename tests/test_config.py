@@ -38,6 +38,12 @@ def test_params_yaml_loads_with_the_papers_split(load):
     (["datasets.0.crop=null"], "source synthetic needs 'crop'"),
     (["datasets.0.source=folders"], "source folders needs non-empty 'majority' and 'minority'"),
     (["split.seed"], "is not key=value"),
+    (["grid.replicates=0"], "'grid.replicates': Input should be greater than or equal to 1"),
+    (["grid.headline.configs=[99]"], "99 is neither an id 0..63 nor a name"),
+    (["grid.seeds=[0, 1]"], "unknown key 'grid.seeds' (allowed: configs, replicates, headline, archs, workers)"),
+    (["synthetic.severity=20"], "'synthetic.severity'"),
+    (["train.body_lr_ratio=0"], "'train.body_lr_ratio'"),
+    (["ceiling.folds=1"], "'ceiling.folds'"),
 ])
 def test_bad_values_name_the_key(load, override, expected):
     with pytest.raises(ConfigError) as err:

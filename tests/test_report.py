@@ -207,6 +207,18 @@ def test_lenth_pse_and_the_unreplicated_factorial():
     assert eff.loc["BN", "method"] == "Lenth PSE, one replicate"
 
 
+def test_replicate_spread_pools_the_bn_pair_differences():
+    rows = []
+    for r, (a, b, c, e) in enumerate([(0.9, 0.5, 0.8, 0.7), (0.8, 0.6, 0.85, 0.7), (0.7, 0.6, 0.9, 0.7)]):
+        rows += [_row(f"a{r}", "apple", r, 31, a), _row(f"b{r}", "apple", r, 63, b),
+                 _row(f"c{r}", "apple", r, 15, c), _row(f"e{r}", "apple", r, 47, e)]
+    sd, df = effects.replicate_spread(prepare(pd.DataFrame(rows))[0])
+    d1, d2 = np.array([0.4, 0.2, 0.1]), np.array([0.1, 0.15, 0.2])
+    assert df == 4
+    assert sd == pytest.approx(math.sqrt((((d1 - d1.mean()) ** 2).sum() + ((d2 - d2.mean()) ** 2).sum()) / 4))
+    assert effects.replicate_spread(prepare(pd.DataFrame(rows[:4]))[0]) is None  # one replicate
+
+
 def test_hierarchical_bootstrap():
     y = np.array([1, 1, 1, 0, 0, 0])
     same = [(y, y.copy(), y.copy())] * 3
@@ -251,7 +263,9 @@ def test_report_opens_with_the_ceiling_then_the_verdict(design_report):
     assert "The paper reports +0.23 (Pepper) to +0.66 (Apple)" in verdict[0]
     assert any(v.startswith("With WL on, final BN (15 vs 47)") for v in verdict)
     fac = next(v for v in verdict if v.startswith("Factorial main effect"))
-    assert "Lenth" in fac and "conditional on one split" in fac
+    assert "Lenth" in fac and "conditional on one split" in fac and "at the replicate scale [" in fac
+    bn = pd.read_csv(out / "effects.csv").set_index("effect").loc["BN"]
+    assert bn["rep_high"] - bn["rep_low"] > bn["ci_high"] - bn["ci_low"]  # wider than Lenth's here
     assert any("test AUROC" in v for v in verdict) and any("prior correction" in v for v in verdict)
     assert any(v.startswith("WD (1e-2, decoupled") for v in verdict)
     e = summary["effects"]["apple/efficientnet_lite0"]

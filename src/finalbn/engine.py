@@ -158,8 +158,9 @@ def fit(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, sett
             bar.set_postfix(loss=f"{total / count:.4f}")
         seen += count
         labels, probs, val_loss = predict(model, val_loader, device, with_loss=True)
+        # "lr": the head's (body groups run at body_lr_ratio of it)
         row = {"epoch": epoch, "train_loss": total / max(count, 1), "val_loss": val_loss,
-               "lr": sched.get_last_lr()[-1], **_val_metrics(labels, probs, num_classes, settings.train_counts)}
+               "lr": max(sched.get_last_lr()), **_val_metrics(labels, probs, num_classes, settings.train_counts)}
         if callable(probe):
             row.update(probe())
         history.append(row)

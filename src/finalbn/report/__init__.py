@@ -114,8 +114,8 @@ def build_report(data: CellData, out_dir: Path, n_boot: int = 2000, seed: int = 
 
     # -- effects table
     if len(eff):
-        shown_eff = eff[["scope", "label", "metric", "estimate", "ci_low", "ci_high", "boot_low", "boot_high", "p",
-                         "p_holm", "n", "method"]]
+        shown_eff = eff[["scope", "label", "metric", "estimate", "ci_low", "ci_high", "boot_low", "boot_high",
+                         "rep_low", "rep_high", "p", "p_holm", "n", "method"]]
         if cells.groupby(["dataset", "arch"]).ngroups == 1:
             shown_eff = shown_eff.drop(columns=["scope"])
         section("Effects on the test set (last epoch)",
@@ -209,7 +209,9 @@ def build_report(data: CellData, out_dir: Path, n_boot: int = 2000, seed: int = 
         "\"best configuration\" is ranked on mean validation AUROC; test labels decide nothing.",
         "- Contrasts (31 − 63 and the others): one paired difference per replicate (same split and seed), mean with "
         "a t interval; where predictions exist also a hierarchical bootstrap (replicates, then test images within "
-        "each). The factorial: see the note under the effects table. Holm-adjusted p across the verdict's effects "
+        "each). The factorial: see the note under the effects table; its BN rows also get a replicate-scale "
+        "interval (estimate ± t × the pooled replicate SD of the BN pair differences). Holm-adjusted p across "
+        "the verdict's effects "
         "(and, for the other factorial rows, across the factorial's rows); intervals are unadjusted 95 %.",
         "- Configuration ids: index of (BN, WL, DA, MX, UF, WD) in itertools.product([True, False], repeat=6): "
         "31 = BN only, 47 = WL only, 15 = BN+WL, 63 = none.", ""]
@@ -228,8 +230,8 @@ def _summary(cells, t1, eff, verdicts, ceilings, cal_all, multi_arch) -> dict:
             "bn_improvement_f1_1": r.bn_improvement}
     effects: dict[str, dict] = {}
     for r in eff.to_dict("records"):
-        effects.setdefault(r["scope"], {})[r["effect"]] = {k: r[k] for k in ("estimate", "ci_low", "ci_high", "p",
-                                                                              "p_holm", "n", "metric")}
+        effects.setdefault(r["scope"], {})[r["effect"]] = {k: r[k] for k in ("estimate", "ci_low", "ci_high", "rep_low",
+                                                                              "rep_high", "p", "p_holm", "n", "metric")}
 
     def cal_value(metric: str, comparison: str, bn_on: bool) -> float:
         row = cal_all[(cal_all["comparison"] == comparison) & (cal_all["final_bn"] == bn_on)]

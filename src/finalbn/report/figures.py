@@ -87,11 +87,14 @@ def fig_effects(eff: pd.DataFrame, path: Path) -> None:
         ax.errorbar(est, yi, xerr=[[est - lo], [hi - est]], fmt="o", color=colors.get(r["kind"], "gray"), capsize=3)
         if math.isfinite(r.get("boot_low", math.nan)):
             ax.plot([r["boot_low"], r["boot_high"]], [yi - 0.2, yi - 0.2], color="tab:orange", linewidth=2)
+        if math.isfinite(r.get("rep_low", math.nan)):
+            ax.plot([r["rep_low"], r["rep_high"]], [yi - 0.2, yi - 0.2], color="gray", linewidth=2)
     ax.axvline(0, color="gray", linestyle="--")
     multi = rows["scope"].nunique() > 1
     ax.set_yticks(y, labels=[f"{r['scope']}: {r['label']}" if multi else r["label"] for r in rows.to_dict("records")],
                   fontsize="small")
-    ax.set_xlabel("effect on test minority F1 (last epoch), 95% interval; orange: hierarchical bootstrap")
+    ax.set_xlabel("effect on test minority F1 (last epoch), 95% interval; orange: hierarchical bootstrap; "
+                  "gray: replicate scale")
     ax.set_title("contrasts over replicates (red), factorial main effects (blue),\nBN×X interactions (purple), "
                  "simple effects of BN (green)", fontsize="small")
     ax.grid(axis="x", alpha=0.3)
