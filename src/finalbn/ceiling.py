@@ -15,6 +15,7 @@ the test split of replicate 0 — for reporting only: nothing here feeds trainin
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
+from finalbn.cells import weights_path
 from finalbn.config import Config
 from finalbn.data import decode_images, eval_transform
 from finalbn.models import create_model, get_spec
@@ -89,9 +91,6 @@ def probe_images(cfg: Config, dataset: str, splits_dir: Path, per_class: int, se
 def measure_ceiling(cfg: Config, dataset: str, splits_dir: Path, arch: str | None = None,
                     progress: bool = False) -> dict:
     """The probe's CV AUROC for one (dataset, arch) with the configured weights."""
-    from finalbn.cells import weights_path  # the `synthetic` weights name resolves there
-    import dataclasses
-
     arch = arch or cfg.model.arch
     c = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch=arch))
     ds = cfg.dataset(dataset)
