@@ -69,6 +69,12 @@ def prepared(tmp_path, monkeypatch, tiny_split):
 
 
 @pytest.fixture(autouse=True)
+def _decode_cache(tmp_path_factory, monkeypatch):
+    """The decoded-image cache of the tests: one folder for the session, never the repo's."""
+    monkeypatch.setenv("FINALBN_CACHE", str(tmp_path_factory.getbasetemp() / "finalbn-cache"))
+
+
+@pytest.fixture(autouse=True)
 def _restore_mlflow_env():
     """mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID; keep one test's store out of the next."""
     before = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}

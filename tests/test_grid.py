@@ -119,7 +119,8 @@ def test_parent_runs_carry_mean_and_std_of_replicates(prepared):
     load, overrides = prepared
     cfg = load(["grid.configs=[31]", "grid.replicates=2", "grid.headline.configs=[]", "train.epochs=1"])
     stats = grid.run_shard(cfg, SPLITS, log=lambda m: None)
-    assert stats == {"ran": 2, "skipped": 0, "failed": []}
+    assert (stats["ran"], stats["skipped"], stats["failed"]) == (2, 0, [])
+    assert stats["cells"] == {"uf_off": 2, "uf_on": 0} and stats["seconds"]["uf_off"] > 0
     children = _cell_runs()
     (parent,) = mlflow.search_runs(experiment_names=["finalbn"], output_format="list",
                                    filter_string="tags.`finalbn.parent` = 'true'")

@@ -54,7 +54,8 @@ def test_a_code_change_reruns_a_finished_cell(prepared, tmp_path, monkeypatch):
     load, _ = prepared
     cfg = load(["grid.configs=[31]", "grid.headline.configs=[]", "train.epochs=1"])
     assert grid.run_shard(cfg, SPLITS, log=lambda m: None)["ran"] == 1
-    assert grid.run_shard(cfg, SPLITS, log=lambda m: None) == {"ran": 0, "skipped": 1, "failed": []}
+    again = grid.run_shard(cfg, SPLITS, log=lambda m: None)
+    assert (again["ran"], again["skipped"], again["failed"]) == (0, 1, [])
     # the same package with a fix in engine.py: code_version reads the sources beside grid.py
     pkg = tmp_path / "pkg"
     shutil.copytree(Path(grid.__file__).parent, pkg, ignore=shutil.ignore_patterns("__pycache__"))

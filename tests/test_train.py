@@ -15,7 +15,7 @@ from finalbn import cells
 from finalbn.cells import fit_settings, run_cell
 from finalbn.cli import main
 from finalbn.config import ablation_from_id, config_id, config_name
-from finalbn.data import load_splits, make_loaders
+from finalbn.data import TrainPlan, eval_transform, load_splits, make_loaders
 from finalbn.engine import FitSettings, TrainingDiverged, fit
 from finalbn.models import WeightsError
 
@@ -38,10 +38,10 @@ def test_toggles_change_what_they_should(prepared):
     load, _ = prepared
     labels = np.array([0] * 4 + [1] * 2)
     off = fit_settings(load(["ablation.wl=false", "ablation.mx=false", "ablation.wd=false"]), labels)
-    assert off.class_weights is None and off.mixup_alpha is None and off.weight_decay == 0.0
+    assert off.class_weights is None and off.weight_decay == 0.0
     on = fit_settings(load(["ablation.wl=true", "ablation.mx=true", "ablation.wd=true"]), labels)
     assert on.class_weights == pytest.approx((6 / 8, 6 / 4))  # n / (k * count)
-    assert on.mixup_alpha == 0.4 and on.weight_decay == 0.01
+    assert on.weight_decay == 0.01
 
     bn = cells.build_model(load(["ablation.bn=true"]))
     nobn = cells.build_model(load(["ablation.bn=false"]))
@@ -59,37 +59,35 @@ def test_toggles_change_what_they_should(prepared):
     assert all(not x.weight.requires_grad and x.training for x in body_bn(fastai))
     assert {uf.bn_policy, frozen.bn_policy, fastai.bn_policy} == {"unfrozen", "frozen-eval", "frozen-train (fastai)"}
 
-    cfg = load()
     tensors = load_splits(SPLITS / "synthetic-apple" / "0" / "manifest.csv", 32)
-    plain = make_loaders(tensors, 4, None, seed=0)["train"].dataset.transform
-    augmented = make_loaders(tensors, 4, cfg.train.augment, seed=0)["train"].dataset.transform
-    assert not any(isinstance(t, v2.RandomAffine) for t in plain.transforms)
-    assert any(isinstance(t, v2.RandomAffine) for t in augmented.transforms)
+    plain = cells.train_plan(load(["ablation.da=false", "ablation.mx=false"]), tensors["train"], seed=0)
+    augmented = cells.train_plan(load(["ablation.da=true", "ablation.mx=false"]), tensors["train"], seed=0)
+    assert not plain.varies and augmented.varies
+    norm = eval_transform(plain.mean, plain.std)
+    for epoch in (1, 2):  # no augmentation: the split's images, in the epoch's order
+        assert all(torch.equal(x, norm(tensors["train"].images[idx]))
+                   for (x, _), idx in zip(plain.inputs(epoch), plain.batches(epoch)))
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(augmented.inputs(1), plain.inputs(1)))
 
 
-def test_mixup_feeds_soft_targets(monkeypatch):
-    seen = []
-    real = torch.nn.functional.cross_entropy
-
-    def spy(logits, target, *a, **k):
-        seen.append(target)
-        return real(logits, target, *a, **k)
-
-    monkeypatch.setattr("finalbn.engine.F.cross_entropy", spy)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
-    data = torch.utils.data.TensorDataset(torch.randn(8, 3, 2, 2), torch.tensor([0, 1] * 4))
-    loader = torch.utils.data.DataLoader(data, batch_size=4)
-    fit(model, loader, loader, FitSettings(epochs=1, lr=1e-3, mixup_alpha=0.4))
-    assert seen[0].shape == (4, 2) and seen[0].dtype.is_floating_point  # (B, C) mixed labels
-    seen.clear()
-    fit(model, loader, loader, FitSettings(epochs=1, lr=1e-3))
-    assert seen[0].shape == (4,)
+def test_mixup_feeds_soft_targets(prepared):
+    load, _ = prepared
+    tensors = load_splits(SPLITS / "synthetic-apple" / "0" / "manifest.csv", 32)
+    mixed = cells.train_plan(load(["ablation.mx=true"]), tensors["train"], seed=0)
+    x, target = next(iter(mixed.inputs(1)))
+    assert target.shape == (len(x), 2) and target.dtype.is_floating_point  # (B, C) mixed labels
+    assert torch.allclose(target.sum(1), torch.ones(len(x)))
+    plain = cells.train_plan(load(["ablation.mx=false"]), tensors["train"], seed=0)
+    _, target = next(iter(plain.inputs(1)))
+    assert target.dtype == torch.int64 and target.dim() == 1
 
 
 def test_never_a_training_batch_of_one(prepared):
     tensors = load_splits(SPLITS / "synthetic-apple" / "0" / "manifest.csv", 32)  # 6 training images
     loader = make_loaders(tensors, 5, None, seed=0)["train"]
     assert [len(y) for _, y in loader] == [5]
+    plan = TrainPlan(tensors["train"], batch_size=5, seed=0)
+    assert [len(y) for _, y in plan.inputs(1)] == [5] and [len(b) for b in plan.batches(3)] == [5]
 
 
 def test_same_cell_twice_same_metrics(prepared):

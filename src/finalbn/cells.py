@@ -8,9 +8,16 @@ seed `train.seed + replicate`. The primary numbers are the last epoch's (`test_l
 the epoch selected on validation AUROC are `test_sel`. Configuration ids and names (`config_id`,
 `config_name`) follow the paper; see `finalbn.config`. Knows nothing of MLflow or Optuna:
 callbacks reach `engine.fit`.
+
+Two paths, the same numbers (to float rounding): with UF off and the body in eval mode
+(`model.frozen_bn: eval`) and `train.share_features` on, the head trains on the frozen body's
+features shared with every cell that sees the same images (`finalbn.features`); otherwise the
+whole network runs every step. Order, augmentation, MixUp, head init and dropout draw from their
+own seeded streams (`finalbn.seeds`), so neither path nor the order of cells changes a draw.
 """
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,11 +28,11 @@ import numpy as np
 import torch
 from sklearn.utils.class_weight import compute_class_weight
 
-from finalbn import metrics
+from finalbn import features, metrics
 from finalbn.config import Config, DatasetConfig, config_id, config_name
-from finalbn.data import load_splits, make_loaders
+from finalbn.data import EvalBatches, SplitTensors, TrainPlan, load_splits
 from finalbn.engine import Callback, FitResult, FitSettings, fit, predict, resolve_device
-from finalbn.models import FinalBNNet, WeightsError, create_model, get_spec
+from finalbn.models import FinalBNNet, HeadOnFeatures, WeightsError, create_head, create_model, get_spec
 from finalbn.splits import split_dir
 
 
@@ -56,12 +63,34 @@ def preflight(cfg: Config, dataset: str, splits_dir: Path, replicates: int = 1) 
         raise WeightsError(f"weights file {w} does not exist (model.weights: imagenet | none | synthetic | <file.pt>)")
 
 
-def build_model(cfg: Config, num_classes: int = 2) -> FinalBNNet:
+def build_model(cfg: Config, num_classes: int = 2, seed: int | None = None) -> FinalBNNet:
+    """The cell's network; with `seed`, a random body (`model.weights: none`) and the head draw
+    from that seed's streams, as the shared path's do."""
     m, ab = cfg.model, cfg.ablation
-    return create_model(m.arch, weights=weights_path(cfg), num_classes=num_classes,
-                        final=m.final_variant if ab.bn else "none", final_bn_momentum=m.final_bn_momentum,
-                        final_bn_eps=m.final_bn_eps, final_bn_affine=m.final_bn_affine, final_bias=m.final_bias,
-                        hidden=m.hidden, dropout=m.dropout, unfreeze_bn=ab.uf, frozen_bn=m.frozen_bn)
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.default_generator.manual_seed(seed)
+        return create_model(m.arch, weights=weights_path(cfg), num_classes=num_classes,
+                            final=m.final_variant if ab.bn else "none", final_bn_momentum=m.final_bn_momentum,
+                            final_bn_eps=m.final_bn_eps, final_bn_affine=m.final_bn_affine, final_bias=m.final_bias,
+                            hidden=m.hidden, dropout=m.dropout, unfreeze_bn=ab.uf, frozen_bn=m.frozen_bn,
+                            head_seed=seed)
+
+
+def build_head(cfg: Config, nf: int, num_classes: int = 2, seed: int | None = None) -> HeadOnFeatures:
+    """The head of `build_model` alone, fed pooled body features (the shared path)."""
+    m, ab = cfg.model, cfg.ablation
+    final = m.final_variant if ab.bn else "none"
+    head = create_head(nf, num_classes, hidden=m.hidden, dropout=tuple(m.dropout), final=final,
+                       final_bn_momentum=m.final_bn_momentum, final_bn_eps=m.final_bn_eps,
+                       final_bn_affine=m.final_bn_affine, final_bias=m.final_bias, seed=seed)
+    return HeadOnFeatures(head, final)
+
+
+def shares_body(cfg: Config) -> bool:
+    """Whether the cell's body is a fixed function of the image (UF off, body in eval mode) and
+    sharing is on: then its features can be computed once for many cells."""
+    return cfg.train.share_features and not cfg.ablation.uf and cfg.model.frozen_bn == "eval"
 
 
 def class_weights(labels: np.ndarray) -> tuple[float, ...]:
@@ -70,14 +99,25 @@ def class_weights(labels: np.ndarray) -> tuple[float, ...]:
     return tuple(float(w) for w in compute_class_weight("balanced", classes=classes, y=labels))
 
 
-def fit_settings(cfg: Config, train_labels: np.ndarray, device: str = "cpu", progress: bool = False) -> FitSettings:
-    """What the toggles mean for the loop: WL -> class weights, MX -> MixUp alpha, WD -> decay."""
+def fit_settings(cfg: Config, train_labels: np.ndarray, device: str = "cpu", progress: bool = False,
+                 seed: int | None = None) -> FitSettings:
+    """What the head-side toggles mean for the loop: WL -> class weights, WD -> decay. (DA and MX
+    change the inputs: `train_plan`.)"""
     tc, ab = cfg.train, cfg.ablation
     return FitSettings(epochs=tc.epochs, lr=tc.lr, weight_decay=tc.weight_decay if ab.wd else 0.0,
                        class_weights=class_weights(train_labels) if ab.wl else None,
-                       mixup_alpha=tc.mixup_alpha if ab.mx else None, label_smoothing=tc.label_smoothing,
-                       device=device, progress=progress, body_lr_ratio=tc.body_lr_ratio, wd_on_bn=tc.wd_on_bn,
-                       train_counts=train_counts(train_labels))
+                       label_smoothing=tc.label_smoothing, device=device, progress=progress,
+                       body_lr_ratio=tc.body_lr_ratio, wd_on_bn=tc.wd_on_bn, train_counts=train_counts(train_labels),
+                       seed=seed)
+
+
+def train_plan(cfg: Config, train: SplitTensors, seed: int, device: str = "cpu") -> TrainPlan:
+    """What the body sees in training: DA -> augmentation, MX -> MixUp, from the seed's streams."""
+    tc, ab = cfg.train, cfg.ablation
+    spec = get_spec(cfg.model.arch)
+    return TrainPlan(train, tc.batch_size, seed, augment=tc.augment if ab.da else None,
+                     mixup_alpha=tc.mixup_alpha if ab.mx else None, num_classes=2, mean=spec.mean, std=spec.std,
+                     device=device)
 
 
 def train_counts(labels: np.ndarray) -> tuple[int, int]:
@@ -132,7 +172,7 @@ def run_cell(cfg: Config, dataset: str | DatasetConfig, splits_dir: Path, callba
     """Train one cell on `<splits_dir>/<dataset>/<replicate>/manifest.csv`; evaluate it on test."""
     ds = cfg.dataset(dataset) if isinstance(dataset, str) else dataset
     where = split_dir(splits_dir, ds.name, replicate)
-    tc, ab = cfg.train, cfg.ablation
+    tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
     device = resolve_device(tc.device)
@@ -142,28 +182,44 @@ def run_cell(cfg: Config, dataset: str | DatasetConfig, splits_dir: Path, callba
 
     seed = cell_seed(cfg, replicate)
     seed_everything(seed)
-    model = build_model(cfg)
-    loaders = make_loaders(tensors, tc.batch_size, tc.augment if ab.da else None, seed=seed,
-                           num_workers=tc.num_workers, pin_memory=device.type == "cuda", mean=spec.mean, std=spec.std)
+    plan = train_plan(cfg, tensors["train"], seed, str(device))
     train_labels = tensors["train"].labels.numpy()
     counts = train_counts(train_labels)
-    settings = fit_settings(cfg, train_labels, str(device), progress)
-    result = fit(model, loaders["train"], loaders["val"], settings, callbacks)
+    settings = fit_settings(cfg, train_labels, str(device), progress, seed=seed)
+    shared = None
+    if shares_body(cfg):
+        w = weights_path(cfg)
+        body_key = features.BodyKey(cfg.model.arch, w, seed if w == "none" else None, str(device))
+        share_key = (str((where / "manifest.csv").resolve()), manifest_hash, ds.image_size, body_key, seed,
+                     tc.batch_size, plan.augment, plan.mixup_alpha)
+        shared = features.CACHE.get(share_key, plan, tensors, body_key)
+        images_before = shared.body_images
+        model: torch.nn.Module = build_head(cfg, shared.body.nf, seed=seed)
+        train_src, val_b, test_b = shared.train, shared.val, shared.test
+    else:
+        model = build_model(cfg, seed=seed)
+        train_src = plan.inputs
+        val_b = EvalBatches(tensors["val"], spec.mean, spec.std, device=str(device))
+        test_b = EvalBatches(tensors["test"], spec.mean, spec.std, device=str(device))
+    result = fit(model, train_src, val_b, settings, callbacks)
 
-    labels, probs_last = predict(model, loaders["test"], device)
-    val_labels, val_last = predict(model, loaders["val"], device)
-    last_state = {k: v.clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(result.selected_state)
-    _, probs_sel = predict(model, loaders["test"], device)
-    model.load_state_dict(last_state)  # the returned model is the last epoch's, as trained
+    labels, probs_last = predict(model, test_b, device)
+    val_labels, val_last = predict(model, val_b, device)
+    last_state = {k: v.clone() for k, v in model.state_dict().items() if k in result.selected_state}
+    model.load_state_dict(result.selected_state, strict=False)
+    _, probs_sel = predict(model, test_b, device)
+    model.load_state_dict(last_state, strict=False)  # the returned model is the last epoch's, as trained
+    if shared is not None:  # the whole network, for logging or export: the shared body + this head
+        model = FinalBNNet(copy.deepcopy(shared.body.body), model.head, bn_policy="frozen-eval", arch=cfg.model.arch,
+                           nf=shared.body.nf, final=model.final, weights=weights_path(cfg))
     sources = tensors["test"].sources or ("",) * len(labels)
     preds = [{"path": p, "source_class": s, "label": int(y), "p1_last": float(a[1]), "p1_sel": float(b[1])}
              for p, s, y, a, b in zip(tensors["test"].paths, sources, labels, probs_last, probs_sel)]
     test_last = metrics.classification_report(labels, probs_last, train_counts=counts)
     test_last.update({f"recall_1__{k}": v for k, v in per_source_recall(labels, probs_last.argmax(1), sources).items()})
     return CellResult(
-        dataset=ds.name, replicate=replicate, manifest_sha256=manifest_hash, config_id=config_id(ab),
-        config_name=config_name(ab), fit=result, test_last=test_last,
+        dataset=ds.name, replicate=replicate, manifest_sha256=manifest_hash, config_id=config_id(cfg.ablation),
+        config_name=config_name(cfg.ablation), fit=result, test_last=test_last,
         test_sel=metrics.classification_report(labels, probs_sel, train_counts=counts),
         val_last=metrics.classification_report(val_labels, val_last, train_counts=counts), predictions=preds,
         reliability_last=metrics.reliability_bins(labels, probs_last),
@@ -171,5 +227,8 @@ def run_cell(cfg: Config, dataset: str | DatasetConfig, splits_dir: Path, callba
         confusion_last=metrics.confusion(labels, probs_last.argmax(1)).tolist(),
         class_weights=settings.class_weights, bn_policy=model.bn_policy, device=str(device),
         info={"model": model, "train_size": len(train_labels), "train_counts": counts, "probs_sel": probs_sel,
-              "probs_last": probs_last, "labels": labels, "seed": seed},
+              "probs_last": probs_last, "labels": labels, "seed": seed,
+              "features": "shared" if shared is not None else "unshared",
+              # images this cell passed through the body itself (0 when another cell already had)
+              "body_images": (shared.body_images - images_before) if shared is not None else None},
     )

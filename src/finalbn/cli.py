@@ -51,6 +51,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="local shard processes (default grid.workers)")
     p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
     p.add_argument("--results", default="results", help="where grid.csv/grid.json go (default results)")
+    p.add_argument("--no-share", action="store_true",
+                   help="run the frozen body inside every UF-off cell (train.share_features=false): same numbers, slower")
+    p = sub.add_parser("bench", parents=[common], help="measure throughput, each speed lever and the grid, shared vs not")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to measure (default auto)")
+    p.add_argument("--archs", nargs="+", help="default: efficientnet_lite0 resnet18 on CPU; efficientnet_lite0 "
+                                              "resnet34 vgg19_bn on CUDA")
+    p.add_argument("--sizes", nargs="+", type=int, help="image sizes (default: the dataset's on CPU, 224 on CUDA)")
+    p.add_argument("--seconds", type=float, default=1.5, help="timing window per measurement (default 1.5)")
+    p.add_argument("--no-grid", action="store_true", help="skip the grid's shared vs unshared comparison")
+    p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
+    p.add_argument("--out", default="results/bench.json", help="output file (default results/bench.json)")
     p = sub.add_parser("report", parents=[common], help="the paper's tables and figures, from the tracking store")
     p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
     p.add_argument("--out", default="report", help="output folder (default report)")
@@ -185,6 +196,16 @@ def _grid_preflight(cfg: Config, splits: Path) -> None:
                       replicates=cfg.grid.max_replicates)
 
 
+def _warm_decode_cache(cfg: Config, splits: Path) -> None:
+    """Decode every replicate's split once, into the on-disk cache the shard workers read."""
+    from finalbn.data import load_splits
+    from finalbn.splits import split_dir
+
+    for ds in cfg.datasets:
+        for r in range(cfg.grid.max_replicates):
+            load_splits(split_dir(splits, ds.name, r) / "manifest.csv", ds.image_size, progress=sys.stderr.isatty())
+
+
 def _cmd_grid(cfg: Config, args: argparse.Namespace) -> int:
     from finalbn import grid
 
@@ -201,6 +222,7 @@ def _cmd_grid(cfg: Config, args: argparse.Namespace) -> int:
         print(f"grid shard {i}/{n}: {stats['ran']} cells run, {stats['skipped']} already finished, "
               f"{len(stats['failed'])} failed", flush=True)
         return 1 if stats["failed"] else 0
+    _warm_decode_cache(cfg, splits)
     workers = args.workers or cfg.grid.workers
     print(f"grid: {len(cells)} cells ({len(cfg.datasets)} datasets x {len(cfg.grid.archs)} archs x "
           f"{len(grid.parse_configs(cfg.grid.configs))} configs x {cfg.grid.replicates} replicate(s), headline "
@@ -225,6 +247,49 @@ def _cmd_grid(cfg: Config, args: argparse.Namespace) -> int:
     return code
 
 
+def _cmd_bench(cfg: Config, args: argparse.Namespace) -> int:
+    import json
+
+    from finalbn import bench
+    from finalbn.engine import resolve_device
+
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    _quiet_mlflow()
+    device = resolve_device(args.device)
+    if args.seconds <= 0:
+        raise UsageError(f"--seconds must be > 0 (got {args.seconds})")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)  # an unwritable output fails before any work
+    cuda = device.type == "cuda"
+    archs = args.archs or (["efficientnet_lite0", "resnet34", "vgg19_bn"] if cuda else ["efficientnet_lite0", "resnet18"])
+    sizes = args.sizes or ([224] if cuda else [cfg.datasets[0].image_size])
+    if any(s < 32 for s in sizes):
+        raise UsageError(f"--sizes must be >= 32 (got {sizes})")
+    from finalbn.models import get_spec
+
+    for a in archs:
+        try:
+            get_spec(a)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    if cfg.train.threads:
+        torch_threads(cfg.train.threads)
+    print(f"bench on {device} ({os.cpu_count()} CPUs): {', '.join(archs)} at {', '.join(map(str, sizes))} px", flush=True)
+    result = bench.run(cfg, Path(args.splits), device, archs, sizes, with_grid=not args.no_grid,
+                       seconds=args.seconds, log=lambda m: print(m, flush=True))
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, out)
+    print(f"bench -> {out}")
+    return 0
+
+
+def torch_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
 def _cmd_report(cfg: Config, args: argparse.Namespace) -> int:
     from finalbn import report
 
@@ -245,6 +310,7 @@ COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
     "train": _cmd_train,
     "grid": _cmd_grid,
     "report": _cmd_report,
+    "bench": _cmd_bench,
 }
 
 
@@ -257,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     try:
         overrides = list(args.overrides) + split_overrides(extra)
+        if getattr(args, "no_share", False):
+            overrides.append("train.share_features=false")
         args.all_overrides = overrides
         cfg = load_config(args.params or ["params.yaml"], overrides)
         return COMMANDS[args.command](cfg, args)

@@ -194,6 +194,7 @@ class TrainConfig:
     num_workers: Count
     threads: Count  # torch intra-op threads; 0 = torch's default
     log_model: Bool
+    share_features: Bool  # UF-off cells train heads on shared frozen-body features (same numbers)
 
 
 @dataclass(frozen=True, config=_STRICT)

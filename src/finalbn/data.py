@@ -1,21 +1,36 @@
-"""Datasets over a split manifest: a decoded-image cache, the transforms, and the loaders.
+"""Split tensors, their on-disk decode cache, the transforms, and what a cell trains and evaluates on.
 
-    images = decode_images([r["path"] for r in rows], image_size=64)   # (N, 3, 64, 64) uint8
-    loaders = make_loaders(split_tensors, batch_size=64, augment=cfg.train.augment, seed=0,
-                           mean=spec.mean, std=spec.std)    # the body's normalisation (models.get_spec)
+    splits = load_splits("data/splits/synthetic-apple/0/manifest.csv", image_size=64)
+    plan = TrainPlan(splits["train"], batch_size=64, seed=0, augment=cfg.train.augment,
+                     mixup_alpha=0.4, mean=spec.mean, std=spec.std)
+    for x, target in plan.inputs(epoch):   # normalised images; target: labels or MixUp soft labels
+        ...
+    for x, y in EvalBatches(splits["val"], mean=spec.mean, std=spec.std):
+        ...
 
-Images are decoded once (through `finalbn.images.load_rgb`) into a uint8 tensor and kept in
-memory: the paper's splits are ~1,500 images, so every epoch after the first costs no decoding.
+Images are decoded once per (manifest, image size) into uint8 tensors and cached on disk, in a
+content-addressed file `<cache>/decoded/<manifest sha256>-<size>-<decoder>.pt` (`FINALBN_CACHE`,
+default `.cache/finalbn`): worker processes and later stages read tensors, never images. The
+manifest holds every file's sha256, so its hash names the content. A cache file that cannot be
+read is rebuilt.
+
+A `TrainPlan` draws the data order, augmentation (on tensors, on the plan's device) and MixUp
+from its own seeded streams (`finalbn.seeds`): the same epoch gives the same inputs whoever asks,
+which is what lets cells share one pass of a frozen body.
 """
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import hashlib
+import logging
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
@@ -23,13 +38,19 @@ from tqdm import tqdm
 
 from finalbn.config import AugmentConfig
 from finalbn.images import load_rgb
-from finalbn.splits import SPLITS, read_manifest
+from finalbn.seeds import AUGMENT, MIXUP, ORDER, stream_seed
+from finalbn.splits import SPLITS, read_manifest, sha256_file
+
+log = logging.getLogger(__name__)
 
 # The default normalisation (torchvision's ImageNet statistics); each backbone's own comes from
 # its registry spec (`finalbn.models.get_spec(arch).mean/std`) and is passed in.
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 Stats = tuple[float, float, float]
+# Evaluation batch size by device, measured (`finalbn bench`): on this CPU lite0 at 64 px evaluates
+# fastest at batch 64 (larger batches fall out of cache); a GPU fills only with large batches.
+EVAL_BATCH = {"cpu": 64, "cuda": 512}
 
 
 @dataclass(frozen=True)
@@ -63,45 +84,227 @@ def decode_images(paths: Sequence[str], image_size: int, progress: bool = False)
     return out
 
 
-@functools.lru_cache(maxsize=4)
-def _load_manifest_cached(manifest: str, mtime_ns: int, image_size: int) -> dict[str, SplitTensors]:
+# ---------------------------------------------------------------- the decode cache
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("FINALBN_CACHE") or ".cache/finalbn")
+
+
+@functools.lru_cache(maxsize=1)
+def _decoder_version() -> str:
+    """Hash of the code that turns a file into a tensor: a change there is a new cache entry."""
+    h = hashlib.sha256()
+    for mod in ("images.py", "data.py"):
+        h.update((Path(__file__).resolve().parent / mod).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def decoded_cache_path(manifest: str | Path, image_size: int) -> Path:
+    return cache_root() / "decoded" / f"{sha256_file(manifest)[:32]}-{image_size}-{_decoder_version()}.pt"
+
+
+def _decode_manifest(manifest: str, image_size: int, progress: bool) -> dict[str, SplitTensors]:
     rows = read_manifest(manifest)
     out = {}
     for split in SPLITS:
         part = [r for r in rows if r["split"] == split]
         paths = tuple(r["path"] for r in part)
-        out[split] = SplitTensors(decode_images(paths, image_size),
+        out[split] = SplitTensors(decode_images(paths, image_size, progress=progress),
                                   torch.tensor([r["label"] for r in part], dtype=torch.int64), paths,
                                   tuple(r.get("source_class", "") for r in part))
     return out
 
 
-def load_splits(manifest: str | Path, image_size: int) -> dict[str, SplitTensors]:
-    """train/val/test tensors of a manifest; cached per process (cells of a grid share them)."""
+def _read_cache(path: Path, image_size: int) -> dict[str, SplitTensors] | None:
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+        out = {s: SplitTensors(raw[s]["images"], raw[s]["labels"], tuple(raw[s]["paths"]), tuple(raw[s]["sources"]))
+               for s in SPLITS}
+        for s in out.values():
+            if s.images.dtype != torch.uint8 or tuple(s.images.shape[1:]) != (3, image_size, image_size) \
+                    or len(s.images) != len(s.labels) or len(s.paths) != len(s.labels):
+                raise ValueError("tensor shapes do not match")
+        return out
+    except Exception as exc:  # a truncated or foreign file: decode again and replace it
+        log.warning("decode cache %s could not be read (%s); decoding the images again", path, exc)
+        return None
+
+
+def _write_cache(path: Path, splits: dict[str, SplitTensors]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save({s: {"images": t.images, "labels": t.labels, "paths": list(t.paths), "sources": list(t.sources)}
+                for s, t in splits.items()}, tmp)
+    os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the whole new one
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(manifest: str, mtime_ns: int, image_size: int, progress: bool) -> dict[str, SplitTensors]:
+    path = decoded_cache_path(manifest, image_size)
+    if path.is_file():
+        got = _read_cache(path, image_size)
+        if got is not None:
+            return got
+    out = _decode_manifest(manifest, image_size, progress)
+    try:
+        _write_cache(path, out)
+    except OSError as exc:  # a read-only cache folder costs speed, not results
+        log.warning("decode cache %s could not be written (%s)", path, exc)
+    return out
+
+
+def load_splits(manifest: str | Path, image_size: int, progress: bool = False) -> dict[str, SplitTensors]:
+    """train/val/test tensors of a manifest: from memory, else the on-disk cache, else decoded
+    (and cached)."""
     path = Path(manifest)
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} does not exist: run `finalbn prepare` (or `dvc repro`) first")
-    return _load_manifest_cached(str(path.resolve()), path.stat().st_mtime_ns, image_size)
+    return _load_cached(str(path.resolve()), path.stat().st_mtime_ns, image_size, progress)
+
+
+# ---------------------------------------------------------------- transforms
 
 
 def eval_transform(mean: Stats = MEAN, std: Stats = STD) -> v2.Transform:
     return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
 
 
-def train_transform(aug: AugmentConfig | None, mean: Stats = MEAN, std: Stats = STD) -> v2.Transform:
-    """DA on: flips, small rotation, zoom and lighting (fastai's get_transforms, in torchvision v2)."""
-    if aug is None:
-        return eval_transform(mean, std)
+def augment_transform(aug: AugmentConfig) -> v2.Transform:
+    """DA on: flips, small rotation, zoom and lighting (fastai's get_transforms, in torchvision
+    v2), uint8 -> uint8 on one image (any device)."""
     steps: list[v2.Transform] = [v2.RandomHorizontalFlip()]
     if aug.flip_vertical:
         steps.append(v2.RandomVerticalFlip())
-    steps += [
-        v2.RandomAffine(degrees=aug.rotate, scale=(1.0, aug.zoom)),
-        v2.ColorJitter(brightness=aug.lighting, contrast=aug.lighting),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean, std),
-    ]
+    steps += [v2.RandomAffine(degrees=aug.rotate, scale=(1.0, aug.zoom)),
+              v2.ColorJitter(brightness=aug.lighting, contrast=aug.lighting)]
     return v2.Compose(steps)
+
+
+def train_transform(aug: AugmentConfig | None, mean: Stats = MEAN, std: Stats = STD) -> v2.Transform:
+    """The augmentation (when `aug` is given) followed by the eval transform."""
+    if aug is None:
+        return eval_transform(mean, std)
+    return v2.Compose([augment_transform(aug), eval_transform(mean, std)])
+
+
+# ---------------------------------------------------------------- what a cell trains and evaluates on
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t
+
+
+@dataclass
+class TrainPlan:
+    """The training inputs of every epoch, from the plan's own seeded streams.
+
+    batches(epoch): the epoch's index batches (a seeded permutation; never a batch of 1, which
+      BatchNorm cannot train on).
+    inputs(epoch): (x (B, 3, H, W) float, normalised with mean/std; target) per batch — target is
+      (B,) labels, or (B, C) soft labels when MixUp is on (torchvision's MixUp: one lambda ~
+      Beta(alpha, alpha) per batch, mixed with the batch rolled by one).
+    varies: whether the images differ between epochs (augmentation or MixUp): a shared frozen
+      body must then run once per epoch, else once.
+    """
+
+    split: SplitTensors
+    batch_size: int
+    seed: int
+    augment: AugmentConfig | None = None
+    mixup_alpha: float | None = None
+    num_classes: int = 2
+    mean: Stats = MEAN
+    std: Stats = STD
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        n = len(self.split.labels)
+        if n < 2:
+            raise ValueError("the training split needs at least 2 images")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 (got {self.batch_size})")
+        self._device = torch.device(self.device)
+        self._images: torch.Tensor | None = None
+        self._normalise = eval_transform(self.mean, self.std)
+        self._augment = augment_transform(self.augment) if self.augment is not None else None
+
+    @property
+    def varies(self) -> bool:
+        return self._augment is not None or bool(self.mixup_alpha)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.split.labels
+
+    def batches(self, epoch: int) -> list[torch.Tensor]:
+        n = len(self.split.labels)
+        g = torch.Generator().manual_seed(stream_seed(self.seed, ORDER, epoch))
+        chunks = list(torch.randperm(n, generator=g).split(self.batch_size))
+        if len(chunks[-1]) == 1:  # a lone last sample would make BatchNorm raise in train mode
+            chunks = chunks[:-1]
+        return chunks
+
+    def images(self) -> torch.Tensor:
+        if self._images is None:
+            self._images = _to_device(self.split.images, self._device)
+        return self._images
+
+    def inputs(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        images, labels = self.images(), self.split.labels
+        mix_rng = np.random.default_rng(stream_seed(self.seed, MIXUP, epoch))
+        aug_state = torch.Generator().manual_seed(stream_seed(self.seed, AUGMENT, epoch)).get_state()
+        for idx in self.batches(epoch):
+            x = images[idx.to(images.device)]
+            if self._augment is not None:
+                # torchvision's transforms draw from the global generator: run them on the
+                # augmentation stream's state and put the caller's state back (head dropout
+                # draws from it between batches).
+                with torch.random.fork_rng(devices=[]):
+                    torch.set_rng_state(aug_state)
+                    x = torch.stack([self._augment(img) for img in x])
+                    aug_state = torch.get_rng_state()
+            x = self._normalise(x)
+            y = _to_device(labels[idx], self._device)
+            if self.mixup_alpha:
+                lam = float(mix_rng.beta(self.mixup_alpha, self.mixup_alpha))
+                soft = F.one_hot(y, self.num_classes).to(x.dtype)
+                x = x.mul(lam).add_(x.roll(1, 0), alpha=1.0 - lam)
+                yield x, soft.mul(lam).add_(soft.roll(1, 0), alpha=1.0 - lam)
+            else:
+                yield x, y
+
+
+@dataclass
+class EvalBatches:
+    """Re-iterable (x normalised, labels) batches of one split, in order, on `device`."""
+
+    split: SplitTensors
+    mean: Stats = MEAN
+    std: Stats = STD
+    batch_size: int = 0  # 0: EVAL_BATCH for the device
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.batch_size <= 0:
+            self.batch_size = EVAL_BATCH.get(torch.device(self.device).type, 64)
+        self._normalise = eval_transform(self.mean, self.std)
+        self._images: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return -(-len(self.split.labels) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self._images is None:
+            self._images = _to_device(self.split.images, torch.device(self.device))
+        for start in range(0, len(self.split.labels), self.batch_size):
+            sl = slice(start, start + self.batch_size)
+            yield self._normalise(self._images[sl]), self.split.labels[sl]
+
+
+# ---------------------------------------------------------------- DataLoaders (the pretrain stage)
 
 
 class TensorImages(Dataset):
@@ -118,8 +321,9 @@ class TensorImages(Dataset):
 def make_loaders(splits: dict[str, SplitTensors], batch_size: int, augment: AugmentConfig | None, seed: int,
                  num_workers: int = 0, pin_memory: bool = False, mean: Stats = MEAN,
                  std: Stats = STD) -> dict[str, DataLoader]:
-    """train (shuffled, seeded; augmented when `augment` is given) and val/test loaders, normalised
-    with the body's `mean` / `std`. The train loader never yields a batch of 1."""
+    """DataLoaders over split tensors (the pretrain stage's multi-class training): train
+    (shuffled, seeded; augmented when `augment` is given) and val/test, normalised with the body's
+    `mean` / `std`. The train loader never yields a batch of 1."""
     train = splits["train"]
     if len(train.labels) < 2:
         raise ValueError("the training split needs at least 2 images")

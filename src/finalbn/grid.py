@@ -46,9 +46,10 @@ from finalbn.splits import sha256_file, split_dir
 
 # train.* keys that do not change what a cell computes (where and how fast it runs); the seed
 # enters the key as the cell's own seed (train.seed + replicate)
-_NOT_RESULT = {"train.seed", "train.device", "train.num_workers", "train.threads", "train.log_model"}
+_NOT_RESULT = {"train.seed", "train.device", "train.num_workers", "train.threads", "train.log_model",
+               "train.share_features"}
 # The modules whose code computes a cell's numbers: their source is part of every cell key.
-RESULT_MODULES = ("cells", "data", "engine", "images", "metrics", "models", "tracking")
+RESULT_MODULES = ("cells", "data", "engine", "features", "images", "metrics", "models", "seeds", "tracking")
 METRIC_COLUMNS = ("precision_0", "recall_0", "f1_0", "precision_1", "recall_1", "f1_1", "accuracy",
                   "balanced_accuracy", "auroc", "ap", "f1_1_pc", "balanced_accuracy_pc", "ece", "brier")
 
@@ -121,54 +122,70 @@ def _file_hash(path: str, mtime_ns: int) -> str:
     return sha256_file(path)
 
 
+def share_order(cells: Sequence[Cell]) -> list[Cell]:
+    """Cells in the order that lets UF-off cells share the frozen body's features: by family
+    (dataset, arch, UF, DA, MX), then replicate, then configuration — the cells of one share group
+    run one after another, while their features are in memory."""
+    return sorted(cells, key=lambda c: (c.family, c.replicate, c.config_id))
+
+
 def run_shard(cfg: Config, splits_dir: Path, index: int = 0, count: int = 1,
               log: Callable[[str], None] = print) -> dict:
-    """Run this shard's unfinished cells; returns {"ran", "skipped", "failed": [...]}."""
+    """Run this shard's unfinished cells; returns {"ran", "skipped", "failed": [...], "seconds": {...}}."""
     from finalbn.engine import TrainingDiverged
     from finalbn import tracking
 
     tracking.setup(cfg)
-    cells = shard_cells(all_cells(cfg), index, count)
+    cells = share_order(shard_cells(all_cells(cfg), index, count))
     existing = tracking.cell_runs_by_key(cfg.tracking.experiment)
-    stats = {"ran": 0, "skipped": 0, "failed": []}
-    by_parent: dict[tuple, list[Cell]] = {}
-    for c in cells:
-        by_parent.setdefault((c.dataset, c.arch, c.config_id), []).append(c)
-    done = 0
-    for (dataset, arch, cid), group in by_parent.items():
-        pkey = cell_key(cfg, group[0], splits_dir, with_replicate=False)
-        parent_id, ran_any = None, False
-        for cell in group:
-            done += 1
-            key = cell_key(cfg, cell, splits_dir)
-            runs = existing.get(key, [])
-            if any(r.info.status == "FINISHED" for r in runs):
-                stats["skipped"] += 1
-                continue
-            for r in runs:
-                if r.info.status == "RUNNING":  # its process died: this shard alone owns the cell
-                    tracking.mark_killed(r.info.run_id)
-            if parent_id is None:
-                parent_id = tracking.grid_parent(cfg, dataset, arch, cid, pkey)
-            ccfg = cell_config(cfg, cell)
-            name = f"{dataset} {arch} {config_name(ccfg.ablation)} r{cell.replicate}"
-            t0 = time.perf_counter()
-            try:
-                _, result = tracking.track_cell(ccfg, dataset, splits_dir, run_name=name, parent_run_id=parent_id,
-                                                extra_tags={"cell_key": key, "parent_key": pkey},
-                                                replicate=cell.replicate)
-            except TrainingDiverged as exc:
-                stats["failed"].append({"cell": name, "error": str(exc)})
-                log(f"[shard {index}/{count}] cell {done}/{len(cells)} {name}: FAILED: {exc}")
-                continue
-            stats["ran"] += 1
-            ran_any = True
-            m = result.test_last
-            log(f"[shard {index}/{count}] cell {done}/{len(cells)} {name} (config {cid}): test minority F1 "
-                f"{m['f1_1']:.3f}, AUROC {m['auroc']:.3f} (last epoch; selected epoch {result.fit.selected_epoch}), "
-                f"{time.perf_counter() - t0:.0f} s")
-        if ran_any or not tracking.parent_finished(cfg, pkey):  # e.g. killed before the parent was closed
-            tracking.finish_parent(cfg, dataset, arch, cid, pkey, parent_id)
+    stats: dict = {"ran": 0, "skipped": 0, "failed": [], "seconds": {"uf_off": 0.0, "uf_on": 0.0},
+                   "cells": {"uf_off": 0, "uf_on": 0}}
+    parents: dict[tuple, str | None] = {}  # (dataset, arch, config) -> parent run id, once created
+    touched: set[tuple] = set()
+    for done, cell in enumerate(cells, start=1):
+        pid = (cell.dataset, cell.arch, cell.config_id)
+        key = cell_key(cfg, cell, splits_dir)
+        runs = existing.get(key, [])
+        if any(r.info.status == "FINISHED" for r in runs):
+            stats["skipped"] += 1
+            continue
+        for r in runs:
+            if r.info.status == "RUNNING":  # its process died: this shard alone owns the cell
+                tracking.mark_killed(r.info.run_id)
+        pkey = cell_key(cfg, cell, splits_dir, with_replicate=False)
+        if parents.get(pid) is None:
+            parents[pid] = tracking.grid_parent(cfg, cell.dataset, cell.arch, cell.config_id, pkey)
+        ccfg = cell_config(cfg, cell)
+        name = f"{cell.dataset} {cell.arch} {config_name(ccfg.ablation)} r{cell.replicate}"
+        t0 = time.perf_counter()
+        try:
+            _, result = tracking.track_cell(ccfg, cell.dataset, splits_dir, run_name=name, parent_run_id=parents[pid],
+                                            extra_tags={"cell_key": key, "parent_key": pkey}, replicate=cell.replicate)
+        except TrainingDiverged as exc:
+            stats["failed"].append({"cell": name, "error": str(exc)})
+            log(f"[shard {index}/{count}] cell {done}/{len(cells)} {name}: FAILED: {exc}")
+            continue
+        seconds = time.perf_counter() - t0
+        kind = "uf_on" if ccfg.ablation.uf else "uf_off"
+        stats["seconds"][kind] += seconds
+        stats["cells"][kind] += 1
+        stats["ran"] += 1
+        touched.add(pid)
+        m = result.test_last
+        log(f"[shard {index}/{count}] cell {done}/{len(cells)} {name} (config {cell.config_id}): test minority F1 "
+            f"{m['f1_1']:.3f}, AUROC {m['auroc']:.3f} (last epoch; selected epoch {result.fit.selected_epoch}), "
+            f"{seconds:.1f} s, {result.info['features']} features")
+    # parents: mean/std over their replicates, after all of this shard's cells ran (a parent's
+    # cells all live in one shard); also those a killed run left open
+    closed: set[tuple] = set()
+    for cell in cells:
+        pid = (cell.dataset, cell.arch, cell.config_id)
+        if pid in closed:
+            continue
+        closed.add(pid)
+        pkey = cell_key(cfg, cell, splits_dir, with_replicate=False)
+        if pid in touched or not tracking.parent_finished(cfg, pkey):
+            tracking.finish_parent(cfg, cell.dataset, cell.arch, cell.config_id, pkey, parents.get(pid))
     return stats
 
 

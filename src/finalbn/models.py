@@ -42,14 +42,18 @@ import torchvision
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from finalbn.seeds import HEAD_INIT, stream_seed
+
 __all__ = [
     "ARCHS",
     "ArchSpec",
     "AdaptiveConcatPool2d",
     "FinalBNNet",
+    "HeadOnFeatures",
     "WeightsError",
     "create_model",
     "create_head",
+    "final_bn_stats",
     "get_spec",
     "trainable_parameters",
 ]
@@ -198,12 +202,14 @@ class AdaptiveConcatPool2d(nn.Module):
 def create_head(nf: int, num_classes: int = 2, *, hidden: int = 512,
                 dropout: tuple[float, float] = (0.25, 0.5), final: str = "bn",
                 final_bn_momentum: float = 0.01, final_bn_eps: float = 1e-5,
-                final_bn_affine: bool = True, final_bias: bool = True) -> nn.Sequential:
+                final_bn_affine: bool = True, final_bias: bool = True, seed: int | None = None) -> nn.Sequential:
     """fastai v1 `create_head(nf, nc, lin_ftrs=[hidden], ps=0.5, bn_final=...)` for `nf` body channels.
 
     pool(2nf) -> Flatten -> BN(2nf) -> Dropout(p0) -> Linear(2nf, hidden) -> ReLU -> BN(hidden)
     -> Dropout(p1) -> Linear(hidden, num_classes) -> final layer. fastai's `bn_final=True` is
     `final="bn"` with momentum 0.01. A dropout of 0 leaves its layer out, as fastai does.
+    `seed`: initialise from this seed's own stream (the global generator is left as it was), so
+    the head starts the same whether or not a body was built before it.
     """
     _check_choice("final", final, FINALS)
     layers: list[nn.Module] = [AdaptiveConcatPool2d(), nn.Flatten()]  # (B, 2nf)
@@ -222,12 +228,52 @@ def create_head(nf: int, num_classes: int = 2, *, hidden: int = 512,
     head = nn.Sequential(*layers)
     # fastai's create_cnn re-initialises the head: kaiming-normal Linear weights, zero biases,
     # BN layers left at weight 1 / bias 0.
-    for m in head.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.kaiming_normal_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.default_generator.manual_seed(stream_seed(seed, HEAD_INIT))
+        for m in head.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.kaiming_normal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
     return head
+
+
+def final_bn_stats(head: nn.Sequential, final: str) -> dict[str, float]:
+    """The final BN's running mean and variance, gamma and beta per class (the mechanism under
+    study); the engine logs them after every epoch. Empty without a final BN."""
+    last = head[-1]
+    if final != "bn" or not isinstance(last, nn.BatchNorm1d):
+        return {}
+    out: dict[str, float] = {}
+    parts = {"running_mean": last.running_mean, "running_var": last.running_var, "gamma": last.weight,
+             "beta": last.bias}
+    for name, t in parts.items():
+        if t is not None:
+            out.update({f"final_bn_{name}_{i}": float(v) for i, v in enumerate(t.detach().cpu().tolist())})
+    return out
+
+
+class HeadOnFeatures(nn.Module):
+    """A `create_head` head fed the frozen body's pooled features (B, 2nf) instead of its feature
+    map: the pool and flatten ran once, where the features were computed (`finalbn.features`).
+    Its state_dict keys are the full network's (`head.N...`)."""
+
+    def __init__(self, head: nn.Sequential, final: str = "bn") -> None:
+        super().__init__()
+        if not (isinstance(head[0], AdaptiveConcatPool2d) and isinstance(head[1], nn.Flatten)):
+            raise ValueError("HeadOnFeatures needs a create_head head (concat pool, flatten, ...)")
+        self.head = head
+        self.final = final
+        self.num_classes = int(next(m for m in reversed(head) if isinstance(m, nn.Linear)).out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for m in list(self.head)[2:]:
+            x = m(x)
+        return x
+
+    def epoch_stats(self) -> dict[str, float]:
+        return final_bn_stats(self.head, self.final)
 
 
 # ---------------------------------------------------------------- the network
@@ -237,8 +283,9 @@ class FinalBNNet(nn.Module):
     """`body` (pretrained features, frozen) -> `head` (fastai head, always trained).
 
     `bn_policy` says how the body's BatchNorm layers behave, one of `BN_POLICIES`:
-      - "frozen-eval": body frozen and its BN layers kept in eval mode under `train()`, so the
-        pretrained running statistics are used and never updated;
+      - "frozen-eval": body frozen and kept in eval mode under `train()`, so the pretrained
+        running statistics are used and never updated, and the body is a fixed function of the
+        image (what lets cells share its features);
       - "frozen-train (fastai)": body frozen but its BN layers follow `train()`, so their running
         statistics drift to the new data (fastai v1 with `train_bn=False`);
       - "unfrozen": body BN weight/bias train and their statistics update (fastai v1's default
@@ -276,9 +323,19 @@ class FinalBNNet(nn.Module):
     def train(self, mode: bool = True) -> "FinalBNNet":
         super().train(mode)
         if mode and self.bn_policy == "frozen-eval":
-            for m in self._body_bns():
-                m.eval()
+            self.body.eval()  # a fixed function of the image: no BN update, no dropout / drop-path
         return self
+
+    def mutable_state_keys(self) -> list[str]:
+        """The state_dict keys training can change: the head's, plus the body's BN layers unless
+        the body is a fixed function ("frozen-eval"). The engine keeps only these for the
+        validation-selected epoch."""
+        keys = [f"head.{k}" for k in self.head.state_dict()]
+        if self.bn_policy != "frozen-eval":
+            bn_ids = {id(m) for m in self._body_bns()}
+            keys += [f"body.{name}.{k}" for name, m in self.body.named_modules() if id(m) in bn_ids
+                     for k in m.state_dict()]
+        return keys
 
     @property
     def final_bn(self) -> Optional[nn.BatchNorm1d]:
@@ -290,24 +347,14 @@ class FinalBNNet(nn.Module):
         return self.head(self.body(x))  # (B, num_classes) logits, after the final layer
 
     def epoch_stats(self) -> dict[str, float]:
-        """The final BN's running mean and variance, gamma and beta per class (the mechanism under
-        study); the engine logs them after every epoch. Empty without a final BN."""
-        bn = self.final_bn
-        if bn is None:
-            return {}
-        out: dict[str, float] = {}
-        parts = {"running_mean": bn.running_mean, "running_var": bn.running_var, "gamma": bn.weight, "beta": bn.bias}
-        for name, t in parts.items():
-            if t is not None:
-                out.update({f"final_bn_{name}_{i}": float(v) for i, v in enumerate(t.detach().cpu().tolist())})
-        return out
+        return final_bn_stats(self.head, self.final)
 
 
 def create_model(arch: str, *, weights: Union[str, os.PathLike] = "none", num_classes: int = 2,
                  final: str = "bn", final_bn_momentum: float = 0.01, final_bn_eps: float = 1e-5,
                  final_bn_affine: bool = True, final_bias: bool = True, hidden: int = 512,
                  dropout: tuple[float, float] = (0.25, 0.5), unfreeze_bn: bool = False,
-                 frozen_bn: str = "eval", progress: bool = False) -> FinalBNNet:
+                 frozen_bn: str = "eval", progress: bool = False, head_seed: int | None = None) -> FinalBNNet:
     """Build a frozen pretrained body with a fastai v1 head, e.g.::
 
         create_model("efficientnet_lite0", weights="imagenet", final="bn")
@@ -324,6 +371,7 @@ def create_model(arch: str, *, weights: Union[str, os.PathLike] = "none", num_cl
     frozen_bn: with `unfreeze_bn=False`, "eval" keeps the body's BN layers in eval mode (pretrained
       statistics) and "train" lets them follow `model.train()` as fastai does; ignored otherwise.
     progress: show a download progress bar for torchvision's "imagenet".
+    head_seed: initialise the head from its own seeded stream (see `create_head`).
     Raises ValueError for an unknown arch or a bad `final` / `frozen_bn` / head size.
     """
     spec = get_spec(arch)
@@ -337,7 +385,7 @@ def create_model(arch: str, *, weights: Union[str, os.PathLike] = "none", num_cl
     body, source, nf = _build_body(spec, weights, progress=progress)
     head = create_head(nf, num_classes, hidden=hidden, dropout=tuple(dropout), final=final,
                        final_bn_momentum=final_bn_momentum, final_bn_eps=final_bn_eps,
-                       final_bn_affine=final_bn_affine, final_bias=final_bias)
+                       final_bn_affine=final_bn_affine, final_bias=final_bias, seed=head_seed)
     policy = "unfrozen" if unfreeze_bn else ("frozen-eval" if frozen_bn == "eval" else "frozen-train (fastai)")
     return FinalBNNet(body, head, bn_policy=policy, arch=arch, nf=nf, final=final, weights=source)
 

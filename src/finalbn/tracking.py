@@ -185,6 +185,7 @@ def track_cell(cfg: Config, dataset: str, splits_dir: Path, callbacks=(), progre
 def log_result(cfg: Config, r: CellResult) -> None:
     """Test metrics, tags that only exist after training, and every artifact of one cell."""
     mlflow.set_tags({"manifest_sha256": r.manifest_sha256, "bn_policy": r.bn_policy, "device": r.device,
+                     "features": r.info.get("features", "unshared"),
                      "selected_epoch": str(r.fit.selected_epoch)})
     finite = lambda d: {_metric_name(k): v for k, v in d.items() if v == v}  # noqa: E731 - NaN (one class) is not logged
     mlflow.log_metrics(finite({f"test_{k}": v for k, v in r.test_last.items()}))

@@ -1,0 +1,317 @@
+"""`finalbn bench`: what the study costs on this machine, measured in one run, printed as ratios.
+
+    finalbn bench                          # CPU: throughput, each lever before/after, grid shared vs not
+    finalbn bench --device cuda            # + lite0 / resnet34 / vgg19_bn at 224 px, the paper's projection
+
+Sections (all written to `results/bench.json`):
+  throughput  img/s per arch and image size, fp32 and bf16: evaluation, head-only training on
+              cached features, UF-on training (body BN affine only), full fine-tuning.
+  levers      each speed change of the grid measured against what it replaced, in this run:
+              channels_last, process/thread layout, per-step host syncs, the selected-epoch copy,
+              large inference-mode evaluation batches, the decode cache.
+  grid        the default grid's UF-off cells with shared features vs `--no-share`, through the
+              real grid code and a temporary MLflow store (reduced: replicate 0, the stated configs).
+  projection  (with --device cuda) the paper's full study: 64 configs x 10 replicates x 3 crops per
+              arch, from the measured rates.
+A benchmark prints what it measured; it asserts nothing.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import multiprocessing as mp
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from finalbn.config import Config, ablation_from_id
+from finalbn.models import HeadOnFeatures, create_head, create_model
+
+PAPER = {"configs": 64, "replicates": 10, "crops": 3, "train": 1010, "val": 157, "test": 300, "epochs": 10}
+
+
+# ---------------------------------------------------------------- timing
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def rate(step: Callable[[], Any], batch: int, device: torch.device, seconds: float = 1.5, warmup: int = 2) -> float:
+    """Images per second of `step` (one batch), timed for about `seconds` after `warmup` steps."""
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    t0, n = time.perf_counter(), 0
+    while True:
+        step()
+        n += 1
+        if n >= 3 or time.perf_counter() - t0 >= seconds:
+            _sync(device)
+            if time.perf_counter() - t0 >= seconds or n >= 200:
+                break
+    return n * batch / (time.perf_counter() - t0)
+
+
+def _weights(arch: str) -> str:
+    return "imagenet" if arch == "efficientnet_lite0" else "none"  # the rate does not depend on them
+
+
+def _model(arch: str, mode: str, device: torch.device, channels_last: bool = True):
+    model = create_model(arch, weights=_weights(arch), final="bn", unfreeze_bn=mode in ("uf_on", "full"))
+    if mode == "full":
+        model.body.requires_grad_(True)
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _images(batch: int, size: int, device: torch.device, channels_last: bool = True) -> torch.Tensor:
+    x = torch.randn(batch, 3, size, size, device=device)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _train_step(model, x, y, bf16: bool, sync_each: bool = False):
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step():
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model(x)
+        loss = F.cross_entropy(out.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if sync_each:
+            loss.item()
+    return step
+
+
+def _eval_step(model, x, bf16: bool, inference: bool = True):
+    def step():
+        ctx = torch.inference_mode() if inference else torch.no_grad()
+        with ctx, torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            model(x)
+    return step
+
+
+def throughput(arch: str, size: int, device: torch.device, batch: int = 64, seconds: float = 1.5) -> list[dict]:
+    """img/s of the four kinds of pass, fp32 and bf16."""
+    rows = []
+    y = torch.randint(0, 2, (batch,), device=device)
+    x = _images(batch, size, device)
+    for dtype in ("fp32", "bf16"):
+        bf16 = dtype == "bf16"
+        row: dict[str, Any] = {"arch": arch, "size": size, "dtype": dtype, "batch": batch}
+        model = _model(arch, "uf_off", device).eval()
+        row["eval"] = rate(_eval_step(model, x, bf16), batch, device, seconds)
+        head = HeadOnFeatures(create_head(model.nf, 2, seed=0)).to(device).train()
+        feats = torch.randn(batch, 2 * model.nf, device=device)
+        row["head_on_features"] = rate(_train_step(head, feats, y, bf16), batch, device, seconds)
+        for mode in ("uf_on", "full"):
+            m = _model(arch, mode, device).train()
+            row[mode] = rate(_train_step(m, x, y, bf16), batch, device, seconds)
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------- levers
+
+
+def _layout_worker(args: tuple) -> float:
+    arch, size, threads, seconds = args
+    torch.set_num_threads(threads)
+    dev = torch.device("cpu")
+    model = _model(arch, "uf_on", dev).train()
+    x, y = _images(64, size, dev), torch.randint(0, 2, (64,))
+    return rate(_train_step(model, x, y, False), 64, dev, seconds)
+
+
+def levers(arch: str, size: int, device: torch.device, manifest: Path | None, seconds: float = 1.5) -> list[dict]:
+    """Each change against what it replaced, measured here: (lever, before, after, unit, ratio)."""
+    out = []
+
+    def add(lever: str, before: float, after: float, unit: str, higher_is_better: bool = True) -> None:
+        ratio = after / before if higher_is_better else before / after
+        out.append({"lever": lever, "before": before, "after": after, "unit": unit, "speedup": ratio})
+
+    y = torch.randint(0, 2, (64,), device=device)
+    rates = {}
+    for cl in (False, True):
+        m = _model(arch, "uf_on", device, channels_last=cl).train()
+        x = _images(64, size, device, channels_last=cl)
+        rates[("uf_on", cl)] = rate(_train_step(m, x, y, False), 64, device, seconds)
+        rates[("eval", cl)] = rate(_eval_step(m.eval(), x, False), 64, device, seconds)
+    add("channels_last, UF-on training", rates[("uf_on", False)], rates[("uf_on", True)], "img/s")
+    add("channels_last, evaluation", rates[("eval", False)], rates[("eval", True)], "img/s")
+
+    m = _model(arch, "uf_on", device).train()
+    x = _images(64, size, device)
+    add("no per-step .item() (UF-on training)", rate(_train_step(m, x, y, False, sync_each=True), 64, device, seconds),
+        rate(_train_step(m, x, y, False), 64, device, seconds), "img/s")
+
+    from finalbn.data import EVAL_BATCH
+
+    eb = EVAL_BATCH.get(device.type, 64)
+    xs = _images(max(eb, 128), size, device)
+    m.eval()
+    add(f"evaluation: inference mode, batch {eb} (was no_grad, batch 128)",
+        rate(_eval_step(m, xs[:128], False, inference=False), 128, device, seconds),
+        rate(_eval_step(m, xs[:eb], False), eb, device, seconds), "img/s")
+
+    frozen = _model(arch, "uf_off", device)
+    keep = set(frozen.mutable_state_keys())
+    n = 20
+    t0 = time.perf_counter()
+    for _ in range(n):
+        copy.deepcopy(frozen.state_dict())
+    full = (time.perf_counter() - t0) / n * 1000
+    t0 = time.perf_counter()
+    for _ in range(n):
+        {k: v.detach().clone() for k, v in frozen.state_dict().items() if k in keep}
+    part = (time.perf_counter() - t0) / n * 1000
+    add("selected-epoch copy: head state only (was the whole model), UF off", full, part, "ms per copy",
+        higher_is_better=False)
+
+    if device.type == "cpu" and (os.cpu_count() or 1) >= 2:
+        one = _layout_worker((arch, size, 2, seconds))
+        with mp.get_context("spawn").Pool(2) as pool:
+            two = sum(pool.map(_layout_worker, [(arch, size, 1, seconds)] * 2))
+        add("2 processes x 1 thread (was 1 process x 2 threads), UF-on training", one, two, "img/s total")
+
+    if manifest is not None and manifest.is_file():
+        from finalbn import data
+
+        size_ = size
+        t0 = time.perf_counter()
+        decoded = data._decode_manifest(str(manifest), size_, progress=False)
+        decode_s = time.perf_counter() - t0
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "c.pt"
+            data._write_cache(path, decoded)
+            t0 = time.perf_counter()
+            data._read_cache(path, size_)
+            read_s = time.perf_counter() - t0
+        add("decode cache: read the split's tensors (was: decode its images)", decode_s, read_s, "s per split",
+            higher_is_better=False)
+    return out
+
+
+# ---------------------------------------------------------------- the grid, shared vs not
+
+
+def grid_comparison(cfg: Config, splits: Path, configs: list[int], unshared_configs: list[int],
+                    log: Callable[[str], None]) -> dict:
+    """Wall time of UF-off cells through the real grid code (temporary MLflow store), with shared
+    features and without, on replicate 0; unshared on a subset of the same configs (a head-side
+    switch does not change an unshared cell's cost)."""
+    from finalbn import features, grid
+
+    out: dict[str, Any] = {"replicate": 0, "configs_shared": configs, "configs_unshared": unshared_configs,
+                           "epochs": cfg.train.epochs}
+    prior = os.environ.get("MLFLOW_TRACKING_URI")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            for share, ids in ((True, configs), (False, unshared_configs)):
+                os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/bench-{share}.db"
+                c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, share_features=share),
+                                        grid=dataclasses.replace(cfg.grid, configs=tuple(ids), replicates=1,
+                                                                 headline=dataclasses.replace(cfg.grid.headline,
+                                                                                              configs=())))
+                features.CACHE.clear()
+                t0 = time.perf_counter()
+                stats = grid.run_shard(c, splits, log=log)
+                wall = time.perf_counter() - t0
+                label = "shared" if share else "unshared"
+                out[label] = {"cells": stats["ran"], "wall_s": wall, "per_cell_s": wall / max(stats["ran"], 1),
+                              "uf_off_cell_s": stats["seconds"]["uf_off"] / max(stats["cells"]["uf_off"], 1)}
+        finally:
+            if prior is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = prior
+    out["shared_over_unshared"] = out["shared"]["per_cell_s"] / out["unshared"]["per_cell_s"]
+    return out
+
+
+def default_grid_configs() -> tuple[list[int], list[int]]:
+    """UF off: the 8 head-side configs (BN x WL x WD) with DA and MX off, and the 8 with DA on —
+    the two kinds of share group (features once per split; once per epoch). Unshared: two of each."""
+    fixed = [c for c in range(64) if not (ab := ablation_from_id(c)).uf and not ab.da and not ab.mx]
+    augmented = [c for c in range(64) if not (ab := ablation_from_id(c)).uf and ab.da and not ab.mx]
+    return fixed + augmented, fixed[:2] + augmented[:2]
+
+
+# ---------------------------------------------------------------- the paper's study, projected
+
+
+def project_paper(row: dict, head_rate: float, frozen_train_rate: float | None = None) -> dict:
+    """Hours of the paper's study for one arch from measured rates (img/s): UF-on cells train the
+    body's BN; UF-off cells share the frozen body (frozen-eval) or, with the paper profile's
+    fastai semantics (frozen BN in train mode), run it every epoch."""
+    p = PAPER
+    e, n, nv, nt = p["epochs"], p["train"], p["val"], p["test"]
+    groups = p["replicates"] * p["crops"]  # one split per (replicate, crop)
+    evals = (e * nv + 2 * nt) / row["eval"]  # validation every epoch, test at the last and selected epochs
+    uf_on = 32 * groups * (e * n / row["uf_on"] + evals)
+    head = e * n / head_rate + (e * nv + 2 * nt) / (head_rate * 4)
+    # share groups per split: (DA, MX) = off/off once per split; the three others once per epoch
+    shared = groups * ((n + nv + nt) / row["eval"] + 3 * (e * n + nv + nt) / row["eval"] + 32 * head)
+    fwd = frozen_train_rate or row["eval"]
+    unshared = 32 * groups * (e * n / fwd + evals)
+    cells = p["configs"] * groups
+    return {"cells": cells, "uf_on_h": uf_on / 3600, "uf_off_shared_h": shared / 3600,
+            "uf_off_unshared_h": unshared / 3600, "total_shared_h": (uf_on + shared) / 3600,
+            "total_paper_profile_h": (uf_on + unshared) / 3600}
+
+
+# ---------------------------------------------------------------- the command
+
+
+def run(cfg: Config, splits: Path, device: torch.device, archs: list[str], sizes: list[int], with_grid: bool,
+        seconds: float, log: Callable[[str], None] = print) -> dict:
+    result: dict[str, Any] = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads(), "device": str(device),
+                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
+        "throughput": [], "levers": [], "grid": None, "projection": None}
+    for arch in archs:
+        for size in sizes:
+            for row in throughput(arch, size, device, seconds=seconds):
+                result["throughput"].append(row)
+                log(f"  {arch:18s} {size:4d} px {row['dtype']}: eval {row['eval']:8.0f}  head on features "
+                    f"{row['head_on_features']:8.0f}  UF-on train {row['uf_on']:7.0f}  full fine-tune {row['full']:7.0f} img/s")
+    ds = cfg.datasets[0]
+    manifest = splits / ds.name / "0" / "manifest.csv"
+    result["levers"] = levers(archs[0], sizes[0], device, manifest if manifest.is_file() else None, seconds)
+    for lv in result["levers"]:
+        log(f"  lever: {lv['lever']}: {lv['before']:.3g} -> {lv['after']:.3g} {lv['unit']} ({lv['speedup']:.2f}x)")
+    if with_grid:
+        if not manifest.is_file():
+            log(f"  grid: skipped ({manifest} does not exist: run `finalbn prepare` or `dvc repro prepare` first)")
+        else:
+            shared, unshared = default_grid_configs()
+            g = grid_comparison(cfg, splits, shared, unshared, log=lambda m: None)
+            result["grid"] = g
+            log(f"  grid (UF off, replicate 0, {len(shared)} configs shared / {len(unshared)} unshared, "
+                f"{g['epochs']} epochs): {g['shared']['per_cell_s']:.1f} s per cell shared vs "
+                f"{g['unshared']['per_cell_s']:.1f} s unshared = {g['shared_over_unshared']:.3f} of the time")
+    if device.type == "cuda":
+        result["projection"] = {}
+        for row in result["throughput"]:
+            if row["dtype"] == "bf16" and row["size"] == 224:
+                p = project_paper(row, row["head_on_features"])
+                result["projection"][row["arch"]] = p
+                log(f"  paper study, {row['arch']} (bf16): {p['cells']} cells, {p['total_shared_h']:.2f} h "
+                    f"with shared features (UF on {p['uf_on_h']:.2f} h), {p['total_paper_profile_h']:.2f} h "
+                    f"with the paper profile's frozen BN in train mode (not shareable)")
+    return result

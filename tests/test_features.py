@@ -1,0 +1,91 @@
+"""Shared frozen-body features give the numbers of running the body in every cell."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from finalbn import features
+from finalbn.cells import run_cell, shares_body
+
+SPLITS = Path("data/splits")
+TOL = 1e-5
+
+
+def _close(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], float) and math.isnan(a[k]):
+            assert math.isnan(b[k]), k
+        else:
+            assert a[k] == pytest.approx(b[k], abs=TOL), k
+
+
+def _same(shared, unshared) -> None:
+    assert shared.info["features"] == "shared" and unshared.info["features"] == "unshared"
+    assert len(shared.fit.history) == len(unshared.fit.history)
+    for a, b in zip(shared.fit.history, unshared.fit.history):
+        _close(a, b)
+    _close(shared.test_last, unshared.test_last)
+    _close(shared.test_sel, unshared.test_sel)
+    _close(shared.val_last, unshared.val_last)
+    assert shared.fit.selected_epoch == unshared.fit.selected_epoch
+    for p, q in zip(shared.predictions, unshared.predictions):
+        assert p["p1_last"] == pytest.approx(q["p1_last"], abs=TOL)
+        assert p["p1_sel"] == pytest.approx(q["p1_sel"], abs=TOL)
+
+
+# head-side switches (BN, WL, WD) on the three kinds of body input: fixed, augmented, mixed
+@pytest.mark.parametrize("toggles", [
+    ["ablation.bn=true", "ablation.wl=false", "ablation.wd=false"],
+    ["ablation.bn=false", "ablation.wl=true", "ablation.wd=true", "ablation.da=true"],
+    ["ablation.bn=true", "ablation.wl=true", "ablation.mx=true", "ablation.da=true"],
+])
+def test_shared_equals_unshared(prepared, toggles):
+    load, _ = prepared
+    features.CACHE.clear()
+    shared = run_cell(load(toggles + ["train.share_features=true", "train.epochs=3"]), "synthetic-apple", SPLITS)
+    unshared = run_cell(load(toggles + ["train.share_features=false", "train.epochs=3"]), "synthetic-apple", SPLITS)
+    _same(shared, unshared)
+
+
+def test_order_of_cells_does_not_change_a_draw(prepared):
+    """A cell trained second on features another cell computed equals the same cell alone."""
+    load, _ = prepared
+    first = ["ablation.bn=false", "ablation.da=true", "ablation.mx=true"]
+    second = ["ablation.bn=true", "ablation.wl=true", "ablation.da=true", "ablation.mx=true"]
+    features.CACHE.clear()
+    run_cell(load(first), "synthetic-apple", SPLITS)
+    after = run_cell(load(second), "synthetic-apple", SPLITS)
+    assert after.info["body_images"] == 0  # every feature came from the first cell's pass
+    features.CACHE.clear()
+    alone = run_cell(load(second), "synthetic-apple", SPLITS)
+    assert alone.info["body_images"] > 0
+    _same(after, run_cell(load(second + ["train.share_features=false"]), "synthetic-apple", SPLITS))
+    for a, b in zip(after.fit.history, alone.fit.history):
+        _close(a, b)
+
+
+def test_replicates_and_input_switches_do_not_share(prepared):
+    load, _ = prepared
+    features.CACHE.clear()
+    a = run_cell(load(["ablation.da=false"]), "synthetic-apple", SPLITS)
+    b = run_cell(load(["ablation.da=false"]), "synthetic-apple", SPLITS, replicate=1)
+    c = run_cell(load(["ablation.da=true"]), "synthetic-apple", SPLITS)
+    assert a.info["body_images"] > 0 and b.info["body_images"] > 0 and c.info["body_images"] > 0
+
+
+def test_what_shares(load):
+    assert shares_body(load(["ablation.uf=false"]))
+    assert not shares_body(load(["ablation.uf=true"]))  # the body trains: nothing to share
+    assert not shares_body(load(["model.frozen_bn=train"]))  # batch statistics: not a fixed function
+    assert not shares_body(load(["train.share_features=false"]))
+
+
+def test_shared_cell_returns_the_whole_network(prepared):
+    load, _ = prepared
+    features.CACHE.clear()
+    r = run_cell(load(), "synthetic-apple", SPLITS)
+    model = r.info["model"]
+    assert model.bn_policy == "frozen-eval" and hasattr(model, "body") and model.final_bn is not None
