@@ -189,7 +189,9 @@ def run_cell(cfg: Config, dataset: str | DatasetConfig, splits_dir: Path, callba
     shared = None
     if shares_body(cfg):
         w = weights_path(cfg)
-        body_key = features.BodyKey(cfg.model.arch, w, seed if w == "none" else None, str(device))
+        # bf16 on CUDA, as the engine's autocast runs the whole network there
+        body_key = features.BodyKey(cfg.model.arch, w, seed if w == "none" else None, str(device),
+                                    bf16=device.type == "cuda")
         share_key = (str((where / "manifest.csv").resolve()), manifest_hash, ds.image_size, body_key, seed,
                      tc.batch_size, plan.augment, plan.mixup_alpha)
         shared = features.CACHE.get(share_key, plan, tensors, body_key)

@@ -34,7 +34,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,6 +189,19 @@ def run_shard(cfg: Config, splits_dir: Path, index: int = 0, count: int = 1,
     return stats
 
 
+def worker_env(index: int, environ: Mapping[str, str], gpus: int | None = None) -> dict[str, str]:
+    """The environment of local worker `index`: with several GPUs, one GPU per worker, round-robin
+    (`CUDA_VISIBLE_DEVICES`); with one GPU all workers share it (several cells at once fill it)."""
+    env = dict(environ)
+    if gpus is None:
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus > 1 and "CUDA_VISIBLE_DEVICES" not in environ:
+        env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
+    return env
+
+
 def run_workers(cfg: Config, argv_base: Sequence[str], workers: int) -> int:
     """Start `workers` local `finalbn grid --shard i/N` processes; returns the worst exit code."""
     from finalbn import tracking
@@ -196,7 +209,8 @@ def run_workers(cfg: Config, argv_base: Sequence[str], workers: int) -> int:
     tracking.setup(cfg)  # create the store and experiment once, before any worker touches it
     threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // workers)
     procs = [subprocess.Popen([sys.executable, "-m", "finalbn", "grid", *argv_base, "--shard", f"{i}/{workers}",
-                               "--set", f"train.threads={threads}"]) for i in range(workers)]
+                               "--set", f"train.threads={threads}"], env=worker_env(i, os.environ))
+             for i in range(workers)]
     try:
         codes = [p.wait() for p in procs]
     except KeyboardInterrupt:
