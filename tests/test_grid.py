@@ -30,7 +30,7 @@ def _cells(load, extra=()):
 def test_shards_cover_every_cell_exactly_once(load, n):
     cfg = load(["grid.replicates=3", "grid.archs=[resnet18, vgg19]"])
     cells = grid.all_cells(cfg)
-    assert len(cells) == (64 * 3 + 4 * 2) * 2  # headline configs on 5 replicates
+    assert len(cells) == (64 * 3 + 4 * 7) * 2  # headline configs on 10 replicates
     parts = [grid.shard_cells(cells, i, n) for i in range(n)]
     counts = Counter(c for part in parts for c in part)
     assert set(counts) == set(cells) and set(counts.values()) == {1}
@@ -47,13 +47,13 @@ def test_config_selection(load):
     assert ablation_from_id(47).wl and not ablation_from_id(47).bn
 
 
-def test_default_design_every_config_once_headline_contrasts_five_times(load):
+def test_default_design_every_config_once_headline_contrasts_ten_times(load):
     cells = grid.all_cells(load())
     reps = Counter(c.config_id for c in cells)
-    assert set(reps) == set(range(64)) and len(cells) == 64 + 4 * 4
-    assert {cid: reps[cid] for cid in (31, 63, 47, 15)} == {31: 5, 63: 5, 47: 5, 15: 5}
+    assert set(reps) == set(range(64)) and len(cells) == 64 + 4 * 9
+    assert {cid: reps[cid] for cid in (31, 63, 47, 15)} == {31: 10, 63: 10, 47: 10, 15: 10}
     assert all(n == 1 for cid, n in reps.items() if cid not in (31, 63, 47, 15))
-    assert load().grid.max_replicates == 5
+    assert load().grid.max_replicates == 10
 
 
 def _grid_cmd(overrides, *extra):
@@ -146,7 +146,7 @@ def test_bad_shard_and_missing_split_exit_2(prepared, capsys):
     assert "need 0 <= I < N" in capsys.readouterr().err
     assert main(args + ["--splits", "nowhere"]) == 2
     assert "run `finalbn prepare`" in capsys.readouterr().err
-    # the headline configs need 5 replicates; a split folder with fewer is named
+    # the headline configs need 10 replicates; a split folder with fewer is named
     import shutil
     shutil.rmtree("data/splits/synthetic-apple/4")
     assert main(args) == 2

@@ -153,7 +153,7 @@ def test_failed_prepare_keeps_earlier_outputs(load, tiny_split, tmp_path, monkey
     assert main(args) == 0
     manifest = tmp_path / "data" / "splits" / "synthetic-apple" / "0" / "manifest.csv"
     before = manifest.read_bytes()
-    assert "prepare synthetic-apple: 5 replicate split(s) of train 4/2" in capsys.readouterr().out
+    assert "prepare synthetic-apple: 10 replicate split(s) of train 4/2" in capsys.readouterr().out
     assert main(args + ["--set", "split.test=[2, 50]"]) == 2
     err = capsys.readouterr().err.strip()
     assert "has 8 usable images, the split needs 53" in err and len(err.splitlines()) == 1
