@@ -27,3 +27,33 @@ def test_cell_trains_on_cuda(prepared, toggles):
 def test_auto_picks_cuda(prepared):
     load, _ = prepared
     assert run_cell(load(["train.device=auto", "train.epochs=1"]), "synthetic-apple", Path("data/splits")).device == "cuda"
+
+
+def test_shared_features_live_on_the_gpu(prepared):
+    from finalbn import features
+
+    load, _ = prepared
+    features.CACHE.clear()
+    a = run_cell(load(["train.device=cuda", "ablation.da=true"]), "synthetic-apple", Path("data/splits"))
+    b = run_cell(load(["train.device=cuda", "ablation.da=true", "ablation.wl=true"]), "synthetic-apple",
+                 Path("data/splits"))
+    assert a.info["features"] == "shared" and b.info["body_images"] == 0
+    shared = next(iter(features.CACHE._features.values()))
+    assert shared.val[0][0].is_cuda and shared.train(1)[0][0].is_cuda
+
+
+def test_bench_on_cuda_projects_the_paper_study(prepared, tmp_path):
+    import json
+
+    from finalbn.cli import main
+
+    from conftest import ROOT
+
+    _, overrides = prepared
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--params", str(ROOT / "params.yaml"), *[x for o in overrides for x in ("--set", o)],
+                 "--device", "cuda", "--archs", "efficientnet_lite0", "resnet34", "--sizes", "224",
+                 "--seconds", "0.2", "--no-grid", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["projection"]) == {"efficientnet_lite0", "resnet34"}
+    assert result["projection"]["resnet34"]["cells"] == 1920

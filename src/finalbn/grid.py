@@ -18,7 +18,9 @@ RUNNING by a killed process is marked KILLED and redone.
 Shards split the grid by *family* — (dataset, arch, UF, DA, MX) — so that a parent run and all
 of its replicates live in one shard (workers never race to create a parent), and so do the cells that
 see the same backbone inputs: with UF off, cells differing only in the head-side toggles (BN, WL,
-WD) at one replicate, DA and MX feed the frozen backbone the same images.
+WD) at one replicate, DA and MX feed the frozen backbone the same images. Within a shard, cells
+run in `share_order` — family, replicate, configuration — so such a group runs back to back on
+the frozen body's features computed once (`finalbn.features`).
 
 "Best configuration" in grid.json is ranked on validation (mean validation AUROC at the last
 epoch); test values are only reported beside it.

@@ -1,0 +1,61 @@
+"""`finalbn bench` runs, writes results/bench.json and refuses bad input with one line."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from finalbn import bench
+from finalbn.cli import main
+
+from conftest import ROOT
+
+
+def test_bench_writes_every_section(prepared, tmp_path, capsys):
+    _, overrides = prepared
+    out = tmp_path / "results" / "bench.json"
+    args = ["bench", "--params", str(ROOT / "params.yaml"), *[x for o in overrides for x in ("--set", o)],
+            "--device", "cpu", "--archs", "efficientnet_lite0", "--sizes", "32", "--seconds", "0.05",
+            "--out", str(out)]
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    assert {r["dtype"] for r in result["throughput"]} == {"fp32", "bf16"}
+    for row in result["throughput"]:
+        assert all(row[k] > 0 for k in ("eval", "head_on_features", "uf_on", "full"))
+    levers = {lv["lever"]: lv for lv in result["levers"]}
+    assert any(k.startswith("channels_last") for k in levers) and any("decode cache" in k for k in levers)
+    assert all(lv["speedup"] > 0 for lv in levers.values())
+    g = result["grid"]  # the real grid code on the tiny split, shared and not
+    assert g["shared"]["cells"] == len(g["configs_shared"]) and g["unshared"]["cells"] == len(g["configs_unshared"])
+    assert g["shared_over_unshared"] > 0
+    assert result["projection"] is None  # only with --device cuda
+    text = capsys.readouterr().out
+    assert "lever: channels_last" in text and "grid (UF off" in text
+
+
+@pytest.mark.parametrize("bad, message", [(["--sizes", "8"], "--sizes must be >= 32"),
+                                          (["--archs", "no_such_net"], "unknown arch"),
+                                          (["--seconds", "0"], "--seconds must be > 0")])
+def test_bad_input_is_one_line_exit_2(bad, message, tmp_path, capsys):
+    assert main(["bench", "--params", str(ROOT / "params.yaml"), "--out", str(tmp_path / "b.json"), *bad]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_paper_projection_arithmetic():
+    row = {"eval": 1000.0, "uf_on": 500.0}
+    p = bench.project_paper(row, head_rate=10_000.0)
+    assert p["cells"] == 64 * 10 * 3
+    evals = (10 * 157 + 2 * 300) / 1000.0
+    assert p["uf_on_h"] == pytest.approx(32 * 30 * (10 * 1010 / 500.0 + evals) / 3600)
+    assert p["uf_off_shared_h"] < p["uf_off_unshared_h"]
+    assert p["total_shared_h"] == pytest.approx(p["uf_on_h"] + p["uf_off_shared_h"])
+
+
+def test_rate_counts_images_per_second():
+    calls = []
+    r = bench.rate(lambda: calls.append(1), batch=10, device=torch.device("cpu"), seconds=0.05, warmup=1)
+    assert r > 0 and len(calls) >= 4
