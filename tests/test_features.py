@@ -41,6 +41,9 @@ def _same(shared, unshared) -> None:
     ["ablation.bn=true", "ablation.wl=false", "ablation.wd=false"],
     ["ablation.bn=false", "ablation.wl=true", "ablation.wd=true", "ablation.da=true"],
     ["ablation.bn=true", "ablation.wl=true", "ablation.mx=true", "ablation.da=true"],
+    # fastai's frozen BN in train mode (the paper profile): batch statistics, drifting running ones
+    ["model.frozen_bn=train", "ablation.bn=true", "ablation.wl=false"],
+    ["model.frozen_bn=train", "ablation.bn=false", "ablation.wl=true", "ablation.da=true"],
 ])
 def test_shared_equals_unshared(prepared, toggles):
     load, _ = prepared
@@ -78,9 +81,24 @@ def test_replicates_and_input_switches_do_not_share(prepared):
 
 def test_what_shares(load):
     assert shares_body(load(["ablation.uf=false"]))
+    assert shares_body(load(["ablation.uf=false", "model.frozen_bn=train"]))  # same batches, same statistics
     assert not shares_body(load(["ablation.uf=true"]))  # the body trains: nothing to share
-    assert not shares_body(load(["model.frozen_bn=train"]))  # batch statistics: not a fixed function
     assert not shares_body(load(["train.share_features=false"]))
+
+
+def test_a_stateful_body_is_the_groups_own(prepared):
+    """With BN in train mode the running statistics drift: a group never touches the cached body,
+    so a second group on the same body (here: DA on) starts from the same statistics."""
+    load, _ = prepared
+    features.CACHE.clear()
+    augmented = load(["model.frozen_bn=train", "ablation.da=true"])
+    a = run_cell(augmented, "synthetic-apple", SPLITS)
+    features.CACHE.clear()
+    run_cell(load(["model.frozen_bn=train", "ablation.da=false"]), "synthetic-apple", SPLITS)  # another group first
+    b = run_cell(augmented, "synthetic-apple", SPLITS)
+    assert len(features.CACHE._bodies) == 1  # both groups came from one cached body
+    for x, y in zip(a.fit.history, b.fit.history):
+        _close(x, y)
 
 
 def test_shared_cell_returns_the_whole_network(prepared):

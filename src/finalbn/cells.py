@@ -9,10 +9,10 @@ the epoch selected on validation AUROC are `test_sel`. Configuration ids and nam
 `config_name`) follow the paper; see `finalbn.config`. Knows nothing of MLflow or Optuna:
 callbacks reach `engine.fit`.
 
-Two paths, the same numbers (to float rounding): with UF off and the body in eval mode
-(`model.frozen_bn: eval`) and `train.share_features` on, the head trains on the frozen body's
-features shared with every cell that sees the same images (`finalbn.features`); otherwise the
-whole network runs every step. Order, augmentation, MixUp, head init and dropout draw from their
+Two paths, the same numbers (to float rounding): with UF off and `train.share_features` on, the
+head trains on the frozen body's features shared with every cell that sees the same images in
+the same batches (`finalbn.features`); otherwise (UF on, or --no-share) the whole network runs
+every step. Order, augmentation, MixUp, head init and dropout draw from their
 own seeded streams (`finalbn.seeds`), so neither path nor the order of cells changes a draw.
 """
 from __future__ import annotations
@@ -88,9 +88,10 @@ def build_head(cfg: Config, nf: int, num_classes: int = 2, seed: int | None = No
 
 
 def shares_body(cfg: Config) -> bool:
-    """Whether the cell's body is a fixed function of the image (UF off, body in eval mode) and
-    sharing is on: then its features can be computed once for many cells."""
-    return cfg.train.share_features and not cfg.ablation.uf and cfg.model.frozen_bn == "eval"
+    """Whether the cell's body is frozen (UF off) and sharing is on: then its features are a
+    function of the plan's images alone (body in eval mode) or of its batch sequence (fastai's
+    frozen BN in train mode), the same for every head-side configuration, and are computed once."""
+    return cfg.train.share_features and not cfg.ablation.uf
 
 
 def class_weights(labels: np.ndarray) -> tuple[float, ...]:
@@ -191,28 +192,31 @@ def run_cell(cfg: Config, dataset: str | DatasetConfig, splits_dir: Path, callba
         w = weights_path(cfg)
         # bf16 on CUDA, as the engine's autocast runs the whole network there
         body_key = features.BodyKey(cfg.model.arch, w, seed if w == "none" else None, str(device),
-                                    bf16=device.type == "cuda")
+                                    bf16=device.type == "cuda", bn_train=cfg.model.frozen_bn == "train")
         share_key = (str((where / "manifest.csv").resolve()), manifest_hash, ds.image_size, body_key, seed,
                      tc.batch_size, plan.augment, plan.mixup_alpha)
         shared = features.CACHE.get(share_key, plan, tensors, body_key)
         images_before = shared.body_images
         model: torch.nn.Module = build_head(cfg, shared.body.nf, seed=seed)
-        train_src, val_b, test_b = shared.train, shared.val, shared.test
+        train_src, val_of, test_of = shared.train, shared.val_at, shared.test_at
     else:
         model = build_model(cfg, seed=seed)
         train_src = plan.inputs
         val_b = EvalBatches(tensors["val"], spec.mean, spec.std, device=str(device))
         test_b = EvalBatches(tensors["test"], spec.mean, spec.std, device=str(device))
-    result = fit(model, train_src, val_b, settings, callbacks)
+        val_of, test_of = (lambda epoch: val_b), (lambda epoch: test_b)
+    result = fit(model, train_src, val_of, settings, callbacks)
 
-    labels, probs_last = predict(model, test_b, device)
-    val_labels, val_last = predict(model, val_b, device)
+    last, sel = tc.epochs, result.selected_epoch
+    labels, probs_last = predict(model, test_of(last), device)
+    val_labels, val_last = predict(model, val_of(last), device)
     last_state = {k: v.clone() for k, v in model.state_dict().items() if k in result.selected_state}
     model.load_state_dict(result.selected_state, strict=False)
-    _, probs_sel = predict(model, test_b, device)
+    _, probs_sel = predict(model, test_of(sel), device)
     model.load_state_dict(last_state, strict=False)  # the returned model is the last epoch's, as trained
     if shared is not None:  # the whole network, for logging or export: the shared body + this head
-        model = FinalBNNet(copy.deepcopy(shared.body.body), model.head, bn_policy="frozen-eval", arch=cfg.model.arch,
+        policy = "frozen-train (fastai)" if body_key.bn_train else "frozen-eval"
+        model = FinalBNNet(copy.deepcopy(shared.body.body), model.head, bn_policy=policy, arch=cfg.model.arch,
                            nf=shared.body.nf, final=model.final, weights=weights_path(cfg))
     sources = tensors["test"].sources or ("",) * len(labels)
     preds = [{"path": p, "source_class": s, "label": int(y), "p1_last": float(a[1]), "p1_sel": float(b[1])}

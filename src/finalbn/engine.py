@@ -5,7 +5,8 @@
     labels, probs = predict(model, EvalBatches(test_split), device)
 
 `train` is a function epoch -> batches of (x, target) — target (B,) labels or (B, C) soft labels
-(MixUp, drawn by the caller's plan) — or any re-iterable such as a DataLoader; `val` yields (x, y).
+(MixUp, drawn by the caller's plan) — or any re-iterable such as a DataLoader; `val` yields (x, y),
+or is a function epoch -> such batches (features that change with the epoch).
 x may be images for a whole network or a frozen body's features for a head alone: the loop is the
 same. One-cycle LR (OneCycleLR) with AdamW; optional class weights (WL) and label smoothing. With
 `settings.seed`, each epoch's dropout draws from its own seeded stream (`finalbn.seeds`), so the
@@ -123,13 +124,13 @@ def _epoch_source(train: TrainSource) -> Callable[[int], Batches]:
     return train if callable(train) else (lambda epoch: train)
 
 
-def fit(model: nn.Module, train: TrainSource, val: Batches, settings: FitSettings,
+def fit(model: nn.Module, train: TrainSource, val: TrainSource, settings: FitSettings,
         callbacks: Sequence[Callback] = ()) -> FitResult:
     device = torch.device(settings.device)
     model.to(device)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
-    batches_of = _epoch_source(train)
+    batches_of, val_of = _epoch_source(train), _epoch_source(val)
     groups = param_groups(model, settings.weight_decay, settings.body_lr_ratio, settings.wd_on_bn)
     # fused AdamW: one kernel for all parameters (measured ~1.5x faster per head step on CPU)
     fused = all(p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
@@ -183,7 +184,7 @@ def fit(model: nn.Module, train: TrainSource, val: Batches, settings: FitSetting
         count = sum(sizes)
         seen += count
         train_loss = float((step_losses * torch.tensor(sizes, dtype=torch.float32)).sum()) / max(count, 1)
-        labels, probs, val_loss = predict(model, val, device, with_loss=True, channels_last=settings.channels_last,
+        labels, probs, val_loss = predict(model, val_of(epoch), device, with_loss=True, channels_last=settings.channels_last,
                                           bf16=settings.bf16)
         # "lr": the head's (body groups run at body_lr_ratio of it)
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,

@@ -1,23 +1,33 @@
 """Frozen-body features, computed once and shared by the cells that see the same body inputs.
 
-With UF off (and the body kept in eval mode, `model.frozen_bn: eval`) the body is a fixed
-function of the image. Cells that differ only in head-side switches (BN, WL, WD) and share the
-replicate, DA and MX feed it the same images in the same order — the `TrainPlan` draws order,
-augmentation and MixUp from its own seeded streams — so the body runs once for all of them:
+With UF off the body's parameters are frozen. Cells that differ only in head-side switches (BN,
+WL, WD) and share the replicate, DA and MX feed it the same images in the same order — the
+`TrainPlan` draws order, augmentation and MixUp from its own seeded streams — so the body runs
+once for all of them:
 
-    shared = features.shared_features(plan, splits, body_key)   # cached in this process
-    for x, target in shared.train(epoch): ...                   # pooled (B, 2nf) features
-    shared.val, shared.test                                     # [(features, labels)]
+    shared = features.CACHE.get(share_key, plan, splits, body_key)   # kept in this process
+    for x, target in shared.train(epoch): ...                        # pooled (B, 2nf) features
+    shared.val_at(epoch), shared.test_at(epoch)                      # [(features, labels)]
 
-Without augmentation and MixUp the training images are the same every epoch: their features are
-computed once per split and each epoch indexes them in its own order. With either, each epoch's
-batches are passed through the body once, when the first cell asks, and kept for the others.
-Validation and test features are computed once per split. The pool (fastai's concat pool) and
-flatten run here, so the head trains on (B, 2nf) vectors (`models.HeadOnFeatures`).
+Body in eval mode (`model.frozen_bn: eval`, the default): a fixed function of the image. Without
+augmentation and MixUp the training images are the same every epoch: their features are
+computed once per split and each epoch indexes them in its own order; with either, each epoch's
+batches pass through the body once, when the first cell asks, and are kept for the others.
+Validation and test features are computed once per split.
+
+Body BN layers in train mode (`model.frozen_bn: train`, fastai's semantics, the paper profile):
+each training batch is normalised with its own statistics and the running statistics drift, so
+the body is a function of the batch sequence — which is the same for the group's cells. Epochs
+are computed in order, each epoch's batches in train mode, then validation and test features
+with the running statistics of that epoch. The group owns its copy of the body.
+
+The pool (fastai's concat pool) and flatten run here, so the head trains on (B, 2nf) vectors
+(`models.HeadOnFeatures`).
 """
 from __future__ import annotations
 
 import collections
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -40,17 +50,22 @@ class BodyKey:
     device: str = "cpu"
     channels_last: bool = True
     bf16: bool = False
+    bn_train: bool = False  # body BN layers normalise with batch statistics in training (fastai)
 
 
 class FrozenBody(nn.Module):
-    """The pretrained body in eval mode followed by the head's concat pool: image -> (B, 2nf)."""
+    """The pretrained body (frozen parameters) followed by the head's concat pool: image -> (B, 2nf).
+
+    `forward(x)` evaluates (eval mode); `forward(x, training=True)` runs a training batch — the same
+    as eval unless `key.bn_train`, where BN layers use the batch's statistics and update their
+    running ones."""
 
     def __init__(self, key: BodyKey) -> None:
         super().__init__()
         with torch.random.fork_rng(devices=[]):  # a random body draws as the unshared path's does
             torch.default_generator.manual_seed(key.seed or 0)
             net = create_model(key.arch, weights=key.weights, final="none")
-        self.body = net.body.eval()
+        self.body = net.body
         self.nf = net.nf
         self.pool = AdaptiveConcatPool2d()
         self.key = key
@@ -60,11 +75,9 @@ class FrozenBody(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "FrozenBody":
-        return super().train(False)  # always a fixed function
-
     @torch.no_grad()  # not inference mode: the features are inputs of autograd-tracked heads
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, training: bool = False) -> torch.Tensor:
+        self.body.train(training and self.key.bn_train)
         x = x.to(torch.device(self.key.device), non_blocking=True)
         if self.key.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -78,37 +91,61 @@ class SharedFeatures:
 
     plan: TrainPlan
     body: FrozenBody
-    val: list[Batch]
-    test: list[Batch]
-    _fixed: torch.Tensor | None = None  # train features when every epoch sees the same images
+    splits: dict[str, SplitTensors]
+    _eval: dict[str, list[Batch]] = field(default_factory=dict)  # fixed body: val/test once
+    _fixed: torch.Tensor | None = None  # fixed body, fixed images: train features once
     _epochs: dict[int, list[Batch]] = field(default_factory=dict)
+    _evals_at: dict[int, dict[str, list[Batch]]] = field(default_factory=dict)  # BN in train mode
     body_images: int = 0  # images passed through the body so far (the shared cost)
+
+    @property
+    def stateful(self) -> bool:
+        return self.body.key.bn_train
 
     def train(self, epoch: int) -> list[Batch]:
         """The epoch's training batches as (features, target), in the plan's order."""
-        if not self.plan.varies:
+        if not self.stateful and not self.plan.varies:
             if self._fixed is None:
-                self._fixed = _run(self.body, EvalBatches(self.plan.split, self.plan.mean, self.plan.std,
-                                                          device=self.plan.device))[0]
-                self.body_images += len(self.plan.labels)
+                self._fixed = self._run("train")[0][0]
             labels = self.plan.labels.to(self._fixed.device)
             return [(self._fixed[idx.to(self._fixed.device)], labels[idx.to(labels.device)])
                     for idx in self.plan.batches(epoch)]
-        if epoch not in self._epochs:
-            out = []
-            for x, target in self.plan.inputs(epoch):
-                out.append((self.body(x), target))
-                self.body_images += len(target)
-            self._epochs[epoch] = out
+        self._advance(epoch)
         return self._epochs[epoch]
 
+    def val_at(self, epoch: int) -> list[Batch]:
+        return self._eval_at("val", epoch)
 
-def _run(body: FrozenBody, batches: EvalBatches) -> tuple[torch.Tensor, torch.Tensor]:
-    feats, labels = [], []
-    for x, y in batches:
-        feats.append(body(x))
-        labels.append(y)
-    return torch.cat(feats), torch.cat(labels)
+    def test_at(self, epoch: int) -> list[Batch]:
+        return self._eval_at("test", epoch)
+
+    def _eval_at(self, split: str, epoch: int) -> list[Batch]:
+        if self.stateful:  # the running statistics after `epoch` epochs
+            self._advance(epoch)
+            return self._evals_at[epoch][split]
+        if split not in self._eval:
+            self._eval[split] = self._run(split)
+        return self._eval[split]
+
+    def _advance(self, epoch: int) -> None:
+        """Compute epochs in order up to `epoch` (a stateful body's output depends on all before)."""
+        done = max(self._epochs, default=0)
+        for e in range(done + 1, epoch + 1):
+            out = []
+            for x, target in self.plan.inputs(e):
+                out.append((self.body(x, training=True), target))
+                self.body_images += len(target)
+            self._epochs[e] = out
+            if self.stateful:
+                self._evals_at[e] = {s: self._run(s) for s in ("val", "test")}
+
+    def _run(self, split: str) -> list[Batch]:
+        feats, labels = [], []
+        for x, y in EvalBatches(self.splits[split], self.plan.mean, self.plan.std, device=self.plan.device):
+            feats.append(self.body(x))
+            labels.append(y)
+        self.body_images += len(self.splits[split].labels)
+        return [(torch.cat(feats), torch.cat(labels))]
 
 
 class FeatureCache:
@@ -134,12 +171,9 @@ class FeatureCache:
             return self._features[share_key]
         self.misses += 1
         body = self.body(body_key)
-        evals = {}
-        for name in ("val", "test"):
-            feats, labels = _run(body, EvalBatches(splits[name], plan.mean, plan.std, device=plan.device))
-            evals[name] = [(feats, labels)]
-        shared = SharedFeatures(plan, body, evals["val"], evals["test"],
-                                body_images=len(splits["val"].labels) + len(splits["test"].labels))
+        if body_key.bn_train:  # its running statistics will drift: the group's own copy
+            body = copy.deepcopy(body)
+        shared = SharedFeatures(plan, body, splits)
         self._features[share_key] = shared
         while len(self._features) > self.max_entries:
             self._features.popitem(last=False)
