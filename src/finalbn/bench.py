@@ -81,8 +81,8 @@ def _images(batch: int, size: int, device: torch.device, channels_last: bool = T
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def _train_step(model, x, y, bf16: bool, sync_each: bool = False):
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+def _train_step(model, x, y, bf16: bool, sync_each: bool = False, fused: bool | None = True):
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=fused)
 
     def step():
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -159,6 +159,11 @@ def levers(arch: str, size: int, device: torch.device, manifest: Path | None, se
     add("no per-step .item() (UF-on training)", rate(_train_step(m, x, y, False, sync_each=True), 64, device, seconds),
         rate(_train_step(m, x, y, False), 64, device, seconds), "img/s")
 
+    head = HeadOnFeatures(create_head(m.nf, 2, seed=0)).to(device).train()
+    feats = torch.randn(64, 2 * m.nf, device=device)
+    add("fused AdamW (head on features)", rate(_train_step(head, feats, y, False, fused=None), 64, device, seconds),
+        rate(_train_step(head, feats, y, False), 64, device, seconds), "img/s")
+
     from finalbn.data import EVAL_BATCH
 
     eb = EVAL_BATCH.get(device.type, 64)
@@ -234,6 +239,9 @@ def grid_comparison(cfg: Config, splits: Path, configs: list[int], unshared_conf
                 label = "shared" if share else "unshared"
                 out[label] = {"cells": stats["ran"], "wall_s": wall, "per_cell_s": wall / max(stats["ran"], 1),
                               "uf_off_cell_s": stats["seconds"]["uf_off"] / max(stats["cells"]["uf_off"], 1)}
+                if share:  # cells whose features another cell had computed: head training + tracking
+                    warm = [c["seconds"] for c in stats["log"] if c["body_images"] == 0]
+                    out[label]["warm_cell_s"] = sum(warm) / len(warm) if warm else None
         finally:
             if prior is None:
                 os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -305,6 +313,9 @@ def run(cfg: Config, splits: Path, device: torch.device, archs: list[str], sizes
             log(f"  grid (UF off, replicate 0, {len(shared)} configs shared / {len(unshared)} unshared, "
                 f"{g['epochs']} epochs): {g['shared']['per_cell_s']:.1f} s per cell shared vs "
                 f"{g['unshared']['per_cell_s']:.1f} s unshared = {g['shared_over_unshared']:.3f} of the time")
+            if g["shared"].get("warm_cell_s"):
+                log(f"  grid: a shared cell whose features were already computed (head training + tracking, "
+                    f"the floor sharing cannot remove): {g['shared']['warm_cell_s']:.1f} s")
     if device.type == "cuda":
         result["projection"] = {}
         for row in result["throughput"]:

@@ -141,7 +141,7 @@ def run_shard(cfg: Config, splits_dir: Path, index: int = 0, count: int = 1,
     cells = share_order(shard_cells(all_cells(cfg), index, count))
     existing = tracking.cell_runs_by_key(cfg.tracking.experiment)
     stats: dict = {"ran": 0, "skipped": 0, "failed": [], "seconds": {"uf_off": 0.0, "uf_on": 0.0},
-                   "cells": {"uf_off": 0, "uf_on": 0}}
+                   "cells": {"uf_off": 0, "uf_on": 0}, "log": []}
     parents: dict[tuple, str | None] = {}  # (dataset, arch, config) -> parent run id, once created
     touched: set[tuple] = set()
     for done, cell in enumerate(cells, start=1):
@@ -172,6 +172,8 @@ def run_shard(cfg: Config, splits_dir: Path, index: int = 0, count: int = 1,
         stats["seconds"][kind] += seconds
         stats["cells"][kind] += 1
         stats["ran"] += 1
+        stats["log"].append({"cell": name, "seconds": seconds, "features": result.info["features"],
+                             "body_images": result.info["body_images"]})
         touched.add(pid)
         m = result.test_last
         log(f"[shard {index}/{count}] cell {done}/{len(cells)} {name} (config {cell.config_id}): test minority F1 "
