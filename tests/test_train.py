@@ -9,7 +9,6 @@ import pytest
 import torch
 import yaml
 from torch import nn
-from torchvision.transforms import v2
 
 from finalbn import cells
 from finalbn.cells import fit_settings, run_cell
