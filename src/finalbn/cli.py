@@ -160,7 +160,8 @@ def _cmd_train(cfg: Config, args: argparse.Namespace) -> int:
     run_id, r = track_cell(cfg, dataset, Path(args.splits), progress=sys.stderr.isatty(), replicate=args.replicate)
     fitr = r.fit
     print(f"train {dataset} {r.config_name} (config {r.config_id}) replicate {r.replicate}: "
-          f"{fitr.train_images / fitr.train_seconds:.0f} train img/s, {fitr.train_seconds:.0f} s, bn_policy {r.bn_policy}")
+          f"{fitr.train_images / fitr.train_seconds:.0f} train img/s, {fitr.train_seconds:.0f} s, bn_policy {r.bn_policy}, "
+          f"{r.info['features']} features")
     for label, m in (("last epoch", r.test_last), (f"selected epoch {fitr.selected_epoch}", r.test_sel)):
         print(f"  test, {label:17s}: minority P {m['precision_1']:.3f} R {m['recall_1']:.3f} F1 {m['f1_1']:.3f} "
               f"(prior-corrected {m['f1_1_pc']:.3f}) | AUROC {m['auroc']:.3f} AP {m['ap']:.3f} | "
