@@ -53,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results", help="where grid.csv/grid.json go (default results)")
     p.add_argument("--no-share", action="store_true",
                    help="run the frozen body inside every UF-off cell (train.share_features=false): same numbers, slower")
+    p = sub.add_parser("search", parents=[common], help="an Optuna study beyond the grid, scored on validation")
+    p.add_argument("--workers", type=int, help="processes on the study (default search.workers)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one of --workers' processes
+    p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
+    p.add_argument("--out", default="results/search.json", help="summary file (default results/search.json)")
     p = sub.add_parser("bench", parents=[common], help="measure throughput, each speed lever and the grid, shared vs not")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to measure (default auto)")
     p.add_argument("--archs", nargs="+", help="default: efficientnet_lite0 resnet18 on CPU; efficientnet_lite0 "
@@ -248,6 +253,48 @@ def _cmd_grid(cfg: Config, args: argparse.Namespace) -> int:
     return code
 
 
+def _cmd_search(cfg: Config, args: argparse.Namespace) -> int:
+    import time
+
+    from finalbn import search
+    from finalbn.cells import preflight
+
+    os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run -e search`: the study has its own runs
+    _quiet_mlflow()
+    splits = Path(args.splits)
+    if args.worker:  # spawned by --workers: the parent checked everything and made the study's run
+        search.optimize(cfg, splits, os.environ["FINALBN_STUDY_RUN"], int(os.environ.get("FINALBN_WORKER", "0")))
+        return 0
+    workers = args.workers or cfg.search.workers
+    if workers < 1:
+        raise UsageError(f"--workers must be >= 1 (got {workers})")
+    search.check(cfg)
+    preflight(cfg, cfg.datasets[0].name, splits, replicates=cfg.search.replicate + 1)
+    study, parent, stale = search.start(cfg)
+    if stale:
+        print(f"search: trials {stale} were left RUNNING by a stopped worker: marked FAIL", flush=True)
+    before = len(study.trials)
+    print(f"search {cfg.search.study}: {cfg.search.n_trials} trials on {cfg.search.objective} "
+          f"({before} in the study already), {workers} worker(s), storage {cfg.search.storage}", flush=True)
+    t0 = time.perf_counter()
+    if workers > 1:
+        base = [x for p in (args.params or ["params.yaml"]) for x in ("--params", p)]
+        base += [x for o in args.all_overrides for x in ("--set", o)] + ["--splits", args.splits]
+        code = search.run_workers(base, workers, parent)
+    else:
+        search.optimize(cfg, splits, parent)
+        code = 0
+    out = search.finish(search.open_study(cfg), cfg, parent, time.perf_counter() - t0)
+    search.write_summary(out, Path(args.out))
+    states = ", ".join(f"{n} {k}" for k, n in out["states"].items() if n)
+    print(f"search: {out['trials']} trials ({states}) -> {args.out}")
+    if "best" in out:
+        b = out["best"]
+        print(f"  best on validation: trial {b['number']} ({b['config_name']}), {cfg.search.objective} {b['value']:.4f}; "
+              f"mlflow run {b['mlflow_run_id']}")
+    return code
+
+
 def _cmd_bench(cfg: Config, args: argparse.Namespace) -> int:
     import json
 
@@ -312,6 +359,7 @@ COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
     "grid": _cmd_grid,
     "report": _cmd_report,
     "bench": _cmd_bench,
+    "search": _cmd_search,
 }
 
 

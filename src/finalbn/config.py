@@ -267,6 +267,51 @@ class TrackingConfig:
     experiment: Str
 
 
+Range = Optional[tuple[float, float]]  # [low, high]; null switches the dimension off
+Choices = Optional[tuple[Any, ...]]
+
+
+@dataclass(frozen=True, config=_STRICT)
+class SearchSpace:
+    """The Optuna search space: each dimension a [low, high] range, a list of choices, or null
+    (off: the value of params.yaml is used). Ranges marked log are sampled on a log scale."""
+
+    switches: Optional[tuple[Literal["bn", "wl", "da", "mx", "uf", "wd"], ...]] = None
+    lr: Range = None  # log
+    weight_decay: Range = None  # log
+    dropout_0: Range = None
+    dropout_1: Range = None
+    hidden: Choices = None
+    final: Optional[tuple[Literal["bn", "selu", "none"], ...]] = None
+    final_bn_momentum: Range = None  # log
+    final_bn_eps: Range = None  # log
+    final_bn_affine: Choices = None
+    final_bias: Choices = None
+    label_smoothing: Range = None
+    mixup_alpha: Range = None
+    batch_size: Choices = None
+    epochs: Optional[tuple[int, int]] = None
+    arch: Optional[tuple[Str, ...]] = None
+
+
+@dataclass(frozen=True, config=_STRICT)
+class SearchConfig:
+    """`finalbn search`: an Optuna study over `space`, scored on a validation metric."""
+
+    study: Name
+    storage: Str  # a journal file path, or an RDB URL (postgresql://...) for several machines
+    n_trials: Annotated[int, Strict(), Field(ge=1)]
+    workers: Annotated[int, Strict(), Field(ge=1)]
+    objective: Literal["val_auroc", "val_minority_f1", "val_ap", "val_auroc+ece"]
+    pruner: Literal["median", "hyperband", "none"]
+    pruner_startup_trials: Count
+    pruner_warmup_epochs: Count
+    stale_after_s: Annotated[float, Field(ge=0.0)]  # a RUNNING trial older than this is a dead worker's
+    sampler_seed: Seed
+    replicate: Count  # the split the trials train on
+    space: SearchSpace
+
+
 @dataclass(frozen=True, config=_STRICT)
 class Config:
     datasets: Annotated[tuple[DatasetConfig, ...], Field(min_length=1)]
@@ -280,6 +325,7 @@ class Config:
     ceiling: CeilingConfig
     report: ReportConfig
     tracking: TrackingConfig
+    search: SearchConfig
 
     @model_validator(mode="after")
     def _unique_names(self):

@@ -137,22 +137,36 @@ class EpochLogger:
 
 
 @contextlib.contextmanager
-def cell_run(run_name: str, tags: dict[str, str], nested: bool = False, parent_run_id: str | None = None) -> Iterator[Any]:
-    """A run that always ends: FINISHED, FAILED on an exception, KILLED on Ctrl-C / SystemExit."""
+def cell_run(run_name: str, tags: dict[str, str], nested: bool = False, parent_run_id: str | None = None,
+             killed_on: tuple[type[BaseException], ...] = (), state_tag: str | None = None) -> Iterator[Any]:
+    """A run that always ends: FINISHED, FAILED on an exception, KILLED on Ctrl-C / SystemExit or
+    on an exception of `killed_on` (a pruned search trial: stopped on purpose, not broken). With
+    `state_tag`, the tag of that name says complete / pruned / failed / killed."""
     if parent_run_id:
         tags = {**tags, "mlflow.parentRunId": parent_run_id}
     run = mlflow.start_run(run_name=run_name, tags=tags, nested=nested)
     mlflow.set_tags(tags)  # start_run drops them when it resumes `mlflow run`'s own run
+
+    def end(status: RunStatus, state: str, reason: str = "") -> None:
+        if state_tag:
+            mlflow.set_tag(state_tag, state)
+            if reason:
+                mlflow.set_tag(f"{state_tag}_reason", reason[:5000])
+        mlflow.end_run(RunStatus.to_string(status))
+
     try:
         yield run
     except (KeyboardInterrupt, SystemExit):
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        end(RunStatus.KILLED, "killed")
         raise
-    except BaseException:
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+    except killed_on as exc:
+        end(RunStatus.KILLED, "pruned", str(exc))
+        raise
+    except BaseException as exc:
+        end(RunStatus.FAILED, "failed", f"{type(exc).__name__}: {exc}")
         raise
     else:
-        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+        end(RunStatus.FINISHED, "complete")
 
 
 def cell_tags(cfg: Config, dataset: str, replicate: int = 0) -> dict[str, str]:
@@ -165,12 +179,18 @@ def cell_tags(cfg: Config, dataset: str, replicate: int = 0) -> dict[str, str]:
 
 def track_cell(cfg: Config, dataset: str, splits_dir: Path, callbacks=(), progress: bool = False,
                run_name: str | None = None, extra_tags: dict[str, str] | None = None,
-               parent_run_id: str | None = None, replicate: int = 0) -> tuple[str, CellResult]:
+               parent_run_id: str | None = None, replicate: int = 0,
+               killed_on: tuple[type[BaseException], ...] = (), state_tag: str | None = None,
+               on_start=None) -> tuple[str, CellResult]:
+    """One cell as one run (see the module docstring); `on_start(run_id)` is called once the run
+    exists (a search trial records its run id)."""
     setup(cfg)
     tags = {**cell_tags(cfg, dataset, replicate), **(extra_tags or {})}
     name = run_name or f"{dataset} {tags['config_name']} r{replicate}"
-    with cell_run(name, tags, parent_run_id=parent_run_id) as run:
+    with cell_run(name, tags, parent_run_id=parent_run_id, killed_on=killed_on, state_tag=state_tag) as run:
         run_id = run.info.run_id
+        if on_start is not None:
+            on_start(run_id)
         # `mlflow run -P a.b=v` has already logged a.b with the user's spelling; MLflow refuses
         # to change a logged param, so those keys keep theirs.
         logged = mlflow.get_run(run_id).data.params
@@ -296,6 +316,34 @@ def log_report(out_dir: Path, experiment: str) -> str:
         client.set_terminated(run_id, "FAILED")
         raise
     return run_id
+
+
+def study_parent(cfg: Config, study: str, existing: str | None = None) -> str:
+    """The parent run of a search study: `existing` when it is still there, else a new one
+    (tag finalbn.study=<name>; trials are its children)."""
+    setup(cfg)
+    client = mlflow.MlflowClient()
+    if existing:
+        try:
+            run = client.get_run(existing)
+            if run.info.lifecycle_stage == "active":
+                return existing
+        except Exception:  # deleted or from another store: start a new parent
+            pass
+    exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
+    tags = {"finalbn.study": study, "mlflow.runName": f"search {study}"}
+    run_id = client.create_run(exp.experiment_id, tags=tags).info.run_id
+    client.log_param(run_id, "search", json.dumps(to_dict(cfg.search), default=str)[:6000])
+    return run_id
+
+
+def finish_study_parent(run_id: str, metrics: dict[str, float], summary: dict) -> None:
+    client = mlflow.MlflowClient()
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, float(v), now, 0) for k, v in metrics.items()
+                                      if v is not None and v == v])
+    client.log_dict(run_id, summary, "search.json")
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
 
 
 def log_ceiling(cfg: Config, result: dict) -> str:

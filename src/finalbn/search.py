@@ -1,0 +1,358 @@
+"""The Optuna search beyond the 64-configuration grid — the only module that imports Optuna.
+
+    finalbn search                    # search.n_trials trials in this process
+    finalbn search --workers 2        # two processes on one journal file
+
+Each trial is one cell: the grid's own code (`tracking.track_cell` -> `cells.run_cell` ->
+`engine.fit`) on `search.replicate`, with the dimensions of `search.space` drawn by a seeded TPE
+sampler. The objective is a validation metric (`search.objective`), never a test metric; test
+metrics are logged with the trial's run and decide nothing.
+
+Storage: a journal file (`JournalStorage(JournalFileBackend(path))`, safe for several processes
+on one machine; SQLite is not) or an RDB URL (PostgreSQL, for several machines; heartbeats then
+fail the trials of a dead worker). A study is resumed by name; on start, a journal study's
+trials left RUNNING for longer than `search.stale_after_s` (their worker was killed) are marked
+FAIL and their MLflow runs KILLED. Each trial reports its validation value every epoch; the
+pruner (median by default) stops poor ones — a pruned trial's run ends KILLED, tagged
+`trial_state=pruned`. A trial whose loss turns NaN is FAILED with its reason and the study goes
+on. Tracking: one parent MLflow run per study, each trial a child run named `trial-<n>`
+(`parent_run_id=`, which works across processes), whose id is the trial's user attribute
+`mlflow_run_id`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from finalbn import tracking
+from finalbn.config import Config, ConfigError
+from finalbn.engine import TrainingDiverged
+
+LOG_SCALE = ("lr", "weight_decay", "final_bn_momentum", "final_bn_eps")
+OBJECTIVES = {"val_auroc": ("auroc", "maximize"), "val_minority_f1": ("f1_1", "maximize"),
+              "val_ap": ("ap", "maximize")}
+PER_EPOCH = {"val_auroc": "val_auroc", "val_minority_f1": "val_minority_f1", "val_ap": "val_ap"}
+
+
+# ---------------------------------------------------------------- the space
+
+
+def check(cfg: Config) -> None:
+    """Refuse, before any trial, what cannot be searched: one line naming the key."""
+    s = cfg.search
+    for name, value in dataclasses.asdict(s.space).items():
+        if value is None:
+            continue
+        key = f"search.space.{name}"
+        if len(value) == 0:
+            raise ConfigError(f"{key} is empty: give a [low, high] range, choices, or null to switch it off")
+        if name in ("switches", "hidden", "final", "final_bn_affine", "final_bias", "batch_size", "arch"):
+            if name == "batch_size" and any(not isinstance(v, int) or isinstance(v, bool) or v < 2 for v in value):
+                raise ConfigError(f"{key} must be integers >= 2 (got {list(value)})")
+            if name == "hidden" and any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in value):
+                raise ConfigError(f"{key} must be integers >= 1 (got {list(value)})")
+            if name in ("final_bn_affine", "final_bias") and any(not isinstance(v, bool) for v in value):
+                raise ConfigError(f"{key} must be true/false choices (got {list(value)})")
+            continue
+        low, high = value
+        if not low < high:
+            raise ConfigError(f"{key}: empty range [{low}, {high}] (need low < high)")
+        if name in LOG_SCALE and low <= 0:
+            raise ConfigError(f"{key}: a log-scale range needs low > 0 (got {low})")
+        if name in ("dropout_0", "dropout_1") and not (0 <= low and high < 1):
+            raise ConfigError(f"{key}: dropout must lie in [0, 1) (got [{low}, {high}])")
+        if name == "label_smoothing" and not (0 <= low and high <= 1):
+            raise ConfigError(f"{key}: label smoothing must lie in [0, 1] (got [{low}, {high}])")
+        if name == "epochs" and low < 1:
+            raise ConfigError(f"{key}: epochs must be >= 1 (got {low})")
+    if s.space.arch:
+        from finalbn.models import get_spec
+
+        for a in s.space.arch:
+            try:
+                get_spec(a)
+            except ValueError as exc:
+                raise ConfigError(f"search.space.arch: {exc}") from None
+    if multi_objective(cfg) and s.pruner != "none":
+        # Optuna's Trial.report raises NotImplementedError for multi-objective studies
+        raise ConfigError(f"search.pruner={s.pruner} cannot prune the two-objective study {s.objective!r}: "
+                          "set search.pruner=none or a single objective")
+
+
+def multi_objective(cfg: Config) -> bool:
+    return "+" in cfg.search.objective
+
+
+def directions(cfg: Config) -> list[str]:
+    if multi_objective(cfg):
+        return ["maximize", "minimize"]  # (validation AUROC, validation ECE)
+    return [OBJECTIVES[cfg.search.objective][1]]
+
+
+def suggest(trial: optuna.Trial, cfg: Config) -> Config:
+    """The trial's configuration: params.yaml with the space's dimensions drawn."""
+    sp = cfg.search.space
+    model, train, ab = cfg.model, cfg.train, cfg.ablation
+    if sp.switches:
+        ab = dataclasses.replace(ab, **{t: trial.suggest_categorical(t.upper(), [True, False]) for t in sp.switches})
+
+    def rng(name: str, value, log: bool = False, integer: bool = False):
+        if value is None:
+            return None
+        if integer:
+            return trial.suggest_int(name, int(value[0]), int(value[1]))
+        return trial.suggest_float(name, float(value[0]), float(value[1]), log=log)
+
+    def pick(name: str, choices):
+        return None if choices is None else trial.suggest_categorical(name, list(choices))
+
+    m: dict[str, Any] = {}
+    t: dict[str, Any] = {}
+    if (lr := rng("lr", sp.lr, log=True)) is not None:
+        t["lr"] = lr
+    if (wd := rng("weight_decay", sp.weight_decay, log=True)) is not None:
+        t["weight_decay"] = wd
+    d0, d1 = rng("dropout_0", sp.dropout_0), rng("dropout_1", sp.dropout_1)
+    if d0 is not None or d1 is not None:
+        m["dropout"] = (model.dropout[0] if d0 is None else d0, model.dropout[1] if d1 is None else d1)
+    if (h := pick("hidden", sp.hidden)) is not None:
+        m["hidden"] = h
+    if (final := pick("final", sp.final)) is not None:
+        ab = dataclasses.replace(ab, bn=final != "none")
+        if final != "none":
+            m["final_variant"] = final
+    uses_bn = ab.bn and m.get("final_variant", model.final_variant) == "bn"
+    if uses_bn:  # the final BN's own knobs mean something only when there is one
+        if (v := rng("final_bn_momentum", sp.final_bn_momentum, log=True)) is not None:
+            m["final_bn_momentum"] = v
+        if (v := rng("final_bn_eps", sp.final_bn_eps, log=True)) is not None:
+            m["final_bn_eps"] = v
+        if (v := pick("final_bn_affine", sp.final_bn_affine)) is not None:
+            m["final_bn_affine"] = v
+    if (v := pick("final_bias", sp.final_bias)) is not None:
+        m["final_bias"] = v
+    if (v := rng("label_smoothing", sp.label_smoothing)) is not None:
+        t["label_smoothing"] = v
+    if ab.mx and (v := rng("mixup_alpha", sp.mixup_alpha)) is not None:
+        t["mixup_alpha"] = v
+    if (v := pick("batch_size", sp.batch_size)) is not None:
+        t["batch_size"] = v
+    if (v := rng("epochs", sp.epochs, integer=True)) is not None:
+        t["epochs"] = v
+    if (v := pick("arch", sp.arch)) is not None:
+        m["arch"] = v
+    return dataclasses.replace(cfg, ablation=ab, model=dataclasses.replace(model, **m),
+                               train=dataclasses.replace(train, **t))
+
+
+# ---------------------------------------------------------------- storage and study
+
+
+def storage(cfg: Config):
+    """The study's storage: an RDB URL (with heartbeats) or a journal file (folders created)."""
+    where = cfg.search.storage
+    try:
+        if "://" in where:
+            import warnings
+
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(where, heartbeat_interval=60, grace_period=180,
+                              heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                                  max_retry=1))
+        path = Path(where)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    except Exception as exc:  # a bad URL, a missing driver, an unwritable folder
+        raise ConfigError(f"search.storage {where!r} cannot be opened: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
+def pruner(cfg: Config) -> optuna.pruners.BasePruner:
+    s = cfg.search
+    if s.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=s.pruner_startup_trials, n_warmup_steps=s.pruner_warmup_epochs)
+    if s.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, s.pruner_warmup_epochs), max_resource=cfg.train.epochs)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(cfg: Config, worker: int = 0) -> optuna.Study:
+    """Create the study, or resume it by name; refuse one stored with other directions. Worker
+    `i` of several seeds its sampler with sampler_seed + i (the same seed would draw the same
+    first points in every process)."""
+    st = storage(cfg)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=cfg.search.study, storage=st, load_if_exists=True,
+                                directions=directions(cfg), pruner=pruner(cfg),
+                                sampler=optuna.samplers.TPESampler(seed=cfg.search.sampler_seed + worker))
+    stored = [d.name.lower() for d in study.directions]
+    if stored != directions(cfg):
+        raise ConfigError(f"study {cfg.search.study!r} in {cfg.search.storage} optimises {stored}, "
+                          f"search.objective={cfg.search.objective} needs {directions(cfg)}: "
+                          "use another search.study or the same objective")
+    return study
+
+
+def fail_stale(study: optuna.Study, older_than_s: float, now: datetime.datetime | None = None) -> list[int]:
+    """Mark FAIL the trials left RUNNING longer than `older_than_s` (a killed worker's: a journal
+    has no heartbeat) and their MLflow runs KILLED; returns their numbers."""
+    now = now or datetime.datetime.now()
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.datetime_start is None or (now - t.datetime_start).total_seconds() < older_than_s:
+            continue
+        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "its worker stopped (RUNNING on restart)")
+        study.tell(t.number, state=TrialState.FAIL)  # Optuna's FAQ recipe for a journal's zombie trials
+        run_id = t.user_attrs.get("mlflow_run_id")
+        if run_id:
+            tracking.mark_killed(run_id)
+        failed.append(t.number)
+    return failed
+
+
+# ---------------------------------------------------------------- the objective
+
+
+class PruningCallback:
+    """engine callback: reports the epoch's validation value; raises TrialPruned when the pruner
+    says so (a single-objective study; Optuna cannot prune two objectives)."""
+
+    def __init__(self, trial: optuna.Trial, key: str) -> None:
+        self.trial, self.key = trial, key
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        value = metrics.get(self.key)
+        if value is None or value != value:  # NaN (one class in validation): nothing to compare
+            return
+        self.trial.report(float(value), epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {epoch}: {self.key} {value:.4f}")
+
+
+def objective_values(cfg: Config, val: dict[str, float]) -> float | tuple[float, float]:
+    """The trial's score from its validation metrics at the last epoch (the grid's protocol)."""
+    if multi_objective(cfg):
+        return float(val["auroc"]), float(val["ece"])
+    return float(val[OBJECTIVES[cfg.search.objective][0]])
+
+
+def make_objective(cfg: Config, splits: Path, parent_run_id: str) -> Callable[[optuna.Trial], Any]:
+    dataset = cfg.datasets[0].name
+
+    def objective(trial: optuna.Trial):
+        tcfg = suggest(trial, cfg)
+        callbacks = [] if multi_objective(cfg) else [PruningCallback(trial, PER_EPOCH[cfg.search.objective])]
+        try:
+            _, result = tracking.track_cell(
+                tcfg, dataset, splits, callbacks=callbacks, run_name=f"trial-{trial.number}",
+                parent_run_id=parent_run_id, replicate=cfg.search.replicate, killed_on=(optuna.TrialPruned,),
+                state_tag="trial_state", on_start=lambda rid: trial.set_user_attr("mlflow_run_id", rid),
+                extra_tags={"finalbn.trial": "true", "study": cfg.search.study, "trial": str(trial.number)})
+        except TrainingDiverged as exc:
+            trial.set_user_attr("fail_reason", str(exc))
+            raise
+        trial.set_user_attr("test_minority_f1", result.test_last["f1_1"])  # reported, never optimised
+        trial.set_user_attr("config_name", result.config_name)
+        return objective_values(cfg, result.val_last)
+
+    return objective
+
+
+# ---------------------------------------------------------------- running it
+
+
+def optimize(cfg: Config, splits: Path, parent_run_id: str, worker: int = 0) -> None:
+    """This process's share of the study: trials until the study holds n_trials finished ones."""
+    study = open_study(cfg, worker)
+    cap = optuna.study.MaxTrialsCallback(cfg.search.n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    if _finished(study) >= cfg.search.n_trials:
+        return
+    # the cap counts finished (complete or pruned) trials over all workers; failed ones are
+    # replaced, up to as many again per process, so a study that always fails still ends
+    study.optimize(make_objective(cfg, splits, parent_run_id), n_trials=2 * cfg.search.n_trials, n_jobs=1,
+                   callbacks=[cap], catch=(TrainingDiverged,), gc_after_trial=False)
+
+
+def _finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def start(cfg: Config) -> tuple[optuna.Study, str, list[int]]:
+    """Check the space, open or resume the study, fail a dead worker's trials, and find or create
+    the study's parent MLflow run."""
+    check(cfg)
+    study = open_study(cfg)
+    stale = fail_stale(study, cfg.search.stale_after_s)
+    parent = tracking.study_parent(cfg, cfg.search.study, study.user_attrs.get("mlflow_run_id"))
+    study.set_user_attr("mlflow_run_id", parent)
+    return study, parent, stale
+
+
+def run_workers(argv_base: Sequence[str], workers: int, parent_run_id: str) -> int:
+    """`workers` processes of `finalbn search --worker`, each study.optimize(n_jobs=1)."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    procs = [subprocess.Popen([sys.executable, "-m", "finalbn", "search", *argv_base, "--worker",
+                               "--set", f"train.threads={threads}"],
+                              env={**os.environ, "FINALBN_STUDY_RUN": parent_run_id, "FINALBN_WORKER": str(i)})
+             for i in range(workers)]
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:
+            p.send_signal(signal.SIGINT)
+        for p in procs:
+            p.wait()
+        raise
+    return max(codes)
+
+
+def summary(cfg: Config, study: optuna.Study, seconds: float | None = None) -> dict:
+    """results/search.json: counts by state, the best trial (on validation) and its params."""
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name.lower(): sum(1 for t in trials if t.state == s) for s in TrialState}
+    out: dict[str, Any] = {"study": cfg.search.study, "storage": cfg.search.storage, "objective": cfg.search.objective,
+                           "directions": directions(cfg), "trials": len(trials), "states": counts,
+                           "mlflow_run_id": study.user_attrs.get("mlflow_run_id")}
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    if seconds:
+        out["trials_per_hour"] = len([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) \
+            / seconds * 3600
+    if done and not multi_objective(cfg):
+        best = study.best_trial
+        out["best"] = {"number": best.number, "value": best.value, "params": best.params,
+                       "mlflow_run_id": best.user_attrs.get("mlflow_run_id"),
+                       "config_name": best.user_attrs.get("config_name"),
+                       "test_minority_f1": best.user_attrs.get("test_minority_f1")}
+    elif done:
+        out["pareto"] = [{"number": t.number, "values": t.values, "params": t.params,
+                          "mlflow_run_id": t.user_attrs.get("mlflow_run_id")} for t in study.best_trials]
+    return out
+
+
+def write_summary(out: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(out, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def finish(study: optuna.Study, cfg: Config, parent_run_id: str, seconds: float) -> dict:
+    out = summary(cfg, study, seconds)
+    best = out.get("best") or {}
+    tracking.finish_study_parent(parent_run_id, {"trials": out["trials"], "best_value": best.get("value"),
+                                                 "trials_per_hour": out.get("trials_per_hour")}, out)
+    return out
+

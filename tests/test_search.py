@@ -1,0 +1,218 @@
+"""The Optuna search: a study on tiny data, resume after a kill, pruning, workers, child runs."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from finalbn import search, tracking
+from finalbn.cli import main
+
+from conftest import ROOT
+
+SPLITS = Path("data/splits")
+SMALL_SPACE = ["search.space.switches=[bn, wl, wd]", "search.space.hidden=[16, 32]", "search.space.final=null",
+               "search.space.final_bn_affine=null", "search.space.final_bias=null", "search.space.batch_size=null",
+               "search.space.mixup_alpha=null", "search.space.final_bn_momentum=null",
+               "search.space.label_smoothing=null", "search.space.dropout_0=null", "search.space.dropout_1=null"]
+
+
+def _args(overrides, *extra):
+    return ["search", "--params", str(ROOT / "params.yaml"), *[x for o in overrides for x in ("--set", o)], *extra]
+
+
+def _study(load, extra=()):
+    return search.open_study(load(list(extra)))
+
+
+@pytest.fixture
+def searching(prepared, tmp_path):
+    load, overrides = prepared
+    extra = SMALL_SPACE + [f"search.storage={tmp_path / 'search' / 'journal.log'}", "search.n_trials=3",
+                           "search.pruner=none", "train.epochs=2"]
+    return (lambda more=(): load(extra + list(more))), overrides + extra
+
+
+def test_three_trials_complete_as_child_runs(searching, tmp_path, capsys):
+    load, overrides = searching
+    assert main(_args(overrides, "--out", str(tmp_path / "search.json"))) == 0
+    out = json.loads((tmp_path / "search.json").read_text())
+    assert out["trials"] == 3 and out["states"]["complete"] == 3 and "best" in out
+    study = search.open_study(load())
+    parent = study.user_attrs["mlflow_run_id"]
+    runs = mlflow.search_runs(experiment_names=["finalbn"], output_format="list",
+                              filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    assert sorted(r.info.run_name for r in runs) == ["trial-0", "trial-1", "trial-2"]
+    assert {r.data.tags["trial_state"] for r in runs} == {"complete"} and {r.info.status for r in runs} == {"FINISHED"}
+    by_run = {t.user_attrs["mlflow_run_id"]: t for t in study.trials}
+    for r in runs:  # each trial knows its run, and its run has the per-epoch values
+        assert r.info.run_id in by_run and "val_auroc" in r.data.metrics
+    assert mlflow.get_run(parent).info.status == "FINISHED"
+    assert out["best"]["value"] == max(t.value for t in study.trials)
+    # resumed by name: a second call with the cap reached runs nothing more
+    assert main(_args(overrides, "--out", str(tmp_path / "search.json"))) == 0
+    assert len(search.open_study(load()).trials) == 3
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["search.space.depth=[1, 2]"], "unknown key 'search.space.depth'"),
+    (["search.space.lr=[0.01, 0.001]"], "search.space.lr: empty range"),
+    (["search.space.hidden=[]"], "search.space.hidden is empty"),
+    (["search.objective=val_auroc+ece", "search.pruner=median"], "cannot prune the two-objective study"),
+    (["search.storage=postgresql://nobody@127.0.0.1:1/none"], "search.storage"),
+])
+def test_bad_search_input_is_one_line_before_any_trial(searching, capsys, bad, message):
+    _, overrides = searching
+    assert main(_args(overrides + bad)) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not mlflow.search_runs(experiment_names=["finalbn"], output_format="list",
+                                  filter_string="tags.`finalbn.trial` = 'true'")
+
+
+def test_a_poor_trial_is_pruned_and_its_run_ends_killed(searching, tmp_path):
+    load, _ = searching
+    cfg = load(["search.pruner=median", "search.pruner_startup_trials=1", "search.pruner_warmup_epochs=0"])
+    study = search.open_study(cfg)
+    good = study.ask()
+    for epoch in (1, 2):
+        good.report(0.9, epoch)
+    study.tell(good, 0.9)
+    poor = study.ask()
+    cb = search.PruningCallback(poor, "val_auroc")
+    with pytest.raises(optuna.TrialPruned, match="pruned at epoch 1"):
+        cb.on_epoch_end(1, {"val_auroc": 0.2})
+    # through tracking, as the objective does it: the run ends KILLED, tagged pruned
+    tracking.setup(cfg)
+
+    def prune(*a, **k):
+        raise optuna.TrialPruned("pruned at epoch 1: val_auroc 0.2000")
+
+    with pytest.raises(optuna.TrialPruned):
+        with tracking.cell_run("trial-x", {"finalbn.trial": "true"}, killed_on=(optuna.TrialPruned,),
+                               state_tag="trial_state"):
+            prune()
+    run = mlflow.search_runs(experiment_names=["finalbn"], output_format="list",
+                             filter_string="tags.`finalbn.trial` = 'true'")[0]
+    assert run.info.status == "KILLED" and run.data.tags["trial_state"] == "pruned"
+    assert "epoch 1" in run.data.tags["trial_state_reason"]
+
+
+def test_pruning_in_a_real_study(searching, tmp_path):
+    """With a pruner that prunes below a floor no trial reaches, every trial after the first is
+    pruned by the objective's own per-epoch reports."""
+    load, _ = searching
+    cfg = load(["search.pruner=median", "search.n_trials=2"])
+    study = search.open_study(cfg)
+    study.pruner = optuna.pruners.ThresholdPruner(lower=1.1)  # any AUROC is below it
+    parent = tracking.study_parent(cfg, cfg.search.study)
+    study.optimize(search.make_objective(cfg, SPLITS, parent), n_trials=2)
+    assert {t.state for t in study.trials} == {TrialState.PRUNED}
+    runs = mlflow.search_runs(experiment_names=["finalbn"], output_format="list",
+                              filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    assert {r.info.status for r in runs} == {"KILLED"} and {r.data.tags["trial_state"] for r in runs} == {"pruned"}
+
+
+def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(searching, monkeypatch):
+    load, _ = searching
+    from finalbn.engine import TrainingDiverged
+
+    real = tracking.run_cell
+    calls = []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise TrainingDiverged("loss is nan at epoch 1, step 2")
+        return real(*a, **k)
+
+    monkeypatch.setattr("finalbn.tracking.run_cell", flaky)
+    cfg = load(["search.n_trials=2"])
+    study, parent, _ = search.start(cfg)
+    search.optimize(cfg, SPLITS, parent)
+    states = [t.state for t in study.trials]
+    assert states[0] == TrialState.FAIL and study.trials[0].user_attrs["fail_reason"].startswith("loss is nan")
+    assert states.count(TrialState.COMPLETE) == 2
+
+
+def test_test_labels_do_not_reach_the_objective(searching, tmp_path):
+    load, _ = searching
+    a = load(["search.study=clean", "search.n_trials=2"])
+    study, parent, _ = search.start(a)
+    search.optimize(a, SPLITS, parent)
+    clean = [(t.params, t.value) for t in study.trials]
+    for manifest in SPLITS.glob("*/*/manifest.csv"):  # poison every test label
+        rows = list(csv.DictReader(manifest.open()))
+        for r in rows:
+            if r["split"] == "test":
+                r["label"] = str(1 - int(r["label"]))
+        with manifest.open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    b = load(["search.study=poisoned", "search.n_trials=2"])
+    study, parent, _ = search.start(b)
+    search.optimize(b, SPLITS, parent)
+    poisoned = [(t.params, t.value) for t in study.trials]
+    assert [p for p, _ in poisoned] == [p for p, _ in clean]
+    assert [v for _, v in poisoned] == pytest.approx([v for _, v in clean], abs=1e-9)
+    assert search.summary(a, search.open_study(a))["best"]["number"] == \
+        search.summary(b, search.open_study(b))["best"]["number"]
+
+
+@pytest.mark.slow
+def test_killed_study_keeps_its_trials_fails_the_killed_one_and_finishes(searching, tmp_path):
+    load, overrides = searching
+    over = overrides + ["train.epochs=6", "search.stale_after_s=0"]
+    env = {**os.environ}
+    proc = subprocess.Popen([sys.executable, "-m", "finalbn", *_args(over)[0:1], *_args(over)[1:]],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cfg = load(["train.epochs=6"])
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:  # wait until trial 0 is done and trial 1 is running
+            time.sleep(0.5)
+            try:
+                trials = search.open_study(cfg).trials
+            except Exception:
+                continue
+            if any(t.state == TrialState.COMPLETE for t in trials) and \
+                    any(t.state == TrialState.RUNNING and t.number >= 1 for t in trials):
+                break
+        else:
+            pytest.fail("the study never reached its second trial")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed = [t.number for t in search.open_study(cfg).trials if t.state == TrialState.RUNNING]
+    assert killed
+    assert main(_args(over)) == 0  # restart: the stale trial is failed, the rest are run
+    trials = search.open_study(cfg).trials
+    assert {t.number for t in trials if t.state == TrialState.FAIL} == set(killed)
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    run = mlflow.get_run(trials[killed[0]].user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED"
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_journal(searching, tmp_path):
+    load, overrides = searching
+    assert main(_args(overrides + ["search.n_trials=4"], "--workers", "2", "--out", str(tmp_path / "s.json"))) == 0
+    trials = search.open_study(load(["search.n_trials=4"])).trials
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers)) >= 4
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) > 1  # the workers' samplers differ
