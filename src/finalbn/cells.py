@@ -100,13 +100,24 @@ def class_weights(labels: np.ndarray) -> tuple[float, ...]:
     return tuple(float(w) for w in compute_class_weight("balanced", classes=classes, y=labels))
 
 
+def class_balanced_weights(labels: np.ndarray, beta: float) -> tuple[float, ...]:
+    """Cui et al. (2019): weights (1 - beta) / (1 - beta^n_c) from each class's effective number
+    of samples, scaled to sum to the number of classes."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64))
+    w = (1.0 - beta) / (1.0 - np.power(beta, counts.astype(np.float64)))
+    return tuple(float(x) for x in w * len(w) / w.sum())
+
+
 def fit_settings(cfg: Config, train_labels: np.ndarray, device: str = "cpu", progress: bool = False,
                  seed: int | None = None) -> FitSettings:
     """What the head-side toggles mean for the loop: WL -> class weights, WD -> decay. (DA and MX
     change the inputs: `train_plan`.)"""
     tc, ab = cfg.train, cfg.ablation
+    weights = class_weights(train_labels) if ab.wl else None
+    if tc.loss == "class_balanced":  # its own weights replace WL's
+        weights = class_balanced_weights(train_labels, tc.cb_beta)
     return FitSettings(epochs=tc.epochs, lr=tc.lr, weight_decay=tc.weight_decay if ab.wd else 0.0,
-                       class_weights=class_weights(train_labels) if ab.wl else None,
+                       class_weights=weights, loss=tc.loss, focal_gamma=tc.focal_gamma,
                        label_smoothing=tc.label_smoothing, device=device, progress=progress,
                        body_lr_ratio=tc.body_lr_ratio, wd_on_bn=tc.wd_on_bn, train_counts=train_counts(train_labels),
                        seed=seed)
@@ -213,6 +224,14 @@ def run_cell(cfg: Config, dataset: str | DatasetConfig, splits_dir: Path, callba
     last_state = {k: v.clone() for k, v in model.state_dict().items() if k in result.selected_state}
     model.load_state_dict(result.selected_state, strict=False)
     _, probs_sel = predict(model, test_of(sel), device)
+    temperature = None
+    if tc.calibration == "temperature":  # fitted on validation at each evaluated epoch; argmax unchanged
+        _, val_sel = predict(model, val_of(sel), device)
+        t_sel = metrics.fit_temperature(val_labels, val_sel)
+        probs_sel = metrics.apply_temperature(probs_sel, t_sel)
+        temperature = metrics.fit_temperature(val_labels, val_last)
+        probs_last = metrics.apply_temperature(probs_last, temperature)
+        val_last = metrics.apply_temperature(val_last, temperature)
     model.load_state_dict(last_state, strict=False)  # the returned model is the last epoch's, as trained
     if shared is not None:  # the whole network, for logging or export: the shared body + this head
         policy = "frozen-train (fastai)" if body_key.bn_train else "frozen-eval"
@@ -234,7 +253,7 @@ def run_cell(cfg: Config, dataset: str | DatasetConfig, splits_dir: Path, callba
         class_weights=settings.class_weights, bn_policy=model.bn_policy, device=str(device),
         info={"model": model, "train_size": len(train_labels), "train_counts": counts, "probs_sel": probs_sel,
               "probs_last": probs_last, "labels": labels, "seed": seed,
-              "features": "shared" if shared is not None else "unshared",
+              "features": "shared" if shared is not None else "unshared", "temperature": temperature,
               # images this cell passed through the body itself (0 when another cell already had)
               "body_images": (shared.body_images - images_before) if shared is not None else None},
     )

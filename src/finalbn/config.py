@@ -195,6 +195,10 @@ class TrainConfig:
     threads: Count  # torch intra-op threads; 0 = torch's default
     log_model: Bool
     share_features: Bool  # UF-off cells train heads on shared frozen-body features (same numbers)
+    loss: Literal["ce", "focal", "logit_adjusted", "class_balanced"]  # the imbalance baselines
+    focal_gamma: Annotated[float, Field(ge=0.0, le=10.0)]
+    cb_beta: Annotated[float, Field(ge=0.0, lt=1.0)]  # class_balanced: Cui et al.'s effective-number beta
+    calibration: Literal["none", "temperature"]  # post-hoc temperature scaling fitted on validation
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -292,6 +296,8 @@ class SearchSpace:
     batch_size: Choices = None
     epochs: Optional[tuple[int, int]] = None
     arch: Optional[tuple[Str, ...]] = None
+    loss: Optional[tuple[Literal["ce", "focal", "logit_adjusted", "class_balanced"], ...]] = None
+    calibration: Optional[tuple[Literal["none", "temperature"], ...]] = None
 
 
 @dataclass(frozen=True, config=_STRICT)

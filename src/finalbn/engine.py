@@ -63,6 +63,8 @@ class FitSettings:
     body_lr_ratio: float = 1.0  # LR of parameters under `body.` / head LR (fastai's slice(lr): 0.1)
     wd_on_bn: bool = False  # decay BN weights and biases too (fastai's bn_wd=True)
     train_counts: tuple[int, ...] | None = None  # (n_majority, n_minority): prior-corrected val F1
+    loss: str = "ce"  # ce | focal | logit_adjusted (class weights: WL's or class_balanced's, set by the caller)
+    focal_gamma: float = 2.0
     seed: int | None = None  # dropout's own stream per epoch (None: the global generator as it is)
     channels_last: bool = True  # image inputs and the network in channels_last
     bf16: bool | None = None  # autocast to bf16; None = on CUDA only (measured slower on CPU)
@@ -145,6 +147,12 @@ def fit(model: nn.Module, train: TrainSource, val: TrainSource, settings: FitSet
                                                 total_steps=total_steps, pct_start=pct)
     weight = torch.tensor(settings.class_weights, dtype=torch.float32, device=device) if settings.class_weights else None
     num_classes = _num_classes(model)
+    log_prior = None
+    if settings.loss == "logit_adjusted":
+        if not settings.train_counts:
+            raise ValueError("loss=logit_adjusted needs the training counts (settings.train_counts)")
+        counts = torch.tensor(settings.train_counts, dtype=torch.float32, device=device)
+        log_prior = torch.log(counts / counts.sum())
     keys = getattr(model, "mutable_state_keys", None)
     keep = set(keys()) if callable(keys) else None
 
@@ -167,7 +175,7 @@ def fit(model: nn.Module, train: TrainSource, val: TrainSource, settings: FitSet
             target = target.to(device, non_blocking=True)
             with _autocast(device, settings.bf16):
                 logits = model(x)
-            loss = F.cross_entropy(logits.float(), target, weight=weight, label_smoothing=settings.label_smoothing)
+            loss = loss_value(logits.float(), target, settings, weight, log_prior)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -198,6 +206,35 @@ def fit(model: nn.Module, train: TrainSource, val: TrainSource, settings: FitSet
         for cb in callbacks:
             cb.on_epoch_end(epoch, dict(row))
     return FitResult(history, best_epoch, best_state, time.perf_counter() - t0, seen)
+
+
+LOSSES = ("ce", "focal", "logit_adjusted", "class_balanced")
+
+
+def loss_value(logits: torch.Tensor, target: torch.Tensor, settings: FitSettings, weight: torch.Tensor | None,
+               log_prior: torch.Tensor | None = None) -> torch.Tensor:
+    """The training loss: cross-entropy (class-weighted when `weight`; class_balanced is CE with
+    Cui et al.'s weights, passed in as `weight`), softmax focal loss (Lin et al. 2017:
+    -sum_c t_c (1 - p_c)^gamma log p_c, alpha = `weight`), or logit-adjusted cross-entropy (Menon
+    et al. 2021: CE on logits + log prior; prediction uses the plain logits). `target`: labels or
+    soft labels (MixUp); label smoothing applies to every form."""
+    if settings.loss == "logit_adjusted":
+        logits = logits + log_prior
+    if settings.loss != "focal":
+        return F.cross_entropy(logits, target, weight=weight, label_smoothing=settings.label_smoothing)
+    n = logits.shape[1]
+    hard = target.dim() == 1
+    soft = F.one_hot(target, n).to(logits.dtype) if hard else target
+    if settings.label_smoothing:
+        soft = soft * (1 - settings.label_smoothing) + settings.label_smoothing / n
+    logp = F.log_softmax(logits, dim=1)
+    per_class = -soft * (1 - logp.exp()).pow(settings.focal_gamma) * logp
+    if weight is None:
+        return per_class.sum(1).mean()
+    per_class = per_class * weight
+    # cross_entropy's conventions, so that gamma = 0 is exactly it: labels -> a mean weighted by
+    # each sample's class weight; soft labels -> a plain mean over the batch
+    return per_class.sum() / weight[target].sum() if hard else per_class.sum(1).mean()
 
 
 def _count_batches(batches_of: Callable[[int], Batches]) -> int:

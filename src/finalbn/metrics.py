@@ -306,3 +306,30 @@ def classification_report(y_true, probs, labels: Sequence[int] = (0, 1),
             report["balanced_accuracy_pc"] = (float(balanced_accuracy_score(y, pc)) if len(np.unique(y)) > 1
                                               else float("nan"))
     return report
+
+
+def fit_temperature(y_true, probs, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+    """Post-hoc temperature scaling (Guo et al. 2017): the T > 0 that minimises the NLL of
+    softmax(log p / T) on held-out (validation) labels. Argmax, hence F1, is unchanged by T."""
+    from scipy.optimize import minimize_scalar
+
+    y, p = _pair_probs(y_true, probs)
+    logp = np.log(np.clip(p, 1e-12, 1.0))
+
+    def nll(log_t: float) -> float:
+        z = logp / np.exp(log_t)
+        z = z - z.max(1, keepdims=True)
+        lse = np.log(np.exp(z).sum(1))
+        return float(np.mean(lse - z[np.arange(len(y)), y]))
+
+    res = minimize_scalar(nll, bounds=(np.log(bounds[0]), np.log(bounds[1])), method="bounded")
+    return float(np.exp(res.x))
+
+
+def apply_temperature(probs, temperature: float) -> np.ndarray:
+    """softmax(log p / T): the same ranking and argmax, softer (T > 1) or sharper probabilities."""
+    p = _as_probs(probs)
+    z = np.log(np.clip(p, 1e-12, 1.0)) / float(temperature)
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)

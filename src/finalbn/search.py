@@ -59,7 +59,8 @@ def check(cfg: Config) -> None:
         key = f"search.space.{name}"
         if len(value) == 0:
             raise ConfigError(f"{key} is empty: give a [low, high] range, choices, or null to switch it off")
-        if name in ("switches", "hidden", "final", "final_bn_affine", "final_bias", "batch_size", "arch"):
+        if name in ("switches", "hidden", "final", "final_bn_affine", "final_bias", "batch_size", "arch", "loss",
+                    "calibration"):
             if name == "batch_size" and any(not isinstance(v, int) or isinstance(v, bool) or v < 2 for v in value):
                 raise ConfigError(f"{key} must be integers >= 2 (got {list(value)})")
             if name == "hidden" and any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in value):
@@ -154,6 +155,10 @@ def suggest(trial: optuna.Trial, cfg: Config) -> Config:
         t["epochs"] = v
     if (v := pick("arch", sp.arch)) is not None:
         m["arch"] = v
+    if (v := pick("loss", sp.loss)) is not None:
+        t["loss"] = v
+    if (v := pick("calibration", sp.calibration)) is not None:
+        t["calibration"] = v
     return dataclasses.replace(cfg, ablation=ab, model=dataclasses.replace(model, **m),
                                train=dataclasses.replace(train, **t))
 

@@ -213,6 +213,8 @@ def log_result(cfg: Config, r: CellResult) -> None:
     mlflow.log_metrics(finite({f"val_last_{k}": v for k, v in r.val_last.items()}))
     sel = r.fit.history[r.fit.selected_epoch - 1]
     mlflow.log_metrics(finite({f"val_sel_{k[4:]}": v for k, v in sel.items() if k.startswith("val_")}))
+    if r.info.get("temperature") is not None:
+        mlflow.log_metric("temperature", r.info["temperature"])
     mlflow.log_metrics({"selected_epoch": r.fit.selected_epoch, "train_seconds": r.fit.train_seconds,
                         "train_images_per_second": r.fit.train_images / max(r.fit.train_seconds, 1e-9)})
     if r.class_weights:
