@@ -3,6 +3,7 @@ and every stage's code deps are the modules it imports."""
 from __future__ import annotations
 
 import ast
+import json
 import os
 import shutil
 import subprocess
@@ -15,7 +16,8 @@ import yaml
 from conftest import ROOT
 
 SRC = ROOT / "src" / "finalbn"
-ENTRY = {"synthesize": "synthetic", "prepare": "splits", "ceiling": "ceiling", "grid": "grid", "report": "report"}
+ENTRY = {"synthesize": "synthetic", "prepare": "splits", "ceiling": "ceiling", "grid": "grid", "search": "search",
+         "report": "report"}
 
 
 def _module_file(name: str) -> Path:
@@ -81,6 +83,7 @@ def repo(tmp_path):
     params["train"].update(epochs=1, batch_size=4, threads=1)
     params["grid"].update(configs=[31, 63, 47], workers=1, headline={"configs": [31, 63], "replicates": 2})
     params["report"]["bootstrap"] = 200
+    params["search"].update(n_trials=2, pruner="none")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cmd in (["git", "init", "-q"], [str(Path(sys.executable).parent / "dvc"), "init", "-q"]):
         subprocess.run(cmd, cwd=tmp_path, check=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
@@ -91,8 +94,9 @@ def repo(tmp_path):
 def test_whole_pipeline_then_nothing_then_only_what_changed(repo, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # MLflow's default store in the repo
     first = _repro(repo)
-    for stage in ("synthesize", "prepare@0", "ceiling@0", "grid", "report"):
+    for stage in ("synthesize", "prepare@0", "ceiling@0", "grid", "search", "report"):
         assert f"Running stage '{stage}'" in first
+    assert json.loads((repo / "results" / "search.json").read_text())["states"]["complete"] == 2
     assert "grid: 5/5 cells finished" in first and "report: 5 cells" in first  # 47 once, 31 and 63 twice
     assert (repo / "mlflow.db").is_file() and (repo / "report" / "report.md").is_file()
     assert "## Can the features see the cue?" in (repo / "report" / "report.md").read_text()
@@ -102,6 +106,7 @@ def test_whole_pipeline_then_nothing_then_only_what_changed(repo, monkeypatch):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = _repro(repo)
     assert "Running stage 'report'" in third and "Running stage 'grid'" not in third
+    assert "Running stage 'search'" not in third
 
 
 @pytest.mark.slow

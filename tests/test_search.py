@@ -59,6 +59,8 @@ def test_three_trials_complete_as_child_runs(searching, tmp_path, capsys):
         assert r.info.run_id in by_run and "val_auroc" in r.data.metrics
     assert mlflow.get_run(parent).info.status == "FINISHED"
     assert out["best"]["value"] == max(t.value for t in study.trials)
+    assert out["plots"] and all(Path(p).is_file() for p in out["plots"])  # Optuna's plots, also on the parent run
+    assert {a.path for a in mlflow.MlflowClient().list_artifacts(parent, "plots")}
     # resumed by name: a second call with the cap reached runs nothing more
     assert main(_args(overrides, "--out", str(tmp_path / "search.json"))) == 0
     assert len(search.open_study(load()).trials) == 3

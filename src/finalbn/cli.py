@@ -284,7 +284,7 @@ def _cmd_search(cfg: Config, args: argparse.Namespace) -> int:
     else:
         search.optimize(cfg, splits, parent)
         code = 0
-    out = search.finish(search.open_study(cfg), cfg, parent, time.perf_counter() - t0)
+    out = search.finish(search.open_study(cfg), cfg, parent, time.perf_counter() - t0, plot_dir=Path(args.out).parent)
     search.write_summary(out, Path(args.out))
     states = ", ".join(f"{n} {k}" for k, n in out["states"].items() if n)
     print(f"search: {out['trials']} trials ({states}) -> {args.out}")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import signal
@@ -38,7 +39,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from finalbn import tracking
-from finalbn.config import Config, ConfigError
+from finalbn.config import Config, ConfigError, to_dict
 from finalbn.engine import TrainingDiverged
 
 LOG_SCALE = ("lr", "weight_decay", "final_bn_momentum", "final_bn_eps")
@@ -194,18 +195,35 @@ def pruner(cfg: Config) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
+# search.* keys that do not change what the study is: how long it runs and where
+_NOT_STUDY = {"n_trials", "workers", "stale_after_s", "storage", "study"}
+
+
+def study_name(cfg: Config) -> str:
+    """`search.study` plus a digest of everything that defines the study (space, objective,
+    pruner, seed, replicate, the datasets and every model/train/ablation value the space leaves
+    fixed): the same params resume it, a changed space starts a new study in the same storage
+    (Optuna refuses a parameter whose distribution changed)."""
+    payload = {k: v for k, v in to_dict(cfg.search).items() if k not in _NOT_STUDY}
+    payload.update({k: to_dict(getattr(cfg, k)) for k in ("datasets", "model", "train", "ablation", "split")})
+    for k in ("threads", "device", "num_workers", "log_model", "share_features"):
+        payload["train"].pop(k, None)
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{cfg.search.study}-{digest}"
+
+
 def open_study(cfg: Config, worker: int = 0) -> optuna.Study:
     """Create the study, or resume it by name; refuse one stored with other directions. Worker
     `i` of several seeds its sampler with sampler_seed + i (the same seed would draw the same
     first points in every process)."""
     st = storage(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=cfg.search.study, storage=st, load_if_exists=True,
+    study = optuna.create_study(study_name=study_name(cfg), storage=st, load_if_exists=True,
                                 directions=directions(cfg), pruner=pruner(cfg),
                                 sampler=optuna.samplers.TPESampler(seed=cfg.search.sampler_seed + worker))
     stored = [d.name.lower() for d in study.directions]
     if stored != directions(cfg):
-        raise ConfigError(f"study {cfg.search.study!r} in {cfg.search.storage} optimises {stored}, "
+        raise ConfigError(f"study {study_name(cfg)!r} in {cfg.search.storage} optimises {stored}, "
                           f"search.objective={cfg.search.objective} needs {directions(cfg)}: "
                           "use another search.study or the same objective")
     return study
@@ -265,7 +283,7 @@ def make_objective(cfg: Config, splits: Path, parent_run_id: str) -> Callable[[o
                 tcfg, dataset, splits, callbacks=callbacks, run_name=f"trial-{trial.number}",
                 parent_run_id=parent_run_id, replicate=cfg.search.replicate, killed_on=(optuna.TrialPruned,),
                 state_tag="trial_state", on_start=lambda rid: trial.set_user_attr("mlflow_run_id", rid),
-                extra_tags={"finalbn.trial": "true", "study": cfg.search.study, "trial": str(trial.number)})
+                extra_tags={"finalbn.trial": "true", "study": study_name(cfg), "trial": str(trial.number)})
         except TrainingDiverged as exc:
             trial.set_user_attr("fail_reason", str(exc))
             raise
@@ -301,7 +319,7 @@ def start(cfg: Config) -> tuple[optuna.Study, str, list[int]]:
     check(cfg)
     study = open_study(cfg)
     stale = fail_stale(study, cfg.search.stale_after_s)
-    parent = tracking.study_parent(cfg, cfg.search.study, study.user_attrs.get("mlflow_run_id"))
+    parent = tracking.study_parent(cfg, study.study_name, study.user_attrs.get("mlflow_run_id"))
     study.set_user_attr("mlflow_run_id", parent)
     return study, parent, stale
 
@@ -328,7 +346,7 @@ def summary(cfg: Config, study: optuna.Study, seconds: float | None = None) -> d
     """results/search.json: counts by state, the best trial (on validation) and its params."""
     trials = study.get_trials(deepcopy=False)
     counts = {s.name.lower(): sum(1 for t in trials if t.state == s) for s in TrialState}
-    out: dict[str, Any] = {"study": cfg.search.study, "storage": cfg.search.storage, "objective": cfg.search.objective,
+    out: dict[str, Any] = {"study": study.study_name, "storage": cfg.search.storage, "objective": cfg.search.objective,
                            "directions": directions(cfg), "trials": len(trials), "states": counts,
                            "mlflow_run_id": study.user_attrs.get("mlflow_run_id")}
     done = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -354,10 +372,47 @@ def write_summary(out: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def finish(study: optuna.Study, cfg: Config, parent_run_id: str, seconds: float) -> dict:
+def plots(study: optuna.Study, cfg: Config, out_dir: Path) -> list[Path]:
+    """Optuna's matplotlib plots of the study (history, parameter importances, parallel
+    coordinates) as PNG files; a plot the study cannot make yet (too few trials) is skipped."""
+    import warnings
+
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = None
+    name = cfg.search.objective
+    if multi_objective(cfg):  # one plot per objective
+        target, name = (lambda t: t.values[0]), "validation AUROC"
+    made = []
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    kinds = {"history": ovm.plot_optimization_history, "importances": ovm.plot_param_importances,
+             "parallel": ovm.plot_parallel_coordinate}
+    for kind, fn in kinds.items():
+        if len(complete) < (2 if kind != "history" else 1):
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+            try:
+                ax = fn(study, target=target, target_name=name)
+            except (ValueError, RuntimeError, ZeroDivisionError):  # e.g. no parameter varied
+                continue
+        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        fig.set_size_inches(9, 5)
+        path = out_dir / f"search_{kind}.png"
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        made.append(path)
+    return made
+
+
+def finish(study: optuna.Study, cfg: Config, parent_run_id: str, seconds: float, plot_dir: Path | None = None) -> dict:
     out = summary(cfg, study, seconds)
     best = out.get("best") or {}
+    figures = plots(study, cfg, plot_dir) if plot_dir is not None else []
+    out["plots"] = [str(p) for p in figures]
     tracking.finish_study_parent(parent_run_id, {"trials": out["trials"], "best_value": best.get("value"),
-                                                 "trials_per_hour": out.get("trials_per_hour")}, out)
+                                                 "trials_per_hour": out.get("trials_per_hour")}, out, figures)
     return out
 

@@ -339,12 +339,14 @@ def study_parent(cfg: Config, study: str, existing: str | None = None) -> str:
     return run_id
 
 
-def finish_study_parent(run_id: str, metrics: dict[str, float], summary: dict) -> None:
+def finish_study_parent(run_id: str, metrics: dict[str, float], summary: dict, figures=()) -> None:
     client = mlflow.MlflowClient()
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, float(v), now, 0) for k, v in metrics.items()
                                       if v is not None and v == v])
     client.log_dict(run_id, summary, "search.json")
+    for path in figures:
+        client.log_artifact(run_id, str(path), "plots")
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
 
 
