@@ -39,7 +39,7 @@ def _study(load, extra=()):
 def searching(prepared, tmp_path):
     load, overrides = prepared
     extra = SMALL_SPACE + [f"search.storage={tmp_path / 'search' / 'journal.log'}", "search.n_trials=3",
-                           "search.pruner=none", "train.epochs=2"]
+                           "search.pruner=none", "train.epochs=2", "grid.headline.replicates=2"]
     return (lambda more=(): load(extra + list(more))), overrides + extra
 
 
@@ -51,7 +51,7 @@ def test_three_trials_complete_as_child_runs(searching, tmp_path, capsys):
     study = search.open_study(load())
     parent = study.user_attrs["mlflow_run_id"]
     runs = mlflow.search_runs(experiment_names=["finalbn"], output_format="list",
-                              filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+                              filter_string=f"tags.mlflow.parentRunId = '{parent}' and tags.`finalbn.trial` = 'true'")
     assert sorted(r.info.run_name for r in runs) == ["trial-0", "trial-1", "trial-2"]
     assert {r.data.tags["trial_state"] for r in runs} == {"complete"} and {r.info.status for r in runs} == {"FINISHED"}
     by_run = {t.user_attrs["mlflow_run_id"]: t for t in study.trials}
@@ -60,6 +60,7 @@ def test_three_trials_complete_as_child_runs(searching, tmp_path, capsys):
     assert mlflow.get_run(parent).info.status == "FINISHED"
     assert out["best"]["value"] == max(t.value for t in study.trials)
     assert out["plots"] and all(Path(p).is_file() for p in out["plots"])  # Optuna's plots, also on the parent run
+    assert "no results/grid.csv" in out["comparison"]["note"]  # this test ran no grid
     assert {a.path for a in mlflow.MlflowClient().list_artifacts(parent, "plots")}
     # resumed by name: a second call with the cap reached runs nothing more
     assert main(_args(overrides, "--out", str(tmp_path / "search.json"))) == 0
@@ -218,3 +219,30 @@ def test_two_workers_share_one_journal(searching, tmp_path):
     assert len(numbers) == len(set(numbers)) >= 4
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert len({json.dumps(t.params, sort_keys=True) for t in trials}) > 1  # the workers' samplers differ
+
+
+@pytest.mark.slow
+def test_best_trial_rerun_beside_the_grid(searching, tmp_path):
+    """After the study: the best trial on every headline replicate, tested, against BN-only (31)
+    and the grid's best configuration, paired by replicate; a second run reuses the re-runs."""
+    from finalbn import grid
+
+    load, overrides = searching
+    more = ["grid.configs=[31, 63]", "grid.replicates=1", "grid.headline.configs=[31]", "grid.headline.replicates=3",
+            "search.n_trials=2"]
+    gcfg = load(more)
+    grid.run_shard(gcfg, SPLITS, log=lambda m: None)
+    grid.write_results(gcfg, SPLITS, tmp_path / "results")
+    args = _args(overrides + more, "--out", str(tmp_path / "results" / "search.json"),
+                 "--grid-csv", str(tmp_path / "results" / "grid.csv"))
+    assert main(args) == 0
+    out = json.loads((tmp_path / "results" / "search.json").read_text())["comparison"]
+    assert out["replicates"] == 3 and len(out["runs"]) == 3
+    bn = out["bn_only_31"]
+    assert bn["config_id"] == 31 and bn["replicates"] == 3
+    assert bn["best_trial_minus_test_f1_1"]["n"] == 3
+    assert out["grid_best"]["config_id"] in (31, 63)
+    runs = {r["run_id"] for r in out["runs"]}
+    assert main(args) == 0  # the re-runs are found by key, not trained again
+    again = json.loads((tmp_path / "results" / "search.json").read_text())["comparison"]
+    assert {r["run_id"] for r in again["runs"]} == runs

@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one of --workers' processes
     p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
     p.add_argument("--out", default="results/search.json", help="summary file (default results/search.json)")
+    p.add_argument("--grid-csv", default="results/grid.csv",
+                   help="the grid's results, for the comparison with its configurations (default results/grid.csv)")
     p = sub.add_parser("bench", parents=[common], help="measure throughput, each speed lever and the grid, shared vs not")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to measure (default auto)")
     p.add_argument("--archs", nargs="+", help="default: efficientnet_lite0 resnet18 on CPU; efficientnet_lite0 "
@@ -284,7 +286,13 @@ def _cmd_search(cfg: Config, args: argparse.Namespace) -> int:
     else:
         search.optimize(cfg, splits, parent)
         code = 0
-    out = search.finish(search.open_study(cfg), cfg, parent, time.perf_counter() - t0, plot_dir=Path(args.out).parent)
+    seconds = time.perf_counter() - t0
+    study = search.open_study(cfg)
+    comparison = None
+    if not search.multi_objective(cfg) and any(t.state.name == "COMPLETE" for t in study.trials):
+        print(f"search: the best trial on validation, re-run on {cfg.grid.max_replicates} replicates and tested", flush=True)
+        comparison = search.compare(cfg, study, splits, parent, Path(args.grid_csv), log=lambda m: print(m, flush=True))
+    out = search.finish(study, cfg, parent, seconds, plot_dir=Path(args.out).parent, comparison=comparison)
     search.write_summary(out, Path(args.out))
     states = ", ".join(f"{n} {k}" for k, n in out["states"].items() if n)
     print(f"search: {out['trials']} trials ({states}) -> {args.out}")
@@ -292,6 +300,13 @@ def _cmd_search(cfg: Config, args: argparse.Namespace) -> int:
         b = out["best"]
         print(f"  best on validation: trial {b['number']} ({b['config_name']}), {cfg.search.objective} {b['value']:.4f}; "
               f"mlflow run {b['mlflow_run_id']}")
+    for label in ("bn_only_31", "grid_best"):
+        c = (out.get("comparison") or {}).get(label)
+        if c:
+            d = c["best_trial_minus_test_f1_1"]
+            print(f"  best trial vs {c['config_name']} (config {c['config_id']}): test minority F1 "
+                  f"{out['comparison']['best_trial_mean']['test_f1_1']} vs {c['mean']['test_f1_1']}, difference "
+                  f"{d['estimate']} [95% CI {d['ci_low']}, {d['ci_high']}] over {c['replicates']} replicate(s)")
     return code
 
 

@@ -372,6 +372,87 @@ def write_summary(out: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def best_config(cfg: Config, study: optuna.Study) -> tuple[optuna.trial.FrozenTrial, Config]:
+    """The best trial (on validation) and its configuration, replayed from its params."""
+    best = study.best_trial
+    return best, suggest(optuna.trial.FixedTrial(best.params), cfg)
+
+
+def compare(cfg: Config, study: optuna.Study, splits: Path, parent_run_id: str, grid_csv: Path | None,
+            log: Callable[[str], None] = print) -> dict:
+    """The best trial re-run on every replicate the grid's headline configurations have, and
+    evaluated on test, beside the BN-only configuration (31) and the grid's best configuration
+    (ranked on validation) from `grid_csv`: per-replicate paired differences with t intervals.
+    Re-runs are tracked runs keyed by (study, trial, params, replicate, code): a rerun reuses them."""
+    from finalbn import grid
+    from finalbn.report.effects import t_interval
+    from finalbn.splits import split_dir
+
+    best, bcfg = best_config(cfg, study)
+    dataset = cfg.datasets[0].name
+    reps = cfg.grid.max_replicates
+    existing = tracking.runs_by_tag(cfg, "search_best_key")
+    rows = []
+    for r in range(reps):
+        manifest = json.loads((split_dir(splits, dataset, r) / "split.json").read_text())["manifest_sha256"]
+        key = hashlib.sha256(json.dumps([study.study_name, best.number, best.params, r, manifest, grid.code_version()],
+                                        sort_keys=True, default=str).encode()).hexdigest()[:32]
+        done = [x for x in existing.get(key, []) if x.info.status == "FINISHED"]
+        if done:
+            m = done[0].data.metrics
+            rows.append({"replicate": r, "test_f1_1": m.get("test_f1_1"), "test_auroc": m.get("test_auroc"),
+                         "val_auroc": m.get("val_last_auroc"), "run_id": done[0].info.run_id})
+            continue
+        run_id, res = tracking.track_cell(bcfg, dataset, splits, run_name=f"best trial-{best.number} r{r}",
+                                          parent_run_id=parent_run_id, replicate=r,
+                                          extra_tags={"finalbn.search_best": "true", "search_best_key": key,
+                                                      "study": study.study_name, "trial": str(best.number)})
+        rows.append({"replicate": r, "test_f1_1": res.test_last["f1_1"], "test_auroc": res.test_last["auroc"],
+                     "val_auroc": res.val_last["auroc"], "run_id": run_id})
+        log(f"  best trial {best.number} on replicate {r}: test minority F1 {res.test_last['f1_1']:.3f}, "
+            f"AUROC {res.test_last['auroc']:.3f}")
+    out: dict[str, Any] = {"best_trial": best.number, "params": best.params, "replicates": reps, "runs": rows,
+                           "best_trial_mean": _means(rows)}
+    if grid_csv is None or not Path(grid_csv).is_file():
+        out["note"] = "no results/grid.csv: run the grid for the comparison with its configurations"
+        return out
+    import pandas as pd
+
+    df = pd.read_csv(grid_csv)
+    df = df[df["dataset"] == dataset]
+    mine = pd.DataFrame(rows).set_index("replicate")
+    ranked = grid.rank_configs(df)
+    others = {"bn_only_31": 31, "grid_best": int(ranked.iloc[0]["config_id"]) if len(ranked) else None}
+    for label, cid in others.items():
+        if cid is None:
+            continue
+        theirs = df[df["config_id"] == cid].set_index("replicate")
+        both = mine.index.intersection(theirs.index)
+        entry: dict[str, Any] = {"config_id": cid, "config_name": str(theirs["config_name"].iloc[0]) if len(theirs) else None,
+                                 "replicates": int(len(both)),
+                                 "mean": {k: _num(theirs.loc[both, k].mean()) for k in ("test_f1_1", "test_auroc", "val_auroc")}}
+        for metric in ("test_f1_1", "test_auroc"):
+            d = (mine.loc[both, metric].astype(float) - theirs.loc[both, metric].astype(float)).to_numpy()
+            entry[f"best_trial_minus_{metric}"] = {k: _num(v) if isinstance(v, float) else v for k, v in t_interval(d).items()}
+        out[label] = entry
+    return out
+
+
+def _means(rows: list[dict]) -> dict[str, float | None]:
+    import numpy as np
+
+    return {k: _num(np.nanmean([float(r[k]) for r in rows if r.get(k) is not None])) if rows else None
+            for k in ("test_f1_1", "test_auroc", "val_auroc")}
+
+
+def _num(x) -> float | None:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if x != x else round(x, 6)
+
+
 def plots(study: optuna.Study, cfg: Config, out_dir: Path) -> list[Path]:
     """Optuna's matplotlib plots of the study (history, parameter importances, parallel
     coordinates) as PNG files; a plot the study cannot make yet (too few trials) is skipped."""
@@ -407,8 +488,11 @@ def plots(study: optuna.Study, cfg: Config, out_dir: Path) -> list[Path]:
     return made
 
 
-def finish(study: optuna.Study, cfg: Config, parent_run_id: str, seconds: float, plot_dir: Path | None = None) -> dict:
+def finish(study: optuna.Study, cfg: Config, parent_run_id: str, seconds: float, plot_dir: Path | None = None,
+           comparison: dict | None = None) -> dict:
     out = summary(cfg, study, seconds)
+    if comparison is not None:
+        out["comparison"] = comparison
     best = out.get("best") or {}
     figures = plots(study, cfg, plot_dir) if plot_dir is not None else []
     out["plots"] = [str(p) for p in figures]

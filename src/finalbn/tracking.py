@@ -74,6 +74,17 @@ def cell_runs_by_key(experiment: str) -> dict[str, list]:
     return out
 
 
+def runs_by_tag(cfg: Config, tag: str) -> dict[str, list]:
+    """Runs of the experiment that carry `tag`, grouped by its value."""
+    setup(cfg)
+    runs = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], filter_string=f"tags.{tag} != ''",
+                              output_format="list", max_results=100_000)
+    out: dict[str, list] = {}
+    for r in runs:
+        out.setdefault(r.data.tags[tag], []).append(r)
+    return out
+
+
 def mark_killed(run_id: str) -> None:
     mlflow.MlflowClient().set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
 
