@@ -246,3 +246,34 @@ def test_best_trial_rerun_beside_the_grid(searching, tmp_path):
     assert main(args) == 0  # the re-runs are found by key, not trained again
     again = json.loads((tmp_path / "results" / "search.json").read_text())["comparison"]
     assert {r["run_id"] for r in again["runs"]} == runs
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_no_running_trial(searching):
+    load, overrides = searching
+    over = overrides + ["train.epochs=6"]
+    proc = subprocess.Popen([sys.executable, "-m", "finalbn", *_args(over)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    cfg = load(["train.epochs=6"])
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:  # wait until a trial is running
+            time.sleep(0.5)
+            try:
+                if any(t.state == TrialState.RUNNING for t in search.open_study(cfg).trials):
+                    break
+            except Exception:
+                continue
+        else:
+            pytest.fail("no trial started")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and err.strip().endswith("finalbn search: interrupted")
+    trials = search.open_study(cfg).trials
+    assert trials and not [t for t in trials if t.state == TrialState.RUNNING]
+    runs = mlflow.search_runs(experiment_names=["finalbn"], output_format="list",
+                              filter_string="tags.`finalbn.trial` = 'true'")
+    assert runs and "RUNNING" not in {r.info.status for r in runs}

@@ -398,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as exc:  # the input was fine; the run failed (and is recorded FAILED)
         print(f"finalbn {args.command}: failed: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # runs and trials were closed on the way out (KILLED / FAIL)
+        print(f"finalbn {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
