@@ -304,9 +304,11 @@ def _cmd_search(cfg: Config, args: argparse.Namespace) -> int:
         c = (out.get("comparison") or {}).get(label)
         if c:
             d = c["best_trial_minus_test_f1_1"]
+            ci = (f"[95% CI {d['ci_low']:+.3f}, {d['ci_high']:+.3f}]" if d.get("ci_low") is not None
+                  else f"({d.get('note') or 'no interval'})")
             print(f"  best trial vs {c['config_name']} (config {c['config_id']}): test minority F1 "
-                  f"{out['comparison']['best_trial_mean']['test_f1_1']} vs {c['mean']['test_f1_1']}, difference "
-                  f"{d['estimate']} [95% CI {d['ci_low']}, {d['ci_high']}] over {c['replicates']} replicate(s)")
+                  f"{out['comparison']['best_trial_mean']['test_f1_1']:.3f} vs {c['mean']['test_f1_1']:.3f}, difference "
+                  f"{d['estimate']:+.3f} {ci} over {c['replicates']} replicate(s)")
     return code
 
 
