@@ -18,9 +18,11 @@ def _covers(cells, n: int) -> None:
     parts = [grid.shard_cells(cells, i, n) for i in range(n)]
     counts = Counter(c for p in parts for c in p)
     assert set(counts) == set(cells) and set(counts.values()) == {1}  # every cell once
-    for p in parts:  # a family, hence a parent and a share group, never spans two shards
-        rest = {c.family for q in parts if q is not p for c in q}
-        assert not {c.family for c in p} & rest
+    for p in parts:  # a parent (its replicates) and a UF-off family (a share group) never span two shards
+        rest = [c for q in parts if q is not p for c in q]
+        assert not {c.family for c in p if not c.family[2]} & {c.family for c in rest}
+        assert not {(c.family, c.config_id, c.baseline) for c in p} & \
+            {(c.family, c.config_id, c.baseline) for c in rest}
 
 
 def test_indexed_job_runs_every_shard_once(load):
@@ -44,9 +46,9 @@ def test_slurm_array_runs_every_shard_once(load):
 
 @pytest.mark.parametrize("n", [1, 2, 3, 8, 16])
 def test_more_shards_than_families_leaves_some_empty_not_broken(load, n):
-    cells = grid.all_cells(load())  # the default: 8 families
+    cells = grid.all_cells(load())  # the default: 4 UF-off families and 32 UF-on configurations
     _covers(cells, n)
-    assert sum(1 for i in range(n) if grid.shard_cells(cells, i, n)) == min(n, 8)
+    assert sum(1 for i in range(n) if grid.shard_cells(cells, i, n)) == min(n, 36)
 
 
 def test_one_gpu_per_local_worker():

@@ -30,15 +30,44 @@ def _cells(load, extra=()):
 def test_shards_cover_every_cell_exactly_once(load, n):
     cfg = load(["grid.replicates=3", "grid.archs=[resnet18, vgg19]"])
     cells = grid.all_cells(cfg)
-    assert len(cells) == (64 * 3 + 4 * 7) * 2  # headline configs on 10 replicates
+    # headline configs on 10 replicates, the 4 baselines on the same 10
+    assert len(cells) == (64 * 3 + 4 * 7 + 4 * 10) * 2
     parts = [grid.shard_cells(cells, i, n) for i in range(n)]
     counts = Counter(c for part in parts for c in part)
     assert set(counts) == set(cells) and set(counts.values()) == {1}
-    # a family (dataset, arch, UF, DA, MX) — and so every parent's replicates — stays in one shard
     for part in parts:
         others = [c for p in parts if p is not part for c in p]
-        assert not {c.family for c in part} & {c.family for c in others}
+        # a UF-off family (dataset, arch, UF, DA, MX: its cells share features) stays in one shard
+        assert not {c.family for c in part if not c.family[2]} & {c.family for c in others}
+        # and so does every parent's set of replicates
+        assert not {(c.family, c.config_id, c.baseline) for c in part} & \
+            {(c.family, c.config_id, c.baseline) for c in others}
     assert grid.shard_cells(cells, 0, n) == parts[0]  # deterministic
+
+
+def test_shards_are_balanced_by_cost(load):
+    """UF-on configurations are dealt on their own, so two shards end together although one
+    family holds the headline and baseline cells: the estimated loads differ by at most one UF-on cell."""
+    cells = grid.all_cells(load())
+    loads = [sum(grid.UF_ON_COST if c.family[2] else 1.0 for c in grid.shard_cells(cells, i, 2)) for i in range(2)]
+    assert abs(loads[0] - loads[1]) <= grid.UF_ON_COST
+
+
+def test_baselines_are_cells_of_their_own(load, tmp_path):
+    """Each baseline runs on the base configuration with its loss or calibration, on the headline
+    replicates, under a key of its own (never taken for the paper's cell)."""
+    cfg = load()
+    cells = grid.all_cells(cfg)
+    base = [c for c in cells if c.baseline]
+    assert Counter(c.baseline for c in base) == {m: 10 for m in ("focal", "logit_adjusted", "class_balanced",
+                                                                   "temperature")}
+    assert {c.config_id for c in base} == {63}
+    focal = grid.cell_config(cfg, base[0])
+    plain = grid.cell_config(cfg, grid.Cell(base[0].dataset, base[0].arch, 63, base[0].replicate))
+    assert (plain.train.loss, plain.train.calibration) == ("ce", "none")
+    assert {grid.cell_config(cfg, c).train.loss for c in base} == {"focal", "logit_adjusted", "class_balanced", "ce"}
+    assert focal.ablation == plain.ablation
+    assert not [c for c in grid.all_cells(load(["grid.headline.configs=[]"])) if c.baseline]
 
 
 def test_config_selection(load):
@@ -49,8 +78,8 @@ def test_config_selection(load):
 
 def test_default_design_every_config_once_headline_contrasts_ten_times(load):
     cells = grid.all_cells(load())
-    reps = Counter(c.config_id for c in cells)
-    assert set(reps) == set(range(64)) and len(cells) == 64 + 4 * 9
+    reps = Counter(c.config_id for c in cells if not c.baseline)
+    assert set(reps) == set(range(64)) and len(cells) == 64 + 4 * 9 + 4 * 10
     assert {cid: reps[cid] for cid in (31, 63, 47, 15)} == {31: 10, 63: 10, 47: 10, 15: 10}
     assert all(n == 1 for cid, n in reps.items() if cid not in (31, 63, 47, 15))
     assert load().grid.max_replicates == 10
@@ -157,11 +186,12 @@ def test_bad_shard_and_missing_split_exit_2(prepared, capsys):
 @pytest.mark.slow
 def test_workers_launch_shards_and_collect_results(prepared):
     _, overrides = prepared
-    # two families (UF off: 31, 63; UF on: 29, 61), so each of the two workers gets one
+    # UF on: 29 and 61 (12 UF-off cells' worth each) go one to each worker; the UF-off family
+    # (31, 63) to the first, the least loaded with the lower index
     grid4 = ["grid.configs=[31, 63, 29, 61]", "grid.headline.configs=[]", "train.epochs=1"]
     out = subprocess.run(_grid_cmd(overrides + grid4, "--workers", "2"), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "grid shard 0/2: 2 cells run" in out.stdout and "grid shard 1/2: 2 cells run" in out.stdout
+    assert "grid shard 0/2: 3 cells run" in out.stdout and "grid shard 1/2: 1 cells run" in out.stdout
     assert "grid: 4/4 cells finished" in out.stdout
     assert Counter(r.info.status for r in _cell_runs()) == {"FINISHED": 4}
     assert len(pd.read_csv("results/grid.csv")) == 4

@@ -83,7 +83,7 @@ def repo(tmp_path):
     params["train"].update(epochs=1, batch_size=4, threads=1)
     params["grid"].update(configs=[31, 63, 47], workers=1, headline={"configs": [31, 63], "replicates": 2})
     params["report"]["bootstrap"] = 200
-    params["search"].update(n_trials=2, pruner="none")
+    params["search"].update(n_trials=2, pruner="none", replicates=2)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cmd in (["git", "init", "-q"], [str(Path(sys.executable).parent / "dvc"), "init", "-q"]):
         subprocess.run(cmd, cwd=tmp_path, check=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
@@ -96,10 +96,14 @@ def test_whole_pipeline_then_nothing_then_only_what_changed(repo, monkeypatch):
     first = _repro(repo)
     for stage in ("synthesize", "prepare@0", "ceiling@0", "grid", "search", "report"):
         assert f"Running stage '{stage}'" in first
-    assert json.loads((repo / "results" / "search.json").read_text())["states"]["complete"] == 2
-    assert "grid: 5/5 cells finished" in first and "report: 5 cells" in first  # 47 once, 31 and 63 twice
+    search = json.loads((repo / "results" / "search.json").read_text())
+    assert search["states"]["complete"] == 2 and search["comparison"]["bn_only_31"]["replicates"] == 2
+    # 47 once, 31 and 63 twice, and the 4 baselines on 63's 2 replicates
+    assert "grid: 13/13 cells finished" in first and "report: 5 cells" in first
     assert (repo / "mlflow.db").is_file() and (repo / "report" / "report.md").is_file()
-    assert "## Can the features see the cue?" in (repo / "report" / "report.md").read_text()
+    md = (repo / "report" / "report.md").read_text()
+    assert "## Can the features see the cue?" in md and "## The imbalance baselines against the final BN" in md
+    assert "Best trial vs BN only (config 31 BN)" in md
     assert "Running stage" not in _repro(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["report"]["bootstrap"] = 300

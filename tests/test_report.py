@@ -410,3 +410,103 @@ def test_collect_through_tracking_from_mlflow_sqlite(tmp_path, monkeypatch):
     assert run.data.tags["verdict_0"].startswith("Paper's contrast")
     assert {"report.md", "summary.json", "table1.csv"} <= {f.path for f in client.list_artifacts(rid)}
     assert len(report.collect("finalbn-test", keys=keys).cells) == 3  # the report run is no cell
+
+
+# --------------------------------------------------------------------------- baselines and the search
+
+
+def _with_baselines(data: CellData, reps: int = 5) -> CellData:
+    """design_grid plus focal (63 + 0.2 on every replicate but the last: +0.1) and temperature
+    (63's F1 exactly, lower ECE) on the headline replicates."""
+    cells = data.cells
+    rows = []
+    for r in range(reps):
+        base = cells[(cells["config_id"] == 63) & (cells["replicate"] == r)].iloc[0].to_dict()
+        rows.append({**base, "run_id": f"focal{r}", "baseline": "focal",
+                     "test_f1_1": base["test_f1_1"] + (0.2 if r < reps - 1 else 0.1)})
+        rows.append({**base, "run_id": f"temp{r}", "baseline": "temperature", "test_ece": 0.01})
+    cells = pd.concat([cells.assign(baseline=""), pd.DataFrame(rows)], ignore_index=True)
+    return CellData(cells=cells, histories=data.histories, predictions=data.predictions,
+                    reliability=data.reliability, experiment="fake")
+
+
+def test_imbalance_baselines_paired_against_bn_only_and_their_base():
+    from finalbn.report import baselines
+
+    cells, _ = prepare(_with_baselines(design_grid()).cells)
+    t = baselines.imbalance_table(cells).set_index("method")
+    assert list(t.index) == ["none (63)", "BN only (31)", "focal", "temperature"]
+    assert (t["replicates"] == 5).all()
+    paper = cells[cells["baseline"] == ""]
+    f31 = paper[paper["config_id"] == 31].set_index("replicate")["test_f1_1"]
+    f63 = paper[paper["config_id"] == 63].set_index("replicate")["test_f1_1"]
+    focal = f63 + np.array([0.2, 0.2, 0.2, 0.2, 0.1])
+    d = (focal - f31).to_numpy()
+    half = stats.t.ppf(0.975, 4) * d.std(ddof=1) / math.sqrt(5)
+    assert t.loc["focal", "f1_1_vs_bn_estimate"] == pytest.approx(d.mean())
+    assert t.loc["focal", "f1_1_vs_bn_ci_high"] == pytest.approx(d.mean() + half)
+    assert t.loc["focal", "f1_1_vs_base_estimate"] == pytest.approx(0.18)
+    # temperature scaling changes no argmax: the same F1 as its base, to the last digit
+    assert t.loc["temperature", "f1_1_vs_base_estimate"] == 0.0
+    assert t.loc["temperature", "ece"] == pytest.approx(0.01)
+    lines = baselines.summary_lines(baselines.imbalance_table(cells))
+    assert any(line.startswith("temperature (on config 63): minority F1") and "falls short of BN only" in line
+               for line in lines)
+
+
+def test_baseline_cells_stay_out_of_the_paper_tables(tmp_path):
+    data = _with_baselines(design_grid())
+    summary = report.build_report(data, tmp_path, n_boot=200, seed=1)
+    md = (tmp_path / "report.md").read_text()
+    assert summary["cells"] == 64 + 16  # the baseline cells are not configurations of the grid
+    t1 = pd.read_csv(tmp_path / "table1.csv")
+    plain = design_grid().cells
+    assert t1.iloc[0]["without_final_bn"] == pytest.approx(plain[plain["config_id"] == 63]["test_f1_1"].mean())
+    assert "## The imbalance baselines against the final BN" in md and "![](imbalance.png)" in md
+    assert "**Against the imbalance baselines**" in md
+    assert set(pd.read_csv(tmp_path / "imbalance.csv")["method"]) == {"none (63)", "BN only (31)", "focal",
+                                                                       "temperature"}
+    assert len(summary["imbalance_baselines"]) == 4
+
+
+def _search_summary() -> dict:
+    rows = lambda base: [{"replicate": r, "test_f1_1": base + 0.01 * r, "test_auroc": 0.9, "val_auroc": 1.0,  # noqa: E731
+                          "val_f1_1": 0.8, "run_id": f"x{base}{r}"} for r in range(3)]
+    diff = {"estimate": -0.1, "ci_low": -0.1, "ci_high": -0.1, "p": 0.0, "n": 3, "note": "all differences equal"}
+    return {"study": "finalbn-search-abc", "objective": "val_auroc", "trials": 16,
+            "states": {"complete": 10, "pruned": 6, "fail": 0}, "trials_per_hour": 240.0,
+            "best": {"number": 4, "value": 1.0, "params": {"lr": 0.0123, "loss": "focal"}, "config_name": "WL+DA",
+                     "tied_on_objective": [1, 4, 9]},
+            "comparison": {"best_trial": 4, "replicates": 3, "runs": rows(0.7), "best_trial_mean": {},
+                           "bn_only_31": {"config_id": 31, "config_name": "BN", "replicates": 3, "rows": rows(0.8),
+                                          "mean": {"test_f1_1": 0.81}, "best_trial_minus_test_f1_1": diff,
+                                          "best_trial_minus_test_auroc": {**diff, "estimate": 0.0}}},
+            "plots": ["results/search_history.png"]}
+
+
+def test_the_search_section(tmp_path):
+    report.build_report(design_grid(), tmp_path, n_boot=200, seed=1, search=_search_summary())
+    md = (tmp_path / "report.md").read_text()
+    sec = md[md.index("## Beyond the grid: the Optuna search"):]
+    assert "16 trials (10 complete, 6 pruned)" in sec and "240 finished trials per hour" in sec
+    assert "trial 4 (WL+DA)" in sec and "3 trials tied on it, broken by the lower validation balanced loss" in sec
+    assert "lr=0.0123, loss=focal" in sec
+    assert "Best trial vs BN only (config 31 BN), test minority F1 0.710 vs 0.810: -0.100" in sec
+    assert "![](search.png)" in sec and "`results/search_history.png`" in sec
+    t = pd.read_csv(tmp_path / "search.csv")
+    assert list(t["configuration"]) == ["best trial 4", "BN only"]
+    assert t.loc[1, "best_minus_f1_1"] == pytest.approx(-0.1)
+
+
+def test_no_search_is_a_note_and_a_bad_summary_is_named(tmp_path):
+    report.build_report(design_grid(), tmp_path, n_boot=200, seed=1)
+    assert "no results/search.json: run `finalbn search`" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "search.png").read_bytes().startswith(PNG_MAGIC)
+    bad = tmp_path / "s.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="is not JSON"):
+        report.read_search(bad)
+    bad.write_text('{"trials": 3}')
+    with pytest.raises(ValueError, match="not a `finalbn search` output"):
+        report.read_search(bad)
+    assert report.read_search(tmp_path / "missing.json") is None

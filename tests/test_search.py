@@ -39,7 +39,8 @@ def _study(load, extra=()):
 def searching(prepared, tmp_path):
     load, overrides = prepared
     extra = SMALL_SPACE + [f"search.storage={tmp_path / 'search' / 'journal.log'}", "search.n_trials=3",
-                           "search.pruner=none", "train.epochs=2", "grid.headline.replicates=2"]
+                           "search.pruner=none", "train.epochs=2", "grid.headline.replicates=2", "search.replicates=2",
+                           "search.workers=1"]
     return (lambda more=(): load(extra + list(more))), overrides + extra
 
 
@@ -60,7 +61,13 @@ def test_three_trials_complete_as_child_runs(searching, tmp_path, capsys):
     assert mlflow.get_run(parent).info.status == "FINISHED"
     assert out["best"]["value"] == max(t.value for t in study.trials)
     assert out["plots"] and all(Path(p).is_file() for p in out["plots"])  # Optuna's plots, also on the parent run
-    assert "no results/grid.csv" in out["comparison"]["note"]  # this test ran no grid
+    assert "results/grid.csv: run the grid" in out["comparison"]["note"]  # this test ran no grid
+    # the best trial on replicates 0 and 1: replicate 0 is the trial's own run (same result key)
+    comp = out["comparison"]
+    assert [r["replicate"] for r in comp["runs"]] == [0, 1]
+    assert comp["runs"][0]["run_id"] == out["best"]["mlflow_run_id"]
+    rerun = mlflow.get_run(comp["runs"][1]["run_id"])
+    assert rerun.data.tags["mlflow.parentRunId"] == parent and rerun.data.tags["finalbn.search_compare"] == "true"
     assert {a.path for a in mlflow.MlflowClient().list_artifacts(parent, "plots")}
     # resumed by name: a second call with the cap reached runs nothing more
     assert main(_args(overrides, "--out", str(tmp_path / "search.json"))) == 0
@@ -73,6 +80,8 @@ def test_three_trials_complete_as_child_runs(searching, tmp_path, capsys):
     (["search.space.hidden=[]"], "search.space.hidden is empty"),
     (["search.objective=val_auroc+ece", "search.pruner=median"], "cannot prune the two-objective study"),
     (["search.storage=postgresql://nobody@127.0.0.1:1/none"], "search.storage"),
+    (["search.replicates=3"], "search.replicates=3 exceeds the 2 replicates prepare writes"),
+    (["search.replicate=2"], "search.replicate=2 is not a prepared replicate"),
 ])
 def test_bad_search_input_is_one_line_before_any_trial(searching, capsys, bad, message):
     _, overrides = searching
@@ -221,31 +230,59 @@ def test_two_workers_share_one_journal(searching, tmp_path):
     assert len({json.dumps(t.params, sort_keys=True) for t in trials}) > 1  # the workers' samplers differ
 
 
+def test_ties_on_the_objective_go_to_the_lower_validation_balanced_loss(searching):
+    load, _ = searching
+    study = search.open_study(load(["search.study=ties"]))
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    for value, loss in ((0.9, 0.1), (1.0, 0.5), (1.0, 0.2), (1.0, 0.2)):
+        study.add_trial(optuna.trial.create_trial(value=value, params={"x": 0.5}, distributions=dist,
+                                                  user_attrs={search.TIE_BREAK: loss}))
+    assert search.best_trial(study).number == 2  # not Optuna's first-best (1), not the later equal one (3)
+    out = search.summary(load(["search.study=ties"]), study)
+    assert out["best"]["number"] == 2 and out["best"]["tied_on_objective"] == [1, 2, 3]
+    low = search.open_study(load(["search.study=ties-min", "search.objective=val_balanced_loss"]))
+    assert low.direction == optuna.study.StudyDirection.MINIMIZE
+    for value in (0.3, 0.1, 0.2):
+        low.add_trial(optuna.trial.create_trial(value=value, params={"x": 0.5}, distributions=dist))
+    assert search.best_trial(low).number == 1
+
+
 @pytest.mark.slow
 def test_best_trial_rerun_beside_the_grid(searching, tmp_path):
-    """After the study: the best trial on every headline replicate, tested, against BN-only (31)
-    and the grid's best configuration, paired by replicate; a second run reuses the re-runs."""
+    """After the study: the best trial on search.replicates replicates, tested, against BN-only
+    (31) and the grid's best configuration on the same replicates, paired; runs are found by
+    their result key — the trial's own run, the grid's cells — and what is missing is trained
+    (in two processes), once: a second call trains nothing."""
     from finalbn import grid
 
     load, overrides = searching
     more = ["grid.configs=[31, 63]", "grid.replicates=1", "grid.headline.configs=[31]", "grid.headline.replicates=3",
-            "search.n_trials=2"]
+            "grid.baselines.methods=[]", "search.n_trials=2", "search.replicates=3"]
     gcfg = load(more)
     grid.run_shard(gcfg, SPLITS, log=lambda m: None)
     grid.write_results(gcfg, SPLITS, tmp_path / "results")
+    grid_runs = {r.info.run_id for r in mlflow.search_runs(experiment_names=["finalbn"], output_format="list")}
     args = _args(overrides + more, "--out", str(tmp_path / "results" / "search.json"),
-                 "--grid-csv", str(tmp_path / "results" / "grid.csv"))
+                 "--grid-csv", str(tmp_path / "results" / "grid.csv"), "--workers", "2")
     assert main(args) == 0
-    out = json.loads((tmp_path / "results" / "search.json").read_text())["comparison"]
-    assert out["replicates"] == 3 and len(out["runs"]) == 3
+    summary = json.loads((tmp_path / "results" / "search.json").read_text())
+    out = summary["comparison"]
+    assert out["replicates"] == 3 and [r["replicate"] for r in out["runs"]] == [0, 1, 2]
+    assert out["runs"][0]["run_id"] == summary["best"]["mlflow_run_id"]  # the trial serves replicate 0
     bn = out["bn_only_31"]
     assert bn["config_id"] == 31 and bn["replicates"] == 3
     assert bn["best_trial_minus_test_f1_1"]["n"] == 3
-    assert out["grid_best"]["config_id"] in (31, 63)
-    runs = {r["run_id"] for r in out["runs"]}
-    assert main(args) == 0  # the re-runs are found by key, not trained again
+    assert {r["run_id"] for r in bn["rows"]} <= grid_runs  # BN only: the grid's own cells, not trained again
+    gb = out["grid_best"]
+    assert gb["config_id"] in (31, 63) and gb["replicates"] == 3
+    if gb["config_id"] == 63:  # the grid ran 63 on replicate 0 only: 1 and 2 were trained for the comparison
+        assert len({r["run_id"] for r in gb["rows"]} - grid_runs) == 2
+    runs = {r["run_id"] for r in out["runs"]} | {r["run_id"] for r in gb["rows"]}
+    before = len(mlflow.search_runs(experiment_names=["finalbn"], output_format="list"))
+    assert main(args) == 0  # the runs are found by key, not trained again
     again = json.loads((tmp_path / "results" / "search.json").read_text())["comparison"]
-    assert {r["run_id"] for r in again["runs"]} == runs
+    assert {r["run_id"] for r in again["runs"]} | {r["run_id"] for r in again["grid_best"]["rows"]} == runs
+    assert len(mlflow.search_runs(experiment_names=["finalbn"], output_format="list")) == before
 
 
 @pytest.mark.slow

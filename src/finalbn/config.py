@@ -227,6 +227,34 @@ class HeadlineConfig:
     replicates: Replicates
 
 
+# The imbalance literature's answers, run as fixed grid cells beside the paper's configurations:
+# method -> the train.* values it sets on the base configuration.
+BASELINE_METHODS = {
+    "focal": {"loss": "focal"},  # Lin et al. 2017
+    "logit_adjusted": {"loss": "logit_adjusted"},  # Menon et al. 2021
+    "class_balanced": {"loss": "class_balanced"},  # Cui et al. 2019
+    "temperature": {"calibration": "temperature"},  # post-hoc, fitted on validation
+}
+
+
+@dataclass(frozen=True, config=_STRICT)
+class BaselinesConfig:
+    """Each method on `config` (the paper's `none`, 63, by default), on the headline replicates."""
+
+    methods: tuple[Literal["focal", "logit_adjusted", "class_balanced", "temperature"], ...]
+    config: Union[Int, Str]
+
+    @model_validator(mode="after")
+    def _known(self):
+        try:
+            parse_configs([self.config])
+        except ValueError as exc:
+            raise ValueError(str(exc).replace("grid.configs", "grid.baselines.config")) from None
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"grid.baselines.methods lists a method twice: {list(self.methods)}")
+        return self
+
+
 @dataclass(frozen=True, config=_STRICT)
 class GridConfig:
     """Which cells `finalbn grid` runs: (configs × replicates ∪ headline configs × their replicates)
@@ -235,6 +263,7 @@ class GridConfig:
     configs: Union[Literal["all"], tuple[Union[Int, Str], ...]]  # ids and names are checked by parse_configs
     replicates: Replicates
     headline: HeadlineConfig
+    baselines: BaselinesConfig
     archs: Annotated[tuple[Str, ...], Field(min_length=1)]
     workers: Annotated[int, Strict(), Field(ge=1)]
 
@@ -308,13 +337,14 @@ class SearchConfig:
     storage: Str  # a journal file path, or an RDB URL (postgresql://...) for several machines
     n_trials: Annotated[int, Strict(), Field(ge=1)]
     workers: Annotated[int, Strict(), Field(ge=1)]
-    objective: Literal["val_auroc", "val_minority_f1", "val_ap", "val_auroc+ece"]
+    objective: Literal["val_auroc", "val_minority_f1", "val_ap", "val_balanced_loss", "val_auroc+ece"]
     pruner: Literal["median", "hyperband", "none"]
     pruner_startup_trials: Count
     pruner_warmup_epochs: Count
     stale_after_s: Annotated[float, Field(ge=0.0)]  # a RUNNING trial older than this is a dead worker's
     sampler_seed: Seed
     replicate: Count  # the split the trials train on
+    replicates: Replicates  # after the study: the best trial and the grid's best on replicates 0..n-1, tested
     space: SearchSpace
 
 

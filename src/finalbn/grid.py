@@ -6,7 +6,9 @@
 
 Cells: every configuration of `grid.configs` on replicates 0..grid.replicates-1, plus the
 headline configurations (the paper's contrasts 31, 63, 47, 15) on replicates
-0..grid.headline.replicates-1. A replicate is one split draw and one training seed.
+0..grid.headline.replicates-1, plus the imbalance baselines (`grid.baselines`: focal loss,
+logit-adjusted loss, class-balanced weights, temperature scaling), each on its base configuration
+(63 by default) on the headline replicates. A replicate is one split draw and one training seed.
 
 Each cell is one MLflow run, nested under a parent run per (dataset, arch, configuration) that
 carries the mean and std of its replicates. A cell's key hashes everything that changes its
@@ -15,12 +17,15 @@ the model and training params, and the source of the modules that compute a cell
 skips cells with a FINISHED run for their key, a code change re-runs them, and a cell left
 RUNNING by a killed process is marked KILLED and redone.
 
-Shards split the grid by *family* — (dataset, arch, UF, DA, MX) — so that a parent run and all
-of its replicates live in one shard (workers never race to create a parent), and so do the cells that
-see the same backbone inputs: with UF off, cells differing only in the head-side toggles (BN, WL,
-WD) at one replicate, DA and MX feed the frozen backbone the same images. Within a shard, cells
-run in `share_order` — family, replicate, configuration — so such a group runs back to back on
-the frozen body's features computed once (`finalbn.features`).
+Shards split the grid into *units* that never straddle two shards: with UF off a whole *family*
+— (dataset, arch, UF, DA, MX) — whose cells see the same backbone inputs (cells differing only in
+the head-side toggles BN, WL, WD, or in a baseline's loss, at one replicate, DA and MX feed the
+frozen backbone the same images); with UF on (nothing to share) one configuration. Either way a
+parent run and all of its replicates live in one shard (workers never race to create a parent).
+Units are dealt to shards by their estimated cost, largest first (a UF-on cell costs ~12 UF-off
+ones), so that shards end together. Within a shard, cells run in `share_order` — family,
+replicate, configuration — so a share group runs back to back on the frozen body's features
+computed once (`finalbn.features`).
 
 "Best configuration" in grid.json is ranked on validation (mean validation AUROC at the last
 epoch); test values are only reported beside it.
@@ -43,7 +48,17 @@ from pathlib import Path
 import numpy as np
 
 from finalbn.cells import cell_seed, weights_path
-from finalbn.config import TOGGLES, Config, ablation_from_id, config_name, flatten, parse_configs, to_dict
+from finalbn.config import (
+    BASELINE_METHODS,
+    TOGGLES,
+    Config,
+    ablation_from_id,
+    config_id,
+    config_name,
+    flatten,
+    parse_configs,
+    to_dict,
+)
 from finalbn.splits import sha256_file, split_dir
 
 # train.* keys that do not change what a cell computes (where and how fast it runs); the seed
@@ -62,32 +77,59 @@ class Cell:
     arch: str
     config_id: int
     replicate: int
+    baseline: str = ""  # an imbalance baseline (BASELINE_METHODS) on this configuration; "" = the paper's cell
 
     @property
     def family(self) -> tuple:
         ab = ablation_from_id(self.config_id)
         return (self.dataset, self.arch, ab.uf, ab.da, ab.mx)
 
+    @property
+    def label(self) -> str:
+        """The configuration's name, with its baseline: `none + focal`."""
+        name = config_name(ablation_from_id(self.config_id))
+        return f"{name} + {self.baseline}" if self.baseline else name
+
 
 def all_cells(cfg: Config) -> list[Cell]:
-    """Every configuration on `grid.replicates` replicates, the headline ones on more."""
+    """Every configuration on `grid.replicates` replicates, the headline ones on more, and the
+    baselines on the headline replicates (none without headline configurations)."""
     g = cfg.grid
-    wanted = {(cid, r) for cid in parse_configs(g.configs) for r in range(g.replicates)}
+    wanted = {(cid, r, "") for cid in parse_configs(g.configs) for r in range(g.replicates)}
     if g.headline.configs:
-        wanted |= {(cid, r) for cid in parse_configs(g.headline.configs) for r in range(g.headline.replicates)}
-    return [Cell(d.name, arch, cid, r) for d in cfg.datasets for arch in g.archs for cid, r in sorted(wanted)]
+        wanted |= {(cid, r, "") for cid in parse_configs(g.headline.configs) for r in range(g.headline.replicates)}
+        base = parse_configs([g.baselines.config])[0]
+        wanted |= {(base, r, m) for m in g.baselines.methods for r in range(g.headline.replicates)}
+    return [Cell(d.name, arch, cid, r, m) for d in cfg.datasets for arch in g.archs for cid, r, m in sorted(wanted)]
+
+
+UF_ON_COST = 12.0  # a UF-on cell's time in UF-off (shared-features) cells, as measured on CPU (48 s vs 4 s)
+
+
+def _unit(cell: Cell) -> tuple:
+    """What one shard must own whole: a family with UF off (its cells share features), one
+    configuration (with its replicates and parent) with UF on."""
+    return cell.family if not cell.family[2] else (*cell.family, cell.config_id, cell.baseline)
 
 
 def shard_cells(cells: Sequence[Cell], index: int, count: int) -> list[Cell]:
-    """The cells of shard `index` of `count`: whole families, dealt round-robin in sorted order."""
-    families = sorted({c.family for c in cells})
-    mine = {f for i, f in enumerate(families) if i % count == index}
-    return [c for c in cells if c.family in mine]
+    """The cells of shard `index` of `count`: whole units, each to the least loaded shard, the
+    costliest first (ties by the unit's sorted order: every process computes the same deal)."""
+    units: dict[tuple, float] = {}
+    for c in cells:
+        units[_unit(c)] = units.get(_unit(c), 0.0) + (UF_ON_COST if c.family[2] else 1.0)
+    load, owner = [0.0] * count, {}
+    for u in sorted(units, key=lambda u: (-units[u], repr(u))):
+        i = min(range(count), key=lambda k: (load[k], k))
+        owner[u] = i
+        load[i] += units[u]
+    return [c for c in cells if owner[_unit(c)] == index]
 
 
 def cell_config(cfg: Config, cell: Cell) -> Config:
+    train = dataclasses.replace(cfg.train, **BASELINE_METHODS[cell.baseline]) if cell.baseline else cfg.train
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch=cell.arch),
-                               ablation=ablation_from_id(cell.config_id))
+                               ablation=ablation_from_id(cell.config_id), train=train)
 
 
 def code_version() -> str:
@@ -102,16 +144,22 @@ def code_version() -> str:
 
 def cell_key(cfg: Config, cell: Cell, splits_dir: Path, with_replicate: bool = True) -> str:
     """Hash of everything that changes a cell's result (without the replicate: its parent's key)."""
-    c = cell_config(cfg, cell)
-    rep = cell.replicate if with_replicate else 0
-    split = json.loads((split_dir(splits_dir, cell.dataset, rep) / "split.json").read_text())
-    w = weights_path(c)
-    flat = flatten(to_dict(c))
+    return result_key(cell_config(cfg, cell), cell.dataset, cell.replicate if with_replicate else None, splits_dir)
+
+
+def result_key(cfg: Config, dataset: str, replicate: int | None, splits_dir: Path) -> str:
+    """Hash of everything that changes the result of training `cfg` on one replicate (None: the
+    key shared by all replicates): the split's manifest hash, the switches, the model and training
+    params, the seed, the weights file and the code of RESULT_MODULES. The grid's cells and the
+    search's runs use the same key, so a configuration computed once is found by either."""
+    rep = replicate if replicate is not None else 0
+    split = json.loads((split_dir(splits_dir, dataset, rep) / "split.json").read_text())
+    w = weights_path(cfg)
+    flat = flatten(to_dict(cfg))
     payload = {
-        "dataset": cell.dataset, "manifest": split["manifest_sha256"], "image_size": c.dataset(cell.dataset).image_size,
-        "arch": cell.arch, "config": cell.config_id,
-        "replicate": cell.replicate if with_replicate else None,
-        "seed": cell_seed(c, cell.replicate) if with_replicate else None,
+        "dataset": dataset, "manifest": split["manifest_sha256"], "image_size": cfg.dataset(dataset).image_size,
+        "arch": cfg.model.arch, "config": config_id(cfg.ablation),
+        "replicate": replicate, "seed": cell_seed(cfg, replicate) if replicate is not None else None,
         "weights": _file_hash(w, Path(w).stat().st_mtime_ns) if Path(w).is_file() else w,
         "params": {k: v for k, v in flat.items() if k.split(".")[0] in ("model", "train") and k not in _NOT_RESULT},
         "code": code_version(),
@@ -128,7 +176,7 @@ def share_order(cells: Sequence[Cell]) -> list[Cell]:
     """Cells in the order that lets UF-off cells share the frozen body's features: by family
     (dataset, arch, UF, DA, MX), then replicate, then configuration — the cells of one share group
     run one after another, while their features are in memory."""
-    return sorted(cells, key=lambda c: (c.family, c.replicate, c.config_id))
+    return sorted(cells, key=lambda c: (c.family, c.replicate, c.config_id, c.baseline))
 
 
 def run_shard(cfg: Config, splits_dir: Path, index: int = 0, count: int = 1,
@@ -145,7 +193,7 @@ def run_shard(cfg: Config, splits_dir: Path, index: int = 0, count: int = 1,
     parents: dict[tuple, str | None] = {}  # (dataset, arch, config) -> parent run id, once created
     touched: set[tuple] = set()
     for done, cell in enumerate(cells, start=1):
-        pid = (cell.dataset, cell.arch, cell.config_id)
+        pid = (cell.dataset, cell.arch, cell.config_id, cell.baseline)
         key = cell_key(cfg, cell, splits_dir)
         runs = existing.get(key, [])
         if any(r.info.status == "FINISHED" for r in runs):
@@ -156,13 +204,14 @@ def run_shard(cfg: Config, splits_dir: Path, index: int = 0, count: int = 1,
                 tracking.mark_killed(r.info.run_id)
         pkey = cell_key(cfg, cell, splits_dir, with_replicate=False)
         if parents.get(pid) is None:
-            parents[pid] = tracking.grid_parent(cfg, cell.dataset, cell.arch, cell.config_id, pkey)
+            parents[pid] = tracking.grid_parent(cfg, cell.dataset, cell.arch, cell.config_id, pkey, cell.baseline)
         ccfg = cell_config(cfg, cell)
-        name = f"{cell.dataset} {cell.arch} {config_name(ccfg.ablation)} r{cell.replicate}"
+        name = f"{cell.dataset} {cell.arch} {cell.label} r{cell.replicate}"
         t0 = time.perf_counter()
+        tags = {"cell_key": key, "parent_key": pkey, **({"baseline": cell.baseline} if cell.baseline else {})}
         try:
             _, result = tracking.track_cell(ccfg, cell.dataset, splits_dir, run_name=name, parent_run_id=parents[pid],
-                                            extra_tags={"cell_key": key, "parent_key": pkey}, replicate=cell.replicate)
+                                            extra_tags=tags, replicate=cell.replicate)
         except TrainingDiverged as exc:
             stats["failed"].append({"cell": name, "error": str(exc)})
             log(f"[shard {index}/{count}] cell {done}/{len(cells)} {name}: FAILED: {exc}")
@@ -183,13 +232,13 @@ def run_shard(cfg: Config, splits_dir: Path, index: int = 0, count: int = 1,
     # cells all live in one shard); also those a killed run left open
     closed: set[tuple] = set()
     for cell in cells:
-        pid = (cell.dataset, cell.arch, cell.config_id)
+        pid = (cell.dataset, cell.arch, cell.config_id, cell.baseline)
         if pid in closed:
             continue
         closed.add(pid)
         pkey = cell_key(cfg, cell, splits_dir, with_replicate=False)
         if pid in touched or not tracking.parent_finished(cfg, pkey):
-            tracking.finish_parent(cfg, cell.dataset, cell.arch, cell.config_id, pkey, parents.get(pid))
+            tracking.finish_parent(cfg, cell.dataset, cell.arch, cell.config_id, pkey, parents.get(pid), cell.baseline)
     return stats
 
 
@@ -240,12 +289,12 @@ def write_results(cfg: Config, splits_dir: Path, out_dir: Path) -> dict:
         finished = [r for r in existing.get(key, []) if r.info.status == "FINISHED"]
         ab = ablation_from_id(cell.config_id)
         if not finished:
-            missing.append(f"{cell.dataset} {cell.arch} {config_name(ab)} r{cell.replicate}")
+            missing.append(f"{cell.dataset} {cell.arch} {cell.label} r{cell.replicate}")
             continue
         run = max(finished, key=lambda r: r.info.end_time or 0)
         m = run.data.metrics
         rows.append({"dataset": cell.dataset, "arch": cell.arch, "config_id": cell.config_id,
-                     "config_name": config_name(ab), "replicate": cell.replicate,
+                     "config_name": config_name(ab), "baseline": cell.baseline, "replicate": cell.replicate,
                      **{t.upper(): int(getattr(ab, t)) for t in TOGGLES},
                      **{f"test_{k}": m.get(f"test_{k}") for k in METRIC_COLUMNS},
                      **{f"val_{k}": m.get(f"val_last_{k}") for k in ("auroc", "ap", "f1_1", "f1_1_pc")},
@@ -256,7 +305,7 @@ def write_results(cfg: Config, splits_dir: Path, out_dir: Path) -> dict:
     df.to_csv(out_dir / "grid.csv", index=False, float_format="%.6f")
     summary = {"cells": len(rows) + len(missing), "finished": len(rows), "missing": missing}
     if rows:
-        f1 = df.groupby("BN")["test_f1_1"].mean()
+        f1 = paper_cells(df).groupby("BN")["test_f1_1"].mean()
         ranked = rank_configs(df)
         best, worst = ranked.iloc[0], ranked.iloc[-1]
         summary.update({
@@ -268,10 +317,15 @@ def write_results(cfg: Config, splits_dir: Path, out_dir: Path) -> dict:
     return summary
 
 
+def paper_cells(df):
+    """The rows of grid.csv that are the paper's configurations (not an imbalance baseline)."""
+    return df[df["baseline"].fillna("").astype(str) == ""] if "baseline" in df else df
+
+
 def rank_configs(df):
-    """Configurations by mean validation AUROC (last epoch), ties to validation F1 then id;
-    test columns ride along and never decide the order."""
-    g = df.groupby(["config_id", "config_name"])
+    """The paper's configurations by mean validation AUROC (last epoch), ties to validation F1
+    then id; test columns ride along and never decide the order. Baseline rows are not ranked."""
+    g = paper_cells(df).groupby(["config_id", "config_name"])
     agg = g[["val_auroc", "val_f1_1", "test_f1_1", "test_auroc"]].mean()
     agg["replicates"] = g.size()
     agg = agg.reset_index()

@@ -39,13 +39,15 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from finalbn import tracking
-from finalbn.config import Config, ConfigError, to_dict
+from finalbn.config import Config, ConfigError, config_id, config_name, to_dict
 from finalbn.engine import TrainingDiverged
 
 LOG_SCALE = ("lr", "weight_decay", "final_bn_momentum", "final_bn_eps")
 OBJECTIVES = {"val_auroc": ("auroc", "maximize"), "val_minority_f1": ("f1_1", "maximize"),
-              "val_ap": ("ap", "maximize")}
-PER_EPOCH = {"val_auroc": "val_auroc", "val_minority_f1": "val_minority_f1", "val_ap": "val_ap"}
+              "val_ap": ("ap", "maximize"), "val_balanced_loss": ("balanced_loss", "minimize")}
+PER_EPOCH = {"val_auroc": "val_auroc", "val_minority_f1": "val_minority_f1", "val_ap": "val_ap",
+             "val_balanced_loss": "val_balanced_loss"}
+TIE_BREAK = "val_balanced_loss"  # among trials tied on the objective (AUROC saturates on 7 positives): lower wins
 
 
 # ---------------------------------------------------------------- the space
@@ -88,6 +90,13 @@ def check(cfg: Config) -> None:
                 get_spec(a)
             except ValueError as exc:
                 raise ConfigError(f"search.space.arch: {exc}") from None
+    have = cfg.grid.max_replicates  # the split draws `prepare` writes
+    if s.replicate >= have:
+        raise ConfigError(f"search.replicate={s.replicate} is not a prepared replicate (prepare writes 0..{have - 1}: "
+                          "grid.replicates / grid.headline.replicates)")
+    if s.replicates > have:
+        raise ConfigError(f"search.replicates={s.replicates} exceeds the {have} replicates prepare writes "
+                          "(grid.replicates / grid.headline.replicates)")
     if multi_objective(cfg) and s.pruner != "none":
         # Optuna's Trial.report raises NotImplementedError for multi-objective studies
         raise ConfigError(f"search.pruner={s.pruner} cannot prune the two-objective study {s.objective!r}: "
@@ -196,7 +205,7 @@ def pruner(cfg: Config) -> optuna.pruners.BasePruner:
 
 
 # search.* keys that do not change what the study is: how long it runs and where
-_NOT_STUDY = {"n_trials", "workers", "stale_after_s", "storage", "study"}
+_NOT_STUDY = {"n_trials", "workers", "stale_after_s", "storage", "study", "replicates"}
 
 
 def study_name(cfg: Config) -> str:
@@ -273,25 +282,67 @@ def objective_values(cfg: Config, val: dict[str, float]) -> float | tuple[float,
 
 
 def make_objective(cfg: Config, splits: Path, parent_run_id: str) -> Callable[[optuna.Trial], Any]:
+    from finalbn.grid import result_key
+
     dataset = cfg.datasets[0].name
 
     def objective(trial: optuna.Trial):
         tcfg = suggest(trial, cfg)
         callbacks = [] if multi_objective(cfg) else [PruningCallback(trial, PER_EPOCH[cfg.search.objective])]
+        # the key of what the trial computes: the comparison after the study finds it as the best
+        # configuration's run on this replicate (and the grid's cells the same way)
+        key = result_key(tcfg, dataset, cfg.search.replicate, splits)
         try:
             _, result = tracking.track_cell(
                 tcfg, dataset, splits, callbacks=callbacks, run_name=f"trial-{trial.number}",
                 parent_run_id=parent_run_id, replicate=cfg.search.replicate, killed_on=(optuna.TrialPruned,),
                 state_tag="trial_state", on_start=lambda rid: trial.set_user_attr("mlflow_run_id", rid),
-                extra_tags={"finalbn.trial": "true", "study": study_name(cfg), "trial": str(trial.number)})
+                extra_tags={"finalbn.trial": "true", "study": study_name(cfg), "trial": str(trial.number),
+                            "result_key": key})
         except TrainingDiverged as exc:
             trial.set_user_attr("fail_reason", str(exc))
             raise
         trial.set_user_attr("test_minority_f1", result.test_last["f1_1"])  # reported, never optimised
         trial.set_user_attr("config_name", result.config_name)
-        return objective_values(cfg, result.val_last)
+        val = {**result.val_last, "balanced_loss": result.fit.history[-1]["val_balanced_loss"]}
+        trial.set_user_attr(TIE_BREAK, float(val["balanced_loss"]))
+        trial.set_user_attr("val_minority_f1", float(val["f1_1"]))
+        return objective_values(cfg, val)
 
     return objective
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """The best COMPLETE trial of a single-objective study; ties on the objective (validation AUROC
+    is 1.0 for many trials when validation holds 7 positives) go to the lower validation balanced
+    loss, then the earlier trial. Validation only: test values never decide."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if not done:
+        raise ValueError("the study has no complete trial")
+    sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+    return max(done, key=lambda t: (sign * t.value, -float(t.user_attrs.get(TIE_BREAK, float("inf"))), -t.number))
+
+
+class TrialLog:
+    """Study callback: one line per finished trial (state, value, configuration, seconds)."""
+
+    def __init__(self, cfg: Config, log: Callable[[str], None] = print) -> None:
+        self.cfg, self.log = cfg, log
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        secs = (trial.datetime_complete - trial.datetime_start).total_seconds() \
+            if trial.datetime_complete and trial.datetime_start else float("nan")
+        if trial.state == TrialState.COMPLETE:
+            what = ", ".join(f"{v:.4f}" for v in trial.values)
+            what = f"{self.cfg.search.objective} {what}"
+        elif trial.state == TrialState.PRUNED:
+            last = trial.intermediate_values
+            what = f"pruned at epoch {max(last)}" if last else "pruned"
+        else:
+            what = f"FAILED: {trial.user_attrs.get('fail_reason', 'see its run')}"
+        self.log(f"search: trial {trial.number} ({trial.user_attrs.get('config_name', '?')}) {what}, {secs:.0f} s "
+                 f"[{done}/{self.cfg.search.n_trials} finished]")
 
 
 # ---------------------------------------------------------------- running it
@@ -300,13 +351,17 @@ def make_objective(cfg: Config, splits: Path, parent_run_id: str) -> Callable[[o
 def optimize(cfg: Config, splits: Path, parent_run_id: str, worker: int = 0) -> None:
     """This process's share of the study: trials until the study holds n_trials finished ones."""
     study = open_study(cfg, worker)
-    cap = optuna.study.MaxTrialsCallback(cfg.search.n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    # the cap counts finished (complete or pruned) trials over all workers, and the ones other
+    # workers are running (they will finish): a worker stops when the study will have n_trials,
+    # so two workers do not overshoot. Failed ones are replaced, up to as many again per process,
+    # so a study that always fails still ends.
+    cap = optuna.study.MaxTrialsCallback(cfg.search.n_trials,
+                                         states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
     if _finished(study) >= cfg.search.n_trials:
         return
-    # the cap counts finished (complete or pruned) trials over all workers; failed ones are
-    # replaced, up to as many again per process, so a study that always fails still ends
     study.optimize(make_objective(cfg, splits, parent_run_id), n_trials=2 * cfg.search.n_trials, n_jobs=1,
-                   callbacks=[cap], catch=(TrainingDiverged,), gc_after_trial=False)
+                   callbacks=[cap, TrialLog(cfg, lambda m: print(m, flush=True))], catch=(TrainingDiverged,),
+                   gc_after_trial=False)
 
 
 def _finished(study: optuna.Study) -> int:
@@ -354,10 +409,14 @@ def summary(cfg: Config, study: optuna.Study, seconds: float | None = None) -> d
         out["trials_per_hour"] = len([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) \
             / seconds * 3600
     if done and not multi_objective(cfg):
-        best = study.best_trial
+        best = best_trial(study)
+        ties = [t.number for t in done if t.value == best.value]
         out["best"] = {"number": best.number, "value": best.value, "params": best.params,
                        "mlflow_run_id": best.user_attrs.get("mlflow_run_id"),
                        "config_name": best.user_attrs.get("config_name"),
+                       "val_balanced_loss": best.user_attrs.get(TIE_BREAK),
+                       "val_minority_f1": best.user_attrs.get("val_minority_f1"),
+                       "tied_on_objective": ties,
                        "test_minority_f1": best.user_attrs.get("test_minority_f1")}
     elif done:
         out["pareto"] = [{"number": t.number, "values": t.values, "params": t.params,
@@ -373,76 +432,133 @@ def write_summary(out: dict, path: Path) -> None:
 
 
 def best_config(cfg: Config, study: optuna.Study) -> tuple[optuna.trial.FrozenTrial, Config]:
-    """The best trial (on validation) and its configuration, replayed from its params."""
-    best = study.best_trial
+    """The best trial (on validation, `best_trial`) and its configuration, replayed from its params."""
+    best = best_trial(study)
     return best, suggest(optuna.trial.FixedTrial(best.params), cfg)
 
 
+ARMS = {"best_trial": "the best trial", "grid_best": "the grid's best configuration", "bn_only_31": "BN only (31)"}
+
+
+def _row(replicate: int, metrics: dict, run_id: str) -> dict:
+    return {"replicate": replicate, "test_f1_1": metrics.get("test_f1_1"), "test_auroc": metrics.get("test_auroc"),
+            "val_auroc": metrics.get("val_last_auroc"), "val_f1_1": metrics.get("val_last_f1_1"), "run_id": run_id}
+
+
+def rerun(cfg: Config, dataset: str, splits: Path, replicate: int, parent_run_id: str, name: str,
+          tags: dict[str, str], threads: int = 0) -> dict:
+    """One configuration on one replicate as a tracked run under the study's run (also in a worker
+    process of `compare`); returns its comparison row."""
+    if threads:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
+    run_id, res = tracking.track_cell(cfg, dataset, splits, run_name=name, parent_run_id=parent_run_id,
+                                      replicate=replicate, extra_tags=tags)
+    m = {**{f"test_{k}": v for k, v in res.test_last.items()}, **{f"val_last_{k}": v for k, v in res.val_last.items()}}
+    return _row(replicate, m, run_id)
+
+
 def compare(cfg: Config, study: optuna.Study, splits: Path, parent_run_id: str, grid_csv: Path | None,
-            log: Callable[[str], None] = print) -> dict:
-    """The best trial re-run on every replicate the grid's headline configurations have, and
-    evaluated on test, beside the BN-only configuration (31) and the grid's best configuration
-    (ranked on validation) from `grid_csv`: per-replicate paired differences with t intervals.
-    Re-runs are tracked runs keyed by (study, trial, params, replicate, code): a rerun reuses them."""
+            log: Callable[[str], None] = print, workers: int = 1) -> dict:
+    """The best trial (on validation) on replicates 0..search.replicates-1, tested, beside the
+    grid's best configuration (ranked on validation in `grid_csv`) and BN only (31) on the same
+    replicates: per-replicate paired differences with t intervals.
+
+    Every run is found by its result key (`grid.result_key`: the configuration's params, the
+    replicate's split, the seed and the code — not the study or the trial): the trial's own run
+    serves its replicate, the grid's cells serve theirs, and a rerun of the stage trains nothing
+    twice. What is missing is trained in `workers` processes, as tracked runs under the study's run."""
+    import pandas as pd
+
     from finalbn import grid
     from finalbn.report.effects import t_interval
-    from finalbn.splits import split_dir
 
     best, bcfg = best_config(cfg, study)
     dataset = cfg.datasets[0].name
-    reps = cfg.grid.max_replicates
-    existing = tracking.runs_by_tag(cfg, "search_best_key")
-    rows = []
-    for r in range(reps):
-        manifest = json.loads((split_dir(splits, dataset, r) / "split.json").read_text())["manifest_sha256"]
-        key = hashlib.sha256(json.dumps([study.study_name, best.number, best.params, r, manifest, grid.code_version()],
-                                        sort_keys=True, default=str).encode()).hexdigest()[:32]
-        done = [x for x in existing.get(key, []) if x.info.status == "FINISHED"]
-        if done:
-            m = done[0].data.metrics
-            rows.append({"replicate": r, "test_f1_1": m.get("test_f1_1"), "test_auroc": m.get("test_auroc"),
-                         "val_auroc": m.get("val_last_auroc"), "run_id": done[0].info.run_id})
-            continue
-        run_id, res = tracking.track_cell(bcfg, dataset, splits, run_name=f"best trial-{best.number} r{r}",
-                                          parent_run_id=parent_run_id, replicate=r,
-                                          extra_tags={"finalbn.search_best": "true", "search_best_key": key,
-                                                      "study": study.study_name, "trial": str(best.number)})
-        rows.append({"replicate": r, "test_f1_1": res.test_last["f1_1"], "test_auroc": res.test_last["auroc"],
-                     "val_auroc": res.val_last["auroc"], "run_id": run_id})
-        log(f"  best trial {best.number} on replicate {r}: test minority F1 {res.test_last['f1_1']:.3f}, "
-            f"AUROC {res.test_last['auroc']:.3f}")
-    out: dict[str, Any] = {"best_trial": best.number, "params": best.params, "replicates": reps, "runs": rows,
-                           "best_trial_mean": _means(rows)}
-    if grid_csv is None or not Path(grid_csv).is_file():
-        out["note"] = "no results/grid.csv: run the grid for the comparison with its configurations"
-        return out
-    import pandas as pd
+    reps = list(range(cfg.search.replicates))
+    arms: dict[str, tuple[str, Config]] = {"best_trial": (f"trial {best.number}", bcfg)}
+    out: dict[str, Any] = {"best_trial": best.number, "params": best.params, "replicates": len(reps)}
+    if grid_csv is not None and Path(grid_csv).is_file():
+        df = pd.read_csv(grid_csv)
+        df = df[df["dataset"] == dataset]
+        arch = cfg.model.arch if cfg.model.arch in set(df["arch"]) else (df["arch"].iloc[0] if len(df) else cfg.model.arch)
+        ranked = grid.rank_configs(df[df["arch"] == arch])
+        picks = {"grid_best": int(ranked.iloc[0]["config_id"]) if len(ranked) else None, "bn_only_31": 31}
+        for arm, cid in picks.items():
+            if cid is not None:
+                arms[arm] = (f"config {cid}", grid.cell_config(cfg, grid.Cell(dataset, arch, cid, 0)))
+    else:
+        out["note"] = f"no {grid_csv}: run the grid for the comparison with its configurations"
 
-    df = pd.read_csv(grid_csv)
-    df = df[df["dataset"] == dataset]
-    mine = pd.DataFrame(rows).set_index("replicate")
-    ranked = grid.rank_configs(df)
-    others = {"bn_only_31": 31, "grid_best": int(ranked.iloc[0]["config_id"]) if len(ranked) else None}
-    for label, cid in others.items():
-        if cid is None:
+    found: dict[str, list] = {}
+    for tag in ("cell_key", "result_key"):
+        for k, runs in tracking.runs_by_tag(cfg, tag).items():
+            found.setdefault(k, []).extend(r for r in runs if r.info.status == "FINISHED")
+    rows: dict[str, dict[int, dict]] = {arm: {} for arm in arms}
+    jobs: dict[str, tuple] = {}  # result key -> (arms, replicate, config): one training per key
+    for arm, (label, acfg) in arms.items():
+        for r in reps:
+            key = grid.result_key(acfg, dataset, r, splits)
+            if found.get(key):
+                run = max(found[key], key=lambda x: x.info.end_time or 0)
+                rows[arm][r] = _row(r, run.data.metrics, run.info.run_id)
+            else:
+                jobs.setdefault(key, ([], r, acfg, label))[0].append(arm)
+    if jobs:
+        log(f"search: {len(jobs)} run(s) to compare on {len(reps)} replicates ({workers} process(es)); "
+            f"{sum(len(v) for v in rows.values())} found in the store")
+    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
+    calls = [(acfg, dataset, splits, r, parent_run_id, f"compare {label} r{r}",
+              {"finalbn.search_compare": "true", "result_key": key, "study": study.study_name,
+               "compare_arms": ",".join(which)}, threads)
+             for key, (which, r, acfg, label) in jobs.items()]
+    results = _run_all(calls, workers)
+    for (which, r, _, label), row in zip(jobs.values(), results):
+        for arm in which:
+            rows[arm][r] = row
+        log(f"  {label} on replicate {r}: test minority F1 {row['test_f1_1']:.3f}, AUROC {row['test_auroc']:.3f}")
+
+    mine = rows["best_trial"]
+    out["runs"] = [mine[r] for r in reps if r in mine]
+    out["best_trial_mean"] = _means(out["runs"])
+    for arm in arms:
+        if arm == "best_trial":
             continue
-        theirs = df[df["config_id"] == cid].set_index("replicate")
-        both = mine.index.intersection(theirs.index)
-        entry: dict[str, Any] = {"config_id": cid, "config_name": str(theirs["config_name"].iloc[0]) if len(theirs) else None,
-                                 "replicates": int(len(both)),
-                                 "mean": {k: _num(theirs.loc[both, k].mean()) for k in ("test_f1_1", "test_auroc", "val_auroc")}}
+        theirs = rows[arm]
+        both = [r for r in reps if r in mine and r in theirs]
+        acfg = arms[arm][1]
+        entry: dict[str, Any] = {"config_id": config_id(acfg.ablation), "config_name": config_name(acfg.ablation),
+                                 "replicates": len(both), "rows": [theirs[r] for r in both],
+                                 "mean": _means([theirs[r] for r in both])}
         for metric in ("test_f1_1", "test_auroc"):
-            d = (mine.loc[both, metric].astype(float) - theirs.loc[both, metric].astype(float)).to_numpy()
-            entry[f"best_trial_minus_{metric}"] = {k: _num(v) if isinstance(v, float) else v for k, v in t_interval(d).items()}
-        out[label] = entry
+            d = [float(mine[r][metric]) - float(theirs[r][metric]) for r in both]
+            entry[f"best_trial_minus_{metric}"] = {k: _num(v) if isinstance(v, float) else v
+                                                   for k, v in t_interval(d).items()}
+        out[arm] = entry
     return out
+
+
+def _run_all(calls: list[tuple], workers: int) -> list[dict]:
+    """`rerun(*call)` for each call: here, or in `workers` spawned processes."""
+    if workers <= 1 or len(calls) <= 1:
+        return [rerun(*c) for c in calls]
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    with cf.ProcessPoolExecutor(max_workers=min(workers, len(calls)), mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(rerun, *c) for c in calls]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
 
 
 def _means(rows: list[dict]) -> dict[str, float | None]:
     import numpy as np
 
     return {k: _num(np.nanmean([float(r[k]) for r in rows if r.get(k) is not None])) if rows else None
-            for k in ("test_f1_1", "test_auroc", "val_auroc")}
+            for k in ("test_f1_1", "test_auroc", "val_auroc", "val_f1_1")}
 
 
 def _num(x) -> float | None:

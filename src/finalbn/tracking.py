@@ -100,26 +100,29 @@ def parent_finished(cfg: Config, parent_key: str) -> bool:
     return run is not None and run.info.status == "FINISHED"
 
 
-def grid_parent(cfg: Config, dataset: str, arch: str, config_id: int, parent_key: str) -> str:
-    """The parent run of one (dataset, arch, configuration): found by key, or created."""
+def grid_parent(cfg: Config, dataset: str, arch: str, config_id: int, parent_key: str, baseline: str = "") -> str:
+    """The parent run of one (dataset, arch, configuration[, baseline]): found by key, or created."""
     found = _find_parent(cfg.tracking.experiment, parent_key)
     if found:
         return found.info.run_id
     exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
     ab = ablation_from_id(config_id)
+    label = f"{config_name(ab)} + {baseline}" if baseline else config_name(ab)
     tags = {**{t.upper(): str(getattr(ab, t)).lower() for t in TOGGLES}, "config_id": str(config_id),
             "config_name": config_name(ab), "dataset": dataset, "arch": arch, "parent_key": parent_key,
-            "finalbn.parent": "true", "mlflow.runName": f"{dataset} {arch} {config_name(ab)} (config {config_id})"}
+            "finalbn.parent": "true", "mlflow.runName": f"{dataset} {arch} {label} (config {config_id})",
+            **({"baseline": baseline} if baseline else {})}
     return mlflow.MlflowClient().create_run(exp.experiment_id, tags=tags).info.run_id
 
 
-def finish_parent(cfg: Config, dataset: str, arch: str, config_id: int, parent_key: str, parent_id: str | None) -> None:
+def finish_parent(cfg: Config, dataset: str, arch: str, config_id: int, parent_key: str, parent_id: str | None,
+                  baseline: str = "") -> None:
     """Mean and std over replicates of the FINISHED children's metrics on the parent, which then
     ends FINISHED."""
     import numpy as np
 
     client = mlflow.MlflowClient()
-    parent_id = parent_id or grid_parent(cfg, dataset, arch, config_id, parent_key)
+    parent_id = parent_id or grid_parent(cfg, dataset, arch, config_id, parent_key, baseline)
     children = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], output_format="list",
                                   filter_string=f"tags.parent_key = '{parent_key}' and attributes.status = 'FINISHED'")
     children = [c for c in children if c.data.tags.get("finalbn.cell") == "true"]

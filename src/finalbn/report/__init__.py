@@ -26,7 +26,10 @@ import pandas as pd
 from finalbn import tracking
 from finalbn.ceiling import LOW, ceiling_sentence
 from finalbn.report import figures
-from finalbn.report.cells import CellData, collect, prepare
+from finalbn.report import baselines as imbalance
+from finalbn.report.cells import CellData, collect, empty_message, prepare
+from finalbn.report.search import search_section
+from finalbn.report.search import shown as search_shown
 from finalbn.report.effects import study_effects
 from finalbn.report.markdown import json_safe, markdown_table
 from finalbn.report.tables import (
@@ -49,14 +52,19 @@ __all__ = ["FILES", "CellData", "build_report", "collect", "make_report"]
 
 FILES = ("report.md", "summary.json", "cells.csv", "table1.csv", "table2.csv", "table3.csv", "table4.csv",
          "baselines.csv", "fig3_loss_curves.csv", "fig3_loss_curves.png", "fig4_softmax.png", "calibration.csv",
-         "reliability.png", "effects.csv", "effects.png", "configs.png", "ceiling.png")
+         "reliability.png", "effects.csv", "effects.png", "configs.png", "ceiling.png", "imbalance.csv",
+         "imbalance.png", "search.csv", "search.png")
 
 
 def build_report(data: CellData, out_dir: Path, n_boot: int = 2000, seed: int = 0,
-                 ceilings: list[dict] | None = None) -> dict:
+                 ceilings: list[dict] | None = None, search: dict | None = None) -> dict:
     """Write FILES into `out_dir`; return (and write as summary.json) the headline numbers.
+    `search`: `finalbn search`'s summary (results/search.json), for its section.
     Raises ValueError when `data` holds no cell."""
-    cells, dropped = prepare(data.cells, data.experiment)
+    all_cells, dropped = prepare(data.cells, data.experiment)
+    cells = all_cells[all_cells["baseline"] == ""].reset_index(drop=True)  # the paper's 64 configurations
+    if cells.empty:
+        raise ValueError(empty_message(data.experiment or "?") + " (only baseline cells)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     multi_arch = cells["arch"].nunique() > 1
@@ -105,6 +113,51 @@ def build_report(data: CellData, out_dir: Path, n_boot: int = 2000, seed: int = 
              "the same model after adding log(n_healthy/n_diseased) of the training counts to the minority logit — "
              "a threshold that needs no training and no validation or test labels; AUROC and AP do not depend on "
              "any threshold.") if len(base) else "", [] if len(base) else ["no run of configs 63, 47, 31 or 15"])
+
+    # -- the imbalance baselines against the final BN
+    imb = imbalance.imbalance_table(all_cells)
+    imb.to_csv(out / "imbalance.csv", index=False)
+    if len(imb):
+        groups_ = [(r, all_cells[(all_cells["baseline"] == "") & (all_cells["config_id"] == cid)])
+                   for r, cid in (("none (63)", NONE_ID), ("BN only (31)", BN_ID))]
+        groups_ += [(m, g) for m, g in all_cells[all_cells["baseline"] != ""].groupby("baseline", sort=False)]
+        figures.fig_methods(groups_, out / "imbalance.png",
+                            "the imbalance baselines (blue) against the final BN (red), test set, last epoch; "
+                            "dots: replicates, lines join a replicate")
+        section("The imbalance baselines against the final BN",
+                "\n".join(f"- {line}" for line in imbalance.summary_lines(imb)) + "\n\n"
+                + table(imbalance.shown(imb)) + "\n\nEach method on its base configuration (the paper's `none`, 63, "
+                "unless `grid.baselines.config` says otherwise), over the headline replicates: focal loss (Lin et al. "
+                "2017, γ = `train.focal_gamma`), logit-adjusted loss (Menon et al. 2021), class-balanced weights from "
+                "the effective number of samples (Cui et al. 2019, β = `train.cb_beta`), post-hoc temperature scaling "
+                "fitted on validation (it changes no argmax: its F1 and AUROC are its base's, its ECE is not). "
+                "Test metrics at the last epoch, mean ± std over replicates; Δ: paired per-replicate differences "
+                "(same split, same seed), mean with a 95 % t interval.\n\n![](imbalance.png)")
+    else:
+        figures.placeholder(out / "imbalance.png", "no baseline cells: grid.baselines.methods is empty")
+        section("The imbalance baselines against the final BN", "",
+                ["no baseline cells (grid.baselines.methods, run on the headline replicates)"])
+
+    # -- the search beyond the grid
+    if search:
+        st, sgroups, slines = search_section(search)
+        st.to_csv(out / "search.csv", index=False)
+        if sgroups:
+            figures.fig_methods(sgroups, out / "search.png",
+                                "the Optuna search's best trial (chosen on validation) against the grid, test set; "
+                                "dots: replicates, lines join a replicate")
+        else:
+            figures.placeholder(out / "search.png", "the search has no comparison on test")
+        plots = ", ".join(f"`{p}`" for p in search.get("plots", []))
+        section("Beyond the grid: the Optuna search",
+                "\n".join(f"- {line}" for line in slines)
+                + (("\n\n" + markdown_table(search_shown(st))) if len(st) else "")
+                + ("\n\n![](search.png)" if sgroups else "")
+                + (f"\n\nOptuna's plots of the study: {plots}." if plots else ""))
+    else:
+        pd.DataFrame(columns=["configuration"]).to_csv(out / "search.csv", index=False)
+        figures.placeholder(out / "search.png", "no search: run `finalbn search`")
+        section("Beyond the grid: the Optuna search", "", ["no results/search.json: run `finalbn search`"])
 
     # -- Table I
     t1 = table1(cells)
@@ -186,6 +239,12 @@ def build_report(data: CellData, out_dir: Path, n_boot: int = 2000, seed: int = 
 
     # -- summary.json
     summary = _summary(cells, t1, eff, verdicts, ceilings, cal_all, multi_arch)
+    summary["imbalance_baselines"] = json_safe(imb.to_dict("records"))
+    if search and search.get("comparison"):
+        summary["search"] = json_safe({k: search["comparison"].get(k) for k in ("best_trial", "best_trial_mean")}
+                                      | {arm: {k: search["comparison"][arm].get(k) for k in
+                                               ("config_id", "mean", "best_trial_minus_test_f1_1")}
+                                         for arm in ("bn_only_31", "grid_best") if arm in search["comparison"]})
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
 
     # -- report.md: ceiling, verdict and method first, then the sections gathered above
@@ -197,6 +256,11 @@ def build_report(data: CellData, out_dir: Path, n_boot: int = 2000, seed: int = 
             header.append(f"**{scope}**")
             header.append("")
         header.extend(f"- {line}" for line in lines)
+        header.append("")
+    if len(imb):
+        header += ["**Against the imbalance baselines** (each on `none`; test minority F1, paired over replicates; "
+                   "section below)", ""]
+        header.extend(f"- {line}" for line in imbalance.summary_lines(imb))
         header.append("")
     header += [
         "## How the numbers are computed", "",
@@ -289,7 +353,21 @@ def read_ceilings(folder: Path) -> list[dict]:
     return out
 
 
-def make_report(cfg: Any, splits_dir: Path, out_dir: Path, ceiling: Path | None = None) -> dict:
+def read_search(path: Path | None) -> dict | None:
+    """`finalbn search`'s summary, or None when there is none."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        out = json.loads(Path(path).read_text())
+    except ValueError as exc:
+        raise ValueError(f"search summary {path} is not JSON ({exc})") from None
+    if not isinstance(out, dict) or "study" not in out:
+        raise ValueError(f"search summary {path} is not a `finalbn search` output (no 'study')")
+    return out
+
+
+def make_report(cfg: Any, splits_dir: Path, out_dir: Path, ceiling: Path | None = None,
+                search: Path | None = None) -> dict:
     """`finalbn report`: the current grid's FINISHED cells (by cell key) -> out_dir, logged to MLflow."""
     from finalbn import grid
 
@@ -297,6 +375,7 @@ def make_report(cfg: Any, splits_dir: Path, out_dir: Path, ceiling: Path | None 
     wanted = {grid.cell_key(cfg, c, splits_dir) for c in grid.all_cells(cfg)}
     data = collect(cfg.tracking.experiment, keys=wanted)  # only this grid's cells: the store may hold others
     ceilings = read_ceilings(Path(ceiling)) if ceiling else []
-    summary = build_report(data, out_dir, n_boot=cfg.report.bootstrap, seed=cfg.report.seed, ceilings=ceilings)
+    summary = build_report(data, out_dir, n_boot=cfg.report.bootstrap, seed=cfg.report.seed, ceilings=ceilings,
+                           search=read_search(search))
     tracking.log_report(out_dir, cfg.tracking.experiment)
     return summary

@@ -1,7 +1,7 @@
 """The report's input: one row per finished cell run, plus per-run extras fetched on demand.
 
     data = collect("finalbn")          # FINISHED cell runs of the experiment, via finalbn.tracking
-    data.cells                         # run_id, dataset, arch, replicate, config_id, toggles, metrics
+    data.cells                         # run_id, dataset, arch, replicate, config_id, baseline, toggles, metrics
     data.history(run_id)               # per-epoch metrics (DataFrame), fetched once
 
 Metric columns: `test_<m>` is the last epoch (the primary protocol, as the paper's Table I),
@@ -126,7 +126,8 @@ def run_row(run: Any) -> dict | None:
     row = {"run_id": run.info.run_id, "dataset": tags.get("dataset", "?"), "arch": tags.get("arch", "?"),
            "replicate": _parse_int(tags.get("replicate")) or 0, "config_id": config_id_of(toggles),
            "config_name": config_name_of(toggles), **toggles, "selected_epoch": metrics.get("selected_epoch"),
-           "cell_key": tags.get("cell_key", ""), "start_time": run.info.start_time or 0}
+           "cell_key": tags.get("cell_key", ""), "baseline": tags.get("baseline", ""),
+           "start_time": run.info.start_time or 0}
     for k in TEST_METRICS:
         row[f"test_{k}"] = float(metrics.get(f"test_{k}", math.nan))
     for k in SEL_METRICS:
@@ -176,6 +177,7 @@ def prepare(cells: pd.DataFrame, experiment: str = "") -> tuple[pd.DataFrame, in
     df["config_id"] = [config_id_of(r) for r in df[list(TOGGLES)].to_dict("records")]
     df["config_name"] = [config_name_of(r) for r in df[list(TOGGLES)].to_dict("records")]
     df["replicate"] = df["replicate"].astype(int)
+    df["baseline"] = df["baseline"].fillna("").astype(str) if "baseline" in df else ""
     for col in ("dataset", "arch", "run_id"):
         df[col] = df[col].astype(str)
     epochs = pd.to_numeric(df["selected_epoch"], errors="coerce") if "selected_epoch" in df \
@@ -188,8 +190,8 @@ def prepare(cells: pd.DataFrame, experiment: str = "") -> tuple[pd.DataFrame, in
     if "start_time" in df:
         df = df.sort_values("start_time", kind="stable")
     before = len(df)
-    df = df.drop_duplicates(["dataset", "arch", "replicate", "config_id"], keep="last")
-    df = df.sort_values(["dataset", "arch", "config_id", "replicate"], kind="stable").reset_index(drop=True)
+    df = df.drop_duplicates(["dataset", "arch", "replicate", "config_id", "baseline"], keep="last")
+    df = df.sort_values(["dataset", "arch", "baseline", "config_id", "replicate"], kind="stable").reset_index(drop=True)
     return df, before - len(df)
 
 

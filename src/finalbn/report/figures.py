@@ -184,3 +184,29 @@ def fig_reliability(b63: dict | None, n63: int, b31: dict | None, n31: int, path
             _reliability_panel(ax, b, f"{name}, {n} runs pooled, ECE {bins_ece(b):.3f}")
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def fig_methods(groups: list[tuple[str, pd.DataFrame]], path: Path, title: str) -> None:
+    """Test minority F1 and AUROC per method (a dot per replicate, a bar for the mean; lines join
+    a replicate's values across methods: the pairing every interval uses). `groups`: (label, rows
+    with `replicate`, `test_f1_1`, `test_auroc`), the final-BN references first."""
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(groups) + 3), 4.5), layout="constrained")
+    for ax, (col, what) in zip(axes, (("test_f1_1", "test minority F1"), ("test_auroc", "test AUROC"))):
+        x = np.arange(len(groups))
+        means = [float(g[col].mean()) if len(g) else math.nan for _, g in groups]
+        ax.bar(x, means, color=["tab:red" if "BN" in label or "best" in label else "tab:blue" for label, _ in groups],
+               alpha=0.35)
+        by_rep: dict[int, list[tuple[int, float]]] = {}
+        for xi, (_, g) in zip(x, groups):
+            ax.scatter([xi] * len(g), g[col], s=12, color="black", zorder=3)
+            for r, v in zip(g["replicate"], g[col]):
+                by_rep.setdefault(int(r), []).append((xi, float(v)))
+        for pts in by_rep.values():
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color="gray", alpha=0.25, linewidth=0.8)
+        ax.set_xticks(x, labels=[label for label, _ in groups], rotation=30, ha="right", fontsize="small")
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel(what)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title, fontsize="small")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
