@@ -49,6 +49,8 @@ def test_three_trials_complete_as_child_runs(searching, tmp_path, capsys):
     assert main(_args(overrides, "--out", str(tmp_path / "search.json"))) == 0
     out = json.loads((tmp_path / "search.json").read_text())
     assert out["trials"] == 3 and out["states"]["complete"] == 3 and "best" in out
+    printed = capsys.readouterr().out
+    assert "search: trial 2 (" in printed and "[3/3 finished]" in printed  # a line per trial
     study = search.open_study(load())
     parent = study.user_attrs["mlflow_run_id"]
     runs = mlflow.search_runs(experiment_names=["finalbn"], output_format="list",
@@ -228,6 +230,17 @@ def test_two_workers_share_one_journal(searching, tmp_path):
     assert len(numbers) == len(set(numbers)) >= 4
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert len({json.dumps(t.params, sort_keys=True) for t in trials}) > 1  # the workers' samplers differ
+
+
+def test_a_line_per_trial_names_its_configuration_even_when_pruned(searching):
+    load, _ = searching
+    study = search.open_study(load(["search.study=lines"]))
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, params={"x": 0.5}, distributions=dist,
+                                              intermediate_values={1: 0.6, 2: 0.5}, user_attrs={"config_name": "BN+WL"}))
+    lines = []
+    search.TrialLog(load(), lines.append)(study, study.trials[0])
+    assert lines[0].startswith("search: trial 0 (BN+WL) pruned at epoch 2") and "[1/3 finished]" in lines[0]
 
 
 def test_ties_on_the_objective_go_to_the_lower_validation_balanced_loss(searching):

@@ -292,6 +292,7 @@ def make_objective(cfg: Config, splits: Path, parent_run_id: str) -> Callable[[o
         # the key of what the trial computes: the comparison after the study finds it as the best
         # configuration's run on this replicate (and the grid's cells the same way)
         key = result_key(tcfg, dataset, cfg.search.replicate, splits)
+        trial.set_user_attr("config_name", config_name(tcfg.ablation))  # also for a pruned or failed trial's line
         try:
             _, result = tracking.track_cell(
                 tcfg, dataset, splits, callbacks=callbacks, run_name=f"trial-{trial.number}",
@@ -303,7 +304,6 @@ def make_objective(cfg: Config, splits: Path, parent_run_id: str) -> Callable[[o
             trial.set_user_attr("fail_reason", str(exc))
             raise
         trial.set_user_attr("test_minority_f1", result.test_last["f1_1"])  # reported, never optimised
-        trial.set_user_attr("config_name", result.config_name)
         val = {**result.val_last, "balanced_loss": result.fit.history[-1]["val_balanced_loss"]}
         trial.set_user_attr(TIE_BREAK, float(val["balanced_loss"]))
         trial.set_user_attr("val_minority_f1", float(val["f1_1"]))

@@ -130,7 +130,9 @@ def build_report(data: CellData, out_dir: Path, n_boot: int = 2000, seed: int = 
                 "unless `grid.baselines.config` says otherwise), over the headline replicates: focal loss (Lin et al. "
                 "2017, γ = `train.focal_gamma`), logit-adjusted loss (Menon et al. 2021), class-balanced weights from "
                 "the effective number of samples (Cui et al. 2019, β = `train.cb_beta`), post-hoc temperature scaling "
-                "fitted on validation (it changes no argmax: its F1 and AUROC are its base's, its ECE is not). "
+                "fitted on validation (it changes no argmax: its F1 is its base's, its ECE is not). "
+                "`F1 prior-corrected` adds the training log-prior to the minority logit; the logit-adjusted loss "
+                "has already taken it out in training, so correcting it again overshoots. "
                 "Test metrics at the last epoch, mean ± std over replicates; Δ: paired per-replicate differences "
                 "(same split, same seed), mean with a 95 % t interval.\n\n![](imbalance.png)")
     else:
