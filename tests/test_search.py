@@ -301,10 +301,11 @@ def test_best_trial_rerun_beside_the_grid(searching, tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_leaves_no_running_trial(searching):
     load, overrides = searching
-    over = overrides + ["train.epochs=30"]  # trials long enough that the signal lands inside one
+    # trials long enough that the signal lands inside one, and more than can finish meanwhile
+    over = overrides + ["train.epochs=30", "search.n_trials=20"]
     proc = subprocess.Popen([sys.executable, "-m", "finalbn", *_args(over)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    cfg = load(["train.epochs=30"])
+    cfg = load(["train.epochs=30", "search.n_trials=20"])
     deadline = time.time() + 240
     try:
         while time.time() < deadline:  # wait until a trial is running
@@ -322,7 +323,7 @@ def test_ctrl_c_leaves_no_running_trial(searching):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130 and err.strip().endswith("finalbn search: interrupted")
+    assert proc.returncode == 130 and err.strip().endswith("finalbn search: interrupted"), err[-3000:]
     trials = search.open_study(cfg).trials
     assert trials and not [t for t in trials if t.state == TrialState.RUNNING]
     runs = mlflow.search_runs(experiment_names=["finalbn"], output_format="list",
