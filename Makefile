@@ -11,9 +11,10 @@ export DVC_NO_ANALYTICS := 1
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+$(VENV)/.installed: pyproject.toml deploy/field/pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e '.[cpu,test]'
+	$(BIN)/pip install --quiet -e deploy/field   # finalbn-field (onnxruntime comes with [cpu] above)
 	touch $@
 
 install: $(VENV)/.installed

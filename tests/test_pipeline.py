@@ -94,8 +94,10 @@ def repo(tmp_path):
 def test_whole_pipeline_then_nothing_then_only_what_changed(repo, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # MLflow's default store in the repo
     first = _repro(repo)
-    for stage in ("synthesize", "prepare@0", "ceiling@0", "grid", "search", "report"):
+    for stage in ("synthesize", "prepare@0", "ceiling@0", "grid", "search", "report", "export"):
         assert f"Running stage '{stage}'" in first
+    assert json.loads((repo / "models" / "parity.json").read_text())["passed"]
+    assert (repo / "models" / "model.onnx").is_file() and (repo / "models" / "model.json").is_file()
     search = json.loads((repo / "results" / "search.json").read_text())
     assert search["states"]["complete"] == 2 and search["comparison"]["bn_only_31"]["replicates"] == 2
     # 47 once, 31 and 63 twice, and the 4 baselines on 63's 2 replicates
@@ -110,7 +112,7 @@ def test_whole_pipeline_then_nothing_then_only_what_changed(repo, monkeypatch):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = _repro(repo)
     assert "Running stage 'report'" in third and "Running stage 'grid'" not in third
-    assert "Running stage 'search'" not in third
+    assert "Running stage 'search'" not in third and "Running stage 'export'" not in third
 
 
 @pytest.mark.slow

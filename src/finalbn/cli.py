@@ -60,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/search.json", help="summary file (default results/search.json)")
     p.add_argument("--grid-csv", default="results/grid.csv",
                    help="the grid's results, for the comparison with its configurations (default results/grid.csv)")
+    p = sub.add_parser("export", parents=[common],
+                       help="the best final-BN run (on validation) to ONNX, checked against torch, registered")
+    p.add_argument("--run-id", help="export this run instead of the best final-BN run on validation")
+    p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
+    p.add_argument("--out", default="models", help="output folder (default models)")
+    p.add_argument("--no-register", action="store_true", help="do not log the ONNX model to MLflow nor register it")
     p = sub.add_parser("bench", parents=[common], help="measure throughput, each speed lever and the grid, shared vs not")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to measure (default auto)")
     p.add_argument("--archs", nargs="+", help="default: efficientnet_lite0 resnet18 on CPU; efficientnet_lite0 "
@@ -374,7 +380,24 @@ def _cmd_report(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(cfg: Config, args: argparse.Namespace) -> int:
+    from finalbn import export
+
+    os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run -e export`: the export trains its own run
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per downloaded file
+    _quiet_mlflow()
+    try:
+        export.export(cfg, Path(args.splits), Path(args.out), run_id=args.run_id,
+                      log=lambda m: print(m, flush=True), register=not args.no_register)
+    except export.ExportError as exc:
+        print(f"finalbn export: failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"export: {args.out}/model.onnx, {args.out}/model.json, {args.out}/parity.json")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
+    "export": _cmd_export,
     "synthesize": _cmd_synthesize,
     "prepare": _cmd_prepare,
     "pretrain": _cmd_pretrain,

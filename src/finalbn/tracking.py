@@ -195,9 +195,10 @@ def track_cell(cfg: Config, dataset: str, splits_dir: Path, callbacks=(), progre
                run_name: str | None = None, extra_tags: dict[str, str] | None = None,
                parent_run_id: str | None = None, replicate: int = 0,
                killed_on: tuple[type[BaseException], ...] = (), state_tag: str | None = None,
-               on_start=None) -> tuple[str, CellResult]:
+               on_start=None, on_end=None) -> tuple[str, CellResult]:
     """One cell as one run (see the module docstring); `on_start(run_id)` is called once the run
-    exists (a search trial records its run id)."""
+    exists (a search trial records its run id), `on_end(result)` while it is still active (the
+    export saves its weights there)."""
     setup(cfg)
     tags = {**cell_tags(cfg, dataset, replicate), **(extra_tags or {})}
     name = run_name or f"{dataset} {tags['config_name']} r{replicate}"
@@ -213,6 +214,8 @@ def track_cell(cfg: Config, dataset: str, splits_dir: Path, callbacks=(), progre
         result = run_cell(cfg, dataset, splits_dir, callbacks=[EpochLogger(run_id), *callbacks], progress=progress,
                           replicate=replicate)
         log_result(cfg, result)
+        if on_end is not None:
+            on_end(result)
     return run_id, result
 
 

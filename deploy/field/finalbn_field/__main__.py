@@ -1,0 +1,6 @@
+"""python -m finalbn_field predict ..."""
+import sys
+
+from finalbn_field.cli import main
+
+sys.exit(main())

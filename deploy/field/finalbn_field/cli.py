@@ -1,0 +1,182 @@
+"""finalbn-field predict: a finalbn model on images, with onnxruntime alone.
+
+    finalbn-field predict --model models/model.onnx leaf1.jpg leaf2.png --out preds.csv
+    finalbn-field predict --model models/model.onnx --images field/ --out preds.csv --prevalence 0.02
+
+One CSV row per image: path, P(healthy), P(diseased), label, label name, status (ok | error) and
+the error. A file that cannot be used (corrupt, truncated, empty, not an image, a decompression
+bomb) gets status `error` and its reason; the others are still predicted; the exit code is 1 when
+any file failed. The model, its model.json and the output path are checked before any image is
+read (exit 2, one line).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from finalbn_field.images import IMAGE_SUFFIXES, BadImage, load_rgb
+from finalbn_field.predict import FieldError, FieldModel, preprocess
+
+EXIT_USAGE = 2
+COLUMNS = ["path", "p_healthy", "p_diseased", "label", "label_name", "status", "error"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="finalbn-field", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("predict", help="predict images with an exported model; one CSV row per image")
+    p.add_argument("--model", required=True, help="models/model.onnx (model.json beside it)")
+    p.add_argument("images", nargs="*", help="image files")
+    p.add_argument("--images", dest="folder", help="a folder of images (searched recursively)")
+    p.add_argument("--out", default="-", help="CSV file (default: standard output)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--threshold", type=float, help="label diseased when P(diseased) >= this")
+    g.add_argument("--prevalence", type=float,
+                   help="the diseased fraction expected in the field: the threshold that corrects the training prior")
+    p.add_argument("--batch-size", type=int, default=32, help="images per onnxruntime call (default 32)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cpu, or cuda (fails if onnxruntime cannot use CUDA; never silently on CPU)")
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: its own)")
+    return parser
+
+
+def _inputs(args: argparse.Namespace) -> list[Path]:
+    paths = [Path(p) for p in args.images]
+    if args.folder:
+        folder = Path(args.folder)
+        if not folder.is_dir():
+            raise FieldError(f"--images {folder}: not a folder")
+        paths += sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if not paths:
+        raise FieldError("no images: give files, or --images DIR")
+    return paths
+
+
+def _check_out(out: str) -> None:
+    """Fail before any work when the CSV cannot be written."""
+    if out == "-":
+        return
+    path = Path(out)
+    if path.is_dir():
+        raise FieldError(f"--out {path} is a folder, not a file")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise FieldError(f"--out {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise FieldError(f"--out {path}: not writable")
+
+
+class Progress:
+    """A one-line progress bar on stderr for long folders (a terminal only)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.t0 = total, 0, time.perf_counter()
+        self.on = total >= 50 and sys.stderr.isatty()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.on:
+            frac = self.done / self.total
+            rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
+            bar = "#" * int(30 * frac)
+            sys.stderr.write(f"\rpredict |{bar:<30}| {self.done}/{self.total} {rate:.0f} img/s")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.on:
+            sys.stderr.write("\n")
+
+
+def predict(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise FieldError(f"--batch-size must be >= 1 (got {args.batch_size})")
+    if args.threshold is not None and not 0 < args.threshold < 1:
+        raise FieldError(f"--threshold must lie in (0, 1) (got {args.threshold})")
+    if args.prevalence is not None and not 0 < args.prevalence < 1:
+        raise FieldError(f"--prevalence must lie in (0, 1) (got {args.prevalence})")
+    _check_out(args.out)
+    paths = _inputs(args)
+    model = FieldModel.open(args.model, device=args.device, threads=args.threads)
+    cut, how = model.threshold(args.threshold, args.prevalence)
+    names = model.card["classes"]
+
+    rows: list[dict] = []
+    pending: list[tuple[int, np.ndarray]] = []
+    bar = Progress(len(paths))
+
+    def flush() -> None:
+        if not pending:
+            return
+        probs = model.probabilities(np.stack([x for _, x in pending]))
+        for (i, _), p in zip(pending, probs):
+            label = int(p[1] >= cut) if cut is not None else int(p.argmax())
+            rows[i].update(p_healthy=f"{p[0]:.6f}", p_diseased=f"{p[1]:.6f}", label=label, label_name=names[label],
+                           status="ok")
+        bar.update(len(pending))
+        pending.clear()
+
+    for path in paths:
+        rows.append({"path": str(path), "p_healthy": "", "p_diseased": "", "label": "", "label_name": "",
+                     "status": "error", "error": ""})
+        try:
+            with load_rgb(path) as img:
+                x = preprocess(img, model.card)
+        except BadImage as exc:
+            hint = "" if path.suffix.lower() in IMAGE_SUFFIXES else f" (suffix {path.suffix or 'none'})"
+            rows[-1]["error"] = f"{exc}{hint}"
+            bar.update(1)
+            continue
+        pending.append((len(rows) - 1, x))
+        if len(pending) >= args.batch_size:
+            flush()
+    flush()
+    bar.close()
+    _write(rows, args.out)
+    failed = sum(r["status"] == "error" for r in rows)
+    diseased = sum(r["label"] == 1 for r in rows)
+    where = "stdout" if args.out == "-" else args.out
+    print(f"finalbn-field: {len(rows)} images, {len(rows) - failed} predicted ({diseased} {names[1]}), "
+          f"{failed} failed; decision: {how}; providers {','.join(model.providers)} -> {where}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _write(rows: list[dict], out: str) -> None:
+    if out == "-":
+        w = csv.DictWriter(sys.stdout, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+        return
+    path = Path(out)
+    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return predict(args)
+    except FieldError as exc:
+        print(f"finalbn-field {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"finalbn-field {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""The model and the images: model.json, the onnxruntime session, preprocessing, decisions.
+
+    model = FieldModel.open("models/model.onnx", device="cpu", threads=0)
+    x = preprocess(load_rgb(path), model.card)          # (3, H, W) float32, as training's eval
+    p = model.probabilities(np.stack([x, ...]))        # (N, 2): P(healthy), P(diseased)
+
+Preprocessing is training's evaluation transform exactly: the image decoded by `images.load_rgb`
+(the project's own file, kept identical by its tests), the shorter side resized to `image_size`
+(bilinear) and a centre crop, scaled to [0, 1], normalised with the card's mean and std.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+FORMAT = "finalbn-field/1"
+
+
+class FieldError(RuntimeError):
+    """A problem with the model or the command line: one line, before any image is read."""
+
+
+def resize_square(img: Image.Image, size: int) -> Image.Image:
+    """Shorter side to `size`, then a centre crop (training's `data.resize_square`)."""
+    w, h = img.size
+    scale = size / min(w, h)
+    if (w, h) != (size, size):
+        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+        w, h = img.size
+        left, top = (w - size) // 2, (h - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    return img
+
+
+def preprocess(img: Image.Image, card: dict) -> np.ndarray:
+    """An RGB image -> the model's (3, H, W) float32 input."""
+    pre = card["preprocessing"]
+    arr = np.asarray(resize_square(img, int(pre["size"])), dtype=np.float32) / np.float32(255.0)
+    mean = np.asarray(pre["mean"], dtype=np.float32)
+    std = np.asarray(pre["std"], dtype=np.float32)
+    return np.ascontiguousarray(((arr - mean) / std).transpose(2, 0, 1))
+
+
+def prior_threshold(train_counts: list[int], prevalence: float) -> float:
+    """P(diseased) threshold that moves the training prior to a stated field prevalence."""
+    n0, n1 = train_counts
+    k = (n1 / n0) * ((1 - prevalence) / prevalence)
+    return float(k / (1 + k))
+
+
+@dataclass
+class FieldModel:
+    path: Path
+    card: dict
+    session: Any
+    providers: list[str]
+
+    @classmethod
+    def open(cls, path: str | Path, device: str = "cpu", threads: int = 0) -> "FieldModel":
+        path = Path(path)
+        if not path.is_file():
+            raise FieldError(f"no model file {path}")
+        card_path = path.with_name("model.json")
+        if not card_path.is_file():
+            raise FieldError(f"no model.json beside {path}: export writes both (`finalbn export`)")
+        try:
+            card = json.loads(card_path.read_text())
+        except ValueError as exc:
+            raise FieldError(f"{card_path} is not JSON ({exc})") from None
+        if not isinstance(card, dict) or card.get("format") != FORMAT:
+            raise FieldError(f"{card_path} is not a finalbn model card (format {FORMAT!r})")
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise FieldError("onnxruntime is not installed: pip install 'finalbn-field[cpu]' "
+                             "(or [gpu] for onnxruntime-gpu, never both)") from None
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = threads
+        wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise FieldError("--device cuda: this onnxruntime has no CUDAExecutionProvider "
+                             f"(available: {', '.join(ort.get_available_providers())}); install finalbn-field[gpu]")
+        try:
+            sess = ort.InferenceSession(str(path), so, providers=wanted)
+        except Exception as exc:  # not an ONNX file, a truncated one, an unknown operator
+            raise FieldError(f"{path} cannot be loaded by onnxruntime: {' '.join(str(exc).split())[:300]}") from None
+        providers = sess.get_providers()
+        if device == "cuda" and "CUDAExecutionProvider" not in providers:  # onnxruntime fell back silently
+            raise FieldError(f"--device cuda: onnxruntime fell back to {providers} (CUDA could not start)")
+        model = cls(path, card, sess, providers)
+        model._check_io()
+        return model
+
+    def _check_io(self) -> None:
+        want = self.card["input"]
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise FieldError(f"{self.path} has {len(inputs)} inputs; model.json describes one ({want['name']!r})")
+        got = inputs[0]
+        shape = [d if isinstance(d, int) else "batch" for d in got.shape]
+        if got.name != want["name"] or got.type != "tensor(float)" or shape[1:] != list(want["shape"][1:]):
+            raise FieldError(f"{self.path} takes {got.name!r} {got.type} {got.shape}, but model.json says "
+                             f"{want['name']!r} float32 {want['shape']}: the model and its card do not match")
+        outs = [o.name for o in self.session.get_outputs()]
+        if "probs" not in outs:
+            raise FieldError(f"{self.path} has no 'probs' output (outputs {outs})")
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        (probs,) = self.session.run(["probs"], {self.card["input"]["name"]: batch})
+        return probs
+
+    def threshold(self, threshold: float | None = None, prevalence: float | None = None) -> tuple[float | None, str]:
+        """The P(diseased) cut and how it was set: given, from a field prevalence, or argmax."""
+        if threshold is not None:
+            return threshold, f"threshold {threshold:g} (given)"
+        if prevalence is not None:
+            t = prior_threshold(self.card["train_counts"], prevalence)
+            return t, f"threshold {t:.4g} (prior correction to a field prevalence of {prevalence:g})"
+        return None, "argmax"

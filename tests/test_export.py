@@ -1,0 +1,115 @@
+"""`finalbn export`: the best final-BN run on validation, to ONNX, checked against torch, registered."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import onnx
+import pytest
+
+from finalbn import export, grid
+from finalbn.cli import main
+
+from conftest import ROOT
+
+SPLITS = Path("data/splits")
+GRID = ["grid.configs=[31, 63]", "grid.replicates=1", "grid.headline.configs=[]", "grid.workers=1"]
+
+
+def _args(overrides, *extra):
+    return ["export", "--params", str(ROOT / "params.yaml"), *[x for o in overrides for x in ("--set", o)], *extra]
+
+
+@pytest.fixture
+def gridded(prepared):
+    load, overrides = prepared
+    cfg = load(GRID)
+    grid.run_shard(cfg, SPLITS, log=lambda m: None)
+    return load, overrides + GRID
+
+
+def test_the_best_final_bn_run_is_chosen_on_validation_only():
+    class R:
+        def __init__(self, rid, bn, auroc, ap, test, t, final="bn"):
+            self.info = type("I", (), {"run_id": rid, "start_time": t})()
+            self.data = type("D", (), {"tags": {"BN": "true" if bn else "false"},
+                                       "params": {"model.final_variant": final},
+                                       "metrics": {"val_last_auroc": auroc, "val_last_ap": ap, "val_last_f1_1": 0.5,
+                                                   "test_f1_1": test}})()
+
+    runs = [R("nobn", False, 1.0, 1.0, 0.99, 1), R("selu", True, 1.0, 1.0, 0.99, 2, final="selu"),
+            R("a", True, 0.9, 0.8, 0.99, 3), R("b", True, 0.95, 0.7, 0.10, 4), R("c", True, 0.95, 0.7, 0.2, 5)]
+    assert export.choose_run(runs).info.run_id == "b"  # the earlier of two equal on validation; test is ignored
+    assert export.choose_run(runs, "a").info.run_id == "a"
+    with pytest.raises(export.ExportError, match="not a FINISHED cell run"):
+        export.choose_run(runs, "zzz")
+    with pytest.raises(export.ExportError, match="no FINISHED cell run with a final BN"):
+        export.choose_run(runs[:2])
+
+
+def test_prior_correction_threshold():
+    # at the training prevalence the threshold is argmax's 0.5
+    assert export.prior_threshold((1000, 10), 10 / 1010) == pytest.approx(0.5)
+    # a rarer field needs more evidence, a balanced field less
+    assert export.prior_threshold((1000, 10), 0.001) > 0.5 > export.prior_threshold((1000, 10), 0.5)
+
+
+def test_export_writes_a_checked_model_and_registers_it(gridded, tmp_path, capsys):
+    load, overrides = gridded
+    assert main(_args(overrides, "--out", str(tmp_path / "models"))) == 0
+    out = capsys.readouterr().out
+    assert "kept no weights: training its cell again" in out and "parity at batch 32" in out
+    models = tmp_path / "models"
+    assert sorted(p.name for p in models.iterdir()) == ["model.json", "model.onnx", "parity.json"]  # one file, no .data
+    proto = onnx.load(str(models / "model.onnx"))
+    onnx.checker.check_model(proto)
+    assert [i.name for i in proto.graph.input] == ["image"] and [o.name for o in proto.graph.output] == ["logits", "probs"]
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    parity = json.loads((models / "parity.json").read_text())
+    assert parity["passed"] and set(parity["batches"]) == {"1", "32"}
+    assert all(b["max_abs_diff_probs"] <= 1e-4 and b["labels_identical"] for b in parity["batches"].values())
+    card = json.loads((models / "model.json").read_text())
+    assert card["classes"] == ["healthy", "diseased"] and card["configuration"]["BN"] is True
+    assert card["input"]["shape"] == ["batch", 3, 32, 32] and card["preprocessing"]["size"] == 32
+    assert card["decision"]["default"] == "argmax" and 0 < card["decision"]["validation_threshold"]["threshold"] < 1
+    # the retrained cell reproduces the chosen run's validation metrics
+    assert parity["retrained_vs_source_validation_abs_diff"]["auroc"] < 1e-6
+    src = mlflow.get_run(card["source_run_id"])
+    assert src.data.tags["BN"] == "true" and src.data.tags.get("finalbn.export") is None
+    assert mlflow.get_run(card["model_run_id"]).data.tags["export_source"] == card["source_run_id"]
+    mv = mlflow.MlflowClient().get_model_version_by_alias("finalbn", "champion")
+    model = mlflow.pyfunc.load_model("models:/finalbn@champion")
+    x = np.zeros((2, 3, 32, 32), dtype=np.float32)
+    got = model.predict(x)
+    assert set(got) == {"logits", "probs"} and got["probs"].shape == (2, 2) and int(mv.version) >= 1
+    # again: the retrained model is found and loaded, not trained a third time; a new version is champion
+    runs_before = len(mlflow.search_runs(experiment_names=["finalbn"], output_format="list"))
+    assert main(_args(overrides, "--out", str(tmp_path / "models"))) == 0
+    assert f"using its retrained model from run {card['model_run_id']}" in capsys.readouterr().out
+    assert len(mlflow.search_runs(experiment_names=["finalbn"], output_format="list")) == runs_before
+    again = json.loads((models / "parity.json").read_text())
+    assert again["batches"]["1"]["max_abs_diff_probs"] == parity["batches"]["1"]["max_abs_diff_probs"]
+    assert int(mlflow.MlflowClient().get_model_version_by_alias("finalbn", "champion").version) == int(mv.version) + 1
+
+
+def test_parity_past_the_tolerance_exits_1_and_keeps_the_old_model(gridded, tmp_path, monkeypatch, capsys):
+    load, overrides = gridded
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "model.onnx").write_bytes(b"the champion before")
+    monkeypatch.setattr(export, "TOLERANCE", -1.0)  # no model can pass
+    assert main(_args(overrides, "--out", str(models), "--no-register")) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "onnxruntime and torch disagree" in err[0] and "was not replaced" in err[0]
+    assert (models / "model.onnx").read_bytes() == b"the champion before"
+    assert not (models / "model.json").exists() and json.loads((models / "parity.json").read_text())["passed"] is False
+    assert not [p for p in models.iterdir() if p.name.startswith(".export-")]  # no temporary left behind
+
+
+def test_an_unknown_run_is_one_line(gridded, tmp_path, capsys):
+    _, overrides = gridded
+    assert main(_args(overrides, "--run-id", "0123", "--out", str(tmp_path / "m"))) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "finalbn export: failed: run 0123 is not a FINISHED cell run of the experiment"

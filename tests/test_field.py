@@ -1,0 +1,196 @@
+"""finalbn-field (deploy/field): torch-free field inference on an exported model."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+from test_images import noise, png_header_only, save, truncate_half
+
+FIELD = ROOT / "deploy" / "field"
+sys.path.insert(0, str(FIELD))  # the package as its own folder holds it (installed: `pip install deploy/field`)
+
+from finalbn_field import cli as field_cli  # noqa: E402
+from finalbn_field import predict as field  # noqa: E402
+from finalbn_field.images import load_rgb as field_load_rgb  # noqa: E402
+
+SPLITS = Path("data/splits")
+
+
+def test_the_field_decodes_with_the_projects_own_code():
+    """The field package cannot import the project, so it carries its image decoder: the same file."""
+    assert (FIELD / "finalbn_field" / "images.py").read_bytes() == (ROOT / "src" / "finalbn" / "images.py").read_bytes()
+
+
+def _odd_images(folder: Path) -> list[Path]:
+    """Images in every mode training converts: RGB, grayscale, 16-bit, RGBA, palette, CMYK, EXIF-rotated."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rgb = noise(40, 30, seed=1)
+    out = [save(rgb, folder / "rgb.jpg", quality=90), save(noise(23, 50, seed=2).convert("L"), folder / "gray.png"),
+           save(Image.fromarray((np.arange(48 * 40).reshape(40, 48) * 30 % 65536).astype(np.uint16)), folder / "deep.png"),
+           save(noise(33, 33, seed=3).convert("RGBA"), folder / "rgba.png"),
+           save(noise(64, 20, seed=4).convert("P"), folder / "palette.png"),
+           save(noise(35, 45, seed=5).convert("CMYK"), folder / "cmyk.jpg")]
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° on display
+    out.append(save(noise(50, 20, seed=6), folder / "rotated.jpg", exif=exif.tobytes()))
+    return out
+
+
+def test_preprocessing_is_trainings_eval_transform(tmp_path):
+    """The field's input for an image equals training's (decode_images -> /255 -> normalise)."""
+    import torch
+
+    from finalbn.data import decode_images
+    from finalbn.export import preprocess as train_preprocess
+    from finalbn.models import get_spec
+
+    spec = get_spec("efficientnet_lite0")
+    card = {"preprocessing": {**spec.preprocessing(), "size": 32}}
+    paths = _odd_images(tmp_path)
+    train = train_preprocess(decode_images([str(p) for p in paths], 32), spec.mean, spec.std)
+    mine = np.stack([field.preprocess(field_load_rgb(p), card) for p in paths])
+    assert mine.shape == train.shape == (len(paths), 3, 32, 32) and mine.dtype == np.float32
+    assert np.abs(mine - train).max() <= 1e-5
+    assert isinstance(train, np.ndarray) and torch is not None
+
+
+def test_prior_threshold_matches_the_export():
+    from finalbn.export import prior_threshold
+
+    for p in (0.001, 0.02, 0.5):
+        assert field.prior_threshold([1000, 10], p) == prior_threshold((1000, 10), p)
+
+
+@pytest.fixture
+def exported(prepared, tmp_path):
+    """A tiny grid (31, 63) and its best final-BN run exported to tmp_path/models."""
+    from finalbn import export, grid
+
+    load, _ = prepared
+    cfg = load(["grid.configs=[31, 63]", "grid.replicates=1", "grid.headline.configs=[]", "grid.workers=1"])
+    grid.run_shard(cfg, SPLITS, log=lambda m: None)
+    out = export.export(cfg, SPLITS, tmp_path / "models", log=lambda m: None, register=False)
+    return cfg, tmp_path / "models", out
+
+
+def _rows(path: Path) -> list[dict]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_field_predict_equals_the_torch_evaluation_and_keeps_going_past_bad_files(exported, tmp_path, capsys):
+    import mlflow
+
+    from finalbn.metrics import classification_report
+
+    cfg, models, out = exported
+    card = out["card"]
+    manifest = _rows(SPLITS / cfg.datasets[0].name / str(card["replicate"]) / "manifest.csv")
+    test = [r for r in manifest if r["split"] == "test"]
+    preds = tmp_path / "preds.csv"
+    code = field_cli.main(["predict", "--model", str(models / "model.onnx"), *[r["path"] for r in test],
+                           "--out", str(preds)])
+    assert code == 0
+    rows = _rows(preds)
+    assert [r["path"] for r in rows] == [r["path"] for r in test] and {r["status"] for r in rows} == {"ok"}
+    # the same labels as the torch evaluation of the same run, and so the same F1
+    client = mlflow.MlflowClient()
+    local = client.download_artifacts(card["model_run_id"], "predictions/test_predictions.csv", str(tmp_path))
+    torch_rows = {r["path"]: r for r in _rows(Path(local))}
+    for r in rows:
+        t = torch_rows[r["path"]]
+        assert int(r["label"]) == int(float(t["p1_last"]) > 0.5)
+        assert abs(float(r["p_diseased"]) - float(t["p1_last"])) <= 1e-4
+    labels = np.array([int(r["label"]) for r in test])
+    p1 = np.array([float(r["p_diseased"]) for r in rows])
+    f1 = classification_report(labels, np.stack([1 - p1, p1], 1))["f1_1"]
+    assert f1 == pytest.approx(mlflow.get_run(card["model_run_id"]).data.metrics["test_f1_1"], abs=1e-9)
+    assert "finalbn-field: 4 images, 4 predicted" in capsys.readouterr().err
+
+    # a folder mixing good and broken files: one row each, the good ones predicted, exit 1
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for r in test[:2]:
+        shutil.copy(r["path"], mixed / Path(r["path"]).name)
+    _odd_images(mixed / "odd")
+    truncate_half(save(noise(64, 64), mixed / "truncated.png"))
+    (mixed / "empty.jpg").write_bytes(b"")
+    (mixed / "notes.txt").write_text("not an image")
+    (mixed / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage" * 10)
+    png_header_only(mixed / "bomb.png", 20000, 20000)
+    code = field_cli.main(["predict", "--model", str(models / "model.onnx"), "--images", str(mixed),
+                           "--out", str(tmp_path / "mixed.csv"), "--prevalence", "0.05"])
+    assert code == 1
+    rows = {Path(r["path"]).name: r for r in _rows(tmp_path / "mixed.csv")}
+    assert len(rows) == 2 + 7 + 5
+    bad = {n: r["error"] for n, r in rows.items() if r["status"] == "error"}
+    assert set(bad) == {"truncated.png", "empty.jpg", "notes.txt", "corrupt.jpg", "bomb.png"}
+    assert "empty file" in bad["empty.jpg"] and "decompression-bomb" in bad["bomb.png"]
+    assert "truncated" in bad["truncated.png"] and "(suffix .txt)" in bad["notes.txt"]
+    assert all(r["label"] in ("0", "1") and r["p_diseased"] for n, r in rows.items() if n not in bad)
+    err = capsys.readouterr().err
+    assert "14 images, 9 predicted" in err and "5 failed" in err and "prior correction to a field prevalence of 0.05" in err
+
+
+def test_the_model_and_the_output_are_checked_before_any_image(exported, tmp_path, capsys):
+    _, models, _ = exported
+    img = save(noise(), tmp_path / "a.png")
+
+    def run(*args) -> tuple[int, list[str]]:
+        code = field_cli.main(["predict", *args])
+        return code, capsys.readouterr().err.strip().splitlines()
+
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    shutil.copy(models / "model.onnx", lonely / "model.onnx")
+    code, err = run("--model", str(lonely / "model.onnx"), str(img))
+    assert code == 2 and len(err) == 1 and "no model.json beside" in err[0]
+
+    wrong = tmp_path / "wrong"
+    shutil.copytree(models, wrong)
+    card = json.loads((wrong / "model.json").read_text())
+    card["input"]["shape"] = ["batch", 3, 64, 64]
+    (wrong / "model.json").write_text(json.dumps(card))
+    code, err = run("--model", str(wrong / "model.onnx"), str(img))
+    assert code == 2 and len(err) == 1 and "do not match" in err[0]
+
+    (wrong / "model.onnx").write_bytes(b"not onnx")
+    code, err = run("--model", str(wrong / "model.onnx"), str(img))
+    assert code == 2 and len(err) == 1 and "cannot be loaded by onnxruntime" in err[0]
+
+    code, err = run("--model", str(models / "model.onnx"), str(img), "--out", str(tmp_path / "nowhere" / "p.csv"))
+    assert code == 2 and len(err) == 1 and "does not exist" in err[0]
+    code, err = run("--model", str(models / "model.onnx"), str(img), "--device", "cuda")
+    assert code == 2 and "CUDAExecutionProvider" in err[0]  # never silently on CPU
+    code, err = run("--model", str(models / "model.onnx"), str(img), "--threshold", "1.5")
+    assert code == 2 and "--threshold must lie in (0, 1)" in err[0]
+
+
+@pytest.mark.slow
+def test_installs_and_runs_in_a_clean_venv_without_torch(exported, tmp_path):
+    """pip install deploy/field[cpu] into a fresh venv: torch is not there, predict works."""
+    _, models, _ = exported
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    pip = subprocess.run([str(py), "-m", "pip", "install", "--quiet", f"{FIELD}[cpu]"], capture_output=True,
+                         text=True, timeout=600, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    no_torch = subprocess.run([str(py), "-c", "import torch"], capture_output=True, text=True)
+    assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
+    img = save(noise(40, 40), tmp_path / "leaf.png")
+    out = subprocess.run([str(venv / "bin" / "finalbn-field"), "predict", "--model", str(models / "model.onnx"),
+                          str(img)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rows = list(csv.DictReader(out.stdout.splitlines()))
+    assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["label"] in ("0", "1")
