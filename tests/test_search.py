@@ -303,8 +303,11 @@ def test_ctrl_c_leaves_no_running_trial(searching):
     load, overrides = searching
     # trials long enough that the signal lands inside one, and more than can finish meanwhile
     over = overrides + ["train.epochs=30", "search.n_trials=20"]
+    # SIGINT back to its default in the child: a shell's background job starts with it ignored,
+    # and Python then installs no KeyboardInterrupt handler
     proc = subprocess.Popen([sys.executable, "-m", "finalbn", *_args(over)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     cfg = load(["train.epochs=30", "search.n_trials=20"])
     deadline = time.time() + 240
     try:
