@@ -113,3 +113,61 @@ def test_an_unknown_run_is_one_line(gridded, tmp_path, capsys):
     assert main(_args(overrides, "--run-id", "0123", "--out", str(tmp_path / "m"))) == 1
     err = capsys.readouterr().err.strip()
     assert err == "finalbn export: failed: run 0123 is not a FINISHED cell run of the experiment"
+
+
+def test_int8_is_measured_and_kept_only_when_accurate_and_faster(gridded, tmp_path, capsys):
+    _, overrides = gridded
+    models = tmp_path / "models"
+    assert main(_args(overrides, "--out", str(models), "--no-register", "--quantize")) == 0
+    q = json.loads((models / "model.json").read_text())["int8"]
+    for k in ("fp32_val_auroc", "int8_val_auroc", "fp32_ms_per_image_batch1", "int8_ms_per_image_batch32"):
+        assert k in q and q[k] == q[k], k
+    drop_ok = q["fp32_val_auroc"] - q["int8_val_auroc"] <= q["max_auroc_drop"]
+    faster = q["int8_ms_per_image_batch32"] < q["fp32_ms_per_image_batch32"]
+    assert q["kept"] == (drop_ok and faster) == (models / "model.int8.onnx").is_file()
+    assert "export: INT8 " in capsys.readouterr().out
+    if q["kept"]:  # the field runs it with the same card
+        proto = onnx.load(str(models / "model.int8.onnx"))
+        assert any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
+
+
+@pytest.mark.slow
+def test_the_champion_is_served_on_loopback(gridded, tmp_path):
+    """`mlflow models serve -m models:/finalbn@champion --env-manager local` answers a 4-D tensor."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    _, overrides = gridded
+    assert main(_args(overrides, "--out", str(tmp_path / "models"))) == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mlflow_bin = str(Path(sys.executable).parent / "mlflow")
+    server = subprocess.Popen([mlflow_bin, "models", "serve", "-m", "models:/finalbn@champion", "--env-manager",
+                               "local", "-h", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True,  # the venv on PATH: uvicorn
+                              env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    try:
+        deadline, ready = time.time() + 180, False
+        while time.time() < deadline and server.poll() is None:
+            try:
+                ready = urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).status == 200
+            except OSError:
+                time.sleep(1)
+            if ready:
+                break
+        assert ready, server.stderr.read()[-3000:] if server.poll() is not None else "the server did not answer /ping"
+        body = json.dumps({"inputs": np.zeros((2, 3, 32, 32), dtype=np.float32).tolist()}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                     headers={"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(req, timeout=60).read())
+        probs = np.array(answer["predictions"]["probs"])
+        assert probs.shape == (2, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

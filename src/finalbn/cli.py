@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
     p.add_argument("--out", default="models", help="output folder (default models)")
     p.add_argument("--no-register", action="store_true", help="do not log the ONNX model to MLflow nor register it")
+    p.add_argument("--quantize", action="store_true",
+                   help="also a static INT8 model (models/model.int8.onnx), kept only if accurate and faster")
     p = sub.add_parser("bench", parents=[common], help="measure throughput, each speed lever and the grid, shared vs not")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to measure (default auto)")
     p.add_argument("--archs", nargs="+", help="default: efficientnet_lite0 resnet18 on CPU; efficientnet_lite0 "
@@ -388,7 +390,7 @@ def _cmd_export(cfg: Config, args: argparse.Namespace) -> int:
     _quiet_mlflow()
     try:
         export.export(cfg, Path(args.splits), Path(args.out), run_id=args.run_id,
-                      log=lambda m: print(m, flush=True), register=not args.no_register)
+                      log=lambda m: print(m, flush=True), register=not args.no_register, int8=args.quantize)
     except export.ExportError as exc:
         print(f"finalbn export: failed: {exc}", file=sys.stderr)
         return 1

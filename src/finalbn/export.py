@@ -241,6 +241,72 @@ def parity(model: nn.Module, onnx_path: Path, x: np.ndarray, batch_sizes=(1, 32)
     return out
 
 
+# ---------------------------------------------------------------- optional INT8
+
+
+INT8_MAX_AUROC_DROP = 0.01  # validation AUROC may fall this much at most, or the INT8 model is dropped
+
+
+class _Calibration:
+    """onnxruntime's CalibrationDataReader over training images (never validation or test)."""
+
+    def __init__(self, x: np.ndarray, batch: int = 16) -> None:
+        self.batches = iter([{INPUT: x[i:i + batch]} for i in range(0, len(x), batch)])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+def latency_ms(path: Path, x: np.ndarray, batch: int, repeats: int = 3, threads: int = 1) -> float:
+    """Median over `repeats` passes of the time per image (ms) at `batch`, one thread."""
+    import time
+
+    sess = session(path, threads=threads)
+    sess.run(list(OUTPUTS), {INPUT: x[:batch]})  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        n = 0
+        for i in range(0, len(x) - batch + 1, batch):
+            sess.run(list(OUTPUTS), {INPUT: x[i:i + batch]})
+            n += batch
+        times.append((time.perf_counter() - t0) / max(n, 1) * 1000)
+    return float(np.median(times))
+
+
+def quantize(fp32: Path, out: Path, calib: np.ndarray, x_val: np.ndarray, y_val: np.ndarray) -> dict:
+    """Static QDQ INT8 (per-channel, calibrated on training images, `quant_pre_process` first);
+    kept only if validation AUROC drops by at most INT8_MAX_AUROC_DROP and it is faster here."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from sklearn.metrics import roc_auc_score
+
+    pre = out.with_name("model.pre.onnx")
+    # symbolic shape inference targets transformers and fails on this CNN: ONNX's own is enough
+    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    quantize_static(str(pre), str(out), _Calibration(calib), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax)
+    pre.unlink(missing_ok=True)
+
+    def auroc(path: Path) -> float:
+        (p,) = session(path).run(["probs"], {INPUT: x_val})
+        return float(roc_auc_score(y_val, p[:, 1])) if len(set(y_val.tolist())) == 2 else float("nan")
+
+    res = {"fp32_val_auroc": auroc(fp32), "int8_val_auroc": auroc(out), "max_auroc_drop": INT8_MAX_AUROC_DROP}
+    for bs in (1, 32):
+        xb = x_val if len(x_val) >= bs else np.concatenate([x_val] * (bs // max(len(x_val), 1) + 1))
+        res[f"fp32_ms_per_image_batch{bs}"] = latency_ms(fp32, xb, bs)
+        res[f"int8_ms_per_image_batch{bs}"] = latency_ms(out, xb, bs)
+    drop = res["fp32_val_auroc"] - res["int8_val_auroc"]
+    faster = res["int8_ms_per_image_batch32"] < res["fp32_ms_per_image_batch32"]
+    res["kept"] = bool(drop <= INT8_MAX_AUROC_DROP and faster)
+    res["why"] = ("kept: within the AUROC drop and faster" if res["kept"] else
+                  f"dropped: AUROC drop {drop:+.4f} (max {INT8_MAX_AUROC_DROP})" if drop > INT8_MAX_AUROC_DROP else
+                  "dropped: not faster than FP32 on this CPU")
+    return res
+
+
 # ---------------------------------------------------------------- decision rules
 
 
@@ -299,7 +365,7 @@ def model_card(src: Source, size: int, spec_pre: dict, onnx_info: dict, val_labe
 
 
 def export(cfg: Config, splits: Path, out_dir: Path, run_id: str | None = None, log=print,
-           register: bool = True) -> dict:
+           register: bool = True, int8: bool = False) -> dict:
     """Choose, rebuild, export, check, and (only when parity holds) promote and register."""
     from finalbn import tracking
     from finalbn.data import load_splits
@@ -343,9 +409,17 @@ def export(cfg: Config, splits: Path, out_dir: Path, run_id: str | None = None, 
             worst = max(b["max_abs_diff_probs"] for b in check["batches"].values())
             raise ExportError(f"onnxruntime and torch disagree: max |Δprob| {worst:.2e} (tolerance {TOLERANCE:.0e}) "
                               f"or labels differ — see {out_dir / 'parity.json'}; models/model.onnx was not replaced")
+        if int8:
+            x_train = preprocess(tensors["train"].images, spec.mean, spec.std)
+            q = quantize(tmp_onnx, Path(tmp) / "model.int8.onnx", x_train, x_val, tensors["val"].labels.numpy())
+            card["int8"] = q
+            log(f"export: INT8 {q['why']}: validation AUROC {q['fp32_val_auroc']:.4f} -> {q['int8_val_auroc']:.4f}, "
+                f"{q['fp32_ms_per_image_batch32']:.2f} -> {q['int8_ms_per_image_batch32']:.2f} ms/image at batch 32")
         (Path(tmp) / "model.json").write_text(json.dumps(card, indent=2) + "\n")
         os.replace(tmp_onnx, out_dir / "model.onnx")
         os.replace(Path(tmp) / "model.json", out_dir / "model.json")
+        if int8 and card["int8"]["kept"]:
+            os.replace(Path(tmp) / "model.int8.onnx", out_dir / "model.int8.onnx")
     for bs, b in check["batches"].items():
         log(f"export: parity at batch {bs}: max |Δprob| {b['max_abs_diff_probs']:.2e}, labels identical "
             f"{b['labels_identical']} ({check['images']} test images)")
