@@ -47,7 +47,8 @@ def _odd_images(folder: Path) -> list[Path]:
 
 
 def test_preprocessing_is_trainings_eval_transform(tmp_path):
-    """The field's input for an image equals training's (decode_images -> /255 -> normalise)."""
+    """The field's input for an image equals training's: decode_images, then the torchvision
+    evaluation transform (data.eval_transform)."""
     import torch
 
     from finalbn.data import decode_images

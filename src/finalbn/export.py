@@ -202,11 +202,11 @@ def export_onnx(model: nn.Module, size: int, path: Path) -> dict:
 
 
 def preprocess(images_uint8: torch.Tensor, mean, std) -> np.ndarray:
-    """uint8 N x 3 x H x W -> the float32 input: /255, then (x - mean) / std per channel."""
-    x = images_uint8.float() / 255.0
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return ((x - m) / s).numpy()
+    """uint8 N x 3 x H x W -> the float32 input, by training's own evaluation transform
+    (torchvision: scale to [0, 1], normalise with mean/std)."""
+    from finalbn.data import eval_transform
+
+    return eval_transform(tuple(mean), tuple(std))(images_uint8).numpy()
 
 
 def session(path: Path, threads: int = 0):
