@@ -171,3 +171,21 @@ def test_the_champion_is_served_on_loopback(gridded, tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", sorted(__import__("finalbn.models", fromlist=["ARCHS"]).ARCHS))
+def test_every_registered_backbone_exports_with_parity(arch, tmp_path):
+    """The concat pool stays at 1x1 (AdaptiveMaxPool2d exports only when its output divides the
+    map): every registered arch, with the final BN, exports and matches torch at batch 1 and 3."""
+    import torch
+
+    from finalbn.models import create_model
+
+    torch.manual_seed(0)
+    net = create_model(arch, weights="none", final="bn", hidden=16).eval()
+    info = export.export_onnx(net, 32, tmp_path / "m.onnx")
+    assert info["opset"] >= 18
+    x = np.random.default_rng(0).normal(size=(3, 3, 32, 32)).astype(np.float32)
+    check = export.parity(net, tmp_path / "m.onnx", x, batch_sizes=(1, 3))
+    assert check["passed"], check
