@@ -8,7 +8,7 @@ a final BN before the softmax that ranks first on validation — AUROC at the la
 validation AP, then minority F1, then the earlier run; test metrics never decide. The grid keeps
 no weights (`train.log_model: false`), so the run's cell is trained again — the same
 configuration (its logged config.yaml), replicate and seed, which reproduce it — as a tracked
-run with the model logged, linked to the source by the `export_source` tag; the export says
+run with its weights saved as an artifact, linked to the source by the `export_source` tag; the export says
 so, and checks that the retrained model's validation metrics match the source run's.
 
 The file: `models/model.onnx`, one self-contained file (`torch.onnx.export(dynamo=True,
@@ -124,7 +124,7 @@ class Source:
 
 def rebuild(run: Any, splits: Path, log=print) -> Source:
     """The run's model: loaded when the run logged it, otherwise its cell trained again (same
-    configuration, replicate and seed) with the model logged."""
+    configuration, replicate and seed), its state_dict saved on that run."""
     from finalbn import tracking
 
     cfg = run_config(run)
@@ -142,7 +142,7 @@ def rebuild(run: Any, splits: Path, log=print) -> Source:
         return Source(run.info.run_id, holder.info.run_id, cfg, dataset, replicate, model, val, source_val,
                       run.data.tags.get("manifest_sha256", ""), retrained=True)
     log(f"export: run {run.info.run_id} ({run.info.run_name}) kept no weights: training its cell again "
-        f"(replicate {replicate}, seed {run.data.tags.get('seed')}) with the model logged")
+        f"(replicate {replicate}, seed {run.data.tags.get('seed')}), its weights saved on that run")
     run_id, res = tracking.track_cell(cfg, dataset, splits, run_name=f"export {run.info.run_id[:8]} {run.info.run_name}",
                                       replicate=replicate,
                                       extra_tags={"export_source": run.info.run_id, "finalbn.export": "true"},
