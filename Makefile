@@ -31,7 +31,7 @@ paper: install
 	$(BIN)/finalbn prepare $(PAPER) --out data/splits-paper
 	$(BIN)/finalbn ceiling $(PAPER) --splits data/splits-paper --out results-paper/ceiling/all.json
 	$(BIN)/finalbn grid $(PAPER) --splits data/splits-paper --results results-paper
-	$(BIN)/finalbn report $(PAPER) --splits data/splits-paper --ceiling results-paper/ceiling --out report-paper
+	$(BIN)/finalbn report $(PAPER) --grid-csv results-paper/grid.csv --ceiling results-paper/ceiling --search results-paper/search.json --out report-paper
 
 test: install
 	$(BIN)/python -m pytest -q

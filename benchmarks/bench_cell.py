@@ -28,7 +28,8 @@ def main() -> None:
     ap.add_argument("--weights", default="imagenet")
     args = ap.parse_args()
 
-    from finalbn.cells import run_cell
+    # lazy: `--help` answers without importing torch
+    from finalbn.cell import run_cell
     from finalbn.config import load_config
     from finalbn.splits import prepare_dataset
     from finalbn.synthetic import generate

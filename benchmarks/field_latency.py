@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from finalbn import export, tracking
+from finalbn import tracking
+from finalbn.stages import export
+from finalbn.stages.export import int8, select
 from finalbn.config import load_config
 from finalbn.data import load_splits
 from finalbn.models import get_spec
@@ -56,11 +58,9 @@ def main() -> int:
     card = json.loads((models / "model.json").read_text())
     cfg = load_config([args.params])
     tracking.setup(cfg)
-    import mlflow
-
-    holder = mlflow.get_run(card["model_run_id"])
-    run_cfg = export.run_config(holder)
-    net = export._load_weights(run_cfg, holder, lambda m: print(m, file=sys.stderr))
+    holder = tracking.get_run(card["model_run_id"])
+    net = None if holder is None else select._load_weights(select.run_config(holder), holder,
+                                                           lambda m: print(m, file=sys.stderr))
     if net is None:
         print("no weights saved on the exported run: run `finalbn export` first", file=sys.stderr)
         return 2
@@ -76,7 +76,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         if made_here:
             x_train = export.preprocess(tensors["train"].images, spec.mean, spec.std)
-            q = export.quantize(models / "model.onnx", Path(tmp) / "model.int8.onnx", x_train, x_val,
+            q = int8.quantize(models / "model.onnx", Path(tmp) / "model.int8.onnx", x_train, x_val,
                                 tensors["val"].labels.numpy())
             int8 = Path(tmp) / "model.int8.onnx"
         else:
@@ -86,8 +86,8 @@ def main() -> int:
                      "fp32_val_auroc": q.get("fp32_val_auroc"), "ms_per_image": {}, "ratios": {}}
         for bs in (1, 32):
             t = torch_ms(net, x, bs, args.repeats)
-            f = export.latency_ms(models / "model.onnx", x, bs, args.repeats, threads=args.threads)
-            i8 = export.latency_ms(int8, x, bs, args.repeats, threads=args.threads)
+            f = int8.latency_ms(models / "model.onnx", x, bs, args.repeats, threads=args.threads)
+            i8 = int8.latency_ms(int8, x, bs, args.repeats, threads=args.threads)
             out["ms_per_image"][f"batch{bs}"] = {"torch_fp32": t, "ort_fp32": f, "ort_int8": i8}
             out["ratios"][f"batch{bs}"] = {"ort_fp32/torch_fp32": f / t, "ort_int8/torch_fp32": i8 / t,
                                            "ort_int8/ort_fp32": i8 / f}

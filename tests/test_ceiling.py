@@ -8,7 +8,8 @@ import mlflow
 import numpy as np
 import pytest
 
-from finalbn import ceiling
+from finalbn import separability
+from finalbn.stages import ceiling
 from finalbn.cli import main
 from finalbn.splits import DataError, read_manifest
 
@@ -53,9 +54,9 @@ def test_ceiling_stage_on_tiny_images(prepared, capsys, monkeypatch):
 
 
 def test_low_ceiling_is_said_plainly():
-    low = ceiling.ceiling_sentence({"dataset": "d", "arch": "a", "image_size": 32, "auroc": 0.65, "auroc_std": 0.05,
+    low = separability.ceiling_sentence({"dataset": "d", "arch": "a", "image_size": 32, "auroc": 0.65, "auroc_std": 0.05,
                                     "images": "x"})
     assert "barely see the cue" in low and "mostly noise" in low
-    high = ceiling.ceiling_sentence({"dataset": "d", "arch": "a", "image_size": 64, "auroc": 0.95,
+    high = separability.ceiling_sentence({"dataset": "d", "arch": "a", "image_size": 64, "auroc": 0.95,
                                      "auroc_std": 0.01, "images": "x"})
     assert "do see the cue" in high

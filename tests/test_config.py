@@ -4,13 +4,32 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
-from finalbn.cli import main, split_overrides
 import yaml
 
-from finalbn.config import ConfigError, flatten, load_config, parse_value, to_dict, validate
+from finalbn.cli import main, split_overrides
+from finalbn.config import (
+    BASELINE_METHODS,
+    FINAL_LAYERS,
+    NOT_CELL_KEY_PARAMS,
+    NOT_RESULT_PARAMS,
+    TOGGLES,
+    ConfigError,
+    ablation_from_id,
+    cell_seed,
+    config_id,
+    config_name,
+    configure,
+    final_layer,
+    flatten,
+    has_final_bn,
+    load_config,
+    parse_configs,
+    parse_value,
+    to_dict,
+    validate,
+)
 
-from conftest import PARAMS
+from conftest import PARAMS, ROOT
 
 
 def test_params_yaml_loads_with_the_papers_split(load):
@@ -128,8 +147,6 @@ def test_cli_exits_2_with_one_line(argv, expected, capsys, monkeypatch, tmp_path
 
 
 def test_paper_profile_overlays_params():
-    from conftest import ROOT
-
     cfg = load_config([PARAMS, ROOT / "profiles" / "paper.yaml"])
     assert [d.crop for d in cfg.datasets] == ["Apple", "Pepper,_bell", "Tomato"]
     assert {d.image_size for d in cfg.datasets} == {224} and cfg.model.weights == "imagenet"
@@ -137,3 +154,53 @@ def test_paper_profile_overlays_params():
     assert cfg.grid.max_replicates == 10 and cfg.train.body_lr_ratio == 0.1 and cfg.train.wd_on_bn
     assert cfg.model.frozen_bn == "train"
     assert cfg.split.train == (1000, 10)
+
+
+# ---------------------------------------------------------------- the study's vocabulary
+
+
+def test_config_ids_and_names_are_the_papers():
+    assert config_name(ablation_from_id(31)) == "BN" and config_name(ablation_from_id(63)) == "none"
+    assert config_name(ablation_from_id(0)) == "+".join(t.upper() for t in TOGGLES)
+    assert all(config_id(ablation_from_id(i)) == i for i in range(64))
+    assert parse_configs(["da+bn", "none", 5]) == [5, 23, 63] and parse_configs("all") == list(range(64))
+    with pytest.raises(ValueError, match="neither an id"):
+        parse_configs(["BN+XX"])
+
+
+@pytest.mark.parametrize("bn, variant, expected", [(True, "bn", "bn"), (True, "selu", "selu"),
+                                                   (False, "bn", "none"), (False, "selu", "none")])
+def test_final_layer_is_the_variant_when_the_bn_switch_is_on(load, bn, variant, expected):
+    cfg = load([f"ablation.bn={str(bn).lower()}", f"model.final_variant={variant}"])
+    assert final_layer(cfg.model, cfg.ablation) == expected and expected in FINAL_LAYERS
+    assert has_final_bn(cfg.model, cfg.ablation) is (expected == "bn")
+
+
+def test_cell_seed_is_train_seed_plus_replicate(load):
+    cfg = load(["train.seed=5"])
+    assert cell_seed(cfg, 0) == 5 and cell_seed(cfg, 3) == 8
+
+
+def test_not_result_params_are_train_keys_and_leave_the_seed_to_the_cell_key(load):
+    flat = flatten(to_dict(load()))
+    assert NOT_RESULT_PARAMS <= flat.keys() and all(k.startswith("train.") for k in NOT_RESULT_PARAMS)
+    assert {"train.device", "train.threads", "train.share_features"} <= NOT_RESULT_PARAMS
+    assert "train.seed" not in NOT_RESULT_PARAMS and "train.lr" not in NOT_RESULT_PARAMS
+    assert NOT_CELL_KEY_PARAMS == NOT_RESULT_PARAMS | {"train.seed"}
+
+
+def test_allowed_values_come_from_the_study_vocabulary(load):
+    cfg = load([f"search.space.switches=[{', '.join(TOGGLES)}]", f"search.space.final=[{', '.join(FINAL_LAYERS)}]",
+                f"grid.baselines.methods=[{', '.join(BASELINE_METHODS)}]"])
+    assert cfg.search.space.switches == TOGGLES and cfg.search.space.final == FINAL_LAYERS
+    assert cfg.grid.baselines.methods == tuple(BASELINE_METHODS)
+
+
+def test_configure_sets_a_cells_arch_switches_and_baseline(load):
+    cfg = load()
+    cell = configure(cfg, "resnet34", 31, "focal")
+    assert cell.model.arch == "resnet34" and config_id(cell.ablation) == 31 and cell.train.loss == "focal"
+    assert cell.model.hidden == cfg.model.hidden and cell.split == cfg.split
+    plain = configure(cfg, "vgg19", 63, "")
+    assert plain.train == cfg.train and config_name(plain.ablation) == "none"
+    assert configure(cfg, "vgg19", 0, "temperature").train.calibration == "temperature"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from finalbn import data
-from finalbn.cells import run_cell
+from finalbn.cell import run_cell
 from finalbn.data import decoded_cache_path, load_splits
 
 MANIFEST = Path("data/splits/synthetic-apple/0/manifest.csv")

@@ -7,7 +7,8 @@ from collections import Counter
 import pytest
 import yaml
 
-from finalbn import grid
+from finalbn import workers
+from finalbn.stages import grid
 
 from conftest import ROOT
 
@@ -52,10 +53,10 @@ def test_more_shards_than_families_leaves_some_empty_not_broken(load, n):
 
 
 def test_one_gpu_per_local_worker():
-    assert grid.worker_env(3, {"A": "1"}, gpus=2)["CUDA_VISIBLE_DEVICES"] == "1"
-    assert "CUDA_VISIBLE_DEVICES" not in grid.worker_env(3, {}, gpus=1)  # one GPU: shared by the workers
-    assert "CUDA_VISIBLE_DEVICES" not in grid.worker_env(0, {}, gpus=0)
-    assert grid.worker_env(1, {"CUDA_VISIBLE_DEVICES": "0,1"}, gpus=2)["CUDA_VISIBLE_DEVICES"] == "0,1"  # the user's
+    assert workers.gpu_env(3, {"A": "1"}, gpus=2)["CUDA_VISIBLE_DEVICES"] == "1"
+    assert "CUDA_VISIBLE_DEVICES" not in workers.gpu_env(3, {}, gpus=1)  # one GPU: shared by the workers
+    assert "CUDA_VISIBLE_DEVICES" not in workers.gpu_env(0, {}, gpus=0)
+    assert workers.gpu_env(1, {"CUDA_VISIBLE_DEVICES": "0,1"}, gpus=2)["CUDA_VISIBLE_DEVICES"] == "0,1"  # the user's
 
 
 def test_share_order_keeps_share_groups_together(load):

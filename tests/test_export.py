@@ -9,7 +9,8 @@ import numpy as np
 import onnx
 import pytest
 
-from finalbn import export, grid
+from finalbn.stages import export, grid
+from finalbn.tracking import RunRecord
 from finalbn.cli import main
 
 from conftest import ROOT
@@ -31,18 +32,15 @@ def gridded(prepared):
 
 
 def test_the_best_final_bn_run_is_chosen_on_validation_only():
-    class R:
-        def __init__(self, rid, bn, auroc, ap, test, t, final="bn"):
-            self.info = type("I", (), {"run_id": rid, "start_time": t})()
-            self.data = type("D", (), {"tags": {"BN": "true" if bn else "false"},
-                                       "params": {"model.final_variant": final},
-                                       "metrics": {"val_last_auroc": auroc, "val_last_ap": ap, "val_last_f1_1": 0.5,
-                                                   "test_f1_1": test}})()
+    def R(rid, bn, auroc, ap, test, t, final="bn"):  # noqa: N802 - a run record, as the store gives it
+        return RunRecord(run_id=rid, name=rid, status="FINISHED", start_time=t,
+                         tags={"BN": "true" if bn else "false"}, params={"model.final_variant": final},
+                         metrics={"val_last_auroc": auroc, "val_last_ap": ap, "val_last_f1_1": 0.5, "test_f1_1": test})
 
     runs = [R("nobn", False, 1.0, 1.0, 0.99, 1), R("selu", True, 1.0, 1.0, 0.99, 2, final="selu"),
             R("a", True, 0.9, 0.8, 0.99, 3), R("b", True, 0.95, 0.7, 0.10, 4), R("c", True, 0.95, 0.7, 0.2, 5)]
-    assert export.choose_run(runs).info.run_id == "b"  # the earlier of two equal on validation; test is ignored
-    assert export.choose_run(runs, "a").info.run_id == "a"
+    assert export.choose_run(runs).run_id == "b"  # the earlier of two equal on validation; test is ignored
+    assert export.choose_run(runs, "a").run_id == "a"
     with pytest.raises(export.ExportError, match="not a FINISHED cell run"):
         export.choose_run(runs, "zzz")
     with pytest.raises(export.ExportError, match="no FINISHED cell run with a final BN"):
@@ -99,7 +97,7 @@ def test_parity_past_the_tolerance_exits_1_and_keeps_the_old_model(gridded, tmp_
     models = tmp_path / "models"
     models.mkdir()
     (models / "model.onnx").write_bytes(b"the champion before")
-    monkeypatch.setattr(export, "TOLERANCE", -1.0)  # no model can pass
+    monkeypatch.setattr(export.onnx, "TOLERANCE", -1.0)  # no model can pass
     assert main(_args(overrides, "--out", str(models), "--no-register")) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "onnxruntime and torch disagree" in err[0] and "was not replaced" in err[0]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from finalbn import features
-from finalbn.cells import run_cell, shares_body
+from finalbn.cell import run_cell, shares_body
 
 SPLITS = Path("data/splits")
 TOL = 1e-5
@@ -23,7 +23,7 @@ def _close(a: dict, b: dict) -> None:
 
 
 def _same(shared, unshared) -> None:
-    assert shared.info["features"] == "shared" and unshared.info["features"] == "unshared"
+    assert shared.features == "shared" and unshared.features == "unshared"
     assert len(shared.fit.history) == len(unshared.fit.history)
     for a, b in zip(shared.fit.history, unshared.fit.history):
         _close(a, b)
@@ -61,10 +61,10 @@ def test_order_of_cells_does_not_change_a_draw(prepared):
     features.CACHE.clear()
     run_cell(load(first), "synthetic-apple", SPLITS)
     after = run_cell(load(second), "synthetic-apple", SPLITS)
-    assert after.info["body_images"] == 0  # every feature came from the first cell's pass
+    assert after.body_images == 0  # every feature came from the first cell's pass
     features.CACHE.clear()
     alone = run_cell(load(second), "synthetic-apple", SPLITS)
-    assert alone.info["body_images"] > 0
+    assert alone.body_images > 0
     _same(after, run_cell(load(second + ["train.share_features=false"]), "synthetic-apple", SPLITS))
     for a, b in zip(after.fit.history, alone.fit.history):
         _close(a, b)
@@ -76,7 +76,7 @@ def test_replicates_and_input_switches_do_not_share(prepared):
     a = run_cell(load(["ablation.da=false"]), "synthetic-apple", SPLITS)
     b = run_cell(load(["ablation.da=false"]), "synthetic-apple", SPLITS, replicate=1)
     c = run_cell(load(["ablation.da=true"]), "synthetic-apple", SPLITS)
-    assert a.info["body_images"] > 0 and b.info["body_images"] > 0 and c.info["body_images"] > 0
+    assert a.body_images > 0 and b.body_images > 0 and c.body_images > 0
 
 
 def test_what_shares(load):
@@ -105,5 +105,5 @@ def test_shared_cell_returns_the_whole_network(prepared):
     load, _ = prepared
     features.CACHE.clear()
     r = run_cell(load(), "synthetic-apple", SPLITS)
-    model = r.info["model"]
+    model = r.model
     assert model.bn_policy == "frozen-eval" and hasattr(model, "body") and model.final_bn is not None

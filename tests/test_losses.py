@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from finalbn import metrics
-from finalbn.cells import class_balanced_weights, run_cell
+from finalbn.cell import class_balanced_weights, run_cell
 from finalbn.engine import FitSettings, loss_value
 
 SPLITS = Path("data/splits")
@@ -80,7 +80,7 @@ def test_temperature_changes_calibration_not_decisions(prepared):
     load, _ = prepared
     plain = run_cell(load(["train.calibration=none"]), "synthetic-apple", SPLITS)
     scaled = run_cell(load(["train.calibration=temperature"]), "synthetic-apple", SPLITS)
-    assert scaled.info["temperature"] > 0 and plain.info["temperature"] is None
+    assert scaled.temperature > 0 and plain.temperature is None
     assert scaled.test_last["f1_1"] == plain.test_last["f1_1"]  # argmax unchanged
     assert scaled.test_last["auroc"] == pytest.approx(plain.test_last["auroc"])  # ranking unchanged
     assert [p["p1_last"] for p in scaled.predictions] != [p["p1_last"] for p in plain.predictions]

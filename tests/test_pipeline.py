@@ -1,8 +1,7 @@
-"""The DVC pipeline in a scratch git repo: stages run, rerun nothing, and re-run only what changed;
-and every stage's code deps are the modules it imports."""
+"""The DVC pipeline in a scratch git repo: stages run, rerun nothing, and re-run only what changed.
+(That every stage's code deps are its import closure is checked in tests/test_structure.py.)"""
 from __future__ import annotations
 
-import ast
 import json
 import os
 import shutil
@@ -14,53 +13,6 @@ import pytest
 import yaml
 
 from conftest import ROOT
-
-SRC = ROOT / "src" / "finalbn"
-ENTRY = {"synthesize": "synthetic", "prepare": "splits", "ceiling": "ceiling", "grid": "grid", "search": "search",
-         "report": "report"}
-
-
-def _module_file(name: str) -> Path:
-    path = SRC / Path(*name.split("."))
-    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
-
-
-def _imports(name: str) -> set[str]:
-    """finalbn modules imported anywhere in `name` (top level or inside functions)."""
-    tree = ast.parse(_module_file(name).read_text())
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("finalbn"):
-            base = node.module.split(".", 1)[1] if "." in node.module else ""
-            for alias in node.names:
-                sub = f"{base}.{alias.name}" if base else alias.name
-                found.add(sub if _module_file(sub).is_file() else base)
-        elif isinstance(node, ast.Import):
-            found |= {a.name.split(".", 1)[1] for a in node.names if a.name.startswith("finalbn.")}
-    return {m for m in found if m and m != "cli"}
-
-
-def _closure(name: str) -> set[str]:
-    seen, todo = set(), [name]
-    while todo:
-        m = todo.pop()
-        if m in seen:
-            continue
-        seen.add(m)
-        todo.extend(_imports(m) - seen)
-        if "." in m:
-            todo.append(m.rsplit(".", 1)[0])  # a submodule's package __init__ runs too
-    return seen
-
-
-def test_stage_deps_are_the_modules_each_stage_imports():
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for stage, entry in ENTRY.items():
-        spec = stages[stage].get("do", stages[stage])
-        deps = [d for d in spec["deps"] if d.startswith("src/")]
-        for module in _closure(entry):
-            path = _module_file(module).relative_to(ROOT).as_posix()
-            assert any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps), f"{stage}: {path} not in deps"
 
 
 def _repro(repo: Path, *stages: str) -> str:

@@ -137,3 +137,20 @@ def test_confusion_matrix_plot(tmp_path):
 def test_confusion_matrix_plot_rejects_wrong_shape():
     with pytest.raises(ValueError, match="shape"):
         plots.confusion_matrix_plot(np.zeros((3, 3)))
+
+
+def test_panels_draw_on_a_given_axes(tmp_path):
+    """The report's multi-panel figures draw the same panels as the single-figure functions."""
+    bins = metrics.reliability_bins(Y, PROBS)
+    before = plt.get_fignums()
+    fig, (ax_rel, ax_soft) = plt.subplots(1, 2)
+    plots.reliability_panel(ax_rel, bins, "pooled", fontsize="small")
+    plots.softmax_panel(ax_soft, Y, PROBS[:, 0], PROBS[:, 1], marker_size=8)
+    single = plots.reliability_diagram(bins)
+    np.testing.assert_allclose([r.get_height() for r in ax_rel.containers[0]],
+                               [r.get_height() for r in single.axes[0].containers[0]])
+    assert ax_rel.get_title() == "pooled" and single.axes[0].get_title() == ""
+    plt.close(single)
+    np.testing.assert_allclose(ax_soft.collections[1].get_offsets()[:, 1], PROBS[[1, 3, 4, 5, 0, 2], 1])
+    assert ax_soft.collections[0].get_sizes().tolist() == [8]
+    _save_and_close(fig, tmp_path, "panels", before)

@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from finalbn.cells import build_model
-from finalbn.pretrain import pretrain, source_images
+from finalbn.cell import build_model
+from finalbn.stages.pretrain import pretrain, source_images
 from finalbn.splits import DataError
 
 

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from finalbn import grid
-from finalbn.cells import run_cell
+from finalbn import imports
+from finalbn.cell import run_cell
+from finalbn.results import rank_configs
+from finalbn.stages import grid
 from finalbn.splits import read_manifest
 
 SPLITS = Path("data/splits")
@@ -38,7 +40,7 @@ def test_poisoned_test_labels_change_no_choice(prepared):
         assert bad.fit.selected_epoch == clean.fit.selected_epoch
         assert bad.fit.history == clean.fit.history  # every validation number per epoch
         assert bad.val_last == clean.val_last
-        assert bad.info["train_counts"] == clean.info["train_counts"]  # the prior correction's only input
+        assert bad.train_counts == clean.train_counts  # the prior correction's only input
         assert [p["p1_last"] for p in bad.predictions] == [p["p1_last"] for p in clean.predictions]
         assert [p["label"] for p in bad.predictions] == [1 - p["label"] for p in clean.predictions]
         assert bad.test_last != clean.test_last  # the poison reached the test metrics, and only them
@@ -46,7 +48,7 @@ def test_poisoned_test_labels_change_no_choice(prepared):
             rows[name].append({"config_id": cid, "config_name": r.config_name, "val_auroc": r.val_last["auroc"],
                                "val_f1_1": r.val_last["f1_1"], "test_f1_1": r.test_last["f1_1"],
                                "test_auroc": r.test_last["auroc"]})
-    ranked = {k: grid.rank_configs(pd.DataFrame(v))["config_id"].tolist() for k, v in rows.items()}
+    ranked = {k: rank_configs(pd.DataFrame(v))["config_id"].tolist() for k, v in rows.items()}
     assert ranked["clean"] == ranked["poisoned"]
 
 
@@ -56,16 +58,24 @@ def test_a_code_change_reruns_a_finished_cell(prepared, tmp_path, monkeypatch):
     assert grid.run_shard(cfg, SPLITS, log=lambda m: None)["ran"] == 1
     again = grid.run_shard(cfg, SPLITS, log=lambda m: None)
     assert (again["ran"], again["skipped"], again["failed"]) == (0, 1, [])
-    # the same package with a fix in engine.py: code_version reads the sources beside grid.py
+    # the same package with a fix in engine.py: the code version reads the import closure's sources
     pkg = tmp_path / "pkg"
-    shutil.copytree(Path(grid.__file__).parent, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(imports.ROOT, pkg, ignore=shutil.ignore_patterns("__pycache__"))
     with open(pkg / "engine.py", "a") as fh:
         fh.write("\n# a fix\n")
     before = grid.cell_key(cfg, grid.all_cells(cfg)[0], SPLITS)
-    monkeypatch.setattr(grid, "__file__", str(pkg / "grid.py"))
+
+    def digest_of(root):
+        monkeypatch.setattr(imports, "ROOT", root)
+        imports.closure.cache_clear()
+        imports.code_digest.cache_clear()
+
+    digest_of(pkg)
     assert grid.cell_key(cfg, grid.all_cells(cfg)[0], SPLITS) != before
     assert grid.run_shard(cfg, SPLITS, log=lambda m: None)["ran"] == 1
     # a module that computes no cell (the report) changes no key
     after = grid.cell_key(cfg, grid.all_cells(cfg)[0], SPLITS)
-    (pkg / "report" / "markdown.py").write_text("# changed\n")
+    (pkg / "stages" / "report" / "markdown.py").write_text("# changed\n")
+    digest_of(pkg)
     assert grid.cell_key(cfg, grid.all_cells(cfg)[0], SPLITS) == after
+    digest_of(Path(imports.__file__).resolve().parent)  # the real sources again, caches cleared

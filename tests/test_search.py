@@ -15,7 +15,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from finalbn import search, tracking
+from finalbn import tracked, tracking
+from finalbn.stages import search
 from finalbn.cli import main
 
 from conftest import ROOT
@@ -141,7 +142,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(searching
     load, _ = searching
     from finalbn.engine import TrainingDiverged
 
-    real = tracking.run_cell
+    real = tracked.run_cell
     calls = []
 
     def flaky(*a, **k):
@@ -150,7 +151,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(searching
             raise TrainingDiverged("loss is nan at epoch 1, step 2")
         return real(*a, **k)
 
-    monkeypatch.setattr("finalbn.tracking.run_cell", flaky)
+    monkeypatch.setattr("finalbn.tracked.run_cell", flaky)
     cfg = load(["search.n_trials=2"])
     study, parent, _ = search.start(cfg)
     search.optimize(cfg, SPLITS, parent)
@@ -266,7 +267,7 @@ def test_best_trial_rerun_beside_the_grid(searching, tmp_path):
     (31) and the grid's best configuration on the same replicates, paired; runs are found by
     their result key — the trial's own run, the grid's cells — and what is missing is trained
     (in two processes), once: a second call trains nothing."""
-    from finalbn import grid
+    from finalbn.stages import grid
 
     load, overrides = searching
     more = ["grid.configs=[31, 63]", "grid.replicates=1", "grid.headline.configs=[31]", "grid.headline.replicates=3",

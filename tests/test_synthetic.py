@@ -8,7 +8,9 @@ import pytest
 from PIL import Image
 
 from finalbn import synthetic
+from finalbn.io import temporary_name
 from finalbn.synthetic import DISEASES, generate, render_leaf
+from finalbn.synthetic.collection import _TMP_NAME
 
 CONDITIONS = ("healthy", *DISEASES)
 
@@ -67,6 +69,7 @@ def test_rerun_overwrites_its_folders_only(tmp_path):
     first = _files(tmp_path)
     (tmp_path / "Apple___healthy" / "00001.png").write_bytes(b"corrupt")
     (tmp_path / "Apple___Rust" / ".00000.png.123.tmp").write_bytes(b"half")  # interrupted run
+    (tmp_path / "Grape___Rust" / ".00001.png.123.0a1b2c3d.tmp").write_bytes(b"half")  # io's name
     (tmp_path / "Other___healthy").mkdir()
     (tmp_path / "Other___healthy" / "00000.png").write_bytes(b"not ours")
 
@@ -78,6 +81,15 @@ def test_rerun_overwrites_its_folders_only(tmp_path):
     dropped = {f"{crop}___healthy/{i:05d}.png" for crop in ("Apple", "Grape") for i in (3, 4)}
     assert after == {k: v for k, v in first.items() if k not in dropped}
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_temp_name_pattern_matches_the_writers_names(tmp_path):
+    # _prune finds an interrupted run's leftovers by this pattern: it must match the names
+    # finalbn.io gives a PNG's temporary file (and those of older runs), and nothing else.
+    assert _TMP_NAME.match(temporary_name(tmp_path / "00042.png").name)
+    assert _TMP_NAME.match(".00042.png.123.tmp")
+    for name in ("00042.png", ".00042.png", ".notes.txt.123.tmp", ".0042.png.123.tmp"):
+        assert not _TMP_NAME.match(name), name
 
 
 @pytest.mark.parametrize("crop", ["Apple", "Pepper", "Tomato", "Grape", "Kohlrabi-2"])

@@ -10,8 +10,8 @@ import torch
 import yaml
 from torch import nn
 
-from finalbn import cells
-from finalbn.cells import fit_settings, run_cell
+from finalbn import cell as cells
+from finalbn.cell import fit_settings, run_cell
 from finalbn.cli import main
 from finalbn.config import ablation_from_id, config_id, config_name
 from finalbn.data import TrainPlan, eval_transform, load_splits, make_loaders
@@ -100,7 +100,7 @@ def test_same_cell_twice_same_metrics(prepared):
     assert c.fit.history != a.fit.history
     # another replicate: another split and another seed
     d = run_cell(cfg, "synthetic-apple", SPLITS, replicate=1)
-    assert d.replicate == 1 and d.info["seed"] == cfg.train.seed + 1
+    assert d.replicate == 1 and d.seed == cfg.train.seed + 1
     assert {p["path"] for p in d.predictions} != {p["path"] for p in a.predictions}
 
 
@@ -134,7 +134,7 @@ def test_failed_cell_run_ends_failed_and_cli_says_why(prepared, monkeypatch, cap
 
 def test_interrupted_cell_run_ends_killed(prepared, monkeypatch):
     load, _ = prepared
-    from finalbn.tracking import track_cell
+    from finalbn.tracked import track_cell
 
     def interrupt(*a, **k):
         raise KeyboardInterrupt

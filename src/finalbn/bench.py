@@ -17,6 +17,7 @@ A benchmark prints what it measured; it asserts nothing.
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import multiprocessing as mp
@@ -31,8 +32,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from finalbn import data, features, io, tracking
 from finalbn.config import Config, ablation_from_id
-from finalbn.models import HeadOnFeatures, create_head, create_model
+from finalbn.data import EVAL_BATCH
+from finalbn.engine import resolve_device
+from finalbn.errors import UsageError
+from finalbn.models import HeadOnFeatures, create_head, create_model, get_spec
+from finalbn.stages.grid import run_shard
 
 PAPER = {"configs": 64, "replicates": 10, "crops": 3, "train": 1010, "val": 157, "test": 300, "epochs": 10}
 
@@ -135,42 +141,61 @@ def _layout_worker(args: tuple) -> float:
     return rate(_train_step(model, x, y, False), 64, dev, seconds)
 
 
+class _Levers(list):
+    """Rows (lever, before, after, unit, speedup) of each change against what it replaced."""
+
+    def add(self, lever: str, before: float, after: float, unit: str, higher_is_better: bool = True) -> None:
+        ratio = after / before if higher_is_better else before / after
+        self.append({"lever": lever, "before": before, "after": after, "unit": unit, "speedup": ratio})
+
+
 def levers(arch: str, size: int, device: torch.device, manifest: Path | None, seconds: float = 1.5) -> list[dict]:
     """Each change against what it replaced, measured here: (lever, before, after, unit, ratio)."""
-    out = []
-
-    def add(lever: str, before: float, after: float, unit: str, higher_is_better: bool = True) -> None:
-        ratio = after / before if higher_is_better else before / after
-        out.append({"lever": lever, "before": before, "after": after, "unit": unit, "speedup": ratio})
-
+    out = _Levers()
     y = torch.randint(0, 2, (64,), device=device)
+    m = _training_levers(out, arch, size, device, y, seconds)
+    _copy_levers(out, arch, size, device, m, seconds)
+    if device.type == "cpu" and (os.cpu_count() or 1) >= 2:
+        one = _layout_worker((arch, size, 2, seconds))
+        with mp.get_context("spawn").Pool(2) as pool:
+            two = sum(pool.map(_layout_worker, [(arch, size, 1, seconds)] * 2))
+        out.add("2 processes x 1 thread (was 1 process x 2 threads), UF-on training", one, two, "img/s total")
+    if manifest is not None and manifest.is_file():
+        out.add("decode cache: read the split's tensors (was: decode its images)", *_decode_vs_cache(manifest, size),
+                "s per split", higher_is_better=False)
+    return list(out)
+
+
+def _training_levers(out: _Levers, arch: str, size: int, device: torch.device, y: torch.Tensor, seconds: float):
     rates = {}
     for cl in (False, True):
         m = _model(arch, "uf_on", device, channels_last=cl).train()
         x = _images(64, size, device, channels_last=cl)
         rates[("uf_on", cl)] = rate(_train_step(m, x, y, False), 64, device, seconds)
         rates[("eval", cl)] = rate(_eval_step(m.eval(), x, False), 64, device, seconds)
-    add("channels_last, UF-on training", rates[("uf_on", False)], rates[("uf_on", True)], "img/s")
-    add("channels_last, evaluation", rates[("eval", False)], rates[("eval", True)], "img/s")
+    out.add("channels_last, UF-on training", rates[("uf_on", False)], rates[("uf_on", True)], "img/s")
+    out.add("channels_last, evaluation", rates[("eval", False)], rates[("eval", True)], "img/s")
 
     m = _model(arch, "uf_on", device).train()
     x = _images(64, size, device)
-    add("no per-step .item() (UF-on training)", rate(_train_step(m, x, y, False, sync_each=True), 64, device, seconds),
-        rate(_train_step(m, x, y, False), 64, device, seconds), "img/s")
+    out.add("no per-step .item() (UF-on training)",
+            rate(_train_step(m, x, y, False, sync_each=True), 64, device, seconds),
+            rate(_train_step(m, x, y, False), 64, device, seconds), "img/s")
 
     head = HeadOnFeatures(create_head(m.nf, 2, seed=0)).to(device).train()
     feats = torch.randn(64, 2 * m.nf, device=device)
-    add("fused AdamW (head on features)", rate(_train_step(head, feats, y, False, fused=None), 64, device, seconds),
-        rate(_train_step(head, feats, y, False), 64, device, seconds), "img/s")
+    out.add("fused AdamW (head on features)", rate(_train_step(head, feats, y, False, fused=None), 64, device, seconds),
+            rate(_train_step(head, feats, y, False), 64, device, seconds), "img/s")
+    return m
 
-    from finalbn.data import EVAL_BATCH
 
+def _copy_levers(out: _Levers, arch: str, size: int, device: torch.device, m, seconds: float) -> None:
     eb = EVAL_BATCH.get(device.type, 64)
     xs = _images(max(eb, 128), size, device)
     m.eval()
-    add(f"evaluation: inference mode, batch {eb} (was no_grad, batch 128)",
-        rate(_eval_step(m, xs[:128], False, inference=False), 128, device, seconds),
-        rate(_eval_step(m, xs[:eb], False), eb, device, seconds), "img/s")
+    out.add(f"evaluation: inference mode, batch {eb} (was no_grad, batch 128)",
+            rate(_eval_step(m, xs[:128], False, inference=False), 128, device, seconds),
+            rate(_eval_step(m, xs[:eb], False), eb, device, seconds), "img/s")
 
     frozen = _model(arch, "uf_off", device)
     keep = set(frozen.mutable_state_keys())
@@ -183,31 +208,22 @@ def levers(arch: str, size: int, device: torch.device, manifest: Path | None, se
     for _ in range(n):
         {k: v.detach().clone() for k, v in frozen.state_dict().items() if k in keep}
     part = (time.perf_counter() - t0) / n * 1000
-    add("selected-epoch copy: head state only (was the whole model), UF off", full, part, "ms per copy",
-        higher_is_better=False)
-
-    if device.type == "cpu" and (os.cpu_count() or 1) >= 2:
-        one = _layout_worker((arch, size, 2, seconds))
-        with mp.get_context("spawn").Pool(2) as pool:
-            two = sum(pool.map(_layout_worker, [(arch, size, 1, seconds)] * 2))
-        add("2 processes x 1 thread (was 1 process x 2 threads), UF-on training", one, two, "img/s total")
-
-    if manifest is not None and manifest.is_file():
-        from finalbn import data
-
-        size_ = size
-        t0 = time.perf_counter()
-        decoded = data._decode_manifest(str(manifest), size_, progress=False)
-        decode_s = time.perf_counter() - t0
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "c.pt"
-            data._write_cache(path, decoded)
-            t0 = time.perf_counter()
-            data._read_cache(path, size_)
-            read_s = time.perf_counter() - t0
-        add("decode cache: read the split's tensors (was: decode its images)", decode_s, read_s, "s per split",
+    out.add("selected-epoch copy: head state only (was the whole model), UF off", full, part, "ms per copy",
             higher_is_better=False)
-    return out
+
+
+def _decode_vs_cache(manifest: Path, size: int) -> tuple[float, float]:
+    """Seconds to decode one split's images, and to read them from the decode cache."""
+    t0 = time.perf_counter()
+    decoded = data._decode_manifest(str(manifest), size, progress=False)
+    decode_s = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "c.pt"
+        data._write_cache(path, decoded)
+        t0 = time.perf_counter()
+        data._read_cache(path, size)
+        read_s = time.perf_counter() - t0
+    return decode_s, read_s
 
 
 # ---------------------------------------------------------------- the grid, shared vs not
@@ -218,8 +234,6 @@ def grid_comparison(cfg: Config, splits: Path, configs: list[int], unshared_conf
     """Wall time of UF-off cells through the real grid code (temporary MLflow store), with shared
     features and without, on replicate 0; unshared on a subset of the same configs (a head-side
     switch does not change an unshared cell's cost)."""
-    from finalbn import features, grid
-
     out: dict[str, Any] = {"replicate": 0, "configs_shared": configs, "configs_unshared": unshared_configs,
                            "epochs": cfg.train.epochs}
     prior = os.environ.get("MLFLOW_TRACKING_URI")
@@ -233,7 +247,7 @@ def grid_comparison(cfg: Config, splits: Path, configs: list[int], unshared_conf
                                                                                               configs=())))
                 features.CACHE.clear()
                 t0 = time.perf_counter()
-                stats = grid.run_shard(c, splits, log=log)
+                stats = run_shard(c, splits, log=log)
                 wall = time.perf_counter() - t0
                 label = "shared" if share else "unshared"
                 out[label] = {"cells": stats["ran"], "wall_s": wall, "per_cell_s": wall / max(stats["ran"], 1),
@@ -325,3 +339,31 @@ def run(cfg: Config, splits: Path, device: torch.device, archs: list[str], sizes
                     f"with shared features (UF on {p['uf_on_h']:.2f} h), {p['total_paper_profile_h']:.2f} h "
                     f"with the paper profile's frozen BN in train mode (not shareable)")
     return result
+
+
+def main(cfg: Config, args: argparse.Namespace) -> int:
+    """`finalbn bench`: checks the arguments before any measurement, then results/bench.json."""
+    tracking.detach_project_run()
+    device = resolve_device(args.device)
+    if args.seconds <= 0:
+        raise UsageError(f"--seconds must be > 0 (got {args.seconds})")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)  # an unwritable output fails before any work
+    cuda = device.type == "cuda"
+    archs = args.archs or (["efficientnet_lite0", "resnet34", "vgg19_bn"] if cuda else ["efficientnet_lite0", "resnet18"])
+    sizes = args.sizes or ([224] if cuda else [cfg.datasets[0].image_size])
+    if any(s < 32 for s in sizes):
+        raise UsageError(f"--sizes must be >= 32 (got {sizes})")
+    for a in archs:
+        try:
+            get_spec(a)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    print(f"bench on {device} ({os.cpu_count()} CPUs): {', '.join(archs)} at {', '.join(map(str, sizes))} px", flush=True)
+    result = run(cfg, Path(args.splits), device, archs, sizes, with_grid=not args.no_grid,
+                 seconds=args.seconds, log=lambda m: print(m, flush=True))
+    io.write_json(out, result)
+    print(f"bench -> {out}")
+    return 0

@@ -38,15 +38,15 @@ from tqdm import tqdm
 
 from finalbn.config import AugmentConfig
 from finalbn.images import load_rgb
+from finalbn.io import atomic_path
+from finalbn.models import IMAGENET_MEAN, IMAGENET_STD
 from finalbn.seeds import AUGMENT, MIXUP, ORDER, stream_seed
 from finalbn.splits import SPLITS, read_manifest, sha256_file
 
 log = logging.getLogger(__name__)
 
-# The default normalisation (torchvision's ImageNet statistics); each backbone's own comes from
-# its registry spec (`finalbn.models.get_spec(arch).mean/std`) and is passed in.
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+# mean/std default to torchvision's ImageNet statistics; each backbone's own comes from its
+# registry spec (`finalbn.models.get_spec(arch).mean/std`) and is passed in.
 Stats = tuple[float, float, float]
 # Evaluation batch size by device, measured (`finalbn bench`): on this CPU lite0 at 64 px evaluates
 # fastest at batch 64 (larger batches fall out of cache); a GPU fills only with large batches.
@@ -132,11 +132,9 @@ def _read_cache(path: Path, image_size: int) -> dict[str, SplitTensors] | None:
 
 
 def _write_cache(path: Path, splits: dict[str, SplitTensors]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save({s: {"images": t.images, "labels": t.labels, "paths": list(t.paths), "sources": list(t.sources)}
-                for s, t in splits.items()}, tmp)
-    os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the whole new one
+    with atomic_path(path) as tmp:  # a concurrent reader sees the old file or the whole new one
+        torch.save({s: {"images": t.images, "labels": t.labels, "paths": list(t.paths), "sources": list(t.sources)}
+                    for s, t in splits.items()}, tmp)
 
 
 @functools.lru_cache(maxsize=4)
@@ -166,7 +164,7 @@ def load_splits(manifest: str | Path, image_size: int, progress: bool = False) -
 # ---------------------------------------------------------------- transforms
 
 
-def eval_transform(mean: Stats = MEAN, std: Stats = STD) -> v2.Transform:
+def eval_transform(mean: Stats = IMAGENET_MEAN, std: Stats = IMAGENET_STD) -> v2.Transform:
     return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
 
 
@@ -181,7 +179,8 @@ def augment_transform(aug: AugmentConfig) -> v2.Transform:
     return v2.Compose(steps)
 
 
-def train_transform(aug: AugmentConfig | None, mean: Stats = MEAN, std: Stats = STD) -> v2.Transform:
+def train_transform(aug: AugmentConfig | None, mean: Stats = IMAGENET_MEAN,
+                    std: Stats = IMAGENET_STD) -> v2.Transform:
     """The augmentation (when `aug` is given) followed by the eval transform."""
     if aug is None:
         return eval_transform(mean, std)
@@ -216,8 +215,8 @@ class TrainPlan:
     augment: AugmentConfig | None = None
     mixup_alpha: float | None = None
     num_classes: int = 2
-    mean: Stats = MEAN
-    std: Stats = STD
+    mean: Stats = IMAGENET_MEAN
+    std: Stats = IMAGENET_STD
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -282,8 +281,8 @@ class EvalBatches:
     """Re-iterable (x normalised, labels) batches of one split, in order, on `device`."""
 
     split: SplitTensors
-    mean: Stats = MEAN
-    std: Stats = STD
+    mean: Stats = IMAGENET_MEAN
+    std: Stats = IMAGENET_STD
     batch_size: int = 0  # 0: EVAL_BATCH for the device
     device: str = "cpu"
 
@@ -319,8 +318,8 @@ class TensorImages(Dataset):
 
 
 def make_loaders(splits: dict[str, SplitTensors], batch_size: int, augment: AugmentConfig | None, seed: int,
-                 num_workers: int = 0, pin_memory: bool = False, mean: Stats = MEAN,
-                 std: Stats = STD) -> dict[str, DataLoader]:
+                 num_workers: int = 0, pin_memory: bool = False, mean: Stats = IMAGENET_MEAN,
+                 std: Stats = IMAGENET_STD) -> dict[str, DataLoader]:
     """DataLoaders over split tensors (the pretrain stage's multi-class training): train
     (shuffled, seeded; augmented when `augment` is given) and val/test, normalised with the body's
     `mean` / `std`. The train loader never yields a batch of 1."""

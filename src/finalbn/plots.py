@@ -1,8 +1,12 @@
 """Matplotlib figures for the study, returned as ``Figure`` objects to be logged as artifacts.
 
-The Agg backend is selected at import (no display needed). Every function creates exactly one
-pyplot figure and returns it without showing or saving it; the caller saves or logs it and then
-must call ``plt.close(fig)`` so figures do not pile up over a long run.
+The Agg backend is selected at import (no display needed). Every function but the two
+``*_panel`` ones creates exactly one pyplot figure and returns it without showing or saving it;
+the caller saves or logs it and then must call ``plt.close(fig)`` so figures do not pile up over
+a long run. ``softmax_panel`` and ``reliability_panel`` draw the same on a given Axes (the
+report's multi-panel figures use them).
+
+    fig = reliability_diagram(metrics.reliability_bins(y, probs), title="ECE 0.041")
 
 Inputs follow ``finalbn.metrics``: ``y_true`` are class indices (0 = healthy/majority,
 1 = diseased/minority), ``probs`` are ``(N, 2)`` softmax rows, ``bins`` is the dict returned by
@@ -18,9 +22,11 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-__all__ = ["confusion_matrix_plot", "loss_curves", "reliability_diagram", "softmax_scatter"]
+__all__ = ["confusion_matrix_plot", "loss_curves", "reliability_diagram", "reliability_panel",
+           "softmax_panel", "softmax_scatter"]
 
 # Fixed margins: a per-cell figure is drawn for every run, and constrained layout cost ~0.35 s a cell.
 _MARGINS = {"left": 0.12, "right": 0.97, "bottom": 0.13, "top": 0.88}
@@ -80,18 +86,8 @@ def softmax_scatter(y_true, probs, title: str = "") -> Figure:
         raise ValueError(f"probs must have shape (N, 2), got {p.shape}")
     if p.shape[0] != y.shape[0]:
         raise ValueError(f"y_true has {y.shape[0]} samples but probs has {p.shape[0]} rows")
-    order = np.argsort(y, kind="stable")
-    y_sorted = y[order].astype(np.float64)
-    p_sorted = p[order]
-    x = np.arange(y.shape[0])
     fig, ax = plt.subplots(figsize=(8, 4), gridspec_kw=_MARGINS)
-    ax.scatter(x, p_sorted[:, 0], s=10, color="tab:blue", label="P(class 0, healthy)")
-    ax.scatter(x, p_sorted[:, 1], s=10, color="tab:red", label="P(class 1, diseased)")
-    ax.plot(x, y_sorted, color="black", drawstyle="steps-mid", linewidth=1.5, label="ground truth")
-    ax.axhline(0.5, color="gray", linestyle="--", linewidth=1, label="0.5")
-    ax.set_xlabel("test image (ordered by ground truth)")
-    ax.set_ylabel("softmax output")
-    ax.set_ylim(-0.05, 1.05)
+    softmax_panel(ax, y, p[:, 0], p[:, 1])
     ax.legend(loc="center left", fontsize="small")
     if title:
         ax.set_title(title)
@@ -110,12 +106,38 @@ def reliability_diagram(bins: dict, title: str = "") -> Figure:
     n = len(bins["lower"])
     if n == 0 or any(len(bins[k]) != n for k in _BIN_KEYS):
         raise ValueError("bins lists must be non-empty and of equal length")
+    fig, ax = plt.subplots(figsize=(5, 5), gridspec_kw=_MARGINS)
+    reliability_panel(ax, bins, title)
+    return fig
+
+
+def softmax_panel(ax: Axes, y, p0, p1, marker_size: float = 10) -> None:
+    """Fig. 4's drawing on a given Axes: P(class 0) blue and P(class 1) red per image after a
+    stable sort by label `y`, the ground truth as a black step line, a dashed line at 0.5.
+    Legend and title are the caller's."""
+    y = np.asarray(y)
+    order = np.argsort(y, kind="stable")
+    x = np.arange(y.shape[0])
+    ax.scatter(x, np.asarray(p0, dtype=np.float64)[order], s=marker_size, color="tab:blue",
+               label="P(class 0, healthy)")
+    ax.scatter(x, np.asarray(p1, dtype=np.float64)[order], s=marker_size, color="tab:red",
+               label="P(class 1, diseased)")
+    ax.plot(x, y[order].astype(np.float64), color="black", drawstyle="steps-mid", linewidth=1.5,
+            label="ground truth")
+    ax.axhline(0.5, color="gray", linestyle="--", linewidth=1, label="0.5")
+    ax.set_xlabel("test image (ordered by ground truth)")
+    ax.set_ylabel("softmax output")
+    ax.set_ylim(-0.05, 1.05)
+
+
+def reliability_panel(ax: Axes, bins: dict, title: str = "", fontsize: str | None = None) -> None:
+    """The reliability diagram drawn on a given Axes (see `reliability_diagram`); `fontsize` of
+    the legend and the title, matplotlib's defaults when None. `bins` is not validated here."""
     lower = np.asarray(bins["lower"], dtype=np.float64)
     width = np.asarray(bins["upper"], dtype=np.float64) - lower
-    full = [i for i in range(n) if bins["count"][i] and bins["accuracy"][i] is not None]
+    full = [i for i, c in enumerate(bins["count"]) if c and bins["accuracy"][i] is not None]
     acc = np.array([bins["accuracy"][i] for i in full], dtype=np.float64)
     conf = np.array([bins["confidence"][i] for i in full], dtype=np.float64)
-    fig, ax = plt.subplots(figsize=(5, 5), gridspec_kw=_MARGINS)
     ax.bar(lower[full], acc, width=width[full], align="edge", color="tab:blue",
            edgecolor="black", label="accuracy")
     ax.bar(lower[full], conf - acc, bottom=acc, width=width[full], align="edge",
@@ -125,10 +147,10 @@ def reliability_diagram(bins: dict, title: str = "") -> Figure:
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
-    ax.legend(loc="upper left")
+    size = {"fontsize": fontsize} if fontsize else {}  # None would override the title's larger default
+    ax.legend(loc="upper left", **size)
     if title:
-        ax.set_title(title)
-    return fig
+        ax.set_title(title, **size)
 
 
 def confusion_matrix_plot(cm, class_names: Sequence[str] = ("healthy", "diseased")) -> Figure:

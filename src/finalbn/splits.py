@@ -16,7 +16,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from tqdm import tqdm
 
 from finalbn.config import DatasetConfig, SplitConfig
 from finalbn.images import Rejected, scan_folder
+from finalbn.io import write_text
 
 SPLITS = ("train", "val", "test")
 LABELS = (0, 1)  # 0 = majority (healthy), 1 = minority (diseased)
@@ -170,8 +170,9 @@ def _write_split(ds: DatasetConfig, split: SplitConfig, out_root: Path, folders:
     }
     out = split_dir(out_root, ds.name, replicate)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "manifest.csv", manifest)
-    _write_atomic(out / "split.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    # a failed run never leaves a half-written manifest under the final name
+    write_text(out / "manifest.csv", manifest)
+    write_text(out / "split.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
 
 
@@ -182,15 +183,3 @@ def read_manifest(path: str | Path) -> list[dict]:
     for r in rows:
         r["label"] = int(r["label"])
     return rows
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    # A failed run never leaves a half-written manifest under the final name.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

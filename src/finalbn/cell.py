@@ -1,0 +1,317 @@
+"""One training cell = (dataset, replicate, configuration of the six toggles): data -> model -> fit -> test.
+
+    result = run_cell(cfg, "synthetic-apple", splits_dir=Path("data/splits"), replicate=0)
+    result.test_last["f1_1"], result.test_last["auroc"]
+
+A replicate is one split draw (`<splits_dir>/<dataset>/<replicate>/manifest.csv`) and trains with
+seed `train.seed + replicate`. The primary numbers are the last epoch's (`test_last`); those at
+the epoch selected on validation AUROC are `test_sel`. Configuration ids and names (`config_id`,
+`config_name`) follow the paper; see `finalbn.config`. Knows nothing of MLflow or Optuna:
+callbacks reach `engine.fit`.
+
+Two paths, the same numbers (to float rounding): with UF off and `train.share_features` on, the
+head trains on the frozen body's features shared with every cell that sees the same images in
+the same batches (`finalbn.features`); otherwise (UF on, or --no-share) the whole network runs
+every step. Order, augmentation, MixUp, head init and dropout draw from their
+own seeded streams (`finalbn.seeds`), so neither path nor the order of cells changes a draw.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.utils.class_weight import compute_class_weight
+
+from finalbn import features, metrics
+from finalbn.config import Config, DatasetConfig, cell_seed, config_id, config_name, final_layer
+from finalbn.data import EvalBatches, SplitTensors, TrainPlan, load_splits
+from finalbn.engine import Callback, FitResult, FitSettings, fit, predict, resolve_device
+from finalbn.models import FinalBNNet, HeadOnFeatures, WeightsError, create_head, create_model, get_spec
+from finalbn.splits import split_dir
+
+
+def weights_path(cfg: Config) -> str:
+    """`model.weights`, with `synthetic` resolved to the pretrain stage's file."""
+    if cfg.model.weights != "synthetic":
+        return cfg.model.weights
+    path = Path(cfg.pretrain.out_dir) / f"{cfg.model.arch}.pt"
+    if not path.is_file():
+        raise WeightsError(f"model.weights=synthetic but {path} does not exist: run `finalbn pretrain` "
+                           f"(or `dvc repro pretrain`) first, or set model.weights=imagenet|none|<file.pt>")
+    return str(path)
+
+
+def preflight(cfg: Config, dataset: str, splits_dir: Path, replicates: int = 1) -> None:
+    """Fail before any run starts: the splits exist and `model.weights` resolves to something."""
+    for r in range(replicates):
+        manifest = split_dir(splits_dir, cfg.dataset(dataset).name, r) / "manifest.csv"
+        if not manifest.is_file():
+            raise FileNotFoundError(f"{manifest} does not exist: run `finalbn prepare` (or `dvc repro`) first"
+                                    f"{' with grid.replicates covering ' + str(r) if r else ''}")
+    try:
+        get_spec(cfg.model.arch)
+    except ValueError as exc:
+        raise WeightsError(str(exc)) from None
+    w = weights_path(cfg)
+    if w not in ("imagenet", "none") and not Path(w).is_file():
+        raise WeightsError(f"weights file {w} does not exist (model.weights: imagenet | none | synthetic | <file.pt>)")
+
+
+def build_model(cfg: Config, num_classes: int = 2, seed: int | None = None) -> FinalBNNet:
+    """The cell's network; with `seed`, a random body (`model.weights: none`) and the head draw
+    from that seed's streams, as the shared path's do."""
+    m, ab = cfg.model, cfg.ablation
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.default_generator.manual_seed(seed)
+        return create_model(m.arch, weights=weights_path(cfg), num_classes=num_classes,
+                            final=final_layer(m, ab), final_bn_momentum=m.final_bn_momentum,
+                            final_bn_eps=m.final_bn_eps, final_bn_affine=m.final_bn_affine, final_bias=m.final_bias,
+                            hidden=m.hidden, dropout=m.dropout, unfreeze_bn=ab.uf, frozen_bn=m.frozen_bn,
+                            head_seed=seed)
+
+
+def build_head(cfg: Config, nf: int, num_classes: int = 2, seed: int | None = None) -> HeadOnFeatures:
+    """The head of `build_model` alone, fed pooled body features (the shared path)."""
+    m, ab = cfg.model, cfg.ablation
+    final = final_layer(m, ab)
+    head = create_head(nf, num_classes, hidden=m.hidden, dropout=tuple(m.dropout), final=final,
+                       final_bn_momentum=m.final_bn_momentum, final_bn_eps=m.final_bn_eps,
+                       final_bn_affine=m.final_bn_affine, final_bias=m.final_bias, seed=seed)
+    return HeadOnFeatures(head, final)
+
+
+def shares_body(cfg: Config) -> bool:
+    """Whether the cell's body is frozen (UF off) and sharing is on: then its features are a
+    function of the plan's images alone (body in eval mode) or of its batch sequence (fastai's
+    frozen BN in train mode), the same for every head-side configuration, and are computed once."""
+    return cfg.train.share_features and not cfg.ablation.uf
+
+
+def class_weights(labels: np.ndarray) -> tuple[float, ...]:
+    """WL: scikit-learn's 'balanced' weights n / (k * count_c) from the training counts."""
+    classes = np.unique(labels)
+    return tuple(float(w) for w in compute_class_weight("balanced", classes=classes, y=labels))
+
+
+def class_balanced_weights(labels: np.ndarray, beta: float) -> tuple[float, ...]:
+    """Cui et al. (2019): weights (1 - beta) / (1 - beta^n_c) from each class's effective number
+    of samples, scaled to sum to the number of classes."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64))
+    w = (1.0 - beta) / (1.0 - np.power(beta, counts.astype(np.float64)))
+    return tuple(float(x) for x in w * len(w) / w.sum())
+
+
+def fit_settings(cfg: Config, train_labels: np.ndarray, device: str = "cpu", progress: bool = False,
+                 seed: int | None = None) -> FitSettings:
+    """What the head-side toggles mean for the loop: WL -> class weights, WD -> decay. (DA and MX
+    change the inputs: `train_plan`.)"""
+    tc, ab = cfg.train, cfg.ablation
+    weights = class_weights(train_labels) if ab.wl else None
+    if tc.loss == "class_balanced":  # its own weights replace WL's
+        weights = class_balanced_weights(train_labels, tc.cb_beta)
+    return FitSettings(epochs=tc.epochs, lr=tc.lr, weight_decay=tc.weight_decay if ab.wd else 0.0,
+                       class_weights=weights, loss=tc.loss, focal_gamma=tc.focal_gamma,
+                       label_smoothing=tc.label_smoothing, device=device, progress=progress,
+                       body_lr_ratio=tc.body_lr_ratio, wd_on_bn=tc.wd_on_bn, train_counts=train_counts(train_labels),
+                       seed=seed)
+
+
+def train_plan(cfg: Config, train: SplitTensors, seed: int, device: str = "cpu") -> TrainPlan:
+    """What the body sees in training: DA -> augmentation, MX -> MixUp, from the seed's streams."""
+    tc, ab = cfg.train, cfg.ablation
+    spec = get_spec(cfg.model.arch)
+    return TrainPlan(train, tc.batch_size, seed, augment=tc.augment if ab.da else None,
+                     mixup_alpha=tc.mixup_alpha if ab.mx else None, num_classes=2, mean=spec.mean, std=spec.std,
+                     device=device)
+
+
+def train_counts(labels: np.ndarray) -> tuple[int, int]:
+    """(n_majority, n_minority) of the training split: the prior that prior correction removes."""
+    c = np.bincount(np.asarray(labels, dtype=np.int64), minlength=2)
+    return int(c[0]), int(c[1])
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+@dataclass
+class CellResult:
+    """What one cell computed: metrics (last epoch = primary, selected epoch, validation), per-image
+    test predictions, reliability bins, the trained network and how it ran."""
+
+    dataset: str
+    replicate: int
+    manifest_sha256: str
+    config_id: int
+    config_name: str
+    fit: FitResult
+    test_last: dict[str, float]  # primary: the last epoch (the paper's protocol)
+    test_sel: dict[str, float]  # the epoch selected on validation AUROC
+    val_last: dict[str, float]
+    predictions: list[dict[str, Any]]  # per test image: path, source class, label, P(minority) last / selected
+    reliability_last: dict[str, list]
+    reliability_sel: dict[str, list]
+    confusion_last: list[list[int]]
+    class_weights: tuple[float, ...] | None
+    bn_policy: str
+    device: str
+    model: torch.nn.Module  # the whole network at the last epoch (shared path: the shared body + this head)
+    labels: np.ndarray  # (N_test,) 0/1
+    probs_last: np.ndarray  # (N_test, 2) softmax at the last epoch (temperature-scaled when calibrated)
+    probs_sel: np.ndarray  # (N_test, 2) at the selected epoch
+    train_size: int
+    train_counts: tuple[int, int]  # (n_majority, n_minority) of the training split
+    seed: int
+    features: str  # "shared" (head on the frozen body's shared features) or "unshared"
+    temperature: float | None = None  # fitted on validation (train.calibration: temperature)
+    body_images: int | None = None  # images this cell passed through the body itself (0: another cell had)
+
+
+def per_source_recall(labels: np.ndarray, preds: np.ndarray, sources: Sequence[str]) -> dict[str, float]:
+    """Recall of each minority source class (disease kind) of the test split."""
+    out = {}
+    src = np.asarray(sources)
+    for s in sorted(set(src[labels == 1].tolist())):
+        mask = (labels == 1) & (src == s)
+        out[s] = float((preds[mask] == 1).mean())
+    return out
+
+
+@dataclass
+class _Inputs:
+    """How a cell's network meets its data: the network to train, its training source, and the
+    validation and test batches at a given epoch (the shared path's depend on the epoch)."""
+
+    model: torch.nn.Module
+    train: Any
+    val_of: Callable[[int], Any]
+    test_of: Callable[[int], Any]
+    shared: features.SharedFeatures | None = None
+    body_key: features.BodyKey | None = None
+    images_before: int = 0
+
+
+def _shared_inputs(cfg: Config, ds: DatasetConfig, where: Path, tensors, plan: TrainPlan, manifest_hash: str,
+                   seed: int, device: torch.device) -> _Inputs:
+    """UF off: a head on the frozen body's features, computed once for every cell that shares them."""
+    w = weights_path(cfg)
+    # bf16 on CUDA, as the engine's autocast runs the whole network there
+    body_key = features.BodyKey(cfg.model.arch, w, seed if w == "none" else None, str(device),
+                                bf16=device.type == "cuda", bn_train=cfg.model.frozen_bn == "train")
+    share_key = (str((where / "manifest.csv").resolve()), manifest_hash, ds.image_size, body_key, seed,
+                 cfg.train.batch_size, plan.augment, plan.mixup_alpha)
+    shared = features.CACHE.get(share_key, plan, tensors, body_key)
+    images_before = shared.body_images
+    head = build_head(cfg, shared.body.nf, seed=seed)
+    return _Inputs(head, shared.train, shared.val_at, shared.test_at, shared, body_key, images_before)
+
+
+def _whole_inputs(cfg: Config, tensors, plan: TrainPlan, seed: int, device: torch.device) -> _Inputs:
+    """UF on (or --no-share): the whole network runs every step."""
+    spec = get_spec(cfg.model.arch)
+    model = build_model(cfg, seed=seed)
+    val_b = EvalBatches(tensors["val"], spec.mean, spec.std, device=str(device))
+    test_b = EvalBatches(tensors["test"], spec.mean, spec.std, device=str(device))
+    return _Inputs(model, plan.inputs, (lambda epoch: val_b), (lambda epoch: test_b))
+
+
+@dataclass
+class _Evaluation:
+    labels: np.ndarray
+    probs_last: np.ndarray
+    probs_sel: np.ndarray
+    val_labels: np.ndarray
+    val_last: np.ndarray
+    temperature: float | None
+
+
+def _evaluate(model: torch.nn.Module, inputs: _Inputs, fitted: FitResult, tc, device: torch.device) -> _Evaluation:
+    """Test and validation predictions at the last and the selected epoch (temperature-scaled when
+    `train.calibration` says so); the model is left at its last epoch, as trained."""
+    last, sel = tc.epochs, fitted.selected_epoch
+    labels, probs_last = predict(model, inputs.test_of(last), device)
+    val_labels, val_last = predict(model, inputs.val_of(last), device)
+    last_state = {k: v.clone() for k, v in model.state_dict().items() if k in fitted.selected_state}
+    model.load_state_dict(fitted.selected_state, strict=False)
+    _, probs_sel = predict(model, inputs.test_of(sel), device)
+    temperature = None
+    if tc.calibration == "temperature":  # fitted on validation at each evaluated epoch; argmax unchanged
+        _, val_sel = predict(model, inputs.val_of(sel), device)
+        t_sel = metrics.fit_temperature(val_labels, val_sel)
+        probs_sel = metrics.apply_temperature(probs_sel, t_sel)
+        temperature = metrics.fit_temperature(val_labels, val_last)
+        probs_last = metrics.apply_temperature(probs_last, temperature)
+        val_last = metrics.apply_temperature(val_last, temperature)
+    model.load_state_dict(last_state, strict=False)
+    return _Evaluation(labels, probs_last, probs_sel, val_labels, val_last, temperature)
+
+
+def _whole_network(cfg: Config, model: torch.nn.Module, inputs: _Inputs) -> torch.nn.Module:
+    """The network for logging or export: on the shared path, a copy of the shared body + this head."""
+    if inputs.shared is None:
+        return model
+    policy = "frozen-train (fastai)" if inputs.body_key.bn_train else "frozen-eval"
+    return FinalBNNet(copy.deepcopy(inputs.shared.body.body), model.head, bn_policy=policy, arch=cfg.model.arch,
+                      nf=inputs.shared.body.nf, final=model.final, weights=weights_path(cfg))
+
+
+def run_cell(cfg: Config, dataset: str | DatasetConfig, splits_dir: Path, callbacks: Sequence[Callback] = (),
+             progress: bool = False, replicate: int = 0) -> CellResult:
+    """Train one cell on `<splits_dir>/<dataset>/<replicate>/manifest.csv`; evaluate it on test.
+    Raises FileNotFoundError for a missing split, engine.TrainingDiverged when the loss turns NaN."""
+    ds = cfg.dataset(dataset) if isinstance(dataset, str) else dataset
+    where = split_dir(splits_dir, ds.name, replicate)
+    tc = cfg.train
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    device = resolve_device(tc.device)
+    tensors = load_splits(where / "manifest.csv", ds.image_size)
+    manifest_hash = json.loads((where / "split.json").read_text())["manifest_sha256"]
+
+    seed = cell_seed(cfg, replicate)
+    seed_everything(seed)
+    plan = train_plan(cfg, tensors["train"], seed, str(device))
+    train_labels = tensors["train"].labels.numpy()
+    settings = fit_settings(cfg, train_labels, str(device), progress, seed=seed)
+    inputs = (_shared_inputs(cfg, ds, where, tensors, plan, manifest_hash, seed, device) if shares_body(cfg)
+              else _whole_inputs(cfg, tensors, plan, seed, device))
+    fitted = fit(inputs.model, inputs.train, inputs.val_of, settings, callbacks)
+    ev = _evaluate(inputs.model, inputs, fitted, tc, device)
+    model = _whole_network(cfg, inputs.model, inputs)
+    return _result(cfg, ds.name, replicate, manifest_hash, tensors["test"], fitted, ev, model, settings,
+                   train_labels, seed, inputs, device)
+
+
+def _result(cfg: Config, dataset: str, replicate: int, manifest_hash: str, test: SplitTensors, fitted: FitResult,
+            ev: _Evaluation, model: torch.nn.Module, settings: FitSettings, train_labels: np.ndarray, seed: int,
+            inputs: _Inputs, device: torch.device) -> CellResult:
+    counts = train_counts(train_labels)
+    labels, probs_last, probs_sel = ev.labels, ev.probs_last, ev.probs_sel
+    sources = test.sources or ("",) * len(labels)
+    preds = [{"path": p, "source_class": s, "label": int(y), "p1_last": float(a[1]), "p1_sel": float(b[1])}
+             for p, s, y, a, b in zip(test.paths, sources, labels, probs_last, probs_sel)]
+    test_last = metrics.classification_report(labels, probs_last, train_counts=counts)
+    test_last.update({f"recall_1__{k}": v for k, v in per_source_recall(labels, probs_last.argmax(1), sources).items()})
+    shared = inputs.shared
+    return CellResult(
+        dataset=dataset, replicate=replicate, manifest_sha256=manifest_hash, config_id=config_id(cfg.ablation),
+        config_name=config_name(cfg.ablation), fit=fitted, test_last=test_last,
+        test_sel=metrics.classification_report(labels, probs_sel, train_counts=counts),
+        val_last=metrics.classification_report(ev.val_labels, ev.val_last, train_counts=counts), predictions=preds,
+        reliability_last=metrics.reliability_bins(labels, probs_last),
+        reliability_sel=metrics.reliability_bins(labels, probs_sel),
+        confusion_last=metrics.confusion(labels, probs_last.argmax(1)).tolist(),
+        class_weights=settings.class_weights, bn_policy=model.bn_policy, device=str(device), model=model,
+        labels=labels, probs_last=probs_last, probs_sel=probs_sel, train_size=len(train_labels), train_counts=counts,
+        seed=seed, features="shared" if shared is not None else "unshared", temperature=ev.temperature,
+        body_images=(shared.body_images - inputs.images_before) if shared is not None else None,
+    )

@@ -1,0 +1,188 @@
+"""Reading the configuration: YAML files merged in order, `a.b=value` overrides, strict validation
+with one-line errors, and the plain forms logged with a run.
+
+    cfg = load_config(["params.yaml"], ["split.seed=3", "datasets.0.crop=Pepper"])
+    flatten(to_dict(cfg))      # {"split.seed": 3, "datasets.0.crop": "Pepper", ...}: MLflow params
+
+An unknown key, a wrong type or an out-of-range value raises `ConfigError` with one line naming
+the key and what is allowed, before any work starts.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import ValidationError
+
+from finalbn.config.schema import Config, ConfigError
+
+
+def load_config(paths: Sequence[str | Path], overrides: Sequence[str] = ()) -> Config:
+    """Merge the YAML files in order, apply `a.b=value` overrides, validate strictly."""
+    raw: dict[str, Any] = {}
+    for p in paths:
+        raw = _merge(raw, _read_yaml(Path(p)))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. split.seed=3)")
+        _assign(raw, key.strip(), parse_value(value))
+    return validate(raw)
+
+
+def validate(raw: dict[str, Any]) -> Config:
+    try:
+        return Config(**raw) if isinstance(raw, dict) else Config(raw)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+    except TypeError as exc:  # e.g. a section that is not a mapping
+        raise ConfigError(f"params: {exc}") from None
+
+
+def to_dict(cfg: Any) -> Any:
+    """Plain dict/list form of a config (for config.yaml artifacts and flattened params)."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (tuple, list)):
+        return [to_dict(v) for v in cfg]
+    return cfg
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}, 'l': [x, y]} -> {'a.b': 1, 'l.0': x, 'l.1': y}."""
+    out: dict[str, Any] = {}
+    items = d.items() if isinstance(d, dict) else enumerate(d) if isinstance(d, list) else None
+    if items is None:
+        return {prefix: d}
+    for k, v in items:
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) or (isinstance(v, list) and v and isinstance(v[0], dict)):
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def parse_value(text: str) -> Any:
+    """YAML scalar/list parsing for overrides; `3e-4` (a string to YAML 1.1) becomes a float."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", value.strip()):
+        return float(value)
+    return value
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"params file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"params file {path}{where} is not valid YAML") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"params file {path} must be a mapping of sections")
+    return data
+
+
+def _merge(base: Any, top: Any) -> Any:
+    if isinstance(base, dict) and isinstance(top, dict):
+        out = copy.deepcopy(base)
+        for k, v in top.items():
+            out[k] = _merge(out.get(k), v) if k in out else copy.deepcopy(v)
+        return out
+    return copy.deepcopy(top)
+
+
+def _assign(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node: Any = raw
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"unknown key '{where}': '{'.'.join(parts[:i])}' has {len(node)} entries (0..{len(node) - 1})")
+            idx = int(part)
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value  # an unknown leaf is caught by validation with the allowed keys
+            else:
+                if part not in node:
+                    allowed = _allowed_at(parts[:i])
+                    raise ConfigError(f"unknown key '{where}'" + (f" (allowed: {', '.join(allowed)})" if allowed else ""))
+                node = node[part]
+        else:
+            raise ConfigError(f"unknown key '{where}': '{'.'.join(parts[:i])}' is a value, not a section")
+
+
+def _allowed_at(loc: Sequence[Any]) -> list[str]:
+    """Field names of the dataclass reached by following `loc` from Config, or []."""
+    tp: Any = Config
+    for part in loc:
+        tp = _unwrap(tp)
+        if dataclasses.is_dataclass(tp):
+            hints = typing.get_type_hints(tp, include_extras=True)
+            if part not in hints:
+                return []
+            tp = hints[part]
+        elif typing.get_origin(tp) in (tuple, list):
+            tp = typing.get_args(tp)[0]
+        else:
+            return []
+    tp = _unwrap(tp)
+    return [f.name for f in dataclasses.fields(tp)] if dataclasses.is_dataclass(tp) else []
+
+
+def _unwrap(tp: Any) -> Any:
+    while typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    if typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp = args[0] if len(args) == 1 else tp
+    return tp
+
+
+def _field_loc(loc: Sequence[Any]) -> list[Any]:
+    """The config path part of a pydantic error location (drops union-branch tags like literal['all'])."""
+    out = []
+    for p in loc:
+        if isinstance(p, str) and ("[" in p or p in ("int", "str", "float", "bool") or p.startswith("function")):
+            break
+        out.append(p)
+    return [p for p in out if p != "__root__"]
+
+
+def _one_line(exc: ValidationError) -> str:
+    errors = exc.errors()
+    err = errors[0]
+    loc = _field_loc(err["loc"])
+    key = ".".join(str(p) for p in loc)
+    kind = err["type"]
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        allowed = _allowed_at(loc[:-1])
+        return f"unknown key '{key}'" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
+    if kind in ("missing", "missing_argument"):
+        return f"missing key '{key}' (every key must be set in params.yaml)"
+    # A union reports one error per branch: say every way the value could have been right.
+    same = [e for e in errors if _field_loc(e["loc"]) == loc]
+    msgs = list(dict.fromkeys(e["msg"].replace("Value error, ", "") for e in same))
+    msg = " or ".join(msgs)
+    shown = err.get("input")
+    got = "" if isinstance(shown, (dict, tuple)) or kind == "value_error" else f" (got {shown!r})"
+    return f"bad value for '{key}': {msg}{got}" if key else f"bad config: {msg}"

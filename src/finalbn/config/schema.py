@@ -1,0 +1,309 @@
+"""The sections of `params.yaml` as strict, frozen pydantic dataclasses, and `ConfigError`.
+
+    cfg = Config(**yaml.safe_load(open("params.yaml")))   # what `load.validate` does, one-line errors
+    cfg.model.arch, cfg.train.lr, cfg.dataset("synthetic-apple").image_size
+
+`params.yaml` is the only place defaults live; this module only says what shape and range each
+key has. The switches (`AblationConfig`) and the id/name vocabulary live in `study`.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import Field, Strict, model_validator
+from pydantic.dataclasses import dataclass
+
+from finalbn.config.strict import (
+    STRICT,
+    Bool,
+    Count,
+    Int,
+    Name,
+    Pair,
+    PosFloat,
+    Prob,
+    Replicates,
+    Seed,
+    Size,
+    Str,
+)
+from finalbn.config.study import BASELINE_METHODS, FINAL_LAYERS, TOGGLES, AblationConfig, parse_configs
+
+# Literals spelled once: the study's tuples are the source of the allowed values.
+Toggle = Literal[TOGGLES]
+FinalLayer = Literal[FINAL_LAYERS]
+BaselineMethod = Literal[tuple(BASELINE_METHODS)]
+Loss = Literal["ce", "focal", "logit_adjusted", "class_balanced"]
+Calibration = Literal["none", "temperature"]
+
+
+class ConfigError(ValueError):
+    """A bad params file or override; the message is one line naming the key."""
+
+
+@dataclass(frozen=True, config=STRICT)
+class DatasetConfig:
+    """One imbalanced binary task. `crop` for plantvillage/synthetic, the dir lists for folders."""
+
+    name: Name
+    source: Literal["synthetic", "plantvillage", "folders"]
+    root: Str
+    image_size: Size
+    crop: Optional[Str] = None
+    majority: tuple[Str, ...] = ()
+    minority: tuple[Str, ...] = ()
+
+    @model_validator(mode="after")
+    def _source_fields(self):
+        if self.source in ("synthetic", "plantvillage"):
+            if not self.crop:
+                raise ValueError(f"source {self.source} needs 'crop' (e.g. Apple)")
+            if self.majority or self.minority:
+                raise ValueError(f"source {self.source} takes 'crop', not majority/minority lists")
+        else:
+            if not self.majority or not self.minority:
+                raise ValueError("source folders needs non-empty 'majority' and 'minority' lists")
+            if self.crop:
+                raise ValueError("source folders takes majority/minority lists, not 'crop'")
+        return self
+
+
+@dataclass(frozen=True, config=STRICT)
+class SyntheticConfig:
+    """The built-in procedural leaf collection (PlantVillage layout)."""
+
+    root: Str
+    seed: Seed
+    image_size: Size
+    crops: Annotated[tuple[Str, ...], Field(min_length=1)]
+    healthy: Annotated[int, Strict(), Field(ge=1)]
+    per_disease: Annotated[int, Strict(), Field(ge=1)]
+    severity: Annotated[float, Field(ge=0.1, le=10.0)]  # lesion number and area multiplier
+    workers: Count  # 0 = one process per core
+
+
+@dataclass(frozen=True, config=STRICT)
+class SplitConfig:
+    seed: Seed
+    train: Pair
+    val: Pair
+    test: Pair
+
+    @model_validator(mode="after")
+    def _train_both(self):
+        if min(self.train) < 1:
+            raise ValueError("train needs at least one image of each class")
+        return self
+
+
+@dataclass(frozen=True, config=STRICT)
+class ModelConfig:
+    """Backbone and fastai-style head; `final_variant` is what the BN toggle adds."""
+
+    arch: Str
+    weights: Str  # imagenet | none | synthetic | path/to/file.pt
+    hidden: Annotated[int, Strict(), Field(ge=2)]
+    dropout: tuple[Prob, Prob]
+    final_variant: Literal["bn", "selu"]
+    final_bn_momentum: Annotated[float, Field(gt=0.0, le=1.0)]
+    final_bn_eps: PosFloat
+    final_bn_affine: Bool
+    final_bias: Bool
+    frozen_bn: Literal["eval", "train"]  # UF off: eval keeps pre-trained statistics; train = fastai's
+
+
+@dataclass(frozen=True, config=STRICT)
+class AugmentConfig:
+    """DA: flips, small rotation, zoom, lighting (fastai's get_transforms defaults)."""
+
+    flip_vertical: Bool
+    rotate: Annotated[float, Field(ge=0.0, le=180.0)]
+    zoom: Annotated[float, Field(ge=1.0, le=2.0)]
+    lighting: Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+@dataclass(frozen=True, config=STRICT)
+class TrainConfig:
+    seed: Seed
+    epochs: Annotated[int, Strict(), Field(ge=1)]
+    batch_size: Annotated[int, Strict(), Field(ge=2)]
+    lr: PosFloat
+    weight_decay: Annotated[float, Field(ge=0.0)]  # used when ablation.wd is on; off = 0
+    mixup_alpha: PosFloat
+    label_smoothing: Prob
+    augment: AugmentConfig
+    body_lr_ratio: Annotated[float, Field(gt=0.0, le=1.0)]  # body params' LR / head LR (fastai slice(lr): 0.1)
+    wd_on_bn: Bool  # WD also decays BN weights and biases (fastai's bn_wd=True)
+    device: Literal["auto", "cpu", "cuda"]
+    num_workers: Count
+    threads: Count  # torch intra-op threads; 0 = torch's default
+    log_model: Bool
+    share_features: Bool  # UF-off cells train heads on shared frozen-body features (same numbers)
+    loss: Loss  # the imbalance baselines
+    focal_gamma: Annotated[float, Field(ge=0.0, le=10.0)]
+    cb_beta: Annotated[float, Field(ge=0.0, lt=1.0)]  # class_balanced: Cui et al.'s effective-number beta
+    calibration: Calibration  # post-hoc temperature scaling fitted on validation
+
+
+@dataclass(frozen=True, config=STRICT)
+class PretrainConfig:
+    """The synthetic source task: leaf condition on crops no dataset targets, lesions `severity`x."""
+
+    out_dir: Str
+    crops: Annotated[tuple[Str, ...], Field(min_length=1)]
+    severity: Annotated[float, Field(ge=0.1, le=10.0)]
+    per_class: Annotated[int, Strict(), Field(ge=2)]
+    image_size: Size
+    epochs: Annotated[int, Strict(), Field(ge=1)]
+    batch_size: Annotated[int, Strict(), Field(ge=2)]
+    lr: PosFloat
+    seed: Seed
+
+
+@dataclass(frozen=True, config=STRICT)
+class HeadlineConfig:
+    """Configurations run on more replicates than the rest: the paper's contrasts."""
+
+    configs: tuple[Union[Int, Str], ...]  # ids and names, checked by parse_configs
+    replicates: Replicates
+
+
+@dataclass(frozen=True, config=STRICT)
+class BaselinesConfig:
+    """Each method on `config` (the paper's `none`, 63, by default), on the headline replicates."""
+
+    methods: tuple[BaselineMethod, ...]
+    config: Union[Int, Str]
+
+    @model_validator(mode="after")
+    def _known(self):
+        try:
+            parse_configs([self.config])
+        except ValueError as exc:
+            raise ValueError(str(exc).replace("grid.configs", "grid.baselines.config")) from None
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"grid.baselines.methods lists a method twice: {list(self.methods)}")
+        return self
+
+
+@dataclass(frozen=True, config=STRICT)
+class GridConfig:
+    """Which cells `finalbn grid` runs: (configs × replicates ∪ headline configs × their replicates)
+    × archs × every dataset. A replicate is a fresh split draw plus a training seed."""
+
+    configs: Union[Literal["all"], tuple[Union[Int, Str], ...]]  # ids and names are checked by parse_configs
+    replicates: Replicates
+    headline: HeadlineConfig
+    baselines: BaselinesConfig
+    archs: Annotated[tuple[Str, ...], Field(min_length=1)]
+    workers: Annotated[int, Strict(), Field(ge=1)]
+
+    @model_validator(mode="after")
+    def _known(self):
+        parse_configs(self.configs)
+        if self.headline.configs:
+            parse_configs(self.headline.configs)
+        return self
+
+    @property
+    def max_replicates(self) -> int:
+        """How many split draws `prepare` must write."""
+        return max(self.replicates, self.headline.replicates if self.headline.configs else 1)
+
+
+@dataclass(frozen=True, config=STRICT)
+class CeilingConfig:
+    """The separability probe run before the grid (`finalbn ceiling`)."""
+
+    per_class: Annotated[int, Strict(), Field(ge=2)]  # balanced probe set: up to this many per class
+    folds: Annotated[int, Strict(), Field(ge=2, le=20)]
+    seed: Seed
+
+
+@dataclass(frozen=True, config=STRICT)
+class ReportConfig:
+    bootstrap: Annotated[int, Strict(), Field(ge=100)]  # bootstrap resamples for the CIs
+    seed: Seed
+
+
+@dataclass(frozen=True, config=STRICT)
+class TrackingConfig:
+    experiment: Str
+
+
+Range = Optional[tuple[float, float]]  # [low, high]; null switches the dimension off
+Choices = Optional[tuple[Any, ...]]
+
+
+@dataclass(frozen=True, config=STRICT)
+class SearchSpace:
+    """The Optuna search space: each dimension a [low, high] range, a list of choices, or null
+    (off: the value of params.yaml is used). Ranges marked log are sampled on a log scale."""
+
+    switches: Optional[tuple[Toggle, ...]] = None
+    lr: Range = None  # log
+    weight_decay: Range = None  # log
+    dropout_0: Range = None
+    dropout_1: Range = None
+    hidden: Choices = None
+    final: Optional[tuple[FinalLayer, ...]] = None
+    final_bn_momentum: Range = None  # log
+    final_bn_eps: Range = None  # log
+    final_bn_affine: Choices = None
+    final_bias: Choices = None
+    label_smoothing: Range = None
+    mixup_alpha: Range = None
+    batch_size: Choices = None
+    epochs: Optional[tuple[int, int]] = None
+    arch: Optional[tuple[Str, ...]] = None
+    loss: Optional[tuple[Loss, ...]] = None
+    calibration: Optional[tuple[Calibration, ...]] = None
+
+
+@dataclass(frozen=True, config=STRICT)
+class SearchConfig:
+    """`finalbn search`: an Optuna study over `space`, scored on a validation metric."""
+
+    study: Name
+    storage: Str  # a journal file path, or an RDB URL (postgresql://...) for several machines
+    n_trials: Annotated[int, Strict(), Field(ge=1)]
+    workers: Annotated[int, Strict(), Field(ge=1)]
+    objective: Literal["val_auroc", "val_minority_f1", "val_ap", "val_balanced_loss", "val_auroc+ece"]
+    pruner: Literal["median", "hyperband", "none"]
+    pruner_startup_trials: Count
+    pruner_warmup_epochs: Count
+    stale_after_s: Annotated[float, Field(ge=0.0)]  # a RUNNING trial older than this is a dead worker's
+    sampler_seed: Seed
+    replicate: Count  # the split the trials train on
+    replicates: Replicates  # after the study: the best trial and the grid's best on replicates 0..n-1, tested
+    space: SearchSpace
+
+
+@dataclass(frozen=True, config=STRICT)
+class Config:
+    datasets: Annotated[tuple[DatasetConfig, ...], Field(min_length=1)]
+    synthetic: SyntheticConfig
+    split: SplitConfig
+    model: ModelConfig
+    ablation: AblationConfig
+    train: TrainConfig
+    pretrain: PretrainConfig
+    grid: GridConfig
+    ceiling: CeilingConfig
+    report: ReportConfig
+    tracking: TrackingConfig
+    search: SearchConfig
+
+    @model_validator(mode="after")
+    def _unique_names(self):
+        names = [d.name for d in self.datasets]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"dataset names must be unique, repeated: {sorted(dup)}")
+        return self
+
+    def dataset(self, name: str) -> DatasetConfig:
+        for d in self.datasets:
+            if d.name == name:
+                return d
+        raise ConfigError(f"no dataset named {name!r} (have: {', '.join(d.name for d in self.datasets)})")

@@ -1,0 +1,112 @@
+"""The fastai v1 head that sits on the body, and the final layer under study.
+
+    head = create_head(nf=1280, num_classes=2, final="bn", seed=0)   # (B, nf, h, w) -> (B, 2)
+    final_bn_stats(head, "bn")          # the final BN's running stats, gamma and beta per class
+    HeadOnFeatures(head)                # the same head fed pooled (B, 2nf) features instead
+
+`final` picks what sits after the last Linear: one of `FINAL_LAYERS` ("bn", "selu", "none").
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from finalbn.config import FINAL_LAYERS
+from finalbn.seeds import HEAD_INIT, stream_seed
+
+
+def check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    """A one-line ValueError naming `key` and what it allows, unless `value` is one of `allowed`."""
+    if value not in allowed:
+        raise ValueError(f"{key} must be one of {', '.join(allowed)} (got {value!r})")
+
+
+class AdaptiveConcatPool2d(nn.Module):
+    """fastai's concat pooling: max-pool and avg-pool to 1x1, concatenated (max first, as fastai)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mp = nn.AdaptiveMaxPool2d(1)
+        self.ap = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.mp(x), self.ap(x)], 1)  # (B, 2C, 1, 1)
+
+
+def create_head(nf: int, num_classes: int = 2, *, hidden: int = 512,
+                dropout: tuple[float, float] = (0.25, 0.5), final: str = "bn",
+                final_bn_momentum: float = 0.01, final_bn_eps: float = 1e-5,
+                final_bn_affine: bool = True, final_bias: bool = True, seed: int | None = None) -> nn.Sequential:
+    """fastai v1 `create_head(nf, nc, lin_ftrs=[hidden], ps=0.5, bn_final=...)` for `nf` body channels.
+
+    pool(2nf) -> Flatten -> BN(2nf) -> Dropout(p0) -> Linear(2nf, hidden) -> ReLU -> BN(hidden)
+    -> Dropout(p1) -> Linear(hidden, num_classes) -> final layer. fastai's `bn_final=True` is
+    `final="bn"` with momentum 0.01. A dropout of 0 leaves its layer out, as fastai does.
+    `seed`: initialise from this seed's own stream (the global generator is left as it was), so
+    the head starts the same whether or not a body was built before it.
+    """
+    check_choice("final", final, FINAL_LAYERS)
+    layers: list[nn.Module] = [AdaptiveConcatPool2d(), nn.Flatten()]  # (B, 2nf)
+    layers += [nn.BatchNorm1d(2 * nf)]
+    if dropout[0]:
+        layers += [nn.Dropout(dropout[0])]
+    layers += [nn.Linear(2 * nf, hidden), nn.ReLU(inplace=True), nn.BatchNorm1d(hidden)]
+    if dropout[1]:
+        layers += [nn.Dropout(dropout[1])]
+    layers += [nn.Linear(hidden, num_classes, bias=final_bias)]  # (B, num_classes) logits before the final layer
+    if final == "bn":
+        layers += [nn.BatchNorm1d(num_classes, eps=final_bn_eps, momentum=final_bn_momentum,
+                                  affine=final_bn_affine)]
+    elif final == "selu":
+        layers += [nn.SELU()]
+    head = nn.Sequential(*layers)
+    # fastai's create_cnn re-initialises the head: kaiming-normal Linear weights, zero biases,
+    # BN layers left at weight 1 / bias 0.
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.default_generator.manual_seed(stream_seed(seed, HEAD_INIT))
+        for m in head.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.kaiming_normal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+    return head
+
+
+def final_bn_stats(head: nn.Sequential, final: str) -> dict[str, float]:
+    """The final BN's running mean and variance, gamma and beta per class (the mechanism under
+    study); the engine logs them after every epoch. Empty without a final BN."""
+    last = head[-1]
+    if final != "bn" or not isinstance(last, nn.BatchNorm1d):
+        return {}
+    out: dict[str, float] = {}
+    parts = {"running_mean": last.running_mean, "running_var": last.running_var, "gamma": last.weight,
+             "beta": last.bias}
+    for name, t in parts.items():
+        if t is not None:
+            out.update({f"final_bn_{name}_{i}": float(v) for i, v in enumerate(t.detach().cpu().tolist())})
+    return out
+
+
+class HeadOnFeatures(nn.Module):
+    """A `create_head` head fed the frozen body's pooled features (B, 2nf) instead of its feature
+    map: the pool and flatten ran once, where the features were computed (`finalbn.features`).
+    Its state_dict keys are the full network's (`head.N...`)."""
+
+    def __init__(self, head: nn.Sequential, final: str = "bn") -> None:
+        super().__init__()
+        if not (isinstance(head[0], AdaptiveConcatPool2d) and isinstance(head[1], nn.Flatten)):
+            raise ValueError("HeadOnFeatures needs a create_head head (concat pool, flatten, ...)")
+        self.head = head
+        self.final = final
+        self.num_classes = int(next(m for m in reversed(head) if isinstance(m, nn.Linear)).out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for m in list(self.head)[2:]:
+            x = m(x)
+        return x
+
+    def epoch_stats(self) -> dict[str, float]:
+        return final_bn_stats(self.head, self.final)

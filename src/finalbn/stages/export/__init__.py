@@ -1,0 +1,123 @@
+"""Ship the winner: the best final-BN model to ONNX, checked against PyTorch, for onnxruntime.
+
+    finalbn export                     # the best final-BN run on validation -> models/
+    finalbn export --run-id <id>       # that run
+
+Reads the splits and the tracking store; writes `models/model.onnx` (one self-contained file),
+`models/model.json` (classes, arch, input size and preprocessing, the source run, manifest hash,
+validation metrics, the decision rules) and `models/parity.json` (onnxruntime against torch on
+the real test images at batch 1 and batch 32). Past the tolerance the export exits 1 and the
+model is not promoted (nothing in models/ is replaced). Then the ONNX model is logged to MLflow
+on the export's run, registered as `finalbn` and given the alias `champion`. `select` (which
+run, its network), `onnx` (the file, parity), `int8` (optional quantisation), `card` (model.json).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from finalbn import io, tracking
+from finalbn.config import Config
+from finalbn.data import load_splits
+from finalbn.models import get_spec
+from finalbn.splits import split_dir
+from finalbn.stages.export.card import CLASSES, model_card, prior_threshold, validation_threshold
+from finalbn.stages.export.int8 import INT8_MAX_AUROC_DROP, quantize
+from finalbn.stages.export.onnx import INPUT, OUTPUTS, TOLERANCE, Exported, export_onnx, outputs, parity, preprocess
+from finalbn.stages.export.select import ExportError, Source, choose_run, is_final_bn, rank_key, rebuild, run_config
+
+__all__ = ["CLASSES", "INPUT", "INT8_MAX_AUROC_DROP", "OUTPUTS", "TOLERANCE", "ExportError", "Exported", "Source",
+           "choose_run", "export", "export_onnx", "is_final_bn", "main", "model_card", "parity", "preprocess",
+           "prior_threshold", "rank_key", "rebuild", "run_config", "validation_threshold"]
+
+
+def export(cfg: Config, splits: Path, out_dir: Path, run_id: str | None = None, log=print,
+           register: bool = True, int8: bool = False) -> dict:
+    """Choose, rebuild, export, check, and (only when parity holds) promote and register.
+    Raises ExportError (no candidate, unknown run, parity past the tolerance)."""
+    tracking.setup(cfg)
+    runs = tracking.finished_cell_runs(cfg.tracking.experiment)
+    run = choose_run([r for r in runs if not r.flag(tracking.records.EXPORT)], run_id)
+    m = run.metrics
+    log(f"export: run {run.run_id} ({run.name}): validation AUROC {m.get('val_last_auroc', math.nan):.4f}, "
+        f"AP {m.get('val_last_ap', math.nan):.4f}, minority F1 {m.get('val_last_f1_1', math.nan):.4f}"
+        + ("" if run_id else " — the best final-BN run on validation"))
+    src = rebuild(run, splits, log=log)
+    log(f"export: retrained validation AUROC {src.val.get('auroc', math.nan):.4f} (source "
+        f"{src.source_val.get('auroc', math.nan):.4f}), minority F1 {src.val.get('f1_1', math.nan):.4f} "
+        f"(source {src.source_val.get('f1_1', math.nan):.4f})")
+    size = src.cfg.dataset(src.dataset).image_size
+    spec = get_spec(src.cfg.model.arch)
+    tensors = load_splits(split_dir(splits, src.dataset, src.replicate) / "manifest.csv", size)
+    x = {s: preprocess(tensors[s].images, spec.mean, spec.std) for s in ("test", "val")}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as tmp:
+        card, check = _build(src, Path(tmp), out_dir, size, spec, tensors, x, int8, log)
+        _promote(Path(tmp), out_dir, int8 and card["int8"]["kept"])
+    for bs, b in check["batches"].items():
+        log(f"export: parity at batch {bs}: max |Δprob| {b['max_abs_diff_probs']:.2e}, labels identical "
+            f"{b['labels_identical']} ({check['images']} test images)")
+    result = {"model": str(out_dir / "model.onnx"), "card": card, "parity": check}
+    if register:
+        example = x["test"][:2]
+        result["registry"] = tracking.log_onnx_and_register(src.model_run_id, out_dir / "model.onnx", example,
+                                                            outputs(out_dir / "model.onnx", example), card)
+        log(f"export: registered {tracking.REGISTERED_NAME} version {result['registry']['version']}, "
+            f"alias @{tracking.ALIAS}")
+    return result
+
+
+def _build(src: Source, tmp: Path, out_dir: Path, size: int, spec, tensors, x: dict, int8: bool, log) -> tuple:
+    """model.onnx, parity.json (written to out_dir either way: it says why) and model.json in `tmp`;
+    raises ExportError when parity fails."""
+    diffs = {k: abs(float(src.val.get(k, math.nan)) - float(src.source_val.get(k, math.nan)))
+             for k in ("auroc", "f1_1")}
+    info = export_onnx(src.model, size, tmp / "model.onnx")
+    check = parity(src.model, tmp / "model.onnx", x["test"])
+    check.update({"source_run_id": src.run_id, "model_run_id": src.model_run_id, "opset": info["opset"],
+                  "retrained_vs_source_validation_abs_diff": diffs})
+    with torch.inference_mode():
+        val_p1 = torch.softmax(src.model(torch.from_numpy(x["val"])), 1)[:, 1].numpy()
+    counts = tuple(int(c) for c in np.bincount(tensors["train"].labels.numpy(), minlength=2))
+    card = model_card(src, size, spec.preprocessing(), info, tensors["val"].labels.numpy(), val_p1, counts)
+    io.write_json(out_dir / "parity.json", check)
+    if not check["passed"]:
+        worst = max(b["max_abs_diff_probs"] for b in check["batches"].values())
+        raise ExportError(f"onnxruntime and torch disagree: max |Δprob| {worst:.2e} (tolerance {check['tolerance']:.0e}) "
+                          f"or labels differ — see {out_dir / 'parity.json'}; models/model.onnx was not replaced")
+    if int8:
+        x_train = preprocess(tensors["train"].images, spec.mean, spec.std)
+        q = quantize(tmp / "model.onnx", tmp / "model.int8.onnx", x_train, x["val"], tensors["val"].labels.numpy())
+        card["int8"] = q
+        log(f"export: INT8 {q['why']}: validation AUROC {q['fp32_val_auroc']:.4f} -> {q['int8_val_auroc']:.4f}, "
+            f"{q['fp32_ms_per_image_batch32']:.2f} -> {q['int8_ms_per_image_batch32']:.2f} ms/image at batch 32")
+    io.write_json(tmp / "model.json", card)
+    return card, check
+
+
+def _promote(tmp: Path, out_dir: Path, with_int8: bool) -> None:
+    """Move the checked files over models/ (each rename atomic)."""
+    os.replace(tmp / "model.onnx", out_dir / "model.onnx")
+    os.replace(tmp / "model.json", out_dir / "model.json")
+    if with_int8:
+        os.replace(tmp / "model.int8.onnx", out_dir / "model.int8.onnx")
+
+
+def main(cfg: Config, args: argparse.Namespace) -> int:
+    """`finalbn export`: exit 1 (one line) when the export cannot go on."""
+    tracking.detach_project_run()  # under `mlflow run -e export`: the export trains its own run
+    try:
+        export(cfg, Path(args.splits), Path(args.out), run_id=args.run_id, log=lambda m: print(m, flush=True),
+               register=not args.no_register, int8=args.quantize)
+    except ExportError as exc:
+        print(f"finalbn export: failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"export: {args.out}/model.onnx, {args.out}/model.json, {args.out}/parity.json")
+    return 0

@@ -1,0 +1,90 @@
+"""The network to one ONNX file, and its check against PyTorch on the same inputs.
+
+    info = export_onnx(model, size=64, path=Path("models/model.onnx"))   # {opset, ir_version}
+    check = parity(model, Path("models/model.onnx"), x)                  # onnxruntime vs torch
+
+The file is self-contained (`torch.onnx.export(dynamo=True, external_data=False)`), exported in
+eval mode, with input `image` (float32, N x 3 x H x W, normalised as model.json says) on a
+dynamic batch axis and outputs `logits` and `probs`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from finalbn.data import eval_transform
+
+TOLERANCE = 1e-4  # max |P_ort - P_torch| over the test images, at batch 1 and 32
+INPUT, OUTPUTS = "image", ("logits", "probs")
+
+
+class Exported(nn.Module):
+    """The network as the field sees it: image -> (logits, softmax probabilities)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.net(image)
+        return logits, torch.softmax(logits, dim=1)
+
+
+def export_onnx(model: nn.Module, size: int, path: Path) -> dict:
+    """One self-contained ONNX file with a dynamic batch axis; returns {opset, ir_version}."""
+    wrapped = Exported(model).eval()
+    example = torch.zeros((2, 3, size, size), dtype=torch.float32)
+    prog = torch.onnx.export(wrapped, (example,), dynamo=True, input_names=[INPUT], output_names=list(OUTPUTS),
+                             dynamic_shapes={"image": {0: "batch"}}, external_data=False, optimize=True)
+    prog.save(str(path))
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    return {"opset": opset, "ir_version": proto.ir_version}
+
+
+def preprocess(images_uint8: torch.Tensor, mean, std) -> np.ndarray:
+    """uint8 N x 3 x H x W -> the float32 input, by training's own evaluation transform
+    (torchvision: scale to [0, 1], normalise with mean/std)."""
+    return eval_transform(tuple(mean), tuple(std))(images_uint8).numpy()
+
+
+def session(path: Path, threads: int = 0) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def outputs(path: Path, x: np.ndarray) -> dict[str, np.ndarray]:
+    """{logits, probs} of the ONNX model on `x`."""
+    return dict(zip(OUTPUTS, session(path).run(list(OUTPUTS), {INPUT: x})))
+
+
+def parity(model: nn.Module, onnx_path: Path, x: np.ndarray, batch_sizes=(1, 32)) -> dict:
+    """onnxruntime vs torch on the same inputs: max |Δprob|, max |Δlogit|, label agreement."""
+    sess = session(onnx_path)
+    model = model.eval()
+    out: dict[str, Any] = {"images": int(len(x)), "tolerance": TOLERANCE, "batches": {}}
+    for bs in batch_sizes:
+        p_ort, p_pt, l_ort, l_pt = [], [], [], []
+        for i in range(0, len(x), bs):
+            xb = x[i:i + bs]
+            lo, po = sess.run(list(OUTPUTS), {INPUT: xb})
+            with torch.inference_mode():
+                lt = model(torch.from_numpy(xb)).float()
+            l_ort.append(lo), p_ort.append(po), l_pt.append(lt.numpy()), p_pt.append(torch.softmax(lt, 1).numpy())
+        po, pt = np.concatenate(p_ort), np.concatenate(p_pt)
+        lo, lt = np.concatenate(l_ort), np.concatenate(l_pt)
+        out["batches"][str(bs)] = {"max_abs_diff_probs": float(np.abs(po - pt).max()),
+                                   "max_abs_diff_logits": float(np.abs(lo - lt).max()),
+                                   "labels_identical": bool((po.argmax(1) == pt.argmax(1)).all()),
+                                   "label_disagreements": int((po.argmax(1) != pt.argmax(1)).sum())}
+    out["passed"] = all(b["max_abs_diff_probs"] <= TOLERANCE and b["labels_identical"] for b in out["batches"].values())
+    return out

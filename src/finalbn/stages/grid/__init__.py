@@ -1,0 +1,108 @@
+"""The factorial grid stage: 2^6 configurations × replicates × datasets × archs, resumable and shardable.
+
+    finalbn grid                    # every cell: grid.workers local shard processes
+    finalbn grid --workers 1        # every cell, in this process
+    finalbn grid --shard 3/8        # one deterministic eighth (a GPU, a Kubernetes Indexed Job, a Slurm array)
+
+Reads the splits and params; writes one MLflow run per cell (nested under a parent run per
+(dataset, arch, configuration) carrying the mean and std of its replicates), then
+results/grid.csv and results/grid.json from the store. A cell's key (`keys.result_key`) hashes
+everything that changes its result, so a rerun trains only what is missing and a code change
+re-runs what it can change. `plan` says which cells and how they are sharded, `shard` runs a
+shard's cells, `output` writes the results.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from finalbn import tracking, workers
+from finalbn.cell import preflight
+from finalbn.config import Config, parse_configs
+from finalbn.data import load_splits
+from finalbn.errors import UsageError
+from finalbn.splits import split_dir
+from finalbn.stages.grid.output import write_results
+from finalbn.stages.grid.plan import Cell, all_cells, cell_config, cell_key, shard_cells, share_order
+from finalbn.stages.grid.shard import run_shard
+
+__all__ = ["Cell", "all_cells", "cell_config", "cell_key", "main", "run_shard", "run_workers", "shard_cells",
+           "share_order", "write_results"]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {text!r} is not I/N (e.g. 0/4)") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise UsageError(f"--shard {text}: need 0 <= I < N")
+    return i, n
+
+
+def check_inputs(cfg: Config, splits: Path) -> None:
+    """Every replicate's split and every arch's weights exist, before any cell runs."""
+    for ds in cfg.datasets:
+        for arch in cfg.grid.archs:
+            preflight(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch=arch)), ds.name, splits,
+                      replicates=cfg.grid.max_replicates)
+
+
+def warm_decode_cache(cfg: Config, splits: Path) -> None:
+    """Decode every replicate's split once, into the on-disk cache the shard workers read."""
+    for ds in cfg.datasets:
+        for r in range(cfg.grid.max_replicates):
+            load_splits(split_dir(splits, ds.name, r) / "manifest.csv", ds.image_size, progress=sys.stderr.isatty())
+
+
+def run_workers(cfg: Config, argv_base: Sequence[str], count: int) -> int:
+    """`count` local `finalbn grid --shard i/N` processes; returns the worst exit code."""
+    tracking.setup(cfg)  # create the store and experiment once, before any worker touches it
+    threads = workers.threads_per_worker(count, cfg.train.threads)
+    return workers.run_commands(
+        lambda i: ["grid", *argv_base, "--shard", f"{i}/{count}", "--set", f"train.threads={threads}"], count,
+        env_of=lambda i: workers.gpu_env(i, os.environ))
+
+
+def main(cfg: Config, args: argparse.Namespace) -> int:
+    """`finalbn grid`: the cells (in shards), then results/grid.csv and grid.json."""
+    tracking.detach_project_run()
+    splits = Path(args.splits)
+    check_inputs(cfg, splits)
+    cells = all_cells(cfg)
+    if args.shard:
+        i, n = parse_shard(args.shard)
+        stats = run_shard(cfg, splits, i, n, log=lambda m: print(m, flush=True))
+        print(f"grid shard {i}/{n}: {stats['ran']} cells run, {stats['skipped']} already finished, "
+              f"{len(stats['failed'])} failed", flush=True)
+        return 1 if stats["failed"] else 0
+    warm_decode_cache(cfg, splits)
+    count = args.workers or cfg.grid.workers
+    print(f"grid: {len(cells)} cells ({len(cfg.datasets)} datasets x {len(cfg.grid.archs)} archs x "
+          f"{len(parse_configs(cfg.grid.configs))} configs x {cfg.grid.replicates} replicate(s), headline "
+          f"configs on {cfg.grid.headline.replicates}, {sum(1 for c in cells if c.baseline)} baseline cells), "
+          f"{count} worker(s)", flush=True)
+    if count > 1:
+        code = run_workers(cfg, args.forward, count)
+    else:
+        stats = run_shard(cfg, splits, 0, 1, log=lambda m: print(m, flush=True))
+        code = 1 if stats["failed"] else 0
+    summary = write_results(cfg, splits, Path(args.results))
+    return _report(summary, args.results, code)
+
+
+def _report(summary: dict, results: str, code: int) -> int:
+    print(f"grid: {summary['finished']}/{summary['cells']} cells finished -> {results}/grid.csv")
+    if "best_config" in summary:
+        f1, b = summary["minority_f1_mean"], summary["best_config"]
+        print(f"  mean test minority F1: final BN on {f1['bn_on']}, off {f1['bn_off']}; best config on validation "
+              f"{b['id']} ({b['name']}): val AUROC {b['val_auroc']}, test minority F1 {b['test_minority_f1']}")
+    if summary["missing"]:
+        print(f"  {len(summary['missing'])} cells have no finished run (rerun `finalbn grid` to retry): "
+              f"{', '.join(summary['missing'][:5])}{' ...' if len(summary['missing']) > 5 else ''}", file=sys.stderr)
+        return code or 1
+    return code

@@ -1,0 +1,66 @@
+"""The grid's outputs, from the tracking store: results/grid.csv (one row per cell) and grid.json.
+
+    summary = write_results(cfg, Path("data/splits"), Path("results"))
+
+"Best configuration" in grid.json is ranked on validation (mean validation AUROC at the last
+epoch, `results.rank_configs`); test values are only reported beside it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from finalbn import io, tracking
+from finalbn.config import TOGGLES, Config, ablation_from_id, config_name
+from finalbn.results import METRIC_COLUMNS, SEL_COLUMNS, VAL_COLUMNS, paper_cells, rank_configs, rounded
+from finalbn.stages.grid.plan import Cell, all_cells, cell_key
+from finalbn.tracking import RunRecord, latest
+from finalbn.tracking import records as tags
+
+
+def write_results(cfg: Config, splits_dir: Path, out_dir: Path) -> dict:
+    """results/grid.csv (one row per cell of this grid) and grid.json, from the tracking store."""
+    tracking.setup(cfg)
+    existing = tracking.runs_by_tag(cfg.tracking.experiment, tags.CELL_KEY)
+    rows, missing = [], []
+    for cell in all_cells(cfg):
+        key = cell_key(cfg, cell, splits_dir)
+        finished = [r for r in existing.get(key, []) if r.finished]
+        if not finished:
+            missing.append(cell.name)
+            continue
+        rows.append(_row(cell, latest(finished), key))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame(rows)
+    df.to_csv(out_dir / "grid.csv", index=False, float_format="%.6f")
+    summary = {"cells": len(rows) + len(missing), "finished": len(rows), "missing": missing}
+    if rows:
+        f1 = paper_cells(df).groupby("BN")["test_f1_1"].mean()
+        ranked = rank_configs(df)
+        best, worst = ranked.iloc[0], ranked.iloc[-1]
+        summary.update({
+            "minority_f1_mean": {"bn_on": rounded(f1.get(1)), "bn_off": rounded(f1.get(0))},
+            "best_config": _config_summary(best), "worst_config": _config_summary(worst),
+            "ranked_on": "mean validation AUROC at the last epoch (test values reported only)",
+        })
+    io.write_json(out_dir / "grid.json", summary)
+    return summary
+
+
+def _row(cell: Cell, run: RunRecord, key: str) -> dict:
+    ab = ablation_from_id(cell.config_id)
+    m = run.metrics
+    return {"dataset": cell.dataset, "arch": cell.arch, "config_id": cell.config_id,
+            "config_name": config_name(ab), "baseline": cell.baseline, "replicate": cell.replicate,
+            **{t.upper(): int(getattr(ab, t)) for t in TOGGLES},
+            **{f"test_{k}": m.get(f"test_{k}") for k in METRIC_COLUMNS},
+            **{f"val_{k}": m.get(f"val_last_{k}") for k in VAL_COLUMNS},
+            **{f"test_sel_{k}": m.get(f"test_sel_{k}") for k in SEL_COLUMNS},
+            "selected_epoch": int(m.get("selected_epoch", 0)), "run_id": run.run_id, "cell_key": key}
+
+
+def _config_summary(r) -> dict:
+    return {"id": int(r["config_id"]), "name": r["config_name"], "val_auroc": rounded(r["val_auroc"]),
+            "val_minority_f1": rounded(r["val_f1_1"]), "test_minority_f1": rounded(r["test_f1_1"]),
+            "test_auroc": rounded(r["test_auroc"]), "replicates": int(r["replicates"])}

@@ -1,0 +1,106 @@
+"""Which cells the grid runs, their keys, and how they are dealt to shards.
+
+    cells = all_cells(cfg)                    # [Cell(dataset, arch, config_id, replicate, baseline)]
+    mine = share_order(shard_cells(cells, 3, 8))
+
+Cells: every configuration of `grid.configs` on replicates 0..grid.replicates-1, plus the
+headline configurations on replicates 0..grid.headline.replicates-1, plus the imbalance baselines
+(`grid.baselines`), each on its base configuration over the headline replicates.
+
+Shards split the grid into *units* that never straddle two shards: with UF off a whole *family*
+— (dataset, arch, UF, DA, MX) — whose cells see the same backbone inputs (cells differing only in
+the head-side toggles BN, WL, WD, or in a baseline's loss, at one replicate, DA and MX feed the
+frozen backbone the same images); with UF on (nothing to share) one configuration. Either way a
+parent run and all of its replicates live in one shard (workers never race to create a parent).
+Units are dealt to shards by their estimated cost, largest first, so that shards end together.
+Within a shard, cells run in `share_order` — family, replicate, configuration — so a share group
+runs back to back on the frozen body's features computed once (`finalbn.features`).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from finalbn.config import Config, ablation_from_id, config_name, configure, parse_configs
+from finalbn.keys import result_key
+
+UF_ON_COST = 12.0  # a UF-on cell's time in UF-off (shared-features) cells, as measured on CPU (48 s vs 4 s)
+
+
+@dataclass(frozen=True)
+class Cell:
+    dataset: str
+    arch: str
+    config_id: int
+    replicate: int
+    baseline: str = ""  # an imbalance baseline (BASELINE_METHODS) on this configuration; "" = the paper's cell
+
+    @property
+    def family(self) -> tuple:
+        ab = ablation_from_id(self.config_id)
+        return (self.dataset, self.arch, ab.uf, ab.da, ab.mx)
+
+    @property
+    def label(self) -> str:
+        """The configuration's name, with its baseline: `none + focal`."""
+        name = config_name(ablation_from_id(self.config_id))
+        return f"{name} + {self.baseline}" if self.baseline else name
+
+    @property
+    def parent(self) -> tuple:
+        """What the cell's parent run groups: (dataset, arch, configuration, baseline)."""
+        return (self.dataset, self.arch, self.config_id, self.baseline)
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset} {self.arch} {self.label} r{self.replicate}"
+
+
+def all_cells(cfg: Config) -> list[Cell]:
+    """Every configuration on `grid.replicates` replicates, the headline ones on more, and the
+    baselines on the headline replicates (none without headline configurations)."""
+    g = cfg.grid
+    wanted = {(cid, r, "") for cid in parse_configs(g.configs) for r in range(g.replicates)}
+    if g.headline.configs:
+        wanted |= {(cid, r, "") for cid in parse_configs(g.headline.configs) for r in range(g.headline.replicates)}
+        base = parse_configs([g.baselines.config])[0]
+        wanted |= {(base, r, m) for m in g.baselines.methods for r in range(g.headline.replicates)}
+    return [Cell(d.name, arch, cid, r, m) for d in cfg.datasets for arch in g.archs for cid, r, m in sorted(wanted)]
+
+
+def _unit(cell: Cell) -> tuple:
+    """What one shard must own whole: a family with UF off (its cells share features), one
+    configuration (with its replicates and parent) with UF on."""
+    return cell.family if not cell.family[2] else (*cell.family, cell.config_id, cell.baseline)
+
+
+def shard_cells(cells: Sequence[Cell], index: int, count: int) -> list[Cell]:
+    """The cells of shard `index` of `count`: whole units, each to the least loaded shard, the
+    costliest first (ties by the unit's sorted order: every process computes the same deal)."""
+    units: dict[tuple, float] = {}
+    for c in cells:
+        units[_unit(c)] = units.get(_unit(c), 0.0) + (UF_ON_COST if c.family[2] else 1.0)
+    load, owner = [0.0] * count, {}
+    for u in sorted(units, key=lambda u: (-units[u], repr(u))):
+        i = min(range(count), key=lambda k: (load[k], k))
+        owner[u] = i
+        load[i] += units[u]
+    return [c for c in cells if owner[_unit(c)] == index]
+
+
+def share_order(cells: Sequence[Cell]) -> list[Cell]:
+    """Cells in the order that lets UF-off cells share the frozen body's features: by family
+    (dataset, arch, UF, DA, MX), then replicate, then configuration — the cells of one share group
+    run one after another, while their features are in memory."""
+    return sorted(cells, key=lambda c: (c.family, c.replicate, c.config_id, c.baseline))
+
+
+def cell_config(cfg: Config, cell: Cell) -> Config:
+    """params.yaml with the cell's arch, switches and baseline method."""
+    return configure(cfg, cell.arch, cell.config_id, cell.baseline)
+
+
+def cell_key(cfg: Config, cell: Cell, splits_dir: Path, with_replicate: bool = True) -> str:
+    """Hash of everything that changes a cell's result (without the replicate: its parent's key)."""
+    return result_key(cell_config(cfg, cell), cell.dataset, cell.replicate if with_replicate else None, splits_dir)

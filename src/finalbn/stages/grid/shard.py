@@ -1,0 +1,93 @@
+"""One shard of the grid: its unfinished cells, each a tracked run under its configuration's parent.
+
+    stats = run_shard(cfg, Path("data/splits"), index=0, count=2)   # {"ran", "skipped", "failed", ...}
+
+A rerun skips cells with a FINISHED run for their key; a run left RUNNING by a killed process is
+marked KILLED and its cell redone. Parents get the mean and std of their replicates once all of
+this shard's cells ran (a parent's cells all live in one shard).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from finalbn import tracking
+from finalbn.config import Config
+from finalbn.engine import TrainingDiverged
+from finalbn.stages.grid.plan import Cell, all_cells, cell_config, cell_key, shard_cells, share_order
+from finalbn.tracked import track_cell
+from finalbn.tracking import records as tags
+
+
+def run_shard(cfg: Config, splits_dir: Path, index: int = 0, count: int = 1,
+              log: Callable[[str], None] = print) -> dict:
+    """Run this shard's unfinished cells; returns {"ran", "skipped", "failed": [...], "seconds": {...}}."""
+    tracking.setup(cfg)
+    cells = share_order(shard_cells(all_cells(cfg), index, count))
+    existing = tracking.runs_by_tag(cfg.tracking.experiment, tags.CELL_KEY)
+    stats: dict = {"ran": 0, "skipped": 0, "failed": [], "seconds": {"uf_off": 0.0, "uf_on": 0.0},
+                   "cells": {"uf_off": 0, "uf_on": 0}, "log": []}
+    parents: dict[tuple, str | None] = {}  # Cell.parent -> parent run id, once created
+    touched: set[tuple] = set()
+    where = f"[shard {index}/{count}]"
+    for done, cell in enumerate(cells, start=1):
+        key = cell_key(cfg, cell, splits_dir)
+        runs = existing.get(key, [])
+        if any(r.finished for r in runs):
+            stats["skipped"] += 1
+            continue
+        for r in runs:
+            if r.status == tags.RUNNING:  # its process died: this shard alone owns the cell
+                tracking.mark_killed(r.run_id)
+        if parents.get(cell.parent) is None:
+            parents[cell.parent] = tracking.grid_parent(cfg, cell.dataset, cell.arch, cell.config_id,
+                                                        cell_key(cfg, cell, splits_dir, with_replicate=False),
+                                                        cell.baseline)
+        progress = f"{where} cell {done}/{len(cells)} {cell.name}"
+        if _run_one(cfg, cell, key, splits_dir, parents[cell.parent], stats, progress, log):
+            touched.add(cell.parent)
+    _close_parents(cfg, cells, splits_dir, parents, touched)
+    return stats
+
+
+def _run_one(cfg: Config, cell: Cell, key: str, splits_dir: Path, parent_id: str, stats: dict, progress: str,
+             log: Callable[[str], None]) -> bool:
+    """Train one cell as a tracked run; False (and a FAILED line) when its training diverged."""
+    ccfg = cell_config(cfg, cell)
+    pkey = cell_key(cfg, cell, splits_dir, with_replicate=False)
+    t0 = time.perf_counter()
+    extra = {tags.CELL_KEY: key, tags.PARENT_KEY: pkey, **({tags.BASELINE: cell.baseline} if cell.baseline else {})}
+    try:
+        _, result = track_cell(ccfg, cell.dataset, splits_dir, run_name=cell.name, parent_run_id=parent_id,
+                               extra_tags=extra, replicate=cell.replicate)
+    except TrainingDiverged as exc:
+        stats["failed"].append({"cell": cell.name, "error": str(exc)})
+        log(f"{progress}: FAILED: {exc}")
+        return False
+    seconds = time.perf_counter() - t0
+    kind = "uf_on" if ccfg.ablation.uf else "uf_off"
+    stats["seconds"][kind] += seconds
+    stats["cells"][kind] += 1
+    stats["ran"] += 1
+    stats["log"].append({"cell": cell.name, "seconds": seconds, "features": result.features,
+                         "body_images": result.body_images})
+    m = result.test_last
+    log(f"{progress} (config {cell.config_id}): test minority F1 "
+        f"{m['f1_1']:.3f}, AUROC {m['auroc']:.3f} (last epoch; selected epoch {result.fit.selected_epoch}), "
+        f"{seconds:.1f} s, {result.features} features")
+    return True
+
+
+def _close_parents(cfg: Config, cells: list[Cell], splits_dir: Path, parents: dict, touched: set) -> None:
+    """Mean/std over their replicates on the parents this shard touched, and on those a killed run
+    left open."""
+    closed: set[tuple] = set()
+    for cell in cells:
+        if cell.parent in closed:
+            continue
+        closed.add(cell.parent)
+        pkey = cell_key(cfg, cell, splits_dir, with_replicate=False)
+        if cell.parent in touched or not tracking.parent_finished(cfg, pkey):
+            tracking.finish_parent(cfg, cell.dataset, cell.arch, cell.config_id, pkey, parents.get(cell.parent),
+                                   cell.baseline)

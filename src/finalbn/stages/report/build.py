@@ -1,0 +1,344 @@
+"""Assembling the report: every output file of FILES from the cells, one function per section.
+
+    summary = build_report(collect("finalbn"), Path("report"), ceilings=[...], search=None)
+
+`build_report` reads top-down in report.md's order of sections; each `_section` function writes
+its CSV / PNG and appends its Markdown to the page. The header (ceiling, verdict, method) is
+written last, since it quotes numbers every section has computed, and put first in report.md.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from finalbn.stages.report import baselines as imbalance
+from finalbn.stages.report import figures
+from finalbn.stages.report.cells import CellData, empty_message, prepare
+from finalbn.stages.report.effects import study_effects
+from finalbn.stages.report.markdown import json_safe, markdown_table
+from finalbn.stages.report.search import search_section
+from finalbn.stages.report.search import shown as search_shown
+from finalbn.stages.report.summary import headline_summary
+from finalbn.stages.report.tables import (
+    BN_ID,
+    NONE_ID,
+    baselines_table,
+    calibration_table,
+    loss_curve_table,
+    p1_column,
+    pooled_bins,
+    prediction_pairs,
+    table1,
+    table2,
+    table3,
+    table4,
+)
+from finalbn.separability import LOW, ceiling_sentence
+
+FILES = ("report.md", "summary.json", "cells.csv", "table1.csv", "table2.csv", "table3.csv", "table4.csv",
+         "baselines.csv", "fig3_loss_curves.csv", "fig3_loss_curves.png", "fig4_softmax.png", "calibration.csv",
+         "reliability.png", "effects.csv", "effects.png", "configs.png", "ceiling.png", "imbalance.csv",
+         "imbalance.png", "search.csv", "search.png")
+
+
+@dataclass
+class _Page:
+    """report.md's sections gathered in order, and the folder every file goes to."""
+
+    out: Path
+    multi_arch: bool
+    md: list[str] = field(default_factory=list)
+
+    def section(self, title: str, body: str, notes: list[str] = ()) -> None:
+        self.md.extend([f"## {title}", ""])
+        self.md.extend(f"> Note: {n}" for n in notes)
+        if notes:
+            self.md.append("")
+        if body:
+            self.md.extend([body, ""])
+
+    def table(self, df: pd.DataFrame) -> str:
+        """A Markdown table; the arch column only when the study has more than one."""
+        return markdown_table(df.drop(columns=[] if self.multi_arch or "arch" not in df else ["arch"]))
+
+
+def build_report(data: CellData, out_dir: Path, n_boot: int = 2000, seed: int = 0,
+                 ceilings: list[dict] | None = None, search: dict | None = None) -> dict:
+    """Write FILES into `out_dir`; return (and write as summary.json) the headline numbers.
+    `search`: `finalbn search`'s summary (results/search.json), for its section.
+    Raises ValueError when `data` holds no cell."""
+    all_cells, dropped = prepare(data.cells, data.experiment)
+    cells = all_cells[all_cells["baseline"] == ""].reset_index(drop=True)  # the paper's 64 configurations
+    if cells.empty:
+        raise ValueError(empty_message(data.experiment or "?") + " (only baseline cells)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    page = _Page(out, multi_arch=cells["arch"].nunique() > 1)
+    notes_in = list(data.notes) + ([f"{dropped} duplicate row(s) of the same cell were left out"] if dropped else [])
+    cells.drop(columns=["start_time"], errors="ignore").to_csv(out / "cells.csv", index=False)
+
+    ceilings = list(ceilings or [])
+    ceiling_md = _ceiling(ceilings, out)  # the ceiling first: can the features see the cue at all?
+    eff, verdicts, methods = _effects(cells, data, out, n_boot, seed)
+    _ranking_vs_threshold(page, cells)
+    imb = _imbalance_baselines(page, all_cells)
+    _search(page, search)
+    t1 = _table1(page, cells)
+    _effects_table(page, cells, eff, methods)
+    _configs(page, cells)
+    _tables_2_3(page, cells)
+    _table4_fig4(page, data, cells)
+    _fig3(page, data, cells)
+    cal_all = _calibration(page, data, cells)
+
+    summary = headline_summary(cells, t1, eff, verdicts, ceilings, cal_all, page.multi_arch)
+    _write_summary(out, summary, imb, search)
+    header = _header(data.experiment, ceiling_md, verdicts, imb, cells, summary, notes_in)
+    (out / "report.md").write_text("\n".join(header + page.md).rstrip() + "\n", encoding="utf-8")
+    return summary
+
+
+# --------------------------------------------------------------------------- sections, in report order
+
+
+def _ceiling(ceilings: list[dict], out: Path) -> str:
+    """ceiling.png; the header's Markdown on the separability ceiling."""
+    if ceilings:
+        figures.fig_ceiling(ceilings, out / "ceiling.png", LOW)
+        return "\n\n".join(ceiling_sentence(c) for c in ceilings) + "\n\n![](ceiling.png)"
+    figures.placeholder(out / "ceiling.png", "no ceiling measured: run `finalbn ceiling`")
+    return "> Note: no separability ceiling was measured (`finalbn ceiling`): nothing says whether the " \
+           "features can see the cue at all."
+
+
+def _effects(cells: pd.DataFrame, data: CellData, out: Path, n_boot: int, seed: int):
+    """effects.csv and effects.png; (effects, verdict lines per scope, factorial method per scope)."""
+    eff, verdicts, methods = study_effects(cells, data.prediction, n_boot=n_boot, seed=seed)
+    eff.drop(columns=["verdict"], errors="ignore").to_csv(out / "effects.csv", index=False)
+    if len(eff):
+        figures.fig_effects(eff, out / "effects.png")
+    else:
+        figures.placeholder(out / "effects.png", "not enough cells for any effect")
+    return eff, verdicts, methods
+
+
+def _ranking_vs_threshold(page: _Page, cells: pd.DataFrame) -> None:
+    base = baselines_table(cells)
+    base.to_csv(page.out / "baselines.csv", index=False)
+    shown = base[["dataset", "arch", "config", "replicates", "f1_1", "f1_1_std", "f1_1_sel", "f1_1_prior_corrected",
+                  "auroc", "auroc_std", "ap", "balanced_accuracy", "val_auroc"]]
+    page.section("Ranking vs threshold: the headline configurations",
+                 (page.table(shown) + "\n\nTest metrics, mean and std over replicates. `f1_1`: minority F1 at the "
+                  "last epoch (argmax); `f1_1_sel`: at the epoch selected on validation AUROC (secondary); "
+                  "`f1_1_prior_corrected`: the same model after adding log(n_healthy/n_diseased) of the training "
+                  "counts to the minority logit — a threshold that needs no training and no validation or test "
+                  "labels; AUROC and AP do not depend on any threshold.") if len(base) else "",
+                 [] if len(base) else ["no run of configs 63, 47, 31 or 15"])
+
+
+def _imbalance_baselines(page: _Page, all_cells: pd.DataFrame) -> pd.DataFrame:
+    """The imbalance baselines against the final BN: imbalance.csv, imbalance.png, the section."""
+    imb = imbalance.imbalance_table(all_cells)
+    imb.to_csv(page.out / "imbalance.csv", index=False)
+    title = "The imbalance baselines against the final BN"
+    if not len(imb):
+        figures.placeholder(page.out / "imbalance.png", "no baseline cells: grid.baselines.methods is empty")
+        page.section(title, "", ["no baseline cells (grid.baselines.methods, run on the headline replicates)"])
+        return imb
+    groups_ = [(r, all_cells[(all_cells["baseline"] == "") & (all_cells["config_id"] == cid)])
+               for r, cid in (("none (63)", NONE_ID), ("BN only (31)", BN_ID))]
+    groups_ += [(m, g) for m, g in all_cells[all_cells["baseline"] != ""].groupby("baseline", sort=False)]
+    figures.fig_methods(groups_, page.out / "imbalance.png",
+                        "the imbalance baselines (blue) against the final BN (red), test set, last epoch; "
+                        "dots: replicates, lines join a replicate")
+    page.section(title,
+                 "\n".join(f"- {line}" for line in imbalance.summary_lines(imb)) + "\n\n"
+                 + page.table(imbalance.shown(imb)) + "\n\nEach method on its base configuration (the paper's "
+                 "`none`, 63, unless `grid.baselines.config` says otherwise), over the headline replicates: focal "
+                 "loss (Lin et al. 2017, γ = `train.focal_gamma`), logit-adjusted loss (Menon et al. 2021), "
+                 "class-balanced weights from the effective number of samples (Cui et al. 2019, β = "
+                 "`train.cb_beta`), post-hoc temperature scaling fitted on validation (it changes no argmax: its "
+                 "F1 is its base's, its ECE is not). `F1 prior-corrected` adds the training log-prior to the "
+                 "minority logit; the logit-adjusted loss has already taken it out in training, so correcting it "
+                 "again overshoots. Test metrics at the last epoch, mean ± std over replicates; Δ: paired "
+                 "per-replicate differences (same split, same seed), mean with a 95 % t interval.\n\n"
+                 "![](imbalance.png)")
+    return imb
+
+
+def _search(page: _Page, search: dict | None) -> None:
+    """The search beyond the grid: search.csv, search.png, the section."""
+    title = "Beyond the grid: the Optuna search"
+    if not search:
+        pd.DataFrame(columns=["configuration"]).to_csv(page.out / "search.csv", index=False)
+        figures.placeholder(page.out / "search.png", "no search: run `finalbn search`")
+        page.section(title, "", ["no results/search.json: run `finalbn search`"])
+        return
+    st, sgroups, slines = search_section(search)
+    st.to_csv(page.out / "search.csv", index=False)
+    if sgroups:
+        figures.fig_methods(sgroups, page.out / "search.png",
+                            "the Optuna search's best trial (chosen on validation) against the grid, test set; "
+                            "dots: replicates, lines join a replicate")
+    else:
+        figures.placeholder(page.out / "search.png", "the search has no comparison on test")
+    plots = ", ".join(f"`{p}`" for p in search.get("plots", []))
+    page.section(title,
+                 "\n".join(f"- {line}" for line in slines)
+                 + (("\n\n" + markdown_table(search_shown(st))) if len(st) else "")
+                 + ("\n\n![](search.png)" if sgroups else "")
+                 + (f"\n\nOptuna's plots of the study: {plots}." if plots else ""))
+
+
+def _table1(page: _Page, cells: pd.DataFrame) -> pd.DataFrame:
+    t1 = table1(cells)
+    t1.to_csv(page.out / "table1.csv", index=False)
+    page.section("Table I: test F1 without final BN, with WL (no BN), with final BN (no WL) — last epoch",
+                 page.table(t1) if not t1.empty else "", [] if not t1.empty else ["no run of config 63, 47 or 31"])
+    return t1
+
+
+def _effects_table(page: _Page, cells: pd.DataFrame, eff: pd.DataFrame, methods: dict[str, str]) -> None:
+    title = "Effects on the test set (last epoch)"
+    if not len(eff):
+        page.section(title, "", ["not enough cells for any effect"])
+        return
+    shown_eff = eff[["scope", "label", "metric", "estimate", "ci_low", "ci_high", "boot_low", "boot_high",
+                     "rep_low", "rep_high", "p", "p_holm", "n", "method"]]
+    if cells.groupby(["dataset", "arch"]).ngroups == 1:
+        shown_eff = shown_eff.drop(columns=["scope"])
+    page.section(title,
+                 markdown_table(shown_eff) + "\n\n" + "\n".join(f"- {k}, the factorial: {v}."
+                                                                for k, v in methods.items())
+                 + "\n\n![](effects.png)")
+
+
+def _configs(page: _Page, cells: pd.DataFrame) -> None:
+    figures.fig_configs(cells, page.out / "configs.png")
+    page.section("Every configuration: test AUROC and minority F1, replicate spread", "![](configs.png)")
+
+
+def _tables_2_3(page: _Page, cells: pd.DataFrame) -> None:
+    t2 = table2(cells)
+    t2.to_csv(page.out / "table2.csv", index=False)
+    page.section("Table II: top 3 configurations per dataset, ranked on validation AUROC (test values beside)",
+                 page.table(t2) if not t2.empty else "",
+                 [] if not t2.empty else ["no configuration has a validation AUROC"])
+    t3, t3_notes = table3(cells)
+    t3.to_csv(page.out / "table3.csv", index=False)
+    page.section("Table III: top and bottom 3 configurations by validation AUROC averaged over datasets "
+                 "(columns per dataset: test minority F1)", markdown_table(t3) if not t3.empty else "",
+                 t3_notes + ([] if not t3.empty else ["no configuration present in every dataset"]))
+
+
+def _table4_fig4(page: _Page, data: CellData, cells: pd.DataFrame) -> None:
+    pred_pairs, pred_notes = prediction_pairs(data, cells)
+    t4 = table4(pred_pairs)
+    t4.to_csv(page.out / "table4.csv", index=False)
+    page.section("Table IV: P(class 1) of 5 minority test images without / with final BN (last epoch)",
+                 (page.table(t4) + "\n\nThe five minority images with the lowest P(class 1) without final BN, "
+                  "first replicate with both runs; the same images (joined on path) with final BN.")
+                 if not t4.empty else "",
+                 pred_notes if not t4.empty else pred_notes + ["Table IV needs predictions of configs 63 and 31"])
+    title = "Fig. 4: per-image test softmax outputs without / with final BN"
+    if pred_pairs:
+        figures.fig4(pred_pairs, page.out / "fig4_softmax.png", p1_column)
+        page.section(title, "![](fig4_softmax.png)")
+    else:
+        figures.placeholder(page.out / "fig4_softmax.png", "not enough cells: no predictions of configs 63 and 31")
+        page.section(title, "", ["needs test predictions of configs 63 and 31 for the same replicate"])
+
+
+def _fig3(page: _Page, data: CellData, cells: pd.DataFrame) -> None:
+    curves = loss_curve_table(data, cells)
+    curves.to_csv(page.out / "fig3_loss_curves.csv", index=False)
+    title = "Fig. 3: train / validation loss, mean ± std over replicates"
+    if not curves.empty:
+        figures.fig3(curves, page.out / "fig3_loss_curves.png")
+        page.section(title, "![](fig3_loss_curves.png)",
+                     ["one run per curve: the ±std band is 0"] if curves["runs"].max() <= 1 else [])
+    else:
+        figures.placeholder(page.out / "fig3_loss_curves.png", "no loss history of configs 63, 47, 31")
+        page.section(title, "", ["no per-epoch loss history of configs 63, 47 or 31"])
+
+
+def _calibration(page: _Page, data: CellData, cells: pd.DataFrame) -> pd.DataFrame:
+    """calibration.csv, reliability.png, the section; the rows pooled over datasets ("all")."""
+    cal = calibration_table(cells)
+    cal.to_csv(page.out / "calibration.csv", index=False)
+    b63, n63, notes63 = pooled_bins(data, cells, NONE_ID)
+    b31, n31, notes31 = pooled_bins(data, cells, BN_ID)
+    cal_all = cal[cal["dataset"] == "all"]
+    body = markdown_table(cal_all.drop(columns=["dataset"]))
+    if b63 is not None or b31 is not None:
+        figures.fig_reliability(b63, n63, b31, n31, page.out / "reliability.png")
+        body += ("\n\nReliability diagrams (last epoch), bins of every run of the configuration pooled over "
+                 "datasets and replicates:\n\n![](reliability.png)")
+        rel_notes = notes63 + notes31
+    else:
+        figures.placeholder(page.out / "reliability.png", "no reliability.json of configs 63 and 31")
+        rel_notes = notes63 + notes31 + ["no reliability.json of configs 63 or 31: no reliability diagram"]
+    page.section("Calibration: ECE and Brier with and without final BN (last epoch)", body, rel_notes)
+    return cal_all
+
+
+# --------------------------------------------------------------------------- summary.json and the header
+
+
+def _write_summary(out: Path, summary: dict, imb: pd.DataFrame, search: dict | None) -> None:
+    """summary.json: the headline numbers, the imbalance baselines and the search's comparison."""
+    summary["imbalance_baselines"] = json_safe(imb.to_dict("records"))
+    if search and search.get("comparison"):
+        summary["search"] = json_safe({k: search["comparison"].get(k) for k in ("best_trial", "best_trial_mean")}
+                                      | {arm: {k: search["comparison"][arm].get(k) for k in
+                                               ("config_id", "mean", "best_trial_minus_test_f1_1")}
+                                         for arm in ("bn_only_31", "grid_best") if arm in search["comparison"]})
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+
+
+def _header(experiment: str, ceiling_md: str, verdicts: dict[str, list[str]], imb: pd.DataFrame,
+            cells: pd.DataFrame, summary: dict, notes_in: list[str]) -> list[str]:
+    """report.md's opening lines: ceiling, verdict and method, then the input's notes."""
+    header = [f"# Final BN report{f' — experiment {experiment}' if experiment else ''}", "",
+              "## Can the features see the cue?", "", ceiling_md, "", "## Verdict", ""]
+    for scope, lines in verdicts.items():
+        if len(verdicts) > 1:
+            header.append(f"**{scope}**")
+            header.append("")
+        header.extend(f"- {line}" for line in lines)
+        header.append("")
+    if len(imb):
+        header += ["**Against the imbalance baselines** (each on `none`; test minority F1, paired over replicates; "
+                   "section below)", ""]
+        header.extend(f"- {line}" for line in imbalance.summary_lines(imb))
+        header.append("")
+    header += _method_lines(cells, summary)
+    header.extend(f"> Note: {n}" for n in notes_in)
+    if notes_in:
+        header.append("")
+    return header
+
+
+def _method_lines(cells: pd.DataFrame, summary: dict) -> list[str]:
+    """The section "How the numbers are computed"."""
+    reps = cells.groupby("config_id")["replicate"].nunique()
+    return [
+        "## How the numbers are computed", "",
+        f"- {len(cells)} finished cell runs: datasets {', '.join(summary['datasets'])}; archs "
+        f"{', '.join(summary['archs'])}; {summary['configs']} of 64 configurations; replicates per configuration "
+        f"{int(reps.min())}–{int(reps.max())}. A replicate re-draws the split (which 10 minority training images, "
+        "which validation and test images) and re-seeds training.",
+        "- Primary numbers: test metrics at the last epoch (the paper's Table I protocol). Secondary, labelled `sel`: "
+        "the epoch selected on validation AUROC (ties to the lower class-balanced validation loss). Every "
+        "\"best configuration\" is ranked on mean validation AUROC; test labels decide nothing.",
+        "- Contrasts (31 − 63 and the others): one paired difference per replicate (same split and seed), mean with "
+        "a t interval; where predictions exist also a hierarchical bootstrap (replicates, then test images within "
+        "each). The factorial: see the note under the effects table; its BN rows also get a replicate-scale "
+        "interval (estimate ± t × the pooled replicate SD of the BN pair differences). Holm-adjusted p across "
+        "the verdict's effects "
+        "(and, for the other factorial rows, across the factorial's rows); intervals are unadjusted 95 %.",
+        "- Configuration ids: index of (BN, WL, DA, MX, UF, WD) in itertools.product([True, False], repeat=6): "
+        "31 = BN only, 47 = WL only, 15 = BN+WL, 63 = none.", ""]

@@ -1,0 +1,184 @@
+"""The report's figures, each written to a PNG path (matplotlib, Agg backend).
+
+    fig_configs(cells, "configs.png")     # AUROC and minority F1 per configuration, replicate spread
+    fig_effects(effects, "effects.png")   # estimates with their intervals
+
+Fig. 4's softmax panels and the reliability panels are drawn by `finalbn.plots`, as in the per-run
+figures, so the two look alike.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from finalbn import plots  # first: it selects the Agg backend before pyplot is imported
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+from finalbn.stages.report.tables import BN_ID, NONE_ID, WL_ID, bins_ece  # noqa: E402
+
+
+def placeholder(path: Path, message: str) -> None:
+    fig, ax = plt.subplots(figsize=(6, 2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def fig_ceiling(ceilings: list[dict], path: Path, low: float) -> None:
+    """One bar per (dataset, arch): the probe's CV AUROC ± std over folds, the 0.5 and `low` lines."""
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(ceilings) + 1.8), layout="constrained")
+    y = np.arange(len(ceilings))[::-1]
+    auc = [c["auroc"] for c in ceilings]
+    ax.barh(y, auc, xerr=[c.get("auroc_std", 0) for c in ceilings], color=["tab:green" if a >= low else "tab:red"
+                                                                           for a in auc], capsize=3)
+    ax.axvline(0.5, color="gray", linestyle=":", label="chance")
+    ax.axvline(low, color="black", linestyle="--", label=f"{low}: the features see the cue")
+    ax.set_yticks(y, labels=[f"{c['dataset']} {c['arch']} {c['image_size']} px" for c in ceilings])
+    ax.set_xlim(0.4, 1.0)
+    ax.set_xlabel("CV AUROC of a balanced linear probe\non the frozen body's pooled features")
+    ax.legend(fontsize="small", loc="lower left")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def fig_configs(cells: pd.DataFrame, path: Path) -> None:
+    """Per (dataset, arch): test AUROC and minority F1 of every configuration (last epoch), ordered
+    by validation AUROC; a dot per replicate, a bar for the mean."""
+    pairs = sorted(set(zip(cells["dataset"], cells["arch"])))
+    fig, axes = plt.subplots(2 * len(pairs), 1, figsize=(15, 8 * len(pairs)), squeeze=False, layout="constrained")
+    for i, (ds, arch) in enumerate(pairs):
+        sub = cells[(cells["dataset"] == ds) & (cells["arch"] == arch)]
+        order = (sub.groupby("config_id")["val_auroc"].mean().sort_values(ascending=False, na_position="last")
+                 .index.tolist())
+        pos = {cid: k for k, cid in enumerate(order)}
+        names = sub.drop_duplicates("config_id").set_index("config_id")["config_name"]
+        for j, (col, what) in enumerate((("test_auroc", "test AUROC"), ("test_f1_1", "test minority F1"))):
+            ax = axes[2 * i + j][0]
+            means = sub.groupby("config_id")[col].mean()
+            colors = ["tab:red" if "BN" in names[c].split("+") else "tab:blue" for c in order]
+            ax.bar([pos[c] for c in order], [means[c] for c in order], color=colors, alpha=0.35)
+            ax.scatter([pos[c] for c in sub["config_id"]], sub[col], s=10, color="black", zorder=3)
+            ax.set_xticks(range(len(order)), labels=[f"{c} {names[c]}" for c in order], rotation=90,
+                          fontsize="xx-small")
+            ax.set_ylim(0, 1.02)
+            ax.set_ylabel(what)
+            ax.set_title(f"{ds} {arch}: {what} per configuration (red: final BN; ordered by validation AUROC; "
+                         "dots: replicates)", fontsize="small")
+            ax.grid(axis="y", alpha=0.3)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def fig_effects(eff: pd.DataFrame, path: Path) -> None:
+    """Forest plot of the minority-F1 effects: contrasts over replicates and factorial effects."""
+    rows = eff[eff["metric"] == "f1_1"].reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(13, 0.4 * len(rows) + 2.0), layout="constrained")
+    y = np.arange(len(rows))[::-1]
+    colors = {"contrast": "tab:red", "main": "tab:blue", "interaction": "tab:purple", "simple": "tab:green"}
+    for yi, r in zip(y, rows.to_dict("records")):
+        est = r["estimate"]
+        if not math.isfinite(est):
+            ax.annotate("not estimable", (1.01, yi), xycoords=("axes fraction", "data"), va="center", fontsize="x-small")
+            continue
+        lo = r["ci_low"] if math.isfinite(r["ci_low"]) else est
+        hi = r["ci_high"] if math.isfinite(r["ci_high"]) else est
+        ax.errorbar(est, yi, xerr=[[est - lo], [hi - est]], fmt="o", color=colors.get(r["kind"], "gray"), capsize=3)
+        if math.isfinite(r.get("boot_low", math.nan)):
+            ax.plot([r["boot_low"], r["boot_high"]], [yi - 0.2, yi - 0.2], color="tab:orange", linewidth=2)
+        if math.isfinite(r.get("rep_low", math.nan)):
+            ax.plot([r["rep_low"], r["rep_high"]], [yi - 0.2, yi - 0.2], color="gray", linewidth=2)
+    ax.axvline(0, color="gray", linestyle="--")
+    multi = rows["scope"].nunique() > 1
+    ax.set_yticks(y, labels=[f"{r['scope']}: {r['label']}" if multi else r["label"] for r in rows.to_dict("records")],
+                  fontsize="small")
+    ax.set_xlabel("effect on test minority F1 (last epoch), 95% interval; orange: hierarchical bootstrap; "
+                  "gray: replicate scale")
+    ax.set_title("contrasts over replicates (red), factorial main effects (blue),\nBN×X interactions (purple), "
+                 "simple effects of BN (green)", fontsize="small")
+    ax.grid(axis="x", alpha=0.3)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def fig3(curves: pd.DataFrame, path: Path) -> None:
+    pairs = sorted(set(zip(curves["dataset"], curves["arch"])))
+    fig, axes = plt.subplots(len(pairs), 3, figsize=(13, 3.3 * len(pairs)), squeeze=False, sharey="row",
+                             layout="constrained")
+    titles = {NONE_ID: "without final BN (63)", WL_ID: "with WL, no BN (47)", BN_ID: "with final BN (31)"}
+    for i, (ds, arch) in enumerate(pairs):
+        for j, cid in enumerate((NONE_ID, WL_ID, BN_ID)):
+            ax = axes[i][j]
+            c = curves[(curves["dataset"] == ds) & (curves["arch"] == arch) & (curves["config_id"] == cid)]
+            ax.set_title(f"{ds} {arch}: {titles[cid]}", fontsize="small")
+            ax.grid(alpha=0.3)
+            if c.empty:
+                ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes)
+                continue
+            for key, color in (("train_loss", "tab:blue"), ("val_loss", "tab:orange")):
+                m, s = c[f"{key}_mean"].to_numpy(float), c[f"{key}_std"].to_numpy(float)
+                ax.plot(c["epoch"], m, marker="o", ms=3, color=color, label=key.replace("_", " "))
+                ax.fill_between(c["epoch"], m - s, m + s, color=color, alpha=0.2)
+            ax.set_xlabel("epoch")
+            if j == 0:
+                ax.set_ylabel("loss (mean ± std over replicates)")
+            ax.legend(fontsize="small")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def fig4(pairs: dict, path: Path, p1) -> None:
+    keys = sorted(pairs)
+    fig, axes = plt.subplots(len(keys), 2, figsize=(12, 3.5 * len(keys)), squeeze=False, layout="constrained")
+    for i, key in enumerate(keys):
+        rep, p63, p31 = pairs[key]
+        for j, (df, name) in enumerate(((p63, "without final BN (63)"), (p31, "with final BN (31)"))):
+            p = p1(df).to_numpy(float)
+            ax = axes[i][j]
+            plots.softmax_panel(ax, df["label"].to_numpy(int), 1 - p, p, marker_size=8)
+            ax.set_title(f"{key[0]} {key[1]} replicate {rep}: {name}, last epoch", fontsize="small")
+    axes[0][0].legend(loc="center left", fontsize="x-small")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def fig_reliability(b63: dict | None, n63: int, b31: dict | None, n31: int, path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5), layout="constrained")
+    for ax, b, n, name in ((axes[0], b63, n63, "without final BN (63)"), (axes[1], b31, n31, "with final BN (31)")):
+        if b is None:
+            ax.axis("off")
+            ax.text(0.5, 0.5, f"{name}: no reliability.json", ha="center", va="center")
+        else:
+            plots.reliability_panel(ax, b, f"{name}, {n} runs pooled, ECE {bins_ece(b):.3f}", fontsize="small")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def fig_methods(groups: list[tuple[str, pd.DataFrame]], path: Path, title: str) -> None:
+    """Test minority F1 and AUROC per method (a dot per replicate, a bar for the mean; lines join
+    a replicate's values across methods: the pairing every interval uses). `groups`: (label, rows
+    with `replicate`, `test_f1_1`, `test_auroc`), the final-BN references first."""
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(groups) + 3), 4.5), layout="constrained")
+    for ax, (col, what) in zip(axes, (("test_f1_1", "test minority F1"), ("test_auroc", "test AUROC"))):
+        x = np.arange(len(groups))
+        means = [float(g[col].mean()) if len(g) else math.nan for _, g in groups]
+        ax.bar(x, means, color=["tab:red" if "BN" in label or "best" in label else "tab:blue" for label, _ in groups],
+               alpha=0.35)
+        by_rep: dict[int, list[tuple[int, float]]] = {}
+        for xi, (_, g) in zip(x, groups):
+            ax.scatter([xi] * len(g), g[col], s=12, color="black", zorder=3)
+            for r, v in zip(g["replicate"], g[col]):
+                by_rep.setdefault(int(r), []).append((xi, float(v)))
+        for pts in by_rep.values():
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color="gray", alpha=0.25, linewidth=0.8)
+        ax.set_xticks(x, labels=[label for label, _ in groups], rotation=30, ha="right", fontsize="small")
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel(what)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title, fontsize="small")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,69 @@
+"""`finalbn report`: the current grid's cells from MLflow, the ceiling and search files in; the
+report built into a folder and logged to MLflow.
+
+    summary = make_report(cfg, Path("report"), grid_csv=Path("results/grid.csv"),
+                          ceiling=Path("results/ceiling"), search=Path("results/search.json"))
+
+Which cells: those results/grid.csv lists (its `cell_key` column, the grid stage's output), so
+the report shows this grid's cells even when the store holds others (older code, other params).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from finalbn import tracking
+from finalbn.separability import read_ceilings
+from finalbn.stages.report.build import build_report
+from finalbn.stages.report.cells import collect
+
+
+def grid_keys(grid_csv: Path) -> set[str]:
+    """The cell keys of the grid's finished cells. Raises FileNotFoundError without the file and
+    ValueError when it is not the grid's output."""
+    if not Path(grid_csv).is_file():
+        raise FileNotFoundError(f"{grid_csv} does not exist: run `finalbn grid` (or `dvc repro grid`) first")
+    try:
+        df = pd.read_csv(grid_csv, usecols=["cell_key"], dtype=str)
+    except (ValueError, pd.errors.EmptyDataError) as exc:
+        raise ValueError(f"{grid_csv} is not a `finalbn grid` output (no cell_key column: {exc})") from None
+    return set(df["cell_key"].dropna())
+
+
+def make_report(cfg: Any, out_dir: Path, grid_csv: Path, ceiling: Path | None = None,
+                search: Path | None = None) -> dict:
+    """The grid's FINISHED cells (by cell key) -> out_dir, logged to MLflow."""
+    tracking.setup(cfg)
+    data = collect(cfg.tracking.experiment, keys=grid_keys(grid_csv))  # only this grid's cells
+    ceilings = read_ceilings(Path(ceiling)) if ceiling else []
+    summary = build_report(data, out_dir, n_boot=cfg.report.bootstrap, seed=cfg.report.seed, ceilings=ceilings,
+                           search=read_search(search))
+    tracking.log_report(out_dir, cfg.tracking.experiment)
+    return summary
+
+
+def read_search(path: Path | None) -> dict | None:
+    """`finalbn search`'s summary, or None when there is none."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        out = json.loads(Path(path).read_text())
+    except ValueError as exc:
+        raise ValueError(f"search summary {path} is not JSON ({exc})") from None
+    if not isinstance(out, dict) or "study" not in out:
+        raise ValueError(f"search summary {path} is not a `finalbn search` output (no 'study')")
+    return out
+
+
+def main(cfg: Any, args: argparse.Namespace) -> int:
+    """`finalbn report`: prints where it went and the verdict."""
+    summary = make_report(cfg, Path(args.out), grid_csv=Path(args.grid_csv), ceiling=Path(args.ceiling),
+                          search=Path(args.search))
+    print(f"report: {summary['cells']} cells -> {args.out}/report.md")
+    for line in summary["verdict"]:
+        print(f"  {line}")
+    return 0

@@ -1,0 +1,260 @@
+"""The report's tables: the paper's Tables I–IV, Fig. 3's loss curves, calibration, and the
+ranking-vs-threshold baselines — pure functions of the cells DataFrame (see `report.cells`).
+
+Which numbers: test metrics at the *last* epoch (`test_*`, the paper's Table I protocol) unless a
+column says "sel" (the epoch selected on validation AUROC). Any ranking ("top configurations") is
+on validation AUROC at the last epoch; test values ride along and never decide an order. A number
+"per configuration" is the mean over replicates of one (dataset, arch, configuration).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from finalbn.config import TOGGLES
+from finalbn.stages.report.cells import CellData, config_name_of, groups, toggles_of
+
+NONE_ID, WL_ID, BN_ID, BNWL_ID = 63, 47, 31, 15  # nothing, WL only, BN only, BN+WL
+HEADLINE = {NONE_ID: "none (63)", WL_ID: "WL (47)", BN_ID: "BN (31)", BNWL_ID: "BN+WL (15)"}
+F1_1, F1_0 = "test_f1_1", "test_f1_0"  # minority (diseased) and majority (healthy) F1, last epoch
+RANK = "val_auroc"  # what every "best configuration" is ranked on
+
+
+def table1(cells: pd.DataFrame) -> pd.DataFrame:
+    """Paper Table I: mean F1 per class for none (63), WL only (47), BN only (31); BN - WL."""
+    cols = ["dataset", "arch", "class", "without_final_bn", "with_wl_no_bn", "with_final_bn_no_wl",
+            "bn_improvement", "replicates_63_47_31"]
+    sub = cells[cells["config_id"].isin([NONE_ID, WL_ID, BN_ID])]
+    means = sub.groupby(["dataset", "arch", "config_id"])[[F1_1, F1_0]].mean()
+    sizes = sub.groupby(["dataset", "arch", "config_id"]).size()
+    rows = []
+    for ds, arch in groups(sub):
+        def get(cid, col):
+            return float(means.loc[(ds, arch, cid), col]) if (ds, arch, cid) in means.index else math.nan
+
+        n = "/".join(str(int(sizes.get((ds, arch, c), 0))) for c in (NONE_ID, WL_ID, BN_ID))
+        for label, col in (("unhealthy (1)", F1_1), ("healthy (0)", F1_0)):
+            rows.append({"dataset": ds, "arch": arch, "class": label, "without_final_bn": get(NONE_ID, col),
+                         "with_wl_no_bn": get(WL_ID, col), "with_final_bn_no_wl": get(BN_ID, col),
+                         # as the paper's "BN total improvement": BN only minus WL only
+                         "bn_improvement": get(BN_ID, col) - get(WL_ID, col), "replicates_63_47_31": n})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def baselines_table(cells: pd.DataFrame) -> pd.DataFrame:
+    """Ranking vs threshold for the headline configurations: argmax minority F1 (last epoch and
+    the validation-selected epoch), F1 after the free prior correction, AUROC, AP and balanced
+    accuracy; mean and std over replicates."""
+    metrics = {"f1_1": "test_f1_1", "f1_1_sel": "test_sel_f1_1", "f1_1_prior_corrected": "test_f1_1_pc",
+               "auroc": "test_auroc", "ap": "test_ap", "balanced_accuracy": "test_balanced_accuracy",
+               "val_auroc": "val_auroc"}
+    rows = []
+    sub = cells[cells["config_id"].isin(list(HEADLINE))]
+    for (ds, arch, cid), g in sub.groupby(["dataset", "arch", "config_id"], sort=True):
+        row = {"dataset": ds, "arch": arch, "config": HEADLINE[int(cid)], "replicates": len(g)}
+        for name, col in metrics.items():
+            row[name] = g[col].mean()
+            row[f"{name}_std"] = g[col].std(ddof=1) if len(g) > 1 else 0.0
+        rows.append(row)
+    cols = ["dataset", "arch", "config", "replicates"] + [c for m in metrics for c in (m, f"{m}_std")]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def config_means(sub: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration: mean over replicates of validation AUROC and the test metrics."""
+    cols = ["val_auroc", "val_f1_1"] + [f"test_{k}" for k in ("precision_1", "recall_1", "f1_1", "precision_0",
+                                                            "recall_0", "f1_0", "auroc", "ap")]
+    g = sub.groupby("config_id")
+    out = g[cols + ["selected_epoch"]].mean()
+    out["replicates"] = g.size()
+    return out
+
+
+def _ranked(agg: pd.DataFrame) -> pd.DataFrame:
+    # validation AUROC, then validation F1, then the lower id: a total order that no test value touches
+    agg = agg.assign(_neg=-agg["config_id"])
+    agg = agg.sort_values([RANK, "val_f1_1", "_neg"], ascending=False, na_position="last")
+    return agg.drop(columns="_neg")
+
+
+def table2(cells: pd.DataFrame, top: int = 3) -> pd.DataFrame:
+    """Paper Table II: per dataset (and arch), the `top` configurations ranked on validation AUROC,
+    with their test precision / recall / F1 (last epoch) per class."""
+    cols = ["dataset", "arch", "class", "rank", "config_id", "config_name", "val_auroc", "precision", "recall",
+            "f1", "test_auroc", "sel_epoch", "replicates", *[t.upper() for t in TOGGLES]]
+    rows = []
+    for (ds, arch), sub in cells.groupby(["dataset", "arch"], sort=True):
+        agg = _ranked(config_means(sub).reset_index()).head(top)
+        for cls, label in ((1, "unhealthy (1)"), (0, "healthy (0)")):
+            for rank, r in enumerate(agg.to_dict("records"), start=1):
+                flags = toggles_of(r["config_id"])
+                rows.append({"dataset": ds, "arch": arch, "class": label, "rank": rank,
+                             "config_id": int(r["config_id"]), "config_name": config_name_of(flags),
+                             "val_auroc": r["val_auroc"], "precision": r[f"test_precision_{cls}"],
+                             "recall": r[f"test_recall_{cls}"], "f1": r[f"test_f1_{cls}"],
+                             "test_auroc": r["test_auroc"], "sel_epoch": r["selected_epoch"],
+                             "replicates": int(r["replicates"]), **{t.upper(): flags[t] for t in TOGGLES}})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def table3(cells: pd.DataFrame, k: int = 3) -> tuple[pd.DataFrame, list[str]]:
+    """Paper Table III: per arch, the top and bottom `k` configurations by validation AUROC averaged
+    over datasets, with their test minority F1 per dataset and averaged. Only configurations present
+    in every dataset are ranked. Returns (table, notes)."""
+    notes, frames = [], []
+    for arch, sub in cells.groupby("arch", sort=True):
+        datasets = sorted(sub["dataset"].unique())
+        val = sub.groupby(["config_id", "dataset"])[RANK].mean().unstack("dataset").reindex(columns=datasets)
+        f1 = sub.groupby(["config_id", "dataset"])[F1_1].mean().unstack("dataset").reindex(columns=datasets)
+        complete = val.dropna().index.intersection(f1.dropna().index)
+        if len(complete) < len(val):
+            notes.append(f"{arch}: {len(val) - len(complete)} configuration(s) lack a validation AUROC or a test "
+                         "minority F1 for some dataset and are not ranked")
+        if not len(complete):
+            continue
+        t = f1.loc[complete].copy()
+        t["average"] = t.mean(axis=1)
+        t["val_auroc"] = val.loc[complete].mean(axis=1)
+        t = t.reset_index()
+        t["val_f1_1"] = 0.0  # ties beyond validation AUROC go to the lower id
+        t = _ranked(t).drop(columns="val_f1_1").reset_index(drop=True)
+        t["rank"] = np.arange(1, len(t) + 1)
+        n_top = min(k, len(t))
+        n_bottom = min(k, len(t) - n_top)  # a grid of < 2k configs: no config listed twice
+        picked = pd.concat([t.head(n_top).assign(group="top"),
+                            t.tail(n_bottom).assign(group="bottom") if n_bottom else None])
+        for tg in TOGGLES:
+            picked[tg.upper()] = [toggles_of(c)[tg] for c in picked["config_id"]]
+        picked["config_name"] = [config_name_of(toggles_of(c)) for c in picked["config_id"]]
+        picked.insert(0, "arch", arch)
+        frames.append((picked, datasets))
+    if not frames:
+        return pd.DataFrame(columns=["arch", "group", "rank", "config_id", "config_name", "val_auroc", "average"]), notes
+    out = pd.concat([f for f, _ in frames], ignore_index=True)
+    datasets = sorted({d for _, ds in frames for d in ds})
+    order = ["arch", "group", "rank", "config_id", "config_name", "val_auroc", *datasets, "average",
+             *[t.upper() for t in TOGGLES]]
+    return out[order], notes
+
+
+def p1_column(df: pd.DataFrame) -> pd.Series:
+    return df["p1_last"] if "p1_last" in df else df["p1_sel"]
+
+
+def prediction_pairs(data: CellData, cells: pd.DataFrame) -> tuple[dict, list[str]]:
+    """Per (dataset, arch): (replicate, predictions without BN (63), with BN (31)) for the first
+    replicate that has both; notes for pairs that have none."""
+    out, notes = {}, []
+    for ds, arch in groups(cells):
+        sub = cells[(cells["dataset"] == ds) & (cells["arch"] == arch)]
+        ids = {cid: dict(zip(g["replicate"], g["run_id"])) for cid, g in sub.groupby("config_id")}
+        reps = sorted(set(ids.get(NONE_ID, {})) & set(ids.get(BN_ID, {})))
+        for r in reps:
+            p0, p1 = data.prediction(ids[NONE_ID][r]), data.prediction(ids[BN_ID][r])
+            if p0 is not None and p1 is not None:
+                out[(ds, arch)] = (r, p0, p1)
+                break
+        else:
+            notes.append(f"{ds}/{arch}: no replicate with test predictions for both config 63 and 31")
+    return out, notes
+
+
+def table4(pairs: dict, n: int = 5) -> pd.DataFrame:
+    """Paper Table IV: P(class 1) of the `n` minority test images with the lowest P without final
+    BN (config 63), next to the same images (joined on path) with final BN (31), last epoch."""
+    cols = ["dataset", "arch", "replicate", "path", "label", "p1_without_final_bn", "p1_with_final_bn"]
+    rows = []
+    for (ds, arch), (rep, p63, p31) in sorted(pairs.items()):
+        a = pd.DataFrame({"path": p63["path"].astype(str), "label": p63["label"].astype(int), "p0": p1_column(p63)})
+        b = pd.DataFrame({"path": p31["path"].astype(str), "label_b": p31["label"].astype(int), "p1": p1_column(p31)})
+        j = a.merge(b, on="path", how="inner")
+        j = j[(j["label"] == 1) & (j["label_b"] == 1)].sort_values(["p0", "path"]).head(n)
+        for r in j.itertuples(index=False):
+            rows.append({"dataset": ds, "arch": arch, "replicate": rep, "path": r.path, "label": 1,
+                         "p1_without_final_bn": float(r.p0), "p1_with_final_bn": float(r.p1)})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def loss_curve_table(data: CellData, cells: pd.DataFrame) -> pd.DataFrame:
+    """Fig. 3 data: train/val loss per epoch, mean and std (ddof 1; 0 for one run) over
+    replicates, for configs 63, 47 and 31 of every (dataset, arch)."""
+    cols = ["dataset", "arch", "config_id", "config", "epoch", "train_loss_mean", "train_loss_std",
+            "val_loss_mean", "val_loss_std", "runs"]
+    frames = []
+    for r in cells[cells["config_id"].isin([NONE_ID, WL_ID, BN_ID])].itertuples(index=False):
+        h = data.history(r.run_id)
+        if h is None or "epoch" not in h or h.empty:
+            continue
+        h = h.reindex(columns=["epoch", "train_loss", "val_loss"])
+        frames.append(h.assign(dataset=r.dataset, arch=r.arch, config_id=r.config_id))
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    allh = pd.concat(frames, ignore_index=True)
+    allh["epoch"] = allh["epoch"].astype(int)
+    g = allh.groupby(["dataset", "arch", "config_id", "epoch"])
+    out = g.agg(train_loss_mean=("train_loss", "mean"), train_loss_std=("train_loss", "std"),
+                val_loss_mean=("val_loss", "mean"), val_loss_std=("val_loss", "std"),
+                runs=("epoch", "size")).reset_index()
+    out[["train_loss_std", "val_loss_std"]] = out[["train_loss_std", "val_loss_std"]].fillna(0.0)
+    out["config"] = out["config_id"].map({NONE_ID: "without final BN", WL_ID: "with WL (no BN)",
+                                          BN_ID: "with final BN (no WL)"})
+    return out[cols]
+
+
+def calibration_table(cells: pd.DataFrame) -> pd.DataFrame:
+    """ECE and Brier (last epoch) with and without final BN: over all cells, and 31 vs 63;
+    pooled over datasets ("all") and per dataset."""
+    rows = []
+    scopes = [("all", cells)] + [(ds, g) for ds, g in cells.groupby("dataset", sort=True)]
+    for scope, sub in scopes:
+        for comparison, parts in (("all configs, BN on vs off", ((True, sub[sub["bn"]]), (False, sub[~sub["bn"]]))),
+                                  ("config 31 vs 63", ((True, sub[sub["config_id"] == BN_ID]),
+                                                       (False, sub[sub["config_id"] == NONE_ID])))):
+            for bn, part in parts:
+                rows.append({"dataset": scope, "comparison": comparison, "final_bn": bn, "cells": len(part),
+                             "ece_mean": part["test_ece"].mean(), "ece_std": part["test_ece"].std(),
+                             "brier_mean": part["test_brier"].mean(), "brier_std": part["test_brier"].std()})
+    return pd.DataFrame(rows)
+
+
+def merge_bins(bin_sets: list[dict]) -> dict | None:
+    """Reliability bins of several runs as one: counts add, accuracy and confidence count-weighted.
+    All sets must share bin edges (None when the list is empty)."""
+    if not bin_sets:
+        return None
+    first = bin_sets[0]
+    n = len(first["lower"])
+    count, acc, conf = np.zeros(n), np.zeros(n), np.zeros(n)
+    for b in bin_sets:
+        c = np.asarray(b["count"], dtype=float)
+        count += c
+        acc += c * np.asarray([0.0 if v is None else v for v in b["accuracy"]], dtype=float)
+        conf += c * np.asarray([0.0 if v is None else v for v in b["confidence"]], dtype=float)
+    return {"lower": list(first["lower"]), "upper": list(first["upper"]), "count": [int(c) for c in count],
+            "accuracy": [float(a / c) if c else None for a, c in zip(acc, count)],
+            "confidence": [float(f / c) if c else None for f, c in zip(conf, count)]}
+
+
+def bins_ece(bins: dict) -> float:
+    total = sum(bins["count"])
+    if not total:
+        return math.nan
+    return float(sum(c / total * abs(a - f) for c, a, f in zip(bins["count"], bins["accuracy"], bins["confidence"])
+                     if c))
+
+
+def pooled_bins(data: CellData, cells: pd.DataFrame, cid: int) -> tuple[dict | None, int, list[str]]:
+    """The last-epoch reliability bins of every run of configuration `cid`, merged."""
+    sets, notes = [], []
+    for run_id in cells.loc[cells["config_id"] == cid, "run_id"]:
+        rel = data.reliability_bins(run_id)
+        b = (rel or {}).get("last")
+        if not b:
+            continue
+        if sets and (list(b["lower"]) != list(sets[0]["lower"]) or list(b["upper"]) != list(sets[0]["upper"])):
+            notes.append(f"run {run_id} (config {cid}) has other reliability bin edges and is left out")
+            continue
+        sets.append(b)
+    return merge_bins(sets), len(sets), notes

@@ -1,0 +1,103 @@
+"""The Optuna search beyond the 64-configuration grid — the only part of finalbn that imports Optuna.
+
+    finalbn search                    # search.n_trials trials in search.workers processes
+    finalbn search --workers 1        # in this process
+
+Reads the splits, params and results/grid.csv; writes the study (its journal,
+`search.storage`), one MLflow run per trial under the study's parent run, then the comparison's
+runs, results/search.json and Optuna's plots beside it. Each trial is one cell on
+`search.replicate`, with the dimensions of `search.space` drawn by a seeded TPE sampler; the
+objective is a validation metric (`search.objective`), never a test metric. `space` (what may be
+searched, a trial's configuration), `study` (storage, name, resuming), `objective` (a trial),
+`compare` (the best trial against the grid, tested), `summary` (search.json, plots).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import optuna
+
+from finalbn import io, tracking, workers
+from finalbn.cell import preflight
+from finalbn.config import Config
+from finalbn.errors import UsageError
+from finalbn.stages.search.compare import compare
+from finalbn.stages.search.objective import TIE_BREAK, PruningCallback, TrialLog, best_trial, make_objective, optimize
+from finalbn.stages.search.space import check, multi_objective, suggest
+from finalbn.stages.search.study import directions, fail_stale, open_study, start, storage, study_name
+from finalbn.stages.search.summary import finish, plots, summary
+
+__all__ = ["TIE_BREAK", "PruningCallback", "TrialLog", "best_trial", "check", "compare", "directions", "fail_stale", "finish",
+           "main", "make_objective", "multi_objective", "open_study", "optimize", "plots", "run_workers", "start",
+           "storage", "study_name", "suggest", "summary"]
+
+STUDY_RUN_ENV, WORKER_ENV = "FINALBN_STUDY_RUN", "FINALBN_WORKER"
+
+
+def run_workers(argv_base: Sequence[str], count: int, parent_run_id: str) -> int:
+    """`count` processes of `finalbn search --worker`, each study.optimize(n_jobs=1)."""
+    threads = workers.threads_per_worker(count)
+    return workers.run_commands(
+        lambda i: ["search", *argv_base, "--worker", "--set", f"train.threads={threads}"], count,
+        env_of=lambda i: {**os.environ, STUDY_RUN_ENV: parent_run_id, WORKER_ENV: str(i)})
+
+
+def main(cfg: Config, args: argparse.Namespace) -> int:
+    """`finalbn search`: the study, the comparison, results/search.json."""
+    tracking.detach_project_run()  # under `mlflow run -e search`: the study has its own runs
+    splits = Path(args.splits)
+    if args.worker:  # spawned by --workers: the parent checked everything and made the study's run
+        optimize(cfg, splits, os.environ[STUDY_RUN_ENV], int(os.environ.get(WORKER_ENV, "0")))
+        return 0
+    count = args.workers or cfg.search.workers
+    if count < 1:
+        raise UsageError(f"--workers must be >= 1 (got {count})")
+    check(cfg)
+    preflight(cfg, cfg.datasets[0].name, splits, replicates=max(cfg.search.replicate + 1, cfg.search.replicates))
+    study, parent, stale = start(cfg)
+    if stale:
+        print(f"search: trials {stale} were left RUNNING by a stopped worker: marked FAIL", flush=True)
+    print(f"search {cfg.search.study}: {cfg.search.n_trials} trials on {cfg.search.objective} "
+          f"({len(study.trials)} in the study already), {count} worker(s), storage {cfg.search.storage}", flush=True)
+    t0 = time.perf_counter()
+    code = run_workers(args.forward, count, parent) if count > 1 else (optimize(cfg, splits, parent) or 0)
+    seconds = time.perf_counter() - t0
+    out = _finish(cfg, open_study(cfg), splits, parent, seconds, args, count)
+    _print_outcome(cfg, out, args.out)
+    return code
+
+
+def _finish(cfg: Config, study: optuna.Study, splits: Path, parent: str, seconds: float,
+            args: argparse.Namespace, count: int) -> dict:
+    comparison = None
+    if not multi_objective(cfg) and any(t.state.name == "COMPLETE" for t in study.trials):
+        print(f"search: the best trial on validation, the grid's best and BN only on {cfg.search.replicates} "
+              "replicates, tested", flush=True)
+        comparison = compare(cfg, study, splits, parent, Path(args.grid_csv), log=lambda m: print(m, flush=True),
+                             processes=count)
+    out = finish(study, cfg, parent, seconds, plot_dir=Path(args.out).parent, comparison=comparison)
+    io.write_json(Path(args.out), out, default=str)
+    return out
+
+
+def _print_outcome(cfg: Config, out: dict, path: str) -> None:
+    states = ", ".join(f"{n} {k}" for k, n in out["states"].items() if n)
+    print(f"search: {out['trials']} trials ({states}) -> {path}")
+    if "best" in out:
+        b = out["best"]
+        print(f"  best on validation: trial {b['number']} ({b['config_name']}), {cfg.search.objective} {b['value']:.4f}; "
+              f"mlflow run {b['mlflow_run_id']}")
+    for label in ("bn_only_31", "grid_best"):
+        c = (out.get("comparison") or {}).get(label)
+        if c:
+            d = c["best_trial_minus_test_f1_1"]
+            ci = (f"[95% CI {d['ci_low']:+.3f}, {d['ci_high']:+.3f}]" if d.get("ci_low") is not None
+                  else f"({d.get('note') or 'no interval'})")
+            mine = [r["test_f1_1"] for r in out["comparison"]["runs"] if r["replicate"] in {x["replicate"] for x in c["rows"]}]
+            print(f"  best trial vs {c['config_name']} (config {c['config_id']}): test minority F1 "
+                  f"{sum(mine) / max(len(mine), 1):.3f} vs {c['mean']['test_f1_1']:.3f}, difference "
+                  f"{d['estimate']:+.3f} {ci} over {c['replicates']} replicate(s)")

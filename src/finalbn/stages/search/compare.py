@@ -1,0 +1,155 @@
+"""After the study: its best trial beside the grid's best configuration and BN only, on more
+replicates, tested.
+
+    out = compare(cfg, study, splits, parent_run_id, Path("results/grid.csv"), workers=2)
+
+Every run is found by its result key (`keys.result_key`: the configuration's params, the
+replicate's split, the seed and the code — not the study or the trial): the trial's own run
+serves its replicate, the grid's cells serve theirs, and a rerun of the stage trains nothing
+twice. What is missing is trained in `workers` processes, as tracked runs under the study's run.
+The comparison: per-replicate paired differences with t intervals (`stats.t_interval`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+
+from finalbn import tracking, workers
+from finalbn.config import Config, config_id, config_name, configure
+from finalbn.keys import result_key
+from finalbn.results import rank_configs, rounded
+from finalbn.stages.search.objective import best_trial
+from finalbn.stages.search.space import suggest
+from finalbn.stats import t_interval
+from finalbn.tracked import track_cell
+from finalbn.tracking import records as tags
+
+ARMS = {"best_trial": "the best trial", "grid_best": "the grid's best configuration", "bn_only_31": "BN only (31)"}
+BN_ONLY = 31
+
+
+def best_config(cfg: Config, study: optuna.Study) -> tuple[optuna.trial.FrozenTrial, Config]:
+    """The best trial (on validation, `best_trial`) and its configuration, replayed from its params."""
+    best = best_trial(study)
+    return best, suggest(optuna.trial.FixedTrial(best.params), cfg)
+
+
+def _row(replicate: int, metrics: dict, run_id: str) -> dict:
+    return {"replicate": replicate, "test_f1_1": metrics.get("test_f1_1"), "test_auroc": metrics.get("test_auroc"),
+            "val_auroc": metrics.get("val_last_auroc"), "val_f1_1": metrics.get("val_last_f1_1"), "run_id": run_id}
+
+
+def rerun(cfg: Config, dataset: str, splits: Path, replicate: int, parent_run_id: str, name: str,
+          extra_tags: dict[str, str], threads: int = 0) -> dict:
+    """One configuration on one replicate as a tracked run under the study's run (also in a worker
+    process of `compare`); returns its comparison row."""
+    if threads:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
+    run_id, res = track_cell(cfg, dataset, splits, run_name=name, parent_run_id=parent_run_id,
+                             replicate=replicate, extra_tags=extra_tags)
+    m = {**{f"test_{k}": v for k, v in res.test_last.items()}, **{f"val_last_{k}": v for k, v in res.val_last.items()}}
+    return _row(replicate, m, run_id)
+
+
+def _arms(cfg: Config, study: optuna.Study, grid_csv: Path | None, out: dict) -> dict[str, tuple[str, Config]]:
+    """{arm: (label, configuration)}: the best trial, and (with the grid's results) the grid's best
+    configuration on validation and BN only."""
+    best, bcfg = best_config(cfg, study)
+    dataset = cfg.datasets[0].name
+    arms: dict[str, tuple[str, Config]] = {"best_trial": (f"trial {best.number}", bcfg)}
+    if grid_csv is not None and Path(grid_csv).is_file():
+        df = pd.read_csv(grid_csv)
+        df = df[df["dataset"] == dataset]
+        arch = cfg.model.arch if cfg.model.arch in set(df["arch"]) else (df["arch"].iloc[0] if len(df) else cfg.model.arch)
+        ranked = rank_configs(df[df["arch"] == arch])
+        picks = {"grid_best": int(ranked.iloc[0]["config_id"]) if len(ranked) else None, "bn_only_31": BN_ONLY}
+        for arm, cid in picks.items():
+            if cid is not None:
+                arms[arm] = (f"config {cid}", configure(cfg, arch, cid))
+    else:
+        out["note"] = f"no {grid_csv}: run the grid for the comparison with its configurations"
+    return arms
+
+
+def _found_runs(cfg: Config) -> dict[str, list]:
+    """FINISHED runs by result key: the grid's cells (cell_key) and the search's (result_key)."""
+    tracking.setup(cfg)
+    found: dict[str, list] = {}
+    for tag in (tags.CELL_KEY, tags.RESULT_KEY):
+        for k, runs in tracking.runs_by_tag(cfg.tracking.experiment, tag).items():
+            found.setdefault(k, []).extend(r for r in runs if r.finished)
+    return found
+
+
+def compare(cfg: Config, study: optuna.Study, splits: Path, parent_run_id: str, grid_csv: Path | None,
+            log: Callable[[str], None] = print, processes: int = 1) -> dict:
+    """The best trial (on validation) on replicates 0..search.replicates-1, tested, beside the
+    grid's best configuration (ranked on validation in `grid_csv`) and BN only (31) on the same
+    replicates (see the module docstring)."""
+    best = best_trial(study)
+    dataset = cfg.datasets[0].name
+    reps = list(range(cfg.search.replicates))
+    out: dict[str, Any] = {"best_trial": best.number, "params": best.params, "replicates": len(reps)}
+    arms = _arms(cfg, study, grid_csv, out)
+    found = _found_runs(cfg)
+    rows: dict[str, dict[int, dict]] = {arm: {} for arm in arms}
+    jobs: dict[str, tuple] = {}  # result key -> (arms, replicate, config, label): one training per key
+    for arm, (label, acfg) in arms.items():
+        for r in reps:
+            key = result_key(acfg, dataset, r, splits)
+            if found.get(key):
+                run = tracking.latest(found[key])
+                rows[arm][r] = _row(r, run.metrics, run.run_id)
+            else:
+                jobs.setdefault(key, ([], r, acfg, label))[0].append(arm)
+    _train_missing(cfg, study, splits, parent_run_id, dataset, reps, jobs, rows, log, processes)
+    return _contrasts(out, arms, rows, reps)
+
+
+def _train_missing(cfg: Config, study: optuna.Study, splits: Path, parent_run_id: str, dataset: str, reps: list,
+                   jobs: dict, rows: dict, log: Callable[[str], None], count: int) -> None:
+    if jobs:
+        log(f"search: {len(jobs)} run(s) to compare on {len(reps)} replicates ({count} process(es)); "
+            f"{sum(len(v) for v in rows.values())} found in the store")
+    threads = workers.threads_per_worker(count) if count > 1 else 0
+    calls = [(acfg, dataset, splits, r, parent_run_id, f"compare {label} r{r}",
+              {tags.SEARCH_COMPARE: "true", tags.RESULT_KEY: key, tags.STUDY_NAME: study.study_name,
+               tags.COMPARE_ARMS: ",".join(which)}, threads)
+             for key, (which, r, acfg, label) in jobs.items()]
+    results = workers.map_processes(rerun, calls, count)
+    for (which, r, _, label), row in zip(jobs.values(), results):
+        for arm in which:
+            rows[arm][r] = row
+        log(f"  {label} on replicate {r}: test minority F1 {row['test_f1_1']:.3f}, AUROC {row['test_auroc']:.3f}")
+
+
+def _contrasts(out: dict, arms: dict, rows: dict, reps: list) -> dict:
+    mine = rows["best_trial"]
+    out["runs"] = [mine[r] for r in reps if r in mine]
+    out["best_trial_mean"] = _means(out["runs"])
+    for arm in arms:
+        if arm == "best_trial":
+            continue
+        theirs = rows[arm]
+        both = [r for r in reps if r in mine and r in theirs]
+        acfg = arms[arm][1]
+        entry: dict[str, Any] = {"config_id": config_id(acfg.ablation), "config_name": config_name(acfg.ablation),
+                                 "replicates": len(both), "rows": [theirs[r] for r in both],
+                                 "mean": _means([theirs[r] for r in both])}
+        for metric in ("test_f1_1", "test_auroc"):
+            d = [float(mine[r][metric]) - float(theirs[r][metric]) for r in both]
+            entry[f"best_trial_minus_{metric}"] = {k: rounded(v) if isinstance(v, float) else v
+                                                   for k, v in t_interval(d).items()}
+        out[arm] = entry
+    return out
+
+
+def _means(rows: list[dict]) -> dict[str, float | None]:
+    return {k: rounded(np.nanmean([float(r[k]) for r in rows if r.get(k) is not None])) if rows else None
+            for k in ("test_f1_1", "test_auroc", "val_auroc", "val_f1_1")}

@@ -1,0 +1,149 @@
+"""The search space: what `search.space` may hold, and a trial's configuration drawn from it.
+
+    check(cfg)                       # ConfigError naming the key, before any trial
+    tcfg = suggest(trial, cfg)       # params.yaml with the space's dimensions drawn
+
+Each dimension is a [low, high] range, a list of choices, or null (off: params.yaml's value).
+The order of the `suggest_*` calls is part of the study (a seeded sampler draws in call order):
+keep it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+from typing import Any
+
+import optuna
+
+from finalbn.config import Config, ConfigError, has_final_bn
+from finalbn.models import get_spec
+
+LOG_SCALE = ("lr", "weight_decay", "final_bn_momentum", "final_bn_eps")
+CHOICES = ("switches", "hidden", "final", "final_bn_affine", "final_bias", "batch_size", "arch", "loss",
+           "calibration")
+
+
+def check(cfg: Config) -> None:
+    """Refuse, before any trial, what cannot be searched: one line naming the key."""
+    s = cfg.search
+    for name, value in dataclasses.asdict(s.space).items():
+        if value is not None:
+            _check_dimension(f"search.space.{name}", name, value)
+    for a in s.space.arch or ():
+        try:
+            get_spec(a)
+        except ValueError as exc:
+            raise ConfigError(f"search.space.arch: {exc}") from None
+    have = cfg.grid.max_replicates  # the split draws `prepare` writes
+    if s.replicate >= have:
+        raise ConfigError(f"search.replicate={s.replicate} is not a prepared replicate (prepare writes 0..{have - 1}: "
+                          "grid.replicates / grid.headline.replicates)")
+    if s.replicates > have:
+        raise ConfigError(f"search.replicates={s.replicates} exceeds the {have} replicates prepare writes "
+                          "(grid.replicates / grid.headline.replicates)")
+    if multi_objective(cfg) and s.pruner != "none":
+        # Optuna's Trial.report raises NotImplementedError for multi-objective studies
+        raise ConfigError(f"search.pruner={s.pruner} cannot prune the two-objective study {s.objective!r}: "
+                          "set search.pruner=none or a single objective")
+
+
+def _check_dimension(key: str, name: str, value) -> None:
+    if len(value) == 0:
+        raise ConfigError(f"{key} is empty: give a [low, high] range, choices, or null to switch it off")
+    if name in CHOICES:
+        if name == "batch_size" and any(not isinstance(v, int) or isinstance(v, bool) or v < 2 for v in value):
+            raise ConfigError(f"{key} must be integers >= 2 (got {list(value)})")
+        if name == "hidden" and any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in value):
+            raise ConfigError(f"{key} must be integers >= 1 (got {list(value)})")
+        if name in ("final_bn_affine", "final_bias") and any(not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{key} must be true/false choices (got {list(value)})")
+        return
+    low, high = value
+    if not low < high:
+        raise ConfigError(f"{key}: empty range [{low}, {high}] (need low < high)")
+    if name in LOG_SCALE and low <= 0:
+        raise ConfigError(f"{key}: a log-scale range needs low > 0 (got {low})")
+    if name in ("dropout_0", "dropout_1") and not (0 <= low and high < 1):
+        raise ConfigError(f"{key}: dropout must lie in [0, 1) (got [{low}, {high}])")
+    if name == "label_smoothing" and not (0 <= low and high <= 1):
+        raise ConfigError(f"{key}: label smoothing must lie in [0, 1] (got [{low}, {high}])")
+    if name == "epochs" and low < 1:
+        raise ConfigError(f"{key}: epochs must be >= 1 (got {low})")
+
+
+def multi_objective(cfg: Config) -> bool:
+    return "+" in cfg.search.objective
+
+
+class _Draw:
+    """A trial's draws, each skipped when its dimension is null."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+
+    def rng(self, name: str, value, log: bool = False, integer: bool = False):
+        if value is None:
+            return None
+        if integer:
+            return self.trial.suggest_int(name, int(value[0]), int(value[1]))
+        return self.trial.suggest_float(name, float(value[0]), float(value[1]), log=log)
+
+    def pick(self, name: str, choices):
+        return None if choices is None else self.trial.suggest_categorical(name, list(choices))
+
+
+def suggest(trial: optuna.Trial, cfg: Config) -> Config:
+    """The trial's configuration: params.yaml with the space's dimensions drawn."""
+    sp, model, ab = cfg.search.space, cfg.model, cfg.ablation
+    if sp.switches:
+        ab = dataclasses.replace(ab, **{t: trial.suggest_categorical(t.upper(), [True, False]) for t in sp.switches})
+    d = _Draw(trial)
+    m: dict[str, Any] = {}
+    t: dict[str, Any] = {}
+    if (lr := d.rng("lr", sp.lr, log=True)) is not None:
+        t["lr"] = lr
+    if (wd := d.rng("weight_decay", sp.weight_decay, log=True)) is not None:
+        t["weight_decay"] = wd
+    d0, d1 = d.rng("dropout_0", sp.dropout_0), d.rng("dropout_1", sp.dropout_1)
+    if d0 is not None or d1 is not None:
+        m["dropout"] = (model.dropout[0] if d0 is None else d0, model.dropout[1] if d1 is None else d1)
+    if (h := d.pick("hidden", sp.hidden)) is not None:
+        m["hidden"] = h
+    if (final := d.pick("final", sp.final)) is not None:
+        ab = dataclasses.replace(ab, bn=final != "none")
+        if final != "none":
+            m["final_variant"] = final
+    drawn = SimpleNamespace(final_variant=m.get("final_variant", model.final_variant))
+    _final_layer(d, sp, m, has_final_bn(drawn, ab))
+    _training(d, sp, m, t, ab.mx)
+    return dataclasses.replace(cfg, ablation=ab, model=dataclasses.replace(model, **m),
+                               train=dataclasses.replace(cfg.train, **t))
+
+
+def _final_layer(d: _Draw, sp, m: dict, uses_bn: bool) -> None:
+    if uses_bn:  # the final BN's own knobs mean something only when there is one
+        if (v := d.rng("final_bn_momentum", sp.final_bn_momentum, log=True)) is not None:
+            m["final_bn_momentum"] = v
+        if (v := d.rng("final_bn_eps", sp.final_bn_eps, log=True)) is not None:
+            m["final_bn_eps"] = v
+        if (v := d.pick("final_bn_affine", sp.final_bn_affine)) is not None:
+            m["final_bn_affine"] = v
+    if (v := d.pick("final_bias", sp.final_bias)) is not None:
+        m["final_bias"] = v
+
+
+def _training(d: _Draw, sp, m: dict, t: dict, mixup: bool) -> None:
+    if (v := d.rng("label_smoothing", sp.label_smoothing)) is not None:
+        t["label_smoothing"] = v
+    if mixup and (v := d.rng("mixup_alpha", sp.mixup_alpha)) is not None:
+        t["mixup_alpha"] = v
+    if (v := d.pick("batch_size", sp.batch_size)) is not None:
+        t["batch_size"] = v
+    if (v := d.rng("epochs", sp.epochs, integer=True)) is not None:
+        t["epochs"] = v
+    if (v := d.pick("arch", sp.arch)) is not None:
+        m["arch"] = v
+    if (v := d.pick("loss", sp.loss)) is not None:
+        t["loss"] = v
+    if (v := d.pick("calibration", sp.calibration)) is not None:
+        t["calibration"] = v

@@ -1,0 +1,127 @@
+"""The Optuna study: its storage, name, pruner, directions, and the trials a dead worker left.
+
+    study = open_study(cfg)            # created, or resumed by name
+    failed = fail_stale(study, 3600)   # RUNNING trials of a stopped worker -> FAIL
+
+Storage: a journal file (`JournalStorage(JournalFileBackend(path))`, safe for several processes
+on one machine; SQLite is not) or an RDB URL (PostgreSQL, for several machines; heartbeats then
+fail the trials of a dead worker). The study's name is `search.study` plus a digest of what
+defines it, so the same params resume it and a changed space starts a new one.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.storages import JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from finalbn import tracking
+from finalbn.config import NOT_RESULT_PARAMS, Config, ConfigError, to_dict
+from finalbn.stages.search.space import check, multi_objective
+
+OBJECTIVES = {"val_auroc": ("auroc", "maximize"), "val_minority_f1": ("f1_1", "maximize"),
+              "val_ap": ("ap", "maximize"), "val_balanced_loss": ("balanced_loss", "minimize")}
+# search.* keys that do not change what the study is: how long it runs and where
+_NOT_STUDY = {"n_trials", "workers", "stale_after_s", "storage", "study", "replicates"}
+
+
+def directions(cfg: Config) -> list[str]:
+    if multi_objective(cfg):
+        return ["maximize", "minimize"]  # (validation AUROC, validation ECE)
+    return [OBJECTIVES[cfg.search.objective][1]]
+
+
+def storage(cfg: Config):
+    """The study's storage: an RDB URL (with heartbeats) or a journal file (folders created)."""
+    where = cfg.search.storage
+    try:
+        if "://" in where:
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(where, heartbeat_interval=60, grace_period=180,
+                              heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                                  max_retry=1))
+        path = Path(where)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    except Exception as exc:  # a bad URL, a missing driver, an unwritable folder
+        raise ConfigError(f"search.storage {where!r} cannot be opened: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
+def pruner(cfg: Config) -> optuna.pruners.BasePruner:
+    s = cfg.search
+    if s.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=s.pruner_startup_trials, n_warmup_steps=s.pruner_warmup_epochs)
+    if s.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, s.pruner_warmup_epochs), max_resource=cfg.train.epochs)
+    return optuna.pruners.NopPruner()
+
+
+def study_name(cfg: Config) -> str:
+    """`search.study` plus a digest of everything that defines the study (space, objective,
+    pruner, seed, replicate, the datasets and every model/train/ablation value the space leaves
+    fixed): the same params resume it, a changed space starts a new study in the same storage
+    (Optuna refuses a parameter whose distribution changed)."""
+    payload = {k: v for k, v in to_dict(cfg.search).items() if k not in _NOT_STUDY}
+    payload.update({k: to_dict(getattr(cfg, k)) for k in ("datasets", "model", "train", "ablation", "split")})
+    for key in NOT_RESULT_PARAMS:
+        section, _, name = key.partition(".")
+        payload[section].pop(name, None)
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{cfg.search.study}-{digest}"
+
+
+def open_study(cfg: Config, worker: int = 0) -> optuna.Study:
+    """Create the study, or resume it by name; refuse one stored with other directions. Worker
+    `i` of several seeds its sampler with sampler_seed + i (the same seed would draw the same
+    first points in every process)."""
+    st = storage(cfg)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=study_name(cfg), storage=st, load_if_exists=True,
+                                directions=directions(cfg), pruner=pruner(cfg),
+                                sampler=optuna.samplers.TPESampler(seed=cfg.search.sampler_seed + worker))
+    stored = [d.name.lower() for d in study.directions]
+    if stored != directions(cfg):
+        raise ConfigError(f"study {study_name(cfg)!r} in {cfg.search.storage} optimises {stored}, "
+                          f"search.objective={cfg.search.objective} needs {directions(cfg)}: "
+                          "use another search.study or the same objective")
+    return study
+
+
+def fail_stale(study: optuna.Study, older_than_s: float, now: datetime.datetime | None = None) -> list[int]:
+    """Mark FAIL the trials left RUNNING longer than `older_than_s` (a killed worker's: a journal
+    has no heartbeat) and their MLflow runs KILLED; returns their numbers."""
+    now = now or datetime.datetime.now()
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.datetime_start is None or (now - t.datetime_start).total_seconds() < older_than_s:
+            continue
+        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "its worker stopped (RUNNING on restart)")
+        study.tell(t.number, state=TrialState.FAIL)  # Optuna's FAQ recipe for a journal's zombie trials
+        run_id = t.user_attrs.get("mlflow_run_id")
+        if run_id:
+            tracking.mark_killed(run_id)
+        failed.append(t.number)
+    return failed
+
+
+def finished(study: optuna.Study) -> int:
+    """Complete and pruned trials (failed ones do not count toward n_trials)."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def start(cfg: Config) -> tuple[optuna.Study, str, list[int]]:
+    """Check the space, open or resume the study, fail a dead worker's trials, and find or create
+    the study's parent MLflow run."""
+    check(cfg)
+    study = open_study(cfg)
+    stale = fail_stale(study, cfg.search.stale_after_s)
+    parent = tracking.study_parent(cfg, study.study_name, study.user_attrs.get("mlflow_run_id"))
+    study.set_user_attr("mlflow_run_id", parent)
+    return study, parent, stale

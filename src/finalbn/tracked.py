@@ -1,0 +1,125 @@
+"""One cell as one tracked run: where the training cell and the tracking adapter meet.
+
+    run_id, result = track_cell(cfg, "synthetic-apple", Path("data/splits"), replicate=0)
+
+The grid's cells, the search's trials and comparison runs, the export's retraining and
+`finalbn train` all come through here: `tracking.cell_run` wraps `cell.run_cell`, whose epochs
+reach MLflow through the run's epoch logger (the training loop knows nothing of MLflow). Logged:
+every config value (flattened), the six toggles, replicate and BN policy as tags, dataset and
+manifest hash, per-epoch metrics by step (validation AUROC/AP/F1/balanced loss, the final BN's
+running mean/var, gamma, beta), validation and test metrics at the last epoch (`val_last_*`,
+`test_*`: the primary numbers) and test metrics at the validation-selected epoch (`test_sel_*`),
+per-disease test recall, and artifacts: loss curves, the softmax scatter (paper Fig. 4),
+reliability diagrams, confusion matrix, per-image test predictions, history and config.yaml.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from finalbn import plots, tracking
+from finalbn.cell import CellResult, run_cell
+from finalbn.config import TOGGLES, Config, cell_seed, config_id, config_name, flatten, to_dict
+from finalbn.tracking import records as tags_
+
+__all__ = ["cell_tags", "log_result", "track_cell"]
+
+
+def cell_tags(cfg: Config, dataset: str, replicate: int = 0) -> dict[str, str]:
+    """The tags that describe a cell: its six switches, config id and name, dataset, arch,
+    replicate and seed."""
+    ab = cfg.ablation
+    return {**{tags_.toggle_tag(t): str(getattr(ab, t)).lower() for t in TOGGLES},
+            tags_.CONFIG_ID: str(config_id(ab)), tags_.CONFIG_NAME: config_name(ab), tags_.DATASET: dataset,
+            tags_.ARCH: cfg.model.arch, tags_.REPLICATE: str(replicate), tags_.SEED: str(cell_seed(cfg, replicate)),
+            tags_.CELL: "true"}
+
+
+def track_cell(cfg: Config, dataset: str, splits_dir: Path, callbacks=(), progress: bool = False,
+               run_name: str | None = None, extra_tags: dict[str, str] | None = None,
+               parent_run_id: str | None = None, replicate: int = 0,
+               killed_on: tuple[type[BaseException], ...] = (), state_tag: str | None = None,
+               on_start: Callable[[str], None] | None = None,
+               on_end: Callable[[tracking.ActiveRun, CellResult], None] | None = None) -> tuple[str, CellResult]:
+    """One cell as one run (see the module docstring); `on_start(run_id)` is called once the run
+    exists (a search trial records its run id), `on_end(run, result)` while it is still open (the
+    export saves its weights there). Raises what `run_cell` raises; the run then ends FAILED
+    (KILLED on Ctrl-C or an exception of `killed_on`)."""
+    tracking.setup(cfg)
+    tags = {**cell_tags(cfg, dataset, replicate), **(extra_tags or {})}
+    name = run_name or f"{dataset} {tags[tags_.CONFIG_NAME]} r{replicate}"
+    with tracking.cell_run(name, tags, parent_run_id=parent_run_id, killed_on=killed_on,
+                           state_tag=state_tag) as run:
+        if on_start is not None:
+            on_start(run.run_id)
+        # `mlflow run -P a.b=v` has already logged a.b with the user's spelling; MLflow refuses
+        # to change a logged param, so those keys keep theirs.
+        logged = run.logged_params()
+        run.log_params({k: v for k, v in flatten(to_dict(cfg)).items() if k not in logged})
+        result = run_cell(cfg, dataset, splits_dir, callbacks=[run.epoch_logger(), *callbacks], progress=progress,
+                          replicate=replicate)
+        log_result(run, cfg, result)
+        if on_end is not None:
+            on_end(run, result)
+    return run.run_id, result
+
+
+def log_result(run: tracking.ActiveRun, cfg: Config, r: CellResult) -> None:
+    """Test metrics, tags that only exist after training, and every artifact of one cell."""
+    run.set_tags({tags_.MANIFEST: r.manifest_sha256, tags_.BN_POLICY: r.bn_policy, tags_.DEVICE: r.device,
+                  tags_.FEATURES: r.features, tags_.SELECTED_EPOCH: str(r.fit.selected_epoch)})
+    run.log_metrics({f"test_{k}": v for k, v in r.test_last.items()})
+    run.log_metrics({f"test_sel_{k}": v for k, v in r.test_sel.items()})
+    run.log_metrics({f"val_last_{k}": v for k, v in r.val_last.items()})
+    sel = r.fit.history[r.fit.selected_epoch - 1]
+    run.log_metrics({f"val_sel_{k[4:]}": v for k, v in sel.items() if k.startswith("val_")})
+    if r.temperature is not None:
+        run.log_metrics({"temperature": r.temperature})
+    run.log_metrics({"selected_epoch": r.fit.selected_epoch, "train_seconds": r.fit.train_seconds,
+                     "train_images_per_second": r.fit.train_images / max(r.fit.train_seconds, 1e-9)})
+    if r.class_weights:
+        run.log_params({f"class_weight_{i}": round(w, 6) for i, w in enumerate(r.class_weights)})
+    for name, fig in _figures(r).items():
+        run.log_figure(fig, f"plots/{name}")
+    run.log_text(_csv(r.predictions), "predictions/test_predictions.csv")
+    run.log_text(_csv(r.fit.history), "history.csv")
+    run.log_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), "config.yaml")
+    run.log_dict({"last": r.reliability_last, "selected": r.reliability_sel}, "reliability.json")
+    if cfg.train.log_model:
+        _log_model(r.model, cfg.dataset(r.dataset).image_size)
+
+
+def _figures(r: CellResult) -> dict:
+    title = f"{r.dataset} r{r.replicate} {r.config_name} (config {r.config_id})"
+    return {
+        "loss_curves.png": plots.loss_curves(r.fit.history, title),
+        "softmax_scatter.png": plots.softmax_scatter(r.labels, r.probs_last, f"{title}, last epoch"),
+        "reliability_last.png": plots.reliability_diagram(r.reliability_last, f"last epoch, ECE {r.test_last['ece']:.3f}"),
+        "reliability_selected.png": plots.reliability_diagram(
+            r.reliability_sel, f"selected epoch {r.fit.selected_epoch}, ECE {r.test_sel['ece']:.3f}"),
+        "confusion_matrix.png": plots.confusion_matrix_plot(r.confusion_last),
+    }
+
+
+def _log_model(model: torch.nn.Module, size: int) -> None:
+    model.eval().cpu()
+    # Batch 2: torch.export (MLflow 3's pt2 format) would specialise the batch axis to a batch of 1.
+    example = np.zeros((2, 3, size, size), dtype=np.float32)
+    with torch.no_grad():
+        out = model(torch.from_numpy(example)).numpy()
+    tracking.log_torch_model(model, example, out)
+
+
+def _csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    return buf.getvalue()

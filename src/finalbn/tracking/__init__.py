@@ -1,0 +1,37 @@
+"""MLflow tracking — the only part of finalbn that imports MLflow, and it imports no training code.
+
+    setup(cfg)                                          # the store and the experiment
+    with cell_run("BN r0", tags) as run:                # a run that always ends
+        run_cell(..., callbacks=[run.epoch_logger()])   # per-epoch metrics, step = epoch
+    runs = finished_cell_runs("finalbn")                # typed RunRecords, never MLflow objects
+
+Modules: `store` (URI, experiment, `mlflow run`'s environment), `records` (RunRecord and every
+tag name), `runs` (writing runs), `query` (reading them), `parents` (grid and study parent
+runs), `outputs` (the ceiling's and the report's runs), `registry` (logged models, the
+registered name and alias). Stages wrap cells in these contexts (`finalbn.tracked`), so a test
+can run a stage's core with no store at all.
+"""
+from finalbn.tracking import records
+from finalbn.tracking.outputs import log_ceiling, log_report
+from finalbn.tracking.parents import finish_parent, finish_study_parent, grid_parent, parent_finished, study_parent
+from finalbn.tracking.query import (
+    artifact_text,
+    download,
+    finished_cell_runs,
+    get_run,
+    metric_history,
+    runs_by_tag,
+    search,
+)
+from finalbn.tracking.records import RunRecord, latest
+from finalbn.tracking.registry import ALIAS, REGISTERED_NAME, log_onnx_and_register, log_torch_model
+from finalbn.tracking.runs import ActiveRun, EpochLogger, cell_run, log_batch, mark_killed, set_tag
+from finalbn.tracking.store import DEFAULT_URI, detach_project_run, quiet, setup, tracking_uri
+
+__all__ = [
+    "ALIAS", "DEFAULT_URI", "REGISTERED_NAME", "ActiveRun", "EpochLogger", "RunRecord", "artifact_text",
+    "cell_run", "detach_project_run", "download", "finish_parent", "finish_study_parent", "finished_cell_runs",
+    "get_run", "grid_parent", "latest", "log_batch", "log_ceiling", "log_onnx_and_register", "log_report",
+    "log_torch_model", "mark_killed", "metric_history", "parent_finished", "quiet", "records", "runs_by_tag",
+    "search", "set_tag", "setup", "study_parent", "tracking_uri",
+]

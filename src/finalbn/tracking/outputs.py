@@ -1,0 +1,51 @@
+"""Runs that record a stage's output: one per ceiling measurement, one per report.
+
+    log_ceiling(cfg, result)                 # tag finalbn.ceiling=true
+    log_report(Path("report"), "finalbn")    # every file of the folder, the verdict as tags
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from finalbn.config import Config
+from finalbn.tracking.records import ARCH, CEILING, DATASET, FAILED, FINISHED, REPORT
+from finalbn.tracking.runs import cell_run, create_run, end_run, log_artifacts, log_batch, metric_name, set_tag
+from finalbn.tracking.store import experiment_id, setup
+
+CEILING_PARAMS = ("weights", "image_size", "images", "n", "feature_dim", "folds")
+
+
+def log_ceiling(cfg: Config, result: dict) -> str:
+    """One run per (dataset, arch) ceiling measurement, tagged finalbn.ceiling=true."""
+    setup(cfg)
+    tags = {CEILING: "true", DATASET: result["dataset"], ARCH: result["arch"]}
+    with cell_run(f"ceiling {result['dataset']} {result['arch']}", tags) as run:
+        run.log_params({k: result[k] for k in CEILING_PARAMS})
+        run.log_metrics({"ceiling_auroc": result["auroc"], "ceiling_auroc_std": result["auroc_std"]})
+        run.log_dict(result, "ceiling.json")
+        return run.run_id
+
+
+def log_report(out_dir: Path, experiment: str) -> str:
+    """Log every file of `out_dir` as artifacts of a new run named "report" (tag finalbn.report=true,
+    never finalbn.cell) in `experiment`; the headline numbers of summary.json become its metrics
+    and the verdict a tag. Returns the run id."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise FileNotFoundError(f"{out} does not exist: build the report first")
+    run_id = create_run(experiment_id(experiment, create=True), "report", {REPORT: "true"})
+    try:
+        log_artifacts(run_id, str(out))
+        summary_path = out / "summary.json"
+        if summary_path.is_file():
+            s = json.loads(summary_path.read_text(encoding="utf-8"))
+            log_batch(run_id, {metric_name(k): float(v) for k, v in (s.get("metrics") or {}).items()
+                               if isinstance(v, (int, float))})
+            for i, line in enumerate(s.get("verdict") or []):
+                set_tag(run_id, f"verdict_{i}", str(line))
+        end_run(run_id, FINISHED)
+    except BaseException:
+        end_run(run_id, FAILED)
+        raise
+    return run_id

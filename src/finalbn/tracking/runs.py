@@ -1,0 +1,162 @@
+"""Writing runs: a run that always ends, the epoch logger, and what a stage logs on its run.
+
+    with cell_run("BN r0", tags) as run:                       # FINISHED / FAILED / KILLED
+        result = run_cell(..., callbacks=[run.epoch_logger()])
+        run.log_metrics({"test_f1_1": 0.8}); run.log_figure(fig, "plots/x.png")
+
+A run that raises ends FAILED; Ctrl-C (or SystemExit) ends it KILLED, as does an exception of
+`killed_on` (a pruned search trial: stopped on purpose, not broken); it never stays RUNNING.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import matplotlib.pyplot as plt
+import mlflow
+from mlflow.entities import Metric, RunStatus
+
+from finalbn.tracking.records import KILLED
+from finalbn.tracking.store import client
+
+MAX_PARAM_CHARS, MAX_TAG_CHARS = 6000, 5000
+
+
+def metric_name(name: str) -> str:
+    # MLflow allows letters, digits, _ - . / and space; a user's folder name may hold anything
+    return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", name)
+
+
+def param_text(v: Any) -> str:
+    """Params as the YAML spelling: true/false, null, numbers and lists as written."""
+    text = "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+    return text[:MAX_PARAM_CHARS]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def log_batch(run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+    """Finite metrics onto any run (open or not) at `step`."""
+    batch = [Metric(k, float(v), _now_ms(), step) for k, v in metrics.items() if v is not None and v == v]
+    if batch:
+        client().log_batch(run_id, metrics=batch)
+
+
+class EpochLogger:
+    """engine callback: per-epoch metrics with `step` = epoch."""
+
+    def __init__(self, run_id: str):
+        self.client, self.run_id = client(), run_id
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.client.log_batch(self.run_id, metrics=[
+            Metric(k, float(v), _now_ms(), epoch) for k, v in metrics.items() if k != "epoch"])
+
+
+class ActiveRun:
+    """The run a `cell_run` block writes to (the process's active MLflow run)."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+
+    def epoch_logger(self) -> EpochLogger:
+        return EpochLogger(self.run_id)
+
+    def logged_params(self) -> dict[str, str]:
+        return dict(mlflow.get_run(self.run_id).data.params)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        mlflow.log_params({k: param_text(v) for k, v in params.items()})
+
+    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        """Metrics at step 0; NaN (e.g. AUROC of one class) is not logged; names made legal."""
+        mlflow.log_metrics({metric_name(k): v for k, v in metrics.items() if v == v})
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        mlflow.set_tags(tags)
+
+    def log_figure(self, fig, path: str) -> None:
+        """A matplotlib figure as a PNG artifact; the figure is closed."""
+        mlflow.log_figure(fig, path)
+        plt.close(fig)
+
+    def log_text(self, text: str, path: str) -> None:
+        mlflow.log_text(text, path)
+
+    def log_dict(self, d: dict, path: str) -> None:
+        mlflow.log_dict(d, path)
+
+    def log_artifact(self, local: str, folder: str | None = None) -> None:
+        mlflow.log_artifact(local, folder)
+
+
+@contextlib.contextmanager
+def cell_run(run_name: str, tags: dict[str, str], nested: bool = False, parent_run_id: str | None = None,
+             killed_on: tuple[type[BaseException], ...] = (), state_tag: str | None = None) -> Iterator[ActiveRun]:
+    """A run that always ends: FINISHED, FAILED on an exception, KILLED on Ctrl-C / SystemExit or
+    on an exception of `killed_on`. With `state_tag`, the tag of that name says complete /
+    pruned / failed / killed (and `<state_tag>_reason` why)."""
+    if parent_run_id:
+        tags = {**tags, "mlflow.parentRunId": parent_run_id}
+    run = mlflow.start_run(run_name=run_name, tags=tags, nested=nested)
+    mlflow.set_tags(tags)  # start_run drops them when it resumes `mlflow run`'s own run
+
+    def end(status: RunStatus, state: str, reason: str = "") -> None:
+        if state_tag:
+            mlflow.set_tag(state_tag, state)
+            if reason:
+                mlflow.set_tag(f"{state_tag}_reason", reason[:MAX_TAG_CHARS])
+        mlflow.end_run(RunStatus.to_string(status))
+
+    try:
+        yield ActiveRun(run.info.run_id)
+    except (KeyboardInterrupt, SystemExit):
+        end(RunStatus.KILLED, "killed")
+        raise
+    except killed_on as exc:
+        end(RunStatus.KILLED, "pruned", str(exc))
+        raise
+    except BaseException as exc:
+        end(RunStatus.FAILED, "failed", f"{type(exc).__name__}: {exc}")
+        raise
+    else:
+        end(RunStatus.FINISHED, "complete")
+
+
+def mark_killed(run_id: str) -> None:
+    """End a run its dead process left RUNNING."""
+    client().set_terminated(run_id, KILLED)
+
+
+def create_run(experiment_id: str, name: str, tags: Mapping[str, str]) -> str:
+    """A run that stays open until `end_run`: a grid parent, a study, the report."""
+    return client().create_run(experiment_id, run_name=name, tags=dict(tags)).info.run_id
+
+
+def end_run(run_id: str, status: str) -> None:
+    client().set_terminated(run_id, status)
+
+
+def set_tag(run_id: str, key: str, value: str) -> None:
+    client().set_tag(run_id, key, value[:MAX_TAG_CHARS])
+
+
+def log_param(run_id: str, key: str, value: Any) -> None:
+    client().log_param(run_id, key, param_text(value))
+
+
+def log_dict(run_id: str, d: dict, path: str) -> None:
+    client().log_dict(run_id, d, path)
+
+
+def log_artifacts(run_id: str, local_dir: str, folder: str | None = None) -> None:
+    client().log_artifacts(run_id, local_dir, folder)
+
+
+def log_artifact(run_id: str, local: str, folder: str | None = None) -> None:
+    client().log_artifact(run_id, local, folder)

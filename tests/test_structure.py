@@ -1,0 +1,147 @@
+"""The package's shape, checked from the source (nothing is imported or run): the rules of
+README's "Architecture" that a program can check.
+
+- only `finalbn.tracking` imports MLflow, only the search stage imports Optuna;
+- `tracking` imports no training code; stages never import each other;
+- imports sit at the top of every file: no finalbn module is imported inside a function, and a
+  third-party import inside a function says why on its line or the line above;
+- no module over 450 lines, no function over 60;
+- every dvc.yaml stage's code deps are exactly its stage module's import closure.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from finalbn import cli, imports, keys
+
+SRC = imports.ROOT
+REPO = SRC.parent.parent
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 450, 60
+FILES = sorted(SRC.rglob("*.py"))
+
+
+def _rel(path: Path) -> str:
+    return path.relative_to(REPO).as_posix()
+
+
+def _third_party_importers(top: str) -> set[str]:
+    found = set()
+    for path in FILES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            if any(n.split(".")[0] == top for n in names):
+                found.add(_rel(path))
+    return found
+
+
+def test_only_tracking_imports_mlflow():
+    outside = {p for p in _third_party_importers("mlflow") if not p.startswith("src/finalbn/tracking/")}
+    assert not outside, f"MLflow leaks out of finalbn.tracking: {sorted(outside)}"
+
+
+def test_only_the_search_stage_imports_optuna():
+    outside = {p for p in _third_party_importers("optuna") if not p.startswith("src/finalbn/stages/search/")}
+    assert not outside, f"Optuna outside the search stage: {sorted(outside)}"
+
+
+def test_tracking_imports_no_training_code():
+    allowed = ("src/finalbn/__init__.py", "src/finalbn/tracking/", "src/finalbn/config/")
+    used = [_rel(p) for p in imports.closure("finalbn.tracking")]
+    assert [p for p in used if not p.startswith(allowed)] == []
+
+
+def _stage_modules() -> dict[str, str]:
+    """dvc.yaml stage -> the module its `finalbn <command>` runs (through cli.COMMANDS)."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    out = {}
+    for name, stage in stages.items():
+        cmd = (stage.get("do") or stage)["cmd"].split()
+        assert cmd[0] == "finalbn", f"stage {name}: {cmd}"
+        out[name] = _stage_of(cli.COMMANDS[cmd[1]].__module__)
+    return out
+
+
+def _stage_of(module: str) -> str:
+    """The stage a module belongs to: `finalbn.stages.report.make` -> `finalbn.stages.report`."""
+    return ".".join(module.split(".")[:3])
+
+
+def _own_files(module: str) -> set[Path]:
+    """A stage's own files: its package's, or its module."""
+    path = imports.module_file(_stage_of(module))
+    return set(path.parent.rglob("*.py")) if path.name == "__init__.py" else {path}
+
+
+def test_stages_never_import_each_other():
+    shared = {SRC / "stages" / "__init__.py"}
+    for module in set(_stage_modules().values()):
+        others = [_rel(p) for p in imports.closure(module)
+                  if "stages" in p.relative_to(SRC).parts and p not in _own_files(module) | shared]
+        assert not others, f"{module} imports other stages: {others}"
+
+
+def test_every_stage_module_is_one_hop_from_dvc_yaml():
+    for stage, module in _stage_modules().items():
+        assert module.startswith("finalbn.stages."), f"dvc.yaml stage {stage} runs {module}, not a stage module"
+
+
+def test_dvc_deps_are_each_stage_import_closure():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, module in _stage_modules().items():
+        deps = (stages[name].get("do") or stages[name]).get("deps", [])
+        code = sorted(d for d in deps if d.startswith("src/"))
+        want = sorted(_rel(p) for p in imports.closure(module))
+        missing, extra = sorted(set(want) - set(code)), sorted(set(code) - set(want))
+        assert not missing and not extra, (f"dvc.yaml stage {name}: deps should be the closure of {module}; "
+                                           f"missing {missing}, not imported {extra}")
+
+
+def _function_imports(tree: ast.AST):
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for sub in ast.walk(node):
+                if isinstance(sub, (ast.Import, ast.ImportFrom)):
+                    yield sub
+
+
+@pytest.mark.parametrize("path", FILES, ids=_rel)
+def test_imports_at_the_top(path):
+    text = path.read_text()
+    lines = text.splitlines()
+    for node in _function_imports(ast.parse(text)):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""])
+        where = f"{_rel(path)}:{node.lineno}"
+        assert not node.level and not any(n.split(".")[0] == "finalbn" for n in names), \
+            f"{where}: a finalbn module imported inside a function"
+        said = "#" in lines[node.lineno - 1] or lines[node.lineno - 2].strip().startswith("#")
+        assert said, f"{where}: a lazy import says why (a comment on its line or the line above)"
+
+
+@pytest.mark.parametrize("path", FILES, ids=_rel)
+def test_sizes(path):
+    text = path.read_text()
+    assert len(text.splitlines()) <= MAX_MODULE_LINES, f"{_rel(path)}: over {MAX_MODULE_LINES} lines"
+    long = [f"{n.name} ({n.end_lineno - n.lineno + 1} lines)" for n in ast.walk(ast.parse(text))
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > MAX_FUNCTION_LINES]
+    assert not long, f"{_rel(path)}: functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def test_the_cell_key_covers_the_code_that_computes_a_cell():
+    covered = {_rel(p) for p in imports.closure(keys.CELL_MODULE)}
+    for must in ("cell.py", "engine.py", "features.py", "data.py", "metrics.py", "models/head.py", "tracked.py"):
+        assert f"src/finalbn/{must}" in covered
+    assert not [p for p in covered if "/stages/" in p]
+    assert keys.code_version() == imports.code_digest(keys.CELL_MODULE)
+
+
+def test_closure_follows_from_imports_and_packages(tmp_path):
+    """`from finalbn.x import y` with y a module counts y; a submodule brings its packages' __init__."""
+    deps = imports.direct_imports(SRC / "stages" / "grid" / "shard.py")
+    assert {"finalbn.stages.grid.plan", "finalbn.tracked", "finalbn.tracking"} <= deps
+    files = {_rel(p) for p in imports.closure("finalbn.stages.grid.shard")}
+    assert "src/finalbn/stages/grid/__init__.py" in files and "src/finalbn/stages/__init__.py" in files
