@@ -11,10 +11,14 @@ export DVC_NO_ANALYTICS := 1
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# --no-compile: pip would byte-compile every file of torch, mlflow and dvc up front; Python
+# compiles the modules it imports on first use instead.
+PIP := $(BIN)/pip install --quiet --no-compile
+
 $(VENV)/.installed: pyproject.toml deploy/field/pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[cpu,test]'
-	$(BIN)/pip install --quiet -e deploy/field   # finalbn-field (onnxruntime comes with [cpu] above)
+	$(PIP) $(TORCH)
+	$(PIP) -e '.[cpu,test]'
+	$(PIP) -e deploy/field   # finalbn-field (onnxruntime comes with [cpu] above)
 	touch $@
 
 install: $(VENV)/.installed
