@@ -9,7 +9,6 @@ Pure functions and constants: nothing here reads a file or imports torch.
 """
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 from pydantic.dataclasses import dataclass
