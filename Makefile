@@ -37,8 +37,10 @@ paper: install
 	$(BIN)/finalbn grid $(PAPER) --splits data/splits-paper --results results-paper
 	$(BIN)/finalbn report $(PAPER) --grid-csv results-paper/grid.csv --ceiling results-paper/ceiling --search results-paper/search.json --out report-paper
 
+# The tests in as many processes as cores (at most 4; each test trains with one thread), handed
+# out one at a time, slow ones first (tests/conftest.py); the 15 slowest are listed at the end.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist load --maxschedchunk 1 --durations 15
 
 clean:
 	rm -rf $(VENV)

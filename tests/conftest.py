@@ -34,38 +34,59 @@ def make_plantvillage(root: Path, crop: str = "Apple", healthy: int = 12, diseas
 
 
 @pytest.fixture
-def tiny_split():
-    """Overrides for a split small enough for a handful of images: train 4/2, val 2/1, test 2/2."""
-    return ["split.train=[4, 2]", "split.val=[2, 1]", "split.test=[2, 2]"]
-
-
-@pytest.fixture
 def load():
     """load(overrides) -> Config from the project's params.yaml plus overrides."""
     return lambda overrides=(): load_config([PARAMS], list(overrides))
 
 
+TINY_SPLIT = ["split.train=[4, 2]", "split.val=[2, 1]", "split.test=[2, 2]"]
+
+
 @pytest.fixture
-def prepared(tmp_path, monkeypatch, tiny_split):
-    """A prepared tiny PlantVillage-layout dataset in tmp_path (the cwd), an MLflow store there,
-    and the overrides that make one cell train in a second: returns (cfg_loader, overrides)."""
+def tiny_split():
+    """Overrides for a split small enough for a handful of images: train 4/2, val 2/1, test 2/2."""
+    return list(TINY_SPLIT)
+
+
+def prepare_tiny(root: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """A prepared tiny PlantVillage-layout dataset in `root` (made the cwd), an MLflow store there;
+    returns the overrides that make one cell train in a second."""
     from finalbn.splits import prepare_dataset
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     import mlflow
 
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])  # an earlier test may have set another
-    root = make_plantvillage(tmp_path / "pv", healthy=12, diseases={"Scab": 4, "Rot": 4}, size=32)
-    overrides = tiny_split + [
-        f"datasets.0.root={root}", "datasets.0.source=plantvillage", "datasets.0.image_size=32",
+    images = make_plantvillage(root / "pv", healthy=12, diseases={"Scab": 4, "Rot": 4}, size=32)
+    overrides = TINY_SPLIT + [
+        f"datasets.0.root={images}", "datasets.0.source=plantvillage", "datasets.0.image_size=32",
         "model.weights=none", "train.epochs=2", "train.batch_size=4", "train.threads=1",
-        f"pretrain.out_dir={tmp_path / 'pretrained'}",
+        f"pretrain.out_dir={root / 'pretrained'}",
     ]
     cfg = load_config([PARAMS], overrides)
-    prepare_dataset(cfg.datasets[0], cfg.split, tmp_path / "data" / "splits", progress=False,
+    prepare_dataset(cfg.datasets[0], cfg.split, root / "data" / "splits", progress=False,
                     replicates=cfg.grid.max_replicates)
+    return overrides
+
+
+@pytest.fixture
+def prepared(tmp_path, monkeypatch):
+    """prepare_tiny in tmp_path: returns (cfg_loader, overrides)."""
+    overrides = prepare_tiny(tmp_path, monkeypatch)
     return (lambda extra=(): load_config([PARAMS], overrides + list(extra))), overrides
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one test process per core (`make test` runs pytest -n): the stages it starts get one
+    # thread each too, not a core count's worth of OpenMP threads spinning against each other
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first: handed out one at a time (`--dist load --maxschedchunk 1`), the longest
+    start at once on every process and the short ones fill the gaps."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ def test_bench_writes_every_section(prepared, tmp_path, capsys):
     out = tmp_path / "results" / "bench.json"
     args = ["bench", "--params", str(ROOT / "params.yaml"), *[x for o in overrides for x in ("--set", o)],
             "--device", "cpu", "--archs", "efficientnet_lite0", "--sizes", "32", "--seconds", "0.05",
-            "--out", str(out)]
+            "--grid-configs", "31", "63", "--batch", "8", "--out", str(out)]
     assert main(args) == 0
     result = json.loads(out.read_text())
     assert {r["dtype"] for r in result["throughput"]} == {"fp32", "bf16"}
@@ -36,7 +36,10 @@ def test_bench_writes_every_section(prepared, tmp_path, capsys):
 
 @pytest.mark.parametrize("bad, message", [(["--sizes", "8"], "--sizes must be >= 32"),
                                           (["--archs", "no_such_net"], "unknown arch"),
-                                          (["--seconds", "0"], "--seconds must be > 0")])
+                                          (["--seconds", "0"], "--seconds must be > 0"),
+                                          (["--grid-configs", "31", "29"], "UF-off configs in 0..63 (got [29])"),
+                                          (["--grid-configs", "64"], "UF-off configs in 0..63 (got [64])"),
+                                          (["--batch", "1"], "--batch must be >= 2")])
 def test_bad_input_is_one_line_exit_2(bad, message, tmp_path, capsys):
     assert main(["bench", "--params", str(ROOT / "params.yaml"), "--out", str(tmp_path / "b.json"), *bad]) == 2
     err = capsys.readouterr().err.strip()

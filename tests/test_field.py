@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT
+from conftest import PARAMS, ROOT, prepare_tiny
 from test_images import noise, png_header_only, save, truncate_half
 
 FIELD = ROOT / "deploy" / "field"
@@ -72,16 +72,24 @@ def test_prior_threshold_matches_the_export():
         assert field.prior_threshold([1000, 10], p) == prior_threshold((1000, 10), p)
 
 
-@pytest.fixture
-def exported(prepared, tmp_path):
-    """A tiny grid (31, 63) and its best final-BN run exported to tmp_path/models."""
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny grid (31, 63) and its best final-BN run exported to <root>/models, once for the
+    module (the tests only read it): (cfg, models folder, export's result, root holding the
+    splits and the MLflow store)."""
+    from finalbn.config import load_config
     from finalbn.stages import export, grid
 
-    load, _ = prepared
-    cfg = load(["grid.configs=[31, 63]", "grid.replicates=1", "grid.headline.configs=[]", "grid.workers=1"])
-    grid.run_shard(cfg, SPLITS, log=lambda m: None)
-    out = export.export(cfg, SPLITS, tmp_path / "models", log=lambda m: None, register=False)
-    return cfg, tmp_path / "models", out
+    root = tmp_path_factory.mktemp("exported")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FINALBN_CACHE", str(root / "cache"))
+        overrides = prepare_tiny(root, mp)
+        cfg = load_config([PARAMS], overrides + [
+            "grid.configs=[31, 63]", "grid.replicates=1", "grid.headline.configs=[]", "grid.workers=1",
+            "grid.archs=[resnet18]"])  # a small graph to export (test_export checks each backbone)
+        grid.run_shard(cfg, SPLITS, log=lambda m: None)
+        out = export.export(cfg, SPLITS, root / "models", log=lambda m: None, register=False)
+    return cfg, root / "models", out, root
 
 
 def _rows(path: Path) -> list[dict]:
@@ -94,9 +102,9 @@ def test_field_predict_equals_the_torch_evaluation_and_keeps_going_past_bad_file
 
     from finalbn.metrics import classification_report
 
-    cfg, models, out = exported
+    cfg, models, out, root = exported
     card = out["card"]
-    manifest = _rows(SPLITS / cfg.datasets[0].name / str(card["replicate"]) / "manifest.csv")
+    manifest = _rows(root / SPLITS / cfg.datasets[0].name / str(card["replicate"]) / "manifest.csv")
     test = [r for r in manifest if r["split"] == "test"]
     preds = tmp_path / "preds.csv"
     code = field_cli.main(["predict", "--model", str(models / "model.onnx"), *[r["path"] for r in test],
@@ -105,7 +113,7 @@ def test_field_predict_equals_the_torch_evaluation_and_keeps_going_past_bad_file
     rows = _rows(preds)
     assert [r["path"] for r in rows] == [r["path"] for r in test] and {r["status"] for r in rows} == {"ok"}
     # the same labels as the torch evaluation of the same run, and so the same F1
-    client = mlflow.MlflowClient()
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     local = client.download_artifacts(card["model_run_id"], "predictions/test_predictions.csv", str(tmp_path))
     torch_rows = {r["path"]: r for r in _rows(Path(local))}
     for r in rows:
@@ -115,7 +123,7 @@ def test_field_predict_equals_the_torch_evaluation_and_keeps_going_past_bad_file
     labels = np.array([int(r["label"]) for r in test])
     p1 = np.array([float(r["p_diseased"]) for r in rows])
     f1 = classification_report(labels, np.stack([1 - p1, p1], 1))["f1_1"]
-    assert f1 == pytest.approx(mlflow.get_run(card["model_run_id"]).data.metrics["test_f1_1"], abs=1e-9)
+    assert f1 == pytest.approx(client.get_run(card["model_run_id"]).data.metrics["test_f1_1"], abs=1e-9)
     assert "finalbn-field: 4 images, 4 predicted" in capsys.readouterr().err
 
     # a folder mixing good and broken files: one row each, the good ones predicted, exit 1
@@ -144,7 +152,7 @@ def test_field_predict_equals_the_torch_evaluation_and_keeps_going_past_bad_file
 
 
 def test_the_model_and_the_output_are_checked_before_any_image(exported, tmp_path, capsys):
-    _, models, _ = exported
+    _, models, _, _ = exported
     img = save(noise(), tmp_path / "a.png")
 
     def run(*args) -> tuple[int, list[str]]:
@@ -180,7 +188,7 @@ def test_the_model_and_the_output_are_checked_before_any_image(exported, tmp_pat
 @pytest.mark.slow
 def test_installs_and_runs_in_a_clean_venv_without_torch(exported, tmp_path):
     """pip install deploy/field[cpu] into a fresh venv: torch is not there, predict works."""
-    _, models, _ = exported
+    _, models, _, _ = exported
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"

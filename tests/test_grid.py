@@ -101,7 +101,9 @@ GRID4 = ["grid.configs=[31, 63, 15, 47]", "grid.headline.configs=[]", "grid.work
 
 
 @pytest.mark.slow
-def test_kill_9_then_rerun_leaves_one_finished_run_per_cell(prepared):
+def test_kill_9_then_rerun_leaves_one_finished_run_per_cell(prepared, capsys):
+    from finalbn.cli import main
+
     _, overrides = prepared
     cmd = _grid_cmd(overrides + GRID4)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -117,18 +119,18 @@ def test_kill_9_then_rerun_leaves_one_finished_run_per_cell(prepared):
     statuses = Counter(r.info.status for r in _cell_runs())
     assert statuses["FINISHED"] >= 1 and statuses["FINISHED"] < 4
 
-    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert main(cmd[3:]) == 0  # the rerun (in this process: the kill above is what needs one)
+    rerun = capsys.readouterr().out
     runs = _cell_runs()
     finished = Counter(r.data.tags["cell_key"] for r in runs if r.info.status == "FINISHED")
     assert len(finished) == 4 and set(finished.values()) == {1}
     assert not [r for r in runs if r.info.status == "RUNNING"]
-    assert "grid: 4/4 cells finished" in rerun.stdout
+    assert "grid: 4/4 cells finished" in rerun
     rows = pd.read_csv("results/grid.csv")
     assert sorted(rows.config_id) == [15, 31, 47, 63] and set(rows.run_id) == {r.info.run_id for r in runs if r.info.status == "FINISHED"}
 
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # nothing left to do
-    assert again.returncode == 0 and " cell " not in again.stdout
+    assert main(cmd[3:]) == 0  # nothing left to do
+    assert " cell " not in capsys.readouterr().out
     assert len(_cell_runs()) == len(runs)
 
 
@@ -185,14 +187,16 @@ def test_bad_shard_and_missing_split_exit_2(prepared, capsys):
 
 
 @pytest.mark.slow
-def test_workers_launch_shards_and_collect_results(prepared):
+def test_workers_launch_shards_and_collect_results(prepared, capfd):
+    from finalbn.cli import main
+
     _, overrides = prepared
     # UF on: 29 and 61 (12 UF-off cells' worth each) go one to each worker; the UF-off family
     # (31, 63) to the first, the least loaded with the lower index
     grid4 = ["grid.configs=[31, 63, 29, 61]", "grid.headline.configs=[]", "train.epochs=1"]
-    out = subprocess.run(_grid_cmd(overrides + grid4, "--workers", "2"), capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "grid shard 0/2: 3 cells run" in out.stdout and "grid shard 1/2: 1 cells run" in out.stdout
-    assert "grid: 4/4 cells finished" in out.stdout
+    assert main(_grid_cmd(overrides + grid4, "--workers", "2")[3:]) == 0  # the shards are processes
+    out = capfd.readouterr().out
+    assert "grid shard 0/2: 3 cells run" in out and "grid shard 1/2: 1 cells run" in out
+    assert "grid: 4/4 cells finished" in out
     assert Counter(r.info.status for r in _cell_runs()) == {"FINISHED": 4}
     assert len(pd.read_csv("results/grid.csv")) == 4

@@ -35,7 +35,7 @@ def repo(tmp_path):
     params["train"].update(epochs=1, batch_size=4, threads=1)
     params["grid"].update(configs=[31, 63, 47], workers=1, headline={"configs": [31, 63], "replicates": 2})
     params["report"]["bootstrap"] = 200
-    params["search"].update(n_trials=2, pruner="none", replicates=2)
+    params["search"].update(n_trials=2, pruner="none", replicates=2, workers=1)  # in-process: no start-ups
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cmd in (["git", "init", "-q"], [str(Path(sys.executable).parent / "dvc"), "init", "-q"]):
         subprocess.run(cmd, cwd=tmp_path, check=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})

@@ -195,14 +195,17 @@ def test_killed_study_keeps_its_trials_fails_the_killed_one_and_finishes(searchi
     cfg = load(["train.epochs=6"])
     deadline = time.time() + 240
     try:
-        while time.time() < deadline:  # wait until trial 0 is done and trial 1 is running
+        # wait until trial 0 is done and trial 1 is training (its MLflow run exists: a kill
+        # before that leaves no run to mark KILLED)
+        while time.time() < deadline:
             time.sleep(0.5)
             try:
                 trials = search.open_study(cfg).trials
             except Exception:
                 continue
             if any(t.state == TrialState.COMPLETE for t in trials) and \
-                    any(t.state == TrialState.RUNNING and t.number >= 1 for t in trials):
+                    any(t.state == TrialState.RUNNING and t.number >= 1
+                        and "mlflow_run_id" in t.user_attrs for t in trials):
                 break
         else:
             pytest.fail("the study never reached its second trial")

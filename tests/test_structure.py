@@ -62,7 +62,7 @@ def _stage_modules() -> dict[str, str]:
     for name, stage in stages.items():
         cmd = (stage.get("do") or stage)["cmd"].split()
         assert cmd[0] == "finalbn", f"stage {name}: {cmd}"
-        out[name] = _stage_of(cli.COMMANDS[cmd[1]].__module__)
+        out[name] = _stage_of(cli.COMMANDS[cmd[1]])
     return out
 
 

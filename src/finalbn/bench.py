@@ -133,12 +133,12 @@ def throughput(arch: str, size: int, device: torch.device, batch: int = 64, seco
 
 
 def _layout_worker(args: tuple) -> float:
-    arch, size, threads, seconds = args
+    arch, size, threads, seconds, batch = args
     torch.set_num_threads(threads)
     dev = torch.device("cpu")
     model = _model(arch, "uf_on", dev).train()
-    x, y = _images(64, size, dev), torch.randint(0, 2, (64,))
-    return rate(_train_step(model, x, y, False), 64, dev, seconds)
+    x, y = _images(batch, size, dev), torch.randint(0, 2, (batch,))
+    return rate(_train_step(model, x, y, False), batch, dev, seconds)
 
 
 class _Levers(list):
@@ -149,16 +149,17 @@ class _Levers(list):
         self.append({"lever": lever, "before": before, "after": after, "unit": unit, "speedup": ratio})
 
 
-def levers(arch: str, size: int, device: torch.device, manifest: Path | None, seconds: float = 1.5) -> list[dict]:
+def levers(arch: str, size: int, device: torch.device, manifest: Path | None, seconds: float = 1.5,
+           batch: int = 64) -> list[dict]:
     """Each change against what it replaced, measured here: (lever, before, after, unit, ratio)."""
     out = _Levers()
-    y = torch.randint(0, 2, (64,), device=device)
+    y = torch.randint(0, 2, (batch,), device=device)
     m = _training_levers(out, arch, size, device, y, seconds)
     _copy_levers(out, arch, size, device, m, seconds)
     if device.type == "cpu" and (os.cpu_count() or 1) >= 2:
-        one = _layout_worker((arch, size, 2, seconds))
+        one = _layout_worker((arch, size, 2, seconds, batch))
         with mp.get_context("spawn").Pool(2) as pool:
-            two = sum(pool.map(_layout_worker, [(arch, size, 1, seconds)] * 2))
+            two = sum(pool.map(_layout_worker, [(arch, size, 1, seconds, batch)] * 2))
         out.add("2 processes x 1 thread (was 1 process x 2 threads), UF-on training", one, two, "img/s total")
     if manifest is not None and manifest.is_file():
         out.add("decode cache: read the split's tensors (was: decode its images)", *_decode_vs_cache(manifest, size),
@@ -167,25 +168,25 @@ def levers(arch: str, size: int, device: torch.device, manifest: Path | None, se
 
 
 def _training_levers(out: _Levers, arch: str, size: int, device: torch.device, y: torch.Tensor, seconds: float):
-    rates = {}
+    rates, batch = {}, len(y)
     for cl in (False, True):
         m = _model(arch, "uf_on", device, channels_last=cl).train()
-        x = _images(64, size, device, channels_last=cl)
-        rates[("uf_on", cl)] = rate(_train_step(m, x, y, False), 64, device, seconds)
-        rates[("eval", cl)] = rate(_eval_step(m.eval(), x, False), 64, device, seconds)
+        x = _images(batch, size, device, channels_last=cl)
+        rates[("uf_on", cl)] = rate(_train_step(m, x, y, False), batch, device, seconds)
+        rates[("eval", cl)] = rate(_eval_step(m.eval(), x, False), batch, device, seconds)
     out.add("channels_last, UF-on training", rates[("uf_on", False)], rates[("uf_on", True)], "img/s")
     out.add("channels_last, evaluation", rates[("eval", False)], rates[("eval", True)], "img/s")
 
     m = _model(arch, "uf_on", device).train()
-    x = _images(64, size, device)
+    x = _images(batch, size, device)
     out.add("no per-step .item() (UF-on training)",
-            rate(_train_step(m, x, y, False, sync_each=True), 64, device, seconds),
-            rate(_train_step(m, x, y, False), 64, device, seconds), "img/s")
+            rate(_train_step(m, x, y, False, sync_each=True), batch, device, seconds),
+            rate(_train_step(m, x, y, False), batch, device, seconds), "img/s")
 
     head = HeadOnFeatures(create_head(m.nf, 2, seed=0)).to(device).train()
-    feats = torch.randn(64, 2 * m.nf, device=device)
-    out.add("fused AdamW (head on features)", rate(_train_step(head, feats, y, False, fused=None), 64, device, seconds),
-            rate(_train_step(head, feats, y, False), 64, device, seconds), "img/s")
+    feats = torch.randn(batch, 2 * m.nf, device=device)
+    out.add("fused AdamW (head on features)", rate(_train_step(head, feats, y, False, fused=None), batch, device, seconds),
+            rate(_train_step(head, feats, y, False), batch, device, seconds), "img/s")
     return m
 
 
@@ -272,6 +273,18 @@ def default_grid_configs() -> tuple[list[int], list[int]]:
     return fixed + augmented, fixed[:2] + augmented[:2]
 
 
+def grid_configs(chosen: list[int] | None) -> tuple[list[int], list[int]]:
+    """(shared, unshared) configs of the grid comparison: `--grid-configs` shared, its first two
+    unshared; default_grid_configs() without it. Raises UsageError for an id outside 0..63 or a
+    UF-on config (an unfrozen body has no features to share)."""
+    if not chosen:
+        return default_grid_configs()
+    bad = [c for c in chosen if not 0 <= c < 64 or ablation_from_id(c).uf]
+    if bad:
+        raise UsageError(f"--grid-configs takes UF-off configs in 0..63 (got {bad})")
+    return list(chosen), list(chosen[:2])
+
+
 # ---------------------------------------------------------------- the paper's study, projected
 
 
@@ -299,7 +312,8 @@ def project_paper(row: dict, head_rate: float, frozen_train_rate: float | None =
 
 
 def run(cfg: Config, splits: Path, device: torch.device, archs: list[str], sizes: list[int], with_grid: bool,
-        seconds: float, log: Callable[[str], None] = print) -> dict:
+        seconds: float, log: Callable[[str], None] = print, configs: list[int] | None = None,
+        batch: int = 64) -> dict:
     result: dict[str, Any] = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "device": str(device),
@@ -307,20 +321,20 @@ def run(cfg: Config, splits: Path, device: torch.device, archs: list[str], sizes
         "throughput": [], "levers": [], "grid": None, "projection": None}
     for arch in archs:
         for size in sizes:
-            for row in throughput(arch, size, device, seconds=seconds):
+            for row in throughput(arch, size, device, batch=batch, seconds=seconds):
                 result["throughput"].append(row)
                 log(f"  {arch:18s} {size:4d} px {row['dtype']}: eval {row['eval']:8.0f}  head on features "
                     f"{row['head_on_features']:8.0f}  UF-on train {row['uf_on']:7.0f}  full fine-tune {row['full']:7.0f} img/s")
     ds = cfg.datasets[0]
     manifest = splits / ds.name / "0" / "manifest.csv"
-    result["levers"] = levers(archs[0], sizes[0], device, manifest if manifest.is_file() else None, seconds)
+    result["levers"] = levers(archs[0], sizes[0], device, manifest if manifest.is_file() else None, seconds, batch)
     for lv in result["levers"]:
         log(f"  lever: {lv['lever']}: {lv['before']:.3g} -> {lv['after']:.3g} {lv['unit']} ({lv['speedup']:.2f}x)")
     if with_grid:
         if not manifest.is_file():
             log(f"  grid: skipped ({manifest} does not exist: run `finalbn prepare` or `dvc repro prepare` first)")
         else:
-            shared, unshared = default_grid_configs()
+            shared, unshared = grid_configs(configs)
             g = grid_comparison(cfg, splits, shared, unshared, log=lambda m: None)
             result["grid"] = g
             log(f"  grid (UF off, replicate 0, {len(shared)} configs shared / {len(unshared)} unshared, "
@@ -359,11 +373,15 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
             get_spec(a)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    grid_configs(args.grid_configs)
+    if args.batch < 2:
+        raise UsageError(f"--batch must be >= 2 (training batch norm needs two images; got {args.batch})")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     print(f"bench on {device} ({os.cpu_count()} CPUs): {', '.join(archs)} at {', '.join(map(str, sizes))} px", flush=True)
     result = run(cfg, Path(args.splits), device, archs, sizes, with_grid=not args.no_grid,
-                 seconds=args.seconds, log=lambda m: print(m, flush=True))
+                 seconds=args.seconds, log=lambda m: print(m, flush=True), configs=args.grid_configs,
+                 batch=args.batch)
     io.write_json(out, result)
     print(f"bench -> {out}")
     return 0

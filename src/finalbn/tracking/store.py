@@ -35,6 +35,9 @@ def quiet() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+quiet()  # in every process that tracks: the adapter is MLflow's only importer
+
+
 def detach_project_run() -> None:
     """Under `mlflow run -e <stage>` the project's run id is in the environment: a stage that makes
     runs of its own (one per cell, trial or measurement) must not resume that one."""

@@ -28,7 +28,7 @@ from finalbn.errors import UsageError
 from finalbn.stages.search.compare import compare
 from finalbn.stages.search.objective import TIE_BREAK, PruningCallback, TrialLog, best_trial, make_objective, optimize
 from finalbn.stages.search.space import check, multi_objective, suggest
-from finalbn.stages.search.study import directions, fail_stale, open_study, start, storage, study_name
+from finalbn.stages.search.study import directions, fail_stale, finished, open_study, start, storage, study_name
 from finalbn.stages.search.summary import finish, plots, summary
 
 __all__ = ["TIE_BREAK", "PruningCallback", "TrialLog", "best_trial", "check", "compare", "directions", "fail_stale", "finish",
@@ -61,10 +61,13 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     study, parent, stale = start(cfg)
     if stale:
         print(f"search: trials {stale} were left RUNNING by a stopped worker: marked FAIL", flush=True)
+    # no more processes than trials left: a finished study (a rerun for the comparison or the
+    # summary) starts none, and each one costs seconds of imports before it can train
+    procs = min(count, max(cfg.search.n_trials - finished(study), 1))
     print(f"search {cfg.search.study}: {cfg.search.n_trials} trials on {cfg.search.objective} "
-          f"({len(study.trials)} in the study already), {count} worker(s), storage {cfg.search.storage}", flush=True)
+          f"({len(study.trials)} in the study already), {procs} worker(s), storage {cfg.search.storage}", flush=True)
     t0 = time.perf_counter()
-    code = run_workers(args.forward, count, parent) if count > 1 else (optimize(cfg, splits, parent) or 0)
+    code = run_workers(args.forward, procs, parent) if procs > 1 else (optimize(cfg, splits, parent) or 0)
     seconds = time.perf_counter() - t0
     out = _finish(cfg, open_study(cfg), splits, parent, seconds, args, count)
     _print_outcome(cfg, out, args.out)

@@ -1,0 +1,47 @@
+"""Rewrite each dvc.yaml stage's `src/finalbn/...` deps to its command's import closure.
+
+    python tools/sync_dvc_deps.py        # then `git diff dvc.yaml`
+
+tests/test_structure.py checks the same rule and names what is missing; this writes it. Only the
+runs of `- src/...` lines change: comments, order of stages and other deps stay as written.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from finalbn import cli, imports  # noqa: E402  (after the path)
+
+
+def main() -> int:
+    path = REPO / "dvc.yaml"
+    lines = path.read_text().splitlines(keepends=True)
+    out, stage, command, i = [], None, None, 0
+    while i < len(lines):
+        line = lines[i]
+        if m := re.match(r"^  (\w[\w-]*):\s*$", line):
+            stage, command = m.group(1), None
+        if m := re.match(r"^\s+cmd: finalbn (\w+)", line):
+            command = m.group(1)
+        if m := re.match(r"^(\s+)- src/", line):
+            indent = m.group(1)
+            while i < len(lines) and re.match(r"^\s+- src/", lines[i]):
+                i += 1
+            if command is None:
+                raise SystemExit(f"dvc.yaml stage {stage}: code deps before its cmd")
+            root = str(imports.ROOT.parent.parent)
+            want = sorted(str(p.relative_to(root)) for p in imports.closure(cli.COMMANDS[command]))
+            out += [f"{indent}- {p}\n" for p in want]
+            continue
+        out.append(line)
+        i += 1
+    path.write_text("".join(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
