@@ -204,3 +204,37 @@ def test_configure_sets_a_cells_arch_switches_and_baseline(load):
     plain = configure(cfg, "vgg19", 63, "")
     assert plain.train == cfg.train and config_name(plain.ablation) == "none"
     assert configure(cfg, "vgg19", 0, "temperature").train.calibration == "temperature"
+
+
+# ---------------------------------------------------------------- text keys stay as written
+
+HOSTILE = ["/data/my images", "/d/a,b", "/d/(1) copy", "/d/run #3", "/d/a: b", "/d/it's", '/d/"q"', "no", "yes",
+           "off", "0", "007", "1e3", "null-ish", "[x]", "a=b", " lead"]
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_any_text_key_round_trips_through_set_and_key_value(value):
+    from finalbn.cli import split_overrides
+
+    for overrides in ([f"datasets.0.root={value}"], split_overrides(["--datasets.0.root", value]),
+                      split_overrides([f"--datasets.0.root={value}"])):
+        cfg = load_config([PARAMS], overrides)
+        assert cfg.datasets[0].root == value, overrides
+
+
+def test_folder_lists_and_crops_are_text_wherever_they_come_from(tmp_path):
+    """YAML 1.1 reads no/yes/on/off as booleans and 0/1 as numbers; a folder name is text."""
+    params = tmp_path / "p.yaml"
+    params.write_text("datasets:\n  - name: mri\n    source: folders\n    root: /data/brain\n    image_size: 64\n"
+                      "    majority: [no, 0, off]\n    minority: [yes]\n")
+    cfg = load_config([PARAMS, params])
+    assert cfg.datasets[0].majority == ("no", "0", "off") and cfg.datasets[0].minority == ("yes",)
+    cfg = load_config([PARAMS], ["datasets.0.crop=null", "datasets.0.source=folders",
+                                 "datasets.0.majority=[no, 0]", "datasets.0.minority=[yes, on]"])
+    assert cfg.datasets[0].majority == ("no", "0") and cfg.datasets[0].minority == ("yes", "on")
+    assert load_config([PARAMS], ["datasets.0.crop=1"]).datasets[0].crop == "1"
+    assert load_config([PARAMS], ["synthetic.crops=[on, Apple]"]).synthetic.crops == ("on", "Apple")
+    # numbers and switches still read as YAML
+    assert load_config([PARAMS], ["train.epochs=3"]).train.epochs == 3
+    with pytest.raises(ConfigError, match="train.epochs"):
+        load_config([PARAMS], ["train.epochs=three"])

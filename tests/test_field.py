@@ -81,6 +81,7 @@ def exported(tmp_path_factory):
     from finalbn.stages import export, grid
 
     root = tmp_path_factory.mktemp("exported")
+    before = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FINALBN_CACHE", str(root / "cache"))
         overrides = prepare_tiny(root, mp)
@@ -89,6 +90,9 @@ def exported(tmp_path_factory):
             "grid.archs=[resnet18]"])  # a small graph to export (test_export checks each backbone)
         grid.run_shard(cfg, SPLITS, log=lambda m: None)
         out = export.export(cfg, SPLITS, root / "models", log=lambda m: None, register=False)
+    for k in [k for k in os.environ if k.startswith("MLFLOW_")]:  # mlflow.set_experiment exports its id
+        del os.environ[k]
+    os.environ.update(before)
     return cfg, root / "models", out, root
 
 
@@ -203,3 +207,41 @@ def test_installs_and_runs_in_a_clean_venv_without_torch(exported, tmp_path):
     assert out.returncode == 0, out.stderr
     rows = list(csv.DictReader(out.stdout.splitlines()))
     assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["label"] in ("0", "1")
+
+
+def test_system_files_are_skipped_and_counted(exported, tmp_path, capsys):
+    _, models, _, _ = exported
+    photos = tmp_path / "card"
+    for p in (photos / "a.png", photos / "day 2" / "b.png"):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        save(noise(), p)
+    for junk in (".thumbnails/a.png", "@eaDir/a.png/SYNOFILE_THUMB_M.jpg", "__MACOSX/day 2/._b.png", "Thumbs.db",
+                 "day 2/desktop.ini", ".DS_Store", "._a.png"):
+        (photos / junk).parent.mkdir(parents=True, exist_ok=True)
+        (photos / junk).write_bytes(b"\x00junk")
+    out = tmp_path / "p.csv"
+    assert field_cli.main(["predict", "--model", str(models / "model.onnx"), "--images", str(photos), "--out", str(out)]) == 0
+    assert sorted(Path(r["path"]).name for r in _rows(out)) == ["a.png", "b.png"]
+    err = capsys.readouterr().err
+    assert "2 images, 2 predicted" in err and "7 system files skipped" in err
+
+
+def test_a_crash_keeps_every_finished_row(exported, tmp_path, monkeypatch):
+    _, models, _, _ = exported
+    paths = [save(noise(seed=i), tmp_path / f"{i:02d}.png") for i in range(7)]
+    calls = []
+    real = field.FieldModel.probabilities
+
+    def dies_on_the_third_batch(self, batch):
+        calls.append(len(batch))
+        if len(calls) == 3:
+            raise MemoryError("out of memory")
+        return real(self, batch)
+
+    monkeypatch.setattr(field.FieldModel, "probabilities", dies_on_the_third_batch)
+    out = tmp_path / "p.csv"
+    with pytest.raises(MemoryError):
+        field_cli.main(["predict", "--model", str(models / "model.onnx"), *map(str, paths), "--batch-size", "2",
+                        "--out", str(out)])
+    rows = _rows(out)
+    assert [r["path"] for r in rows] == [str(p) for p in paths[:4]] and {r["status"] for r in rows} == {"ok"}

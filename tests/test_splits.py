@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from finalbn.cli import main
-from finalbn.splits import DataError, prepare_dataset, read_manifest
+from finalbn.splits import DataError, draw_split, prepare_dataset, read_manifest
 
 from conftest import PARAMS, make_plantvillage, write_png
 
@@ -159,3 +161,108 @@ def test_failed_prepare_keeps_earlier_outputs(load, tiny_split, tmp_path, monkey
     assert "has 8 usable images, the split needs 53" in err and len(err.splitlines()) == 1
     assert manifest.read_bytes() == before
     assert not [p for p in manifest.parent.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+# ---------------------------------------------------------------- copies never straddle splits
+
+
+def _with_copies(root: Path) -> Path:
+    """A PlantVillage folder where some images have byte-identical copies, as browsers and
+    archives leave them (`IMG_0003 (1).png`), in the majority and the minority."""
+    make_plantvillage(root, healthy=14, diseases={"Scab": 7})
+    for folder, names in (("Apple___healthy", ("img000", "img003", "img004")), ("Apple___Scab", ("img001",))):
+        for name in names:
+            src = root / folder / f"{name}.png"
+            shutil.copy(src, root / folder / f"{name} (1).png")
+            if name == "img003":
+                shutil.copy(src, root / folder / f"{name} (2).png")
+    return root
+
+
+def test_copies_go_whole_into_one_split_for_every_seed(load, tiny_split, tmp_path):
+    root = _with_copies(tmp_path / "pv")
+    for seed in range(40):
+        summary = _prepare(load, tiny_split, root, tmp_path / "o", "datasets.0.source=plantvillage",
+                           f"split.seed={seed}")
+        rows = read_manifest(tmp_path / "o" / "synthetic-apple" / "0" / "manifest.csv")
+        split_of = {}
+        for r in rows:
+            split_of.setdefault(r["sha256"], set()).add(r["split"])
+        assert all(len(s) == 1 for s in split_of.values()), seed
+        counts = summary["counts"]
+        assert [(counts[s]["majority"], counts[s]["minority"]) for s in ("train", "val", "test")] == [(4, 2), (2, 1), (2, 2)]
+        groups = summary["duplicate_groups"]
+        assert sorted(len(g["paths"]) for g in groups) == [2, 2, 2, 3]
+        drawn = {r["path"] for r in rows}
+        for g in groups:  # a group is drawn whole or not at all, and its split is recorded
+            assert len(drawn & set(g["paths"])) in (0, len(g["paths"]))
+            assert g["split"] == (next(r["split"] for r in rows if r["path"] == g["paths"][0]) if g["paths"][0] in drawn else None)
+
+
+def test_without_copies_the_draw_is_the_plain_seeded_draw():
+    usable = {0: [("h", Path(f"h{i:02d}.png")) for i in range(20)], 1: [("d", Path(f"d{i:02d}.png")) for i in range(9)]}
+    hashes = {p.as_posix(): p.stem for label in (0, 1) for _, p in usable[label]}
+    split = type("S", (), {"train": (4, 2), "val": (2, 1), "test": (3, 3), "seed": 5})()
+    a = draw_split(usable, split, ("healthy", "diseased"), ("h", "d"), 1, hashes)
+    b = draw_split(usable, split, ("healthy", "diseased"), ("h", "d"), 1, None)
+    assert a == b
+    order = np.random.default_rng([5, 1, 0]).permutation(20)  # the majority's seeded order, cut in three
+    assert sorted(r["path"] for r in a if r["label"] == 0 and r["split"] == "train") == \
+        sorted(f"h{i:02d}.png" for i in order[:4])
+
+
+@pytest.mark.parametrize("layout", ["copy_under_both_classes", "folder_listed_as_both"])
+def test_an_image_under_both_labels_is_refused_naming_the_files(load, tiny_split, tmp_path, capsys, layout):
+    root = tmp_path / "imgs"
+    for i in range(12):
+        write_png(root / "good" / f"g{i}.png", i)
+    for i in range(6):
+        write_png(root / "crack" / f"c{i}.png", 100 + i)
+    lists = ["datasets.0.majority=[good]", "datasets.0.minority=[crack]"]
+    if layout == "copy_under_both_classes":
+        shutil.copy(root / "crack" / "c2.png", root / "good" / "g_copy.png")
+        want = [f"{root / 'crack' / 'c2.png'} (crack)", f"{root / 'good' / 'g_copy.png'} (good)"]
+    else:
+        lists = ["datasets.0.majority=[good, crack]", "datasets.0.minority=[crack]"]
+        want = [f"{root / 'crack' / 'c0.png'} (crack)", "6 image(s) would carry both labels"]
+    args = ["prepare", "--params", str(PARAMS), *[x for o in tiny_split + [f"datasets.0.root={root}",
+            "datasets.0.source=folders", "datasets.0.crop=null", *lists] for x in ("--set", o)],
+            "--out", str(tmp_path / "out")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "would carry both labels" in err
+    assert all(w in err for w in want), err
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("manifest.csv"))
+
+
+# ---------------------------------------------------------------- PlantVillage as users download it
+
+
+@pytest.mark.parametrize("crop, folders", [
+    ("Tomato", ["Tomato_healthy", "Tomato__Target_Spot", "Tomato__Tomato_YellowLeaf__Curl_Virus"]),  # Kaggle
+    ("Pepper__bell", ["Pepper__bell___healthy", "Pepper__bell___Bacterial_spot"]),  # Kaggle
+    ("Pepper,_bell", ["Pepper,_bell___healthy", "Pepper,_bell___Bacterial_spot"]),  # the original repository
+    ("Apple", ["Apple___Healthy", "Apple___Scab"]),  # healthy in any case
+])
+def test_plantvillage_copies_with_other_separators(load, tiny_split, tmp_path, crop, folders):
+    root = tmp_path / "pv"
+    for j, name in enumerate(folders):
+        for i in range(12 if "ealthy" in name else 6):
+            write_png(root / name / f"{i}.png", 1000 * j + i)
+    for other in ("Pepper__bell___Bacterial_spot", "Potato___Early_blight", "Potato_healthy"):  # other crops
+        write_png(root / other / "x.png", 99_000 + len(other))
+    summary = _prepare(load, tiny_split, root, tmp_path / "o", "datasets.0.source=plantvillage",
+                       f"datasets.0.crop={crop}")
+    assert summary["source_classes"]["majority"] == [folders[0]]
+    assert summary["source_classes"]["minority"] == sorted(folders[1:])
+
+
+def test_no_crop_folders_names_the_look_alikes(load, tiny_split, tmp_path):
+    root = tmp_path / "pv"
+    for name in ("Tomato_healthy", "Tomato__Target_Spot", "Pepper__bell___healthy", "Potato___Late_blight"):
+        write_png(root / name / "a.png", 1)
+    with pytest.raises(DataError) as err:
+        _prepare(load, tiny_split, root, tmp_path / "o", "datasets.0.source=plantvillage", "datasets.0.crop=Tomatoes")
+    msg = str(err.value)
+    assert "look-alike folders: Tomato__Target_Spot, Tomato_healthy;" in msg
+    assert "crops found: Pepper__bell, Potato, Tomato" in msg and len(msg.splitlines()) == 1

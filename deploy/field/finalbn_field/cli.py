@@ -12,10 +12,10 @@ read (exit 2, one line).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -47,16 +47,35 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _inputs(args: argparse.Namespace) -> list[Path]:
-    paths = [Path(p) for p in args.images]
+# what phones, NAS boxes, archives and file browsers leave beside photos (not field photos)
+SYSTEM_FOLDERS = {"@eaDir", "__MACOSX", "$RECYCLE.BIN", "System Volume Information"}
+SYSTEM_FILES = {"thumbs.db", "desktop.ini", "ehthumbs.db"}
+
+
+def is_system(path: Path, folder: Path) -> bool:
+    """A hidden file or folder (`.thumbnails`, `.DS_Store`, `._IMG_1.jpg`) or one of the system
+    folders and files above, anywhere under `folder`."""
+    parts = path.relative_to(folder).parts
+    return any(p.startswith(".") or p in SYSTEM_FOLDERS for p in parts) or parts[-1].lower() in SYSTEM_FILES
+
+
+def _inputs(args: argparse.Namespace) -> tuple[list[Path], int]:
+    """The images to predict (files as given, then the folder's), and how many system files the
+    folder walk skipped."""
+    paths, skipped = [Path(p) for p in args.images], 0
     if args.folder:
         folder = Path(args.folder)
         if not folder.is_dir():
             raise FieldError(f"--images {folder}: not a folder")
-        paths += sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                if is_system(p, folder):
+                    skipped += 1
+                else:
+                    paths.append(p)
     if not paths:
-        raise FieldError("no images: give files, or --images DIR")
-    return paths
+        raise FieldError("no images: give files, or --images DIR" + (f" ({skipped} system files skipped)" if skipped else ""))
+    return paths, skipped
 
 
 def _check_out(out: str) -> None:
@@ -102,14 +121,38 @@ def predict(args: argparse.Namespace) -> int:
     if args.prevalence is not None and not 0 < args.prevalence < 1:
         raise FieldError(f"--prevalence must lie in (0, 1) (got {args.prevalence})")
     _check_out(args.out)
-    paths = _inputs(args)
+    paths, skipped = _inputs(args)
     model = FieldModel.open(args.model, device=args.device, threads=args.threads)
     cut, how = model.threshold(args.threshold, args.prevalence)
     names = model.card["classes"]
+    with _open_out(args.out) as fh:
+        rows = _predict_rows(model, paths, cut, names, args.batch_size, fh)
+    failed = sum(r["status"] == "error" for r in rows)
+    diseased = sum(r["label"] == 1 for r in rows)
+    where = "stdout" if args.out == "-" else args.out
+    skip = f", {skipped} system files skipped (hidden, @eaDir, __MACOSX, Thumbs.db, ...)" if skipped else ""
+    print(f"finalbn-field: {len(rows)} images, {len(rows) - failed} predicted ({diseased} {names[1]}), "
+          f"{failed} failed{skip}; decision: {how}; providers {','.join(model.providers)} -> {where}", file=sys.stderr)
+    return 1 if failed else 0
 
+
+def _predict_rows(model: FieldModel, paths: list[Path], cut: float | None, names: list[str], batch_size: int,
+                  fh) -> list[dict]:
+    """One row per path, in order, each written to `fh` (and flushed) as soon as it and every row
+    before it are done: an interruption keeps every finished row."""
     rows: list[dict] = []
     pending: list[tuple[int, np.ndarray]] = []
     bar = Progress(len(paths))
+    writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+    writer.writeheader()
+    written = 0
+
+    def emit() -> None:
+        nonlocal written
+        done = pending[0][0] if pending else len(rows)
+        writer.writerows(rows[written:done])
+        fh.flush()
+        written = max(written, done)
 
     def flush() -> None:
         if not pending:
@@ -121,6 +164,7 @@ def predict(args: argparse.Namespace) -> int:
                            status="ok")
         bar.update(len(pending))
         pending.clear()
+        emit()
 
     for path in paths:
         rows.append({"path": str(path), "p_healthy": "", "p_diseased": "", "label": "", "label_name": "",
@@ -132,38 +176,27 @@ def predict(args: argparse.Namespace) -> int:
             hint = "" if path.suffix.lower() in IMAGE_SUFFIXES else f" (suffix {path.suffix or 'none'})"
             rows[-1]["error"] = f"{exc}{hint}"
             bar.update(1)
+            if not pending:
+                emit()
             continue
         pending.append((len(rows) - 1, x))
-        if len(pending) >= args.batch_size:
+        if len(pending) >= batch_size:
             flush()
     flush()
+    emit()
     bar.close()
-    _write(rows, args.out)
-    failed = sum(r["status"] == "error" for r in rows)
-    diseased = sum(r["label"] == 1 for r in rows)
-    where = "stdout" if args.out == "-" else args.out
-    print(f"finalbn-field: {len(rows)} images, {len(rows) - failed} predicted ({diseased} {names[1]}), "
-          f"{failed} failed; decision: {how}; providers {','.join(model.providers)} -> {where}", file=sys.stderr)
-    return 1 if failed else 0
+    return rows
 
 
-def _write(rows: list[dict], out: str) -> None:
+@contextlib.contextmanager
+def _open_out(out: str):
+    """The CSV to write rows into as they come: stdout for "-", else the file (checked writable
+    before any work; opened only once the model has loaded)."""
     if out == "-":
-        w = csv.DictWriter(sys.stdout, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
+        yield sys.stdout
         return
-    path = Path(out)
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=COLUMNS)
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with open(out, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
+        yield fh
 
 
 def main(argv: list[str] | None = None) -> int:

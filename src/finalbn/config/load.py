@@ -24,16 +24,88 @@ from finalbn.config.schema import Config, ConfigError
 
 
 def load_config(paths: Sequence[str | Path], overrides: Sequence[str] = ()) -> Config:
-    """Merge the YAML files in order, apply `a.b=value` overrides, validate strictly."""
+    """Merge the YAML files in order, apply `a.b=value` overrides, validate strictly.
+
+    Text keys (folder names, crops, paths: `str` in the schema) keep the text as written: YAML
+    1.1 would read `majority: [no]` as [False] and `crop: 0` as 0; here they stay "no" and "0".
+    An override of a text key takes its value verbatim (`--set datasets.0.root=/d/a b #1`),
+    except `null` or `~` for a key that may be unset."""
     raw: dict[str, Any] = {}
     for p in paths:
-        raw = _merge(raw, _read_yaml(Path(p)))
+        typed, text = _read_yaml(Path(p))
+        raw = _merge(raw, _as_written(typed, text, Config))
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not key=value (e.g. split.seed=3)")
-        _assign(raw, key.strip(), parse_value(value))
+        key = key.strip()
+        _assign(raw, key, parse_override(_type_at(key.split(".")), value))
     return validate(raw)
+
+
+def parse_override(tp: Any, text: str) -> Any:
+    """An override's value for a key of schema type `tp` (None: unknown key): a text key takes
+    `text` verbatim, a list of texts reads as a YAML list of strings, anything else as YAML."""
+    if _is_text(tp):
+        return None if text.strip() in ("null", "~") and _optional(tp) else text
+    if _is_text(_item_type(tp)):
+        try:
+            value = yaml.load(text, Loader=yaml.BaseLoader)  # every scalar a string
+        except yaml.YAMLError:
+            raise ConfigError(f"value {text!r} is not a YAML list (e.g. [a, b])") from None
+        return value
+    return parse_value(text)
+
+
+def _as_written(typed: Any, text: Any, tp: Any) -> Any:
+    """`typed` (yaml.safe_load) with each text key's value taken from `text` (the same file read
+    with every scalar a string) where YAML made it a bool or a number."""
+    if _is_text(tp):
+        return text if isinstance(typed, (bool, int, float)) and isinstance(text, str) else typed
+    item = _item_type(tp)
+    if item is not None and isinstance(typed, list) and isinstance(text, list) and len(typed) == len(text):
+        return [_as_written(t, w, item) for t, w in zip(typed, text)]
+    cls = _unwrap(tp)
+    if dataclasses.is_dataclass(cls) and isinstance(typed, dict) and isinstance(text, dict):
+        hints = typing.get_type_hints(cls, include_extras=True)
+        return {k: _as_written(v, text.get(k), hints[k]) if k in hints else v for k, v in typed.items()}
+    return typed
+
+
+def _is_text(tp: Any) -> bool:
+    return tp is not None and _unwrap(_unwrap(tp)) is str
+
+
+def _optional(tp: Any) -> bool:
+    while typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    return typing.get_origin(tp) is typing.Union and type(None) in typing.get_args(tp)
+
+
+def _item_type(tp: Any) -> Any:
+    """The element type of a tuple[X, ...] / list[X] key, else None."""
+    tp = _unwrap(tp) if tp is not None else None
+    if typing.get_origin(tp) in (tuple, list):
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        return args[0] if len(set(map(str, args))) == 1 else None
+    return None
+
+
+def _type_at(parts: Sequence[str]) -> Any:
+    """The schema type of the key `parts` (list indexes as digits), or None if there is none."""
+    tp: Any = Config
+    for part in parts:
+        cls = _unwrap(tp)
+        if dataclasses.is_dataclass(cls):
+            hints = typing.get_type_hints(cls, include_extras=True)
+            if part not in hints:
+                return None
+            tp = hints[part]
+        elif _item_type(tp) is not None and part.isdigit():
+            tp = _item_type(tp)
+        else:
+            return None
+    return tp
 
 
 def validate(raw: dict[str, Any]) -> Config:
@@ -80,20 +152,23 @@ def parse_value(text: str) -> Any:
     return value
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path) -> tuple[dict[str, Any], Any]:
+    """The file as YAML reads it, and as written (yaml.BaseLoader: every scalar a string)."""
     if not path.is_file():
         raise ConfigError(f"params file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        source = path.read_text()
+        data = yaml.safe_load(source)
+        text = yaml.load(source, Loader=yaml.BaseLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"params file {path}{where} is not valid YAML") from None
     if data is None:
-        return {}
+        return {}, {}
     if not isinstance(data, dict):
         raise ConfigError(f"params file {path} must be a mapping of sections")
-    return data
+    return data, text
 
 
 def _merge(base: Any, top: Any) -> Any:
