@@ -11,9 +11,11 @@ export DVC_NO_ANALYTICS := 1
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# --no-compile: pip would byte-compile every file of torch, mlflow and dvc up front; Python
-# compiles the modules it imports on first use instead.
-PIP := $(BIN)/pip install --quiet --no-compile
+# pip byte-compiles what it installs. Never --no-compile: where PYTHONDONTWRITEBYTECODE is set
+# (as on our machines) Python then writes no .pyc either, and every process (each test, stage,
+# shard and worker) compiles torch, torchvision and MLflow from source again: 30 s instead of 10.
+unexport PYTHONDONTWRITEBYTECODE
+PIP := $(BIN)/pip install --quiet
 
 $(VENV)/.installed: pyproject.toml deploy/field/pyproject.toml | $(BIN)/python
 	$(PIP) $(TORCH)
