@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run test install clean paper
+.PHONY: run test install clean paper dvc-ready
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,21 @@ install: $(VENV)/.installed
 
 # The main job: the whole DVC pipeline on the embedded default (params.yaml).
 run: install
-	@test -d .dvc || $(BIN)/dvc init --quiet
+	@$(MAKE) --no-print-directory dvc-ready
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+# DVC needs git unless told otherwise. Outside a git work tree (a ZIP download, a release
+# tarball, a container build context without .git) it runs without SCM: core.no_scm in
+# .dvc/config.local, which belongs to this copy only (.dvc/.gitignore ignores it).
+IN_GIT := $(shell git rev-parse --is-inside-work-tree 2>/dev/null)
+dvc-ready:
+	@test -d .dvc || $(BIN)/dvc init --quiet $(if $(IN_GIT),,--no-scm)
+ifeq ($(IN_GIT),true)
+	@$(BIN)/dvc config --local --unset core.no_scm 2>/dev/null || true
+else
+	@$(BIN)/dvc config --local core.no_scm true
+	@echo "not a git work tree: DVC runs without git here (core.no_scm in .dvc/config.local)"
+endif
 
 # The paper's study on PlantVillage (profiles/paper.yaml); outside DVC so that it never touches
 # the embedded default's outputs.

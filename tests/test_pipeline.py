@@ -1,4 +1,4 @@
-"""The DVC pipeline in a scratch git repo: stages run, rerun nothing, and re-run only what changed.
+"""The DVC pipeline in a scratch project (git repo or plain folder): stages run, rerun nothing, re-run what changed.
 (That every stage's code deps are its import closure is checked in tests/test_structure.py.)"""
 from __future__ import annotations
 
@@ -23,10 +23,12 @@ def _repro(repo: Path, *stages: str) -> str:
     return out.stdout
 
 
-@pytest.fixture
-def repo(tmp_path):
-    """A git+DVC repo holding the project's dvc.yaml and sources, with tiny synthetic params."""
+def _project(tmp_path: Path, git: bool) -> Path:
+    """The project's dvc.yaml, Makefile and sources with tiny synthetic params, made ready for DVC
+    by `make dvc-ready` (what `make run` does first): in a git repo, or in a plain folder as a ZIP
+    download or a release tarball unpacks."""
     shutil.copy(ROOT / "dvc.yaml", tmp_path)
+    shutil.copy(ROOT / "Makefile", tmp_path)
     shutil.copytree(ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["synthetic"].update(image_size=16, crops=["Apple", "Grape"], healthy=12, per_disease=2, workers=1)
@@ -37,9 +39,25 @@ def repo(tmp_path):
     params["report"]["bootstrap"] = 200
     params["search"].update(n_trials=2, pruner="none", replicates=2, workers=1)  # in-process: no start-ups
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["git", "init", "-q"], [str(Path(sys.executable).parent / "dvc"), "init", "-q"]):
-        subprocess.run(cmd, cwd=tmp_path, check=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    if git:
+        subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    made = subprocess.run(["make", "--no-print-directory", "dvc-ready", f"BIN={Path(sys.executable).parent}"],
+                          cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert ("not a git work tree" in made.stdout) is not git
     return tmp_path
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """A git+DVC repo of the project (`_project`)."""
+    return _project(tmp_path, git=True)
+
+
+@pytest.fixture
+def repo_without_git(tmp_path):
+    """The project outside any git work tree (tmp_path is not inside one)."""
+    return _project(tmp_path, git=False)
 
 
 @pytest.mark.slow
@@ -68,7 +86,11 @@ def test_whole_pipeline_then_nothing_then_only_what_changed(repo, monkeypatch):
 
 
 @pytest.mark.slow
-def test_prepare_runs_once_and_reruns_only_on_change(repo):
+def test_prepare_runs_once_and_reruns_only_on_change(repo_without_git):
+    """Also: a copy without .git (a ZIP download) runs the pipeline once `make dvc-ready` has
+    decided, up front, to run DVC without SCM."""
+    repo = repo_without_git
+    assert "no_scm = true" in (repo / ".dvc" / "config.local").read_text()
     first = _repro(repo, "synthesize", "prepare")
     assert "prepare synthetic-apple: 2 replicate split(s) of train 4/2, val 2/1, test 2/2" in first
     manifest = repo / "data/splits/synthetic-apple/0/manifest.csv"
