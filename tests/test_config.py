@@ -49,7 +49,7 @@ def test_params_yaml_loads_with_the_papers_split(load):
     (["split.seed=true"], "'split.seed': Input should be a valid integer"),
     (["split.seed=-1"], "'split.seed': Input should be greater than or equal to 0"),
     (["synthetic.healthy=0"], "'synthetic.healthy': Input should be greater than or equal to 1"),
-    (["datasets.0.source=imagenet"], "'datasets.0.source': Input should be 'synthetic', 'plantvillage' or 'folders'"),
+    (["datasets.0.source=imagenet"], "'datasets.0.source': Input should be 'synthetic', 'plantvillage', 'folders' or 'csv'"),
     (["datasets.0.image_size=8"], "'datasets.0.image_size'"),
     (["split.train=[5, 0]"], "train needs at least one image of each class"),
     (["split.train=[1, 2, 3]"], "'split.train'"),

@@ -22,6 +22,7 @@ sys.path.insert(0, str(FIELD))  # the package as its own folder holds it (instal
 from finalbn_field import cli as field_cli  # noqa: E402
 from finalbn_field import predict as field  # noqa: E402
 from finalbn_field.images import load_rgb as field_load_rgb  # noqa: E402
+from finalbn_field.images import unescape_name  # noqa: E402
 
 SPLITS = Path("data/splits")
 
@@ -97,7 +98,7 @@ def exported(tmp_path_factory):
 
 
 def _rows(path: Path) -> list[dict]:
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
 
 
@@ -149,7 +150,7 @@ def test_field_predict_equals_the_torch_evaluation_and_keeps_going_past_bad_file
     bad = {n: r["error"] for n, r in rows.items() if r["status"] == "error"}
     assert set(bad) == {"truncated.png", "empty.jpg", "notes.txt", "corrupt.jpg", "bomb.png"}
     assert "empty file" in bad["empty.jpg"] and "decompression-bomb" in bad["bomb.png"]
-    assert "truncated" in bad["truncated.png"] and "(suffix .txt)" in bad["notes.txt"]
+    assert "truncated" in bad["truncated.png"] and bad["notes.txt"].startswith("not an image (detected: ")
     assert all(r["label"] in ("0", "1") and r["p_diseased"] for n, r in rows.items() if n not in bad)
     err = capsys.readouterr().err
     assert "14 images, 9 predicted" in err and "5 failed" in err and "prior correction to a field prevalence of 0.05" in err
@@ -224,6 +225,25 @@ def test_system_files_are_skipped_and_counted(exported, tmp_path, capsys):
     assert sorted(Path(r["path"]).name for r in _rows(out)) == ["a.png", "b.png"]
     err = capsys.readouterr().err
     assert "2 images, 2 predicted" in err and "7 system files skipped" in err
+
+
+def test_phone_formats_and_names_that_are_not_utf8_are_predicted(exported, tmp_path, capsys):
+    """.jfif/.jpe (browsers), AVIF, HEIC (iPhones) are decoded by content; a name that is not valid
+    UTF-8 (a Windows archive unpacked on Linux) is predicted and written escaped, reversibly."""
+    _, models, _, _ = exported
+    photos = tmp_path / "phone"
+    photos.mkdir()
+    for name, fmt in (("a.jfif", "JPEG"), ("b.jpe", "JPEG"), ("c.avif", "AVIF"), ("d.HEIC", "HEIF")):
+        save(noise(seed=len(name)), photos / name, fmt)
+    with open(os.fsencode(photos) + b"/caf\xe9 (1).png", "wb") as fh:
+        noise(seed=9).save(fh, "PNG")
+    out = tmp_path / "p.csv"
+    assert field_cli.main(["predict", "--model", str(models / "model.onnx"), "--images", str(photos), "--out", str(out)]) == 0
+    rows = _rows(out)  # read as UTF-8: the file is valid UTF-8
+    assert [Path(r["path"]).name for r in rows] == ["a.jfif", "b.jpe", "c.avif", "caf\\xe9 (1).png", "d.HEIC"]
+    assert {r["status"] for r in rows} == {"ok"}
+    assert all(Path(unescape_name(r["path"])).is_file() for r in rows)
+    assert "5 images, 5 predicted" in capsys.readouterr().err
 
 
 def test_a_crash_keeps_every_finished_row(exported, tmp_path, monkeypatch):

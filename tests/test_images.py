@@ -13,13 +13,15 @@ from PIL import Image, ImageFile
 
 from finalbn import images
 from finalbn.images import (
-    IMAGE_SUFFIXES,
     MAX_PIXELS,
+    SYSTEM_FILES,
     BadImage,
     Rejected,
     check_image,
+    escape_name,
     load_rgb,
     scan_folder,
+    unescape_name,
 )
 
 
@@ -74,8 +76,7 @@ def rejected_reason(path: Path) -> str:
 
 
 def test_constants():
-    assert IMAGE_SUFFIXES == {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-    assert all(s == s.lower() for s in IMAGE_SUFFIXES)
+    assert all(s == s.lower() for s in SYSTEM_FILES)
     assert MAX_PIXELS == 89_478_485
     assert issubclass(BadImage, ValueError)
 
@@ -102,21 +103,21 @@ def test_zero_byte_file(tmp_path):
 def test_text_file_renamed_jpg(tmp_path):
     p = tmp_path / "notes.jpg"
     p.write_text("this is not a picture\n")
-    assert rejected_reason(p).startswith("not a decodable image")
+    assert rejected_reason(p).startswith("not an image (detected: ")
 
 
 def test_truncated_png(tmp_path):
     p = truncate_half(save(noise(), tmp_path / "cut.png"))
     with Image.open(p) as img:  # header is intact, so opening alone would not notice
         assert img.size == (32, 24)
-    assert rejected_reason(p).startswith("truncated or corrupt image data")
+    assert rejected_reason(p).startswith("truncated or corrupt PNG image data")
 
 
 def test_truncated_jpeg(tmp_path):
     p = truncate_half(save(noise(64, 64), tmp_path / "cut.jpg", quality=95))
     with Image.open(p) as img:  # the cut is in the scan data, past the header
         assert img.size == (64, 64)
-    assert rejected_reason(p).startswith("truncated or corrupt image data")
+    assert rejected_reason(p).startswith("truncated or corrupt JPEG image data")
 
 
 def test_truncated_image_does_not_flip_global_pillow_setting(tmp_path):
@@ -351,6 +352,59 @@ def test_png_named_jpg_is_accepted(tmp_path):
     assert_rgb(load_rgb(p), (32, 24))
 
 
+@pytest.mark.parametrize("name, fmt", [("browser.jfif", "JPEG"), ("saved.jpe", "JPEG"), ("phone.avif", "AVIF"),
+                                       ("iphone.heic", "HEIF"), ("no_suffix", "PNG"), ("IMG_1.JPG", "WEBP")])
+def test_what_pillow_or_pillow_heif_decodes_is_an_image_whatever_its_suffix(tmp_path, name, fmt):
+    p = save(noise(), tmp_path / name, fmt)
+    assert check_image(p) is None
+    assert_rgb(load_rgb(p), (32, 24))
+    good, bad = scan_folder(tmp_path)
+    assert good == [p] and bad == []
+
+
+@pytest.mark.parametrize("content, detected", [
+    (b"\x00\x00\x00\x14ftypqt  \x00\x00\x00\x00qt  " + bytes(64), "QuickTime movie file (video/quicktime)"),
+    (b"%PDF-1.4\n%\xe2\xe3\n1 0 obj\n" + bytes(64), "(application/pdf)"),
+    (b"\x1f\x8b\x08\x00" + bytes(64), "gzip"),
+    (bytes(range(256)), "content not recognised"),
+], ids=["video", "pdf", "gzip", "noise"])
+def test_a_refusal_names_the_detected_format(tmp_path, content, detected):
+    """A phone's video, a scanned PDF, a compressed file and noise, each saved as .jpg."""
+    p = tmp_path / "IMG_0001.jpg"  # the suffix says JPEG; the content is something else
+    p.write_bytes(content)
+    reason = rejected_reason(p)
+    assert reason.startswith("not an image (detected: ") and detected.lower() in reason.lower(), reason
+
+
+def test_a_corrupt_file_of_a_known_format_names_it(tmp_path):
+    p = truncate_half(save(noise(64, 64), tmp_path / "cut.heic", "HEIF"))
+    assert rejected_reason(p).startswith("truncated or corrupt")
+
+
+HOSTILE_NAMES = [b"caf\xe9.jpg", b"\xff\xfe\x00"[:2] + b".png", b"back\\slash.png", b"lit\\xe9ral.png", "ünï cödé.png".encode(),
+                 b"sp ace, (1) #:'\".png", b"x\\\\y\xc3(.png"]
+
+
+@pytest.mark.parametrize("raw", HOSTILE_NAMES, ids=range(len(HOSTILE_NAMES)))
+def test_names_are_escaped_reversibly_as_valid_utf8(raw):
+    name = os.fsdecode(raw)
+    text = escape_name(name)
+    assert text.encode("utf-8").decode("utf-8") == text and text.isprintable()
+    assert unescape_name(text) == name and os.fsencode(unescape_name(text)) == raw
+    if b"\\" not in raw and raw.decode("utf-8", "replace") == raw.decode("utf-8", "ignore"):
+        assert text == name  # valid UTF-8 without backslashes is written as it is
+
+
+def test_a_file_whose_name_is_not_utf8_is_scanned_and_decoded(tmp_path):
+    folder = os.fsencode(tmp_path)
+    with open(folder + b"/caf\xe9 (1).png", "wb") as fh:
+        noise().save(fh, "PNG")
+    good, bad = scan_folder(tmp_path)
+    assert bad == [] and len(good) == 1
+    assert escape_name(good[0].name) == "caf\\xe9 (1).png"
+    assert_rgb(load_rgb(unescape_name(escape_name(good[0]))))
+
+
 def test_load_rgb_accepts_str_paths(tmp_path):
     p = save(noise(), tmp_path / "a.png")
     assert_rgb(load_rgb(str(p)))
@@ -378,7 +432,7 @@ def test_scan_accepts_str_folder(tmp_path):
     assert scan_folder(str(tmp_path)) == ([tmp_path / "a.png"], [])
 
 
-def test_scan_rejects_non_image_files_with_suffix_reason(tmp_path):
+def test_scan_rejects_non_images_naming_what_they_are(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     (tmp_path / "labels.csv").write_text("a,b\n")
     (tmp_path / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
@@ -389,13 +443,9 @@ def test_scan_rejects_non_image_files_with_suffix_reason(tmp_path):
     good, bad = scan_folder(tmp_path)
     assert good == [tmp_path / "x.png"]
     reasons = {Path(r.path).name: r.reason for r in bad}
-    assert reasons == {
-        ".DS_Store": "not an image file (no suffix)",
-        "README": "not an image file (no suffix)",
-        "Thumbs.db": "not an image file (suffix '.db')",
-        "labels.csv": "not an image file (suffix '.csv')",
-        "notes.txt": "not an image file (suffix '.txt')",
-    }
+    system = "system file (hidden, Thumbs.db, desktop.ini, ...): skipped"
+    assert reasons[".DS_Store"] == reasons["Thumbs.db"] == system
+    assert {n for n, r in reasons.items() if r.startswith("not an image (detected: ")} == {"README", "labels.csv", "notes.txt"}
     assert [r.path for r in bad] == sorted(r.path for r in bad)
 
 
@@ -407,7 +457,7 @@ def test_scan_lists_hidden_junk_with_reason(tmp_path):
     assert good == [tmp_path / "photo.jpg"]
     assert len(bad) == 1
     assert bad[0].path == str(tmp_path / "._photo.jpg")
-    assert bad[0].reason.startswith("not a decodable image")
+    assert bad[0].reason == "system file (hidden, Thumbs.db, desktop.ini, ...): skipped"
 
 
 def test_scan_rejected_path_is_str_of_given_path(tmp_path):
@@ -514,7 +564,7 @@ def test_every_reason_is_one_line(tmp_path):
     assert [p.name for p in good] == ["good.jpg", "good.png"]
     assert len(bad) == 7
     cut = [r.reason for r in bad if Path(r.path).name.startswith("cut.")]
-    assert len(cut) == 2 and all(r.startswith("truncated or corrupt image data") for r in cut)
+    assert len(cut) == 2 and all(r.startswith("truncated or corrupt") for r in cut)
     for r in bad:
         assert r.reason and "\n" not in r.reason and "\r" not in r.reason, r
 

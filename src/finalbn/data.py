@@ -37,7 +37,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from finalbn.config import AugmentConfig
-from finalbn.images import load_rgb
+from finalbn.images import load_rgb, unescape_name
 from finalbn.io import atomic_path
 from finalbn.models import IMAGENET_MEAN, IMAGENET_STD
 from finalbn.seeds import AUGMENT, MIXUP, ORDER, stream_seed
@@ -77,9 +77,11 @@ def resize_square(img: Image.Image, size: int) -> Image.Image:
 
 
 def decode_images(paths: Sequence[str], image_size: int, progress: bool = False) -> torch.Tensor:
+    """(N, 3, image_size, image_size) uint8 images of `paths` as manifests write them (escaped
+    names, `images.unescape_name`). Raises images.BadImage for a file that cannot be used."""
     out = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
     for i, p in enumerate(tqdm(paths, desc="decode", unit="img", disable=not progress)):
-        arr = np.array(resize_square(load_rgb(p), image_size))  # (H, W, 3) uint8, writable copy
+        arr = np.array(resize_square(load_rgb(unescape_name(p)), image_size))  # (H, W, 3) uint8, writable copy
         out[i] = torch.from_numpy(arr).permute(2, 0, 1)
     return out
 

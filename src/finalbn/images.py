@@ -1,42 +1,65 @@
-"""Safe image decoding and folder scanning.
+"""Safe image decoding and folder scanning, shared by training and the field command.
 
 Every image the project reads goes through :func:`load_rgb`, which either
 returns a fully decoded 8-bit RGB ``PIL.Image.Image`` or raises
-:class:`BadImage` with a one-line reason.  :func:`scan_folder` sorts a folder
-into usable images and rejected files (with reasons), so a dataset can be
-vetted before training instead of failing halfway through an epoch::
+:class:`BadImage` with a one-line reason.  The content decides what is an
+image, never the suffix: whatever Pillow decodes (JPEG however it is named,
+.jfif and .jpe included, PNG, WebP, AVIF, TIFF, ...) plus HEIC/HEIF photos
+through ``pillow-heif``.  A file that is not an image is refused naming what
+it is (``not an image (detected: QuickTime movie file (video/quicktime))``).
+:func:`scan_folder` sorts a folder into usable images and rejected files (with
+reasons), so a dataset can be vetted before training instead of failing
+halfway through an epoch::
 
     images, rejected = scan_folder("data/raw/benign")
     for r in rejected:
         print(f"skipping {r.path}: {r.reason}")
     img = load_rgb(images[0])
 
+What phones, NAS boxes and archives leave beside photos (hidden files and
+folders, ``@eaDir``, ``__MACOSX``, ``Thumbs.db``, ``desktop.ini``) is a
+system file (:func:`is_system`): skipped, never decoded.  File names that are
+not valid UTF-8 are written as text with :func:`escape_name` and read back
+with :func:`unescape_name` (reversible).
+
 Nothing here writes to, moves or deletes the files it looks at.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pillow_heif
+import puremagic
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+pillow_heif.register_heif_opener()  # HEIC/HEIF (iPhone photos); AVIF is Pillow's own
+
 __all__ = [
-    "IMAGE_SUFFIXES",
     "MAX_PIXELS",
+    "SYSTEM_FILES",
+    "SYSTEM_FOLDERS",
     "BadImage",
     "Rejected",
     "check_image",
+    "detected_format",
+    "escape_name",
+    "is_system",
     "load_rgb",
     "scan_folder",
+    "unescape_name",
 ]
 
-IMAGE_SUFFIXES: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-)
+# What phones, NAS boxes, archives and file browsers leave beside photos. Names starting with
+# "." (.thumbnails, .DS_Store, ._IMG_1.jpg) are system files too.
+SYSTEM_FOLDERS: frozenset[str] = frozenset({"@eaDir", "__MACOSX", "$RECYCLE.BIN", "System Volume Information"})
+SYSTEM_FILES: frozenset[str] = frozenset({"thumbs.db", "desktop.ini", "ehthumbs.db"})  # compared lower-case
 
 # Pillow's own default for Image.MAX_IMAGE_PIXELS (about 0.25 GB of 24-bit
 # pixels). Pillow's limit stays in force as well, so a larger max_pixels
@@ -87,6 +110,44 @@ def _one_line(text: str) -> str:
 
 def _error_text(exc: BaseException) -> str:
     return _one_line(str(exc)) or type(exc).__name__
+
+
+def is_system(path: str | Path, folder: str | Path) -> bool:
+    """True for a hidden file or folder, or a SYSTEM_FOLDERS/SYSTEM_FILES entry, anywhere in
+    `path` below `folder` (which `path` must lie under)."""
+    parts = Path(path).relative_to(folder).parts
+    return any(p.startswith(".") or p in SYSTEM_FOLDERS for p in parts) or parts[-1].lower() in SYSTEM_FILES
+
+
+def escape_name(path: str | Path) -> str:
+    """A path as printable, valid UTF-8 text, reversibly: each byte of the name that is not
+    valid UTF-8 (held by Python as a surrogateescape code point, as os.listdir gives it) is
+    written ``\\xNN``, and a backslash ``\\\\``. Valid UTF-8 names without backslashes are
+    unchanged. Inverse: :func:`unescape_name`."""
+    text = os.fspath(path).replace("\\", "\\\\")
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in text)
+
+
+_ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2})")
+
+
+def unescape_name(text: str) -> str:
+    """The path (a str for open() and Path, surrogateescape as Python holds such names) that
+    :func:`escape_name` wrote as `text`."""
+    return _ESCAPE.sub(lambda m: "\\" if m[1] == "\\" else chr(0xDC00 + int(m[1][1:], 16)), text)
+
+
+def detected_format(path: str | Path) -> str:
+    """What a file's content is, from its magic bytes (puremagic), for a refusal's reason:
+    e.g. 'QuickTime movie file (video/quicktime)', or 'content not recognised'."""
+    try:
+        found = puremagic.magic_file(os.fspath(path))
+    except (OSError, ValueError, puremagic.PureError):
+        found = []
+    if not found:
+        return "content not recognised"
+    best = found[0]
+    return f"{best.name} ({best.mime_type})" if best.mime_type else best.name
 
 
 def _has_alpha(img: Image.Image) -> bool:
@@ -157,7 +218,7 @@ def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
         try:
             img = Image.open(fh)
         except UnidentifiedImageError as exc:
-            raise BadImage("not a decodable image (format not recognised)") from exc
+            raise BadImage(f"not an image (detected: {detected_format(path)})") from exc
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise BadImage(f"over Pillow's decompression-bomb limit ({_error_text(exc)})") from exc
         except _DECODE_ERRORS as exc:
@@ -175,7 +236,7 @@ def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
             try:
                 img.load()
             except _DECODE_ERRORS as exc:
-                raise BadImage(f"truncated or corrupt image data ({_error_text(exc)})") from exc
+                raise BadImage(f"truncated or corrupt {img.format} image data ({_error_text(exc)})") from exc
             try:
                 upright = ImageOps.exif_transpose(img)
             except _DECODE_ERRORS as exc:
@@ -203,15 +264,16 @@ def scan_folder(folder: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[list[
     and every other regular file with its reason. Raises FileNotFoundError(one-line message naming the
     folder) if it does not exist or is not a directory. An empty folder returns ([], []).
 
-    Every image is fully decoded, so a scan costs about one pass over the data.
-    Broken symlinks and other non-regular entries (FIFOs, sockets) are
+    Every file is fully decoded, whatever its suffix: the content decides (:func:`load_rgb`), so a
+    scan costs about one pass over the data. System files (:func:`is_system`) are rejected as
+    such without being read. Broken symlinks and other non-regular entries (FIFOs, sockets) are
     rejected too, so nothing in the folder goes unreported except subfolders.
     """
     folder = Path(folder)
     if not folder.exists():
-        raise FileNotFoundError(f"image folder not found: {folder}")
+        raise FileNotFoundError(f"image folder not found: {escape_name(folder)}")
     if not folder.is_dir():
-        raise FileNotFoundError(f"image folder is not a directory: {folder}")
+        raise FileNotFoundError(f"image folder is not a directory: {escape_name(folder)}")
 
     images: list[Path] = []
     rejected: list[Rejected] = []
@@ -221,12 +283,11 @@ def scan_folder(folder: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[list[
             continue
         if entry.is_dir():
             continue
+        if is_system(entry, folder):
+            rejected.append(Rejected(str(entry), "system file (hidden, Thumbs.db, desktop.ini, ...): skipped"))
+            continue
         if not entry.is_file():
             rejected.append(Rejected(str(entry), "not a regular file"))
-            continue
-        if entry.suffix.lower() not in IMAGE_SUFFIXES:
-            what = f"suffix {entry.suffix!r}" if entry.suffix else "no suffix"
-            rejected.append(Rejected(str(entry), f"not an image file ({what})"))
             continue
         reason = check_image(entry, max_pixels)
         if reason is None:

@@ -4,7 +4,10 @@
     finalbn-field predict --model models/model.onnx --images field/ --out preds.csv --prevalence 0.02
 
 One CSV row per image: path, P(healthy), P(diseased), label, label name, status (ok | error) and
-the error. A file that cannot be used (corrupt, truncated, empty, not an image, a decompression
+the error; rows are written as they are computed, so an interruption keeps every finished row.
+The content decides what is an image, whatever its suffix (HEIC included); a path whose name is
+not valid UTF-8 is written escaped (`finalbn_field.images.escape_name`: `\\xNN` per such byte).
+A folder's system files (hidden, @eaDir, __MACOSX, Thumbs.db, desktop.ini) are skipped and counted. A file that cannot be used (corrupt, truncated, empty, not an image, a decompression
 bomb) gets status `error` and its reason; the others are still predicted; the exit code is 1 when
 any file failed. The model, its model.json and the output path are checked before any image is
 read (exit 2, one line).
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from finalbn_field.images import IMAGE_SUFFIXES, BadImage, load_rgb
+from finalbn_field.images import BadImage, escape_name, is_system, load_rgb
 from finalbn_field.predict import FieldError, FieldModel, preprocess
 
 EXIT_USAGE = 2
@@ -45,18 +48,6 @@ def _parser() -> argparse.ArgumentParser:
                    help="cpu, or cuda (fails if onnxruntime cannot use CUDA; never silently on CPU)")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: its own)")
     return parser
-
-
-# what phones, NAS boxes, archives and file browsers leave beside photos (not field photos)
-SYSTEM_FOLDERS = {"@eaDir", "__MACOSX", "$RECYCLE.BIN", "System Volume Information"}
-SYSTEM_FILES = {"thumbs.db", "desktop.ini", "ehthumbs.db"}
-
-
-def is_system(path: Path, folder: Path) -> bool:
-    """A hidden file or folder (`.thumbnails`, `.DS_Store`, `._IMG_1.jpg`) or one of the system
-    folders and files above, anywhere under `folder`."""
-    parts = path.relative_to(folder).parts
-    return any(p.startswith(".") or p in SYSTEM_FOLDERS for p in parts) or parts[-1].lower() in SYSTEM_FILES
 
 
 def _inputs(args: argparse.Namespace) -> tuple[list[Path], int]:
@@ -167,14 +158,13 @@ def _predict_rows(model: FieldModel, paths: list[Path], cut: float | None, names
         emit()
 
     for path in paths:
-        rows.append({"path": str(path), "p_healthy": "", "p_diseased": "", "label": "", "label_name": "",
+        rows.append({"path": escape_name(path), "p_healthy": "", "p_diseased": "", "label": "", "label_name": "",
                      "status": "error", "error": ""})
         try:
             with load_rgb(path) as img:
                 x = preprocess(img, model.card)
         except BadImage as exc:
-            hint = "" if path.suffix.lower() in IMAGE_SUFFIXES else f" (suffix {path.suffix or 'none'})"
-            rows[-1]["error"] = f"{exc}{hint}"
+            rows[-1]["error"] = str(exc)
             bar.update(1)
             if not pending:
                 emit()
@@ -195,7 +185,7 @@ def _open_out(out: str):
     if out == "-":
         yield sys.stdout
         return
-    with open(out, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
+    with open(out, "w", newline="", encoding="utf-8") as fh:
         yield fh
 
 

@@ -45,14 +45,23 @@ def load_config(paths: Sequence[str | Path], overrides: Sequence[str] = ()) -> C
 
 def parse_override(tp: Any, text: str) -> Any:
     """An override's value for a key of schema type `tp` (None: unknown key): a text key takes
-    `text` verbatim, a list of texts reads as a YAML list of strings, anything else as YAML."""
+    `text` verbatim, a list of texts reads as a YAML list of strings (or, where YAML cannot, as
+    `[a, b]` split on commas, each item as written: `[*/0]`), anything else as YAML."""
     if _is_text(tp):
         return None if text.strip() in ("null", "~") and _optional(tp) else text
     if _is_text(_item_type(tp)):
         try:
             value = yaml.load(text, Loader=yaml.BaseLoader)  # every scalar a string
         except yaml.YAMLError:
-            raise ConfigError(f"value {text!r} is not a YAML list (e.g. [a, b])") from None
+            value = None
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+        inner = text.strip()
+        if inner.startswith("[") and inner.endswith("]"):
+            # what YAML cannot read as a list of texts ([*/0], [[2020] ok]): the items as written
+            return [v.strip() for v in inner[1:-1].split(",")] if inner[1:-1].strip() else []
+        if value is None or isinstance(value, (list, dict)):
+            raise ConfigError(f"value {text!r} is not a list (e.g. [a, b])")
         return value
     return parse_value(text)
 

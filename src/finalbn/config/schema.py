@@ -43,28 +43,45 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, config=STRICT)
 class DatasetConfig:
-    """One imbalanced binary task. `crop` for plantvillage/synthetic, the dir lists for folders."""
+    """One imbalanced binary task (`finalbn.sources` reads it).
+
+    plantvillage/synthetic: `crop`. folders: `majority`/`minority` folder lists (globs allowed).
+    csv: `labels` (a table, absolute or relative to root), `image_column`, `label_column`, and
+    `majority`/`minority` as values of the label column."""
 
     name: Name
-    source: Literal["synthetic", "plantvillage", "folders"]
+    source: Literal["synthetic", "plantvillage", "folders", "csv"]
     root: Str
     image_size: Size
     crop: Optional[Str] = None
     majority: tuple[Str, ...] = ()
     minority: tuple[Str, ...] = ()
+    labels: Optional[Str] = None
+    image_column: Optional[Str] = None
+    label_column: Optional[Str] = None
 
     @model_validator(mode="after")
     def _source_fields(self):
+        table = {"labels": self.labels, "image_column": self.image_column, "label_column": self.label_column}
         if self.source in ("synthetic", "plantvillage"):
             if not self.crop:
                 raise ValueError(f"source {self.source} needs 'crop' (e.g. Apple)")
             if self.majority or self.minority:
                 raise ValueError(f"source {self.source} takes 'crop', not majority/minority lists")
         else:
+            what = "folders (or glob patterns)" if self.source == "folders" else "values of label_column"
             if not self.majority or not self.minority:
-                raise ValueError("source folders needs non-empty 'majority' and 'minority' lists")
+                raise ValueError(f"source {self.source} needs non-empty 'majority' and 'minority' lists ({what})")
             if self.crop:
-                raise ValueError("source folders takes majority/minority lists, not 'crop'")
+                raise ValueError(f"source {self.source} takes majority/minority lists, not 'crop'")
+        if self.source == "csv":
+            missing = [k for k, v in table.items() if not v]
+            if missing:
+                raise ValueError(f"source csv needs {', '.join(repr(k) for k in missing)} (the table, its image "
+                                 "and label columns)")
+        elif any(table.values()):
+            raise ValueError(f"source {self.source} takes no {', '.join(repr(k) for k, v in table.items() if v)} "
+                             "(those are for source csv)")
         return self
 
 
@@ -88,6 +105,9 @@ class SplitConfig:
     train: Pair
     val: Pair
     test: Pair
+    # None: off. Else look-alike images (perceptual hashes at most this many of 64 bits apart) are
+    # drawn together like identical copies (finalbn.neardup)
+    near_duplicates: Optional[Annotated[int, Strict(), Field(ge=0, le=32)]] = None
 
     @model_validator(mode="after")
     def _train_both(self):

@@ -35,9 +35,11 @@ from finalbn import tracking
 from finalbn.cell import preflight, weights_path
 from finalbn.config import Config
 from finalbn.data import decode_images, eval_transform
+from finalbn.images import escape_name
 from finalbn.models import AdaptiveConcatPool2d, create_model, get_spec
 from finalbn.separability import LOW, ceiling_sentence, write_ceiling
-from finalbn.splits import DataError, class_folders, read_manifest, scan_dataset
+from finalbn.sources import collect
+from finalbn.splits import DataError, read_manifest
 
 MIN_PER_CLASS = 20  # fewer spare images per class than this: use the test split instead
 
@@ -79,8 +81,9 @@ def probe_images(cfg: Config, dataset: str, splits_dir: Path, per_class: int, se
         raise FileNotFoundError(f"{manifest} does not exist: run `finalbn prepare` (or `dvc repro`) first")
     rows = read_manifest(manifest)
     used = {r["path"] for r in rows}
-    usable, _ = scan_dataset(class_folders(ds), progress=False)
-    spare = {label: sorted(p.as_posix() for _, p in usable[label] if p.as_posix() not in used) for label in (0, 1)}
+    usable = collect(ds, progress=False).usable
+    names = {label: [escape_name(p.as_posix()) for _, p in usable[label]] for label in (0, 1)}
+    spare = {label: sorted(p for p in names[label] if p not in used) for label in (0, 1)}
     n = min(per_class, len(spare[0]), len(spare[1]))
     rng = np.random.default_rng(seed)
     if n >= MIN_PER_CLASS:

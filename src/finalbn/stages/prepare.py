@@ -17,6 +17,21 @@ from finalbn.config import Config
 from finalbn.splits import prepare_dataset
 
 
+def _extra(summary: dict) -> str:
+    """The summary line's account of skipped table rows, copies and glob patterns (split.json has each)."""
+    out = ""
+    table = summary.get("table")
+    if table:
+        kinds = ", ".join(f"{n} {k}" for k, n in table["skipped_by_reason"].items())
+        out += f"; table: {table['rows']} rows, {table['used']} used, {len(table['skipped'])} skipped" + \
+            (f" ({kinds})" if kinds else "")
+    if summary["duplicate_groups"]:
+        out += f"; {len(summary['duplicate_groups'])} groups of identical copies, each kept in one split"
+    for which, pats in summary.get("patterns", {}).items():
+        out += "".join(f"; {which} {p!r}: {len(folders)} folders" for p, folders in pats.items())
+    return out
+
+
 def main(cfg: Config, args: argparse.Namespace) -> int:
     names = args.dataset or [d.name for d in cfg.datasets]
     datasets = [cfg.dataset(n) for n in names]  # unknown names fail before any work
@@ -27,6 +42,6 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
         c = summary["counts"]
         print(f"prepare {ds.name}: {n} replicate split(s) of train {c['train']['majority']}/{c['train']['minority']}, "
               f"val {c['val']['majority']}/{c['val']['minority']}, test {c['test']['majority']}/{c['test']['minority']} "
-              f"({summary['classes'][0]}/{summary['classes'][1]}); {len(summary['rejected'])} files rejected; "
-              f"-> {Path(args.out) / ds.name}/<replicate>/manifest.csv")
+              f"({summary['classes'][0]}/{summary['classes'][1]}); {len(summary['rejected'])} files rejected"
+              f"{_extra(summary)}; -> {Path(args.out) / ds.name}/<replicate>/manifest.csv")
     return 0
