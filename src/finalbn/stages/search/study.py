@@ -4,7 +4,7 @@
     failed = fail_stale(study, 3600)   # RUNNING trials of a stopped worker -> FAIL
 
 Storage: a journal file (`JournalStorage(JournalFileBackend(path))`, safe for several processes
-on one machine; SQLite is not) or an RDB URL (PostgreSQL, for several machines; heartbeats then
+on one machine; SQLite is not; a record a killed worker left torn is cut first, `journal`) or an RDB URL (PostgreSQL, for several machines; heartbeats then
 fail the trials of a dead worker). The study's name is `search.study` plus a digest of what
 defines it, so the same params resume it and a changed space starts a new one.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from optuna.trial import TrialState
 
 from finalbn import tracking
 from finalbn.config import NOT_RESULT_PARAMS, Config, ConfigError, to_dict
+from finalbn.stages.search.journal import mend_journal
 from finalbn.stages.search.space import check, multi_objective
 
 OBJECTIVES = {"val_auroc": ("auroc", "maximize"), "val_minority_f1": ("f1_1", "maximize"),
@@ -48,6 +50,9 @@ def storage(cfg: Config):
                                   max_retry=1))
         path = Path(where)
         path.parent.mkdir(parents=True, exist_ok=True)
+        note = mend_journal(path)  # a torn last record would make the study unreadable
+        if note:
+            print(f"finalbn search: {note}", file=sys.stderr)
         return JournalStorage(JournalFileBackend(str(path)))
     except Exception as exc:  # a bad URL, a missing driver, an unwritable folder
         raise ConfigError(f"search.storage {where!r} cannot be opened: {type(exc).__name__}: "
