@@ -7,7 +7,8 @@ One CSV row per image: path, P(healthy), P(diseased), label, label name, status 
 the error; rows are written as they are computed, so an interruption keeps every finished row.
 The content decides what is an image, whatever its suffix (HEIC included); a path whose name is
 not valid UTF-8 is written escaped (`finalbn_field.images.escape_name`: `\\xNN` per such byte).
-A folder's system files (hidden, @eaDir, __MACOSX, Thumbs.db, desktop.ini) are skipped and counted. A file that cannot be used (corrupt, truncated, empty, not an image, a decompression
+A folder's system files (hidden, @eaDir, __MACOSX, Thumbs.db, desktop.ini) are skipped and
+counted. A file that cannot be used (corrupt, truncated, empty, not an image, a decompression
 bomb) gets status `error` and its reason; the others are still predicted; the exit code is 1 when
 any file failed. The model, its model.json and the output path are checked before any image is
 read (exit 2, one line).

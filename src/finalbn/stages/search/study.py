@@ -4,8 +4,8 @@
     failed = fail_stale(study, 3600)   # RUNNING trials of a stopped worker -> FAIL
 
 Storage: a journal file (`JournalStorage(JournalFileBackend(path))`, safe for several processes
-on one machine; SQLite is not; a record a killed worker left torn is cut first, `journal`) or an RDB URL (PostgreSQL, for several machines; heartbeats then
-fail the trials of a dead worker). The study's name is `search.study` plus a digest of what
+on one machine; SQLite is not; a record a killed worker left torn is cut first, `journal`) or
+an RDB URL (PostgreSQL, for several machines; heartbeats then fail the trials of a dead worker). The study's name is `search.study` plus a digest of what
 defines it, so the same params resume it and a changed space starts a new one.
 """
 from __future__ import annotations
