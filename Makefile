@@ -11,11 +11,13 @@ export DVC_NO_ANALYTICS := 1
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# pip byte-compiles what it installs. Never --no-compile: where PYTHONDONTWRITEBYTECODE is set
-# (as on our machines) Python then writes no .pyc either, and every process (each test, stage,
-# shard and worker) compiles torch, torchvision and MLflow from source again: 30 s instead of 10.
+# Byte-code: pip --no-compile skips compiling all of torch, MLflow and DVC up front (about 100 s
+# of one core for ~20,000 files, most never imported); Python compiles each module the first time
+# it is imported and keeps the .pyc. That needs PYTHONDONTWRITEBYTECODE unset (it is set on our
+# machines): without a .pyc every process (each test, stage, shard and worker) would compile
+# torch, torchvision and MLflow from source again, 30 s instead of 10.
 unexport PYTHONDONTWRITEBYTECODE
-PIP := $(BIN)/pip install --quiet
+PIP := $(BIN)/pip install --quiet --no-compile
 
 $(VENV)/.installed: pyproject.toml deploy/field/pyproject.toml | $(BIN)/python
 	$(PIP) $(TORCH)
