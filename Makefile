@@ -37,11 +37,11 @@ run: install
 # .dvc/config.local, which belongs to this copy only (.dvc/.gitignore ignores it).
 IN_GIT := $(shell git rev-parse --is-inside-work-tree 2>/dev/null)
 dvc-ready:
-	@test -d .dvc || $(BIN)/dvc init --quiet $(if $(IN_GIT),,--no-scm)
+	@test -d .dvc || "$(BIN)/dvc" init --quiet $(if $(IN_GIT),,--no-scm)
 ifeq ($(IN_GIT),true)
-	@$(BIN)/dvc config --local --unset core.no_scm 2>/dev/null || true
+	@"$(BIN)/dvc" config --local --unset core.no_scm 2>/dev/null || true
 else
-	@$(BIN)/dvc config --local core.no_scm true
+	@"$(BIN)/dvc" config --local core.no_scm true
 	@echo "not a git work tree: DVC runs without git here (core.no_scm in .dvc/config.local)"
 endif
 
