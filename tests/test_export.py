@@ -18,8 +18,8 @@ from conftest import ROOT
 SPLITS = Path("data/splits")
 # resnet18: the export's graph is a third of efficientnet_lite0's (torch.export's decompositions
 # take seconds per export); every backbone's export is checked on its own below
-GRID = ["grid.configs=[31, 63]", "grid.replicates=1", "grid.headline.configs=[]", "grid.workers=1",
-        "grid.archs=[resnet18]"]
+GRID = ["grid.configs=[31, 63]", "grid.replicates=2", "grid.headline.configs=[]", "grid.workers=1",
+        "grid.archs=[resnet18]", "selection.replicates=2"]
 
 
 def _args(overrides, *extra):
@@ -34,27 +34,32 @@ def gridded(prepared):
     return load, overrides + GRID
 
 
-def test_the_best_final_bn_run_is_chosen_on_validation_only():
-    def R(rid, bn, auroc, ap, test, t, final="bn"):  # noqa: N802 - a run record, as the store gives it
-        return RunRecord(run_id=rid, name=rid, status="FINISHED", start_time=t,
-                         tags={"BN": "true" if bn else "false"}, params={"model.final_variant": final},
-                         metrics={"val_last_auroc": auroc, "val_last_ap": ap, "val_last_f1_1": 0.5, "test_f1_1": test})
+def test_the_best_final_bn_configuration_is_chosen_over_replicates_on_validation_only():
+    def R(rid, key, rep, bn, auroc, test, t, final="bn", loss=0.5):  # noqa: N802 - a run record, as the store gives it
+        return RunRecord(run_id=rid, name=rid, status="FINISHED", start_time=t, end_time=t,
+                         tags={"BN": "true" if bn else "false", "config_key": key, "replicate": str(rep),
+                               "config_id": "31", "config_name": key},
+                         params={"model.final_variant": final},
+                         metrics={"val_last_auroc": auroc, "val_last_balanced_loss": loss, "test_f1_1": test})
 
-    runs = [R("nobn", False, 1.0, 1.0, 0.99, 1), R("selu", True, 1.0, 1.0, 0.99, 2, final="selu"),
-            R("a", True, 0.9, 0.8, 0.99, 3), R("b", True, 0.95, 0.7, 0.10, 4), R("c", True, 0.95, 0.7, 0.2, 5)]
-    assert export.choose_run(runs).run_id == "b"  # the earlier of two equal on validation; test is ignored
-    assert export.choose_run(runs, "a").run_id == "a"
+    runs = [R("nobn0", "nobn", 0, False, 1.0, 0.99, 1), R("nobn1", "nobn", 1, False, 1.0, 0.99, 2),
+            R("selu0", "selu", 0, True, 1.0, 0.99, 3, final="selu"), R("selu1", "selu", 1, True, 1.0, 0.99, 4, final="selu"),
+            R("lucky0", "lucky", 0, True, 1.0, 0.99, 5),  # one replicate only: never a candidate
+            R("a0", "a", 0, True, 0.9, 0.99, 6), R("a1", "a", 1, True, 0.9, 0.99, 7),
+            R("b0", "b", 0, True, 0.95, 0.10, 8), R("b1", "b", 1, True, 0.95, 0.10, 9),
+            R("c0", "c", 0, True, 0.95, 0.20, 10, loss=0.6), R("c1", "c", 1, True, 0.95, 0.20, 11, loss=0.6),
+            R("b1-again", "b", 1, True, 0.95, 0.10, 12)]  # a later run of the same cell: the latest counts
+    c = export.choose(runs, k=2)
+    assert (c.key, c.run.run_id, sorted(c.runs)) == ("b", "b0", [0, 1])  # tie on AUROC: the lower balanced loss
+    assert c.runs[1].run_id == "b1-again" and "1 seen on fewer replicates" in c.how
+    assert export.choose(runs, k=2, run_id="a1").runs == {0: runs[5], 1: runs[6]}
+    assert export.choose(runs, k=2, run_id="lucky0").runs == {0: runs[4]}
     with pytest.raises(export.ExportError, match="not a FINISHED cell run"):
-        export.choose_run(runs, "zzz")
+        export.choose(runs, k=2, run_id="zzz")
     with pytest.raises(export.ExportError, match="no FINISHED cell run with a final BN"):
-        export.choose_run(runs[:2])
-
-
-def test_prior_correction_threshold():
-    # at the training prevalence the threshold is argmax's 0.5
-    assert export.prior_threshold((1000, 10), 10 / 1010) == pytest.approx(0.5)
-    # a rarer field needs more evidence, a balanced field less
-    assert export.prior_threshold((1000, 10), 0.001) > 0.5 > export.prior_threshold((1000, 10), 0.5)
+        export.choose(runs[:4], k=2)
+    with pytest.raises(export.ExportError, match="has FINISHED runs on all 3 replicates"):
+        export.choose(runs, k=3)
 
 
 def test_export_writes_a_checked_model_and_registers_it(gridded, tmp_path, capsys):
@@ -74,7 +79,13 @@ def test_export_writes_a_checked_model_and_registers_it(gridded, tmp_path, capsy
     card = json.loads((models / "model.json").read_text())
     assert card["classes"] == ["healthy", "diseased"] and card["configuration"]["BN"] is True
     assert card["input"]["shape"] == ["batch", 3, 32, 32] and card["preprocessing"]["size"] == 32
-    assert card["decision"]["default"] == "argmax" and 0 < card["decision"]["validation_threshold"]["threshold"] < 1
+    dec, sel = card["decision"], card["selection"]
+    assert dec["default"] == "argmax" and [r["prevalence"] for r in dec["at_prevalence"]] == [0.5, 0.1, 0.05, 0.02, 0.01]
+    assert sel["replicates"] == [0, 1] and sel["model_replicate"] == 0 and sel["config_id"] == 31
+    assert sel["val_positives"] == 2 == dec["operating_curve"]["positives"]  # 1 per tiny validation split, pooled
+    assert dec["operating_curve"]["negatives"] == 4 and dec["prior_correction"]["applies"] is False
+    assert set(sel["test_minority_f1"]) == {"mean", "ci95", "n"} and sel["test_minority_f1"]["n"] == 2
+    assert card["source_run_id"] == sel["run_ids"]["0"]
     # the retrained cell reproduces the chosen run's validation metrics
     assert parity["retrained_vs_source_validation_abs_diff"]["auroc"] < 1e-6
     src = mlflow.get_run(card["source_run_id"])

@@ -66,7 +66,9 @@ def test_preprocessing_is_trainings_eval_transform(tmp_path):
     assert isinstance(train, np.ndarray) and torch is not None
 
 
-def test_prior_threshold_matches_the_export():
+def test_the_decision_rules_are_the_projects_own_file():
+    """The field applies model.json's curve with the very code the export computed it with."""
+    assert (FIELD / "finalbn_field" / "decision.py").read_bytes() == (ROOT / "src" / "finalbn" / "decision.py").read_bytes()
     from finalbn.stages.export import prior_threshold
 
     for p in (0.001, 0.02, 0.5):
@@ -88,7 +90,7 @@ def exported(tmp_path_factory):
         overrides = prepare_tiny(root, mp)
         cfg = load_config([PARAMS], overrides + [
             "grid.configs=[31, 63]", "grid.replicates=1", "grid.headline.configs=[]", "grid.workers=1",
-            "grid.archs=[resnet18]"])  # a small graph to export (test_export checks each backbone)
+            "grid.archs=[resnet18]", "selection.replicates=1"])  # a small graph to export (test_export checks each backbone)
         grid.run_shard(cfg, SPLITS, log=lambda m: None)
         out = export.export(cfg, SPLITS, root / "models", log=lambda m: None, register=False)
     for k in [k for k in os.environ if k.startswith("MLFLOW_")]:  # mlflow.set_experiment exports its id
@@ -153,7 +155,8 @@ def test_field_predict_equals_the_torch_evaluation_and_keeps_going_past_bad_file
     assert "truncated" in bad["truncated.png"] and bad["notes.txt"].startswith("not an image (detected: ")
     assert all(r["label"] in ("0", "1") and r["p_diseased"] for n, r in rows.items() if n not in bad)
     err = capsys.readouterr().err
-    assert "14 images, 9 predicted" in err and "5 failed" in err and "prior correction to a field prevalence of 0.05" in err
+    assert "14 images, 9 predicted" in err and "5 failed" in err and "for a field prevalence of 0.05" in err
+    assert "on validation it flagged" in err and "of healthy images (<= " in err
 
 
 def test_the_model_and_the_output_are_checked_before_any_image(exported, tmp_path, capsys):
@@ -188,6 +191,16 @@ def test_the_model_and_the_output_are_checked_before_any_image(exported, tmp_pat
     assert code == 2 and "CUDAExecutionProvider" in err[0]  # never silently on CPU
     code, err = run("--model", str(models / "model.onnx"), str(img), "--threshold", "1.5")
     assert code == 2 and "--threshold must lie in (0, 1)" in err[0]
+    code, err = run("--model", str(models / "model.onnx"), str(img), "--miss-cost", "10")
+    assert code == 2 and len(err) == 1 and "--miss-cost needs --prevalence" in err[0]
+    # a card exported before the validation curve: --prevalence says what to do, one line
+    old = tmp_path / "old"
+    shutil.copytree(models, old)
+    card = json.loads((old / "model.json").read_text())
+    del card["decision"]["operating_curve"]
+    (old / "model.json").write_text(json.dumps(card))
+    code, err = run("--model", str(old / "model.onnx"), str(img), "--prevalence", "0.02")
+    assert code == 2 and len(err) == 1 and "no validation operating curve" in err[0]
 
 
 @pytest.mark.slow

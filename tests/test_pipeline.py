@@ -37,7 +37,8 @@ def _project(tmp_path: Path, git: bool) -> Path:
     params["train"].update(epochs=1, batch_size=4, threads=1)
     params["grid"].update(configs=[31, 63, 47], workers=1, headline={"configs": [31, 63], "replicates": 2})
     params["report"]["bootstrap"] = 200
-    params["search"].update(n_trials=2, pruner="none", replicates=2, workers=1)  # in-process: no start-ups
+    params["search"].update(n_trials=2, pruner="none", workers=1)  # in-process: no start-ups
+    params["selection"]["replicates"] = 1  # chosen on replicate 0, compared on the held-out replicate 1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     if git:
         subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
@@ -69,13 +70,16 @@ def test_whole_pipeline_then_nothing_then_only_what_changed(repo, monkeypatch):
     assert json.loads((repo / "models" / "parity.json").read_text())["passed"]
     assert (repo / "models" / "model.onnx").is_file() and (repo / "models" / "model.json").is_file()
     search = json.loads((repo / "results" / "search.json").read_text())
-    assert search["states"]["complete"] == 2 and search["comparison"]["bn_only_31"]["replicates"] == 2
+    assert search["states"]["complete"] == 2 and search["comparison"]["bn_only_31"]["replicates"] == 1
+    assert search["comparison"]["held_out"] is True and search["best"]["replicates"] == [0]
+    card = json.loads((repo / "models" / "model.json").read_text())
+    assert card["selection"]["replicates"] == [0] and card["decision"]["operating_curve"]["positives"] == 1
     # 47 once, 31 and 63 twice, and the 4 baselines on 63's 2 replicates
     assert "grid: 13/13 cells finished" in first and "report: 5 cells" in first
     assert (repo / "mlflow.db").is_file() and (repo / "report" / "report.md").is_file()
     md = (repo / "report" / "report.md").read_text()
     assert "## Can the features see the cue?" in md and "## The imbalance baselines against the final BN" in md
-    assert "Best trial vs BN only (config 31 BN)" in md
+    assert "Best trial vs BN only (config 31 BN)" in md and "## Choosing a configuration over 1 replicate" in md
     assert "Running stage" not in _repro(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["report"]["bootstrap"] = 300

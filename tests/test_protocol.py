@@ -8,6 +8,7 @@ import pandas as pd
 
 from finalbn import imports
 from finalbn.cell import run_cell
+from finalbn import decision
 from finalbn.results import rank_configs
 from finalbn.stages import grid
 from finalbn.splits import read_manifest
@@ -45,10 +46,18 @@ def test_poisoned_test_labels_change_no_choice(prepared):
         assert [p["label"] for p in bad.predictions] == [1 - p["label"] for p in clean.predictions]
         assert bad.test_last != clean.test_last  # the poison reached the test metrics, and only them
         for name, r in (("clean", clean), ("poisoned", bad)):
-            rows[name].append({"config_id": cid, "config_name": r.config_name, "val_auroc": r.val_last["auroc"],
+            rows[name].append({"config_id": cid, "config_name": r.config_name, "replicate": 0,
+                               "val_auroc": r.val_last["auroc"], "val_balanced_loss": r.val_last["balanced_loss"],
                                "val_f1_1": r.val_last["f1_1"], "test_f1_1": r.test_last["f1_1"],
                                "test_auroc": r.test_last["auroc"]})
-    ranked = {k: rank_configs(pd.DataFrame(v))["config_id"].tolist() for k, v in rows.items()}
+        # the shipped decision rules read validation predictions only: the same cut at every prevalence
+        if cid in (31, 15):
+            curves = [decision.operating_curve([p["label"] for p in r.val_predictions],
+                                               [p["p1_last"] for p in r.val_predictions]) for r in (clean, bad)]
+            assert curves[0] == curves[1]
+            assert [decision.at_prevalence(curves[1], pi) for pi in (0.5, 0.05, 0.01)] == \
+                [decision.at_prevalence(curves[0], pi) for pi in (0.5, 0.05, 0.01)]
+    ranked = {k: rank_configs(pd.DataFrame(v), 1)["config_id"].tolist() for k, v in rows.items()}
     assert ranked["clean"] == ranked["poisoned"]
 
 

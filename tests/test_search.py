@@ -1,4 +1,5 @@
-"""The Optuna search: a study on tiny data, resume after a kill, pruning, workers, child runs."""
+"""The Optuna search: a study on tiny data, trials raced over replicates, resume after a kill,
+pruning, workers, child runs, the comparison on held-out replicates."""
 from __future__ import annotations
 
 import csv
@@ -11,11 +12,13 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from finalbn import tracked, tracking
+from finalbn import cell, tracked, tracking
+from finalbn.config import has_final_bn
 from finalbn.stages import search
 from finalbn.cli import main
 
@@ -40,9 +43,14 @@ def _study(load, extra=()):
 def searching(prepared, tmp_path):
     load, overrides = prepared
     extra = SMALL_SPACE + [f"search.storage={tmp_path / 'search' / 'journal.log'}", "search.n_trials=3",
-                           "search.pruner=none", "train.epochs=2", "grid.headline.replicates=2", "search.replicates=2",
-                           "search.workers=1"]
+                           "search.pruner=none", "train.epochs=2", "grid.headline.replicates=3",
+                           "selection.replicates=2", "search.workers=1"]  # trials race over replicates 0, 1; 2 is held out
     return (lambda more=(): load(extra + list(more))), overrides + extra
+
+
+def _trial_runs(parent: str) -> list:
+    return mlflow.search_runs(experiment_names=["finalbn"], output_format="list",
+                              filter_string=f"tags.mlflow.parentRunId = '{parent}' and tags.`finalbn.trial` = 'true'")
 
 
 def test_three_trials_complete_as_child_runs(searching, tmp_path, capsys):
@@ -52,29 +60,95 @@ def test_three_trials_complete_as_child_runs(searching, tmp_path, capsys):
     assert out["trials"] == 3 and out["states"]["complete"] == 3 and "best" in out
     printed = capsys.readouterr().out
     assert "search: trial 2 (" in printed and "[3/3 finished]" in printed  # a line per trial
+    assert "(mean over replicates 0..1)" in printed
     study = search.open_study(load())
     parent = study.user_attrs["mlflow_run_id"]
-    runs = mlflow.search_runs(experiment_names=["finalbn"], output_format="list",
-                              filter_string=f"tags.mlflow.parentRunId = '{parent}' and tags.`finalbn.trial` = 'true'")
-    assert sorted(r.info.run_name for r in runs) == ["trial-0", "trial-1", "trial-2"]
+    runs = _trial_runs(parent)  # a run per trial and replicate
+    assert sorted(r.info.run_name for r in runs) == [f"trial-{n} r{r}" for n in range(3) for r in range(2)]
     assert {r.data.tags["trial_state"] for r in runs} == {"complete"} and {r.info.status for r in runs} == {"FINISHED"}
-    by_run = {t.user_attrs["mlflow_run_id"]: t for t in study.trials}
-    for r in runs:  # each trial knows its run, and its run has the per-epoch values
-        assert r.info.run_id in by_run and "val_auroc" in r.data.metrics
+    by_run = {rid: t for t in study.trials for rid in t.user_attrs["mlflow_run_ids"]}
+    for r in runs:  # each trial knows its runs, and its runs have the per-epoch values and the result key
+        assert r.info.run_id in by_run and "val_auroc" in r.data.metrics and r.data.tags["result_key"]
+        assert r.data.tags["replicate"] == r.info.run_name[-1]
     assert mlflow.get_run(parent).info.status == "FINISHED"
     assert out["best"]["value"] == max(t.value for t in study.trials)
+    assert out["best"]["replicates"] == [0, 1] and len(out["best"]["values_per_replicate"]) == 2
+    assert out["best"]["value"] == pytest.approx(np.mean(out["best"]["values_per_replicate"]))
     assert out["plots"] and all(Path(p).is_file() for p in out["plots"])  # Optuna's plots, also on the parent run
     assert "results/grid.csv: run the grid" in out["comparison"]["note"]  # this test ran no grid
-    # the best trial on replicates 0 and 1: replicate 0 is the trial's own run (same result key)
+    # the best trial, chosen on replicates 0 and 1, tested on the held-out replicate 2 (trained for it)
     comp = out["comparison"]
-    assert [r["replicate"] for r in comp["runs"]] == [0, 1]
-    assert comp["runs"][0]["run_id"] == out["best"]["mlflow_run_id"]
-    rerun = mlflow.get_run(comp["runs"][1]["run_id"])
+    assert comp["held_out"] is True and comp["replicates_tested"] == [2] and comp["chosen_on"] == [0, 1]
+    assert [r["replicate"] for r in comp["runs"]] == [2]
+    assert comp["runs"][0]["run_id"] not in out["best"]["mlflow_run_ids"]
+    rerun = mlflow.get_run(comp["runs"][0]["run_id"])
     assert rerun.data.tags["mlflow.parentRunId"] == parent and rerun.data.tags["finalbn.search_compare"] == "true"
+    assert rerun.data.tags["replicate"] == "2"
     assert {a.path for a in mlflow.MlflowClient().list_artifacts(parent, "plots")}
     # resumed by name: a second call with the cap reached runs nothing more
     assert main(_args(overrides, "--out", str(tmp_path / "search.json"))) == 0
     assert len(search.open_study(load()).trials) == 3
+
+
+def test_a_trials_objective_is_the_mean_over_its_replicates(searching):
+    """A trial is its configuration on replicates 0..K-1, one run each; its value is the mean of
+    their validation values at the last epoch, its tie-break the mean balanced loss."""
+    load, _ = searching
+    cfg = load(["search.n_trials=1", "selection.replicates=3"])
+    study, parent, _ = search.start(cfg)
+    search.optimize(cfg, SPLITS, parent)
+    (trial,) = study.trials
+    assert trial.state == TrialState.COMPLETE and trial.user_attrs["replicates"] == [0, 1, 2]
+    ids = trial.user_attrs["mlflow_run_ids"]
+    assert len(ids) == 3 and trial.user_attrs["mlflow_run_id"] == ids[0]
+    runs = [mlflow.get_run(i) for i in ids]
+    assert [r.data.tags["replicate"] for r in runs] == ["0", "1", "2"]
+    assert len({r.data.tags["result_key"] for r in runs}) == 3 and len({r.data.tags["config_key"] for r in runs}) == 1
+    aurocs = [r.data.metrics["val_last_auroc"] for r in runs]
+    assert trial.user_attrs["values_per_replicate"] == pytest.approx(aurocs)
+    assert trial.value == pytest.approx(np.mean(aurocs))
+    losses = [r.data.metrics["val_last_balanced_loss"] for r in runs]
+    assert trial.user_attrs[search.TIE_BREAK] == pytest.approx(np.mean(losses))
+    tests = [r.data.metrics["test_f1_1"] for r in runs]
+    assert trial.user_attrs["test_minority_f1"] == pytest.approx(np.mean(tests))  # reported only
+    out = search.summary(cfg, search.open_study(cfg))
+    assert out["best"]["replicates"] == [0, 1, 2] and out["best"]["value"] == pytest.approx(np.mean(aurocs))
+
+
+def test_a_trial_pruned_on_replicate_0_never_trains_replicate_1(searching, monkeypatch):
+    """The race: trial 0 runs both replicates; the pruner stops trial 1 at the end of replicate 0,
+    and its replicate 1 is never loaded nor trained."""
+    load, _ = searching
+    loaded = []
+    real = cell.load_splits
+
+    def recording(manifest, *a, **k):
+        loaded.append(int(Path(manifest).parent.name))
+        return real(manifest, *a, **k)
+
+    monkeypatch.setattr("finalbn.cell.load_splits", recording)
+    cfg = load(["search.n_trials=2"])
+    study, parent, _ = search.start(cfg)
+    epochs = cfg.train.epochs
+
+    class AfterReplicate0(optuna.pruners.BasePruner):  # trial 1: pruned once replicate 0 is done
+        def prune(self, study, trial):
+            return trial.number >= 1 and (trial.last_step or 0) >= epochs
+
+    study.pruner = AfterReplicate0()
+    study.optimize(search.make_objective(cfg, SPLITS, parent), n_trials=2)
+    first, second = study.trials
+    assert first.state == TrialState.COMPLETE and second.state == TrialState.PRUNED
+    assert loaded == [0, 1, 0]  # trial 0: replicates 0 and 1; trial 1: replicate 0 only
+    assert max(first.intermediate_values) == 2 * epochs  # steps: replicate 1's epochs follow replicate 0's
+    assert max(second.intermediate_values) == epochs and "replicates" not in second.user_attrs
+    runs = [r for r in _trial_runs(parent) if r.data.tags["trial"] == "1"]
+    assert [(r.data.tags["replicate"], r.info.status, r.data.tags["trial_state"]) for r in runs] == \
+        [("0", "KILLED", "pruned")]
+    assert second.user_attrs["mlflow_run_ids"] == [runs[0].info.run_id]
+    lines = []
+    search.TrialLog(cfg, lines.append)(study, second)
+    assert f"pruned at epoch {epochs} of replicate 0" in lines[0]
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -83,8 +157,10 @@ def test_three_trials_complete_as_child_runs(searching, tmp_path, capsys):
     (["search.space.hidden=[]"], "search.space.hidden is empty"),
     (["search.objective=val_auroc+ece", "search.pruner=median"], "cannot prune the two-objective study"),
     (["search.storage=postgresql://nobody@127.0.0.1:1/none"], "search.storage"),
-    (["search.replicates=3"], "search.replicates=3 exceeds the 2 replicates prepare writes"),
-    (["search.replicate=2"], "search.replicate=2 is not a prepared replicate"),
+    (["selection.replicates=4"], "selection.replicates=4 exceeds the 3 replicates prepare writes"),
+    (["search.space.final=[bn, none]"], "search.space.switches holds bn and search.space.final"),  # one overrides
+    (["search.space.calibration=[none, temperature]"],
+     "search.space.calibration cannot change search.objective=val_auroc"),  # temperature moves no ranking
 ])
 def test_bad_search_input_is_one_line_before_any_trial(searching, capsys, bad, message):
     _, overrides = searching
@@ -93,6 +169,34 @@ def test_bad_search_input_is_one_line_before_any_trial(searching, capsys, bad, m
     assert message in err and len(err.splitlines()) == 1
     assert not mlflow.search_runs(experiment_names=["finalbn"], output_format="list",
                                   filter_string="tags.`finalbn.trial` = 'true'")
+
+
+def test_the_space_draws_no_dead_dimension(load):
+    """params.yaml's space: the final Linear's bias only without a final BN, the final BN's knobs
+    only with one, WL only when the loss is not class_balanced (whose weights replace WL's), weight
+    decay only with WD on, MixUp's alpha only with MX on; the same seed draws the same trials."""
+    cfg = load()
+
+    def draws(seed: int) -> list[dict]:
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+        out = []
+        for _ in range(80):
+            trial = study.ask()
+            tcfg = search.suggest(trial, cfg)
+            p, ab = trial.params, tcfg.ablation
+            bn = has_final_bn(tcfg.model, ab)
+            assert ("final_bias" in p) != bn and ("final_bn_momentum" in p) == bn and ("final_bn_affine" in p) == bn
+            assert ("WL" in p) == (p["loss"] != "class_balanced")
+            assert ab.wl == p.get("WL", False) and ("weight_decay" in p) == ab.wd and ("mixup_alpha" in p) == ab.mx
+            assert "BN" not in p and ab.bn == (p["final"] != "none")  # the final layer is the BN switch
+            study.tell(trial, 0.0)
+            out.append(p)
+        return out
+
+    first = draws(0)
+    assert first == draws(0)
+    assert {p["loss"] for p in first} == {"ce", "focal", "logit_adjusted", "class_balanced"}
+    assert {p["final"] for p in first} == {"bn", "selu", "none"}
 
 
 def test_a_poor_trial_is_pruned_and_its_run_ends_killed(searching, tmp_path):
@@ -105,8 +209,12 @@ def test_a_poor_trial_is_pruned_and_its_run_ends_killed(searching, tmp_path):
     study.tell(good, 0.9)
     poor = study.ask()
     cb = search.PruningCallback(poor, "val_auroc")
-    with pytest.raises(optuna.TrialPruned, match="pruned at epoch 1"):
+    with pytest.raises(optuna.TrialPruned, match="pruned at epoch 1 of replicate 0"):
         cb.on_epoch_end(1, {"val_auroc": 0.2})
+    # on replicate 1 it reports the running mean with replicate 0's last value, after replicate 0's steps
+    racing = study.ask()
+    search.PruningCallback(racing, "val_auroc", replicate=1, stride=2, done=[0.8]).on_epoch_end(1, {"val_auroc": 0.6})
+    assert racing.storage.get_trial(racing._trial_id).intermediate_values == {3: pytest.approx(0.7)}
     # through tracking, as the objective does it: the run ends KILLED, tagged pruned
     tracking.setup(cfg)
 
@@ -156,17 +264,13 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(searching
     study, parent, _ = search.start(cfg)
     search.optimize(cfg, SPLITS, parent)
     states = [t.state for t in study.trials]
-    assert states[0] == TrialState.FAIL and study.trials[0].user_attrs["fail_reason"].startswith("loss is nan")
+    assert states[0] == TrialState.FAIL and study.trials[0].user_attrs["fail_reason"] == \
+        "replicate 0: loss is nan at epoch 1, step 2"
     assert states.count(TrialState.COMPLETE) == 2
 
 
-def test_test_labels_do_not_reach_the_objective(searching, tmp_path):
-    load, _ = searching
-    a = load(["search.study=clean", "search.n_trials=2"])
-    study, parent, _ = search.start(a)
-    search.optimize(a, SPLITS, parent)
-    clean = [(t.params, t.value) for t in study.trials]
-    for manifest in SPLITS.glob("*/*/manifest.csv"):  # poison every test label
+def _poison_test_labels() -> None:
+    for manifest in SPLITS.glob("*/*/manifest.csv"):  # every replicate's test labels flipped
         rows = list(csv.DictReader(manifest.open()))
         for r in rows:
             if r["split"] == "test":
@@ -175,12 +279,29 @@ def test_test_labels_do_not_reach_the_objective(searching, tmp_path):
             w = csv.DictWriter(fh, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
+
+
+def test_test_labels_do_not_reach_the_objective(searching, tmp_path):
+    """Poisoning every test label changes no trial's draws, no per-replicate value, no objective
+    and not the best trial."""
+    load, _ = searching
+    a = load(["search.study=clean", "search.n_trials=2"])
+    study, parent, _ = search.start(a)
+    search.optimize(a, SPLITS, parent)
+    clean = [(t.params, t.value, t.user_attrs["values_per_replicate"]) for t in study.trials]
+    manifest, size = SPLITS / a.datasets[0].name / "1" / "manifest.csv", a.datasets[0].image_size
+    before = cell.load_splits(manifest, size)["test"].labels.clone()
+    _poison_test_labels()
+    assert (cell.load_splits(manifest, size)["test"].labels == 1 - before).all()  # the cells see the poison
     b = load(["search.study=poisoned", "search.n_trials=2"])
     study, parent, _ = search.start(b)
     search.optimize(b, SPLITS, parent)
-    poisoned = [(t.params, t.value) for t in study.trials]
-    assert [p for p, _ in poisoned] == [p for p, _ in clean]
-    assert [v for _, v in poisoned] == pytest.approx([v for _, v in clean], abs=1e-9)
+    poisoned = [(t.params, t.value, t.user_attrs["values_per_replicate"]) for t in study.trials]
+    assert [p for p, _, _ in poisoned] == [p for p, _, _ in clean]
+    assert [v for _, v, _ in poisoned] == pytest.approx([v for _, v, _ in clean], abs=1e-9)
+    assert [v for _, _, v in poisoned] == [pytest.approx(v, abs=1e-9) for _, _, v in clean]
+    best_a, best_b = search.best_trial(search.open_study(a)), search.best_trial(search.open_study(b))
+    assert best_a.number == best_b.number and best_a.value == pytest.approx(best_b.value, abs=1e-9)
     assert search.summary(a, search.open_study(a))["best"]["number"] == \
         search.summary(b, search.open_study(b))["best"]["number"]
 
@@ -221,8 +342,10 @@ def test_killed_study_keeps_its_trials_fails_the_killed_one_and_finishes(searchi
     assert {t.number for t in trials if t.state == TrialState.FAIL} == set(killed)
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
     assert not [t for t in trials if t.state == TrialState.RUNNING]
-    run = mlflow.get_run(trials[killed[0]].user_attrs["mlflow_run_id"])
+    run = mlflow.get_run(trials[killed[0]].user_attrs["mlflow_run_ids"][-1])  # the replicate it was training
     assert run.info.status == "KILLED"
+    done = trials[killed[0]].user_attrs["mlflow_run_ids"][:-1]  # a finished replicate's run stays FINISHED
+    assert all(mlflow.get_run(i).info.status == "FINISHED" for i in done)
 
 
 @pytest.mark.slow
@@ -242,9 +365,14 @@ def test_a_line_per_trial_names_its_configuration_even_when_pruned(searching):
     dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
     study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, params={"x": 0.5}, distributions=dist,
                                               intermediate_values={1: 0.6, 2: 0.5}, user_attrs={"config_name": "BN+WL"}))
+    study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, params={"x": 0.5}, distributions=dist,
+                                              intermediate_values={1: 0.6, 2: 0.5, 3: 0.5},
+                                              user_attrs={"config_name": "WL", "steps_per_replicate": 2}))
     lines = []
     search.TrialLog(load(), lines.append)(study, study.trials[0])
-    assert lines[0].startswith("search: trial 0 (BN+WL) pruned at epoch 2") and "[1/3 finished]" in lines[0]
+    search.TrialLog(load(), lines.append)(study, study.trials[1])
+    assert lines[0].startswith("search: trial 0 (BN+WL) pruned at epoch 2") and "[2/3 finished]" in lines[0]
+    assert lines[1].startswith("search: trial 1 (WL) pruned at epoch 1 of replicate 1")
 
 
 def test_ties_on_the_objective_go_to_the_lower_validation_balanced_loss(searching):
@@ -262,19 +390,24 @@ def test_ties_on_the_objective_go_to_the_lower_validation_balanced_loss(searchin
     for value in (0.3, 0.1, 0.2):
         low.add_trial(optuna.trial.create_trial(value=value, params={"x": 0.5}, distributions=dist))
     assert search.best_trial(low).number == 1
+    simple = search.open_study(load(["search.study=ties-switches"]))  # equal on both: fewer switches win
+    for switches in (3, 1, 2):
+        simple.add_trial(optuna.trial.create_trial(value=1.0, params={"x": 0.5}, distributions=dist,
+                                                   user_attrs={search.TIE_BREAK: 0.2, search.SWITCHES: switches}))
+    assert search.best_trial(simple).number == 1
 
 
 @pytest.mark.slow
 def test_best_trial_rerun_beside_the_grid(searching, tmp_path):
-    """After the study: the best trial on search.replicates replicates, tested, against BN-only
-    (31) and the grid's best configuration on the same replicates, paired; runs are found by
-    their result key — the trial's own run, the grid's cells — and what is missing is trained
-    (in two processes), once: a second call trains nothing."""
+    """After the study: the best trial (chosen on replicates 0..K-1) tested on the held-out
+    replicates K.. against BN-only (31) and the grid's best configuration over 0..K-1, paired;
+    runs are found by their result key — the grid's cells — and what is missing is trained (in
+    two processes), once: a second call trains nothing."""
     from finalbn.stages import grid
 
     load, overrides = searching
-    more = ["grid.configs=[31, 63]", "grid.replicates=1", "grid.headline.configs=[31]", "grid.headline.replicates=3",
-            "grid.baselines.methods=[]", "search.n_trials=2", "search.replicates=3"]
+    more = ["grid.configs=[31, 63]", "grid.replicates=2", "grid.headline.configs=[31]", "grid.headline.replicates=4",
+            "grid.baselines.methods=[]", "search.n_trials=2", "selection.replicates=2"]
     gcfg = load(more)
     grid.run_shard(gcfg, SPLITS, log=lambda m: None)
     grid.write_results(gcfg, SPLITS, tmp_path / "results")
@@ -284,15 +417,16 @@ def test_best_trial_rerun_beside_the_grid(searching, tmp_path):
     assert main(args) == 0
     summary = json.loads((tmp_path / "results" / "search.json").read_text())
     out = summary["comparison"]
-    assert out["replicates"] == 3 and [r["replicate"] for r in out["runs"]] == [0, 1, 2]
-    assert out["runs"][0]["run_id"] == summary["best"]["mlflow_run_id"]  # the trial serves replicate 0
+    assert out["held_out"] is True and out["chosen_on"] == [0, 1] and out["replicates_tested"] == [2, 3]
+    assert out["replicates"] == 2 and [r["replicate"] for r in out["runs"]] == [2, 3]
+    assert not {r["run_id"] for r in out["runs"]} & set(summary["best"]["mlflow_run_ids"])  # not the chosen ones
     bn = out["bn_only_31"]
-    assert bn["config_id"] == 31 and bn["replicates"] == 3
-    assert bn["best_trial_minus_test_f1_1"]["n"] == 3
-    assert {r["run_id"] for r in bn["rows"]} <= grid_runs  # BN only: the grid's own cells, not trained again
-    gb = out["grid_best"]
-    assert gb["config_id"] in (31, 63) and gb["replicates"] == 3
-    if gb["config_id"] == 63:  # the grid ran 63 on replicate 0 only: 1 and 2 were trained for the comparison
+    assert bn["config_id"] == 31 and bn["replicates"] == 2 and [r["replicate"] for r in bn["rows"]] == [2, 3]
+    assert bn["best_trial_minus_test_f1_1"]["n"] == 2
+    assert {r["run_id"] for r in bn["rows"]} <= grid_runs  # BN only: the grid's own headline cells, not trained again
+    gb = out["grid_best"]  # both configurations have replicates 0 and 1: either may be the best
+    assert gb["config_id"] in (31, 63) and gb["replicates"] == 2
+    if gb["config_id"] == 63:  # the grid ran 63 on replicates 0 and 1 only: 2 and 3 were trained for the comparison
         assert len({r["run_id"] for r in gb["rows"]} - grid_runs) == 2
     runs = {r["run_id"] for r in out["runs"]} | {r["run_id"] for r in gb["rows"]}
     before = len(mlflow.search_runs(experiment_names=["finalbn"], output_format="list"))
@@ -300,6 +434,30 @@ def test_best_trial_rerun_beside_the_grid(searching, tmp_path):
     again = json.loads((tmp_path / "results" / "search.json").read_text())["comparison"]
     assert {r["run_id"] for r in again["runs"]} | {r["run_id"] for r in again["grid_best"]["rows"]} == runs
     assert len(mlflow.search_runs(experiment_names=["finalbn"], output_format="list")) == before
+
+
+def test_without_held_out_replicates_the_comparison_says_so(searching, tmp_path, capsys):
+    """With prepare's replicates all used for choosing (grid.max_replicates == K), the arms are
+    tested on 0..K-1 — the trial's own runs, found by key — and the output says they are not
+    held out; a grid with no configuration on all K replicates has no best to compare."""
+    load, overrides = searching
+    grid_csv = tmp_path / "grid.csv"  # 31 and 63 on replicate 0 only: neither has all K
+    rows = [{"dataset": load().datasets[0].name, "arch": load().model.arch, "config_id": cid, "config_name": name,
+             "replicate": r, "val_auroc": 0.9, "val_balanced_loss": 0.5, "test_f1_1": 0.5, "test_auroc": 0.5}
+            for cid, name in ((31, "BN"), (63, "none")) for r in (0,)]
+    with grid_csv.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    more = ["grid.headline.replicates=2", "search.n_trials=1"]
+    assert main(_args(overrides + more, "--out", str(tmp_path / "s.json"), "--grid-csv", str(grid_csv))) == 0
+    out = json.loads((tmp_path / "s.json").read_text())
+    comp = out["comparison"]
+    assert comp["held_out"] is False and comp["replicates_tested"] == [0, 1] == comp["chosen_on"]
+    assert "no held-out replicate" in comp["note"] and "tested on replicates 0..1" in capsys.readouterr().out
+    assert [r["run_id"] for r in comp["runs"]] == out["best"]["mlflow_run_ids"]  # the trial's own runs
+    assert "grid_best" not in comp and "has all of replicates 0..1" in comp["note"]
+    assert comp["bn_only_31"]["replicates"] == 2  # BN only is a fixed arm, not a choice
 
 
 @pytest.mark.slow

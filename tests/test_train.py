@@ -177,12 +177,16 @@ def test_mlflow_run_holds_params_metrics_by_step_and_artifacts(prepared, capsys)
                 "final_bn_gamma_1", "final_bn_beta_0"):
         assert [x.step for x in client.get_metric_history(run.info.run_id, key)] == [1, 2], key
     for key in ("test_f1_1", "test_sel_f1_1", "test_ece", "test_brier", "selected_epoch", "test_auroc", "test_ap",
-                "test_balanced_accuracy", "test_f1_1_pc", "val_last_auroc", "val_last_f1_1_pc", "val_sel_auroc"):
+                "test_balanced_accuracy", "test_f1_1_vt", "val_last_auroc", "val_last_balanced_loss", "val_sel_auroc"):
         assert key in m, key
+    # BN+WL: the training-count prior correction is not valid for its outputs, and is not logged
+    assert "test_f1_1_pc" not in m and "val_last_f1_1_pc" not in m
+    assert len(tags["config_key"]) == 32
     assert {k for k in m if k.startswith("test_recall_1__")} == {"test_recall_1__Apple___Scab", "test_recall_1__Apple___Rot"}
     arts = {a.path for d in ("", "plots", "predictions") for a in client.list_artifacts(run.info.run_id, d or None)}
     for path in ("config.yaml", "history.csv", "reliability.json", "plots/loss_curves.png", "plots/softmax_scatter.png",
-                 "plots/reliability_selected.png", "plots/confusion_matrix.png", "predictions/test_predictions.csv"):
+                 "plots/reliability_selected.png", "plots/confusion_matrix.png", "predictions/test_predictions.csv",
+                 "predictions/val_predictions.csv"):
         assert path in arts, path
     local = Path(client.download_artifacts(run.info.run_id, "predictions/test_predictions.csv"))
     assert len(local.read_text().splitlines()) == 1 + 4  # header + 4 test images

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from sklearn.utils.class_weight import compute_class_weight
 
-from finalbn import features, metrics
+from finalbn import decision, features, metrics
 from finalbn.config import Config, DatasetConfig, cell_seed, config_id, config_name, final_layer
 from finalbn.data import EvalBatches, SplitTensors, TrainPlan, load_splits
-from finalbn.engine import Callback, FitResult, FitSettings, fit, predict, resolve_device
+from finalbn.engine import Callback, FitResult, FitSettings, balanced_loss, fit, predict, resolve_device
 from finalbn.models import FinalBNNet, HeadOnFeatures, WeightsError, create_head, create_model, get_spec
 from finalbn.splits import split_dir
 
@@ -158,6 +158,7 @@ class CellResult:
     test_sel: dict[str, float]  # the epoch selected on validation AUROC
     val_last: dict[str, float]
     predictions: list[dict[str, Any]]  # per test image: path, source class, label, P(minority) last / selected
+    val_predictions: list[dict[str, Any]]  # per validation image: path, label, P(minority) at the last epoch
     reliability_last: dict[str, list]
     reliability_sel: dict[str, list]
     confusion_last: list[list[int]]
@@ -287,26 +288,52 @@ def run_cell(cfg: Config, dataset: str | DatasetConfig, splits_dir: Path, callba
     fitted = fit(inputs.model, inputs.train, inputs.val_of, settings, callbacks)
     ev = _evaluate(inputs.model, inputs, fitted, tc, device)
     model = _whole_network(cfg, inputs.model, inputs)
-    return _result(cfg, ds.name, replicate, manifest_hash, tensors["test"], fitted, ev, model, settings,
+    return _result(cfg, ds.name, replicate, manifest_hash, tensors, fitted, ev, model, settings,
                    train_labels, seed, inputs, device)
 
 
-def _result(cfg: Config, dataset: str, replicate: int, manifest_hash: str, test: SplitTensors, fitted: FitResult,
-            ev: _Evaluation, model: torch.nn.Module, settings: FitSettings, train_labels: np.ndarray, seed: int,
-            inputs: _Inputs, device: torch.device) -> CellResult:
+def prior_rule_valid(cfg: Config) -> bool:
+    """Whether the training-count prior correction is valid for the cell's model
+    (`decision.prior_rule_applies`): only then are the `*_pc` metrics computed."""
+    return decision.prior_rule_applies(final_layer(cfg.model, cfg.ablation), cfg.ablation.wl, cfg.train.loss)[0]
+
+
+def validation_threshold_f1(val_labels: np.ndarray, val_p1: np.ndarray, labels: np.ndarray,
+                            p1: np.ndarray) -> float:
+    """Test minority F1 at the cut chosen on this cell's validation predictions for the test
+    set's own prevalence (`decision.at_prevalence`); NaN when a split lacks a class."""
+    prevalence = float(np.mean(labels))
+    if not 0 < prevalence < 1 or len(np.unique(val_labels)) < 2:
+        return float("nan")
+    cut = decision.at_prevalence(decision.operating_curve(val_labels, val_p1), prevalence)["threshold"]
+    flagged = p1 >= cut
+    tp = float(np.sum(flagged & (labels == 1)))
+    return 2 * tp / (float(np.sum(flagged)) + float(np.sum(labels == 1)))
+
+
+def _result(cfg: Config, dataset: str, replicate: int, manifest_hash: str, tensors: dict[str, SplitTensors],
+            fitted: FitResult, ev: _Evaluation, model: torch.nn.Module, settings: FitSettings,
+            train_labels: np.ndarray, seed: int, inputs: _Inputs, device: torch.device) -> CellResult:
     counts = train_counts(train_labels)
+    test, val = tensors["test"], tensors["val"]
+    pc_counts = counts if prior_rule_valid(cfg) else None
     labels, probs_last, probs_sel = ev.labels, ev.probs_last, ev.probs_sel
     sources = test.sources or ("",) * len(labels)
     preds = [{"path": p, "source_class": s, "label": int(y), "p1_last": float(a[1]), "p1_sel": float(b[1])}
              for p, s, y, a, b in zip(test.paths, sources, labels, probs_last, probs_sel)]
-    test_last = metrics.classification_report(labels, probs_last, train_counts=counts)
+    val_preds = [{"path": p, "label": int(y), "p1_last": float(a[1])}
+                 for p, y, a in zip(val.paths, ev.val_labels, ev.val_last)]
+    test_last = metrics.classification_report(labels, probs_last, train_counts=pc_counts)
+    test_last["f1_1_vt"] = validation_threshold_f1(ev.val_labels, ev.val_last[:, 1], labels, probs_last[:, 1])
     test_last.update({f"recall_1__{k}": v for k, v in per_source_recall(labels, probs_last.argmax(1), sources).items()})
+    val_last = metrics.classification_report(ev.val_labels, ev.val_last, train_counts=pc_counts)
+    val_last["balanced_loss"] = balanced_loss(ev.val_labels, ev.val_last)
     shared = inputs.shared
     return CellResult(
         dataset=dataset, replicate=replicate, manifest_sha256=manifest_hash, config_id=config_id(cfg.ablation),
         config_name=config_name(cfg.ablation), fit=fitted, test_last=test_last,
-        test_sel=metrics.classification_report(labels, probs_sel, train_counts=counts),
-        val_last=metrics.classification_report(ev.val_labels, ev.val_last, train_counts=counts), predictions=preds,
+        test_sel=metrics.classification_report(labels, probs_sel, train_counts=pc_counts),
+        val_last=val_last, predictions=preds, val_predictions=val_preds,
         reliability_last=metrics.reliability_bins(labels, probs_last),
         reliability_sel=metrics.reliability_bins(labels, probs_sel),
         confusion_last=metrics.confusion(labels, probs_last.argmax(1)).tolist(),

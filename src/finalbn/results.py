@@ -1,21 +1,26 @@
 """The grid's result table (results/grid.csv): its metric columns, and its configurations ranked
-on validation.
+on validation over replicates.
 
     df = pd.read_csv("results/grid.csv")
-    rank_configs(df).iloc[0]        # the best configuration on validation (test columns ride along)
+    rank_configs(df, k=5).iloc[0]   # the best configuration over replicates 0..4 (test columns ride along)
 
-Read by the grid (grid.json's best configuration) and the search (the grid's best, compared with
-its best trial), so both rank the same way.
+Read by the grid (grid.json's best configuration), the report's tables and the search (the
+grid's best, compared with its best trial), so all rank the same way: `finalbn.selection`.
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-# test metrics written per cell (`test_<m>` at the last epoch)
+from finalbn import selection
+from finalbn.config import TOGGLES
+
+# test metrics written per cell (`test_<m>` at the last epoch); `_pc` after the training-count
+# prior correction (only where it is valid, else empty), `_vt` at the cut chosen on the cell's own
+# validation predictions for the test set's prevalence (`finalbn.decision`)
 METRIC_COLUMNS = ("precision_0", "recall_0", "f1_0", "precision_1", "recall_1", "f1_1", "accuracy",
-                  "balanced_accuracy", "auroc", "ap", "f1_1_pc", "balanced_accuracy_pc", "ece", "brier")
-VAL_COLUMNS = ("auroc", "ap", "f1_1", "f1_1_pc")  # `val_<m>` at the last epoch
+                  "balanced_accuracy", "auroc", "ap", "f1_1_pc", "balanced_accuracy_pc", "f1_1_vt", "ece", "brier")
+VAL_COLUMNS = ("auroc", "ap", "f1_1", "balanced_loss")  # `val_<m>` at the last epoch
 SEL_COLUMNS = ("f1_1", "auroc")  # `test_sel_<m>` at the epoch selected on validation
 
 
@@ -24,16 +29,25 @@ def paper_cells(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["baseline"].fillna("").astype(str) == ""] if "baseline" in df else df
 
 
-def rank_configs(df: pd.DataFrame) -> pd.DataFrame:
-    """The paper's configurations by mean validation AUROC (last epoch), ties to validation F1
-    then id; test columns ride along and never decide the order. Baseline rows are not ranked."""
-    g = paper_cells(df).groupby(["config_id", "config_name"])
-    agg = g[["val_auroc", "val_f1_1", "test_f1_1", "test_auroc"]].mean()
-    agg["replicates"] = g.size()
-    agg = agg.reset_index()
-    agg["neg_id"] = -agg["config_id"]
-    agg = agg.sort_values(["val_auroc", "val_f1_1", "neg_id"], ascending=False, na_position="last")
-    return agg.drop(columns="neg_id").reset_index(drop=True)
+def selection_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """grid.csv's paper cells as `selection` rows: key = config_id, switches = how many are on."""
+    rows = paper_cells(df).copy()
+    rows["key"] = rows["config_id"].astype(int)
+    rows["switches"] = rows[[t.upper() for t in TOGGLES]].sum(axis=1) if set(t.upper() for t in TOGGLES) <= set(rows) \
+        else 0
+    if selection.TIE_BREAK not in rows:
+        rows[selection.TIE_BREAK] = np.nan
+    return rows
+
+
+def rank_configs(df: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The paper's configurations ranked on validation over replicates 0..k-1 (`selection.rank`):
+    one row per configuration with `tier`, `rank`, `eligible`, `replicates`, the validation means
+    and the test means riding along. Baseline rows are not ranked."""
+    cols = ["key", "config_id", "config_name", "replicate", "switches", "val_auroc", selection.TIE_BREAK,
+            "val_f1_1", "test_f1_1", "test_auroc"]
+    rows = selection_rows(df)
+    return selection.rank(rows[[c for c in cols if c in rows]], k)
 
 
 def rounded(x) -> float | None:

@@ -10,7 +10,8 @@ manifest hash, per-epoch metrics by step (validation AUROC/AP/F1/balanced loss, 
 running mean/var, gamma, beta), validation and test metrics at the last epoch (`val_last_*`,
 `test_*`: the primary numbers) and test metrics at the validation-selected epoch (`test_sel_*`),
 per-disease test recall, and artifacts: loss curves, the softmax scatter (paper Fig. 4),
-reliability diagrams, confusion matrix, per-image test predictions, history and config.yaml.
+reliability diagrams, confusion matrix, per-image test and validation predictions, history and
+config.yaml.
 """
 from __future__ import annotations
 
@@ -26,9 +27,12 @@ import yaml
 from finalbn import plots, tracking
 from finalbn.cell import CellResult, run_cell
 from finalbn.config import TOGGLES, Config, cell_seed, config_id, config_name, flatten, to_dict
+from finalbn.keys import result_key
 from finalbn.tracking import records as tags_
 
-__all__ = ["cell_tags", "log_result", "track_cell"]
+__all__ = ["VAL_PREDICTIONS", "cell_tags", "log_result", "track_cell"]
+
+VAL_PREDICTIONS = "predictions/val_predictions.csv"  # path, label, p1_last: pooled by the export's decision rules
 
 
 def cell_tags(cfg: Config, dataset: str, replicate: int = 0) -> dict[str, str]:
@@ -52,7 +56,8 @@ def track_cell(cfg: Config, dataset: str, splits_dir: Path, callbacks=(), progre
     export saves its weights there). Raises what `run_cell` raises; the run then ends FAILED
     (KILLED on Ctrl-C or an exception of `killed_on`)."""
     tracking.setup(cfg)
-    tags = {**cell_tags(cfg, dataset, replicate), **(extra_tags or {})}
+    tags = {**cell_tags(cfg, dataset, replicate), tags_.CONFIG_KEY: result_key(cfg, dataset, None, splits_dir),
+            **(extra_tags or {})}
     name = run_name or f"{dataset} {tags[tags_.CONFIG_NAME]} r{replicate}"
     with tracking.cell_run(name, tags, parent_run_id=parent_run_id, killed_on=killed_on,
                            state_tag=state_tag) as run:
@@ -88,6 +93,7 @@ def log_result(run: tracking.ActiveRun, cfg: Config, r: CellResult) -> None:
     for name, fig in _figures(r).items():
         run.log_figure(fig, f"plots/{name}")
     run.log_text(_csv(r.predictions), "predictions/test_predictions.csv")
+    run.log_text(_csv(r.val_predictions), VAL_PREDICTIONS)
     run.log_text(_csv(r.fit.history), "history.csv")
     run.log_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), "config.yaml")
     run.log_dict({"last": r.reliability_last, "selected": r.reliability_sel}, "reliability.json")

@@ -3,6 +3,11 @@
     finalbn-field predict --model models/model.onnx leaf1.jpg leaf2.png --out preds.csv
     finalbn-field predict --model models/model.onnx --images field/ --out preds.csv --prevalence 0.02
 
+With --prevalence the cut is chosen for that share of diseased images on the model's own
+validation curve (stored in model.json: `finalbn_field.decision`), and the summary line says
+what it promises: the share of healthy images it flags (with a 95 % upper bound) and of
+diseased images it finds.
+
 One CSV row per image: path, P(healthy), P(diseased), label, label name, status (ok | error) and
 the error; rows are written as they are computed, so an interruption keeps every finished row.
 The content decides what is an image, whatever its suffix (HEIC included); a path whose name is
@@ -43,7 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--threshold", type=float, help="label diseased when P(diseased) >= this")
     g.add_argument("--prevalence", type=float,
-                   help="the diseased fraction expected in the field: the threshold that corrects the training prior")
+                   help="the diseased fraction expected in the field: the cut with the best F1 there, from the "
+                        "model's validation curve (model.json), and what it promises")
+    p.add_argument("--miss-cost", type=float,
+                   help="with --prevalence: a missed diseased image costs this many false alarms; the cut then "
+                        "minimises the expected cost instead of maximising F1")
     p.add_argument("--batch-size", type=int, default=32, help="images per onnxruntime call (default 32)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cpu, or cuda (fails if onnxruntime cannot use CUDA; never silently on CPU)")
@@ -112,10 +121,13 @@ def predict(args: argparse.Namespace) -> int:
         raise FieldError(f"--threshold must lie in (0, 1) (got {args.threshold})")
     if args.prevalence is not None and not 0 < args.prevalence < 1:
         raise FieldError(f"--prevalence must lie in (0, 1) (got {args.prevalence})")
+    if args.miss_cost is not None and (args.prevalence is None or not args.miss_cost > 0):
+        raise FieldError("--miss-cost needs --prevalence and a cost > 0 (a miss's cost in false alarms)"
+                         if args.prevalence is None else f"--miss-cost must be > 0 (got {args.miss_cost})")
     _check_out(args.out)
     paths, skipped = _inputs(args)
     model = FieldModel.open(args.model, device=args.device, threads=args.threads)
-    cut, how = model.threshold(args.threshold, args.prevalence)
+    cut, how = model.threshold(args.threshold, args.prevalence, args.miss_cost)
     names = model.card["classes"]
     with _open_out(args.out) as fh:
         rows = _predict_rows(model, paths, cut, names, args.batch_size, fh)

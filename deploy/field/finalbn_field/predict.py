@@ -18,6 +18,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from finalbn_field.decision import at_prevalence, prior_threshold
+
+__all__ = ["FORMAT", "FieldError", "FieldModel", "preprocess", "prior_threshold", "resize_square"]
+
 FORMAT = "finalbn-field/1"
 
 
@@ -44,13 +48,6 @@ def preprocess(img: Image.Image, card: dict) -> np.ndarray:
     mean = np.asarray(pre["mean"], dtype=np.float32)
     std = np.asarray(pre["std"], dtype=np.float32)
     return np.ascontiguousarray(((arr - mean) / std).transpose(2, 0, 1))
-
-
-def prior_threshold(train_counts: list[int], prevalence: float) -> float:
-    """P(diseased) threshold that moves the training prior to a stated field prevalence."""
-    n0, n1 = train_counts
-    k = (n1 / n0) * ((1 - prevalence) / prevalence)
-    return float(k / (1 + k))
 
 
 @dataclass
@@ -115,11 +112,22 @@ class FieldModel:
         (probs,) = self.session.run(["probs"], {self.card["input"]["name"]: batch})
         return probs
 
-    def threshold(self, threshold: float | None = None, prevalence: float | None = None) -> tuple[float | None, str]:
-        """The P(diseased) cut and how it was set: given, from a field prevalence, or argmax."""
+    def threshold(self, threshold: float | None = None, prevalence: float | None = None,
+                  miss_cost: float | None = None) -> tuple[float | None, str]:
+        """The P(diseased) cut and how it was set: given, for a field prevalence (on the card's
+        validation operating curve, `decision.at_prevalence`), or argmax. Raises FieldError for a
+        card without a curve (an export older than the curve)."""
         if threshold is not None:
             return threshold, f"threshold {threshold:g} (given)"
         if prevalence is not None:
-            t = prior_threshold(self.card["train_counts"], prevalence)
-            return t, f"threshold {t:.4g} (prior correction to a field prevalence of {prevalence:g})"
+            curve = (self.card.get("decision") or {}).get("operating_curve")
+            if not curve:
+                raise FieldError(f"{self.path.with_name('model.json')} has no validation operating curve "
+                                 "(decision.operating_curve): export the model again with this finalbn to use "
+                                 "--prevalence, or give --threshold")
+            r = at_prevalence(curve, prevalence, miss_cost)
+            return r["threshold"], (f"threshold {r['threshold']:.4g} for a field prevalence of {prevalence:g} "
+                                    f"({r['rule']}): on validation it flagged {r['fpr']:.1%} of healthy images "
+                                    f"(<= {r['fpr_upper95']:.1%} at 95%) and found {r['tpr']:.1%} of diseased "
+                                    f"({curve['positives']} diseased, {curve['negatives']} healthy)")
         return None, "argmax"

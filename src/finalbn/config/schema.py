@@ -241,6 +241,14 @@ class CeilingConfig:
 
 
 @dataclass(frozen=True, config=STRICT)
+class SelectionConfig:
+    """How a configuration is chosen (`finalbn.selection`) and the decision rules shipped with it."""
+
+    replicates: Replicates  # K: a configuration is ranked on replicates 0..K-1 (the search races over them)
+    prevalences: Annotated[tuple[Annotated[float, Field(gt=0.0, lt=1.0)], ...], Field(min_length=1)]
+
+
+@dataclass(frozen=True, config=STRICT)
 class ReportConfig:
     bootstrap: Annotated[int, Strict(), Field(ge=100)]  # bootstrap resamples for the CIs
     seed: Seed
@@ -294,8 +302,6 @@ class SearchConfig:
     pruner_warmup_epochs: Count
     stale_after_s: Annotated[float, Field(ge=0.0)]  # a RUNNING trial older than this is a dead worker's
     sampler_seed: Seed
-    replicate: Count  # the split the trials train on
-    replicates: Replicates  # after the study: the best trial and the grid's best on replicates 0..n-1, tested
     space: SearchSpace
 
 
@@ -310,6 +316,7 @@ class Config:
     pretrain: PretrainConfig
     grid: GridConfig
     ceiling: CeilingConfig
+    selection: SelectionConfig
     report: ReportConfig
     tracking: TrackingConfig
     search: SearchConfig

@@ -30,7 +30,8 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
           f"{r.features} features")
     for label, m in (("last epoch", r.test_last), (f"selected epoch {fitr.selected_epoch}", r.test_sel)):
         print(f"  test, {label:17s}: minority P {m['precision_1']:.3f} R {m['recall_1']:.3f} F1 {m['f1_1']:.3f} "
-              f"(prior-corrected {m['f1_1_pc']:.3f}) | AUROC {m['auroc']:.3f} AP {m['ap']:.3f} | "
+              + (f"(prior-corrected {m['f1_1_pc']:.3f}) " if "f1_1_pc" in m else "")
+              + f"| AUROC {m['auroc']:.3f} AP {m['ap']:.3f} | "
               f"majority F1 {m['f1_0']:.3f} | ECE {m['ece']:.3f} Brier {m['brier']:.3f}")
     print(f"  mlflow run {run_id} in {tracking.tracking_uri()} (experiment {cfg.tracking.experiment})")
     return 0

@@ -29,6 +29,7 @@ REPORT = "finalbn.report"
 CELL_KEY = "cell_key"  # a grid cell's key (`keys.result_key` of its configuration and replicate)
 RESULT_KEY = "result_key"  # the same key, on a search trial or comparison run
 PARENT_KEY = "parent_key"  # a grid parent's key: its cells' key without the replicate
+CONFIG_KEY = "config_key"  # on every cell run: its configuration's key without the replicate (`selection`)
 BASELINE = "baseline"  # an imbalance baseline's method on its base configuration
 
 # the cell's description

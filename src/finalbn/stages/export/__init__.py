@@ -1,11 +1,12 @@
 """Ship the winner: the best final-BN model to ONNX, checked against PyTorch, for onnxruntime.
 
-    finalbn export                     # the best final-BN run on validation -> models/
+    finalbn export                     # the best final-BN configuration over replicates -> models/
     finalbn export --run-id <id>       # that run
 
 Reads the splits and the tracking store; writes `models/model.onnx` (one self-contained file),
 `models/model.json` (classes, arch, input size and preprocessing, the source run, manifest hash,
-validation metrics, the decision rules) and `models/parity.json` (onnxruntime against torch on
+how the configuration was chosen, validation metrics, the decision rules at field prevalences)
+and `models/parity.json` (onnxruntime against torch on
 the real test images at batch 1 and batch 32). Past the tolerance the export exits 1 and the
 model is not promoted (nothing in models/ is replaced). Then the ONNX model is logged to MLflow
 on the export's run, registered as `finalbn` and given the alias `champion`. `select` (which
@@ -21,21 +22,30 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from finalbn import io, tracking
 from finalbn.config import Config
 from finalbn.data import load_splits
 from finalbn.models import get_spec
 from finalbn.splits import split_dir
-from finalbn.stages.export.card import CLASSES, model_card, prior_threshold, validation_threshold
+from finalbn.stages.export.card import CLASSES, decision_rules, model_card, prior_threshold
 from finalbn.stages.export.int8 import INT8_MAX_AUROC_DROP, quantize
 from finalbn.stages.export.onnx import INPUT, OUTPUTS, TOLERANCE, Exported, export_onnx, outputs, parity, preprocess
-from finalbn.stages.export.select import ExportError, Source, choose_run, is_final_bn, rank_key, rebuild, run_config
+from finalbn.stages.export.select import (
+    Choice,
+    ExportError,
+    Source,
+    choose,
+    is_final_bn,
+    pooled_validation,
+    rebuild,
+    run_config,
+    selection_card,
+)
 
-__all__ = ["CLASSES", "INPUT", "INT8_MAX_AUROC_DROP", "OUTPUTS", "TOLERANCE", "ExportError", "Exported", "Source",
-           "choose_run", "export", "export_onnx", "is_final_bn", "main", "model_card", "parity", "preprocess",
-           "prior_threshold", "rank_key", "rebuild", "run_config", "validation_threshold"]
+__all__ = ["CLASSES", "INPUT", "INT8_MAX_AUROC_DROP", "OUTPUTS", "TOLERANCE", "Choice", "ExportError", "Exported",
+           "Source", "choose", "decision_rules", "export", "export_onnx", "is_final_bn", "main", "model_card", "parity",
+           "pooled_validation", "preprocess", "prior_threshold", "rebuild", "run_config", "selection_card"]
 
 
 def export(cfg: Config, splits: Path, out_dir: Path, run_id: str | None = None, log=print,
@@ -44,11 +54,16 @@ def export(cfg: Config, splits: Path, out_dir: Path, run_id: str | None = None, 
     Raises ExportError (no candidate, unknown run, parity past the tolerance)."""
     tracking.setup(cfg)
     runs = tracking.finished_cell_runs(cfg.tracking.experiment)
-    run = choose_run([r for r in runs if not r.flag(tracking.records.EXPORT)], run_id)
-    m = run.metrics
-    log(f"export: run {run.run_id} ({run.name}): validation AUROC {m.get('val_last_auroc', math.nan):.4f}, "
-        f"AP {m.get('val_last_ap', math.nan):.4f}, minority F1 {m.get('val_last_f1_1', math.nan):.4f}"
-        + ("" if run_id else " — the best final-BN run on validation"))
+    k = cfg.selection.replicates
+    choice = choose([r for r in runs if not r.flag(tracking.records.EXPORT)], k, run_id)
+    run = choice.run
+    val_labels, val_p1 = pooled_validation(choice)
+    selected = selection_card(choice, int(val_labels.sum()))
+    va = selected["validation_auroc"]
+    log(f"export: configuration {selected['config_name']} (config {selected['config_id']}), {choice.how}: "
+        f"validation AUROC {_f(va['mean'])} [95% CI {_f(va['ci95'][0])}, {_f(va['ci95'][1])}] over replicates "
+        f"{selected['replicates']} ({selected['val_positives']} validation positives pooled); its model: "
+        f"replicate {selected['model_replicate']}, run {run.run_id}")
     src = rebuild(run, splits, log=log)
     log(f"export: retrained validation AUROC {src.val.get('auroc', math.nan):.4f} (source "
         f"{src.source_val.get('auroc', math.nan):.4f}), minority F1 {src.val.get('f1_1', math.nan):.4f} "
@@ -59,7 +74,8 @@ def export(cfg: Config, splits: Path, out_dir: Path, run_id: str | None = None, 
     x = {s: preprocess(tensors[s].images, spec.mean, spec.std) for s in ("test", "val")}
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as tmp:
-        card, check = _build(src, Path(tmp), out_dir, size, spec, tensors, x, int8, log)
+        card, check = _build(src, Path(tmp), out_dir, size, spec, tensors, x, int8, log,
+                             selected, (val_labels, val_p1), cfg.selection.prevalences)
         _promote(Path(tmp), out_dir, int8 and card["int8"]["kept"])
     for bs, b in check["batches"].items():
         log(f"export: parity at batch {bs}: max |Δprob| {b['max_abs_diff_probs']:.2e}, labels identical "
@@ -74,7 +90,12 @@ def export(cfg: Config, splits: Path, out_dir: Path, run_id: str | None = None, 
     return result
 
 
-def _build(src: Source, tmp: Path, out_dir: Path, size: int, spec, tensors, x: dict, int8: bool, log) -> tuple:
+def _f(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def _build(src: Source, tmp: Path, out_dir: Path, size: int, spec, tensors, x: dict, int8: bool, log,
+           selected: dict, pooled: tuple, prevalences: tuple[float, ...]) -> tuple:
     """model.onnx, parity.json (written to out_dir either way: it says why) and model.json in `tmp`;
     raises ExportError when parity fails."""
     diffs = {k: abs(float(src.val.get(k, math.nan)) - float(src.source_val.get(k, math.nan)))
@@ -83,10 +104,18 @@ def _build(src: Source, tmp: Path, out_dir: Path, size: int, spec, tensors, x: d
     check = parity(src.model, tmp / "model.onnx", x["test"])
     check.update({"source_run_id": src.run_id, "model_run_id": src.model_run_id, "opset": info["opset"],
                   "retrained_vs_source_validation_abs_diff": diffs})
-    with torch.inference_mode():
-        val_p1 = torch.softmax(src.model(torch.from_numpy(x["val"])), 1)[:, 1].numpy()
     counts = tuple(int(c) for c in np.bincount(tensors["train"].labels.numpy(), minlength=2))
-    card = model_card(src, size, spec.preprocessing(), info, tensors["val"].labels.numpy(), val_p1, counts)
+    try:
+        rules = decision_rules(src, pooled[0], pooled[1], counts, prevalences, selected["replicates"])
+    except ValueError as exc:
+        raise ExportError(f"the decision rules need validation predictions of both classes: {exc}") from None
+    card = model_card(src, size, spec.preprocessing(), info, selected, rules, counts)
+    for r in rules["at_prevalence"]:
+        log(f"export: at a field prevalence of {r['prevalence']:g}: flag P(diseased) >= {r['threshold']:.4f} — on "
+            f"validation it flags {r['fpr']:.1%} of healthy (<= {r['fpr_upper95']:.1%} at 95%) and finds "
+            f"{r['tpr']:.1%} of diseased; F1 {r['f1']:.3f} at that prevalence")
+    if not rules["prior_correction"]["applies"]:
+        log(f"export: no training-count prior correction: {rules['prior_correction']['why']}")
     io.write_json(out_dir / "parity.json", check)
     if not check["passed"]:
         worst = max(b["max_abs_diff_probs"] for b in check["batches"].values())

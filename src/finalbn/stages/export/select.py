@@ -1,35 +1,42 @@
-"""Which run to ship, and its network: chosen on validation, rebuilt when the run kept no weights.
+"""Which configuration to ship, and its network: chosen on validation over replicates, rebuilt
+when the run kept no weights.
 
-    run = choose_run(tracking.finished_cell_runs("finalbn"))      # the best final-BN run
-    src = rebuild(run, Path("data/splits"))                         # Source: config, model, metrics
+    choice = choose(tracking.finished_cell_runs("finalbn"), k=5)   # the best final-BN configuration
+    src = rebuild(choice.run, Path("data/splits"))                    # Source: config, model, metrics
 
-By default the FINISHED cell run (grid cells and search runs) with a final BN before the
-softmax that ranks first on validation — AUROC at the last epoch, ties to validation AP, then
-minority F1, then the earlier run; test metrics never decide. The grid keeps no weights
-(`train.log_model: false`), so the run's cell is trained again — the same configuration (its
-logged config.yaml), replicate and seed, which reproduce it — as a tracked run tagged
-`export_source`, its state_dict saved on that run, so the next export loads it instead.
+By default the configuration with a final BN before the softmax that `finalbn.selection` ranks
+first over replicates 0..k-1 (`selection.replicates`): grid cells and search runs alike, grouped
+by their configuration key (the cell key without the replicate), only those FINISHED on all k
+replicates, on the mean validation AUROC at the last epoch, ties to the lower mean class-balanced
+validation loss, then fewer switches; test metrics never decide. Its model is the one trained on
+the lowest of those replicates (replicate 0: stated, not chosen on its own score). The grid keeps
+no weights (`train.log_model: false`), so that run's cell is trained again — the same
+configuration (its logged config.yaml), replicate and seed, which reproduce it — as a tracked run
+tagged `export_source`, its state_dict saved on that run, so the next export loads it instead.
 """
 from __future__ import annotations
 
+import io
 import math
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
+import pandas as pd
 import torch
 import yaml
 from torch import nn
 
-from finalbn import tracking
+from finalbn import selection, tracking
 from finalbn.cell import CellResult, build_model
-from finalbn.config import Config, ConfigError, cell_seed, has_final_bn, validate
-from finalbn.tracked import track_cell
-from finalbn.tracking import RunRecord
+from finalbn.config import TOGGLES, Config, ConfigError, cell_seed, has_final_bn, validate
+from finalbn.stats import t_interval
+from finalbn.tracked import VAL_PREDICTIONS, track_cell
+from finalbn.tracking import RunRecord, latest
 from finalbn.tracking import records as tags
 
-RANK = ("val_last_auroc", "val_last_ap", "val_last_f1_1")
 WEIGHTS_DIR, WEIGHTS = "export", "export/state_dict.pt"
 
 
@@ -43,22 +50,121 @@ def is_final_bn(run: RunRecord) -> bool:
     return has_final_bn(model, SimpleNamespace(bn=run.flag(tags.toggle_tag("bn"))))
 
 
-def rank_key(run: RunRecord) -> tuple:
-    vals = tuple(run.metrics.get(k, -math.inf) for k in RANK)
-    return (*(v if v == v else -math.inf for v in vals), -(run.start_time or 0))
+def switches_on(run: RunRecord) -> int:
+    return sum(bool(run.flag(tags.toggle_tag(t))) for t in TOGGLES)
 
 
-def choose_run(runs: list[RunRecord], run_id: str | None = None) -> RunRecord:
-    """`run_id`'s run, or the best final-BN run on validation (`rank_key`)."""
+@dataclass
+class Choice:
+    """The configuration chosen (its key and ranking row), its runs on the replicates it was
+    judged on, and the run whose model ships."""
+
+    run: RunRecord  # the run whose model ships (the lowest judged replicate)
+    runs: dict[int, RunRecord]  # replicate -> run, the replicates behind the choice
+    key: str
+    how: str  # how it was chosen, in a sentence
+    row: dict = field(default_factory=dict)  # its `selection.rank` row (means, interval)
+    candidates: int = 0
+
+
+def candidate_rows(runs: list[RunRecord]) -> tuple[pd.DataFrame, dict[tuple[str, int], RunRecord]]:
+    """`selection` rows of the final-BN cell runs (one per configuration key and replicate, the
+    latest run), and the run behind each row."""
+    by: dict[tuple[str, int], list[RunRecord]] = {}
+    for r in runs:
+        key = r.tags.get(tags.CONFIG_KEY)
+        if key and is_final_bn(r) and "val_last_auroc" in r.metrics:
+            by.setdefault((key, int(r.tags.get(tags.REPLICATE, 0))), []).append(r)
+    chosen = {k: latest(v) for k, v in by.items()}
+    rows = [{"key": k, "replicate": rep, "val_auroc": run.metrics.get("val_last_auroc", math.nan),
+             selection.TIE_BREAK: run.metrics.get("val_last_balanced_loss", math.nan), "switches": switches_on(run),
+             "test_f1_1": run.metrics.get("test_f1_1", math.nan), "test_auroc": run.metrics.get("test_auroc", math.nan)}
+            for (k, rep), run in chosen.items()]
+    cols = ["key", "replicate", "val_auroc", selection.TIE_BREAK, "switches", "test_f1_1", "test_auroc"]
+    return pd.DataFrame(rows, columns=cols), chosen
+
+
+def choose(runs: list[RunRecord], k: int, run_id: str | None = None) -> Choice:
+    """`run_id`'s run (its configuration's runs on replicates 0..k-1 when it has them), or the best
+    final-BN configuration over replicates 0..k-1 (module docstring). Raises ExportError."""
+    rows, by = candidate_rows(runs)
     if run_id:
         found = [r for r in runs if r.run_id == run_id]
         if not found:
             raise ExportError(f"run {run_id} is not a FINISHED cell run of the experiment")
-        return found[0]
-    bn = [r for r in runs if is_final_bn(r) and "val_last_auroc" in r.metrics]
-    if not bn:
+        run = found[0]
+        key = run.tags.get(tags.CONFIG_KEY, "")
+        rep = int(run.tags.get(tags.REPLICATE, 0))
+        mine = {r: by[(key, r)] for r in range(k) if (key, r) in by}
+        if len(mine) < k or rep not in mine or mine[rep].run_id != run.run_id:
+            mine = {rep: run}  # the run alone: its own validation predictions set the thresholds
+        return Choice(run, mine, key, f"given by --run-id {run_id}", _summary_row(rows, key, k))
+    if rows.empty:
         raise ExportError("no FINISHED cell run with a final BN and a validation AUROC: run `finalbn grid` first")
-    return max(bn, key=rank_key)
+    ranked = selection.rank(rows, k)
+    eligible = ranked[ranked["eligible"]]
+    if eligible.empty:
+        most = int(ranked["replicates"].max())
+        raise ExportError(f"no final-BN configuration has FINISHED runs on all {k} replicates 0..{k - 1} "
+                          f"(selection.replicates; the most any has is {most}): run the grid with the headline "
+                          f"configurations on >= {k} replicates, or set selection.replicates={most}")
+    best = eligible.iloc[0]
+    key = best["key"]
+    mine = {rep: by[(key, rep)] for rep in range(k)}
+    how = (f"the best of {len(eligible)} final-BN configuration(s) on the mean validation AUROC over replicates "
+           f"0..{k - 1}" + (f" ({len(ranked) - len(eligible)} seen on fewer replicates were not candidates)"
+                            if len(ranked) > len(eligible) else ""))
+    return Choice(mine[min(mine)], mine, key, how, best.to_dict(), len(eligible))
+
+
+def _summary_row(rows: pd.DataFrame, key: str, k: int) -> dict:
+    sub = rows[rows["key"] == key]
+    ranked = selection.rank(sub, k) if len(sub) else sub
+    return ranked.iloc[0].to_dict() if len(ranked) else {}
+
+
+def selection_card(choice: Choice, positives: int) -> dict:
+    """model.json's `selection`: the configuration, the replicates and validation positives behind
+    the choice, the validation mean with its 95 % interval, and the test minority F1 and AUROC over
+    the same replicates with intervals (reported, never used to choose)."""
+    reps = sorted(choice.runs)
+
+    def mean_ci(values: list[float]) -> dict:
+        r = t_interval(np.asarray(values, dtype=float) - 0.0)
+        return {"mean": _num(r["estimate"]), "ci95": [_num(r["ci_low"]), _num(r["ci_high"])], "n": r["n"]}
+
+    runs = [choice.runs[r] for r in reps]
+    return {
+        "how": choice.how, "config_key": choice.key, "config_name": choice.run.tags.get(tags.CONFIG_NAME),
+        "config_id": int(choice.run.tags.get(tags.CONFIG_ID, -1)), "candidates": choice.candidates,
+        "replicates": reps, "model_replicate": int(choice.run.tags.get(tags.REPLICATE, 0)),
+        "run_ids": {str(r): choice.runs[r].run_id for r in reps}, "val_positives": positives,
+        "validation_auroc": mean_ci([r.metrics.get("val_last_auroc", math.nan) for r in runs]),
+        "validation_balanced_loss": mean_ci([r.metrics.get("val_last_balanced_loss", math.nan) for r in runs]),
+        "test_minority_f1": mean_ci([r.metrics.get("test_f1_1", math.nan) for r in runs]),
+        "test_auroc": mean_ci([r.metrics.get("test_auroc", math.nan) for r in runs]),
+        "test_note": "test metrics over the same replicates: reported, never used to choose",
+    }
+
+
+def pooled_validation(choice: Choice) -> tuple[np.ndarray, np.ndarray]:
+    """The validation labels and P(diseased) of every run behind the choice, pooled (each run's
+    own validation split: 7 positives each). Raises ExportError when a run lacks them."""
+    labels, scores = [], []
+    for rep in sorted(choice.runs):
+        run = choice.runs[rep]
+        text = tracking.artifact_text(run.run_id, VAL_PREDICTIONS)
+        if text is None:
+            raise ExportError(f"run {run.run_id} (replicate {rep}) has no {VAL_PREDICTIONS}: it was trained by an "
+                              "older finalbn; rerun `finalbn grid` (its cells train again under the new code)")
+        df = pd.read_csv(io.StringIO(text))
+        labels.append(df["label"].to_numpy(dtype=int))
+        scores.append(df["p1_last"].to_numpy(dtype=float))
+    return np.concatenate(labels), np.concatenate(scores)
+
+
+def _num(x) -> float | None:
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else round(float(x), 6)
 
 
 def run_config(run: RunRecord) -> Config:

@@ -100,7 +100,11 @@ def _report(summary: dict, results: str, code: int) -> int:
     if "best_config" in summary:
         f1, b = summary["minority_f1_mean"], summary["best_config"]
         print(f"  mean test minority F1: final BN on {f1['bn_on']}, off {f1['bn_off']}; best config on validation "
-              f"{b['id']} ({b['name']}): val AUROC {b['val_auroc']}, test minority F1 {b['test_minority_f1']}")
+              f"over {b['replicates']} replicates: {b['id']} ({b['name']}): val AUROC {b['val_auroc']}, "
+              f"test minority F1 {b['test_minority_f1']} ({summary['unranked_configs']} configs with fewer "
+              "replicates are not ranked)")
+    elif summary.get("note"):
+        print(f"  {summary['note']}")
     if summary["missing"]:
         print(f"  {len(summary['missing'])} cells have no finished run (rerun `finalbn grid` to retry): "
               f"{', '.join(summary['missing'][:5])}{' ...' if len(summary['missing']) > 5 else ''}", file=sys.stderr)

@@ -18,7 +18,8 @@ from finalbn.stages.report.markdown import interval_text
 from finalbn.stages.report.tables import BN_ID, NONE_ID
 from finalbn.stats import t_interval
 
-METRICS = {"f1_1": "test_f1_1", "f1_1_pc": "test_f1_1_pc", "auroc": "test_auroc", "ap": "test_ap",
+METRICS = {"f1_1": "test_f1_1", "f1_1_pc": "test_f1_1_pc", "f1_1_vt": "test_f1_1_vt", "auroc": "test_auroc",
+           "ap": "test_ap",
            "ece": "test_ece", "val_auroc": "val_auroc"}
 COLUMNS = (["dataset", "arch", "method", "config_id", "replicates"]
            + [c for m in METRICS for c in (m, f"{m}_std")]
@@ -75,7 +76,8 @@ def shown(table: pd.DataFrame) -> pd.DataFrame:
     """The report's view: means and the paired intervals as text."""
     out = table[["dataset", "arch", "method", "replicates"]].copy()
     out["minority F1"] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(table["f1_1"], table["f1_1_std"])]
-    out["F1 prior-corrected"] = table["f1_1_pc"].round(3)
+    out["F1 prior-corrected"] = [f"{v:.3f}" if v == v else "n/a (no prior)" for v in table["f1_1_pc"]]
+    out["F1 at the validation cut"] = table["f1_1_vt"].round(3)
     out["AUROC"] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(table["auroc"], table["auroc_std"])]
     out["ECE"] = table["ece"].round(3)
     out["ΔF1 vs BN only"] = [_interval(r, "f1_1_vs_bn") for _, r in table.iterrows()]

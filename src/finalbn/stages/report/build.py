@@ -21,6 +21,7 @@ from finalbn.stages.report.effects import study_effects
 from finalbn.stages.report.markdown import json_safe, markdown_table
 from finalbn.stages.report.search import search_section
 from finalbn.stages.report.search import shown as search_shown
+from finalbn.stages.report.choice import selection_table
 from finalbn.stages.report.summary import headline_summary
 from finalbn.stages.report.tables import (
     BN_ID,
@@ -38,7 +39,7 @@ from finalbn.stages.report.tables import (
 )
 from finalbn.separability import LOW, ceiling_sentence
 
-FILES = ("report.md", "summary.json", "cells.csv", "table1.csv", "table2.csv", "table3.csv", "table4.csv",
+FILES = ("report.md", "summary.json", "cells.csv", "selection.csv", "table1.csv", "table2.csv", "table3.csv", "table4.csv",
          "baselines.csv", "fig3_loss_curves.csv", "fig3_loss_curves.png", "fig4_softmax.png", "calibration.csv",
          "reliability.png", "effects.csv", "effects.png", "configs.png", "ceiling.png", "imbalance.csv",
          "imbalance.png", "search.csv", "search.png")
@@ -66,9 +67,10 @@ class _Page:
 
 
 def build_report(data: CellData, out_dir: Path, n_boot: int = 2000, seed: int = 0,
-                 ceilings: list[dict] | None = None, search: dict | None = None) -> dict:
+                 ceilings: list[dict] | None = None, search: dict | None = None, k: int = 5) -> dict:
     """Write FILES into `out_dir`; return (and write as summary.json) the headline numbers.
-    `search`: `finalbn search`'s summary (results/search.json), for its section.
+    `search`: `finalbn search`'s summary (results/search.json), for its section; `k`: the
+    replicates a configuration is chosen over (`selection.replicates`).
     Raises ValueError when `data` holds no cell."""
     all_cells, dropped = prepare(data.cells, data.experiment)
     cells = all_cells[all_cells["baseline"] == ""].reset_index(drop=True)  # the paper's 64 configurations
@@ -86,15 +88,16 @@ def build_report(data: CellData, out_dir: Path, n_boot: int = 2000, seed: int = 
     _ranking_vs_threshold(page, cells)
     imb = _imbalance_baselines(page, all_cells)
     _search(page, search)
+    _selection(page, cells, k, n_boot, seed)
     t1 = _table1(page, cells)
     _effects_table(page, cells, eff, methods)
     _configs(page, cells)
-    _tables_2_3(page, cells)
+    _tables_2_3(page, cells, k)
     _table4_fig4(page, data, cells)
     _fig3(page, data, cells)
     cal_all = _calibration(page, data, cells)
 
-    summary = headline_summary(cells, t1, eff, verdicts, ceilings, cal_all, page.multi_arch)
+    summary = headline_summary(cells, t1, eff, verdicts, ceilings, cal_all, page.multi_arch, k)
     _write_summary(out, summary, imb, search)
     header = _header(data.experiment, ceiling_md, verdicts, imb, cells, summary, notes_in)
     (out / "report.md").write_text("\n".join(header + page.md).rstrip() + "\n", encoding="utf-8")
@@ -129,13 +132,16 @@ def _ranking_vs_threshold(page: _Page, cells: pd.DataFrame) -> None:
     base = baselines_table(cells)
     base.to_csv(page.out / "baselines.csv", index=False)
     shown = base[["dataset", "arch", "config", "replicates", "f1_1", "f1_1_std", "f1_1_sel", "f1_1_prior_corrected",
-                  "auroc", "auroc_std", "ap", "balanced_accuracy", "val_auroc"]]
+                  "f1_1_validation_threshold", "auroc", "auroc_std", "ap", "balanced_accuracy", "val_auroc"]]
     page.section("Ranking vs threshold: the headline configurations",
                  (page.table(shown) + "\n\nTest metrics, mean and std over replicates. `f1_1`: minority F1 at the "
                   "last epoch (argmax); `f1_1_sel`: at the epoch selected on validation AUROC (secondary); "
                   "`f1_1_prior_corrected`: the same model after adding log(n_healthy/n_diseased) of the training "
-                  "counts to the minority logit — a threshold that needs no training and no validation or test "
-                  "labels; AUROC and AP do not depend on any threshold.") if len(base) else "",
+                  "counts to the minority logit — valid only for a model whose outputs carry the training prior "
+                  "(plain cross-entropy, no WL, no final BN or SELU), empty for the others, whose outputs a "
+                  "final BN or class weights have already moved off that prior; `f1_1_validation_threshold`: "
+                  "the cut chosen on the cell's own validation predictions (7 positives) for the test set's "
+                  "prevalence, valid for every model; AUROC and AP do not depend on any threshold.") if len(base) else "",
                  [] if len(base) else ["no run of configs 63, 47, 31 or 15"])
 
 
@@ -162,8 +168,10 @@ def _imbalance_baselines(page: _Page, all_cells: pd.DataFrame) -> pd.DataFrame:
                  "class-balanced weights from the effective number of samples (Cui et al. 2019, β = "
                  "`train.cb_beta`), post-hoc temperature scaling fitted on validation (it changes no argmax: its "
                  "F1 is its base's, its ECE is not). `F1 prior-corrected` adds the training log-prior to the "
-                 "minority logit; the logit-adjusted loss has already taken it out in training, so correcting it "
-                 "again overshoots. Test metrics at the last epoch, mean ± std over replicates; Δ: paired "
+                 "minority logit, only for a model whose outputs still carry that prior (plain cross-entropy, no "
+                 "WL, no final BN): the focal, logit-adjusted and class-balanced losses have moved it already "
+                 "(n/a). `F1 at the validation cut`: the cut chosen on the cell's own validation predictions for "
+                 "the test set's prevalence, valid for every model. Test metrics at the last epoch, mean ± std over replicates; Δ: paired "
                  "per-replicate differences (same split, same seed), mean with a 95 % t interval.\n\n"
                  "![](imbalance.png)")
     return imb
@@ -221,17 +229,38 @@ def _configs(page: _Page, cells: pd.DataFrame) -> None:
     page.section("Every configuration: test AUROC and minority F1, replicate spread", "![](configs.png)")
 
 
-def _tables_2_3(page: _Page, cells: pd.DataFrame) -> None:
-    t2 = table2(cells)
+RANKING_NOTE = ("Ranked on the mean validation AUROC over replicates 0-{last} (ties: the lower mean class-balanced "
+                "validation loss, then fewer switches, then the lower id), and only against configurations seen on "
+                "the same replicates (`ranked_over`): a configuration screened on one replicate is never ranked "
+                "against a replicated mean. Test values ride along and decide nothing.")
+
+
+def _tables_2_3(page: _Page, cells: pd.DataFrame, k: int) -> None:
+    t2 = table2(cells, k=k)
     t2.to_csv(page.out / "table2.csv", index=False)
+    note = RANKING_NOTE.format(last=k - 1)
     page.section("Table II: top 3 configurations per dataset, ranked on validation AUROC (test values beside)",
-                 page.table(t2) if not t2.empty else "",
+                 (page.table(t2) + "\n\n" + note) if not t2.empty else "",
                  [] if not t2.empty else ["no configuration has a validation AUROC"])
-    t3, t3_notes = table3(cells)
+    t3, t3_notes = table3(cells, k=k)
     t3.to_csv(page.out / "table3.csv", index=False)
     page.section("Table III: top and bottom 3 configurations by validation AUROC averaged over datasets "
-                 "(columns per dataset: test minority F1)", markdown_table(t3) if not t3.empty else "",
+                 "(columns per dataset: test minority F1)", (markdown_table(t3) + "\n\n" + note) if not t3.empty else "",
                  t3_notes + ([] if not t3.empty else ["no configuration present in every dataset"]))
+
+
+def _selection(page: _Page, cells: pd.DataFrame, k: int, n_boot: int, seed: int) -> None:
+    """Choosing a configuration over replicates: selection.csv and the section."""
+    cand, lines = selection_table(cells, k, n_boot=n_boot, seed=seed)
+    cand.to_csv(page.out / "selection.csv", index=False)
+    page.section(f"Choosing a configuration over {k} replicate{'s' if k != 1 else ''}",
+                 "\n".join(f"- {line}" for line in lines)
+                 + (("\n\n" + page.table(cand)) if len(cand) else "")
+                 + f"\n\nCandidates: the configurations seen on every one of replicates 0-{k - 1} "
+                 "(`selection.replicates`), each with its mean validation AUROC and 95 % t interval over those "
+                 "replicates; `wins`: the share of bootstrap resamples of the replicates in which it would be "
+                 "chosen. One replicate's validation split holds 7 positives (an AUROC noise of about 0.08); the "
+                 "mean over five is about 0.035.")
 
 
 def _table4_fig4(page: _Page, data: CellData, cells: pd.DataFrame) -> None:

@@ -23,9 +23,9 @@ from finalbn.tracking.records import ARCH, BASELINE, CELL_KEY, CONFIG_ID, DATASE
 from finalbn.config import TOGGLES, AblationConfig, ablation_from_id, config_id, config_name
 
 TEST_METRICS = ("accuracy", "balanced_accuracy", "precision_0", "recall_0", "f1_0", "precision_1", "recall_1",
-                "f1_1", "f1_1_pc", "recall_1_pc", "balanced_accuracy_pc", "auroc", "ap", "ece", "brier", "nll")
+                "f1_1", "f1_1_pc", "recall_1_pc", "balanced_accuracy_pc", "f1_1_vt", "auroc", "ap", "ece", "brier", "nll")
 SEL_METRICS = ("f1_1", "f1_0", "auroc", "ap", "ece")
-VAL_METRICS = ("auroc", "ap", "f1_1", "f1_1_pc")
+VAL_METRICS = ("auroc", "ap", "f1_1", "balanced_loss")
 HISTORY_KEYS = ("train_loss", "val_loss", "val_balanced_loss", "val_auroc", "val_minority_f1", "lr")
 
 

@@ -41,7 +41,7 @@ def make_report(cfg: Any, out_dir: Path, grid_csv: Path, ceiling: Path | None = 
     data = collect(cfg.tracking.experiment, keys=grid_keys(grid_csv))  # only this grid's cells
     ceilings = read_ceilings(Path(ceiling)) if ceiling else []
     summary = build_report(data, out_dir, n_boot=cfg.report.bootstrap, seed=cfg.report.seed, ceilings=ceilings,
-                           search=read_search(search))
+                           search=read_search(search), k=cfg.selection.replicates)
     tracking.log_report(out_dir, cfg.tracking.experiment)
     return summary
 

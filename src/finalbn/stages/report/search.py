@@ -45,8 +45,10 @@ def search_section(summary: dict) -> tuple[pd.DataFrame, list[tuple[str, pd.Data
              + "."]
     if best:
         ties = best.get("tied_on_objective") or []
+        reps = best.get("replicates") or []
         lines.append(f"Best on validation: trial {best['number']} ({best.get('config_name', '?')}), "
                      f"{summary.get('objective')} {_f(best.get('value')):.4f}"
+                     + (f" (the mean over replicates {', '.join(str(r) for r in reps)})" if reps else "")
                      + (f"; {len(ties)} trials tied on it, broken by the lower validation balanced loss"
                         if len(ties) > 1 else "") + ".")
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.get("params", {}).items())
@@ -55,6 +57,12 @@ def search_section(summary: dict) -> tuple[pd.DataFrame, list[tuple[str, pd.Data
         lines.append(summary.get("note") or "No comparison on test: the study has no complete trial.")
         return pd.DataFrame(columns=COLUMNS), [], lines
     mine = comp.get("runs", [])
+    tested = comp.get("replicates_tested")
+    if tested:
+        lines.append(f"Tested on replicates {', '.join(str(r) for r in tested)}: "
+                     + ("held out, none of them used to choose a configuration."
+                        if comp.get("held_out") else "the ones the choices were made on (none held out).")
+                     + (f" {comp['note']}" if comp.get("note") else ""))
     table_rows: list[dict] = []
     groups: list[tuple[str, pd.DataFrame]] = []
     for arm in ("bn_only_31", "grid_best"):

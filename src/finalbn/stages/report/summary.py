@@ -10,14 +10,14 @@ from __future__ import annotations
 import pandas as pd
 
 from finalbn.stages.report.markdown import json_safe
-from finalbn.stages.report.tables import config_means
+from finalbn.stages.report.tables import ranked_configs
 
 # (effect id, its name in summary["metrics"]): flat, as tracking.log_report logs them as MLflow metrics
 METRIC_NAMES = (("31-63", "bn_vs_none_f1"), ("15-47", "bn_with_wl_f1"), ("BN", "bn_factorial_f1"),
                 ("31-63 auroc", "bn_vs_none_auroc"), ("31-pc63", "bn_vs_prior_corrected_f1"))
 
 
-def headline_summary(cells, t1, eff, verdicts, ceilings, cal_all, multi_arch) -> dict:
+def headline_summary(cells, t1, eff, verdicts, ceilings, cal_all, multi_arch, k: int = 5) -> dict:
     effects = _effects(eff)
 
     def cal_value(metric: str, comparison: str, bn_on: bool) -> float:
@@ -30,7 +30,7 @@ def headline_summary(cells, t1, eff, verdicts, ceilings, cal_all, multi_arch) ->
                     for c in ceilings],
         "effects": effects,
         "table1": _table1(t1, multi_arch),
-        "best_config_on_validation": _best_on_validation(cells),
+        "best_config_on_validation": _best_on_validation(cells, k),
         "ece": {"bn": cal_value("ece", "all configs, BN on vs off", True),
                 "no_bn": cal_value("ece", "all configs, BN on vs off", False),
                 "config31": cal_value("ece", "config 31 vs 63", True),
@@ -66,14 +66,18 @@ def _effects(eff: pd.DataFrame) -> dict[str, dict]:
     return effects
 
 
-def _best_on_validation(cells: pd.DataFrame) -> dict:
-    """Per dataset/arch: the configuration with the highest mean validation AUROC (ties: lower id)."""
+def _best_on_validation(cells: pd.DataFrame, k: int) -> dict:
+    """Per dataset/arch: the configuration chosen over replicates 0..k-1 (`finalbn.selection`);
+    none where no configuration has them all."""
     best = {}
     for (ds, arch), sub in cells.groupby(["dataset", "arch"], sort=True):
-        m = config_means(sub).reset_index().sort_values(["val_auroc", "config_id"], ascending=[False, True])
+        m = ranked_configs(sub, k)
+        m = m[m["eligible"]]
         if len(m) and pd.notna(m.iloc[0]["val_auroc"]):
             r = m.iloc[0]
             best[f"{ds}/{arch}"] = {"config_id": int(r["config_id"]), "val_auroc": r["val_auroc"],
+                                    "val_auroc_ci": [r["val_auroc_ci_low"], r["val_auroc_ci_high"]],
+                                    "replicates": int(r["replicates"]),
                                     "test_f1_1": r["test_f1_1"], "test_auroc": r["test_auroc"]}
     return best
 

@@ -3,8 +3,10 @@ ranking-vs-threshold baselines — pure functions of the cells DataFrame (see `r
 
 Which numbers: test metrics at the *last* epoch (`test_*`, the paper's Table I protocol) unless a
 column says "sel" (the epoch selected on validation AUROC). Any ranking ("top configurations") is
-on validation AUROC at the last epoch; test values ride along and never decide an order. A number
-"per configuration" is the mean over replicates of one (dataset, arch, configuration).
+`finalbn.selection`'s: mean validation AUROC over replicates 0..k-1, ranked only against
+configurations seen on the same replicates (`ranked_over`); test values ride along and never
+decide an order. A number "per configuration" is the mean over replicates of one (dataset, arch,
+configuration).
 """
 from __future__ import annotations
 
@@ -13,13 +15,15 @@ import math
 import numpy as np
 import pandas as pd
 
+from finalbn import selection
 from finalbn.config import TOGGLES
 from finalbn.stages.report.cells import CellData, config_name_of, groups, toggles_of
 
 NONE_ID, WL_ID, BN_ID, BNWL_ID = 63, 47, 31, 15  # nothing, WL only, BN only, BN+WL
 HEADLINE = {NONE_ID: "none (63)", WL_ID: "WL (47)", BN_ID: "BN (31)", BNWL_ID: "BN+WL (15)"}
 F1_1, F1_0 = "test_f1_1", "test_f1_0"  # minority (diseased) and majority (healthy) F1, last epoch
-RANK = "val_auroc"  # what every "best configuration" is ranked on
+RANK = selection.CRITERION  # what every "best configuration" is ranked on (mean over replicates 0..k-1)
+K_DEFAULT = 5  # selection.replicates' default
 
 
 def table1(cells: pd.DataFrame) -> pd.DataFrame:
@@ -48,7 +52,7 @@ def baselines_table(cells: pd.DataFrame) -> pd.DataFrame:
     the validation-selected epoch), F1 after the free prior correction, AUROC, AP and balanced
     accuracy; mean and std over replicates."""
     metrics = {"f1_1": "test_f1_1", "f1_1_sel": "test_sel_f1_1", "f1_1_prior_corrected": "test_f1_1_pc",
-               "auroc": "test_auroc", "ap": "test_ap", "balanced_accuracy": "test_balanced_accuracy",
+               "f1_1_validation_threshold": "test_f1_1_vt", "auroc": "test_auroc", "ap": "test_ap", "balanced_accuracy": "test_balanced_accuracy",
                "val_auroc": "val_auroc"}
     rows = []
     sub = cells[cells["config_id"].isin(list(HEADLINE))]
@@ -72,71 +76,109 @@ def config_means(sub: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _ranked(agg: pd.DataFrame) -> pd.DataFrame:
-    # validation AUROC, then validation F1, then the lower id: a total order that no test value touches
-    agg = agg.assign(_neg=-agg["config_id"])
-    agg = agg.sort_values([RANK, "val_f1_1", "_neg"], ascending=False, na_position="last")
-    return agg.drop(columns="_neg")
+def selection_rows(sub: pd.DataFrame) -> pd.DataFrame:
+    """Report cells as `selection` rows (key = config_id; the six switches counted)."""
+    rows = sub.copy()
+    rows["key"] = rows["config_id"].astype(int)
+    rows["switches"] = rows[list(TOGGLES)].astype(int).sum(axis=1)
+    if selection.TIE_BREAK not in rows:
+        rows[selection.TIE_BREAK] = np.nan
+    return rows
 
 
-def table2(cells: pd.DataFrame, top: int = 3) -> pd.DataFrame:
-    """Paper Table II: per dataset (and arch), the `top` configurations ranked on validation AUROC,
-    with their test precision / recall / F1 (last epoch) per class."""
-    cols = ["dataset", "arch", "class", "rank", "config_id", "config_name", "val_auroc", "precision", "recall",
-            "f1", "test_auroc", "sel_epoch", "replicates", *[t.upper() for t in TOGGLES]]
+def ranked_over(replicates: tuple) -> str:
+    """How a tier of the ranking is named: the replicates its configurations were judged on."""
+    r = sorted(replicates)
+    if len(r) == 1:
+        return f"replicate {r[0]} only (screened, not selected)"
+    if r == list(range(r[0], r[-1] + 1)):
+        return f"replicates {r[0]}-{r[-1]}"
+    return "replicates " + ",".join(map(str, r))
+
+
+def ranked_configs(sub: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The configurations of one (dataset, arch) ranked by `selection.rank` over replicates
+    0..k-1, with every test mean riding along and `ranked_over` naming each tier."""
+    num = ["val_auroc", selection.TIE_BREAK, "val_f1_1", "selected_epoch"] + \
+        [f"test_{m}" for m in ("precision_1", "recall_1", "f1_1", "precision_0", "recall_0", "f1_0", "auroc", "ap")]
+    rows = selection_rows(sub)
+    out = selection.rank(rows[["key", "config_id", "replicate", "switches", *[c for c in num if c in rows]]], k)
+    out["ranked_over"] = [ranked_over(s) for s in out["replicate_set"]]
+    return out
+
+
+def table2(cells: pd.DataFrame, top: int = 3, k: int = K_DEFAULT) -> pd.DataFrame:
+    """Paper Table II: per dataset (and arch) and per tier of replicates (`ranked_over`), the `top`
+    configurations ranked on validation over replicates 0..k-1, with their test precision /
+    recall / F1 (last epoch) per class."""
+    cols = ["dataset", "arch", "ranked_over", "class", "rank", "config_id", "config_name", "val_auroc",
+            "val_auroc_ci_low", "val_auroc_ci_high", "val_balanced_loss", "precision", "recall", "f1", "test_auroc",
+            "sel_epoch", "replicates", *[t.upper() for t in TOGGLES]]
     rows = []
     for (ds, arch), sub in cells.groupby(["dataset", "arch"], sort=True):
-        agg = _ranked(config_means(sub).reset_index()).head(top)
-        for cls, label in ((1, "unhealthy (1)"), (0, "healthy (0)")):
-            for rank, r in enumerate(agg.to_dict("records"), start=1):
-                flags = toggles_of(r["config_id"])
-                rows.append({"dataset": ds, "arch": arch, "class": label, "rank": rank,
-                             "config_id": int(r["config_id"]), "config_name": config_name_of(flags),
-                             "val_auroc": r["val_auroc"], "precision": r[f"test_precision_{cls}"],
-                             "recall": r[f"test_recall_{cls}"], "f1": r[f"test_f1_{cls}"],
-                             "test_auroc": r["test_auroc"], "sel_epoch": r["selected_epoch"],
-                             "replicates": int(r["replicates"]), **{t.upper(): flags[t] for t in TOGGLES}})
+        ranked = ranked_configs(sub, k)
+        for _, tier in ranked.groupby("tier", sort=True):
+            agg = tier.head(top)
+            for cls, label in ((1, "unhealthy (1)"), (0, "healthy (0)")):
+                for r in agg.to_dict("records"):
+                    flags = toggles_of(r["config_id"])
+                    rows.append({"dataset": ds, "arch": arch, "ranked_over": r["ranked_over"], "class": label,
+                                 "rank": int(r["rank"]), "config_id": int(r["config_id"]),
+                                 "config_name": config_name_of(flags), "val_auroc": r["val_auroc"],
+                                 "val_auroc_ci_low": r["val_auroc_ci_low"], "val_auroc_ci_high": r["val_auroc_ci_high"],
+                                 "val_balanced_loss": r.get(selection.TIE_BREAK, math.nan),
+                                 "precision": r[f"test_precision_{cls}"], "recall": r[f"test_recall_{cls}"],
+                                 "f1": r[f"test_f1_{cls}"], "test_auroc": r["test_auroc"],
+                                 "sel_epoch": r["selected_epoch"], "replicates": int(r["replicates"]),
+                                 **{t.upper(): flags[t] for t in TOGGLES}})
     return pd.DataFrame(rows, columns=cols)
 
 
-def table3(cells: pd.DataFrame, k: int = 3) -> tuple[pd.DataFrame, list[str]]:
-    """Paper Table III: per arch, the top and bottom `k` configurations by validation AUROC averaged
-    over datasets, with their test minority F1 per dataset and averaged. Only configurations present
-    in every dataset are ranked. Returns (table, notes)."""
+def table3(cells: pd.DataFrame, k: int = K_DEFAULT, n: int = 3) -> tuple[pd.DataFrame, list[str]]:
+    """Paper Table III: per arch and tier of replicates, the top and bottom `n` configurations by
+    validation AUROC averaged over datasets (each replicate's value averaged over the datasets,
+    then `selection.rank` over replicates 0..k-1), with their test minority F1 per dataset and
+    averaged. Only configurations present in every dataset are ranked. Returns (table, notes)."""
     notes, frames = [], []
     for arch, sub in cells.groupby("arch", sort=True):
         datasets = sorted(sub["dataset"].unique())
-        val = sub.groupby(["config_id", "dataset"])[RANK].mean().unstack("dataset").reindex(columns=datasets)
-        f1 = sub.groupby(["config_id", "dataset"])[F1_1].mean().unstack("dataset").reindex(columns=datasets)
-        complete = val.dropna().index.intersection(f1.dropna().index)
-        if len(complete) < len(val):
-            notes.append(f"{arch}: {len(val) - len(complete)} configuration(s) lack a validation AUROC or a test "
-                         "minority F1 for some dataset and are not ranked")
-        if not len(complete):
+        per = sub.groupby(["config_id", "replicate", "dataset"])[[RANK, selection.TIE_BREAK, F1_1]].mean()
+        counts = per.groupby(["config_id", "replicate"]).size()
+        complete = counts[counts == len(datasets)].index
+        per = per.reset_index()
+        per = per[pd.MultiIndex.from_frame(per[["config_id", "replicate"]]).isin(complete)]
+        dropped = sub["config_id"].nunique() - per["config_id"].nunique()
+        if dropped:
+            notes.append(f"{arch}: {dropped} configuration(s) lack a run in some dataset and are not ranked")
+        if per.empty:
             continue
-        t = f1.loc[complete].copy()
-        t["average"] = t.mean(axis=1)
-        t["val_auroc"] = val.loc[complete].mean(axis=1)
-        t = t.reset_index()
-        t["val_f1_1"] = 0.0  # ties beyond validation AUROC go to the lower id
-        t = _ranked(t).drop(columns="val_f1_1").reset_index(drop=True)
-        t["rank"] = np.arange(1, len(t) + 1)
-        n_top = min(k, len(t))
-        n_bottom = min(k, len(t) - n_top)  # a grid of < 2k configs: no config listed twice
-        picked = pd.concat([t.head(n_top).assign(group="top"),
-                            t.tail(n_bottom).assign(group="bottom") if n_bottom else None])
-        for tg in TOGGLES:
-            picked[tg.upper()] = [toggles_of(c)[tg] for c in picked["config_id"]]
-        picked["config_name"] = [config_name_of(toggles_of(c)) for c in picked["config_id"]]
-        picked.insert(0, "arch", arch)
-        frames.append((picked, datasets))
+        avg = per.groupby(["config_id", "replicate"])[[RANK, selection.TIE_BREAK]].mean().reset_index()
+        avg["key"] = avg["config_id"]
+        avg["switches"] = [sum(toggles_of(c).values()) for c in avg["config_id"]]
+        ranked = selection.rank(avg, k)
+        f1 = selection.judged(per, k).groupby(["config_id", "dataset"])[F1_1].mean().unstack("dataset") \
+            .reindex(columns=datasets)
+        for _, tier in ranked.groupby("tier", sort=True):
+            t = tier.reset_index(drop=True)
+            n_top = min(n, len(t))
+            n_bottom = min(n, len(t) - n_top)  # a tier of < 2n configs: no config listed twice
+            picked = pd.concat([t.head(n_top).assign(group="top"),
+                                t.tail(n_bottom).assign(group="bottom") if n_bottom else None])
+            for ds in datasets:
+                picked[ds] = [f1.loc[c, ds] for c in picked["config_id"]]
+            picked["average"] = picked[datasets].mean(axis=1)
+            picked["ranked_over"] = [ranked_over(s) for s in picked["replicate_set"]]
+            for tg in TOGGLES:
+                picked[tg.upper()] = [toggles_of(c)[tg] for c in picked["config_id"]]
+            picked["config_name"] = [config_name_of(toggles_of(c)) for c in picked["config_id"]]
+            picked.insert(0, "arch", arch)
+            frames.append((picked, datasets))
+    base = ["arch", "ranked_over", "group", "rank", "config_id", "config_name", "val_auroc", "replicates"]
     if not frames:
-        return pd.DataFrame(columns=["arch", "group", "rank", "config_id", "config_name", "val_auroc", "average"]), notes
+        return pd.DataFrame(columns=[*base, "average"]), notes
     out = pd.concat([f for f, _ in frames], ignore_index=True)
     datasets = sorted({d for _, ds in frames for d in ds})
-    order = ["arch", "group", "rank", "config_id", "config_name", "val_auroc", *datasets, "average",
-             *[t.upper() for t in TOGGLES]]
-    return out[order], notes
+    return out[[*base, *datasets, "average", *[t.upper() for t in TOGGLES]]], notes
 
 
 def p1_column(df: pd.DataFrame) -> pd.Series:

@@ -5,11 +5,14 @@
 
 Reads the splits, params and results/grid.csv; writes the study (its journal,
 `search.storage`), one MLflow run per trial under the study's parent run, then the comparison's
-runs, results/search.json and Optuna's plots beside it. Each trial is one cell on
-`search.replicate`, with the dimensions of `search.space` drawn by a seeded TPE sampler; the
-objective is a validation metric (`search.objective`), never a test metric. `space` (what may be
-searched, a trial's configuration), `study` (storage, name, resuming), `objective` (a trial),
-`compare` (the best trial against the grid, tested), `summary` (search.json, plots).
+runs, results/search.json and Optuna's plots beside it. A trial is a configuration (the
+dimensions of `search.space` drawn by a seeded TPE sampler) raced over replicates 0..K-1
+(`selection.replicates`): one cell per replicate, on to the next only while the running mean of
+its validation value is promising (the pruner). Its objective is the mean over the K replicates
+of a validation metric (`search.objective`), never a test metric; the best trial is then tested
+on the held-out replicates K.. beside the grid's best and BN only. `space` (what may be searched,
+a trial's configuration), `study` (storage, name, resuming), `objective` (a trial), `compare` (the
+best trial against the grid, tested), `summary` (search.json, plots).
 """
 from __future__ import annotations
 
@@ -25,15 +28,17 @@ from finalbn import io, tracking, workers
 from finalbn.cell import preflight
 from finalbn.config import Config
 from finalbn.errors import UsageError
-from finalbn.stages.search.compare import compare
-from finalbn.stages.search.objective import TIE_BREAK, PruningCallback, TrialLog, best_trial, make_objective, optimize
-from finalbn.stages.search.space import check, multi_objective, suggest
+from finalbn.stages.search.compare import compare, tested_replicates
+from finalbn.stages.search.objective import (SWITCHES, TIE_BREAK, PruningCallback, TrialLog, best_trial, make_objective,
+                                             optimize)
+from finalbn.stages.search.space import check, multi_objective, steps_per_replicate, suggest
 from finalbn.stages.search.study import directions, fail_stale, finished, open_study, start, storage, study_name
 from finalbn.stages.search.summary import finish, plots, summary
 
-__all__ = ["TIE_BREAK", "PruningCallback", "TrialLog", "best_trial", "check", "compare", "directions", "fail_stale", "finish",
-           "main", "make_objective", "multi_objective", "open_study", "optimize", "plots", "run_workers", "start",
-           "storage", "study_name", "suggest", "summary"]
+__all__ = ["SWITCHES", "TIE_BREAK", "PruningCallback", "TrialLog", "best_trial", "check", "compare", "directions",
+           "fail_stale", "finish", "main", "make_objective", "multi_objective", "open_study", "optimize", "plots",
+           "run_workers", "start", "steps_per_replicate", "storage", "study_name", "suggest", "summary",
+           "tested_replicates"]
 
 STUDY_RUN_ENV, WORKER_ENV = "FINALBN_STUDY_RUN", "FINALBN_WORKER"
 
@@ -57,15 +62,17 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     if count < 1:
         raise UsageError(f"--workers must be >= 1 (got {count})")
     check(cfg)
-    preflight(cfg, cfg.datasets[0].name, splits, replicates=max(cfg.search.replicate + 1, cfg.search.replicates))
+    # the trials' replicates 0..K-1 and the comparison's held-out ones: every split prepare writes
+    preflight(cfg, cfg.datasets[0].name, splits, replicates=max(cfg.selection.replicates, cfg.grid.max_replicates))
     study, parent, stale = start(cfg)
     if stale:
         print(f"search: trials {stale} were left RUNNING by a stopped worker: marked FAIL", flush=True)
     # no more processes than trials left: a finished study (a rerun for the comparison or the
     # summary) starts none, and each one costs seconds of imports before it can train
     procs = min(count, max(cfg.search.n_trials - finished(study), 1))
-    print(f"search {cfg.search.study}: {cfg.search.n_trials} trials on {cfg.search.objective} "
-          f"({len(study.trials)} in the study already), {procs} worker(s), storage {cfg.search.storage}", flush=True)
+    print(f"search {cfg.search.study}: {cfg.search.n_trials} trials on the mean {cfg.search.objective} over "
+          f"replicates 0..{cfg.selection.replicates - 1} ({len(study.trials)} in the study already), {procs} "
+          f"worker(s), storage {cfg.search.storage}", flush=True)
     t0 = time.perf_counter()
     code = run_workers(args.forward, procs, parent) if procs > 1 else (optimize(cfg, splits, parent) or 0)
     seconds = time.perf_counter() - t0
@@ -78,8 +85,10 @@ def _finish(cfg: Config, study: optuna.Study, splits: Path, parent: str, seconds
             args: argparse.Namespace, count: int) -> dict:
     comparison = None
     if not multi_objective(cfg) and any(t.state.name == "COMPLETE" for t in study.trials):
-        print(f"search: the best trial on validation, the grid's best and BN only on {cfg.search.replicates} "
-              "replicates, tested", flush=True)
+        reps, held = tested_replicates(cfg)
+        print(f"search: the best trial on validation, the grid's best and BN only, tested on "
+              f"{'the held-out ' if held else ''}replicates {reps[0]}..{reps[-1]}"
+              f"{'' if held else ' (none held out: the ones chosen on)'}", flush=True)
         comparison = compare(cfg, study, splits, parent, Path(args.grid_csv), log=lambda m: print(m, flush=True),
                              processes=count)
     out = finish(study, cfg, parent, seconds, plot_dir=Path(args.out).parent, comparison=comparison)
@@ -92,8 +101,8 @@ def _print_outcome(cfg: Config, out: dict, path: str) -> None:
     print(f"search: {out['trials']} trials ({states}) -> {path}")
     if "best" in out:
         b = out["best"]
-        print(f"  best on validation: trial {b['number']} ({b['config_name']}), {cfg.search.objective} {b['value']:.4f}; "
-              f"mlflow run {b['mlflow_run_id']}")
+        print(f"  best on validation: trial {b['number']} ({b['config_name']}), mean {cfg.search.objective} "
+              f"{b['value']:.4f} over replicates {b.get('replicates')}; mlflow runs {b.get('mlflow_run_ids')}")
     for label in ("bn_only_31", "grid_best"):
         c = (out.get("comparison") or {}).get(label)
         if c:
@@ -103,4 +112,7 @@ def _print_outcome(cfg: Config, out: dict, path: str) -> None:
             mine = [r["test_f1_1"] for r in out["comparison"]["runs"] if r["replicate"] in {x["replicate"] for x in c["rows"]}]
             print(f"  best trial vs {c['config_name']} (config {c['config_id']}): test minority F1 "
                   f"{sum(mine) / max(len(mine), 1):.3f} vs {c['mean']['test_f1_1']:.3f}, difference "
-                  f"{d['estimate']:+.3f} {ci} over {c['replicates']} replicate(s)")
+                  f"{d['estimate']:+.3f} {ci} over {c['replicates']} "
+                  f"{'held-out ' if out['comparison'].get('held_out') else ''}replicate(s)")
+    if (out.get("comparison") or {}).get("note"):
+        print(f"  note: {out['comparison']['note']}")

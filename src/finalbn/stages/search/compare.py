@@ -1,13 +1,20 @@
-"""After the study: its best trial beside the grid's best configuration and BN only, on more
-replicates, tested.
+"""After the study: its best trial beside the grid's best configuration and BN only, tested on the
+replicates no choice was made on.
 
-    out = compare(cfg, study, splits, parent_run_id, Path("results/grid.csv"), workers=2)
+    out = compare(cfg, study, splits, parent_run_id, Path("results/grid.csv"), processes=2)
+
+The best trial was chosen on replicates 0..K-1 (`selection.replicates`: its objective is their
+mean) and the grid's best on the same ones (`results.rank_configs`, only a configuration with
+all K); a test on those replicates would carry the luck of the choice. So all three arms are
+tested on the held-out replicates K..grid.max_replicates-1 (the split draws `prepare` writes;
+the grid's headline cells are there already). When there are none (grid.max_replicates <= K)
+they fall back to 0..K-1, and the output says so (`held_out: false`, a note).
 
 Every run is found by its result key (`keys.result_key`: the configuration's params, the
-replicate's split, the seed and the code — not the study or the trial): the trial's own run
-serves its replicate, the grid's cells serve theirs, and a rerun of the stage trains nothing
-twice. What is missing is trained in `workers` processes, as tracked runs under the study's run.
-The comparison: per-replicate paired differences with t intervals (`stats.t_interval`).
+replicate's split, the seed and the code — not the study or the trial): a trial's own runs, the
+grid's cells, and a rerun of the stage trains nothing twice. What is missing is trained in
+`processes` processes, as tracked runs under the study's run. The comparison: per-replicate
+paired differences with t intervals (`stats.t_interval`).
 """
 from __future__ import annotations
 
@@ -57,23 +64,40 @@ def rerun(cfg: Config, dataset: str, splits: Path, replicate: int, parent_run_id
     return _row(replicate, m, run_id)
 
 
+def tested_replicates(cfg: Config) -> tuple[list[int], bool]:
+    """The replicates the arms are tested on, and whether they are held out: K..max_replicates-1
+    (no choice was made on them), else 0..K-1."""
+    k, have = cfg.selection.replicates, cfg.grid.max_replicates
+    held = list(range(k, have))
+    return (held, True) if held else (list(range(k)), False)
+
+
+def _note(out: dict, text: str) -> None:
+    out["note"] = f"{out['note']} {text}" if out.get("note") else text
+
+
 def _arms(cfg: Config, study: optuna.Study, grid_csv: Path | None, out: dict) -> dict[str, tuple[str, Config]]:
     """{arm: (label, configuration)}: the best trial, and (with the grid's results) the grid's best
-    configuration on validation and BN only."""
+    configuration over replicates 0..K-1 on validation (none when no configuration has all K)
+    and BN only."""
     best, bcfg = best_config(cfg, study)
-    dataset = cfg.datasets[0].name
+    dataset, k = cfg.datasets[0].name, cfg.selection.replicates
     arms: dict[str, tuple[str, Config]] = {"best_trial": (f"trial {best.number}", bcfg)}
     if grid_csv is not None and Path(grid_csv).is_file():
         df = pd.read_csv(grid_csv)
         df = df[df["dataset"] == dataset]
         arch = cfg.model.arch if cfg.model.arch in set(df["arch"]) else (df["arch"].iloc[0] if len(df) else cfg.model.arch)
-        ranked = rank_configs(df[df["arch"] == arch])
-        picks = {"grid_best": int(ranked.iloc[0]["config_id"]) if len(ranked) else None, "bn_only_31": BN_ONLY}
+        ranked = rank_configs(df[df["arch"] == arch], k)
+        eligible = ranked[ranked["eligible"].astype(bool)] if len(ranked) else ranked
+        picks = {"grid_best": int(eligible.iloc[0]["config_id"]) if len(eligible) else None, "bn_only_31": BN_ONLY}
+        if picks["grid_best"] is None:
+            _note(out, f"no configuration in {grid_csv} has all of replicates 0..{k - 1} (selection.replicates={k}): "
+                       "the grid has no best configuration to compare.")
         for arm, cid in picks.items():
             if cid is not None:
                 arms[arm] = (f"config {cid}", configure(cfg, arch, cid))
     else:
-        out["note"] = f"no {grid_csv}: run the grid for the comparison with its configurations"
+        _note(out, f"no {grid_csv}: run the grid for the comparison with its configurations")
     return arms
 
 
@@ -89,13 +113,18 @@ def _found_runs(cfg: Config) -> dict[str, list]:
 
 def compare(cfg: Config, study: optuna.Study, splits: Path, parent_run_id: str, grid_csv: Path | None,
             log: Callable[[str], None] = print, processes: int = 1) -> dict:
-    """The best trial (on validation) on replicates 0..search.replicates-1, tested, beside the
-    grid's best configuration (ranked on validation in `grid_csv`) and BN only (31) on the same
-    replicates (see the module docstring)."""
+    """The best trial (chosen on validation over replicates 0..K-1), the grid's best configuration
+    (chosen the same way in `grid_csv`) and BN only (31), tested on the held-out replicates (see
+    the module docstring)."""
     best = best_trial(study)
-    dataset = cfg.datasets[0].name
-    reps = list(range(cfg.search.replicates))
-    out: dict[str, Any] = {"best_trial": best.number, "params": best.params, "replicates": len(reps)}
+    dataset, k = cfg.datasets[0].name, cfg.selection.replicates
+    reps, held = tested_replicates(cfg)
+    out: dict[str, Any] = {"best_trial": best.number, "params": best.params, "replicates": len(reps),
+                           "replicates_tested": reps, "held_out": held, "chosen_on": list(range(k))}
+    if not held:
+        _note(out, f"no held-out replicate (prepare writes {cfg.grid.max_replicates}, selection.replicates={k}): "
+                   f"tested on replicates 0..{k - 1}, the ones the choice was made on, so the chosen arms' test "
+                   "values carry the luck of that choice; raise grid.headline.replicates for held-out ones.")
     arms = _arms(cfg, study, grid_csv, out)
     found = _found_runs(cfg)
     rows: dict[str, dict[int, dict]] = {arm: {} for arm in arms}
@@ -115,7 +144,7 @@ def compare(cfg: Config, study: optuna.Study, splits: Path, parent_run_id: str, 
 def _train_missing(cfg: Config, study: optuna.Study, splits: Path, parent_run_id: str, dataset: str, reps: list,
                    jobs: dict, rows: dict, log: Callable[[str], None], count: int) -> None:
     if jobs:
-        log(f"search: {len(jobs)} run(s) to compare on {len(reps)} replicates ({count} process(es)); "
+        log(f"search: {len(jobs)} run(s) to compare on replicates {reps} ({count} process(es)); "
             f"{sum(len(v) for v in rows.values())} found in the store")
     threads = workers.threads_per_worker(count) if count > 1 else 0
     calls = [(acfg, dataset, splits, r, parent_run_id, f"compare {label} r{r}",

@@ -1,12 +1,23 @@
-"""A trial: one cell — the grid's own code — on `search.replicate`, scored on validation.
+"""A trial: one configuration raced over replicates 0..K-1 (`selection.replicates`), each one cell
+— the grid's own code — scored on validation.
 
     optimize(cfg, splits, parent_run_id)     # this process's share of the study
 
-Each trial is a tracked run `trial-<n>` under the study's parent run (`parent_run_id=`, which
-works across processes), whose id is the trial's user attribute `mlflow_run_id`. It reports its
-validation value every epoch; the pruner stops poor ones — a pruned trial's run ends KILLED,
-tagged `trial_state=pruned`. A trial whose loss turns NaN is FAILED with its reason and the
-study goes on. Test metrics are logged with the run and decide nothing.
+A trial's steps are its replicates, and the epochs within them: it trains replicate 0, then 1,
+... each as a tracked run `trial-<n> r<r>` under the study's parent run (`parent_run_id=`, which
+works across processes), tagged with its result key (the comparison finds it by that). Every
+epoch it reports the running mean of its validation value — the finished replicates' last-epoch
+values and this epoch's — at step r * steps_per_replicate + epoch, and the pruner stops a poor
+one inside any replicate: a trial pruned on replicate 0 never trains replicate 1. The pruned
+replicate's run ends KILLED, tagged `trial_state=pruned` (the finished ones stay FINISHED). Its
+objective is the mean over the K replicates of the validation value at the last epoch (the grid's
+protocol, `finalbn.selection`'s rule), never one split's 7 positives. A trial whose loss turns NaN
+is FAILED with its reason and the study goes on. Test metrics are logged with the runs and decide
+nothing.
+
+User attributes: `mlflow_run_ids` (one per replicate started), `mlflow_run_id` (replicate 0's),
+`replicates` (those finished), `per_replicate` (each one's values and run), the means `TIE_BREAK`
+(validation balanced loss), `val_minority_f1` and `test_minority_f1` (reported only), `switches`.
 """
 from __future__ import annotations
 
@@ -14,83 +25,155 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from finalbn.config import Config, config_name
+from finalbn.cell import CellResult
+from finalbn.config import TOGGLES, Config, config_name
 from finalbn.engine import TrainingDiverged
 from finalbn.keys import result_key
-from finalbn.stages.search.space import multi_objective, suggest
+from finalbn.selection import TIE_BREAK
+from finalbn.stages.search.space import multi_objective, steps_per_replicate, suggest
 from finalbn.stages.search.study import OBJECTIVES, finished, open_study, study_name
 from finalbn.tracked import track_cell
 from finalbn.tracking import records as tags
 
 PER_EPOCH = {"val_auroc": "val_auroc", "val_minority_f1": "val_minority_f1", "val_ap": "val_ap",
              "val_balanced_loss": "val_balanced_loss"}
-TIE_BREAK = "val_balanced_loss"  # among trials tied on the objective (AUROC saturates on 7 positives): lower wins
+# TIE_BREAK: among trials tied on the objective (AUROC saturates on 7 positives), the lower mean wins
+SWITCHES = "switches"  # how many of the six switches are on: the simpler wins a tie on both
+STEPS = "steps_per_replicate"
 
 
 class PruningCallback:
-    """engine callback: reports the epoch's validation value; raises TrialPruned when the pruner
-    says so (a single-objective study; Optuna cannot prune two objectives)."""
+    """engine callback for replicate `replicate` of a trial: reports the running mean of the
+    epoch's validation value with the finished replicates' last-epoch values (`done`) at step
+    replicate * stride + epoch; raises TrialPruned when the pruner says so (a single-objective
+    study; Optuna cannot prune two objectives)."""
 
-    def __init__(self, trial: optuna.Trial, key: str) -> None:
-        self.trial, self.key = trial, key
+    def __init__(self, trial: optuna.Trial, key: str, replicate: int = 0, stride: int = 0,
+                 done: list[float] | tuple = ()) -> None:
+        self.trial, self.key, self.replicate, self.stride = trial, key, replicate, stride
+        self.done = [float(v) for v in done if v == v]  # a NaN replicate (one class in validation) is left out
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         value = metrics.get(self.key)
         if value is None or value != value:  # NaN (one class in validation): nothing to compare
             return
-        self.trial.report(float(value), epoch)
+        mean = (sum(self.done) + float(value)) / (len(self.done) + 1)
+        self.trial.report(mean, self.replicate * self.stride + epoch)
         if self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at epoch {epoch}: {self.key} {value:.4f}")
+            raise optuna.TrialPruned(f"pruned at epoch {epoch} of replicate {self.replicate}: running mean "
+                                     f"{self.key} {mean:.4f} over {len(self.done) + 1} replicate(s)")
 
 
-def objective_values(cfg: Config, val: dict[str, float]) -> float | tuple[float, float]:
-    """The trial's score from its validation metrics at the last epoch (the grid's protocol)."""
+def replicate_values(cfg: Config, result: CellResult, run_id: str, replicate: int) -> dict[str, Any]:
+    """One replicate's numbers at the last epoch: the objective's value(s) on validation, the
+    tie-break, validation and test minority F1 (test: reported, never optimised)."""
+    val = result.val_last
+    value: Any = [float(val["auroc"]), float(val["ece"])] if multi_objective(cfg) \
+        else float(val[OBJECTIVES[cfg.search.objective][0]])
+    return {"replicate": replicate, "value": value, TIE_BREAK: float(val["balanced_loss"]),
+            "val_minority_f1": float(val["f1_1"]), "test_minority_f1": float(result.test_last["f1_1"]),
+            "run_id": run_id}
+
+
+def objective_values(cfg: Config, per: list[dict[str, Any]]) -> float | tuple[float, float]:
+    """The trial's score: the mean over its replicates of the validation value(s) at the last epoch."""
     if multi_objective(cfg):
-        return float(val["auroc"]), float(val["ece"])
-    return float(val[OBJECTIVES[cfg.search.objective][0]])
+        return float(np.mean([p["value"][0] for p in per])), float(np.mean([p["value"][1] for p in per]))
+    return float(np.mean([p["value"] for p in per]))
+
+
+def switches_on(cfg: Config) -> int:
+    return sum(bool(getattr(cfg.ablation, t)) for t in TOGGLES)
 
 
 def make_objective(cfg: Config, splits: Path, parent_run_id: str) -> Callable[[optuna.Trial], Any]:
-    dataset = cfg.datasets[0].name
+    dataset, k = cfg.datasets[0].name, cfg.selection.replicates
 
     def objective(trial: optuna.Trial):
         tcfg = suggest(trial, cfg)
-        callbacks = [] if multi_objective(cfg) else [PruningCallback(trial, PER_EPOCH[cfg.search.objective])]
-        # the key of what the trial computes: the comparison after the study finds it as the best
-        # configuration's run on this replicate (and the grid's cells the same way)
-        key = result_key(tcfg, dataset, cfg.search.replicate, splits)
         trial.set_user_attr("config_name", config_name(tcfg.ablation))  # also for a pruned or failed trial's line
-        try:
-            _, result = track_cell(
-                tcfg, dataset, splits, callbacks=callbacks, run_name=f"trial-{trial.number}",
-                parent_run_id=parent_run_id, replicate=cfg.search.replicate, killed_on=(optuna.TrialPruned,),
-                state_tag=tags.TRIAL_STATE, on_start=lambda rid: trial.set_user_attr("mlflow_run_id", rid),
-                extra_tags={tags.TRIAL: "true", tags.STUDY_NAME: study_name(cfg), tags.TRIAL_NUMBER: str(trial.number),
-                            tags.RESULT_KEY: key})
-        except TrainingDiverged as exc:
-            trial.set_user_attr("fail_reason", str(exc))
-            raise
-        trial.set_user_attr("test_minority_f1", result.test_last["f1_1"])  # reported, never optimised
-        val = {**result.val_last, "balanced_loss": result.fit.history[-1]["val_balanced_loss"]}
-        trial.set_user_attr(TIE_BREAK, float(val["balanced_loss"]))
-        trial.set_user_attr("val_minority_f1", float(val["f1_1"]))
-        return objective_values(cfg, val)
+        trial.set_user_attr(SWITCHES, switches_on(tcfg))
+        trial.set_user_attr(STEPS, steps_per_replicate(cfg))
+        per: list[dict[str, Any]] = []
+        ids: list[str] = []
+        for r in range(k):  # the race: the next replicate only while the running mean is promising
+            run_id, result = _replicate(trial, cfg, tcfg, dataset, splits, parent_run_id, r, per, ids)
+            per.append(replicate_values(cfg, result, run_id, r))
+            _record(trial, per)
+        return objective_values(cfg, per)
 
     return objective
 
 
+def _replicate(trial: optuna.Trial, cfg: Config, tcfg: Config, dataset: str, splits: Path, parent_run_id: str,
+               r: int, per: list[dict], ids: list[str]) -> tuple[str, CellResult]:
+    """Replicate `r` of the trial as one tracked run; pruned (TrialPruned) on the running mean."""
+    callbacks = [] if multi_objective(cfg) else [
+        PruningCallback(trial, PER_EPOCH[cfg.search.objective], r, steps_per_replicate(cfg), [p["value"] for p in per])]
+    # the key of what the run computes: the comparison after the study finds it as this
+    # configuration's run on this replicate (and the grid's cells the same way)
+    key = result_key(tcfg, dataset, r, splits)
+
+    def started(run_id: str) -> None:
+        ids.append(run_id)
+        trial.set_user_attr("mlflow_run_ids", list(ids))  # the last one is the run in progress
+        if r == 0:
+            trial.set_user_attr("mlflow_run_id", run_id)
+
+    try:
+        return track_cell(
+            tcfg, dataset, splits, callbacks=callbacks, run_name=f"trial-{trial.number} r{r}",
+            parent_run_id=parent_run_id, replicate=r, killed_on=(optuna.TrialPruned,),
+            state_tag=tags.TRIAL_STATE, on_start=started,
+            extra_tags={tags.TRIAL: "true", tags.STUDY_NAME: study_name(cfg), tags.TRIAL_NUMBER: str(trial.number),
+                        tags.RESULT_KEY: key})
+    except TrainingDiverged as exc:
+        trial.set_user_attr("fail_reason", f"replicate {r}: {exc}")
+        raise
+
+
+def _record(trial: optuna.Trial, per: list[dict[str, Any]]) -> None:
+    """The finished replicates' numbers, and their means, as user attributes (kept by a trial
+    pruned later)."""
+    trial.set_user_attr("replicates", [p["replicate"] for p in per])
+    trial.set_user_attr("per_replicate", per)
+    trial.set_user_attr("values_per_replicate", [p["value"] for p in per])
+    for name in (TIE_BREAK, "val_minority_f1", "test_minority_f1"):
+        trial.set_user_attr(name, float(np.mean([p[name] for p in per])))
+
+
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
-    """The best COMPLETE trial of a single-objective study; ties on the objective (validation AUROC
-    is 1.0 for many trials when validation holds 7 positives) go to the lower validation balanced
-    loss, then the earlier trial. Validation only: test values never decide."""
+    """The best COMPLETE trial of a single-objective study; ties on the objective (mean validation
+    AUROC is 1.0 for many trials when validation holds 7 positives) go to the lower mean validation
+    balanced loss, then fewer switches, then the earlier trial. Validation only: test values never
+    decide."""
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     if not done:
         raise ValueError("the study has no complete trial")
     sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
-    return max(done, key=lambda t: (sign * t.value, -float(t.user_attrs.get(TIE_BREAK, float("inf"))), -t.number))
+
+    def order(t: optuna.trial.FrozenTrial):
+        tie = t.user_attrs.get(TIE_BREAK)
+        tie = float("inf") if tie is None or tie != tie else float(tie)
+        return sign * t.value, -tie, -int(t.user_attrs.get(SWITCHES, 0)), -t.number
+
+    return max(done, key=order)
+
+
+def pruned_at(trial: optuna.trial.FrozenTrial) -> str:
+    """Where a pruned trial stopped: its replicate and epoch (its last reported step)."""
+    steps = trial.intermediate_values
+    if not steps:
+        return "pruned"
+    last, stride = max(steps), trial.user_attrs.get(STEPS)
+    if not stride:
+        return f"pruned at epoch {last}"
+    r, e = divmod(last - 1, int(stride))
+    return f"pruned at epoch {e + 1} of replicate {r}"
 
 
 class TrialLog:
@@ -105,14 +188,18 @@ class TrialLog:
             if trial.datetime_complete and trial.datetime_start else float("nan")
         if trial.state == TrialState.COMPLETE:
             what = ", ".join(f"{v:.4f}" for v in trial.values)
-            what = f"{self.cfg.search.objective} {what}"
+            what = (f"{self.cfg.search.objective} {what} (mean over replicates "
+                    f"{_span(trial.user_attrs.get('replicates') or [])})")
         elif trial.state == TrialState.PRUNED:
-            last = trial.intermediate_values
-            what = f"pruned at epoch {max(last)}" if last else "pruned"
+            what = pruned_at(trial)
         else:
             what = f"FAILED: {trial.user_attrs.get('fail_reason', 'see its run')}"
         self.log(f"search: trial {trial.number} ({trial.user_attrs.get('config_name', '?')}) {what}, {secs:.0f} s "
                  f"[{done}/{self.cfg.search.n_trials} finished]")
+
+
+def _span(reps: list[int]) -> str:
+    return "?" if not reps else f"{reps[0]}..{reps[-1]}" if len(reps) > 1 else str(reps[0])
 
 
 def optimize(cfg: Config, splits: Path, parent_run_id: str, worker: int = 0) -> None:

@@ -4,8 +4,13 @@
     tcfg = suggest(trial, cfg)       # params.yaml with the space's dimensions drawn
 
 Each dimension is a [low, high] range, a list of choices, or null (off: params.yaml's value).
-The order of the `suggest_*` calls is part of the study (a seeded sampler draws in call order):
-keep it.
+A space has no dead or overriding dimension: a dimension is drawn only when the configuration
+drawn so far uses it (weight decay with WD on, MixUp's alpha with MX on, the final BN's knobs
+with a final BN, the final Linear's bias without one, WL unless the loss is class_balanced, whose
+weights replace WL's), `check` refuses `bn` in `switches` beside `final` (one would override the
+other), and temperature scaling only for an objective it can change (it moves no ranking and no
+argmax). The order of the `suggest_*` calls is part of the study (a seeded sampler draws in call
+order): keep it.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from finalbn.models import get_spec
 LOG_SCALE = ("lr", "weight_decay", "final_bn_momentum", "final_bn_eps")
 CHOICES = ("switches", "hidden", "final", "final_bn_affine", "final_bias", "batch_size", "arch", "loss",
            "calibration")
+CALIBRATED_OBJECTIVES = ("val_auroc+ece", "val_balanced_loss")  # what temperature scaling changes
 
 
 def check(cfg: Config) -> None:
@@ -34,13 +40,18 @@ def check(cfg: Config) -> None:
             get_spec(a)
         except ValueError as exc:
             raise ConfigError(f"search.space.arch: {exc}") from None
+    if "bn" in (s.space.switches or ()) and s.space.final is not None:
+        raise ConfigError(f"search.space.switches holds bn and search.space.final={list(s.space.final)}: one would "
+                          "override the other (the final layer is the BN switch): drop bn from the switches or set "
+                          "search.space.final=null")
+    if s.space.calibration is not None and s.objective not in CALIBRATED_OBJECTIVES:
+        raise ConfigError(f"search.space.calibration cannot change search.objective={s.objective} (temperature "
+                          "scaling moves no ranking and no argmax): set search.space.calibration=null or "
+                          f"search.objective to one of {', '.join(CALIBRATED_OBJECTIVES)}")
     have = cfg.grid.max_replicates  # the split draws `prepare` writes
-    if s.replicate >= have:
-        raise ConfigError(f"search.replicate={s.replicate} is not a prepared replicate (prepare writes 0..{have - 1}: "
-                          "grid.replicates / grid.headline.replicates)")
-    if s.replicates > have:
-        raise ConfigError(f"search.replicates={s.replicates} exceeds the {have} replicates prepare writes "
-                          "(grid.replicates / grid.headline.replicates)")
+    if cfg.selection.replicates > have:
+        raise ConfigError(f"selection.replicates={cfg.selection.replicates} exceeds the {have} replicates prepare "
+                          "writes (grid.replicates / grid.headline.replicates)")
     if multi_objective(cfg) and s.pruner != "none":
         # Optuna's Trial.report raises NotImplementedError for multi-objective studies
         raise ConfigError(f"search.pruner={s.pruner} cannot prune the two-objective study {s.objective!r}: "
@@ -93,16 +104,18 @@ class _Draw:
 
 
 def suggest(trial: optuna.Trial, cfg: Config) -> Config:
-    """The trial's configuration: params.yaml with the space's dimensions drawn."""
-    sp, model, ab = cfg.search.space, cfg.model, cfg.ablation
-    if sp.switches:
-        ab = dataclasses.replace(ab, **{t: trial.suggest_categorical(t.upper(), [True, False]) for t in sp.switches})
+    """The trial's configuration: params.yaml with the space's dimensions drawn (each only where
+    the configuration drawn before it uses it; see the module docstring)."""
+    sp, model = cfg.search.space, cfg.model
     d = _Draw(trial)
     m: dict[str, Any] = {}
     t: dict[str, Any] = {}
+    if (loss := d.pick("loss", sp.loss)) is not None:  # first: class_balanced's weights replace WL's
+        t["loss"] = loss
+    ab = _switches(trial, sp, cfg.ablation, t.get("loss", cfg.train.loss))
     if (lr := d.rng("lr", sp.lr, log=True)) is not None:
         t["lr"] = lr
-    if (wd := d.rng("weight_decay", sp.weight_decay, log=True)) is not None:
+    if ab.wd and (wd := d.rng("weight_decay", sp.weight_decay, log=True)) is not None:  # WD off: decay 0
         t["weight_decay"] = wd
     d0, d1 = d.rng("dropout_0", sp.dropout_0), d.rng("dropout_1", sp.dropout_1)
     if d0 is not None or d1 is not None:
@@ -120,6 +133,18 @@ def suggest(trial: optuna.Trial, cfg: Config) -> Config:
                                train=dataclasses.replace(cfg.train, **t))
 
 
+def _switches(trial: optuna.Trial, sp, ab, loss: str):
+    """The switches of the space drawn; WL off (not drawn) under the class_balanced loss, which
+    ignores it."""
+    if not sp.switches:
+        return ab
+    drawn = {}
+    for name in sp.switches:
+        drawn[name] = False if name == "wl" and loss == "class_balanced" else \
+            trial.suggest_categorical(name.upper(), [True, False])
+    return dataclasses.replace(ab, **drawn)
+
+
 def _final_layer(d: _Draw, sp, m: dict, uses_bn: bool) -> None:
     if uses_bn:  # the final BN's own knobs mean something only when there is one
         if (v := d.rng("final_bn_momentum", sp.final_bn_momentum, log=True)) is not None:
@@ -128,7 +153,7 @@ def _final_layer(d: _Draw, sp, m: dict, uses_bn: bool) -> None:
             m["final_bn_eps"] = v
         if (v := d.pick("final_bn_affine", sp.final_bn_affine)) is not None:
             m["final_bn_affine"] = v
-    if (v := d.pick("final_bias", sp.final_bias)) is not None:
+    elif (v := d.pick("final_bias", sp.final_bias)) is not None:  # a BN right after the Linear cancels its bias
         m["final_bias"] = v
 
 
@@ -143,7 +168,12 @@ def _training(d: _Draw, sp, m: dict, t: dict, mixup: bool) -> None:
         t["epochs"] = v
     if (v := d.pick("arch", sp.arch)) is not None:
         m["arch"] = v
-    if (v := d.pick("loss", sp.loss)) is not None:
-        t["loss"] = v
     if (v := d.pick("calibration", sp.calibration)) is not None:
         t["calibration"] = v
+
+
+def steps_per_replicate(cfg: Config) -> int:
+    """The pruner's steps per replicate: the most epochs a trial of the space trains (a trial on
+    replicate r, epoch e reports at step r * this + e, so replicates start at the same step in
+    every trial, whatever epochs it drew)."""
+    return int(cfg.search.space.epochs[1]) if cfg.search.space.epochs else int(cfg.train.epochs)

@@ -25,12 +25,12 @@ from optuna.trial import TrialState
 from finalbn import tracking
 from finalbn.config import NOT_RESULT_PARAMS, Config, ConfigError, to_dict
 from finalbn.stages.search.journal import mend_journal
-from finalbn.stages.search.space import check, multi_objective
+from finalbn.stages.search.space import check, multi_objective, steps_per_replicate
 
 OBJECTIVES = {"val_auroc": ("auroc", "maximize"), "val_minority_f1": ("f1_1", "maximize"),
               "val_ap": ("ap", "maximize"), "val_balanced_loss": ("balanced_loss", "minimize")}
 # search.* keys that do not change what the study is: how long it runs and where
-_NOT_STUDY = {"n_trials", "workers", "stale_after_s", "storage", "study", "replicates"}
+_NOT_STUDY = {"n_trials", "workers", "stale_after_s", "storage", "study"}
 
 
 def directions(cfg: Config) -> list[str]:
@@ -64,17 +64,21 @@ def pruner(cfg: Config) -> optuna.pruners.BasePruner:
     if s.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=s.pruner_startup_trials, n_warmup_steps=s.pruner_warmup_epochs)
     if s.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=max(1, s.pruner_warmup_epochs), max_resource=cfg.train.epochs)
+        # a trial's resource: its replicates' epochs (steps r * steps_per_replicate + epoch)
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, s.pruner_warmup_epochs),
+                                              max_resource=cfg.selection.replicates * steps_per_replicate(cfg))
     return optuna.pruners.NopPruner()
 
 
 def study_name(cfg: Config) -> str:
     """`search.study` plus a digest of everything that defines the study (space, objective,
-    pruner, seed, replicate, the datasets and every model/train/ablation value the space leaves
-    fixed): the same params resume it, a changed space starts a new study in the same storage
-    (Optuna refuses a parameter whose distribution changed)."""
+    pruner, seed, the replicates a trial races over (`selection.replicates`), the datasets and
+    every model/train/ablation value the space leaves fixed): the same params resume it, a changed
+    space starts a new study in the same storage (Optuna refuses a parameter whose distribution
+    changed)."""
     payload = {k: v for k, v in to_dict(cfg.search).items() if k not in _NOT_STUDY}
     payload.update({k: to_dict(getattr(cfg, k)) for k in ("datasets", "model", "train", "ablation", "split")})
+    payload["replicates"] = cfg.selection.replicates  # the objective is a mean over them
     for key in NOT_RESULT_PARAMS:
         section, _, name = key.partition(".")
         payload[section].pop(name, None)
@@ -101,7 +105,7 @@ def open_study(cfg: Config, worker: int = 0) -> optuna.Study:
 
 def fail_stale(study: optuna.Study, older_than_s: float, now: datetime.datetime | None = None) -> list[int]:
     """Mark FAIL the trials left RUNNING longer than `older_than_s` (a killed worker's: a journal
-    has no heartbeat) and their MLflow runs KILLED; returns their numbers."""
+    has no heartbeat) and the MLflow run each was training KILLED; returns their numbers."""
     now = now or datetime.datetime.now()
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -109,7 +113,8 @@ def fail_stale(study: optuna.Study, older_than_s: float, now: datetime.datetime 
             continue
         study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "its worker stopped (RUNNING on restart)")
         study.tell(t.number, state=TrialState.FAIL)  # Optuna's FAQ recipe for a journal's zombie trials
-        run_id = t.user_attrs.get("mlflow_run_id")
+        # the run in progress: the last replicate's (a trial's runs of finished replicates stay FINISHED)
+        run_id = (t.user_attrs.get("mlflow_run_ids") or [t.user_attrs.get("mlflow_run_id")])[-1]
         if run_id:
             tracking.mark_killed(run_id)
         failed.append(t.number)

@@ -16,7 +16,7 @@ from optuna.visualization import matplotlib as ovm
 
 from finalbn import tracking
 from finalbn.config import Config
-from finalbn.stages.search.objective import TIE_BREAK, best_trial
+from finalbn.stages.search.objective import SWITCHES, TIE_BREAK, best_trial
 from finalbn.stages.search.space import multi_objective
 from finalbn.stages.search.study import directions
 
@@ -25,7 +25,8 @@ PLOTS = {"history": ovm.plot_optimization_history, "importances": ovm.plot_param
 
 
 def summary(cfg: Config, study: optuna.Study, seconds: float | None = None) -> dict:
-    """results/search.json: counts by state, the best trial (on validation) and its params."""
+    """results/search.json: counts by state, the best trial (on validation) and its params, the
+    replicates behind its objective (`best.replicates`: its value is their mean) and each one's value."""
     trials = study.get_trials(deepcopy=False)
     counts = {s.name.lower(): sum(1 for t in trials if t.state == s) for s in TrialState}
     out: dict[str, Any] = {"study": study.study_name, "storage": cfg.search.storage, "objective": cfg.search.objective,
@@ -39,14 +40,19 @@ def summary(cfg: Config, study: optuna.Study, seconds: float | None = None) -> d
         best = best_trial(study)
         ties = [t.number for t in done if t.value == best.value]
         out["best"] = {"number": best.number, "value": best.value, "params": best.params,
+                       "replicates": best.user_attrs.get("replicates"),
+                       "values_per_replicate": best.user_attrs.get("values_per_replicate"),
                        "mlflow_run_id": best.user_attrs.get("mlflow_run_id"),
+                       "mlflow_run_ids": best.user_attrs.get("mlflow_run_ids"),
                        "config_name": best.user_attrs.get("config_name"),
+                       "switches": best.user_attrs.get(SWITCHES),
                        "val_balanced_loss": best.user_attrs.get(TIE_BREAK),
                        "val_minority_f1": best.user_attrs.get("val_minority_f1"),
                        "tied_on_objective": ties,
                        "test_minority_f1": best.user_attrs.get("test_minority_f1")}
     elif done:
         out["pareto"] = [{"number": t.number, "values": t.values, "params": t.params,
+                          "replicates": t.user_attrs.get("replicates"),
                           "mlflow_run_id": t.user_attrs.get("mlflow_run_id")} for t in study.best_trials]
     return out
 
