@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from finalbn import imports
+from finalbn import decision, imports
 from finalbn.cell import run_cell
-from finalbn import decision
 from finalbn.results import rank_configs
-from finalbn.stages import grid
+from finalbn.stages import export, grid
 from finalbn.splits import read_manifest
+from finalbn.tracking import RunRecord
 
 SPLITS = Path("data/splits")
 
@@ -59,6 +59,16 @@ def test_poisoned_test_labels_change_no_choice(prepared):
                 [decision.at_prevalence(curves[0], pi) for pi in (0.5, 0.05, 0.01)]
     ranked = {k: rank_configs(pd.DataFrame(v), 1)["config_id"].tolist() for k, v in rows.items()}
     assert ranked["clean"] == ranked["poisoned"]
+    # the export's choice among the final-BN configurations (31, 15), as the store would give the runs
+    shipped = {}
+    for name, v in rows.items():
+        runs = [RunRecord(run_id=f"{name}{r['config_id']}", name="", status="FINISHED", end_time=1,
+                          tags={"BN": str(r["config_id"] in (31, 15)).lower(), "config_key": str(r["config_id"]),
+                                "replicate": "0"}, params={},
+                          metrics={"val_last_auroc": r["val_auroc"], "val_last_balanced_loss": r["val_balanced_loss"],
+                                   "test_f1_1": r["test_f1_1"]}) for r in v]
+        shipped[name] = export.choose(runs, k=1).key
+    assert shipped["clean"] == shipped["poisoned"]
 
 
 def test_a_code_change_reruns_a_finished_cell(prepared, tmp_path, monkeypatch):

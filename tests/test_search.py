@@ -203,14 +203,32 @@ def test_a_poor_trial_is_pruned_and_its_run_ends_killed(searching, tmp_path):
     load, _ = searching
     cfg = load(["search.pruner=median", "search.pruner_startup_trials=1", "search.pruner_warmup_epochs=0"])
     study = search.open_study(cfg)
+    assert isinstance(study.pruner, search.ReplicateMedianPruner) and cfg.selection.replicates == 2
     good = study.ask()
-    for epoch in (1, 2):
-        good.report(0.9, epoch)
+    for step in (1, 2, 3, 4):
+        good.report(0.9, step)
     study.tell(good, 0.9)
-    poor = study.ask()
-    cb = search.PruningCallback(poor, "val_auroc")
-    with pytest.raises(optuna.TrialPruned, match="pruned at epoch 1 of replicate 0"):
-        cb.on_epoch_end(1, {"val_auroc": 0.2})
+
+    def racer():
+        t = study.ask()
+        t.set_user_attr("epochs", 2)
+        t.set_user_attr("steps_per_replicate", 2)
+        return t
+
+    poor = racer()
+    cb = search.PruningCallback(poor, "val_auroc", stride=2)
+    cb.on_epoch_end(1, {"val_auroc": 0.2})  # inside a replicate: never pruned
+    with pytest.raises(optuna.TrialPruned, match="pruned at epoch 2 of replicate 0"):
+        cb.on_epoch_end(2, {"val_auroc": 0.2})  # the end of replicate 0, below the median
+    # a lucky epoch does not carry a trial (Optuna's MedianPruner compares the best step so far)
+    lucky = racer()
+    cb = search.PruningCallback(lucky, "val_auroc", stride=2)
+    cb.on_epoch_end(1, {"val_auroc": 1.0})
+    with pytest.raises(optuna.TrialPruned):
+        cb.on_epoch_end(2, {"val_auroc": 0.5})
+    # the end of the last replicate: the trial is complete, never pruned
+    last = racer()
+    search.PruningCallback(last, "val_auroc", replicate=1, stride=2, done=[0.95]).on_epoch_end(2, {"val_auroc": 0.1})
     # on replicate 1 it reports the running mean with replicate 0's last value, after replicate 0's steps
     racing = study.ask()
     search.PruningCallback(racing, "val_auroc", replicate=1, stride=2, done=[0.8]).on_epoch_end(1, {"val_auroc": 0.6})

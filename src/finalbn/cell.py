@@ -120,7 +120,7 @@ def fit_settings(cfg: Config, train_labels: np.ndarray, device: str = "cpu", pro
                        class_weights=weights, loss=tc.loss, focal_gamma=tc.focal_gamma,
                        label_smoothing=tc.label_smoothing, device=device, progress=progress,
                        body_lr_ratio=tc.body_lr_ratio, wd_on_bn=tc.wd_on_bn, train_counts=train_counts(train_labels),
-                       seed=seed)
+                       prior_metrics=prior_rule_valid(cfg), seed=seed)
 
 
 def train_plan(cfg: Config, train: SplitTensors, seed: int, device: str = "cpu") -> TrainPlan:

@@ -59,7 +59,8 @@ class FitSettings:
     pct_start: float = 0.25  # fastai's fit_one_cycle warm-up fraction
     body_lr_ratio: float = 1.0  # LR of parameters under `body.` / head LR (fastai's slice(lr): 0.1)
     wd_on_bn: bool = False  # decay BN weights and biases too (fastai's bn_wd=True)
-    train_counts: tuple[int, ...] | None = None  # (n_majority, n_minority): prior-corrected val F1
+    train_counts: tuple[int, ...] | None = None  # (n_majority, n_minority): the logit-adjusted loss's prior
+    prior_metrics: bool = True  # log the prior-corrected val F1 (only where the outputs carry the training prior)
     loss: str = "ce"  # ce | focal | logit_adjusted (class weights: WL's or class_balanced's, set by the caller)
     focal_gamma: float = 2.0
     seed: int | None = None  # dropout's own stream per epoch (None: the global generator as it is)
@@ -216,7 +217,8 @@ def fit(model: nn.Module, train: TrainSource, val: TrainSource, settings: FitSet
                                           bf16=settings.bf16)
         # "lr": the head's (body groups run at body_lr_ratio of it)
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-               "lr": max(sched.get_last_lr()), **_val_metrics(labels, probs, num_classes, settings.train_counts)}
+               "lr": max(sched.get_last_lr()), **_val_metrics(labels, probs, num_classes,
+                                                                    settings.train_counts if settings.prior_metrics else None)}
         if callable(probe):
             row.update(probe())
         history.append(row)

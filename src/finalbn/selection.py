@@ -58,8 +58,8 @@ def rank(rows: pd.DataFrame, k: int, key: str = "key") -> pd.DataFrame:
     out["replicates"] = g.size()
     out["replicate_set"] = g["replicate"].agg(lambda s: tuple(sorted(int(x) for x in s)))
     ci = g[CRITERION].agg(lambda s: _interval(s.to_numpy(dtype=float)))
-    out[f"{CRITERION}_ci_low"] = [c[0] for c in ci]
-    out[f"{CRITERION}_ci_high"] = [c[1] for c in ci]
+    out[f"{CRITERION}_ci_low"] = [max(c[0], 0.0) for c in ci]  # an AUROC lies in [0, 1]: so does its interval
+    out[f"{CRITERION}_ci_high"] = [min(c[1], 1.0) for c in ci]
     for c in sub.columns:  # text columns (names) ride along
         if c not in numeric and c not in (key, "replicate"):
             out[c] = g[c].first()

@@ -130,4 +130,8 @@ class FieldModel:
                                     f"({r['rule']}): on validation it flagged {r['fpr']:.1%} of healthy images "
                                     f"(<= {r['fpr_upper95']:.1%} at 95%) and found {r['tpr']:.1%} of diseased "
                                     f"({curve['positives']} diseased, {curve['negatives']} healthy)")
+        seen = (self.card.get("decision") or {}).get("argmax_validation")
+        if seen:  # what argmax did on validation: a model chosen on AUROC may put its 0.5 anywhere
+            return None, (f"argmax (on validation it flagged {seen['healthy_flagged']:.1%} of healthy images and found "
+                          f"{seen['diseased_found']:.1%} of diseased; --prevalence sets a cut for your field)")
         return None, "argmax"

@@ -60,7 +60,7 @@ def export(cfg: Config, splits: Path, out_dir: Path, run_id: str | None = None, 
     val_labels, val_p1 = pooled_validation(choice)
     selected = selection_card(choice, int(val_labels.sum()))
     va = selected["validation_auroc"]
-    log(f"export: configuration {selected['config_name']} (config {selected['config_id']}), {choice.how}: "
+    log(f"export: configuration {selected['config_name']} ({selected['source']}), {choice.how}: "
         f"validation AUROC {_f(va['mean'])} [95% CI {_f(va['ci95'][0])}, {_f(va['ci95'][1])}] over replicates "
         f"{selected['replicates']} ({selected['val_positives']} validation positives pooled); its model: "
         f"replicate {selected['model_replicate']}, run {run.run_id}")
@@ -114,6 +114,9 @@ def _build(src: Source, tmp: Path, out_dir: Path, size: int, spec, tensors, x: d
         log(f"export: at a field prevalence of {r['prevalence']:g}: flag P(diseased) >= {r['threshold']:.4f} — on "
             f"validation it flags {r['fpr']:.1%} of healthy (<= {r['fpr_upper95']:.1%} at 95%) and finds "
             f"{r['tpr']:.1%} of diseased; F1 {r['f1']:.3f} at that prevalence")
+    seen = rules["argmax_validation"]
+    log(f"export: argmax (the default) flags {seen['healthy_flagged']:.1%} of healthy and finds "
+        f"{seen['diseased_found']:.1%} of diseased on validation; `finalbn-field --prevalence` applies the cuts above")
     if not rules["prior_correction"]["applies"]:
         log(f"export: no training-count prior correction: {rules['prior_correction']['why']}")
     io.write_json(out_dir / "parity.json", check)

@@ -1,7 +1,8 @@
 """models/model.json: what the field needs to use the model — classes, input and preprocessing,
 where it came from, how it was chosen, its validation metrics, and the decision rules.
 
-    card = model_card(src, size, spec.preprocessing(), onnx_info, selected, pooled, train_counts, prevalences)
+    rules = decision_rules(src, val_labels, val_p1, train_counts, prevalences, replicates)
+    card = model_card(src, size, spec.preprocessing(), onnx_info, selected, rules, train_counts)
 
 The decision rules are set on the pooled validation predictions of the replicates behind the
 choice (`finalbn.decision`): the operating curve (every cut's TPR and FPR) is stored whole, so the

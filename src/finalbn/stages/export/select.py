@@ -136,6 +136,7 @@ def selection_card(choice: Choice, positives: int) -> dict:
     runs = [choice.runs[r] for r in reps]
     return {
         "how": choice.how, "config_key": choice.key, "config_name": choice.run.tags.get(tags.CONFIG_NAME),
+        "source": source_of(choice.run),
         "config_id": int(choice.run.tags.get(tags.CONFIG_ID, -1)), "candidates": choice.candidates,
         "replicates": reps, "model_replicate": int(choice.run.tags.get(tags.REPLICATE, 0)),
         "run_ids": {str(r): choice.runs[r].run_id for r in reps}, "val_positives": positives,
@@ -145,6 +146,13 @@ def selection_card(choice: Choice, positives: int) -> dict:
         "test_auroc": mean_ci([r.metrics.get("test_auroc", math.nan) for r in runs]),
         "test_note": "test metrics over the same replicates: reported, never used to choose",
     }
+
+
+def source_of(run: RunRecord) -> str:
+    """Where a configuration comes from: a search trial (its own continuous params) or the grid."""
+    if run.tags.get(tags.TRIAL_NUMBER):
+        return f"search trial {run.tags[tags.TRIAL_NUMBER]} ({run.tags.get(tags.STUDY_NAME, '?')})"
+    return "search comparison" if run.flag(tags.SEARCH_COMPARE) else "grid"
 
 
 def pooled_validation(choice: Choice) -> tuple[np.ndarray, np.ndarray]:

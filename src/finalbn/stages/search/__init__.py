@@ -32,10 +32,19 @@ from finalbn.stages.search.compare import compare, tested_replicates
 from finalbn.stages.search.objective import (SWITCHES, TIE_BREAK, PruningCallback, TrialLog, best_trial, make_objective,
                                              optimize)
 from finalbn.stages.search.space import check, multi_objective, steps_per_replicate, suggest
-from finalbn.stages.search.study import directions, fail_stale, finished, open_study, start, storage, study_name
+from finalbn.stages.search.study import (
+    ReplicateMedianPruner,
+    directions,
+    fail_stale,
+    finished,
+    open_study,
+    start,
+    storage,
+    study_name,
+)
 from finalbn.stages.search.summary import finish, plots, summary
 
-__all__ = ["SWITCHES", "TIE_BREAK", "PruningCallback", "TrialLog", "best_trial", "check", "compare", "directions",
+__all__ = ["SWITCHES", "TIE_BREAK", "PruningCallback", "ReplicateMedianPruner", "TrialLog", "best_trial", "check", "compare", "directions",
            "fail_stale", "finish", "main", "make_objective", "multi_objective", "open_study", "optimize", "plots",
            "run_workers", "start", "steps_per_replicate", "storage", "study_name", "suggest", "summary",
            "tested_replicates"]
@@ -103,9 +112,11 @@ def _print_outcome(cfg: Config, out: dict, path: str) -> None:
         b = out["best"]
         print(f"  best on validation: trial {b['number']} ({b['config_name']}), mean {cfg.search.objective} "
               f"{b['value']:.4f} over replicates {b.get('replicates')}; mlflow runs {b.get('mlflow_run_ids')}")
+    shown = set()
     for label in ("bn_only_31", "grid_best"):
         c = (out.get("comparison") or {}).get(label)
-        if c:
+        if c and c["config_id"] not in shown:  # the grid's best may be BN only itself: one line
+            shown.add(c["config_id"])
             d = c["best_trial_minus_test_f1_1"]
             ci = (f"[95% CI {d['ci_low']:+.3f}, {d['ci_high']:+.3f}]" if d.get("ci_low") is not None
                   else f"({d.get('note') or 'no interval'})")

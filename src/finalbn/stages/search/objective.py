@@ -35,7 +35,7 @@ from finalbn.engine import TrainingDiverged
 from finalbn.keys import result_key
 from finalbn.selection import TIE_BREAK
 from finalbn.stages.search.space import multi_objective, steps_per_replicate, suggest
-from finalbn.stages.search.study import OBJECTIVES, finished, open_study, study_name
+from finalbn.stages.search.study import EPOCHS, OBJECTIVES, finished, open_study, study_name
 from finalbn.tracked import track_cell
 from finalbn.tracking import records as tags
 
@@ -98,6 +98,7 @@ def make_objective(cfg: Config, splits: Path, parent_run_id: str) -> Callable[[o
         trial.set_user_attr("config_name", config_name(tcfg.ablation))  # also for a pruned or failed trial's line
         trial.set_user_attr(SWITCHES, switches_on(tcfg))
         trial.set_user_attr(STEPS, steps_per_replicate(cfg))
+        trial.set_user_attr(EPOCHS, tcfg.train.epochs)  # where each replicate ends (the pruner decides there)
         per: list[dict[str, Any]] = []
         ids: list[str] = []
         for r in range(k):  # the race: the next replicate only while the running mean is promising

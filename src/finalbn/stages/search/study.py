@@ -17,6 +17,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import optuna
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
@@ -59,10 +60,45 @@ def storage(cfg: Config):
                           f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
 
 
+EPOCHS = "epochs"  # a trial's user attribute: the epochs of each of its replicates
+
+
+class ReplicateMedianPruner(optuna.pruners.BasePruner):
+    """The race's rule: at the end of each replicate but the last, stop a trial whose running mean
+    (the mean of its finished replicates' last-epoch values) is worse than the median of the
+    complete trials' running means at the same point; never inside a replicate.
+
+    Optuna's MedianPruner compares a trial's *best* intermediate value over all its steps with the
+    median: on a running mean that starts from one replicate's 7 validation positives (an epoch at
+    AUROC 1.0 is common) that best value is rarely below the median, and on the embedded default it
+    pruned none of 12 trials. This one compares the current value, at replicate boundaries only,
+    where the value is a whole replicate's. `n_startup_trials` complete trials come first."""
+
+    def __init__(self, replicates: int, n_startup_trials: int = 5) -> None:
+        self.replicates, self.n_startup_trials = replicates, n_startup_trials
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        step, epochs = trial.last_step, trial.user_attrs.get(EPOCHS)
+        stride = trial.user_attrs.get("steps_per_replicate")
+        if step is None or not epochs or not stride or (step - int(epochs)) % int(stride):
+            return False  # not the end of a replicate
+        if (step - int(epochs)) // int(stride) >= self.replicates - 1:
+            return False  # the last replicate: the trial is complete, nothing left to save
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if len(done) < max(1, self.n_startup_trials):
+            return False
+        value = trial.intermediate_values[step]
+        others = [t.intermediate_values[step] for t in done if step in t.intermediate_values]
+        if value != value or not others:
+            return False
+        median = float(np.nanmedian(others))
+        return value < median if study.direction == optuna.study.StudyDirection.MAXIMIZE else value > median
+
+
 def pruner(cfg: Config) -> optuna.pruners.BasePruner:
     s = cfg.search
     if s.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=s.pruner_startup_trials, n_warmup_steps=s.pruner_warmup_epochs)
+        return ReplicateMedianPruner(cfg.selection.replicates, s.pruner_startup_trials)
     if s.pruner == "hyperband":
         # a trial's resource: its replicates' epochs (steps r * steps_per_replicate + epoch)
         return optuna.pruners.HyperbandPruner(min_resource=max(1, s.pruner_warmup_epochs),
