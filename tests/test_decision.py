@@ -59,7 +59,8 @@ def test_at_5_percent_a_model_without_prior_flags_at_most_the_fpr_promised_on_he
     for pi in (0.05, 0.02):
         r = decision.at_prevalence(decision.operating_curve(y_val, p_val), pi)
         flagged = float((healthy >= r["threshold"]).mean())
-        assert flagged <= r["fpr_upper95"], (pi, flagged, r)
+        found = float((p_test[y_test == 1] >= r["threshold"]).mean())
+        assert flagged <= r["fpr_upper95"] and found >= r["tpr_lower95"], (pi, flagged, found, r)
         assert r["fpr"] < 0.1 and r["tpr"] > 0.3
 
 
@@ -72,8 +73,10 @@ def test_the_training_count_rule_applies_only_to_outputs_that_carry_the_prior():
         assert not ok and "carry no training prior" in why
 
 
-def test_wilson_upper_bound():
+def test_wilson_bounds():
     assert decision.wilson_upper(0, 750) == pytest.approx(0.00510, abs=1e-4)
+    low, high = decision.wilson(25, 35)
+    assert low == pytest.approx(0.5495, abs=1e-3) and high == pytest.approx(0.8367, abs=1e-3)
     assert decision.wilson_upper(75, 750) > 0.1 and math.isnan(decision.wilson_upper(0, 0))
 
 

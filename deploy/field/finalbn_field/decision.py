@@ -66,21 +66,27 @@ def precision_at(tpr, fpr, prevalence: float) -> np.ndarray:
     return np.where(flagged > 0, prevalence * tpr / np.where(flagged > 0, flagged, 1), math.nan)
 
 
-def wilson_upper(k: float, n: int) -> float:
-    """Upper end of the 95 % Wilson score interval of a proportion k/n (Wilson 1927)."""
+def wilson(k: float, n: int) -> tuple[float, float]:
+    """The 95 % Wilson score interval of a proportion k/n (Wilson 1927); NaN for n = 0."""
     if n <= 0:
-        return math.nan
+        return math.nan, math.nan
     p = k / n
     centre = p + Z95 ** 2 / (2 * n)
     half = Z95 * math.sqrt(p * (1 - p) / n + Z95 ** 2 / (4 * n * n))
-    return min(1.0, (centre + half) / (1 + Z95 ** 2 / n))
+    return max(0.0, (centre - half) / (1 + Z95 ** 2 / n)), min(1.0, (centre + half) / (1 + Z95 ** 2 / n))
+
+
+def wilson_upper(k: float, n: int) -> float:
+    """Upper end of the 95 % Wilson score interval of a proportion k/n."""
+    return wilson(k, n)[1]
 
 
 def at_prevalence(curve: dict, prevalence: float, miss_cost: float | None = None) -> dict[str, float]:
     """The cut for a field prevalence: best F1 at that prevalence, or, with `miss_cost` (a missed
     diseased image's cost in false alarms), the least expected cost. Ties go to the stricter cut
-    (fewer healthy images flagged). Returns threshold, tpr, fpr, the 95 % upper bound of the FPR
-    (Wilson, on the curve's negatives), precision and F1 at the prevalence, and the rule used.
+    (fewer healthy images flagged). Returns threshold, tpr with its 95 % lower bound and fpr with its
+    95 % upper bound (Wilson, on the curve's positives and negatives), precision and F1 at the
+    prevalence, and the rule used.
     Raises ValueError for a prevalence outside (0, 1) or a cost <= 0."""
     if not 0 < prevalence < 1:
         raise ValueError(f"prevalence must lie in (0, 1) (got {prevalence})")
@@ -93,8 +99,9 @@ def at_prevalence(curve: dict, prevalence: float, miss_cost: float | None = None
         score = -((1 - prevalence) * fpr + miss_cost * prevalence * (1 - tpr))
         rule = f"least expected cost, a miss costing {miss_cost:g} false alarms"
     i = int(np.flatnonzero(score >= score.max() - 1e-12)[0])  # the strictest of the best cuts
-    neg = int(curve["negatives"])
+    neg, pos = int(curve["negatives"]), int(curve["positives"])
     return {"prevalence": float(prevalence), "threshold": float(curve["threshold"][i]), "tpr": float(tpr[i]),
+            "tpr_lower95": wilson(round(tpr[i] * pos), pos)[0],
             "fpr": float(fpr[i]), "fpr_upper95": wilson_upper(round(fpr[i] * neg), neg),
             "precision": float(precision_at(tpr[i], fpr[i], prevalence)), "f1": float(f1_at(tpr[i], fpr[i], prevalence)),
             "rule": rule}

@@ -128,7 +128,7 @@ class FieldModel:
             r = at_prevalence(curve, prevalence, miss_cost)
             return r["threshold"], (f"threshold {r['threshold']:.4g} for a field prevalence of {prevalence:g} "
                                     f"({r['rule']}): on validation it flagged {r['fpr']:.1%} of healthy images "
-                                    f"(<= {r['fpr_upper95']:.1%} at 95%) and found {r['tpr']:.1%} of diseased "
+                                    f"(<= {r['fpr_upper95']:.1%} at 95%) and found {r['tpr']:.1%} of diseased (>= {r['tpr_lower95']:.1%}) "
                                     f"({curve['positives']} diseased, {curve['negatives']} healthy)")
         seen = (self.card.get("decision") or {}).get("argmax_validation")
         if seen:  # what argmax did on validation: a model chosen on AUROC may put its 0.5 anywhere

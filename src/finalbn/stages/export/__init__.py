@@ -113,7 +113,7 @@ def _build(src: Source, tmp: Path, out_dir: Path, size: int, spec, tensors, x: d
     for r in rules["at_prevalence"]:
         log(f"export: at a field prevalence of {r['prevalence']:g}: flag P(diseased) >= {r['threshold']:.4f} — on "
             f"validation it flags {r['fpr']:.1%} of healthy (<= {r['fpr_upper95']:.1%} at 95%) and finds "
-            f"{r['tpr']:.1%} of diseased; F1 {r['f1']:.3f} at that prevalence")
+            f"{r['tpr']:.1%} of diseased (>= {r['tpr_lower95']:.1%}); F1 {r['f1']:.3f} at that prevalence")
     seen = rules["argmax_validation"]
     log(f"export: argmax (the default) flags {seen['healthy_flagged']:.1%} of healthy and finds "
         f"{seen['diseased_found']:.1%} of diseased on validation; `finalbn-field --prevalence` applies the cuts above")

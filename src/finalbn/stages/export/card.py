@@ -49,7 +49,9 @@ def decision_rules(src: Source, val_labels: np.ndarray, val_p1: np.ndarray, trai
         "how": (f"the cut with the best minority F1 at each prevalence, from the pooled validation predictions of "
                 f"replicates {', '.join(map(str, replicates))} ({curve['positives']} diseased, {curve['negatives']} "
                 "healthy), their TPR and FPR reweighted to the prevalence (finalbn-field --prevalence takes any "
-                "other); `fpr` is the share of healthy images the cut flags, `fpr_upper95` its 95 % upper bound"),
+                "other); `fpr` is the share of healthy images the cut flags, `fpr_upper95` its 95 % upper bound, "
+                "`tpr` the share of diseased it finds, `tpr_lower95` its 95 % lower bound (the configuration was "
+                "chosen on these predictions, so expect the field's TPR toward the lower bound)"),
         "prior_correction": prior,
     }
 
