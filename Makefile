@@ -52,7 +52,8 @@ paper: install
 	$(BIN)/finalbn prepare $(PAPER) --out data/splits-paper
 	$(BIN)/finalbn ceiling $(PAPER) --splits data/splits-paper --out results-paper/ceiling/all.json
 	$(BIN)/finalbn grid $(PAPER) --splits data/splits-paper --results results-paper
-	$(BIN)/finalbn report $(PAPER) --grid-csv results-paper/grid.csv --ceiling results-paper/ceiling --search results-paper/search.json --out report-paper
+	$(BIN)/finalbn sensitivity $(PAPER) --splits data/splits-paper --out results-paper/sensitivity
+	$(BIN)/finalbn report $(PAPER) --grid-csv results-paper/grid.csv --ceiling results-paper/ceiling --search results-paper/search.json --sensitivity results-paper/sensitivity/sensitivity.csv --out report-paper
 
 # The tests in as many processes as cores (at most 4; each test trains with one thread), handed
 # out one at a time, slow ones first (tests/conftest.py); the 15 slowest are listed at the end.

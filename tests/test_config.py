@@ -41,7 +41,7 @@ def test_params_yaml_loads_with_the_papers_split(load):
 
 
 @pytest.mark.parametrize("override, expected", [
-    (["split.sed=1"], "unknown key 'split.sed' (allowed: seed, train, val, test, near_duplicates)"),
+    (["split.sed=1"], "unknown key 'split.sed' (allowed: seed, train, val, test, near_duplicates, disjoint_test)"),
     (["nosuch.key=1"], "unknown key 'nosuch'"),
     (["datasets.0.cropp=x"], "unknown key 'datasets.0.cropp'"),
     (["datasets.5.crop=x"], "unknown key 'datasets.5'"),

@@ -234,6 +234,23 @@ def test_other_final_layers(final, kind):
     assert model.train()(_x()).shape == (4, 2)
 
 
+def test_a_single_sigmoid_logit_is_the_two_class_logits_zero_and_z():
+    model = create_model("resnet18", single_logit=True).train()
+    linear, bn = model.head[-3], model.head[-2]
+    assert linear.out_features == 1 and isinstance(bn, nn.BatchNorm1d) and bn.num_features == 1
+    assert model.final_bn is bn and "final_bn_running_mean_0" in model.epoch_stats()
+    out = model(_x())
+    assert out.shape == (4, 2) and torch.equal(out[:, 0], torch.zeros(4))
+    z = out[:, 1]
+    y = torch.tensor([1, 0, 1, 0])
+    # softmax over [0, z] is the sigmoid of z, and cross-entropy is the binary cross-entropy
+    assert torch.allclose(out.softmax(1)[:, 1], torch.sigmoid(z))
+    assert torch.allclose(nn.functional.cross_entropy(out, y),
+                          nn.functional.binary_cross_entropy_with_logits(z, y.float()))
+    with pytest.raises(ValueError, match="a single logit is a binary head"):
+        create_model("resnet18", single_logit=True, num_classes=3)
+
+
 def test_final_bias_false_removes_the_last_linear_bias():
     model = create_model("resnet18", final_bias=False)
     assert isinstance(model.head[-2], nn.Linear) and model.head[-2].bias is None

@@ -39,6 +39,8 @@ def _project(tmp_path: Path, git: bool) -> Path:
     params["report"]["bootstrap"] = 200
     params["search"].update(n_trials=2, pruner="none", workers=1)  # in-process: no start-ups
     params["selection"]["replicates"] = 1  # chosen on replicate 0, compared on the held-out replicate 1
+    params["sensitivity"].update(replicates=2, imbalance=[], batch_size=[], final_bn_momentum=[0.1], frozen_bn=[],
+                                 single_logit=False, workers=1)  # one factor's levels, and the bias shift
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     if git:
         subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
@@ -65,7 +67,7 @@ def repo_without_git(tmp_path):
 def test_whole_pipeline_then_nothing_then_only_what_changed(repo, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # MLflow's default store in the repo
     first = _repro(repo)
-    for stage in ("synthesize", "prepare@0", "ceiling@0", "grid", "search", "report", "export"):
+    for stage in ("synthesize", "prepare@0", "ceiling@0", "grid", "search", "sensitivity", "report", "export"):
         assert f"Running stage '{stage}'" in first
     assert json.loads((repo / "models" / "parity.json").read_text())["passed"]
     assert (repo / "models" / "model.onnx").is_file() and (repo / "models" / "model.json").is_file()
@@ -80,6 +82,10 @@ def test_whole_pipeline_then_nothing_then_only_what_changed(repo, monkeypatch):
     md = (repo / "report" / "report.md").read_text()
     assert "## Can the features see the cue?" in md and "## The imbalance baselines against the final BN" in md
     assert "Best trial vs BN only (config 31 BN)" in md and "## Choosing a configuration over 1 replicate" in md
+    assert "## Beyond the paper: how sensitive is the headline contrast?" in md and "![](sensitivity.png)" in md
+    assert "## The answer at the prevalence the user will meet" in md
+    sens = json.loads((repo / "results" / "sensitivity" / "sensitivity.json").read_text())
+    assert sens["factors"] == ["bias_shift", "final_bn_momentum"]
     assert "Running stage" not in _repro(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["report"]["bootstrap"] = 300
@@ -87,6 +93,7 @@ def test_whole_pipeline_then_nothing_then_only_what_changed(repo, monkeypatch):
     third = _repro(repo)
     assert "Running stage 'report'" in third and "Running stage 'grid'" not in third
     assert "Running stage 'search'" not in third and "Running stage 'export'" not in third
+    assert "Running stage 'sensitivity'" not in third
 
 
 @pytest.mark.slow

@@ -156,22 +156,34 @@ def test_the_choice_against_bn_only_uses_only_held_out_replicates():
     assert "held-out replicates 2-4 (3, not used to choose)" in line and "minority F1 0.400 vs 0.700" in line
 
 
-def test_table4_lowest_p_minority_images_joined_on_path():
+def test_table4_draws_its_images_by_a_seeded_rule_that_reads_no_score():
     cells = prepare(pd.DataFrame([
         _row("n0", "apple", 0, 63, 0.2), _row("b0", "apple", 0, 31, 0.9),
         _row("n1", "apple", 1, 63, 0.2), _row("b1", "apple", 1, 31, 0.9)]))[0]
-    without = _predictions({"a.png": 0.30, "b.png": 0.05, "c.png": 0.6, "d.png": 0.10, "e.png": 0.2,
-                            "f.png": 0.15, "g.png": 0.9}, {"h0.png": 0.0, "h1.png": 0.01})
-    with_bn = _predictions({"g.png": 0.95, "f.png": 0.66, "e.png": 0.67, "d.png": 0.64, "c.png": 0.8,
-                            "b.png": 0.61, "a.png": 0.70, "z.png": 0.99}, {"h1.png": 0.4, "h0.png": 0.3})
+    paths = [f"{c}.png" for c in "abcdefg"]
+    without = _predictions(dict(zip(paths, [0.30, 0.05, 0.6, 0.10, 0.2, 0.15, 0.9])), {"h0.png": 0.0, "h1.png": 0.01})
+    with_bn = _predictions(dict(zip(paths, [0.70, 0.61, 0.8, 0.64, 0.67, 0.66, 0.95])) | {"z.png": 0.99},
+                           {"h1.png": 0.6, "h0.png": 0.3})
     data = CellData(cells=cells, predictions={
         "n0": without, "b0": with_bn,
         "n1": _predictions({"a.png": 0.0, "x.png": 0.0}, {}), "b1": _predictions({"a.png": 1.0}, {})})
     pairs, _ = tables.prediction_pairs(data, cells)
-    t4 = tables.table4(pairs)
-    assert t4["replicate"].unique().tolist() == [0]
-    assert t4["path"].tolist() == ["b.png", "d.png", "f.png", "e.png", "a.png"]
-    assert t4["p1_with_final_bn"].tolist() == pytest.approx([0.61, 0.64, 0.66, 0.67, 0.70])
+    t4 = tables.table4(pairs, seed=0)
+    assert t4["replicate"].unique().tolist() == [0] and len(t4) == 5
+    # the rule: a seeded draw among the minority images both runs scored, sorted by path
+    pick = sorted(np.random.default_rng(0).choice(7, size=5, replace=False))
+    assert t4["path"].tolist() == [paths[i] for i in pick]
+    # the scores play no part: reversed scores pick the same images
+    flipped = {k: v.assign(p1_last=1 - v["p1_last"], p1_sel=1 - v["p1_sel"]) for k, v in data.predictions.items()}
+    pairs2, _ = tables.prediction_pairs(CellData(cells=cells, predictions=flipped), cells)
+    assert tables.table4(pairs2, seed=0)["path"].tolist() == t4["path"].tolist()
+    assert tables.table4(pairs, seed=1)["path"].tolist() != t4["path"].tolist()
+    expect = {"a.png": "found", "b.png": "found", "c.png": "", "d.png": "found", "e.png": "found", "f.png": "found",
+              "g.png": ""}
+    assert t4["flips"].tolist() == [expect[p] for p in t4["path"]]
+    flips = tables.flip_counts(pairs).set_index("class")
+    assert flips.loc["diseased", "flagged_only_with_final_bn"] == 5 and flips.loc["diseased", "images"] == 7
+    assert flips.loc["healthy", "flagged_only_with_final_bn"] == 1 and flips.loc["healthy", "flagged_only_without"] == 0
 
 
 # --------------------------------------------------------------------------- statistics, by hand
@@ -221,29 +233,62 @@ def test_ols_cluster_robust_effect_matches_the_hand_computed_sandwich():
         off[off["BN"] == 1]["y"].mean() - off[off["BN"] == -1]["y"].mean())
 
 
-def test_the_unreplicated_factorial_uses_lenth_pse():
-    # Lenth's PSE itself is checked by hand in test_stats.py
+def test_the_unreplicated_factorial_is_exploratory_estimates_without_intervals():
     cells = prepare(design_grid(noise=0.0).cells)[0]
     eff, how = effects.factorial_effects(cells[cells["dataset"] == "apple"])
     eff = eff.set_index("effect")
-    assert "Lenth" in how and "conditional on one split" in how
+    assert "exploratory" in how and "without interval or p value" in how
     assert eff.loc["DA", "estimate"] == pytest.approx(0.1, abs=0.01)
     assert eff.loc["BN", "estimate"] == pytest.approx(0.3, abs=0.01)
     assert eff.loc["BNxWL", "estimate"] == pytest.approx(0.05, abs=0.01)
-    assert eff.loc["BN", "ci_low"] > 0 and eff.loc["MX", "ci_low"] < 0 < eff.loc["MX", "ci_high"]
-    assert eff.loc["BN", "method"] == "Lenth PSE, one replicate"
+    assert eff[["ci_low", "ci_high", "p", "p_holm"]].isna().all().all()
+    assert (eff["method"] == "exploratory, one replicate").all()
 
 
-def test_replicate_spread_pools_the_bn_pair_differences():
-    rows = []
-    for r, (a, b, c, e) in enumerate([(0.9, 0.5, 0.8, 0.7), (0.8, 0.6, 0.85, 0.7), (0.7, 0.6, 0.9, 0.7)]):
-        rows += [_row(f"a{r}", "apple", r, 31, a), _row(f"b{r}", "apple", r, 63, b),
-                 _row(f"c{r}", "apple", r, 15, c), _row(f"e{r}", "apple", r, 47, e)]
-    sd, df = effects.replicate_spread(prepare(pd.DataFrame(rows))[0])
-    d1, d2 = np.array([0.4, 0.2, 0.1]), np.array([0.1, 0.15, 0.2])
-    assert df == 4
-    assert sd == pytest.approx(math.sqrt((((d1 - d1.mean()) ** 2).sum() + ((d2 - d2.mean()) ** 2).sum()) / 4))
-    assert effects.replicate_spread(prepare(pd.DataFrame(rows[:4]))[0]) is None  # one replicate
+def test_a_replicated_factorial_gets_cluster_robust_intervals_that_cover_the_truth():
+    """All 64 configurations on 4 replicates, minority F1 = 0.3 + 0.2 BN + 0.1 DA (0/1 switches) +
+    a replicate shift + noise: OLS clustered by replicate, intervals and p values, one Holm family."""
+    rng = np.random.default_rng(11)
+    rows, n = [], 0
+    for r in range(4):
+        shift = rng.normal(0, 0.05)
+        for cid in range(64):
+            f = dict(zip(TOGGLES, PRODUCT[cid]))
+            rows.append(_row(f"r{n}", "apple", r, cid, 0.3 + 0.2 * f["bn"] + 0.1 * f["da"] + shift
+                             + rng.normal(0, 0.02)))
+            n += 1
+    cells = prepare(pd.DataFrame(rows))[0]
+    eff, how = effects.factorial_effects(cells)
+    eff = eff.set_index("effect")
+    assert "OLS" in how and "4 complete replicates" in how and "family `factorial`" in how
+    for name, truth in (("BN", 0.2), ("DA", 0.1), ("WD", 0.0), ("MX", 0.0), ("BNxWL", 0.0)):
+        assert eff.loc[name, "ci_low"] <= truth <= eff.loc[name, "ci_high"], name
+    assert eff.loc["BN", "p"] < 1e-3 and (eff["family"] == "factorial").all()
+    assert eff["p_holm"].to_numpy() == pytest.approx(finalbn_stats.holm(eff["p"].to_numpy()))
+
+
+def test_bn_by_setting_pairs_the_factorial_and_the_matched_pair():
+    cells = prepare(design_grid().cells)[0]
+    s = effects.by_setting(cells, "apple/x").set_index("setting")
+    # design: 0.3 BN + 0.05 BN*WL (±1 product): BN is +0.25 with WL off, +0.35 with WL on
+    assert s.loc["UF off, WL off", "factorial_estimate"] == pytest.approx(0.25, abs=0.02)
+    assert s.loc["UF on, WL on", "factorial_estimate"] == pytest.approx(0.35, abs=0.02)
+    assert (s["factorial_pairs"] == 8).all()
+    assert s.loc["UF off, WL off", "pair"] == "31 − 63" and s.loc["UF off, WL off", "pair_replicates"] == 5
+    assert s.loc["UF off, WL on", "pair"] == "15 − 47"
+    assert s.loc["UF on, WL off", "pair_replicates"] == 1 and math.isnan(s.loc["UF on, WL off", "pair_ci_low"])
+
+
+def test_one_holm_family_per_section():
+    data = design_grid()
+    eff, verdicts, _, _ = effects.study_effects(prepare(data.cells)[0], data.prediction, n_boot=100)
+    for fam in ("verdict", "other contrasts"):
+        part = eff[eff["family"] == fam]
+        assert len(part) >= 2
+        assert part["p_holm"].to_numpy() == pytest.approx(finalbn_stats.holm(part["p"].to_numpy()), nan_ok=True)
+    assert eff.loc[eff["family"] == "", "p_holm"].isna().all()  # exploratory rows: no p at all
+    n_verdict = int(eff.loc[eff["family"] == "verdict", "p"].notna().sum())
+    assert f"the {n_verdict} paired contrasts this verdict states" in verdicts["apple/efficientnet_lite0"][-1]
 
 
 def test_hierarchical_bootstrap():
@@ -264,6 +309,8 @@ def test_verdict_wording_is_neutral_and_set_against_the_paper():
     null = effects.describe("X", {**base, "estimate": 0.0, "ci_low": -0.04, "ci_high": 0.03})
     assert "rule out a gain larger than +0.03 and a loss larger than 0.04" in null
     assert not any(w in inside + null for w in ("helps", "hurts", "rescue"))
+    explo = effects.describe("X", {"estimate": 0.2, "n": 64, "kind": "main", "method": "exploratory, one replicate"})
+    assert explo == "X changes minority F1 by +0.20 on one replicate (exploratory: no interval, no p value)."
     below = effects._versus_paper("31-63", {"ci_low": -0.1, "ci_high": 0.1})
     assert "+0.23 (Pepper) to +0.66 (Apple)" in below and "lies entirely below" in below
     assert "lies within" in effects._versus_paper("31-63", {"ci_low": 0.3, "ci_high": 0.5})
@@ -275,7 +322,8 @@ def test_verdict_wording_is_neutral_and_set_against_the_paper():
 @pytest.fixture(scope="module")
 def design_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("design_report")
-    return report.build_report(design_grid(), out, n_boot=300, seed=1, ceilings=[CEILING]), out
+    return report.build_report(design_grid(), out, n_boot=300, seed=1, ceilings=[CEILING],
+                               train_counts=(1000, 10)), out
 
 
 def test_report_opens_with_the_ceiling_then_the_verdict(design_report):
@@ -285,19 +333,29 @@ def test_report_opens_with_the_ceiling_then_the_verdict(design_report):
     assert "cross-validated AUROC of 0.950" in md and "![](ceiling.png)" in md
     verdict = summary["verdict"]
     # 31 - 63 = BN effect 0.3 minus the BN x WL product term at WL off (2 x 0.025)
-    assert verdict[0].startswith("Paper's contrast: Final BN alone vs nothing (31 vs 63) changes minority F1 by +0.25")
-    assert "5 replicates" in verdict[0] and "hierarchical bootstrap" in verdict[0]
+    assert verdict[0].startswith("Paper's contrast, on the test set as drawn (π = 0.5), last epoch: final BN alone "
+                                 "vs nothing (31 vs 63) changes minority F1 by +0.25")
+    assert "5 replicates" in verdict[0] and "bootstrap" not in verdict[0]  # the replicate interval is primary
     assert "The paper reports +0.23 (Pepper) to +0.66 (Apple)" in verdict[0]
+    at_pi = next(v for v in verdict if v.startswith("At the prevalence the user will meet"))
+    assert all(f"at π = {p:g}" in at_pi for p in (0.5, 0.1, 0.05, 0.01))
+    assert any(v.startswith("Epoch protocol: at the epoch selected on validation AUROC") for v in verdict)
     assert any(v.startswith("With WL on, final BN (15 vs 47)") for v in verdict)
+    assert any(v.startswith("BN's effect depends on the setting") for v in verdict)
     fac = next(v for v in verdict if v.startswith("Factorial main effect"))
-    assert "Lenth" in fac and "conditional on one split" in fac and "at the replicate scale [" in fac
-    bn = pd.read_csv(out / "effects.csv").set_index("effect").loc["BN"]
-    assert bn["rep_high"] - bn["rep_low"] > bn["ci_high"] - bn["ci_low"]  # wider than Lenth's here
+    assert "exploratory" in fac and "Lenth" not in md and "replicate scale" not in md
     assert any("test AUROC" in v for v in verdict) and any("prior correction" in v for v in verdict)
     assert any(v.startswith("WD (1e-2, decoupled") for v in verdict)
+    assert any(v.startswith("Calibration (31 vs 63, last epoch)") and "training prior (π = 0.0099)" in v
+               for v in verdict)
+    assert any(v.startswith("Power: with 5 replicates") for v in verdict)
+    assert any(v.startswith("What the intervals describe") for v in verdict)
+    assert verdict[-1].startswith("Multiplicity: every Holm-adjusted p above is adjusted within one family")
     e = summary["effects"]["apple/efficientnet_lite0"]
     assert e["31-63"]["n"] == 5 and e["31-63"]["estimate"] == pytest.approx(0.25, abs=0.02)
-    assert e["31-63"]["p_holm"] >= e["31-63"]["p"]
+    assert e["31-63"]["p_holm"] >= e["31-63"]["p"] and e["31-63"]["family"] == "verdict"
+    assert "31-63 π=0.01" in e and "31-63 sel π=0.05" in e
+    assert "## The answer at the prevalence the user will meet" in md and "![](prevalence.png)" in md
 
 
 def test_all_files_and_summary(design_report):
@@ -428,7 +486,8 @@ def test_collect_through_tracking_from_mlflow_sqlite(tmp_path, monkeypatch):
     summary = report.build_report(data, out, n_boot=100)
     assert summary["table1"]["apple"]["bn_improvement_f1_1"] == pytest.approx(0.2)
     t4 = pd.read_csv(out / "table4.csv")
-    assert t4["path"].tolist() == ["a.png", "b.png"] and t4["p1_with_final_bn"].tolist() == pytest.approx([0.6, 0.7])
+    assert sorted(t4["path"]) == ["a.png", "b.png"] and dict(zip(t4["path"], t4["p1_with_final_bn"])) == \
+        pytest.approx({"a.png": 0.6, "b.png": 0.7})
 
     from finalbn import tracking
 

@@ -111,6 +111,28 @@ def test_replicates_redraw_the_split(load, tiny_split, tmp_path):
     assert len(set(minority)) > 1
 
 
+def test_disjoint_test_sets_share_no_image_across_replicates():
+    usable = {0: [("h", Path(f"h{i:02d}.png")) for i in range(30)], 1: [("d", Path(f"d{i:02d}.png")) for i in range(12)]}
+    split = type("S", (), {"train": (4, 2), "val": (2, 1), "test": (3, 3), "seed": 5, "disjoint_test": True})()
+    draws = [draw_split(usable, split, ("healthy", "diseased"), ("h", "d"), r, None, replicates=3) for r in range(3)]
+    tests = []
+    for rows in draws:
+        for label, n in ((0, (4, 2, 3)), (1, (2, 1, 3))):
+            got = [sum(1 for x in rows if x["label"] == label and x["split"] == s) for s in ("train", "val", "test")]
+            assert got == list(n)
+        assert len({x["path"] for x in rows}) == len(rows)  # disjoint within a replicate
+        tests.append({x["path"] for x in rows if x["split"] == "test"})
+    assert not (tests[0] & tests[1]) and not (tests[0] & tests[2]) and not (tests[1] & tests[2])
+    # without the option, replicates share test images (12 diseased, 3 per test set, 3 replicates)
+    shared = type("S", (), {**{k: getattr(split, k) for k in ("train", "val", "test", "seed")}, "disjoint_test": False})()
+    plain = [{x["path"] for x in draw_split(usable, shared, ("healthy", "diseased"), ("h", "d"), r, None)
+              if x["split"] == "test"} for r in range(3)]
+    assert plain[0] & plain[1] or plain[0] & plain[2] or plain[1] & plain[2]
+    with pytest.raises(DataError, match=r"disjoint_test: class diseased \(d\) has 12 usable images, 5 disjoint test "
+                                        r"sets of 3 need 15"):
+        draw_split(usable, split, ("healthy", "diseased"), ("h", "d"), 0, None, replicates=5)
+
+
 def test_too_few_images_names_the_class(load, tiny_split, tmp_path):
     root = make_plantvillage(tmp_path / "pv", diseases={"Scab": 3})
     with pytest.raises(DataError, match=r"class diseased \(Apple___Scab\) has 3 usable images, the split needs 5"):
@@ -202,7 +224,7 @@ def test_copies_go_whole_into_one_split_for_every_seed(load, tiny_split, tmp_pat
 def test_without_copies_the_draw_is_the_plain_seeded_draw():
     usable = {0: [("h", Path(f"h{i:02d}.png")) for i in range(20)], 1: [("d", Path(f"d{i:02d}.png")) for i in range(9)]}
     hashes = {p.as_posix(): p.stem for label in (0, 1) for _, p in usable[label]}
-    split = type("S", (), {"train": (4, 2), "val": (2, 1), "test": (3, 3), "seed": 5})()
+    split = type("S", (), {"train": (4, 2), "val": (2, 1), "test": (3, 3), "seed": 5, "disjoint_test": False})()
     a = draw_split(usable, split, ("healthy", "diseased"), ("h", "d"), 1, hashes)
     b = draw_split(usable, split, ("healthy", "diseased"), ("h", "d"), 1, None)
     assert a == b

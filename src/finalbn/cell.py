@@ -73,7 +73,7 @@ def build_model(cfg: Config, num_classes: int = 2, seed: int | None = None) -> F
         return create_model(m.arch, weights=weights_path(cfg), num_classes=num_classes,
                             final=final_layer(m, ab), final_bn_momentum=m.final_bn_momentum,
                             final_bn_eps=m.final_bn_eps, final_bn_affine=m.final_bn_affine, final_bias=m.final_bias,
-                            hidden=m.hidden, dropout=m.dropout, unfreeze_bn=ab.uf, frozen_bn=m.frozen_bn,
+                            single_logit=m.single_logit, hidden=m.hidden, dropout=m.dropout, unfreeze_bn=ab.uf, frozen_bn=m.frozen_bn,
                             head_seed=seed)
 
 
@@ -83,7 +83,8 @@ def build_head(cfg: Config, nf: int, num_classes: int = 2, seed: int | None = No
     final = final_layer(m, ab)
     head = create_head(nf, num_classes, hidden=m.hidden, dropout=tuple(m.dropout), final=final,
                        final_bn_momentum=m.final_bn_momentum, final_bn_eps=m.final_bn_eps,
-                       final_bn_affine=m.final_bn_affine, final_bias=m.final_bias, seed=seed)
+                       final_bn_affine=m.final_bn_affine, final_bias=m.final_bias, single_logit=m.single_logit,
+                       seed=seed)
     return HeadOnFeatures(head, final)
 
 

@@ -60,6 +60,10 @@ def _later_stages(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="results/search.json", help="summary file (default results/search.json)")
     p.add_argument("--grid-csv", default="results/grid.csv",
                    help="the grid's results, for the comparison with its configurations (default results/grid.csv)")
+    p = sub.add_parser("sensitivity", parents=[common],
+                       help="the headline contrast (31 vs 63) under other imbalance, batch size, BN momentum, output")
+    p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
+    p.add_argument("--out", default="results/sensitivity", help="output folder (default results/sensitivity)")
     p = sub.add_parser("export", parents=[common],
                        help="the best final-BN run (on validation) to ONNX, checked against torch, registered")
     p.add_argument("--run-id", help="export this run instead of the best final-BN run on validation")
@@ -88,6 +92,8 @@ def _later_stages(sub, common: argparse.ArgumentParser) -> None:
                    help="folder of the ceiling stage's JSON files, shown first (default results/ceiling)")
     p.add_argument("--search", default="results/search.json",
                    help="`finalbn search`'s summary, for its section (default results/search.json)")
+    p.add_argument("--sensitivity", default="results/sensitivity/sensitivity.csv",
+                   help="`finalbn sensitivity`'s table, for its section (default results/sensitivity/sensitivity.csv)")
 
 
 def split_overrides(extra: list[str]) -> list[str]:
@@ -118,6 +124,7 @@ COMMANDS: dict[str, str] = {
     "train": "finalbn.stages.train",
     "grid": "finalbn.stages.grid",
     "search": "finalbn.stages.search",
+    "sensitivity": "finalbn.stages.sensitivity",
     "report": "finalbn.stages.report",
     "export": "finalbn.stages.export",
     "bench": "finalbn.bench",

@@ -36,6 +36,7 @@ from finalbn.neardup import near_duplicate_keys
 from finalbn.sources import LABELS, Collection, collect
 
 SPLITS = ("train", "val", "test")
+DISJOINT_STREAM = 7_919  # the seed stream of split.disjoint_test's one order of test images
 MANIFEST_COLUMNS = ("path", "label", "split", "source_class", "sha256")
 
 
@@ -67,14 +68,42 @@ def content_groups(usable: dict[int, list[tuple[str, Path]]], hashes: dict[str, 
     return groups
 
 
+def disjoint_test_sets(pool: list[Group], size: int, replicates: int, seed: int, label: int, name: str) -> list[list[int]]:
+    """`replicates` disjoint sets of group indices holding exactly `size` files each, from one seeded
+    order of the label's groups (the same for every replicate): `split.disjoint_test`. A group that
+    does not fit the set being filled waits for the next one. Raises DataError naming the class when
+    the pool cannot fill them all."""
+    order = [int(i) for i in np.random.default_rng([seed, DISJOINT_STREAM, label]).permutation(len(pool))]
+    chunks, waiting = [], order
+    for r in range(replicates):
+        room, chunk, rest = size, [], []
+        for idx in waiting:
+            if room >= len(pool[idx]) and room:
+                chunk.append(idx)
+                room -= len(pool[idx])
+            else:
+                rest.append(idx)
+        if room:
+            files = sum(len(g) for g in pool)
+            raise DataError(f"split.disjoint_test: class {name} has {files} usable images, {replicates} disjoint test "
+                            f"sets of {size} need {replicates * size} (filled {r}); lower the replicates or the test "
+                            "count, or set split.disjoint_test: false")
+        chunks.append(chunk)
+        waiting = rest
+    return chunks
+
+
 def draw_split(usable: dict[int, list[tuple[str, Path]]], split: SplitConfig, names: tuple[str, str],
-               sources: tuple[str, str], replicate: int = 0, hashes: dict[str, str] | None = None) -> list[dict]:
+               sources: tuple[str, str], replicate: int = 0, hashes: dict[str, str] | None = None,
+               replicates: int = 1) -> list[dict]:
     """Seeded, disjoint train/val/test rows with exactly the requested counts per label.
 
     Files are drawn as content groups (`content_groups`): a group of byte-identical copies goes
     whole into one split, so no image is both trained and tested on. In a seeded order of the
     groups each one goes to the first split (train, val, test) with room for all of it; with no
-    duplicates this is the plain seeded draw. Raises DataError when a label cannot fill its counts."""
+    duplicates this is the plain seeded draw. With `split.disjoint_test`, replicate r's test set is
+    the r-th of `replicates` disjoint sets (`disjoint_test_sets`), and train and val are drawn from the
+    rest: no two replicates share a test image. Raises DataError when a label cannot fill its counts."""
     rows: list[dict] = []
     groups = content_groups(usable, hashes)
     for label in LABELS:
@@ -88,15 +117,25 @@ def draw_split(usable: dict[int, list[tuple[str, Path]]], split: SplitConfig, na
         # One generator per label, so changing the minority counts never reshuffles the majority.
         order = np.random.default_rng([split.seed, replicate, label]).permutation(len(pool))
         room = list(need)
-        for idx in order:
-            if not any(room):
-                break
-            fits = next((i for i, r in enumerate(room) if r >= len(pool[idx])), None)
-            if fits is None:
-                continue
-            room[fits] -= len(pool[idx])
-            rows += [{"path": _text(path), "label": label, "split": SPLITS[fits], "source_class": cls}
-                     for cls, path in pool[idx]]
+        if split.disjoint_test:
+            test = disjoint_test_sets(pool, need[2], replicates, split.seed, label, f"{names[label]} ({sources[label]})")
+            mine = set(test[replicate])
+            order = [i for i in test[replicate]] + [i for i in order if i not in mine]
+            room = [0, 0, need[2]]  # the test set first, then train and val from the rest
+        for step in ((2,), (0, 1, 2)) if split.disjoint_test else ((0, 1, 2),):
+            for idx in order:
+                if not any(room):
+                    break
+                if split.disjoint_test and (idx in mine) != (step == (2,)):
+                    continue
+                fits = next((i for i in step if room[i] >= len(pool[idx])), None)
+                if fits is None:
+                    continue
+                room[fits] -= len(pool[idx])
+                rows += [{"path": _text(path), "label": label, "split": SPLITS[fits], "source_class": cls}
+                         for cls, path in pool[idx]]
+            if split.disjoint_test and step == (2,):
+                room = [need[0], need[1], 0]
         if any(room):
             raise DataError(f"class {names[label]} ({sources[label]}): groups of copies or near-duplicates{distinct} cannot "
                             f"fill the split's exact counts ({' + '.join(f'{n} {s}' for n, s in zip(need, SPLITS))}); "
@@ -139,7 +178,7 @@ def prepare_dataset(ds: DatasetConfig, split: SplitConfig, out_root: Path, progr
     if split.near_duplicates is not None:
         keys, across = near_duplicate_keys(found.usable, hashes, split.near_duplicates, progress)
         near = {"method": NEAR_METHOD, "max_distance": split.near_duplicates, "across_labels": across}
-    draws = [draw_split(found.usable, split, found.names, sources, r, keys)  # type: ignore[arg-type]
+    draws = [draw_split(found.usable, split, found.names, sources, r, keys, replicates)  # type: ignore[arg-type]
              for r in range(replicates)]
     copies = [[_text(p) for _, p in g] for label in LABELS
               for g in content_groups(found.usable, keys)[label] if len(g) > 1]

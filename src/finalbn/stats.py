@@ -1,8 +1,8 @@
-"""Generic statistics of the study: a paired t interval, Holm's adjustment, Lenth's PSE.
+"""Generic statistics of the study: a paired t interval, Holm's adjustment, the detectable difference.
 
-    r = t_interval(diffs)                 # {"estimate", "ci_low", "ci_high", "p", "n", "note"}
+    r = t_interval(diffs)                 # {"estimate", "ci_low", "ci_high", "p", "n", "sd", "note"}
     p_adj = holm(p_values)                # NaN stays NaN and is left out of the family
-    pse = lenth_pse(effects)              # unreplicated two-level factorial
+    d = detectable_difference(sd, n)      # smallest paired difference found with 80 % power
 
 Leaf module (numpy, scipy, statsmodels only): the report's effects and the Optuna search's
 comparison share these, so a number means the same in both.
@@ -14,6 +14,7 @@ import math
 import numpy as np
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
 
 ZERO_TOL = 1e-12  # |difference| below this is float noise of logged metrics, i.e. zero
 
@@ -23,7 +24,8 @@ def t_interval(d: np.ndarray) -> dict:
     d = np.asarray(d, dtype=float)
     d = d[np.isfinite(d)]
     n = int(d.size)
-    out = {"estimate": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan, "n": n, "note": ""}
+    out = {"estimate": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan, "n": n, "sd": math.nan,
+           "note": ""}
     if n == 0:
         out["note"] = "no replicate has both configurations"
         return out
@@ -31,7 +33,7 @@ def t_interval(d: np.ndarray) -> dict:
     if n < 2:
         out["note"] = "one replicate: no interval"
         return out
-    sd = float(d.std(ddof=1))
+    sd = out["sd"] = float(d.std(ddof=1))
     if sd <= ZERO_TOL:
         out["ci_low"] = out["ci_high"] = out["estimate"]
         out["p"] = 1.0 if out["estimate"] == 0 else 0.0
@@ -53,9 +55,11 @@ def holm(p: np.ndarray) -> np.ndarray:
     return out
 
 
-def lenth_pse(contrasts: np.ndarray) -> float:
-    """Lenth's (1989) pseudo standard error of the effects of an unreplicated two-level factorial."""
-    c = np.abs(np.asarray(contrasts, dtype=float))
-    s0 = 1.5 * np.median(c)
-    trimmed = c[c < 2.5 * s0]
-    return float(1.5 * np.median(trimmed)) if trimmed.size else float(s0)
+def detectable_difference(sd: float, n: int, power: float = 0.8, alpha: float = 0.05) -> float:
+    """The smallest true mean of n paired differences with standard deviation `sd` that a two-sided
+    one-sample t test at level `alpha` detects with probability `power` (statsmodels' TTestPower,
+    noncentral t); NaN for n < 2 or sd not finite."""
+    if n < 2 or not math.isfinite(sd):
+        return math.nan
+    d = TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power, alternative="two-sided")
+    return float(d * sd)

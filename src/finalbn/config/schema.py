@@ -108,6 +108,8 @@ class SplitConfig:
     # None: off. Else look-alike images (perceptual hashes at most this many of 64 bits apart) are
     # drawn together like identical copies (finalbn.neardup)
     near_duplicates: Optional[Annotated[int, Strict(), Field(ge=0, le=32)]] = None
+    # True: no two replicates share a test image (the pool must hold replicates x test images per class)
+    disjoint_test: Bool = False
 
     @model_validator(mode="after")
     def _train_both(self):
@@ -130,6 +132,7 @@ class ModelConfig:
     final_bn_affine: Bool
     final_bias: Bool
     frozen_bn: Literal["eval", "train"]  # UF off: eval keeps pre-trained statistics; train = fastai's
+    single_logit: Bool = False  # one sigmoid logit instead of two softmax logits (a sensitivity variant)
 
 
 @dataclass(frozen=True, config=STRICT)
@@ -249,9 +252,28 @@ class SelectionConfig:
 
 
 @dataclass(frozen=True, config=STRICT)
+class SensitivityConfig:
+    """The `sensitivity` stage (`finalbn.stages.sensitivity`): the headline contrast, final BN alone
+    vs nothing (31 − 63), under other settings, each on replicates 0..replicates-1. A level equal
+    to params.yaml's own is the reference, whose cells are the grid's."""
+
+    replicates: Replicates
+    imbalance: tuple[Annotated[float, Field(gt=0.0, lt=0.5)], ...] = ()  # minority share of the training split
+    batch_size: tuple[Annotated[int, Strict(), Field(ge=2)], ...] = ()
+    final_bn_momentum: tuple[Annotated[float, Field(gt=0.0, le=1.0)], ...] = ()
+    frozen_bn: tuple[Literal["eval", "train"], ...] = ()  # the body's frozen BN layers: eval, or train (fastai's)
+    single_logit: Bool = True   # one sigmoid logit (with BN over it) against two softmax logits
+    bias_shift: Bool = True     # 31 against 63 with a minority-logit bias learned on validation
+    workers: Annotated[int, Strict(), Field(ge=1)] = 2
+
+
+@dataclass(frozen=True, config=STRICT)
 class ReportConfig:
     bootstrap: Annotated[int, Strict(), Field(ge=100)]  # bootstrap resamples for the CIs
     seed: Seed
+    # field prevalences at which every cell's test metrics and the verdict's contrasts are given
+    prevalences: Annotated[tuple[Annotated[float, Field(gt=0.0, lt=1.0)], ...], Field(min_length=1)] = \
+        (0.5, 0.1, 0.05, 0.01)
 
 
 @dataclass(frozen=True, config=STRICT)
@@ -318,6 +340,7 @@ class Config:
     ceiling: CeilingConfig
     selection: SelectionConfig
     report: ReportConfig
+    sensitivity: SensitivityConfig
     tracking: TrackingConfig
     search: SearchConfig
 

@@ -5,6 +5,10 @@
     HeadOnFeatures(head)                # the same head fed pooled (B, 2nf) features instead
 
 `final` picks what sits after the last Linear: one of `FINAL_LAYERS` ("bn", "selu", "none").
+`single_logit=True` gives a binary head one logit z (the last Linear and the final layer one wide)
+and returns the logits [0, z]: their softmax is [1 − σ(z), σ(z)] and cross-entropy on them is the
+binary cross-entropy of a sigmoid output, so every later step (loss, class weights, metrics, ONNX,
+the field) stays as it is.
 """
 from __future__ import annotations
 
@@ -35,19 +39,33 @@ class AdaptiveConcatPool2d(nn.Module):
         return torch.cat([self.mp(x), self.ap(x)], 1)  # (B, 2C, 1, 1)
 
 
+class SigmoidAsSoftmax(nn.Module):
+    """(B, 1) logit z -> (B, 2) logits [0, z]: softmax gives [1 − σ(z), σ(z)] (a single sigmoid
+    output, written as the two-class logits the rest of the project reads)."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.zeros_like(z), z], 1)
+
+
 def create_head(nf: int, num_classes: int = 2, *, hidden: int = 512,
                 dropout: tuple[float, float] = (0.25, 0.5), final: str = "bn",
                 final_bn_momentum: float = 0.01, final_bn_eps: float = 1e-5,
-                final_bn_affine: bool = True, final_bias: bool = True, seed: int | None = None) -> nn.Sequential:
+                final_bn_affine: bool = True, final_bias: bool = True, single_logit: bool = False,
+                seed: int | None = None) -> nn.Sequential:
     """fastai v1 `create_head(nf, nc, lin_ftrs=[hidden], ps=0.5, bn_final=...)` for `nf` body channels.
 
     pool(2nf) -> Flatten -> BN(2nf) -> Dropout(p0) -> Linear(2nf, hidden) -> ReLU -> BN(hidden)
     -> Dropout(p1) -> Linear(hidden, num_classes) -> final layer. fastai's `bn_final=True` is
     `final="bn"` with momentum 0.01. A dropout of 0 leaves its layer out, as fastai does.
     `seed`: initialise from this seed's own stream (the global generator is left as it was), so
-    the head starts the same whether or not a body was built before it.
+    the head starts the same whether or not a body was built before it. `single_logit`: one
+    sigmoid logit instead of two softmax logits (binary only; module docstring).
+    Raises ValueError for an unknown `final` or `single_logit` with num_classes != 2.
     """
     check_choice("final", final, FINAL_LAYERS)
+    if single_logit and num_classes != 2:
+        raise ValueError(f"a single logit is a binary head (num_classes is {num_classes})")
+    width = 1 if single_logit else num_classes
     layers: list[nn.Module] = [AdaptiveConcatPool2d(), nn.Flatten()]  # (B, 2nf)
     layers += [nn.BatchNorm1d(2 * nf)]
     if dropout[0]:
@@ -55,12 +73,14 @@ def create_head(nf: int, num_classes: int = 2, *, hidden: int = 512,
     layers += [nn.Linear(2 * nf, hidden), nn.ReLU(inplace=True), nn.BatchNorm1d(hidden)]
     if dropout[1]:
         layers += [nn.Dropout(dropout[1])]
-    layers += [nn.Linear(hidden, num_classes, bias=final_bias)]  # (B, num_classes) logits before the final layer
+    layers += [nn.Linear(hidden, width, bias=final_bias)]  # (B, width) logits before the final layer
     if final == "bn":
-        layers += [nn.BatchNorm1d(num_classes, eps=final_bn_eps, momentum=final_bn_momentum,
+        layers += [nn.BatchNorm1d(width, eps=final_bn_eps, momentum=final_bn_momentum,
                                   affine=final_bn_affine)]
     elif final == "selu":
         layers += [nn.SELU()]
+    if single_logit:
+        layers += [SigmoidAsSoftmax()]
     head = nn.Sequential(*layers)
     # fastai's create_cnn re-initialises the head: kaiming-normal Linear weights, zero biases,
     # BN layers left at weight 1 / bias 0.
@@ -75,10 +95,16 @@ def create_head(nf: int, num_classes: int = 2, *, hidden: int = 512,
     return head
 
 
+def final_layer_of(head: nn.Sequential) -> nn.Module:
+    """The module after the last Linear that the study is about (the final BN, SELU or the Linear
+    itself), skipping a single logit's `SigmoidAsSoftmax`."""
+    return head[-2] if isinstance(head[-1], SigmoidAsSoftmax) else head[-1]
+
+
 def final_bn_stats(head: nn.Sequential, final: str) -> dict[str, float]:
     """The final BN's running mean and variance, gamma and beta per class (the mechanism under
     study); the engine logs them after every epoch. Empty without a final BN."""
-    last = head[-1]
+    last = final_layer_of(head)
     if final != "bn" or not isinstance(last, nn.BatchNorm1d):
         return {}
     out: dict[str, float] = {}
@@ -101,7 +127,8 @@ class HeadOnFeatures(nn.Module):
             raise ValueError("HeadOnFeatures needs a create_head head (concat pool, flatten, ...)")
         self.head = head
         self.final = final
-        self.num_classes = int(next(m for m in reversed(head) if isinstance(m, nn.Linear)).out_features)
+        self.num_classes = 2 if isinstance(head[-1], SigmoidAsSoftmax) else \
+            int(next(m for m in reversed(head) if isinstance(m, nn.Linear)).out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for m in list(self.head)[2:]:

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from finalbn.config import FINAL_LAYERS
-from finalbn.models.head import check_choice, create_head, final_bn_stats
+from finalbn.models.head import check_choice, create_head, final_bn_stats, final_layer_of
 from finalbn.models.registry import ArchSpec, get_spec
 from finalbn.models.weights import WeightsError, load_body, looks_like_path, read_state_dict
 
@@ -88,7 +88,7 @@ class FinalBNNet(nn.Module):
     @property
     def final_bn(self) -> Optional[nn.BatchNorm1d]:
         """The BN after the last Linear, or None when `final` is not "bn"."""
-        last = self.head[-1]
+        last = final_layer_of(self.head)
         return last if self.final == "bn" and isinstance(last, nn.BatchNorm1d) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,7 +100,7 @@ class FinalBNNet(nn.Module):
 
 def create_model(arch: str, *, weights: Union[str, os.PathLike] = "none", num_classes: int = 2,
                  final: str = "bn", final_bn_momentum: float = 0.01, final_bn_eps: float = 1e-5,
-                 final_bn_affine: bool = True, final_bias: bool = True, hidden: int = 512,
+                 final_bn_affine: bool = True, final_bias: bool = True, single_logit: bool = False, hidden: int = 512,
                  dropout: tuple[float, float] = (0.25, 0.5), unfreeze_bn: bool = False,
                  frozen_bn: str = "eval", progress: bool = False, head_seed: int | None = None) -> FinalBNNet:
     """Build a frozen pretrained body with a fastai v1 head, e.g.::
@@ -115,6 +115,7 @@ def create_model(arch: str, *, weights: Union[str, os.PathLike] = "none", num_cl
     final: "bn" (BatchNorm1d(num_classes, final_bn_momentum, final_bn_eps, final_bn_affine) after
       the last Linear), "selu" or "none". With "bn" the Linear's bias is redundant (the BN
       subtracts the batch mean, so its gradient is zero in train mode); `final_bias=False` drops it.
+    single_logit: one sigmoid logit, returned as the two-class logits [0, z] (`create_head`).
     unfreeze_bn: train the body's BN weight/bias (their statistics update too).
     frozen_bn: with `unfreeze_bn=False`, "eval" keeps the body's BN layers in eval mode (pretrained
       statistics) and "train" lets them follow `model.train()` as fastai does; ignored otherwise.
@@ -133,7 +134,8 @@ def create_model(arch: str, *, weights: Union[str, os.PathLike] = "none", num_cl
     body, source, nf = _build_body(spec, weights, progress=progress)
     head = create_head(nf, num_classes, hidden=hidden, dropout=tuple(dropout), final=final,
                        final_bn_momentum=final_bn_momentum, final_bn_eps=final_bn_eps,
-                       final_bn_affine=final_bn_affine, final_bias=final_bias, seed=head_seed)
+                       final_bn_affine=final_bn_affine, final_bias=final_bias, single_logit=single_logit,
+                       seed=head_seed)
     policy = "unfrozen" if unfreeze_bn else ("frozen-eval" if frozen_bn == "eval" else "frozen-train (fastai)")
     return FinalBNNet(body, head, bn_policy=policy, arch=arch, nf=nf, final=final, weights=source)
 

@@ -9,16 +9,18 @@ written last, since it quotes numbers every section has computed, and put first 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from finalbn.stages.report import baselines as imbalance
 from finalbn.stages.report import figures
+from finalbn.stages.report import prevalence as prev
 from finalbn.stages.report.cells import CellData, empty_message, prepare
 from finalbn.stages.report.effects import study_effects
-from finalbn.stages.report.markdown import json_safe, markdown_table
+from finalbn.stages.report.markdown import Page, json_safe, markdown_table
+from finalbn.stages.report.answer import (at_prevalences, by_setting_section, calibration_section, prevalence_section,
+                                          sensitivity_section)
 from finalbn.stages.report.search import search_section
 from finalbn.stages.report.search import shown as search_shown
 from finalbn.stages.report.choice import selection_table
@@ -30,7 +32,7 @@ from finalbn.stages.report.tables import (
     calibration_table,
     loss_curve_table,
     p1_column,
-    pooled_bins,
+    flip_counts,
     prediction_pairs,
     table1,
     table2,
@@ -39,38 +41,24 @@ from finalbn.stages.report.tables import (
 )
 from finalbn.separability import LOW, ceiling_sentence
 
-FILES = ("report.md", "summary.json", "cells.csv", "selection.csv", "table1.csv", "table2.csv", "table3.csv", "table4.csv",
-         "baselines.csv", "fig3_loss_curves.csv", "fig3_loss_curves.png", "fig4_softmax.png", "calibration.csv",
-         "reliability.png", "effects.csv", "effects.png", "configs.png", "ceiling.png", "imbalance.csv",
+FILES = ("report.md", "summary.json", "cells.csv", "prevalence.csv", "prevalence.png", "sensitivity.png",
+         "selection.csv", "table1.csv",
+         "table2.csv", "table3.csv", "table4.csv", "baselines.csv", "fig3_loss_curves.csv", "fig3_loss_curves.png",
+         "fig4_softmax.png", "calibration.csv", "reliability.png", "reliability_prior.png", "effects.csv",
+         "effects.png", "by_setting.csv", "by_setting.png", "configs.png", "ceiling.png", "imbalance.csv",
          "imbalance.png", "search.csv", "search.png")
 
 
-@dataclass
-class _Page:
-    """report.md's sections gathered in order, and the folder every file goes to."""
-
-    out: Path
-    multi_arch: bool
-    md: list[str] = field(default_factory=list)
-
-    def section(self, title: str, body: str, notes: list[str] = ()) -> None:
-        self.md.extend([f"## {title}", ""])
-        self.md.extend(f"> Note: {n}" for n in notes)
-        if notes:
-            self.md.append("")
-        if body:
-            self.md.extend([body, ""])
-
-    def table(self, df: pd.DataFrame) -> str:
-        """A Markdown table; the arch column only when the study has more than one."""
-        return markdown_table(df.drop(columns=[] if self.multi_arch or "arch" not in df else ["arch"]))
-
-
 def build_report(data: CellData, out_dir: Path, n_boot: int = 2000, seed: int = 0,
-                 ceilings: list[dict] | None = None, search: dict | None = None, k: int = 5) -> dict:
+                 ceilings: list[dict] | None = None, search: dict | None = None, k: int = 5,
+                 prevalences: tuple[float, ...] = (0.5, 0.1, 0.05, 0.01),
+                 train_counts: tuple[int, int] | None = None, sensitivity: pd.DataFrame | None = None) -> dict:
     """Write FILES into `out_dir`; return (and write as summary.json) the headline numbers.
     `search`: `finalbn search`'s summary (results/search.json), for its section; `k`: the
-    replicates a configuration is chosen over (`selection.replicates`).
+    replicates a configuration is chosen over (`selection.replicates`); `prevalences`: the field
+    prevalences of `report.prevalences`; `train_counts`: (majority, minority) training images
+    (`split.train`), whose prior the calibration is also given at; `sensitivity`: the sensitivity
+    stage's table (results/sensitivity/sensitivity.csv), for its section.
     Raises ValueError when `data` holds no cell."""
     all_cells, dropped = prepare(data.cells, data.experiment)
     cells = all_cells[all_cells["baseline"] == ""].reset_index(drop=True)  # the paper's 64 configurations
@@ -78,25 +66,36 @@ def build_report(data: CellData, out_dir: Path, n_boot: int = 2000, seed: int = 
         raise ValueError(empty_message(data.experiment or "?") + " (only baseline cells)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    page = _Page(out, multi_arch=cells["arch"].nunique() > 1)
+    page = Page(out, multi_arch=cells["arch"].nunique() > 1)
     notes_in = list(data.notes) + ([f"{dropped} duplicate row(s) of the same cell were left out"] if dropped else [])
     cells.drop(columns=["start_time"], errors="ignore").to_csv(out / "cells.csv", index=False)
 
     ceilings = list(ceilings or [])
     ceiling_md = _ceiling(ceilings, out)  # the ceiling first: can the features see the cue at all?
-    eff, verdicts, methods = _effects(cells, data, out, n_boot, seed)
+    train_pi = train_counts[1] / sum(train_counts) if train_counts else None
+    at_pi, test_pi, pi_notes = at_prevalences(all_cells, data, out, prevalences, train_pi)
+    notes_in += pi_notes
+    cells = prev.widen(cells, at_pi, ("f1_1", "precision_1", "ece", "brier"))
+    cal = calibration_table(cells, at_pi, train_pi)
+    eff, verdicts, methods, setting = _effects(cells, data, out, n_boot, seed, prevalences, test_pi, train_pi, cal)
+    prevalence_section(page, cells, data, at_pi, eff, prevalences, test_pi)
     _ranking_vs_threshold(page, cells)
     imb = _imbalance_baselines(page, all_cells)
     _search(page, search)
+    sens_lines = sensitivity_section(page, sensitivity)
     _selection(page, cells, k, n_boot, seed)
     t1 = _table1(page, cells)
     _effects_table(page, cells, eff, methods)
+    by_setting_section(page, setting)
     _configs(page, cells)
     _tables_2_3(page, cells, k)
-    _table4_fig4(page, data, cells)
+    _table4_fig4(page, data, cells, seed)
     _fig3(page, data, cells)
-    cal_all = _calibration(page, data, cells)
+    cal_all = calibration_section(page, data, cells, cal, train_pi)
 
+    for lines in verdicts.values():  # before the multiplicity sentence, which closes a verdict
+        at = len(lines) - 1 if lines and lines[-1].startswith("Multiplicity") else len(lines)
+        lines[at:at] = sens_lines
     summary = headline_summary(cells, t1, eff, verdicts, ceilings, cal_all, page.multi_arch, k)
     _write_summary(out, summary, imb, search)
     header = _header(data.experiment, ceiling_md, verdicts, imb, cells, summary, notes_in)
@@ -117,18 +116,23 @@ def _ceiling(ceilings: list[dict], out: Path) -> str:
            "features can see the cue at all."
 
 
-def _effects(cells: pd.DataFrame, data: CellData, out: Path, n_boot: int, seed: int):
-    """effects.csv and effects.png; (effects, verdict lines per scope, factorial method per scope)."""
-    eff, verdicts, methods = study_effects(cells, data.prediction, n_boot=n_boot, seed=seed)
-    eff.drop(columns=["verdict"], errors="ignore").to_csv(out / "effects.csv", index=False)
+def _effects(cells: pd.DataFrame, data: CellData, out: Path, n_boot: int, seed: int, prevalences, test_pi,
+             train_pi, cal):
+    """effects.csv, by_setting.csv and effects.png; (effects, verdict lines per scope, factorial
+    method per scope, BN by setting)."""
+    eff, verdicts, methods, setting = study_effects(cells, data.prediction, n_boot=n_boot, seed=seed,
+                                                    prevalences=prevalences, test_pi=test_pi, train_pi=train_pi,
+                                                    calibration=cal)
+    eff.to_csv(out / "effects.csv", index=False)
+    setting.to_csv(out / "by_setting.csv", index=False)
     if len(eff):
         figures.fig_effects(eff, out / "effects.png")
     else:
         figures.placeholder(out / "effects.png", "not enough cells for any effect")
-    return eff, verdicts, methods
+    return eff, verdicts, methods, setting
 
 
-def _ranking_vs_threshold(page: _Page, cells: pd.DataFrame) -> None:
+def _ranking_vs_threshold(page: Page, cells: pd.DataFrame) -> None:
     base = baselines_table(cells)
     base.to_csv(page.out / "baselines.csv", index=False)
     shown = base[["dataset", "arch", "config", "replicates", "f1_1", "f1_1_std", "f1_1_sel", "f1_1_prior_corrected",
@@ -145,7 +149,7 @@ def _ranking_vs_threshold(page: _Page, cells: pd.DataFrame) -> None:
                  [] if len(base) else ["no run of configs 63, 47, 31 or 15"])
 
 
-def _imbalance_baselines(page: _Page, all_cells: pd.DataFrame) -> pd.DataFrame:
+def _imbalance_baselines(page: Page, all_cells: pd.DataFrame) -> pd.DataFrame:
     """The imbalance baselines against the final BN: imbalance.csv, imbalance.png, the section."""
     imb = imbalance.imbalance_table(all_cells)
     imb.to_csv(page.out / "imbalance.csv", index=False)
@@ -177,7 +181,7 @@ def _imbalance_baselines(page: _Page, all_cells: pd.DataFrame) -> pd.DataFrame:
     return imb
 
 
-def _search(page: _Page, search: dict | None) -> None:
+def _search(page: Page, search: dict | None) -> None:
     """The search beyond the grid: search.csv, search.png, the section."""
     title = "Beyond the grid: the Optuna search"
     if not search:
@@ -201,7 +205,7 @@ def _search(page: _Page, search: dict | None) -> None:
                  + (f"\n\nOptuna's plots of the study: {plots}." if plots else ""))
 
 
-def _table1(page: _Page, cells: pd.DataFrame) -> pd.DataFrame:
+def _table1(page: Page, cells: pd.DataFrame) -> pd.DataFrame:
     t1 = table1(cells)
     t1.to_csv(page.out / "table1.csv", index=False)
     page.section("Table I: test F1 without final BN, with WL (no BN), with final BN (no WL) — last epoch",
@@ -209,22 +213,29 @@ def _table1(page: _Page, cells: pd.DataFrame) -> pd.DataFrame:
     return t1
 
 
-def _effects_table(page: _Page, cells: pd.DataFrame, eff: pd.DataFrame, methods: dict[str, str]) -> None:
-    title = "Effects on the test set (last epoch)"
+def _effects_table(page: Page, cells: pd.DataFrame, eff: pd.DataFrame, methods: dict[str, str]) -> None:
+    title = "Effects on the test set"
     if not len(eff):
         page.section(title, "", ["not enough cells for any effect"])
         return
-    shown_eff = eff[["scope", "label", "metric", "estimate", "ci_low", "ci_high", "boot_low", "boot_high",
-                     "rep_low", "rep_high", "p", "p_holm", "n", "method"]]
+    shown_eff = eff[["scope", "label", "metric", "estimate", "ci_low", "ci_high", "p", "family", "p_holm", "n",
+                     "boot_low", "boot_high", "method"]]
     if cells.groupby(["dataset", "arch"]).ngroups == 1:
         shown_eff = shown_eff.drop(columns=["scope"])
+    families = ("Multiplicity, one Holm family per set of rows (`family`): `verdict` — every contrast with a p "
+                "value that the verdict states; `other contrasts` — the rest of the paired contrasts here; "
+                "`factorial` — the factorial's rows when it is replicated (with one replicate it is exploratory: "
+                "estimates only). `ci_low`/`ci_high`: the primary interval, a 95 % t interval over replicates "
+                "(OLS cluster-robust for a replicated factorial); `boot_low`/`boot_high`: a secondary hierarchical "
+                "bootstrap (replicates, then test images within each), which counts the image noise twice, since "
+                "the replicate spread already holds it.")
     page.section(title,
                  markdown_table(shown_eff) + "\n\n" + "\n".join(f"- {k}, the factorial: {v}."
                                                                 for k, v in methods.items())
-                 + "\n\n![](effects.png)")
+                 + "\n\n" + families + "\n\n![](effects.png)")
 
 
-def _configs(page: _Page, cells: pd.DataFrame) -> None:
+def _configs(page: Page, cells: pd.DataFrame) -> None:
     figures.fig_configs(cells, page.out / "configs.png")
     page.section("Every configuration: test AUROC and minority F1, replicate spread", "![](configs.png)")
 
@@ -235,7 +246,7 @@ RANKING_NOTE = ("Ranked on the mean validation AUROC over replicates 0-{last} (t
                 "against a replicated mean. Test values ride along and decide nothing.")
 
 
-def _tables_2_3(page: _Page, cells: pd.DataFrame, k: int) -> None:
+def _tables_2_3(page: Page, cells: pd.DataFrame, k: int) -> None:
     t2 = table2(cells, k=k)
     t2.to_csv(page.out / "table2.csv", index=False)
     note = RANKING_NOTE.format(last=k - 1)
@@ -245,11 +256,32 @@ def _tables_2_3(page: _Page, cells: pd.DataFrame, k: int) -> None:
     t3, t3_notes = table3(cells, k=k)
     t3.to_csv(page.out / "table3.csv", index=False)
     page.section("Table III: top and bottom 3 configurations by validation AUROC averaged over datasets "
-                 "(columns per dataset: test minority F1)", (markdown_table(t3) + "\n\n" + note) if not t3.empty else "",
+                 "(columns per dataset: test minority F1)",
+                 (markdown_table(t3) + "\n\n" + note + "\n\n" + versus_paper_table3(cells)) if not t3.empty else "",
                  t3_notes + ([] if not t3.empty else ["no configuration present in every dataset"]))
 
 
-def _selection(page: _Page, cells: pd.DataFrame, k: int, n_boot: int, seed: int) -> None:
+PAPER_TABLE3_TOP = (29, 28, 31)  # BN+UF, BN+UF+WD, BN: the paper's Table III, top three
+
+
+def versus_paper_table3(cells: pd.DataFrame) -> str:
+    """Table III beside the paper's: where its top three stand here, and what UF means in each."""
+    uf_on = cells[cells["uf"]]["test_f1_1"].groupby(cells["config_id"]).mean().mean()
+    uf_off = cells[~cells["uf"]]["test_f1_1"].groupby(cells["config_id"]).mean().mean()
+    means = cells.groupby("config_id")["test_f1_1"].mean()
+    theirs = ", ".join(f"{c} ({means[c]:.3f})" for c in PAPER_TABLE3_TOP if c in means)
+    return ("Against the paper: its Table III (ResNet34 and VGG19 on PlantVillage) has 29 (BN+UF), 28 (BN+UF+WD) "
+            f"and 31 (BN) on top; here their mean test minority F1 is {theirs}, and UF-on configurations average "
+            f"{uf_on:.3f} against {uf_off:.3f} with UF off (a mean of configuration means). What UF means differs: "
+            "the default trains the body's BN weights and biases at the head's learning rate (`train.body_lr_ratio: "
+            "1.0`) and keeps the frozen body's BN layers in eval mode, on their pre-trained statistics "
+            "(`model.frozen_bn: eval`); fastai v1, the paper's library, trains them at a tenth of it (`slice(lr)`), "
+            "lets frozen BN layers follow train() (batch statistics) and decays BN weights (`train.wd_on_bn`). "
+            "`profiles/paper.yaml` has the paper's semantics; the sensitivity section's `frozen_bn` factor sets "
+            "31 − 63 under both, and README (\"UF semantics\") gives the measured UF-on configurations under each.")
+
+
+def _selection(page: Page, cells: pd.DataFrame, k: int, n_boot: int, seed: int) -> None:
     """Choosing a configuration over replicates: selection.csv and the section."""
     cand, lines = selection_table(cells, k, n_boot=n_boot, seed=seed)
     cand.to_csv(page.out / "selection.csv", index=False)
@@ -263,13 +295,20 @@ def _selection(page: _Page, cells: pd.DataFrame, k: int, n_boot: int, seed: int)
                  "mean over five is about 0.035.")
 
 
-def _table4_fig4(page: _Page, data: CellData, cells: pd.DataFrame) -> None:
+def _table4_fig4(page: Page, data: CellData, cells: pd.DataFrame, seed: int) -> None:
     pred_pairs, pred_notes = prediction_pairs(data, cells)
-    t4 = table4(pred_pairs)
+    t4 = table4(pred_pairs, seed=seed)
     t4.to_csv(page.out / "table4.csv", index=False)
+    flips = flip_counts(pred_pairs)
+    flip_text = "; ".join(
+        f"{r['class']}: {r['flagged_only_with_final_bn']} of {r['images']} flagged only with final BN, "
+        f"{r['flagged_only_without']} only without" for r in flips.to_dict("records"))
+    n_found = int((t4["flips"] == "found").sum()) if len(t4) else 0
     page.section("Table IV: P(class 1) of 5 minority test images without / with final BN (last epoch)",
-                 (page.table(t4) + "\n\nThe five minority images with the lowest P(class 1) without final BN, "
-                  "first replicate with both runs; the same images (joined on path) with final BN.")
+                 (page.table(t4) + f"\n\nFive minority images drawn at random (seed `report.seed`, from the "
+                  "minority test images sorted by path) before any score is looked at, in the first replicate with "
+                  f"both runs; the same images (joined on path) with final BN. {n_found} of {len(t4)} flip from "
+                  f"missed to found (`flips`). Over every test image of that replicate: {flip_text}.")
                  if not t4.empty else "",
                  pred_notes if not t4.empty else pred_notes + ["Table IV needs predictions of configs 63 and 31"])
     title = "Fig. 4: per-image test softmax outputs without / with final BN"
@@ -281,7 +320,7 @@ def _table4_fig4(page: _Page, data: CellData, cells: pd.DataFrame) -> None:
         page.section(title, "", ["needs test predictions of configs 63 and 31 for the same replicate"])
 
 
-def _fig3(page: _Page, data: CellData, cells: pd.DataFrame) -> None:
+def _fig3(page: Page, data: CellData, cells: pd.DataFrame) -> None:
     curves = loss_curve_table(data, cells)
     curves.to_csv(page.out / "fig3_loss_curves.csv", index=False)
     title = "Fig. 3: train / validation loss, mean ± std over replicates"
@@ -292,26 +331,6 @@ def _fig3(page: _Page, data: CellData, cells: pd.DataFrame) -> None:
     else:
         figures.placeholder(page.out / "fig3_loss_curves.png", "no loss history of configs 63, 47, 31")
         page.section(title, "", ["no per-epoch loss history of configs 63, 47 or 31"])
-
-
-def _calibration(page: _Page, data: CellData, cells: pd.DataFrame) -> pd.DataFrame:
-    """calibration.csv, reliability.png, the section; the rows pooled over datasets ("all")."""
-    cal = calibration_table(cells)
-    cal.to_csv(page.out / "calibration.csv", index=False)
-    b63, n63, notes63 = pooled_bins(data, cells, NONE_ID)
-    b31, n31, notes31 = pooled_bins(data, cells, BN_ID)
-    cal_all = cal[cal["dataset"] == "all"]
-    body = markdown_table(cal_all.drop(columns=["dataset"]))
-    if b63 is not None or b31 is not None:
-        figures.fig_reliability(b63, n63, b31, n31, page.out / "reliability.png")
-        body += ("\n\nReliability diagrams (last epoch), bins of every run of the configuration pooled over "
-                 "datasets and replicates:\n\n![](reliability.png)")
-        rel_notes = notes63 + notes31
-    else:
-        figures.placeholder(page.out / "reliability.png", "no reliability.json of configs 63 and 31")
-        rel_notes = notes63 + notes31 + ["no reliability.json of configs 63 or 31: no reliability diagram"]
-    page.section("Calibration: ECE and Brier with and without final BN (last epoch)", body, rel_notes)
-    return cal_all
 
 
 # --------------------------------------------------------------------------- summary.json and the header
@@ -360,14 +379,16 @@ def _method_lines(cells: pd.DataFrame, summary: dict) -> list[str]:
         f"{', '.join(summary['archs'])}; {summary['configs']} of 64 configurations; replicates per configuration "
         f"{int(reps.min())}–{int(reps.max())}. A replicate re-draws the split (which 10 minority training images, "
         "which validation and test images) and re-seeds training.",
-        "- Primary numbers: test metrics at the last epoch (the paper's Table I protocol). Secondary, labelled `sel`: "
-        "the epoch selected on validation AUROC (ties to the lower class-balanced validation loss). Every "
+        "- Two epoch protocols, side by side: the last epoch (the paper's Table I protocol; columns `test_*`) and "
+        "the epoch selected on validation AUROC (ties to the lower class-balanced validation loss; `sel`). Every "
         "\"best configuration\" is ranked on mean validation AUROC; test labels decide nothing.",
+        "- Prevalence: the test set is balanced; every cell's precision, F1, accuracy, AP and calibration are "
+        "also given at each prevalence of `report.prevalences` by reweighting its test images (section \"The "
+        "answer at the prevalence the user will meet\"; TPR, FPR, AUROC and balanced accuracy do not depend on it).",
         "- Contrasts (31 − 63 and the others): one paired difference per replicate (same split and seed), mean with "
-        "a t interval; where predictions exist also a hierarchical bootstrap (replicates, then test images within "
-        "each). The factorial: see the note under the effects table; its BN rows also get a replicate-scale "
-        "interval (estimate ± t × the pooled replicate SD of the BN pair differences). Holm-adjusted p across "
-        "the verdict's effects "
-        "(and, for the other factorial rows, across the factorial's rows); intervals are unadjusted 95 %.",
+        "a t interval over replicates (the primary interval); a hierarchical bootstrap over test images is "
+        "secondary (effects.csv). The factorial: OLS cluster-robust by replicate when every configuration has two "
+        "or more replicates, else exploratory estimates without interval or p value. One Holm family per section, "
+        "named in effects.csv's `family`; intervals are unadjusted 95 %.",
         "- Configuration ids: index of (BN, WL, DA, MX, UF, WD) in itertools.product([True, False], repeat=6): "
         "31 = BN only, 47 = WL only, 15 = BN+WL, 63 = none.", ""]

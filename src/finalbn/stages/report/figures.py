@@ -2,6 +2,7 @@
 
     fig_configs(cells, "configs.png")     # AUROC and minority F1 per configuration, replicate spread
     fig_effects(effects, "effects.png")   # estimates with their intervals
+    fig_prevalence(means, effects, "prevalence.png")   # 31 and 63, and their difference, at each π
 
 Fig. 4's softmax panels and the reliability panels are drawn by `finalbn.plots`, as in the per-run
 figures, so the two look alike.
@@ -75,8 +76,10 @@ def fig_configs(cells: pd.DataFrame, path: Path) -> None:
 
 
 def fig_effects(eff: pd.DataFrame, path: Path) -> None:
-    """Forest plot of the minority-F1 effects: contrasts over replicates and factorial effects."""
-    rows = eff[eff["metric"] == "f1_1"].reset_index(drop=True)
+    """Forest plot of the minority-F1 effects on the test set as drawn: paired contrasts over
+    replicates with their t intervals (image-level bootstrap in orange, secondary), and the
+    factorial's effects — with their intervals when replicated, as bare points when exploratory."""
+    rows = eff[(eff["metric"] == "f1_1") & ~eff["effect"].astype(str).str.contains("π=")].reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(13, 0.4 * len(rows) + 2.0), layout="constrained")
     y = np.arange(len(rows))[::-1]
     colors = {"contrast": "tab:red", "main": "tab:blue", "interaction": "tab:purple", "simple": "tab:green"}
@@ -85,21 +88,98 @@ def fig_effects(eff: pd.DataFrame, path: Path) -> None:
         if not math.isfinite(est):
             ax.annotate("not estimable", (1.01, yi), xycoords=("axes fraction", "data"), va="center", fontsize="x-small")
             continue
-        lo = r["ci_low"] if math.isfinite(r["ci_low"]) else est
-        hi = r["ci_high"] if math.isfinite(r["ci_high"]) else est
-        ax.errorbar(est, yi, xerr=[[est - lo], [hi - est]], fmt="o", color=colors.get(r["kind"], "gray"), capsize=3)
+        color = colors.get(r["kind"], "gray")
+        if math.isfinite(r["ci_low"]):
+            ax.errorbar(est, yi, xerr=[[est - r["ci_low"]], [r["ci_high"] - est]], fmt="o", color=color, capsize=3)
+        else:  # exploratory: an estimate without an interval
+            ax.plot(est, yi, "o", mfc="none", color=color)
         if math.isfinite(r.get("boot_low", math.nan)):
             ax.plot([r["boot_low"], r["boot_high"]], [yi - 0.2, yi - 0.2], color="tab:orange", linewidth=2)
-        if math.isfinite(r.get("rep_low", math.nan)):
-            ax.plot([r["rep_low"], r["rep_high"]], [yi - 0.2, yi - 0.2], color="gray", linewidth=2)
     ax.axvline(0, color="gray", linestyle="--")
     multi = rows["scope"].nunique() > 1
     ax.set_yticks(y, labels=[f"{r['scope']}: {r['label']}" if multi else r["label"] for r in rows.to_dict("records")],
                   fontsize="small")
-    ax.set_xlabel("effect on test minority F1 (last epoch), 95% interval; orange: hierarchical bootstrap; "
-                  "gray: replicate scale")
+    ax.set_xlabel("effect on test minority F1, 95% t interval over replicates; orange: image-level bootstrap "
+                  "(secondary); hollow: exploratory (one replicate, no interval)")
     ax.set_title("contrasts over replicates (red), factorial main effects (blue),\nBN×X interactions (purple), "
                  "simple effects of BN (green)", fontsize="small")
+    ax.grid(axis="x", alpha=0.3)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def fig_prevalence(means: pd.DataFrame, eff: pd.DataFrame, curves: dict, path: Path) -> None:
+    """Top: minority F1 of 31 and 63 against the field prevalence (mean over replicates, last
+    epoch), and 31 − 63 with its t interval at each π for both epoch protocols. Bottom: the PR curve
+    of every replicate of 31 (red) and 63 (blue) reweighted to each π. `curves`: π -> config ->
+    [(recall, precision), ...] of one (dataset, arch)."""
+    pis = sorted(curves, reverse=True)
+    ncol = max(2, len(pis))
+    fig = plt.figure(figsize=(3.4 * ncol, 7.5), layout="constrained")
+    grid = fig.add_gridspec(2, ncol)
+    ax0, ax1 = fig.add_subplot(grid[0, : ncol // 2]), fig.add_subplot(grid[0, ncol // 2:])
+    for cid, color, name in ((BN_ID, "tab:red", "BN (31)"), (NONE_ID, "tab:blue", "none (63)")):
+        m = means[means["config_id"] == cid].sort_values("prevalence")
+        ax0.plot(m["prevalence"], m["f1_1"], "o-", color=color, label=name)
+    ax0.set_xscale("log")
+    ax0.set_xlabel("field prevalence π (share diseased)")
+    ax0.set_ylabel("minority F1 (mean over replicates)")
+    ax0.set_ylim(0, 1)
+    ax0.legend(fontsize="small")
+    ax0.grid(alpha=0.3)
+    for protocol, style, offset in (("last", "o", 1.0), ("sel", "s", 1.06)):
+        r = eff[(eff["kind"] == "contrast") & (eff["metric"] == "f1_1") & (eff["protocol"] == protocol)
+                & eff["effect"].astype(str).str.startswith("31-63") & eff["prevalence"].notna()]
+        r = r[~r["effect"].astype(str).str.contains("pc")].sort_values("prevalence")
+        if len(r):
+            lo = (r["estimate"] - r["ci_low"]).fillna(0).to_numpy()
+            hi = (r["ci_high"] - r["estimate"]).fillna(0).to_numpy()
+            ax1.errorbar(r["prevalence"] * offset, r["estimate"], yerr=[lo, hi], fmt=style, capsize=3,
+                         label="last epoch" if protocol == "last" else "epoch selected on validation")
+    ax1.axhline(0, color="gray", linestyle="--")
+    ax1.set_xscale("log")
+    ax1.set_xlabel("field prevalence π")
+    ax1.set_ylabel("31 − 63 minority F1, 95% t interval")
+    ax1.legend(fontsize="small")
+    ax1.grid(alpha=0.3)
+    for i, pi in enumerate(pis):
+        ax = fig.add_subplot(grid[1, i])
+        for cid, color in ((NONE_ID, "tab:blue"), (BN_ID, "tab:red")):
+            for recall, precision in curves[pi].get(cid, []):
+                ax.plot(recall, precision, color=color, alpha=0.35, linewidth=0.9)
+        ax.axhline(pi, color="gray", linestyle=":", linewidth=0.8)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"PR curve at π = {pi:g}", fontsize="small")
+        ax.set_xlabel("recall")
+        if i == 0:
+            ax.set_ylabel("precision (reweighted)")
+    fig.suptitle("final BN (31, red) against none (63, blue) at the prevalence the user will meet; "
+                 "PR curves: one line per replicate", fontsize="small")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def fig_by_setting(setting: pd.DataFrame, path: Path) -> None:
+    """BN's effect per (UF, WL) setting: the factorial pairs (dot: mean, bar: range) and the
+    matched pair over replicates (square with its t interval)."""
+    rows = setting.reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(9, 0.6 * len(rows) + 2.0), layout="constrained")
+    y = np.arange(len(rows))[::-1]
+    for yi, r in zip(y, rows.to_dict("records")):
+        if math.isfinite(r["factorial_estimate"]):
+            ax.plot([r["factorial_min"], r["factorial_max"]], [yi + 0.12] * 2, color="tab:blue", alpha=0.5)
+            ax.plot(r["factorial_estimate"], yi + 0.12, "o", color="tab:blue")
+        if math.isfinite(r["pair_estimate"]):
+            lo, hi = r["pair_ci_low"], r["pair_ci_high"]
+            err = [[r["pair_estimate"] - lo], [hi - r["pair_estimate"]]] if math.isfinite(lo) else None
+            ax.errorbar(r["pair_estimate"], yi - 0.12, xerr=err, fmt="s", color="tab:red", capsize=3)
+    multi = rows["scope"].nunique() > 1
+    ax.set_yticks(y, labels=[f"{r['scope']}: {r['setting']}" if multi else r["setting"] for r in rows.to_dict("records")])
+    ax.axvline(0, color="gray", linestyle="--")
+    ax.set_xlabel("final BN on − off, test minority F1 (last epoch)")
+    ax.set_title("blue: factorial pairs over DA, MX, WD (dot mean, line range; exploratory with one replicate)\n"
+                 "red: the matched pair with the other switches off, 95% t interval over replicates", fontsize="small")
     ax.grid(axis="x", alpha=0.3)
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -154,6 +234,22 @@ def fig_reliability(b63: dict | None, n63: int, b31: dict | None, n31: int, path
             ax.text(0.5, 0.5, f"{name}: no reliability.json", ha="center", va="center")
         else:
             plots.reliability_panel(ax, b, f"{name}, {n} runs pooled, ECE {bins_ece(b):.3f}", fontsize="small")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def fig_reliability_at(panels: list[tuple[str, dict | None]], path: Path) -> None:
+    """Reliability diagrams reweighted to a prevalence (`prevalence.reliability_at` bins): one
+    panel per (title, bins); a missing bins dict says so."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5), layout="constrained", squeeze=False)
+    for ax, (title, b) in zip(axes[0], panels):
+        if b is None:
+            ax.axis("off")
+            ax.text(0.5, 0.5, f"{title}: no test predictions", ha="center", va="center")
+            continue
+        shown = {**b, "count": [1 if w > 0 else 0 for w in b["weight"]]}  # bars where the reweighted bin holds mass
+        ece = sum(w * abs(a - c) for w, a, c in zip(b["weight"], b["accuracy"], b["confidence"]) if w)
+        plots.reliability_panel(ax, shown, f"{title}, ECE {ece:.3f}", fontsize="small")
     fig.savefig(path, dpi=90)
     plt.close(fig)
 

@@ -35,13 +35,15 @@ def grid_keys(grid_csv: Path) -> set[str]:
 
 
 def make_report(cfg: Any, out_dir: Path, grid_csv: Path, ceiling: Path | None = None,
-                search: Path | None = None) -> dict:
+                search: Path | None = None, sensitivity: Path | None = None) -> dict:
     """The grid's FINISHED cells (by cell key) -> out_dir, logged to MLflow."""
     tracking.setup(cfg)
     data = collect(cfg.tracking.experiment, keys=grid_keys(grid_csv))  # only this grid's cells
     ceilings = read_ceilings(Path(ceiling)) if ceiling else []
     summary = build_report(data, out_dir, n_boot=cfg.report.bootstrap, seed=cfg.report.seed, ceilings=ceilings,
-                           search=read_search(search), k=cfg.selection.replicates)
+                           search=read_search(search), k=cfg.selection.replicates,
+                           prevalences=tuple(cfg.report.prevalences), train_counts=tuple(cfg.split.train),
+                           sensitivity=read_sensitivity(sensitivity))
     tracking.log_report(out_dir, cfg.tracking.experiment)
     return summary
 
@@ -59,10 +61,25 @@ def read_search(path: Path | None) -> dict | None:
     return out
 
 
+def read_sensitivity(path: Path | None) -> pd.DataFrame | None:
+    """`finalbn sensitivity`'s table (sensitivity.csv), or None when there is none. Raises
+    ValueError when the file is not that stage's output."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        df = pd.read_csv(path)
+    except (ValueError, pd.errors.EmptyDataError) as exc:
+        raise ValueError(f"sensitivity table {path} is not a CSV ({exc})") from None
+    missing = {"factor", "level", "prevalence", "estimate", "ci_low", "ci_high"} - set(df.columns)
+    if missing:
+        raise ValueError(f"sensitivity table {path} is not a `finalbn sensitivity` output (no {sorted(missing)})")
+    return df
+
+
 def main(cfg: Any, args: argparse.Namespace) -> int:
     """`finalbn report`: prints where it went and the verdict."""
     summary = make_report(cfg, Path(args.out), grid_csv=Path(args.grid_csv), ceiling=Path(args.ceiling),
-                          search=Path(args.search))
+                          search=Path(args.search), sensitivity=Path(args.sensitivity))
     print(f"report: {summary['cells']} cells -> {args.out}/report.md")
     for line in summary["verdict"]:
         print(f"  {line}")

@@ -7,13 +7,16 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 # p-values span many orders of magnitude; mean epochs need one decimal
-MD_FORMATS = {"p": ".2g", "p_holm": ".2g", "sel_epoch": ".1f", "selected_epoch": ".1f"}
+MD_FORMATS = {"p": ".2g", "p_holm": ".2g", "Holm p (last)": ".2g", "Holm p (sel)": ".2g", "sel_epoch": ".1f",
+              "selected_epoch": ".1f"}
 
 
 def cell_text(v: Any, floatfmt: str) -> str:
@@ -61,3 +64,24 @@ def json_safe(obj: Any) -> Any:
     if obj is None or obj is pd.NA:
         return None
     return obj
+
+
+@dataclass
+class Page:
+    """report.md's sections gathered in order, and the folder every file goes to."""
+
+    out: Path
+    multi_arch: bool
+    md: list[str] = field(default_factory=list)
+
+    def section(self, title: str, body: str, notes: list[str] = ()) -> None:
+        self.md.extend([f"## {title}", ""])
+        self.md.extend(f"> Note: {n}" for n in notes)
+        if notes:
+            self.md.append("")
+        if body:
+            self.md.extend([body, ""])
+
+    def table(self, df: pd.DataFrame) -> str:
+        """A Markdown table; the arch column only when the study has more than one."""
+        return markdown_table(df.drop(columns=[] if self.multi_arch or "arch" not in df else ["arch"]))

@@ -17,12 +17,15 @@ METRIC_NAMES = (("31-63", "bn_vs_none_f1"), ("15-47", "bn_with_wl_f1"), ("BN", "
                 ("31-63 auroc", "bn_vs_none_auroc"), ("31-pc63", "bn_vs_prior_corrected_f1"))
 
 
+ALL = "all configurations, BN on vs off"
+
+
 def headline_summary(cells, t1, eff, verdicts, ceilings, cal_all, multi_arch, k: int = 5) -> dict:
     effects = _effects(eff)
 
-    def cal_value(metric: str, comparison: str, bn_on: bool) -> float:
-        row = cal_all[(cal_all["comparison"] == comparison) & (cal_all["final_bn"] == bn_on)]
-        return float(row[f"{metric}_mean"].iloc[0])
+    def cal_value(metric: str, comparison: str, bn_on: bool, at: str = "test set") -> float | None:
+        row = cal_all[(cal_all["comparison"] == comparison) & (cal_all["final_bn"] == bn_on) & (cal_all["at"] == at)]
+        return float(row[f"{metric}_mean"].iloc[0]) if len(row) else None
 
     summary = {
         "verdict": [line for lines in verdicts.values() for line in lines],
@@ -31,12 +34,14 @@ def headline_summary(cells, t1, eff, verdicts, ceilings, cal_all, multi_arch, k:
         "effects": effects,
         "table1": _table1(t1, multi_arch),
         "best_config_on_validation": _best_on_validation(cells, k),
-        "ece": {"bn": cal_value("ece", "all configs, BN on vs off", True),
-                "no_bn": cal_value("ece", "all configs, BN on vs off", False),
+        "ece": {"bn": cal_value("ece", ALL, True), "no_bn": cal_value("ece", ALL, False),
                 "config31": cal_value("ece", "config 31 vs 63", True),
-                "config63": cal_value("ece", "config 31 vs 63", False)},
-        "brier": {"bn": cal_value("brier", "all configs, BN on vs off", True),
-                  "no_bn": cal_value("brier", "all configs, BN on vs off", False)},
+                "config63": cal_value("ece", "config 31 vs 63", False),
+                "config31_training_prior": cal_value("ece", "config 31 vs 63", True, "training prior"),
+                "config63_training_prior": cal_value("ece", "config 31 vs 63", False, "training prior")},
+        "brier": {"bn": cal_value("brier", ALL, True), "no_bn": cal_value("brier", ALL, False),
+                  "config31_training_prior": cal_value("brier", "config 31 vs 63", True, "training prior"),
+                  "config63_training_prior": cal_value("brier", "config 31 vs 63", False, "training prior")},
         "cells": int(len(cells)),
         "datasets": sorted(cells["dataset"].unique().tolist()),
         "archs": sorted(cells["arch"].unique().tolist()),
@@ -61,8 +66,9 @@ def _effects(eff: pd.DataFrame) -> dict[str, dict]:
     """scope -> effect id -> its numbers."""
     effects: dict[str, dict] = {}
     for r in eff.to_dict("records"):
-        effects.setdefault(r["scope"], {})[r["effect"]] = {k: r[k] for k in ("estimate", "ci_low", "ci_high", "rep_low",
-                                                                              "rep_high", "p", "p_holm", "n", "metric")}
+        effects.setdefault(r["scope"], {})[r["effect"]] = {k: r[k] for k in ("estimate", "ci_low", "ci_high", "p", "family",
+                                                                              "p_holm", "n", "metric", "prevalence",
+                                                                              "protocol")}
     return effects
 
 
@@ -90,6 +96,9 @@ def _metrics(effects: dict[str, dict], ceilings: list[dict]) -> dict:
         if eid in first:
             for k in ("estimate", "ci_low", "ci_high"):
                 metrics[f"{name}_{k}"] = first[eid][k]
+    for eid, r in first.items():  # 31 - 63 at each prevalence, last epoch
+        if eid.startswith("31-63 π="):
+            metrics[f"bn_vs_none_f1_at_{eid.split('=')[1]}_estimate"] = r["estimate"]
     if ceilings:
         metrics["ceiling_auroc"] = ceilings[0]["auroc"]
     return metrics

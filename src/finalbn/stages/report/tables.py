@@ -203,20 +203,50 @@ def prediction_pairs(data: CellData, cells: pd.DataFrame) -> tuple[dict, list[st
     return out, notes
 
 
-def table4(pairs: dict, n: int = 5) -> pd.DataFrame:
-    """Paper Table IV: P(class 1) of the `n` minority test images with the lowest P without final
-    BN (config 63), next to the same images (joined on path) with final BN (31), last epoch."""
-    cols = ["dataset", "arch", "replicate", "path", "label", "p1_without_final_bn", "p1_with_final_bn"]
+def table4(pairs: dict, n: int = 5, seed: int = 0) -> pd.DataFrame:
+    """Paper Table IV: P(class 1) of `n` minority test images without final BN (config 63) and with
+    it (31), last epoch, joined on path. The images are a seeded random draw (numpy, `seed`) among the
+    minority images both runs scored, sorted by path first: the rule is fixed before any score is
+    seen, so no model output picks them. `flips`: "found" when 63 misses (P <= 0.5) and 31 finds
+    (P > 0.5), "lost" the other way, "" otherwise."""
+    cols = ["dataset", "arch", "replicate", "path", "label", "p1_without_final_bn", "p1_with_final_bn", "flips"]
     rows = []
     for (ds, arch), (rep, p63, p31) in sorted(pairs.items()):
-        a = pd.DataFrame({"path": p63["path"].astype(str), "label": p63["label"].astype(int), "p0": p1_column(p63)})
-        b = pd.DataFrame({"path": p31["path"].astype(str), "label_b": p31["label"].astype(int), "p1": p1_column(p31)})
-        j = a.merge(b, on="path", how="inner")
-        j = j[(j["label"] == 1) & (j["label_b"] == 1)].sort_values(["p0", "path"]).head(n)
-        for r in j.itertuples(index=False):
+        j = _joined(p63, p31)
+        j = j[j["label"] == 1].sort_values("path").reset_index(drop=True)
+        pick = np.sort(np.random.default_rng(seed).choice(len(j), size=min(n, len(j)), replace=False))
+        for r in j.iloc[pick].itertuples(index=False):
             rows.append({"dataset": ds, "arch": arch, "replicate": rep, "path": r.path, "label": 1,
-                         "p1_without_final_bn": float(r.p0), "p1_with_final_bn": float(r.p1)})
+                         "p1_without_final_bn": float(r.p0), "p1_with_final_bn": float(r.p1),
+                         "flips": _flip(r.p0, r.p1)})
     return pd.DataFrame(rows, columns=cols)
+
+
+def _joined(p63: pd.DataFrame, p31: pd.DataFrame) -> pd.DataFrame:
+    a = pd.DataFrame({"path": p63["path"].astype(str), "label": p63["label"].astype(int), "p0": p1_column(p63)})
+    b = pd.DataFrame({"path": p31["path"].astype(str), "label_b": p31["label"].astype(int), "p1": p1_column(p31)})
+    j = a.merge(b, on="path", how="inner")
+    return j[j["label"] == j["label_b"]].drop(columns=["label_b"])
+
+
+def _flip(p0: float, p1: float) -> str:
+    return "found" if p0 <= 0.5 < p1 else "lost" if p1 <= 0.5 < p0 else ""
+
+
+def flip_counts(pairs: dict) -> pd.DataFrame:
+    """Per (dataset, arch) and class, over every test image of Table IV's replicate: how many images
+    the argmax calls differently without (63) and with final BN (31)."""
+    rows = []
+    for (ds, arch), (rep, p63, p31) in sorted(pairs.items()):
+        j = _joined(p63, p31)
+        for label, name in ((1, "diseased"), (0, "healthy")):
+            g = j[j["label"] == label]
+            up = int(((g["p0"] <= 0.5) & (g["p1"] > 0.5)).sum())
+            down = int(((g["p0"] > 0.5) & (g["p1"] <= 0.5)).sum())
+            rows.append({"dataset": ds, "arch": arch, "replicate": rep, "class": name, "images": len(g),
+                         "flagged_only_with_final_bn": up, "flagged_only_without": down})
+    return pd.DataFrame(rows, columns=["dataset", "arch", "replicate", "class", "images", "flagged_only_with_final_bn",
+                                       "flagged_only_without"])
 
 
 def loss_curve_table(data: CellData, cells: pd.DataFrame) -> pd.DataFrame:
@@ -245,20 +275,41 @@ def loss_curve_table(data: CellData, cells: pd.DataFrame) -> pd.DataFrame:
     return out[cols]
 
 
-def calibration_table(cells: pd.DataFrame) -> pd.DataFrame:
-    """ECE and Brier (last epoch) with and without final BN: over all cells, and 31 vs 63;
-    pooled over datasets ("all") and per dataset."""
+def calibration_table(cells: pd.DataFrame, at_prevalence: pd.DataFrame | None = None,
+                      train_pi: float | None = None) -> pd.DataFrame:
+    """ECE and Brier (last epoch) with and without final BN, on the test set as drawn (`at` "test
+    set", from the cells) and reweighted to the training prior (`at` "training prior", from
+    `prevalence.cell_table` rows at `train_pi`). Two comparisons: every configuration with BN on vs
+    off — a mean of configuration means, so a configuration run on 10 replicates weighs as much as
+    one run on 1 — and config 31 vs 63 (mean over replicates). Per (dataset, arch) `scope`, and
+    pooled over them ("all")."""
+    frames = [cells.assign(at="test set", prevalence=math.nan, ece=cells["test_ece"], brier=cells["test_brier"])]
+    if at_prevalence is not None and train_pi is not None and len(at_prevalence):
+        t = at_prevalence[(at_prevalence["protocol"] == "last") & (at_prevalence["baseline"] == "")
+                          & np.isclose(at_prevalence["prevalence"], train_pi)]
+        keep = cells[["run_id", *TOGGLES]]
+        frames.append(t[["run_id", "dataset", "arch", "config_id", "replicate", "prevalence", "ece", "brier"]]
+                      .merge(keep, on="run_id").assign(at="training prior"))
+    allc = pd.concat(frames, ignore_index=True)
+    allc["scope"] = allc["dataset"].astype(str) + "/" + allc["arch"].astype(str)
     rows = []
-    scopes = [("all", cells)] + [(ds, g) for ds, g in cells.groupby("dataset", sort=True)]
+    scopes = [("all", allc)] + [(sc, g) for sc, g in allc.groupby("scope", sort=True)]
     for scope, sub in scopes:
-        for comparison, parts in (("all configs, BN on vs off", ((True, sub[sub["bn"]]), (False, sub[~sub["bn"]]))),
-                                  ("config 31 vs 63", ((True, sub[sub["config_id"] == BN_ID]),
-                                                       (False, sub[sub["config_id"] == NONE_ID])))):
-            for bn, part in parts:
-                rows.append({"dataset": scope, "comparison": comparison, "final_bn": bn, "cells": len(part),
-                             "ece_mean": part["test_ece"].mean(), "ece_std": part["test_ece"].std(),
-                             "brier_mean": part["test_brier"].mean(), "brier_std": part["test_brier"].std()})
-    return pd.DataFrame(rows)
+        for at, part_at in sub.groupby("at", sort=False):
+            pi = float(part_at["prevalence"].iloc[0]) if at == "training prior" else math.nan
+            for comparison, parts in (("all configurations, BN on vs off", ((True, part_at[part_at["bn"]]),
+                                                                             (False, part_at[~part_at["bn"]]))),
+                                      ("config 31 vs 63", ((True, part_at[part_at["config_id"] == BN_ID]),
+                                                           (False, part_at[part_at["config_id"] == NONE_ID])))):
+                for bn, part in parts:
+                    by_config = part.groupby(["scope", "config_id"])[["ece", "brier"]].mean() \
+                        if comparison.startswith("all") else part[["ece", "brier"]]
+                    rows.append({"scope": scope, "at": at, "prevalence": pi, "comparison": comparison,
+                                 "final_bn": bn, "configs": int(part["config_id"].nunique()), "cells": len(part),
+                                 "ece_mean": by_config["ece"].mean(), "ece_std": by_config["ece"].std(),
+                                 "brier_mean": by_config["brier"].mean(), "brier_std": by_config["brier"].std()})
+    return pd.DataFrame(rows, columns=["scope", "at", "prevalence", "comparison", "final_bn", "configs", "cells",
+                                       "ece_mean", "ece_std", "brier_mean", "brier_std"])
 
 
 def merge_bins(bin_sets: list[dict]) -> dict | None:

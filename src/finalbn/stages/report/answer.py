@@ -1,0 +1,207 @@
+"""The report's sections that put the answer where the user will use it: at each field prevalence,
+per (UF, WL) setting, calibrated at the training prior, and under the sensitivity stage's settings.
+
+    at_pi, test_pi, notes = at_prevalences(all_cells, data, out, (0.5, 0.1, 0.05, 0.01), train_pi)
+    prevalence_section(page, cells, data, at_pi, effects, prevalences, test_pi)
+
+Each writes its CSV / PNG into the page's folder and appends its Markdown (`markdown.Page`).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from finalbn.sensitivity_plots import fig_factors
+from finalbn.stages.report import figures
+from finalbn.stages.report import prevalence as prev
+from finalbn.stages.report.cells import CellData
+from finalbn.stages.report.markdown import Page, interval_text, markdown_table
+from finalbn.stages.report.pairs import prevalence_effect_id
+from finalbn.stages.report.tables import BN_ID, NONE_ID, pooled_bins
+
+
+def at_prevalences(all_cells: pd.DataFrame, data: CellData, out: Path, prevalences, train_pi):
+    """prevalence.csv: every cell's test metrics at each prevalence (and the training prior); the
+    test set's own prevalence (from the first predictions found); notes."""
+    pis = sorted(set(prevalences) | ({train_pi} if train_pi else set()), reverse=True)
+    table, notes = prev.cell_table(all_cells, data.prediction, pis)
+    table.to_csv(out / "prevalence.csv", index=False)
+    test_pi = None
+    for rid in all_cells["run_id"]:
+        p = data.prediction(rid)
+        if p is not None and "label" in p and len(p):
+            test_pi = prev.prevalence_of(p)
+            break
+    return table, test_pi, notes
+
+
+def prevalence_section(page: Page, cells: pd.DataFrame, data: CellData, at_pi: pd.DataFrame, eff: pd.DataFrame,
+                        prevalences, test_pi) -> None:
+    """The answer at each prevalence: the table of 31 and 63 and their difference, prevalence.png."""
+    title = "The answer at the prevalence the user will meet"
+    if at_pi.empty:
+        figures.placeholder(page.out / "prevalence.png", "no test predictions: no metric at any prevalence")
+        page.section(title, "", ["no cell run has test predictions: nothing is reweighted to a prevalence"])
+        return
+    means = prev.config_means(at_pi, [BN_ID, NONE_ID])
+    rows = []
+    for (ds, arch), sub in means.groupby(["dataset", "arch"], sort=True):
+        scope_eff = eff[eff["scope"] == f"{ds}/{arch}"]
+        by = {r["effect"]: r for r in scope_eff.to_dict("records") if r["kind"] == "contrast"}
+        for pi in sorted(prevalences, reverse=True):
+            m = {int(c): g.iloc[0] for c, g in sub[np.isclose(sub["prevalence"], pi)].groupby("config_id")}
+            row = {"dataset": ds, "arch": arch, "π": pi}
+            for cid, name in ((BN_ID, "BN (31)"), (NONE_ID, "none (63)")):
+                row[f"F1 {name}"] = m[cid]["f1_1"] if cid in m else math.nan
+                row[f"precision {name}"] = m[cid]["precision_1"] if cid in m else math.nan
+                row[f"AP {name}"] = m[cid]["ap"] if cid in m else math.nan
+            for protocol, head in (("last", "Δ F1 last epoch"), ("sel", "Δ F1 selected epoch")):
+                raw = "31-63" if protocol == "last" else "31-63 sel"
+                eid = raw if test_pi is not None and math.isclose(pi, test_pi, abs_tol=1e-9) else \
+                    prevalence_effect_id("31-63", pi, protocol)
+                r = by.get(eid)
+                row[head] = interval_text(r["estimate"], r["ci_low"], r["ci_high"]) if r else "—"
+                row[f"Holm p ({protocol})"] = r["p_holm"] if r else math.nan
+            rows.append(row)
+    shown = pd.DataFrame(rows)
+    first = sorted(set(zip(cells["dataset"], cells["arch"])))[0]
+    curves = _pr_curves(cells[(cells["dataset"] == first[0]) & (cells["arch"] == first[1])], data, prevalences)
+    figures.fig_prevalence(means[(means["dataset"] == first[0]) & (means["arch"] == first[1])],
+                           eff[eff["scope"] == f"{first[0]}/{first[1]}"], curves, page.out / "prevalence.png")
+    page.section(title,
+                 page.table(shown) + "\n\nThe balanced test set reweighted to each field prevalence π (share of "
+                 "diseased images): each diseased test image stands for π / n₁ of the field and each healthy one "
+                 "for (1 − π) / n₀, so TPR and FPR at the argmax cut are as measured and precision = π TPR / (π TPR "
+                 "+ (1 − π) FPR), F1 and the PR curve follow (label shift; Saerens et al. 2002). Means over "
+                 "replicates (last epoch); Δ: 31 − 63 paired by replicate, 95 % t interval, Holm-adjusted within the "
+                 "verdict's family. `prevalence.csv` holds every cell at every π (precision, F1, accuracy, balanced "
+                 "accuracy, AP, ECE, Brier; both epoch protocols)."
+                 + (f" Figure: {first[0]}/{first[1]}." if cells[["dataset", "arch"]].drop_duplicates().shape[0] > 1
+                    else "") + "\n\n![](prevalence.png)")
+
+
+def _pr_curves(sub: pd.DataFrame, data: CellData, prevalences) -> dict:
+    """π -> config -> [(recall, precision) per replicate] of configs 31 and 63, last epoch."""
+    out = {float(pi): {} for pi in prevalences}
+    for r in sub[sub["config_id"].isin([BN_ID, NONE_ID])].itertuples(index=False):
+        p = data.prediction(r.run_id)
+        if p is None or "p1_last" not in p or p["label"].nunique() < 2:
+            continue
+        for pi in prevalences:
+            out[float(pi)].setdefault(int(r.config_id), []).append(
+                prev.pr_curve_at(p["label"].to_numpy(int), p["p1_last"].to_numpy(float), pi))
+    return out
+
+
+def sensitivity_section(page: Page, table: pd.DataFrame | None) -> list[str]:
+    """Beyond the paper: the sensitivity section and sensitivity.png; the verdict's sentence."""
+    title = "Beyond the paper: how sensitive is the headline contrast?"
+    if table is None or table.empty:
+        figures.placeholder(page.out / "sensitivity.png", "no sensitivity table: run `finalbn sensitivity`")
+        page.section(title, "", ["no results/sensitivity/sensitivity.csv: run `finalbn sensitivity` (or `dvc repro "
+                                 "sensitivity`)"])
+        return []
+    fig_factors(table, page.out / "sensitivity.png")
+    pis = sorted(table["prevalence"].unique(), reverse=True)
+    shown = table[table["prevalence"].isin([pis[0], pis[-1]])].copy()
+    shown["31 − rival"] = [interval_text(r.estimate, r.ci_low, r.ci_high) for r in shown.itertuples()]
+    shown = shown[["factor", "level", "reference", "rival", "prevalence", "f1_bn", "f1_rival", "31 − rival", "n",
+                   "detectable"]]
+    page.section(title, markdown_table(shown) + "\n\nFinal BN alone vs nothing (31 − 63), one setting changed at a "
+                 "time (`sensitivity` in params.yaml), on the same replicates; the reference level is params.yaml's "
+                 "own setting (the grid's cells). Minority F1 on the test set and reweighted to the smallest "
+                 "prevalence of `report.prevalences`; intervals: paired t over replicates; `detectable`: the "
+                 "smallest paired difference found with 80 % power at that spread and replicate count. The bias-shift "
+                 "row sets 31 against 63 with a minority-logit bias learned on each cell's validation predictions "
+                 "(class-balanced likelihood), the simplest rival of a final BN. Every level at every prevalence is "
+                 "in results/sensitivity/sensitivity.csv.\n\n![](sensitivity.png)")
+    top = table[np.isclose(table["prevalence"], pis[0])]
+    low = table[np.isclose(table["prevalence"], pis[-1])]
+    parts = [f"{r.factor} {r.level}: {r.estimate:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}]"
+             for r in top.itertuples() if not r.reference and math.isfinite(r.estimate)]
+    flips = [f"{r.factor} {r.level}" for r in low.itertuples() if math.isfinite(r.ci_low) and r.ci_low > 0]
+    line = (f"Sensitivity (section below; 31 − rival in minority F1 at π = {pis[0]:g}, one setting changed at a "
+            f"time): " + "; ".join(parts) + ".")
+    if len(pis) > 1:
+        line += (f" At π = {pis[-1]:g} the interval lies above zero for " + (", ".join(flips) if flips else "none of them")
+                 + ".")
+    return [line]
+
+
+def by_setting_section(page: Page, setting: pd.DataFrame) -> None:
+    """BN's effect per (UF, WL) setting: by_setting.png and the section."""
+    title = "Final BN's effect by setting (UF, WL)"
+    if setting.empty or not (setting["factorial_estimate"].notna().any() or setting["pair_estimate"].notna().any()):
+        figures.placeholder(page.out / "by_setting.png", "no BN pair in any (UF, WL) setting")
+        page.section(title, "", ["no BN pair in any (UF, WL) setting"])
+        return
+    figures.fig_by_setting(setting, page.out / "by_setting.png")
+    shown = setting.drop(columns=["uf", "wl"] + (["scope"] if setting["scope"].nunique() == 1 else []))
+    page.section(title, markdown_table(shown) + "\n\nTest minority F1, last epoch. `factorial_*`: BN on − off over "
+                 "the factorial's pairs in the setting (DA, MX and WD on and off; every complete replicate): mean, "
+                 "smallest and largest — exploratory when the grid has one replicate. `pair_*`: the matched pair "
+                 "with DA, MX and WD off over its replicates, with a 95 % t interval where it has two or more. A "
+                 "factorial main effect averages these settings, in which final BN does different things: with UF "
+                 "on and no WL the model without it collapses toward the majority class, and BN rescues it.\n\n"
+                 "![](by_setting.png)")
+
+
+def calibration_section(page: Page, data: CellData, cells: pd.DataFrame, cal: pd.DataFrame,
+                 train_pi: float | None) -> pd.DataFrame:
+    """calibration.csv, reliability.png, reliability_prior.png, the section; the rows pooled over
+    (dataset, arch) ("all")."""
+    cal.to_csv(page.out / "calibration.csv", index=False)
+    b63, n63, notes63 = pooled_bins(data, cells, NONE_ID)
+    b31, n31, notes31 = pooled_bins(data, cells, BN_ID)
+    cal_all = cal[cal["scope"] == "all"]
+    body = markdown_table(cal_all.drop(columns=["scope"]))
+    body += ("\n\nECE (15 equal-width bins of the top-class probability; Guo et al. 2017) and Brier (summed over "
+             "both classes), last epoch. `test set`: the balanced test set as drawn; `training prior`: the same "
+             "images reweighted to the training prevalence"
+             + (f" (π = {train_pi:.2g})" if train_pi else "") + ", the prior a plain softmax learns. They differ "
+             "because calibration is a statement about a prior: a model whose probabilities match a 50/50 test set "
+             "over-calls the minority where it is 1 %, and a model that learned the 1 % prior under-calls it on a "
+             "50/50 set. Final BN re-centres the logits on each batch, moving the outputs toward balanced classes. "
+             "`all configurations`: a mean of configuration means (each configuration weighs the same, however "
+             "many replicates it ran).")
+    rel_notes = notes63 + notes31
+    if b63 is not None or b31 is not None:
+        figures.fig_reliability(b63, n63, b31, n31, page.out / "reliability.png")
+        body += ("\n\nReliability diagrams on the test set as drawn (last epoch), bins of every run of the "
+                 "configuration pooled over datasets and replicates:\n\n![](reliability.png)")
+    else:
+        figures.placeholder(page.out / "reliability.png", "no reliability.json of configs 63 and 31")
+        rel_notes = rel_notes + ["no reliability.json of configs 63 or 31: no reliability diagram"]
+    panels = _prior_bins(data, cells, train_pi)
+    if panels:
+        figures.fig_reliability_at(panels, page.out / "reliability_prior.png")
+        body += ("\n\nThe same, reweighted to the training prior (bars where a bin holds reweighted images):"
+                 "\n\n![](reliability_prior.png)")
+    else:
+        figures.placeholder(page.out / "reliability_prior.png", "no test predictions of configs 63 and 31")
+    page.section("Calibration: ECE and Brier with and without final BN, on the test set and at the training prior",
+                 body, rel_notes)
+    return cal_all
+
+
+def _prior_bins(data: CellData, cells: pd.DataFrame, train_pi: float | None) -> list[tuple[str, dict | None]]:
+    """Reliability bins at the training prior of configs 63 and 31, every replicate's test images
+    pooled (equal class counts per replicate, so pooling keeps the weights)."""
+    if not train_pi:
+        return []
+    panels = []
+    for cid, name in ((NONE_ID, "without final BN (63)"), (BN_ID, "with final BN (31)")):
+        ys, ps = [], []
+        for rid in cells.loc[cells["config_id"] == cid, "run_id"]:
+            p = data.prediction(rid)
+            if p is not None and "p1_last" in p:
+                ys.append(p["label"].to_numpy(int))
+                ps.append(p["p1_last"].to_numpy(float))
+        y = np.concatenate(ys) if ys else np.array([], dtype=int)
+        ok = ys and (y == 1).any() and (y == 0).any()
+        panels.append((f"{name}, {len(ys)} runs at π = {train_pi:.2g}",
+                       prev.reliability_at(y, np.concatenate(ps), train_pi) if ok else None))
+    return panels if any(b is not None for _, b in panels) else []
