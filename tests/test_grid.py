@@ -17,6 +17,7 @@ import pytest
 from finalbn.stages import grid
 from finalbn.stages.grid.plan import UF_ON_COST
 from finalbn.config import ablation_from_id
+from finalbn.stages.grid.output import bn_means
 
 from conftest import ROOT
 
@@ -200,3 +201,10 @@ def test_workers_launch_shards_and_collect_results(prepared, capfd):
     assert "grid: 4/4 cells finished" in out
     assert Counter(r.info.status for r in _cell_runs()) == {"FINISHED": 4}
     assert len(pd.read_csv("results/grid.csv")) == 4
+
+
+def test_bn_on_and_off_are_means_of_configuration_means():
+    df = pd.DataFrame({"BN": [1] * 11 + [0, 0], "config_id": [31] * 10 + [30] + [63, 62], "baseline": [""] * 13,
+                       "test_f1_1": [0.9] * 10 + [0.1] + [0.5, 0.3]})
+    m = bn_means(df)
+    assert m[1] == pytest.approx((0.9 + 0.1) / 2) and m[0] == pytest.approx(0.4)  # not (10 x 0.9 + 0.1) / 11

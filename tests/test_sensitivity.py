@@ -81,7 +81,7 @@ def test_contrasts_pair_by_replicate_and_reweight_to_each_prevalence():
 def test_the_stage_end_to_end_on_a_tiny_dataset(prepared, capfd):
     _, overrides = prepared
     extra = ["grid.headline.replicates=2", "sensitivity.replicates=2", "sensitivity.imbalance=[0.2]",
-             "sensitivity.batch_size=[]", "sensitivity.final_bn_momentum=[]", "sensitivity.frozen_bn=[]", "sensitivity.single_logit=false", "sensitivity.workers=1",
+             "sensitivity.batch_size=[]", "sensitivity.final_bn_momentum=[]", "sensitivity.frozen_bn=[]", "sensitivity.single_logit=false", "sensitivity.workers=2",
              "report.prevalences=[0.5,0.1]"]
     argv = ["--params", str(PARAMS)] + [x for o in overrides + extra for x in ("--set", o)]
     assert cli.main(["sensitivity", *argv, "--out", "results/sensitivity"]) == 0
@@ -106,3 +106,7 @@ def test_the_stage_end_to_end_on_a_tiny_dataset(prepared, capfd):
     # a second run trains nothing: every cell is found by its key
     assert cli.main(["sensitivity", *argv, "--out", "results/sensitivity"]) == 0
     assert "cell " not in capfd.readouterr().out
+    # nothing asked for: an empty table, no error
+    none = ["sensitivity.imbalance=[]", "sensitivity.bias_shift=false"]
+    assert cli.main(["sensitivity", *argv, *[x for o in none for x in ("--set", o)], "--out", "results/empty"]) == 0
+    assert "nothing to run" in capfd.readouterr().out and pd.read_csv("results/empty/sensitivity.csv").empty

@@ -99,7 +99,8 @@ def _report(summary: dict, results: str, code: int) -> int:
     print(f"grid: {summary['finished']}/{summary['cells']} cells finished -> {results}/grid.csv")
     if "best_config" in summary:
         f1, b = summary["minority_f1_mean"], summary["best_config"]
-        print(f"  mean test minority F1: final BN on {f1['bn_on']}, off {f1['bn_off']}; best config on validation "
+        print(f"  test minority F1, mean over configurations: final BN on {f1['bn_on']}, off {f1['bn_off']}; best config "
+              f"on validation "
               f"over {b['replicates']} replicates: {b['id']} ({b['name']}): val AUROC {b['val_auroc']}, "
               f"test minority F1 {b['test_minority_f1']} ({summary['unranked_configs']} configs with fewer "
               "replicates are not ranked)")

@@ -1,27 +1,32 @@
 """The `report` stage: tracked cell runs in; the ceiling, an honest verdict, the paper's tables
 and figures out.
 
-    finalbn report --grid-csv results/grid.csv --ceiling results/ceiling --search results/search.json --out report
+    finalbn report --out report   # reads results/grid.csv, results/ceiling, search.json, sensitivity/
     summary = make_report(cfg, Path("report"), grid_csv=Path("results/grid.csv"))
     summary = build_report(collect("finalbn"), Path("report"), ceilings=[...])
 
 report.md opens with the separability ceiling (can the frozen body see the cue at all?), then the
-verdict (`effects.verdict_lines`: the paper's 31-vs-63 contrast over replicates, BN with WL on,
-the factorial main effect, ranking vs threshold, WD), then the tables. Primary numbers are the
-last epoch's; the validation-selected epoch is a labelled secondary column; every "best
-configuration" is ranked on validation. A partial grid does not crash the report: a piece that
-cannot be computed is a note in report.md, its CSV has its header only and its PNG says why, so
-every output path exists (DVC outs). MLflow is read and written only through `finalbn.tracking`.
+verdict (`verdict.verdict_lines`: the paper's 31-vs-63 contrast over replicates, the same contrast at
+each field prevalence of `report.prevalences` and at both epoch protocols, BN with WL on and per
+(UF, WL) setting, the factorial, ranking vs threshold, WD, calibration at both priors, power, what
+the intervals describe, the sensitivity stage, the multiplicity families), then the sections. Primary
+numbers are the last epoch's and the replicate-level t intervals; every "best configuration" is
+ranked on validation. A partial grid does not crash the report: a piece that cannot be computed is
+a note in report.md, its CSV has its header only and its PNG says why, so every output path exists
+(DVC outs). MLflow is read and written only through `finalbn.tracking`.
 
 The files (`FILES`, all in the output folder): report.md, summary.json (headline numbers),
-cells.csv, table1–4.csv, baselines.csv, effects.csv, calibration.csv, imbalance.csv, search.csv,
-fig3_loss_curves.csv and the PNGs fig3_loss_curves, fig4_softmax, reliability, effects, configs,
-ceiling, imbalance, search.
+cells.csv, prevalence.csv, selection.csv, table1–4.csv, baselines.csv, effects.csv, by_setting.csv,
+calibration.csv, imbalance.csv, search.csv, fig3_loss_curves.csv and the PNGs prevalence,
+sensitivity, by_setting, fig3_loss_curves, fig4_softmax, reliability, reliability_prior, effects,
+configs, ceiling, imbalance, search.
 
-The package: `make` (`finalbn report`: inputs in, MLflow logging), `build` (one function per
-section of report.md), `summary` (summary.json), `cells` (collecting runs), `tables`, `effects`
-(statistics and verdict wording; the generic pieces are `finalbn.stats`), `baselines` (the
-imbalance baselines), `search` (the Optuna section), `figures`, `markdown` (formatting).
+The package: `make` (`finalbn report`: inputs in, MLflow logging), `build` (the page, section by
+section), `answer` (the sections at the user's prevalence, per setting, at the training prior, the
+sensitivity), `summary` (summary.json), `cells` (collecting runs), `tables`, `prevalence` (the test
+set reweighted to π), `effects` (the study's effects), `pairs` (paired contrasts, the Holm families),
+`factorial`, `verdict` (wording; the generic statistics are `finalbn.stats`), `baselines` (the
+imbalance baselines), `search` (the Optuna section), `figures`, `markdown` (formatting, the page).
 """
 from __future__ import annotations
 

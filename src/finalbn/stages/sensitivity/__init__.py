@@ -18,7 +18,7 @@ setting changed at a time (`FACTORS`, levels from params' `sensitivity` section)
 
 A level equal to params.yaml's own setting is the reference: its cells are the grid's headline cells,
 found by key, not retrained. Every level runs through the grid's own command (`finalbn grid` with
-the level's overrides, `sensitivity.workers` shard processes): cells keyed and resumable, nothing
+the level's overrides, `sensitivity.workers` levels at a time): cells keyed and resumable, nothing
 trained twice. Outputs: <out>/sensitivity.csv (31 − 63 per factor, level and
 prevalence, with a t interval over replicates and the difference detectable with 80 % power),
 <out>/cells.csv (every cell used), <out>/sensitivity.json, and one figure per factor (<out>/<factor>.png).
@@ -37,7 +37,7 @@ from finalbn import io, tracking, workers
 from finalbn.config import Config, load_config
 from finalbn.errors import DataError
 from finalbn.splits import prepare_dataset
-from finalbn.stages.sensitivity.analysis import BN_ID, NONE_ID, contrasts, fit_logit_bias, shifted_rates
+from finalbn.stages.sensitivity.analysis import BN_ID, COLUMNS, NONE_ID, contrasts, fit_logit_bias, shifted_rates
 from finalbn.sensitivity_plots import fig_factor
 
 class LevelFailed(Exception):
@@ -111,9 +111,9 @@ def level_config(args: argparse.Namespace, lv: Level, replicates: int) -> tuple[
     return params, overrides, load_config(params, overrides)
 
 
-def run_level(args: argparse.Namespace, cfg: Config, lv: Level, splits: Path, folder: Path,
-              log=print) -> pd.DataFrame:
-    """Train the level's missing cells; its cells' rows (write_results' grid.csv) tagged with the level."""
+def level_command(args: argparse.Namespace, cfg: Config, lv: Level, splits: Path, folder: Path) -> list[str]:
+    """The `finalbn grid` arguments that train (or find) the level's cells into `folder`; an
+    imbalance level's splits are drawn first. Raises DataError naming the level when they cannot be."""
     params, overrides, lcfg = level_config(args, lv, cfg.sensitivity.replicates)
     where = lv.splits or splits
     if lv.splits is not None and not all((where / d.name / str(r) / "split.json").is_file()
@@ -124,16 +124,40 @@ def run_level(args: argparse.Namespace, cfg: Config, lv: Level, splits: Path, fo
                                 replicates=lcfg.grid.max_replicates)
             except DataError as exc:
                 raise DataError(f"sensitivity {lv.factor} = {lv.level}: {exc}") from None
-    log(f"sensitivity {lv.factor} = {lv.level}{' (reference)' if lv.reference else ''}")
     argv = [x for p in params for x in ("--params", p)] + [x for o in overrides for x in ("--set", o)]
-    # the grid's own command (stages never import each other): keyed, resumable cells in shard processes
-    code = workers.run_commands(lambda _: ["grid", *argv, "--splits", str(where), "--results", str(folder),
-                                           "--workers", str(cfg.sensitivity.workers)], 1)
-    if code:
-        raise LevelFailed(f"{lv.factor} = {lv.level}: `finalbn grid` exited {code} (a cell failed or an input is "
-                          "missing; rerun to retry what is missing)")
-    df = pd.read_csv(folder / "grid.csv")
-    return df.assign(factor=lv.factor, level=lv.level, reference=lv.reference, rival="")
+    return ["grid", *argv, "--splits", str(where), "--results", str(folder), "--workers", "1"]
+
+
+def run_levels(args: argparse.Namespace, cfg: Config, plan: list[Level], splits: Path, out: Path,
+               log=print) -> list[pd.DataFrame]:
+    """Every level's cells, through the grid's own command (stages never import each other: keyed,
+    resumable cells), `sensitivity.workers` levels at a time (the cells of 31 and 63 are one family
+    of shared features, so a level is one process); levels with the same overrides (the reference
+    levels) share one run. Returns each level's grid.csv rows tagged with the level. Raises
+    LevelFailed naming the levels whose cells did not all finish."""
+    commands: dict[tuple, tuple[list[str], Path]] = {}
+    for lv in plan:
+        key = (lv.overrides, lv.splits)
+        if key not in commands:
+            folder = out / "levels" / f"{len(commands):02d}-{lv.factor}"
+            commands[key] = (level_command(args, cfg, lv, splits, folder), folder)
+    todo = list(commands.values())
+    n = cfg.sensitivity.workers
+    for start in range(0, len(todo), n):
+        batch = todo[start:start + n]
+        names = [", ".join(f"{lv.factor} = {lv.level}" for lv in plan if commands[(lv.overrides, lv.splits)][1] == f)
+                 for _, f in batch]
+        log(f"sensitivity: {'; '.join(names)}")
+        code = workers.run_commands(lambda i: batch[i][0], len(batch))
+        if code:
+            raise LevelFailed(f"{'; '.join(names)}: `finalbn grid` exited {code} (a cell failed or an input is "
+                              "missing; rerun to retry what is missing)")
+    frames = []
+    for lv in plan:
+        folder = commands[(lv.overrides, lv.splits)][1]
+        frames.append(pd.read_csv(folder / "grid.csv").assign(factor=lv.factor, level=lv.level,
+                                                              reference=lv.reference, rival=""))
+    return frames
 
 
 def bias_shift_rows(reference: pd.DataFrame) -> pd.DataFrame:
@@ -165,18 +189,21 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     plan = levels(cfg, out)
     print(f"sensitivity: {len(plan)} levels of {len({lv.factor for lv in plan})} factors, configs 31 and 63 on "
           f"{s.replicates} replicates each (reference levels are the grid's cells)", flush=True)
+    if s.bias_shift and not any(lv.reference for lv in plan):  # the rival needs the run's own cells
+        plan.append(Level("reference", "params.yaml", (), True))
+    if not plan:
+        print("sensitivity: no factor in params' `sensitivity` section and no bias shift: nothing to run")
+        pd.DataFrame(columns=COLUMNS).to_csv(out / "sensitivity.csv", index=False)
+        io.write_json(out / "sensitivity.json", {"replicates": s.replicates, "factors": [], "rows": []})
+        return 0
     try:
-        frames = [run_level(args, cfg, lv, splits, out / "levels" / f"{i:02d}-{lv.factor}")
-                  for i, lv in enumerate(plan)]
+        frames = run_levels(args, cfg, plan, splits, out)
     except LevelFailed as exc:
         print(f"finalbn sensitivity: failed: {exc}", file=sys.stderr)
         return 1
-    cells = pd.concat(frames, ignore_index=True)
+    cells = pd.concat([f for f, lv in zip(frames, plan) if lv.factor != "reference"], ignore_index=True)
     if s.bias_shift:
-        ref = next((f for f, lv in zip(frames, plan) if lv.reference), None)
-        if ref is None:  # no factor listed: the reference is the run's own settings
-            ref = run_level(args, cfg, Level("reference", "params.yaml", (), True), splits,
-                            out / "levels" / "reference")
+        ref = next(f for f, lv in zip(frames, plan) if lv.reference)
         cells = pd.concat([cells, bias_shift_rows(ref)], ignore_index=True)
     cells.to_csv(out / "cells.csv", index=False)
     pis = sorted(set(cfg.report.prevalences), reverse=True)
