@@ -201,10 +201,10 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     except LevelFailed as exc:
         print(f"finalbn sensitivity: failed: {exc}", file=sys.stderr)
         return 1
-    cells = pd.concat([f for f, lv in zip(frames, plan) if lv.factor != "reference"], ignore_index=True)
+    parts = [f for f, lv in zip(frames, plan) if lv.factor != "reference"]  # the reference alone is no factor
     if s.bias_shift:
-        ref = next(f for f, lv in zip(frames, plan) if lv.reference)
-        cells = pd.concat([cells, bias_shift_rows(ref)], ignore_index=True)
+        parts.append(bias_shift_rows(next(f for f, lv in zip(frames, plan) if lv.reference)))
+    cells = pd.concat(parts, ignore_index=True)
     cells.to_csv(out / "cells.csv", index=False)
     pis = sorted(set(cfg.report.prevalences), reverse=True)
     table = contrasts(cells, pis)
