@@ -42,7 +42,7 @@ def test_ceiling_stage_on_tiny_images(prepared, capsys, monkeypatch):
     assert "Separability ceiling (synthetic-apple, efficientnet_lite0 at 32 px)" in out and "test images" in out
     (result,) = json.loads(Path("results/ceiling/a.json").read_text())["ceilings"]
     assert result["n"] == 4 and 0.0 <= result["auroc"] <= 1.0 and result["feature_dim"] == 2 * 1280
-    (run,) = mlflow.search_runs(experiment_names=["finalbn"], output_format="list",
+    (run,) = mlflow.search_runs(experiment_names=["finalbn/ceiling"], output_format="list",
                                 filter_string="tags.`finalbn.ceiling` = 'true'")
     assert run.data.metrics["ceiling_auroc"] == pytest.approx(result["auroc"])
     # with spares allowed down to 3 per class, the images outside the split are used instead

@@ -97,10 +97,11 @@ def test_export_writes_a_checked_model_and_registers_it(gridded, tmp_path, capsy
     got = model.predict(x)
     assert set(got) == {"logits", "probs"} and got["probs"].shape == (2, 2) and int(mv.version) >= 1
     # again: the retrained model is found and loaded, not trained a third time; a new version is champion
-    runs_before = len(mlflow.search_runs(experiment_names=["finalbn"], output_format="list"))
+    every = ["finalbn/grid", "finalbn/search", "finalbn/export"]
+    runs_before = len(mlflow.search_runs(experiment_names=every, output_format="list"))
     assert main(_args(overrides, "--out", str(tmp_path / "models"))) == 0
     assert f"using its retrained model from run {card['model_run_id']}" in capsys.readouterr().out
-    assert len(mlflow.search_runs(experiment_names=["finalbn"], output_format="list")) == runs_before
+    assert len(mlflow.search_runs(experiment_names=every, output_format="list")) == runs_before
     again = json.loads((models / "parity.json").read_text())
     assert again["batches"]["1"]["max_abs_diff_probs"] == parity["batches"]["1"]["max_abs_diff_probs"]
     assert int(mlflow.MlflowClient().get_model_version_by_alias("finalbn", "champion").version) == int(mv.version) + 1
@@ -174,7 +175,7 @@ def test_the_champion_is_served_on_loopback(gridded, tmp_path):
             if ready:
                 break
         assert ready, server.stderr.read()[-3000:] if server.poll() is not None else "the server did not answer /ping"
-        body = json.dumps({"inputs": np.zeros((2, 3, 32, 32), dtype=np.float32).tolist()}).encode()
+        body = json.dumps({"inputs": {"image": np.zeros((2, 3, 32, 32), dtype=np.float32).tolist()}}).encode()  # named
         req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
                                      headers={"Content-Type": "application/json"})
         answer = json.loads(urllib.request.urlopen(req, timeout=60).read())

@@ -93,7 +93,7 @@ def _grid_cmd(overrides, *extra):
 
 
 def _cell_runs():
-    runs = mlflow.search_runs(experiment_names=["finalbn"], output_format="list",
+    runs = mlflow.search_runs(experiment_names=["finalbn/grid"], output_format="list",
                               filter_string="tags.`finalbn.cell` = 'true'")
     return runs
 
@@ -155,14 +155,14 @@ def test_parent_runs_carry_mean_and_std_of_replicates(prepared):
     assert (stats["ran"], stats["skipped"], stats["failed"]) == (2, 0, [])
     assert stats["cells"] == {"uf_off": 2, "uf_on": 0} and stats["seconds"]["uf_off"] > 0
     children = _cell_runs()
-    (parent,) = mlflow.search_runs(experiment_names=["finalbn"], output_format="list",
+    (parent,) = mlflow.search_runs(experiment_names=["finalbn/grid"], output_format="list",
                                    filter_string="tags.`finalbn.parent` = 'true'")
     assert parent.info.status == "FINISHED" and parent.data.tags["config_id"] == "31"
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert {c.data.tags["replicate"] for c in children} == {"0", "1"}
     vals = [c.data.metrics["test_f1_1"] for c in children]
-    assert parent.data.metrics["mean_test_f1_1"] == pytest.approx(sum(vals) / 2)
-    assert parent.data.metrics["std_test_f1_1"] == pytest.approx(abs(vals[0] - vals[1]) / 2)
+    assert parent.data.metrics["test_f1_1"] == pytest.approx(sum(vals) / 2)
+    assert parent.data.metrics["test_f1_1_std"] == pytest.approx(abs(vals[0] - vals[1]) / 2)
     summary = grid.write_results(cfg, SPLITS, Path("results"))
     assert summary["finished"] == 2 and summary["missing"] == []
     # a changed result-relevant param gives new keys: nothing is skipped

@@ -49,7 +49,7 @@ def searching(prepared, tmp_path):
 
 
 def _trial_runs(parent: str) -> list:
-    return mlflow.search_runs(experiment_names=["finalbn"], output_format="list",
+    return mlflow.search_runs(experiment_names=["finalbn/search"], output_format="list",
                               filter_string=f"tags.mlflow.parentRunId = '{parent}' and tags.`finalbn.trial` = 'true'")
 
 
@@ -64,7 +64,14 @@ def test_three_trials_complete_as_child_runs(searching, tmp_path, capsys):
     study = search.open_study(load())
     parent = study.user_attrs["mlflow_run_id"]
     runs = _trial_runs(parent)  # a run per trial and replicate
-    assert sorted(r.info.run_name for r in runs) == [f"trial-{n} r{r}" for n in range(3) for r in range(2)]
+    # the trial, then what differs (its switches), then the replicate; the objective has a name
+    names = sorted((int(r.data.tags["trial"]), r.info.run_name) for r in runs)
+    assert [n for n, _ in names] == [0, 0, 1, 1, 2, 2]
+    assert all(name.startswith(f"trial {n} · ") and name.endswith((" r0", " r1")) for n, name in names)
+    assert study.metric_names == ["validation AUROC (mean over replicates)"]
+    (sp,) = mlflow.search_runs(experiment_names=["finalbn/search"], output_format="list",
+                               filter_string="tags.`finalbn.study` != ''")
+    assert sp.data.params["search.n_trials"] == "3" and "search" not in sp.data.params  # flattened, not a blob
     assert {r.data.tags["trial_state"] for r in runs} == {"complete"} and {r.info.status for r in runs} == {"FINISHED"}
     by_run = {rid: t for t in study.trials for rid in t.user_attrs["mlflow_run_ids"]}
     for r in runs:  # each trial knows its runs, and its runs have the per-epoch values and the result key
@@ -167,7 +174,7 @@ def test_bad_search_input_is_one_line_before_any_trial(searching, capsys, bad, m
     assert main(_args(overrides + bad)) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
-    assert not mlflow.search_runs(experiment_names=["finalbn"], output_format="list",
+    assert not mlflow.search_runs(experiment_names=["finalbn/search"], output_format="list",
                                   filter_string="tags.`finalbn.trial` = 'true'")
 
 
@@ -234,7 +241,7 @@ def test_a_poor_trial_is_pruned_and_its_run_ends_killed(searching, tmp_path):
     search.PruningCallback(racing, "val_auroc", replicate=1, stride=2, done=[0.8]).on_epoch_end(1, {"val_auroc": 0.6})
     assert racing.storage.get_trial(racing._trial_id).intermediate_values == {3: pytest.approx(0.7)}
     # through tracking, as the objective does it: the run ends KILLED, tagged pruned
-    tracking.setup(cfg)
+    tracking.setup(cfg, "search")
 
     def prune(*a, **k):
         raise optuna.TrialPruned("pruned at epoch 1: val_auroc 0.2000")
@@ -243,7 +250,7 @@ def test_a_poor_trial_is_pruned_and_its_run_ends_killed(searching, tmp_path):
         with tracking.cell_run("trial-x", {"finalbn.trial": "true"}, killed_on=(optuna.TrialPruned,),
                                state_tag="trial_state"):
             prune()
-    run = mlflow.search_runs(experiment_names=["finalbn"], output_format="list",
+    run = mlflow.search_runs(experiment_names=["finalbn/search"], output_format="list",
                              filter_string="tags.`finalbn.trial` = 'true'")[0]
     assert run.info.status == "KILLED" and run.data.tags["trial_state"] == "pruned"
     assert "epoch 1" in run.data.tags["trial_state_reason"]
@@ -259,7 +266,7 @@ def test_pruning_in_a_real_study(searching, tmp_path):
     parent = tracking.study_parent(cfg, cfg.search.study)
     study.optimize(search.make_objective(cfg, SPLITS, parent), n_trials=2)
     assert {t.state for t in study.trials} == {TrialState.PRUNED}
-    runs = mlflow.search_runs(experiment_names=["finalbn"], output_format="list",
+    runs = mlflow.search_runs(experiment_names=["finalbn/search"], output_format="list",
                               filter_string=f"tags.mlflow.parentRunId = '{parent}'")
     assert {r.info.status for r in runs} == {"KILLED"} and {r.data.tags["trial_state"] for r in runs} == {"pruned"}
 
@@ -429,7 +436,7 @@ def test_best_trial_rerun_beside_the_grid(searching, tmp_path):
     gcfg = load(more)
     grid.run_shard(gcfg, SPLITS, log=lambda m: None)
     grid.write_results(gcfg, SPLITS, tmp_path / "results")
-    grid_runs = {r.info.run_id for r in mlflow.search_runs(experiment_names=["finalbn"], output_format="list")}
+    grid_runs = {r.info.run_id for r in mlflow.search_runs(experiment_names=["finalbn/grid"], output_format="list")}
     args = _args(overrides + more, "--out", str(tmp_path / "results" / "search.json"),
                  "--grid-csv", str(tmp_path / "results" / "grid.csv"), "--workers", "2")
     assert main(args) == 0
@@ -447,11 +454,11 @@ def test_best_trial_rerun_beside_the_grid(searching, tmp_path):
     if gb["config_id"] == 63:  # the grid ran 63 on replicates 0 and 1 only: 2 and 3 were trained for the comparison
         assert len({r["run_id"] for r in gb["rows"]} - grid_runs) == 2
     runs = {r["run_id"] for r in out["runs"]} | {r["run_id"] for r in gb["rows"]}
-    before = len(mlflow.search_runs(experiment_names=["finalbn"], output_format="list"))
+    before = len(mlflow.search_runs(experiment_names=["finalbn/search"], output_format="list"))
     assert main(args) == 0  # the runs are found by key, not trained again
     again = json.loads((tmp_path / "results" / "search.json").read_text())["comparison"]
     assert {r["run_id"] for r in again["runs"]} | {r["run_id"] for r in again["grid_best"]["rows"]} == runs
-    assert len(mlflow.search_runs(experiment_names=["finalbn"], output_format="list")) == before
+    assert len(mlflow.search_runs(experiment_names=["finalbn/search"], output_format="list")) == before
 
 
 def test_without_held_out_replicates_the_comparison_says_so(searching, tmp_path, capsys):
@@ -509,6 +516,6 @@ def test_ctrl_c_leaves_no_running_trial(searching):
     assert proc.returncode == 130 and err.strip().endswith("finalbn search: interrupted"), err[-3000:]
     trials = search.open_study(cfg).trials
     assert trials and not [t for t in trials if t.state == TrialState.RUNNING]
-    runs = mlflow.search_runs(experiment_names=["finalbn"], output_format="list",
+    runs = mlflow.search_runs(experiment_names=["finalbn/search"], output_format="list",
                               filter_string="tags.`finalbn.trial` = 'true'")
     assert "RUNNING" not in {r.info.status for r in runs}  # (the signal may land before the trial's run exists)

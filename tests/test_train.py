@@ -128,7 +128,7 @@ def test_failed_cell_run_ends_failed_and_cli_says_why(prepared, monkeypatch, cap
     monkeypatch.setattr(cells, "fit", diverge)
     assert main(["train", "--params", str(ROOT / "params.yaml"), *[f"--{o}" for o in overrides]]) == 1
     assert "loss is nan at epoch 2, step 3" in capsys.readouterr().err
-    runs = mlflow.search_runs(experiment_names=["finalbn"], output_format="list")
+    runs = mlflow.search_runs(experiment_names=["finalbn/train"], output_format="list")
     assert [r.info.status for r in runs] == ["FAILED"]
 
 
@@ -141,8 +141,8 @@ def test_interrupted_cell_run_ends_killed(prepared, monkeypatch):
 
     monkeypatch.setattr(cells, "fit", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        track_cell(load(), "synthetic-apple", SPLITS)
-    runs = mlflow.search_runs(experiment_names=["finalbn"], output_format="list")
+        track_cell(load(), "synthetic-apple", SPLITS, stage="train")
+    runs = mlflow.search_runs(experiment_names=["finalbn/train"], output_format="list")
     assert [r.info.status for r in runs] == ["KILLED"]
 
 
@@ -163,7 +163,7 @@ def test_mlflow_run_holds_params_metrics_by_step_and_artifacts(prepared, capsys)
     out = capsys.readouterr().out
     assert "train synthetic-apple BN+WL (config 15)" in out and "minority P" in out
     client = mlflow.MlflowClient()
-    (run,) = mlflow.search_runs(experiment_names=["finalbn"], output_format="list")
+    (run,) = mlflow.search_runs(experiment_names=["finalbn/train"], output_format="list")
     assert run.info.status == "FINISHED"
     p, tags, m = run.data.params, run.data.tags, run.data.metrics
     assert p["train.epochs"] == "2" and p["model.final_bn_momentum"] == "0.01" and p["ablation.wl"] == "true"
@@ -171,6 +171,15 @@ def test_mlflow_run_holds_params_metrics_by_step_and_artifacts(prepared, capsys)
     assert tags["BN"] == "true" and tags["WL"] == "true" and tags["DA"] == "false" and tags["config_id"] == "15"
     assert tags["bn_policy"] == "frozen-eval" and len(tags["manifest_sha256"]) == 64
     assert tags["replicate"] == "0" and tags["seed"] == "0"
+    # what differs leads the name; the params are what the cell used (no other stage's keys, no
+    # setting its switches leave unused); the split manifest is its dataset input
+    assert run.info.run_name == "BN+WL r0" and tags["stage"] == "train"
+    assert not [k for k in p if k.split(".")[0] in ("search", "grid", "report", "sensitivity", "datasets", "tracking",
+                                                      "selection", "ceiling", "synthetic")]
+    assert p["dataset.name"] == "synthetic-apple" and "train.mixup_alpha" not in p and "train.augment.rotate" not in p
+    (ds,) = run.inputs.dataset_inputs
+    assert ds.dataset.name == "synthetic-apple r0" and ds.dataset.digest == tags["manifest_sha256"][:32]
+    assert {t.key: t.value for t in ds.tags}["mlflow.data.context"] == "training"
     assert [x.step for x in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2]
     # the mechanism under study, per epoch: the final BN's running statistics, gamma and beta
     for key in ("val_auroc", "val_balanced_loss", "final_bn_running_mean_1", "final_bn_running_var_0",
@@ -221,6 +230,7 @@ def test_mlflow_run_entry_point(prepared, tmp_path):
                          env={**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"})
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "train synthetic-apple none (config 63)" in out.stdout
+    assert "(experiment finalbn)" in out.stdout  # the experiment `mlflow run` put the run in
     (run,) = mlflow.search_runs(experiment_names=["finalbn"], output_format="list")
     assert run.info.status == "FINISHED" and run.data.tags["BN"] == "false"
     assert run.data.params["ablation.bn"] == "false" and "test_sel_f1_1" in run.data.metrics

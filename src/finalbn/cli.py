@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="local shard processes (default grid.workers)")
     p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
     p.add_argument("--results", default="results", help="where grid.csv/grid.json go (default results)")
+    p.add_argument("--stage", choices=("grid", "sensitivity"), default="grid",
+                   help=argparse.SUPPRESS)  # whose experiment the runs go to: the sensitivity stage's levels
     p.add_argument("--no-share", action="store_true",
                    help="run the frozen body inside every UF-off cell (train.share_features=false): same numbers, slower")
     _later_stages(sub, common)

@@ -1,12 +1,13 @@
 """One cell as one tracked run: where the training cell and the tracking adapter meet.
 
-    run_id, result = track_cell(cfg, "synthetic-apple", Path("data/splits"), replicate=0)
+    run_id, result = track_cell(cfg, "synthetic-apple", Path("data/splits"), stage="grid", replicate=0)
 
 The grid's cells, the search's trials and comparison runs, the export's retraining and
 `finalbn train` all come through here: `tracking.cell_run` wraps `cell.run_cell`, whose epochs
 reach MLflow through the run's epoch logger (the training loop knows nothing of MLflow). Logged:
-every config value (flattened), the six toggles, replicate and BN policy as tags, dataset and
-manifest hash, per-epoch metrics by step (validation AUROC/AP/F1/balanced loss, the final BN's
+the config values the cell used (`cell_params`, flattened: its dataset, split, model, training and
+switches; not other stages' keys), the six toggles, replicate and BN policy as tags, the split
+manifest as the run's MLflow dataset input (its hash as the digest), per-epoch metrics by step (validation AUROC/AP/F1/balanced loss, the final BN's
 running mean/var, gamma, beta), validation and test metrics at the last epoch (`val_last_*`,
 `test_*`: the primary numbers) and test metrics at the validation-selected epoch (`test_sel_*`),
 per-disease test recall, and artifacts: loss curves, the softmax scatter (paper Fig. 4),
@@ -28,9 +29,10 @@ from finalbn import plots, tracking
 from finalbn.cell import CellResult, run_cell
 from finalbn.config import TOGGLES, Config, cell_seed, config_id, config_name, flatten, to_dict
 from finalbn.keys import result_key
+from finalbn.splits import split_dir
 from finalbn.tracking import records as tags_
 
-__all__ = ["VAL_PREDICTIONS", "cell_tags", "log_result", "track_cell"]
+__all__ = ["VAL_PREDICTIONS", "cell_params", "cell_tags", "log_result", "track_cell"]
 
 VAL_PREDICTIONS = "predictions/val_predictions.csv"  # path, label, p1_last: pooled by the export's decision rules
 
@@ -45,20 +47,38 @@ def cell_tags(cfg: Config, dataset: str, replicate: int = 0) -> dict[str, str]:
             tags_.CELL: "true"}
 
 
+def cell_params(cfg: Config, dataset: str) -> dict[str, object]:
+    """The config values one cell uses, flattened (`model.arch`, `train.lr`, `dataset.root`, ...):
+    its own dataset (not the others), the split, the model, the training and the six switches;
+    a setting its switches leave unused is left out (augmentation without DA, the mixup alpha
+    without MX, weight decay without WD, a loss's own knob under another loss)."""
+    ab, t = cfg.ablation, to_dict(cfg.train)
+    drop = {"augment"} if not ab.da else set()
+    drop |= {"mixup_alpha"} if not ab.mx else set()
+    drop |= {"weight_decay", "wd_on_bn"} if not ab.wd else set()
+    drop |= {"focal_gamma"} if cfg.train.loss != "focal" else set()
+    drop |= {"cb_beta"} if cfg.train.loss != "class_balanced" else set()
+    used = {"dataset": to_dict(cfg.dataset(dataset)), "split": to_dict(cfg.split), "model": to_dict(cfg.model),
+            "train": {k: v for k, v in t.items() if k not in drop}, "ablation": to_dict(ab)}
+    if cfg.model.weights == "synthetic":
+        used["pretrain"] = {"out_dir": cfg.pretrain.out_dir}
+    return flatten(used)
+
+
 def track_cell(cfg: Config, dataset: str, splits_dir: Path, callbacks=(), progress: bool = False,
-               run_name: str | None = None, extra_tags: dict[str, str] | None = None,
+               *, stage: str, run_name: str | None = None, extra_tags: dict[str, str] | None = None,
                parent_run_id: str | None = None, replicate: int = 0,
                killed_on: tuple[type[BaseException], ...] = (), state_tag: str | None = None,
                on_start: Callable[[str], None] | None = None,
                on_end: Callable[[tracking.ActiveRun, CellResult], None] | None = None) -> tuple[str, CellResult]:
-    """One cell as one run (see the module docstring); `on_start(run_id)` is called once the run
+    """One cell as one run in `stage`'s experiment (see the module docstring); `on_start(run_id)` is called once the run
     exists (a search trial records its run id), `on_end(run, result)` while it is still open (the
     export saves its weights there). Raises what `run_cell` raises; the run then ends FAILED
     (KILLED on Ctrl-C or an exception of `killed_on`)."""
-    tracking.setup(cfg)
+    tracking.setup(cfg, stage)
     tags = {**cell_tags(cfg, dataset, replicate), tags_.CONFIG_KEY: result_key(cfg, dataset, None, splits_dir),
             **(extra_tags or {})}
-    name = run_name or f"{dataset} {tags[tags_.CONFIG_NAME]} r{replicate}"
+    name = run_name or f"{tags[tags_.CONFIG_NAME]} r{replicate}"
     with tracking.cell_run(name, tags, parent_run_id=parent_run_id, killed_on=killed_on,
                            state_tag=state_tag) as run:
         if on_start is not None:
@@ -66,10 +86,12 @@ def track_cell(cfg: Config, dataset: str, splits_dir: Path, callbacks=(), progre
         # `mlflow run -P a.b=v` has already logged a.b with the user's spelling; MLflow refuses
         # to change a logged param, so those keys keep theirs.
         logged = run.logged_params()
-        run.log_params({k: v for k, v in flatten(to_dict(cfg)).items() if k not in logged})
+        run.log_params({k: v for k, v in cell_params(cfg, dataset).items() if k not in logged})
         result = run_cell(cfg, dataset, splits_dir, callbacks=[run.epoch_logger(), *callbacks], progress=progress,
                           replicate=replicate)
         log_result(run, cfg, result)
+        manifest = split_dir(splits_dir, cfg.dataset(dataset).name, replicate) / "manifest.csv"
+        run.log_dataset(manifest, f"{dataset} r{replicate}", result.manifest_sha256)
         if on_end is not None:
             on_end(run, result)
     return run.run_id, result

@@ -41,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="finalbn-field", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("predict", help="predict images with an exported model; one CSV row per image")
-    p.add_argument("--model", required=True, help="models/model.onnx (model.json beside it)")
+    p.add_argument("--model", required=True, help="models/model.onnx (model.json beside it), or a folder: models/, or an MLflow model "
+                   "downloaded with `mlflow artifacts download -u models:/finalbn@champion`")
     p.add_argument("images", nargs="*", help="image files")
     p.add_argument("--images", dest="folder", help="a folder of images (searched recursively)")
     p.add_argument("--out", default="-", help="CSV file (default: standard output)")

@@ -50,21 +50,32 @@ def preprocess(img: Image.Image, card: dict) -> np.ndarray:
     return np.ascontiguousarray(((arr - mean) / std).transpose(2, 0, 1))
 
 
+def locate(path: Path) -> tuple[Path, Path]:
+    """The ONNX file and its model card: `models/model.onnx` with `model.json` beside it (what
+    `finalbn export` writes), or a folder holding them, or an MLflow model folder
+    (`mlflow artifacts download -u models:/finalbn@champion`: the card in `extra_files/`).
+    Raises FieldError naming what is missing."""
+    onnx_path = path / "model.onnx" if path.is_dir() else path
+    if not onnx_path.is_file():
+        raise FieldError(f"no model file {onnx_path}")
+    for card in (onnx_path.with_name("model.json"), onnx_path.parent / "extra_files" / "model.json"):
+        if card.is_file():
+            return onnx_path, card
+    raise FieldError(f"no model.json beside {onnx_path} (nor extra_files/model.json, where the MLflow registry "
+                     "keeps it): `finalbn export` writes both")
+
+
 @dataclass
 class FieldModel:
     path: Path
     card: dict
     session: Any
     providers: list[str]
+    card_path: Path | None = None
 
     @classmethod
     def open(cls, path: str | Path, device: str = "cpu", threads: int = 0) -> "FieldModel":
-        path = Path(path)
-        if not path.is_file():
-            raise FieldError(f"no model file {path}")
-        card_path = path.with_name("model.json")
-        if not card_path.is_file():
-            raise FieldError(f"no model.json beside {path}: export writes both (`finalbn export`)")
+        path, card_path = locate(Path(path))
         try:
             card = json.loads(card_path.read_text())
         except ValueError as exc:
@@ -90,7 +101,7 @@ class FieldModel:
         providers = sess.get_providers()
         if device == "cuda" and "CUDAExecutionProvider" not in providers:  # onnxruntime fell back silently
             raise FieldError(f"--device cuda: onnxruntime fell back to {providers} (CUDA could not start)")
-        model = cls(path, card, sess, providers)
+        model = cls(path, card, sess, providers, card_path)
         model._check_io()
         return model
 
@@ -122,7 +133,7 @@ class FieldModel:
         if prevalence is not None:
             curve = (self.card.get("decision") or {}).get("operating_curve")
             if not curve:
-                raise FieldError(f"{self.path.with_name('model.json')} has no validation operating curve "
+                raise FieldError(f"{self.card_path} has no validation operating curve "
                                  "(decision.operating_curve): export the model again with this finalbn to use "
                                  "--prevalence, or give --threshold")
             r = at_prevalence(curve, prevalence, miss_cost)

@@ -1,9 +1,9 @@
 """MLflow tracking — the only part of finalbn that imports MLflow, and it imports no training code.
 
-    setup(cfg)                                          # the store and the experiment
+    setup(cfg, "grid")                                  # the store and the stage's experiment
     with cell_run("BN r0", tags) as run:                # a run that always ends
         run_cell(..., callbacks=[run.epoch_logger()])   # per-epoch metrics, step = epoch
-    runs = finished_cell_runs("finalbn")                # typed RunRecords, never MLflow objects
+    runs = finished_cell_runs(experiment_names(cfg, "grid"))                # typed RunRecords, never MLflow objects
 
 Modules: `store` (URI, experiment, `mlflow run`'s environment), `records` (RunRecord and every
 tag name), `runs` (writing runs), `query` (reading them), `parents` (grid and study parent
@@ -13,7 +13,7 @@ can run a stage's core with no store at all.
 """
 from finalbn.tracking import records
 from finalbn.tracking.outputs import log_ceiling, log_report
-from finalbn.tracking.parents import finish_parent, finish_study_parent, grid_parent, parent_finished, study_parent
+from finalbn.tracking.parents import finish_parent, finish_study_parent, grid_parent, open_parent, study_parent
 from finalbn.tracking.query import (
     artifact_text,
     download,
@@ -26,12 +26,22 @@ from finalbn.tracking.query import (
 from finalbn.tracking.records import RunRecord, latest
 from finalbn.tracking.registry import ALIAS, REGISTERED_NAME, log_onnx_and_register, log_torch_model
 from finalbn.tracking.runs import ActiveRun, EpochLogger, cell_run, log_batch, mark_killed, set_tag
-from finalbn.tracking.store import DEFAULT_URI, detach_project_run, quiet, setup, tracking_uri
+from finalbn.tracking.store import (
+    DEFAULT_URI,
+    STAGES,
+    detach_project_run,
+    experiment_name,
+    experiment_names,
+    quiet,
+    run_experiment,
+    setup,
+    tracking_uri,
+)
 
 __all__ = [
-    "ALIAS", "DEFAULT_URI", "REGISTERED_NAME", "ActiveRun", "EpochLogger", "RunRecord", "artifact_text",
+    "ALIAS", "DEFAULT_URI", "STAGES", "experiment_name", "experiment_names", "run_experiment", "REGISTERED_NAME", "ActiveRun", "EpochLogger", "RunRecord", "artifact_text",
     "cell_run", "detach_project_run", "download", "finish_parent", "finish_study_parent", "finished_cell_runs",
     "get_run", "grid_parent", "latest", "log_batch", "log_ceiling", "log_onnx_and_register", "log_report",
-    "log_torch_model", "mark_killed", "metric_history", "parent_finished", "quiet", "records", "runs_by_tag",
+    "log_torch_model", "mark_killed", "metric_history", "open_parent", "quiet", "records", "runs_by_tag",
     "search", "set_tag", "setup", "study_parent", "tracking_uri",
 ]

@@ -1,7 +1,7 @@
 """Runs that record a stage's output: one per ceiling measurement, one per report.
 
     log_ceiling(cfg, result)                 # tag finalbn.ceiling=true
-    log_report(Path("report"), "finalbn")    # every file of the folder, the verdict as tags
+    log_report(Path("report"), "finalbn/report")   # every file of the folder, the verdict as tags
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ CEILING_PARAMS = ("weights", "image_size", "images", "n", "feature_dim", "folds"
 
 def log_ceiling(cfg: Config, result: dict) -> str:
     """One run per (dataset, arch) ceiling measurement, tagged finalbn.ceiling=true."""
-    setup(cfg)
+    setup(cfg, "ceiling")
     tags = {CEILING: "true", DATASET: result["dataset"], ARCH: result["arch"]}
     with cell_run(f"ceiling {result['dataset']} {result['arch']}", tags) as run:
         run.log_params({k: result[k] for k in CEILING_PARAMS})

@@ -1,14 +1,15 @@
 """Reading the store: runs as `RunRecord`s, per-epoch metric histories, artifacts.
 
-    runs = finished_cell_runs("finalbn")                  # [RunRecord, ...]
-    by_key = runs_by_tag("finalbn", CELL_KEY)             # {key: [RunRecord, ...]}
+    runs = finished_cell_runs(["finalbn/grid", "finalbn/search"])   # [RunRecord, ...]
+    by_key = runs_by_tag("finalbn/grid", CELL_KEY)        # {key: [RunRecord, ...]}
     text = artifact_text(run_id, "config.yaml")           # or None
 """
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from mlflow.exceptions import MlflowException
 
@@ -26,23 +27,27 @@ def record(run: Any) -> RunRecord:
                      tags=dict(data.tags), active=info.lifecycle_stage == "active")
 
 
-def search(experiment: str, filter_string: str = "") -> list[RunRecord]:
-    """Every active run of `experiment` that matches `filter_string` (MLflow's search syntax),
-    page by page; none when the experiment does not exist."""
+Experiments = Union[str, Sequence[str]]  # one experiment's name, or several
+
+
+def search(experiment: Experiments, filter_string: str = "") -> list[RunRecord]:
+    """Every active run of `experiment` (a name, or a list of names) that matches `filter_string`
+    (MLflow's search syntax), page by page; none from an experiment that does not exist."""
     c = client()
-    exp = c.get_experiment_by_name(experiment)
-    if exp is None:
+    names = [experiment] if isinstance(experiment, str) else list(experiment)
+    ids = [e.experiment_id for e in map(c.get_experiment_by_name, names) if e is not None]
+    if not ids:
         return []
     runs, token = [], None
     while True:
-        page = c.search_runs([exp.experiment_id], filter_string, max_results=1000, page_token=token)
+        page = c.search_runs(ids, filter_string, max_results=1000, page_token=token)
         runs.extend(record(r) for r in page)
         token = page.token
         if not token:
             return runs
 
 
-def runs_by_tag(experiment: str, tag: str) -> dict[str, list[RunRecord]]:
+def runs_by_tag(experiment: Experiments, tag: str) -> dict[str, list[RunRecord]]:
     """Runs of `experiment` that carry `tag`, grouped by its value."""
     out: dict[str, list[RunRecord]] = {}
     for r in search(experiment, f"tags.`{tag}` != ''"):
@@ -50,20 +55,20 @@ def runs_by_tag(experiment: str, tag: str) -> dict[str, list[RunRecord]]:
     return out
 
 
-def finished_cell_runs(experiment: str) -> list[RunRecord]:
+def finished_cell_runs(experiment: Experiments) -> list[RunRecord]:
     """Every FINISHED cell run (tag finalbn.cell=true) of `experiment`."""
     runs = search(experiment, f"tags.`{CELL}` = 'true' and attributes.status = '{FINISHED}'")
     # the filter already says so; checked again so a store with looser filtering cannot leak runs in
     return [r for r in runs if r.finished and r.flag(CELL)]
 
 
-def parent_run(experiment: str, parent_key: str) -> RunRecord | None:
+def parent_run(experiment: Experiments, parent_key: str) -> RunRecord | None:
     """The grid parent run of `parent_key`, if there is one."""
     found = search(experiment, f"tags.{PARENT_KEY} = '{parent_key}' and tags.`{PARENT}` = 'true'")
     return found[0] if found else None
 
 
-def children(experiment: str, parent_key: str) -> list[RunRecord]:
+def children(experiment: Experiments, parent_key: str) -> list[RunRecord]:
     """The FINISHED cell runs under the grid parent of `parent_key`."""
     found = search(experiment, f"tags.{PARENT_KEY} = '{parent_key}' and attributes.status = '{FINISHED}'")
     return [r for r in found if r.flag(CELL)]

@@ -25,6 +25,9 @@ EXPORT = "finalbn.export"  # the export's retraining of a run that kept no weigh
 CEILING = "finalbn.ceiling"
 REPORT = "finalbn.report"
 
+STAGE = "stage"  # on every run: the stage that made it (grid, search, ...; `store.STAGES`)
+DATASET_DIGEST = "dataset_digest"  # on a cell run: the digest of its MLflow dataset input (the split manifest)
+
 # what identifies a result
 CELL_KEY = "cell_key"  # a grid cell's key (`keys.result_key` of its configuration and replicate)
 RESULT_KEY = "result_key"  # the same key, on a search trial or comparison run

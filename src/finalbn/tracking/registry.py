@@ -1,11 +1,15 @@
 """Models in the store: logged flavours, the registered name and its alias.
 
-    info = log_onnx_and_register(run_id, Path("models/model.onnx"), example, outputs, card)
+    info = log_onnx_and_register(run_id, Path("models/model.onnx"), "image", example, outputs,
+                                 Path("models/model.json"), description, tags, metadata)
     info["serve"]   # "models:/finalbn@champion"
 
 The ONNX model is logged with `mlflow.onnx.log_model` on the run that trained it, registered as
 REGISTERED_NAME and given the alias ALIAS (`set_registered_model_alias`; MLflow's stages are
-deprecated), so `mlflow models serve -m models:/finalbn@champion` serves it.
+deprecated), so `mlflow models serve -m models:/finalbn@champion` serves it. The model is
+self-contained: its signature names the input (`{"inputs": {"image": ...}}`), the model card rides
+along as `extra_files/model.json` (so `mlflow artifacts download -u models:/finalbn@champion` gives
+`finalbn-field` all it needs), and the version carries a description and tags.
 """
 from __future__ import annotations
 
@@ -25,20 +29,44 @@ REGISTERED_NAME = "finalbn"
 ALIAS = "champion"
 
 
-def log_onnx_and_register(run_id: str, onnx_path: Path, example: np.ndarray, outputs: dict[str, np.ndarray],
-                          card: dict) -> dict:
-    """`mlflow.onnx.log_model` on run `run_id` (with the model card beside it), registered, alias
-    `champion`; returns {name, version, alias, model_uri, serve}."""
+MODEL_DESCRIPTION = ("finalbn's champion: a healthy-vs-diseased image classifier fine-tuned under a 99 %/1 % "
+                     "imbalance (the best final-BN configuration on validation), exported to ONNX. Input `image`: "
+                     "float32 [batch, 3, H, W], preprocessed as `extra_files/model.json` says; outputs `logits` and "
+                     "`probs` (column 1 = diseased). Field use: `finalbn-field predict --model <downloaded folder>`.")
+
+
+def log_onnx_and_register(run_id: str, onnx_path: Path, input_name: str, example: np.ndarray,
+                          outputs: dict[str, np.ndarray], card_path: Path, description: str,
+                          tags: dict[str, str], metadata: dict) -> dict:
+    """`mlflow.onnx.log_model` on run `run_id` with a named input signature, the model card as an
+    extra file and `metadata` in MLmodel; registered, described, tagged, alias `champion`; returns
+    {name, version, alias, model_uri, serve}."""
     with mlflow.start_run(run_id=run_id):
         info = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name="model",
-                                     signature=infer_signature(example, outputs), input_example=example,
+                                     signature=infer_signature({input_name: example}, outputs),
+                                     input_example={input_name: example},
                                      onnx_execution_providers=["CPUExecutionProvider"],
-                                     pip_requirements=["onnxruntime", "numpy"], save_as_external_data=False)
-        mlflow.log_dict(card, "model.json")
-    mv = mlflow.register_model(info.model_uri, REGISTERED_NAME)
-    client().set_registered_model_alias(REGISTERED_NAME, ALIAS, mv.version)
+                                     pip_requirements=["onnxruntime", "numpy"], save_as_external_data=False,
+                                     extra_files=[str(card_path)], metadata=metadata)
+        mlflow.log_artifact(str(card_path))
+    c = client()
+    if _registered(c):
+        c.update_registered_model(REGISTERED_NAME, description=MODEL_DESCRIPTION)
+    else:
+        c.create_registered_model(REGISTERED_NAME, description=MODEL_DESCRIPTION)
+    mv = mlflow.register_model(info.model_uri, REGISTERED_NAME, tags=tags)
+    c.update_model_version(REGISTERED_NAME, mv.version, description=description)
+    c.set_registered_model_alias(REGISTERED_NAME, ALIAS, mv.version)
     return {"name": REGISTERED_NAME, "version": mv.version, "alias": ALIAS, "model_uri": info.model_uri,
             "serve": f"models:/{REGISTERED_NAME}@{ALIAS}"}
+
+
+def _registered(c) -> bool:
+    try:
+        c.get_registered_model(REGISTERED_NAME)
+    except mlflow.exceptions.MlflowException:
+        return False
+    return True
 
 
 def log_torch_model(model, example: np.ndarray, output: np.ndarray) -> None:

@@ -12,15 +12,20 @@ from __future__ import annotations
 import contextlib
 import re
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import mlflow
-from mlflow.entities import Metric, RunStatus
+import mlflow.data
+import pandas as pd
+from mlflow.entities import Metric, Param, RunStatus
 
-from finalbn.tracking.records import KILLED
-from finalbn.tracking.store import client
+from finalbn.tracking.records import DATASET_DIGEST, KILLED, STAGE
+from finalbn.tracking.store import client, current_stage
 
 MAX_PARAM_CHARS, MAX_TAG_CHARS = 6000, 5000
 
@@ -94,6 +99,20 @@ class ActiveRun:
     def log_artifact(self, local: str, folder: str | None = None) -> None:
         mlflow.log_artifact(local, folder)
 
+    def log_dataset(self, manifest: Path, name: str, sha256: str) -> None:
+        """The split manifest (CSV: path, label, split, ...) as the run's MLflow dataset input, so
+        the UI's "Datasets" column names the data the run saw. Its digest is the manifest's
+        SHA-256 cut to 32 hex digits (MLflow's digest column holds 36 characters); the full hash is
+        the tag `manifest_sha256` and the dataset's tag `sha256`."""
+        df = pd.read_csv(manifest)
+        with warnings.catch_warnings():  # the source's two equal readings; the int label column's hint
+            warnings.simplefilter("ignore", UserWarning)
+            ds = mlflow.data.from_pandas(df, source=str(Path(manifest).resolve()), targets="label", name=name,
+                                         digest=sha256[:32])
+            mlflow.log_input(ds, context="training", tags={"sha256": sha256, "splits": ", ".join(
+                f"{k} {v}" for k, v in df["split"].value_counts().items())})
+        mlflow.set_tag(DATASET_DIGEST, sha256[:32])
+
 
 @contextlib.contextmanager
 def cell_run(run_name: str, tags: dict[str, str], nested: bool = False, parent_run_id: str | None = None,
@@ -101,6 +120,7 @@ def cell_run(run_name: str, tags: dict[str, str], nested: bool = False, parent_r
     """A run that always ends: FINISHED, FAILED on an exception, KILLED on Ctrl-C / SystemExit or
     on an exception of `killed_on`. With `state_tag`, the tag of that name says complete /
     pruned / failed / killed (and `<state_tag>_reason` why)."""
+    tags = {STAGE: current_stage(), **tags}
     if parent_run_id:
         tags = {**tags, "mlflow.parentRunId": parent_run_id}
     run = mlflow.start_run(run_name=run_name, tags=tags, nested=nested)
@@ -135,7 +155,7 @@ def mark_killed(run_id: str) -> None:
 
 def create_run(experiment_id: str, name: str, tags: Mapping[str, str]) -> str:
     """A run that stays open until `end_run`: a grid parent, a study, the report."""
-    return client().create_run(experiment_id, run_name=name, tags=dict(tags)).info.run_id
+    return client().create_run(experiment_id, run_name=name, tags={STAGE: current_stage(), **tags}).info.run_id
 
 
 def end_run(run_id: str, status: str) -> None:
@@ -148,6 +168,13 @@ def set_tag(run_id: str, key: str, value: str) -> None:
 
 def log_param(run_id: str, key: str, value: Any) -> None:
     client().log_param(run_id, key, param_text(value))
+
+
+def log_params(run_id: str, params: Mapping[str, Any]) -> None:
+    """Params onto any run, 100 at a time (MLflow's batch limit)."""
+    items = [Param(k, param_text(v)) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client().log_batch(run_id, params=items[i:i + 100])
 
 
 def log_dict(run_id: str, d: dict, path: str) -> None:

@@ -28,7 +28,14 @@ from finalbn.config import Config
 from finalbn.data import load_splits
 from finalbn.models import get_spec
 from finalbn.splits import split_dir
-from finalbn.stages.export.card import CLASSES, decision_rules, model_card, prior_threshold
+from finalbn.stages.export.card import (
+    CLASSES,
+    decision_rules,
+    model_card,
+    prior_threshold,
+    version_description,
+    version_tags,
+)
 from finalbn.stages.export.int8 import INT8_MAX_AUROC_DROP, quantize
 from finalbn.stages.export.onnx import INPUT, OUTPUTS, TOLERANCE, Exported, export_onnx, outputs, parity, preprocess
 from finalbn.stages.export.select import (
@@ -52,8 +59,10 @@ def export(cfg: Config, splits: Path, out_dir: Path, run_id: str | None = None, 
            register: bool = True, int8: bool = False) -> dict:
     """Choose, rebuild, export, check, and (only when parity holds) promote and register.
     Raises ExportError (no candidate, unknown run, parity past the tolerance)."""
-    tracking.setup(cfg)
-    runs = tracking.finished_cell_runs(cfg.tracking.experiment)
+    tracking.setup(cfg, "export")
+    # candidates: the grid's cells and the search's trials and comparison runs (not the sensitivity
+    # stage's levels, trained under other settings); the export's own retrainings are skipped below
+    runs = tracking.finished_cell_runs(tracking.experiment_names(cfg, "grid", "search", "export"))
     k = cfg.selection.replicates
     choice = choose([r for r in runs if not r.flag(tracking.records.EXPORT)], k, run_id)
     run = choice.run
@@ -83,8 +92,11 @@ def export(cfg: Config, splits: Path, out_dir: Path, run_id: str | None = None, 
     result = {"model": str(out_dir / "model.onnx"), "card": card, "parity": check}
     if register:
         example = x["test"][:2]
-        result["registry"] = tracking.log_onnx_and_register(src.model_run_id, out_dir / "model.onnx", example,
-                                                            outputs(out_dir / "model.onnx", example), card)
+        meta = {"finalbn_card": "extra_files/model.json", "classes": card["classes"], "positive_class": 1,
+                "config_name": card["selection"]["config_name"], "arch": card["arch"], "image_size": card["image_size"]}
+        result["registry"] = tracking.log_onnx_and_register(
+            src.model_run_id, out_dir / "model.onnx", INPUT, example, outputs(out_dir / "model.onnx", example),
+            out_dir / "model.json", version_description(card), version_tags(card), meta)
         log(f"export: registered {tracking.REGISTERED_NAME} version {result['registry']['version']}, "
             f"alias @{tracking.ALIAS}")
     return result

@@ -21,7 +21,7 @@ from finalbn.decision import prior_threshold
 from finalbn.stages.export.onnx import INPUT, OUTPUTS
 from finalbn.stages.export.select import Source
 
-__all__ = ["CLASSES", "decision_rules", "model_card", "prior_threshold"]
+__all__ = ["CLASSES", "decision_rules", "model_card", "prior_threshold", "version_description", "version_tags"]
 
 CLASSES = ("healthy", "diseased")  # label 0 (majority) and 1 (minority) of every split
 
@@ -77,3 +77,44 @@ def model_card(src: Source, size: int, spec_pre: dict, onnx_info: dict, selected
         "train_counts": list(train_counts),
         "decision": rules,
     }
+
+
+def _pm(d: dict) -> str:
+    lo, hi = (d.get("ci95") or [None, None])[:2]
+    ci = f" [95 % CI {lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
+    return f"{d['mean']:.3f}{ci}" if d.get("mean") is not None else "n/a"
+
+
+def version_description(card: dict) -> str:
+    """The registered version's description (Markdown, as MLflow's model page shows it): the
+    configuration, how it was chosen, its validation metrics and what to expect in the field at
+    each prevalence (the card's decision rules)."""
+    sel, val = card["selection"], card["validation"]
+    on = [k for k, v in card["configuration"].items() if v] or ["none"]
+    lines = [f"**{sel['config_name']}** (config {sel['config_id']}: {', '.join(on)} on; final layer "
+             f"{card['final_layer']}), {card['arch']} at {card['image_size']} px, trained on {card['dataset']} "
+             f"replicate {card['replicate']} ({card['train_counts'][0]} {card['classes'][0]} / "
+             f"{card['train_counts'][1]} {card['classes'][1]}).", "",
+             f"Chosen: {sel['how']}; from {sel['source']}.",
+             f"Validation AUROC over replicates {', '.join(map(str, sel['replicates']))}: "
+             f"{_pm(sel['validation_auroc'])}; test minority F1 over them {_pm(sel['test_minority_f1'])} "
+             "(reported, never used to choose).",
+             f"This model on validation: AUROC {val['auroc']:.3f}, minority F1 {val['f1_1']:.3f}, ECE {val['ece']:.3f}.",
+             "", "Expected in the field (cut on pooled validation predictions; `finalbn-field --prevalence`):", "",
+             "| prevalence | flag P(diseased) ≥ | healthy flagged (≤ 95 %) | diseased found (≥ 95 %) | F1 |",
+             "|---|---|---|---|---|"]
+    for r in card["decision"]["at_prevalence"]:
+        lines.append(f"| {r['prevalence']:g} | {r['threshold']:.3f} | {r['fpr']:.1%} ({r['fpr_upper95']:.1%}) | "
+                     f"{r['tpr']:.1%} ({r['tpr_lower95']:.1%}) | {r['f1']:.3f} |")
+    seen = card["decision"]["argmax_validation"]
+    lines += ["", f"Argmax (the default) flags {seen['healthy_flagged']:.1%} of healthy and finds "
+              f"{seen['diseased_found']:.1%} of diseased validation images. The model card is `extra_files/model.json`."]
+    return "\n".join(lines)
+
+
+def version_tags(card: dict) -> dict[str, str]:
+    """Searchable tags of the registered version."""
+    sel = card["selection"]
+    return {"config_name": sel["config_name"], "config_id": str(sel["config_id"]), "arch": card["arch"],
+            "dataset": card["dataset"], "image_size": str(card["image_size"]), "source_run_id": card["source_run_id"],
+            "validation_auroc": f"{card['validation']['auroc']:.4f}", "final_layer": card["final_layer"]}

@@ -1,7 +1,7 @@
 """Which configuration to ship, and its network: chosen on validation over replicates, rebuilt
 when the run kept no weights.
 
-    choice = choose(tracking.finished_cell_runs("finalbn"), k=5)   # the best final-BN configuration
+    choice = choose(tracking.finished_cell_runs(["finalbn/grid", "finalbn/search"]), k=5)   # the best final-BN configuration
     src = rebuild(choice.run, Path("data/splits"))                    # Source: config, model, metrics
 
 By default the configuration with a final BN before the softmax that `finalbn.selection` ranks
@@ -207,7 +207,7 @@ def rebuild(run: RunRecord, splits: Path, log=print) -> Source:
     source_val = run.with_prefix("val_last_")
     dataset, replicate = run.tags.get(tags.DATASET), int(run.tags.get(tags.REPLICATE, 0))
     # an earlier export's retraining of this run: its weights (state_dict) are an artifact
-    earlier = [r for r in tracking.runs_by_tag(cfg.tracking.experiment, tags.EXPORT_SOURCE).get(run.run_id, [])
+    earlier = [r for r in tracking.runs_by_tag(tracking.experiment_name(cfg, "export"), tags.EXPORT_SOURCE).get(run.run_id, [])
                if r.finished and r.tags.get(tags.EXPORT_WEIGHTS)]
     for holder in sorted(earlier, key=lambda r: -(r.end_time or 0)):
         model = _load_weights(cfg, holder, log)
@@ -218,7 +218,7 @@ def rebuild(run: RunRecord, splits: Path, log=print) -> Source:
                       source_val, run.tags.get(tags.MANIFEST, ""), retrained=True)
     log(f"export: run {run.run_id} ({run.name}) kept no weights: training its cell again "
         f"(replicate {replicate}, seed {run.tags.get(tags.SEED)}), its weights saved on that run")
-    run_id, res = track_cell(cfg, dataset, splits, run_name=f"export {run.run_id[:8]} {run.name}",
+    run_id, res = track_cell(cfg, dataset, splits, stage="export", run_name=f"{run.name} retrained (run {run.run_id[:8]})",
                              replicate=replicate, extra_tags={tags.EXPORT_SOURCE: run.run_id, tags.EXPORT: "true"},
                              on_end=_save_weights)
     return Source(run.run_id, run_id, cfg, dataset, replicate, res.model.eval().cpu(),

@@ -59,12 +59,13 @@ def warm_decode_cache(cfg: Config, splits: Path) -> None:
             load_splits(split_dir(splits, ds.name, r) / "manifest.csv", ds.image_size, progress=sys.stderr.isatty())
 
 
-def run_workers(cfg: Config, argv_base: Sequence[str], count: int) -> int:
+def run_workers(cfg: Config, argv_base: Sequence[str], count: int, stage: str = "grid") -> int:
     """`count` local `finalbn grid --shard i/N` processes; returns the worst exit code."""
-    tracking.setup(cfg)  # create the store and experiment once, before any worker touches it
+    tracking.setup(cfg, stage)  # create the store and experiment once, before any worker touches it
     threads = workers.threads_per_worker(count, cfg.train.threads)
     return workers.run_commands(
-        lambda i: ["grid", *argv_base, "--shard", f"{i}/{count}", "--set", f"train.threads={threads}"], count,
+        lambda i: ["grid", *argv_base, "--shard", f"{i}/{count}", "--set", f"train.threads={threads}",
+                   "--stage", stage], count,
         env_of=lambda i: workers.gpu_env(i, os.environ))
 
 
@@ -76,7 +77,7 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     cells = all_cells(cfg)
     if args.shard:
         i, n = parse_shard(args.shard)
-        stats = run_shard(cfg, splits, i, n, log=lambda m: print(m, flush=True))
+        stats = run_shard(cfg, splits, i, n, log=lambda m: print(m, flush=True), stage=args.stage)
         print(f"grid shard {i}/{n}: {stats['ran']} cells run, {stats['skipped']} already finished, "
               f"{len(stats['failed'])} failed", flush=True)
         return 1 if stats["failed"] else 0
@@ -87,9 +88,9 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
           f"configs on {cfg.grid.headline.replicates}, {sum(1 for c in cells if c.baseline)} baseline cells), "
           f"{count} worker(s)", flush=True)
     if count > 1:
-        code = run_workers(cfg, args.forward, count)
+        code = run_workers(cfg, args.forward, count, args.stage)
     else:
-        stats = run_shard(cfg, splits, 0, 1, log=lambda m: print(m, flush=True))
+        stats = run_shard(cfg, splits, 0, 1, log=lambda m: print(m, flush=True), stage=args.stage)
         code = 1 if stats["failed"] else 0
     summary = write_results(cfg, splits, Path(args.results))
     return _report(summary, args.results, code)

@@ -16,14 +16,14 @@ from finalbn import io, selection, tracking
 from finalbn.config import TOGGLES, Config, ablation_from_id, config_name
 from finalbn.results import METRIC_COLUMNS, SEL_COLUMNS, VAL_COLUMNS, paper_cells, rank_configs, rounded
 from finalbn.stages.grid.plan import Cell, all_cells, cell_key
+from finalbn.stages.grid.shard import existing_cells
 from finalbn.tracking import RunRecord, latest
 from finalbn.tracking import records as tags
 
 
 def write_results(cfg: Config, splits_dir: Path, out_dir: Path) -> dict:
     """results/grid.csv (one row per cell of this grid) and grid.json, from the tracking store."""
-    tracking.setup(cfg)
-    existing = tracking.runs_by_tag(cfg.tracking.experiment, tags.CELL_KEY)
+    existing = existing_cells(cfg)
     rows, missing = [], []
     for cell in all_cells(cfg):
         key = cell_key(cfg, cell, splits_dir)

@@ -56,6 +56,20 @@ class Cell:
     def name(self) -> str:
         return f"{self.dataset} {self.arch} {self.label} r{self.replicate}"
 
+    def run_name(self, where: bool = False) -> str:
+        """The MLflow run name: what differs between cells first (`BN+WL r3`), the dataset and arch
+        after it only when the grid has several (`where`); they are tags on every run."""
+        return f"{self.label} r{self.replicate}" + (f" · {self.dataset} {self.arch}" if where else "")
+
+    def parent_name(self, where: bool = False) -> str:
+        """The parent run's name: `BN+WL (config 15)`, with the dataset and arch as in `run_name`."""
+        return f"{self.label} (config {self.config_id})" + (f" · {self.dataset} {self.arch}" if where else "")
+
+
+def several_places(cfg: Config) -> bool:
+    """Whether run names must say the dataset and arch (the grid has more than one of either)."""
+    return len(cfg.datasets) > 1 or len(cfg.grid.archs) > 1
+
 
 def all_cells(cfg: Config) -> list[Cell]:
     """Every configuration on `grid.replicates` replicates, the headline ones on more, and the

@@ -2,9 +2,11 @@
 
     stats = run_shard(cfg, Path("data/splits"), index=0, count=2)   # {"ran", "skipped", "failed", ...}
 
-A rerun skips cells with a FINISHED run for their key; a run left RUNNING by a killed process is
-marked KILLED and its cell redone. Parents get the mean and std of their replicates once all of
-this shard's cells ran (a parent's cells all live in one shard).
+Runs go to `stage`'s experiment (`grid`, or `sensitivity` for that stage's levels); a cell with a
+FINISHED run for its key in either is skipped (a sensitivity level's reference cells are the
+grid's). A run left RUNNING by a killed process is marked KILLED and its cell redone. A parent gets
+the mean and std of its replicates and ends right after its last cell in this shard (a parent's
+cells all live in one shard).
 """
 from __future__ import annotations
 
@@ -15,51 +17,71 @@ from pathlib import Path
 from finalbn import tracking
 from finalbn.config import Config
 from finalbn.engine import TrainingDiverged
-from finalbn.stages.grid.plan import Cell, all_cells, cell_config, cell_key, shard_cells, share_order
+from finalbn.stages.grid.plan import (
+    Cell,
+    all_cells,
+    cell_config,
+    cell_key,
+    several_places,
+    shard_cells,
+    share_order,
+)
 from finalbn.tracked import track_cell
 from finalbn.tracking import records as tags
 
 
+CELL_STAGES = ("grid", "sensitivity")  # the experiments whose runs are grid cells
+
+
+def existing_cells(cfg: Config) -> dict[str, list[tracking.RunRecord]]:
+    """Cell runs by key, from the grid's and the sensitivity stage's experiments."""
+    return tracking.runs_by_tag(tracking.experiment_names(cfg, *CELL_STAGES), tags.CELL_KEY)
+
+
 def run_shard(cfg: Config, splits_dir: Path, index: int = 0, count: int = 1,
-              log: Callable[[str], None] = print) -> dict:
+              log: Callable[[str], None] = print, stage: str = "grid") -> dict:
     """Run this shard's unfinished cells; returns {"ran", "skipped", "failed": [...], "seconds": {...}}."""
-    tracking.setup(cfg)
+    tracking.setup(cfg, stage)
     cells = share_order(shard_cells(all_cells(cfg), index, count))
-    existing = tracking.runs_by_tag(cfg.tracking.experiment, tags.CELL_KEY)
+    existing = existing_cells(cfg)
+    last = {cell.parent: i for i, cell in enumerate(cells)}  # a parent ends after its last cell
+    where = several_places(cfg)
     stats: dict = {"ran": 0, "skipped": 0, "failed": [], "seconds": {"uf_off": 0.0, "uf_on": 0.0},
                    "cells": {"uf_off": 0, "uf_on": 0}, "log": []}
     parents: dict[tuple, str | None] = {}  # Cell.parent -> parent run id, once created
     touched: set[tuple] = set()
-    where = f"[shard {index}/{count}]"
+    shard = f"[shard {index}/{count}]"
     for done, cell in enumerate(cells, start=1):
         key = cell_key(cfg, cell, splits_dir)
         runs = existing.get(key, [])
         if any(r.finished for r in runs):
             stats["skipped"] += 1
-            continue
-        for r in runs:
-            if r.status == tags.RUNNING:  # its process died: this shard alone owns the cell
-                tracking.mark_killed(r.run_id)
-        if parents.get(cell.parent) is None:
-            parents[cell.parent] = tracking.grid_parent(cfg, cell.dataset, cell.arch, cell.config_id,
-                                                        cell_key(cfg, cell, splits_dir, with_replicate=False),
-                                                        cell.baseline)
-        progress = f"{where} cell {done}/{len(cells)} {cell.name}"
-        if _run_one(cfg, cell, key, splits_dir, parents[cell.parent], stats, progress, log):
-            touched.add(cell.parent)
-    _close_parents(cfg, cells, splits_dir, parents, touched)
+        else:
+            for r in runs:
+                if r.status == tags.RUNNING:  # its process died: this shard alone owns the cell
+                    tracking.mark_killed(r.run_id)
+            if parents.get(cell.parent) is None:
+                parents[cell.parent] = tracking.grid_parent(
+                    cfg, stage, cell.dataset, cell.arch, cell.config_id,
+                    cell_key(cfg, cell, splits_dir, with_replicate=False), cell.parent_name(where), cell.baseline)
+            progress = f"{shard} cell {done}/{len(cells)} {cell.name}"
+            if _run_one(cfg, stage, cell, key, splits_dir, parents[cell.parent], stats, progress, log, where):
+                touched.add(cell.parent)
+        if last[cell.parent] == done - 1:
+            _close_parent(cfg, stage, cell, splits_dir, parents, touched)
     return stats
 
 
-def _run_one(cfg: Config, cell: Cell, key: str, splits_dir: Path, parent_id: str, stats: dict, progress: str,
-             log: Callable[[str], None]) -> bool:
+def _run_one(cfg: Config, stage: str, cell: Cell, key: str, splits_dir: Path, parent_id: str, stats: dict,
+             progress: str, log: Callable[[str], None], where: bool) -> bool:
     """Train one cell as a tracked run; False (and a FAILED line) when its training diverged."""
     ccfg = cell_config(cfg, cell)
     pkey = cell_key(cfg, cell, splits_dir, with_replicate=False)
     t0 = time.perf_counter()
     extra = {tags.CELL_KEY: key, tags.PARENT_KEY: pkey, **({tags.BASELINE: cell.baseline} if cell.baseline else {})}
     try:
-        _, result = track_cell(ccfg, cell.dataset, splits_dir, run_name=cell.name, parent_run_id=parent_id,
+        _, result = track_cell(ccfg, cell.dataset, splits_dir, stage=stage, run_name=cell.run_name(where),
+                               parent_run_id=parent_id,
                                extra_tags=extra, replicate=cell.replicate)
     except TrainingDiverged as exc:
         stats["failed"].append({"cell": cell.name, "error": str(exc)})
@@ -79,15 +101,11 @@ def _run_one(cfg: Config, cell: Cell, key: str, splits_dir: Path, parent_id: str
     return True
 
 
-def _close_parents(cfg: Config, cells: list[Cell], splits_dir: Path, parents: dict, touched: set) -> None:
-    """Mean/std over their replicates on the parents this shard touched, and on those a killed run
-    left open."""
-    closed: set[tuple] = set()
-    for cell in cells:
-        if cell.parent in closed:
-            continue
-        closed.add(cell.parent)
-        pkey = cell_key(cfg, cell, splits_dir, with_replicate=False)
-        if cell.parent in touched or not tracking.parent_finished(cfg, pkey):
-            tracking.finish_parent(cfg, cell.dataset, cell.arch, cell.config_id, pkey, parents.get(cell.parent),
-                                   cell.baseline)
+def _close_parent(cfg: Config, stage: str, cell: Cell, splits_dir: Path, parents: dict, touched: set) -> None:
+    """Mean/std over its replicates on the parent of `cell` (its last in this shard) when this
+    shard ran one of its cells, or a killed run left it open; the parent then ends FINISHED. (Cells
+    all found in another stage's experiment leave no parent here.)"""
+    pkey = cell_key(cfg, cell, splits_dir, with_replicate=False)
+    pid = parents.get(cell.parent) if cell.parent in touched else tracking.open_parent(cfg, stage, pkey)
+    if pid:
+        tracking.finish_parent(cfg, stage, pkey, pid)

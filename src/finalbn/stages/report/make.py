@@ -37,14 +37,14 @@ def grid_keys(grid_csv: Path) -> set[str]:
 def make_report(cfg: Any, out_dir: Path, grid_csv: Path, ceiling: Path | None = None,
                 search: Path | None = None, sensitivity: Path | None = None) -> dict:
     """The grid's FINISHED cells (by cell key) -> out_dir, logged to MLflow."""
-    tracking.setup(cfg)
-    data = collect(cfg.tracking.experiment, keys=grid_keys(grid_csv))  # only this grid's cells
+    tracking.setup(cfg, "report")
+    data = collect(tracking.experiment_names(cfg, "grid", "sensitivity"), keys=grid_keys(grid_csv))  # this grid's cells
     ceilings = read_ceilings(Path(ceiling)) if ceiling else []
     summary = build_report(data, out_dir, n_boot=cfg.report.bootstrap, seed=cfg.report.seed, ceilings=ceilings,
                            search=read_search(search), k=cfg.selection.replicates,
                            prevalences=tuple(cfg.report.prevalences), train_counts=tuple(cfg.split.train),
                            sensitivity=read_sensitivity(sensitivity))
-    tracking.log_report(out_dir, cfg.tracking.experiment)
+    tracking.log_report(out_dir, tracking.experiment_name(cfg, "report"))
     return summary
 
 

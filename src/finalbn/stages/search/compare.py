@@ -58,7 +58,7 @@ def rerun(cfg: Config, dataset: str, splits: Path, replicate: int, parent_run_id
     process of `compare`); returns its comparison row."""
     if threads:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
-    run_id, res = track_cell(cfg, dataset, splits, run_name=name, parent_run_id=parent_run_id,
+    run_id, res = track_cell(cfg, dataset, splits, stage="search", run_name=name, parent_run_id=parent_run_id,
                              replicate=replicate, extra_tags=extra_tags)
     m = {**{f"test_{k}": v for k, v in res.test_last.items()}, **{f"val_last_{k}": v for k, v in res.val_last.items()}}
     return _row(replicate, m, run_id)
@@ -103,10 +103,9 @@ def _arms(cfg: Config, study: optuna.Study, grid_csv: Path | None, out: dict) ->
 
 def _found_runs(cfg: Config) -> dict[str, list]:
     """FINISHED runs by result key: the grid's cells (cell_key) and the search's (result_key)."""
-    tracking.setup(cfg)
     found: dict[str, list] = {}
     for tag in (tags.CELL_KEY, tags.RESULT_KEY):
-        for k, runs in tracking.runs_by_tag(cfg.tracking.experiment, tag).items():
+        for k, runs in tracking.runs_by_tag(tracking.experiment_names(cfg, "grid", "search"), tag).items():
             found.setdefault(k, []).extend(r for r in runs if r.finished)
     return found
 

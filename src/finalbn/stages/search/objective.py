@@ -127,7 +127,8 @@ def _replicate(trial: optuna.Trial, cfg: Config, tcfg: Config, dataset: str, spl
 
     try:
         return track_cell(
-            tcfg, dataset, splits, callbacks=callbacks, run_name=f"trial-{trial.number} r{r}",
+            tcfg, dataset, splits, stage="search", callbacks=callbacks,
+            run_name=f"trial {trial.number} · {config_name(tcfg.ablation)} r{r}",
             parent_run_id=parent_run_id, replicate=r, killed_on=(optuna.TrialPruned,),
             state_tag=tags.TRIAL_STATE, on_start=started,
             extra_tags={tags.TRIAL: "true", tags.STUDY_NAME: study_name(cfg), tags.TRIAL_NUMBER: str(trial.number),

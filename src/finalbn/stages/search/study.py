@@ -34,6 +34,21 @@ OBJECTIVES = {"val_auroc": ("auroc", "maximize"), "val_minority_f1": ("f1_1", "m
 _NOT_STUDY = {"n_trials", "workers", "stale_after_s", "storage", "study"}
 
 
+METRIC_NAMES = {"val_auroc": "validation AUROC (mean over replicates)",
+                "val_minority_f1": "validation minority F1 (mean over replicates)",
+                "val_ap": "validation AP (mean over replicates)",
+                "val_balanced_loss": "validation balanced loss (mean over replicates)",
+                "val_auroc+ece": "validation AUROC (mean over replicates)"}
+
+
+def metric_names(cfg: Config) -> list[str]:
+    """What the objective's values are called (`study.set_metric_names`: optuna-dashboard's axes and
+    `trials_dataframe` columns instead of "Objective 0")."""
+    if multi_objective(cfg):
+        return [METRIC_NAMES["val_auroc"], "validation ECE (mean over replicates)"]
+    return [METRIC_NAMES[cfg.search.objective]]
+
+
 def directions(cfg: Config) -> list[str]:
     if multi_objective(cfg):
         return ["maximize", "minimize"]  # (validation AUROC, validation ECE)
@@ -136,6 +151,10 @@ def open_study(cfg: Config, worker: int = 0) -> optuna.Study:
         raise ConfigError(f"study {study_name(cfg)!r} in {cfg.search.storage} optimises {stored}, "
                           f"search.objective={cfg.search.objective} needs {directions(cfg)}: "
                           "use another search.study or the same objective")
+    if study.metric_names != metric_names(cfg):
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, still in 5.0
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(metric_names(cfg))
     return study
 
 

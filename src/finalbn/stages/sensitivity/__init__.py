@@ -125,7 +125,7 @@ def level_command(args: argparse.Namespace, cfg: Config, lv: Level, splits: Path
             except DataError as exc:
                 raise DataError(f"sensitivity {lv.factor} = {lv.level}: {exc}") from None
     argv = [x for p in params for x in ("--params", p)] + [x for o in overrides for x in ("--set", o)]
-    return ["grid", *argv, "--splits", str(where), "--results", str(folder), "--workers", "1"]
+    return ["grid", *argv, "--splits", str(where), "--results", str(folder), "--workers", "1", "--stage", "sensitivity"]
 
 
 def run_levels(args: argparse.Namespace, cfg: Config, plan: list[Level], splits: Path, out: Path,
