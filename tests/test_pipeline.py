@@ -23,6 +23,65 @@ def _repro(repo: Path, *stages: str) -> str:
     return out.stdout
 
 
+def _dvc(repo: Path, *args: str) -> str:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "COLUMNS": "300"}
+    out = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=repo, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True)
+
+
+def _the_store_as_mlflow_users_expect(repo: Path) -> None:
+    """After `dvc repro`: an experiment per stage; run names lead with the configuration; a
+    parent speaks its children's metric names and ends with its last child; a cell logs only what
+    it used and its split manifest as its dataset input; the registered champion is
+    self-contained, and `finalbn-field` predicts from it as `mlflow artifacts download` gives it."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    names = {e.name for e in client.search_experiments()}
+    assert {"finalbn/grid", "finalbn/search", "finalbn/ceiling", "finalbn/report", "finalbn/export"} <= names
+    grid_id = client.get_experiment_by_name("finalbn/grid").experiment_id
+    runs = client.search_runs([grid_id], max_results=1000)
+    cells = [r for r in runs if r.data.tags.get("finalbn.cell") == "true"]
+    parents = {r.info.run_id: r for r in runs if r.data.tags.get("finalbn.parent") == "true"}
+    assert len(cells) == 13 and len(parents) == 3 + 4  # 31, 63, 47 and the 4 baselines on 63
+    for r in runs:
+        assert r.info.run_name.startswith(r.data.tags["config_name"]) and r.data.tags["stage"] == "grid", r.info.run_name
+    for c in cells:
+        p = c.data.params
+        assert p["dataset.name"] == "synthetic-apple" and "model.arch" in p
+        assert not [k for k in p if k.split(".")[0] in ("search", "grid", "pretrain", "report", "sensitivity", "datasets")]
+        (ds,) = c.inputs.dataset_inputs
+        assert ds.dataset.digest == c.data.tags["manifest_sha256"][:32]
+    for pid, parent in parents.items():
+        kids = [c for c in cells if c.data.tags["mlflow.parentRunId"] == pid]
+        vals = [k.data.metrics["test_f1_1"] for k in kids]
+        assert parent.data.metrics["test_f1_1"] == pytest.approx(sum(vals) / len(vals))
+        assert parent.info.status == "FINISHED" and parent.info.end_time >= max(k.info.end_time for k in kids)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    mv = client.get_model_version_by_alias("finalbn", "champion")
+    assert "Expected in the field" in mv.description and mv.tags["config_name"]
+    assert client.get_registered_model("finalbn").description
+    bindir = Path(sys.executable).parent
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
+    dst = repo / "downloaded model"
+    subprocess.run([str(bindir / "mlflow"), "artifacts", "download", "-u", "models:/finalbn@champion", "-d", str(dst)],
+                   env=env, check=True, capture_output=True, timeout=300)
+    assert (dst / "extra_files" / "model.json").is_file() and (dst / "model.onnx").is_file()
+    mlmodel = yaml.safe_load((dst / "MLmodel").read_text())
+    assert json.loads(mlmodel["signature"]["inputs"])[0]["name"] == "image"
+    leaf = next((repo / "data" / "raw" / "synthetic").rglob("*.png"))
+    out = subprocess.run([str(bindir / "finalbn-field"), "predict", "--model", str(dst), str(leaf), "--out",
+                          str(repo / "preds.csv")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert (repo / "preds.csv").read_text().count("\n") == 2
+
+
 def _project(tmp_path: Path, git: bool) -> Path:
     """The project's dvc.yaml, Makefile and sources with tiny synthetic params, made ready for DVC
     by `make dvc-ready` (what `make run` does first): in a git repo, or in a plain folder as a ZIP
@@ -32,7 +91,7 @@ def _project(tmp_path: Path, git: bool) -> Path:
     shutil.copytree(ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["synthetic"].update(image_size=16, crops=["Apple", "Grape"], healthy=12, per_disease=2, workers=1)
-    params["datasets"][0]["image_size"] = 16
+    params["datasets"]["synthetic-apple"]["image_size"] = 16
     params["split"].update(train=[4, 2], val=[2, 1], test=[2, 2])
     params["train"].update(epochs=1, batch_size=4, threads=1)
     params["grid"].update(configs=[31, 63, 47], workers=1, headline={"configs": [31, 63], "replicates": 2})
@@ -68,7 +127,8 @@ def repo_without_git(tmp_path):
 def test_whole_pipeline_then_nothing_then_only_what_changed(repo, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # MLflow's default store in the repo
     first = _repro(repo)
-    for stage in ("synthesize", "prepare@0", "ceiling@0", "grid", "search", "sensitivity", "report", "export"):
+    for stage in ("synthesize", "prepare@synthetic-apple", "ceiling@synthetic-apple", "grid", "search", "sensitivity",
+                  "report", "export"):  # the per-dataset stages named by the dataset
         assert f"Running stage '{stage}'" in first
     assert json.loads((repo / "models" / "parity.json").read_text())["passed"]
     assert (repo / "models" / "model.onnx").is_file() and (repo / "models" / "model.json").is_file()
@@ -87,11 +147,21 @@ def test_whole_pipeline_then_nothing_then_only_what_changed(repo, monkeypatch):
     assert "## The answer at the prevalence the user will meet" in md
     sens = json.loads((repo / "results" / "sensitivity" / "sensitivity.json").read_text())
     assert sens["factors"] == ["bias_shift"]
+    _the_store_as_mlflow_users_expect(repo)
+    shown = _dvc(repo, "metrics", "show")  # the headline only: one short row per file
+    assert "gain" in shown and "val_auroc" in shown and max(map(len, shown.splitlines())) <= 200, shown
     assert "Running stage" not in _repro(repo)
+    _git(repo, "add", "dvc.yaml", "dvc.lock", "params.yaml", ".dvc")  # this scratch repo's own history (not ours)
+    _git(repo, "commit", "-qm", "first")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["report"]["bootstrap"] = 300
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = _repro(repo)
+    _git(repo, "commit", "-qam", "second")
+    plots = json.loads(_dvc(repo, "plots", "diff", "HEAD~1", "HEAD", "--json"))["data"]
+    assert len(plots) == 4  # data plots, drawn for both commits
+    for title, (plot, *_) in plots.items():
+        assert plot["type"] == "vega" and {v["rev"] for v in plot["content"]["data"]["values"]} == {"HEAD~1", "HEAD"}, title
     assert "Running stage 'report'" in third and "Running stage 'grid'" not in third
     assert "Running stage 'search'" not in third and "Running stage 'export'" not in third
     assert "Running stage 'sensitivity'" not in third
@@ -114,5 +184,5 @@ def test_prepare_runs_once_and_reruns_only_on_change(repo_without_git):
     params["split"]["seed"] = 5
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = _repro(repo, "synthesize", "prepare")
-    assert "Running stage 'prepare@0'" in third and "Running stage 'synthesize'" not in third
+    assert "Running stage 'prepare@synthetic-apple'" in third and "Running stage 'synthesize'" not in third
     assert manifest.read_bytes() != before

@@ -177,7 +177,26 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], Any]:
         return {}, {}
     if not isinstance(data, dict):
         raise ConfigError(f"params file {path} must be a mapping of sections")
-    return data, text
+    return _datasets_listed(data, path), _datasets_listed(text, path)
+
+
+def _datasets_listed(raw: Any, path: Path) -> Any:
+    """`datasets` keyed by name (params.yaml's form: DVC names the per-dataset stages by key,
+    `prepare@synthetic-apple`) as the list the schema holds, each entry's `name` its key; a list
+    is kept as it is (overrides index it either way: `datasets.0.root`). Raises ConfigError when
+    an entry's `name` differs from its key, or an entry is not a mapping."""
+    sets = raw.get("datasets") if isinstance(raw, dict) else None
+    if not isinstance(sets, dict):
+        return raw
+    listed = []
+    for key, entry in sets.items():
+        if not isinstance(entry, dict):
+            raise ConfigError(f"params file {path}: datasets.{key} must be a mapping (source, root, ...)")
+        if str(entry.get("name", key)) != str(key):
+            raise ConfigError(f"params file {path}: datasets.{key} has name {entry['name']!r}; "
+                              "a dataset keyed by name needs no `name` (or the same one)")
+        listed.append({"name": key, **{k: v for k, v in entry.items() if k != "name"}})
+    return {**raw, "datasets": listed}
 
 
 def _merge(base: Any, top: Any) -> Any:

@@ -38,9 +38,10 @@ def experiment_name(cfg: Config, stage: str) -> str:
 
 
 def experiment_names(cfg: Config, *stages: str) -> list[str]:
-    """The experiments of several stages (a query across them: the export reads grid, search and
-    export runs)."""
-    return [experiment_name(cfg, s) for s in stages]
+    """The experiments to read `stages`' runs from (the export reads grid, search and export runs),
+    and `<tracking.experiment>` itself: a store written before runs had an experiment per stage
+    holds them all there, and its cells are found by key, not trained again."""
+    return [experiment_name(cfg, s) for s in stages] + [cfg.tracking.experiment]
 
 
 def tracking_uri() -> str:

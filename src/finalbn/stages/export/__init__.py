@@ -90,6 +90,10 @@ def export(cfg: Config, splits: Path, out_dir: Path, run_id: str | None = None, 
         log(f"export: parity at batch {bs}: max |Δprob| {b['max_abs_diff_probs']:.2e}, labels identical "
             f"{b['labels_identical']} ({check['images']} test images)")
     result = {"model": str(out_dir / "model.onnx"), "card": card, "parity": check}
+    # what `dvc metrics show` prints for the export: one short row
+    io.write_json(out_dir / "metrics.json", {
+        "val_auroc": round(float(card["validation"]["auroc"]), 4),
+        "parity_max_diff": float(f"{max(b['max_abs_diff_probs'] for b in check['batches'].values()):.2e}")})
     if register:
         example = x["test"][:2]
         meta = {"finalbn_card": "extra_files/model.json", "classes": card["classes"], "positive_class": 1,

@@ -40,8 +40,9 @@ from finalbn.stages.report.tables import (
     table4,
 )
 from finalbn.separability import LOW, ceiling_sentence
+from finalbn.stages.report.dvcplots import write_headline, write_plot_data
 
-FILES = ("report.md", "summary.json", "cells.csv", "prevalence.csv", "prevalence.png", "sensitivity.png",
+FILES = ("report.md", "summary.json", "headline.json", "plots/configs.csv", "plots/prevalence.csv", "cells.csv", "prevalence.csv", "prevalence.png", "sensitivity.png",
          "selection.csv", "table1.csv",
          "table2.csv", "table3.csv", "table4.csv", "baselines.csv", "fig3_loss_curves.csv", "fig3_loss_curves.png",
          "fig4_softmax.png", "calibration.csv", "reliability.png", "reliability_prior.png", "effects.csv",
@@ -98,6 +99,8 @@ def build_report(data: CellData, out_dir: Path, n_boot: int = 2000, seed: int = 
         lines[at:at] = sens_lines
     summary = headline_summary(cells, t1, eff, verdicts, ceilings, cal_all, page.multi_arch, k)
     _write_summary(out, summary, imb, search)
+    write_headline(summary, prevalences, out / "headline.json")  # what `dvc metrics show` prints
+    write_plot_data(cells, at_pi, out / "plots")  # what `dvc plots show/diff` draws
     header = _header(data.experiment, ceiling_md, verdicts, imb, cells, summary, notes_in)
     (out / "report.md").write_text("\n".join(header + page.md).rstrip() + "\n", encoding="utf-8")
     return summary
