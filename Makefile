@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run test install clean paper dvc-ready
+.PHONY: run test install clean paper dvc-ready dashboard ui
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,19 @@ paper: install
 # out one at a time, slow ones first (tests/conftest.py); the 15 slowest are listed at the end.
 test: install
 	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist load --maxschedchunk 1 --durations 15
+
+# The search's study in a browser (optuna-dashboard, installed into the project's venv on first use;
+# plain `pip` would install into the system Python): make dashboard [STORAGE=...] [PORT=8080]
+STORAGE ?= $(shell $(BIN)/python -c "import yaml; print(yaml.safe_load(open('params.yaml'))['search']['storage'])" 2>/dev/null)
+PORT    ?= 8080
+dashboard: install
+	@$(BIN)/python -c "import optuna_dashboard" 2>/dev/null || $(PIP) -e '.[dashboard]'
+	@test -e "$(STORAGE)" || case "$(STORAGE)" in *://*) ;; *) echo "no study at $(STORAGE): run the search first (make run)"; exit 2;; esac
+	$(BIN)/optuna-dashboard "$(STORAGE)" --host 127.0.0.1 --port $(PORT)
+
+# The MLflow UI on the project's store: one experiment per stage (finalbn/grid, finalbn/search, ...)
+ui: install
+	$(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} --host 127.0.0.1 --port 5000
 
 clean:
 	rm -rf $(VENV)

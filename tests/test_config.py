@@ -106,9 +106,26 @@ def test_missing_key_and_bad_files(tmp_path):
         load_config([listy])
 
 
+def test_datasets_keyed_by_name_load_as_a_list_and_index_as_one(tmp_path):
+    """params.yaml keys datasets by name (DVC's stage names); overrides index them; a list overlay
+    replaces them; an entry whose name differs from its key, or that is no mapping, is one line."""
+    cfg = load_config([PARAMS], ["datasets.0.crop=Grape"])
+    assert [d.name for d in cfg.datasets] == ["synthetic-apple"] and cfg.datasets[0].crop == "Grape"
+    listed = tmp_path / "listed.yaml"
+    listed.write_text("datasets:\n  - name: mine\n    source: synthetic\n    root: r\n    crop: Apple\n    image_size: 32\n")
+    assert [d.name for d in load_config([PARAMS, listed]).datasets] == ["mine"]
+    for text, message in (("datasets:\n  a:\n    name: b\n    source: synthetic\n    root: r\n    image_size: 32\n",
+                           "datasets.a has name 'b'"),
+                          ("datasets:\n  a: 3\n", "datasets.a must be a mapping")):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            load_config([PARAMS, bad])
+
+
 def test_duplicate_dataset_names():
     raw = yaml.safe_load(PARAMS.read_text())
-    raw["datasets"] = raw["datasets"] * 2
+    raw["datasets"] = [{"name": k, **v} for k, v in raw["datasets"].items()] * 2
     with pytest.raises(ConfigError, match="unique"):
         validate(raw)
 

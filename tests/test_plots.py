@@ -1,6 +1,8 @@
 """finalbn.plots: each function returns one Figure that saves to a PNG and closes cleanly."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
@@ -154,3 +156,41 @@ def test_panels_draw_on_a_given_axes(tmp_path):
     np.testing.assert_allclose(ax_soft.collections[1].get_offsets()[:, 1], PROBS[[1, 3, 4, 5, 0, 2], 1])
     assert ax_soft.collections[0].get_sizes().tolist() == [8]
     _save_and_close(fig, tmp_path, "panels", before)
+
+
+def _smallest_font_pt(fig) -> float:
+    import matplotlib.text
+
+    sizes = [t.get_fontsize() for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text().strip()]
+    return min(sizes)
+
+
+def test_the_reports_crowded_figures_are_readable_at_their_rendered_size(tmp_path, monkeypatch):
+    """configs.png (64 configurations) and effects.png: every text at least MIN_TEXT_PX high when the
+    figure is shown RENDER_PX wide (a Markdown viewer), i.e. its font in points against its width."""
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from finalbn.config import ablation_from_id, config_name
+    from finalbn.stages.report import figures
+
+    seen = {}
+    save = Figure.savefig
+
+    def spy(self, path, *a, **k):
+        seen[Path(path).name] = (_smallest_font_pt(self), self.get_figwidth())
+        return save(self, path, *a, **k)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    rng = np.random.default_rng(0)
+    cells = pd.DataFrame([{"dataset": "d", "arch": "a", "config_id": c, "config_name": config_name(ablation_from_id(c)),
+                           "replicate": r, "val_auroc": rng.random(), "test_auroc": rng.random(),
+                           "test_f1_1": rng.random()} for c in range(64) for r in range(2)])
+    figures.fig_configs(cells, tmp_path / "configs.png")
+    eff = pd.DataFrame([{"metric": "f1_1", "effect": f"e{i}", "kind": "main", "estimate": 0.1 * i, "ci_low": 0.0,
+                         "ci_high": 0.2 * i, "boot_low": float("nan"), "boot_high": float("nan"), "scope": "d/a",
+                         "label": f"effect number {i}"} for i in range(30)])
+    figures.fig_effects(eff, tmp_path / "effects.png")
+    assert set(seen) == {"configs.png", "effects.png"}
+    for name, (pt, width) in seen.items():
+        assert pt >= figures.min_font_pt(width), f"{name}: {pt} pt in a {width}-inch figure"

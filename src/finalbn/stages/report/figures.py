@@ -47,30 +47,45 @@ def fig_ceiling(ceilings: list[dict], path: Path, low: float) -> None:
     plt.close(fig)
 
 
+# A report figure is read in a Markdown viewer about RENDER_PX wide; text smaller than MIN_TEXT_PX there
+# is unreadable. A figure W inches wide, shown RENDER_PX wide, draws a font of f points
+# f * RENDER_PX / (W * 72) px high: `min_font_pt(W)` is the least font such a figure may use.
+RENDER_PX, MIN_TEXT_PX = 880, 9
+
+
+def min_font_pt(width_in: float) -> float:
+    """The smallest font (points) readable in a figure `width_in` inches wide shown RENDER_PX wide."""
+    return MIN_TEXT_PX * width_in * 72 / RENDER_PX
+
+
 def fig_configs(cells: pd.DataFrame, path: Path) -> None:
     """Per (dataset, arch): test AUROC and minority F1 of every configuration (last epoch), ordered
-    by validation AUROC; a dot per replicate, a bar for the mean."""
+    by validation AUROC, one row per configuration (names on the y axis, readable); a bar for the
+    mean, a dot per replicate."""
     pairs = sorted(set(zip(cells["dataset"], cells["arch"])))
-    fig, axes = plt.subplots(2 * len(pairs), 1, figsize=(15, 8 * len(pairs)), squeeze=False, layout="constrained")
+    n = max(cells.groupby(["dataset", "arch"])["config_id"].nunique().max(), 1)
+    fig, axes = plt.subplots(len(pairs), 2, figsize=(10, (0.2 * n + 1.6) * len(pairs)), squeeze=False,
+                             layout="constrained", sharey="row")
     for i, (ds, arch) in enumerate(pairs):
         sub = cells[(cells["dataset"] == ds) & (cells["arch"] == arch)]
         order = (sub.groupby("config_id")["val_auroc"].mean().sort_values(ascending=False, na_position="last")
                  .index.tolist())
-        pos = {cid: k for k, cid in enumerate(order)}
+        pos = {cid: len(order) - 1 - k for k, cid in enumerate(order)}  # the best on top
         names = sub.drop_duplicates("config_id").set_index("config_id")["config_name"]
         for j, (col, what) in enumerate((("test_auroc", "test AUROC"), ("test_f1_1", "test minority F1"))):
-            ax = axes[2 * i + j][0]
+            ax = axes[i][j]
             means = sub.groupby("config_id")[col].mean()
             colors = ["tab:red" if "BN" in names[c].split("+") else "tab:blue" for c in order]
-            ax.bar([pos[c] for c in order], [means[c] for c in order], color=colors, alpha=0.35)
-            ax.scatter([pos[c] for c in sub["config_id"]], sub[col], s=10, color="black", zorder=3)
-            ax.set_xticks(range(len(order)), labels=[f"{c} {names[c]}" for c in order], rotation=90,
-                          fontsize="xx-small")
-            ax.set_ylim(0, 1.02)
-            ax.set_ylabel(what)
-            ax.set_title(f"{ds} {arch}: {what} per configuration (red: final BN; ordered by validation AUROC; "
-                         "dots: replicates)", fontsize="small")
-            ax.grid(axis="y", alpha=0.3)
+            ax.barh([pos[c] for c in order], [means[c] for c in order], color=colors, alpha=0.35, height=0.8)
+            ax.scatter(sub[col], [pos[c] for c in sub["config_id"]], s=8, color="black", zorder=3)
+            ax.set_yticks([pos[c] for c in order], labels=[f"{c} {names[c]}" for c in order], fontsize=8)
+            ax.set_ylim(-0.6, len(order) - 0.4)
+            ax.set_xlim(0, 1.02)
+            ax.set_xlabel(what, fontsize=9)
+            ax.tick_params(axis="x", labelsize=8)
+            ax.grid(axis="x", alpha=0.3)
+        axes[i][0].set_title(f"{ds} {arch}: red = final BN on; best validation AUROC on top; dots = replicates",
+                             fontsize=9, loc="left")
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
@@ -80,13 +95,13 @@ def fig_effects(eff: pd.DataFrame, path: Path) -> None:
     replicates with their t intervals (image-level bootstrap in orange, secondary), and the
     factorial's effects — with their intervals when replicated, as bare points when exploratory."""
     rows = eff[(eff["metric"] == "f1_1") & ~eff["effect"].astype(str).str.contains("π=")].reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(13, 0.4 * len(rows) + 2.0), layout="constrained")
+    fig, ax = plt.subplots(figsize=(10, 0.3 * len(rows) + 2.0), layout="constrained")
     y = np.arange(len(rows))[::-1]
     colors = {"contrast": "tab:red", "main": "tab:blue", "interaction": "tab:purple", "simple": "tab:green"}
     for yi, r in zip(y, rows.to_dict("records")):
         est = r["estimate"]
         if not math.isfinite(est):
-            ax.annotate("not estimable", (1.01, yi), xycoords=("axes fraction", "data"), va="center", fontsize="x-small")
+            ax.annotate("not estimable", (1.01, yi), xycoords=("axes fraction", "data"), va="center", fontsize=8)
             continue
         color = colors.get(r["kind"], "gray")
         if math.isfinite(r["ci_low"]):
@@ -98,11 +113,12 @@ def fig_effects(eff: pd.DataFrame, path: Path) -> None:
     ax.axvline(0, color="gray", linestyle="--")
     multi = rows["scope"].nunique() > 1
     ax.set_yticks(y, labels=[f"{r['scope']}: {r['label']}" if multi else r["label"] for r in rows.to_dict("records")],
-                  fontsize="small")
-    ax.set_xlabel("effect on test minority F1, 95% t interval over replicates; orange: image-level bootstrap "
-                  "(secondary); hollow: exploratory (one replicate, no interval)")
+                  fontsize=9)
+    ax.tick_params(axis="x", labelsize=9)
+    ax.set_xlabel("effect on test minority F1: 95 % t interval over replicates; orange: image-level\nbootstrap "
+                  "(secondary); hollow: exploratory (one replicate, no interval)", fontsize=9)
     ax.set_title("contrasts over replicates (red), factorial main effects (blue),\nBN×X interactions (purple), "
-                 "simple effects of BN (green)", fontsize="small")
+                 "simple effects of BN (green)", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.savefig(path, dpi=90)
     plt.close(fig)
