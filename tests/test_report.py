@@ -99,14 +99,14 @@ def test_table1_means_and_bn_improvement():
     ])
     t1 = tables.table1(prepare(cells)[0])
     apple = t1[(t1["dataset"] == "apple")].set_index("class")
-    assert apple.loc["unhealthy (1)", "without_final_bn"] == pytest.approx(0.3)
-    assert apple.loc["unhealthy (1)", "with_wl_no_bn"] == pytest.approx(0.6)
-    assert apple.loc["unhealthy (1)", "with_final_bn_no_wl"] == pytest.approx(0.85)
-    assert apple.loc["unhealthy (1)", "bn_improvement"] == pytest.approx(0.25)  # BN minus WL, as the paper
+    assert apple.loc["diseased (1)", "without_final_bn"] == pytest.approx(0.3)
+    assert apple.loc["diseased (1)", "with_wl_no_bn"] == pytest.approx(0.6)
+    assert apple.loc["diseased (1)", "with_final_bn_no_wl"] == pytest.approx(0.85)
+    assert apple.loc["diseased (1)", "bn_improvement"] == pytest.approx(0.25)  # BN minus WL, as the paper
     assert apple.loc["healthy (0)", "bn_improvement"] == pytest.approx(0.95 - 0.9)
-    assert apple.loc["unhealthy (1)", "replicates_63_47_31"] == "2/2/2"
+    assert apple.loc["diseased (1)", "replicates_63_47_31"] == "2/2/2"
     tomato = t1[(t1["dataset"] == "tomato")].set_index("class")
-    assert math.isnan(tomato.loc["unhealthy (1)", "with_wl_no_bn"])
+    assert math.isnan(tomato.loc["diseased (1)", "with_wl_no_bn"])
 
 
 def test_table2_and_3_rank_on_validation_never_on_test():
@@ -118,7 +118,7 @@ def test_table2_and_3_rank_on_validation_never_on_test():
             rows.append(_row(f"p{i}{r}", "pepper", r, cid, f1, val_auroc=val))
     cells = prepare(pd.DataFrame(rows))[0]
     t2 = tables.table2(cells, k=2)
-    un = t2[(t2["class"] == "unhealthy (1)") & (t2["dataset"] == "apple")]
+    un = t2[(t2["class"] == "diseased (1)") & (t2["dataset"] == "apple")]
     assert un["config_id"].tolist() == [31, 23, 20]
     assert un["f1"].tolist() == pytest.approx([0.7, 0.6, 0.5]) and un["sel_epoch"].tolist() == pytest.approx([6.5] * 3)
     t3, notes = tables.table3(cells, k=2, n=2)
@@ -134,7 +134,7 @@ def test_a_configuration_on_fewer_replicates_is_never_ranked_against_replicated_
         rows += [_row(f"b{r}", "apple", r, 31, 0.8, val_auroc=0.9), _row(f"n{r}", "apple", r, 63, 0.5, val_auroc=0.8)]
     cells = prepare(pd.DataFrame(rows))[0]
     t2 = tables.table2(cells, k=3)
-    un = t2[t2["class"] == "unhealthy (1)"]
+    un = t2[t2["class"] == "diseased (1)"]
     assert un["config_id"].tolist() == [31, 63, 0] and un["rank"].tolist() == [1, 2, 1]
     assert un["ranked_over"].tolist() == ["replicates 0-2"] * 2 + ["replicate 0 only (screened, not selected)"]
     cand, lines = choice.selection_table(cells, k=3, n_boot=200)

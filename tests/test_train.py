@@ -174,6 +174,7 @@ def test_mlflow_run_holds_params_metrics_by_step_and_artifacts(prepared, capsys)
     # what differs leads the name; the params are what the cell used (no other stage's keys, no
     # setting its switches leave unused); the split manifest is its dataset input
     assert run.info.run_name == "BN+WL r0" and tags["stage"] == "train"
+    assert tags["mlflow.note.content"].startswith("Configuration 15 (BN+WL): BN, WL on; DA, MX, UF, WD off. Replicate 0")
     assert not [k for k in p if k.split(".")[0] in ("search", "grid", "report", "sensitivity", "datasets", "tracking",
                                                       "selection", "ceiling", "synthetic")]
     assert p["dataset.name"] == "synthetic-apple" and "train.mixup_alpha" not in p and "train.augment.rotate" not in p

@@ -100,7 +100,8 @@ def track_cell(cfg: Config, dataset: str, splits_dir: Path, callbacks=(), progre
 def log_result(run: tracking.ActiveRun, cfg: Config, r: CellResult) -> None:
     """Test metrics, tags that only exist after training, and every artifact of one cell."""
     run.set_tags({tags_.MANIFEST: r.manifest_sha256, tags_.BN_POLICY: r.bn_policy, tags_.DEVICE: r.device,
-                  tags_.FEATURES: r.features, tags_.SELECTED_EPOCH: str(r.fit.selected_epoch)})
+                  tags_.FEATURES: r.features, tags_.SELECTED_EPOCH: str(r.fit.selected_epoch),
+                  "mlflow.note.content": describe(cfg, r)})  # the run page's Description
     run.log_metrics({f"test_{k}": v for k, v in r.test_last.items()})
     run.log_metrics({f"test_sel_{k}": v for k, v in r.test_sel.items()})
     run.log_metrics({f"val_last_{k}": v for k, v in r.val_last.items()})
@@ -121,6 +122,18 @@ def log_result(run: tracking.ActiveRun, cfg: Config, r: CellResult) -> None:
     run.log_dict({"last": r.reliability_last, "selected": r.reliability_sel}, "reliability.json")
     if cfg.train.log_model:
         _log_model(r.model, cfg.dataset(r.dataset).image_size)
+
+
+def describe(cfg: Config, r: CellResult) -> str:
+    """A cell run's description: which switches, which data, what it scored."""
+    on = [t.upper() for t in TOGGLES if getattr(cfg.ablation, t)]
+    off = [t.upper() for t in TOGGLES if not getattr(cfg.ablation, t)]
+    t = r.test_last
+    return (f"Configuration {r.config_id} ({r.config_name}): {', '.join(on) or 'no switch'} on"
+            f"{'; ' + ', '.join(off) + ' off' if off else ''}. Replicate {r.replicate} of {r.dataset} "
+            f"(split manifest {r.manifest_sha256[:12]}), {cfg.model.arch}, {r.fit.selected_epoch} of "
+            f"{len(r.fit.history)} epochs selected on validation. Test, last epoch: minority F1 {t['f1_1']:.3f}, "
+            f"AUROC {t['auroc']:.3f}, ECE {t['ece']:.3f}.")
 
 
 def _figures(r: CellResult) -> dict:

@@ -86,6 +86,16 @@ def shown(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def compact_line(table: pd.DataFrame) -> str:
+    """The verdict's one line on the baselines (the section below gives each its sentence):
+    which fall short of BN only, which beat it, which are not distinguishable."""
+    by: dict[str, list[str]] = {}
+    for line in summary_lines(table):
+        method, rest = line.split(" (on config", 1)
+        by.setdefault(rest.split(" — ", 1)[1].split(",", 1)[0], []).append(method)
+    return "; ".join(f"{word}: {', '.join(methods)}" for word, methods in by.items())
+
+
 def summary_lines(table: pd.DataFrame) -> list[str]:
     """One sentence per baseline: does it reach the final BN's minority F1?"""
     lines = []

@@ -141,12 +141,12 @@ def _ranking_vs_threshold(page: Page, cells: pd.DataFrame) -> None:
     shown = base[["dataset", "arch", "config", "replicates", "f1_1", "f1_1_std", "f1_1_sel", "f1_1_prior_corrected",
                   "f1_1_validation_threshold", "auroc", "auroc_std", "ap", "balanced_accuracy", "val_auroc"]]
     page.section("Ranking vs threshold: the headline configurations",
-                 (page.table(shown) + "\n\nTest metrics, mean and std over replicates. `f1_1`: minority F1 at the "
-                  "last epoch (argmax); `f1_1_sel`: at the epoch selected on validation AUROC (secondary); "
-                  "`f1_1_prior_corrected`: the same model after adding log(n_healthy/n_diseased) of the training "
+                 (page.table(shown) + "\n\nTest metrics, mean and SD over replicates. Minority F1: at the "
+                  "last epoch (argmax); selected epoch: at the epoch selected on validation AUROC (secondary); "
+                  "prior-corrected: the same model after adding log(n_healthy/n_diseased) of the training "
                   "counts to the minority logit — valid only for a model whose outputs carry the training prior "
                   "(plain cross-entropy, no WL, no final BN or SELU), empty for the others, whose outputs a "
-                  "final BN or class weights have already moved off that prior; `f1_1_validation_threshold`: "
+                  "final BN or class weights have already moved off that prior; at the validation cut: "
                   "the cut chosen on the cell's own validation predictions (7 positives) for the test set's "
                   "prevalence, valid for every model; AUROC and AP do not depend on any threshold.") if len(base) else "",
                  [] if len(base) else ["no run of configs 63, 47, 31 or 15"])
@@ -362,10 +362,10 @@ def _header(experiment: str, ceiling_md: str, verdicts: dict[str, list[str]], im
         header.extend(f"- {line}" for line in lines)
         header.append("")
     if len(imb):
-        header += ["**Against the imbalance baselines** (each on `none`; test minority F1, paired over replicates; "
-                   "section below)", ""]
-        header.extend(f"- {line}" for line in imbalance.summary_lines(imb))
-        header.append("")
+        compact = imbalance.compact_line(imb)
+        if compact:
+            header += [f"**Against the imbalance baselines** (each on its base configuration; test minority F1, paired "
+                       f"over replicates; the section below gives each its interval): {compact}.", ""]
     header += _method_lines(cells, summary)
     header.extend(f"> Note: {n}" for n in notes_in)
     if notes_in:

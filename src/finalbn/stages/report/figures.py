@@ -10,6 +10,7 @@ figures, so the two look alike.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -278,8 +279,9 @@ def fig_methods(groups: list[tuple[str, pd.DataFrame]], path: Path, title: str) 
     for ax, (col, what) in zip(axes, (("test_f1_1", "test minority F1"), ("test_auroc", "test AUROC"))):
         x = np.arange(len(groups))
         means = [float(g[col].mean()) if len(g) else math.nan for _, g in groups]
-        ax.bar(x, means, color=["tab:red" if "BN" in label or "best" in label else "tab:blue" for label, _ in groups],
-               alpha=0.35)
+        # red = final BN on, as in every figure: the label names the configuration (`best trial 9 (BN+WL)`)
+        ax.bar(x, means, color=["tab:red" if re.search(r"(?<![A-Za-z])BN(?![A-Za-z])", label) else "tab:blue"
+                                for label, _ in groups], alpha=0.35)
         by_rep: dict[int, list[tuple[int, float]]] = {}
         for xi, (_, g) in zip(x, groups):
             ax.scatter([xi] * len(g), g[col], s=12, color="black", zorder=3)

@@ -79,7 +79,8 @@ def search_section(summary: dict) -> tuple[pd.DataFrame, list[tuple[str, pd.Data
             "best_minus_f1_1": _f(df_f1.get("estimate")), "best_minus_f1_1_ci_low": _f(df_f1.get("ci_low")),
             "best_minus_f1_1_ci_high": _f(df_f1.get("ci_high")), "best_minus_auroc": _f(df_auc.get("estimate")),
             "best_minus_auroc_ci_low": _f(df_auc.get("ci_low")), "best_minus_auroc_ci_high": _f(df_auc.get("ci_high"))})
-        groups.append((f"{LABELS[arm]} ({c['config_id']})", pd.DataFrame(c.get("rows", []))))
+        groups.append((f"{LABELS[arm]} ({c['config_id']} {c.get('config_name', '')})".replace(" )", ")"),
+                       pd.DataFrame(c.get("rows", []))))
         sub = [r for r in mine if r["replicate"] in reps]
         if math.isfinite(_f(df_f1.get("estimate"))):
             lo, hi = _f(df_f1.get("ci_low")), _f(df_f1.get("ci_high"))
@@ -91,7 +92,7 @@ def search_section(summary: dict) -> tuple[pd.DataFrame, list[tuple[str, pd.Data
         "configuration": f"best trial {comp.get('best_trial')}", "config": best.get("config_name", "?"),
         "replicates": len(mine), "val_auroc": _mean(mine, "val_auroc"), "val_f1_1": _mean(mine, "val_f1_1"),
         "test_f1_1": _mean(mine, "test_f1_1"), "test_auroc": _mean(mine, "test_auroc")})
-    groups.append((f"best trial {comp.get('best_trial')}", pd.DataFrame(mine)))
+    groups.append((f"best trial {comp.get('best_trial')} ({best.get('config_name', '?')})", pd.DataFrame(mine)))
     return pd.DataFrame(table_rows, columns=COLUMNS), groups, lines
 
 

@@ -55,7 +55,7 @@ def headline_summary(cells, t1, eff, verdicts, ceilings, cal_all, multi_arch, k:
 def _table1(t1: pd.DataFrame, multi_arch: bool) -> dict:
     """Table I's minority row per dataset (per dataset/arch when the study has several archs)."""
     table1_summary = {}
-    for r in t1[t1["class"] == "unhealthy (1)"].itertuples(index=False):
+    for r in t1[t1["class"] == "diseased (1)"].itertuples(index=False):
         table1_summary[f"{r.dataset}/{r.arch}" if multi_arch else r.dataset] = {
             "without_bn_f1_1": r.without_final_bn, "wl_f1_1": r.with_wl_no_bn, "bn_f1_1": r.with_final_bn_no_wl,
             "bn_improvement_f1_1": r.bn_improvement}

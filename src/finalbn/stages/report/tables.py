@@ -39,7 +39,7 @@ def table1(cells: pd.DataFrame) -> pd.DataFrame:
             return float(means.loc[(ds, arch, cid), col]) if (ds, arch, cid) in means.index else math.nan
 
         n = "/".join(str(int(sizes.get((ds, arch, c), 0))) for c in (NONE_ID, WL_ID, BN_ID))
-        for label, col in (("unhealthy (1)", F1_1), ("healthy (0)", F1_0)):
+        for label, col in (("diseased (1)", F1_1), ("healthy (0)", F1_0)):
             rows.append({"dataset": ds, "arch": arch, "class": label, "without_final_bn": get(NONE_ID, col),
                          "with_wl_no_bn": get(WL_ID, col), "with_final_bn_no_wl": get(BN_ID, col),
                          # as the paper's "BN total improvement": BN only minus WL only
@@ -119,7 +119,7 @@ def table2(cells: pd.DataFrame, top: int = 3, k: int = K_DEFAULT) -> pd.DataFram
         ranked = ranked_configs(sub, k)
         for _, tier in ranked.groupby("tier", sort=True):
             agg = tier.head(top)
-            for cls, label in ((1, "unhealthy (1)"), (0, "healthy (0)")):
+            for cls, label in ((1, "diseased (1)"), (0, "healthy (0)")):
                 for r in agg.to_dict("records"):
                     flags = toggles_of(r["config_id"])
                     rows.append({"dataset": ds, "arch": arch, "ranked_over": r["ranked_over"], "class": label,
