@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from finalbn import io, selection, tracking
+from finalbn import io, selection
 from finalbn.config import TOGGLES, Config, ablation_from_id, config_name
 from finalbn.results import METRIC_COLUMNS, SEL_COLUMNS, VAL_COLUMNS, paper_cells, rank_configs, rounded
 from finalbn.stages.grid.plan import Cell, all_cells, cell_key
 from finalbn.stages.grid.shard import existing_cells
 from finalbn.tracking import RunRecord, latest
-from finalbn.tracking import records as tags
 
 
 def write_results(cfg: Config, splits_dir: Path, out_dir: Path) -> dict:
