@@ -68,7 +68,8 @@ def test_export_writes_a_checked_model_and_registers_it(gridded, tmp_path, capsy
     out = capsys.readouterr().out
     assert "kept no weights: training its cell again" in out and "parity at batch 32" in out
     models = tmp_path / "models"
-    assert sorted(p.name for p in models.iterdir()) == ["model.json", "model.onnx", "parity.json"]  # one file, no .data
+    assert sorted(p.name for p in models.iterdir()) == ["metrics.json", "model.json", "model.onnx", "parity.json"]  # no .data
+    assert json.loads((models / "metrics.json").read_text())["parity_ok"] is True  # what `dvc metrics show` prints
     proto = onnx.load(str(models / "model.onnx"))
     onnx.checker.check_model(proto)
     assert [i.name for i in proto.graph.input] == ["image"] and [o.name for o in proto.graph.output] == ["logits", "probs"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 import math
 
 import matplotlib.pyplot as plt
@@ -319,11 +320,37 @@ def test_verdict_wording_is_neutral_and_set_against_the_paper():
 # --------------------------------------------------------------------------- the whole report
 
 
+FIGURE_FONTS: dict[str, tuple[float, float]] = {}  # figure file -> (its smallest font in points, its width in inches)
+
+
 @pytest.fixture(scope="module")
 def design_report(tmp_path_factory):
+    import matplotlib.text
+    from matplotlib.figure import Figure
+
     out = tmp_path_factory.mktemp("design_report")
-    return report.build_report(design_grid(), out, n_boot=300, seed=1, ceilings=[CEILING],
-                               train_counts=(1000, 10)), out
+    save = Figure.savefig
+
+    def spy(fig, path, *a, **k):  # every figure the report draws, as it is saved
+        sizes = [t.get_fontsize() for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text().strip()]
+        FIGURE_FONTS[Path(path).name] = (min(sizes, default=99.0), fig.get_figwidth())
+        return save(fig, path, *a, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Figure, "savefig", spy)
+        return report.build_report(design_grid(), out, n_boot=300, seed=1, ceilings=[CEILING],
+                                   train_counts=(1000, 10)), out
+
+
+def test_every_report_figure_is_readable_at_its_rendered_size(design_report):
+    """Each PNG of the report, shown about RENDER_PX wide (a Markdown viewer): no text under
+    MIN_TEXT_PX, i.e. no font under `figures.min_font_pt` of the figure's width."""
+    from finalbn.stages.report import figures
+
+    assert len(FIGURE_FONTS) >= 10
+    small = {name: f"{pt:.1f} pt in {w:.1f} in (needs {figures.min_font_pt(w):.1f})"
+             for name, (pt, w) in FIGURE_FONTS.items() if pt < figures.min_font_pt(w) - 1e-9}
+    assert not small, small
 
 
 def test_report_opens_with_the_ceiling_then_the_verdict(design_report):

@@ -116,7 +116,7 @@ def test_imports_at_the_top(path):
     for node in _function_imports(ast.parse(text)):
         names = ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""])
         where = f"{_rel(path)}:{node.lineno}"
-        assert not node.level and not any(n.split(".")[0] == "finalbn" for n in names), \
+        assert not getattr(node, "level", 0) and not any(n.split(".")[0] == "finalbn" for n in names), \
             f"{where}: a finalbn module imported inside a function"
         said = "#" in lines[node.lineno - 1] or lines[node.lineno - 2].strip().startswith("#")
         assert said, f"{where}: a lazy import says why (a comment on its line or the line above)"

@@ -16,10 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
-import mlflow.onnx
-import mlflow.pytorch
 import numpy as np
-import onnx
 from mlflow.models import infer_signature
 
 from finalbn.tracking.records import MODEL_URI
@@ -41,6 +38,9 @@ def log_onnx_and_register(run_id: str, onnx_path: Path, input_name: str, example
     """`mlflow.onnx.log_model` on run `run_id` with a named input signature, the model card as an
     extra file and `metadata` in MLmodel; registered, described, tagged, alias `champion`; returns
     {name, version, alias, model_uri, serve}."""
+    import mlflow.onnx  # here, not at the top: mlflow.onnx and onnx are the export's alone
+    import onnx  # the ONNX file is loaded here only
+
     with mlflow.start_run(run_id=run_id):
         info = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name="model",
                                      signature=infer_signature({input_name: example}, outputs),
@@ -73,6 +73,8 @@ def log_torch_model(model, example: np.ndarray, output: np.ndarray) -> None:
     """`mlflow.pytorch.log_model` on the active run (`train.log_model`); `example` is a batch of
     at least 2 (torch.export, MLflow 3's pt2 format, would fix the batch axis at 1) and `output`
     the model's output on it."""
+    import mlflow.pytorch  # here, not at the top: it imports torch, which the report and others need not
+
     info = mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example, output),
                                     input_example=example)
     mlflow.set_tag(MODEL_URI, info.model_uri)

@@ -132,7 +132,7 @@ def fig_prevalence(means: pd.DataFrame, eff: pd.DataFrame, curves: dict, path: P
     [(recall, precision), ...] of one (dataset, arch)."""
     pis = sorted(curves, reverse=True)
     ncol = max(2, len(pis))
-    fig = plt.figure(figsize=(3.4 * ncol, 7.5), layout="constrained")
+    fig = plt.figure(figsize=(min(2.6 * ncol, 10.5), 7.5), layout="constrained")  # readable: min_font_pt
     grid = fig.add_gridspec(2, ncol)
     ax0, ax1 = fig.add_subplot(grid[0, : ncol // 2]), fig.add_subplot(grid[0, ncol // 2:])
     for cid, color, name in ((BN_ID, "tab:red", "BN (31)"), (NONE_ID, "tab:blue", "none (63)")):
@@ -204,7 +204,7 @@ def fig_by_setting(setting: pd.DataFrame, path: Path) -> None:
 
 def fig3(curves: pd.DataFrame, path: Path) -> None:
     pairs = sorted(set(zip(curves["dataset"], curves["arch"])))
-    fig, axes = plt.subplots(len(pairs), 3, figsize=(13, 3.3 * len(pairs)), squeeze=False, sharey="row",
+    fig, axes = plt.subplots(len(pairs), 3, figsize=(10.5, 3.3 * len(pairs)), squeeze=False, sharey="row",
                              layout="constrained")
     titles = {NONE_ID: "without final BN (63)", WL_ID: "with WL, no BN (47)", BN_ID: "with final BN (31)"}
     for i, (ds, arch) in enumerate(pairs):
@@ -230,7 +230,7 @@ def fig3(curves: pd.DataFrame, path: Path) -> None:
 
 def fig4(pairs: dict, path: Path, p1) -> None:
     keys = sorted(pairs)
-    fig, axes = plt.subplots(len(keys), 2, figsize=(12, 3.5 * len(keys)), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(len(keys), 2, figsize=(10, 3.5 * len(keys)), squeeze=False, layout="constrained")
     for i, key in enumerate(keys):
         rep, p63, p31 = pairs[key]
         for j, (df, name) in enumerate(((p63, "without final BN (63)"), (p31, "with final BN (31)"))):
@@ -238,7 +238,7 @@ def fig4(pairs: dict, path: Path, p1) -> None:
             ax = axes[i][j]
             plots.softmax_panel(ax, df["label"].to_numpy(int), 1 - p, p, marker_size=8)
             ax.set_title(f"{key[0]} {key[1]} replicate {rep}: {name}, last epoch", fontsize="small")
-    axes[0][0].legend(loc="center left", fontsize="x-small")
+    axes[0][0].legend(loc="center left", fontsize=8)
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
