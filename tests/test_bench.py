@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from finalbn import bench
+from finalbn import bench, bench_cells
+from finalbn.stages.grid.plan import all_cells
 from finalbn.cli import main
 
 from conftest import ROOT
@@ -25,6 +26,7 @@ def test_bench_writes_every_section(prepared, tmp_path, capsys):
         assert all(row[k] > 0 for k in ("eval", "head_on_features", "uf_on", "full"))
     levers = {lv["lever"]: lv for lv in result["levers"]}
     assert any(k.startswith("channels_last") for k in levers) and any("decode cache" in k for k in levers)
+    assert any(k.startswith("DA: one batched pass") for k in levers)
     assert all(lv["speedup"] > 0 for lv in levers.values())
     g = result["grid"]  # the real grid code on the tiny split, shared and not
     assert g["shared"]["cells"] == len(g["configs_shared"]) and g["unshared"]["cells"] == len(g["configs_unshared"])
@@ -61,3 +63,43 @@ def test_rate_counts_images_per_second():
     calls = []
     r = bench.rate(lambda: calls.append(1), batch=10, device=torch.device("cpu"), seconds=0.05, warmup=1)
     assert r > 0 and len(calls) >= 4
+
+
+def test_cells_mode_times_each_kind_and_projects_the_grid_and_the_paper(prepared, tmp_path, capsys):
+    load, overrides = prepared
+    out = tmp_path / "cells.json"
+    args = ["bench", "--cells", "--params", str(ROOT / "params.yaml"), *[x for o in overrides for x in ("--set", o)],
+            "--set", "model.arch=resnet18", "--set", "grid.archs=[resnet18]", "--device", "cpu", "--out", str(out)]
+    assert main(args) == 0
+    row = json.loads(out.read_text())["cells"]["archs"]["resnet18"]
+    assert set(row["seconds"]) == {*bench_cells.KINDS, "tracking_all_figures"}
+    assert all(v >= 0 for v in row["seconds"].values()) and row["seconds"]["uf_on"] > 0
+    cfg = load(["model.arch=resnet18", "grid.archs=[resnet18]"])
+    assert row["grid"]["cells"] == len(all_cells(cfg))
+    assert row["grid"]["wall_s"] == pytest.approx(row["grid"]["cell_seconds"] / cfg.grid.workers)
+    # every cell is priced at its kind plus tracking; drawing every cell's figures costs more
+    s = row["seconds"]
+    assert row["grid"]["cell_seconds"] == pytest.approx(sum(n * (s[k] + s["tracking"])
+                                                            for k, n in row["grid"]["kinds"].items()))
+    assert row["paper"]["cells"] == 1920
+    text = capsys.readouterr().out
+    assert "the paper's study: 1920 cells" in text and "this params' grid" in text
+
+
+def test_cell_kinds_of_the_paper_study():
+    kinds = bench_cells.plan_kinds(bench_cells.paper_cells("resnet34"), share=True)
+    groups = 10 * 3  # replicates x crops
+    # 32 UF-on configurations, half with DA; 4 UF-off families (DA x MX) per group, the rest warm heads
+    assert kinds == {"uf_on": 16 * groups, "uf_on_da": 16 * groups, "first": groups, "first_mx": groups,
+                     "first_da": 2 * groups, "warm": 28 * groups}
+    unshared = bench_cells.plan_kinds(bench_cells.paper_cells("resnet34"), share=False)
+    assert "warm" not in unshared and unshared["first"] == 8 * groups and unshared["first_da"] == 16 * groups
+    p = bench_cells.project(kinds, dict.fromkeys(bench_cells.KINDS, 1.0) | {"tracking": 0.5}, processes=2)
+    assert p["cell_seconds"] == pytest.approx(1920 * 1.5) and p["wall_s"] == pytest.approx(960 * 1.5)
+
+
+def test_cells_mode_needs_the_splits(tmp_path, capsys):
+    assert main(["bench", "--cells", "--params", str(ROOT / "params.yaml"), "--splits", str(tmp_path / "none"),
+                 "--out", str(tmp_path / "b.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--cells trains real cells on replicate 0" in err and len(err.splitlines()) == 1

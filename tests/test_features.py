@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from finalbn import features
 from finalbn.cell import run_cell, shares_body
@@ -107,3 +108,27 @@ def test_shared_cell_returns_the_whole_network(prepared):
     r = run_cell(load(), "synthetic-apple", SPLITS)
     model = r.model
     assert model.bn_policy == "frozen-eval" and hasattr(model, "body") and model.final_bn is not None
+
+
+@pytest.mark.parametrize("flip_vertical, lighting", [(True, 0.2), (False, 0.5), (True, 0.0)])
+def test_batched_augmentation_gives_the_per_image_pipelines_draws_and_pixels(flip_vertical, lighting):
+    """DA's batched pass (`finalbn.augment`) against torchvision's per-image transforms it replaces:
+    the same generator state in, the same pixels and the same generator state out."""
+    from finalbn.augment import BatchAugment
+    from finalbn.config import AugmentConfig
+    from finalbn.data import augment_transform
+
+    aug = AugmentConfig(flip_vertical=flip_vertical, rotate=10.0, zoom=1.1, lighting=lighting)
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.avg_pool2d(torch.randint(0, 256, (300, 3, 40, 40), generator=g).float(), 3, 1, 1)
+    x = x.round().to(torch.uint8)  # smooth images: brightness and contrast land on every kind of value
+    per_image = augment_transform(aug)
+    torch.manual_seed(7)
+    want = torch.stack([per_image(img) for img in x])
+    after_want = torch.get_rng_state()
+    torch.manual_seed(7)
+    got = BatchAugment(aug)(x)
+    assert torch.equal(got, want) and torch.equal(torch.get_rng_state(), after_want)
+    assert not torch.equal(got, x)
+    with pytest.raises(ValueError, match="uint8"):
+        BatchAugment(aug)(x.float())

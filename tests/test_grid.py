@@ -14,6 +14,7 @@ import mlflow
 import pandas as pd
 import pytest
 
+from finalbn.cli import main
 from finalbn.stages import grid
 from finalbn.stages.grid.plan import UF_ON_COST
 from finalbn.config import ablation_from_id
@@ -148,7 +149,7 @@ def test_two_concurrent_shards_share_one_sqlite_store(prepared):
 
 
 @pytest.mark.slow
-def test_parent_runs_carry_mean_and_std_of_replicates(prepared):
+def test_parent_runs_carry_mean_and_std_of_replicates(prepared, capsys):
     load, overrides = prepared
     cfg = load(["grid.configs=[31]", "grid.replicates=2", "grid.headline.configs=[]", "train.epochs=1"])
     stats = grid.run_shard(cfg, SPLITS, log=lambda m: None)
@@ -165,6 +166,17 @@ def test_parent_runs_carry_mean_and_std_of_replicates(prepared):
     assert parent.data.metrics["test_f1_1_std"] == pytest.approx(abs(vals[0] - vals[1]) / 2)
     summary = grid.write_results(cfg, SPLITS, Path("results"))
     assert summary["finished"] == 2 and summary["missing"] == []
+    # grid cells draw no figures (tracking.cell_figures: train); `finalbn figures` draws them later
+    client, run_id = mlflow.MlflowClient(), children[0].info.run_id
+    assert client.list_artifacts(run_id, "plots") == []
+    assert main(["figures", "--params", str(ROOT / "params.yaml"), "--run-id", run_id]) == 0
+    assert {a.path for a in client.list_artifacts(run_id, "plots")} == {
+        f"plots/{n}.png" for n in ("loss_curves", "softmax_scatter", "reliability_last", "reliability_selected",
+                                   "confusion_matrix")}
+    assert main(["figures", "--params", str(ROOT / "params.yaml"), "--run-id", parent.info.run_id]) == 2  # a parent is not a cell: one line, nothing drawn
+    err = capsys.readouterr().err.strip()
+    assert "is not a finished cell run: it lacks history.csv" in err and len(err.splitlines()) == 1
+    assert client.list_artifacts(parent.info.run_id, "plots") == []
     # a changed result-relevant param gives new keys: nothing is skipped
     assert grid.run_shard(load(["grid.configs=[31]", "grid.replicates=1", "grid.headline.configs=[]",
                                 "train.epochs=2"]), SPLITS, log=lambda m: None)["ran"] == 1

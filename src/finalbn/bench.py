@@ -2,13 +2,14 @@
 
     finalbn bench                          # CPU: throughput, each lever before/after, grid shared vs not
     finalbn bench --device cuda            # + lite0 / resnet34 / vgg19_bn at 224 px, the paper's projection
+    finalbn bench --cells [--device cuda]  # instead: real cells of each kind, the studies projected (`bench_cells`)
 
 Sections (all written to `results/bench.json`):
   throughput  img/s per arch and image size, fp32 and bf16: evaluation, head-only training on
               cached features, UF-on training (body BN affine only), full fine-tuning.
   levers      each speed change of the grid measured against what it replaced, in this run:
               channels_last, process/thread layout, per-step host syncs, the selected-epoch copy,
-              large inference-mode evaluation batches, the decode cache.
+              large inference-mode evaluation batches, the decode cache, batched augmentation.
   grid        the default grid's UF-off cells with shared features vs `--no-share`, through the
               real grid code and a temporary MLflow store (reduced: replicate 0, the stated configs).
   projection  (with --device cuda) the paper's full study: 64 configs x 10 replicates x 3 crops per
@@ -32,8 +33,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from finalbn import data, features, io, tracking
-from finalbn.config import Config, ablation_from_id
+from finalbn import bench_cells, data, features, io, tracking
+from finalbn.augment import BatchAugment
+from finalbn.config import AugmentConfig, Config, ablation_from_id
 from finalbn.data import EVAL_BATCH
 from finalbn.engine import resolve_device
 from finalbn.errors import UsageError
@@ -150,7 +152,7 @@ class _Levers(list):
 
 
 def levers(arch: str, size: int, device: torch.device, manifest: Path | None, seconds: float = 1.5,
-           batch: int = 64) -> list[dict]:
+           batch: int = 64, augment: AugmentConfig | None = None) -> list[dict]:
     """Each change against what it replaced, measured here: (lever, before, after, unit, ratio)."""
     out = _Levers()
     y = torch.randint(0, 2, (batch,), device=device)
@@ -164,7 +166,20 @@ def levers(arch: str, size: int, device: torch.device, manifest: Path | None, se
     if manifest is not None and manifest.is_file():
         out.add("decode cache: read the split's tensors (was: decode its images)", *_decode_vs_cache(manifest, size),
                 "s per split", higher_is_better=False)
+    out.add("DA: one batched pass, per-image draws (was torchvision per image)", *_augment_rates(
+        augment or AugmentConfig(flip_vertical=True, rotate=10.0, zoom=1.1, lighting=0.2), size, device, batch, seconds),
+        "img/s")
     return list(out)
+
+
+def _augment_rates(aug: AugmentConfig, size: int, device: torch.device, batch: int,
+                   seconds: float) -> tuple[float, float]:
+    """Augmented images/s: torchvision's transforms image by image, and `augment.BatchAugment`
+    (the same draws and pixels) on the whole batch."""
+    x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
+    per_image, batched = data.augment_transform(aug), BatchAugment(aug)
+    return (rate(lambda: torch.stack([per_image(img) for img in x]), batch, device, seconds),
+            rate(lambda: batched(x), batch, device, seconds))
 
 
 def _training_levers(out: _Levers, arch: str, size: int, device: torch.device, y: torch.Tensor, seconds: float):
@@ -327,7 +342,8 @@ def run(cfg: Config, splits: Path, device: torch.device, archs: list[str], sizes
                     f"{row['head_on_features']:8.0f}  UF-on train {row['uf_on']:7.0f}  full fine-tune {row['full']:7.0f} img/s")
     ds = cfg.datasets[0]
     manifest = splits / ds.name / "0" / "manifest.csv"
-    result["levers"] = levers(archs[0], sizes[0], device, manifest if manifest.is_file() else None, seconds, batch)
+    result["levers"] = levers(archs[0], sizes[0], device, manifest if manifest.is_file() else None, seconds, batch,
+                              cfg.train.augment)
     for lv in result["levers"]:
         log(f"  lever: {lv['lever']}: {lv['before']:.3g} -> {lv['after']:.3g} {lv['unit']} ({lv['speedup']:.2f}x)")
     if with_grid:
@@ -364,8 +380,10 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)  # an unwritable output fails before any work
     cuda = device.type == "cuda"
-    archs = args.archs or (["efficientnet_lite0", "resnet34", "vgg19_bn"] if cuda else ["efficientnet_lite0", "resnet18"])
+    archs = args.archs or (["efficientnet_lite0", "resnet34", "vgg19_bn"] if cuda else
+                           [cfg.model.arch] if args.cells else ["efficientnet_lite0", "resnet18"])
     sizes = args.sizes or ([224] if cuda else [cfg.datasets[0].image_size])
+    args.archs = archs
     if any(s < 32 for s in sizes):
         raise UsageError(f"--sizes must be >= 32 (got {sizes})")
     for a in archs:
@@ -378,10 +396,31 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
         raise UsageError(f"--batch must be >= 2 (training batch norm needs two images; got {args.batch})")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    if args.cells:
+        return _cells(cfg, args, device, out)
     print(f"bench on {device} ({os.cpu_count()} CPUs): {', '.join(archs)} at {', '.join(map(str, sizes))} px", flush=True)
     result = run(cfg, Path(args.splits), device, archs, sizes, with_grid=not args.no_grid,
                  seconds=args.seconds, log=lambda m: print(m, flush=True), configs=args.grid_configs,
                  batch=args.batch)
+    io.write_json(out, result)
+    print(f"bench -> {out}")
+    return 0
+
+
+def _cells(cfg: Config, args: argparse.Namespace, device: torch.device, out: Path) -> int:
+    """`finalbn bench --cells` (`bench_cells`): one size, the archs asked for; results/bench.json."""
+    splits = Path(args.splits)
+    manifest = splits / cfg.datasets[0].name / "0" / "manifest.csv"
+    if not manifest.is_file():
+        raise UsageError(f"--cells trains real cells on replicate 0: {manifest} does not exist (run `finalbn prepare` "
+                         "or `dvc repro prepare` first)")
+    size = args.sizes[0] if args.sizes else (224 if device.type == "cuda" else cfg.datasets[0].image_size)
+    print(f"bench --cells on {device} ({os.cpu_count()} CPUs): {', '.join(args.archs)} at {size} px, "
+          f"{cfg.train.epochs} epochs", flush=True)
+    result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                          "device": str(device),
+                          "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
+              "cells": bench_cells.run(cfg, splits, device, args.archs, size, log=lambda m: print(m, flush=True))}
     io.write_json(out, result)
     print(f"bench -> {out}")
     return 0

@@ -82,10 +82,15 @@ def _later_stages(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=1.5, help="timing window per measurement (default 1.5)")
     p.add_argument("--batch", type=int, default=64, help="images per training/inference step measured (default 64)")
     p.add_argument("--no-grid", action="store_true", help="skip the grid's shared vs unshared comparison")
+    p.add_argument("--cells", action="store_true",
+                   help="instead: real cells of each kind through the grid's cell code, and the grid's and the "
+                        "paper's study projected from them (archs default: params' on CPU, lite0 resnet34 vgg19_bn on CUDA)")
     p.add_argument("--grid-configs", nargs="+", type=int, metavar="ID",
                    help="UF-off configs timed shared (the first two also unshared); default: the 16 with MX off")
     p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
     p.add_argument("--out", default="results/bench.json", help="output file (default results/bench.json)")
+    p = sub.add_parser("figures", parents=[common], help="draw cell runs' figures from what they logged")
+    p.add_argument("--run-id", nargs="+", required=True, metavar="ID", help="the cell runs to draw")
     p = sub.add_parser("report", parents=[common], help="the paper's tables and figures, from the tracking store")
     p.add_argument("--grid-csv", default="results/grid.csv",
                    help="the grid's results: which cells the report reads (default results/grid.csv)")
@@ -130,6 +135,7 @@ COMMANDS: dict[str, str] = {
     "report": "finalbn.stages.report",
     "export": "finalbn.stages.export",
     "bench": "finalbn.bench",
+    "figures": "finalbn.cellfigures",
 }
 
 

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from tqdm import tqdm
 
+from finalbn.augment import BatchAugment
 from finalbn.config import AugmentConfig
 from finalbn.images import load_rgb, unescape_name
 from finalbn.io import atomic_path
@@ -230,7 +231,7 @@ class TrainPlan:
         self._device = torch.device(self.device)
         self._images: torch.Tensor | None = None
         self._normalise = eval_transform(self.mean, self.std)
-        self._augment = augment_transform(self.augment) if self.augment is not None else None
+        self._augment = BatchAugment(self.augment) if self.augment is not None else None
 
     @property
     def varies(self) -> bool:
@@ -265,7 +266,7 @@ class TrainPlan:
                 # draws from it between batches).
                 with torch.random.fork_rng(devices=[]):
                     torch.set_rng_state(aug_state)
-                    x = torch.stack([self._augment(img) for img in x])
+                    x = self._augment(x)  # per-image draws, one batched pass (`finalbn.augment`)
                     aug_state = torch.get_rng_state()
             x = self._normalise(x)
             y = _to_device(labels[idx], self._device)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from finalbn.keys import result_key
 from finalbn.splits import split_dir
 from finalbn.tracking import records as tags_
 
-__all__ = ["VAL_PREDICTIONS", "cell_params", "cell_tags", "log_result", "track_cell"]
+__all__ = ["VAL_PREDICTIONS", "cell_figures", "cell_params", "cell_tags", "draws_figures", "log_result", "track_cell"]
 
 VAL_PREDICTIONS = "predictions/val_predictions.csv"  # path, label, p1_last: pooled by the export's decision rules
 
@@ -89,7 +90,7 @@ def track_cell(cfg: Config, dataset: str, splits_dir: Path, callbacks=(), progre
         run.log_params({k: v for k, v in cell_params(cfg, dataset).items() if k not in logged})
         result = run_cell(cfg, dataset, splits_dir, callbacks=[run.epoch_logger(), *callbacks], progress=progress,
                           replicate=replicate)
-        log_result(run, cfg, result)
+        log_result(run, cfg, result, figures=draws_figures(cfg, stage))
         manifest = split_dir(splits_dir, cfg.dataset(dataset).name, replicate) / "manifest.csv"
         run.log_dataset(manifest, f"{dataset} r{replicate}", result.manifest_sha256)
         if on_end is not None:
@@ -97,29 +98,35 @@ def track_cell(cfg: Config, dataset: str, splits_dir: Path, callbacks=(), progre
     return run.run_id, result
 
 
-def log_result(run: tracking.ActiveRun, cfg: Config, r: CellResult) -> None:
-    """Test metrics, tags that only exist after training, and every artifact of one cell."""
+def draws_figures(cfg: Config, stage: str) -> bool:
+    """Whether a cell run of `stage` draws its figures as it finishes (`tracking.cell_figures`)."""
+    return cfg.tracking.cell_figures == "all" or (cfg.tracking.cell_figures == "train" and stage == "train")
+
+
+def log_result(run: tracking.ActiveRun, cfg: Config, r: CellResult, figures: bool = True) -> None:
+    """Test metrics, tags that only exist after training, and every artifact of one cell: one call
+    each for the metrics, the tags and the files (a grid logs thousands of cells)."""
     run.set_tags({tags_.MANIFEST: r.manifest_sha256, tags_.BN_POLICY: r.bn_policy, tags_.DEVICE: r.device,
                   tags_.FEATURES: r.features, tags_.SELECTED_EPOCH: str(r.fit.selected_epoch),
                   "mlflow.note.content": describe(cfg, r)})  # the run page's Description
-    run.log_metrics({f"test_{k}": v for k, v in r.test_last.items()})
-    run.log_metrics({f"test_sel_{k}": v for k, v in r.test_sel.items()})
-    run.log_metrics({f"val_last_{k}": v for k, v in r.val_last.items()})
     sel = r.fit.history[r.fit.selected_epoch - 1]
-    run.log_metrics({f"val_sel_{k[4:]}": v for k, v in sel.items() if k.startswith("val_")})
-    if r.temperature is not None:
-        run.log_metrics({"temperature": r.temperature})
-    run.log_metrics({"selected_epoch": r.fit.selected_epoch, "train_seconds": r.fit.train_seconds,
+    run.log_metrics({**{f"test_{k}": v for k, v in r.test_last.items()},
+                     **{f"test_sel_{k}": v for k, v in r.test_sel.items()},
+                     **{f"val_last_{k}": v for k, v in r.val_last.items()},
+                     **{f"val_sel_{k[4:]}": v for k, v in sel.items() if k.startswith("val_")},
+                     **({"temperature": r.temperature} if r.temperature is not None else {}),
+                     "selected_epoch": r.fit.selected_epoch, "train_seconds": r.fit.train_seconds,
                      "train_images_per_second": r.fit.train_images / max(r.fit.train_seconds, 1e-9)})
     if r.class_weights:
         run.log_params({f"class_weight_{i}": round(w, 6) for i, w in enumerate(r.class_weights)})
-    for name, fig in _figures(r).items():
-        run.log_figure(fig, f"plots/{name}")
-    run.log_text(_csv(r.predictions), "predictions/test_predictions.csv")
-    run.log_text(_csv(r.val_predictions), VAL_PREDICTIONS)
-    run.log_text(_csv(r.fit.history), "history.csv")
-    run.log_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), "config.yaml")
-    run.log_dict({"last": r.reliability_last, "selected": r.reliability_sel}, "reliability.json")
+    if figures:
+        for name, fig in cell_figures(r.fit.history, r.labels, r.probs_last, r.reliability_last, r.reliability_sel,
+                                      r.confusion_last, r.fit.selected_epoch, _title(r), r.test_last["ece"],
+                                      r.test_sel["ece"]).items():
+            run.log_figure(fig, f"plots/{name}")
+    run.log_files({"predictions/test_predictions.csv": _csv(r.predictions), VAL_PREDICTIONS: _csv(r.val_predictions),
+                   "history.csv": _csv(r.fit.history), "config.yaml": yaml.safe_dump(to_dict(cfg), sort_keys=False),
+                   "reliability.json": json.dumps({"last": r.reliability_last, "selected": r.reliability_sel}, indent=2)})
     if cfg.train.log_model:
         _log_model(r.model, cfg.dataset(r.dataset).image_size)
 
@@ -136,15 +143,23 @@ def describe(cfg: Config, r: CellResult) -> str:
             f"AUROC {t['auroc']:.3f}, ECE {t['ece']:.3f}.")
 
 
-def _figures(r: CellResult) -> dict:
-    title = f"{r.dataset} r{r.replicate} {r.config_name} (config {r.config_id})"
+def _title(r: CellResult) -> str:
+    return f"{r.dataset} r{r.replicate} {r.config_name} (config {r.config_id})"
+
+
+def cell_figures(history: list[dict], labels: np.ndarray, probs_last: np.ndarray, reliability_last: dict,
+                 reliability_sel: dict, confusion: list[list[int]], selected_epoch: int, title: str,
+                 ece_last: float, ece_sel: float) -> dict:
+    """A cell's five figures by file name, from what its run logs (`finalbn figures` draws them
+    again from the run's artifacts): loss curves, softmax scatter (paper Fig. 4), reliability at
+    the last and the selected epoch, confusion matrix. `probs_last`: (N, 2) softmax."""
     return {
-        "loss_curves.png": plots.loss_curves(r.fit.history, title),
-        "softmax_scatter.png": plots.softmax_scatter(r.labels, r.probs_last, f"{title}, last epoch"),
-        "reliability_last.png": plots.reliability_diagram(r.reliability_last, f"last epoch, ECE {r.test_last['ece']:.3f}"),
+        "loss_curves.png": plots.loss_curves(history, title),
+        "softmax_scatter.png": plots.softmax_scatter(labels, probs_last, f"{title}, last epoch"),
+        "reliability_last.png": plots.reliability_diagram(reliability_last, f"last epoch, ECE {ece_last:.3f}"),
         "reliability_selected.png": plots.reliability_diagram(
-            r.reliability_sel, f"selected epoch {r.fit.selected_epoch}, ECE {r.test_sel['ece']:.3f}"),
-        "confusion_matrix.png": plots.confusion_matrix_plot(r.confusion_last),
+            reliability_sel, f"selected epoch {selected_epoch}, ECE {ece_sel:.3f}"),
+        "confusion_matrix.png": plots.confusion_matrix_plot(confusion),
     }
 
 

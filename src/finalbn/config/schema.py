@@ -279,6 +279,7 @@ class ReportConfig:
 @dataclass(frozen=True, config=STRICT)
 class TrackingConfig:
     experiment: Str
+    cell_figures: Literal["all", "train", "none"]  # which cell runs draw their five figures
 
 
 Range = Optional[tuple[float, float]]  # [low, high]; null switches the dimension off

@@ -25,7 +25,7 @@ from finalbn.tracking.query import (
 )
 from finalbn.tracking.records import RunRecord, latest
 from finalbn.tracking.registry import ALIAS, REGISTERED_NAME, log_onnx_and_register, log_torch_model
-from finalbn.tracking.runs import ActiveRun, EpochLogger, cell_run, log_batch, mark_killed, set_tag
+from finalbn.tracking.runs import ActiveRun, EpochLogger, cell_run, log_batch, log_figure, mark_killed, set_tag
 from finalbn.tracking.store import (
     DEFAULT_URI,
     STAGES,
@@ -41,7 +41,7 @@ from finalbn.tracking.store import (
 __all__ = [
     "ALIAS", "DEFAULT_URI", "STAGES", "experiment_name", "experiment_names", "run_experiment", "REGISTERED_NAME", "ActiveRun", "EpochLogger", "RunRecord", "artifact_text",
     "cell_run", "detach_project_run", "download", "finish_parent", "finish_study_parent", "finished_cell_runs",
-    "get_run", "grid_parent", "latest", "log_batch", "log_ceiling", "log_onnx_and_register", "log_report",
+    "get_run", "grid_parent", "latest", "log_batch", "log_ceiling", "log_figure", "log_onnx_and_register", "log_report",
     "log_torch_model", "mark_killed", "metric_history", "open_parent", "quiet", "records", "runs_by_tag",
     "search", "set_tag", "setup", "study_parent", "tracking_uri",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -96,6 +97,16 @@ class ActiveRun:
     def log_dict(self, d: dict, path: str) -> None:
         mlflow.log_dict(d, path)
 
+    def log_files(self, files: Mapping[str, str]) -> None:
+        """Text artifacts by artifact path, written to one temporary folder and logged in one call
+        (one call per file costs a temporary folder and a store round trip each)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            for rel, text in files.items():
+                path = Path(tmp, rel)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text, encoding="utf-8")
+            mlflow.log_artifacts(tmp)
+
     def log_artifact(self, local: str, folder: str | None = None) -> None:
         mlflow.log_artifact(local, folder)
 
@@ -179,6 +190,12 @@ def log_params(run_id: str, params: Mapping[str, Any]) -> None:
 
 def log_dict(run_id: str, d: dict, path: str) -> None:
     client().log_dict(run_id, d, path)
+
+
+def log_figure(run_id: str, fig, path: str) -> None:
+    """A matplotlib figure as a PNG artifact of any run (open or ended); the figure is closed."""
+    client().log_figure(run_id, fig, path)
+    plt.close(fig)
 
 
 def log_artifacts(run_id: str, local_dir: str, folder: str | None = None) -> None:
