@@ -88,8 +88,12 @@ def track_cell(cfg: Config, dataset: str, splits_dir: Path, callbacks=(), progre
         # to change a logged param, so those keys keep theirs.
         logged = run.logged_params()
         run.log_params({k: v for k, v in cell_params(cfg, dataset).items() if k not in logged})
-        result = run_cell(cfg, dataset, splits_dir, callbacks=[run.epoch_logger(), *callbacks], progress=progress,
-                          replicate=replicate)
+        epochs = run.epoch_logger()
+        try:
+            result = run_cell(cfg, dataset, splits_dir, callbacks=[epochs, *callbacks], progress=progress,
+                              replicate=replicate)
+        finally:  # a failed or interrupted cell keeps the epochs it trained
+            epochs.flush()
         log_result(run, cfg, result, figures=draws_figures(cfg, stage))
         manifest = split_dir(splits_dir, cfg.dataset(dataset).name, replicate) / "manifest.csv"
         run.log_dataset(manifest, f"{dataset} r{replicate}", result.manifest_sha256)
