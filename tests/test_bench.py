@@ -41,7 +41,9 @@ def test_bench_writes_every_section(prepared, tmp_path, capsys):
                                           (["--seconds", "0"], "--seconds must be > 0"),
                                           (["--grid-configs", "31", "29"], "UF-off configs in 0..63 (got [29])"),
                                           (["--grid-configs", "64"], "UF-off configs in 0..63 (got [64])"),
-                                          (["--batch", "1"], "--batch must be >= 2")])
+                                          (["--batch", "1"], "--batch must be >= 2")]
+                         + ([] if torch.cuda.is_available() else
+                            [(["--cells", "--device", "cuda"], "--device cuda but no CUDA device")]))
 def test_bad_input_is_one_line_exit_2(bad, message, tmp_path, capsys):
     assert main(["bench", "--params", str(ROOT / "params.yaml"), "--out", str(tmp_path / "b.json"), *bad]) == 2
     err = capsys.readouterr().err.strip()

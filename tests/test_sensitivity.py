@@ -37,6 +37,18 @@ def test_levels_mark_the_reference_and_draw_their_own_splits_only_for_imbalance(
     assert by[("single_logit", "one sigmoid logit")].overrides == ("model.single_logit=true",)
 
 
+def test_levels_side_by_side_share_the_cores(load, tmp_path, monkeypatch):
+    import argparse
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    args = argparse.Namespace(forward=["--params", str(PARAMS)])
+    lv = sensitivity.Level("batch_size", "16", ("train.batch_size=16",), False)
+    argv = sensitivity.level_command(args, load(["sensitivity.workers=2"]), lv, tmp_path, tmp_path / "out")
+    assert "train.threads=4" in argv  # two levels at once on 8 cores: 4 threads each, not 8
+    args.forward += ["--set", "train.threads=3"]  # the user's own setting is kept
+    argv = sensitivity.level_command(args, load(["sensitivity.workers=2", "train.threads=3"]), lv, tmp_path, tmp_path)
+    assert "train.threads=3" in argv and "train.threads=4" not in argv
+
+
 def test_the_learned_bias_balances_the_classes_by_hand():
     # scores with a known shift: the positives' logits are N(0,1), the negatives' N(-4,1); a
     # balanced likelihood puts the boundary between them, i.e. adds about +2

@@ -374,7 +374,10 @@ def run(cfg: Config, splits: Path, device: torch.device, archs: list[str], sizes
 def main(cfg: Config, args: argparse.Namespace) -> int:
     """`finalbn bench`: checks the arguments before any measurement, then results/bench.json."""
     tracking.detach_project_run()
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except RuntimeError as exc:  # --device cuda on a machine without one
+        raise UsageError(str(exc).replace("train.device=cuda", "--device cuda")) from None
     if args.seconds <= 0:
         raise UsageError(f"--seconds must be > 0 (got {args.seconds})")
     out = Path(args.out)

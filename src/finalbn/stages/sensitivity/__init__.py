@@ -124,6 +124,8 @@ def level_command(args: argparse.Namespace, cfg: Config, lv: Level, splits: Path
                                 replicates=lcfg.grid.max_replicates)
             except DataError as exc:
                 raise DataError(f"sensitivity {lv.factor} = {lv.level}: {exc}") from None
+    if not lcfg.train.threads:  # levels run side by side: each its share of the cores, not all of them
+        overrides = [*overrides, f"train.threads={workers.threads_per_worker(cfg.sensitivity.workers)}"]
     argv = [x for p in params for x in ("--params", p)] + [x for o in overrides for x in ("--set", o)]
     return ["grid", *argv, "--splits", str(where), "--results", str(folder), "--workers", "1", "--stage", "sensitivity"]
 
