@@ -78,7 +78,8 @@ def test_cells_mode_times_each_kind_and_projects_the_grid_and_the_paper(prepared
     assert all(v >= 0 for v in row["seconds"].values()) and row["seconds"]["uf_on"] > 0
     cfg = load(["model.arch=resnet18", "grid.archs=[resnet18]"])
     assert row["grid"]["cells"] == len(all_cells(cfg))
-    assert row["grid"]["wall_s"] == pytest.approx(row["grid"]["cell_seconds"] / cfg.grid.workers)
+    # the busiest of the grid's shards, dealt as `finalbn grid --workers` deals them
+    assert row["grid"]["cell_seconds"] / cfg.grid.workers <= row["grid"]["wall_s"] <= row["grid"]["cell_seconds"]
     # every cell is priced at its kind plus tracking; drawing every cell's figures costs more
     s = row["seconds"]
     assert row["grid"]["cell_seconds"] == pytest.approx(sum(n * (s[k] + s["tracking"])

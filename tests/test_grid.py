@@ -16,7 +16,7 @@ import pytest
 
 from finalbn.cli import main
 from finalbn.stages import grid
-from finalbn.stages.grid.plan import UF_ON_COST
+from finalbn.stages.grid.plan import KIND_COST, cell_kinds
 from finalbn.config import ablation_from_id
 from finalbn.stages.grid.output import bn_means
 
@@ -50,10 +50,14 @@ def test_shards_cover_every_cell_exactly_once(load, n):
 
 def test_shards_are_balanced_by_cost(load):
     """UF-on configurations are dealt on their own, so two shards end together although one
-    family holds the headline and baseline cells: the estimated loads differ by at most one UF-on cell."""
+    family holds the headline and baseline cells: the estimated loads (each cell at its kind's
+    measured cost) differ by at most one UF-on cell."""
     cells = grid.all_cells(load())
-    loads = [sum(UF_ON_COST if c.family[2] else 1.0 for c in grid.shard_cells(cells, i, 2)) for i in range(2)]
-    assert abs(loads[0] - loads[1]) <= UF_ON_COST
+    kinds = cell_kinds(cells)
+    assert Counter(kinds.values()) == {"uf_on": 16, "uf_on_da": 16, "first": 10, "first_mx": 1, "first_da": 2,
+                                       "warm": 95}  # the plain family on 10 replicates; 3 others on replicate 0
+    loads = [sum(KIND_COST[kinds[c]] for c in grid.shard_cells(cells, i, 2)) for i in range(2)]
+    assert abs(loads[0] - loads[1]) <= KIND_COST["uf_on"]
 
 
 def test_baselines_are_cells_of_their_own(load, tmp_path):

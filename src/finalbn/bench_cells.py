@@ -21,7 +21,7 @@ of cell runs for real (`cell.run_cell`, replicate 0, the configured epochs and b
 Each cell of a plan is priced as its kind, plus `tracking`: UF-on with MX as uf_on, with DA as
 uf_on_da; a DA+MX family's first cell as first_da; an imbalance baseline as warm; with
 `train.share_features` off every UF-off cell as its family's first. Plans: this params' grid
-(its cells in the grid's share order, at `grid.workers` processes on CPU) and the paper's study
+(its cells dealt to `grid.workers` shards as the grid deals them, on CPU) and the paper's study
 (64 configurations x 10 replicates x 3 crops = 1,920 cells per arch, in one process). A projection
 is a sum of measured cells; it assumes processes do not slow each other beyond the threads each
 is given (on a GPU they share, so a GPU projection is for one process).
@@ -42,8 +42,8 @@ import torch
 
 from finalbn import features, workers
 from finalbn.cell import run_cell
-from finalbn.config import Config, ablation_from_id, configure
-from finalbn.stages.grid.plan import Cell, all_cells, share_order
+from finalbn.config import Config, configure
+from finalbn.stages.grid.plan import Cell, all_cells, cell_kinds, shard_cells
 from finalbn.tracked import track_cell
 
 # kind -> the paper configuration that stands for it (its cost does not depend on BN, WL or WD)
@@ -52,26 +52,10 @@ KINDS = (*SAMPLE, "tracking")
 PAPER_CELLS = {"configs": 64, "replicates": 10, "crops": 3}
 
 
-def cell_kind(config_id: int, first: bool, share: bool) -> str:
-    """The measured kind a cell is priced as (see the module docstring)."""
-    ab = ablation_from_id(config_id)
-    if ab.uf:
-        return "uf_on_da" if ab.da else "uf_on"
-    if share and not first:
-        return "warm"
-    return "first_da" if ab.da else "first_mx" if ab.mx else "first"
-
-
 def plan_kinds(cells: Iterable[Cell], share: bool) -> collections.Counter:
-    """How many cells of each kind a plan holds, in the grid's share order: the first cell of each
-    (family, replicate) computes the features, the others reuse them."""
-    seen: set[tuple] = set()
-    counts: collections.Counter = collections.Counter()
-    for c in share_order(list(cells)):
-        group = (c.family, c.replicate)
-        counts[cell_kind(c.config_id, group not in seen, share)] += 1
-        seen.add(group)
-    return counts
+    """How many cells of each kind a plan holds (`grid.plan.cell_kinds`: in the grid's share order,
+    the first cell of each (family, replicate) computes the features, the others reuse them)."""
+    return collections.Counter(cell_kinds(list(cells), share).values())
 
 
 def paper_cells(arch: str) -> list[Cell]:
@@ -81,13 +65,24 @@ def paper_cells(arch: str) -> list[Cell]:
             for r in range(p["replicates"])]
 
 
-def project(kinds: collections.Counter, seconds: dict[str, float], processes: int = 1) -> dict[str, Any]:
+def project(kinds: collections.Counter, seconds: dict[str, float], processes: int = 1,
+            wall_s: float | None = None) -> dict[str, Any]:
     """Seconds of a plan from measured cells: each cell at its kind's time plus tracking; the wall
-    time with `processes` processes that do not slow each other."""
+    time with `processes` processes that do not slow each other (`wall_s` when the caller knows
+    how the cells are dealt, else evenly)."""
     per_kind = {k: n * (seconds[k] + seconds.get("tracking", 0.0)) for k, n in sorted(kinds.items())}
     total = sum(per_kind.values())
     return {"cells": sum(kinds.values()), "kinds": dict(sorted(kinds.items())), "seconds_by_kind": per_kind,
-            "cell_seconds": total, "processes": processes, "wall_s": total / max(processes, 1)}
+            "cell_seconds": total, "processes": processes,
+            "wall_s": wall_s if wall_s is not None else total / max(processes, 1)}
+
+
+def shard_wall(cells: list[Cell], seconds: dict[str, float], processes: int, share: bool) -> float:
+    """The grid's wall time: its busiest shard, with the cells dealt as `finalbn grid --workers`
+    deals them (`grid.plan.shard_cells`)."""
+    kinds = cell_kinds(cells, share)
+    return max(sum(seconds[kinds[c]] + seconds.get("tracking", 0.0) for c in shard_cells(cells, i, processes, share))
+               for i in range(processes))
 
 
 def _weights(cfg: Config, arch: str) -> str:
@@ -171,9 +166,11 @@ def run(cfg: Config, splits: Path, device: torch.device, archs: list[str], size:
         grid_plan = [x for x in all_cells(c) if x.arch == arch]
         row = {"seconds": seconds, "paper": project(plan_kinds(paper_cells(arch), share), seconds)}
         if grid_plan:
-            row["grid"] = project(plan_kinds(grid_plan, share), seconds, processes)
             figures = dict(seconds, tracking=seconds["tracking_all_figures"])
-            row["grid_all_figures"] = project(plan_kinds(grid_plan, share), figures, processes)
+            row["grid"] = project(plan_kinds(grid_plan, share), seconds, processes, shard_wall(grid_plan, seconds,
+                                                                                               processes, share))
+            row["grid_all_figures"] = project(plan_kinds(grid_plan, share), figures, processes,
+                                              shard_wall(grid_plan, figures, processes, share))
         out["archs"][arch] = row
         log(_summary(arch, row, size, tc.epochs, threads))
     return out

@@ -25,7 +25,10 @@ from pathlib import Path
 from finalbn.config import Config, ablation_from_id, config_name, configure, parse_configs
 from finalbn.keys import result_key
 
-UF_ON_COST = 12.0  # a UF-on cell's time in UF-off (shared-features) cells, as measured on CPU (48 s vs 4 s)
+# A cell's time in warm-head cells, by kind (`cell_kind`), measured with `finalbn bench --cells` on CPU
+# (efficientnet_lite0, 64 px, one thread): UF on 98-100 s; the first cell of an augmented, a MixUp and the
+# plain family 47, 39 and 7.8 s; a head on features in memory 3.8 s with its tracking.
+KIND_COST = {"uf_on": 26.0, "uf_on_da": 26.0, "first_da": 12.0, "first_mx": 10.0, "first": 2.0, "warm": 1.0}
 
 
 @dataclass(frozen=True)
@@ -89,12 +92,36 @@ def _unit(cell: Cell) -> tuple:
     return cell.family if not cell.family[2] else (*cell.family, cell.config_id, cell.baseline)
 
 
-def shard_cells(cells: Sequence[Cell], index: int, count: int) -> list[Cell]:
-    """The cells of shard `index` of `count`: whole units, each to the least loaded shard, the
-    costliest first (ties by the unit's sorted order: every process computes the same deal)."""
+def cell_kind(config_id: int, first: bool, share: bool = True) -> str:
+    """What a cell costs, as a kind: uf_on / uf_on_da (the body trains), or with UF off the
+    first cell of its (family, replicate) — first / first_mx / first_da: the body's features of
+    the split, of each epoch's mixed, or augmented (and mixed) batches — or warm (the head alone
+    on features in memory); with sharing off every UF-off cell is a first."""
+    ab = ablation_from_id(config_id)
+    if ab.uf:
+        return "uf_on_da" if ab.da else "uf_on"
+    if share and not first:
+        return "warm"
+    return "first_da" if ab.da else "first_mx" if ab.mx else "first"
+
+
+def cell_kinds(cells: Sequence[Cell], share: bool = True) -> dict[Cell, str]:
+    """Each cell's kind, in the share order the shards run them in."""
+    seen: set[tuple] = set()
+    out = {}
+    for c in share_order(cells):
+        out[c] = cell_kind(c.config_id, (c.family, c.replicate) not in seen, share)
+        seen.add((c.family, c.replicate))
+    return out
+
+
+def shard_cells(cells: Sequence[Cell], index: int, count: int, share: bool = True) -> list[Cell]:
+    """The cells of shard `index` of `count`: whole units, each to the least loaded shard by the
+    cells' measured costs (`KIND_COST`), the costliest first (ties by the unit's sorted order:
+    every process computes the same deal)."""
     units: dict[tuple, float] = {}
-    for c in cells:
-        units[_unit(c)] = units.get(_unit(c), 0.0) + (UF_ON_COST if c.family[2] else 1.0)
+    for c, kind in cell_kinds(cells, share).items():
+        units[_unit(c)] = units.get(_unit(c), 0.0) + KIND_COST[kind]
     load, owner = [0.0] * count, {}
     for u in sorted(units, key=lambda u: (-units[u], repr(u))):
         i = min(range(count), key=lambda k: (load[k], k))

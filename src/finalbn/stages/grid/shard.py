@@ -42,7 +42,7 @@ def run_shard(cfg: Config, splits_dir: Path, index: int = 0, count: int = 1,
               log: Callable[[str], None] = print, stage: str = "grid") -> dict:
     """Run this shard's unfinished cells; returns {"ran", "skipped", "failed": [...], "seconds": {...}}."""
     tracking.setup(cfg, stage)
-    cells = share_order(shard_cells(all_cells(cfg), index, count))
+    cells = share_order(shard_cells(all_cells(cfg), index, count, cfg.train.share_features))
     existing = existing_cells(cfg)
     last = {cell.parent: i for i, cell in enumerate(cells)}  # a parent ends after its last cell
     where = several_places(cfg)
