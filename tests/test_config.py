@@ -59,7 +59,7 @@ def test_params_yaml_loads_with_the_papers_split(load):
     (["split.seed"], "is not key=value"),
     (["grid.replicates=0"], "'grid.replicates': Input should be greater than or equal to 1"),
     (["grid.headline.configs=[99]"], "99 is neither an id 0..63 nor a name"),
-    (["grid.seeds=[0, 1]"], "unknown key 'grid.seeds' (allowed: configs, replicates, headline, baselines, archs, workers)"),
+    (["grid.seeds=[0, 1]"], "unknown key 'grid.seeds' (allowed: configs, replicates, headline, baselines, archs, workers, executor)"),
     (["grid.baselines.methods=[smote]"], "grid.baselines.methods"),
     (["grid.baselines.methods=[focal, focal]"], "lists a method twice"),
     (["grid.baselines.config=99"], "grid.baselines.config: 99 is neither an id"),

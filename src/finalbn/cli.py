@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("grid", parents=[common], help="run the factorial grid of cells (resumable, shardable)")
     p.add_argument("--shard", metavar="I/N", help="run only shard I of N (0-based), e.g. 0/4; writes no results")
     p.add_argument("--workers", type=int, help="local shard processes (default grid.workers)")
+    p.add_argument("--executor", choices=("local", "ray"),
+                   help="local shard processes, or Ray tasks on $RAY_ADDRESS / a local Ray (default grid.executor)")
     p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
     p.add_argument("--results", default="results", help="where grid.csv/grid.json go (default results)")
     p.add_argument("--stage", choices=("grid", "sensitivity"), default="grid",
@@ -57,6 +59,8 @@ def _later_stages(sub, common: argparse.ArgumentParser) -> None:
     """search, export, bench, report: the stages after the grid, and the benchmark."""
     p = sub.add_parser("search", parents=[common], help="an Optuna study beyond the grid, scored on validation")
     p.add_argument("--workers", type=int, help="processes on the study (default search.workers)")
+    p.add_argument("--executor", choices=("local", "ray"),
+                   help="local processes, or search.workers Ray tasks (default search.executor)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one of --workers' processes
     p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
     p.add_argument("--out", default="results/search.json", help="summary file (default results/search.json)")

@@ -31,6 +31,7 @@ from finalbn.config.study import BASELINE_METHODS, FINAL_LAYERS, TOGGLES, Ablati
 
 # Literals spelled once: the study's tuples are the source of the allowed values.
 Toggle = Literal[TOGGLES]
+Executor = Literal["local", "ray"]  # how cells and trials fan out: local processes, or Ray tasks
 FinalLayer = Literal[FINAL_LAYERS]
 BaselineMethod = Literal[tuple(BASELINE_METHODS)]
 Loss = Literal["ce", "focal", "logit_adjusted", "class_balanced"]
@@ -220,6 +221,7 @@ class GridConfig:
     baselines: BaselinesConfig
     archs: Annotated[tuple[Str, ...], Field(min_length=1)]
     workers: Annotated[int, Strict(), Field(ge=1)]
+    executor: Executor = "local"  # local shard processes, or Ray tasks (`ray`)
 
     @model_validator(mode="after")
     def _known(self):
@@ -326,6 +328,20 @@ class SearchConfig:
     stale_after_s: Annotated[float, Field(ge=0.0)]  # a RUNNING trial older than this is a dead worker's
     sampler_seed: Seed
     space: SearchSpace
+    executor: Executor = "local"  # local worker processes, or Ray tasks (`ray`)
+    heartbeat_s: Annotated[int, Strict(), Field(ge=1)] = 60  # an RDB storage's heartbeat; dead after 3 missed
+
+
+@dataclass(frozen=True, config=STRICT)
+class RayConfig:
+    """The Ray executor (`--executor ray`): where the cluster is and what each task asks of it.
+    A task is one unit of grid cells (a family sharing features, or one UF-on configuration) or
+    one search worker."""
+
+    address: Optional[Str] = None  # null = $RAY_ADDRESS if set, else a Ray started on this machine for the run
+    num_cpus: Annotated[float, Field(gt=0.0)] = 1.0  # CPUs per task (its torch threads, rounded down)
+    num_gpus: Annotated[float, Field(ge=0.0)] = 0.0  # GPUs per task: 0.25 packs four tasks on a GPU
+    max_retries: Annotated[int, Strict(), Field(ge=0)] = 3  # a task whose worker died runs again
 
 
 @dataclass(frozen=True, config=STRICT)
@@ -344,6 +360,7 @@ class Config:
     sensitivity: SensitivityConfig
     tracking: TrackingConfig
     search: SearchConfig
+    ray: RayConfig = RayConfig()
 
     @model_validator(mode="after")
     def _unique_names(self):

@@ -26,6 +26,7 @@ CEILING = "finalbn.ceiling"
 REPORT = "finalbn.report"
 
 STAGE = "stage"  # on every run: the stage that made it (grid, search, ...; `store.STAGES`)
+WORKER = "finalbn.worker"  # on a cell run: host:pid of the process training it (a kill -9 test finds it there)
 DATASET_DIGEST = "dataset_digest"  # on a cell run: the digest of its MLflow dataset input (the split manifest)
 
 # what identifies a result

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import re
+import socket
 import tempfile
 import time
 import warnings
@@ -27,7 +29,7 @@ import pandas as pd
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-from finalbn.tracking.records import DATASET_DIGEST, KILLED, STAGE
+from finalbn.tracking.records import DATASET_DIGEST, KILLED, STAGE, WORKER
 from finalbn.tracking.store import client, current_stage
 
 MAX_PARAM_CHARS, MAX_TAG_CHARS = 6000, 5000
@@ -151,7 +153,7 @@ def cell_run(run_name: str, tags: dict[str, str], nested: bool = False, parent_r
     """A run that always ends: FINISHED, FAILED on an exception, KILLED on Ctrl-C / SystemExit or
     on an exception of `killed_on`. With `state_tag`, the tag of that name says complete /
     pruned / failed / killed (and `<state_tag>_reason` why)."""
-    tags = {STAGE: current_stage(), **tags}
+    tags = {STAGE: current_stage(), WORKER: f"{socket.gethostname()}:{os.getpid()}", **tags}
     if parent_run_id:
         tags = {**tags, "mlflow.parentRunId": parent_run_id}
     run = mlflow.start_run(run_name=run_name, tags=tags, nested=nested)

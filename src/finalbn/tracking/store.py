@@ -54,9 +54,11 @@ def client() -> mlflow.MlflowClient:
 
 def quiet() -> None:
     """MLflow's INFO lines (creating tables, a new experiment) drown the lines that matter; its
-    per-file artifact progress bars too."""
+    per-file artifact progress bars too, and with a tracking server a "View run ... at" line for
+    every run that ends (one per cell: the cell's own line says what it did)."""
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 quiet()  # in every process that tracks: the adapter is MLflow's only importer

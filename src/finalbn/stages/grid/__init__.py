@@ -3,6 +3,7 @@
     finalbn grid                    # every cell: grid.workers local shard processes
     finalbn grid --workers 1        # every cell, in this process
     finalbn grid --shard 3/8        # one deterministic eighth (a GPU, a Kubernetes Indexed Job, a Slurm array)
+    finalbn grid --executor ray     # every unit of cells a Ray task, on $RAY_ADDRESS or a local Ray
 
 Reads the splits and params; writes one MLflow run per cell (nested under a parent run per
 (dataset, arch, configuration) carrying the mean and std of its replicates), then
@@ -20,18 +21,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from finalbn import tracking, workers
+from finalbn import rayexec, tracking, workers
 from finalbn.cell import preflight
 from finalbn.config import Config, parse_configs
 from finalbn.data import load_splits
 from finalbn.errors import UsageError
 from finalbn.splits import split_dir
 from finalbn.stages.grid.output import write_results
-from finalbn.stages.grid.plan import Cell, all_cells, cell_config, cell_key, shard_cells, share_order
-from finalbn.stages.grid.shard import run_shard
+from finalbn.stages.grid.plan import Cell, all_cells, cell_config, cell_key, shard_cells, share_order, units
+from finalbn.stages.grid.shard import run_shard, run_unit
 
-__all__ = ["Cell", "all_cells", "cell_config", "cell_key", "main", "run_shard", "run_workers", "shard_cells",
-           "share_order", "write_results"]
+__all__ = ["Cell", "all_cells", "cell_config", "cell_key", "main", "run_ray", "run_shard", "run_workers",
+           "shard_cells", "share_order", "units", "write_results"]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -69,6 +70,19 @@ def run_workers(cfg: Config, argv_base: Sequence[str], count: int, stage: str = 
         env_of=lambda i: workers.gpu_env(i, os.environ))
 
 
+def run_ray(cfg: Config, splits: Path, cells: Sequence[Cell], stage: str = "grid") -> int:
+    """Every unit of `cells` (a family sharing features, or a UF-on configuration with its
+    replicates) as a Ray task (`finalbn.rayexec`), the costliest first; 1 when a unit failed."""
+    tracking.setup(cfg, stage)  # the store and experiment exist before any task touches them
+    tcfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=rayexec.task_threads(cfg.ray)))
+    todo = units(cells, cfg.train.share_features)
+    names = [f"[unit {i + 1}/{len(todo)}]" for i in range(len(todo))]
+    outcomes = rayexec.run_tasks(cfg.ray, run_unit, [(tcfg, splits.resolve(), u, n, stage) for u, n in zip(todo, names)],
+                                 names)
+    failed = [o for o in outcomes if isinstance(o, rayexec.TaskFailed) or o["failed"]]
+    return 1 if failed else 0
+
+
 def main(cfg: Config, args: argparse.Namespace) -> int:
     """`finalbn grid`: the cells (in shards), then results/grid.csv and grid.json."""
     tracking.detach_project_run()
@@ -83,11 +97,16 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
         return 1 if stats["failed"] else 0
     warm_decode_cache(cfg, splits)
     count = args.workers or cfg.grid.workers
+    executor = getattr(args, "executor", None) or cfg.grid.executor
+    if executor == "ray":
+        count = len(units(cells, cfg.train.share_features))
     print(f"grid: {len(cells)} cells ({len(cfg.datasets)} datasets x {len(cfg.grid.archs)} archs x "
           f"{len(parse_configs(cfg.grid.configs))} configs x {cfg.grid.replicates} replicate(s), headline "
           f"configs on {cfg.grid.headline.replicates}, {sum(1 for c in cells if c.baseline)} baseline cells), "
-          f"{count} worker(s)", flush=True)
-    if count > 1:
+          f"{count} {'Ray task(s)' if executor == 'ray' else 'worker(s)'}", flush=True)
+    if executor == "ray":
+        code = run_ray(cfg, splits, cells, args.stage)
+    elif count > 1:
         code = run_workers(cfg, args.forward, count, args.stage)
     else:
         stats = run_shard(cfg, splits, 0, 1, log=lambda m: print(m, flush=True), stage=args.stage)

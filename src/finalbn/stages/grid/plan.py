@@ -115,18 +115,30 @@ def cell_kinds(cells: Sequence[Cell], share: bool = True) -> dict[Cell, str]:
     return out
 
 
+def unit_costs(cells: Sequence[Cell], share: bool = True) -> dict[tuple, float]:
+    """Each unit's cost (its cells' `KIND_COST`s), the costliest first (ties by the unit's sorted
+    order: every process computes the same order)."""
+    costs: dict[tuple, float] = {}
+    for c, kind in cell_kinds(cells, share).items():
+        costs[_unit(c)] = costs.get(_unit(c), 0.0) + KIND_COST[kind]
+    return {u: costs[u] for u in sorted(costs, key=lambda u: (-costs[u], repr(u)))}
+
+
+def units(cells: Sequence[Cell], share: bool = True) -> list[list[Cell]]:
+    """The cells by unit, the costliest unit first: what the Ray executor submits as tasks (the
+    costliest start first, so the last to end is a cheap one)."""
+    return [[c for c in cells if _unit(c) == u] for u in unit_costs(cells, share)]
+
+
 def shard_cells(cells: Sequence[Cell], index: int, count: int, share: bool = True) -> list[Cell]:
     """The cells of shard `index` of `count`: whole units, each to the least loaded shard by the
-    cells' measured costs (`KIND_COST`), the costliest first (ties by the unit's sorted order:
-    every process computes the same deal)."""
-    units: dict[tuple, float] = {}
-    for c, kind in cell_kinds(cells, share).items():
-        units[_unit(c)] = units.get(_unit(c), 0.0) + KIND_COST[kind]
+    cells' measured costs (`KIND_COST`), the costliest first (every process computes the same deal)."""
+    costs = unit_costs(cells, share)
     load, owner = [0.0] * count, {}
-    for u in sorted(units, key=lambda u: (-units[u], repr(u))):
+    for u in costs:
         i = min(range(count), key=lambda k: (load[k], k))
         owner[u] = i
-        load[i] += units[u]
+        load[i] += costs[u]
     return [c for c in cells if owner[_unit(c)] == index]
 
 

@@ -1,6 +1,7 @@
-"""One shard of the grid: its unfinished cells, each a tracked run under its configuration's parent.
+"""One shard (or one unit) of the grid: its unfinished cells, each a tracked run under its parent.
 
     stats = run_shard(cfg, Path("data/splits"), index=0, count=2)   # {"ran", "skipped", "failed", ...}
+    stats = run_unit(cfg, Path("data/splits"), cells, "[unit 3/7]")  # a Ray task's cells
 
 Runs go to `stage`'s experiment (`grid`, or `sensitivity` for that stage's levels); a cell with a
 FINISHED run for its key in either is skipped (a sensitivity level's reference cells are the
@@ -41,8 +42,22 @@ def existing_cells(cfg: Config) -> dict[str, list[tracking.RunRecord]]:
 def run_shard(cfg: Config, splits_dir: Path, index: int = 0, count: int = 1,
               log: Callable[[str], None] = print, stage: str = "grid") -> dict:
     """Run this shard's unfinished cells; returns {"ran", "skipped", "failed": [...], "seconds": {...}}."""
+    cells = shard_cells(all_cells(cfg), index, count, cfg.train.share_features)
+    return run_cells(cfg, splits_dir, cells, f"[shard {index}/{count}]", log, stage)
+
+
+def run_unit(cfg: Config, splits_dir: Path, cells: list[Cell], label: str, stage: str = "grid") -> dict:
+    """One unit of cells (`plan.units`) as a Ray task runs it: `run_cells`, its lines printed."""
+    return run_cells(cfg, splits_dir, cells, label, lambda m: print(m, flush=True), stage)
+
+
+def run_cells(cfg: Config, splits_dir: Path, cells: list[Cell], label: str,
+              log: Callable[[str], None] = print, stage: str = "grid") -> dict:
+    """Run the unfinished ones of `cells` (whole parents: a shard's, or a unit's), in share order;
+    returns {"ran", "skipped", "failed": [...], "seconds": {...}}. Nobody else runs these cells
+    meanwhile: a RUNNING run of one of them is a dead process's."""
     tracking.setup(cfg, stage)
-    cells = share_order(shard_cells(all_cells(cfg), index, count, cfg.train.share_features))
+    cells = share_order(cells)
     existing = existing_cells(cfg)
     last = {cell.parent: i for i, cell in enumerate(cells)}  # a parent ends after its last cell
     where = several_places(cfg)
@@ -50,7 +65,6 @@ def run_shard(cfg: Config, splits_dir: Path, index: int = 0, count: int = 1,
                    "cells": {"uf_off": 0, "uf_on": 0}, "log": []}
     parents: dict[tuple, str | None] = {}  # Cell.parent -> parent run id, once created
     touched: set[tuple] = set()
-    shard = f"[shard {index}/{count}]"
     for done, cell in enumerate(cells, start=1):
         key = cell_key(cfg, cell, splits_dir)
         runs = existing.get(key, [])
@@ -58,13 +72,13 @@ def run_shard(cfg: Config, splits_dir: Path, index: int = 0, count: int = 1,
             stats["skipped"] += 1
         else:
             for r in runs:
-                if r.status == tags.RUNNING:  # its process died: this shard alone owns the cell
+                if r.status == tags.RUNNING:  # its process died: these cells are ours alone
                     tracking.mark_killed(r.run_id)
             if parents.get(cell.parent) is None:
                 parents[cell.parent] = tracking.grid_parent(
                     cfg, stage, cell.dataset, cell.arch, cell.config_id,
                     cell_key(cfg, cell, splits_dir, with_replicate=False), cell.parent_name(where), cell.baseline)
-            progress = f"{shard} cell {done}/{len(cells)} {cell.name}"
+            progress = f"{label} cell {done}/{len(cells)} {cell.name}"
             if _run_one(cfg, stage, cell, key, splits_dir, parents[cell.parent], stats, progress, log, where):
                 touched.add(cell.parent)
         if last[cell.parent] == done - 1:

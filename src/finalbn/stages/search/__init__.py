@@ -2,6 +2,7 @@
 
     finalbn search                    # search.n_trials trials in search.workers processes
     finalbn search --workers 1        # in this process
+    finalbn search --executor ray     # search.workers Ray tasks on $RAY_ADDRESS (or a local Ray)
 
 Reads the splits, params and results/grid.csv; writes the study (its journal,
 `search.storage`), one MLflow run per trial under the study's parent run, then the comparison's
@@ -17,6 +18,7 @@ best trial against the grid, tested), `summary` (search.json, plots).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 from collections.abc import Sequence
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import optuna
 
-from finalbn import io, tracking, workers
+from finalbn import io, rayexec, tracking, workers
 from finalbn.cell import preflight
 from finalbn.config import Config
 from finalbn.errors import UsageError
@@ -38,6 +40,7 @@ from finalbn.stages.search.study import (
     fail_stale,
     finished,
     open_study,
+    settle,
     start,
     storage,
     study_name,
@@ -46,7 +49,7 @@ from finalbn.stages.search.summary import finish, plots, summary
 
 __all__ = ["SWITCHES", "TIE_BREAK", "PruningCallback", "ReplicateMedianPruner", "TrialLog", "best_trial", "check", "compare", "directions",
            "fail_stale", "finish", "main", "make_objective", "multi_objective", "open_study", "optimize", "plots",
-           "run_workers", "start", "steps_per_replicate", "storage", "study_name", "suggest", "summary",
+           "run_ray", "run_workers", "settle", "start", "steps_per_replicate", "storage", "study_name", "suggest", "summary",
            "tested_replicates"]
 
 STUDY_RUN_ENV, WORKER_ENV = "FINALBN_STUDY_RUN", "FINALBN_WORKER"
@@ -58,6 +61,15 @@ def run_workers(argv_base: Sequence[str], count: int, parent_run_id: str) -> int
     return workers.run_commands(
         lambda i: ["search", *argv_base, "--worker", "--set", f"train.threads={threads}"], count,
         env_of=lambda i: {**os.environ, STUDY_RUN_ENV: parent_run_id, WORKER_ENV: str(i)})
+
+
+def run_ray(cfg: Config, splits: Path, count: int, parent_run_id: str) -> int:
+    """`count` Ray tasks, each study.optimize(n_jobs=1) on the study's storage (an RDB URL, or a
+    journal on a file system every node shares); 1 when one failed."""
+    tcfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=rayexec.task_threads(cfg.ray)))
+    outcomes = rayexec.run_tasks(cfg.ray, optimize, [(tcfg, splits.resolve(), parent_run_id, i) for i in range(count)],
+                                 [f"[search worker {i}]" for i in range(count)])
+    return 1 if any(isinstance(o, rayexec.TaskFailed) for o in outcomes) else 0
 
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
@@ -83,7 +95,14 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
           f"replicates 0..{cfg.selection.replicates - 1} ({len(study.trials)} in the study already), {procs} "
           f"worker(s), storage {cfg.search.storage}", flush=True)
     t0 = time.perf_counter()
-    code = run_workers(args.forward, procs, parent) if procs > 1 else (optimize(cfg, splits, parent) or 0)
+    if (getattr(args, "executor", None) or cfg.search.executor) == "ray":
+        code = run_ray(cfg, splits, procs, parent)
+    else:
+        code = run_workers(args.forward, procs, parent) if procs > 1 else (optimize(cfg, splits, parent) or 0)
+    retried = settle(cfg, open_study(cfg), log=lambda m: print(m, flush=True))
+    if retried:  # a killed worker's trials: failed on their missing heartbeats, retried here
+        print(f"search: trials {retried} lost their worker (no heartbeat): FAIL, retried in this process", flush=True)
+        optimize(cfg, splits, parent)
     seconds = time.perf_counter() - t0
     out = _finish(cfg, open_study(cfg), splits, parent, seconds, args, count)
     _print_outcome(cfg, out, args.out)

@@ -1,7 +1,7 @@
 """The Optuna study: its storage, name, pruner, directions, and the trials a dead worker left.
 
     study = open_study(cfg)            # created, or resumed by name
-    failed = fail_stale(study, 3600)   # RUNNING trials of a stopped worker -> FAIL
+    failed = fail_stale(cfg, study, 3600)   # RUNNING trials of a stopped worker -> FAIL
 
 Storage: a journal file (`JournalStorage(JournalFileBackend(path))`, safe for several processes
 on one machine; SQLite is not; a record a killed worker left torn is cut first, `journal`) or
@@ -10,16 +10,19 @@ defines it, so the same params resume it and a changed space starts a new one.
 """
 from __future__ import annotations
 
+import copy
 import datetime
 import hashlib
 import json
 import sys
+import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import optuna
 from optuna.storages import JournalStorage, RDBStorage
+from optuna.storages._heartbeat import is_heartbeat_enabled as _heartbeat_enabled  # not re-exported in 5.0
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
@@ -31,7 +34,8 @@ from finalbn.stages.search.space import check, multi_objective, steps_per_replic
 OBJECTIVES = {"val_auroc": ("auroc", "maximize"), "val_minority_f1": ("f1_1", "maximize"),
               "val_ap": ("ap", "maximize"), "val_balanced_loss": ("balanced_loss", "minimize")}
 # search.* keys that do not change what the study is: how long it runs and where
-_NOT_STUDY = {"n_trials", "workers", "stale_after_s", "storage", "study"}
+_NOT_STUDY = {"n_trials", "workers", "stale_after_s", "storage", "study", "executor", "heartbeat_s"}
+MISSED_HEARTBEATS = 3  # an RDB trial whose worker sent none for this many heartbeats is dead
 
 
 METRIC_NAMES = {"val_auroc": "validation AUROC (mean over replicates)",
@@ -55,15 +59,50 @@ def directions(cfg: Config) -> list[str]:
     return [OBJECTIVES[cfg.search.objective][1]]
 
 
+class RetryDeadWorker(optuna.storages.RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a trial whose worker stopped sending heartbeats (an RDB storage only),
+    once: its MLflow run in progress is marked KILLED, and the retry (a WAITING trial with the
+    same parameters; Optuna records `failed_trial` and `retry_history` in its system attributes)
+    says why in its `retry_reason` user attribute."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(max_retry=1)
+        self.cfg, self.grace_s = cfg, grace_s(cfg)
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        kill_runs(self.cfg, study, trial)
+        trial = copy.copy(trial)
+        trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if not k.startswith("mlflow_run_id")}
+        trial.user_attrs["retry_reason"] = (f"trial {trial.number}'s worker sent no heartbeat for {self.grace_s} s "
+                                            "(its process died): FAIL, retried")
+        super().__call__(study, trial)
+
+
+def kill_runs(cfg: Config, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Mark KILLED the MLflow runs a dead worker's trial left RUNNING: found by the trial's tags
+    (study, trial number), so a worker killed between creating a run and recording its id in
+    the trial leaves none behind (a trial's runs of finished replicates stay FINISHED)."""
+    running = tracking.search(tracking.experiment_name(cfg, "search"),
+                              f"tags.`{tracking.records.STUDY_NAME}` = '{study.study_name}' and "
+                              f"tags.`{tracking.records.TRIAL_NUMBER}` = '{trial.number}' and "
+                              f"attributes.status = '{tracking.records.RUNNING}'")
+    for run in running:
+        tracking.mark_killed(run.run_id)
+
+
+def grace_s(cfg: Config) -> int:
+    """How long an RDB trial may go without a heartbeat before it is a dead worker's."""
+    return MISSED_HEARTBEATS * cfg.search.heartbeat_s
+
+
 def storage(cfg: Config):
     """The study's storage: an RDB URL (with heartbeats) or a journal file (folders created)."""
     where = cfg.search.storage
     try:
         if "://" in where:
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(where, heartbeat_interval=60, grace_period=180,
-                              heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                                  max_retry=1))
+            return RDBStorage(where, heartbeat_interval=cfg.search.heartbeat_s, grace_period=grace_s(cfg),
+                              heartbeat_stale_trial_callback=RetryDeadWorker(cfg))
         path = Path(where)
         path.parent.mkdir(parents=True, exist_ok=True)
         note = mend_journal(path)  # a torn last record would make the study unreadable
@@ -158,7 +197,7 @@ def open_study(cfg: Config, worker: int = 0) -> optuna.Study:
     return study
 
 
-def fail_stale(study: optuna.Study, older_than_s: float, now: datetime.datetime | None = None) -> list[int]:
+def fail_stale(cfg: Config, study: optuna.Study, older_than_s: float, now: datetime.datetime | None = None) -> list[int]:
     """Mark FAIL the trials left RUNNING longer than `older_than_s` (a killed worker's: a journal
     has no heartbeat) and the MLflow run each was training KILLED; returns their numbers."""
     now = now or datetime.datetime.now()
@@ -168,12 +207,33 @@ def fail_stale(study: optuna.Study, older_than_s: float, now: datetime.datetime 
             continue
         study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "its worker stopped (RUNNING on restart)")
         study.tell(t.number, state=TrialState.FAIL)  # Optuna's FAQ recipe for a journal's zombie trials
-        # the run in progress: the last replicate's (a trial's runs of finished replicates stay FINISHED)
-        run_id = (t.user_attrs.get("mlflow_run_ids") or [t.user_attrs.get("mlflow_run_id")])[-1]
-        if run_id:
-            tracking.mark_killed(run_id)
+        kill_runs(cfg, study, t)
         failed.append(t.number)
     return failed
+
+
+def heartbeats(study: optuna.Study) -> bool:
+    """Whether the study's storage has heartbeats (an RDB storage opened by `storage`)."""
+    return _heartbeat_enabled(study._storage)
+
+
+def settle(cfg: Config, study: optuna.Study, log=print) -> list[int]:
+    """After every worker ended, with an RDB storage: the trials still RUNNING are a killed worker's
+    (or another machine's, with a fresh heartbeat). Wait out the grace period, fail the stale ones
+    (each retried once, `RetryDeadWorker`); returns their numbers. A journal has no heartbeat: none."""
+    if not heartbeats(study):
+        return []
+    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    if before:
+        log(f"search: trials {sorted(before)} still RUNNING after the workers ended: waiting up to {grace_s(cfg)} s "
+            "for their heartbeats")
+    deadline = time.monotonic() + grace_s(cfg) + cfg.search.heartbeat_s
+    while True:
+        optuna.storages.fail_stale_trials(study)
+        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) or time.monotonic() > deadline:
+            break
+        time.sleep(min(cfg.search.heartbeat_s, 5))
+    return sorted(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number in before)
 
 
 def finished(study: optuna.Study) -> int:
@@ -186,7 +246,13 @@ def start(cfg: Config) -> tuple[optuna.Study, str, list[int]]:
     the study's parent MLflow run."""
     check(cfg)
     study = open_study(cfg)
-    stale = fail_stale(study, cfg.search.stale_after_s)
+    if heartbeats(study):  # an RDB storage: a dead worker's trial is one without a recent heartbeat
+        running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        optuna.storages.fail_stale_trials(study)
+        stale = sorted(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                       if t.number in running)
+    else:
+        stale = fail_stale(cfg, study, cfg.search.stale_after_s)
     parent = tracking.study_parent(cfg, study.study_name, study.user_attrs.get("mlflow_run_id"))
     study.set_user_attr("mlflow_run_id", parent)
     return study, parent, stale
