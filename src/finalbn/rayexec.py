@@ -39,7 +39,8 @@ class TaskFailed:
 
 
 def _ray():
-    try:  # only with --executor ray: an optional dependency (finalbn[cluster]), ~2 s of imports
+    try:
+        # only with --executor ray: an optional dependency (finalbn[cluster]), ~2 s of imports
         import ray
     except ImportError:
         raise UsageError("the Ray executor needs ray: pip install 'finalbn[cluster]' (or ray>=2.40)") from None
