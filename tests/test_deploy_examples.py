@@ -68,3 +68,48 @@ def test_share_order_keeps_share_groups_together(load):
             assert k not in seen
             seen.add(k)
             prev = k
+
+
+def _sets(text: str) -> list[list[str]]:
+    """Each `finalbn grid|search --executor ray ...` command's --set overrides (quotes dropped)."""
+    out = []
+    for cmd in re.findall(r"finalbn (?:grid|search) --executor ray[^&\n]*(?:\n\s+--set[^&\n]*)*", text):
+        out.append([s.strip('"') for s in re.findall(r'--set ("[^"]+"|\S+)', cmd)])
+    return out
+
+
+def _packs(sets: list[str], cpus: float) -> None:
+    """Tasks asking ray.num_gpus of a GPU and ray.num_cpus CPUs: as many as fit on one GPU find
+    their CPUs on the node."""
+    kv = dict(s.split("=", 1) for s in sets)
+    gpus, task_cpus = float(kv["ray.num_gpus"]), float(kv.get("ray.num_cpus", 1))
+    assert 0 < gpus <= 1 and round(1 / gpus) * task_cpus <= cpus
+
+
+def test_rayjob_runs_the_grid_and_search_as_ray_tasks_on_the_jobs_image(load):
+    job = yaml.safe_load((CLUSTER / "rayjob.yaml").read_text())
+    spec = job["spec"]
+    assert job["kind"] == "RayJob" and spec["shutdownAfterJobFinishes"] is True
+    image = yaml.safe_load((CLUSTER / "grid-job.yaml").read_text())["spec"]["template"]["spec"]["containers"][0]["image"]
+    cluster = spec["rayClusterSpec"]
+    pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    assert {c["image"] for p in pods for c in p["spec"]["containers"]} == {image}  # one image everywhere
+    grid_sets, search_sets = _sets(spec["entrypoint"])
+    for sets in (grid_sets, search_sets):
+        load([s for s in sets if "$" not in s])  # every override is a real params key with a valid value
+    worker = cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
+    _packs(grid_sets, float(worker["resources"]["requests"]["cpu"]))
+    assert any(e["name"] == "MLFLOW_TRACKING_URI" for e in worker["env"])
+
+
+def test_slurm_starts_a_ray_cluster_in_its_allocation(load):
+    text = (CLUSTER / "ray.sbatch").read_text()
+    assert "ray start --head" in text and 'ray start --address="${RAY_ADDRESS}"' in text
+    cpus = int(re.search(r"#SBATCH --cpus-per-task=(\d+)", text).group(1))
+    grid_sets, search_sets = _sets(text)
+    for sets in (grid_sets, search_sets):
+        load([s for s in sets if "$" not in s])
+    _packs(grid_sets, cpus)
+    dockerfile = (CLUSTER / "Dockerfile").read_text()
+    assert "'.[gpu,cluster]'" in dockerfile and "ray" in (ROOT / "pyproject.toml").read_text()

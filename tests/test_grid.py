@@ -16,7 +16,7 @@ import pytest
 
 from finalbn.cli import main
 from finalbn.stages import grid
-from finalbn.stages.grid.plan import KIND_COST, cell_kinds
+from finalbn.stages.grid.plan import KIND_COST, cell_kinds, unit_costs
 from finalbn.config import ablation_from_id
 from finalbn.stages.grid.output import bn_means
 
@@ -224,3 +224,17 @@ def test_bn_on_and_off_are_means_of_configuration_means():
                        "test_f1_1": [0.9] * 10 + [0.1] + [0.5, 0.3]})
     m = bn_means(df)
     assert m[1] == pytest.approx((0.9 + 0.1) / 2) and m[0] == pytest.approx(0.4)  # not (10 x 0.9 + 0.1) / 11
+
+
+def test_units_are_the_shards_building_blocks_costliest_first(load):
+    cells = grid.all_cells(load())
+    units = grid.units(cells)
+    assert sorted((c for u in units for c in u), key=repr) == sorted(cells, key=repr)  # every cell once
+    assert len(units) == 36  # 4 UF-off families and 32 UF-on configurations
+    for u in units:  # a unit is a UF-off family, or one UF-on configuration with its replicates
+        assert len({c.family for c in u}) == 1 and (not u[0].family[2] or len({c.config_id for c in u}) == 1)
+    costs = list(unit_costs(cells).values())
+    assert costs == sorted(costs, reverse=True)
+    for i in range(3):  # a shard is a union of whole units
+        shard = set(grid.shard_cells(cells, i, 3))
+        assert all(set(u) <= shard or not set(u) & shard for u in units)

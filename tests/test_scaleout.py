@@ -20,18 +20,20 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
+from finalbn import rayexec
 from finalbn.cli import main
+from finalbn.config import RayConfig
 
 from conftest import ROOT
 from servers import MlflowServer, Postgres, free_port, postgres_bin
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("scaleout")]  # one process starts the servers once
 
-GRID = ["grid.configs=[31, 63, 29, 61]", "grid.headline.configs=[]", "grid.replicates=2"]  # 3 units, 8 cells
+GRID = ["grid.configs=[31, 29]", "grid.headline.configs=[]", "grid.replicates=2"]  # 2 units (tasks), 4 cells
 SEARCH = ["search.space.switches=[bn, wl, wd]", "search.space.hidden=[16, 32]", "search.space.final=null",
           "search.space.final_bn_affine=null", "search.space.final_bias=null", "search.space.batch_size=null",
           "search.space.mixup_alpha=null", "search.space.final_bn_momentum=null", "search.space.label_smoothing=null",
-          "search.space.dropout_0=null", "search.space.dropout_1=null", "search.pruner=none", "search.n_trials=4",
+          "search.space.dropout_0=null", "search.space.dropout_1=null", "search.pruner=none", "search.n_trials=3",
           "selection.replicates=2", "search.workers=2",
           # trials here last seconds: a dead worker's trial is found after 3 missed heartbeats of 1 s
           # (the default, 60 s, suits trials of minutes)
@@ -53,9 +55,10 @@ def _cells(uri: str | None = None) -> list:
     return [r for r in _runs("finalbn/grid", uri) if r.data.tags.get("finalbn.cell") == "true"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def servers(tmp_path_factory):
-    """PostgreSQL, an MLflow server on it (artifacts served from a folder), and a Ray head."""
+    """PostgreSQL, an MLflow server on it (artifacts served from a folder), and a Ray head: once
+    per test process (the xdist group keeps this module's tests in one, whatever runs between)."""
     if postgres_bin() is None:
         pytest.skip("PostgreSQL is not installed (.ci/run installs Debian's postgresql)")
     tmp = tmp_path_factory.mktemp("servers")
@@ -108,7 +111,7 @@ def test_ray_grid_and_search_on_postgres_survive_kill_9(prepared, servers, monke
     monkeypatch.setenv("RAY_ADDRESS", servers["ray"])
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     storage = servers["pg"].database("optuna_kill")
-    grid = subprocess.Popen(_finalbn("grid", overrides + GRID + ["train.epochs=3"], "--executor", "ray"),
+    grid = subprocess.Popen(_finalbn("grid", overrides + GRID + ["train.epochs=2"], "--executor", "ray"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     search = subprocess.Popen(_finalbn("search", overrides + GRID + SEARCH + [f"search.storage={storage}"],
                                        "--executor", "ray", "--out", "search.json"),
@@ -123,28 +126,28 @@ def test_ray_grid_and_search_on_postgres_survive_kill_9(prepared, servers, monke
 
     runs = _cells(uri)
     finished = Counter(r.data.tags["cell_key"] for r in runs if r.info.status == "FINISHED")
-    assert len(finished) == 8 and set(finished.values()) == {1}  # one FINISHED run per cell, no duplicate
+    assert len(finished) == 4 and set(finished.values()) == {1}  # one FINISHED run per cell, no duplicate
     assert {r.info.run_id: r.info.status for r in runs}[killed_cell[1]] == "KILLED"
     everything = [r for e in ("finalbn/grid", "finalbn/search") for r in _runs(e, uri)]
     assert not [r.info.run_name for r in everything if r.info.status == "RUNNING"]
 
     study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
     states = Counter(t.state for t in study.trials)
-    assert states[TrialState.RUNNING] == 0 and states[TrialState.COMPLETE] == 4, states
+    assert states[TrialState.RUNNING] == 0 and states[TrialState.COMPLETE] == 3, states
     dead = [t for t in study.trials if t.state == TrialState.FAIL]
     retries = [t for t in study.trials if "failed_trial" in t.system_attrs]
     assert len(dead) == 1 and [t.system_attrs["failed_trial"] for t in retries] == [dead[0].number]
     assert retries[0].state == TrialState.COMPLETE and "no heartbeat" in retries[0].user_attrs["retry_reason"]
     assert retries[0].params == dead[0].params
     assert {r.info.run_id: r.info.status for r in _runs("finalbn/search", uri)}[killed_trial[1]] == "KILLED"
-    print(f"grid: killed worker {killed_cell[0]} in a cell; 8 cells, {len(runs)} runs, 8 FINISHED; search: "
+    print(f"grid: killed worker {killed_cell[0]} in a cell; 4 cells, {len(runs)} runs, 4 FINISHED; search: "
           f"killed worker {killed_trial[0]} in trial {dead[0].number}, retried as trial {retries[0].number}; {states}")
 
     # the same grid in this process, through the local executor, into its own store
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///local.db")
-    assert main(_finalbn("grid", overrides + GRID + ["train.epochs=3"], "--workers", "1")[3:]) == 0
+    assert main(_finalbn("grid", overrides + GRID + ["train.epochs=2"], "--workers", "1")[3:]) == 0
     local, ray = _metrics("sqlite:///local.db"), _metrics(uri)
-    assert len(local) == 8 and local.keys() == ray.keys()
+    assert len(local) == 4 and local.keys() == ray.keys()
     for key in local:
         assert ray[key] == pytest.approx(local[key], abs=1e-6), key
 
@@ -168,5 +171,18 @@ def test_grid_rides_out_a_tracking_server_outage(prepared, servers, monkeypatch)
     seen.append(grid.communicate(timeout=600)[0])
     assert grid.returncode == 0, "".join(seen)
     runs = [r for r in _runs("outage/grid") if r.data.tags.get("finalbn.cell") == "true"]
-    assert Counter(r.info.status for r in runs) == {"FINISHED": 8}
-    assert len(pd.read_csv("results/grid.csv")) == 8
+    assert Counter(r.info.status for r in runs) == {"FINISHED": 4}
+    assert len(pd.read_csv("results/grid.csv")) == 4
+
+
+def test_a_task_that_raises_comes_back_named_and_the_others_finish(servers, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", servers["ray"])
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    import ray  # the test's own driver on the module's Ray head
+
+    try:
+        out = rayexec.run_tasks(RayConfig(), int, [("12",), ("twelve",), ("7",)], ["a", "b", "c"])
+    finally:
+        ray.shutdown()
+    assert out[0] == 12 and out[2] == 7
+    assert out[1] == rayexec.TaskFailed("b", "ValueError: invalid literal for int() with base 10: 'twelve'")
