@@ -58,7 +58,7 @@ paper: install
 # The tests in as many processes as cores (at most 4; each test trains with one thread), handed
 # out one at a time, slow ones first (tests/conftest.py); the 15 slowest are listed at the end.
 test: install
-	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadgroup --maxschedchunk 1 --durations 15
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist load --maxschedchunk 1 --durations 15
 
 # The search's study in a browser (optuna-dashboard, installed into the project's venv on first use;
 # plain `pip` would install into the system Python): make dashboard [STORAGE=...] [PORT=8080]

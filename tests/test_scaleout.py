@@ -3,7 +3,9 @@ storage with heartbeats; kill -9 of a Ray worker in a cell and of a search worke
 grid tasks and two search workers writing to one PostgreSQL at once, a tracking-server outage.
 
 The servers (tests/servers.py) and a Ray head (`ray start --head`, the several-machines setup:
-the commands join it through RAY_ADDRESS) are started once for this module, on loopback only."""
+the commands join it through RAY_ADDRESS) start once, on loopback only, for one test that goes
+through every case in turn: starting them is a third of its time, and xdist would start them again
+in each process that ran a part."""
 from __future__ import annotations
 
 import os
@@ -21,13 +23,12 @@ import pytest
 from optuna.trial import TrialState
 
 from finalbn import rayexec
-from finalbn.cli import main
 from finalbn.config import RayConfig
 
 from conftest import ROOT
 from servers import MlflowServer, Postgres, free_port, postgres_bin
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("scaleout")]  # one process starts the servers once
+pytestmark = pytest.mark.slow
 
 GRID = ["grid.configs=[31, 29]", "grid.headline.configs=[]", "grid.replicates=2"]  # 2 units (tasks), 4 cells
 SEARCH = ["search.space.switches=[bn, wl, wd]", "search.space.hidden=[16, 32]", "search.space.final=null",
@@ -55,28 +56,26 @@ def _cells(uri: str | None = None) -> list:
     return [r for r in _runs("finalbn/grid", uri) if r.data.tags.get("finalbn.cell") == "true"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def servers(tmp_path_factory):
-    """PostgreSQL, an MLflow server on it (artifacts served from a folder), and a Ray head: once
-    per test process (the xdist group keeps this module's tests in one, whatever runs between)."""
+    """PostgreSQL, an MLflow server on it (artifacts served from a folder), and a Ray head of its
+    own (stopped by its process group: `ray stop` would stop every Ray on the machine)."""
     if postgres_bin() is None:
         pytest.skip("PostgreSQL is not installed (.ci/run installs Debian's postgresql)")
     tmp = tmp_path_factory.mktemp("servers")
-    ray = Path(sys.executable).with_name("ray")
     port = free_port()
-    with Postgres() as pg:
-        server = MlflowServer(pg.database("mlflow"), tmp / "artifacts", tmp / "mlflow-server.log")
-        # token authentication, as Ray 2.61 makes the default for every cluster: the head and each
-        # command that joins it have RAY_AUTH_MODE=token, and the token in ~/.ray/auth_token
-        head = subprocess.run([str(ray), "start", "--head", f"--port={port}", "--num-cpus=4", "--include-dashboard=false",
-                               "--disable-usage-stats"], capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "RAY_AUTH_MODE": "token"})
-        assert head.returncode == 0, head.stdout + head.stderr
-        try:
-            with server:
-                yield {"pg": pg, "mlflow": server, "ray": f"127.0.0.1:{port}"}
-        finally:
-            subprocess.run([str(ray), "stop", "--force"], capture_output=True, timeout=120)
+    # token authentication, as Ray 2.61 makes the default for every cluster: the head and each
+    # command that joins it have RAY_AUTH_MODE=token, and the token in ~/.ray/auth_token
+    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", f"--port={port}",
+                             "--num-cpus=4", "--include-dashboard=false", "--disable-usage-stats", "--block"],
+                            stdout=open(tmp / "ray-head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "RAY_AUTH_MODE": "token"})
+    try:
+        with Postgres() as pg, MlflowServer(pg.database("mlflow"), tmp / "artifacts", tmp / "mlflow-server.log") as server:
+            yield {"pg": pg, "mlflow": server, "ray": f"127.0.0.1:{port}"}
+    finally:  # a throwaway cluster: kill -9 at once (SIGTERM makes `ray start --block` stop it gently, ~30 s)
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait(timeout=60)
 
 
 def _kill_when_running(find, deadline_s: float) -> tuple[int, str]:
@@ -93,19 +92,29 @@ def _kill_when_running(find, deadline_s: float) -> tuple[int, str]:
     raise AssertionError("no RUNNING run to kill appeared")
 
 
-def _metrics(uri: str) -> dict[str, dict]:
+def _metrics(runs) -> dict[str, dict]:
     """Each FINISHED cell's metrics by cell key: what it computed (not how fast it ran)."""
     return {r.data.tags["cell_key"]: {k: v for k, v in r.data.metrics.items() if "second" not in k}
-            for r in _cells(uri) if r.info.status == "FINISHED"}
+            for r in runs if r.info.status == "FINISHED"}
 
 
-def test_ray_grid_and_search_on_postgres_survive_kill_9(prepared, servers, monkeypatch):
+def test_on_real_servers_kill_9_load_outage(prepared, servers, monkeypatch):
+    """The cases in turn, on one PostgreSQL, MLflow server and Ray head."""
+    _, overrides = prepared
+    ray = _kill_9_under_load(overrides, servers, monkeypatch)
+    local = _outage(overrides, servers, monkeypatch)
+    assert len(local) == 4 and local.keys() == ray.keys()  # the same cells through either executor ...
+    for key in local:  # ... compute the same (a killed and retried one included)
+        assert ray[key] == pytest.approx(local[key], abs=1e-6), key
+    _a_raising_task(servers, monkeypatch)
+
+
+def _kill_9_under_load(overrides, servers, monkeypatch) -> dict[str, dict]:
     """Two grid tasks and two search workers (Ray tasks on one Ray cluster) write to one
     PostgreSQL at once (MLflow server; Optuna RDB); one grid worker is killed inside a cell and
     one search worker inside a trial. Ray retries both tasks; the grid ends with one FINISHED run
-    per cell, nothing RUNNING, and every cell's metrics equal to the local executor's; the killed
-    trial is FAIL, retried, and the study has n_trials complete."""
-    _, overrides = prepared
+    per cell and nothing RUNNING; the killed trial is FAIL, retried, and the study has n_trials
+    complete. Returns the cells' metrics by key."""
     uri = servers["mlflow"].uri
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("RAY_ADDRESS", servers["ray"])
@@ -142,23 +151,16 @@ def test_ray_grid_and_search_on_postgres_survive_kill_9(prepared, servers, monke
     assert {r.info.run_id: r.info.status for r in _runs("finalbn/search", uri)}[killed_trial[1]] == "KILLED"
     print(f"grid: killed worker {killed_cell[0]} in a cell; 4 cells, {len(runs)} runs, 4 FINISHED; search: "
           f"killed worker {killed_trial[0]} in trial {dead[0].number}, retried as trial {retries[0].number}; {states}")
-
-    # the same grid in this process, through the local executor, into its own store
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///local.db")
-    assert main(_finalbn("grid", overrides + GRID + ["train.epochs=2"], "--workers", "1")[3:]) == 0
-    local, ray = _metrics("sqlite:///local.db"), _metrics(uri)
-    assert len(local) == 4 and local.keys() == ray.keys()
-    for key in local:
-        assert ray[key] == pytest.approx(local[key], abs=1e-6), key
+    return _metrics(runs)
 
 
-def test_grid_rides_out_a_tracking_server_outage(prepared, servers, monkeypatch):
-    """The tracking server is killed while the grid trains, and comes back a few seconds
-    later: MLflow's client retries its requests, every cell finishes, nothing is lost or RUNNING."""
-    _, overrides = prepared
+def _outage(overrides, servers, monkeypatch) -> dict[str, dict]:
+    """The same grid through the local executor, into another experiment of the same server; the
+    server is killed while it trains, and comes back a few seconds later: MLflow's client retries
+    its requests, every cell finishes, nothing is lost or RUNNING. Returns the cells' metrics."""
     server = servers["mlflow"]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
-    grid = subprocess.Popen(_finalbn("grid", overrides + GRID + ["train.epochs=1", "tracking.experiment=outage"],
+    grid = subprocess.Popen(_finalbn("grid", overrides + GRID + ["train.epochs=2", "tracking.experiment=outage"],
                                      "--workers", "1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
     for line in grid.stdout:
@@ -173,9 +175,11 @@ def test_grid_rides_out_a_tracking_server_outage(prepared, servers, monkeypatch)
     runs = [r for r in _runs("outage/grid") if r.data.tags.get("finalbn.cell") == "true"]
     assert Counter(r.info.status for r in runs) == {"FINISHED": 4}
     assert len(pd.read_csv("results/grid.csv")) == 4
+    return _metrics(runs)
 
 
-def test_a_task_that_raises_comes_back_named_and_the_others_finish(servers, monkeypatch):
+def _a_raising_task(servers, monkeypatch):
+    """A task that raises comes back as a TaskFailed naming it and why; the others finish."""
     monkeypatch.setenv("RAY_ADDRESS", servers["ray"])
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     import ray  # the test's own driver on the module's Ray head
