@@ -19,10 +19,19 @@ $(BIN)/python:
 unexport PYTHONDONTWRITEBYTECODE
 PIP := $(BIN)/pip install --quiet --no-compile
 
-$(VENV)/.installed: pyproject.toml deploy/field/pyproject.toml | $(BIN)/python
-	$(PIP) $(TORCH)
-	$(PIP) -e '.[cpu,test]'
-	$(PIP) -e deploy/field   # finalbn-field (onnxruntime comes with [cpu] above)
+# The install itself is uv's (`uv pip install`): the same packages from the same sources as pip
+# (tools/pip_sources.py hands it pip's configuration), in about 40 s instead of 3 min on our
+# 2-core machines (torch alone: 21 s instead of 62). Where uv cannot be installed, pip does it all.
+UV := $(BIN)/uv pip install --quiet --python $(BIN)/python $(shell $(PYTHON) tools/pip_sources.py 2>/dev/null)
+
+$(VENV)/.installed: pyproject.toml deploy/field/pyproject.toml tools/pip_sources.py | $(BIN)/python
+	@if $(PIP) 'uv>=0.5' 2>/dev/null; then \
+	    echo "$(UV) $(TORCH) && -e '.[cpu,test]' && -e deploy/field"; \
+	    $(UV) $(TORCH) && $(UV) -e '.[cpu,test]' && $(UV) -e deploy/field; \
+	else \
+	    echo "no uv here: pip installs"; \
+	    $(PIP) $(TORCH) && $(PIP) -e '.[cpu,test]' && $(PIP) -e deploy/field; \
+	fi   # finalbn-field: field inference (onnxruntime comes with [cpu])
 	touch $@
 
 install: $(VENV)/.installed
