@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,12 +15,14 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import optuna
+import psutil
 import pytest
 from optuna.trial import TrialState
 
 from finalbn import cell, tracked, tracking
 from finalbn.config import has_final_bn
 from finalbn.stages import search
+from finalbn.stages.search import liveness
 from finalbn.cli import main
 
 from conftest import ROOT
@@ -334,7 +337,7 @@ def test_test_labels_do_not_reach_the_objective(searching, tmp_path):
 @pytest.mark.slow
 def test_killed_study_keeps_its_trials_fails_the_killed_one_and_finishes(searching, tmp_path):
     load, overrides = searching
-    over = overrides + ["train.epochs=6", "search.stale_after_s=0"]
+    over = overrides + ["train.epochs=6"]  # the defaults a user has: liveness, not age, fails the killed trial
     env = {**os.environ}
     proc = subprocess.Popen([sys.executable, "-m", "finalbn", *_args(over)[0:1], *_args(over)[1:]],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -371,6 +374,24 @@ def test_killed_study_keeps_its_trials_fails_the_killed_one_and_finishes(searchi
     assert run.info.status == "KILLED"
     done = trials[killed[0]].user_attrs["mlflow_run_ids"][:-1]  # a finished replicate's run stays FINISHED
     assert all(mlflow.get_run(i).info.status == "FINISHED" for i in done)
+
+
+def test_a_restart_fails_a_dead_workers_trial_at_once_and_leaves_the_live_ones(searching):
+    load, _ = searching
+    cfg = load()  # the defaults: stale_after_s is an hour, and none of these trials is a second old
+    study = search.open_study(cfg)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead = {"host": socket.gethostname(), "pid": gone.pid, "started": psutil.Process(gone.pid).create_time()}
+    gone.wait()
+    trials = [study.ask() for _ in range(3)]
+    study._storage.set_trial_user_attr(trials[0]._trial_id, "worker", dead)
+    study._storage.set_trial_user_attr(trials[1]._trial_id, "worker", liveness.identity())  # a live worker
+    # trials[2] names no worker (an older finalbn's): younger than stale_after_s, left alone
+    _, _, failed = search.start(cfg)
+    assert failed == [trials[0].number]
+    after = search.open_study(cfg).trials
+    assert [t.state for t in after] == [TrialState.FAIL, TrialState.RUNNING, TrialState.RUNNING]
+    assert f"pid {gone.pid}" in after[0].user_attrs["fail_reason"] and "is gone" in after[0].user_attrs["fail_reason"]
 
 
 @pytest.mark.slow

@@ -325,7 +325,7 @@ class SearchConfig:
     pruner: Literal["median", "hyperband", "none"]
     pruner_startup_trials: Count
     pruner_warmup_epochs: Count
-    stale_after_s: Annotated[float, Field(ge=0.0)]  # a RUNNING trial older than this is a dead worker's
+    stale_after_s: Annotated[float, Field(ge=0.0)]  # a RUNNING trial naming no worker, older than this, is dead
     sampler_seed: Seed
     space: SearchSpace
     executor: Executor = "local"  # local worker processes, or Ray tasks (`ray`)

@@ -34,6 +34,7 @@ from finalbn.config import TOGGLES, Config, config_name
 from finalbn.engine import TrainingDiverged
 from finalbn.keys import result_key
 from finalbn.selection import TIE_BREAK
+from finalbn.stages.search.liveness import lease
 from finalbn.stages.search.space import multi_objective, steps_per_replicate, suggest
 from finalbn.stages.search.study import EPOCHS, OBJECTIVES, finished, open_study, study_name
 from finalbn.tracked import track_cell
@@ -101,10 +102,11 @@ def make_objective(cfg: Config, splits: Path, parent_run_id: str) -> Callable[[o
         trial.set_user_attr(EPOCHS, tcfg.train.epochs)  # where each replicate ends (the pruner decides there)
         per: list[dict[str, Any]] = []
         ids: list[str] = []
-        for r in range(k):  # the race: the next replicate only while the running mean is promising
-            run_id, result = _replicate(trial, cfg, tcfg, dataset, splits, parent_run_id, r, per, ids)
-            per.append(replicate_values(cfg, result, run_id, r))
-            _record(trial, per)
+        with lease(trial.study, trial, cfg.search.heartbeat_s):  # who runs it, renewed while it runs
+            for r in range(k):  # the race: the next replicate only while the running mean is promising
+                run_id, result = _replicate(trial, cfg, tcfg, dataset, splits, parent_run_id, r, per, ids)
+                per.append(replicate_values(cfg, result, run_id, r))
+                _record(trial, per)
         return objective_values(cfg, per)
 
     return objective

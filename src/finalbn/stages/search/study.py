@@ -29,6 +29,7 @@ from optuna.trial import TrialState
 from finalbn import tracking
 from finalbn.config import NOT_RESULT_PARAMS, Config, ConfigError, to_dict
 from finalbn.stages.search.journal import mend_journal
+from finalbn.stages.search.liveness import LEASE, WORKER, is_dead
 from finalbn.stages.search.space import check, multi_objective, steps_per_replicate
 
 OBJECTIVES = {"val_auroc": ("auroc", "maximize"), "val_minority_f1": ("f1_1", "maximize"),
@@ -72,7 +73,8 @@ class RetryDeadWorker(optuna.storages.RetryHeartbeatStaleTrialCallback):
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         kill_runs(self.cfg, study, trial)
         trial = copy.copy(trial)
-        trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if not k.startswith("mlflow_run_id")}
+        trial.user_attrs = {k: v for k, v in trial.user_attrs.items()  # the dead worker's, not the retry's
+                            if not k.startswith("mlflow_run_id") and k not in (WORKER, LEASE)}
         trial.user_attrs["retry_reason"] = (f"trial {trial.number}'s worker sent no heartbeat for {self.grace_s} s "
                                             "(its process died): FAIL, retried")
         super().__call__(study, trial)
@@ -198,14 +200,22 @@ def open_study(cfg: Config, worker: int = 0) -> optuna.Study:
 
 
 def fail_stale(cfg: Config, study: optuna.Study, older_than_s: float, now: datetime.datetime | None = None) -> list[int]:
-    """Mark FAIL the trials left RUNNING longer than `older_than_s` (a killed worker's: a journal
-    has no heartbeat) and the MLflow run each was training KILLED; returns their numbers."""
+    """Mark FAIL the RUNNING trials of a dead worker (`liveness.is_dead`: on this host its process
+    is gone, elsewhere its lease expired; a trial that names no worker when it is older than
+    `older_than_s`), with the reason, and the MLflow runs each was training KILLED; returns their
+    numbers. Trials of live workers are left alone."""
     now = now or datetime.datetime.now()
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.datetime_start is None or (now - t.datetime_start).total_seconds() < older_than_s:
+        dead = is_dead(t.user_attrs, now.timestamp())
+        if dead is None:  # written before trials named their worker: its age decides
+            dead = t.datetime_start is not None and (now - t.datetime_start).total_seconds() >= older_than_s
+        if not dead:
             continue
-        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "its worker stopped (RUNNING on restart)")
+        who = t.user_attrs.get(WORKER) or {}
+        reason = (f"its worker (pid {who.get('pid')} on {who.get('host')}) is gone" if who else
+                  f"RUNNING for over {older_than_s:g} s on restart, worker unknown")
+        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
         study.tell(t.number, state=TrialState.FAIL)  # Optuna's FAQ recipe for a journal's zombie trials
         kill_runs(cfg, study, t)
         failed.append(t.number)
