@@ -2,11 +2,8 @@
 parent runs with mean/std, and results/grid.csv."""
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -104,40 +101,6 @@ def _cell_runs():
 
 
 GRID4 = ["grid.configs=[31, 63, 15, 47]", "grid.headline.configs=[]", "grid.workers=1", "train.epochs=1"]
-
-
-@pytest.mark.slow
-def test_kill_9_then_rerun_leaves_one_finished_run_per_cell(prepared, capsys):
-    from finalbn.cli import main
-
-    _, overrides = prepared
-    cmd = _grid_cmd(overrides + GRID4)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen = []
-    for line in proc.stdout:  # kill right after the first cell finished, while the next one runs
-        seen.append(line)
-        if "cell 1/4" in line:
-            time.sleep(1.0)
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "".join(seen)
-    statuses = Counter(r.info.status for r in _cell_runs())
-    assert statuses["FINISHED"] >= 1 and statuses["FINISHED"] < 4
-
-    assert main(cmd[3:]) == 0  # the rerun (in this process: the kill above is what needs one)
-    rerun = capsys.readouterr().out
-    runs = _cell_runs()
-    finished = Counter(r.data.tags["cell_key"] for r in runs if r.info.status == "FINISHED")
-    assert len(finished) == 4 and set(finished.values()) == {1}
-    assert not [r for r in runs if r.info.status == "RUNNING"]
-    assert "grid: 4/4 cells finished" in rerun
-    rows = pd.read_csv("results/grid.csv")
-    assert sorted(rows.config_id) == [15, 31, 47, 63] and set(rows.run_id) == {r.info.run_id for r in runs if r.info.status == "FINISHED"}
-
-    assert main(cmd[3:]) == 0  # nothing left to do
-    assert " cell " not in capsys.readouterr().out
-    assert len(_cell_runs()) == len(runs)
 
 
 @pytest.mark.slow

@@ -45,3 +45,70 @@ def test_the_lease_is_renewed_while_the_trial_runs_and_stops_with_it():
     assert renewed > first
     time.sleep(0.2)
     assert study.trials[0].user_attrs[LEASE] == renewed  # no renewal after the block
+
+
+def _dead_process() -> dict:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    who = {"host": socket.gethostname(), "pid": proc.pid, "started": psutil.Process(proc.pid).create_time()}
+    proc.wait()
+    return who
+
+
+def test_a_dead_writers_temporary_is_swept_at_the_next_write_and_a_live_ones_kept(tmp_path):
+    from finalbn import io
+
+    dead, target = _dead_process(), tmp_path / "grid.csv"
+    stale = tmp_path / f".grid.csv.{dead['pid']}.0123abcd.tmp"  # a SIGKILL mid-write left it
+    stale.write_text("half")
+    live = tmp_path / f".grid.csv.{os.getppid()}.0123abcd.tmp"  # a live process is writing it
+    live.write_text("in progress")
+    other = tmp_path / f".report.md.{dead['pid']}.0123abcd.tmp"  # another file's: its own write sweeps it
+    other.write_text("half")
+    io.write_text(target, "a,b\n")
+    assert target.read_text() == "a,b\n" and not stale.exists() and live.exists() and other.exists()
+    with io.temporary_dir(tmp_path / "export") as tmp:  # a folder is swept the same way
+        (tmp / "model.onnx").write_bytes(b"x")
+        os.rename(tmp, tmp_path / f".export.{dead['pid']}.89abcdef.tmp")  # as a killed export leaves it
+        tmp.mkdir()
+    with io.temporary_dir(tmp_path / "export"):
+        assert not (tmp_path / f".export.{dead['pid']}.89abcdef.tmp").exists()
+
+
+def test_a_dead_processs_running_runs_are_killed_and_the_others_left(tmp_path, monkeypatch):
+    import mlflow
+
+    from finalbn.tracking import store
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = store.client()
+    exp = client.create_experiment("reap")
+    dead = _dead_process()
+    tags = {"dead": {"finalbn.worker": f"{dead['host']}:{dead['pid']}", "finalbn.worker_started": str(dead["started"])},
+            "live": store.worker_tags(),
+            "elsewhere": {"finalbn.worker": f"node-that-is-not-this-one:{os.getpid()}"},
+            "untagged": {}}  # not finalbn's (an `mlflow run` project run): never touched
+    ids = {name: client.create_run(exp, run_name=name, tags=t).info.run_id for name, t in tags.items()}
+    assert store.reap([exp]) == [ids["dead"]]
+    status = {name: client.get_run(i).info.status for name, i in ids.items()}
+    assert status == {"dead": "KILLED", "live": "RUNNING", "elsewhere": "RUNNING", "untagged": "RUNNING"}
+    assert store.reap([exp], own=True) == [ids["live"]]  # on Ctrl-C: this process's own, once closed
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+
+
+def test_a_fault_point_stops_on_its_nth_hit_and_costs_nothing_unset(tmp_path):
+    ready = tmp_path / "ready"
+    code = ("from finalbn import faults\n"
+            "faults.point('grid.cell'); print('first', flush=True)\n"
+            "faults.point('grid.between'); faults.point('grid.cell'); print('second', flush=True)\n")
+    env = {**os.environ, "FINALBN_FAULT": "grid.cell@2", "FINALBN_FAULT_READY": str(ready)}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ready.read_text().strip() == str(proc.pid)
+    time.sleep(0.3)
+    assert proc.poll() is None  # waiting there
+    proc.kill()
+    assert proc.communicate()[0] == "first\n"
+    env.pop("FINALBN_FAULT")
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout == "first\nsecond\n"

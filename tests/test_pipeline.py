@@ -1,4 +1,5 @@
-"""The DVC pipeline in a scratch project (git repo or plain folder): stages run, rerun nothing, re-run what changed.
+"""The DVC pipeline in a scratch project (git repo or plain folder): stages run, rerun nothing, re-run what changed;
+killed or interrupted anywhere, it resumes to the same outputs (tests/faulting.py).
 (That every stage's code deps are its import closure is checked in tests/test_structure.py.)"""
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import faulting
 from conftest import ROOT
 
 
@@ -124,7 +126,7 @@ def repo_without_git(tmp_path):
 
 
 @pytest.mark.slow
-def test_whole_pipeline_then_nothing_then_only_what_changed(repo, monkeypatch):
+def test_whole_pipeline_then_killed_anywhere_then_nothing_then_only_what_changed(repo, tmp_path_factory, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # MLflow's default store in the repo
     first = _repro(repo)
     for stage in ("synthesize", "prepare@synthetic-apple", "ceiling@synthetic-apple", "grid", "search", "sensitivity",
@@ -148,6 +150,12 @@ def test_whole_pipeline_then_nothing_then_only_what_changed(repo, monkeypatch):
     sens = json.loads((repo / "results" / "sensitivity" / "sensitivity.json").read_text())
     assert sens["factors"] == []
     _the_store_as_mlflow_users_expect(repo)
+    # the same pipeline in another project, killed (SIGKILL) or interrupted (Ctrl-C twice) in every
+    # stage and run again at once each time: the uninterrupted run above is its reference
+    faulted = _project(tmp_path_factory.mktemp("faulted"), git=True)
+    print("\n".join(faulting.stop_and_resume(faulted, _repro)))
+    faulting.assert_same_outputs(faulted, repo)
+    assert "Running stage" not in _repro(faulted)
     shown = _dvc(repo, "metrics", "show")  # the headline only: one short row per file
     assert "gain" in shown and "val_auroc" in shown and max(map(len, shown.splitlines())) <= 200, shown
     assert "Running stage" not in _repro(repo)

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -390,8 +391,11 @@ def test_a_restart_fails_a_dead_workers_trial_at_once_and_leaves_the_live_ones(s
     _, _, failed = search.start(cfg)
     assert failed == [trials[0].number]
     after = search.open_study(cfg).trials
-    assert [t.state for t in after] == [TrialState.FAIL, TrialState.RUNNING, TrialState.RUNNING]
+    assert [t.state for t in after] == [TrialState.FAIL, TrialState.RUNNING, TrialState.RUNNING, TrialState.WAITING]
     assert f"pid {gone.pid}" in after[0].user_attrs["fail_reason"] and "is gone" in after[0].user_attrs["fail_reason"]
+    # retried once with its parameters, saying why
+    assert after[3].system_attrs["failed_trial"] == trials[0].number and after[3].params == after[0].params
+    assert "is gone: FAIL, retried" in after[3].user_attrs["retry_reason"]
 
 
 @pytest.mark.slow
@@ -535,9 +539,46 @@ def test_ctrl_c_leaves_no_running_trial(searching):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130 and err.strip().endswith("finalbn search: interrupted"), err[-3000:]
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    (line,) = [ln for ln in err.splitlines() if "interrupted" in ln]  # one line, the parent's (not each worker's)
+    assert line.startswith("finalbn search: interrupted; kept ") and "closed" in line, err[-3000:]
     trials = search.open_study(cfg).trials
     assert trials and not [t for t in trials if t.state == TrialState.RUNNING]
+    stopped = {t.number for t in trials if t.state == TrialState.FAIL}  # each worker's trial in progress
+    assert stopped and all("stopped by Ctrl-C" in trials[n].user_attrs["fail_reason"] for n in stopped)
+    # each retried with its parameters when the search resumes
+    retries = [t for t in trials if t.state == TrialState.WAITING]
+    assert {t.system_attrs["failed_trial"] for t in retries} == stopped
+    assert all(t.params == trials[t.system_attrs["failed_trial"]].params for t in retries)
     runs = mlflow.search_runs(experiment_names=["finalbn/search"], output_format="list",
                               filter_string="tags.`finalbn.trial` = 'true'")
     assert "RUNNING" not in {r.info.status for r in runs}  # (the signal may land before the trial's run exists)
+
+
+def test_a_resumed_study_draws_what_an_uninterrupted_one_would():
+    """The sampler draws a trial's point from (seed, its place among the sampled trials): a study
+    whose first trial was stopped and retried with its parameters goes on with the same points, and
+    a new process does not draw the first points again (as a TPESampler(seed) per process would)."""
+    from finalbn.stages.search.sampler import TrialSeededSampler
+
+    def points(study, n):
+        out = []
+        for _ in range(n):
+            t = study.ask()
+            out.append(t.suggest_float("lr", 1e-4, 1e-1, log=True))
+            study.tell(t, 0.5)
+        return out
+
+    uninterrupted = points(optuna.create_study(sampler=TrialSeededSampler(0)), 4)
+    assert len(set(uninterrupted)) == 4
+    study = optuna.create_study(sampler=TrialSeededSampler(0))
+    first = study.ask()
+    first.suggest_float("lr", 1e-4, 1e-1, log=True)
+    study.tell(first, state=TrialState.FAIL)  # stopped, and retried as finalbn does (RetryDeadWorker's base)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)(study, study.trials[0])
+    resumed = optuna.load_study(study_name=study.study_name, storage=study._storage, sampler=TrialSeededSampler(0))
+    assert points(resumed, 2) == uninterrupted[:2]  # the retry (point 0), then point 1
+    again = optuna.load_study(study_name=study.study_name, storage=study._storage, sampler=TrialSeededSampler(0))
+    assert points(again, 2) == uninterrupted[2:]  # another process goes on with points 2, 3

@@ -3,13 +3,20 @@
     finalbn prepare --params params.yaml --set split.seed=3
     finalbn prepare --split.seed 3            # the form `mlflow run . -P split.seed=3` appends
 
-Config and data errors print one line and exit with status 2 before any work starts.
+Config and data errors print one line and exit with status 2 before any work starts. Ctrl-C
+(exit 130) closes what is open — runs KILLED, a trial FAIL, no half-written file — and says in one
+line what was kept; a second Ctrl-C meanwhile does not cut that short (kill -9 does: the next run
+of the same command cleans up after it). The same command then goes on from there.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
+import threading
+import time
 from typing import Callable
 
 from finalbn.config import Config, ConfigError, load_config
@@ -155,7 +162,51 @@ def forwarded(args: argparse.Namespace, overrides: list[str]) -> list[str]:
     return out + (["--splits", args.splits] if getattr(args, "splits", None) else [])
 
 
+CHILD = "FINALBN_CHILD"  # set in the worker processes of a stage (`workers.run_commands`): their parent speaks
+
+
+_signalled = {"sigint": False}
+
+
+def _interrupted(signum, frame) -> None:
+    """The first Ctrl-C: KeyboardInterrupt, as Python's own handler; later ones, while the runs
+    close and until the process exits, are ignored."""
+    _signalled["sigint"] = True
+    # SIG_IGN, not a Python function: Python puts its own handlers back to the default as it shuts
+    # down, and a second Ctrl-C landing then would kill the process by the signal (exit -2, not 130)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _kept(command: str, cfg: Config | None, started_ms: int) -> str:
+    """The one line Ctrl-C prints: what the interrupted command kept."""
+    head = f"finalbn {command}: interrupted"
+    tracking = sys.modules.get("finalbn.tracking")  # only a command that tracked has runs to speak of
+    if tracking is None or cfg is None:
+        return f"{head}; files already written are whole (each is replaced in one step); run it again to start over"
+    try:
+        n = tracking.after_interrupt(cfg, started_ms)
+    except Exception as exc:  # the store itself is out of reach: say so, keep the exit status
+        return f"{head}; the tracking store could not be read ({type(exc).__name__}); run it again to resume"
+    return (f"{head}; kept {n['FINISHED']} finished run(s) of this command, closed {n['KILLED']} KILLED "
+            f"({n['FAILED']} failed); files already written are whole. The same command resumes: what finished "
+            f"is found by its key, not trained again")
+
+
 def main(argv: list[str] | None = None) -> int:
+    main_thread = threading.current_thread() is threading.main_thread()  # only there can handlers change
+    before = signal.getsignal(signal.SIGINT)
+    if main_thread and before is signal.default_int_handler:  # not where SIGINT was ignored (nohup, a background job)
+        signal.signal(signal.SIGINT, _interrupted)
+    try:
+        return _main(argv)
+    finally:  # called in-process (tests): the caller's handler back, unless a Ctrl-C ends the process
+        if main_thread and not _signalled["sigint"]:
+            signal.signal(signal.SIGINT, before)
+
+
+def _main(argv: list[str] | None) -> int:
+    started_ms, cfg = int(time.time() * 1000), None
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     try:
@@ -172,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"finalbn {args.command}: failed: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # runs and trials were closed on the way out (KILLED / FAIL)
-        print(f"finalbn {args.command}: interrupted", file=sys.stderr)
+        line = _kept(args.command, cfg, started_ms)  # each process closes what it left open
+        if not os.environ.get(CHILD):
+            print(line, file=sys.stderr, flush=True)
         return 130
 
 

@@ -4,23 +4,30 @@
     write_json(path, {"auroc": 0.91})          # indent 2, one trailing newline
     with atomic_path(path) as tmp:             # anything that writes to a path (torch.save, PNG)
         torch.save(obj, tmp)
+    with temporary_dir(Path("models/export")) as tmp:   # a folder of files, moved into place by the caller
+        ...
 
 The content goes to a hidden temporary file beside `path` (same folder, so the rename never
 crosses a file system), which `os.replace` then moves over `path` in one step: a concurrent
 reader sees the old file or the whole new one, and a run killed half-way leaves `path` as it
-was. On an exception the temporary file is removed and the exception propagates.
+was. On an exception the temporary file is removed and the exception propagates. A process
+killed with SIGKILL cannot remove its temporary: the next write to the same path (or the next
+`temporary_dir` there) removes the ones whose process is gone (`sweep`).
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 TMP_SUFFIX = ".tmp"
+_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
 
 
 def temporary_name(path: Path) -> Path:
@@ -28,11 +35,35 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def sweep(path: Path) -> list[Path]:
+    """Remove the temporaries of `path` (`temporary_name`) that a process now gone left beside it
+    (a SIGKILL mid-write); returns them. A live process's are left alone."""
+    gone = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in path.parent.iterdir():
+            m = _TMP.match(entry.name)
+            if m and m["name"] == path.name and int(m["pid"]) != os.getpid() and not _alive(int(m["pid"])):
+                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+                gone.append(entry)
+    return gone
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces `path` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    sweep(path)
     tmp = temporary_name(path)
     try:
         yield tmp
@@ -40,6 +71,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def temporary_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """A hidden folder `temporary_name(path)` for files the caller moves into place; removed with
+    what is left in it when the block ends (a dead process's, at the next call)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sweep(path)
+    tmp = temporary_name(path)
+    tmp.mkdir()
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -57,3 +103,14 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, obj: Any, default: Any = None) -> None:
     """`obj` as indented JSON with a trailing newline (`default` as in `json.dumps`)."""
     write_text(path, json.dumps(obj, indent=2, default=default) + "\n")
+
+
+def write_csv(path: str | os.PathLike, table: Any, **to_csv: Any) -> None:
+    """A pandas DataFrame as CSV without its index (`to_csv`'s other options as given)."""
+    write_text(path, table.to_csv(index=False, **to_csv))
+
+
+def save_figure(fig: Any, path: str | os.PathLike, **savefig: Any) -> None:
+    """A matplotlib figure, in the format its file name's suffix says (`savefig`'s options as given)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", **savefig)

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from finalbn import plots  # noqa: F401  (selects the Agg backend before pyplot is imported)
+from finalbn.io import save_figure
 
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -64,7 +65,7 @@ def fig_factor(rows: pd.DataFrame, factor: str, path: Path) -> None:
     draw_factor(axes, rows, factor)
     fig.suptitle(f"sensitivity of final BN alone vs nothing (31 − 63) to the {TITLES.get(factor, factor)}",
                  fontsize="small")
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)
 
 
@@ -75,5 +76,5 @@ def fig_factors(rows: pd.DataFrame, path: Path) -> None:
     for ax_pair, factor in zip(axes, factors):
         draw_factor(ax_pair, rows[rows["factor"] == factor], factor)
     fig.suptitle("sensitivity of final BN alone vs nothing (31 − 63): one setting changed at a time", fontsize="small")
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)

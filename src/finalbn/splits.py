@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from finalbn import faults
 from finalbn.config import DatasetConfig, SplitConfig
 from finalbn.errors import DataError  # re-exported: raised here
 from finalbn.images import escape_name, unescape_name
@@ -229,6 +230,7 @@ def _write_split(ds: DatasetConfig, split: SplitConfig, out_root: Path, found: C
     # a failed run never leaves a half-written manifest under the final name
     write_text(out / "manifest.csv", manifest)
     write_text(out / "split.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    faults.point("prepare.replicate")
     return summary
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import yaml
 
-from finalbn import plots, tracking
+from finalbn import faults, plots, tracking
 from finalbn.cell import CellResult, run_cell
 from finalbn.config import TOGGLES, Config, cell_seed, config_id, config_name, flatten, to_dict
 from finalbn.keys import result_key
@@ -71,10 +71,12 @@ def track_cell(cfg: Config, dataset: str, splits_dir: Path, callbacks=(), progre
                parent_run_id: str | None = None, replicate: int = 0,
                killed_on: tuple[type[BaseException], ...] = (), state_tag: str | None = None,
                on_start: Callable[[str], None] | None = None,
-               on_end: Callable[[tracking.ActiveRun, CellResult], None] | None = None) -> tuple[str, CellResult]:
+               on_end: Callable[[tracking.ActiveRun, CellResult], None] | None = None,
+               fault: str = "") -> tuple[str, CellResult]:
     """One cell as one run in `stage`'s experiment (see the module docstring); `on_start(run_id)` is called once the run
     exists (a search trial records its run id), `on_end(run, result)` while it is still open (the
-    export saves its weights there). Raises what `run_cell` raises; the run then ends FAILED
+    export saves its weights there); its first epoch ends at the fault point `fault` (default
+    `<stage>.cell`, `finalbn.faults`). Raises what `run_cell` raises; the run then ends FAILED
     (KILLED on Ctrl-C or an exception of `killed_on`)."""
     tracking.setup(cfg, stage)
     tags = {**cell_tags(cfg, dataset, replicate), tags_.CONFIG_KEY: result_key(cfg, dataset, None, splits_dir),
@@ -90,7 +92,8 @@ def track_cell(cfg: Config, dataset: str, splits_dir: Path, callbacks=(), progre
         run.log_params({k: v for k, v in cell_params(cfg, dataset).items() if k not in logged})
         epochs = run.epoch_logger()
         try:
-            result = run_cell(cfg, dataset, splits_dir, callbacks=[epochs, *callbacks], progress=progress,
+            result = run_cell(cfg, dataset, splits_dir, callbacks=[epochs, *callbacks, _Point(fault or f"{stage}.cell")],
+                              progress=progress,
                               replicate=replicate)
         finally:  # a failed or interrupted cell keeps the epochs it trained
             epochs.flush()
@@ -100,6 +103,16 @@ def track_cell(cfg: Config, dataset: str, splits_dir: Path, callbacks=(), progre
         if on_end is not None:
             on_end(run, result)
     return run.run_id, result
+
+
+class _Point:
+    """An epoch callback at the fault point `<stage>.cell` (`finalbn.faults`)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        faults.point(self.name)
 
 
 def draws_figures(cfg: Config, stage: str) -> bool:

@@ -43,7 +43,7 @@ def run_commands(argv_of: Callable[[int], Sequence[str]], workers: int,
     """Start `workers` processes `python -m finalbn <argv_of(i)>` (environment `env_of(i)`, default
     this one), wait for all; returns the worst exit code."""
     procs = [subprocess.Popen([sys.executable, "-m", "finalbn", *argv_of(i)],
-                              env=dict(env_of(i)) if env_of else None)
+                              env={**(env_of(i) if env_of else os.environ), "FINALBN_CHILD": "1"})
              for i in range(workers)]
     try:
         codes = [p.wait() for p in procs]

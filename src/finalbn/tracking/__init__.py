@@ -29,6 +29,7 @@ from finalbn.tracking.runs import ActiveRun, EpochLogger, cell_run, log_batch, l
 from finalbn.tracking.store import (
     DEFAULT_URI,
     STAGES,
+    after_interrupt,
     detach_project_run,
     experiment_name,
     experiment_names,
@@ -39,7 +40,7 @@ from finalbn.tracking.store import (
 )
 
 __all__ = [
-    "ALIAS", "DEFAULT_URI", "STAGES", "experiment_name", "experiment_names", "run_experiment", "REGISTERED_NAME", "ActiveRun", "EpochLogger", "RunRecord", "artifact_text",
+    "ALIAS", "DEFAULT_URI", "after_interrupt", "STAGES", "experiment_name", "experiment_names", "run_experiment", "REGISTERED_NAME", "ActiveRun", "EpochLogger", "RunRecord", "artifact_text",
     "cell_run", "detach_project_run", "download", "finish_parent", "finish_study_parent", "finished_cell_runs",
     "get_run", "grid_parent", "latest", "log_batch", "log_ceiling", "log_figure", "log_onnx_and_register", "log_report",
     "log_torch_model", "mark_killed", "metric_history", "open_parent", "quiet", "records", "runs_by_tag",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from finalbn import faults
 from finalbn.config import Config
 from finalbn.tracking.records import ARCH, CEILING, DATASET, FAILED, FINISHED, REPORT
 from finalbn.tracking.runs import cell_run, create_run, end_run, log_artifacts, log_batch, metric_name, set_tag
@@ -22,6 +23,7 @@ def log_ceiling(cfg: Config, result: dict) -> str:
     tags = {CEILING: "true", DATASET: result["dataset"], ARCH: result["arch"]}
     with cell_run(f"ceiling {result['dataset']} {result['arch']}", tags) as run:
         run.log_params({k: result[k] for k in CEILING_PARAMS})
+        faults.point("ceiling.run")
         run.log_metrics({"ceiling_auroc": result["auroc"], "ceiling_auroc_std": result["auroc_std"]})
         run.log_dict(result, "ceiling.json")
         return run.run_id

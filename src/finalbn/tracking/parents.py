@@ -22,12 +22,13 @@ from finalbn.tracking.records import (
     CONFIG_NAME,
     DATASET,
     FINISHED,
+    KILLED,
     PARENT,
     PARENT_KEY,
     STUDY,
     toggle_tag,
 )
-from finalbn.tracking.runs import create_run, end_run, log_artifact, log_batch, log_dict, log_params, set_tag
+from finalbn.tracking.runs import create_run, end_run, log_artifact, log_batch, log_dict, log_params, reopen, set_tag
 from finalbn.tracking.store import experiment_name, setup
 
 PARENT_METRIC_PREFIXES = ("test_", "val_", "selected_epoch")
@@ -45,6 +46,8 @@ def grid_parent(cfg: Config, stage: str, dataset: str, arch: str, config_id: int
     named `name`: found by key, or created."""
     found = query.parent_run(experiment_name(cfg, stage), parent_key)
     if found:
+        if found.status == KILLED:  # a process interrupted while its cells ran: open again until they are done
+            reopen(found.run_id)
         return found.run_id
     ab = ablation_from_id(config_id)
     tags = {**{toggle_tag(t): str(getattr(ab, t)).lower() for t in TOGGLES}, CONFIG_ID: str(config_id),
@@ -75,6 +78,8 @@ def study_parent(cfg: Config, study: str, existing: str | None = None) -> str:
     if existing:
         run = query.get_run(existing)
         if run is not None and run.active:
+            if run.status == KILLED:  # an interrupted study, resumed
+                reopen(existing)
             return existing
     run_id = create_run(exp_id, f"study {study}", {STUDY: study})
     log_params(run_id, flatten({"search": to_dict(cfg.search)}))

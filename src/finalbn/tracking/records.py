@@ -26,7 +26,8 @@ CEILING = "finalbn.ceiling"
 REPORT = "finalbn.report"
 
 STAGE = "stage"  # on every run: the stage that made it (grid, search, ...; `store.STAGES`)
-WORKER = "finalbn.worker"  # on a cell run: host:pid of the process training it (a kill -9 test finds it there)
+WORKER = "finalbn.worker"  # on every run: host:pid of the process that made it (a kill -9 test finds it there)
+WORKER_STARTED = "finalbn.worker_started"  # and that process's start time (Unix s): a reused pid is told apart
 DATASET_DIGEST = "dataset_digest"  # on a cell run: the digest of its MLflow dataset input (the split manifest)
 
 # what identifies a result
@@ -49,6 +50,7 @@ STUDY_NAME, TRIAL_NUMBER, TRIAL_STATE, COMPARE_ARMS = "study", "trial", "trial_s
 EXPORT_SOURCE = "export_source"  # on a retraining: the run it rebuilds
 EXPORT_WEIGHTS = "export_weights"  # on a retraining: the artifact path of its state_dict
 MODEL_URI = "model_uri"
+ONNX_SHA256 = "onnx_sha256"  # on a registered version: its ONNX file's digest (one version per exported file)
 
 
 def toggle_tag(toggle: str) -> str:

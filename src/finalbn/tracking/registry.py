@@ -13,13 +13,15 @@ along as `extra_files/model.json` (so `mlflow artifacts download -u models:/fina
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import mlflow
 import numpy as np
 from mlflow.models import infer_signature
 
-from finalbn.tracking.records import MODEL_URI
+from finalbn import faults
+from finalbn.tracking.records import MODEL_URI, ONNX_SHA256
 from finalbn.tracking.store import client
 
 REGISTERED_NAME = "finalbn"
@@ -37,28 +39,42 @@ def log_onnx_and_register(run_id: str, onnx_path: Path, input_name: str, example
                           tags: dict[str, str], metadata: dict) -> dict:
     """`mlflow.onnx.log_model` on run `run_id` with a named input signature, the model card as an
     extra file and `metadata` in MLmodel; registered, described, tagged, alias `champion`; returns
-    {name, version, alias, model_uri, serve}."""
+    {name, version, alias, model_uri, serve}.
+
+    Once per model: a version of the same run whose tag `onnx_sha256` is this file's digest (an
+    export killed after registering it) is described and aliased again, not registered twice. The
+    run is written to by id, never reopened, so a kill here leaves it as it was (FINISHED)."""
     import mlflow.onnx  # here, not at the top: mlflow.onnx and onnx are the export's alone
     import onnx  # the ONNX file is loaded here only
 
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name="model",
+    c = client()
+    digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    if _registered(c):
+        c.update_registered_model(REGISTERED_NAME, description=MODEL_DESCRIPTION)
+    else:
+        c.create_registered_model(REGISTERED_NAME, description=MODEL_DESCRIPTION)
+    mv = _version_of(c, run_id, digest)
+    if mv is None:
+        info = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name="model", run_id=run_id,
                                      signature=infer_signature({input_name: example}, outputs),
                                      input_example={input_name: example},
                                      onnx_execution_providers=["CPUExecutionProvider"],
                                      pip_requirements=["onnxruntime", "numpy"], save_as_external_data=False,
                                      extra_files=[str(card_path)], metadata=metadata)
-        mlflow.log_artifact(str(card_path))
-    c = client()
-    if _registered(c):
-        c.update_registered_model(REGISTERED_NAME, description=MODEL_DESCRIPTION)
-    else:
-        c.create_registered_model(REGISTERED_NAME, description=MODEL_DESCRIPTION)
-    mv = mlflow.register_model(info.model_uri, REGISTERED_NAME, tags=tags)
+        c.log_artifact(run_id, str(card_path))
+        mv = mlflow.register_model(info.model_uri, REGISTERED_NAME, tags={**tags, ONNX_SHA256: digest})
+        faults.point("export.register")
     c.update_model_version(REGISTERED_NAME, mv.version, description=description)
     c.set_registered_model_alias(REGISTERED_NAME, ALIAS, mv.version)
-    return {"name": REGISTERED_NAME, "version": mv.version, "alias": ALIAS, "model_uri": info.model_uri,
+    return {"name": REGISTERED_NAME, "version": mv.version, "alias": ALIAS, "model_uri": mv.source,
             "serve": f"models:/{REGISTERED_NAME}@{ALIAS}"}
+
+
+def _version_of(c, run_id: str, digest: str):
+    """The registered version of run `run_id` whose ONNX file has `digest`, or None."""
+    found = [v for v in c.search_model_versions(f"name = '{REGISTERED_NAME}'")
+             if v.run_id == run_id and (v.tags or {}).get(ONNX_SHA256) == digest]
+    return min(found, key=lambda v: int(v.version)) if found else None
 
 
 def _registered(c) -> bool:

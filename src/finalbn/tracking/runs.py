@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import re
-import socket
 import tempfile
 import time
 import warnings
@@ -29,8 +27,8 @@ import pandas as pd
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-from finalbn.tracking.records import DATASET_DIGEST, KILLED, STAGE, WORKER
-from finalbn.tracking.store import client, current_stage
+from finalbn.tracking.records import DATASET_DIGEST, KILLED, STAGE
+from finalbn.tracking.store import client, current_stage, worker_tags
 
 MAX_PARAM_CHARS, MAX_TAG_CHARS = 6000, 5000
 
@@ -153,7 +151,7 @@ def cell_run(run_name: str, tags: dict[str, str], nested: bool = False, parent_r
     """A run that always ends: FINISHED, FAILED on an exception, KILLED on Ctrl-C / SystemExit or
     on an exception of `killed_on`. With `state_tag`, the tag of that name says complete /
     pruned / failed / killed (and `<state_tag>_reason` why)."""
-    tags = {STAGE: current_stage(), WORKER: f"{socket.gethostname()}:{os.getpid()}", **tags}
+    tags = {STAGE: current_stage(), **worker_tags(), **tags}
     if parent_run_id:
         tags = {**tags, "mlflow.parentRunId": parent_run_id}
     run = mlflow.start_run(run_name=run_name, tags=tags, nested=nested)
@@ -188,7 +186,13 @@ def mark_killed(run_id: str) -> None:
 
 def create_run(experiment_id: str, name: str, tags: Mapping[str, str]) -> str:
     """A run that stays open until `end_run`: a grid parent, a study, the report."""
-    return client().create_run(experiment_id, run_name=name, tags={STAGE: current_stage(), **tags}).info.run_id
+    return client().create_run(experiment_id, run_name=name,
+                               tags={STAGE: current_stage(), **worker_tags(), **tags}).info.run_id
+
+
+def reopen(run_id: str) -> None:
+    """RUNNING again: a parent whose children go on after an interruption ended it KILLED."""
+    client().update_run(run_id, status="RUNNING")
 
 
 def end_run(run_id: str, status: str) -> None:

@@ -8,6 +8,11 @@ Each stage's runs live in their own experiment, `<tracking.experiment>/<stage>` 
 MLflow's "group by" and charts never mix grid cells with search trials or the export's retraining;
 every run also carries the tag `stage`.
 
+A run a killed process left RUNNING never ends by itself: `setup` marks KILLED, once per process
+and experiment, every RUNNING run of the experiment whose process (tags `finalbn.worker`,
+`finalbn.worker_started`) is gone from this host (`reap`); a live process's runs, and runs made on
+other hosts, are left alone (the grid redoes those by key, the search by its trials' leases).
+
 MLflow's default store is `sqlite:///mlflow.db`; `MLFLOW_TRACKING_URI` (a server, PostgreSQL)
 replaces it. Under `mlflow run` the project's own run id is in `MLFLOW_RUN_ID`: `finalbn train`
 (one cell) logs into that run; every other command makes its own runs (`detach_project_run`).
@@ -16,11 +21,14 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import mlflow
 from filelock import FileLock
 
+from finalbn import liveness
 from finalbn.config import Config
+from finalbn.tracking.records import FAILED, FINISHED, KILLED, RUNNING, WORKER, WORKER_STARTED
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 # grid cells and parents; search trials, comparison runs and the study; the sensitivity stage's levels
@@ -77,6 +85,67 @@ def current_stage() -> str:
     return _stage["now"]
 
 
+def worker_tags() -> dict[str, str]:
+    """The tags that name this process on every run it makes."""
+    me = liveness.identity()
+    return {WORKER: f"{me['host']}:{me['pid']}", WORKER_STARTED: f"{me['started']:.3f}"}
+
+
+def _process(tags: dict[str, str]) -> dict | None:
+    host, _, pid = tags.get(WORKER, "").rpartition(":")
+    if not host or not pid.isdigit():
+        return None
+    started = tags.get(WORKER_STARTED)
+    return {"host": host, "pid": int(pid), **({"started": float(started)} if started else {})}
+
+
+def reap(experiment_ids: list[str], own: bool = False, since_ms: int = 0) -> list[str]:
+    """Mark KILLED the RUNNING runs of `experiment_ids` whose process is gone from this host (and,
+    with `own`, this process's: called on Ctrl-C once its runs were closed); only runs started at
+    or after `since_ms`. Returns their ids."""
+    c, me = client(), worker_tags()
+    ids = [i for i in experiment_ids if i]
+    if not ids:
+        return []
+    reaped, token = [], None
+    while True:
+        page = c.search_runs(ids, f"attributes.status = '{RUNNING}' and attributes.start_time >= {since_ms}",
+                             max_results=1000, page_token=token)
+        for run in page:
+            who = _process(run.data.tags)
+            mine = own and run.data.tags.get(WORKER) == me[WORKER]
+            if who is not None and (mine or liveness.gone(who)):
+                c.set_terminated(run.info.run_id, KILLED)
+                reaped.append(run.info.run_id)
+        token = page.token
+        if not token:
+            return reaped
+
+
+def after_interrupt(cfg: Config, since_ms: int) -> dict[str, int]:
+    """On Ctrl-C, once this process's runs were closed: mark KILLED what it (or a process of its
+    own that is gone) left RUNNING in the study's experiments, and count the runs since `since_ms`
+    by status: {"FINISHED": n, "KILLED": n, "FAILED": n}."""
+    c = client()
+    ids = [e.experiment_id for e in c.search_experiments()
+           if e.name == cfg.tracking.experiment or e.name.startswith(f"{cfg.tracking.experiment}/")]
+    reap(ids, own=True, since_ms=since_ms)
+    counts = {FINISHED: 0, KILLED: 0, FAILED: 0}
+    token = None
+    while ids:
+        page = c.search_runs(ids, f"attributes.start_time >= {since_ms}", max_results=1000, page_token=token)
+        for run in page:
+            if run.info.status in counts:
+                counts[run.info.status] += 1
+        token = page.token
+        if not token:
+            break
+    return counts
+
+
+_reaped: set[tuple[str, str]] = set()  # experiments this process has reaped (once each)
+
+
 def setup(cfg: Config, stage: str) -> str:
     """Point MLflow at the store and `stage`'s experiment (`experiment_name`); returns its id.
     Under `mlflow run` the project's run is the run, in the experiment `mlflow run` chose.
@@ -94,8 +163,17 @@ def setup(cfg: Config, stage: str) -> str:
         return exp_id
     if uri.startswith("sqlite:///"):
         with FileLock(uri[len("sqlite:///"):] + ".lock"):
-            return mlflow.set_experiment(name).experiment_id
-    return mlflow.set_experiment(name).experiment_id
+            exp_id = mlflow.set_experiment(name).experiment_id
+    else:
+        exp_id = mlflow.set_experiment(name).experiment_id
+    if (uri, exp_id) not in _reaped:
+        _reaped.add((uri, exp_id))
+        reap([exp_id])
+    return exp_id
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def run_experiment(run_id: str) -> str:

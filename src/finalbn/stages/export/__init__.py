@@ -18,12 +18,11 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from finalbn import io, tracking
+from finalbn import faults, io, tracking
 from finalbn.config import Config
 from finalbn.data import load_splits
 from finalbn.models import get_spec
@@ -82,10 +81,10 @@ def export(cfg: Config, splits: Path, out_dir: Path, run_id: str | None = None, 
     tensors = load_splits(split_dir(splits, src.dataset, src.replicate) / "manifest.csv", size)
     x = {s: preprocess(tensors[s].images, spec.mean, spec.std) for s in ("test", "val")}
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as tmp:
-        card, check = _build(src, Path(tmp), out_dir, size, spec, tensors, x, int8, log,
+    with io.temporary_dir(out_dir / "export") as tmp:  # a killed export's leftover is swept the next time
+        card, check = _build(src, tmp, out_dir, size, spec, tensors, x, int8, log,
                              selected, (val_labels, val_p1), cfg.selection.prevalences)
-        _promote(Path(tmp), out_dir, int8 and card["int8"]["kept"])
+        _promote(tmp, out_dir, int8 and card["int8"]["kept"])
     for bs, b in check["batches"].items():
         log(f"export: parity at batch {bs}: max |Δprob| {b['max_abs_diff_probs']:.2e}, labels identical "
             f"{b['labels_identical']} ({check['images']} test images)")
@@ -117,6 +116,7 @@ def _build(src: Source, tmp: Path, out_dir: Path, size: int, spec, tensors, x: d
     diffs = {k: abs(float(src.val.get(k, math.nan)) - float(src.source_val.get(k, math.nan)))
              for k in ("auroc", "f1_1")}
     info = export_onnx(src.model, size, tmp / "model.onnx")
+    faults.point("export.onnx")
     check = parity(src.model, tmp / "model.onnx", x["test"])
     check.update({"source_run_id": src.run_id, "model_run_id": src.model_run_id, "opset": info["opset"],
                   "retrained_vs_source_validation_abs_diff": diffs})

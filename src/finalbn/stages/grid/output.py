@@ -14,6 +14,7 @@ import pandas as pd
 
 from finalbn import io, selection
 from finalbn.config import TOGGLES, Config, ablation_from_id, config_name
+from finalbn.io import write_csv
 from finalbn.results import METRIC_COLUMNS, SEL_COLUMNS, VAL_COLUMNS, paper_cells, rank_configs, rounded
 from finalbn.stages.grid.plan import Cell, all_cells, cell_key
 from finalbn.stages.grid.shard import existing_cells
@@ -33,7 +34,7 @@ def write_results(cfg: Config, splits_dir: Path, out_dir: Path) -> dict:
         rows.append(_row(cell, latest(finished), key))
     out_dir.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows)
-    df.to_csv(out_dir / "grid.csv", index=False, float_format="%.6f")
+    write_csv(out_dir / "grid.csv", df, float_format="%.6f")
     summary = {"cells": len(rows) + len(missing), "finished": len(rows), "missing": missing}
     if rows:
         f1 = bn_means(df)

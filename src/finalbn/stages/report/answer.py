@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from finalbn.io import write_csv
 from finalbn.sensitivity_plots import fig_factors
 from finalbn.stages.report import figures
 from finalbn.stages.report import prevalence as prev
@@ -28,7 +29,7 @@ def at_prevalences(all_cells: pd.DataFrame, data: CellData, out: Path, prevalenc
     test set's own prevalence (from the first predictions found); notes."""
     pis = sorted(set(prevalences) | ({train_pi} if train_pi else set()), reverse=True)
     table, notes = prev.cell_table(all_cells, data.prediction, pis)
-    table.to_csv(out / "prevalence.csv", index=False)
+    write_csv(out / "prevalence.csv", table)
     test_pi = None
     for rid in all_cells["run_id"]:
         p = data.prediction(rid)
@@ -153,7 +154,7 @@ def calibration_section(page: Page, data: CellData, cells: pd.DataFrame, cal: pd
                  train_pi: float | None) -> pd.DataFrame:
     """calibration.csv, reliability.png, reliability_prior.png, the section; the rows pooled over
     (dataset, arch) ("all")."""
-    cal.to_csv(page.out / "calibration.csv", index=False)
+    write_csv(page.out / "calibration.csv", cal)
     b63, n63, notes63 = pooled_bins(data, cells, NONE_ID)
     b31, n31, notes31 = pooled_bins(data, cells, BN_ID)
     cal_all = cal[cal["scope"] == "all"]

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from finalbn import faults
+from finalbn.io import write_csv, write_text
 from finalbn.stages.report import baselines as imbalance
 from finalbn.stages.report import figures
 from finalbn.stages.report import prevalence as prev
@@ -69,7 +71,7 @@ def build_report(data: CellData, out_dir: Path, n_boot: int = 2000, seed: int = 
     out.mkdir(parents=True, exist_ok=True)
     page = Page(out, multi_arch=cells["arch"].nunique() > 1)
     notes_in = list(data.notes) + ([f"{dropped} duplicate row(s) of the same cell were left out"] if dropped else [])
-    cells.drop(columns=["start_time"], errors="ignore").to_csv(out / "cells.csv", index=False)
+    write_csv(out / "cells.csv", cells.drop(columns=["start_time"], errors="ignore"))
 
     ceilings = list(ceilings or [])
     ceiling_md = _ceiling(ceilings, out)  # the ceiling first: can the features see the cue at all?
@@ -99,10 +101,11 @@ def build_report(data: CellData, out_dir: Path, n_boot: int = 2000, seed: int = 
         lines[at:at] = sens_lines
     summary = headline_summary(cells, t1, eff, verdicts, ceilings, cal_all, page.multi_arch, k)
     _write_summary(out, summary, imb, search)
+    faults.point("report.write")
     write_headline(summary, prevalences, out / "headline.json")  # what `dvc metrics show` prints
     write_plot_data(cells, at_pi, out / "plots")  # what `dvc plots show/diff` draws
     header = _header(data.experiment, ceiling_md, verdicts, imb, cells, summary, notes_in)
-    (out / "report.md").write_text("\n".join(header + page.md).rstrip() + "\n", encoding="utf-8")
+    write_text(out / "report.md", "\n".join(header + page.md).rstrip() + "\n")
     return summary
 
 
@@ -126,8 +129,8 @@ def _effects(cells: pd.DataFrame, data: CellData, out: Path, n_boot: int, seed: 
     eff, verdicts, methods, setting = study_effects(cells, data.prediction, n_boot=n_boot, seed=seed,
                                                     prevalences=prevalences, test_pi=test_pi, train_pi=train_pi,
                                                     calibration=cal)
-    eff.to_csv(out / "effects.csv", index=False)
-    setting.to_csv(out / "by_setting.csv", index=False)
+    write_csv(out / "effects.csv", eff)
+    write_csv(out / "by_setting.csv", setting)
     if len(eff):
         figures.fig_effects(eff, out / "effects.png")
     else:
@@ -137,7 +140,7 @@ def _effects(cells: pd.DataFrame, data: CellData, out: Path, n_boot: int, seed: 
 
 def _ranking_vs_threshold(page: Page, cells: pd.DataFrame) -> None:
     base = baselines_table(cells)
-    base.to_csv(page.out / "baselines.csv", index=False)
+    write_csv(page.out / "baselines.csv", base)
     shown = base[["dataset", "arch", "config", "replicates", "f1_1", "f1_1_std", "f1_1_sel", "f1_1_prior_corrected",
                   "f1_1_validation_threshold", "auroc", "auroc_std", "ap", "balanced_accuracy", "val_auroc"]]
     page.section("Ranking vs threshold: the headline configurations",
@@ -155,7 +158,7 @@ def _ranking_vs_threshold(page: Page, cells: pd.DataFrame) -> None:
 def _imbalance_baselines(page: Page, all_cells: pd.DataFrame) -> pd.DataFrame:
     """The imbalance baselines against the final BN: imbalance.csv, imbalance.png, the section."""
     imb = imbalance.imbalance_table(all_cells)
-    imb.to_csv(page.out / "imbalance.csv", index=False)
+    write_csv(page.out / "imbalance.csv", imb)
     title = "The imbalance baselines against the final BN"
     if not len(imb):
         figures.placeholder(page.out / "imbalance.png", "no baseline cells: grid.baselines.methods is empty")
@@ -188,12 +191,12 @@ def _search(page: Page, search: dict | None) -> None:
     """The search beyond the grid: search.csv, search.png, the section."""
     title = "Beyond the grid: the Optuna search"
     if not search:
-        pd.DataFrame(columns=["configuration"]).to_csv(page.out / "search.csv", index=False)
+        write_csv(page.out / "search.csv", pd.DataFrame(columns=["configuration"]))
         figures.placeholder(page.out / "search.png", "no search: run `finalbn search`")
         page.section(title, "", ["no results/search.json: run `finalbn search`"])
         return
     st, sgroups, slines = search_section(search)
-    st.to_csv(page.out / "search.csv", index=False)
+    write_csv(page.out / "search.csv", st)
     if sgroups:
         figures.fig_methods(sgroups, page.out / "search.png",
                             "the Optuna search's best trial (chosen on validation) against the grid, test set; "
@@ -210,7 +213,7 @@ def _search(page: Page, search: dict | None) -> None:
 
 def _table1(page: Page, cells: pd.DataFrame) -> pd.DataFrame:
     t1 = table1(cells)
-    t1.to_csv(page.out / "table1.csv", index=False)
+    write_csv(page.out / "table1.csv", t1)
     page.section("Table I: test F1 without final BN, with WL (no BN), with final BN (no WL) — last epoch",
                  page.table(t1) if not t1.empty else "", [] if not t1.empty else ["no run of config 63, 47 or 31"])
     return t1
@@ -251,13 +254,13 @@ RANKING_NOTE = ("Ranked on the mean validation AUROC over replicates 0-{last} (t
 
 def _tables_2_3(page: Page, cells: pd.DataFrame, k: int) -> None:
     t2 = table2(cells, k=k)
-    t2.to_csv(page.out / "table2.csv", index=False)
+    write_csv(page.out / "table2.csv", t2)
     note = RANKING_NOTE.format(last=k - 1)
     page.section("Table II: top 3 configurations per dataset, ranked on validation AUROC (test values beside)",
                  (page.table(t2) + "\n\n" + note) if not t2.empty else "",
                  [] if not t2.empty else ["no configuration has a validation AUROC"])
     t3, t3_notes = table3(cells, k=k)
-    t3.to_csv(page.out / "table3.csv", index=False)
+    write_csv(page.out / "table3.csv", t3)
     page.section("Table III: top and bottom 3 configurations by validation AUROC averaged over datasets "
                  "(columns per dataset: test minority F1)",
                  (markdown_table(t3) + "\n\n" + note + "\n\n" + versus_paper_table3(cells)) if not t3.empty else "",
@@ -287,7 +290,7 @@ def versus_paper_table3(cells: pd.DataFrame) -> str:
 def _selection(page: Page, cells: pd.DataFrame, k: int, n_boot: int, seed: int) -> None:
     """Choosing a configuration over replicates: selection.csv and the section."""
     cand, lines = selection_table(cells, k, n_boot=n_boot, seed=seed)
-    cand.to_csv(page.out / "selection.csv", index=False)
+    write_csv(page.out / "selection.csv", cand)
     page.section(f"Choosing a configuration over {k} replicate{'s' if k != 1 else ''}",
                  "\n".join(f"- {line}" for line in lines)
                  + (("\n\n" + page.table(cand)) if len(cand) else "")
@@ -301,7 +304,7 @@ def _selection(page: Page, cells: pd.DataFrame, k: int, n_boot: int, seed: int) 
 def _table4_fig4(page: Page, data: CellData, cells: pd.DataFrame, seed: int) -> None:
     pred_pairs, pred_notes = prediction_pairs(data, cells)
     t4 = table4(pred_pairs, seed=seed)
-    t4.to_csv(page.out / "table4.csv", index=False)
+    write_csv(page.out / "table4.csv", t4)
     flips = flip_counts(pred_pairs)
     flip_text = "; ".join(
         f"{r['class']}: {r['flagged_only_with_final_bn']} of {r['images']} flagged only with final BN, "
@@ -325,7 +328,7 @@ def _table4_fig4(page: Page, data: CellData, cells: pd.DataFrame, seed: int) -> 
 
 def _fig3(page: Page, data: CellData, cells: pd.DataFrame) -> None:
     curves = loss_curve_table(data, cells)
-    curves.to_csv(page.out / "fig3_loss_curves.csv", index=False)
+    write_csv(page.out / "fig3_loss_curves.csv", curves)
     title = "Fig. 3: train / validation loss, mean ± std over replicates"
     if not curves.empty:
         figures.fig3(curves, page.out / "fig3_loss_curves.png")
@@ -347,7 +350,7 @@ def _write_summary(out: Path, summary: dict, imb: pd.DataFrame, search: dict | N
                                       | {arm: {k: search["comparison"][arm].get(k) for k in
                                                ("config_id", "mean", "best_trial_minus_test_f1_1")}
                                          for arm in ("bn_only_31", "grid_best") if arm in search["comparison"]})
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
 def _header(experiment: str, ceiling_md: str, verdicts: dict[str, list[str]], imb: pd.DataFrame,

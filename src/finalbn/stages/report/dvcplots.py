@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from finalbn.io import write_csv, write_text
 from finalbn.results import paper_cells
 
 BN_ID, NONE_ID = 31, 63
@@ -33,10 +34,10 @@ def write_plot_data(cells: pd.DataFrame, at_pi: pd.DataFrame, folder: Path) -> N
     first = paper[(paper["dataset"] == paper["dataset"].iloc[0]) & (paper["arch"] == paper["arch"].iloc[0])]
     per = (first.groupby(["config_id", "config_name", "bn"], as_index=False)[["test_f1_1", "test_auroc"]].mean()
            .sort_values("config_id"))
-    pd.DataFrame({"config": [f"{i:02d} {n}" for i, n in zip(per["config_id"], per["config_name"])],
-                  "final_bn": np.where(per["bn"].astype(bool), "on", "off"),
-                  "minority_f1": per["test_f1_1"].round(4), "auroc": per["test_auroc"].round(4)}
-                 ).to_csv(folder / "configs.csv", index=False)
+    write_csv(folder / "configs.csv", pd.DataFrame({
+        "config": [f"{i:02d} {n}" for i, n in zip(per["config_id"], per["config_name"])],
+        "final_bn": np.where(per["bn"].astype(bool), "on", "off"),
+        "minority_f1": per["test_f1_1"].round(4), "auroc": per["test_auroc"].round(4)}))
     rows = []
     if not at_pi.empty:
         last = at_pi[(at_pi["protocol"] == "last") & (at_pi["baseline"].fillna("") == "")
@@ -48,8 +49,8 @@ def write_plot_data(cells: pd.DataFrame, at_pi: pd.DataFrame, folder: Path) -> N
                 rows.append({"prevalence": round(float(pi), 4), "f1_bn_31": round(bn["f1_1"], 4),
                              "f1_none_63": round(none["f1_1"], 4), "gain": round(bn["f1_1"] - none["f1_1"], 4),
                              "ece_bn_31": round(bn["ece"], 4), "ece_none_63": round(none["ece"], 4)})
-    pd.DataFrame(rows, columns=["prevalence", "f1_bn_31", "f1_none_63", "gain", "ece_bn_31", "ece_none_63"]
-                 ).to_csv(folder / "prevalence.csv", index=False)
+    write_csv(folder / "prevalence.csv", pd.DataFrame(
+        rows, columns=["prevalence", "f1_bn_31", "f1_none_63", "gain", "ece_bn_31", "ece_none_63"]))
 
 
 def headline(summary: dict, prevalences) -> dict:
@@ -67,4 +68,4 @@ def headline(summary: dict, prevalences) -> dict:
 
 
 def write_headline(summary: dict, prevalences, path: Path) -> None:
-    path.write_text(json.dumps(headline(summary, prevalences), indent=2) + "\n", encoding="utf-8")
+    write_text(path, json.dumps(headline(summary, prevalences), indent=2) + "\n")

@@ -20,6 +20,7 @@ from finalbn import plots  # first: it selects the Agg backend before pyplot is 
 
 import matplotlib.pyplot as plt  # noqa: E402
 
+from finalbn.io import save_figure
 from finalbn.stages.report.tables import BN_ID, NONE_ID, WL_ID, bins_ece  # noqa: E402
 
 
@@ -27,7 +28,7 @@ def placeholder(path: Path, message: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 2))
     ax.axis("off")
     ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
-    fig.savefig(path, dpi=80)
+    save_figure(fig, path, dpi=80)
     plt.close(fig)
 
 
@@ -44,7 +45,7 @@ def fig_ceiling(ceilings: list[dict], path: Path, low: float) -> None:
     ax.set_xlim(0.4, 1.0)
     ax.set_xlabel("CV AUROC of a balanced linear probe\non the frozen body's pooled features")
     ax.legend(fontsize="small", loc="lower left")
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)
 
 
@@ -87,7 +88,7 @@ def fig_configs(cells: pd.DataFrame, path: Path) -> None:
             ax.grid(axis="x", alpha=0.3)
         axes[i][0].set_title(f"{ds} {arch}: red = final BN on; best validation AUROC on top; dots = replicates",
                              fontsize=9, loc="left")
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)
 
 
@@ -121,7 +122,7 @@ def fig_effects(eff: pd.DataFrame, path: Path) -> None:
     ax.set_title("contrasts over replicates (red), factorial main effects (blue),\nBN×X interactions (purple), "
                  "simple effects of BN (green)", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)
 
 
@@ -173,7 +174,7 @@ def fig_prevalence(means: pd.DataFrame, eff: pd.DataFrame, curves: dict, path: P
             ax.set_ylabel("precision (reweighted)")
     fig.suptitle("final BN (31, red) against none (63, blue) at the prevalence the user will meet; "
                  "PR curves: one line per replicate", fontsize="small")
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)
 
 
@@ -198,7 +199,7 @@ def fig_by_setting(setting: pd.DataFrame, path: Path) -> None:
     ax.set_title("blue: factorial pairs over DA, MX, WD (dot mean, line range; exploratory with one replicate)\n"
                  "red: the matched pair with the other switches off, 95% t interval over replicates", fontsize="small")
     ax.grid(axis="x", alpha=0.3)
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)
 
 
@@ -224,7 +225,7 @@ def fig3(curves: pd.DataFrame, path: Path) -> None:
             if j == 0:
                 ax.set_ylabel("loss (mean ± std over replicates)")
             ax.legend(fontsize="small")
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)
 
 
@@ -239,7 +240,7 @@ def fig4(pairs: dict, path: Path, p1) -> None:
             plots.softmax_panel(ax, df["label"].to_numpy(int), 1 - p, p, marker_size=8)
             ax.set_title(f"{key[0]} {key[1]} replicate {rep}: {name}, last epoch", fontsize="small")
     axes[0][0].legend(loc="center left", fontsize=8)
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)
 
 
@@ -251,7 +252,7 @@ def fig_reliability(b63: dict | None, n63: int, b31: dict | None, n31: int, path
             ax.text(0.5, 0.5, f"{name}: no reliability.json", ha="center", va="center")
         else:
             plots.reliability_panel(ax, b, f"{name}, {n} runs pooled, ECE {bins_ece(b):.3f}", fontsize="small")
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)
 
 
@@ -267,7 +268,7 @@ def fig_reliability_at(panels: list[tuple[str, dict | None]], path: Path) -> Non
         shown = {**b, "count": [1 if w > 0 else 0 for w in b["weight"]]}  # bars where the reweighted bin holds mass
         ece = sum(w * abs(a - c) for w, a, c in zip(b["weight"], b["accuracy"], b["confidence"]) if w)
         plots.reliability_panel(ax, shown, f"{title}, ECE {ece:.3f}", fontsize="small")
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)
 
 
@@ -294,5 +295,5 @@ def fig_methods(groups: list[tuple[str, pd.DataFrame]], path: Path, title: str) 
         ax.set_ylabel(what)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(title, fontsize="small")
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)

@@ -59,7 +59,7 @@ def rerun(cfg: Config, dataset: str, splits: Path, replicate: int, parent_run_id
     if threads:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
     run_id, res = track_cell(cfg, dataset, splits, stage="search", run_name=name, parent_run_id=parent_run_id,
-                             replicate=replicate, extra_tags=extra_tags)
+                             replicate=replicate, extra_tags=extra_tags, fault="search.compare")
     m = {**{f"test_{k}": v for k, v in res.test_last.items()}, **{f"val_last_{k}": v for k, v in res.val_last.items()}}
     return _row(replicate, m, run_id)
 

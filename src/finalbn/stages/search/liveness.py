@@ -5,7 +5,7 @@
     dead = is_dead(trial.user_attrs)           # True / False, None when the trial says nothing
 
 A journal storage has no heartbeat (Optuna's are RDB-only), so each trial records its worker —
-host, pid and the process's start time (`psutil.Process.create_time`, so a reused pid is told
+host, pid and the process's start time (`finalbn.liveness.identity`, so a reused pid is told
 apart) — and renews a lease (`lease_until`, a Unix time three intervals ahead) every `every_s`
 seconds while it runs. On a restart a RUNNING trial is a dead worker's when, on this host, its
 process is gone or is another process under the same pid; on another host, when its lease has
@@ -14,23 +14,17 @@ expired. A live worker on another machine keeps its trials.
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import optuna
-import psutil
+
+from finalbn.liveness import gone, identity
 
 WORKER, LEASE = "worker", "lease_until"  # trial user attributes
 MISSED = 3  # a lease runs this many renewal intervals ahead
-
-
-def identity() -> dict[str, Any]:
-    """This process: {"host", "pid", "started" (Unix seconds)}."""
-    return {"host": socket.gethostname(), "pid": os.getpid(), "started": psutil.Process().create_time()}
 
 
 def is_dead(attrs: Mapping[str, Any], now: float | None = None) -> bool | None:
@@ -39,13 +33,9 @@ def is_dead(attrs: Mapping[str, Any], now: float | None = None) -> bool | None:
     who = attrs.get(WORKER)
     if not isinstance(who, Mapping) or "pid" not in who:
         return None
-    if who.get("host") == socket.gethostname():
-        try:
-            return abs(psutil.Process(int(who["pid"])).create_time() - float(who.get("started", 0))) > 1.0
-        except (psutil.NoSuchProcess, psutil.ZombieProcess):
-            return True
-        except psutil.AccessDenied:  # someone else's live process under that pid
-            return False
+    here = gone(who)
+    if here is not None:
+        return here
     lease = attrs.get(LEASE)
     return lease is not None and float(lease) < (time.time() if now is None else now)
 

@@ -12,7 +12,8 @@ one inside any replicate: a trial pruned on replicate 0 never trains replicate 1
 replicate's run ends KILLED, tagged `trial_state=pruned` (the finished ones stay FINISHED). Its
 objective is the mean over the K replicates of the validation value at the last epoch (the grid's
 protocol, `finalbn.selection`'s rule), never one split's 7 positives. A trial whose loss turns NaN
-is FAILED with its reason and the study goes on. Test metrics are logged with the runs and decide
+is FAILED with its reason and the study goes on. A trial stopped by Ctrl-C is FAILED too, and
+retried with its parameters when the search resumes (so is a killed worker's: `study.fail_stale`). Test metrics are logged with the runs and decide
 nothing.
 
 User attributes: `mlflow_run_ids` (one per replicate started), `mlflow_run_id` (replicate 0's),
@@ -36,7 +37,7 @@ from finalbn.keys import result_key
 from finalbn.selection import TIE_BREAK
 from finalbn.stages.search.liveness import lease
 from finalbn.stages.search.space import multi_objective, steps_per_replicate, suggest
-from finalbn.stages.search.study import EPOCHS, OBJECTIVES, finished, open_study, study_name
+from finalbn.stages.search.study import EPOCHS, OBJECTIVES, RetryDeadWorker, finished, open_study, study_name
 from finalbn.tracked import track_cell
 from finalbn.tracking import records as tags
 
@@ -95,6 +96,15 @@ def make_objective(cfg: Config, splits: Path, parent_run_id: str) -> Callable[[o
     dataset, k = cfg.datasets[0].name, cfg.selection.replicates
 
     def objective(trial: optuna.Trial):
+        try:
+            return _objective(trial)
+        except KeyboardInterrupt:  # FAIL (Optuna), and retried with its parameters when the search resumes
+            reason = f"trial {trial.number} was stopped by Ctrl-C"
+            trial.set_user_attr("fail_reason", reason)
+            RetryDeadWorker(cfg)(trial.study, trial.study._storage.get_trial(trial._trial_id), f"{reason}: FAIL, retried")
+            raise
+
+    def _objective(trial: optuna.Trial):
         tcfg = suggest(trial, cfg)
         trial.set_user_attr("config_name", config_name(tcfg.ablation))  # also for a pruned or failed trial's line
         trial.set_user_attr(SWITCHES, switches_on(tcfg))

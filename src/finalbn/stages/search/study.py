@@ -14,6 +14,7 @@ import copy
 import datetime
 import hashlib
 import json
+import logging
 import sys
 import time
 import warnings
@@ -30,6 +31,7 @@ from finalbn import tracking
 from finalbn.config import NOT_RESULT_PARAMS, Config, ConfigError, to_dict
 from finalbn.stages.search.journal import mend_journal
 from finalbn.stages.search.liveness import LEASE, WORKER, is_dead
+from finalbn.stages.search.sampler import TrialSeededSampler
 from finalbn.stages.search.space import check, multi_objective, steps_per_replicate
 
 OBJECTIVES = {"val_auroc": ("auroc", "maximize"), "val_minority_f1": ("f1_1", "maximize"),
@@ -67,16 +69,18 @@ class RetryDeadWorker(optuna.storages.RetryHeartbeatStaleTrialCallback):
     says why in its `retry_reason` user attribute."""
 
     def __init__(self, cfg: Config) -> None:
-        super().__init__(max_retry=1)
+        with warnings.catch_warnings():  # experimental since Optuna 2.8, still in 5.0
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            super().__init__(max_retry=1)
         self.cfg, self.grace_s = cfg, grace_s(cfg)
 
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, why: str = "") -> None:
         kill_runs(self.cfg, study, trial)
         trial = copy.copy(trial)
         trial.user_attrs = {k: v for k, v in trial.user_attrs.items()  # the dead worker's, not the retry's
-                            if not k.startswith("mlflow_run_id") and k not in (WORKER, LEASE)}
-        trial.user_attrs["retry_reason"] = (f"trial {trial.number}'s worker sent no heartbeat for {self.grace_s} s "
-                                            "(its process died): FAIL, retried")
+                            if not k.startswith("mlflow_run_id") and k not in (WORKER, LEASE, "fail_reason")}
+        trial.user_attrs["retry_reason"] = why or (f"trial {trial.number}'s worker sent no heartbeat for "
+                                                   f"{self.grace_s} s (its process died): FAIL, retried")
         super().__call__(study, trial)
 
 
@@ -178,15 +182,35 @@ def study_name(cfg: Config) -> str:
     return f"{cfg.search.study}-{digest}"
 
 
+class _NoCtrlCTraceback(logging.Filter):
+    """Optuna logs a trial stopped by Ctrl-C as a failure, with its traceback, then its value None;
+    finalbn says in one line what it kept instead (`cli`): those two records are dropped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopped: set[str] = set()  # "Trial N " of the trials Ctrl-C stopped
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            self.stopped.add(msg.split("failed", 1)[0])
+            return False
+        return not any(msg.startswith(f"{t}failed with value") for t in self.stopped)
+
+
+_no_ctrl_c_traceback = _NoCtrlCTraceback()
+
+
 def open_study(cfg: Config, worker: int = 0) -> optuna.Study:
-    """Create the study, or resume it by name; refuse one stored with other directions. Worker
-    `i` of several seeds its sampler with sampler_seed + i (the same seed would draw the same
-    first points in every process)."""
+    """Create the study, or resume it by name; refuse one stored with other directions. Its
+    sampler draws each trial's point from (sampler_seed, the trial's place among the sampled
+    ones), in whichever worker and after however many restarts (`sampler.TrialSeededSampler`)."""
     st = storage(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("optuna.study._optimize").addFilter(_no_ctrl_c_traceback)  # the logger that writes them
     study = optuna.create_study(study_name=study_name(cfg), storage=st, load_if_exists=True,
                                 directions=directions(cfg), pruner=pruner(cfg),
-                                sampler=optuna.samplers.TPESampler(seed=cfg.search.sampler_seed + worker))
+                                sampler=TrialSeededSampler(cfg.search.sampler_seed))
     stored = [d.name.lower() for d in study.directions]
     if stored != directions(cfg):
         raise ConfigError(f"study {study_name(cfg)!r} in {cfg.search.storage} optimises {stored}, "
@@ -202,8 +226,9 @@ def open_study(cfg: Config, worker: int = 0) -> optuna.Study:
 def fail_stale(cfg: Config, study: optuna.Study, older_than_s: float, now: datetime.datetime | None = None) -> list[int]:
     """Mark FAIL the RUNNING trials of a dead worker (`liveness.is_dead`: on this host its process
     is gone, elsewhere its lease expired; a trial that names no worker when it is older than
-    `older_than_s`), with the reason, and the MLflow runs each was training KILLED; returns their
-    numbers. Trials of live workers are left alone."""
+    `older_than_s`), with the reason, and the MLflow runs each was training KILLED; each is retried
+    once (a WAITING trial with its parameters and `retry_reason`); returns their numbers. Trials of
+    live workers are left alone."""
     now = now or datetime.datetime.now()
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -217,7 +242,9 @@ def fail_stale(cfg: Config, study: optuna.Study, older_than_s: float, now: datet
                   f"RUNNING for over {older_than_s:g} s on restart, worker unknown")
         study._storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
         study.tell(t.number, state=TrialState.FAIL)  # Optuna's FAQ recipe for a journal's zombie trials
-        kill_runs(cfg, study, t)
+        # retried once with its own parameters (as Optuna's heartbeat retry does for an RDB): the study
+        # then holds the configurations an uninterrupted one would (`sampler.TrialSeededSampler`)
+        RetryDeadWorker(cfg)(study, study._storage.get_trial(t._trial_id), f"trial {t.number}: {reason}: FAIL, retried")
         failed.append(t.number)
     return failed
 

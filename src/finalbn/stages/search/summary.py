@@ -16,6 +16,7 @@ from optuna.visualization import matplotlib as ovm
 
 from finalbn import tracking
 from finalbn.config import Config
+from finalbn.io import save_figure
 from finalbn.stages.search.objective import SWITCHES, TIE_BREAK, best_trial
 from finalbn.stages.search.space import multi_objective
 from finalbn.stages.search.study import directions
@@ -79,7 +80,7 @@ def plots(study: optuna.Study, cfg: Config, out_dir: Path) -> list[Path]:
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
         fig.set_size_inches(9, 5)
         path = out_dir / f"search_{kind}.png"
-        fig.savefig(path, dpi=100, bbox_inches="tight")
+        save_figure(fig, path, dpi=100, bbox_inches="tight")
         plt.close(fig)
         made.append(path)
     return made

@@ -36,6 +36,7 @@ import pandas as pd
 from finalbn import io, tracking, workers
 from finalbn.config import Config, load_config
 from finalbn.errors import DataError
+from finalbn.io import write_csv
 from finalbn.splits import prepare_dataset
 from finalbn.stages.sensitivity.analysis import BN_ID, COLUMNS, NONE_ID, contrasts, fit_logit_bias, shifted_rates
 from finalbn.sensitivity_plots import fig_factor
@@ -195,7 +196,7 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
         plan.append(Level("reference", "params.yaml", (), True))
     if not plan:
         print("sensitivity: no factor in params' `sensitivity` section and no bias shift: nothing to run")
-        pd.DataFrame(columns=COLUMNS).to_csv(out / "sensitivity.csv", index=False)
+        write_csv(out / "sensitivity.csv", pd.DataFrame(columns=COLUMNS))
         io.write_json(out / "sensitivity.json", {"replicates": s.replicates, "factors": [], "rows": []})
         return 0
     try:
@@ -207,10 +208,10 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     if s.bias_shift:
         parts.append(bias_shift_rows(next(f for f, lv in zip(frames, plan) if lv.reference)))
     cells = pd.concat(parts, ignore_index=True)
-    cells.to_csv(out / "cells.csv", index=False)
+    write_csv(out / "cells.csv", cells)
     pis = sorted(set(cfg.report.prevalences), reverse=True)
     table = contrasts(cells, pis)
-    table.to_csv(out / "sensitivity.csv", index=False)
+    write_csv(out / "sensitivity.csv", table)
     for factor in dict.fromkeys(table["factor"]):
         fig_factor(table[table["factor"] == factor], factor, out / f"{factor}.png")
     summary = {"replicates": s.replicates, "prevalences": pis, "factors": sorted(set(table["factor"])),

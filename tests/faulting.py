@@ -1,0 +1,186 @@
+"""Kill it anywhere, run it again at once (tests/test_pipeline.py): the DVC pipeline, stopped at a
+point in every stage by SIGKILL or by Ctrl-C twice (to its whole process group, as an OOM killer,
+a pre-empted node or a user would), resumes with nothing lost and nothing left RUNNING, and ends
+with the outputs of an uninterrupted run. The points are `finalbn.faults.POINTS` (FINALBN_FAULT
+stops the stage there).
+
+    log = stop_and_resume(repo)                  # the PLAN on a fresh project; [(point, how, seconds)]
+    assert_same_outputs(repo, reference)         # against an uninterrupted run's
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from finalbn import faults
+
+KILL, CTRL_C = "SIGKILL", "Ctrl-C twice"
+# (stage, [(point, how), ...]) in pipeline order: each stop is followed at once by the same
+# `dvc repro <stage>`, which stops at the stage's next point, if any, and otherwise must finish
+# (exit 0). The two ways alternate along the pipeline. Points left out to fit the suite's budget
+# (each costs a stage start, ~10-35 s): grid.between (the grid's Ctrl-C is tests/test_train.py's
+# in-process one), export.cell (a retraining is a cell: grid.cell), export.onnx (the file is
+# written in a temporary folder and moved: tests/test_export.py checks a failed export keeps the
+# old model).
+PLAN = [
+    ("prepare@synthetic-apple", [("prepare.replicate", KILL)]),
+    ("ceiling@synthetic-apple", [("ceiling.run", CTRL_C)]),
+    ("grid", [("grid.cell", KILL)]),
+    ("search", [("search.cell", KILL), ("search.compare", CTRL_C)]),
+    ("sensitivity", []),
+    ("report", [("report.write", CTRL_C)]),
+    ("export", [("export.register", KILL)]),
+]
+RUN_ID = re.compile(r"run_id|run_ids|^best_trial$|^number$|tied_on_objective|config_key")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", faults.ENV, faults.READY)}
+    return {**env, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{env['PATH']}", **extra}
+
+
+def _stop_at(repo: Path, stage: str, point: str, how: str) -> str:
+    """`dvc repro <stage>` stopped at `point`: its process group killed, or sent SIGINT twice."""
+    ready = repo / ".fault-ready"
+    ready.unlink(missing_ok=True)
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro", stage], cwd=repo,
+                            env=_env(**{faults.ENV: point, faults.READY: str(ready)}), start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not ready.exists():
+            assert proc.poll() is None, f"{stage} ended before {point}:\n{proc.stdout.read()}"
+            assert time.monotonic() < deadline, f"{point} not reached in 300 s"
+            time.sleep(0.1)
+        if how == KILL:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
+            time.sleep(0.3)  # the second one lands while the first one's runs are being closed
+            os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    if how == KILL:
+        assert proc.returncode == -signal.SIGKILL, out
+    else:
+        assert proc.returncode != 0 and "Traceback" not in out, out
+        line = next((ln for ln in out.splitlines() if "interrupted; " in ln), None)
+        assert line and "files already written are whole" in line, out
+    return out
+
+
+def _whole(repo: Path) -> None:
+    """Every output that exists is whole: JSON parses, CSV reads, a PNG ends with its IEND chunk."""
+    for path in [*repo.glob("results/**/*"), *repo.glob("report/**/*"), *repo.glob("models/*"),
+                 *repo.glob("data/splits/**/*")]:
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".csv":
+            pd.read_csv(path)
+        elif path.suffix == ".png":
+            assert path.read_bytes()[-8:-4] == b"IEND", path
+
+
+def _settled(repo: Path) -> None:
+    """No MLflow run and no Optuna trial RUNNING, no temporary file left, one registered version
+    per exported model file."""
+    import mlflow
+    import optuna
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    exps = [e.experiment_id for e in client.search_experiments()]
+    running = client.search_runs(exps, "attributes.status = 'RUNNING'") if exps else []
+    assert not running, [(r.info.run_name, r.data.tags.get("stage")) for r in running]
+    journal = repo / "results" / "search" / "journal.log"
+    if journal.exists():
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+        for s in optuna.get_all_study_summaries(storage):
+            trials = optuna.load_study(study_name=s.study_name, storage=storage).trials
+            assert not [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    leftovers = [p for d in ("results", "report", "models", "data") for p in (repo / d).rglob(".*.tmp")]
+    assert not leftovers, leftovers
+    try:
+        versions = client.search_model_versions("name = 'finalbn'")
+    except mlflow.exceptions.MlflowException:
+        versions = []
+    digests = [v.tags.get("onnx_sha256") for v in versions]
+    assert len(digests) == len(set(digests)), digests
+    grid = client.get_experiment_by_name("finalbn/grid")
+    if grid is not None:  # one FINISHED run per cell, however often a cell was killed
+        keys = [r.data.tags["cell_key"] for r in client.search_runs([grid.experiment_id], max_results=5000,
+                filter_string="attributes.status = 'FINISHED' and tags.`finalbn.cell` = 'true'")]
+        assert len(keys) == len(set(keys)), keys
+
+
+def _strip(obj):
+    """A JSON value without its run ids and trial numbers (they differ between two runs of the same study)."""
+    if isinstance(obj, dict):
+        return {k: _strip(v) for k, v in obj.items() if not RUN_ID.search(k)}
+    if isinstance(obj, list):
+        return [_strip(v) for v in obj]
+    return obj
+
+
+def _rounded(obj, digits: int = 6):
+    if isinstance(obj, dict):
+        return {k: _rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, float):
+        return round(obj, digits)
+    return obj
+
+
+def _outputs(repo: Path) -> dict:
+    """What must not depend on interruptions: split manifests, the ceiling, the grid's and the search's
+    numbers, the report's headline, the exported model's card and parity."""
+    grid = pd.read_csv(repo / "results" / "grid.csv").drop(columns=["run_id"])
+    grid = grid.sort_values(["config_id", "baseline", "replicate"], na_position="first").reset_index(drop=True)
+    search = json.loads((repo / "results" / "search.json").read_text())
+    return {
+        "manifests": {str(p.relative_to(repo)): p.read_bytes() for p in sorted(repo.glob("data/splits/**/*.csv"))},
+        "ceiling": _strip(json.loads((repo / "results/ceiling/synthetic-apple.json").read_text())),
+        "grid": grid,
+        "search": _strip({"best": search["best"], "comparison": search["comparison"],
+                          "complete": search["states"]["complete"]}),
+        "report": _strip({"metrics": json.loads((repo / "report/summary.json").read_text())["metrics"],
+                          "headline": json.loads((repo / "report/headline.json").read_text())}),
+        "model": _strip(json.loads((repo / "models/model.json").read_text())),
+        "parity": _rounded(_strip(json.loads((repo / "models/parity.json").read_text()))),  # |Δ| ~1e-7 varies
+        "metrics": json.loads((repo / "models/metrics.json").read_text()),
+    }
+
+
+def stop_and_resume(repo: Path, repro) -> list[str]:
+    """The PLAN on `repo` (a fresh project; `repro(repo, stage)` runs `dvc repro <stage>` and
+    checks exit 0): after each stage, every output whole and the store settled."""
+    repro(repo, "synthesize")
+    log = []
+    for stage, points in PLAN:
+        for point, how in points:
+            t0 = time.monotonic()
+            _stop_at(repo, stage, point, how)
+            _whole(repo)
+            log.append(f"{point} ({how}): stopped after {time.monotonic() - t0:.0f} s")
+        repro(repo, stage)  # at once: finishes
+        _whole(repo)
+        _settled(repo)
+    return log
+
+
+def assert_same_outputs(repo: Path, reference: Path) -> None:
+    got, want = _outputs(repo), _outputs(reference)
+    pd.testing.assert_frame_equal(got.pop("grid"), want.pop("grid"), check_exact=False, atol=1e-6)
+    for key in want:
+        assert got[key] == want[key], key
