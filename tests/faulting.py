@@ -51,9 +51,10 @@ def _stop_at(repo: Path, stage: str, point: str, how: str) -> str:
     """`dvc repro <stage>` stopped at `point`: its process group killed, or sent SIGINT twice."""
     ready = repo / ".fault-ready"
     ready.unlink(missing_ok=True)
+    # PYTHONFAULTHANDLER: a process that does not end is made to print where it is (SIGABRT) before it is killed
     proc = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro", stage], cwd=repo,
-                            env=_env(**{faults.ENV: point, faults.READY: str(ready)}), start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=_env(**{faults.ENV: point, faults.READY: str(ready), "PYTHONFAULTHANDLER": "1"}),
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 300
         while not ready.exists():
@@ -66,7 +67,14 @@ def _stop_at(repo: Path, stage: str, point: str, how: str) -> str:
             os.killpg(proc.pid, signal.SIGINT)
             time.sleep(0.3)  # the second one lands while the first one's runs are being closed
             os.killpg(proc.pid, signal.SIGINT)
-        out, _ = proc.communicate(timeout=120)
+        try:
+            out, _ = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            tree = subprocess.run(["ps", "-o", "pid,ppid,stat,etime,cmd", "-g", str(proc.pid)], capture_output=True,
+                                  text=True).stdout
+            os.killpg(proc.pid, signal.SIGABRT)
+            out, _ = proc.communicate(timeout=60)
+            raise AssertionError(f"{point} ({how}): still running 120 s later\n{tree}\n{out[-20000:]}") from None
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
