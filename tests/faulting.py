@@ -51,10 +51,13 @@ def _stop_at(repo: Path, stage: str, point: str, how: str) -> str:
     """`dvc repro <stage>` stopped at `point`: its process group killed, or sent SIGINT twice."""
     ready = repo / ".fault-ready"
     ready.unlink(missing_ok=True)
-    # PYTHONFAULTHANDLER: a process that does not end is made to print where it is (SIGABRT) before it is killed
+    # PYTHONFAULTHANDLER: a process that does not end is made to print where it is (SIGABRT) before it is
+    # killed. SIGINT back to its default, as a terminal has it: a pytest-xdist worker ignores it, and a
+    # process started with SIGINT ignored (nohup, a background job) rightly keeps ignoring Ctrl-C
     proc = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro", stage], cwd=repo,
                             env=_env(**{faults.ENV: point, faults.READY: str(ready), "PYTHONFAULTHANDLER": "1"}),
-                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300
         while not ready.exists():
