@@ -23,21 +23,18 @@ import pandas as pd
 from finalbn import faults
 
 KILL, CTRL_C = "SIGKILL", "Ctrl-C twice"
-# (stage, [(point, how), ...]) in pipeline order: each stop is followed at once by the same
-# `dvc repro <stage>`, which stops at the stage's next point, if any, and otherwise must finish
-# (exit 0). The two ways alternate along the pipeline. Points left out to fit the suite's budget
-# (each costs a stage start, ~10-35 s): grid.between (the grid's Ctrl-C is tests/test_train.py's
-# in-process one), export.cell (a retraining is a cell: grid.cell), export.onnx (the file is
-# written in a temporary folder and moved: tests/test_export.py checks a failed export keeps the
-# old model).
+# (stage, [(point, how), ...]) in pipeline order, every point of finalbn.faults.POINTS: each stop is
+# followed at once by the same `dvc repro <stage>`, which stops at the stage's next point, if any, and
+# otherwise must finish (exit 0). The two ways alternate along the pipeline, so each stage with two
+# points or more meets both.
 PLAN = [
     ("prepare@synthetic-apple", [("prepare.replicate", KILL)]),
     ("ceiling@synthetic-apple", [("ceiling.run", CTRL_C)]),
-    ("grid", [("grid.cell", KILL)]),
+    ("grid", [("grid.cell", KILL), ("grid.between", CTRL_C)]),
     ("search", [("search.cell", KILL), ("search.compare", CTRL_C)]),
-    ("sensitivity", []),
-    ("report", [("report.write", CTRL_C)]),
-    ("export", [("export.register", KILL)]),
+    ("sensitivity", []),  # its levels are `finalbn grid` processes (the grid's points); the tiny pipeline has none
+    ("report", [("report.write", KILL)]),
+    ("export", [("export.cell", CTRL_C), ("export.onnx", KILL), ("export.register", CTRL_C)]),
 ]
 RUN_ID = re.compile(r"run_id|run_ids|^best_trial$|^number$|tied_on_objective|config_key")
 
@@ -176,6 +173,7 @@ def _outputs(repo: Path) -> dict:
 def stop_and_resume(repo: Path, repro) -> list[str]:
     """The PLAN on `repo` (a fresh project; `repro(repo, stage)` runs `dvc repro <stage>` and
     checks exit 0): after each stage, every output whole and the store settled."""
+    assert [p for _, points in PLAN for p, _ in points] == list(faults.POINTS)  # every point, in order
     repro(repo, "synthesize")
     log = []
     for stage, points in PLAN:

@@ -87,7 +87,8 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     preflight(cfg, cfg.datasets[0].name, splits, replicates=max(cfg.selection.replicates, cfg.grid.max_replicates))
     study, parent, stale = start(cfg)
     if stale:
-        print(f"search: trials {stale} were left RUNNING by a stopped worker: marked FAIL", flush=True)
+        print(f"search: trials {stale} were left RUNNING by a stopped worker: marked FAIL, each retried once "
+              "with its parameters", flush=True)
     # no more processes than trials left: a finished study (a rerun for the comparison or the
     # summary) starts none, and each one costs seconds of imports before it can train
     procs = min(count, max(cfg.search.n_trials - finished(study), 1))
