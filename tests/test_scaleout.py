@@ -9,6 +9,7 @@ in each process that ran a part."""
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -65,23 +66,30 @@ def servers(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("servers")
     port = free_port()
     # token authentication, as Ray 2.61 makes the default for every cluster: the head and each
-    # command that joins it have RAY_AUTH_MODE=token, and the token in ~/.ray/auth_token
+    # command that joins it have RAY_AUTH_MODE=token and this cluster's own token in RAY_AUTH_TOKEN
+    # (`ray start` makes none, and ~/.ray/auth_token exists only where a local Ray once ran)
+    token = secrets.token_hex(32)
     head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", f"--port={port}",
                              "--num-cpus=4", "--include-dashboard=false", "--disable-usage-stats", "--block"],
                             stdout=open(tmp / "ray-head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "RAY_AUTH_MODE": "token"})
+                            env={**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
     try:
         with Postgres() as pg, MlflowServer(pg.database("mlflow"), tmp / "artifacts", tmp / "mlflow-server.log") as server:
-            yield {"pg": pg, "mlflow": server, "ray": f"127.0.0.1:{port}"}
+            yield {"pg": pg, "mlflow": server, "ray": f"127.0.0.1:{port}", "ray_token": token}
     finally:  # a throwaway cluster: kill -9 at once (SIGTERM makes `ray start --block` stop it gently, ~30 s)
         os.killpg(head.pid, signal.SIGKILL)
         head.wait(timeout=60)
 
 
-def _kill_when_running(find, deadline_s: float) -> tuple[int, str]:
-    """Poll the store until `find()` names a RUNNING run's worker (host:pid tag); kill -9 it."""
+def _kill_when_running(find, deadline_s: float, procs: dict[str, subprocess.Popen]) -> tuple[int, str]:
+    """Poll the store until `find()` names a RUNNING run's worker (host:pid tag); kill -9 it. A
+    command of `procs` that ended meanwhile fails the test with its output."""
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
+        for name, proc in procs.items():
+            if proc.poll() is not None:
+                raise AssertionError(f"{name} ended (exit {proc.returncode}) before a run was killed:\n"
+                                     f"{proc.stdout.read()[-20000:]}")
         for run in find():
             worker = run.data.tags.get("finalbn.worker", "")
             if run.info.status == "RUNNING" and worker:
@@ -119,15 +127,16 @@ def _kill_9_under_load(overrides, servers, monkeypatch) -> dict[str, dict]:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("RAY_ADDRESS", servers["ray"])
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", servers["ray_token"])
     storage = servers["pg"].database("optuna_kill")
     grid = subprocess.Popen(_finalbn("grid", overrides + GRID + ["train.epochs=2"], "--executor", "ray"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     search = subprocess.Popen(_finalbn("search", overrides + GRID + SEARCH + [f"search.storage={storage}"],
                                        "--executor", "ray", "--out", "search.json"),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    killed_cell = _kill_when_running(lambda: _cells(uri), 300)
+    killed_cell = _kill_when_running(lambda: _cells(uri), 300, {"grid": grid, "search": search})
     killed_trial = _kill_when_running(lambda: [r for r in _runs("finalbn/search", uri)
-                                               if r.data.tags.get("finalbn.trial") == "true"], 300)
+                                               if r.data.tags.get("finalbn.trial") == "true"], 300, {"search": search})
     outs = {"grid": grid.communicate(timeout=600)[0], "search": search.communicate(timeout=600)[0]}
     assert (grid.returncode, search.returncode) == (0, 0), outs
     for out in outs.values():
@@ -182,6 +191,7 @@ def _a_raising_task(servers, monkeypatch):
     """A task that raises comes back as a TaskFailed naming it and why; the others finish."""
     monkeypatch.setenv("RAY_ADDRESS", servers["ray"])
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", servers["ray_token"])
     import ray  # the test's own driver on the module's Ray head
 
     try:
