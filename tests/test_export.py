@@ -104,7 +104,10 @@ def test_export_writes_a_checked_model_and_registers_it(gridded, tmp_path, capsy
     assert f"using its retrained model from run {card['model_run_id']}" in capsys.readouterr().out
     assert len(mlflow.search_runs(experiment_names=every, output_format="list")) == runs_before
     again = json.loads((models / "parity.json").read_text())
-    assert again["batches"]["1"]["max_abs_diff_probs"] == parity["batches"]["1"]["max_abs_diff_probs"]
+    # the same model (torch's CPU kernels may round the last bits differently from one process to the next)
+    assert again["model_run_id"] == parity["model_run_id"] and again["passed"]
+    assert again["batches"]["1"]["max_abs_diff_probs"] == pytest.approx(parity["batches"]["1"]["max_abs_diff_probs"],
+                                                                        abs=1e-6)
     assert int(mlflow.MlflowClient().get_model_version_by_alias("finalbn", "champion").version) == int(mv.version) + 1
 
 
