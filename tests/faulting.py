@@ -24,9 +24,9 @@ from finalbn import faults
 
 KILL, CTRL_C = "SIGKILL", "Ctrl-C twice"
 # (stage, [(point, how), ...]) in pipeline order, every point of finalbn.faults.POINTS: each stop is
-# followed at once by the same `dvc repro <stage>`, which stops at the stage's next point, if any, and
-# otherwise must finish (exit 0). The two ways alternate along the pipeline, so each stage with two
-# points or more meets both.
+# followed at once by the same `dvc repro --single-item <stage>`, which stops at the stage's next
+# point, if any, and otherwise must finish (exit 0). The two ways alternate along the pipeline, so
+# each stage with two points or more meets both.
 PLAN = [
     ("prepare@synthetic-apple", [("prepare.replicate", KILL)]),
     ("ceiling@synthetic-apple", [("ceiling.run", CTRL_C)]),
@@ -51,7 +51,7 @@ def _stop_at(repo: Path, stage: str, point: str, how: str) -> str:
     # PYTHONFAULTHANDLER: a process that does not end is made to print where it is (SIGABRT) before it is
     # killed. SIGINT back to its default, as a terminal has it: a pytest-xdist worker ignores it, and a
     # process started with SIGINT ignored (nohup, a background job) rightly keeps ignoring Ctrl-C
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro", stage], cwd=repo,
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro", "--single-item", stage], cwd=repo,
                             env=_env(**{faults.ENV: point, faults.READY: str(ready), "PYTHONFAULTHANDLER": "1"}),
                             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -171,10 +171,14 @@ def _outputs(repo: Path) -> dict:
 
 
 def stop_and_resume(repo: Path, repro) -> list[str]:
-    """The PLAN on `repo` (a fresh project; `repro(repo, stage)` runs `dvc repro <stage>` and
-    checks exit 0): after each stage, every output whole and the store settled."""
+    """The PLAN on `repo` (`repro(repo, *args)` runs `dvc repro *args` and checks exit 0): after each
+    stage, every output whole and the store settled. The `store` stage (every `dvc repro`'s first:
+    does the MLflow store hold what the outputs cite?) runs once, first; each stop and resume then
+    runs its stage alone (`--single-item`), the stages before it being done: the store's check once
+    instead of twenty times, and each stage rewrites its own fingerprint as it ends."""
     assert [p for _, points in PLAN for p, _ in points] == list(faults.POINTS)  # every point, in order
     repro(repo, "synthesize")
+    repro(repo, "--single-item", "store")
     log = []
     for stage, points in PLAN:
         for point, how in points:
@@ -182,7 +186,7 @@ def stop_and_resume(repo: Path, repro) -> list[str]:
             _stop_at(repo, stage, point, how)
             _whole(repo)
             log.append(f"{point} ({how}): stopped after {time.monotonic() - t0:.0f} s")
-        repro(repo, stage)  # at once: finishes
+        repro(repo, "--single-item", stage)  # at once: finishes
         _whole(repo)
         _settled(repo)
     return log

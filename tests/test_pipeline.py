@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import yaml
 
 import faulting
 from conftest import ROOT
+from finalbn.tracking import fingerprint
 
 
 def _repro(repo: Path, *stages: str) -> str:
@@ -31,6 +33,46 @@ def _dvc(repo: Path, *args: str) -> str:
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout
+
+
+def _ran(out: str) -> set[str]:
+    """The stages a `dvc repro` output says it ran."""
+    return set(re.findall(r"Running stage '([^']+)'", out))
+
+
+TRACKING = {"ceiling@synthetic-apple", "grid", "search", "sensitivity", "report", "export"}  # stages with MLflow runs
+
+
+def _holds_what_is_cited(repo: Path, db: str) -> set[str]:
+    """The store `db` of `repo` holds every run the outputs cite, every trial's, the report's own and
+    the champion's (the export's model), and every stage's fingerprint says so; returns its run ids."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / db}")
+    held = {r.info.run_id for r in client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                                      max_results=5000)}
+    cited = fingerprint.cited([repo / "results", repo / "report", repo / "models"])
+    assert cited and cited <= held, cited - held
+    trials = json.loads((repo / "results" / "search.json").read_text())["trial_mlflow_run_ids"]
+    assert len(trials) == 2 and all(ids and set(ids) <= held for ids in trials.values()), trials
+    marks = {p.relative_to(repo / "results" / "store").as_posix(): json.loads(p.read_text())
+             for p in (repo / "results" / "store").rglob("*.json")}
+    assert all(m["complete"] and set(m["runs"]) <= held for m in marks.values()), marks
+    report = client.get_experiment_by_name("finalbn/report").experiment_id
+    assert set(marks["report.json"]["runs"]) & {r.info.run_id for r in client.search_runs([report])}
+    card = json.loads((repo / "models" / "model.json").read_text())
+    assert client.get_model_version_by_alias("finalbn", "champion").run_id == card["model_run_id"]
+    return held
+
+
+def _copy_without_store(repo: Path, dst: Path) -> Path:
+    """`repo` after its `dvc repro`, copied and then `rm mlflow.db`: a new user's clean slate (dvc.lock
+    kept). Its splits go too, with DVC's cache (from which DVC would check them out again), so that
+    prepare runs again (and can be stopped) as well."""
+    shutil.copytree(repo, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("mlflow.db*", "tmp"))
+    for gone in (dst / "data" / "splits", dst / ".dvc" / "cache"):
+        shutil.rmtree(gone)
+    return dst
 
 
 def _git(repo: Path, *args: str) -> None:
@@ -126,12 +168,12 @@ def repo_without_git(tmp_path):
 
 
 @pytest.mark.slow
-def test_whole_pipeline_then_killed_anywhere_then_nothing_then_only_what_changed(repo, tmp_path_factory, monkeypatch):
+def test_whole_pipeline_then_store_gone_and_killed_anywhere_then_nothing_then_only_what_changed_then_another_store(
+        repo, tmp_path_factory, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # MLflow's default store in the repo
     first = _repro(repo)
-    for stage in ("synthesize", "prepare@synthetic-apple", "ceiling@synthetic-apple", "grid", "search", "sensitivity",
-                  "report", "export"):  # the per-dataset stages named by the dataset
-        assert f"Running stage '{stage}'" in first
+    # the per-dataset stages named by the dataset
+    assert _ran(first) == {"synthesize", "prepare@synthetic-apple", "store"} | TRACKING
     assert json.loads((repo / "models" / "parity.json").read_text())["passed"]
     assert (repo / "models" / "model.onnx").is_file() and (repo / "models" / "model.json").is_file()
     search = json.loads((repo / "results" / "search.json").read_text())
@@ -150,15 +192,18 @@ def test_whole_pipeline_then_killed_anywhere_then_nothing_then_only_what_changed
     sens = json.loads((repo / "results" / "sensitivity" / "sensitivity.json").read_text())
     assert sens["factors"] == []
     _the_store_as_mlflow_users_expect(repo)
-    # the same pipeline in another project, killed (SIGKILL) or interrupted (Ctrl-C twice) in every
-    # stage and run again at once each time: the uninterrupted run above is its reference
-    faulted = _project(tmp_path_factory.mktemp("faulted"), git=True)
+    # a copy of it without its MLflow store (`rm mlflow.db`): every stage that tracks runs again, as
+    # DVC's cache would restore files whose runs are gone; meanwhile each is killed (SIGKILL) or
+    # interrupted (Ctrl-C twice) at every point and run again at once. It ends with the uninterrupted
+    # run's numbers, and a store that holds every cell, trial, report and export run and the champion
+    faulted = _copy_without_store(repo, tmp_path_factory.mktemp("faulted"))
     print("\n".join(faulting.stop_and_resume(faulted, _repro)))
     faulting.assert_same_outputs(faulted, repo)
-    assert "Running stage" not in _repro(faulted)
+    _holds_what_is_cited(faulted, "mlflow.db")
+    assert _ran(_repro(faulted)) == {"store"}  # the store holds it all: nothing else runs
     shown = _dvc(repo, "metrics", "show")  # the headline only: one short row per file
     assert "gain" in shown and "val_auroc" in shown and max(map(len, shown.splitlines())) <= 200, shown
-    assert "Running stage" not in _repro(repo)
+    assert _ran(_repro(repo)) == {"store"}
     _git(repo, "add", "dvc.yaml", "dvc.lock", "params.yaml", ".dvc")  # this scratch repo's own history (not ours)
     _git(repo, "commit", "-qm", "first")
     params = yaml.safe_load((repo / "params.yaml").read_text())
@@ -173,6 +218,15 @@ def test_whole_pipeline_then_killed_anywhere_then_nothing_then_only_what_changed
     assert "Running stage 'report'" in third and "Running stage 'grid'" not in third
     assert "Running stage 'search'" not in third and "Running stage 'export'" not in third
     assert "Running stage 'sensitivity'" not in third
+    # another store (a team's, named by MLFLOW_TRACKING_URI): every stage that tracks runs again and fills
+    # it; the outputs then cite its runs, none of the first store's
+    before = _holds_what_is_cited(repo, "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo / 'team.db'}")
+    moved = _repro(repo)
+    assert _ran(moved) == {"store"} | TRACKING and "its outputs cite runs of another store (sqlite:///mlflow.db)" in moved
+    after = _holds_what_is_cited(repo, "team.db")
+    cited = fingerprint.cited([repo / "results" / "grid.csv", repo / "report"])
+    assert len(cited) >= 13 and cited <= after and not cited & before
 
 
 @pytest.mark.slow

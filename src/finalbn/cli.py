@@ -38,7 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", action="append", help="only this dataset (repeatable); default: all")
     p.add_argument("--out", default="data/splits", help="output folder (default data/splits)")
     p = sub.add_parser("pretrain", parents=[common], help="train the synthetic backbone (model.weights=synthetic)")
-    p = sub.add_parser("ceiling", parents=[common],
+    p = sub.add_parser("store", parents=[common],
+                       help="does the MLflow store hold what each stage's outputs cite? (a fingerprint per stage)")
+    p.add_argument("--out", default="results/store", help="folder of the fingerprints (default results/store)")
+    p = sub.add_parser("ceiling", parents=[common, _fingerprinted()],
                        help="can the frozen body see the cue? CV AUROC of a balanced linear probe")
     p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
     p.add_argument("--dataset", action="append", help="only this dataset (repeatable); default: all")
@@ -47,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset name (default: the first in params)")
     p.add_argument("--replicate", type=int, default=0, help="which split draw and seed (default 0)")
     p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
-    p = sub.add_parser("grid", parents=[common], help="run the factorial grid of cells (resumable, shardable)")
+    p = sub.add_parser("grid", parents=[common, _fingerprinted()],
+                       help="run the factorial grid of cells (resumable, shardable)")
     p.add_argument("--shard", metavar="I/N", help="run only shard I of N (0-based), e.g. 0/4; writes no results")
     p.add_argument("--workers", type=int, help="local shard processes (default grid.workers)")
     p.add_argument("--executor", choices=("local", "ray"),
@@ -62,9 +66,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fingerprinted() -> argparse.ArgumentParser:
+    """The option of the commands that track: the stage's store fingerprint (dvc.yaml's `store` stage)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--fingerprint", metavar="FILE", help="once done, write which runs and models of the tracking "
+                   "store the outputs cite to FILE (dvc.yaml: results/store/<stage>.json)")
+    return p
+
+
 def _later_stages(sub, common: argparse.ArgumentParser) -> None:
     """search, export, bench, report: the stages after the grid, and the benchmark."""
-    p = sub.add_parser("search", parents=[common], help="an Optuna study beyond the grid, scored on validation")
+    p = sub.add_parser("search", parents=[common, _fingerprinted()],
+                       help="an Optuna study beyond the grid, scored on validation")
     p.add_argument("--workers", type=int, help="processes on the study (default search.workers)")
     p.add_argument("--executor", choices=("local", "ray"),
                    help="local processes, or search.workers Ray tasks (default search.executor)")
@@ -73,11 +86,11 @@ def _later_stages(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="results/search.json", help="summary file (default results/search.json)")
     p.add_argument("--grid-csv", default="results/grid.csv",
                    help="the grid's results, for the comparison with its configurations (default results/grid.csv)")
-    p = sub.add_parser("sensitivity", parents=[common],
+    p = sub.add_parser("sensitivity", parents=[common, _fingerprinted()],
                        help="the headline contrast (31 vs 63) under other imbalance, batch size, BN momentum, output")
     p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
     p.add_argument("--out", default="results/sensitivity", help="output folder (default results/sensitivity)")
-    p = sub.add_parser("export", parents=[common],
+    p = sub.add_parser("export", parents=[common, _fingerprinted()],
                        help="the best final-BN run (on validation) to ONNX, checked against torch, registered")
     p.add_argument("--run-id", help="export this run instead of the best final-BN run on validation")
     p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
@@ -102,7 +115,8 @@ def _later_stages(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="results/bench.json", help="output file (default results/bench.json)")
     p = sub.add_parser("figures", parents=[common], help="draw cell runs' figures from what they logged")
     p.add_argument("--run-id", nargs="+", required=True, metavar="ID", help="the cell runs to draw")
-    p = sub.add_parser("report", parents=[common], help="the paper's tables and figures, from the tracking store")
+    p = sub.add_parser("report", parents=[common, _fingerprinted()],
+                       help="the paper's tables and figures, from the tracking store")
     p.add_argument("--grid-csv", default="results/grid.csv",
                    help="the grid's results: which cells the report reads (default results/grid.csv)")
     p.add_argument("--out", default="report", help="output folder (default report)")
@@ -136,6 +150,7 @@ def split_overrides(extra: list[str]) -> list[str]:
 # (each grid shard, search worker, DVC stage) pays for its own stage's imports, not for all ten.
 COMMANDS: dict[str, str] = {
     "synthesize": "finalbn.stages.synthesize",
+    "store": "finalbn.stages.store",
     "prepare": "finalbn.stages.prepare",
     "pretrain": "finalbn.stages.pretrain",
     "ceiling": "finalbn.stages.ceiling",
@@ -215,7 +230,10 @@ def _main(argv: list[str] | None) -> int:
             overrides.append("train.share_features=false")
         args.forward = forwarded(args, overrides)
         cfg = load_config(args.params or ["params.yaml"], overrides)
-        return stage_main(args.command)(cfg, args)
+        code = stage_main(args.command)(cfg, args)
+        if code == 0 and getattr(args, "fingerprint", None):  # DVC's dependency on the store (`stages.store`)
+            importlib.import_module("finalbn.stages.store").mark(args.command, args)
+        return code
     except (ConfigError, UsageError, DataError, WeightsError, FileNotFoundError) as exc:
         print(f"finalbn {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from finalbn import faults
 from finalbn.config import Config
+from finalbn.tracking.fingerprint import note_run
 from finalbn.tracking.records import ARCH, CEILING, DATASET, FAILED, FINISHED, REPORT
 from finalbn.tracking.runs import cell_run, create_run, end_run, log_artifacts, log_batch, metric_name, set_tag
 from finalbn.tracking.store import experiment_id, setup
@@ -50,4 +51,5 @@ def log_report(out_dir: Path, experiment: str) -> str:
     except BaseException:
         end_run(run_id, FAILED)
         raise
+    note_run(run_id)  # the report's files cannot cite the run they are logged to: its fingerprint does
     return run_id

@@ -21,6 +21,7 @@ import numpy as np
 from mlflow.models import infer_signature
 
 from finalbn import faults
+from finalbn.tracking.fingerprint import note_model
 from finalbn.tracking.records import MODEL_URI, ONNX_SHA256
 from finalbn.tracking.store import client
 
@@ -66,6 +67,7 @@ def log_onnx_and_register(run_id: str, onnx_path: Path, input_name: str, example
         faults.point("export.register")
     c.update_model_version(REGISTERED_NAME, mv.version, description=description)
     c.set_registered_model_alias(REGISTERED_NAME, ALIAS, mv.version)
+    note_model(REGISTERED_NAME, ALIAS, mv.run_id)  # the export's fingerprint: the alias must stay there
     return {"name": REGISTERED_NAME, "version": mv.version, "alias": ALIAS, "model_uri": mv.source,
             "serve": f"models:/{REGISTERED_NAME}@{ALIAS}"}
 

@@ -37,7 +37,7 @@ from finalbn.keys import result_key
 from finalbn.selection import TIE_BREAK
 from finalbn.stages.search.liveness import lease
 from finalbn.stages.search.space import multi_objective, steps_per_replicate, suggest
-from finalbn.stages.search.study import EPOCHS, OBJECTIVES, RetryDeadWorker, finished, open_study, study_name
+from finalbn.stages.search.study import EPOCHS, OBJECTIVES, RetryDeadWorker, finished, open_study
 from finalbn.tracked import track_cell
 from finalbn.tracking import records as tags
 
@@ -143,7 +143,7 @@ def _replicate(trial: optuna.Trial, cfg: Config, tcfg: Config, dataset: str, spl
             run_name=f"trial {trial.number} · {config_name(tcfg.ablation)} r{r}",
             parent_run_id=parent_run_id, replicate=r, killed_on=(optuna.TrialPruned,),
             state_tag=tags.TRIAL_STATE, on_start=started,
-            extra_tags={tags.TRIAL: "true", tags.STUDY_NAME: study_name(cfg), tags.TRIAL_NUMBER: str(trial.number),
+            extra_tags={tags.TRIAL: "true", tags.STUDY_NAME: trial.study.study_name, tags.TRIAL_NUMBER: str(trial.number),
                         tags.RESULT_KEY: key})
     except TrainingDiverged as exc:
         trial.set_user_attr("fail_reason", f"replicate {r}: {exc}")

@@ -201,19 +201,38 @@ class _NoCtrlCTraceback(logging.Filter):
 _no_ctrl_c_traceback = _NoCtrlCTraceback()
 
 
-def open_study(cfg: Config, worker: int = 0) -> optuna.Study:
-    """Create the study, or resume it by name; refuse one stored with other directions. Its
-    sampler draws each trial's point from (sampler_seed, the trial's place among the sampled
-    ones), in whichever worker and after however many restarts (`sampler.TrialSeededSampler`)."""
+def current_name(cfg: Config, st, fresh: bool = False) -> str:
+    """The study of these params in storage `st`: `study_name(cfg)`, or its latest successor
+    `<name>.<k>` (k >= 2: started again because the tracking store lost its trials' runs,
+    `start`); with `fresh`, the next one."""
+    base = study_name(cfg)
+    k = max((int(n[len(base) + 1:]) for n in optuna.get_all_study_names(st)
+             if n.startswith(f"{base}.") and n[len(base) + 1:].isdigit()), default=1)
+    k += int(fresh)
+    return base if k == 1 else f"{base}.{k}"
+
+
+def lost_runs(study: optuna.Study) -> list[str]:
+    """The MLflow runs of the study's finished trials that the tracking store does not hold."""
+    ids = [r for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+           for r in t.user_attrs.get("mlflow_run_ids", [])]
+    return tracking.fingerprint.missing_runs(ids)
+
+
+def open_study(cfg: Config, worker: int = 0, fresh: bool = False) -> optuna.Study:
+    """Create the study, or resume it by name (`current_name`; `fresh`: its successor); refuse one
+    stored with other directions. Its sampler draws each trial's point from (sampler_seed, the
+    trial's place among the sampled ones), in whichever worker and after however many restarts
+    (`sampler.TrialSeededSampler`)."""
     st = storage(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("optuna.study._optimize").addFilter(_no_ctrl_c_traceback)  # the logger that writes them
-    study = optuna.create_study(study_name=study_name(cfg), storage=st, load_if_exists=True,
+    study = optuna.create_study(study_name=current_name(cfg, st, fresh), storage=st, load_if_exists=True,
                                 directions=directions(cfg), pruner=pruner(cfg),
                                 sampler=TrialSeededSampler(cfg.search.sampler_seed))
     stored = [d.name.lower() for d in study.directions]
     if stored != directions(cfg):
-        raise ConfigError(f"study {study_name(cfg)!r} in {cfg.search.storage} optimises {stored}, "
+        raise ConfigError(f"study {study.study_name!r} in {cfg.search.storage} optimises {stored}, "
                           f"search.objective={cfg.search.objective} needs {directions(cfg)}: "
                           "use another search.study or the same objective")
     if study.metric_names != metric_names(cfg):
@@ -283,6 +302,12 @@ def start(cfg: Config) -> tuple[optuna.Study, str, list[int]]:
     the study's parent MLflow run."""
     check(cfg)
     study = open_study(cfg)
+    lost = lost_runs(study)
+    if lost:  # `rm mlflow.db`, another MLFLOW_TRACKING_URI: its trials' runs are not in this store
+        old, study = study.study_name, open_study(cfg, fresh=True)
+        print(f"search: study {old}'s finished trials cite {len(lost)} MLflow run(s) that the tracking store "
+              f"{tracking.fingerprint.store_identity()} does not hold: the study starts again as {study.study_name} "
+              f"(its sampler draws the same points; {old} stays in {cfg.search.storage})", flush=True)
     if heartbeats(study):  # an RDB storage: a dead worker's trial is one without a recent heartbeat
         running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         optuna.storages.fail_stale_trials(study)

@@ -21,6 +21,7 @@ from finalbn.stages.search.objective import SWITCHES, TIE_BREAK, best_trial
 from finalbn.stages.search.space import multi_objective
 from finalbn.stages.search.study import directions
 
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 PLOTS = {"history": ovm.plot_optimization_history, "importances": ovm.plot_param_importances,
          "parallel": ovm.plot_parallel_coordinate}
 
@@ -32,7 +33,10 @@ def summary(cfg: Config, study: optuna.Study, seconds: float | None = None) -> d
     counts = {s.name.lower(): sum(1 for t in trials if t.state == s) for s in TrialState}
     out: dict[str, Any] = {"study": study.study_name, "storage": cfg.search.storage, "objective": cfg.search.objective,
                            "directions": directions(cfg), "trials": len(trials), "states": counts,
-                           "mlflow_run_id": study.user_attrs.get("mlflow_run_id")}
+                           "mlflow_run_id": study.user_attrs.get("mlflow_run_id"),
+                           # every finished trial's runs (one per replicate): what the study's store must hold
+                           "trial_mlflow_run_ids": {str(t.number): t.user_attrs.get("mlflow_run_ids", []) for t in trials
+                                                    if t.state in FINISHED}}
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     if seconds:
         out["trials_per_hour"] = len([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) \
