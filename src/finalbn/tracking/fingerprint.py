@@ -119,7 +119,13 @@ def missing_runs(run_ids: Iterable[str]) -> list[str]:
     if _sqlite_missing(tracking_uri()):
         return want
     c = client()
-    experiments = [e.experiment_id for e in c.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=50_000)]
+    experiments, token = [], None
+    while True:  # every active experiment, page by page: runs are found wherever they are
+        page = c.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
+        experiments += [e.experiment_id for e in page]
+        token = page.token
+        if not token:
+            break
     have: set[str] = set()
     for i in range(0, len(want), _BATCH):
         chunk = want[i:i + _BATCH]
