@@ -103,7 +103,11 @@ def test_the_store_stage_says_which_stages_run_again_and_why(store, tmp_path, mo
                      "sensitivity.json"]
     cells = [_run(store) for _ in range(3)]
     fingerprint.mark("results/store/grid.json", cells)
+    store.create_registered_model("finalbn")
+    store.create_model_version("finalbn", f"runs:/{cells[0]}/model", run_id=cells[0])
+    store.set_registered_model_alias("finalbn", "champion", "1")
     fingerprint.mark("results/store/export.json", cells[:1], {"finalbn@champion": cells[0]})
+    store.delete_registered_model_alias("finalbn", "champion")  # moved or removed by hand
     code, out, _ = _store_stage(capsys)
     assert "export: the store lacks the alias finalbn@champion of its model: it runs again" in out
     assert "grid" not in out and "1 stage(s) to run again (3 run(s) of the others found)" in out
@@ -152,3 +156,45 @@ def test_a_study_whose_trials_runs_are_gone_starts_again_beside_the_old_one(stor
     assert search.open_study(cfg).study_name == fresh.study_name  # the workers open the new one
     names = optuna.get_all_study_names(search.storage(cfg))
     assert sorted(names) == [search.study_name(cfg), fresh.study_name]  # the old trials are kept
+
+
+def test_a_sqlite_uri_is_read_as_mlflow_reads_it(store, tmp_path):
+    """Percent-encoded and with a query, the URI names the same file MLflow opens: its runs are there."""
+    (tmp_path / "my store").mkdir()
+    uri = f"sqlite:///{tmp_path / 'my store' / 'x.db'}"
+    client = mlflow.MlflowClient(uri)
+    run = _run(client)
+    for same in (uri.replace("my store", "my%20store"), f"{uri}?timeout=30"):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MLFLOW_TRACKING_URI", same)
+            assert fingerprint.missing_runs([run, "gone"]) == ["gone"], same
+
+
+def test_a_stage_whose_runs_the_store_does_not_show_writes_no_fingerprint(store, tmp_path):
+    path = tmp_path / "results" / "store" / "grid.json"
+    with pytest.raises(tracking.fingerprint.StoreError, match=r"does not show 1 of the runs .*\(e\.g\. nowhere\)"):
+        fingerprint.mark(path, [_run(store), "nowhere"])
+    assert not path.exists()  # DVC will run the stage again
+
+
+def test_an_experiment_in_mlflows_trash_is_one_line_saying_what_to_do(store, load, tmp_path, capsys):
+    exp = store.create_experiment("finalbn/grid")
+    store.delete_experiment(exp)
+    with pytest.raises(tracking.fingerprint.StoreError, match=rf"'finalbn/grid' \(id {exp}\) is in MLflow's trash: "
+                                                              rf"restore it .*--experiment-id {exp}"):
+        tracking.setup(load(), "grid")
+
+
+def test_a_tracking_server_out_of_reach_is_one_line_in_seconds(store, tmp_path, monkeypatch, capsys):
+    import socket
+    import time
+
+    fingerprint.mark(tmp_path / "results" / "store" / "grid.json", [_run(store)])
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    t0 = time.monotonic()
+    code, _, err = _store_stage(capsys)
+    assert code == 1 and f"the tracking store http://127.0.0.1:{port} cannot be read" in err
+    assert len(err.strip().splitlines()) == 1 and time.monotonic() - t0 < 60

@@ -50,10 +50,10 @@ def test_only_the_search_stage_imports_optuna():
 
 
 def test_tracking_imports_no_training_code():
-    # besides the config: whether a run's process is alive, the crash tests' fault points, and the
-    # atomic file writes (a stage's store fingerprint)
+    # besides the config: whether a run's process is alive, the crash tests' fault points, the atomic
+    # file writes (a stage's store fingerprint) and the one-line errors
     allowed = ("src/finalbn/__init__.py", "src/finalbn/tracking/", "src/finalbn/config/", "src/finalbn/liveness.py",
-               "src/finalbn/faults.py", "src/finalbn/io.py")
+               "src/finalbn/faults.py", "src/finalbn/io.py", "src/finalbn/errors.py")
     used = [_rel(p) for p in imports.closure("finalbn.tracking")]
     assert [p for p in used if not p.startswith(allowed)] == []
 

@@ -20,7 +20,7 @@ import time
 from typing import Callable
 
 from finalbn.config import Config, ConfigError, load_config
-from finalbn.errors import DataError, TrainingDiverged, UsageError, WeightsError
+from finalbn.errors import DataError, StoreError, TrainingDiverged, UsageError, WeightsError
 
 EXIT_USAGE = 2
 
@@ -234,7 +234,7 @@ def _main(argv: list[str] | None) -> int:
         if code == 0 and getattr(args, "fingerprint", None):  # DVC's dependency on the store (`stages.store`)
             importlib.import_module("finalbn.stages.store").mark(args.command, args)
         return code
-    except (ConfigError, UsageError, DataError, WeightsError, FileNotFoundError) as exc:
+    except (ConfigError, UsageError, DataError, WeightsError, StoreError, FileNotFoundError) as exc:
         print(f"finalbn {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except TrainingDiverged as exc:  # the input was fine; the run failed (and is recorded FAILED)

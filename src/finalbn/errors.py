@@ -4,7 +4,8 @@ MLflow) so that the command line can catch them without importing any stage.
     raise UsageError("--shard 3 is not I/N (e.g. 0/4)")
 
 Exit 2, the user's input: `UsageError` (the command line), `DataError` (images and splits),
-`WeightsError` (weights files), and `config.ConfigError` (params), which lives with the schema.
+`WeightsError` (weights files), `StoreError` (the MLflow store as it is), and `config.ConfigError`
+(params), which lives with the schema.
 Exit 1, a run that failed on good input: `TrainingDiverged`. Each is re-exported where it is
 raised (`splits.DataError`, `models.WeightsError`, `engine.TrainingDiverged`).
 """
@@ -20,6 +21,11 @@ class DataError(ValueError):
 
 class WeightsError(RuntimeError):
     """Pretrained weights that cannot be had; the message is one line saying what to do."""
+
+
+class StoreError(RuntimeError):
+    """The tracking store cannot be used as it is (an experiment in MLflow's trash, runs it does not
+    show): one line saying what to do."""
 
 
 class TrainingDiverged(RuntimeError):

@@ -23,6 +23,7 @@ DVC's cache nor deleted before this stage runs (each keeps the run ids its stage
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -75,6 +76,9 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     """`finalbn store`: every tracking stage's fingerprint, from the store found now."""
     out = Path(args.out)
     where = tracking.fingerprint.store_identity()
+    # a server out of reach: a few seconds, not MLflow's default minutes of retries in silence
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     notes, held = [], 0
     for stage, path in fingerprints(cfg, out).items():
         old = tracking.fingerprint.read(path)

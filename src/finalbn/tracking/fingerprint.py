@@ -28,7 +28,8 @@ from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 
 from finalbn import io
-from finalbn.tracking.store import client, tracking_uri
+from finalbn.errors import StoreError
+from finalbn.tracking.store import client, sqlite_path, tracking_uri
 
 _noted: dict[str, dict] = {"runs": {}, "models": {}}  # this process's runs its outputs do not cite
 _BATCH = 100  # run ids per search (`attributes.run_id IN (...)`)
@@ -106,9 +107,9 @@ def noted() -> tuple[set[str], dict[str, str]]:
 
 
 def _sqlite_missing(uri: str) -> bool:
-    if not uri.startswith("sqlite:///"):
-        return False
-    return not Path(uri[len("sqlite:///"):]).exists()
+    """A SQLite store whose file does not exist (`store.sqlite_path`: as MLflow opens it)."""
+    db = sqlite_path(uri)
+    return db is not None and not Path(db).exists()
 
 
 def missing_runs(run_ids: Iterable[str]) -> list[str]:
@@ -171,8 +172,15 @@ def _content(runs: Iterable[str], models: dict[str, str]) -> dict:
 
 def mark(path: str | os.PathLike, runs: Iterable[str], models: dict[str, str] | None = None) -> dict:
     """Write the fingerprint of a stage whose outputs cite `runs` and that set `models`
-    ({"name@alias": run id}), as the store holds them now; returns it."""
+    ({"name@alias": run id}), as the store holds them now; returns it. Raises StoreError, writing
+    nothing, when the store does not show them: the stage just made them, so the check would be
+    blind (DVC would then skip the stage whatever happens to its runs)."""
     out = _content(runs, models or {})
+    if not out["complete"]:
+        lost = out["missing_runs"] + out["missing_models"]
+        raise StoreError(f"the tracking store {out['store']} does not show {len(lost)} of the runs and aliases this "
+                         f"stage's outputs cite (e.g. {lost[0]}) right after it made them: is it the store the stage "
+                         "wrote to? Its fingerprint was not written, so the stage runs again next time")
     io.write_json(path, out)
     return out
 

@@ -25,9 +25,11 @@ import time
 
 import mlflow
 from filelock import FileLock
+from sqlalchemy.engine import make_url
 
 from finalbn import liveness
 from finalbn.config import Config
+from finalbn.errors import StoreError
 from finalbn.tracking.records import FAILED, FINISHED, KILLED, RUNNING, WORKER, WORKER_STARTED
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -161,15 +163,38 @@ def setup(cfg: Config, stage: str) -> str:
         exp_id = mlflow.MlflowClient().get_run(project_run).info.experiment_id
         mlflow.set_experiment(experiment_id=exp_id)
         return exp_id
-    if uri.startswith("sqlite:///"):
-        with FileLock(uri[len("sqlite:///"):] + ".lock"):
+    db = sqlite_path(uri)
+    if db is not None:
+        with FileLock(f"{db}.lock"):
+            _not_in_trash(name, uri)
             exp_id = mlflow.set_experiment(name).experiment_id
     else:
+        _not_in_trash(name, uri)
         exp_id = mlflow.set_experiment(name).experiment_id
     if (uri, exp_id) not in _reaped:
         _reaped.add((uri, exp_id))
         reap([exp_id])
     return exp_id
+
+
+def sqlite_path(uri: str) -> str | None:
+    """The file of a SQLite store as SQLAlchemy (and so MLflow) opens it: percent-decoded, without
+    the query (`sqlite:////my%20store/x.db?timeout=30` -> `/my store/x.db`); None for another store."""
+    if not uri.startswith("sqlite:"):
+        return None
+    db = make_url(uri).database
+    return db if db and db != ":memory:" else None
+
+
+def _not_in_trash(name: str, uri: str) -> None:
+    """Raise StoreError, saying what to do, when experiment `name` was deleted (MLflow keeps it, and
+    refuses to use it or make another of that name, until it is restored or purged)."""
+    exp = client().get_experiment_by_name(name)
+    if exp is not None and exp.lifecycle_stage == "deleted":
+        i = exp.experiment_id
+        raise StoreError(f"experiment {name!r} (id {i}) is in MLflow's trash: restore it (`mlflow experiments restore "
+                         f"--experiment-id {i}`) or delete it for good (`mlflow gc --backend-store-uri {uri} "
+                         f"--experiment-ids {i}`), then run again")
 
 
 def now_ms() -> int:
