@@ -112,3 +112,27 @@ def test_a_fault_point_stops_on_its_nth_hit_and_costs_nothing_unset(tmp_path):
     assert proc.communicate()[0] == "first\n"
     env.pop("FINALBN_FAULT")
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout == "first\nsecond\n"
+
+
+def test_a_ctrl_c_python_swallowed_stops_the_next_epoch_and_the_command_says_interrupted(monkeypatch, capsys):
+    """The SIGINT handler's KeyboardInterrupt, raised inside a weakref callback or a __del__, is
+    printed as "Exception ignored" and lost: the next epoch's end raises it again, once, and a
+    command that still returns exits 130 with its one line."""
+    import pytest
+
+    from conftest import ROOT
+    from finalbn import cli, interrupt, tracked
+
+    interrupt.reset()
+    try:
+        point = tracked._Point("grid.cell")
+        point.on_epoch_end(1, {})  # no Ctrl-C: nothing
+        interrupt.received()  # the handler ran; its exception went nowhere
+        with pytest.raises(KeyboardInterrupt):
+            point.on_epoch_end(2, {})
+        point.on_epoch_end(3, {})  # delivered once
+        monkeypatch.setattr(cli, "stage_main", lambda command: (lambda cfg, args: 0))
+        assert cli.main(["store", "--params", str(ROOT / "params.yaml")]) == 130
+        assert "finalbn store: interrupted" in capsys.readouterr().err
+    finally:
+        interrupt.reset()

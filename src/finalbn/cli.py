@@ -19,6 +19,7 @@ import threading
 import time
 from typing import Callable
 
+from finalbn import interrupt
 from finalbn.config import Config, ConfigError, load_config
 from finalbn.errors import DataError, StoreError, TrainingDiverged, UsageError, WeightsError
 
@@ -187,6 +188,7 @@ def _interrupted(signum, frame) -> None:
     """The first Ctrl-C: KeyboardInterrupt, as Python's own handler; later ones, while the runs
     close and until the process exits, are ignored."""
     _signalled["sigint"] = True
+    interrupt.received()  # raised below; if Python swallows it (a __del__, a weakref callback), delivered later
     # SIG_IGN, not a Python function: Python puts its own handlers back to the default as it shuts
     # down, and a second Ctrl-C landing then would kill the process by the signal (exit -2, not 130)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -231,6 +233,8 @@ def _main(argv: list[str] | None) -> int:
         args.forward = forwarded(args, overrides)
         cfg = load_config(args.params or ["params.yaml"], overrides)
         code = stage_main(args.command)(cfg, args)
+        if interrupt.pending():  # a Ctrl-C that Python swallowed and no epoch delivered (`interrupt`)
+            raise KeyboardInterrupt
         if code == 0 and getattr(args, "fingerprint", None):  # DVC's dependency on the store (`stages.store`)
             importlib.import_module("finalbn.stages.store").mark(args.command, args)
         return code

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import yaml
 
-from finalbn import faults, plots, tracking
+from finalbn import faults, interrupt, plots, tracking
 from finalbn.cell import CellResult, run_cell
 from finalbn.config import TOGGLES, Config, cell_seed, config_id, config_name, flatten, to_dict
 from finalbn.keys import result_key
@@ -106,12 +106,14 @@ def track_cell(cfg: Config, dataset: str, splits_dir: Path, callbacks=(), progre
 
 
 class _Point:
-    """An epoch callback at the fault point `<stage>.cell` (`finalbn.faults`)."""
+    """An epoch callback at the fault point `<stage>.cell` (`finalbn.faults`), where a Ctrl-C that
+    Python swallowed is also delivered (`finalbn.interrupt`)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        interrupt.deliver()  # a Ctrl-C Python swallowed stops the cell here
         faults.point(self.name)
 
 

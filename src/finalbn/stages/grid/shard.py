@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from finalbn import faults, tracking
+from finalbn import faults, interrupt, tracking
 from finalbn.config import Config
 from finalbn.engine import TrainingDiverged
 from finalbn.stages.grid.plan import (
@@ -81,6 +81,7 @@ def run_cells(cfg: Config, splits_dir: Path, cells: list[Cell], label: str,
             progress = f"{label} cell {done}/{len(cells)} {cell.name}"
             if _run_one(cfg, stage, cell, key, splits_dir, parents[cell.parent], stats, progress, log, where):
                 touched.add(cell.parent)
+            interrupt.deliver()  # a Ctrl-C Python swallowed stops the grid between cells
             faults.point(f"{stage}.between")
         if last[cell.parent] == done - 1:
             _close_parent(cfg, stage, cell, splits_dir, parents, touched)
