@@ -136,3 +136,38 @@ def test_a_ctrl_c_python_swallowed_stops_the_next_epoch_and_the_command_says_int
         assert "finalbn store: interrupted" in capsys.readouterr().err
     finally:
         interrupt.reset()
+
+
+def test_a_swallowed_ctrl_c_prints_no_traceback_and_other_unraisable_errors_still_do(capsys):
+    """Python prints "Exception ignored ... Traceback" for an exception raised in a __del__: the
+    command line's hook drops it for the Ctrl-C it remembered (delivered later), for nothing else."""
+    import gc
+    import sys
+
+    from finalbn import interrupt
+
+    class Collected:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def __del__(self):
+            raise self.exc
+
+    before = sys.unraisablehook
+    interrupt.reset()
+    sys.unraisablehook = interrupt.quiet(sys.__unraisablehook__)
+    try:
+        Collected(KeyboardInterrupt())  # no Ctrl-C received: this is no Ctrl-C of ours, it is printed
+        gc.collect()
+        assert "KeyboardInterrupt" in capsys.readouterr().err
+        interrupt.received()
+        Collected(KeyboardInterrupt())
+        gc.collect()
+        assert capsys.readouterr().err == "" and interrupt.pending()
+        Collected(ValueError("a real error"))
+        gc.collect()
+        err = capsys.readouterr().err
+        assert "Exception ignored" in err and "ValueError: a real error" in err
+    finally:
+        sys.unraisablehook = before
+        interrupt.reset()

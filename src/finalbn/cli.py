@@ -213,13 +213,16 @@ def _kept(command: str, cfg: Config | None, started_ms: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()  # only there can handlers change
     before = signal.getsignal(signal.SIGINT)
+    hook = sys.unraisablehook
     if main_thread and before is signal.default_int_handler:  # not where SIGINT was ignored (nohup, a background job)
         signal.signal(signal.SIGINT, _interrupted)
+        sys.unraisablehook = interrupt.quiet(hook)  # a Ctrl-C raised in a __del__: no traceback, delivered later
     try:
         return _main(argv)
     finally:  # called in-process (tests): the caller's handler back, unless a Ctrl-C ends the process
         if main_thread and not _signalled["sigint"]:
             signal.signal(signal.SIGINT, before)
+            sys.unraisablehook = hook
 
 
 def _main(argv: list[str] | None) -> int:
