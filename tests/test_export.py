@@ -1,7 +1,9 @@
 """`finalbn export`: the best final-BN run on validation, to ONNX, checked against torch, registered."""
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 from pathlib import Path
 
 import mlflow
@@ -97,6 +99,17 @@ def test_export_writes_a_checked_model_and_registers_it(gridded, tmp_path, capsy
     x = np.zeros((2, 3, 32, 32), dtype=np.float32)
     got = model.predict(x)
     assert set(got) == {"logits", "probs"} and got["probs"].shape == (2, 2) and int(mv.version) >= 1
+    # the card pins its file, and the registry serves those very bytes (finalbn-field checks the digest)
+    digest = hashlib.sha256((models / "model.onnx").read_bytes()).hexdigest()
+    assert card["onnx"]["sha256"] == digest and card["onnx"]["size"] == (models / "model.onnx").stat().st_size
+    assert mv.tags["onnx_sha256"] == digest and mv.tags["onnx_size"] == str(card["onnx"]["size"])
+    served = Path(mlflow.artifacts.download_artifacts("models:/finalbn@champion", dst_path=str(tmp_path / "served")))
+    assert hashlib.sha256((served / "model.onnx").read_bytes()).hexdigest() == digest
+    assert json.loads((served / "extra_files" / "model.json").read_text()) == card
+    sys.path.insert(0, str(ROOT / "deploy" / "field"))
+    from finalbn_field.predict import FieldModel
+
+    assert FieldModel.open(served).unverified is None  # the downloaded folder passes the field's check
     # again: the retrained model is found and loaded, not trained a third time; a new version is champion
     every = ["finalbn/grid", "finalbn/search", "finalbn/export"]
     runs_before = len(mlflow.search_runs(experiment_names=every, output_format="list"))
@@ -146,6 +159,8 @@ def test_int8_is_measured_and_kept_only_when_accurate_and_faster(gridded, tmp_pa
     if q["kept"]:  # the field runs it with the same card
         proto = onnx.load(str(models / "model.int8.onnx"))
         assert any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
+        data = (models / "model.int8.onnx").read_bytes()  # pinned by the card, as model.onnx is
+        assert (q["sha256"], q["size"]) == (hashlib.sha256(data).hexdigest(), len(data))
 
 
 @pytest.mark.slow

@@ -279,3 +279,88 @@ def test_a_crash_keeps_every_finished_row(exported, tmp_path, monkeypatch):
                         "--out", str(out)])
     rows = _rows(out)
     assert [r["path"] for r in rows] == [str(p) for p in paths[:4]] and {r["status"] for r in rows} == {"ok"}
+
+
+def test_the_csv_is_safe_in_a_spreadsheet_and_gives_the_exact_paths_back(exported, tmp_path, monkeypatch, capsys):
+    """Files named like formulas, given as relative paths (the CSV's cells start with the name):
+    each path cell is text in a spreadsheet (OWASP CSV injection), and unescape_name gives it back."""
+    from test_spreadsheet_safe import formula_cells
+
+    _, models, _, _ = exported
+    monkeypatch.chdir(tmp_path)
+    names = ["=1+2.png", "+cmd.png", "-x.png", "@SUM(1).png", "\tt.png", "ok.png"]
+    for i, name in enumerate(names):
+        save(noise(seed=i), tmp_path / name)
+    out = tmp_path / "p.csv"
+    # `--`: after it, "-x.png" is a file, not an option (as in any command line)
+    assert field_cli.main(["predict", "--model", str(models / "model.onnx"), "--out", str(out), "--", *names]) == 0
+    assert formula_cells(out) == []
+    assert [unescape_name(r["path"]) for r in _rows(out)] == names
+    assert "6 images, 6 predicted" in capsys.readouterr().err
+
+
+def test_the_field_decodes_with_the_cards_intensity_as_training_does(tmp_path):
+    """A 12-bit scan: the field's pixels equal training's decode under the card's intensity (none: auto)."""
+    from finalbn.data import decode_images
+    from finalbn.models import get_spec
+    from test_images import GRADIENT12, png16
+
+    spec = get_spec("efficientnet_lite0")
+    scans = [save(Image.fromarray(GRADIENT12 // 2), tmp_path / "scan.png"),
+             png16(tmp_path / "rgb.png", np.stack([GRADIENT12, GRADIENT12 // 3, GRADIENT12[::-1]], axis=-1),
+                   sbit=bytes([12, 12, 12]))]
+    seen = []
+    for intensity in (None, [0, 1023], "container"):
+        card = {"preprocessing": {**spec.preprocessing(), "size": 32,
+                                  **({} if intensity is None else {"intensity": intensity})}}
+        train = decode_images([str(p) for p in scans], 32, intensity=tuple(intensity) if isinstance(intensity, list)
+                              else intensity or "auto").numpy()
+        mine = np.stack([np.asarray(field.resize_square(field.load_image(p, card), 32)).transpose(2, 0, 1)
+                         for p in scans])
+        assert np.array_equal(mine, train)
+        seen.append(mine)
+    assert not np.array_equal(seen[0], seen[1]) and not np.array_equal(seen[0], seen[2])  # the card's value counts
+
+
+def test_the_field_drafts_a_large_jpeg_as_training_does(tmp_path):
+    from finalbn.data import decode_images
+    from finalbn.images import decode
+
+    p = save(noise(640, 480, seed=9), tmp_path / "photo.jpg", quality=90)
+    assert decode(p, size=32)[1].scale == 8  # 480 // 32 = 15: decoded at 1/8, 80x60
+    card = {"preprocessing": {"size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}}
+    mine = np.asarray(field.resize_square(field.load_image(p, card), 32)).transpose(2, 0, 1)
+    assert np.array_equal(mine, decode_images([str(p)], 32)[0].numpy())
+
+
+def test_max_pixels_option_refuses_with_what_to_do(tmp_path):
+    args = field_cli._parser().parse_args(["predict", "--model", "m.onnx", "x.png", "--max-pixels", "500"])
+    assert args.max_pixels == 500
+    assert field_cli._parser().parse_args(["predict", "--model", "m.onnx", "x.png"]).max_pixels == 89_478_485
+    card = {"preprocessing": {"size": 16, "mean": [0.5] * 3, "std": [0.25] * 3}}
+    model = field.FieldModel(tmp_path / "m.onnx", card, None, [], max_pixels=500)
+    big = save(noise(40, 40), tmp_path / "big.png")
+    from finalbn_field.images import BadImage
+
+    with pytest.raises(BadImage, match="--max-pixels"):
+        model.load_image(big)
+    model.max_pixels = 1600
+    assert model.load_image(big).size == (40, 40)
+
+
+def test_exported_card_carries_the_intensity_and_predict_takes_max_pixels(exported, tmp_path):
+    _, models, out, _ = exported
+    assert out["card"]["preprocessing"]["intensity"] == "auto"
+    assert json.loads((models / "model.json").read_text())["preprocessing"]["intensity"] == "auto"
+    big, small = save(noise(60, 60), tmp_path / "big.png"), save(noise(30, 30), tmp_path / "small.png")
+    preds = tmp_path / "p.csv"
+    code = field_cli.main(["predict", "--model", str(models / "model.onnx"), str(big), str(small),
+                           "--max-pixels", "1000", "--out", str(preds)])
+    rows = _rows(preds)
+    assert code == 1 and [r["status"] for r in rows] == ["error", "ok"]
+    assert "over the 1000-pixel limit" in rows[0]["error"] and "--max-pixels" in rows[0]["error"]
+
+
+def test_the_field_carries_the_projects_bit_depth_code():
+    """images.py imports depth.py relatively: the field carries it as it is too."""
+    assert (FIELD / "finalbn_field" / "depth.py").read_bytes() == (ROOT / "src" / "finalbn" / "depth.py").read_bytes()

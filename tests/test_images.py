@@ -148,7 +148,8 @@ def test_over_max_pixels_refused_before_decoding(tmp_path, monkeypatch):
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
     with pytest.raises(BadImage) as info:
         load_rgb(p, max_pixels=50)
-    assert str(info.value) == "image is 10x10 = 100 pixels, over the 50-pixel limit"
+    assert str(info.value).startswith("image is 10x10 = 100 pixels, over the 50-pixel limit (")
+    assert "datasets.<name>.max_pixels" in str(info.value) and "--max-pixels" in str(info.value)  # what to do
 
 
 def test_exactly_max_pixels_is_allowed(tmp_path):
@@ -166,18 +167,25 @@ def test_huge_header_without_data_is_refused(tmp_path):
     assert "400000000" in reason
 
 
-def test_pillow_bomb_error_becomes_bad_image(tmp_path, monkeypatch):
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40)  # 100 px > 2*40: error
+def test_max_pixels_not_pillows_global_limit_decides(tmp_path, monkeypatch):
+    """decode checks max_pixels in place of Pillow's check at open, so raising it works."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40)  # 100 px > 2*40: Image.open would raise
     p = save(noise(10, 10), tmp_path / "bomb.png")
+    assert_rgb(load_rgb(p, max_pixels=10**9), (10, 10))
     with pytest.raises(BadImage, match="decompression-bomb"):
-        load_rgb(p, max_pixels=10**9)
+        load_rgb(p, max_pixels=99)
 
 
-def test_pillow_bomb_warning_becomes_bad_image(tmp_path, monkeypatch):
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 60)  # 60 < 100 px <= 120: only a warning
+@pytest.mark.parametrize("exc", [Image.DecompressionBombError("big"), Image.DecompressionBombWarning("big")])
+def test_pillow_bomb_inside_a_plugin_becomes_bad_image(tmp_path, monkeypatch, exc):
+    """Pillow's plugins check frames themselves (MPO, GIF, ...): their error or warning is a refusal."""
+    def bomb(self):
+        raise exc
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", bomb)
     p = save(noise(10, 10), tmp_path / "bomb.png")
     with pytest.raises(BadImage, match="decompression-bomb"):
-        load_rgb(p, max_pixels=10**9)
+        load_rgb(p)
 
 
 # ---------------------------------------------------------------- modes and conversions
@@ -204,20 +212,31 @@ def test_16bit_big_endian_tiff(tmp_path):
     assert np.asarray(load_rgb(p))[0, :, 0].tolist() == [0, 128, 255]
 
 
-def test_32bit_int_tiff_treated_as_16bit(tmp_path):
-    arr = np.array([[-5, 0, 32768, 65535, 100000]], dtype=np.int32)
+def test_32bit_int_tiff_with_negative_values_spans_its_own_range(tmp_path):
+    arr = np.array([[-5, 0, 50000, 100000]], dtype=np.int32)
     p = save(Image.fromarray(arr), tmp_path / "int.tif")
     with Image.open(p) as raw:
         assert raw.mode == "I"
-    assert np.asarray(load_rgb(p))[0, :, 0].tolist() == [0, 0, 128, 255, 255]
+    img, info = images.decode(p)
+    assert np.asarray(img)[0, :, 0].tolist() == [0, 0, 128, 255]  # -5..100000 -> 0..255
+    assert info.source == "image min..max" and info.range == (-5.0, 100000.0)
 
 
-def test_float_tiff_clipped_to_0_255(tmp_path):
-    arr = np.array([[-1.0, 0.0, 127.6, 255.0, 1000.0, np.nan]], dtype=np.float32)
+def test_32bit_int_tiff_without_negatives_by_its_maximum(tmp_path):
+    arr = np.array([[0, 32768, 65535]], dtype=np.int32)
+    p = save(Image.fromarray(arr), tmp_path / "int.tif")
+    img, info = images.decode(p)
+    assert np.asarray(img)[0, :, 0].tolist() == [0, 128, 255] and info.label == "I 16-bit (image maximum)"
+
+
+def test_float_tiff_outside_0_1_spans_its_own_range(tmp_path):
+    arr = np.array([[-1.0, 0.0, 127.0, 255.0, 1000.0, np.nan]], dtype=np.float32)
     p = save(Image.fromarray(arr), tmp_path / "float.tif")
     with Image.open(p) as raw:
         assert raw.mode == "F"
-    assert np.asarray(load_rgb(p))[0, :, 0].tolist() == [0, 0, 128, 255, 255, 0]
+    img, info = images.decode(p)
+    assert np.asarray(img)[0, :, 0].tolist() == [0, 0, 33, 65, 255, 0]  # (v + 1) * 255 / 1001; NaN is black
+    assert info.source == "image min..max" and info.label == "F 32-bit float (image min..max)"
 
 
 def test_cmyk_jpeg(tmp_path):
@@ -470,7 +489,7 @@ def test_scan_passes_max_pixels(tmp_path):
     save(noise(10, 10), tmp_path / "a.png")
     good, bad = scan_folder(tmp_path, max_pixels=50)
     assert good == []
-    assert bad[0].reason == "image is 10x10 = 100 pixels, over the 50-pixel limit"
+    assert bad[0].reason.startswith("image is 10x10 = 100 pixels, over the 50-pixel limit (")
 
 
 def test_scan_missing_folder(tmp_path):
@@ -592,3 +611,304 @@ def test_corrupted_bytes_only_ever_raise_bad_image(tmp_path):
                 assert_rgb(load_rgb(p))
             except BadImage as exc:
                 assert "\n" not in str(exc)
+
+
+# ---------------------------------------------------------------- bit depth and range (issue 33)
+
+
+def png16(path: Path, samples: np.ndarray, sbit: bytes | None = None) -> Path:
+    """A 16-bit PNG of (H, W) grey or (H, W, 3|4) colour samples (pypng), with an sBIT chunk if given."""
+    import png
+
+    h, w = samples.shape[:2]
+    planes = 1 if samples.ndim == 2 else samples.shape[2]
+    writer = png.Writer(w, h, greyscale=planes in (1, 2), alpha=planes in (2, 4), bitdepth=16)
+    with open(path, "wb") as fh:
+        writer.write(fh, samples.reshape(h, w * planes).tolist())
+    if sbit is not None:  # sBIT goes before IDAT
+        data = path.read_bytes()
+        at = data.index(b"IDAT") - 4
+        chunk = struct.pack(">I", len(sbit)) + b"sBIT" + sbit + struct.pack(">I", zlib.crc32(b"sBIT" + sbit))
+        path.write_bytes(data[:at] + chunk + data[at:])
+    return path
+
+
+GRADIENT12 = np.arange(4096, dtype=np.uint16).reshape(64, 64)  # every 12-bit level once
+
+
+def levels(img: Image.Image, channel: int = 0) -> int:
+    return len(np.unique(np.asarray(img)[..., channel]))
+
+
+def test_12bit_png_with_sbit_keeps_its_levels(tmp_path):
+    p = png16(tmp_path / "g.png", GRADIENT12 // 2, sbit=bytes([12]))  # max 2047, but the file says 12 bits
+    with Image.open(p) as raw:
+        assert raw.mode == "I;16"
+    img, info = images.decode(p)
+    assert_rgb(img, (64, 64))
+    assert info.label == "I;16 12-bit (sBIT)" and info.range == (0.0, 4095.0) and info.deep
+    assert np.asarray(img).max() == 127 and levels(img) == 128  # scaled by 4095, not by its own maximum
+
+
+def test_12bit_png_without_sbit_by_its_maximum(tmp_path):
+    p = save(Image.fromarray(GRADIENT12), tmp_path / "g.png")
+    img, info = images.decode(p)
+    assert info.source == "image maximum" and info.significant == 12 and info.range == (0.0, 4095.0)
+    assert levels(img) >= 200 and np.asarray(img).max() == 255  # (x / 257 kept 16 levels)
+
+
+def test_12bit_tiff_by_its_max_sample_value(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    p = tmp_path / "g.tif"
+    tifffile.imwrite(p, GRADIENT12 // 2, extratags=[(281, "H", 1, 4095, True)])  # MaxSampleValue
+    img, info = images.decode(p)
+    assert info.label == "I;16 12-bit (TIFF MaxSampleValue)" and np.asarray(img).max() == 127
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, GRADIENT12)
+    img, info = images.decode(plain)
+    assert info.label == "I;16 12-bit (image maximum)" and levels(img) >= 200
+
+
+def test_full_16bit_png_spans_the_container(tmp_path):
+    full = (np.arange(4096, dtype=np.uint32).reshape(64, 64) * 16 + 15).astype(np.uint16)  # 15..65535
+    img, info = images.decode(save(Image.fromarray(full), tmp_path / "g.png"))
+    assert info.significant == 16 and info.range == (0.0, 65535.0) and levels(img) == 256
+
+
+@pytest.mark.parametrize("fmt", ["png", "tif"])
+def test_16bit_rgb_keeps_every_bit(tmp_path, fmt):
+    """Pillow decodes 16-bit colour to its high byte: 12-bit data would be 16 levels."""
+    rgb = np.stack([GRADIENT12, GRADIENT12[::-1], GRADIENT12 // 2], axis=-1)
+    if fmt == "png":
+        p = png16(tmp_path / "c.png", rgb)
+    else:
+        tifffile = pytest.importorskip("tifffile")
+        p = tmp_path / "c.tif"
+        tifffile.imwrite(p, rgb, photometric="rgb")
+    with Image.open(p) as raw:
+        assert raw.mode == "RGB" and len(np.unique(np.asarray(raw)[..., 0])) == 16  # what Pillow alone gives
+    img, info = images.decode(p)
+    assert info.mode == "RGB;16" and info.significant == 12
+    assert min(levels(img, c) for c in range(3)) >= 128 and levels(img, 0) >= 200
+    assert np.array_equal(np.asarray(img)[..., 0], np.asarray(images.decode(save(Image.fromarray(GRADIENT12),
+                                                                           tmp_path / "grey.png"))[0])[..., 0])
+
+
+def test_16bit_rgba_png_composited_on_white(tmp_path):
+    rgba = np.zeros((1, 2, 4), dtype=np.uint16)
+    rgba[0, 0] = (0, 0, 0, 0)  # transparent black
+    rgba[0, 1] = (65535, 0, 0, 65535)  # opaque red
+    img = load_rgb(png16(tmp_path / "a.png", rgba))
+    assert np.asarray(img).tolist() == [[[255, 255, 255], [255, 0, 0]]]
+
+
+def test_float_tiff_0_1_is_not_clipped(tmp_path):
+    p = save(Image.fromarray((GRADIENT12 / 4095).astype(np.float32)), tmp_path / "f.tif")
+    img, info = images.decode(p)
+    assert info.label == "F 32-bit float (float 0..1)" and levels(img) == 256  # (clipping to 0..255: 2 levels)
+
+
+def test_float64_and_float_colour_tiffs_pillow_cannot_open(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    p = tmp_path / "f64.tif"
+    tifffile.imwrite(p, GRADIENT12.astype(np.float64) * 0.5 - 100.0)  # -100..1947.5
+    with pytest.raises(Exception):
+        Image.open(p)
+    img, info = images.decode(p)
+    assert info.source == "image min..max" and info.range == (-100.0, 1947.5) and levels(img) == 256
+    q = tmp_path / "rgbf.tif"
+    tifffile.imwrite(q, np.stack([GRADIENT12 / 4095.0] * 3, axis=-1).astype(np.float32), photometric="rgb")
+    img, info = images.decode(q)
+    assert info.label == "RGB;32F 32-bit float (float 0..1)" and levels(img) == 256
+
+
+def test_min_is_white_deep_tiff_is_inverted(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    p = tmp_path / "mw.tif"
+    tifffile.imwrite(p, GRADIENT12, photometric="miniswhite")  # Pillow reads I;16 and would not invert it
+    out = np.asarray(load_rgb(p))[..., 0].ravel()
+    assert out[0] == 255 and out[-1] == 0
+
+
+def test_intensity_fixed_and_container(tmp_path):
+    p = save(Image.fromarray(GRADIENT12), tmp_path / "g.png")
+    img, info = images.decode(p, intensity=[0, 2047])  # a list, as YAML and JSON give it
+    out = np.asarray(img)[..., 0].ravel()
+    assert info.source == "fixed" and info.range == (0.0, 2047.0)
+    assert out[2047] == 255 and (out[2048:] == 255).all() and levels(img) == 256  # above hi: clipped
+    img, info = images.decode(p, intensity="container")
+    assert info.range == (0.0, 65535.0) and np.asarray(img).max() == 16  # 4095 / 257
+    f = save(Image.fromarray(np.array([[-0.5, 0.5, 2.0]], dtype=np.float32)), tmp_path / "f.tif")
+    assert np.asarray(load_rgb(f, intensity="container"))[0, :, 0].tolist() == [0, 128, 255]  # 0..1, clipped
+    for bad in ("linear", [5, 5], [1, 2, 3], None):
+        with pytest.raises(ValueError, match="intensity"):
+            load_rgb(p, intensity=bad)
+
+
+def test_8bit_images_decode_to_exactly_the_same_bytes(tmp_path):
+    """8-bit images (the embedded default's PNGs among them) are Pillow's conversion, whatever intensity or size."""
+    png_ = save(noise(64, 64), tmp_path / "rgb.png")
+    jpg = save(noise(100, 90, seed=2), tmp_path / "small.jpg", quality=90)  # under twice the size: never drafted
+    for p in (png_, jpg):
+        with Image.open(p) as raw:
+            want = raw.convert("RGB").tobytes()
+        for intensity in ("auto", "container", (0, 4095)):
+            img, info = images.decode(p, intensity=intensity, size=64)
+            assert img.tobytes() == want and info.label == "RGB 8-bit" and info.scale == 1 and not info.deep
+
+
+def test_found_collects_what_each_usable_image_holds(tmp_path):
+    save(noise(), tmp_path / "a.png")
+    save(Image.fromarray(GRADIENT12), tmp_path / "b.png")
+    (tmp_path / "c.txt").write_text("no")
+    found: dict = {}
+    good, bad = scan_folder(tmp_path, found=found)
+    assert [p.name for p in good] == ["a.png", "b.png"] and len(bad) == 1
+    assert {p.name: d.label for p, d in found.items()} == {"a.png": "RGB 8-bit", "b.png": "I;16 12-bit (image maximum)"}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_corrupted_deep_files_only_ever_raise_bad_image(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    rgb = np.stack([GRADIENT12[:16, :16]] * 3, axis=-1)
+    tifffile.imwrite(tmp_path / "o.tif", rgb, photometric="rgb")
+    tifffile.imwrite(tmp_path / "o64.tif", rgb[..., 0].astype(np.float64))
+    originals = [png16(tmp_path / "o.png", rgb).read_bytes(), (tmp_path / "o.tif").read_bytes(),
+                 (tmp_path / "o64.tif").read_bytes()]
+    rng = np.random.default_rng(7)
+    p = tmp_path / "victim"
+    for data in originals:
+        for i in range(40):
+            damaged = bytearray(data)
+            if i % 2:
+                damaged = damaged[: int(rng.integers(1, len(damaged)))]
+            else:
+                for pos in rng.integers(0, len(damaged), size=4):
+                    damaged[pos] = int(rng.integers(0, 256))
+            p.write_bytes(bytes(damaged))
+            try:
+                assert_rgb(load_rgb(p))
+            except BadImage as exc:
+                assert "\n" not in str(exc)
+
+
+def test_compressed_deep_tiff_without_imagecodecs_is_refused_naming_it(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    try:
+        import imagecodecs  # noqa: F401
+        pytest.skip("imagecodecs is installed: tifffile decodes LZW")
+    except ImportError:
+        pass
+    p = tmp_path / "lzw.tif"
+    tifffile.imwrite(p, np.stack([GRADIENT12] * 3, axis=-1), photometric="rgb", compression="zlib")
+    with tifffile.TiffFile(p) as tif:
+        at = tif.pages[0].tags[259].offset + 8  # the Compression entry's inline value
+    data = bytearray(p.read_bytes())
+    data[at:at + 2] = struct.pack("<H", 5)  # LZW, which tifffile leaves to imagecodecs
+    p.write_bytes(bytes(data))
+    assert "pip install imagecodecs" in rejected_reason(p)
+
+
+# ---------------------------------------------------------------- very large photos (issue 33, item 9)
+
+
+@pytest.fixture(scope="module")
+def big_jpeg(tmp_path_factory) -> Path:
+    """A 12000x9000 (108 MP) phone-sized JPEG: over Pillow's limit, solid so it encodes in a second or two."""
+    path = tmp_path_factory.mktemp("big") / "photo.jpg"
+    Image.new("RGB", (12000, 9000), (40, 120, 30)).save(path, quality=85)
+    return path
+
+
+def test_a_108mp_jpeg_is_drafted_to_no_less_than_the_model_input(big_jpeg):
+    img, info = images.decode(big_jpeg, size=224)
+    assert info.scale == 8 and img.size == info.size == (1500, 1125) and min(img.size) >= 224
+    assert np.abs(np.asarray(img).astype(int) - (40, 120, 30)).max() <= 3
+    img, info = images.decode(big_jpeg, size=1024)  # 9000 // 1024 = 8: still 1/8, shorter side 1125 >= 1024
+    assert min(img.size) >= 1024
+    img, info = images.decode(big_jpeg, size=3000)  # 1/2 only
+    assert info.scale == 2 and img.size == (6000, 4500)
+
+
+def test_a_108mp_jpeg_without_a_target_size_is_judged_whole(big_jpeg):
+    reason = check_image(big_jpeg)
+    assert reason is not None and "108000000 pixels" in reason and "datasets.<name>.max_pixels" in reason
+    assert check_image(big_jpeg, size=64) is None
+
+
+def test_a_large_image_that_cannot_be_drafted_is_refused_naming_the_options(tmp_path):
+    p = png_header_only(tmp_path / "scan.png", 12000, 9000)  # a PNG cannot decode at reduced scale
+    reason = check_image(p, size=64)
+    assert reason.startswith("image is 12000x9000 = 108000000 pixels, over the 89478485-pixel limit")
+    assert "datasets.<name>.max_pixels" in reason and "finalbn-field predict --max-pixels" in reason
+    raised = check_image(p, max_pixels=200_000_000, size=64)  # the limit raised: now it is judged on its data
+    assert raised is not None and raised.startswith("truncated or corrupt PNG")
+
+
+def test_prepare_refuses_images_whose_maxima_imply_different_depths(tmp_path):
+    from conftest import TINY_SPLIT, PARAMS
+    from finalbn.config import load_config
+    from finalbn.errors import DataError
+    from finalbn.splits import prepare_dataset
+
+    root = tmp_path / "pv"
+    for k, (cond, n) in enumerate((("healthy", 8), ("Scab", 5))):
+        for i in range(n):
+            top = 1023 if i % 3 == 0 else 4095  # some look 10-bit, some 12-bit: no record says which
+            arr = (np.arange(256, dtype=np.uint32).reshape(16, 16) * (top + 1) // 256 + i + 10 * k).clip(0, top)
+            arr[0, 0] = top
+            (root / f"Apple___{cond}").mkdir(parents=True, exist_ok=True)
+            save(Image.fromarray(arr.astype(np.uint16)), root / f"Apple___{cond}" / f"{i}.png")
+    base = TINY_SPLIT + [f"datasets.0.root={root}", "datasets.0.source=plantvillage", "datasets.0.image_size=16"]
+    cfg = load_config([PARAMS], base)
+    with pytest.raises(DataError) as info:
+        prepare_dataset(cfg.datasets[0], cfg.split, tmp_path / "splits", progress=False)
+    msg = str(info.value)
+    assert "\n" not in msg and "5 look 10-bit, 8 look 12-bit" in msg
+    assert f"datasets.{cfg.datasets[0].name}.intensity: [0, 4095]" in msg and "container" in msg
+    cfg = load_config([PARAMS], base + ["datasets.0.intensity=[0, 4095]"])
+    summary = prepare_dataset(cfg.datasets[0], cfg.split, tmp_path / "splits", progress=False)[0]
+    assert summary["intensity"] == (0.0, 4095.0)
+    assert summary["decoded"]["counts"] == {"I;16 16-bit (fixed)": 13} and summary["decoded"]["high_bit_depth"] == 13
+
+
+def test_prepare_records_and_reports_what_the_images_hold(tmp_path, monkeypatch):
+    import json
+
+    from conftest import TINY_SPLIT, PARAMS
+    from finalbn.config import load_config
+    from finalbn.data import decode_images, decoded_cache_path, load_splits
+    from finalbn.splits import prepare_dataset
+    from finalbn.stages.prepare import _extra
+
+    monkeypatch.setenv("FINALBN_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "pv"
+    for k, (cond, n) in enumerate((("healthy", 8), ("Scab", 5))):
+        (root / f"Apple___{cond}").mkdir(parents=True)
+        for i in range(n):
+            arr = np.roll(GRADIENT12[:32, :32] + 2048, i + 10 * k)  # 2048..4063: 12-bit by its maximum
+            if i < 2:
+                png16(root / f"Apple___{cond}" / f"{i}.png", arr, sbit=bytes([12]))
+            else:
+                save(Image.fromarray(arr), root / f"Apple___{cond}" / f"{i}.png")
+    save(noise(32, 32), root / "Apple___healthy" / "rgb.png")
+    cfg = load_config([PARAMS], TINY_SPLIT + [f"datasets.0.root={root}", "datasets.0.source=plantvillage",
+                                              "datasets.0.image_size=16"])
+    summary = prepare_dataset(cfg.datasets[0], cfg.split, tmp_path / "splits", progress=False)[0]
+    written = json.loads((tmp_path / "splits" / cfg.datasets[0].name / "0" / "split.json").read_text())
+    assert written["intensity"] == "auto" and written["max_pixels"] == 89_478_485
+    assert written["decoded"] == {"counts": {"I;16 12-bit (image maximum)": 9, "I;16 12-bit (sBIT)": 4,
+                                             "RGB 8-bit": 1},
+                                  "high_bit_depth": 13, "own_range": 0, "inferred_depths": {"12": 9}}
+    line = _extra(summary)
+    assert "decoded (intensity auto): 9 I;16 12-bit (image maximum), 4 I;16 12-bit (sBIT), 1 RGB 8-bit" in line
+    assert "bit depth read off the image maximum (no sBIT or TIFF record): 9 as 12-bit" in line
+    manifest = tmp_path / "splits" / cfg.datasets[0].name / "0" / "manifest.csv"
+    got = load_splits(manifest, 16)["train"]  # decoded with split.json's intensity
+    assert torch_equal(got.images, decode_images(list(got.paths), 16, intensity="auto"))
+    assert decoded_cache_path(manifest, 16).is_file()
+    assert decoded_cache_path(manifest, 16, (0.0, 4095.0)) != decoded_cache_path(manifest, 16)
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a == b).all()) and a.shape == b.shape

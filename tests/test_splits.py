@@ -139,6 +139,27 @@ def test_too_few_images_names_the_class(load, tiny_split, tmp_path):
         _prepare(load, tiny_split, root, tmp_path / "o", "datasets.0.source=plantvillage")
 
 
+def test_too_few_images_also_says_which_files_were_refused(load, tiny_split, tmp_path):
+    """The refusal counts the rejected files by kind, one example each, and lists them all in
+    refused.json; with nothing rejected the message is the draw's own and no file is written."""
+    root = make_plantvillage(tmp_path / "pv", diseases={"Scab": 3})
+    for name in ("a.jpg", "b.jpg"):
+        (root / "Apple___Scab" / name).write_text("not a photo")
+    (root / "Apple___Scab" / "c.png").write_bytes(b"")
+    with pytest.raises(DataError) as err:
+        _prepare(load, tiny_split, root, tmp_path / "o", "datasets.0.source=plantvillage")
+    refused = tmp_path / "o" / "synthetic-apple" / "refused.json"
+    assert str(err.value) == ("class diseased (Apple___Scab) has 3 usable images, the split needs 5 (2 train + 1 val + "
+                              "2 test); not usable: 2 files not an image (e.g. Apple___Scab/a.jpg), 1 file empty file "
+                              f"(e.g. Apple___Scab/c.png); every reason in {refused}")
+    record = json.loads(refused.read_text())
+    assert [Path(r["path"]).name for r in record["rejected"]] == ["a.jpg", "b.jpg", "c.png"] and record["skipped"] == []
+    clean = make_plantvillage(tmp_path / "clean", diseases={"Scab": 3})
+    with pytest.raises(DataError) as err:
+        _prepare(load, tiny_split, clean, tmp_path / "o2", "datasets.0.source=plantvillage")
+    assert "not usable" not in str(err.value) and not (tmp_path / "o2" / "synthetic-apple" / "refused.json").exists()
+
+
 @pytest.mark.parametrize("layout, expected", [
     ("missing_root", "root folder .* does not exist"),
     ("no_crop", r"no <Apple>___<condition> folders .* \(crops found: Grape\)"),
@@ -288,3 +309,169 @@ def test_no_crop_folders_names_the_look_alikes(load, tiny_split, tmp_path):
     msg = str(err.value)
     assert "look-alike folders: Tomato__Target_Spot, Tomato_healthy;" in msg
     assert "crops found: Pepper__bell, Potato, Tomato" in msg and len(msg.splitlines()) == 1
+
+
+# ---------------------------------------------------------------- groups (patients, lesions) never straddle splits
+
+
+def _patients(root: Path, patients: int = 10, benign: int = 3, malignant: int = 2, blank: int = 0) -> list[str]:
+    """An ISIC-2020-like folder: every patient has `benign` and `malignant` images; `blank` more
+    benign rows with no patient_id. Returns the overrides of a csv dataset grouped by patient_id."""
+    rows, n = ["image,patient_id,label"], 0
+    for p in range(patients):
+        for label, k in (("benign", benign), ("malignant", malignant)):
+            for _ in range(k):
+                write_png(root / f"img{n:03d}.png", 7_000 + n)
+                rows.append(f"img{n:03d},IP_{p:02d},{label}")
+                n += 1
+    for _ in range(blank):
+        write_png(root / f"img{n:03d}.png", 7_000 + n)
+        rows.append(f"img{n:03d},,benign")
+        n += 1
+    (root / "gt.csv").write_text("\n".join(rows) + "\n")
+    return [f"datasets.0.root={root}", "datasets.0.source=csv", "datasets.0.crop=null", "datasets.0.labels=gt.csv",
+            "datasets.0.image_column=image", "datasets.0.label_column=label", "datasets.0.majority=[benign]",
+            "datasets.0.minority=[malignant]", "datasets.0.group_column=patient_id"]
+
+
+def _group_of_rows(root: Path, rows: list[dict]) -> dict[str, set[str]]:
+    """patient_id -> the splits its drawn images are in."""
+    table = dict(line.split(",")[:2] for line in (root / "gt.csv").read_text().splitlines()[1:])
+    out: dict[str, set[str]] = {}
+    for r in rows:
+        out.setdefault(table[Path(r["path"]).stem], set()).add(r["split"])
+    return out
+
+
+def test_no_patient_in_two_splits_and_the_counts_are_exact(load, tiny_split, tmp_path):
+    root = tmp_path / "isic"
+    sets = _patients(root)
+    straddled = 0
+    for seed in range(12):
+        out = tmp_path / f"o{seed}"
+        summary = _prepare(load, tiny_split, root, out, *sets[1:], f"split.seed={seed}", replicates=2)
+        for r in range(2):
+            rows = read_manifest(out / "synthetic-apple" / str(r) / "manifest.csv")
+            where = _group_of_rows(root, rows)
+            assert all(len(s) == 1 for s in where.values()), (seed, r, where)
+            got = [sum(1 for x in rows if x["split"] == s and x["label"] == lab) for s in ("train", "val", "test")
+                   for lab in (0, 1)]
+            assert got == [4, 2, 2, 1, 2, 2], (seed, r)
+        g = summary["groups"]
+        assert g["by"] == "patient_id" and g["groups"] == 10 and g["ungrouped"]["images"] == 0
+        assert sum(g["per_split"].values()) + g["unused"] == 10
+        rows = read_manifest(out / "synthetic-apple" / "0" / "manifest.csv")
+        assert {p: s.pop() for p, s in _group_of_rows(root, rows).items()} == \
+            {p: s for p, s in g["split_of"].items() if s is not None}
+        plain = _prepare(load, tiny_split, root, tmp_path / "plain", *sets[1:-1], f"split.seed={seed}")
+        assert "groups" not in plain  # without the key: the plain draw, and split.json as before
+        where = _group_of_rows(root, read_manifest(tmp_path / "plain" / "synthetic-apple" / "0" / "manifest.csv"))
+        straddled += any(len(s) > 1 for s in where.values())
+    assert straddled  # what the key prevents: without it, patients straddle splits
+
+
+def test_idc_patient_folders_are_one_group_with_group_by_folder(load, tiny_split, tmp_path):
+    root = tmp_path / "IDC"
+    for p in range(8):
+        for cls, k in (("0", 3), ("1", 2)):
+            for i in range(k):
+                write_png(root / f"{10250 + p}" / cls / f"{p}_{cls}_{i}.png", 100 * p + 10 * int(cls) + i)
+    sets = ["datasets.0.source=folders", "datasets.0.crop=null", "datasets.0.majority=[*/0]",
+            "datasets.0.minority=[*/1]", "datasets.0.group_by_folder=true"]
+    for seed in range(8):
+        summary = _prepare(load, tiny_split, root, tmp_path / "o", *sets, f"split.seed={seed}")
+        rows = read_manifest(tmp_path / "o" / "synthetic-apple" / "0" / "manifest.csv")
+        where: dict[str, set[str]] = {}
+        for r in rows:
+            where.setdefault(Path(r["path"]).parts[-3], set()).add(r["split"])
+        assert all(len(s) == 1 for s in where.values()), (seed, where)
+        assert [sum(1 for x in rows if x["split"] == s) for s in ("train", "val", "test")] == [6, 3, 4]
+        g = summary["groups"]
+        assert g["by"] == "folder" and g["groups"] == 8 and set(g["split_of"]) == {f"{10250 + p}" for p in range(8)}
+        assert {p: s.pop() for p, s in where.items()} == {p: s for p, s in g["split_of"].items() if s}
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["datasets.0.majority=[negative]", "datasets.0.minority=[*/1]"], "group_by_folder needs glob patterns"),
+    (["datasets.0.majority=[**/0]", "datasets.0.minority=[**/1]"], "group_by_folder cannot group by '**'"),
+    (["datasets.0.majority=[*/0]", "datasets.0.minority=[*/1]", "datasets.0.group_column=patient"],
+     "source folders takes no 'group_column'"),
+])
+def test_group_keys_are_refused_where_they_cannot_apply(load, extra, expected):
+    from finalbn.config import ConfigError  # the config's error, raised by load
+    with pytest.raises(ConfigError, match=expected.replace("*", r"\*")) as err:
+        load(["datasets.0.source=folders", "datasets.0.crop=null", "datasets.0.group_by_folder=true", *extra])
+    assert "\n" not in str(err.value)
+
+
+def test_a_split_the_groups_cannot_fill_is_refused_naming_the_counts(load, tiny_split, tmp_path, capsys):
+    root = tmp_path / "isic"
+    sets = _patients(root, patients=2, benign=8, malignant=4)  # 8 minority images, but in 2 groups for 3 splits
+    args = ["prepare", "--params", str(PARAMS), *[x for o in tiny_split + sets for x in ("--set", o)],
+            "--out", str(tmp_path / "out")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "groups (patient_id): a group goes whole into one split" in err
+    # the first patient goes to train, the second to val (no split's need fits 4 minority images): test is empty
+    assert "test majority needs 2, its groups give 0; test minority needs 2, its groups give 0 (2 groups hold " \
+        "minority images, 8 images in all)" in err
+    assert not list((tmp_path / "out").rglob("manifest.csv"))
+
+
+def test_rows_without_a_group_value_are_their_own_groups_and_reported(tmp_path, capsys, tiny_split):
+    root = tmp_path / "isic"
+    sets = _patients(root, patients=6, blank=5)
+    args = ["prepare", "--params", str(PARAMS), *[x for o in tiny_split + sets for x in ("--set", o)],
+            "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    line = capsys.readouterr().out
+    summary = json.loads((tmp_path / "out" / "synthetic-apple" / "0" / "split.json").read_text())
+    g = summary["groups"]
+    assert g["groups"] == 6 and g["ungrouped"]["images"] == 5
+    assert g["ungrouped"]["paths"] == [(root / f"img{n:03d}.png").as_posix() for n in range(30, 35)]
+    per = ", ".join(f"{g['per_split'][s]} {s}" for s in ("train", "val", "test"))
+    alone = ", ".join(f"{g['ungrouped']['per_split'][s]} {s}" for s in ("train", "val", "test"))
+    assert f"; groups (patient_id): {per}; 5 images without a group value, each its own group ({alone} drawn)" in line
+
+
+def test_grouped_draw_is_deterministic_and_replicates_differ(load, tiny_split, tmp_path):
+    root = tmp_path / "isic"
+    sets = _patients(root, patients=12)
+    for out in ("a", "b"):
+        _prepare(load, tiny_split, root, tmp_path / out, *sets[1:], replicates=3)
+    base = {r: (tmp_path / "a" / "synthetic-apple" / str(r) / "manifest.csv").read_bytes() for r in range(3)}
+    for r in range(3):
+        for name in ("manifest.csv", "split.json"):
+            assert (tmp_path / "a" / "synthetic-apple" / str(r) / name).read_bytes() == \
+                (tmp_path / "b" / "synthetic-apple" / str(r) / name).read_bytes()
+    assert len(set(base.values())) > 1
+
+
+def test_disjoint_test_with_groups_shares_no_patient_across_replicates(load, tiny_split, tmp_path):
+    root = tmp_path / "isic"
+    sets = _patients(root, patients=14)
+    _prepare(load, tiny_split, root, tmp_path / "o", *sets[1:], "split.disjoint_test=true", replicates=3)
+    tests = []
+    for r in range(3):
+        rows = read_manifest(tmp_path / "o" / "synthetic-apple" / str(r) / "manifest.csv")
+        where = _group_of_rows(root, rows)
+        assert all(len(s) == 1 for s in where.values())
+        assert [sum(1 for x in rows if x["split"] == s) for s in ("train", "val", "test")] == [6, 3, 4]
+        tests.append({p for p, s in where.items() if s == {"test"}})
+    assert not (tests[0] & tests[1]) and not (tests[0] & tests[2]) and not (tests[1] & tests[2])
+
+
+def test_a_missing_group_column_or_a_literal_folder_is_refused_in_one_line(load, tiny_split, tmp_path):
+    root = tmp_path / "isic"
+    sets = _patients(root, patients=4)
+    with pytest.raises(DataError, match=r"has no column 'patient' \(group_column\); columns: 'image', 'patient_id', "
+                                        r"'label'"):
+        _prepare(load, tiny_split, root, tmp_path / "o", *sets[1:-1], "datasets.0.group_column=patient")
+    for p in range(4):  # a folder whose name merely looks like a pattern is taken as written: it has no group
+        for i in range(4):
+            write_png(tmp_path / "scans" / "[2020] neg" / f"{p}_{i}.png", 500 + 10 * p + i)
+        write_png(tmp_path / "scans" / f"{p}" / "1" / "x.png", 900 + p)
+    with pytest.raises(DataError, match=r"group_by_folder: majority entry '\[2020\] neg' is a folder of that name"):
+        _prepare(load, tiny_split, tmp_path / "scans", tmp_path / "o", "datasets.0.source=folders", "datasets.0.crop=null",
+                 "datasets.0.majority=[[2020] neg]", "datasets.0.minority=[*/1]", "datasets.0.group_by_folder=true")

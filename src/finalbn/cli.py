@@ -21,7 +21,7 @@ from typing import Callable
 
 from finalbn import interrupt
 from finalbn.config import Config, ConfigError, load_config
-from finalbn.errors import DataError, StoreError, TrainingDiverged, UsageError, WeightsError
+from finalbn.errors import DataError, StoreError, TrainingDiverged, UsageError, WeightsError, storage_full
 
 EXIT_USAGE = 2
 
@@ -252,6 +252,24 @@ def _main(argv: list[str] | None) -> int:
         if not os.environ.get(CHILD):
             print(line, file=sys.stderr, flush=True)
         return 130
+    except Exception as exc:  # a full disk, a quota, a read-only folder: one line, wherever it struck
+        full = storage_full(exc)
+        if full is None:
+            raise
+        print(_full_line(args.command, full), file=sys.stderr, flush=True)
+        return 1
+
+
+def _full_line(command: str, full: tuple[str, str | None]) -> str:
+    """The one line for storage that refused a write, and what was kept."""
+    what, path = full
+    if path is None:  # SQLite's message has no file name: the tracking store is the one such writer
+        mlflow = sys.modules.get("mlflow")
+        path = f"the tracking store {mlflow.get_tracking_uri()}" if mlflow is not None else "an output"
+    kept = ("the earlier splits are kept as they were (a dataset's replicates are replaced all at once)"
+            if command == "prepare" else
+            "files already written are whole (each is replaced in one step) and finished runs stay in the store")
+    return f"finalbn {command}: error: {what} writing {path}; {kept}; free space and run the same command again"
 
 
 if __name__ == "__main__":

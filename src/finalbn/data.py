@@ -8,11 +8,12 @@
     for x, y in EvalBatches(splits["val"], mean=spec.mean, std=spec.std):
         ...
 
-Images are decoded once per (manifest, image size) into uint8 tensors and cached on disk, in a
-content-addressed file `<cache>/decoded/<manifest sha256>-<size>-<decoder>.pt` (`FINALBN_CACHE`,
-default `.cache/finalbn`): worker processes and later stages read tensors, never images. The
-manifest holds every file's sha256, so its hash names the content. A cache file that cannot be
-read is rebuilt.
+Images are decoded once per (manifest, image size, intensity) into uint8 tensors and cached on
+disk, in a content-addressed file `<cache>/decoded/<manifest sha256>-<size>-<intensity>-<decoder>.pt`
+(`FINALBN_CACHE`, default `.cache/finalbn`): worker processes and later stages read tensors, never
+images. The manifest holds every file's sha256, so its hash names the content. A cache file that
+cannot be read is rebuilt. The intensity and pixel limit are those prepare recorded in the
+split.json beside the manifest (`decode_settings`), so every caller decodes as prepare validated.
 
 A `TrainPlan` draws the data order, augmentation (on tensors, on the plan's device) and MixUp
 from its own seeded streams (`finalbn.seeds`): the same epoch gives the same inputs whoever asks,
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -38,7 +40,7 @@ from tqdm import tqdm
 
 from finalbn.augment import BatchAugment
 from finalbn.config import AugmentConfig
-from finalbn.images import load_rgb, unescape_name
+from finalbn.images import MAX_PIXELS, Intensity, load_rgb, unescape_name
 from finalbn.io import atomic_path
 from finalbn.models import IMAGENET_MEAN, IMAGENET_STD
 from finalbn.seeds import AUGMENT, MIXUP, ORDER, stream_seed
@@ -77,12 +79,15 @@ def resize_square(img: Image.Image, size: int) -> Image.Image:
     return img
 
 
-def decode_images(paths: Sequence[str], image_size: int, progress: bool = False) -> torch.Tensor:
+def decode_images(paths: Sequence[str], image_size: int, progress: bool = False, intensity: Intensity = "auto",
+                  max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     """(N, 3, image_size, image_size) uint8 images of `paths` as manifests write them (escaped
-    names, `images.unescape_name`). Raises images.BadImage for a file that cannot be used."""
+    names, `images.unescape_name`), decoded with `intensity` (a JPEG at reduced scale for
+    image_size, as the field does). Raises images.BadImage for a file that cannot be used."""
     out = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
     for i, p in enumerate(tqdm(paths, desc="decode", unit="img", disable=not progress)):
-        arr = np.array(resize_square(load_rgb(unescape_name(p)), image_size))  # (H, W, 3) uint8, writable copy
+        img = load_rgb(unescape_name(p), max_pixels, intensity, image_size)
+        arr = np.array(resize_square(img, image_size))  # (H, W, 3) uint8, writable copy
         out[i] = torch.from_numpy(arr).permute(2, 0, 1)
     return out
 
@@ -98,22 +103,33 @@ def cache_root() -> Path:
 def _decoder_version() -> str:
     """Hash of the code that turns a file into a tensor: a change there is a new cache entry."""
     h = hashlib.sha256()
-    for mod in ("images.py", "data.py"):
+    for mod in ("images.py", "depth.py", "data.py"):
         h.update((Path(__file__).resolve().parent / mod).read_bytes())
     return h.hexdigest()[:12]
 
 
-def decoded_cache_path(manifest: str | Path, image_size: int) -> Path:
-    return cache_root() / "decoded" / f"{sha256_file(manifest)[:32]}-{image_size}-{_decoder_version()}.pt"
+def decode_settings(manifest: str | Path) -> tuple[Intensity, int]:
+    """(intensity, max_pixels) that prepare recorded in the split.json beside `manifest`
+    ("auto" and images.MAX_PIXELS for a split.json without them)."""
+    path = Path(manifest).with_name("split.json")
+    split = json.loads(path.read_text()) if path.is_file() else {}
+    intensity = split.get("intensity", "auto")
+    return (intensity if isinstance(intensity, str) else tuple(intensity)), split.get("max_pixels", MAX_PIXELS)
 
 
-def _decode_manifest(manifest: str, image_size: int, progress: bool) -> dict[str, SplitTensors]:
+def decoded_cache_path(manifest: str | Path, image_size: int, intensity: Intensity = "auto") -> Path:
+    rule = intensity if isinstance(intensity, str) else "{:g}-{:g}".format(*intensity)
+    return cache_root() / "decoded" / f"{sha256_file(manifest)[:32]}-{image_size}-{rule}-{_decoder_version()}.pt"
+
+
+def _decode_manifest(manifest: str, image_size: int, progress: bool, intensity: Intensity,
+                     max_pixels: int) -> dict[str, SplitTensors]:
     rows = read_manifest(manifest)
     out = {}
     for split in SPLITS:
         part = [r for r in rows if r["split"] == split]
         paths = tuple(r["path"] for r in part)
-        out[split] = SplitTensors(decode_images(paths, image_size, progress=progress),
+        out[split] = SplitTensors(decode_images(paths, image_size, progress, intensity, max_pixels),
                                   torch.tensor([r["label"] for r in part], dtype=torch.int64), paths,
                                   tuple(r.get("source_class", "") for r in part))
     return out
@@ -141,13 +157,14 @@ def _write_cache(path: Path, splits: dict[str, SplitTensors]) -> None:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_cached(manifest: str, mtime_ns: int, image_size: int, progress: bool) -> dict[str, SplitTensors]:
-    path = decoded_cache_path(manifest, image_size)
+def _load_cached(manifest: str, mtime_ns: int, image_size: int, progress: bool, intensity: Intensity,
+                 max_pixels: int) -> dict[str, SplitTensors]:
+    path = decoded_cache_path(manifest, image_size, intensity)
     if path.is_file():
         got = _read_cache(path, image_size)
         if got is not None:
             return got
-    out = _decode_manifest(manifest, image_size, progress)
+    out = _decode_manifest(manifest, image_size, progress, intensity, max_pixels)
     try:
         _write_cache(path, out)
     except OSError as exc:  # a read-only cache folder costs speed, not results
@@ -157,11 +174,11 @@ def _load_cached(manifest: str, mtime_ns: int, image_size: int, progress: bool) 
 
 def load_splits(manifest: str | Path, image_size: int, progress: bool = False) -> dict[str, SplitTensors]:
     """train/val/test tensors of a manifest: from memory, else the on-disk cache, else decoded
-    (and cached)."""
+    (and cached), with the intensity and pixel limit of the split.json beside it."""
     path = Path(manifest)
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} does not exist: run `finalbn prepare` (or `dvc repro`) first")
-    return _load_cached(str(path.resolve()), path.stat().st_mtime_ns, image_size, progress)
+    return _load_cached(str(path.resolve()), path.stat().st_mtime_ns, image_size, progress, *decode_settings(path))
 
 
 # ---------------------------------------------------------------- transforms

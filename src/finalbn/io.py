@@ -6,6 +6,8 @@
         torch.save(obj, tmp)
     with temporary_dir(Path("models/export")) as tmp:   # a folder of files, moved into place by the caller
         ...
+    with temporary_dir(Path("data/splits/x")) as tmp:   # a whole folder: write it, then
+        replace_dir(tmp, Path("data/splits/x"))          # swap it in (the old one removed)
 
 The content goes to a hidden temporary file beside `path` (same folder, so the rename never
 crosses a file system), which `os.replace` then moves over `path` in one step: a concurrent
@@ -17,14 +19,18 @@ killed with SIGKILL cannot remove its temporary: the next write to the same path
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
+import resource
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from finalbn.errors import WRITING
 
 TMP_SUFFIX = ".tmp"
 _TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
@@ -58,6 +64,24 @@ def sweep(path: Path) -> list[Path]:
     return gone
 
 
+def _refused_by_storage(tmp: Path) -> int | None:
+    """The errno of storage that refused the write of `tmp`, when the writer reported something
+    else: no room left on its file system (under 1 MiB), a read-only one, or a file that reached
+    the process's file-size limit (RLIMIT_FSIZE). None when storage looks fine."""
+    try:
+        st = os.statvfs(tmp.parent)
+        if st.f_flag & os.ST_RDONLY:
+            return errno.EROFS
+        if st.f_bavail * st.f_frsize < 1 << 20:
+            return errno.ENOSPC
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if soft != resource.RLIM_INFINITY and tmp.exists() and tmp.stat().st_size >= soft:
+            return errno.EFBIG
+    except OSError:
+        return None
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces `path` atomically."""
@@ -68,8 +92,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        code = None if isinstance(exc, (OSError, KeyboardInterrupt)) else _refused_by_storage(tmp)
         tmp.unlink(missing_ok=True)
+        if code is not None:  # a library that hid the errno (torch.save: "unexpected pos 704 vs 598")
+            raise OSError(code, os.strerror(code), str(path)) from exc
+        if isinstance(exc, OSError):  # a full disk's one line names the file (`errors.storage_full`)
+            exc.add_note(f"{WRITING}{path}")
         raise
 
 
@@ -86,6 +115,21 @@ def temporary_dir(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_dir(new: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Move the folder `new` (a `temporary_dir` beside `dest`) over the folder `dest`: the old one is
+    renamed aside under a temporary name, the new one renamed in, the old one removed. A reader sees
+    the old folder or the whole new one (or, killed between the two renames, none: the next
+    `temporary_dir(dest)` sweeps the old one away), never a mix."""
+    new, dest = Path(new), Path(dest)
+    old = None
+    if dest.exists():
+        old = temporary_name(dest)
+        os.rename(dest, old)
+    os.rename(new, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -3,7 +3,7 @@
     key = result_key(cfg, "synthetic-apple", replicate=3, splits_dir=Path("data/splits"))
 
 The key hashes everything that changes what a cell computes: the dataset and its replicate's
-manifest hash, image size, arch, the six switches, every model.* and train.* value that changes
+manifest hash and intensity (split.json), image size, arch, the six switches, every model.* and train.* value that changes
 a result (`config.NOT_CELL_KEY_PARAMS` lists those that do not: where and how fast it runs, and
 train.seed, which enters as the cell's own seed), the cell's seed, the weights file, and the code — the sources of every module a tracked cell imports (`imports.code_digest`). The
 grid's cells, the search's runs and the export all use it, so a configuration computed once is
@@ -38,6 +38,7 @@ def result_key(cfg: Config, dataset: str, replicate: int | None, splits_dir: Pat
     flat = flatten(to_dict(cfg))
     payload = {
         "dataset": dataset, "manifest": split["manifest_sha256"], "image_size": cfg.dataset(dataset).image_size,
+        "intensity": split.get("intensity", "auto"),  # how the images' samples map to 8 bits (images.decode)
         "arch": cfg.model.arch, "config": config_id(cfg.ablation),
         "replicate": replicate, "seed": cell_seed(cfg, replicate) if replicate is not None else None,
         "weights": _file_hash(w, Path(w).stat().st_mtime_ns) if Path(w).is_file() else w,

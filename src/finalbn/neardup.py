@@ -25,9 +25,10 @@ METHOD = "imagehash.phash (64-bit DCT hash), Hamming distance"
 MAX_ACROSS = 50  # cross-label pairs recorded
 
 
-def phash64(path: str | Path) -> int:
-    """The 64-bit perceptual hash of an image file as an int. Raises images.BadImage."""
-    with load_rgb(path) as img:
+def phash64(path: str | Path, decode: dict | None = None) -> int:
+    """The 64-bit perceptual hash of an image file as an int (`decode`: load_rgb's keyword
+    arguments, `sources.decode_options`). Raises images.BadImage."""
+    with load_rgb(path, **(decode or {})) as img:
         bits = imagehash.phash(img).hash.flatten()  # (64,) bool
     return int(np.packbits(bits).view(">u8")[0])
 
@@ -53,7 +54,7 @@ def groups_within(hashes: np.ndarray, max_distance: int) -> list[int]:
 
 
 def near_duplicate_keys(usable: dict[int, list[tuple[str, Path]]], sha256_of: dict[str, str], max_distance: int,
-                        progress: bool = False) -> tuple[dict[str, str], list[list[str]]]:
+                        progress: bool = False, decode: dict | None = None) -> tuple[dict[str, str], list[list[str]]]:
     """(draw key per escaped path, cross-label near pairs). A file's key is its sha256, or, in a
     near-duplicate group holding more than one content, `near:<label>:<smallest sha256>`."""
     keys = dict(sha256_of)
@@ -61,7 +62,7 @@ def near_duplicate_keys(usable: dict[int, list[tuple[str, Path]]], sha256_of: di
     for label, files in usable.items():
         paths = sorted({escape_name(p.as_posix()) for _, p in files})
         raw = {escape_name(p.as_posix()): p for _, p in files}
-        hashes = np.array([phash64(raw[t]) for t in tqdm(paths, desc=f"perceptual hash, label {label}",
+        hashes = np.array([phash64(raw[t], decode) for t in tqdm(paths, desc=f"perceptual hash, label {label}",
                                                             unit="img", disable=not progress)], dtype=np.uint64)
         per_label[label] = (paths, hashes)
         roots = groups_within(hashes, max_distance)

@@ -30,11 +30,13 @@ from tqdm import tqdm
 from finalbn import faults
 from finalbn.config import DatasetConfig, SplitConfig
 from finalbn.errors import DataError  # re-exported: raised here
-from finalbn.images import escape_name, unescape_name
-from finalbn.io import write_text
+from finalbn.groups import draw_grouped, group_by, group_record
+from finalbn.images import escape_name, formula_safe, unescape_name
+from finalbn.io import replace_dir, temporary_dir, write_text
 from finalbn.neardup import METHOD as NEAR_METHOD
 from finalbn.neardup import near_duplicate_keys
-from finalbn.sources import LABELS, Collection, collect
+from finalbn.refusals import explained
+from finalbn.sources import LABELS, Collection, collect, decode_options
 
 SPLITS = ("train", "val", "test")
 DISJOINT_STREAM = 7_919  # the seed stream of split.disjoint_test's one order of test images
@@ -96,7 +98,7 @@ def disjoint_test_sets(pool: list[Group], size: int, replicates: int, seed: int,
 
 def draw_split(usable: dict[int, list[tuple[str, Path]]], split: SplitConfig, names: tuple[str, str],
                sources: tuple[str, str], replicate: int = 0, hashes: dict[str, str] | None = None,
-               replicates: int = 1) -> list[dict]:
+               replicates: int = 1, group_of: dict[str, str] | None = None, by: str = "group") -> list[dict]:
     """Seeded, disjoint train/val/test rows with exactly the requested counts per label.
 
     Files are drawn as content groups (`content_groups`): a group of byte-identical copies goes
@@ -104,7 +106,11 @@ def draw_split(usable: dict[int, list[tuple[str, Path]]], split: SplitConfig, na
     groups each one goes to the first split (train, val, test) with room for all of it; with no
     duplicates this is the plain seeded draw. With `split.disjoint_test`, replicate r's test set is
     the r-th of `replicates` disjoint sets (`disjoint_test_sets`), and train and val are drawn from the
-    rest: no two replicates share a test image. Raises DataError when a label cannot fill its counts."""
+    rest: no two replicates share a test image. Raises DataError when a label cannot fill its counts.
+    With `group_of` (escaped path -> a patient's or lesion's id, `by` naming them) the draw is
+    `groups.draw_grouped`: no group in two splits."""
+    if group_of is not None:
+        return draw_grouped(content_groups(usable, hashes), group_of, split, names, sources, replicate, replicates, by)
     rows: list[dict] = []
     groups = content_groups(usable, hashes)
     for label in LABELS:
@@ -168,6 +174,7 @@ def prepare_dataset(ds: DatasetConfig, split: SplitConfig, out_root: Path, progr
     """Collect and validate once, then split and write manifest.csv + split.json per replicate;
     returns the summaries (one per replicate)."""
     found = collect(ds, progress=progress)
+    decoding = decoding_record(ds, found)  # refuses images whose bit depth auto would guess differently
     sources = tuple(", ".join(found.source_classes[k]) for k in ("majority", "minority"))
     # every usable file's content hash before drawing: copies are drawn together (draw_split)
     paths = sorted({_text(p) for label in LABELS for _, p in found.usable[label]})
@@ -177,24 +184,53 @@ def prepare_dataset(ds: DatasetConfig, split: SplitConfig, out_root: Path, progr
     content_groups(found.usable, hashes)  # refuses one content under both labels, before any grouping
     keys, near = hashes, None
     if split.near_duplicates is not None:
-        keys, across = near_duplicate_keys(found.usable, hashes, split.near_duplicates, progress)
+        keys, across = near_duplicate_keys(found.usable, hashes, split.near_duplicates, progress, decode_options(ds))
         near = {"method": NEAR_METHOD, "max_distance": split.near_duplicates, "across_labels": across}
-    draws = [draw_split(found.usable, split, found.names, sources, r, keys, replicates)  # type: ignore[arg-type]
-             for r in range(replicates)]
+    with explained(ds, found, out_root):  # a refused draw also says why rows and files were not usable
+        draws = [draw_split(found.usable, split, found.names, sources, r, keys, replicates,  # type: ignore[arg-type]
+                            found.groups, group_by(ds) or "") for r in range(replicates)]
     copies = [[_text(p) for _, p in g] for label in LABELS
               for g in content_groups(found.usable, keys)[label] if len(g) > 1]
-    return [_write_split(ds, split, out_root, found, rows, hashes, r, copies, near) for r, rows in enumerate(draws)]
+    # every replicate is written into a hidden folder that then replaces <out>/<dataset> at once: a
+    # failure half-way (a full disk, a kill) leaves the earlier set as it was, never a mixed one
+    dest = Path(out_root) / ds.name
+    with temporary_dir(dest) as tmp:
+        summaries = [_write_split(ds, split, tmp, found, rows, hashes, r, copies, near, decoding)
+                     for r, rows in enumerate(draws)]
+        replace_dir(tmp, dest)
+    return summaries
 
 
-def _write_split(ds: DatasetConfig, split: SplitConfig, out_root: Path, found: Collection, rows: list[dict],
-                 hashes: dict[str, str], replicate: int, copies: list[list[str]], near: dict | None) -> dict:
+def decoding_record(ds: DatasetConfig, found: Collection) -> dict:
+    """split.json's `intensity` and `max_pixels` (what training and the export decode with) and
+    `decoded`: how many usable images of each kind (`images.Decoded.label`, e.g. 'I;16 12-bit
+    (sBIT)'), how many hold more than 8 bits or floats, how many were scaled by their own min..max,
+    and the depths read off images' maxima (no sBIT or TIFF record). Raises DataError when, under
+    intensity auto, those maxima imply different depths: each image would be scaled its own way."""
+    infos = [found.decoded[p] for label in LABELS for _, p in found.usable[label] if p in found.decoded]
+    inferred = Counter(i.significant for i in infos if i.source == "image maximum")
+    if ds.intensity == "auto" and len(inferred) > 1:
+        looks = ", ".join(f"{n} look {b}-bit" for b, n in sorted(inferred.items()))
+        raise DataError(f"dataset {ds.name}: {sum(inferred.values())} images record no bit depth and their maxima "
+                        f"imply different depths ({looks}), so intensity auto would scale each its own way; set "
+                        f"datasets.{ds.name}.intensity: [0, {2 ** max(inferred) - 1}] (the data's range) or container")
+    return {"intensity": ds.intensity, "max_pixels": ds.max_pixels, "decoded": {
+        "counts": dict(sorted(Counter(i.label for i in infos).items())), "high_bit_depth": sum(i.deep for i in infos),
+        "own_range": sum(i.source == "image min..max" for i in infos),
+        "inferred_depths": {str(b): n for b, n in sorted(inferred.items())}}}
+
+
+def _write_split(ds: DatasetConfig, split: SplitConfig, folder: Path, found: Collection, rows: list[dict],
+                 hashes: dict[str, str], replicate: int, copies: list[list[str]], near: dict | None,
+                 decoding: dict) -> dict:
     for row in rows:
         row["sha256"] = hashes[row["path"]]
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    # a source class is a folder name or a label value: written spreadsheet-safe (paths are, by escape_name)
+    writer.writerows({**r, "source_class": formula_safe(r["source_class"])} for r in rows)
     manifest = buf.getvalue()
 
     counts = {s: {"majority": 0, "minority": 0, "by_source_class": {}} for s in SPLITS}
@@ -220,12 +256,15 @@ def _write_split(ds: DatasetConfig, split: SplitConfig, out_root: Path, found: C
                               **({"near": True} if len({hashes[p] for p in g}) > 1 else {})} for g in copies],
         "near_duplicates": near,  # null: off (split.near_duplicates); else the method and its threshold
         "manifest_sha256": hashlib.sha256(manifest.encode()).hexdigest(),
+        **decoding,  # intensity, max_pixels (training decodes with them) and what the images hold
     }
     if found.patterns:
         summary["patterns"] = found.patterns  # each glob pattern and the folders it matched
     if found.table is not None:
         summary["table"] = found.table  # csv: rows used, and every skipped row with its line and reason
-    out = split_dir(out_root, ds.name, replicate)
+    if found.groups is not None:  # group_column / group_by_folder: each group and its one split
+        summary["groups"] = group_record(found.groups, rows, copies, group_by(ds) or "")
+    out = folder / str(replicate)  # <folder> becomes <out>/<dataset> once every replicate is written (`split_dir`)
     out.mkdir(parents=True, exist_ok=True)
     # a failed run never leaves a half-written manifest under the final name
     write_text(out / "manifest.csv", manifest)

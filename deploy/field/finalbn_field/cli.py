@@ -13,16 +13,24 @@ the error; rows are written as they are computed, so an interruption keeps every
 The content decides what is an image, whatever its suffix (HEIC included); a path whose name is
 not valid UTF-8 is written escaped (`finalbn_field.images.escape_name`: `\\xNN` per such byte).
 A folder's system files (hidden, @eaDir, __MACOSX, Thumbs.db, desktop.ini) are skipped and
-counted. A file that cannot be used (corrupt, truncated, empty, not an image, a decompression
+counted. Images decode as training decoded them: model.json's `preprocessing.intensity` for
+samples of more than 8 bits, a JPEG at reduced scale for the model's size; --max-pixels raises the
+pixel limit of the others. A file that cannot be used (corrupt, truncated, empty, not an image, a decompression
 bomb) gets status `error` and its reason; the others are still predicted; the exit code is 1 when
 any file failed. The model, its model.json and the output path are checked before any image is
-read (exit 2, one line).
+read (exit 2, one line); the model file must be the one model.json pins (its sha256) unless
+--allow-model-mismatch, and then the summary line says so. Rows are written a batch at a time and
+flushed; when the disk is full (or a quota, a file-size limit, a read-only file system stops the
+write) the CSV is cut back to its last whole row and the command exits 1 with one line saying
+what was kept.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import csv
+import errno
+import io
 import os
 import sys
 import time
@@ -30,11 +38,17 @@ from pathlib import Path
 
 import numpy as np
 
-from finalbn_field.images import BadImage, escape_name, is_system, load_rgb
+from finalbn_field.images import MAX_PIXELS, BadImage, escape_name, is_system
 from finalbn_field.predict import FieldError, FieldModel, preprocess
 
 EXIT_USAGE = 2
 COLUMNS = ["path", "p_healthy", "p_diseased", "label", "label_name", "status", "error"]
+# a write that fails for want of room: (what happened, what to do); the CSV is cut back to its last whole row
+NO_ROOM = {errno.ENOSPC: ("no space left on device", "free space and run again"),
+           errno.EDQUOT: ("disk quota exceeded", "free space within your quota and run again"),
+           errno.EFBIG: ("file too large for this file system/limit",
+                         "write --out to another file system (or raise the file-size limit) and run again"),
+           errno.EROFS: ("read-only file system", "write --out elsewhere and run again")}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cpu, or cuda (fails if onnxruntime cannot use CUDA; never silently on CPU)")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: its own)")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                   help=f"refuse images over this many pixels as they decode (a JPEG at reduced scale for the "
+                        f"model's size); default {MAX_PIXELS}, Pillow's")
+    p.add_argument("--allow-model-mismatch", action="store_true",
+                   help="run a model file that is not the one model.json pins (its sha256), or a card that pins "
+                        "none, with this card's preprocessing and decision thresholds anyway (the summary says so)")
     return parser
 
 
@@ -115,9 +135,88 @@ class Progress:
             sys.stderr.write("\n")
 
 
+class OutputFull(Exception):
+    """The CSV could not be written for want of room (NO_ROOM): one line, exit 1."""
+
+
+class RowWriter:
+    """The CSV, a batch of rows at a time: each batch is rendered as text, written and flushed, and
+    the file's length after it (`fh.tell()`) is the end of the last whole row. When a write fails
+    for want of room (NO_ROOM) the file is closed and cut back there, and OutputFull says what
+    was kept; on standard output (`path` None) nothing can be cut back: the line says so."""
+
+    def __init__(self, fh, path: str | None = None) -> None:
+        self.fh, self.path = fh, path
+        self.header = False  # the header is in the file, whole
+        self.rows = 0  # whole rows after it
+        self.end = 0  # the file's length after the last whole row (a file only)
+        self._buf = io.StringIO()
+        self._csv = csv.DictWriter(self._buf, fieldnames=COLUMNS)
+
+    def write(self, rows: list[dict]) -> None:
+        """The header (first call) and `rows`, as one write and a flush."""
+        self._buf.seek(0)
+        self._buf.truncate()
+        if not self.header:
+            self._csv.writeheader()
+        self._csv.writerows(rows)
+        text = self._buf.getvalue()
+        if not text:
+            return
+        try:
+            self.fh.write(text)
+            self.fh.flush()
+            end = self.fh.tell() if self.path is not None else 0
+        except OSError as exc:
+            if exc.errno not in NO_ROOM:
+                raise
+            raise self._full(exc) from None
+        self.header, self.rows, self.end = True, self.rows + len(rows), end
+
+    def close(self) -> None:
+        if self.path is None:
+            return
+        try:
+            self.fh.close()
+        except OSError as exc:  # a network file system may report the want of room only here
+            if exc.errno not in NO_ROOM:
+                raise
+            raise self._full(exc) from None
+
+    def kept(self) -> str:
+        n = self.rows
+        if not self.header:
+            return "nothing (not even the header)"
+        if not n:
+            return "the header only"
+        return f"the header and {n} whole row{'s' if n > 1 else ''} (image{'s 1-' if n > 1 else ' '}{n})"
+
+    def _full(self, exc: OSError) -> OutputFull:
+        """Close and cut the file back to its last whole row; the one line to print."""
+        what, todo = NO_ROOM[exc.errno]
+        if self.path is None:  # what the buffer still holds goes nowhere: flushing it at exit would fail again
+            with contextlib.suppress(OSError, ValueError, AttributeError, io.UnsupportedOperation):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, self.fh.fileno())
+                os.close(devnull)
+            return OutputFull(f"{what} writing standard output after {self.kept()}: whatever reads it may hold a "
+                              f"torn last row; {todo}")
+        with contextlib.suppress(OSError):
+            self.fh.close()  # its buffer's rest fails again, or lands partly: cut back below either way
+        try:
+            os.truncate(self.path, self.end)
+        except OSError as cut:
+            return OutputFull(f"{what} writing {self.path}: could not cut it back to its last whole row "
+                              f"({os.strerror(cut.errno) if cut.errno else cut}): it may end in a torn row after "
+                              f"{self.kept()}; {todo}")
+        return OutputFull(f"{what} writing {self.path}: kept {self.kept()}; {todo}")
+
+
 def predict(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise FieldError(f"--batch-size must be >= 1 (got {args.batch_size})")
+    if args.max_pixels < 1:
+        raise FieldError(f"--max-pixels must be >= 1 (got {args.max_pixels})")
     if args.threshold is not None and not 0 < args.threshold < 1:
         raise FieldError(f"--threshold must lie in (0, 1) (got {args.threshold})")
     if args.prevalence is not None and not 0 < args.prevalence < 1:
@@ -127,36 +226,39 @@ def predict(args: argparse.Namespace) -> int:
                          if args.prevalence is None else f"--miss-cost must be > 0 (got {args.miss_cost})")
     _check_out(args.out)
     paths, skipped = _inputs(args)
-    model = FieldModel.open(args.model, device=args.device, threads=args.threads)
+    model = FieldModel.open(args.model, device=args.device, threads=args.threads,
+                            allow_mismatch=args.allow_model_mismatch)
+    model.max_pixels = args.max_pixels  # images decode with the card's intensity and size (FieldModel.load_image)
     cut, how = model.threshold(args.threshold, args.prevalence, args.miss_cost)
     names = model.card["classes"]
-    with _open_out(args.out) as fh:
-        rows = _predict_rows(model, paths, cut, names, args.batch_size, fh)
+    with _open_out(args.out) as out:
+        rows = _predict_rows(model, paths, cut, names, args.batch_size, out)
     failed = sum(r["status"] == "error" for r in rows)
     diseased = sum(r["label"] == 1 for r in rows)
     where = "stdout" if args.out == "-" else args.out
     skip = f", {skipped} system files skipped (hidden, @eaDir, __MACOSX, Thumbs.db, ...)" if skipped else ""
+    unverified = f"; {model.unverified}" if model.unverified else ""
     print(f"finalbn-field: {len(rows)} images, {len(rows) - failed} predicted ({diseased} {names[1]}), "
-          f"{failed} failed{skip}; decision: {how}; providers {','.join(model.providers)} -> {where}", file=sys.stderr)
+          f"{failed} failed{skip}{unverified}; decision: {how}; providers {','.join(model.providers)} -> {where}",
+          file=sys.stderr)
     return 1 if failed else 0
 
 
 def _predict_rows(model: FieldModel, paths: list[Path], cut: float | None, names: list[str], batch_size: int,
-                  fh) -> list[dict]:
-    """One row per path, in order, each written to `fh` (and flushed) as soon as it and every row
-    before it are done: an interruption keeps every finished row."""
+                  out: RowWriter) -> list[dict]:
+    """One row per path, in order, each written to `out` (and flushed) as soon as it and every row
+    before it are done: an interruption keeps every finished row. Raises OutputFull (the CSV cut
+    back to its last whole row) when the disk is full."""
     rows: list[dict] = []
     pending: list[tuple[int, np.ndarray]] = []
     bar = Progress(len(paths))
-    writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-    writer.writeheader()
+    out.write([])  # the header
     written = 0
 
     def emit() -> None:
         nonlocal written
         done = pending[0][0] if pending else len(rows)
-        writer.writerows(rows[written:done])
-        fh.flush()
+        out.write(rows[written:done])
         written = max(written, done)
 
     def flush() -> None:
@@ -175,7 +277,7 @@ def _predict_rows(model: FieldModel, paths: list[Path], cut: float | None, names
         rows.append({"path": escape_name(path), "p_healthy": "", "p_diseased": "", "label": "", "label_name": "",
                      "status": "error", "error": ""})
         try:
-            with load_rgb(path) as img:
+            with model.load_image(path) as img:
                 x = preprocess(img, model.card)
         except BadImage as exc:
             rows[-1]["error"] = str(exc)
@@ -194,13 +296,24 @@ def _predict_rows(model: FieldModel, paths: list[Path], cut: float | None, names
 
 @contextlib.contextmanager
 def _open_out(out: str):
-    """The CSV to write rows into as they come: stdout for "-", else the file (checked writable
-    before any work; opened only once the model has loaded)."""
+    """The RowWriter to write rows into as they come: stdout for "-", else the file (checked
+    writable before any work; opened only once the model has loaded)."""
     if out == "-":
-        yield sys.stdout
+        yield RowWriter(sys.stdout)
         return
-    with open(out, "w", newline="", encoding="utf-8") as fh:
-        yield fh
+    try:
+        fh = open(out, "w", newline="", encoding="utf-8")
+    except OSError as exc:
+        if exc.errno not in NO_ROOM:
+            raise
+        what, todo = NO_ROOM[exc.errno]
+        raise OutputFull(f"{what} creating {out}: nothing written; {todo}") from None
+    writer = RowWriter(fh, out)
+    try:
+        yield writer
+    finally:
+        if not fh.closed:
+            writer.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     except FieldError as exc:
         print(f"finalbn-field {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OutputFull as exc:  # the CSV already cut back to its last whole row
+        print(f"finalbn-field {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"finalbn-field {args.command}: interrupted", file=sys.stderr)
         return 130

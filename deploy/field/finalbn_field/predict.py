@@ -5,11 +5,18 @@
     p = model.probabilities(np.stack([x, ...]))        # (N, 2): P(healthy), P(diseased)
 
 Preprocessing is training's evaluation transform exactly: the image decoded by `images.load_rgb`
-(the project's own file, kept identical by its tests), the shorter side resized to `image_size`
-(bilinear) and a centre crop, scaled to [0, 1], normalised with the card's mean and std.
+(the project's own file, kept identical by its tests) with the card's `preprocessing.intensity`
+(how training mapped samples of more than 8 bits; "auto" for a card without it) and a JPEG drafted
+for the card's size as training drafted it (`load_image`), the shorter side resized to
+`image_size` (bilinear) and a centre crop, scaled to [0, 1], normalised with the card's mean and std.
+
+The card pins its model: `onnx.sha256` (and `int8.sha256` for a kept INT8 file) is checked
+against the model file before it is used (`FieldModel.open`); a mismatch, or a card with no
+digest (an export older than the pin), is refused unless `allow_mismatch` (--allow-model-mismatch).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +26,10 @@ import numpy as np
 from PIL import Image
 
 from finalbn_field.decision import at_prevalence, prior_threshold
+from finalbn_field.images import MAX_PIXELS, load_rgb
 
-__all__ = ["FORMAT", "FieldError", "FieldModel", "preprocess", "prior_threshold", "resize_square"]
+__all__ = ["FORMAT", "FieldError", "FieldModel", "file_sha256", "load_image", "preprocess", "prior_threshold",
+           "resize_square"]
 
 FORMAT = "finalbn-field/1"
 
@@ -41,6 +50,13 @@ def resize_square(img: Image.Image, size: int) -> Image.Image:
     return img
 
 
+def load_image(path: str | Path, card: dict, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """An image file decoded as training decoded it for this card: its intensity (absent: "auto")
+    and, for a JPEG, the reduced scale its size allows. Raises images.BadImage."""
+    pre = card["preprocessing"]
+    return load_rgb(path, max_pixels, pre.get("intensity", "auto"), int(pre["size"]))
+
+
 def preprocess(img: Image.Image, card: dict) -> np.ndarray:
     """An RGB image -> the model's (3, H, W) float32 input."""
     pre = card["preprocessing"]
@@ -48,6 +64,15 @@ def preprocess(img: Image.Image, card: dict) -> np.ndarray:
     mean = np.asarray(pre["mean"], dtype=np.float32)
     std = np.asarray(pre["std"], dtype=np.float32)
     return np.ascontiguousarray(((arr - mean) / std).transpose(2, 0, 1))
+
+
+def file_sha256(path: Path) -> str:
+    """The file's sha256, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def locate(path: Path) -> tuple[Path, Path]:
@@ -72,9 +97,16 @@ class FieldModel:
     session: Any
     providers: list[str]
     card_path: Path | None = None
+    unverified: str | None = None  # why the model was run although the card does not pin it (the summary says it)
+    max_pixels: int = MAX_PIXELS  # the largest image decoded (--max-pixels)
+
+    def load_image(self, path: str | Path) -> Image.Image:
+        """`path` decoded for this model (module `load_image`). Raises images.BadImage."""
+        return load_image(path, self.card, self.max_pixels)
 
     @classmethod
-    def open(cls, path: str | Path, device: str = "cpu", threads: int = 0) -> "FieldModel":
+    def open(cls, path: str | Path, device: str = "cpu", threads: int = 0,
+             allow_mismatch: bool = False) -> "FieldModel":
         path, card_path = locate(Path(path))
         try:
             card = json.loads(card_path.read_text())
@@ -102,8 +134,36 @@ class FieldModel:
         if device == "cuda" and "CUDAExecutionProvider" not in providers:  # onnxruntime fell back silently
             raise FieldError(f"--device cuda: onnxruntime fell back to {providers} (CUDA could not start)")
         model = cls(path, card, sess, providers, card_path)
+        model._check_pin(allow_mismatch)
         model._check_io()
         return model
+
+    def _check_pin(self, allow_mismatch: bool) -> None:
+        """The model file is the one the card describes: its sha256 equals the card's `onnx.sha256`
+        (or `int8.sha256`). A mismatch, or a card without a digest, raises FieldError naming both,
+        unless `allow_mismatch`: then `unverified` says so for the summary line."""
+        pins = {k: e["sha256"] for k in ("onnx", "int8")
+                if isinstance(e := self.card.get(k), dict) and isinstance(e.get("sha256"), str)}
+        if "onnx" not in pins:
+            if not allow_mismatch:
+                raise FieldError(f"{self.card_path} records no sha256 of its model (an export older than the model "
+                                 f"pin), so {self.path} cannot be checked against it: export the model again, or pass "
+                                 "--allow-model-mismatch to run it with this card's preprocessing and decision "
+                                 "thresholds anyway")
+            self.unverified = (f"model NOT VERIFIED: {self.card_path.name} records no sha256 of its model "
+                               "(--allow-model-mismatch)")
+            return
+        digest = file_sha256(self.path)
+        if digest in pins.values():
+            return
+        want = pins["int8" if "int8" in pins and "int8" in self.path.name else "onnx"]
+        if not allow_mismatch:
+            raise FieldError(f"{self.path} (sha256 {digest}) is not the model {self.card_path} describes (sha256 "
+                             f"{want}): a {self.path.name} from another export? Copy both files of one export "
+                             "together, or pass --allow-model-mismatch to run it with this card's preprocessing "
+                             "and decision thresholds anyway")
+        self.unverified = (f"MODEL MISMATCH (--allow-model-mismatch): {self.path.name} sha256 {digest[:16]} is not "
+                           f"the model {self.card_path.name} describes (sha256 {want[:16]})")
 
     def _check_io(self) -> None:
         want = self.card["input"]

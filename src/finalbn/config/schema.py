@@ -8,6 +8,8 @@ key has. The switches (`AblationConfig`) and the id/name vocabulary live in `stu
 """
 from __future__ import annotations
 
+import codecs
+import glob
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import Field, Strict, model_validator
@@ -48,7 +50,15 @@ class DatasetConfig:
 
     plantvillage/synthetic: `crop`. folders: `majority`/`minority` folder lists (globs allowed).
     csv: `labels` (a table, absolute or relative to root), `image_column`, `label_column`, and
-    `majority`/`minority` as values of the label column."""
+    `majority`/`minority` as values of the label column (numbers compare as numbers: `1.0` = `1`), or
+    with `one_hot` the class columns (a row's class: the listed column holding 1); `table_separator`
+    and `table_encoding` override what `finalbn.tables` detects.
+    Groups (`finalbn.groups`): csv `group_column` (a patient or lesion id), or folders
+    `group_by_folder` (the folder the patterns' wildcards matched); a group never straddles splits.
+    `intensity`: how samples of more than 8 bits, or float samples, map to 0..255 (`images.decode`):
+    auto (the bits the data uses: PNG sBIT, TIFF tags, else the image's maximum), container (the
+    type's full range; float 0..1, clipped), or [lo, hi] (fixed, clipped). `max_pixels`: the
+    largest image decoded, at the size it decodes (a JPEG at reduced scale for image_size)."""
 
     name: Name
     source: Literal["synthetic", "plantvillage", "folders", "csv"]
@@ -60,6 +70,20 @@ class DatasetConfig:
     labels: Optional[Str] = None
     image_column: Optional[Str] = None
     label_column: Optional[Str] = None
+    group_column: Optional[Str] = None  # csv: the table's column of patient/lesion ids (one group per value)
+    group_by_folder: Bool = False  # folders: the folder(s) the patterns' wildcards matched are the group
+    # csv (finalbn.tables): a column per class (ISIC 2019), majority/minority naming class columns, no label_column
+    one_hot: Bool = False
+    table_separator: Optional[Str] = None  # csv: one character, or `tab`; null = sniffed (, ; tab |)
+    table_encoding: Optional[Str] = None  # csv: a Python codec (cp1252, utf-16); null = BOM, else UTF-8, else cp1252
+    intensity: Union[Literal["auto", "container"], tuple[float, float]] = "auto"  # 16-bit, float: see above
+    max_pixels: Annotated[int, Strict(), Field(ge=1)] = 89_478_485  # images.MAX_PIXELS, Pillow's default
+
+    @model_validator(mode="after")
+    def _intensity_range(self):
+        if not isinstance(self.intensity, str) and not self.intensity[0] < self.intensity[1]:
+            raise ValueError(f"intensity [lo, hi] needs lo < hi (got {list(self.intensity)})")
+        return self
 
     @model_validator(mode="after")
     def _source_fields(self):
@@ -76,14 +100,49 @@ class DatasetConfig:
             if self.crop:
                 raise ValueError(f"source {self.source} takes majority/minority lists, not 'crop'")
         if self.source == "csv":
-            missing = [k for k, v in table.items() if not v]
+            missing = [k for k, v in table.items() if not v and not (k == "label_column" and self.one_hot)]
             if missing:
                 raise ValueError(f"source csv needs {', '.join(repr(k) for k in missing)} (the table, its image "
                                  "and label columns)")
-        elif any(table.values()):
-            raise ValueError(f"source {self.source} takes no {', '.join(repr(k) for k, v in table.items() if v)} "
+        elif any(table.values()) or self.group_column:
+            raise ValueError(f"source {self.source} takes no "
+                             f"{', '.join(repr(k) for k, v in {**table, 'group_column': self.group_column}.items() if v)} "
                              "(those are for source csv)")
+        if self.group_by_folder:
+            self._group_patterns()
+        self._table_options()
         return self
+
+    def _table_options(self) -> None:
+        """one_hot, table_separator, table_encoding: csv only, each well-formed."""
+        given = [k for k in ("one_hot", "table_separator", "table_encoding") if getattr(self, k)]
+        if given and self.source != "csv":
+            raise ValueError(f"source {self.source} takes no {', '.join(map(repr, given))} (those are for source csv)")
+        if self.one_hot and self.label_column:
+            raise ValueError("one_hot takes no 'label_column': majority and minority name the class columns")
+        sep = self.table_separator
+        if sep is not None and sep not in ("tab", "\\t") and (len(sep) != 1 or sep.isalnum() or sep in "\"\r\n"):
+            raise ValueError(f"table_separator {sep!r} is not one character (e.g. ';', ',', '|') or 'tab'")
+        if self.table_encoding is not None:
+            try:
+                codecs.lookup(self.table_encoding)
+            except LookupError:
+                raise ValueError(f"table_encoding {self.table_encoding!r} is not an encoding Python knows "
+                                 "(e.g. utf-8, cp1252, utf-16)") from None
+
+    def _group_patterns(self) -> None:
+        """group_by_folder: every entry a glob pattern without `**` (the wildcards' matches are the group)."""
+        if self.source != "folders":
+            raise ValueError(f"source {self.source} takes no 'group_by_folder' (it is for source folders with glob "
+                             "patterns; a table's groups are 'group_column')")
+        plain = [e for e in self.majority + self.minority if not glob.has_magic(e)]
+        if plain:
+            raise ValueError(f"group_by_folder needs glob patterns (e.g. '*/0'), the group being the folder their "
+                             f"wildcards match; not a pattern: {', '.join(map(repr, plain))}")
+        deep = [e for e in self.majority + self.minority if "**" in e]
+        if deep:
+            raise ValueError(f"group_by_folder cannot group by '**' (it matches any depth): {', '.join(map(repr, deep))}; "
+                             "write one wildcard per folder level (e.g. '*/0')")
 
 
 @dataclass(frozen=True, config=STRICT)

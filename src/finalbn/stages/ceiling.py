@@ -105,7 +105,7 @@ def measure_ceiling(cfg: Config, dataset: str, splits_dir: Path, arch: str | Non
     paths, labels, source = probe_images(cfg, dataset, splits_dir, cfg.ceiling.per_class, cfg.ceiling.seed)
     spec = get_spec(arch)
     model = create_model(arch, weights=weights_path(c))
-    images = decode_images(paths, ds.image_size, progress=progress)
+    images = decode_images(paths, ds.image_size, progress, ds.intensity, ds.max_pixels)  # as prepare checked them
     feats = pooled_features(model.body, images, spec.mean, spec.std, progress=progress)
     result = probe_auroc(feats, labels, cfg.ceiling.folds, cfg.ceiling.seed)
     result.update({"dataset": ds.name, "arch": arch, "weights": model.weights, "image_size": ds.image_size,

@@ -51,6 +51,7 @@ EXPORT_SOURCE = "export_source"  # on a retraining: the run it rebuilds
 EXPORT_WEIGHTS = "export_weights"  # on a retraining: the artifact path of its state_dict
 MODEL_URI = "model_uri"
 ONNX_SHA256 = "onnx_sha256"  # on a registered version: its ONNX file's digest (one version per exported file)
+ONNX_SIZE = "onnx_size"  # on a registered version: its ONNX file's size in bytes (the card's onnx.size)
 
 
 def toggle_tag(toggle: str) -> str:

@@ -10,10 +10,17 @@ deprecated), so `mlflow models serve -m models:/finalbn@champion` serves it. The
 self-contained: its signature names the input (`{"inputs": {"image": ...}}`), the model card rides
 along as `extra_files/model.json` (so `mlflow artifacts download -u models:/finalbn@champion` gives
 `finalbn-field` all it needs), and the version carries a description and tags.
+
+MLflow's ONNX flavour does not copy the file: it stores `onnx.save_model` of the loaded proto,
+i.e. `proto.SerializeToString()`. The export writes model.onnx as exactly those bytes
+(`export.onnx.export_onnx`), so the served `model.onnx` is byte-identical to models/model.onnx and
+the card's `onnx.sha256` (checked by `finalbn-field`) holds for the downloaded folder too; this is
+verified here before anything is logged, and the version carries the digest and size as tags.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import mlflow
@@ -22,7 +29,7 @@ from mlflow.models import infer_signature
 
 from finalbn import faults
 from finalbn.tracking.fingerprint import note_model
-from finalbn.tracking.records import MODEL_URI, ONNX_SHA256
+from finalbn.tracking.records import MODEL_URI, ONNX_SHA256, ONNX_SIZE
 from finalbn.tracking.store import client
 
 REGISTERED_NAME = "finalbn"
@@ -49,21 +56,29 @@ def log_onnx_and_register(run_id: str, onnx_path: Path, input_name: str, example
     import onnx  # the ONNX file is loaded here only
 
     c = client()
-    digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    data = onnx_path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    proto = onnx.load_from_string(data)
+    pinned = (json.loads(card_path.read_text()).get("onnx") or {}).get("sha256")
+    if pinned != digest or proto.SerializeToString() != data:  # the export's invariants: never register a model
+        raise RuntimeError(  # whose served bytes the card's digest would not match
+            f"{onnx_path} (sha256 {digest}) is not what MLflow would store and the card pins (card sha256 "
+            f"{pinned}): export it again (`export.onnx.export_onnx` writes the canonical bytes)")
     if _registered(c):
         c.update_registered_model(REGISTERED_NAME, description=MODEL_DESCRIPTION)
     else:
         c.create_registered_model(REGISTERED_NAME, description=MODEL_DESCRIPTION)
     mv = _version_of(c, run_id, digest)
     if mv is None:
-        info = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name="model", run_id=run_id,
+        info = mlflow.onnx.log_model(proto, name="model", run_id=run_id,
                                      signature=infer_signature({input_name: example}, outputs),
                                      input_example={input_name: example},
                                      onnx_execution_providers=["CPUExecutionProvider"],
                                      pip_requirements=["onnxruntime", "numpy"], save_as_external_data=False,
                                      extra_files=[str(card_path)], metadata=metadata)
         c.log_artifact(run_id, str(card_path))
-        mv = mlflow.register_model(info.model_uri, REGISTERED_NAME, tags={**tags, ONNX_SHA256: digest})
+        mv = mlflow.register_model(info.model_uri, REGISTERED_NAME,
+                                   tags={**tags, ONNX_SHA256: digest, ONNX_SIZE: str(len(data))})
         faults.point("export.register")
     c.update_model_version(REGISTERED_NAME, mv.version, description=description)
     c.set_registered_model_alias(REGISTERED_NAME, ALIAS, mv.version)

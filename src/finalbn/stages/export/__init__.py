@@ -24,7 +24,7 @@ import numpy as np
 
 from finalbn import faults, io, tracking
 from finalbn.config import Config
-from finalbn.data import load_splits
+from finalbn.data import decode_settings, load_splits
 from finalbn.models import get_spec
 from finalbn.splits import split_dir
 from finalbn.stages.export.card import (
@@ -78,12 +78,13 @@ def export(cfg: Config, splits: Path, out_dir: Path, run_id: str | None = None, 
         f"(source {src.source_val.get('f1_1', math.nan):.4f})")
     size = src.cfg.dataset(src.dataset).image_size
     spec = get_spec(src.cfg.model.arch)
-    tensors = load_splits(split_dir(splits, src.dataset, src.replicate) / "manifest.csv", size)
+    manifest = split_dir(splits, src.dataset, src.replicate) / "manifest.csv"
+    tensors = load_splits(manifest, size)
     x = {s: preprocess(tensors[s].images, spec.mean, spec.std) for s in ("test", "val")}
     out_dir.mkdir(parents=True, exist_ok=True)
     with io.temporary_dir(out_dir / "export") as tmp:  # a killed export's leftover is swept the next time
         card, check = _build(src, tmp, out_dir, size, spec, tensors, x, int8, log,
-                             selected, (val_labels, val_p1), cfg.selection.prevalences)
+                             selected, (val_labels, val_p1), cfg.selection.prevalences, decode_settings(manifest)[0])
         _promote(tmp, out_dir, int8 and card["int8"]["kept"])
     for bs, b in check["batches"].items():
         log(f"export: parity at batch {bs}: max |Δprob| {b['max_abs_diff_probs']:.2e}, labels identical "
@@ -110,9 +111,9 @@ def _f(x) -> str:
 
 
 def _build(src: Source, tmp: Path, out_dir: Path, size: int, spec, tensors, x: dict, int8: bool, log,
-           selected: dict, pooled: tuple, prevalences: tuple[float, ...]) -> tuple:
-    """model.onnx, parity.json (written to out_dir either way: it says why) and model.json in `tmp`;
-    raises ExportError when parity fails."""
+           selected: dict, pooled: tuple, prevalences: tuple[float, ...], intensity="auto") -> tuple:
+    """model.onnx, parity.json (written to out_dir either way: it says why) and model.json in `tmp`
+    (`intensity`: how training decoded, split.json's); raises ExportError when parity fails."""
     diffs = {k: abs(float(src.val.get(k, math.nan)) - float(src.source_val.get(k, math.nan)))
              for k in ("auroc", "f1_1")}
     info = export_onnx(src.model, size, tmp / "model.onnx")
@@ -125,7 +126,7 @@ def _build(src: Source, tmp: Path, out_dir: Path, size: int, spec, tensors, x: d
         rules = decision_rules(src, pooled[0], pooled[1], counts, prevalences, selected["replicates"])
     except ValueError as exc:
         raise ExportError(f"the decision rules need validation predictions of both classes: {exc}") from None
-    card = model_card(src, size, spec.preprocessing(), info, selected, rules, counts)
+    card = model_card(src, size, spec.preprocessing(), info, selected, rules, counts, intensity)
     for r in rules["at_prevalence"]:
         log(f"export: at a field prevalence of {r['prevalence']:g}: flag P(diseased) >= {r['threshold']:.4f} — on "
             f"validation it flags {r['fpr']:.1%} of healthy (<= {r['fpr_upper95']:.1%} at 95%) and finds "

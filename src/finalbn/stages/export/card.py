@@ -57,7 +57,9 @@ def decision_rules(src: Source, val_labels: np.ndarray, val_p1: np.ndarray, trai
 
 
 def model_card(src: Source, size: int, spec_pre: dict, onnx_info: dict, selected: dict, rules: dict,
-               train_counts: tuple[int, int]) -> dict:
+               train_counts: tuple[int, int], intensity="auto") -> dict:
+    """model.json; `preprocessing.intensity` is how training decoded images of more than 8 bits
+    (`images.decode`, split.json's), which finalbn-field applies too."""
     ab = src.cfg.ablation
     return {
         "format": "finalbn-field/1",
@@ -65,7 +67,7 @@ def model_card(src: Source, size: int, spec_pre: dict, onnx_info: dict, selected
         "arch": src.cfg.model.arch, "input": {"name": INPUT, "dtype": "float32", "shape": ["batch", 3, size, size],
                                               "layout": "NCHW", "color": "RGB"},
         "outputs": list(OUTPUTS), "image_size": size,
-        "preprocessing": {**spec_pre, "size": size},
+        "preprocessing": {**spec_pre, "size": size, "intensity": intensity},
         "onnx": onnx_info,
         "source_run_id": src.run_id, "model_run_id": src.model_run_id, "retrained": src.retrained,
         "dataset": src.dataset, "replicate": src.replicate, "manifest_sha256": src.manifest_sha256,

@@ -2,7 +2,7 @@
 when it is accurate and faster here.
 
     res = quantize(Path("model.onnx"), Path("model.int8.onnx"), x_train, x_val, y_val)
-    res["kept"], res["why"]
+    res["kept"], res["why"]      # and, when kept, res["sha256"], res["size"] of the file (the card pins it)
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from sklearn.metrics import roc_auc_score
 
-from finalbn.stages.export.onnx import INPUT, OUTPUTS, session
+from finalbn.stages.export.onnx import INPUT, OUTPUTS, pin, session
 
 INT8_MAX_AUROC_DROP = 0.01  # validation AUROC may fall this much at most, or the INT8 model is dropped
 
@@ -71,4 +71,6 @@ def quantize(fp32: Path, out: Path, calib: np.ndarray, x_val: np.ndarray, y_val:
     res["why"] = ("kept: within the AUROC drop and faster" if res["kept"] else
                   f"dropped: AUROC drop {drop:+.4f} (max {INT8_MAX_AUROC_DROP})" if drop > INT8_MAX_AUROC_DROP else
                   "dropped: not faster than FP32 on this CPU")
+    if res["kept"]:  # the card pins the file it keeps: `finalbn-field --model model.int8.onnx` checks it
+        res.update(pin(out))
     return res

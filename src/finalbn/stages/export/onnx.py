@@ -1,6 +1,6 @@
 """The network to one ONNX file, and its check against PyTorch on the same inputs.
 
-    info = export_onnx(model, size=64, path=Path("models/model.onnx"))   # {opset, ir_version}
+    info = export_onnx(model, size=64, path=Path("models/model.onnx"))   # {opset, ir_version, sha256, size}
     check = parity(model, Path("models/model.onnx"), x)                  # onnxruntime vs torch
 
 The file is self-contained (`torch.onnx.export(dynamo=True, external_data=False)`), exported in
@@ -9,6 +9,7 @@ dynamic batch axis and outputs `logits` and `probs`.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,8 @@ class Exported(nn.Module):
 
 
 def export_onnx(model: nn.Module, size: int, path: Path) -> dict:
-    """One self-contained ONNX file with a dynamic batch axis; returns {opset, ir_version}."""
+    """One self-contained ONNX file with a dynamic batch axis, written as the bytes MLflow's ONNX
+    flavour will store; returns {opset, ir_version, sha256, size}."""
     wrapped = Exported(model).eval()
     example = torch.zeros((2, 3, size, size), dtype=torch.float32)
     prog = torch.onnx.export(wrapped, (example,), dynamo=True, input_names=[INPUT], output_names=list(OUTPUTS),
@@ -45,8 +47,20 @@ def export_onnx(model: nn.Module, size: int, path: Path) -> dict:
     prog.save(str(path))
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)
+    canonical = proto.SerializeToString()  # what mlflow.onnx.log_model stores (onnx.save_model of the loaded proto)
+    if canonical != path.read_bytes():  # so the registry serves these very bytes and the card's digest holds there
+        path.write_bytes(canonical)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    return {"opset": opset, "ir_version": proto.ir_version}
+    return {"opset": opset, "ir_version": proto.ir_version, **pin(path)}
+
+
+def pin(path: Path) -> dict:
+    """{sha256, size}: what the card records of a model file, and `finalbn-field` checks before use."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return {"sha256": h.hexdigest(), "size": path.stat().st_size}
 
 
 def preprocess(images_uint8: torch.Tensor, mean, std) -> np.ndarray:
