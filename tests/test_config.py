@@ -45,6 +45,7 @@ def test_params_yaml_loads_with_the_papers_split(load):
     (["nosuch.key=1"], "unknown key 'nosuch'"),
     (["datasets.0.cropp=x"], "unknown key 'datasets.0.cropp'"),
     (["datasets.5.crop=x"], "unknown key 'datasets.5'"),
+    (["datasets.nope.crop=x"], "unknown key 'datasets.nope': 'datasets' has 1 entries (0..0; or by name: synthetic-apple)"),
     (["split.seed=abc"], "'split.seed': Input should be a valid integer"),
     (["split.seed=true"], "'split.seed': Input should be a valid integer"),
     (["split.seed=-1"], "'split.seed': Input should be greater than or equal to 0"),
@@ -255,3 +256,10 @@ def test_folder_lists_and_crops_are_text_wherever_they_come_from(tmp_path):
     assert load_config([PARAMS], ["train.epochs=3"]).train.epochs == 3
     with pytest.raises(ConfigError, match="train.epochs"):
         load_config([PARAMS], ["train.epochs=three"])
+
+
+def test_a_dataset_is_set_by_its_name_as_params_yaml_keys_it(load):
+    """`--set datasets.<name>.key=value`, the spelling prepare's messages use, as well as by place."""
+    cfg = load(["datasets.synthetic-apple.image_size=48", "datasets.synthetic-apple.intensity=[0,4095]"])
+    assert cfg.datasets[0].image_size == 48 and cfg.datasets[0].intensity == (0.0, 4095.0)
+    assert load(["datasets.0.image_size=40"]).datasets[0].image_size == 40

@@ -364,3 +364,22 @@ def test_exported_card_carries_the_intensity_and_predict_takes_max_pixels(export
 def test_the_field_carries_the_projects_bit_depth_code():
     """images.py imports depth.py relatively: the field carries it as it is too."""
     assert (FIELD / "finalbn_field" / "depth.py").read_bytes() == (ROOT / "src" / "finalbn" / "depth.py").read_bytes()
+
+
+def test_the_field_reads_a_dark_image_at_the_cards_depth_and_refuses_one_it_would_blank(tmp_path):
+    """The card's intensity is what prepare recorded: `auto:12` reads a dark 12-bit X-ray (max 1000)
+    as 12-bit, as training did; a float 0..1 image under a card's [0, 4095] would decode black: it
+    gets an error with its reason instead of a prediction about a blank image."""
+    import tifffile
+
+    from finalbn_field.images import BadImage
+
+    dark = np.zeros((16, 16), dtype=np.uint16)
+    dark[0, :] = np.arange(16) * 66
+    dark[-1, -1] = 1000
+    save(Image.fromarray(dark), tmp_path / "dark.png")
+    card = {"preprocessing": {"size": 16, "intensity": "auto:12"}}
+    assert np.asarray(field.load_image(tmp_path / "dark.png", card)).max() == round(1000 * 255 / 4095)
+    tifffile.imwrite(tmp_path / "f.tif", np.linspace(0, 1, 256, dtype=np.float32).reshape(16, 16))
+    with pytest.raises(BadImage, match=r"decodes blank under the model's intensity \[0, 4095\]"):
+        field.load_image(tmp_path / "f.tif", {"preprocessing": {"size": 16, "intensity": [0, 4095]}})

@@ -865,8 +865,9 @@ def test_prepare_refuses_images_whose_maxima_imply_different_depths(tmp_path):
         prepare_dataset(cfg.datasets[0], cfg.split, tmp_path / "splits", progress=False)
     msg = str(info.value)
     assert "\n" not in msg and "5 look 10-bit, 8 look 12-bit" in msg
-    assert f"datasets.{cfg.datasets[0].name}.intensity: [0, 4095]" in msg and "container" in msg
-    cfg = load_config([PARAMS], base + ["datasets.0.intensity=[0, 4095]"])
+    name = cfg.datasets[0].name
+    assert f"--set datasets.{name}.intensity=[0,4095]" in msg and "container" in msg
+    cfg = load_config([PARAMS], base + [f"datasets.{name}.intensity=[0,4095]"])  # the fix, as the line spells it
     summary = prepare_dataset(cfg.datasets[0], cfg.split, tmp_path / "splits", progress=False)[0]
     assert summary["intensity"] == (0.0, 4095.0)
     assert summary["decoded"]["counts"] == {"I;16 16-bit (fixed)": 13} and summary["decoded"]["high_bit_depth"] == 13
@@ -896,19 +897,81 @@ def test_prepare_records_and_reports_what_the_images_hold(tmp_path, monkeypatch)
                                               "datasets.0.image_size=16"])
     summary = prepare_dataset(cfg.datasets[0], cfg.split, tmp_path / "splits", progress=False)[0]
     written = json.loads((tmp_path / "splits" / cfg.datasets[0].name / "0" / "split.json").read_text())
-    assert written["intensity"] == "auto" and written["max_pixels"] == 89_478_485
+    assert written["intensity"] == "auto:12" and written["max_pixels"] == 89_478_485  # the data set's depth
     assert written["decoded"] == {"counts": {"I;16 12-bit (image maximum)": 9, "I;16 12-bit (sBIT)": 4,
                                              "RGB 8-bit": 1},
                                   "high_bit_depth": 13, "own_range": 0, "inferred_depths": {"12": 9}}
     line = _extra(summary)
-    assert "decoded (intensity auto): 9 I;16 12-bit (image maximum), 4 I;16 12-bit (sBIT), 1 RGB 8-bit" in line
+    assert "decoded (intensity auto:12): 9 I;16 12-bit (image maximum), 4 I;16 12-bit (sBIT), 1 RGB 8-bit" in line
     assert "bit depth read off the image maximum (no sBIT or TIFF record): 9 as 12-bit" in line
     manifest = tmp_path / "splits" / cfg.datasets[0].name / "0" / "manifest.csv"
     got = load_splits(manifest, 16)["train"]  # decoded with split.json's intensity
-    assert torch_equal(got.images, decode_images(list(got.paths), 16, intensity="auto"))
-    assert decoded_cache_path(manifest, 16).is_file()
+    assert torch_equal(got.images, decode_images(list(got.paths), 16, intensity="auto:12"))
+    assert decoded_cache_path(manifest, 16, "auto:12").is_file()
     assert decoded_cache_path(manifest, 16, (0.0, 4095.0)) != decoded_cache_path(manifest, 16)
 
 
 def torch_equal(a, b) -> bool:
     return bool((a == b).all()) and a.shape == b.shape
+
+
+def _gradient12(path: Path, top: int, shift: int = 0) -> Path:
+    """A 16x16 16-bit grey PNG without sBIT whose values reach `top` (a 12-bit scanner's bright or dark image)."""
+    arr = (np.arange(256, dtype=np.uint32).reshape(16, 16) * (top + 1) // 256 + shift).clip(0, top)
+    arr[-1, -1] = top
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save(Image.fromarray(arr.astype(np.uint16)), path)
+
+
+def test_a_dark_image_is_read_at_its_data_sets_depth_in_training_and_the_field(tmp_path):
+    """The depths read off the maxima agree (12-bit): prepare records `intensity: auto:12`, and a dark
+    image of that scanner (max ~1000, alone it looks 10-bit) decodes as 12-bit in training and in
+    the field, not 4x brighter."""
+    from conftest import PARAMS, TINY_SPLIT
+    from finalbn.config import load_config
+    from finalbn.data import decode_settings, load_splits
+    from finalbn.splits import prepare_dataset
+    from finalbn_field.images import load_rgb as field_load_rgb
+
+    root = tmp_path / "pv"
+    for k, (cond, n) in enumerate((("healthy", 8), ("Scab", 5))):
+        for i in range(n):
+            _gradient12(root / f"Apple___{cond}" / f"{i}.png", 4095, i + 10 * k)
+    base = TINY_SPLIT + [f"datasets.0.root={root}", "datasets.0.source=plantvillage", "datasets.0.image_size=16"]
+    cfg = load_config([PARAMS], base)
+    summary = prepare_dataset(cfg.datasets[0], cfg.split, tmp_path / "splits", progress=False)[0]
+    assert summary["intensity"] == "auto:12" and summary["decoded"]["inferred_depths"] == {"12": 13}
+    manifest = tmp_path / "splits" / cfg.datasets[0].name / "0" / "manifest.csv"
+    assert decode_settings(manifest)[0] == "auto:12" and len(load_splits(manifest, 16)["train"].labels) == 6
+    dark = _gradient12(tmp_path / "field" / "dark.png", 1000)
+    alone = np.asarray(load_rgb(dark))  # no data set: its maximum says 10-bit
+    at_depth = np.asarray(load_rgb(dark, intensity="auto:12"))
+    assert alone.max() == 249 and at_depth.max() == round(1000 * 255 / 4095)
+    assert np.array_equal(np.asarray(field_load_rgb(dark, intensity="auto:12")), at_depth)
+    bright = _gradient12(tmp_path / "field" / "bright.png", 16000)  # deeper than the data set: its own depth
+    assert np.asarray(load_rgb(bright, intensity="auto:12")).max() == round(16000 * 255 / 16383)
+
+
+def test_a_fixed_range_that_would_blank_images_is_refused(tmp_path):
+    """[0, 4095] for 12-bit PNGs is right, but a float 0..1 TIFF beside them would decode black
+    (0..1 is less than one of 4096/256 levels): refused in one line naming it and its values."""
+    import tifffile
+
+    from conftest import PARAMS, TINY_SPLIT
+    from finalbn.config import load_config
+    from finalbn.errors import DataError
+    from finalbn.splits import prepare_dataset
+
+    root = tmp_path / "pv"
+    for k, (cond, n) in enumerate((("healthy", 8), ("Scab", 5))):
+        for i in range(n):
+            _gradient12(root / f"Apple___{cond}" / f"{i}.png", 4095, i + 10 * k)
+    tifffile.imwrite(root / "Apple___healthy" / "float.tif", np.linspace(0, 1, 256, dtype=np.float32).reshape(16, 16))
+    base = TINY_SPLIT + [f"datasets.0.root={root}", "datasets.0.source=plantvillage", "datasets.0.image_size=16",
+                         "datasets.0.intensity=[0, 4095]"]
+    cfg = load_config([PARAMS], base)
+    with pytest.raises(DataError) as info:
+        prepare_dataset(cfg.datasets[0], cfg.split, tmp_path / "splits", progress=False)
+    msg = str(info.value)
+    assert "\n" not in msg and "1 images would train as blank images under intensity [0, 4095]" in msg
+    assert "float.tif: F 32-bit float (fixed), values 0..1" in msg and not (tmp_path / "splits").exists()

@@ -231,7 +231,7 @@ def _copy_levers(out: _Levers, arch: str, size: int, device: torch.device, m, se
 def _decode_vs_cache(manifest: Path, size: int) -> tuple[float, float]:
     """Seconds to decode one split's images, and to read them from the decode cache."""
     t0 = time.perf_counter()
-    decoded = data._decode_manifest(str(manifest), size, progress=False)
+    decoded = data._decode_manifest(str(manifest), size, False, *data.decode_settings(manifest))
     decode_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "c.pt"

@@ -118,7 +118,7 @@ def decode_settings(manifest: str | Path) -> tuple[Intensity, int]:
 
 
 def decoded_cache_path(manifest: str | Path, image_size: int, intensity: Intensity = "auto") -> Path:
-    rule = intensity if isinstance(intensity, str) else "{:g}-{:g}".format(*intensity)
+    rule = intensity.replace(":", "") if isinstance(intensity, str) else "{:g}-{:g}".format(*intensity)  # auto12
     return cache_root() / "decoded" / f"{sha256_file(manifest)[:32]}-{image_size}-{rule}-{_decoder_version()}.pt"
 
 

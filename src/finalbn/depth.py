@@ -22,8 +22,8 @@ import numpy as np
 import png  # pypng: 16-bit colour PNGs, every bit (Pillow keeps the high byte)
 from PIL import Image
 
-__all__ = ["INTENSITIES", "TIFF_MAGIC", "Decoded", "Intensity", "SampleError", "check_intensity", "deep_of",
-           "finish", "read_png16", "read_tiff"]
+__all__ = ["AUTO_AT", "INTENSITIES", "TIFF_MAGIC", "Decoded", "Intensity", "SampleError", "check_intensity",
+           "dataset_auto", "deep_of", "finish", "read_png16", "read_tiff"]
 
 
 class SampleError(ValueError):
@@ -36,6 +36,10 @@ def _text(exc: BaseException) -> str:
 
 # intensity: how samples of more than 8 bits, or float samples, map to 0..255 (`images.decode`)
 INTENSITIES = ("auto", "container")  # or a fixed [lo, hi]
+# "auto:12": auto, with an image that records no depth read at no fewer than 12 bits: what prepare
+# found for the whole data set (`dataset_auto`), so that a dark image, in training and in the field,
+# is read at its data set's depth instead of one guessed from its own maximum.
+AUTO_AT = "auto:"
 Intensity = Union[str, tuple[float, float]]
 _DEPTHS = (8, 10, 12, 14, 16, 20, 24, 32)  # what an image's own maximum is rounded up to, with no record
 _NUMERIC = frozenset({"I", "F", "I;16", "I;16B", "I;16L", "I;16N", "I;16S"})  # Pillow modes that keep every bit
@@ -55,11 +59,21 @@ class Decoded:
     kind: str  # "u" unsigned, "i" signed or "f" float samples
     significant: int | None  # bits that carry data; None where the range is no bit depth (float, min..max, fixed)
     # where the range came from: container, sBIT, TIFF MaxSampleValue, TIFF BitsPerSample, image maximum,
-    # float 0..1, image min..max (the image's own: ambiguous), fixed (intensity [lo, hi])
+    # data set depth (intensity auto:<bits>), float 0..1, image min..max (the image's own: ambiguous),
+    # fixed (intensity [lo, hi])
     source: str
     range: tuple[float, float]  # the sample values mapped to 0 and 255
     size: tuple[int, int]  # width, height as decoded (a drafted JPEG's reduced size)
     scale: int = 1  # a JPEG decoded at 1/scale (draft); 1: full size
+    # how many of the 256 output levels the image's own values span inside the range (below 2: a varied
+    # image decoded blank, all clipped or squeezed into one level: `blank`)
+    levels: float = 256.0
+    data: tuple[float, float] | None = None  # the image's own smallest and largest sample (deep images)
+
+    @property
+    def blank(self) -> bool:
+        """The image's values vary, but decode to fewer than 2 of 256 levels (a range that misses them)."""
+        return self.data is not None and self.data[1] > self.data[0] and self.levels < 2
 
     @property
     def deep(self) -> bool:
@@ -90,10 +104,19 @@ def check_intensity(value: Any) -> Intensity:
     """`value` checked: "auto", "container", or [lo, hi] with lo < hi (a list, as JSON and YAML give it)."""
     if isinstance(value, str) and value in INTENSITIES:
         return value
+    if isinstance(value, str) and value.startswith(AUTO_AT) and value[len(AUTO_AT):].isdigit() \
+            and int(value[len(AUTO_AT):]) in _DEPTHS:
+        return value
     if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value) \
             and value[0] < value[1]:
         return float(value[0]), float(value[1])
     raise ValueError(f"intensity must be 'auto', 'container' or [lo, hi] with lo < hi (got {value!r})")
+
+
+def dataset_auto(depths: set[int]) -> str:
+    """The intensity prepare records for a data set under "auto": "auto:<bits>" when the images that
+    record no depth all imply one (`depths`, read off their maxima), else "auto"."""
+    return f"{AUTO_AT}{next(iter(depths))}" if len(depths) == 1 else "auto"
 
 
 def _png_header(fh) -> tuple[int, int, tuple[int, ...]]:
@@ -214,6 +237,9 @@ def _range(colour: np.ndarray, how: _Deep, intensity: Intensity) -> tuple[float,
     if how.record is not None and hi <= how.record[0]:
         return 0.0, how.record[0], int(how.record[0]).bit_length(), how.record[1]
     depth = next((b for b in _DEPTHS if hi < 2 ** b), bits)
+    at_least = int(intensity[len(AUTO_AT):]) if intensity.startswith(AUTO_AT) else 0
+    if at_least > depth:  # a dark image of a deeper data set: read at the data set's depth
+        return 0.0, 2.0 ** at_least - 1, at_least, "data set depth"
     return 0.0, 2.0 ** depth - 1, depth, "image maximum"
 
 
@@ -227,6 +253,9 @@ def finish(values: np.ndarray, how: _Deep, intensity: Intensity,
     n = values.shape[2]
     colour = values[..., : 3 if n >= 3 else 1]
     lo, hi, significant, source = _range(colour, how, intensity)
+    finite = colour[np.isfinite(colour)] if how.kind == "f" else colour
+    data = (float(finite.min()), float(finite.max())) if finite.size else None
+    levels = 0.0 if data is None else max(0.0, min(data[1], hi) - max(data[0], lo)) * 255.0 / (hi - lo)
     out = np.clip((np.nan_to_num(colour, nan=lo, posinf=hi, neginf=lo) - lo) * dtype(255.0 / (hi - lo)), 0, 255)
     out = 255 - out if how.invert else out
     if n in (2, 4):
@@ -234,4 +263,5 @@ def finish(values: np.ndarray, how: _Deep, intensity: Intensity,
         out = out * alpha + 255 * (1 - alpha)
     img = Image.fromarray(np.rint(np.broadcast_to(out, out.shape[:2] + (3,))).astype(np.uint8))
     img = img.transpose(_TRANSPOSE[orientation]) if orientation in _TRANSPOSE else img
-    return img, Decoded(how.mode, how.bits, how.kind, significant, source, (float(lo), float(hi)), img.size)
+    return img, Decoded(how.mode, how.bits, how.kind, significant, source, (float(lo), float(hi)), img.size,
+                        levels=levels, data=data)

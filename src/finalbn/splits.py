@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from finalbn import faults
 from finalbn.config import DatasetConfig, SplitConfig
+from finalbn.depth import dataset_auto
 from finalbn.errors import DataError  # re-exported: raised here
 from finalbn.groups import draw_grouped, group_by, group_record
 from finalbn.images import escape_name, formula_safe, unescape_name
@@ -205,18 +206,37 @@ def decoding_record(ds: DatasetConfig, found: Collection) -> dict:
     """split.json's `intensity` and `max_pixels` (what training and the export decode with) and
     `decoded`: how many usable images of each kind (`images.Decoded.label`, e.g. 'I;16 12-bit
     (sBIT)'), how many hold more than 8 bits or floats, how many were scaled by their own min..max,
-    and the depths read off images' maxima (no sBIT or TIFF record). Raises DataError when, under
-    intensity auto, those maxima imply different depths: each image would be scaled its own way."""
-    infos = [found.decoded[p] for label in LABELS for _, p in found.usable[label] if p in found.decoded]
-    inferred = Counter(i.significant for i in infos if i.source == "image maximum")
+    and the depths read off images' maxima (no sBIT or TIFF record). Under `auto`, images without a
+    record that all imply one depth make it the data set's (`intensity: auto:12`, `depth.dataset_auto`):
+    training and the field then read a darker image of that kind at the same depth.
+
+    Raises DataError (one line, naming the fix) when, under `auto`, those maxima imply different
+    depths (each image would be scaled its own way), or when, under a fixed [lo, hi], images lie
+    mostly outside it (they would train as blank black or white images)."""
+    infos = {p: found.decoded[p] for label in LABELS for _, p in found.usable[label] if p in found.decoded}
+    inferred = Counter(i.significant for i in infos.values() if i.source == "image maximum")
+    fix = (f"set intensity in datasets.{ds.name} of params.yaml, or --set datasets.{ds.name}.intensity=")
     if ds.intensity == "auto" and len(inferred) > 1:
         looks = ", ".join(f"{n} look {b}-bit" for b, n in sorted(inferred.items()))
+        floats = sum(i.kind == "f" for i in infos.values())
+        also = (f" ({floats} float images among them would need a data set of their own: one range cannot hold "
+                "both)") if floats else ""
         raise DataError(f"dataset {ds.name}: {sum(inferred.values())} images record no bit depth and their maxima "
-                        f"imply different depths ({looks}), so intensity auto would scale each its own way; set "
-                        f"datasets.{ds.name}.intensity: [0, {2 ** max(inferred) - 1}] (the data's range) or container")
-    return {"intensity": ds.intensity, "max_pixels": ds.max_pixels, "decoded": {
-        "counts": dict(sorted(Counter(i.label for i in infos).items())), "high_bit_depth": sum(i.deep for i in infos),
-        "own_range": sum(i.source == "image min..max" for i in infos),
+                        f"imply different depths ({looks}), so intensity auto would scale each its own way; "
+                        f"{fix}[0,{2 ** max(inferred) - 1}] (the largest depth's range) or container{also}")
+    blank = {p: i for p, i in infos.items() if i.blank}
+    if blank:
+        path, info = next(iter(sorted(blank.items())))
+        rule = ds.intensity if isinstance(ds.intensity, str) else "[{:g}, {:g}]".format(*ds.intensity)
+        raise DataError(f"dataset {ds.name}: {len(blank)} images would train as blank images under intensity "
+                        f"{rule}: their values fall outside it or within one of its 256 levels (e.g. "
+                        f"{escape_name(path)}: {info.label}, values {info.data[0]:g}..{info.data[1]:g}); "
+                        f"{fix}[lo,hi] with a range that holds them, or give them a data set of their own")
+    rule = dataset_auto(set(inferred)) if ds.intensity == "auto" else ds.intensity
+    return {"intensity": rule, "max_pixels": ds.max_pixels, "decoded": {
+        "counts": dict(sorted(Counter(i.label for i in infos.values()).items())),
+        "high_bit_depth": sum(i.deep for i in infos.values()),
+        "own_range": sum(i.source == "image min..max" for i in infos.values()),
         "inferred_depths": {str(b): n for b, n in sorted(inferred.items())}}}
 
 

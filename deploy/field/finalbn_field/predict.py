@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from finalbn_field.decision import at_prevalence, prior_threshold
-from finalbn_field.images import MAX_PIXELS, load_rgb
+from finalbn_field.images import MAX_PIXELS, BadImage, decode
 
 __all__ = ["FORMAT", "FieldError", "FieldModel", "file_sha256", "load_image", "preprocess", "prior_threshold",
            "resize_square"]
@@ -52,9 +52,19 @@ def resize_square(img: Image.Image, size: int) -> Image.Image:
 
 def load_image(path: str | Path, card: dict, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """An image file decoded as training decoded it for this card: its intensity (absent: "auto")
-    and, for a JPEG, the reduced scale its size allows. Raises images.BadImage."""
+    and, for a JPEG, the reduced scale its size allows. Raises images.BadImage, also for an image
+    whose varied values that intensity would decode blank (outside its range, or within one level):
+    its prediction would say nothing about it."""
     pre = card["preprocessing"]
-    return load_rgb(path, max_pixels, pre.get("intensity", "auto"), int(pre["size"]))
+    intensity = pre.get("intensity", "auto")
+    img, found = decode(path, max_pixels, intensity, int(pre["size"]))
+    if found.blank:
+        img.close()
+        rule = intensity if isinstance(intensity, str) else "[{:g}, {:g}]".format(*intensity)
+        raise BadImage(f"decodes blank under the model's intensity {rule} (its {found.label.split(' (')[0]} values "
+                       f"{found.data[0]:g}..{found.data[1]:g} fall outside it or within one of its levels): "
+                       "not the kind of image the model was trained on")
+    return img
 
 
 def preprocess(img: Image.Image, card: dict) -> np.ndarray:

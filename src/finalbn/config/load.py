@@ -215,8 +215,14 @@ def _assign(raw: dict[str, Any], key: str, value: Any) -> None:
         last = i == len(parts) - 1
         where = ".".join(parts[: i + 1])
         if isinstance(node, list):
+            # an entry by its place, or by its name (`datasets.isic.intensity`: params.yaml keys datasets by name)
+            named = [j for j, e in enumerate(node) if isinstance(e, dict) and str(e.get("name")) == part]
+            if named and not part.isdigit():
+                part = str(named[0])
             if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"unknown key '{where}': '{'.'.join(parts[:i])}' has {len(node)} entries (0..{len(node) - 1})")
+                names = [str(e["name"]) for e in node if isinstance(e, dict) and "name" in e]
+                raise ConfigError(f"unknown key '{where}': '{'.'.join(parts[:i])}' has {len(node)} entries (0..{len(node) - 1}"
+                                  + (f"; or by name: {', '.join(names)})" if names else ")"))
             idx = int(part)
             if last:
                 node[idx] = value

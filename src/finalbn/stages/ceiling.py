@@ -34,12 +34,12 @@ from tqdm import tqdm
 from finalbn import tracking
 from finalbn.cell import preflight, weights_path
 from finalbn.config import Config
-from finalbn.data import decode_images, eval_transform
+from finalbn.data import decode_images, decode_settings, eval_transform
 from finalbn.images import escape_name
 from finalbn.models import AdaptiveConcatPool2d, create_model, get_spec
 from finalbn.separability import LOW, ceiling_sentence, write_ceiling
 from finalbn.sources import collect
-from finalbn.splits import DataError, read_manifest
+from finalbn.splits import DataError, read_manifest, split_dir
 
 MIN_PER_CLASS = 20  # fewer spare images per class than this: use the test split instead
 
@@ -105,7 +105,9 @@ def measure_ceiling(cfg: Config, dataset: str, splits_dir: Path, arch: str | Non
     paths, labels, source = probe_images(cfg, dataset, splits_dir, cfg.ceiling.per_class, cfg.ceiling.seed)
     spec = get_spec(arch)
     model = create_model(arch, weights=weights_path(c))
-    images = decode_images(paths, ds.image_size, progress, ds.intensity, ds.max_pixels)  # as prepare checked them
+    # decoded as the split's images are: the intensity prepare recorded (e.g. auto:12, the data set's depth)
+    intensity, max_pixels = decode_settings(split_dir(splits_dir, dataset, 0) / "manifest.csv")
+    images = decode_images(paths, ds.image_size, progress, intensity, max_pixels)
     feats = pooled_features(model.body, images, spec.mean, spec.std, progress=progress)
     result = probe_auroc(feats, labels, cfg.ceiling.folds, cfg.ceiling.seed)
     result.update({"dataset": ds.name, "arch": arch, "weights": model.weights, "image_size": ds.image_size,

@@ -55,9 +55,11 @@ def _decoded(summary: dict) -> str:
     if dec.get("inferred_depths"):
         depths = ", ".join(f"{n} as {b}-bit" for b, n in dec["inferred_depths"].items())
         out += f"; bit depth read off the image maximum (no sBIT or TIFF record): {depths}"
+        if rule.startswith("auto:"):  # depth.dataset_auto
+            out += f" (the data set's depth: training and the field read a darker such image as {rule[5:]}-bit too)"
     if dec.get("own_range"):
         out += (f"; {dec['own_range']} images scaled by their own min..max (floats outside 0..1 or negative values: "
-                f"ambiguous; set datasets.{summary['dataset']}.intensity: [lo, hi] to fix one range)")
+                f"ambiguous; --set datasets.{summary['dataset']}.intensity=[lo,hi] fixes one range)")
     return out
 
 
