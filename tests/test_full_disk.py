@@ -52,6 +52,8 @@ def test_storage_full_reads_the_chain_and_the_note_of_an_atomic_write(tmp_path):
             raise ValueError("(sqlite3.OperationalError) database or disk is full [SQL: INSERT ...]") from inner
     except ValueError as outer:
         assert storage_full(outer) == ("no space left on device", None)
+    # SQLite under a file-size limit or a quota: its write fails, and it says "disk I/O error"
+    assert storage_full(ValueError("(sqlite3.OperationalError) disk I/O error"))[0].startswith("disk I/O error (a full")
     assert storage_full(OSError(errno.ENOENT, "No such file", "x")) is None
     assert storage_full(ValueError("a bad value")) is None
 
@@ -122,3 +124,32 @@ def test_a_writer_that_hides_the_errno_still_reads_as_a_full_disk(tmp_path):
     assert r.returncode == 3, r.stderr
     assert r.stdout.split() == [str(errno.EFBIG), str(target)]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_grid_on_a_full_disk_under_its_store_says_one_line(tmp_path):
+    """The MLflow store (SQLite) cannot grow: SQLite says "disk I/O error", MLflow logs its traceback
+    and raises; the command prints one line naming the store and what was kept, exit 1."""
+    import mlflow
+
+    from conftest import TINY_SPLIT, make_plantvillage
+
+    make_plantvillage(tmp_path / "pv", healthy=12, diseases={"Scab": 4, "Rot": 4}, size=32)
+    sets = [x for o in TINY_SPLIT + ["datasets.0.root=pv", "datasets.0.source=plantvillage", "datasets.0.image_size=32",
+                                     "model.weights=none", "train.epochs=1", "train.batch_size=4", "train.threads=1",
+                                     "grid.configs=[31, 63]", "grid.replicates=1", "grid.headline.configs=[]",
+                                     "grid.workers=1", "grid.archs=[resnet18]", "grid.baselines.methods=[]"]
+            for x in ("--set", o)]
+    finalbn = str(ROOT / ".venv" / "bin" / "finalbn")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    prep = subprocess.run([finalbn, "prepare", "--params", str(ROOT / "params.yaml"), *sets], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert prep.returncode == 0, prep.stderr
+    mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"]).search_experiments()  # the store, its tables made
+    assert (tmp_path / "mlflow.db").stat().st_size > 64 * 1024
+    r = subprocess.run([finalbn, "grid", "--params", str(ROOT / "params.yaml"), *sets], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300, preexec_fn=_limited(64 * 1024))
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 1 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert lines[0].startswith("finalbn grid: error: disk I/O error (a full disk") and "sqlite:///" in lines[0]
+    assert "finished runs stay in the store" in lines[0]

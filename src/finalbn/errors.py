@@ -22,11 +22,16 @@ STORAGE_ERRNOS = {
     errno.EROFS: "read-only file system",
     errno.EFBIG: "file too large for this file system or the process's file-size limit",
 }
+DISK_IO = "disk I/O error (a full disk, a quota, a file-size limit or a failing device)"
 # The same failures where a library reports them as text (SQLite: "database or disk is full", "attempt
-# to write a readonly database"; torch.save: "file write failed" only says so through its errno text).
-_STORAGE_TEXT = (("database or disk is full", errno.ENOSPC), ("no space left on device", errno.ENOSPC),
-                 ("disk quota exceeded", errno.EDQUOT), ("read-only file system", errno.EROFS),
-                 ("readonly database", errno.EROFS), ("file too large", errno.EFBIG))
+# to write a readonly database", and "disk I/O error" when a write past a file-size limit or quota fails;
+# torch.save: "file write failed" only says so through its errno text).
+_STORAGE_TEXT = (("database or disk is full", STORAGE_ERRNOS[errno.ENOSPC]),
+                 ("no space left on device", STORAGE_ERRNOS[errno.ENOSPC]),
+                 ("disk quota exceeded", STORAGE_ERRNOS[errno.EDQUOT]),
+                 ("read-only file system", STORAGE_ERRNOS[errno.EROFS]),
+                 ("readonly database", STORAGE_ERRNOS[errno.EROFS]),
+                 ("file too large", STORAGE_ERRNOS[errno.EFBIG]), ("disk i/o error", DISK_IO))
 WRITING = "writing "  # the note `io.atomic_path` adds to a failed write: "writing <path>"
 
 
@@ -71,8 +76,8 @@ def storage_full(exc: BaseException) -> tuple[str, str | None] | None:
                 found = (STORAGE_ERRNOS[e.errno], None)
             else:
                 text = str(e).lower()
-                code = next((c for key, c in _STORAGE_TEXT if key in text), None)
-                if code is not None:
-                    found = (STORAGE_ERRNOS[code], None)
+                what = next((w for key, w in _STORAGE_TEXT if key in text), None)
+                if what is not None:
+                    found = (what, None)
         stack += [e.__cause__, e.__context__]
     return None if found is None else (found[0], None if path is None else str(path))

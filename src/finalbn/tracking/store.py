@@ -29,7 +29,7 @@ from sqlalchemy.engine import make_url
 
 from finalbn import liveness
 from finalbn.config import Config
-from finalbn.errors import StoreError
+from finalbn.errors import StoreError, storage_full
 from finalbn.tracking.records import FAILED, FINISHED, KILLED, RUNNING, WORKER, WORKER_STARTED
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -67,8 +67,16 @@ def quiet() -> None:
     per-file artifact progress bars too, and with a tracking server a "View run ... at" line for
     every run that ends (one per cell: the cell's own line says what it did)."""
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # a full disk under the store: MLflow logs the SQL error's traceback, then raises it, and the
+    # command line says it in one line (`errors.storage_full`): the traceback is left out
+    logging.getLogger("mlflow.store.db.utils").addFilter(_not_storage_full)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+
+def _not_storage_full(record: logging.LogRecord) -> bool:
+    """A logging filter: False for a record of storage that refused a write."""
+    return not (record.exc_info and record.exc_info[1] is not None and storage_full(record.exc_info[1]))
 
 
 quiet()  # in every process that tracks: the adapter is MLflow's only importer
