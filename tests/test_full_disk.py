@@ -21,8 +21,16 @@ from finalbn.errors import STORAGE_ERRNOS, storage_full
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _env(**extra: str) -> dict[str, str]:
+    """The environment of a process under a file-size limit: no byte-code written. A write past the
+    limit is cut short without an error, and Python's byte-code writer does not check its count: it
+    would leave truncated .pyc files in the venv that every later process fails to import."""
+    return {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **extra}
+
+
 def _limited(limit: int):
-    """preexec_fn: writes past `limit` bytes fail with EFBIG instead of killing the process."""
+    """preexec_fn: writes past `limit` bytes fail with EFBIG instead of killing the process (run it
+    with `_env()`)."""
     def setup() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
@@ -65,7 +73,7 @@ def test_a_failed_atomic_write_keeps_the_old_file_whole_and_leaves_no_temporary(
             "try:\n    io.write_text(sys.argv[1], 'x,y\\n' * 50_000)\n"
             "except OSError as exc:\n    print(exc.errno, exc.__notes__[-1]); sys.exit(3)\n")
     r = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True,
-                       preexec_fn=_limited(4096), timeout=120)
+                       preexec_fn=_limited(4096), timeout=120, env=_env())
     assert r.returncode == 3, r.stderr
     assert r.stdout.split()[0] == str(errno.EFBIG) and r.stdout.strip().endswith(f"writing {target}")
     assert target.read_text() == "a,b\n1,2\n"  # the old file, whole
@@ -101,7 +109,7 @@ def test_prepare_on_a_full_disk_says_one_line_and_keeps_the_earlier_splits(tmp_p
 
     # another seed, on a disk that takes files of at most 1 kB: the first manifest already fails
     again = subprocess.run(cmd + ["--set", "split.seed=5"], capture_output=True, text=True, cwd=tmp_path,
-                           timeout=300, preexec_fn=_limited(1024))
+                           timeout=300, preexec_fn=_limited(1024), env=_env())
     assert again.returncode == 1, again.stderr
     lines = [ln for ln in again.stderr.splitlines() if ln.strip()]
     assert "Traceback" not in again.stderr and len(lines) == 1, again.stderr
@@ -120,7 +128,7 @@ def test_a_writer_that_hides_the_errno_still_reads_as_a_full_disk(tmp_path):
             "except OSError as exc:\n    print(exc.errno, exc.filename); sys.exit(3)\n")
     target = tmp_path / "cache.pt"
     r = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True,
-                       preexec_fn=_limited(4096), timeout=120)
+                       preexec_fn=_limited(4096), timeout=120, env=_env())
     assert r.returncode == 3, r.stderr
     assert r.stdout.split() == [str(errno.EFBIG), str(target)]
     assert list(tmp_path.iterdir()) == []
@@ -141,7 +149,7 @@ def test_grid_on_a_full_disk_under_its_store_says_one_line(tmp_path):
                                      "grid.workers=1", "grid.archs=[resnet18]", "grid.baselines.methods=[]"]
             for x in ("--set", o)]
     finalbn = str(ROOT / ".venv" / "bin" / "finalbn")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    env = _env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
     prep = subprocess.run([finalbn, "prepare", "--params", str(ROOT / "params.yaml"), *sets], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert prep.returncode == 0, prep.stderr
