@@ -39,7 +39,7 @@ def load():
     return lambda overrides=(): load_config([PARAMS], list(overrides))
 
 
-TINY_SPLIT = ["split.train=[4, 2]", "split.val=[2, 1]", "split.test=[2, 2]"]
+TINY_SPLIT = ["split.train=[4, 2]", "split.val=[2, 1]", "split.test=[2, 2]", "split.disjoint_test=false"]
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from conftest import PARAMS, ROOT
 
 def test_params_yaml_loads_with_the_papers_split(load):
     cfg = load()
-    assert cfg.split.train == (1000, 10) and cfg.split.val == (150, 7) and cfg.split.test == (150, 150)
+    assert cfg.split.train == (1000, 10) and cfg.split.val == (150, 7) and cfg.split.test == (1000, 150)
     assert cfg.datasets[0].source == "synthetic"
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.split.seed = 3  # type: ignore[misc]

@@ -89,6 +89,10 @@ def test_export_writes_a_checked_model_and_registers_it(gridded, tmp_path, capsy
     assert dec["operating_curve"]["negatives"] == 4 and dec["prior_correction"]["applies"] is False
     assert set(sel["test_minority_f1"]) == {"mean", "ci95", "n"} and sel["test_minority_f1"]["n"] == 2
     assert card["source_run_id"] == sel["run_ids"]["0"]
+    # replicates 0-1 chose it and set the cuts: nothing is held out, and the card says so in one sentence
+    held = card["operating_points_held_out"]
+    assert held["measured"] is False and held["pool"] == [0, 1] and "beyond 0-1" in held["why"]
+    assert "replicates 0-1 (the replicates that chose the configuration; the shipped model is replicate 0's" in dec["how"]
     # the retrained cell reproduces the chosen run's validation metrics
     assert parity["retrained_vs_source_validation_abs_diff"]["auroc"] < 1e-6
     src = mlflow.get_run(card["source_run_id"])

@@ -134,9 +134,10 @@ def _project(tmp_path: Path, git: bool) -> Path:
     shutil.copy(ROOT / "Makefile", tmp_path)
     shutil.copytree(ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["synthetic"].update(image_size=16, crops=["Apple", "Grape"], healthy=12, per_disease=2, workers=1)
+    params["synthetic"].update(image_size=16, crops=["Apple", "Grape"], healthy=12, per_disease=2, workers=1,
+                               healthy_by_crop={})
     params["datasets"]["synthetic-apple"]["image_size"] = 16
-    params["split"].update(train=[4, 2], val=[2, 1], test=[2, 2])
+    params["split"].update(train=[4, 2], val=[2, 1], test=[2, 2], disjoint_test=False)
     params["train"].update(epochs=1, batch_size=4, threads=1)
     params["grid"].update(configs=[31, 63, 47], workers=1, headline={"configs": [31, 63], "replicates": 2})
     params["report"]["bootstrap"] = 200

@@ -79,6 +79,7 @@ def design_grid(bn_effect=0.3, headline_reps=5, noise=0.02) -> CellData:
         data.predictions[r.run_id] = _predictions(
             {f"d{i}.png": (0.6 + 0.05 * i if bn else 0.1 * i + 0.01 * r.replicate) for i in range(8)},
             {f"h{i}.png": (0.45 if bn else 0.01 * i) for i in range(8)})
+        data.val_predictions[r.run_id] = data.predictions[r.run_id].drop(columns=["p1_sel"])  # its own cuts
         data.reliability[r.run_id] = {"selected": _bins([0, 2, 2], [None, 0.5, 1.0], [None, 0.5, 0.9]),
                                       "last": _bins([0, 2, 2], [None, 0.5, 1.0], [None, 0.5, 0.9])}
     return data
@@ -141,7 +142,8 @@ def test_a_configuration_on_fewer_replicates_is_never_ranked_against_replicated_
     cand, lines = choice.selection_table(cells, k=3, n_boot=200)
     assert cand["config_id"].tolist() == [31, 63] and cand["wins"].iloc[0] == 1.0
     assert "config 31" in lines[0] and "not candidates" in lines[0]
-    assert "BN only (31) itself" in lines[1]
+    assert "no candidate was run on a replicate beyond 0-2" in lines[1] and "within-sample only" in lines[2]
+    assert "BN only (31) itself" in lines[3]
     # the same cells at k=5: nothing has five replicates, nothing is chosen, and the report says so
     cand5, lines5 = choice.selection_table(cells, k=5, n_boot=200)
     assert cand5.empty and "no configuration has all 5 replicates" in lines5[0]
@@ -289,7 +291,7 @@ def test_one_holm_family_per_section():
         assert part["p_holm"].to_numpy() == pytest.approx(finalbn_stats.holm(part["p"].to_numpy()), nan_ok=True)
     assert eff.loc[eff["family"] == "", "p_holm"].isna().all()  # exploratory rows: no p at all
     n_verdict = int(eff.loc[eff["family"] == "verdict", "p"].notna().sum())
-    assert f"the {n_verdict} paired contrasts this verdict states" in verdicts["apple/efficientnet_lite0"][-1]
+    assert f"one family of {n_verdict} paired contrasts" in verdicts["apple/efficientnet_lite0"][-1]
 
 
 def test_hierarchical_bootstrap():
@@ -306,15 +308,20 @@ def test_hierarchical_bootstrap():
 def test_verdict_wording_is_neutral_and_set_against_the_paper():
     base = {"n": 5, "p": 0.01, "p_holm": 0.03, "kind": "contrast", "boot_low": math.nan}
     inside = effects.describe("X", {**base, "estimate": 0.12, "ci_low": 0.05, "ci_high": 0.19})
-    assert inside == "X changes minority F1 by +0.12 [95% CI +0.05, +0.19] (5 replicates; Holm-adjusted p = 0.03)."
+    assert inside == ("X changes minority F1 by +0.120 [+0.050, +0.190] (95 % CI; 5 replicates; Holm-adjusted "
+                      "p = 0.03).")
     null = effects.describe("X", {**base, "estimate": 0.0, "ci_low": -0.04, "ci_high": 0.03})
-    assert "rule out a gain larger than +0.03 and a loss larger than 0.04" in null
+    assert "rule out a gain larger than +0.030 and a loss larger than 0.040" in null
     assert not any(w in inside + null for w in ("helps", "hurts", "rescue"))
     explo = effects.describe("X", {"estimate": 0.2, "n": 64, "kind": "main", "method": "exploratory, one replicate"})
-    assert explo == "X changes minority F1 by +0.20 on one replicate (exploratory: no interval, no p value)."
+    assert explo == "X changes minority F1 by +0.200 on one replicate (exploratory: no interval, no p value)."
     below = effects._versus_paper("31-63", {"ci_low": -0.1, "ci_high": 0.1})
-    assert "+0.23 (Pepper) to +0.66 (Apple)" in below and "lies entirely below" in below
+    assert "+0.23 (Pepper) to +0.66 (Apple)" in below and "lies below it by more than 0.05" in below
+    assert "VGG19 fine-tuned on PlantVillage photographs" in below and "not a replication" in below
     assert "lies within" in effects._versus_paper("31-63", {"ci_low": 0.3, "ci_high": 0.5})
+    # a hair below the range is not "below it" (issue 34: 0.2334 against 0.234)
+    hair = effects._versus_paper("31-63", {"ci_low": 0.1, "ci_high": 0.2334})
+    assert "less than the margin" in hair and "lies below" not in hair
 
 
 # --------------------------------------------------------------------------- the whole report
@@ -360,24 +367,26 @@ def test_report_opens_with_the_ceiling_then_the_verdict(design_report):
     assert "cross-validated AUROC of 0.950" in md and "![](ceiling.png)" in md
     verdict = summary["verdict"]
     # 31 - 63 = BN effect 0.3 minus the BN x WL product term at WL off (2 x 0.025)
-    assert verdict[0].startswith("Paper's contrast, on the test set as drawn (π = 0.5), last epoch: final BN alone "
-                                 "vs nothing (31 vs 63) changes minority F1 by +0.25")
-    assert "5 replicates" in verdict[0] and "bootstrap" not in verdict[0]  # the replicate interval is primary
-    assert "The paper reports +0.23 (Pepper) to +0.66 (Apple)" in verdict[0]
-    at_pi = next(v for v in verdict if v.startswith("At the prevalence the user will meet"))
-    assert all(f"at π = {p:g}" in at_pi for p in (0.5, 0.1, 0.05, 0.01))
-    assert any(v.startswith("Epoch protocol: at the epoch selected on validation AUROC") for v in verdict)
-    assert any(v.startswith("With WL on, final BN (15 vs 47)") for v in verdict)
+    paper = next(v for v in verdict if v.startswith("The paper's contrast"))
+    assert paper.startswith("The paper's contrast, measured as the paper did (the test set as drawn, argmax cut, last "
+                            "epoch): final BN alone vs nothing (31 − 63) changes minority F1 by +0.25")
+    assert "5 replicates" in paper and "bootstrap" not in paper  # the replicate interval is primary
+    assert "The paper reports +0.23 (Pepper) to +0.66 (Apple)" in paper
+    assert verdict[0].startswith("**Does final BN help at your prevalence?**")
+    assert all(f"π = {p:g}: " in verdict[0] for p in (0.5, 0.1, 0.05, 0.01))
+    assert verdict[1].startswith("**Which cut?**") and verdict[2].startswith("**How sure?**")
+    assert any(v.startswith("Epoch protocol (secondary") for v in verdict)
+    assert any(v.startswith("The BN × WL interaction") for v in verdict)
     assert any(v.startswith("BN's effect depends on the setting") for v in verdict)
     fac = next(v for v in verdict if v.startswith("Factorial main effect"))
     assert "exploratory" in fac and "Lenth" not in md and "replicate scale" not in md
-    assert any("test AUROC" in v for v in verdict) and any("prior correction" in v for v in verdict)
+    assert "AUROC by" in verdict[2]
     assert any(v.startswith("WD (1e-2, decoupled") for v in verdict)
     assert any(v.startswith("Calibration (31 vs 63, last epoch)") and "training prior (π = 0.0099)" in v
                for v in verdict)
     assert any(v.startswith("Power: with 5 replicates") for v in verdict)
     assert any(v.startswith("What the intervals describe") for v in verdict)
-    assert verdict[-1].startswith("Multiplicity: every Holm-adjusted p above is adjusted within one family")
+    assert verdict[-1].startswith("Multiplicity: the Holm-adjusted p values of the opening sentences")
     e = summary["effects"]["apple/efficientnet_lite0"]
     assert e["31-63"]["n"] == 5 and e["31-63"]["estimate"] == pytest.approx(0.25, abs=0.02)
     assert e["31-63"]["p_holm"] >= e["31-63"]["p"] and e["31-63"]["family"] == "verdict"
@@ -521,7 +530,7 @@ def test_collect_through_tracking_from_mlflow_sqlite(tmp_path, monkeypatch):
     rid = tracking.log_report(out, "finalbn-test")
     run = client.get_run(rid)
     assert run.info.status == "FINISHED" and run.data.tags["finalbn.report"] == "true"
-    assert run.data.tags["verdict_0"].startswith("Paper's contrast")
+    assert run.data.tags["verdict_0"].startswith("The paper's contrast")  # no validation predictions: no opening
     assert {"report.md", "summary.json", "table1.csv"} <= {f.path for f in client.list_artifacts(rid)}
     assert len(report.collect("finalbn-test", keys=keys).cells) == 3  # the report run is no cell
 
@@ -564,8 +573,11 @@ def test_imbalance_baselines_paired_against_bn_only_and_their_base():
     assert t.loc["temperature", "f1_1_vs_base_estimate"] == 0.0
     assert t.loc["temperature", "ece"] == pytest.approx(0.01)
     lines = baselines.summary_lines(baselines.imbalance_table(cells))
-    assert any(line.startswith("temperature (on config 63): minority F1") and "falls short of BN only" in line
-               for line in lines)
+    # ... so it is no rival: listed apart, its ECE against its base's, not counted as falling short of BN
+    assert any(line.startswith("temperature (on config 63) changes no decision (its argmax equals its base's): "
+                               "listed apart, ECE 0.010 vs") and "falls short" not in line for line in lines)
+    assert any(line.startswith("focal (on config 63): minority F1") and "Holm-adjusted p = " in line for line in lines)
+    assert not t.loc["temperature", "moves_decisions"] and t.loc["focal", "moves_decisions"]
 
 
 def test_baseline_cells_stay_out_of_the_paper_tables(tmp_path):

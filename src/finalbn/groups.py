@@ -216,6 +216,9 @@ def draw_grouped(pool: dict[int, list[Group]], groups: dict[str, str], split: Sp
     unit (group, copies) in two splits. With `split.disjoint_test` the units are cut once into
     `replicates` disjoint test sets and replicate r's train and val come from the other units.
     Raises DataError naming the counts when a label or a split cannot be filled."""
+    if split.disjoint_test == "majority":
+        raise DataError(f"split.disjoint_test: majority cannot be kept with groups ({by}): a group goes whole into one "
+                        "split with both its classes; set split.disjoint_test: true or false")
     need = {s: list(getattr(split, s)) for s in SPLITS}
     for label in LABELS:
         files = sum(len(g) for g in pool[label])

@@ -3,6 +3,7 @@
     ranked = rank(rows, k=5)            # one row per configuration, eligible ones ranked first
     ranked.iloc[0]                      # the best configuration over replicates 0..k-1
     wins = resampled_wins(rows, k=5)    # how often each would win when replicates are resampled
+    held, reps = held_out_rows(rows, k=5)   # the replicates >= k the configurations run there all share
 
 `rows` holds one row per (configuration, replicate): a `key` column naming the configuration
 (the grid's `config_id`, or any hashable key), `replicate`, `val_auroc` and `val_balanced_loss`
@@ -110,6 +111,32 @@ def resampled_wins(rows: pd.DataFrame, k: int, key: str = "key", n: int = 2000, 
         winner = np.lexsort((order_key, switches, np.nan_to_num(mt, nan=np.inf), -np.nan_to_num(mc, nan=-np.inf)))[0]
         wins[winner] += 1
     return pd.Series(wins / n, index=keys).sort_values(ascending=False)
+
+
+def held_out_rows(rows: pd.DataFrame, k: int, key: str = "key") -> tuple[pd.DataFrame, tuple[int, ...]]:
+    """The held-out check's rows: those of the configurations seen on any replicate >= k (replicates
+    0..k-1 chose; these did not), kept only on the replicates >= k that *all* of them share, the
+    `replicate` renumbered 0..m-1 in order (so `rank(held, m)` and `resampled_wins(held, m)` judge
+    them on those m replicates alone; the original number is kept in `held_out_replicate`). Returns
+    (rows, the shared replicates' original numbers, ascending); empty when none is shared."""
+    later = rows[rows["replicate"].astype(int) >= k]
+    if later.empty:
+        return later.assign(held_out_replicate=pd.Series(dtype=int)), ()
+    sets = [set(int(r) for r in s) for _, s in later.groupby(key, sort=False)["replicate"]]
+    shared = tuple(sorted(set.intersection(*sets)))
+    held = later[later["replicate"].astype(int).isin(shared)].copy()
+    held["held_out_replicate"] = held["replicate"].astype(int)
+    held["replicate"] = held["held_out_replicate"].map({r: i for i, r in enumerate(shared)})
+    return held, shared
+
+
+def replicate_span(replicates) -> str:
+    """Replicate numbers as the report and the model card both name a pool: "0-4" when they run
+    without a gap, else "0, 2, 3"; "" for none."""
+    r = sorted(int(x) for x in replicates)
+    if len(r) > 1 and r == list(range(r[0], r[-1] + 1)):
+        return f"{r[0]}-{r[-1]}"
+    return ", ".join(map(str, r))
 
 
 def _interval(values: np.ndarray) -> tuple[float, float]:

@@ -27,7 +27,8 @@ TITLES = {"imbalance": "training minority share", "batch_size": "batch size",
 def draw_factor(axes, rows: pd.DataFrame, factor: str) -> None:
     """On two Axes. Left: minority F1 of 31 and of its rival per level, at the largest and the
     smallest π. Right: 31 − rival with its 95 % t interval over replicates at each π; the reference
-    level (params.yaml's own setting) is marked."""
+    level (params.yaml's own setting) is marked, and so is a level whose comparison is `collapsed` at
+    some π (a model flagging almost nothing or almost everything: no gain to read)."""
     pis = sorted(rows["prevalence"].unique(), reverse=True)
     levels = list(dict.fromkeys(rows["level"]))
     x = np.arange(len(levels))
@@ -50,7 +51,9 @@ def draw_factor(axes, rows: pd.DataFrame, factor: str) -> None:
     axes[1].set_ylabel("31 − rival, minority F1")
     axes[1].legend(fontsize="x-small", title="field prevalence", title_fontsize="x-small")
     refs = set(rows.loc[rows["reference"].astype(bool), "level"])
+    broke = set(rows.loc[rows["collapsed"].fillna(False).astype(bool), "level"]) if "collapsed" in rows else set()
     labels = [f"{lv}\n(reference)" if lv in refs else lv for lv in levels]
+    labels = [f"{lab}\n(collapsed)" if lv in broke else lab for lab, lv in zip(labels, levels)]
     n = int(rows["n"].max()) if len(rows) and not math.isnan(rows["n"].max()) else 0
     for ax in axes:
         ax.set_xticks(x, labels=labels, fontsize="small")

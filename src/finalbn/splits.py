@@ -97,6 +97,14 @@ def disjoint_test_sets(pool: list[Group], size: int, replicates: int, seed: int,
     return chunks
 
 
+def disjoint_for(split: SplitConfig, label: int) -> bool:
+    """Whether `split.disjoint_test` gives class `label` (0 majority, 1 minority) test images no other
+    replicate tests on: `true` both classes, `majority` the healthy class only (a large healthy test
+    set per replicate, so that one false alarm moves precision at a low prevalence little, while the
+    few diseased images are shared), `false` neither."""
+    return split.disjoint_test is True or (split.disjoint_test == "majority" and label == 0)
+
+
 def draw_split(usable: dict[int, list[tuple[str, Path]]], split: SplitConfig, names: tuple[str, str],
                sources: tuple[str, str], replicate: int = 0, hashes: dict[str, str] | None = None,
                replicates: int = 1, group_of: dict[str, str] | None = None, by: str = "group") -> list[dict]:
@@ -105,7 +113,8 @@ def draw_split(usable: dict[int, list[tuple[str, Path]]], split: SplitConfig, na
     Files are drawn as content groups (`content_groups`): a group of byte-identical copies goes
     whole into one split, so no image is both trained and tested on. In a seeded order of the
     groups each one goes to the first split (train, val, test) with room for all of it; with no
-    duplicates this is the plain seeded draw. With `split.disjoint_test`, replicate r's test set is
+    duplicates this is the plain seeded draw. With `split.disjoint_test` (`disjoint_for`: both classes, or
+    the majority only), replicate r's test set of that class is
     the r-th of `replicates` disjoint sets (`disjoint_test_sets`), and train and val are drawn from the
     rest: no two replicates share a test image. Raises DataError when a label cannot fill its counts.
     With `group_of` (escaped path -> a patient's or lesion's id, `by` naming them) the draw is
@@ -125,16 +134,17 @@ def draw_split(usable: dict[int, list[tuple[str, Path]]], split: SplitConfig, na
         # One generator per label, so changing the minority counts never reshuffles the majority.
         order = np.random.default_rng([split.seed, replicate, label]).permutation(len(pool))
         room = list(need)
-        if split.disjoint_test:
+        disjoint = disjoint_for(split, label)
+        if disjoint:
             test = disjoint_test_sets(pool, need[2], replicates, split.seed, label, f"{names[label]} ({sources[label]})")
             mine = set(test[replicate])
             order = [i for i in test[replicate]] + [i for i in order if i not in mine]
             room = [0, 0, need[2]]  # the test set first, then train and val from the rest
-        for step in ((2,), (0, 1, 2)) if split.disjoint_test else ((0, 1, 2),):
+        for step in ((2,), (0, 1, 2)) if disjoint else ((0, 1, 2),):
             for idx in order:
                 if not any(room):
                     break
-                if split.disjoint_test and (idx in mine) != (step == (2,)):
+                if disjoint and (idx in mine) != (step == (2,)):
                     continue
                 fits = next((i for i in step if room[i] >= len(pool[idx])), None)
                 if fits is None:
@@ -142,7 +152,7 @@ def draw_split(usable: dict[int, list[tuple[str, Path]]], split: SplitConfig, na
                 room[fits] -= len(pool[idx])
                 rows += [{"path": _text(path), "label": label, "split": SPLITS[fits], "source_class": cls}
                          for cls, path in pool[idx]]
-            if split.disjoint_test and step == (2,):
+            if disjoint and step == (2,):
                 room = [need[0], need[1], 0]
         if any(room):
             raise DataError(f"class {names[label]} ({sources[label]}): groups of copies or near-duplicates{distinct} cannot "

@@ -157,6 +157,8 @@ class SyntheticConfig:
     per_disease: Annotated[int, Strict(), Field(ge=1)]
     severity: Annotated[float, Field(ge=0.1, le=10.0)]  # lesion number and area multiplier
     workers: Count  # 0 = one process per core
+    # crop -> healthy images for that crop instead of `healthy` (the dataset's crop needs many more)
+    healthy_by_crop: dict[Str, Annotated[int, Strict(), Field(ge=1)]] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True, config=STRICT)
@@ -168,8 +170,9 @@ class SplitConfig:
     # None: off. Else look-alike images (perceptual hashes at most this many of 64 bits apart) are
     # drawn together like identical copies (finalbn.neardup)
     near_duplicates: Optional[Annotated[int, Strict(), Field(ge=0, le=32)]] = None
-    # True: no two replicates share a test image (the pool must hold replicates x test images per class)
-    disjoint_test: Bool = False
+    # true: no two replicates share a test image (the pool must hold replicates x test images per class);
+    # majority: only the healthy test images are disjoint (splits.disjoint_for)
+    disjoint_test: Union[Bool, Literal["majority"]] = False
 
     @model_validator(mode="after")
     def _train_both(self):

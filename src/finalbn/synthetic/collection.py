@@ -17,7 +17,7 @@ import os
 import re
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +38,12 @@ _TMP_NAME = re.compile(r"^\.\d{5,}\.png\.\d+(?:\.[0-9a-f]+)?" + re.escape(TMP_SU
 
 def generate(root: str | os.PathLike, *, seed: int, image_size: int, crops: Sequence[str],
              healthy: int, per_disease: int, workers: int = 0, progress: bool = True,
-             severity: float = 1.0) -> dict:
+             severity: float = 1.0, healthy_by_crop: Mapping[str, int] | None = None) -> dict:
     """Write the synthetic collection under `root` and return timing and per-class counts.
 
     Per crop: `healthy` images in <Crop>___healthy and `per_disease` images in each
-    <Crop>___<Disease> folder, lesions drawn at `severity` (see `render_leaf`). Existing class
+    <Crop>___<Disease> folder, lesions drawn at `severity` (see `render_leaf`); `healthy_by_crop`
+    gives some crops another healthy count (a crop it names that is not in `crops` is an error). Existing class
     folders are overwritten (images past the new count are removed); other folders under `root`
     are left alone. workers=0 uses one process per core, workers=1 renders in this process.
     Worker processes start by forkserver (no inherited threads), so a calling script needs the
@@ -57,15 +58,20 @@ def generate(root: str | os.PathLike, *, seed: int, image_size: int, crops: Sequ
     workers = _check_count("workers", workers, 0)
     _check_severity(severity)
     _check_crops(crops)
+    by_crop = {str(c): _check_count(f"healthy_by_crop.{c}", n, 1) for c, n in (healthy_by_crop or {}).items()}
+    if set(by_crop) - set(crops):
+        raise ValueError(f"healthy_by_crop names crops not generated: {sorted(set(by_crop) - set(crops))} "
+                         f"(crops: {list(crops)})")
+    counts = {c: by_crop.get(c, healthy) for c in crops}
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    total = len(crops) * (healthy + len(DISEASES) * per_disease)
+    total = sum(counts.values()) + len(crops) * len(DISEASES) * per_disease
     procs = workers or os.cpu_count() or 1
     # Several chunks per process keeps the processes busy to the end; 64 bounds the
     # progress-bar step.
     chunk = max(1, min(64, math.ceil(total / (8 * procs))))
-    classes, jobs = _plan(root, seed, image_size, crops, healthy, per_disease, severity, chunk)
+    classes, jobs = _plan(root, seed, image_size, counts, per_disease, severity, chunk)
     procs = min(procs, len(jobs))
     seconds = _run_jobs(jobs, procs, total, progress)
     return {"images": total, "seconds": seconds,
@@ -88,13 +94,13 @@ def _check_crops(crops: Sequence[str]) -> None:
         raise ValueError(f"crops must be unique, got {list(crops)}")
 
 
-def _plan(root: Path, seed: int, image_size: int, crops: Sequence[str], healthy: int,
+def _plan(root: Path, seed: int, image_size: int, healthy: Mapping[str, int],
           per_disease: int, severity: float, chunk: int) -> tuple[dict[str, int], list[tuple]]:
     """Create and prune the class folders; the per-class counts and the jobs that fill them."""
     classes: dict[str, int] = {}
     jobs = []
-    for crop in crops:
-        for condition, count in ((HEALTHY, healthy), *((d, per_disease) for d in DISEASES)):
+    for crop, n_healthy in healthy.items():
+        for condition, count in ((HEALTHY, n_healthy), *((d, per_disease) for d in DISEASES)):
             folder = root / f"{crop}___{condition}"
             folder.mkdir(exist_ok=True)
             _prune(folder, count)

@@ -30,6 +30,7 @@ from finalbn.splits import split_dir
 from finalbn.stages.export.card import (
     CLASSES,
     decision_rules,
+    held_out_card,
     model_card,
     prior_threshold,
     version_description,
@@ -42,6 +43,7 @@ from finalbn.stages.export.select import (
     ExportError,
     Source,
     choose,
+    held_out_test,
     is_final_bn,
     pooled_validation,
     rebuild,
@@ -50,8 +52,9 @@ from finalbn.stages.export.select import (
 )
 
 __all__ = ["CLASSES", "INPUT", "INT8_MAX_AUROC_DROP", "OUTPUTS", "TOLERANCE", "Choice", "ExportError", "Exported",
-           "Source", "choose", "decision_rules", "export", "export_onnx", "is_final_bn", "main", "model_card", "parity",
-           "pooled_validation", "preprocess", "prior_threshold", "rebuild", "run_config", "selection_card"]
+           "Source", "choose", "decision_rules", "export", "export_onnx", "held_out_card", "held_out_test",
+           "is_final_bn", "main", "model_card", "parity", "pooled_validation", "preprocess", "prior_threshold",
+           "rebuild", "run_config", "selection_card"]
 
 
 def export(cfg: Config, splits: Path, out_dir: Path, run_id: str | None = None, log=print,
@@ -66,6 +69,7 @@ def export(cfg: Config, splits: Path, out_dir: Path, run_id: str | None = None, 
     choice = choose([r for r in runs if not r.flag(tracking.records.EXPORT)], k, run_id)
     run = choice.run
     val_labels, val_p1 = pooled_validation(choice)
+    held_out = (*held_out_test(choice), k)  # the same configuration's test predictions on replicates >= k
     selected = selection_card(choice, int(val_labels.sum()))
     va = selected["validation_auroc"]
     log(f"export: configuration {selected['config_name']} ({selected['source']}), {choice.how}: "
@@ -84,7 +88,8 @@ def export(cfg: Config, splits: Path, out_dir: Path, run_id: str | None = None, 
     out_dir.mkdir(parents=True, exist_ok=True)
     with io.temporary_dir(out_dir / "export") as tmp:  # a killed export's leftover is swept the next time
         card, check = _build(src, tmp, out_dir, size, spec, tensors, x, int8, log,
-                             selected, (val_labels, val_p1), cfg.selection.prevalences, decode_settings(manifest)[0])
+                             selected, (val_labels, val_p1), cfg.selection.prevalences, decode_settings(manifest)[0],
+                             held_out)
         _promote(tmp, out_dir, int8 and card["int8"]["kept"])
     for bs, b in check["batches"].items():
         log(f"export: parity at batch {bs}: max |Δprob| {b['max_abs_diff_probs']:.2e}, labels identical "
@@ -111,9 +116,11 @@ def _f(x) -> str:
 
 
 def _build(src: Source, tmp: Path, out_dir: Path, size: int, spec, tensors, x: dict, int8: bool, log,
-           selected: dict, pooled: tuple, prevalences: tuple[float, ...], intensity="auto") -> tuple:
+           selected: dict, pooled: tuple, prevalences: tuple[float, ...], intensity="auto",
+           held_out: tuple = ({}, [], 0)) -> tuple:
     """model.onnx, parity.json (written to out_dir either way: it says why) and model.json in `tmp`
-    (`intensity`: how training decoded, split.json's); raises ExportError when parity fails."""
+    (`intensity`: how training decoded, split.json's; `held_out`: (test tables by held-out replicate,
+    held-out replicates without them, k) for `held_out_card`); raises ExportError when parity fails."""
     diffs = {k: abs(float(src.val.get(k, math.nan)) - float(src.source_val.get(k, math.nan)))
              for k in ("auroc", "f1_1")}
     info = export_onnx(src.model, size, tmp / "model.onnx")
@@ -126,11 +133,22 @@ def _build(src: Source, tmp: Path, out_dir: Path, size: int, spec, tensors, x: d
         rules = decision_rules(src, pooled[0], pooled[1], counts, prevalences, selected["replicates"])
     except ValueError as exc:
         raise ExportError(f"the decision rules need validation predictions of both classes: {exc}") from None
-    card = model_card(src, size, spec.preprocessing(), info, selected, rules, counts, intensity)
+    try:
+        held = held_out_card(rules, held_out[0], held_out[1], selected["replicates"], src.replicate, held_out[2])
+    except ValueError as exc:  # a held-out test table lacking a class: say so on the card, ship anyway
+        held = {"measured": False, "at_prevalence": [], "why": f"The optimism of the validation estimates could not "
+                f"be measured: {exc}."}
+    card = model_card(src, size, spec.preprocessing(), info, selected, rules, counts, intensity, held)
     for r in rules["at_prevalence"]:
         log(f"export: at a field prevalence of {r['prevalence']:g}: flag P(diseased) >= {r['threshold']:.4f} — on "
             f"validation it flags {r['fpr']:.1%} of healthy (<= {r['fpr_upper95']:.1%} at 95%) and finds "
             f"{r['tpr']:.1%} of diseased (>= {r['tpr_lower95']:.1%}); F1 {r['f1']:.3f} at that prevalence")
+    log(f"export: {held['how'] if held['measured'] else held['why']}")
+    for r in held["at_prevalence"]:
+        log(f"export: at {r['prevalence']:g}: F1 {r['validation']['f1']:.3f} on validation, "
+            f"{r['held_out_test']['f1']:.3f} on held-out test (optimism {r['optimism']['f1']:+.3f}); diseased found "
+            f"{r['validation']['tpr']:.1%} -> {r['held_out_test']['tpr']:.1%}, healthy flagged "
+            f"{r['validation']['fpr']:.1%} -> {r['held_out_test']['fpr']:.1%}")
     seen = rules["argmax_validation"]
     log(f"export: argmax (the default) flags {seen['healthy_flagged']:.1%} of healthy and finds "
         f"{seen['diseased_found']:.1%} of diseased on validation; `finalbn-field --prevalence` applies the cuts above")

@@ -10,18 +10,31 @@ field command can apply any prevalence, and the cut for each of `selection.preva
 written out with what it promises (the share of healthy images flagged, its 95 % upper bound,
 the share of diseased images found). The training-count prior correction is given only where it
 is valid (`decision.prior_rule_applies`): not for a final BN or SELU, class weights, or another loss.
+
+Those estimates are optimistic: the predictions that set the cuts are those of the replicates that
+chose the configuration, and the model shipped is one of them (replicate 0's). The card's
+`operating_points_held_out` measures by how much: the same cuts applied to the test predictions of
+the configuration's runs on replicates >= k (`held_out_points`; models that neither chose the
+configuration nor saw those images), their TPR, FPR and F1 at each prevalence set beside the
+validation estimates, the difference named optimism — or one sentence saying why it could not be
+measured.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from finalbn import decision
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+
+from finalbn import decision, selection
 from finalbn.config import TOGGLES, final_layer
 from finalbn.decision import prior_threshold
 from finalbn.stages.export.onnx import INPUT, OUTPUTS
 from finalbn.stages.export.select import Source
 
-__all__ = ["CLASSES", "decision_rules", "model_card", "prior_threshold", "version_description", "version_tags"]
+__all__ = ["CLASSES", "decision_rules", "held_out_card", "held_out_points", "model_card", "prior_threshold",
+           "version_description", "version_tags"]
 
 CLASSES = ("healthy", "diseased")  # label 0 (majority) and 1 (minority) of every split
 
@@ -47,19 +60,92 @@ def decision_rules(src: Source, val_labels: np.ndarray, val_p1: np.ndarray, trai
         "at_prevalence": [decision.at_prevalence(curve, p) for p in prevalences],
         "operating_curve": curve,
         "how": (f"the cut with the best minority F1 at each prevalence, from the pooled validation predictions of "
-                f"replicates {', '.join(map(str, replicates))} ({curve['positives']} diseased, {curve['negatives']} "
+                f"replicates {selection.replicate_span(replicates)} (the replicates that chose the configuration; the "
+                f"shipped model is replicate {src.replicate}'s; {curve['positives']} diseased, {curve['negatives']} "
                 "healthy), their TPR and FPR reweighted to the prevalence (finalbn-field --prevalence takes any "
                 "other); `fpr` is the share of healthy images the cut flags, `fpr_upper95` its 95 % upper bound, "
                 "`tpr` the share of diseased it finds, `tpr_lower95` its 95 % lower bound (the configuration was "
-                "chosen on these predictions, so expect the field's TPR toward the lower bound)"),
+                "chosen on these predictions, so expect the field's TPR toward the lower bound; "
+                "`operating_points_held_out` measures the optimism on held-out replicates)"),
         "prior_correction": prior,
     }
 
 
+def held_out_points(cuts: Mapping[float, float], tables: Sequence[pd.DataFrame]) -> list[dict]:
+    """The cuts on test predictions that neither set them nor chose the configuration.
+
+    cuts: prevalence pi (a share in (0, 1)) -> threshold on P(diseased) (flag when p1 >= threshold,
+    as `decision.operating_curve` cuts). tables: one test prediction table per held-out replicate
+    (`predictions/test_predictions.csv`: `label` 0/1, `p1_last` P(diseased) at the last epoch).
+    Per table: TPR = share of label-1 rows flagged, FPR = share of label-0 rows flagged, F1 at pi
+    = `decision.f1_at(TPR, FPR, pi)` (the test split is balanced: reweighted to pi). Returns, per
+    cut in order, {prevalence, threshold, tpr, fpr, f1 (each the mean over the tables: a replicate
+    is the unit), f1_per_table, n (tables)}. Raises ValueError for no table or a table lacking a class."""
+    if not tables:
+        raise ValueError("no held-out test predictions")
+    rates = []
+    for t in tables:
+        y, p = t["label"].to_numpy(dtype=int), t["p1_last"].to_numpy(dtype=float)
+        if not ((y == 1).any() and (y == 0).any()):
+            raise ValueError(f"a held-out test table lacks a class ({int((y == 1).sum())} diseased, "
+                             f"{int((y == 0).sum())} healthy)")
+        rates.append((y, p))
+    out = []
+    for prevalence, threshold in cuts.items():
+        tpr = np.array([np.mean(p[y == 1] >= threshold) for y, p in rates])
+        fpr = np.array([np.mean(p[y == 0] >= threshold) for y, p in rates])
+        f1 = decision.f1_at(tpr, fpr, float(prevalence))
+        out.append({"prevalence": float(prevalence), "threshold": float(threshold), "tpr": float(tpr.mean()),
+                    "fpr": float(fpr.mean()), "f1": float(f1.mean()), "f1_per_table": [float(x) for x in f1],
+                    "n": len(rates)})
+    return out
+
+
+def held_out_card(rules: dict, tables: Mapping[int, pd.DataFrame], missing: Sequence[int], pool: Sequence[int],
+                  model_replicate: int, k: int) -> dict:
+    """model.json's `operating_points_held_out`: the cuts of `rules["at_prevalence"]` (set on the
+    validation predictions of replicates `pool`, 0..k-1) applied to the test predictions of the
+    configuration's held-out replicates (`tables`: replicate -> table; `missing`: held-out replicates
+    whose run logged none). Per prevalence: `validation` (the cut's pooled validation TPR, FPR, F1),
+    `held_out_test` (their means over the held-out replicates, `held_out_points`) and `optimism`
+    (validation minus held-out test: positive TPR or F1, negative FPR, means the validation
+    estimate flatters the cut). `measured` False with `why` (one sentence) when nothing is held out."""
+    span, reps = selection.replicate_span(pool), sorted(tables)
+    out = {"measured": False, "pool": sorted(int(r) for r in pool), "model_replicate": int(model_replicate),
+           "replicates": reps, "missing": sorted(int(r) for r in missing)}
+    if not reps:
+        why = (f"its runs on held-out replicates {selection.replicate_span(missing)} logged no test predictions "
+               "(trained by an older finalbn: rerun `finalbn grid`)" if missing else
+               f"the configuration has no FINISHED run on a replicate beyond {selection.replicate_span(range(k))} "
+               "(only the grid's headline configurations run there: raise grid.headline.replicates above "
+               "selection.replicates)")
+        out.update(at_prevalence=[], why=f"The optimism of the validation estimates could not be measured: {why}.")
+        return out
+    rows = rules["at_prevalence"]
+    test = held_out_points({r["prevalence"]: r["threshold"] for r in rows}, [tables[r] for r in reps])
+    out["measured"] = True
+    out["at_prevalence"] = [
+        {"prevalence": v["prevalence"], "threshold": v["threshold"],
+         "validation": {m: v[m] for m in ("tpr", "fpr", "f1")},
+         "held_out_test": {**{m: t[m] for m in ("tpr", "fpr", "f1")}, "f1_per_replicate": dict(
+             zip(map(str, reps), t["f1_per_table"])), "n": t["n"]},
+         "optimism": {m: v[m] - t[m] for m in ("tpr", "fpr", "f1")}} for v, t in zip(rows, test)]
+    out["how"] = (f"cuts and the estimates beside them from the validation predictions of replicates {span} (the "
+                  f"replicates that chose the configuration); the shipped model is replicate {model_replicate}'s; "
+                  f"held-out replicates {selection.replicate_span(reps)} at the same cuts give the test TPR, FPR and "
+                  f"F1 beside them (each replicate's own model of this configuration on its test split, "
+                  f"reweighted to the prevalence; mean over {len(reps)} replicate(s)); optimism = validation "
+                  "estimate minus held-out test estimate"
+                  + (f"; held-out replicate(s) {selection.replicate_span(missing)} logged no test predictions"
+                     if missing else ""))
+    return out
+
+
 def model_card(src: Source, size: int, spec_pre: dict, onnx_info: dict, selected: dict, rules: dict,
-               train_counts: tuple[int, int], intensity="auto") -> dict:
+               train_counts: tuple[int, int], intensity="auto", held_out: dict | None = None) -> dict:
     """model.json; `preprocessing.intensity` is how training decoded images of more than 8 bits
-    (`images.decode`, split.json's), which finalbn-field applies too."""
+    (`images.decode`, split.json's), which finalbn-field applies too; `held_out` (`held_out_card`)
+    is `operating_points_held_out`, written only when given."""
     ab = src.cfg.ablation
     return {
         "format": "finalbn-field/1",
@@ -78,6 +164,7 @@ def model_card(src: Source, size: int, spec_pre: dict, onnx_info: dict, selected
         "source_validation": {k: src.source_val.get(k) for k in ("auroc", "ap", "f1_1")},
         "train_counts": list(train_counts),
         "decision": rules,
+        **({"operating_points_held_out": held_out} if held_out is not None else {}),
     }
 
 
@@ -102,16 +189,36 @@ def version_description(card: dict) -> str:
              f"{_pm(sel['validation_auroc'])}; test minority F1 over them {_pm(sel['test_minority_f1'])} "
              "(reported, never used to choose).",
              f"This model on validation: AUROC {val['auroc']:.3f}, minority F1 {val['f1_1']:.3f}, ECE {val['ece']:.3f}.",
-             "", "Expected in the field (cut on pooled validation predictions; `finalbn-field --prevalence`):", "",
+             "", f"Expected in the field (cut on the pooled validation predictions of replicates "
+             f"{selection.replicate_span(sel['replicates'])}, the replicates that chose the configuration; "
+             "`finalbn-field --prevalence`):", "",
              "| prevalence | flag P(diseased) ≥ | healthy flagged (≤ 95 %) | diseased found (≥ 95 %) | F1 |",
              "|---|---|---|---|---|"]
     for r in card["decision"]["at_prevalence"]:
         lines.append(f"| {r['prevalence']:g} | {r['threshold']:.3f} | {r['fpr']:.1%} ({r['fpr_upper95']:.1%}) | "
                      f"{r['tpr']:.1%} ({r['tpr_lower95']:.1%}) | {r['f1']:.3f} |")
+    lines += ["", *held_out_markdown(card.get("operating_points_held_out"))]
     seen = card["decision"]["argmax_validation"]
-    lines += ["", f"Argmax (the default) flags {seen['healthy_flagged']:.1%} of healthy and finds "
+    lines += [f"Argmax (the default) flags {seen['healthy_flagged']:.1%} of healthy and finds "
               f"{seen['diseased_found']:.1%} of diseased validation images. The model card is `extra_files/model.json`."]
     return "\n".join(lines)
+
+
+def held_out_markdown(held: dict | None) -> list[str]:
+    """The description's lines on `operating_points_held_out`: its sentence and, when measured, a
+    table of each prevalence's validation estimate, held-out test estimate and optimism."""
+    if not held:
+        return []
+    if not held["measured"]:
+        return [held["why"], ""]
+    lines = [f"Operating points: {held['how']}.", "",
+             "| prevalence | cut | F1: validation → held-out test (optimism) | diseased found | healthy flagged |",
+             "|---|---|---|---|---|"]
+    for r in held["at_prevalence"]:
+        v, t, o = r["validation"], r["held_out_test"], r["optimism"]
+        lines.append(f"| {r['prevalence']:g} | {r['threshold']:.3f} | {v['f1']:.3f} → {t['f1']:.3f} "
+                     f"({o['f1']:+.3f}) | {v['tpr']:.1%} → {t['tpr']:.1%} | {v['fpr']:.1%} → {t['fpr']:.1%} |")
+    return lines + [""]
 
 
 def version_tags(card: dict) -> dict[str, str]:

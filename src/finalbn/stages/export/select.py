@@ -13,6 +13,9 @@ the lowest of those replicates (replicate 0: stated, not chosen on its own score
 no weights (`train.log_model: false`), so that run's cell is trained again — the same
 configuration (its logged config.yaml), replicate and seed, which reproduce it — as a tracked run
 tagged `export_source`, its state_dict saved on that run, so the next export loads it instead.
+The same configuration's runs on replicates >= k (`Choice.held_out`: neither trained the shipped
+model nor chose the configuration) give their test predictions (`held_out_test`) to measure how
+optimistic the cuts' validation estimates are.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ from finalbn.tracking import RunRecord, latest
 from finalbn.tracking import records as tags
 
 WEIGHTS_DIR, WEIGHTS = "export", "export/state_dict.pt"
+TEST_PREDICTIONS = "predictions/test_predictions.csv"  # path, label, p1_last: each cell run's test split
 
 
 class ExportError(RuntimeError):
@@ -65,6 +69,7 @@ class Choice:
     how: str  # how it was chosen, in a sentence
     row: dict = field(default_factory=dict)  # its `selection.rank` row (means, interval)
     candidates: int = 0
+    held_out: dict[int, RunRecord] = field(default_factory=dict)  # replicate -> run, same key, replicates >= k
 
 
 def candidate_rows(runs: list[RunRecord]) -> tuple[pd.DataFrame, dict[tuple[str, int], RunRecord]]:
@@ -98,7 +103,8 @@ def choose(runs: list[RunRecord], k: int, run_id: str | None = None) -> Choice:
         mine = {r: by[(key, r)] for r in range(k) if (key, r) in by}
         if len(mine) < k or rep not in mine or mine[rep].run_id != run.run_id:
             mine = {rep: run}  # the run alone: its own validation predictions set the thresholds
-        return Choice(run, mine, key, f"given by --run-id {run_id}", _summary_row(rows, key, k))
+        return Choice(run, mine, key, f"given by --run-id {run_id}", _summary_row(rows, key, k),
+                      held_out=_held_out(by, key, k, mine))
     if rows.empty:
         raise ExportError("no FINISHED cell run with a final BN and a validation AUROC: run `finalbn grid` first")
     ranked = selection.rank(rows, k)
@@ -114,7 +120,12 @@ def choose(runs: list[RunRecord], k: int, run_id: str | None = None) -> Choice:
     how = (f"the best of {len(eligible)} final-BN configuration(s) on the mean validation AUROC over replicates "
            f"0..{k - 1}" + (f" ({len(ranked) - len(eligible)} seen on fewer replicates were not candidates)"
                             if len(ranked) > len(eligible) else ""))
-    return Choice(mine[min(mine)], mine, key, how, best.to_dict(), len(eligible))
+    return Choice(mine[min(mine)], mine, key, how, best.to_dict(), len(eligible), _held_out(by, key, k, mine))
+
+
+def _held_out(by: dict[tuple[str, int], RunRecord], key: str, k: int, mine: dict[int, RunRecord]) -> dict:
+    """The configuration's runs on replicates >= k not behind the choice (replicate -> run)."""
+    return {rep: run for (kk, rep), run in sorted(by.items()) if kk == key and rep >= k and rep not in mine}
 
 
 def _summary_row(rows: pd.DataFrame, key: str, k: int) -> dict:
@@ -169,6 +180,20 @@ def pooled_validation(choice: Choice) -> tuple[np.ndarray, np.ndarray]:
         labels.append(df["label"].to_numpy(dtype=int))
         scores.append(df["p1_last"].to_numpy(dtype=float))
     return np.concatenate(labels), np.concatenate(scores)
+
+
+def held_out_test(choice: Choice) -> tuple[dict[int, pd.DataFrame], list[int]]:
+    """The test predictions (path, label, p1_last = P(diseased) at the last epoch) of the chosen
+    configuration's held-out runs (`Choice.held_out`), by replicate; and the held-out replicates
+    whose run logged none (skipped: trained by an older finalbn)."""
+    tables, missing = {}, []
+    for rep in sorted(choice.held_out):
+        text = tracking.artifact_text(choice.held_out[rep].run_id, TEST_PREDICTIONS)
+        if text is None:
+            missing.append(rep)
+            continue
+        tables[rep] = pd.read_csv(io.StringIO(text))
+    return tables, missing
 
 
 def _num(x) -> float | None:

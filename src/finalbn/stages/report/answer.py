@@ -28,7 +28,7 @@ def at_prevalences(all_cells: pd.DataFrame, data: CellData, out: Path, prevalenc
     """prevalence.csv: every cell's test metrics at each prevalence (and the training prior); the
     test set's own prevalence (from the first predictions found); notes."""
     pis = sorted(set(prevalences) | ({train_pi} if train_pi else set()), reverse=True)
-    table, notes = prev.cell_table(all_cells, data.prediction, pis)
+    table, notes = prev.cell_table(all_cells, data.prediction, pis, data.val_prediction)
     write_csv(out / "prevalence.csv", table)
     test_pi = None
     for rid in all_cells["run_id"]:
@@ -73,7 +73,7 @@ def prevalence_section(page: Page, cells: pd.DataFrame, data: CellData, at_pi: p
     figures.fig_prevalence(means[(means["dataset"] == first[0]) & (means["arch"] == first[1])],
                            eff[eff["scope"] == f"{first[0]}/{first[1]}"], curves, page.out / "prevalence.png")
     page.section(title,
-                 page.table(shown) + "\n\nThe balanced test set reweighted to each field prevalence π (share of "
+                 page.table(shown) + "\n\nThe test set reweighted to each field prevalence π (share of "
                  "diseased images): each diseased test image stands for π / n₁ of the field and each healthy one "
                  "for (1 − π) / n₀, so TPR and FPR at the argmax cut are as measured and precision = π TPR / (π TPR "
                  "+ (1 − π) FPR), F1 and the PR curve follow (label shift; Saerens et al. 2002). Means over "
@@ -97,57 +97,146 @@ def _pr_curves(sub: pd.DataFrame, data: CellData, prevalences) -> dict:
     return out
 
 
+COLLAPSE = 0.1  # the sensitivity stage's COLLAPSE_RATE: a mean test TPR or TNR below it is a collapsed model
+
+
+def _num(r) -> str:
+    return f"{r.estimate:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}]" if math.isfinite(r.ci_low) else f"{r.estimate:+.2f}"
+
+
+def _broken(r, collapse: float = COLLAPSE) -> str:
+    sides = [name for name, tp, tn in (("final BN", r.tpr_bn, r.tnr_bn), ("rival", r.tpr_rival, r.tnr_rival))
+             if tp < collapse or tn < collapse]
+    who = "both models" if len(sides) == 2 else (sides[0] if sides else "a model")
+    rates = f"TPR {r.tpr_bn:.2f} vs {r.tpr_rival:.2f}"
+    if min(r.tnr_bn, r.tnr_rival) < collapse:
+        rates += f", TNR {r.tnr_bn:.2f} vs {r.tnr_rival:.2f}"
+    return f"{who} collapsed: {rates}"
+
+
+def _sensitivity_line(t: pd.DataFrame, pis, n_family: int, old: bool) -> str:
+    """The verdict's sentence on the sensitivity stage: per π the levels above and below zero, sign
+    reversals between π values, collapsed comparisons apart."""
+    rows = t[~t["reference"].astype(bool) & t["estimate"].notna()]
+    ok = rows[~rows["collapsed"]]
+    sentences = []
+    for i, pi in enumerate(pis):
+        at = ok[np.isclose(ok["prevalence"], pi)]
+        ups = [f"{r.factor} {r.level} {_num(r)}" for r in at.itertuples() if r.direction == "above zero"]
+        downs = [f"{r.factor} {r.level} {_num(r)}" for r in at.itertuples() if r.direction == "below zero"]
+        rest = len(at) - len(ups) - len(downs)
+        sentences.append(f"{'at' if i == 0 else 'At'} π = {pi:g}, above zero: {', '.join(ups) or 'none'}; below "
+                         f"zero: {', '.join(downs) or 'none'}; {rest} not distinguishable.")
+    flips = []
+    for (factor, level), g in ok.groupby(["factor", "level"], sort=False):
+        hi, lo = g.loc[g["estimate"].idxmax()], g.loc[g["estimate"].idxmin()]
+        if hi["estimate"] > 0 > lo["estimate"] and g["direction"].isin(["above zero", "below zero"]).any():
+            flips.append(f"{factor} {level} ({hi['estimate']:+.2f} at π = {hi['prevalence']:g}, "
+                         f"{lo['estimate']:+.2f} at π = {lo['prevalence']:g})")
+    broke = []
+    for (factor, level), g in rows[rows["collapsed"]].groupby(["factor", "level"], sort=False):
+        r = next(g.itertuples())
+        where = "" if len(g) == rows[(rows["factor"] == factor) & (rows["level"] == level)].shape[0] else \
+            f" at π = {', '.join(f'{x:g}' for x in g['prevalence'])}"
+        broke.append(f"{factor} {level} ({_broken(r)}{where})")
+    last = (f"Sign reversals between π values: {'; '.join(flips) or 'none'}; collapsed comparisons, not read as "
+            f"gains or losses: {'; '.join(broke) or 'none'}.")
+    line = (f"Sensitivity (section below; 31 − rival in minority F1, one setting changed at a time, 95 % t "
+            f"intervals; above or below zero: Holm-adjusted p < 0.05 within the sensitivity family of {n_family} "
+            f"comparisons, every non-reference level at every π): " + " ".join(sentences) + " " + last)
+    if old:
+        line += " (This sensitivity.csv predates the Holm family: rerun `finalbn sensitivity`.)"
+    return line
+
+
+
+
 def sensitivity_section(page: Page, table: pd.DataFrame | None) -> list[str]:
-    """Beyond the paper: the sensitivity section and sensitivity.png; the verdict's sentence."""
+    """Beyond the paper: the sensitivity section (every level at every π, Holm-adjusted within the
+    stage's `sensitivity` family, collapsed comparisons marked) and sensitivity.png; the verdict's
+    line: per π the levels above and below zero, then sign reversals between π values and collapsed
+    comparisons (which are not read as gains or losses)."""
     title = "Beyond the paper: how sensitive is the headline contrast?"
     if table is None or table.empty:
         figures.placeholder(page.out / "sensitivity.png", "no sensitivity table: run `finalbn sensitivity`")
         page.section(title, "", ["no results/sensitivity/sensitivity.csv: run `finalbn sensitivity` (or `dvc repro "
                                  "sensitivity`)"])
         return []
+    collapse = COLLAPSE
+    old = "direction" not in table  # a sensitivity.csv from before the Holm family: no direction to report
+    t = table.assign(**{c: table[c] if c in table else v for c, v in (
+        ("p_holm", math.nan), ("direction", "not distinguishable"), ("collapsed", False), ("tpr_bn", math.nan),
+        ("tpr_rival", math.nan), ("tnr_bn", math.nan), ("tnr_rival", math.nan))})
+    t["collapsed"] = t["collapsed"].fillna(False).astype(bool)
+
     fig_factors(table, page.out / "sensitivity.png")
-    pis = sorted(table["prevalence"].unique(), reverse=True)
-    shown = table[table["prevalence"].isin([pis[0], pis[-1]])].copy()
+    pis = sorted(t["prevalence"].unique(), reverse=True)
+    shown = t.copy()
     shown["31 − rival"] = [interval_text(r.estimate, r.ci_low, r.ci_high) for r in shown.itertuples()]
-    shown = shown[["factor", "level", "reference", "rival", "prevalence", "f1_bn", "f1_rival", "31 − rival", "n",
-                   "detectable"]]
+    shown["collapsed"] = [_broken(r) if r.collapsed else "" for r in shown.itertuples()]
+    shown = shown[["factor", "level", "reference", "rival", "prevalence", "f1_bn", "f1_rival", "31 − rival", "p_holm",
+                   "direction", "collapsed", "n", "detectable"]]
+    fam = t[~t["reference"].astype(bool) & t["p_holm"].notna()]
     page.section(title, markdown_table(shown) + "\n\nFinal BN alone vs nothing (31 − 63), one setting changed at a "
                  "time (`sensitivity` in params.yaml), on the same replicates; the reference level is params.yaml's "
-                 "own setting (the grid's cells). Minority F1 on the test set and reweighted to the smallest "
-                 "prevalence of `report.prevalences`; intervals: paired t over replicates; `detectable`: the "
+                 "own setting (the grid's cells, tested in the verdict's own family). Minority F1 on the test set "
+                 "reweighted to each prevalence of `report.prevalences`; intervals: paired 95 % t over replicates; "
+                 f"`p_holm`: Holm-adjusted (Holm 1979) over the `sensitivity` family, the {len(fam)} non-reference "
+                 "rows (every level at every π); `direction`: above or below zero where p_holm < 0.05; `collapsed`: "
+                 f"a model whose mean test TPR or TNR is below {collapse:g} (it flags almost nothing or almost "
+                 "everything), so the difference is between broken classifiers, not a gain; `detectable`: the "
                  "smallest paired difference found with 80 % power at that spread and replicate count. The bias-shift "
-                 "row sets 31 against 63 with a minority-logit bias learned on each cell's validation predictions "
-                 "(class-balanced likelihood), the simplest rival of a final BN. Every level at every prevalence is "
-                 "in results/sensitivity/sensitivity.csv.\n\n![](sensitivity.png)")
-    top = table[np.isclose(table["prevalence"], pis[0])]
-    low = table[np.isclose(table["prevalence"], pis[-1])]
-    parts = [f"{r.factor} {r.level}: {r.estimate:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}]"
-             for r in top.itertuples() if not r.reference and math.isfinite(r.estimate)]
-    flips = [f"{r.factor} {r.level}" for r in low.itertuples() if math.isfinite(r.ci_low) and r.ci_low > 0]
-    line = (f"Sensitivity (section below; 31 − rival in minority F1 at π = {pis[0]:g}, one setting changed at a "
-            f"time): " + "; ".join(parts) + ".")
-    if len(pis) > 1:
-        line += (f" At π = {pis[-1]:g} the interval lies above zero for " + (", ".join(flips) if flips else "none of them")
-                 + ".")
-    return [line]
+                 "rows set 31 against 63 with a minority-logit bias learned on each cell's validation predictions "
+                 "for the prevalence it is judged at (the likelihood with the classes weighted π and 1 − π, the "
+                 "prior shift of Saerens et al. 2002), the simplest rival of a final BN."
+                 + (" This sensitivity.csv predates the Holm family: rerun `finalbn sensitivity`." if old else "")
+                 + "\n\n![](sensitivity.png)")
+    return [_sensitivity_line(t, pis, len(fam), old)]
 
 
 def by_setting_section(page: Page, setting: pd.DataFrame) -> None:
-    """BN's effect per (UF, WL) setting: by_setting.png and the section."""
+    """BN's effect per (UF, WL) setting: by_setting.png and the section. Every number resting on one
+    replicate (the factorial pairs where `factorial_exploratory`, a matched pair over one replicate) is
+    labelled "exploratory (one replicate)" in the table and the text."""
     title = "Final BN's effect by setting (UF, WL)"
     if setting.empty or not (setting["factorial_estimate"].notna().any() or setting["pair_estimate"].notna().any()):
         figures.placeholder(page.out / "by_setting.png", "no BN pair in any (UF, WL) setting")
         page.section(title, "", ["no BN pair in any (UF, WL) setting"])
         return
     figures.fig_by_setting(setting, page.out / "by_setting.png")
-    shown = setting.drop(columns=["uf", "wl"] + (["scope"] if setting["scope"].nunique() == 1 else []))
+    one = "exploratory (one replicate)"
+    fx = setting["factorial_exploratory"].fillna(False).astype(bool) if "factorial_exploratory" in setting \
+        else pd.Series(False, index=setting.index)
+    fr = setting["factorial_replicates"] if "factorial_replicates" in setting else setting["factorial_pairs"] * 0
+    shown = setting.drop(columns=["uf", "wl", "factorial_exploratory", "factorial_replicates"], errors="ignore")
+    shown = shown.drop(columns=["scope"] if setting["scope"].nunique() == 1 else [])
+    shown.insert(shown.columns.get_loc("factorial_estimate"), "factorial evidence",
+                 [one if x else (f"{int(n)} replicates" if n == n and n else "—") for x, n in zip(fx, fr)])
+    shown.insert(shown.columns.get_loc("pair_estimate"), "pair evidence",
+                 [one if n == 1 else (f"{int(n)} replicates" if n else "—") for n in setting["pair_replicates"]])
+    labels = [f"({r['scope']}: {r['setting']})" if setting["scope"].nunique() > 1 else f"({r['setting']})"
+              for r in setting.to_dict("records")]
+
+    def which(flags) -> str:
+        chosen = [lab for lab, f in zip(labels, flags) if f]
+        return "every setting" if len(chosen) == len(labels) else "the settings " + "; ".join(chosen)
+
+    single_pairs = list(setting["pair_replicates"] == 1)
+    if fx.any():
+        caveat = (f"The factorial's per-setting numbers of {which(fx)} rest "
+                  f"on one replicate: {one}, without interval — one replicate's split and seed can move a "
+                  "difference as much as the effect itself, so where the matched pair has more replicates its "
+                  "mean (`pair_estimate`) is the number to read. ")
+    else:
+        caveat = "The factorial's per-setting numbers rest on the replicates in `factorial evidence`. "
+    if any(single_pairs):
+        caveat += f"The matched pairs of {which(single_pairs)} rest on one replicate: {one}, without interval. "
     page.section(title, markdown_table(shown) + "\n\nTest minority F1, last epoch. `factorial_*`: BN on − off over "
                  "the factorial's pairs in the setting (DA, MX and WD on and off; every complete replicate): mean, "
-                 "smallest and largest — exploratory when the grid has one replicate. `pair_*`: the matched pair "
-                 "with DA, MX and WD off over its replicates, with a 95 % t interval where it has two or more. A "
-                 "factorial main effect averages these settings, in which final BN does different things: with UF "
-                 "on and no WL the model without it collapses toward the majority class, and BN rescues it.\n\n"
-                 "![](by_setting.png)")
+                 "smallest and largest. `pair_*`: the matched pair with DA, MX and WD off over its replicates, with a "
+                 "95 % t interval where it has two or more. " + caveat + "A factorial main effect averages these "
+                 "settings, in which final BN does different things: with UF on and no WL the model without it "
+                 "collapses toward the majority class, and BN rescues it.\n\n![](by_setting.png)")
 
 
 def calibration_section(page: Page, data: CellData, cells: pd.DataFrame, cal: pd.DataFrame,
@@ -160,7 +249,7 @@ def calibration_section(page: Page, data: CellData, cells: pd.DataFrame, cal: pd
     cal_all = cal[cal["scope"] == "all"]
     body = markdown_table(cal_all.drop(columns=["scope"]))
     body += ("\n\nECE (15 equal-width bins of the top-class probability; Guo et al. 2017) and Brier (summed over "
-             "both classes), last epoch. `test set`: the balanced test set as drawn; `training prior`: the same "
+             "both classes), last epoch. `test set`: the test set as drawn; `training prior`: the same "
              "images reweighted to the training prevalence"
              + (f" (π = {train_pi:.2g})" if train_pi else "") + ", the prior a plain softmax learns. They differ "
              "because calibration is a statement about a prior: a model whose probabilities match a 50/50 test set "

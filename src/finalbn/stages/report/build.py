@@ -44,6 +44,10 @@ from finalbn.stages.report.tables import (
 from finalbn.separability import LOW, ceiling_sentence
 from finalbn.stages.report.dvcplots import write_headline, write_plot_data
 
+# The metrics at each π every cell carries as columns (`prevalence.column`): the effects' inputs.
+WIDE_METRICS = ("f1_1", "precision_1", "ece", "brier", "ap", "tpr", "fpr", "cut_f1_1", "cut_precision_1", "cut_tpr",
+                "cut_fpr", "tpr_at_fpr", "negatives", "positives")
+
 FILES = ("report.md", "summary.json", "headline.json", "plots/configs.csv", "plots/prevalence.csv", "cells.csv", "prevalence.csv", "prevalence.png", "sensitivity.png",
          "selection.csv", "table1.csv",
          "table2.csv", "table3.csv", "table4.csv", "baselines.csv", "fig3_loss_curves.csv", "fig3_loss_curves.png",
@@ -55,13 +59,15 @@ FILES = ("report.md", "summary.json", "headline.json", "plots/configs.csv", "plo
 def build_report(data: CellData, out_dir: Path, n_boot: int = 2000, seed: int = 0,
                  ceilings: list[dict] | None = None, search: dict | None = None, k: int = 5,
                  prevalences: tuple[float, ...] = (0.5, 0.1, 0.05, 0.01),
-                 train_counts: tuple[int, int] | None = None, sensitivity: pd.DataFrame | None = None) -> dict:
+                 train_counts: tuple[int, int] | None = None, sensitivity: pd.DataFrame | None = None,
+                 context: dict[str, str] | None = None) -> dict:
     """Write FILES into `out_dir`; return (and write as summary.json) the headline numbers.
     `search`: `finalbn search`'s summary (results/search.json), for its section; `k`: the
     replicates a configuration is chosen over (`selection.replicates`); `prevalences`: the field
     prevalences of `report.prevalences`; `train_counts`: (majority, minority) training images
     (`split.train`), whose prior the calibration is also given at; `sensitivity`: the sensitivity
-    stage's table (results/sensitivity/sensitivity.csv), for its section.
+    stage's table (results/sensitivity/sensitivity.csv), for its section; `context`: `dataset/arch` ->
+    what the study is here (`make.study_context`), set beside the paper's setting.
     Raises ValueError when `data` holds no cell."""
     all_cells, dropped = prepare(data.cells, data.experiment)
     cells = all_cells[all_cells["baseline"] == ""].reset_index(drop=True)  # the paper's 64 configurations
@@ -78,9 +84,10 @@ def build_report(data: CellData, out_dir: Path, n_boot: int = 2000, seed: int = 
     train_pi = train_counts[1] / sum(train_counts) if train_counts else None
     at_pi, test_pi, pi_notes = at_prevalences(all_cells, data, out, prevalences, train_pi)
     notes_in += pi_notes
-    cells = prev.widen(cells, at_pi, ("f1_1", "precision_1", "ece", "brier"))
+    cells = prev.widen(cells, at_pi, WIDE_METRICS)
     cal = calibration_table(cells, at_pi, train_pi)
-    eff, verdicts, methods, setting = _effects(cells, data, out, n_boot, seed, prevalences, test_pi, train_pi, cal)
+    eff, verdicts, methods, setting = _effects(cells, data, out, n_boot, seed, prevalences, test_pi, train_pi, cal,
+                                               context)
     prevalence_section(page, cells, data, at_pi, eff, prevalences, test_pi)
     _ranking_vs_threshold(page, cells)
     imb = _imbalance_baselines(page, all_cells)
@@ -123,12 +130,12 @@ def _ceiling(ceilings: list[dict], out: Path) -> str:
 
 
 def _effects(cells: pd.DataFrame, data: CellData, out: Path, n_boot: int, seed: int, prevalences, test_pi,
-             train_pi, cal):
+             train_pi, cal, context=None):
     """effects.csv, by_setting.csv and effects.png; (effects, verdict lines per scope, factorial
     method per scope, BN by setting)."""
     eff, verdicts, methods, setting = study_effects(cells, data.prediction, n_boot=n_boot, seed=seed,
                                                     prevalences=prevalences, test_pi=test_pi, train_pi=train_pi,
-                                                    calibration=cal)
+                                                    calibration=cal, context=context)
     write_csv(out / "effects.csv", eff)
     write_csv(out / "by_setting.csv", setting)
     if len(eff):
@@ -142,7 +149,12 @@ def _ranking_vs_threshold(page: Page, cells: pd.DataFrame) -> None:
     base = baselines_table(cells)
     write_csv(page.out / "baselines.csv", base)
     shown = base[["dataset", "arch", "config", "replicates", "f1_1", "f1_1_std", "f1_1_sel", "f1_1_prior_corrected",
-                  "f1_1_validation_threshold", "auroc", "auroc_std", "ap", "balanced_accuracy", "val_auroc"]]
+                  "f1_1_validation_threshold", "auroc", "auroc_std", "ap", "balanced_accuracy", "val_auroc"]].copy()
+    single = base["replicates"] == 1
+    shown["replicates"] = [f"{n}, exploratory (one replicate)" if one else str(n)
+                           for n, one in zip(base["replicates"], single)]
+    caveat = (" A row over one replicate is exploratory (one replicate): its SD is 0 by construction, not a "
+              "measured spread." if single.any() else "")
     page.section("Ranking vs threshold: the headline configurations",
                  (page.table(shown) + "\n\nTest metrics, mean and SD over replicates. Minority F1: at the "
                   "last epoch (argmax); selected epoch: at the epoch selected on validation AUROC (secondary); "
@@ -151,7 +163,7 @@ def _ranking_vs_threshold(page: Page, cells: pd.DataFrame) -> None:
                   "(plain cross-entropy, no WL, no final BN or SELU), empty for the others, whose outputs a "
                   "final BN or class weights have already moved off that prior; at the validation cut: "
                   "the cut chosen on the cell's own validation predictions (7 positives) for the test set's "
-                  "prevalence, valid for every model; AUROC and AP do not depend on any threshold.") if len(base) else "",
+                  "prevalence, valid for every model; AUROC and AP do not depend on any threshold." + caveat) if len(base) else "",
                  [] if len(base) else ["no run of configs 63, 47, 31 or 15"])
 
 
@@ -182,7 +194,15 @@ def _imbalance_baselines(page: Page, all_cells: pd.DataFrame) -> pd.DataFrame:
                  "WL, no final BN): the focal, logit-adjusted and class-balanced losses have moved it already "
                  "(n/a). `F1 at the validation cut`: the cut chosen on the cell's own validation predictions for "
                  "the test set's prevalence, valid for every model. Test metrics at the last epoch, mean ± std over replicates; Δ: paired "
-                 "per-replicate differences (same split, same seed), mean with a 95 % t interval.\n\n"
+                 "per-replicate differences (same split, same seed), mean with a 95 % t interval (a single replicate: "
+                 "exploratory (one replicate), no interval, no p). Holm: one family `baselines` per (dataset, arch), "
+                 "every paired comparison of this table (ΔF1 and ΔAUROC vs BN only, ΔF1 vs its base, for none and "
+                 "every method; t test p, Holm-adjusted; imbalance.csv's `*_p` and `*_p_holm`): a method \"beats\" "
+                 "or \"falls short of\" BN only only where the Holm-adjusted p of its ΔF1 is below 0.05, else it "
+                 "is not distinguishable. A method that changes no decision (`moves_decisions` false: temperature "
+                 "scaling, or any method whose test minority F1 equals its base's on every replicate, so its argmax "
+                 "is its base's) is no rival to a final BN that moves decisions: it is listed apart, with its ECE "
+                 "against its base's.\n\n"
                  "![](imbalance.png)")
     return imb
 

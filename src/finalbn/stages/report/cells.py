@@ -60,6 +60,10 @@ class _TrackingLoader:
         text = tracking.artifact_text(run_id, "predictions/test_predictions.csv")
         return pd.read_csv(io.StringIO(text)) if text and text.strip() else None
 
+    def val_predictions(self, run_id: str) -> pd.DataFrame | None:
+        text = tracking.artifact_text(run_id, "predictions/val_predictions.csv")
+        return pd.read_csv(io.StringIO(text)) if text and text.strip() else None
+
     def reliability(self, run_id: str) -> dict | None:
         text = tracking.artifact_text(run_id, "reliability.json")
         return None if text is None else json.loads(text)
@@ -69,8 +73,8 @@ class _TrackingLoader:
 class CellData:
     """Cell runs of one experiment: one row per run in `cells`, and per-run extras.
 
-    `histories`, `predictions` and `reliability` (run_id -> DataFrame / DataFrame / the
-    reliability.json dict) may be filled by hand (tests); after `collect` they fill lazily, so only
+    `histories`, `predictions`, `val_predictions` and `reliability` (run_id -> DataFrame /
+    DataFrame / DataFrame / the reliability.json dict) may be filled by hand (tests); after `collect` they fill lazily, so only
     the runs a report needs are ever downloaded.
     """
 
@@ -78,6 +82,7 @@ class CellData:
     histories: dict[str, pd.DataFrame] = field(default_factory=dict)
     predictions: dict[str, pd.DataFrame] = field(default_factory=dict)
     reliability: dict[str, dict] = field(default_factory=dict)
+    val_predictions: dict[str, pd.DataFrame] = field(default_factory=dict)
     experiment: str = ""
     notes: list[str] = field(default_factory=list)
     loader: Any = field(default=None, repr=False)
@@ -97,6 +102,10 @@ class CellData:
 
     def prediction(self, run_id: str) -> pd.DataFrame | None:
         return self._get("predictions", self.predictions, run_id)
+
+    def val_prediction(self, run_id: str) -> pd.DataFrame | None:
+        """The run's validation predictions (path, label, p1_last), which choose its cut at each π."""
+        return self._get("val_predictions", self.val_predictions, run_id)
 
     def reliability_bins(self, run_id: str) -> dict | None:
         return self._get("reliability", self.reliability, run_id)

@@ -24,7 +24,8 @@ from finalbn.stages.report.pairs import FACTORIAL, paired_differences
 from finalbn.stats import holm, t_interval
 
 SETTING_COLUMNS = ["scope", "uf", "wl", "setting", "factorial_estimate", "factorial_min", "factorial_max",
-                   "factorial_pairs", "pair", "pair_estimate", "pair_ci_low", "pair_ci_high", "pair_replicates"]
+                   "factorial_pairs", "factorial_replicates", "factorial_exploratory", "pair", "pair_estimate",
+                   "pair_ci_low", "pair_ci_high", "pair_replicates"]
 
 
 def coded(cells: pd.DataFrame) -> pd.DataFrame:
@@ -134,20 +135,24 @@ def _setting_id(bn: bool, wl: bool, uf: bool) -> int:
 def by_setting(sub: pd.DataFrame, scope: str, metric: str = "test_f1_1") -> pd.DataFrame:
     """BN's effect within each (UF, WL) setting: the factorial's BN pairs on complete replicates
     (mean, min, max over DA x MX x WD x replicates) and the matched pair with the other switches off
-    over its replicates (paired t interval)."""
+    over its replicates (paired t interval). `factorial_replicates`: how many replicates the
+    factorial pairs rest on; `factorial_exploratory`: True where that is one (each configuration
+    pair has a single replicate: no interval, the numbers are exploratory)."""
     complete = complete_replicates(sub, metric)
     rows = []
     for uf, wl in itertools.product((False, True), (False, True)):
         row = {"scope": scope, "uf": uf, "wl": wl, "setting": f"UF {'on' if uf else 'off'}, WL {'on' if wl else 'off'}"}
-        d = np.array([])
+        d, reps = np.array([]), 0
         if complete:
             part = sub[sub["replicate"].isin(complete) & (sub["uf"] == uf) & (sub["wl"] == wl)].dropna(subset=[metric])
             key = ["replicate", "da", "mx", "wd"]
             j = part[part["bn"]][key + [metric]].merge(part[~part["bn"]][key + [metric]], on=key, suffixes=("_on", "_off"))
             d = (j[f"{metric}_on"] - j[f"{metric}_off"]).to_numpy()
+            reps = int(j["replicate"].nunique())
         row.update({"factorial_estimate": float(d.mean()) if d.size else math.nan,
                     "factorial_min": float(d.min()) if d.size else math.nan,
-                    "factorial_max": float(d.max()) if d.size else math.nan, "factorial_pairs": int(d.size)})
+                    "factorial_max": float(d.max()) if d.size else math.nan, "factorial_pairs": int(d.size),
+                    "factorial_replicates": reps, "factorial_exploratory": bool(d.size) and reps == 1})
         a, b = _setting_id(True, wl, uf), _setting_id(False, wl, uf)
         t = t_interval(paired_differences(sub, a, metric, b, metric)["diff"].to_numpy())
         row.update({"pair": f"{a} − {b}", "pair_estimate": t["estimate"], "pair_ci_low": t["ci_low"],

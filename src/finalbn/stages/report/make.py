@@ -43,9 +43,24 @@ def make_report(cfg: Any, out_dir: Path, grid_csv: Path, ceiling: Path | None = 
     summary = build_report(data, out_dir, n_boot=cfg.report.bootstrap, seed=cfg.report.seed, ceilings=ceilings,
                            search=read_search(search), k=cfg.selection.replicates,
                            prevalences=tuple(cfg.report.prevalences), train_counts=tuple(cfg.split.train),
-                           sensitivity=read_sensitivity(sensitivity))
+                           sensitivity=read_sensitivity(sensitivity), context=study_context(cfg))
     tracking.log_report(out_dir, tracking.experiment_name(cfg, "report"))
     return summary
+
+
+SOURCES = {"synthetic": "the built-in synthetic leaves", "plantvillage": "PlantVillage photographs",
+           "folders": "your images", "csv": "your images"}
+
+
+def study_context(cfg: Any) -> dict[str, str]:
+    """`dataset/arch` -> what the study is here, for the paper comparison: "efficientnet_lite0 at 64 px
+    on the built-in synthetic leaves (Apple)"."""
+    out = {}
+    for d in cfg.datasets:
+        crop = f" ({d.crop})" if getattr(d, "crop", None) else ""
+        for arch in cfg.grid.archs:
+            out[f"{d.name}/{arch}"] = f"{arch} at {d.image_size} px on {SOURCES.get(d.source, d.source)}{crop}"
+    return out
 
 
 def read_search(path: Path | None) -> dict | None:

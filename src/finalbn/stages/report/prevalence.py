@@ -1,10 +1,10 @@
-"""Test metrics at the prevalence the user will meet: the balanced test set reweighted to π.
+"""Test metrics at the prevalence the user will meet: the test set reweighted to π.
 
     m = at_prevalence(labels, p1, 0.05)          # precision_1, f1_1, accuracy, ..., ap, ece, brier
     table = cell_table(cells, data.prediction, [0.5, 0.1, 0.05, 0.01])   # one row per cell, protocol, π
 
-The test set holds as many diseased as healthy images: its precision, F1, accuracy and calibration
-describe a field where half the images are diseased. A classifier's TPR and FPR at a cut (its ROC)
+The test set's own mix of classes (the default: 1000 healthy, 150 diseased) is nobody's field: its
+precision, F1, accuracy and calibration describe a field with that prevalence. A classifier's TPR and FPR at a cut (its ROC)
 do not depend on the prevalence; the rest do. Under label shift (each class's scores stay as they
 are, the prior moves to π; Saerens et al. 2002), each diseased test image stands for π / n₁ of the
 field and each healthy one for (1 − π) / n₀, so at the argmax cut (flag when P(diseased) > 0.5):
@@ -12,7 +12,12 @@ field and each healthy one for (1 − π) / n₀, so at the argmax cut (flag whe
     precision(π) = π TPR / (π TPR + (1 − π) FPR)       F1(π) = 2 π TPR / (π TPR + (1 − π) FPR + π)
     accuracy(π)  = π TPR + (1 − π)(1 − FPR)            balanced accuracy = (TPR + 1 − FPR) / 2 (free of π)
 
-(`finalbn.decision.precision_at` / `f1_at`, the export's own formulas). AP(π) is the step-wise area
+(`finalbn.decision.precision_at` / `f1_at`, the export's own formulas). The argmax cut suits
+balanced classes only; the `cut_*` metrics use the cut a user would ship for π instead: the one with
+the best F1 at π on the run's own validation predictions (`decision.at_prevalence`, the export's
+decision rule), applied to its test images (flag when p1 >= cut). `tpr_at_fpr` is the test TPR at the
+loosest cut whose test FPR is at most LOW_FPR (a point of the ROC: free of π and of any cut);
+`negatives`/`positives` count the healthy/diseased test images a row rests on. AP(π) is the step-wise area
 under the reweighted PR curve (scikit-learn's `average_precision_score`, which it equals at the test
 set's own prevalence); ECE(π) and Brier(π) put the same image weights into Guo et al.'s (2017) bins
 and into the mean of `finalbn.metrics.brier` (summed over both classes). Every function raises
@@ -25,10 +30,14 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from finalbn.decision import at_prevalence as at_prevalence_rule
 from finalbn.decision import f1_at, operating_curve, precision_at
 
 PROTOCOLS = {"last": "p1_last", "sel": "p1_sel"}  # the last epoch (primary) and the validation-selected one
-METRICS = ("tpr", "fpr", "precision_1", "f1_1", "accuracy", "balanced_accuracy", "ap", "ece", "brier")
+CUT_METRICS = ("cut_threshold", "cut_tpr", "cut_fpr", "cut_precision_1", "cut_f1_1")
+METRICS = ("tpr", "fpr", "precision_1", "f1_1", "accuracy", "balanced_accuracy", "ap", "ece", "brier",
+           *CUT_METRICS, "tpr_at_fpr", "negatives", "positives")
+LOW_FPR = 0.01  # the false-alarm rate of `tpr_at_fpr`: 1 healthy image in 100 flagged
 N_BINS = 15
 
 
@@ -114,17 +123,43 @@ def at_prevalence(labels, p1, prevalence: float) -> dict[str, float]:
             "ece": ece_at(y, p, prevalence), "brier": brier_at(y, p, prevalence)}
 
 
+def at_validation_cut(val_labels, val_p1, labels, p1, prevalence: float) -> dict[str, float]:
+    """CUT_METRICS at π: the cut with the best F1 at π on validation (`decision.at_prevalence`;
+    ties to the stricter cut), applied to the test images; TPR and FPR as measured there, precision
+    and F1 reweighted to π. NaN everywhere when validation lacks a class."""
+    y, p = _checked(labels, p1, prevalence)
+    vy = np.asarray(val_labels).astype(int).ravel()
+    if not ((vy == 1).any() and (vy == 0).any()):
+        return dict.fromkeys(CUT_METRICS, float("nan"))
+    cut = at_prevalence_rule(operating_curve(vy, np.asarray(val_p1, dtype=float)), prevalence)["threshold"]
+    flag = p >= cut
+    tpr, fpr = float(flag[y == 1].mean()), float(flag[y == 0].mean())
+    return {"cut_threshold": float(cut), "cut_tpr": tpr, "cut_fpr": fpr,
+            "cut_precision_1": float(precision_at(tpr, fpr, prevalence)), "cut_f1_1": float(f1_at(tpr, fpr, prevalence))}
+
+
+def tpr_at_fpr(labels, p1, max_fpr: float = LOW_FPR) -> float:
+    """The test TPR at the loosest cut whose FPR is at most `max_fpr` (0 when no cut flags a
+    diseased image before a healthy one beyond that rate)."""
+    y, p = _checked(labels, p1, 0.5)
+    c = operating_curve(y, p)
+    tpr, fpr = np.asarray(c["tpr"]), np.asarray(c["fpr"])
+    return float(tpr[fpr <= max_fpr + 1e-12].max())
+
+
 def prevalence_of(pred: pd.DataFrame) -> float:
     """The share of diseased images in a test prediction table."""
     return float((pred["label"].astype(int) == 1).mean())
 
 
 def cell_table(cells: pd.DataFrame, predictions_for: Callable[[str], pd.DataFrame | None],
-               prevalences: Sequence[float]) -> tuple[pd.DataFrame, list[str]]:
-    """One row per (cell run, protocol, π) with METRICS, from each run's test predictions; and notes
+               prevalences: Sequence[float], val_predictions_for: Callable[[str], pd.DataFrame | None] | None = None
+               ) -> tuple[pd.DataFrame, list[str]]:
+    """One row per (cell run, protocol, π) with METRICS, from each run's test predictions (the
+    `cut_*` ones, last epoch only, from its validation predictions too: NaN without them); and notes
     naming the runs that have none. `cells` needs run_id, dataset, arch, config_id, baseline,
     replicate (`report.cells`)."""
-    rows, missing = [], 0
+    rows, missing, no_val = [], 0, 0
     for r in cells.itertuples(index=False):
         pred = predictions_for(r.run_id)
         if pred is None or "label" not in pred:
@@ -134,17 +169,26 @@ def cell_table(cells: pd.DataFrame, predictions_for: Callable[[str], pd.DataFram
         if not ((y == 1).any() and (y == 0).any()):
             missing += 1
             continue
+        val = val_predictions_for(r.run_id) if val_predictions_for is not None else None
+        has_val = val is not None and "p1_last" in val and "label" in val
+        no_val += not has_val
         for protocol, col in PROTOCOLS.items():
             if col not in pred:
                 continue
             p = pred[col].to_numpy(float)
+            low = tpr_at_fpr(y, p)
             for pi in prevalences:
+                cut = (at_validation_cut(val["label"], val["p1_last"], y, p, pi) if has_val and protocol == "last"
+                       else dict.fromkeys(CUT_METRICS, float("nan")))
                 rows.append({"run_id": r.run_id, "dataset": r.dataset, "arch": r.arch, "config_id": int(r.config_id),
                              "baseline": r.baseline, "replicate": int(r.replicate), "protocol": protocol,
-                             "prevalence": float(pi), **at_prevalence(y, p, pi)})
+                             "prevalence": float(pi), **at_prevalence(y, p, pi), **cut, "tpr_at_fpr": low,
+                             "negatives": int((y == 0).sum()), "positives": int((y == 1).sum())})
     cols = ["run_id", "dataset", "arch", "config_id", "baseline", "replicate", "protocol", "prevalence", *METRICS]
     notes = [f"{missing} cell run(s) without test predictions are left out of the metrics at each prevalence"] \
         if missing else []
+    if val_predictions_for is not None and no_val:
+        notes.append(f"{no_val} cell run(s) without validation predictions have no metric at the validation cut")
     return pd.DataFrame(rows, columns=cols), notes
 
 
@@ -155,12 +199,13 @@ def column(metric: str, prevalence: float, protocol: str = "last") -> str:
 
 def widen(cells: pd.DataFrame, table: pd.DataFrame, metrics: Sequence[str] = ("f1_1", "precision_1")) -> pd.DataFrame:
     """`cells` with one column per (metric, π, protocol) of `table` (NaN where a run has none)."""
-    out = cells.copy()
+    cols = {}
     for (protocol, pi), g in table.groupby(["protocol", "prevalence"], sort=True):
         vals = g.set_index("run_id")
         for m in metrics:
-            out[column(m, pi, protocol)] = out["run_id"].map(vals[m]).astype(float)
-    return out
+            cols[column(m, pi, protocol)] = cells["run_id"].map(vals[m]).astype(float)
+    return pd.concat([cells.drop(columns=[c for c in cols if c in cells]), pd.DataFrame(cols, index=cells.index)],
+                     axis=1)
 
 
 def config_means(table: pd.DataFrame, config_ids: Sequence[int], protocol: str = "last") -> pd.DataFrame:

@@ -14,13 +14,15 @@ setting changed at a time (`FACTORS`, levels from params' `sensitivity` section)
   train mode (batch statistics: fastai's behaviour, the paper's);
 * `single_logit`: one sigmoid logit with BN over it, against two softmax logits;
 * `bias_shift`: 31 against 63 plus a minority-logit bias learned on validation (`analysis.fit_logit_bias`,
-  no training: the simplest rival of a final BN, which also moves that logit).
+  no training: the simplest rival of a final BN, which also moves that logit), fitted for each
+  prevalence π of `report.prevalences` and judged at that π only.
 
 A level equal to params.yaml's own setting is the reference: its cells are the grid's headline cells,
 found by key, not retrained. Every level runs through the grid's own command (`finalbn grid` with
 the level's overrides, `sensitivity.workers` levels at a time): cells keyed and resumable, nothing
 trained twice. Outputs: <out>/sensitivity.csv (31 − 63 per factor, level and
-prevalence, with a t interval over replicates and the difference detectable with 80 % power),
+prevalence, with a t interval over replicates, the difference detectable with 80 % power, Holm's
+adjustment over the `sensitivity` family and a `collapsed` mark),
 <out>/cells.csv (every cell used), <out>/sensitivity.json, and one figure per factor (<out>/<factor>.png).
 """
 from __future__ import annotations
@@ -38,7 +40,8 @@ from finalbn.config import Config, load_config
 from finalbn.errors import DataError
 from finalbn.io import write_csv
 from finalbn.splits import prepare_dataset
-from finalbn.stages.sensitivity.analysis import BN_ID, COLUMNS, NONE_ID, contrasts, fit_logit_bias, shifted_rates
+from finalbn.stages.sensitivity.analysis import (BN_ID, COLUMNS, NONE_ID, SHIFT_INVARIANT, contrasts, fit_logit_bias,
+                                                 shifted_metrics)
 from finalbn.sensitivity_plots import fig_factor
 
 class LevelFailed(Exception):
@@ -163,11 +166,20 @@ def run_levels(args: argparse.Namespace, cfg: Config, plan: list[Level], splits:
     return frames
 
 
-def bias_shift_rows(reference: pd.DataFrame) -> pd.DataFrame:
+BIAS_LEVEL, BIAS_RIVAL = "learned bias on 63, fitted at π", "63 + learned bias"
+
+
+def bias_shift_rows(reference: pd.DataFrame, prevalences) -> pd.DataFrame:
     """The reference level's 31 cells, and its 63 cells with a minority-logit bias fitted on each
-    cell's own validation predictions and applied to its test predictions."""
-    rows = [reference[reference["config_id"] == BN_ID].assign(factor="bias_shift", level="learned bias on 63",
+    cell's own validation predictions for each prevalence π (`fit_logit_bias`) and applied to its
+    test predictions: one row per (cell, π), `fitted_prevalence` = π, judged at that π only
+    (`contrasts`). A shifted row's argmax metrics (and Brier) are recomputed from the shifted
+    predictions, test and validation (`shifted_metrics`); AUROC and AP, which a shift does not move,
+    are kept; every other metric (ECE, the prior-corrected and validation-threshold F1, the
+    selected epoch's) is left empty rather than copied from the unshifted cell."""
+    rows = [reference[reference["config_id"] == BN_ID].assign(factor="bias_shift", level=BIAS_LEVEL,
                                                                reference=False, rival="")]
+    kept = {f"{split}{m}" for split in ("test_", "val_") for m in SHIFT_INVARIANT}
     shifted = []
     for r in reference[reference["config_id"] == NONE_ID].to_dict("records"):
         val = tracking.artifact_text(r["run_id"], "predictions/val_predictions.csv")
@@ -175,11 +187,13 @@ def bias_shift_rows(reference: pd.DataFrame) -> pd.DataFrame:
         if not val or not test:
             continue
         v, t = pd.read_csv(_io.StringIO(val)), pd.read_csv(_io.StringIO(test))
-        b = fit_logit_bias(v["label"], v["p1_last"])
-        tpr, tnr = shifted_rates(t["label"], t["p1_last"], b)
-        shifted.append({**r, "test_recall_1": tpr, "test_recall_0": tnr, "factor": "bias_shift",
-                        "level": "learned bias on 63", "reference": False, "rival": "63 + learned bias",
-                        "bias": b})
+        blank = {k: float("nan") for k in r if k.startswith(("test_", "val_")) and k not in kept}
+        for pi in prevalences:
+            b = fit_logit_bias(v["label"], v["p1_last"], pi)
+            val_f1 = shifted_metrics(v["label"], v["p1_last"], b, "val_")["val_f1_1"]
+            shifted.append({**r, **blank, **shifted_metrics(t["label"], t["p1_last"], b), "val_f1_1": val_f1,
+                            "factor": "bias_shift", "level": BIAS_LEVEL, "reference": False, "rival": BIAS_RIVAL,
+                            "bias": b, "fitted_prevalence": float(pi)})
     return pd.concat(rows + [pd.DataFrame(shifted)], ignore_index=True)
 
 
@@ -205,11 +219,11 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
         print(f"finalbn sensitivity: failed: {exc}", file=sys.stderr)
         return 1
     parts = [f for f, lv in zip(frames, plan) if lv.factor != "reference"]  # the reference alone is no factor
+    pis = sorted(set(cfg.report.prevalences), reverse=True)
     if s.bias_shift:
-        parts.append(bias_shift_rows(next(f for f, lv in zip(frames, plan) if lv.reference)))
+        parts.append(bias_shift_rows(next(f for f, lv in zip(frames, plan) if lv.reference), pis))
     cells = pd.concat(parts, ignore_index=True)
     write_csv(out / "cells.csv", cells)
-    pis = sorted(set(cfg.report.prevalences), reverse=True)
     table = contrasts(cells, pis)
     write_csv(out / "sensitivity.csv", table)
     for factor in dict.fromkeys(table["factor"]):
@@ -218,8 +232,10 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
                "contrast": "final BN alone vs nothing (31 − 63), test minority F1, last epoch",
                "rows": table.astype(object).where(table.notna(), None).to_dict("records")}
     io.write_json(out / "sensitivity.json", summary)
-    for r in table[table["prevalence"] == pis[0]].to_dict("records"):
+    for r in table.to_dict("records"):
         print(f"  {r['factor']} = {r['level']}: 31 − {r['rival']} {r['estimate']:+.3f} "
-              f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] at π = {pis[0]:g} over {r['n']} replicates")
+              f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] at π = {r['prevalence']:g} over {r['n']} replicates: "
+              f"{r['direction']}" + (f" (Holm p {r['p_holm']:.3g})" if r["family"] else "")
+              + (" — collapsed" if r["collapsed"] else ""))
     print(f"sensitivity -> {out}/sensitivity.csv and {len(set(table['factor']))} figures")
     return 0
