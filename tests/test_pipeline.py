@@ -11,11 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
 import faulting
 from conftest import ROOT
+from test_verdict_facts import check_verdict_numbers
 from finalbn.tracking import fingerprint
 
 
@@ -190,6 +192,10 @@ def test_whole_pipeline_then_store_gone_and_killed_anywhere_then_nothing_then_on
     assert "Best trial vs BN only (config 31 BN)" in md and "## Choosing a configuration over 1 replicate" in md
     assert "## Beyond the paper: how sensitive is the headline contrast?" in md
     assert "## The answer at the prevalence the user will meet" in md
+    verdict = json.loads((repo / "report" / "summary.json").read_text())["verdict"]
+    assert verdict[0].startswith("**Does final BN help at your prevalence?**")  # the answer at each π, first
+    assert md.index("**Does final BN help at your prevalence?**") < md.index("## How the numbers are computed")
+    assert check_verdict_numbers(verdict, pd.read_csv(repo / "report" / "effects.csv")) >= 4  # every number is a row
     sens = json.loads((repo / "results" / "sensitivity" / "sensitivity.json").read_text())
     assert sens["factors"] == []
     _the_store_as_mlflow_users_expect(repo)

@@ -168,32 +168,54 @@ def test_the_report_opens_with_the_answer_at_each_prevalence(simulated_report):
     assert summary["verdict"][1].startswith("**Which cut?**") and summary["verdict"][2].startswith("**How sure?**")
 
 
-def test_every_number_of_the_verdict_is_a_row_of_effects_csv(simulated_report):
-    """Each `estimate [low, high]` the verdict prints is one effects.csv row to three decimals, and a
-    number printed after `π = X:` belongs to a row at that π; the word beside it follows the row's
-    direction."""
-    summary, out = simulated_report
-    eff = pd.read_csv(out / "effects.csv")
-    keyed = {(f"{r.estimate:+.3f}", f"{r.ci_low:+.3f}", f"{r.ci_high:+.3f}"): r for r in eff.itertuples()
-             if math.isfinite(r.ci_low)}
+def check_verdict_numbers(verdict: list[str], eff: pd.DataFrame, prevalences=PIS) -> int:
+    """Each `estimate [low, high]` the verdict prints is one effects.csv row to three decimals, a
+    number printed after `π = X:` belongs to a row at that π, and the opening's words (helps, hurts,
+    not distinguishable) at each π follow the validation-cut row's `direction`. Returns how many
+    numbers were checked (also used by tests/test_pipeline.py on a real run)."""
+    keyed: dict[tuple, list] = {}
+    for r in eff.itertuples():
+        if math.isfinite(r.ci_low):
+            keyed.setdefault((f"{r.estimate:+.3f}", f"{r.ci_low:+.3f}", f"{r.ci_high:+.3f}"), []).append(r)
     found = 0
-    for line in summary["verdict"]:
+    for line in verdict:
         for m in TRIPLE.finditer(line):
             assert m.groups() in keyed, f"{m.group(0)} of {line[:80]!r} is in no effects.csv row"
-            row = keyed[m.groups()]
-            before = line[:m.start()]
-            pi = re.search(r"π = ([\d.]+): $", before)
+            pi = re.search(r"π = ([\d.]+): $", line[:m.start()])
             if pi:
-                assert math.isclose(row.prevalence, float(pi.group(1))), (m.group(0), row.effect)
+                assert any(math.isclose(r.prevalence, float(pi.group(1))) for r in keyed[m.groups()]), \
+                    (m.group(0), [r.effect for r in keyed[m.groups()]])
             found += 1
-    assert found >= 12
     by = {r.effect: r for r in eff.itertuples()}
-    cut = {pi: by[f"31-63 cut π={pi:g}"] for pi in PIS}
-    first = summary["verdict"][0]
-    for pi, r in cut.items():
+    first = verdict[0]
+    for pi in prevalences:
+        r = by.get(f"31-63 cut π={pi:g}")
+        if r is None or r.direction == "not estimable" or f"at π = {pi:g} both models collapse" in first:
+            continue
         words = {"gain": "helps", "loss": "hurts", "not distinguishable": "is not distinguishable from zero"}[r.direction]
         listed = re.search(words + r" at π = ([\d.]+(?:(?:, | and )[\d.]+)*)", first)
         assert listed and f"{pi:g}" in re.split(r", | and ", listed.group(1)), (pi, r.direction, first)
+    return found
+
+
+def test_every_number_of_the_verdict_is_a_row_of_effects_csv(simulated_report):
+    summary, out = simulated_report
+    assert check_verdict_numbers(summary["verdict"], pd.read_csv(out / "effects.csv")) >= 12
+
+
+def test_a_number_that_is_not_in_effects_csv_is_caught(simulated_report):
+    """The check above can fail: one digit changed in the verdict, or a direction word swapped."""
+    summary, out = simulated_report
+    eff = pd.read_csv(out / "effects.csv")
+    verdict = list(summary["verdict"])
+    m = TRIPLE.search(verdict[0])
+    wrong = f"{float(m.group(1)) + 0.001:+.3f}"
+    with pytest.raises(AssertionError, match="is in no effects.csv row"):
+        check_verdict_numbers([verdict[0].replace(m.group(1), wrong, 1), *verdict[1:]], eff)
+    swapped = verdict[0].replace("it helps at", "it hurts at", 1)
+    assert swapped != verdict[0]
+    with pytest.raises(AssertionError):
+        check_verdict_numbers([swapped, *verdict[1:]], eff)
 
 
 def test_the_simulated_reversal_is_the_argmax_cuts(simulated_report):

@@ -54,19 +54,7 @@ def prevalence_section(page: Page, cells: pd.DataFrame, data: CellData, at_pi: p
         by = {r["effect"]: r for r in scope_eff.to_dict("records") if r["kind"] == "contrast"}
         for pi in sorted(prevalences, reverse=True):
             m = {int(c): g.iloc[0] for c, g in sub[np.isclose(sub["prevalence"], pi)].groupby("config_id")}
-            row = {"dataset": ds, "arch": arch, "π": pi}
-            for cid, name in ((BN_ID, "BN (31)"), (NONE_ID, "none (63)")):
-                row[f"F1 {name}"] = m[cid]["f1_1"] if cid in m else math.nan
-                row[f"precision {name}"] = m[cid]["precision_1"] if cid in m else math.nan
-                row[f"AP {name}"] = m[cid]["ap"] if cid in m else math.nan
-            for protocol, head in (("last", "Δ F1 last epoch"), ("sel", "Δ F1 selected epoch")):
-                raw = "31-63" if protocol == "last" else "31-63 sel"
-                eid = raw if test_pi is not None and math.isclose(pi, test_pi, abs_tol=1e-9) else \
-                    prevalence_effect_id("31-63", pi, protocol)
-                r = by.get(eid)
-                row[head] = interval_text(r["estimate"], r["ci_low"], r["ci_high"]) if r else "—"
-                row[f"Holm p ({protocol})"] = r["p_holm"] if r else math.nan
-            rows.append(row)
+            rows.append({"dataset": ds, "arch": arch, **_prevalence_row(m, by, pi, test_pi)})
     shown = pd.DataFrame(rows)
     first = sorted(set(zip(cells["dataset"], cells["arch"])))[0]
     curves = _pr_curves(cells[(cells["dataset"] == first[0]) & (cells["arch"] == first[1])], data, prevalences)
@@ -75,13 +63,42 @@ def prevalence_section(page: Page, cells: pd.DataFrame, data: CellData, at_pi: p
     page.section(title,
                  page.table(shown) + "\n\nThe test set reweighted to each field prevalence π (share of "
                  "diseased images): each diseased test image stands for π / n₁ of the field and each healthy one "
-                 "for (1 − π) / n₀, so TPR and FPR at the argmax cut are as measured and precision = π TPR / (π TPR "
-                 "+ (1 − π) FPR), F1 and the PR curve follow (label shift; Saerens et al. 2002). Means over "
-                 "replicates (last epoch); Δ: 31 − 63 paired by replicate, 95 % t interval, Holm-adjusted within the "
-                 "verdict's family. `prevalence.csv` holds every cell at every π (precision, F1, accuracy, balanced "
-                 "accuracy, AP, ECE, Brier; both epoch protocols)."
+                 "for (1 − π) / n₀, so TPR and FPR at a cut are as measured and precision = π TPR / (π TPR "
+                 "+ (1 − π) FPR), F1 and the PR curve follow (label shift; Saerens et al. 2002). `validation cut`: "
+                 "each model at the cut with the best F1 at π on its own validation predictions (the export's "
+                 "decision rule; the test set chooses nothing); `argmax`: flag when P(diseased) > 0.5, which fits "
+                 "balanced classes only; AP: average precision reweighted to π (no cut). Means over replicates (last "
+                 "epoch); Δ: 31 − 63 paired by replicate, 95 % t interval, Holm-adjusted within the verdict's family. "
+                 "`healthy images`: the healthy test images each replicate's numbers rest on; `one false alarm`: "
+                 "precision at π with final BN's TPR at the validation cut and one false alarm, against 1 with none. "
+                 "`prevalence.csv` holds every cell at every π (precision, F1, accuracy, balanced accuracy, AP, ECE, "
+                 "Brier, the validation cut's TPR, FPR, precision and F1; both epoch protocols)."
                  + (f" Figure: {first[0]}/{first[1]}." if cells[["dataset", "arch"]].drop_duplicates().shape[0] > 1
                     else "") + "\n\n![](prevalence.png)")
+
+
+def _prevalence_row(m: dict, by: dict, pi: float, test_pi: float | None) -> dict:
+    """One row of the section's table at π: each model's F1 at its validation cut and at the argmax,
+    AP, the paired differences, and what the low-π numbers rest on."""
+    row = {"π": pi}
+
+    def mean(cid, col):
+        return float(m[cid][col]) if cid in m and col in m[cid] else math.nan
+
+    own = test_pi is not None and math.isclose(pi, test_pi, abs_tol=1e-9)
+    for head, col, eid in (("F1 validation cut", "cut_f1_1", prevalence_effect_id("31-63 cut", pi)),
+                           ("F1 argmax", "f1_1", "31-63" if own else prevalence_effect_id("31-63", pi)),
+                           ("AP", "ap", prevalence_effect_id("31-63 ap", pi))):
+        row[f"{head} BN (31)"], row[f"{head} none (63)"] = mean(BN_ID, col), mean(NONE_ID, col)
+        r = by.get(eid)
+        row[f"Δ {head}"] = (interval_text(r["estimate"], r["ci_low"], r["ci_high"])
+                            + (f" (Holm p {r['p_holm']:.2g})" if math.isfinite(r.get("p_holm", math.nan)) else "")
+                            ) if r else "—"
+    neg, tpr = mean(BN_ID, "negatives"), mean(BN_ID, "cut_tpr")
+    row["healthy images"] = f"{neg:.0f}" if math.isfinite(neg) else "—"
+    one = pi * tpr / (pi * tpr + (1 - pi) / neg) if math.isfinite(neg) and neg > 0 and tpr > 0 else math.nan
+    row["one false alarm"] = f"precision 1 → {one:.2f}" if math.isfinite(one) else "—"
+    return row
 
 
 def _pr_curves(sub: pd.DataFrame, data: CellData, prevalences) -> dict:

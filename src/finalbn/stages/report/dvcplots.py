@@ -56,13 +56,15 @@ def write_plot_data(cells: pd.DataFrame, at_pi: pd.DataFrame, folder: Path) -> N
 def headline(summary: dict, prevalences) -> dict:
     """The few numbers `dvc metrics show` prints (one short row): minority F1 with final BN alone
     and with nothing (Table I), their difference on the test set and at the lowest of
-    `report.prevalences`, and the ceiling AUROC. Missing numbers are left out."""
+    `report.prevalences` (at the argmax cut, and `_cut` with each model at its validation cut for that
+    π, the verdict's answer), and the ceiling AUROC. Missing numbers are left out."""
     m = summary.get("metrics") or {}
     t1 = next(iter((summary.get("table1") or {}).values()), {})
     low = min(prevalences) if prevalences else None
     out = {"f1_bn": t1.get("bn_f1_1"), "f1_none": t1.get("without_bn_f1_1"),
            "gain": m.get("bn_vs_none_f1_estimate"),
            "gain_at_low_prev": m.get(f"bn_vs_none_f1_at_{low:g}_estimate") if low is not None else None,
+           "gain_at_low_prev_cut": m.get(f"bn_vs_none_f1_cut_at_{low:g}_estimate") if low is not None else None,
            "low_prev": low, "ceiling_auroc": m.get("ceiling_auroc")}
     return {k: round(float(v), 4) for k, v in out.items() if v is not None and v == v}
 

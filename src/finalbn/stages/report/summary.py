@@ -96,9 +96,11 @@ def _metrics(effects: dict[str, dict], ceilings: list[dict]) -> dict:
         if eid in first:
             for k in ("estimate", "ci_low", "ci_high"):
                 metrics[f"{name}_{k}"] = first[eid][k]
-    for eid, r in first.items():  # 31 - 63 at each prevalence, last epoch
-        if eid.startswith("31-63 π="):
-            metrics[f"bn_vs_none_f1_at_{eid.split('=')[1]}_estimate"] = r["estimate"]
+    for eid, r in first.items():  # 31 - 63 at each prevalence, last epoch: argmax, validation cut, AP
+        for stem, name in (("31-63 π=", "bn_vs_none_f1_at"), ("31-63 cut π=", "bn_vs_none_f1_cut_at"),
+                           ("31-63 ap π=", "bn_vs_none_ap_at")):
+            if eid.startswith(stem):
+                metrics[f"{name}_{eid.split('=')[1]}_estimate"] = r["estimate"]
     if ceilings:
         metrics["ceiling_auroc"] = ceilings[0]["auroc"]
     return metrics

@@ -80,8 +80,8 @@ def _versus_paper(eid: str, r: dict, here: str = "") -> str:
     else:
         where = "overlaps it"
     return (f" The paper reports {text} with {PAPER_SETTING}: this interval {where}. "
-            + (f"Here: {here}; " if here else "") + "data, architecture and image size differ, so this compares "
-            "the direction and size of an effect, not a replication.")
+            + (f"Here: {here}; data" if here else "Data") + ", architecture and image size differ, so this "
+            "compares the direction and size of an effect, not a replication.")
 
 
 def classify(r: dict) -> str:
