@@ -51,14 +51,14 @@ def test_direction_follows_the_holm_adjusted_p_and_the_sign():
 def test_a_gain_at_every_prevalence():
     lines = opening_lines(_facts({pi: (0.2, 0.1, 0.3, 0.001) for pi in PIS}))
     assert lines[0].startswith("**Does final BN help at your prevalence?**")
-    assert "it helps at π = 0.5, 0.1, 0.05 and 0.01" in lines[0]
-    assert "hurts" not in lines[0] and "not distinguishable" not in lines[0]
+    assert "It helps at π = 0.5, 0.1, 0.05 and 0.01" in lines[0]
+    assert "hurts at" not in lines[0] and "not distinguishable" not in lines[0]
     assert "π = 0.01: +0.200 [+0.100, +0.300]" in lines[0]
 
 
 def test_a_loss_is_a_loss():
     lines = opening_lines(_facts({pi: (-0.2, -0.3, -0.1, 0.001) for pi in PIS}))
-    assert "it hurts at π = 0.5, 0.1, 0.05 and 0.01" in lines[0] and "helps" not in lines[0]
+    assert "It hurts at π = 0.5, 0.1, 0.05 and 0.01" in lines[0] and "helps at" not in lines[0]
 
 
 def test_a_null_result_says_what_the_interval_rules_out_the_right_way_round():
@@ -212,7 +212,7 @@ def test_a_number_that_is_not_in_effects_csv_is_caught(simulated_report):
     wrong = f"{float(m.group(1)) + 0.001:+.3f}"
     with pytest.raises(AssertionError, match="is in no effects.csv row"):
         check_verdict_numbers([verdict[0].replace(m.group(1), wrong, 1), *verdict[1:]], eff)
-    swapped = verdict[0].replace("it helps at", "it hurts at", 1)
+    swapped = verdict[0].replace("It helps at", "It hurts at", 1)
     assert swapped != verdict[0]
     with pytest.raises(AssertionError):
         check_verdict_numbers([swapped, *verdict[1:]], eff)

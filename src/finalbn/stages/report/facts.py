@@ -133,13 +133,13 @@ def opening_lines(facts: pd.DataFrame, family_size: int | None = None) -> list[s
     family = f" of {family_size} contrasts" if family_size else ""
     lines = [f"**Does final BN help at your prevalence?** With each model at the cut chosen on its own validation "
              f"images for the prevalence π (the exported decision rule), final BN alone vs nothing (31 − 63) changes "
-             f"minority F1 at {_listed(cut)}: it {_by_direction(cut)} (Holm-adjusted p < {SIGNIFICANT:g} within "
-             f"the verdict's family{family}; {n} replicates)."]
+             f"minority F1 at {_listed(cut)}. It {_by_direction(cut)}. (Helps or hurts: Holm-adjusted p < "
+             f"{SIGNIFICANT:g} within the verdict's family{family}; 95 % intervals over {n} replicates.)"]
     arg = facts[(facts["quantity"] == "argmax") & facts["estimate"].notna()]
     if len(arg):
         text = (f"**Which cut?** Ship the cut fit for your prevalence (`finalbn-field --prevalence π` applies the "
                 f"card's rule). At the argmax cut (flag when P(diseased) > 0.5), which fits balanced classes only, the "
-                f"same contrast is {_listed(arg)}: it {_by_direction(arg)}.")
+                f"same contrast is {_listed(arg)}. It {_by_direction(arg)}.")
         cut_dir = {round(r.prevalence, 12): r.direction for r in cut.itertuples()}
         moved: dict[tuple[str, str], list[str]] = {}
         for r in arg.itertuples():
