@@ -65,7 +65,11 @@ def test_a_null_result_says_what_the_interval_rules_out_the_right_way_round():
     lines = opening_lines(_facts({0.5: (0.01, -0.065, 0.083, 0.7)}))
     assert "is not distinguishable from zero at π = 0.5" in lines[0]
     # [-0.065, +0.083] rules out gains above +0.083 and losses beyond 0.065 (issue 34's garbled line)
-    assert "rule out at π = 0.5 a gain larger than +0.083 and a loss larger than 0.065" in lines[0]
+    assert "at π = 0.5 the data rule out a gain larger than +0.083 and a loss larger than 0.065" in lines[0]
+    # an unadjusted interval above zero that Holm's adjustment does not keep: no "loss larger than -0.024"
+    lines = opening_lines(_facts({0.05: (0.086, 0.024, 0.148, 0.06)}))
+    assert "at π = 0.05 the unadjusted interval excludes zero, Holm's adjustment does not" in lines[0]
+    assert "larger than -" not in lines[0]
 
 
 def test_mixed_directions_and_the_argmax_cuts_reversal():
@@ -76,9 +80,9 @@ def test_mixed_directions_and_the_argmax_cuts_reversal():
     lines = opening_lines(_facts(cut, argmax, ap={0.01: (0.216, 0.107, 0.325, 0.003)}))
     assert "helps at π = 0.5 and 0.1; is not distinguishable from zero at π = 0.05 and 0.01" in lines[0]
     assert lines[1].startswith("**Which cut?**") and "hurts at π = 0.05 and 0.01" in lines[1]
-    assert ("At π = 0.05 and 0.01 the argmax cut's loss is the cut's, not final BN's: at the cut fit for π the "
-            "contrast is not distinguishable from zero.") in lines[1]
-    assert "At π = 0.1 the argmax cut's result is the cut's" in lines[1]  # null at argmax, a gain at the cut
+    assert ("At π = 0.05 and 0.01 the argmax cut's loss does not hold at the cut fit for π, where the contrast is not "
+            "distinguishable from zero: it is the cut's, not final BN's.") in lines[1]
+    assert "At π = 0.1 the argmax cut's result does not hold" in lines[1]  # null at argmax, a gain at the cut
     assert "At π = 0.5" not in lines[1]  # the same direction under both cuts: nothing to say
     assert lines[2].startswith("**How sure?**") and "π = 0.01 changes by +0.216 [+0.107, +0.325]" in lines[2]
     # 1000 healthy test images: one false alarm at π = 0.01 with TPR 0.8 moves precision to 0.89
@@ -225,5 +229,6 @@ def test_the_simulated_reversal_is_the_argmax_cuts(simulated_report):
     eff = pd.read_csv(out / "effects.csv").set_index("effect")
     assert eff.loc["31-63 π=0.01", "direction"] == "loss"
     assert eff.loc["31-63 cut π=0.01", "direction"] != "loss"
-    assert re.search(r"At π = [\d., and]*0\.01 the argmax cut's loss is the cut's, not final BN's", summary["verdict"][1])
+    assert re.search(r"At π = [\d., and]*0\.01 the argmax cut's loss does not hold at the cut fit for π",
+                     summary["verdict"][1])
     assert eff.loc["31-63 ap π=0.01", "family"] == "verdict" and eff.loc["BNxWL", "family"] == "verdict"

@@ -95,7 +95,12 @@ def _join(items: list[str]) -> str:
 
 
 def _rules_out(r) -> str:
-    return f"a gain larger than {r.ci_high:+.3f} and a loss larger than {-r.ci_low:.3f}"
+    """What a row that is not distinguishable from zero says: the gains and losses its interval rules
+    out, or, when the unadjusted interval excludes zero, that only Holm's adjustment keeps zero in."""
+    if r.ci_low > 0 or r.ci_high < 0:
+        return (f"at π = {r.prevalence:g} the unadjusted interval excludes zero, Holm's adjustment does not "
+                f"(Holm-adjusted p = {r.p_holm:.2g})")
+    return f"at π = {r.prevalence:g} the data rule out a gain larger than {r.ci_high:+.3f} and a loss larger than {-r.ci_low:.3f}"
 
 
 def _by_direction(rows: pd.DataFrame) -> str:
@@ -109,7 +114,7 @@ def _by_direction(rows: pd.DataFrame) -> str:
     nulls = [r for r in rows.itertuples() if r.direction == "not distinguishable" and not r.collapsed]
     text = "; ".join(parts) if parts else "has no estimate"
     if nulls:
-        text += " (there the data rule out " + "; ".join(f"at π = {r.prevalence:g} {_rules_out(r)}" for r in nulls) + ")"
+        text += " (" + "; ".join(_rules_out(r) for r in nulls) + ")"
     broken = [r for r in rows.itertuples() if r.collapsed]
     if broken:
         text += "; " + "; ".join(f"at π = {r.prevalence:g} both models collapse (mean TPR {r.tpr_bn:.2f} with final "
@@ -149,8 +154,8 @@ def opening_lines(facts: pd.DataFrame, family_size: int | None = None) -> list[s
         said = {"gain": "a gain", "loss": "a loss", "not distinguishable": "not distinguishable from zero",
                 "not estimable": "not estimable"}
         for (a, c), pis in moved.items():
-            text += (f" At π = {_join(pis)} the argmax cut's {'result' if a.startswith('not') else a} is the cut's, not "
-                     f"final BN's: at the cut fit for π the contrast is {said[c]}.")
+            text += (f" At π = {_join(pis)} the argmax cut's {'result' if a.startswith('not') else a} does not hold at the "
+                     f"cut fit for π, where the contrast is {said[c]}: it is the cut's, not final BN's.")
         lines.append(text)
     lines.append(_how_sure(facts, cut, n))
     return lines

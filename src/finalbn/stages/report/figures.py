@@ -128,7 +128,8 @@ def fig_effects(eff: pd.DataFrame, path: Path) -> None:
 
 def fig_prevalence(means: pd.DataFrame, eff: pd.DataFrame, curves: dict, path: Path) -> None:
     """Top: minority F1 of 31 and 63 against the field prevalence (mean over replicates, last
-    epoch), and 31 − 63 with its t interval at each π for both epoch protocols. Bottom: the PR curve
+    epoch; each model at its validation cut for π, and at the argmax), and 31 − 63 with its t
+    interval at each π: at the validation cut, and at the argmax for both epoch protocols. Bottom: the PR curve
     of every replicate of 31 (red) and 63 (blue) reweighted to each π. `curves`: π -> config ->
     [(recall, precision), ...] of one (dataset, arch)."""
     pis = sorted(curves, reverse=True)
@@ -138,22 +139,26 @@ def fig_prevalence(means: pd.DataFrame, eff: pd.DataFrame, curves: dict, path: P
     ax0, ax1 = fig.add_subplot(grid[0, : ncol // 2]), fig.add_subplot(grid[0, ncol // 2:])
     for cid, color, name in ((BN_ID, "tab:red", "BN (31)"), (NONE_ID, "tab:blue", "none (63)")):
         m = means[means["config_id"] == cid].sort_values("prevalence")
-        ax0.plot(m["prevalence"], m["f1_1"], "o-", color=color, label=name)
+        if "cut_f1_1" in m and m["cut_f1_1"].notna().any():
+            ax0.plot(m["prevalence"], m["cut_f1_1"], "o-", color=color, label=f"{name}, validation cut for π")
+        ax0.plot(m["prevalence"], m["f1_1"], "x:", color=color, label=f"{name}, argmax")
     ax0.set_xscale("log")
     ax0.set_xlabel("field prevalence π (share diseased)")
     ax0.set_ylabel("minority F1 (mean over replicates)")
     ax0.set_ylim(0, 1)
     ax0.legend(fontsize="small")
     ax0.grid(alpha=0.3)
-    for protocol, style, offset in (("last", "o", 1.0), ("sel", "s", 1.06)):
-        r = eff[(eff["kind"] == "contrast") & (eff["metric"] == "f1_1") & (eff["protocol"] == protocol)
-                & eff["effect"].astype(str).str.startswith("31-63") & eff["prevalence"].notna()]
-        r = r[~r["effect"].astype(str).str.contains("pc")].sort_values("prevalence")
+    ids = eff["effect"].astype(str)
+    series = (("validation cut for π, last epoch", ids.str.startswith("31-63 cut π="), "o", 1.0),
+              ("argmax, last epoch", (ids == "31-63") | ids.str.startswith("31-63 π="), "x", 1.06),
+              ("argmax, epoch selected on validation", (ids == "31-63 sel") | ids.str.startswith("31-63 sel π="),
+               "s", 1.12))
+    for label, which, style, offset in series:
+        r = eff[which & (eff["kind"] == "contrast") & eff["prevalence"].notna()].sort_values("prevalence")
         if len(r):
             lo = (r["estimate"] - r["ci_low"]).fillna(0).to_numpy()
             hi = (r["ci_high"] - r["estimate"]).fillna(0).to_numpy()
-            ax1.errorbar(r["prevalence"] * offset, r["estimate"], yerr=[lo, hi], fmt=style, capsize=3,
-                         label="last epoch" if protocol == "last" else "epoch selected on validation")
+            ax1.errorbar(r["prevalence"] * offset, r["estimate"], yerr=[lo, hi], fmt=style, capsize=3, label=label)
     ax1.axhline(0, color="gray", linestyle="--")
     ax1.set_xscale("log")
     ax1.set_xlabel("field prevalence π")

@@ -175,7 +175,7 @@ def _power_line(by: dict) -> str | None:
     if r is None or not math.isfinite(r.get("sd", math.nan)) or int(r["n"]) < 2:
         return None
     n = int(r["n"])
-    text = (f"Power: with {n} replicates and the spread of the 31 − 63 differences on the test set (SD "
+    text = (f"Power: with {n} replicates and the spread of the 31 − 63 differences on the test set as drawn (argmax; SD "
             f"{r['sd']:.3f}), the smallest paired difference in minority F1 detected with 80 % power (two-sided "
             f"α = 0.05, before Holm) is {detectable_difference(r['sd'], n):.3f}")
     low = [(k, v) for k, v in by.items() if k.startswith("31-63 π=") and math.isfinite(v.get("sd", math.nan))]
