@@ -448,6 +448,32 @@ def test_grouped_draw_is_deterministic_and_replicates_differ(load, tiny_split, t
     assert len(set(base.values())) > 1
 
 
+def test_disjoint_majority_keeps_each_replicates_healthy_test_images_its_own():
+    """split.disjoint_test: majority: the healthy test sets are disjoint between replicates, the
+    diseased ones come from one shared pool (here 6 diseased images, 3 per test set, 4 replicates)."""
+    usable = {0: [("h", Path(f"h{i:02d}.png")) for i in range(40)], 1: [("d", Path(f"d{i:02d}.png")) for i in range(9)]}
+    split = type("S", (), {"train": (4, 2), "val": (2, 1), "test": (6, 3), "seed": 5, "disjoint_test": "majority"})()
+    draws = [draw_split(usable, split, ("healthy", "diseased"), ("h", "d"), r, None, replicates=4) for r in range(4)]
+    healthy, diseased = [], []
+    for rows in draws:
+        assert len({x["path"] for x in rows}) == len(rows)  # disjoint within a replicate
+        healthy.append({x["path"] for x in rows if x["split"] == "test" and x["label"] == 0})
+        diseased.append({x["path"] for x in rows if x["split"] == "test" and x["label"] == 1})
+        assert len(healthy[-1]) == 6 and len(diseased[-1]) == 3
+    assert all(not (a & b) for i, a in enumerate(healthy) for b in healthy[i + 1:])
+    assert any(a & b for i, a in enumerate(diseased) for b in diseased[i + 1:])  # 4 x 3 > 9: shared
+    with pytest.raises(DataError, match=r"disjoint_test: class healthy \(h\) has 40 usable images, 7 disjoint test "
+                                        r"sets of 6 need 42"):
+        draw_split(usable, split, ("healthy", "diseased"), ("h", "d"), 0, None, replicates=7)
+
+
+def test_disjoint_majority_is_refused_with_groups(load, tiny_split, tmp_path):
+    root = tmp_path / "isic"
+    sets = _patients(root, patients=14)
+    with pytest.raises(DataError, match=r"split.disjoint_test: majority cannot be kept with groups"):
+        _prepare(load, tiny_split, root, tmp_path / "o", *sets[1:], "split.disjoint_test=majority", replicates=3)
+
+
 def test_disjoint_test_with_groups_shares_no_patient_across_replicates(load, tiny_split, tmp_path):
     root = tmp_path / "isic"
     sets = _patients(root, patients=14)

@@ -41,6 +41,18 @@ def test_layout_counts_and_stats(tmp_path):
     assert stats["workers"] == 1
 
 
+def test_healthy_by_crop_sets_one_crops_healthy_count(tmp_path):
+    """The dataset's crop gets more healthy images (the default: Apple, for 10 disjoint test sets)."""
+    stats = generate(tmp_path, seed=0, image_size=16, crops=["Apple", "Grape"], healthy=2, per_disease=1, workers=1,
+                     progress=False, healthy_by_crop={"Apple": 5})
+    assert stats["classes"]["Apple___healthy"] == 5 and stats["classes"]["Grape___healthy"] == 2
+    assert len(list((tmp_path / "Apple___healthy").iterdir())) == 5
+    assert stats["images"] == 5 + 2 + 2 * len(DISEASES)
+    with pytest.raises(ValueError, match=r"healthy_by_crop names crops not generated: \['Tomato'\]"):
+        generate(tmp_path, seed=0, image_size=16, crops=["Apple"], healthy=2, per_disease=1, workers=1,
+                 progress=False, healthy_by_crop={"Tomato": 3})
+
+
 def test_images_are_rgb_png_of_requested_size(tmp_path):
     _small(tmp_path, image_size=24, crops=["Tomato"])
     paths = sorted(tmp_path.rglob("*.png"))
