@@ -596,8 +596,8 @@ def test_baseline_cells_stay_out_of_the_paper_tables(tmp_path):
 
 
 def _search_summary() -> dict:
-    rows = lambda base: [{"replicate": r, "test_f1_1": base + 0.01 * r, "test_auroc": 0.9, "val_auroc": 1.0,  # noqa: E731
-                          "val_f1_1": 0.8, "run_id": f"x{base}{r}"} for r in range(3)]
+    rows = lambda base: [{"replicate": r, "test_f1_1": base + 0.01 * r, "test_f1_1_vt": base + 0.05,  # noqa: E731
+                          "test_auroc": 0.9, "val_auroc": 1.0, "val_f1_1": 0.8, "run_id": f"x{base}{r}"} for r in range(3)]
     diff = {"estimate": -0.1, "ci_low": -0.1, "ci_high": -0.1, "p": 0.0, "n": 3, "note": "all differences equal"}
     return {"study": "finalbn-search-abc", "objective": "val_auroc", "trials": 16,
             "states": {"complete": 10, "pruned": 6, "fail": 0}, "trials_per_hour": 240.0,
@@ -606,7 +606,8 @@ def _search_summary() -> dict:
             "comparison": {"best_trial": 4, "replicates": 3, "runs": rows(0.7), "best_trial_mean": {},
                            "bn_only_31": {"config_id": 31, "config_name": "BN", "replicates": 3, "rows": rows(0.8),
                                           "mean": {"test_f1_1": 0.81}, "best_trial_minus_test_f1_1": diff,
-                                          "best_trial_minus_test_auroc": {**diff, "estimate": 0.0}}},
+                                          "best_trial_minus_test_auroc": {**diff, "estimate": 0.0},
+                                          "best_trial_minus_test_f1_1_vt": diff}},
             "plots": ["results/search_history.png"]}
 
 
@@ -617,7 +618,8 @@ def test_the_search_section(tmp_path):
     assert "16 trials (10 complete, 6 pruned)" in sec and "240 finished trials per hour" in sec
     assert "trial 4 (WL+DA)" in sec and "3 trials tied on it, broken by the lower validation balanced loss" in sec
     assert "lr=0.0123, loss=focal" in sec
-    assert "Best trial vs BN only (config 31 BN), test minority F1 0.710 vs 0.810: -0.100" in sec
+    assert "Best trial vs BN only (config 31 BN), test minority F1 at the argmax 0.710 vs 0.810: -0.100" in sec
+    assert "; each at its validation cut 0.750 vs 0.850: -0.100 [95% CI -0.100, -0.100]" in sec
     assert "![](search.png)" in sec and "`results/search_history.png`" in sec
     t = pd.read_csv(tmp_path / "search.csv")
     assert list(t["configuration"]) == ["best trial 4", "BN only"]

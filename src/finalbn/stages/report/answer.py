@@ -158,7 +158,8 @@ def _sensitivity_line(t: pd.DataFrame, pis, n_family: int, old: bool) -> str:
         broke.append(f"{factor} {level} ({_broken(r)}{where})")
     last = (f"Sign reversals between π values: {'; '.join(flips) or 'none'}; collapsed comparisons, not read as "
             f"gains or losses: {'; '.join(broke) or 'none'}.")
-    line = (f"Sensitivity (section below; 31 − rival in minority F1, one setting changed at a time, 95 % t "
+    line = (f"Sensitivity (section below; 31 − rival in minority F1 at the argmax cut, not the cut fit for π, so its "
+            f"low-π losses may be the cut's as in the opening; one setting changed at a time, 95 % t "
             f"intervals; above or below zero: Holm-adjusted p < 0.05 within the sensitivity family of {n_family} "
             f"comparisons, every non-reference level at every π): " + " ".join(sentences) + " " + last)
     if old:

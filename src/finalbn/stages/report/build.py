@@ -414,9 +414,11 @@ def _method_lines(cells: pd.DataFrame, summary: dict) -> list[str]:
         "- Two epoch protocols, side by side: the last epoch (the paper's Table I protocol; columns `test_*`) and "
         "the epoch selected on validation AUROC (ties to the lower class-balanced validation loss; `sel`). Every "
         "\"best configuration\" is ranked on mean validation AUROC; test labels decide nothing.",
-        "- Prevalence: the test set is balanced; every cell's precision, F1, accuracy, AP and calibration are "
-        "also given at each prevalence of `report.prevalences` by reweighting its test images (section \"The "
-        "answer at the prevalence the user will meet\"; TPR, FPR, AUROC and balanced accuracy do not depend on it).",
+        "- Prevalence: `test_*` columns are on the test set as drawn (its own mix of classes); every cell's "
+        "precision, F1, accuracy, AP and calibration are also given at each prevalence of `report.prevalences` by "
+        "reweighting its test images, at the argmax cut and with each model at the cut chosen on its own "
+        "validation predictions for that π (section \"The answer at the prevalence the user will meet\"; TPR, FPR, "
+        "AUROC and balanced accuracy do not depend on it).",
         "- Contrasts (31 − 63 and the others): one paired difference per replicate (same split and seed), mean with "
         "a t interval over replicates (the primary interval); a hierarchical bootstrap over test images is "
         "secondary (effects.csv). The factorial: OLS cluster-robust by replicate when every configuration has two "

@@ -48,8 +48,9 @@ def best_config(cfg: Config, study: optuna.Study) -> tuple[optuna.trial.FrozenTr
 
 
 def _row(replicate: int, metrics: dict, run_id: str) -> dict:
-    return {"replicate": replicate, "test_f1_1": metrics.get("test_f1_1"), "test_auroc": metrics.get("test_auroc"),
-            "val_auroc": metrics.get("val_last_auroc"), "val_f1_1": metrics.get("val_last_f1_1"), "run_id": run_id}
+    return {"replicate": replicate, "test_f1_1": metrics.get("test_f1_1"), "test_f1_1_vt": metrics.get("test_f1_1_vt"),
+            "test_auroc": metrics.get("test_auroc"), "val_auroc": metrics.get("val_last_auroc"),
+            "val_f1_1": metrics.get("val_last_f1_1"), "run_id": run_id}
 
 
 def rerun(cfg: Config, dataset: str, splits: Path, replicate: int, parent_run_id: str, name: str,
@@ -170,8 +171,9 @@ def _contrasts(out: dict, arms: dict, rows: dict, reps: list) -> dict:
         entry: dict[str, Any] = {"config_id": config_id(acfg.ablation), "config_name": config_name(acfg.ablation),
                                  "replicates": len(both), "rows": [theirs[r] for r in both],
                                  "mean": _means([theirs[r] for r in both])}
-        for metric in ("test_f1_1", "test_auroc"):
-            d = [float(mine[r][metric]) - float(theirs[r][metric]) for r in both]
+        for metric in ("test_f1_1", "test_f1_1_vt", "test_auroc"):  # vt: each model at its validation cut
+            d = [float(mine[r][metric]) - float(theirs[r][metric]) for r in both
+                 if mine[r].get(metric) is not None and theirs[r].get(metric) is not None]
             entry[f"best_trial_minus_{metric}"] = {k: rounded(v) if isinstance(v, float) else v
                                                    for k, v in t_interval(d).items()}
         out[arm] = entry
@@ -180,4 +182,4 @@ def _contrasts(out: dict, arms: dict, rows: dict, reps: list) -> dict:
 
 def _means(rows: list[dict]) -> dict[str, float | None]:
     return {k: rounded(np.nanmean([float(r[k]) for r in rows if r.get(k) is not None])) if rows else None
-            for k in ("test_f1_1", "test_auroc", "val_auroc", "val_f1_1")}
+            for k in ("test_f1_1", "test_f1_1_vt", "test_auroc", "val_auroc", "val_f1_1")}
