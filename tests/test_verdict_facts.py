@@ -2,6 +2,7 @@
 whole report whose every verdict number is parsed back and found in effects.csv."""
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -232,3 +233,14 @@ def test_the_simulated_reversal_is_the_argmax_cuts(simulated_report):
     assert re.search(r"At π = [\d., and]*0\.01 the argmax cut's loss does not hold at the cut fit for π",
                      summary["verdict"][1])
     assert eff.loc["31-63 ap π=0.01", "family"] == "verdict" and eff.loc["BNxWL", "family"] == "verdict"
+
+
+def test_headline_json_agrees_with_table_i_and_the_verdict(simulated_report):
+    """`dvc metrics show`'s row: the gain is Table I's difference (both on the test set reweighted to
+    balanced classes), and the low-prevalence gains are the verdict's argmax and validation-cut rows."""
+    summary, out = simulated_report
+    head = json.loads((out / "headline.json").read_text())
+    eff = pd.read_csv(out / "effects.csv").set_index("effect")
+    assert head["gain"] == pytest.approx(head["f1_bn"] - head["f1_none"], abs=2e-4)
+    assert head["gain_at_low_prev"] == pytest.approx(eff.loc["31-63 π=0.01", "estimate"], abs=1e-4)
+    assert head["gain_at_low_prev_cut"] == pytest.approx(eff.loc["31-63 cut π=0.01", "estimate"], abs=1e-4)
