@@ -99,7 +99,7 @@ def test_prepare_on_a_full_disk_says_one_line_and_keeps_the_earlier_splits(tmp_p
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text(f"datasets:\n  leaves:\n    source: folders\n    root: {root}\n    majority: [ok]\n"
                        "    minority: [bad]\n    image_size: 16\nsplit: {seed: 0, train: [4, 2], val: [2, 1], "
-                       "test: [2, 2]}\n")
+                       "test: [2, 2], disjoint_test: false}\n")
     cmd = [str(ROOT / ".venv" / "bin" / "finalbn"), "prepare", "--params", str(params), "--params", str(overlay),
            "--dataset", "leaves", "--out", str(tmp_path / "splits")]
     ok = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)

@@ -21,7 +21,8 @@ def _prepare(tmp_path: Path, capsys, *overrides: str) -> tuple[int, str, Path]:
     """`finalbn prepare` on dataset 0 with the tiny split (train 4/2, val 2/1, test 2/2):
     (exit code, stderr+stdout, the out folder)."""
     out = tmp_path / "out"
-    sets = ["split.train=[4, 2]", "split.val=[2, 1]", "split.test=[2, 2]", "datasets.0.crop=null", *overrides]
+    sets = ["split.train=[4, 2]", "split.val=[2, 1]", "split.test=[2, 2]", "split.disjoint_test=false",
+            "datasets.0.crop=null", *overrides]
     code = main(["prepare", "--params", str(PARAMS), *[x for o in sets for x in ("--set", o)], "--out", str(out)])
     got = capsys.readouterr()
     return code, got.err + got.out, out
@@ -217,7 +218,8 @@ def test_near_duplicates_off_by_default_and_grouped_when_asked(tmp_path, capsys)
     root = tmp_path / "cracks"
     pairs = _with_look_alikes(root)
     base = [f"datasets.0.root={root}", "datasets.0.source=folders", "datasets.0.majority=[ok]",
-            "datasets.0.minority=[crack]", "split.train=[5, 2]", "split.val=[2, 1]", "split.test=[3, 3]"]
+            "datasets.0.minority=[crack]", "split.train=[5, 2]", "split.val=[2, 1]", "split.test=[3, 3]",
+            "split.disjoint_test=false"]
     straddled = 0
     for seed in range(12):
         code, text, out = _prepare(tmp_path / f"off{seed}", capsys, *base, f"split.seed={seed}")

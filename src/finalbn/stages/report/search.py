@@ -35,9 +35,7 @@ def _mean(rows: list[dict], key: str) -> float:
 
 
 def search_section(summary: dict) -> tuple[pd.DataFrame, list[tuple[str, pd.DataFrame]], list[str]]:
-    comp = summary.get("comparison") or {}
-    best = summary.get("best") or {}
-    states = summary.get("states") or {}
+    comp, best, states = summary.get("comparison") or {}, summary.get("best") or {}, summary.get("states") or {}
     lines = [f"Study `{summary.get('study', '?')}`: {summary.get('trials', 0)} trials "
              f"({', '.join(f'{n} {k}' for k, n in states.items() if n) or 'none'}), objective "
              f"`{summary.get('objective', '?')}` on validation"
