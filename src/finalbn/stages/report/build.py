@@ -382,7 +382,11 @@ def _write_summary(out: Path, summary: dict, imb: pd.DataFrame, search: dict | N
 def _header(experiment: str, ceiling_md: str, verdicts: dict[str, list[str]], imb: pd.DataFrame,
             cells: pd.DataFrame, summary: dict, notes_in: list[str]) -> list[str]:
     """report.md's opening lines: ceiling, verdict and method, then the input's notes."""
-    header = [f"# Final BN report{f' — experiment {experiment}' if experiment else ''}", "",
+    # one experiment, or several (the grid's and the sensitivity stage's): their names, not a list's repr
+    names = ", ".join(map(str, experiment)) if isinstance(experiment, (list, tuple)) else str(experiment or "")
+    label = f" — experiment{'s' if len(experiment) > 1 and not isinstance(experiment, str) else ''} {names}" \
+        if names else ""
+    header = [f"# Final BN report{label}", "",
               "## Can the features see the cue?", "", ceiling_md, "", "## Verdict", ""]
     for scope, lines in verdicts.items():
         if len(verdicts) > 1:
