@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -40,27 +41,26 @@ RUN_ID = re.compile(r"run_id|run_ids|^best_trial$|^number$|tied_on_objective|con
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", faults.ENV, faults.READY)}
+    """The environment of a stopped stage: this one's (its MLFLOW_TRACKING_URI, if any, names the store)."""
+    env = {k: v for k, v in os.environ.items() if k not in (faults.ENV, faults.READY)}
     return {**env, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{env['PATH']}", **extra}
 
 
-def _stop_at(repo: Path, stage: str, point: str, how: str) -> str:
-    """`dvc repro <stage>` stopped at `point`: its process group killed, or sent SIGINT twice."""
-    ready = repo / ".fault-ready"
-    ready.unlink(missing_ok=True)
+def _start(repo: Path, stage: str, **env: str) -> subprocess.Popen:
+    """`dvc repro --single-item <stage>` in its own process group, SIGINT at its default."""
     # PYTHONFAULTHANDLER: a process that does not end is made to print where it is (SIGABRT) before it is
     # killed. SIGINT back to its default, as a terminal has it: a pytest-xdist worker ignores it, and a
     # process started with SIGINT ignored (nohup, a background job) rightly keeps ignoring Ctrl-C
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro", "--single-item", stage], cwd=repo,
-                            env=_env(**{faults.ENV: point, faults.READY: str(ready), "PYTHONFAULTHANDLER": "1"}),
-                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    return subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro", "--single-item", stage], cwd=repo,
+                            env=_env(PYTHONFAULTHANDLER="1", **env), start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def _signal(proc: subprocess.Popen, how: str, what: str) -> str:
+    """SIGKILL to `proc`'s process group, or SIGINT twice; its output once it has ended (a group
+    still running 120 s later is made to print where it is, then killed, and fails the test)."""
     try:
-        deadline = time.monotonic() + 300
-        while not ready.exists():
-            assert proc.poll() is None, f"{stage} ended before {point}:\n{proc.stdout.read()}"
-            assert time.monotonic() < deadline, f"{point} not reached in 300 s"
-            time.sleep(0.1)
         if how == KILL:
             os.killpg(proc.pid, signal.SIGKILL)
         else:
@@ -68,17 +68,35 @@ def _stop_at(repo: Path, stage: str, point: str, how: str) -> str:
             time.sleep(0.3)  # the second one lands while the first one's runs are being closed
             os.killpg(proc.pid, signal.SIGINT)
         try:
-            out, _ = proc.communicate(timeout=120)
+            return proc.communicate(timeout=120)[0]
         except subprocess.TimeoutExpired:
             tree = subprocess.run(["ps", "-o", "pid,ppid,stat,etime,cmd", "-g", str(proc.pid)], capture_output=True,
                                   text=True).stdout
             os.killpg(proc.pid, signal.SIGABRT)
             out, _ = proc.communicate(timeout=60)
-            raise AssertionError(f"{point} ({how}): still running 120 s later\n{tree}\n{out[-20000:]}") from None
+            raise AssertionError(f"{what} ({how}): still running 120 s later\n{tree}\n{out[-20000:]}") from None
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def _stop_at(repo: Path, stage: str, point: str, how: str) -> str:
+    """`dvc repro <stage>` stopped at `point`: its process group killed, or sent SIGINT twice."""
+    ready = repo / ".fault-ready"
+    ready.unlink(missing_ok=True)
+    proc = _start(repo, stage, **{faults.ENV: point, faults.READY: str(ready)})
+    try:
+        deadline = time.monotonic() + 300
+        while not ready.exists():
+            assert proc.poll() is None, f"{stage} ended before {point}:\n{proc.stdout.read()}"
+            assert time.monotonic() < deadline, f"{point} not reached in 300 s"
+            time.sleep(0.1)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    out = _signal(proc, how, point)
     if how == KILL:
         assert proc.returncode == -signal.SIGKILL, out
     else:
@@ -104,11 +122,12 @@ def _whole(repo: Path) -> None:
 
 def _settled(repo: Path) -> None:
     """No MLflow run and no Optuna trial RUNNING, no temporary file left, one registered version
-    per exported model file."""
+    per exported model file, one FINISHED run per grid cell (the store: MLFLOW_TRACKING_URI, or
+    the repo's mlflow.db)."""
     import mlflow
     import optuna
 
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    client = mlflow.MlflowClient(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo / 'mlflow.db'}")
     exps = [e.experiment_id for e in client.search_experiments()]
     running = client.search_runs(exps, "attributes.status = 'RUNNING'") if exps else []
     assert not running, [(r.info.run_name, r.data.tags.get("stage")) for r in running]
@@ -204,3 +223,80 @@ def assert_same_outputs(repo: Path, reference: Path) -> None:
     pd.testing.assert_frame_equal(got.pop("grid"), want.pop("grid"), check_exact=False, atol=1e-6)
     for key in want:
         assert got[key] == want[key], key
+
+
+# Kills at random instants (the short version in tests/test_pipeline.py, the long one in
+# benchmarks/random_kills.py): FINALBN_KILL_SEED pins the seed a failure names, FINALBN_KILL_DRAWS the
+# number of draws per stage
+SEED, DRAWS = "FINALBN_KILL_SEED", "FINALBN_KILL_DRAWS"
+# each stage and what it writes last, in pipeline order: a stage's span in an uninterrupted `dvc repro` is
+# the time from the end of the one before (its outputs' last change) to its own end
+OUTPUTS = [("synthesize", "data/raw"), ("prepare@synthetic-apple", "data/splits"),
+           ("ceiling@synthetic-apple", "results/ceiling"), ("grid", "results/grid.*"),
+           ("search", "results/search.json"), ("sensitivity", "results/sensitivity"), ("report", "report"),
+           ("export", "models")]
+
+
+def _last_change(repo: Path, pattern: str) -> float:
+    paths = [q for p in repo.glob(pattern) for q in ([p, *p.rglob("*")] if p.is_dir() else [p])]
+    return max(p.stat().st_mtime for p in paths)
+
+
+def spans(repo: Path) -> dict[str, float]:
+    """Each stage's wall seconds in `repo`'s uninterrupted `dvc repro` (read from its outputs'
+    modification times right after it: the `store` stage's check is counted in the ceiling's)."""
+    ends = [(stage, _last_change(repo, pattern)) for stage, pattern in OUTPUTS]
+    return {stage: end - before for (_, before), (stage, end) in zip(ends, ends[1:])}
+
+
+def kill_seed() -> int:
+    """FINALBN_KILL_SEED, or a new seed for each run (so that runs explore new instants; a failure names it)."""
+    return int(os.environ.get(SEED) or random.SystemRandom().randrange(10**6))
+
+
+def _kill_after(repo: Path, stage: str, at: float, how: str, what: str) -> tuple[bool, str]:
+    """`dvc repro --single-item <stage>` killed `at` seconds after its start (SIGKILL to its process
+    group, or SIGINT twice), wherever it then is; (whether it was still running, its output)."""
+    proc = _start(repo, stage)
+    try:
+        proc.wait(timeout=at)
+    except subprocess.TimeoutExpired:
+        out = _signal(proc, how, what)
+        if how == KILL:
+            assert proc.returncode in (-signal.SIGKILL, 0), f"{what}: exit {proc.returncode}\n{out}"
+        return True, out
+    out = proc.stdout.read()
+    assert proc.returncode == 0, f"{what}: exit {proc.returncode} before it was killed\n{out}"
+    return False, out
+
+
+def random_kills(repo: Path, spans_s: dict[str, float], draws: int, seed: int, repro) -> list[str]:
+    """The pipeline on `repo` stage by stage (the `store` stage's check once, first, as in
+    `stop_and_resume`); for each stage of `spans_s`: `draws` times, `dvc repro --single-item <stage>`
+    started and killed at an instant drawn uniformly over the stage's uninterrupted span (SIGKILL to
+    its process group, or Ctrl-C twice, drawn too), each from where the last one left it; after each
+    kill every output is whole; then the stage is run again at once and must finish with the store
+    settled (`_settled`). Draws come from random.Random(seed): a failure names the seed and the
+    draw. Returns a line per draw."""
+    rng, log = random.Random(seed), []
+    repro(repo, "synthesize")
+    repro(repo, "--single-item", "store")
+    for stage, _ in OUTPUTS[1:]:
+        span = spans_s.get(stage)
+        for k in range(draws if span is not None else 0):
+            at, how = rng.uniform(0.0, span), rng.choice((KILL, CTRL_C))
+            what = f"{stage}: draw {k + 1}/{draws} of seed {seed} ({how} at {at:.2f} s; {SEED}={seed} {DRAWS}={draws})"
+            try:
+                killed, out = _kill_after(repo, stage, at, how, what)
+                _whole(repo)
+            except Exception as exc:
+                raise AssertionError(f"{what}: {exc}") from exc
+            last = next((ln.strip() for ln in reversed(out.splitlines()) if ln.strip()), "")  # where it was
+            log.append(f"{what}: " + (f"killed after: {last[:100]}" if killed else "finished first"))
+        try:
+            repro(repo, "--single-item", stage)
+            _whole(repo)
+            _settled(repo)
+        except Exception as exc:
+            raise AssertionError(f"{stage}: resumed after {draws} draw(s) of seed {seed} ({SEED}={seed}): {exc}") from exc
+    return log

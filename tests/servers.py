@@ -5,6 +5,7 @@
         with MlflowServer(url, tmp / "artifacts") as server:
             os.environ["MLFLOW_TRACKING_URI"] = server.uri
             server.stop(); server.start()        # an outage
+        assert not server.problems() and not pg.problems()   # their logs: no error, no failed request
 
 PostgreSQL is Debian's `postgresql` package (.ci/run installs it where it is missing): the real
 server the deploy examples run, started here in a throwaway folder with trust authentication on
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -52,6 +54,7 @@ class Postgres:
         self.user = "finalbn"
         self.root = Path(tempfile.mkdtemp(prefix="finalbn-pg-"))
         self.data = self.root / "data"
+        self.log = self.root / "log"  # the server's own log (pg_ctl -l): its errors, with the statement
         self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
     def _run(self, *argv: str) -> None:
@@ -66,13 +69,29 @@ class Postgres:
         if not self.data.exists():
             self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", self.user, "--auth=trust", "-E", "UTF8",
                       "--no-sync")
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-t", "60",
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
                   "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                        "-c max_connections=200", "start")
+                        "-c max_connections=200 -c log_line_prefix='%m [%p] %q%d '", "start")  # %d: the database
         return self
 
     def stop(self) -> None:
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def problems(self) -> list[str]:
+        """The lines of the server's log that say something went wrong: ERROR (a unique violation, a
+        deadlock, a failed statement), FATAL, PANIC, WARNING, each with the statement it names."""
+        return [line for line in self.log.read_text(errors="replace").splitlines()
+                if re.search(r"\b(ERROR|FATAL|PANIC|WARNING):|deadlock", line)
+                and not any(re.search(pattern, line) for pattern in self.ALLOWED)]
+
+    ALLOWED = (
+        # Optuna's create_study(load_if_exists=True) inserts the study first and loads it when the
+        # insert breaks the name's unique index (RDBStorage.create_new_study: IntegrityError ->
+        # DuplicatedStudyError -> load): once for every process that opens an existing study (the
+        # search's workers, a retried one, the comparison), in an Optuna database only
+        r'^\S+ \S+ \S+ \[\d+\] optuna\w* ERROR:  duplicate key value violates unique constraint '
+        r'"ix_studies_study_name"$',
+    )
 
     def url(self, db: str) -> str:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{db}"
@@ -123,6 +142,29 @@ class MlflowServer:
             except OSError:
                 time.sleep(0.3)
         raise RuntimeError(f"mlflow server did not answer in {timeout_s} s: {self.log.read_text()[-2000:]}")
+
+    def problems(self) -> list[str]:
+        """The lines of the server's log that say something went wrong, and only those: a traceback,
+        an ERROR / CRITICAL / WARNING line, a database error (psycopg, SQLAlchemy: a unique violation,
+        a deadlock), an answer of 4xx/5xx to a request, except those of ALLOWED."""
+        out = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            if any(re.search(pattern, line) for pattern in self.ALLOWED):
+                continue
+            answer = re.search(r'"[A-Z]+ \S+ HTTP/[\d.]+" (\d{3})', line)  # uvicorn's access line
+            if answer and int(answer[1]) >= 400 or not answer and re.search(self.WRONG, line):
+                out.append(line)
+        return out
+
+    WRONG = (r"Traceback|\b(ERROR|CRITICAL|WARNING|FATAL)\b|Exception|Error\b|[Ww]arning\b|psycopg|sqlalchemy"
+             r"|duplicate key|deadlock|violat")
+    ALLOWED = (
+        # a lookup of an experiment by name before it exists is answered 404 (RESOURCE_DOES_NOT_EXIST):
+        # each stage looks its experiment up before creating it, and the store's old single experiment
+        r'"GET /api/2\.0/mlflow/experiments/get-by-name\?\S* HTTP/[\d.]+" 404 ',
+        # printed at each start by MLflow 3.17's own import of starlette (fastapi_app.py), not a failure
+        r"StarletteDeprecationWarning: starlette\.middleware\.wsgi is deprecated",
+    )
 
     def stop(self) -> None:
         """Kill the server (its whole process group: uvicorn and its worker)."""

@@ -42,6 +42,8 @@ def _ran(out: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", out))
 
 
+# the stages killed at random instants in `make test` (benchmarks/random_kills.py: every stage, many draws)
+KILLED_AT_RANDOM = ("prepare@synthetic-apple", "grid", "search", "report", "export")
 TRACKING = {"ceiling@synthetic-apple", "grid", "search", "sensitivity", "report", "export"}  # stages with MLflow runs
 
 
@@ -67,13 +69,17 @@ def _holds_what_is_cited(repo: Path, db: str) -> set[str]:
     return held
 
 
-def _copy_without_store(repo: Path, dst: Path) -> Path:
+def _copy_without_store(repo: Path, dst: Path, workers: int) -> Path:
     """`repo` after its `dvc repro`, copied and then `rm mlflow.db`: a new user's clean slate (dvc.lock
     kept). Its splits go too, with DVC's cache (from which DVC would check them out again), so that
-    prepare runs again (and can be stopped) as well."""
+    prepare runs again (and can be stopped) as well. The grid and the search run in `workers`
+    processes (their cells and trials are the same whatever the count)."""
     shutil.copytree(repo, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("mlflow.db*", "tmp"))
     for gone in (dst / "data" / "splits", dst / ".dvc" / "cache"):
         shutil.rmtree(gone)
+    params = yaml.safe_load((dst / "params.yaml").read_text())
+    params["grid"]["workers"] = params["search"]["workers"] = workers
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return dst
 
 
@@ -95,7 +101,7 @@ def _the_store_as_mlflow_users_expect(repo: Path) -> None:
     runs = client.search_runs([grid_id], max_results=1000)
     cells = [r for r in runs if r.data.tags.get("finalbn.cell") == "true"]
     parents = {r.info.run_id: r for r in runs if r.data.tags.get("finalbn.parent") == "true"}
-    assert len(cells) == 13 and len(parents) == 3 + 4  # 31, 63, 47 and the 4 baselines on 63
+    assert len(cells) == 13 and len(parents) == 3 + 4  # 31, 63, 59 and the 4 baselines on 63
     for r in runs:
         assert r.info.run_name.startswith(r.data.tags["config_name"]) and r.data.tags["stage"] == "grid", r.info.run_name
     for c in cells:
@@ -141,7 +147,7 @@ def _project(tmp_path: Path, git: bool) -> Path:
     params["datasets"]["synthetic-apple"]["image_size"] = 16
     params["split"].update(train=[4, 2], val=[2, 1], test=[2, 2], disjoint_test=False)
     params["train"].update(epochs=1, batch_size=4, threads=1)
-    params["grid"].update(configs=[31, 63, 47], workers=1, headline={"configs": [31, 63], "replicates": 2})
+    params["grid"].update(configs=[31, 63, 59], workers=1, headline={"configs": [31, 63], "replicates": 2})
     params["report"]["bootstrap"] = 200
     params["search"].update(n_trials=2, pruner="none", workers=1)  # in-process: no start-ups
     params["selection"]["replicates"] = 1  # chosen on replicate 0, compared on the held-out replicate 1
@@ -184,7 +190,8 @@ def test_whole_pipeline_then_store_gone_and_killed_anywhere_then_nothing_then_on
     assert search["comparison"]["held_out"] is True and search["best"]["replicates"] == [0]
     card = json.loads((repo / "models" / "model.json").read_text())
     assert card["selection"]["replicates"] == [0] and card["decision"]["operating_curve"]["positives"] == 1
-    # 47 once, 31 and 63 twice, and the 4 baselines on 63's 2 replicates
+    # 59 once (mixup: a unit of its own, so that both shard processes have cells), 31 and 63 twice, and the 4
+    # baselines on 63's 2 replicates
     assert "grid: 13/13 cells finished" in first and "report: 5 cells" in first
     assert (repo / "mlflow.db").is_file() and (repo / "report" / "report.md").is_file()
     md = (repo / "report" / "report.md").read_text()
@@ -199,15 +206,32 @@ def test_whole_pipeline_then_store_gone_and_killed_anywhere_then_nothing_then_on
     sens = json.loads((repo / "results" / "sensitivity" / "sensitivity.json").read_text())
     assert sens["factors"] == []
     _the_store_as_mlflow_users_expect(repo)
-    # a copy of it without its MLflow store (`rm mlflow.db`): every stage that tracks runs again, as
-    # DVC's cache would restore files whose runs are gone; meanwhile each is killed (SIGKILL) or
-    # interrupted (Ctrl-C twice) at every point and run again at once. It ends with the uninterrupted
-    # run's numbers, and a store that holds every cell, trial, report and export run and the champion
-    faulted = _copy_without_store(repo, tmp_path_factory.mktemp("faulted"))
-    print("\n".join(faulting.stop_and_resume(faulted, _repro)))
+    spans = faulting.spans(repo)  # each stage's seconds, read from its outputs' times: random kills are drawn over them
+    reference = _holds_what_is_cited(repo, "mlflow.db")
+    # a copy of it without its MLflow store (`rm mlflow.db`), pointed at another store (a team's, named by
+    # MLFLOW_TRACKING_URI), with the default worker counts (2 shard processes, 2 search workers on one
+    # journal): every stage that tracks runs again, as DVC's cache would restore files whose runs are gone;
+    # meanwhile each is killed (SIGKILL) or interrupted (Ctrl-C twice) to its whole process group at every
+    # point and run again at once. It ends with the uninterrupted run's numbers, and a store that holds
+    # every cell, trial, report and export run and the champion, none of the first store's
+    faulted = _copy_without_store(repo, tmp_path_factory.mktemp("faulted"), workers=2)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{faulted / 'team.db'}")
+    outs = []
+    print("\n".join(faulting.stop_and_resume(faulted, lambda *a: outs.append(_repro(*a)) or outs[-1])))
+    assert "its outputs cite runs of another store (sqlite:///mlflow.db)" in outs[1]  # the `store` stage, first
     faulting.assert_same_outputs(faulted, repo)
-    _holds_what_is_cited(faulted, "mlflow.db")
+    held = _holds_what_is_cited(faulted, "team.db")
+    cited = fingerprint.cited([faulted / "results" / "grid.csv", faulted / "report"])
+    assert len(cited) >= 13 and cited <= held and not cited & reference
     assert _ran(_repro(faulted)) == {"store"}  # the store holds it all: nothing else runs
+    # another copy without its store, each stage killed at instants drawn over its span (the long version:
+    # benchmarks/random_kills.py), each time resumed at once, to the same outputs
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    randomly = _copy_without_store(repo, tmp_path_factory.mktemp("randomly"), workers=2)
+    seed, draws = faulting.kill_seed(), int(os.environ.get(faulting.DRAWS, "1"))
+    print("\n".join(faulting.random_kills(randomly, {s: spans[s] for s in KILLED_AT_RANDOM}, draws, seed, _repro)))
+    faulting.assert_same_outputs(randomly, repo)
+    assert _ran(_repro(randomly)) == {"store"}
     shown = _dvc(repo, "metrics", "show")  # the headline only: one short row per file
     assert "gain" in shown and "val_auroc" in shown and max(map(len, shown.splitlines())) <= 200, shown
     assert _ran(_repro(repo)) == {"store"}
@@ -225,15 +249,6 @@ def test_whole_pipeline_then_store_gone_and_killed_anywhere_then_nothing_then_on
     assert "Running stage 'report'" in third and "Running stage 'grid'" not in third
     assert "Running stage 'search'" not in third and "Running stage 'export'" not in third
     assert "Running stage 'sensitivity'" not in third
-    # another store (a team's, named by MLFLOW_TRACKING_URI): every stage that tracks runs again and fills
-    # it; the outputs then cite its runs, none of the first store's
-    before = _holds_what_is_cited(repo, "mlflow.db")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo / 'team.db'}")
-    moved = _repro(repo)
-    assert _ran(moved) == {"store"} | TRACKING and "its outputs cite runs of another store (sqlite:///mlflow.db)" in moved
-    after = _holds_what_is_cited(repo, "team.db")
-    cited = fingerprint.cited([repo / "results" / "grid.csv", repo / "report"])
-    assert len(cited) >= 13 and cited <= after and not cited & before
 
 
 @pytest.mark.slow

@@ -6,7 +6,9 @@
 Config and data errors print one line and exit with status 2 before any work starts. Ctrl-C
 (exit 130) closes what is open — runs KILLED, a trial FAIL, no half-written file — and says in one
 line what was kept; a second Ctrl-C meanwhile does not cut that short (kill -9 does: the next run
-of the same command cleans up after it). The same command then goes on from there.
+of the same command cleans up after it). The same command then goes on from there. Storage that
+refused a write, or a tracking server that did not answer through MLflow's retries, is one line too
+(exit 1): what was kept, and to run the same command again.
 """
 from __future__ import annotations
 
@@ -21,7 +23,15 @@ from typing import Callable
 
 from finalbn import interrupt
 from finalbn.config import Config, ConfigError, load_config
-from finalbn.errors import DataError, StoreError, TrainingDiverged, UsageError, WeightsError, storage_full
+from finalbn.errors import (
+    DataError,
+    StoreError,
+    TrainingDiverged,
+    UsageError,
+    WeightsError,
+    server_unreachable,
+    storage_full,
+)
 
 EXIT_USAGE = 2
 
@@ -252,11 +262,14 @@ def _main(argv: list[str] | None) -> int:
         if not os.environ.get(CHILD):
             print(line, file=sys.stderr, flush=True)
         return 130
-    except Exception as exc:  # a full disk, a quota, a read-only folder: one line, wherever it struck
-        full = storage_full(exc)
-        if full is None:
+    except Exception as exc:  # a full disk, a quota, a read-only folder, a tracking server out of reach: one line
+        full, unreachable = storage_full(exc), server_unreachable(exc)
+        if full is None and unreachable is None:
             raise
-        print(_full_line(args.command, full), file=sys.stderr, flush=True)
+        line = (_full_line(args.command, full) if full is not None else
+                f"finalbn {args.command}: error: {unreachable}; finished runs are kept in the store; start it "
+                "again and run the same command")
+        print(line, file=sys.stderr, flush=True)
         return 1
 
 

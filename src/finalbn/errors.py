@@ -6,14 +6,16 @@ MLflow) so that the command line can catch them without importing any stage.
 Exit 2, the user's input: `UsageError` (the command line), `DataError` (images and splits),
 `WeightsError` (weights files), `StoreError` (the MLflow store as it is), and `config.ConfigError`
 (params), which lives with the schema.
-Exit 1, a run that failed on good input: `TrainingDiverged`, and storage that refused a write
+Exit 1, a run that failed on good input: `TrainingDiverged`, storage that refused a write
 (`storage_full`: a full disk, a quota, a read-only file system, a file-size limit), wherever it
-happened. Each is re-exported where it is raised (`splits.DataError`, `models.WeightsError`,
-`engine.TrainingDiverged`).
+happened, and a tracking server that did not answer through MLflow's retries
+(`server_unreachable`). Each is re-exported where it is raised (`splits.DataError`,
+`models.WeightsError`, `engine.TrainingDiverged`).
 """
 from __future__ import annotations
 
 import errno
+import os
 
 # errno -> what the one line calls it
 STORAGE_ERRNOS = {
@@ -81,3 +83,57 @@ def storage_full(exc: BaseException) -> tuple[str, str | None] | None:
                     found = (what, None)
         stack += [e.__cause__, e.__context__]
     return None if found is None else (found[0], None if path is None else str(path))
+
+
+# The tracking server out of reach, told by class names (module-qualified, anywhere in an exception's
+# MRO) so that this module imports neither MLflow nor requests: once its retries are spent, MLflow's
+# REST client raises an MlflowException whose chain holds requests' ConnectionError or Timeout (over
+# urllib3's MaxRetryError, whose `pool` is the server and `reason` the last try's error).
+_MLFLOW_ERROR = "mlflow.exceptions.MlflowException"
+# (not urllib3's MaxRetryError by itself: it also ends the retries of a server that answered 5xx)
+_NO_ANSWER = {"requests.exceptions.ConnectionError", "requests.exceptions.Timeout"}
+# the first of these found in the chain names why; else "connection failed"
+_WHY = (({"builtins.ConnectionRefusedError"}, "connection refused"),
+        ({"builtins.TimeoutError", "urllib3.exceptions.TimeoutError", "requests.exceptions.Timeout"}, "timed out"),
+        ({"socket.gaierror", "urllib3.exceptions.NameResolutionError"}, "host name not resolved"),
+        ({"builtins.ConnectionResetError", "http.client.RemoteDisconnected", "urllib3.exceptions.ProtocolError"},
+         "connection dropped"))
+RETRIES_VAR, MLFLOW_DEFAULT_RETRIES = "MLFLOW_HTTP_REQUEST_MAX_RETRIES", 7  # MLflow 3's default
+
+
+def _names(e: BaseException) -> set[str]:
+    return {f"{c.__module__}.{c.__qualname__}" for c in type(e).__mro__}
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and every exception it leads to (`__cause__`, `__context__`, urllib3's `reason`), once each."""
+    out, stack, seen = [], [exc], set()
+    while stack:
+        e = stack.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        out.append(e)
+        stack += [getattr(e, "reason", None), e.__context__, e.__cause__]
+    return out
+
+
+def server_unreachable(exc: BaseException) -> str | None:
+    """"the tracking server <url> did not answer (<why>; <n> tries, MLFLOW_HTTP_REQUEST_MAX_RETRIES=<r>)"
+    when `exc` or its chain is MLflow's REST client giving up on a server that refused, dropped or
+    timed out every try: an MlflowException over requests' ConnectionError or Timeout. The url is
+    urllib3's pool's (left out where there is none); the tries are what the setting allows. None for
+    anything else, a server that answered with an error included. Raises nothing."""
+    chain = _chain(exc)
+    names = [_names(e) for e in chain]
+    if not any(_MLFLOW_ERROR in n for n in names) or not any(_NO_ANSWER & n for n in names):
+        return None
+    why = next((w for keys, w in _WHY if any(keys & n for n in names)), "connection failed")
+    pool = next((e.pool for e in chain if getattr(e, "pool", None) is not None and getattr(e.pool, "host", None)), None)
+    where = f" {pool.scheme}://{pool.host}:{pool.port}" if pool is not None else ""
+    try:
+        retries = int(os.environ.get(RETRIES_VAR, MLFLOW_DEFAULT_RETRIES))
+    except ValueError:
+        retries = MLFLOW_DEFAULT_RETRIES
+    tries = f"{retries + 1} {'try' if retries == 0 else 'tries'}"
+    return f"the tracking server{where} did not answer ({why}; {tries}, {RETRIES_VAR}={retries})"

@@ -33,12 +33,14 @@ from typing import Any
 from finalbn.errors import WRITING
 
 TMP_SUFFIX = ".tmp"
-_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
+_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}(?P<aside>\.aside)?\.tmp$")
+ASIDE = ".aside"  # `replace_dir`'s old folder while the new one is renamed in
 
 
-def temporary_name(path: Path) -> Path:
-    """`.<name>.<pid>.<random>.tmp` beside `path`: unique across processes and threads."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
+def temporary_name(path: Path, aside: bool = False) -> Path:
+    """`.<name>.<pid>.<random>.tmp` beside `path` (`.<name>.<pid>.<random>.aside.tmp` for the
+    folder `replace_dir` moves aside): unique across processes and threads."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{ASIDE if aside else ''}{TMP_SUFFIX}")
 
 
 def _alive(pid: int) -> bool:
@@ -53,12 +55,17 @@ def _alive(pid: int) -> bool:
 
 def sweep(path: Path) -> list[Path]:
     """Remove the temporaries of `path` (`temporary_name`) that a process now gone left beside it
-    (a SIGKILL mid-write); returns them. A live process's are left alone."""
+    (a SIGKILL mid-write); returns them. A live process's are left alone. A folder `replace_dir`
+    had moved aside when it was killed, before the new one was in, is moved back to `path` when
+    nothing is there: the old whole folder, not none."""
     gone = []
     with contextlib.suppress(FileNotFoundError):
-        for entry in path.parent.iterdir():
+        for entry in sorted(path.parent.iterdir(), key=lambda e: not e.name.endswith(ASIDE + TMP_SUFFIX)):
             m = _TMP.match(entry.name)
             if m and m["name"] == path.name and int(m["pid"]) != os.getpid() and not _alive(int(m["pid"])):
+                if m["aside"] and not path.exists():
+                    os.rename(entry, path)  # killed between replace_dir's two renames: the old folder back
+                    continue
                 shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
                 gone.append(entry)
     return gone
@@ -120,14 +127,20 @@ def temporary_dir(path: str | os.PathLike) -> Iterator[Path]:
 def replace_dir(new: str | os.PathLike, dest: str | os.PathLike) -> None:
     """Move the folder `new` (a `temporary_dir` beside `dest`) over the folder `dest`: the old one is
     renamed aside under a temporary name, the new one renamed in, the old one removed. A reader sees
-    the old folder or the whole new one (or, killed between the two renames, none: the next
-    `temporary_dir(dest)` sweeps the old one away), never a mix."""
+    the old folder or the whole new one (or, killed with SIGKILL between the two renames, none until
+    the next `temporary_dir(dest)` or write there moves the old one back: `sweep`), never a mix. An
+    exception between them (a Ctrl-C's KeyboardInterrupt, a failed rename) renames the old one back
+    before it propagates."""
     new, dest = Path(new), Path(dest)
-    old = None
-    if dest.exists():
-        old = temporary_name(dest)
-        os.rename(dest, old)
-    os.rename(new, dest)
+    old = temporary_name(dest, aside=True) if dest.exists() else None
+    try:
+        if old is not None:
+            os.rename(dest, old)
+        os.rename(new, dest)
+    except BaseException:
+        if old is not None and old.exists() and not dest.exists():
+            os.rename(old, dest)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -8,11 +8,13 @@
 Modules: `store` (URI, experiment, `mlflow run`'s environment), `records` (RunRecord and every
 tag name), `runs` (writing runs), `query` (reading them), `parents` (grid and study parent
 runs), `outputs` (the ceiling's and the report's runs), `registry` (logged models, the
-registered name and alias), `fingerprint` (whether the store holds what a stage's outputs cite). Stages wrap cells in these contexts (`finalbn.tracked`), so a test
-can run a stage's core with no store at all.
+registered name and alias), `fingerprint` (whether the store holds what a stage's outputs cite),
+`owner` (one live command per stage's experiment: `with owned(cfg, "grid"):`). Stages wrap
+cells in these contexts (`finalbn.tracked`), so a test can run a stage's core with no store at all.
 """
 from finalbn.tracking import fingerprint, records
 from finalbn.tracking.outputs import log_ceiling, log_report
+from finalbn.tracking.owner import owned, take_over
 from finalbn.tracking.parents import finish_parent, finish_study_parent, grid_parent, open_parent, study_parent
 from finalbn.tracking.query import (
     artifact_text,
@@ -43,6 +45,6 @@ __all__ = [
     "ALIAS", "fingerprint", "DEFAULT_URI", "after_interrupt", "STAGES", "experiment_name", "experiment_names", "run_experiment", "REGISTERED_NAME", "ActiveRun", "EpochLogger", "RunRecord", "artifact_text",
     "cell_run", "detach_project_run", "download", "finish_parent", "finish_study_parent", "finished_cell_runs",
     "get_run", "grid_parent", "latest", "log_batch", "log_ceiling", "log_figure", "log_onnx_and_register", "log_report",
-    "log_torch_model", "mark_killed", "metric_history", "open_parent", "quiet", "records", "runs_by_tag",
-    "search", "set_tag", "setup", "study_parent", "tracking_uri",
+    "log_torch_model", "mark_killed", "metric_history", "open_parent", "owned", "quiet", "records", "runs_by_tag",
+    "search", "set_tag", "setup", "study_parent", "take_over", "tracking_uri",
 ]

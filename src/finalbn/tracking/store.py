@@ -11,7 +11,8 @@ every run also carries the tag `stage`.
 A run a killed process left RUNNING never ends by itself: `setup` marks KILLED, once per process
 and experiment, every RUNNING run of the experiment whose process (tags `finalbn.worker`,
 `finalbn.worker_started`) is gone from this host (`reap`); a live process's runs, and runs made on
-other hosts, are left alone (the grid redoes those by key, the search by its trials' leases).
+other hosts, are left alone (the grid decides on those before it redoes a cell, `owner.take_over`;
+the search by its trials' leases).
 
 MLflow's default store is `sqlite:///mlflow.db`; `MLFLOW_TRACKING_URI` (a server, PostgreSQL)
 replaces it. Under `mlflow run` the project's own run id is in `MLFLOW_RUN_ID`: `finalbn train`
@@ -22,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 
 import mlflow
 from filelock import FileLock
@@ -101,12 +103,21 @@ def worker_tags() -> dict[str, str]:
     return {WORKER: f"{me['host']}:{me['pid']}", WORKER_STARTED: f"{me['started']:.3f}"}
 
 
-def _process(tags: dict[str, str]) -> dict | None:
+def run_process(tags: Mapping[str, str]) -> dict | None:
+    """The process that made a run, from its tags (`worker_tags`): {"host", "pid"[, "started"]};
+    None when they name none (a run of an older finalbn)."""
     host, _, pid = tags.get(WORKER, "").rpartition(":")
     if not host or not pid.isdigit():
         return None
     started = tags.get(WORKER_STARTED)
     return {"host": host, "pid": int(pid), **({"started": float(started)} if started else {})}
+
+
+def process_gone(tags: Mapping[str, str]) -> bool | None:
+    """Whether the process that made a run (its tags) has ended: True or False on this host
+    (`liveness.gone`); None for a run made on another host, or one naming no process."""
+    who = run_process(tags)
+    return None if who is None else liveness.gone(who)
 
 
 def reap(experiment_ids: list[str], own: bool = False, since_ms: int = 0) -> list[str]:
@@ -122,7 +133,7 @@ def reap(experiment_ids: list[str], own: bool = False, since_ms: int = 0) -> lis
         page = c.search_runs(ids, f"attributes.status = '{RUNNING}' and attributes.start_time >= {since_ms}",
                              max_results=1000, page_token=token)
         for run in page:
-            who = _process(run.data.tags)
+            who = run_process(run.data.tags)
             mine = own and run.data.tags.get(WORKER) == me[WORKER]
             if who is not None and (mine or liveness.gone(who)):
                 c.set_terminated(run.info.run_id, KILLED)

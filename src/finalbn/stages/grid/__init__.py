@@ -84,13 +84,23 @@ def run_ray(cfg: Config, splits: Path, cells: Sequence[Cell], stage: str = "grid
 
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
-    """`finalbn grid`: the cells (in shards), then results/grid.csv and grid.json."""
+    """`finalbn grid`: the cells (in shards), then results/grid.csv and grid.json. The command owns
+    its stage's experiment (its shard of it) while it runs (`tracking.owned`; a shard process it
+    started works under its record): StoreError, one line naming host and pid, when a live grid
+    command owns an overlapping shard of the same store."""
     tracking.detach_project_run()
     splits = Path(args.splits)
     check_inputs(cfg, splits)
+    shard = parse_shard(args.shard) if args.shard else (0, 1)
+    with tracking.owned(cfg, args.stage, shard=shard, command="grid"):
+        return _run(cfg, args, splits, shard)
+
+
+def _run(cfg: Config, args: argparse.Namespace, splits: Path, shard: tuple[int, int]) -> int:
+    """`main`'s work, its store owned: shard (I, N), or every cell (results written)."""
     cells = all_cells(cfg)
     if args.shard:
-        i, n = parse_shard(args.shard)
+        i, n = shard
         stats = run_shard(cfg, splits, i, n, log=lambda m: print(m, flush=True), stage=args.stage)
         print(f"grid shard {i}/{n}: {stats['ran']} cells run, {stats['skipped']} already finished, "
               f"{len(stats['failed'])} failed", flush=True)

@@ -5,7 +5,10 @@
 
 Runs go to `stage`'s experiment (`grid`, or `sensitivity` for that stage's levels); a cell with a
 FINISHED run for its key in either is skipped (a sensitivity level's reference cells are the
-grid's). A run left RUNNING by a killed process is marked KILLED and its cell redone. A parent gets
+grid's). A run left RUNNING by a killed process is marked KILLED and its cell redone; one whose
+process is alive on this host is another command's at work, and the shard refuses to start
+(`tracking.take_over`: StoreError naming its host and pid; the grid command's owner record keeps a
+second grid off the store's cells, `tracking.owned`). A parent gets
 the mean and std of its replicates and ends right after its last cell in this shard (a parent's
 cells all live in one shard).
 """
@@ -54,26 +57,24 @@ def run_unit(cfg: Config, splits_dir: Path, cells: list[Cell], label: str, stage
 def run_cells(cfg: Config, splits_dir: Path, cells: list[Cell], label: str,
               log: Callable[[str], None] = print, stage: str = "grid") -> dict:
     """Run the unfinished ones of `cells` (whole parents: a shard's, or a unit's), in share order;
-    returns {"ran", "skipped", "failed": [...], "seconds": {...}}. Nobody else runs these cells
-    meanwhile: a RUNNING run of one of them is a dead process's."""
+    returns {"ran", "skipped", "failed": [...], "seconds": {...}}. A RUNNING run of one of them is
+    marked KILLED before any cell runs when no live command owns it (`tracking.take_over`); raises
+    StoreError, one line naming its host and pid, when its process is alive on this host."""
     tracking.setup(cfg, stage)
     cells = share_order(cells)
     existing = existing_cells(cfg)
+    keys = [cell_key(cfg, cell, splits_dir) for cell in cells]
+    tracking.take_over(cfg, stage, _left_running(existing, keys))  # or StoreError: a live process trains one
     last = {cell.parent: i for i, cell in enumerate(cells)}  # a parent ends after its last cell
     where = several_places(cfg)
     stats: dict = {"ran": 0, "skipped": 0, "failed": [], "seconds": {"uf_off": 0.0, "uf_on": 0.0},
                    "cells": {"uf_off": 0, "uf_on": 0}, "log": []}
     parents: dict[tuple, str | None] = {}  # Cell.parent -> parent run id, once created
     touched: set[tuple] = set()
-    for done, cell in enumerate(cells, start=1):
-        key = cell_key(cfg, cell, splits_dir)
-        runs = existing.get(key, [])
-        if any(r.finished for r in runs):
+    for done, (cell, key) in enumerate(zip(cells, keys), start=1):
+        if any(r.finished for r in existing.get(key, [])):
             stats["skipped"] += 1
         else:
-            for r in runs:
-                if r.status == tags.RUNNING:  # its process died: these cells are ours alone
-                    tracking.mark_killed(r.run_id)
             if parents.get(cell.parent) is None:
                 parents[cell.parent] = tracking.grid_parent(
                     cfg, stage, cell.dataset, cell.arch, cell.config_id,
@@ -86,6 +87,12 @@ def run_cells(cfg: Config, splits_dir: Path, cells: list[Cell], label: str,
         if last[cell.parent] == done - 1:
             _close_parent(cfg, stage, cell, splits_dir, parents, touched)
     return stats
+
+
+def _left_running(existing: dict[str, list[tracking.RunRecord]], keys: list[str]) -> list[tracking.RunRecord]:
+    """The RUNNING runs of the cells among `keys` that have no FINISHED run (the cells to redo)."""
+    return [r for k in keys if not any(x.finished for x in existing.get(k, []))
+            for r in existing.get(k, []) if r.status == tags.RUNNING]
 
 
 def _run_one(cfg: Config, stage: str, cell: Cell, key: str, splits_dir: Path, parent_id: str, stats: dict,

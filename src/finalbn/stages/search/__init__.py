@@ -73,7 +73,10 @@ def run_ray(cfg: Config, splits: Path, count: int, parent_run_id: str) -> int:
 
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
-    """`finalbn search`: the study, the comparison, results/search.json."""
+    """`finalbn search`: the study, the comparison, results/search.json. The command owns the
+    store's search experiment while it runs (`tracking.owned`; its worker processes and Ray tasks
+    work under its record): StoreError, one line naming host and pid, when a live search command
+    owns it."""
     tracking.detach_project_run()  # under `mlflow run -e search`: the study has its own runs
     splits = Path(args.splits)
     if args.worker:  # spawned by --workers: the parent checked everything and made the study's run
@@ -85,6 +88,12 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     check(cfg)
     # the trials' replicates 0..K-1 and the comparison's held-out ones: every split prepare writes
     preflight(cfg, cfg.datasets[0].name, splits, replicates=max(cfg.selection.replicates, cfg.grid.max_replicates))
+    with tracking.owned(cfg, "search", command="search"):
+        return _search(cfg, args, splits, count)
+
+
+def _search(cfg: Config, args: argparse.Namespace, splits: Path, count: int) -> int:
+    """`main`'s work, the search experiment owned: the trials, the comparison, search.json."""
     study, parent, stale = start(cfg)
     if stale:
         print(f"search: trials {stale} were left RUNNING by a stopped worker: marked FAIL, each retried once "
