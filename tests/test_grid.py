@@ -166,22 +166,6 @@ def test_bad_shard_and_missing_split_exit_2(prepared, capsys):
     assert "synthetic-apple/4/manifest.csv does not exist" in err and "replicates" in err
 
 
-@pytest.mark.slow
-def test_workers_launch_shards_and_collect_results(prepared, capfd):
-    from finalbn.cli import main
-
-    _, overrides = prepared
-    # UF on: 29 and 61 (12 UF-off cells' worth each) go one to each worker; the UF-off family
-    # (31, 63) to the first, the least loaded with the lower index
-    grid4 = ["grid.configs=[31, 63, 29, 61]", "grid.headline.configs=[]", "train.epochs=1"]
-    assert main(_grid_cmd(overrides + grid4, "--workers", "2")[3:]) == 0  # the shards are processes
-    out = capfd.readouterr().out
-    assert "grid shard 0/2: 3 cells run" in out and "grid shard 1/2: 1 cells run" in out
-    assert "grid: 4/4 cells finished" in out
-    assert Counter(r.info.status for r in _cell_runs()) == {"FINISHED": 4}
-    assert len(pd.read_csv("results/grid.csv")) == 4
-
-
 def test_bn_on_and_off_are_means_of_configuration_means():
     df = pd.DataFrame({"BN": [1] * 11 + [0, 0], "config_id": [31] * 10 + [30] + [63, 62], "baseline": [""] * 13,
                        "test_f1_1": [0.9] * 10 + [0.1] + [0.5, 0.3]})

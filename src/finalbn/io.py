@@ -30,6 +30,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from finalbn.errors import WRITING
 
 TMP_SUFFIX = ".tmp"
@@ -44,13 +46,14 @@ def temporary_name(path: Path, aside: bool = False) -> Path:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process `pid` runs: not when there is none, nor when it is a zombie (ended, not yet
+    reaped: a killed writer whose parent was killed too waits for init)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:  # another user's live process
+    except psutil.AccessDenied:  # another user's live process
         return True
-    return True
 
 
 def sweep(path: Path) -> list[Path]:

@@ -28,12 +28,17 @@ def identity() -> dict[str, Any]:
 
 def gone(who: Mapping[str, Any]) -> bool | None:
     """Whether the process `who` names ({"host", "pid"[, "started"]}) has ended: True when, on this
-    host, no process has its pid or another one does (a different start time); None for a process
-    on another host, or when `who` names no pid."""
+    host, no process has its pid, another one does (a different start time), or it is a zombie
+    (ended; its parent, or init for an orphan, has not reaped it yet: a command resumed at once
+    after its process group was killed meets its workers so); None for a process on another host,
+    or when `who` names no pid."""
     if "pid" not in who or who.get("host") != socket.gethostname():
         return None
     try:
-        started = psutil.Process(int(who["pid"])).create_time()
+        proc = psutil.Process(int(who["pid"]))
+        started = proc.create_time()
+        if proc.status() == psutil.STATUS_ZOMBIE:  # ended, not yet reaped (an orphan waits for init's next sweep)
+            return True
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return True
     except psutil.AccessDenied:  # someone else's live process under that pid

@@ -9,6 +9,10 @@ then on every read raises JSONDecodeError: the study can never be opened again. 
 same lock, before the storage opens: a partial last line is cut, and a line where a partial
 record runs into a whole one keeps the whole one (a record begins `{"op_code":`). What is cut is
 kept aside in `<journal>.torn-<UTC time>`, and the returned line says so.
+
+`Backend` is Optuna's journal file whose every append (under that lock) holds a Ctrl-C back until
+it is done (`interrupt.deferred`): Optuna's lock, interrupted inside, fails the trial with a
+FileNotFoundError or breaks another worker's lock.
 """
 from __future__ import annotations
 
@@ -17,7 +21,9 @@ import json
 import os
 from pathlib import Path
 
-from optuna.storages.journal import JournalFileSymlinkLock
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+
+from finalbn import interrupt
 
 RECORD_START = b'{"op_code":'
 
@@ -48,6 +54,15 @@ def mend(data: bytes) -> tuple[bytes, bytes]:
     return b"".join(k + b"\n" for k in kept), b"\n".join(cut) + (b"\n" if cut else b"")
 
 
+class Backend(JournalFileBackend):
+    """`JournalFileBackend` whose appends a Ctrl-C does not cut (it is raised once the record is
+    written and the lock released)."""
+
+    def append_logs(self, logs: list[dict]) -> None:
+        with interrupt.deferred():
+            super().append_logs(logs)
+
+
 def mend_journal(path: Path) -> str | None:
     """Mend `path` in place under Optuna's journal lock; None when it was whole (or absent), else
     one line naming what was cut and where it was kept. Raises OSError when the file cannot be
@@ -55,7 +70,8 @@ def mend_journal(path: Path) -> str | None:
     if not path.is_file():
         return None
     lock = JournalFileSymlinkLock(str(path))
-    lock.acquire()
+    with interrupt.deferred():
+        lock.acquire()
     try:
         data = path.read_bytes()
         if not data or (data.endswith(b"\n") and all(_whole(x) for x in data.split(b"\n")[:-1])):
@@ -68,7 +84,8 @@ def mend_journal(path: Path) -> str | None:
         tmp.write_bytes(good)
         os.replace(tmp, path)
     finally:
-        lock.release()
+        with interrupt.deferred():
+            lock.release()
     records = cut.count(b"\n")
     return (f"search journal {path}: cut {len(cut)} bytes of {records} torn record(s) a killed worker left; "
             f"kept aside in {aside.name}")

@@ -3,7 +3,7 @@
     study = open_study(cfg)            # created, or resumed by name
     failed = fail_stale(cfg, study, 3600)   # RUNNING trials of a stopped worker -> FAIL
 
-Storage: a journal file (`JournalStorage(JournalFileBackend(path))`, safe for several processes
+Storage: a journal file (`JournalStorage(journal.Backend(path))`, safe for several processes
 on one machine; SQLite is not; a record a killed worker left torn is cut first, `journal`) or
 an RDB URL (PostgreSQL, for several machines; heartbeats then fail the trials of a dead worker). The study's name is `search.study` plus a digest of what
 defines it, so the same params resume it and a changed space starts a new one.
@@ -24,12 +24,11 @@ import numpy as np
 import optuna
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages._heartbeat import is_heartbeat_enabled as _heartbeat_enabled  # not re-exported in 5.0
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from finalbn import tracking
 from finalbn.config import NOT_RESULT_PARAMS, Config, ConfigError, to_dict
-from finalbn.stages.search.journal import mend_journal
+from finalbn.stages.search.journal import Backend, mend_journal
 from finalbn.stages.search.liveness import LEASE, WORKER, is_dead
 from finalbn.stages.search.sampler import TrialSeededSampler
 from finalbn.stages.search.space import check, multi_objective, steps_per_replicate
@@ -114,7 +113,7 @@ def storage(cfg: Config):
         note = mend_journal(path)  # a torn last record would make the study unreadable
         if note:
             print(f"finalbn search: {note}", file=sys.stderr)
-        return JournalStorage(JournalFileBackend(str(path)))
+        return JournalStorage(Backend(str(path)))  # a Ctrl-C never cuts an append (`journal`)
     except Exception as exc:  # a bad URL, a missing driver, an unwritable folder
         raise ConfigError(f"search.storage {where!r} cannot be opened: {type(exc).__name__}: "
                           f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
