@@ -42,11 +42,12 @@ def main() -> int:
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="finalbn-kills-") as tmp:
+        (Path(tmp) / "reference").mkdir()
         repo = _project(Path(tmp) / "reference", git=True)
         _repro(repo)
         spans = faulting.spans(repo)
         print("reference run; stage spans (s): " + ", ".join(f"{s} {spans[s]:.1f}" for s in args.stages), flush=True)
-        copy = _copy_without_store(repo, Path(tmp) / "killed", workers=args.workers)
+        copy = _copy_without_store(repo, Path(tmp) / "killed", workers=args.workers)  # (copytree makes the folder)
         try:
             log = faulting.random_kills(copy, {s: spans[s] for s in args.stages}, args.draws, seed, _repro)
             faulting.assert_same_outputs(copy, repo)
