@@ -263,6 +263,11 @@ def _main(argv: list[str] | None) -> int:
             print(line, file=sys.stderr, flush=True)
         return 130
     except Exception as exc:  # a full disk, a quota, a read-only folder, a tracking server out of reach: one line
+        if interrupt.pending():  # a Ctrl-C that surfaced as another error (an import it cut: "initialization failed")
+            line = _kept(args.command, cfg, started_ms)
+            if not os.environ.get(CHILD):
+                print(line, file=sys.stderr, flush=True)
+            return 130
         full, unreachable = storage_full(exc), server_unreachable(exc)
         if full is None and unreachable is None:
             raise

@@ -23,6 +23,8 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from finalbn.liveness import identity
+
 RETRY_ATTRS = ("fixed_params", "failed_trial")  # system attributes of an enqueued trial, of a retried one
 
 
@@ -46,6 +48,9 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
         self._inner = self._make(seed)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        # the trial names its worker at once (`liveness.lease` renews it later): a kill between the trial's
+        # creation and its lease would leave a RUNNING trial no restart can tell a dead worker's
+        study._storage.set_trial_user_attr(trial._trial_id, "worker", identity())
         self._inner = self._make(trial_seed(self.seed, sampled_before(study, trial.number)))
         self._inner.before_trial(study, trial)
 
