@@ -176,24 +176,38 @@ def _rounded(obj, digits: int = 6):
     return obj
 
 
-def _outputs(repo: Path) -> dict:
-    """What must not depend on interruptions: split manifests, the ceiling, the grid's and the search's
-    numbers, the report's headline, the exported model's card and parity."""
+def _grid(repo: Path) -> pd.DataFrame:
     grid = pd.read_csv(repo / "results" / "grid.csv").drop(columns=["run_id"])
-    grid = grid.sort_values(["config_id", "baseline", "replicate"], na_position="first").reset_index(drop=True)
+    return grid.sort_values(["config_id", "baseline", "replicate"], na_position="first").reset_index(drop=True)
+
+
+def _search(repo: Path) -> dict:
     search = json.loads((repo / "results" / "search.json").read_text())
-    return {
-        "manifests": {str(p.relative_to(repo)): p.read_bytes() for p in sorted(repo.glob("data/splits/**/*.csv"))},
-        "ceiling": _strip(json.loads((repo / "results/ceiling/synthetic-apple.json").read_text())),
-        "grid": grid,
-        "search": _strip({"best": search["best"], "comparison": search["comparison"],
-                          "complete": search["states"]["complete"]}),
-        "report": _strip({"metrics": json.loads((repo / "report/summary.json").read_text())["metrics"],
-                          "headline": json.loads((repo / "report/headline.json").read_text())}),
-        "model": _strip(_unpinned(json.loads((repo / "models/model.json").read_text()))),
-        "parity": _rounded(_strip(json.loads((repo / "models/parity.json").read_text()))),  # |Δ| ~1e-7 varies
-        "metrics": json.loads((repo / "models/metrics.json").read_text()),
-    }
+    return _strip({"best": search["best"], "comparison": search["comparison"], "complete": search["states"]["complete"]})
+
+
+def _json(repo: Path, path: str) -> dict:
+    return json.loads((repo / path).read_text())
+
+
+# what must not depend on interruptions: split manifests, the ceiling, the grid's and the search's numbers,
+# the report's headline, the exported model's card and parity (|Δ| ~1e-7 varies: rounded)
+OUTPUTS_COMPARED = {
+    "manifests": lambda r: {str(p.relative_to(r)): p.read_bytes() for p in sorted(r.glob("data/splits/**/*.csv"))},
+    "ceiling": lambda r: _strip(_json(r, "results/ceiling/synthetic-apple.json")),
+    "grid": _grid,
+    "search": _search,
+    "report": lambda r: _strip({"metrics": _json(r, "report/summary.json")["metrics"],
+                                "headline": _json(r, "report/headline.json")}),
+    "model": lambda r: _strip(_unpinned(_json(r, "models/model.json"))),
+    "parity": lambda r: _rounded(_strip(_json(r, "models/parity.json"))),
+    "metrics": lambda r: _json(r, "models/metrics.json"),
+}
+
+
+def _outputs(repo: Path, only: tuple[str, ...] | None = None) -> dict:
+    """`OUTPUTS_COMPARED` of `repo` (or its keys `only`)."""
+    return {key: read(repo) for key, read in OUTPUTS_COMPARED.items() if only is None or key in only}
 
 
 def stop_and_resume(repo: Path, repro) -> list[str]:
@@ -218,9 +232,11 @@ def stop_and_resume(repo: Path, repro) -> list[str]:
     return log
 
 
-def assert_same_outputs(repo: Path, reference: Path) -> None:
-    got, want = _outputs(repo), _outputs(reference)
-    pd.testing.assert_frame_equal(got.pop("grid"), want.pop("grid"), check_exact=False, atol=1e-6)
+def assert_same_outputs(repo: Path, reference: Path, only: tuple[str, ...] | None = None) -> None:
+    """`repo`'s outputs (`_outputs`: all of them, or the keys `only`) equal `reference`'s."""
+    got, want = _outputs(repo, only), _outputs(reference, only)
+    if "grid" in want:
+        pd.testing.assert_frame_equal(got.pop("grid"), want.pop("grid"), check_exact=False, atol=1e-6)
     for key in want:
         assert got[key] == want[key], key
 
@@ -270,21 +286,32 @@ def _kill_after(repo: Path, stage: str, at: float, how: str, what: str) -> tuple
     return False, out
 
 
-def random_kills(repo: Path, spans_s: dict[str, float], draws: int, seed: int, repro) -> list[str]:
+def random_kills(repo: Path, spans_s: dict[str, float], draws: int, seed: int, repro,
+                 stages: tuple[str, ...] | None = None) -> list[str]:
     """The pipeline on `repo` stage by stage (the `store` stage's check once, first, as in
-    `stop_and_resume`); for each stage of `spans_s`: `draws` times, `dvc repro --single-item <stage>`
-    started and killed at an instant drawn uniformly over the stage's uninterrupted span (SIGKILL to
-    its process group, or Ctrl-C twice, drawn too), each from where the last one left it; after each
-    kill every output is whole; then the stage is run again at once and must finish with the store
-    settled (`_settled`). Draws come from random.Random(seed): a failure names the seed and the
-    draw. Returns a line per draw."""
+    `stop_and_resume`): every stage after `synthesize`, or only `stages` (in pipeline order; those
+    before them already done, as a copy that kept its splits has them). For each stage of `spans_s`:
+    `draws` times, `dvc repro --single-item <stage>` started and killed at an instant drawn
+    uniformly over the stage's span in an uninterrupted `dvc repro` (`spans`, from a run with as
+    many workers or more) plus DVC's own start-up (a `dvc repro --single-item` starts DVC again:
+    measured as the `store` stage's run, DVC's start-up and a light check), so that the draws cover
+    the stage's whole run, start-up and last write included, at the price of some landing after it
+    has finished; SIGKILL to its process group or Ctrl-C twice, drawn too; each from where the last
+    one left it. After each kill every output is whole; then the stage is run again at once and must
+    finish with the store settled (`_settled`). Draws come from random.Random(seed): a failure
+    names the seed and the draw. Returns a line per draw."""
     rng, log = random.Random(seed), []
-    repro(repo, "synthesize")
+    if stages is None:
+        repro(repo, "synthesize")
+    t0 = time.monotonic()
     repro(repo, "--single-item", "store")
+    startup = time.monotonic() - t0
     for stage, _ in OUTPUTS[1:]:
+        if stages is not None and stage not in stages:
+            continue
         span = spans_s.get(stage)
         for k in range(draws if span is not None else 0):
-            at, how = rng.uniform(0.0, span), rng.choice((KILL, CTRL_C))
+            at, how = rng.uniform(0.0, span + startup), rng.choice((KILL, CTRL_C))
             what = f"{stage}: draw {k + 1}/{draws} of seed {seed} ({how} at {at:.2f} s; {SEED}={seed} {DRAWS}={draws})"
             try:
                 killed, out = _kill_after(repo, stage, at, how, what)
@@ -293,6 +320,9 @@ def random_kills(repo: Path, spans_s: dict[str, float], draws: int, seed: int, r
                 raise AssertionError(f"{what}: {exc}") from exc
             last = next((ln.strip() for ln in reversed(out.splitlines()) if ln.strip()), "")  # where it was
             log.append(f"{what}: " + (f"killed after: {last[:100]}" if killed else "finished first"))
+            if not killed:  # the stage is done: the draws left would find nothing to do
+                log.append(f"{stage}: {draws - k - 1} draw(s) left undrawn (the stage had finished)")
+                break
         try:
             repro(repo, "--single-item", stage)
             _whole(repo)
