@@ -5,14 +5,16 @@ uninterrupted run (tests/test_pipeline.py runs the short version: the grid and t
     python benchmarks/random_kills.py --draws 10 [--seed 1234] [--stages grid search] [--workers 2]
 
 Builds the project in a temporary folder as tests/test_pipeline.py does, runs `dvc repro` once
-uninterrupted (the reference, and each stage's span), then, on a copy without its MLflow store,
-for each stage: `--draws` times `dvc repro --single-item <stage>` started and killed (SIGKILL to
-its process group, or Ctrl-C twice) at an instant drawn uniformly over the stage's span, every
-output checked whole after each kill; then the stage resumed to its end, the store settled (no
-RUNNING run or trial, no temporary left, one FINISHED run per cell); at the end the outputs
-compared with the reference's. Prints a line per draw (where it landed), then the draws made,
-how many met a running stage, and the time taken. A failure prints the seed and draw that
-reproduce it (`--seed`) and exits 1. Needs the project's venv (`make install`).
+uninterrupted with params.yaml's worker counts (the reference, and each stage's span), then, on a
+copy without its MLflow store, for each stage: `--draws` times, each from the state before the
+stage (a copy put back: the draws are independent), `dvc repro --single-item <stage>` started and
+killed (SIGKILL to its process group, or Ctrl-C twice) at an instant drawn uniformly over the
+stage's span plus DVC's start-up, every output checked whole after the kill; then the stage
+resumed to its end, the store settled (no RUNNING run or trial, no temporary left, one FINISHED
+run per cell) and its outputs compared with the reference's (`tests/faulting.py` random_kills).
+Prints a line per draw (where it landed), then the draws made, how many met a running stage, and
+the time taken. A failure prints the seed and draw that reproduce it (`--seed`) and exits 1.
+Needs the project's venv (`make install`).
 """
 from __future__ import annotations
 
@@ -49,13 +51,12 @@ def main() -> int:
         print("reference run; stage spans (s): " + ", ".join(f"{s} {spans[s]:.1f}" for s in args.stages), flush=True)
         copy = _copy_without_store(repo, Path(tmp) / "killed", workers=args.workers)  # (copytree makes the folder)
         try:
-            log = faulting.random_kills(copy, {s: spans[s] for s in args.stages}, args.draws, seed, _repro)
+            log = faulting.random_kills(copy, repo, {s: spans[s] for s in args.stages}, args.draws, seed, _repro)
             faulting.assert_same_outputs(copy, repo)
         except AssertionError as exc:
             print(f"FAILED (seed {seed}; rerun with --seed {seed} --draws {args.draws}): {exc}", flush=True)
             return 1
     print("\n".join(log))
-    log = [line for line in log if "undrawn" not in line]  # (a stage that finished is not drawn again)
     landed = sum(" killed" in line for line in log)
     print(f"{len(log)} draws over {len(args.stages)} stage(s), seed {seed}: {landed} killed a running stage, "
           f"{len(log) - landed} came after it had finished; every output whole after each, every resume settled, "

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -286,47 +287,63 @@ def _kill_after(repo: Path, stage: str, at: float, how: str, what: str) -> tuple
     return False, out
 
 
-def random_kills(repo: Path, spans_s: dict[str, float], draws: int, seed: int, repro,
+# what each stage writes, among OUTPUTS_COMPARED (the sensitivity's table is empty in the tiny pipeline)
+OF_STAGE = {"prepare@synthetic-apple": ("manifests",), "ceiling@synthetic-apple": ("ceiling",), "grid": ("grid",),
+            "search": ("search",), "sensitivity": (), "report": ("report",), "export": ("model", "parity", "metrics")}
+
+
+def _restore(snapshot: Path, repo: Path) -> None:
+    """`repo` as `snapshot` holds it (the same path: MLflow's artifact locations and DVC's state stay valid)."""
+    shutil.rmtree(repo)
+    shutil.copytree(snapshot, repo, symlinks=True)
+
+
+def random_kills(repo: Path, reference: Path, spans_s: dict[str, float], draws: int, seed: int, repro,
                  stages: tuple[str, ...] | None = None) -> list[str]:
     """The pipeline on `repo` stage by stage (the `store` stage's check once, first, as in
     `stop_and_resume`): every stage after `synthesize`, or only `stages` (in pipeline order; those
-    before them already done, as a copy that kept its splits has them). For each stage of `spans_s`:
-    `draws` times, `dvc repro --single-item <stage>` started and killed at an instant drawn
-    uniformly over the stage's span in an uninterrupted `dvc repro` (`spans`, from a run with as
-    many workers or more) plus DVC's own start-up (a `dvc repro --single-item` starts DVC again:
+    before them already done, as a copy that kept its splits has them). Each stage of `spans_s` is
+    killed `draws` times, each time from the state before it (a copy of `repo` put back), so that
+    the draws are independent: `dvc repro --single-item <stage>` started and killed at an instant
+    drawn uniformly over the stage's span in an uninterrupted `dvc repro` (`spans`, from a run with
+    as many workers or more) plus DVC's own start-up (a `dvc repro --single-item` starts DVC again:
     measured as the `store` stage's run, DVC's start-up and a light check), so that the draws cover
     the stage's whole run, start-up and last write included, at the price of some landing after it
-    has finished; SIGKILL to its process group or Ctrl-C twice, drawn too; each from where the last
-    one left it. After each kill every output is whole; then the stage is run again at once and must
-    finish with the store settled (`_settled`). Draws come from random.Random(seed): a failure
-    names the seed and the draw. Returns a line per draw."""
+    has finished; SIGKILL to its process group or Ctrl-C twice, drawn too. After each kill every
+    output is whole; then the stage is run again at once and must finish with the store settled
+    (`_settled`) and its outputs equal to `reference`'s (`OF_STAGE`). Draws come from
+    random.Random(seed): a failure names the seed and the draw. Returns a line per draw."""
     rng, log = random.Random(seed), []
     if stages is None:
         repro(repo, "synthesize")
     t0 = time.monotonic()
     repro(repo, "--single-item", "store")
     startup = time.monotonic() - t0
+    snapshot = repo.parent / f".{repo.name}.before"
     for stage, _ in OUTPUTS[1:]:
         if stages is not None and stage not in stages:
             continue
         span = spans_s.get(stage)
-        for k in range(draws if span is not None else 0):
-            at, how = rng.uniform(0.0, span + startup), rng.choice((KILL, CTRL_C))
-            what = f"{stage}: draw {k + 1}/{draws} of seed {seed} ({how} at {at:.2f} s; {SEED}={seed} {DRAWS}={draws})"
+        if span is not None and draws > 1:
+            shutil.rmtree(snapshot, ignore_errors=True)
+            shutil.copytree(repo, snapshot, symlinks=True)
+        for k in range(draws if span is not None else 1):
+            if k:
+                _restore(snapshot, repo)
+            what = f"{stage}: resumed"
             try:
-                killed, out = _kill_after(repo, stage, at, how, what)
+                if span is not None:
+                    at, how = rng.uniform(0.0, span + startup), rng.choice((KILL, CTRL_C))
+                    what = f"{stage}: draw {k + 1}/{draws} of seed {seed} ({how} at {at:.2f} s; {SEED}={seed} {DRAWS}={draws})"
+                    killed, out = _kill_after(repo, stage, at, how, what)
+                    _whole(repo)
+                    last = next((ln.strip() for ln in reversed(out.splitlines()) if ln.strip()), "")  # where it was
+                    log.append(f"{what}: " + (f"killed after: {last[:100]}" if killed else "finished first"))
+                repro(repo, "--single-item", stage)  # at once: finishes
                 _whole(repo)
+                _settled(repo)
+                assert_same_outputs(repo, reference, only=OF_STAGE[stage])
             except Exception as exc:
                 raise AssertionError(f"{what}: {exc}") from exc
-            last = next((ln.strip() for ln in reversed(out.splitlines()) if ln.strip()), "")  # where it was
-            log.append(f"{what}: " + (f"killed after: {last[:100]}" if killed else "finished first"))
-            if not killed:  # the stage is done: the draws left would find nothing to do
-                log.append(f"{stage}: {draws - k - 1} draw(s) left undrawn (the stage had finished)")
-                break
-        try:
-            repro(repo, "--single-item", stage)
-            _whole(repo)
-            _settled(repo)
-        except Exception as exc:
-            raise AssertionError(f"{stage}: resumed after {draws} draw(s) of seed {seed} ({SEED}={seed}): {exc}") from exc
+    shutil.rmtree(snapshot, ignore_errors=True)
     return log
