@@ -92,9 +92,20 @@ def test_a_code_change_reruns_a_finished_cell(prepared, tmp_path, monkeypatch):
     digest_of(pkg)
     assert grid.cell_key(cfg, grid.all_cells(cfg)[0], SPLITS) != before
     assert grid.run_shard(cfg, SPLITS, log=lambda m: None)["ran"] == 1
-    # a module that computes no cell (the report) changes no key
-    after = grid.cell_key(cfg, grid.all_cells(cfg)[0], SPLITS)
+    # a module that computes no cell changes no key: the report, a docstring of the tracking layer that
+    # records a cell or of the figures drawn of it, the recorder itself
+    after = {c: grid.cell_key(cfg, c, SPLITS) for c in grid.all_cells(cfg)}
     (pkg / "stages" / "report" / "markdown.py").write_text("# changed\n")
+    for name in ("tracking/store.py", "tracking/__init__.py", "plots.py", "cellfigures.py", "tracked.py"):
+        text = (pkg / name).read_text()
+        assert text.startswith('"""'), name
+        (pkg / name).write_text('"""Edited. ' + text[3:])
     digest_of(pkg)
-    assert grid.cell_key(cfg, grid.all_cells(cfg)[0], SPLITS) == after
+    assert {c: grid.cell_key(cfg, c, SPLITS) for c in grid.all_cells(cfg)} == after
+    # an edit to the loss changes every key
+    engine = (pkg / "engine.py").read_text()
+    assert engine.count("def loss_value(") == 1
+    (pkg / "engine.py").write_text(engine.replace("def loss_value(", "def loss_value(  # edited\n", 1))
+    digest_of(pkg)
+    assert not set(after.values()) & {grid.cell_key(cfg, c, SPLITS) for c in grid.all_cells(cfg)}
     digest_of(Path(imports.__file__).resolve().parent)  # the real sources again, caches cleared

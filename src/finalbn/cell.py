@@ -177,6 +177,20 @@ class CellResult:
     temperature: float | None = None  # fitted on validation (train.calibration: temperature)
     body_images: int | None = None  # images this cell passed through the body itself (0: another cell had)
 
+    def metrics(self) -> dict[str, float]:
+        """The cell's numbers by the names its run records and every stage reads: `test_*` (last
+        epoch, primary), `test_sel_*` (the epoch selected on validation), `val_last_*`, `val_sel_*`,
+        `temperature` (if calibrated), `selected_epoch`, `train_seconds`, `train_images_per_second`.
+        Named here, with the code that computes them, so that a cell's key (`keys`) covers them."""
+        sel = self.fit.history[self.fit.selected_epoch - 1]
+        return {**{f"test_{k}": v for k, v in self.test_last.items()},
+                **{f"test_sel_{k}": v for k, v in self.test_sel.items()},
+                **{f"val_last_{k}": v for k, v in self.val_last.items()},
+                **{f"val_sel_{k[4:]}": v for k, v in sel.items() if k.startswith("val_")},
+                **({"temperature": self.temperature} if self.temperature is not None else {}),
+                "selected_epoch": self.fit.selected_epoch, "train_seconds": self.fit.train_seconds,
+                "train_images_per_second": self.fit.train_images / max(self.fit.train_seconds, 1e-9)}
+
 
 def per_source_recall(labels: np.ndarray, preds: np.ndarray, sources: Sequence[str]) -> dict[str, float]:
     """Recall of each minority source class (disease kind) of the test split."""

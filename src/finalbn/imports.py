@@ -1,7 +1,7 @@
 """The package's own import graph, read from the source: which finalbn files a module needs.
 
     closure("finalbn.stages.grid")     # every src/finalbn/*.py it imports, directly or not
-    code_digest("finalbn.tracked")     # sha256 over that closure's sources: part of every cell key
+    code_digest("finalbn.cell")        # sha256 over that closure's sources: part of every cell key
 
 One list, derived from the code, serves three readers: a cell's key (a change to any module that
 computes a cell re-runs it), each dvc.yaml stage's code deps (tests/test_structure.py checks them

@@ -5,8 +5,11 @@
 The key hashes everything that changes what a cell computes: the dataset and its replicate's
 manifest hash and intensity (split.json), image size, arch, the six switches, every model.* and train.* value that changes
 a result (`config.NOT_CELL_KEY_PARAMS` lists those that do not: where and how fast it runs, and
-train.seed, which enters as the cell's own seed), the cell's seed, the weights file, and the code — the sources of every module a tracked cell imports (`imports.code_digest`). The
-grid's cells, the search's runs and the export all use it, so a configuration computed once is
+train.seed, which enters as the cell's own seed), the cell's seed, the weights file, and the code
+that computes a cell's numbers: the sources of every module the training cell (`finalbn.cell`:
+data, model, training, metrics, config) imports (`imports.code_digest`), not the tracking layer
+that records them nor the figures drawn of them, so that an edit there keeps every cached cell.
+The grid's cells, the search's runs and the export all use it, so a configuration computed once is
 found by any of them, and a code change re-runs what it can change.
 """
 from __future__ import annotations
@@ -21,11 +24,11 @@ from finalbn.config import NOT_CELL_KEY_PARAMS, Config, cell_seed, config_id, fl
 from finalbn.imports import code_digest
 from finalbn.splits import sha256_file, split_dir
 
-CELL_MODULE = "finalbn.tracked"  # a cell as it is computed and recorded
+CELL_MODULE = "finalbn.cell"  # a cell as it is computed (recorded by `finalbn.tracked`, outside the key)
 
 
 def code_version() -> str:
-    """Digest of the source of every module a tracked cell imports."""
+    """Digest of the source of every module the training cell imports."""
     return code_digest(CELL_MODULE)
 
 

@@ -128,14 +128,7 @@ def log_result(run: tracking.ActiveRun, cfg: Config, r: CellResult, figures: boo
     run.set_tags({tags_.MANIFEST: r.manifest_sha256, tags_.BN_POLICY: r.bn_policy, tags_.DEVICE: r.device,
                   tags_.FEATURES: r.features, tags_.SELECTED_EPOCH: str(r.fit.selected_epoch),
                   "mlflow.note.content": describe(cfg, r)})  # the run page's Description
-    sel = r.fit.history[r.fit.selected_epoch - 1]
-    run.log_metrics({**{f"test_{k}": v for k, v in r.test_last.items()},
-                     **{f"test_sel_{k}": v for k, v in r.test_sel.items()},
-                     **{f"val_last_{k}": v for k, v in r.val_last.items()},
-                     **{f"val_sel_{k[4:]}": v for k, v in sel.items() if k.startswith("val_")},
-                     **({"temperature": r.temperature} if r.temperature is not None else {}),
-                     "selected_epoch": r.fit.selected_epoch, "train_seconds": r.fit.train_seconds,
-                     "train_images_per_second": r.fit.train_images / max(r.fit.train_seconds, 1e-9)})
+    run.log_metrics(r.metrics())
     if r.class_weights:
         run.log_params({f"class_weight_{i}": round(w, 6) for i, w in enumerate(r.class_weights)})
     if figures:
