@@ -6,7 +6,8 @@ README's "Architecture" that a program can check.
 - imports sit at the top of every file: no finalbn module is imported inside a function, and a
   third-party import inside a function says why on its line or the line above;
 - no module over 450 lines, no function over 60;
-- every dvc.yaml stage's code deps are exactly its stage module's import closure.
+- every dvc.yaml stage's code deps are exactly its stage module's import closure, and the report's
+  outputs are the ones its code declares.
 """
 from __future__ import annotations
 
@@ -150,3 +151,20 @@ def test_closure_follows_from_imports_and_packages(tmp_path):
     assert {"finalbn.stages.grid.plan", "finalbn.tracked", "finalbn.tracking"} <= deps
     files = {_rel(p) for p in imports.closure("finalbn.stages.grid.shard")}
     assert "src/finalbn/stages/grid/__init__.py" in files and "src/finalbn/stages/__init__.py" in files
+
+
+def test_the_report_outputs_are_declared_once_and_dvc_yaml_agrees():
+    """`stages/report/build.FILES` is the report's list of outputs (read from the source); dvc.yaml's
+    report stage names each of them (as an out, a metric, or inside an out folder), and nothing else."""
+    tree = ast.parse((SRC / "stages" / "report" / "build.py").read_text())
+    (node,) = [n.value for n in tree.body if isinstance(n, ast.Assign) and
+               [getattr(t, "id", None) for t in n.targets] == ["FILES"]]
+    REPORT_FILES = ast.literal_eval(node)
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["report"]
+    declared = [p.removeprefix("report/") for p in [*stage["outs"], *stage.get("metrics", [])]]
+    assert len(declared) == len(set(declared)) and len(REPORT_FILES) == len(set(REPORT_FILES))
+    folders = [d for d in declared if "." not in d.rsplit("/", 1)[-1]]
+    missing = [f for f in REPORT_FILES if f not in declared and not any(f.startswith(d + "/") for d in folders)]
+    assert not missing, f"written by the report, not in dvc.yaml's report stage: {missing}"
+    extra = [d for d in declared if d not in REPORT_FILES and not any(f.startswith(d + "/") for f in REPORT_FILES)]
+    assert not extra, f"in dvc.yaml's report stage, not written by the report: {extra}"
