@@ -77,5 +77,5 @@ def test_cell_table_widen_and_means():
     assert wide.loc[0, "f1_1@0.1"] == pytest.approx(prev.at_prevalence(Y, P, 0.1)["f1_1"])
     assert wide.loc[1, "sel_f1_1@0.1"] == pytest.approx(prev.at_prevalence(Y, P, 0.1)["f1_1"])
     assert np.isnan(wide.loc[2, "f1_1@0.5"])
-    means = prev.config_means(table, [31, 63]).set_index(["config_id", "prevalence"])
+    means = prev.means_at_prevalence(table, [31, 63]).set_index(["config_id", "prevalence"])
     assert means.loc[(63, 0.5), "replicates"] == 1

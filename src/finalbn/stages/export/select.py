@@ -54,7 +54,8 @@ def is_final_bn(run: RunRecord) -> bool:
     return has_final_bn(model, SimpleNamespace(bn=run.flag(tags.toggle_tag("bn"))))
 
 
-def switches_on(run: RunRecord) -> int:
+def _switches_on(run: RunRecord) -> int:
+    """How many of the six switches `run`'s configuration has on (from its tags)."""
     return sum(bool(run.flag(tags.toggle_tag(t))) for t in TOGGLES)
 
 
@@ -82,7 +83,7 @@ def candidate_rows(runs: list[RunRecord]) -> tuple[pd.DataFrame, dict[tuple[str,
             by.setdefault((key, int(r.tags.get(tags.REPLICATE, 0))), []).append(r)
     chosen = {k: latest(v) for k, v in by.items()}
     rows = [{"key": k, "replicate": rep, "val_auroc": run.metrics.get("val_last_auroc", math.nan),
-             selection.TIE_BREAK: run.metrics.get("val_last_balanced_loss", math.nan), "switches": switches_on(run),
+             selection.TIE_BREAK: run.metrics.get("val_last_balanced_loss", math.nan), "switches": _switches_on(run),
              "test_f1_1": run.metrics.get("test_f1_1", math.nan), "test_auroc": run.metrics.get("test_auroc", math.nan)}
             for (k, rep), run in chosen.items()]
     cols = ["key", "replicate", "val_auroc", selection.TIE_BREAK, "switches", "test_f1_1", "test_auroc"]

@@ -47,7 +47,7 @@ def prevalence_section(page: Page, cells: pd.DataFrame, data: CellData, at_pi: p
         figures.placeholder(page.out / "prevalence.png", "no test predictions: no metric at any prevalence")
         page.section(title, "", ["no cell run has test predictions: nothing is reweighted to a prevalence"])
         return
-    means = prev.config_means(at_pi, [BN_ID, NONE_ID])
+    means = prev.means_at_prevalence(at_pi, [BN_ID, NONE_ID])
     rows = []
     for (ds, arch), sub in means.groupby(["dataset", "arch"], sort=True):
         scope_eff = eff[eff["scope"] == f"{ds}/{arch}"]

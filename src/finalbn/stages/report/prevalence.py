@@ -208,7 +208,7 @@ def widen(cells: pd.DataFrame, table: pd.DataFrame, metrics: Sequence[str] = ("f
                      axis=1)
 
 
-def config_means(table: pd.DataFrame, config_ids: Sequence[int], protocol: str = "last") -> pd.DataFrame:
+def means_at_prevalence(table: pd.DataFrame, config_ids: Sequence[int], protocol: str = "last") -> pd.DataFrame:
     """Per (dataset, arch, config, π): mean and replicate count of METRICS over the paper's cells."""
     sub = table[(table["protocol"] == protocol) & (table["baseline"] == "") & table["config_id"].isin(config_ids)]
     g = sub.groupby(["dataset", "arch", "config_id", "prevalence"], sort=True)

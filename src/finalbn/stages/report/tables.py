@@ -86,17 +86,7 @@ def baselines_table(cells: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def config_means(sub: pd.DataFrame) -> pd.DataFrame:
-    """Per configuration: mean over replicates of validation AUROC and the test metrics."""
-    cols = ["val_auroc", "val_f1_1"] + [f"test_{k}" for k in ("precision_1", "recall_1", "f1_1", "precision_0",
-                                                            "recall_0", "f1_0", "auroc", "ap")]
-    g = sub.groupby("config_id")
-    out = g[cols + ["selected_epoch"]].mean()
-    out["replicates"] = g.size()
-    return out
-
-
-def selection_rows(sub: pd.DataFrame) -> pd.DataFrame:
+def _selection_rows(sub: pd.DataFrame) -> pd.DataFrame:
     """Report cells as `selection` rows (key = config_id; the six switches counted)."""
     rows = sub.copy()
     rows["key"] = rows["config_id"].astype(int)
@@ -121,7 +111,7 @@ def ranked_configs(sub: pd.DataFrame, k: int) -> pd.DataFrame:
     0..k-1, with every test mean riding along and `ranked_over` naming each tier."""
     num = ["val_auroc", selection.TIE_BREAK, "val_f1_1", "selected_epoch"] + \
         [f"test_{m}" for m in ("precision_1", "recall_1", "f1_1", "precision_0", "recall_0", "f1_0", "auroc", "ap")]
-    rows = selection_rows(sub)
+    rows = _selection_rows(sub)
     out = selection.rank(rows[["key", "config_id", "replicate", "switches", *[c for c in num if c in rows]]], k)
     out["ranked_over"] = [ranked_over(s) for s in out["replicate_set"]]
     return out

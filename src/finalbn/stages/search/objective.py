@@ -88,7 +88,8 @@ def objective_values(cfg: Config, per: list[dict[str, Any]]) -> float | tuple[fl
     return float(np.mean([p["value"] for p in per]))
 
 
-def switches_on(cfg: Config) -> int:
+def _switches_on(cfg: Config) -> int:
+    """How many of the six switches `cfg` has on."""
     return sum(bool(getattr(cfg.ablation, t)) for t in TOGGLES)
 
 
@@ -107,7 +108,7 @@ def make_objective(cfg: Config, splits: Path, parent_run_id: str) -> Callable[[o
     def _objective(trial: optuna.Trial):
         tcfg = suggest(trial, cfg)
         trial.set_user_attr("config_name", config_name(tcfg.ablation))  # also for a pruned or failed trial's line
-        trial.set_user_attr(SWITCHES, switches_on(tcfg))
+        trial.set_user_attr(SWITCHES, _switches_on(tcfg))
         trial.set_user_attr(STEPS, steps_per_replicate(cfg))
         trial.set_user_attr(EPOCHS, tcfg.train.epochs)  # where each replicate ends (the pruner decides there)
         per: list[dict[str, Any]] = []
