@@ -26,12 +26,12 @@ UV := $(BIN)/uv pip install --quiet --python $(BIN)/python $(shell $(PYTHON) too
 
 $(VENV)/.installed: pyproject.toml deploy/field/pyproject.toml tools/pip_sources.py | $(BIN)/python
 	@if $(PIP) 'uv>=0.5' 2>/dev/null; then \
-	    echo "$(UV) $(TORCH) && -e '.[cpu,test]' && -e deploy/field"; \
-	    $(UV) $(TORCH) && $(UV) -e '.[cpu,test]' && $(UV) -e deploy/field; \
+	    echo "$(UV) $(TORCH) && -e '.[cpu,test]' -e deploy/field"; \
+	    $(UV) $(TORCH) && $(UV) -e '.[cpu,test]' -e deploy/field; \
 	else \
 	    echo "no uv here: pip installs"; \
-	    $(PIP) $(TORCH) && $(PIP) -e '.[cpu,test]' && $(PIP) -e deploy/field; \
-	fi   # finalbn-field: field inference (onnxruntime comes with [cpu])
+	    $(PIP) $(TORCH) && $(PIP) -e '.[cpu,test]' -e deploy/field; \
+	fi   # finalbn-field: field inference, and finalbn's decoder and decision rules (one command: finalbn needs it)
 	touch $@
 
 install: $(VENV)/.installed

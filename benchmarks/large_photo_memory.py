@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/large_photo_memory.py --size 224 --megapixels 108
 
 Makes the JPEG in a temporary folder, then decodes it in a fresh subprocess per variant with
-`finalbn.images.load_rgb` (training's and the field's one decoder) and resizes it to the model's
+`finalbn_field.images.load_rgb` (training's and the field's one decoder) and resizes it to the model's
 input as training does: `size=` given (the JPEG decodes at 1/2, 1/4 or 1/8 scale, its shorter side
 still >= size) against `size=None` (the whole image). Each child reports its peak resident set
 size (VmHWM of /proc/self/status on Linux, else resource.getrusage's ru_maxrss) and the RSS after
@@ -24,7 +24,7 @@ from pathlib import Path
 
 CHILD = """
 import json, resource, sys
-from finalbn.images import decode
+from finalbn_field.images import decode
 from PIL import Image
 def status_kib(key):  # VmRSS: resident now; VmHWM: the peak, of this process's own memory (Linux)
     try:

@@ -1,4 +1,4 @@
-"""Decision rules at the user's prevalence (`finalbn.decision`) and choosing over replicates
+"""Decision rules at the user's prevalence (`finalbn_field.decision`) and choosing over replicates
 (`finalbn.selection`): pure functions, checked against scikit-learn and by simulation."""
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score, roc_curve
 
-from finalbn import decision, selection
+from finalbn import selection
+from finalbn_field import decision
 
 
 def _no_prior_scores(rng, n0: int, n1: int):

@@ -17,7 +17,7 @@ def _forbid_decoding(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("an image file was opened")
 
-    monkeypatch.setattr("finalbn.images.load_rgb", refuse)
+    monkeypatch.setattr("finalbn_field.images.load_rgb", refuse)
     monkeypatch.setattr("finalbn.data.load_rgb", refuse)
     monkeypatch.setattr("PIL.Image.open", refuse)
 

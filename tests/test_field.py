@@ -27,9 +27,16 @@ from finalbn_field.images import unescape_name  # noqa: E402
 SPLITS = Path("data/splits")
 
 
-def test_the_field_decodes_with_the_projects_own_code():
-    """The field package cannot import the project, so it carries its image decoder: the same file."""
-    assert (FIELD / "finalbn_field" / "images.py").read_bytes() == (ROOT / "src" / "finalbn" / "images.py").read_bytes()
+def test_the_project_decodes_and_decides_with_the_field_packages_modules():
+    """One source: the field package (which cannot import the project, torch-free) holds the image
+    decoder, its bit-depth code and the decision rules; the project imports them, no copy."""
+    from finalbn import data
+    from finalbn.stages.export import card
+    from finalbn_field import decision, images
+
+    assert not [n for n in ("images.py", "depth.py", "decision.py") if (ROOT / "src" / "finalbn" / n).exists()]
+    assert data.load_rgb is images.load_rgb and card.prior_threshold is decision.prior_threshold
+    assert Path(images.__file__).resolve().parent == (FIELD / "finalbn_field").resolve()
 
 
 def _odd_images(folder: Path) -> list[Path]:
@@ -66,7 +73,6 @@ def test_preprocessing_is_trainings_eval_transform(tmp_path):
 
 def test_the_decision_rules_are_the_projects_own_file():
     """The field applies model.json's curve with the very code the export computed it with."""
-    assert (FIELD / "finalbn_field" / "decision.py").read_bytes() == (ROOT / "src" / "finalbn" / "decision.py").read_bytes()
     from finalbn.stages.export import prior_threshold
 
     for p in (0.001, 0.02, 0.5):
@@ -322,7 +328,7 @@ def test_the_field_decodes_with_the_cards_intensity_as_training_does(tmp_path):
 
 def test_the_field_drafts_a_large_jpeg_as_training_does(tmp_path):
     from finalbn.data import decode_images
-    from finalbn.images import decode
+    from finalbn_field.images import decode
 
     p = save(noise(640, 480, seed=9), tmp_path / "photo.jpg", quality=90)
     assert decode(p, size=32)[1].scale == 8  # 480 // 32 = 15: decoded at 1/8, 80x60
@@ -357,11 +363,6 @@ def test_exported_card_carries_the_intensity_and_predict_takes_max_pixels(export
     rows = _rows(preds)
     assert code == 1 and [r["status"] for r in rows] == ["error", "ok"]
     assert "over the 1000-pixel limit" in rows[0]["error"] and "--max-pixels" in rows[0]["error"]
-
-
-def test_the_field_carries_the_projects_bit_depth_code():
-    """images.py imports depth.py relatively: the field carries it as it is too."""
-    assert (FIELD / "finalbn_field" / "depth.py").read_bytes() == (ROOT / "src" / "finalbn" / "depth.py").read_bytes()
 
 
 def test_the_field_reads_a_dark_image_at_the_cards_depth_and_refuses_one_it_would_blank(tmp_path):

@@ -13,7 +13,7 @@ import torch
 import torchvision
 
 from finalbn.data import eval_transform, resize_square
-from finalbn.images import load_rgb
+from finalbn_field.images import load_rgb
 from finalbn.models import WeightsError, create_model, get_spec
 
 PHOTOS = Path(skimage.__file__).parent / "data"

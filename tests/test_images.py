@@ -1,4 +1,4 @@
-"""Tests for finalbn.images: every image is tiny and made in tmp_path."""
+"""Tests for finalbn_field.images (training's and the field's one decoder): every image is tiny and made in tmp_path."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from finalbn import images
-from finalbn.images import (
+from finalbn_field import images
+from finalbn_field.images import (
     MAX_PIXELS,
     SYSTEM_FILES,
     BadImage,

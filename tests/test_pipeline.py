@@ -142,6 +142,8 @@ def _project(tmp_path: Path, git: bool) -> Path:
     shutil.copy(ROOT / "dvc.yaml", tmp_path)
     shutil.copy(ROOT / "Makefile", tmp_path)
     shutil.copytree(ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(ROOT / "deploy" / "field" / "finalbn_field", tmp_path / "deploy" / "field" / "finalbn_field",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # the decoder's and decision rules' source: deps too
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["synthetic"].update(image_size=16, crops=["Apple", "Grape"], healthy=12, per_disease=2, workers=1,
                                healthy_by_crop={})

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from finalbn import decision, imports
+from finalbn import imports
+from finalbn_field import decision
 from finalbn.cell import run_cell
 from finalbn.results import rank_configs
 from finalbn.stages import export, grid

@@ -11,7 +11,7 @@ import pytest
 
 from finalbn.cli import main
 from finalbn.data import decode_images
-from finalbn.images import unescape_name
+from finalbn_field.images import unescape_name
 from finalbn.splits import DataError, read_manifest
 
 from conftest import PARAMS, write_png

@@ -11,7 +11,7 @@ import pytest
 
 from finalbn.config.schema import DatasetConfig, SplitConfig
 from finalbn.data import load_splits
-from finalbn.images import escape_name, formula_safe, unescape_name
+from finalbn_field.images import escape_name, formula_safe, unescape_name
 from finalbn.splits import prepare_dataset, read_manifest
 from conftest import write_png
 

@@ -1,9 +1,10 @@
-"""Rewrite each dvc.yaml stage's `src/finalbn/...` deps to its command's import closure.
+"""Rewrite each dvc.yaml stage's code deps (`src/finalbn/...`, `deploy/field/finalbn_field/...`) to its
+command's import closure.
 
     python tools/sync_dvc_deps.py        # then `git diff dvc.yaml`
 
 tests/test_structure.py checks the same rule and names what is missing; this writes it. Only the
-runs of `- src/...` lines change: comments, order of stages and other deps stay as written.
+runs of `- src/...` and `- deploy/field/...` lines change: comments, order of stages and other deps stay as written.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+sys.path[:0] = [str(REPO / "src"), str(REPO / "deploy" / "field")]
 
 from finalbn import cli, imports  # noqa: E402  (after the path)
 
@@ -27,14 +28,13 @@ def main() -> int:
             stage, command = m.group(1), None
         if m := re.match(r"^\s+cmd: finalbn (\w+)", line):
             command = m.group(1)
-        if m := re.match(r"^(\s+)- src/", line):
+        if m := re.match(r"^(\s+)- (src|deploy/field)/", line):
             indent = m.group(1)
-            while i < len(lines) and re.match(r"^\s+- src/", lines[i]):
+            while i < len(lines) and re.match(r"^\s+- (src|deploy/field)/", lines[i]):
                 i += 1
             if command is None:
                 raise SystemExit(f"dvc.yaml stage {stage}: code deps before its cmd")
-            root = str(imports.ROOT.parent.parent)
-            want = sorted(str(p.relative_to(root)) for p in imports.closure(cli.COMMANDS[command]))
+            want = sorted(str(p.relative_to(REPO)) for p in imports.closure(cli.COMMANDS[command]))
             out += [f"{indent}- {p}\n" for p in want]
             continue
         out.append(line)

@@ -40,7 +40,8 @@ from tqdm import tqdm
 
 from finalbn.augment import BatchAugment
 from finalbn.config import AugmentConfig
-from finalbn.images import MAX_PIXELS, Intensity, load_rgb, unescape_name
+from finalbn_field.images import MAX_PIXELS, Intensity, load_rgb, unescape_name
+from finalbn_field import depth as depth_source, images as images_source
 from finalbn.io import atomic_path
 from finalbn.models import IMAGENET_MEAN, IMAGENET_STD
 from finalbn.seeds import AUGMENT, MIXUP, ORDER, stream_seed
@@ -103,8 +104,8 @@ def cache_root() -> Path:
 def _decoder_version() -> str:
     """Hash of the code that turns a file into a tensor: a change there is a new cache entry."""
     h = hashlib.sha256()
-    for mod in ("images.py", "depth.py", "data.py"):
-        h.update((Path(__file__).resolve().parent / mod).read_bytes())
+    for path in (images_source.__file__, depth_source.__file__, __file__):  # the decoder (field package) and this
+        h.update(Path(path).read_bytes())
     return h.hexdigest()[:12]
 
 

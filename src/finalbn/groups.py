@@ -25,7 +25,7 @@ import numpy as np
 
 from finalbn.config import DatasetConfig, SplitConfig
 from finalbn.errors import DataError
-from finalbn.images import escape_name
+from finalbn_field.images import escape_name
 
 SPLITS = ("train", "val", "test")
 LABELS = (0, 1)

@@ -1,6 +1,7 @@
 """The package's own import graph, read from the source: which finalbn files a module needs.
 
-    closure("finalbn.stages.grid")     # every src/finalbn/*.py it imports, directly or not
+    closure("finalbn.stages.grid")     # every src/finalbn/*.py it imports, directly or not (and the
+                                       # field package's modules it imports: deploy/field/finalbn_field)
     code_digest("finalbn.cell")        # sha256 over that closure's sources: part of every cell key
 
 One list, derived from the code, serves three readers: a cell's key (a change to any module that
@@ -13,16 +14,36 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import importlib.util
 from pathlib import Path
 
-PACKAGE = "finalbn"
+PACKAGE, FIELD = "finalbn", "finalbn_field"
 ROOT = Path(__file__).resolve().parent  # src/finalbn
 
 
+def _field_root() -> Path | None:
+    """Where the field package's sources are (deploy/field/finalbn_field in an editable install):
+    its decoder and decision rules are finalbn's too, so they count in closures and cell keys."""
+    spec = importlib.util.find_spec(FIELD)
+    return Path(spec.origin).resolve().parent if spec is not None and spec.origin else None
+
+
+FIELD_ROOT = _field_root()
+
+
+def _roots() -> dict[str, Path]:
+    """Each package read here -> its source folder (read at call time: tests point ROOT at a copy)."""
+    return {PACKAGE: ROOT, **({FIELD: FIELD_ROOT} if FIELD_ROOT is not None else {})}
+
+
 def module_file(name: str) -> Path | None:
-    """src/finalbn/a/b.py or src/finalbn/a/b/__init__.py for `finalbn.a.b`; None if neither exists."""
-    parts = name.split(".")[1:]
-    base = ROOT.joinpath(*parts)
+    """src/finalbn/a/b.py or src/finalbn/a/b/__init__.py for `finalbn.a.b` (finalbn_field's
+    likewise); None if neither exists or the package is neither."""
+    top, *parts = name.split(".")
+    root = _roots().get(top)
+    if root is None:
+        return None
+    base = root.joinpath(*parts)
     for path in (base.with_suffix(".py"), base / "__init__.py"):
         if path.is_file():
             return path
@@ -30,9 +51,19 @@ def module_file(name: str) -> Path | None:
 
 
 def module_name(path: Path) -> str:
-    rel = Path(path).resolve().relative_to(ROOT).with_suffix("")
-    parts = [p for p in rel.parts if p != "__init__"]
-    return ".".join([PACKAGE, *parts])
+    path = Path(path).resolve()
+    for top, root in _roots().items():
+        if path.is_relative_to(root):
+            parts = [p for p in path.relative_to(root).with_suffix("").parts if p != "__init__"]
+            return ".".join([top, *parts])
+    raise ValueError(f"{path} is in neither {PACKAGE} nor {FIELD}")
+
+
+def label(path: Path) -> str:
+    """A source file as `finalbn/a/b.py` or `finalbn_field/c.py` (what a code digest hashes)."""
+    path = Path(path).resolve()
+    top = module_name(path).split(".")[0]
+    return f"{top}/{path.relative_to(_roots()[top]).as_posix()}"
 
 
 def _parents(name: str) -> list[str]:
@@ -41,7 +72,7 @@ def _parents(name: str) -> list[str]:
 
 
 def direct_imports(path: Path, *, top_level_only: bool = False) -> set[str]:
-    """finalbn modules named by the import statements of one file (`from finalbn.x import y` counts
+    """finalbn (and finalbn_field) modules named by the import statements of one file (`from finalbn.x import y` counts
     `finalbn.x.y` when y is a module, else `finalbn.x`); relative imports resolved."""
     tree = ast.parse(Path(path).read_text(encoding="utf-8"))
     nodes = tree.body if top_level_only else ast.walk(tree)
@@ -50,10 +81,10 @@ def direct_imports(path: Path, *, top_level_only: bool = False) -> set[str]:
     found: set[str] = set()
     for node in nodes:
         if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.split(".")[0] == PACKAGE}
+            found |= {a.name for a in node.names if a.name.split(".")[0] in _roots()}
         elif isinstance(node, ast.ImportFrom):
             base = _absolute(node, here, is_pkg)
-            if base is None or base.split(".")[0] != PACKAGE:
+            if base is None or base.split(".")[0] not in _roots():
                 continue
             for alias in node.names:
                 sub = f"{base}.{alias.name}"
@@ -71,7 +102,7 @@ def _absolute(node: ast.ImportFrom, here: str, is_pkg: bool) -> str | None:
 
 @functools.lru_cache(maxsize=None)
 def closure(name: str) -> tuple[Path, ...]:
-    """Every finalbn source file that importing module `name` executes, sorted."""
+    """Every finalbn (and finalbn_field) source file that importing module `name` executes, sorted."""
     seen: set[str] = set()
     todo = [name]
     while todo:
@@ -86,9 +117,9 @@ def closure(name: str) -> tuple[Path, ...]:
 
 @functools.lru_cache(maxsize=None)
 def code_digest(name: str) -> str:
-    """sha256 (16 hex digits) over the paths and sources of `closure(name)`."""
+    """sha256 (16 hex digits) over the paths (`label`) and sources of `closure(name)`."""
     h = hashlib.sha256()
     for path in closure(name):
-        h.update(path.relative_to(ROOT).as_posix().encode())
+        h.update(label(path).encode())
         h.update(hashlib.sha256(path.read_bytes()).digest())
     return h.hexdigest()[:16]

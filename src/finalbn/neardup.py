@@ -19,7 +19,7 @@ import imagehash
 import numpy as np
 from tqdm import tqdm
 
-from finalbn.images import escape_name, load_rgb
+from finalbn_field.images import escape_name, load_rgb
 
 METHOD = "imagehash.phash (64-bit DCT hash), Hamming distance"
 MAX_ACROSS = 50  # cross-label pairs recorded

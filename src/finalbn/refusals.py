@@ -19,7 +19,7 @@ from pathlib import Path
 
 from finalbn.config import DatasetConfig
 from finalbn.errors import DataError
-from finalbn.images import escape_name
+from finalbn_field.images import escape_name
 from finalbn.io import write_json
 from finalbn.sources import Collection, row_kind
 

@@ -17,7 +17,7 @@ from finalbn.config import TOGGLES
 
 # test metrics written per cell (`test_<m>` at the last epoch); `_pc` after the training-count
 # prior correction (only where it is valid, else empty), `_vt` at the cut chosen on the cell's own
-# validation predictions for the test set's prevalence (`finalbn.decision`)
+# validation predictions for the test set's prevalence (`finalbn_field.decision`)
 METRIC_COLUMNS = ("precision_0", "recall_0", "f1_0", "precision_1", "recall_1", "f1_1", "accuracy",
                   "balanced_accuracy", "auroc", "ap", "f1_1_pc", "balanced_accuracy_pc", "f1_1_vt", "ece", "brier")
 VAL_COLUMNS = ("auroc", "ap", "f1_1", "balanced_loss")  # `val_<m>` at the last epoch

@@ -36,7 +36,7 @@ from finalbn import tables
 from finalbn.config import DatasetConfig
 from finalbn.errors import DataError
 from finalbn.groups import folder_groups, table_groups
-from finalbn.images import Decoded, Rejected, check_image, escape_name, is_system, scan_folder
+from finalbn_field.images import Decoded, Rejected, check_image, escape_name, is_system, scan_folder
 from finalbn.tables import label_key
 
 LABELS = (0, 1)  # 0 = majority (healthy), 1 = minority (diseased)

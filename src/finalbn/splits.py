@@ -3,7 +3,7 @@
     summaries = prepare_dataset(cfg.dataset("synthetic-apple"), cfg.split, Path("data/splits"), replicates=5)
 
 Collects the dataset's images (`finalbn.sources`: PlantVillage folders, class folders or globs,
-or a labels table), validates every image (`finalbn.images`), and for each
+or a labels table), validates every image (`finalbn_field.images`), and for each
 replicate r draws disjoint train/val/test sets with exactly the requested [majority, minority]
 counts (seeded by split.seed and r, so each replicate picks other minority images), writing
 `<out>/<name>/<r>/manifest.csv` (path, label, split, source_class, sha256) and `split.json`
@@ -29,10 +29,10 @@ from tqdm import tqdm
 
 from finalbn import faults
 from finalbn.config import DatasetConfig, SplitConfig
-from finalbn.depth import dataset_auto
+from finalbn_field.depth import dataset_auto
 from finalbn.errors import DataError  # re-exported: raised here
 from finalbn.groups import draw_grouped, group_by, group_record
-from finalbn.images import escape_name, formula_safe, unescape_name
+from finalbn_field.images import escape_name, formula_safe, unescape_name
 from finalbn.io import replace_dir, temporary_dir, write_text
 from finalbn.neardup import METHOD as NEAR_METHOD
 from finalbn.neardup import near_duplicate_keys

@@ -14,8 +14,8 @@ prior the model's outputs carry, which the training-count rule (`prior_threshold
 right only for a model trained with plain cross-entropy on the training prior and no layer that
 re-centres the logits (a final BN or SELU), see `prior_rule_applies`.
 
-The same file is `finalbn_field/decision.py` of the field package (kept identical by a test), so
-the field command applies the exported card exactly as the export computed it.
+One source: finalbn's export, report and cells import this module from the field package, so the
+field command applies the exported card exactly as the export computed it.
 """
 from __future__ import annotations
 

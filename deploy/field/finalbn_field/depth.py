@@ -1,5 +1,5 @@
 """Samples of more than 8 bits, and float samples: what a file's bit depth and range are, and how
-they map to 8 bits. `images.decode` uses it; the field carries it too (the same file).
+they map to 8 bits. `images.decode` uses it (training's and the field's one decoder).
 
     how = deep_of(img, fh)          # None: an 8-bit image, which Pillow converts
     rgb, found = finish(np.asarray(img), how, "auto")

@@ -47,7 +47,6 @@ import pillow_heif
 import puremagic
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# relative: the field package carries this file and depth.py as they are (finalbn_field.depth)
 from .depth import INTENSITIES, TIFF_MAGIC, Decoded, Intensity, SampleError, check_intensity, deep_of, finish, \
     read_png16, read_tiff
 

@@ -35,7 +35,7 @@ from finalbn import tracking
 from finalbn.cell import preflight, weights_path
 from finalbn.config import Config
 from finalbn.data import decode_images, decode_settings, eval_transform
-from finalbn.images import escape_name
+from finalbn_field.images import escape_name
 from finalbn.models import AdaptiveConcatPool2d, create_model, get_spec
 from finalbn.separability import LOW, ceiling_sentence, write_ceiling
 from finalbn.sources import collect

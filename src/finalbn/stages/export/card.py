@@ -5,7 +5,7 @@ where it came from, how it was chosen, its validation metrics, and the decision 
     card = model_card(src, size, spec.preprocessing(), onnx_info, selected, rules, train_counts)
 
 The decision rules are set on the pooled validation predictions of the replicates behind the
-choice (`finalbn.decision`): the operating curve (every cut's TPR and FPR) is stored whole, so the
+choice (`finalbn_field.decision`): the operating curve (every cut's TPR and FPR) is stored whole, so the
 field command can apply any prevalence, and the cut for each of `selection.prevalences` is
 written out with what it promises (the share of healthy images flagged, its 95 % upper bound,
 the share of diseased images found). The training-count prior correction is given only where it
@@ -27,9 +27,10 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from finalbn import decision, selection
+from finalbn import selection
+from finalbn_field import decision
 from finalbn.config import TOGGLES, final_layer
-from finalbn.decision import prior_threshold
+from finalbn_field.decision import prior_threshold
 from finalbn.stages.export.onnx import INPUT, OUTPUTS
 from finalbn.stages.export.select import Source
 

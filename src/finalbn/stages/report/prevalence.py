@@ -12,7 +12,7 @@ field and each healthy one for (1 − π) / n₀, so at the argmax cut (flag whe
     precision(π) = π TPR / (π TPR + (1 − π) FPR)       F1(π) = 2 π TPR / (π TPR + (1 − π) FPR + π)
     accuracy(π)  = π TPR + (1 − π)(1 − FPR)            balanced accuracy = (TPR + 1 − FPR) / 2 (free of π)
 
-(`finalbn.decision.precision_at` / `f1_at`, the export's own formulas). The argmax cut suits
+(`finalbn_field.decision.precision_at` / `f1_at`, the export's own formulas). The argmax cut suits
 balanced classes only; the `cut_*` metrics use the cut a user would ship for π instead: the one with
 the best F1 at π on the run's own validation predictions (`decision.at_prevalence`, the export's
 decision rule), applied to its test images (flag when p1 >= cut). `tpr_at_fpr` is the test TPR at the
@@ -30,8 +30,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from finalbn.decision import at_prevalence as at_prevalence_rule
-from finalbn.decision import f1_at, operating_curve, precision_at
+from finalbn_field.decision import at_prevalence as at_prevalence_rule
+from finalbn_field.decision import f1_at, operating_curve, precision_at
 
 PROTOCOLS = {"last": "p1_last", "sel": "p1_sel"}  # the last epoch (primary) and the validation-selected one
 CUT_METRICS = ("cut_threshold", "cut_tpr", "cut_fpr", "cut_precision_1", "cut_f1_1")

@@ -3,7 +3,7 @@
     d = contrasts(cells, prevalences=[0.5, 0.01])     # one row per (factor, level, π): 31 − 63, t interval
     b = fit_logit_bias(val_labels, val_p1, 0.01)      # the minority-logit bias learned on validation for π
 
-Minority F1 at a prevalence π comes from each cell's test TPR and FPR (`finalbn.decision.f1_at`,
+Minority F1 at a prevalence π comes from each cell's test TPR and FPR (`finalbn_field.decision.f1_at`,
 the reweighting of `report.prevalence`); the contrast is paired by replicate (same split, same
 seed) with a t interval, and `detectable` is the smallest paired difference a t test finds with
 80 % power at that replicate count and spread (`finalbn.stats.detectable_difference`).
@@ -23,7 +23,7 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import expit
 
-from finalbn.decision import f1_at
+from finalbn_field.decision import f1_at
 from finalbn.stats import detectable_difference, holm, t_interval
 
 BN_ID, NONE_ID = 31, 63
