@@ -1,5 +1,5 @@
 """The package's shape, checked from the source (nothing is imported or run): the rules of
-README's "Architecture" that a program can check.
+docs/architecture.md that a program can check.
 
 - only `finalbn.tracking` imports MLflow, only the search stage imports Optuna;
 - `tracking` imports no training code; stages never import each other;

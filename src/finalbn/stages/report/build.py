@@ -308,7 +308,7 @@ def versus_paper_table3(cells: pd.DataFrame) -> str:
             "(`model.frozen_bn: eval`); fastai v1, the paper's library, trains them at a tenth of it (`slice(lr)`), "
             "lets frozen BN layers follow train() (batch statistics) and decays BN weights (`train.wd_on_bn`). "
             "`profiles/paper.yaml` has the paper's semantics; the sensitivity section's `frozen_bn` factor sets "
-            "31 − 63 under both, and README (\"UF semantics\") gives the measured UF-on configurations under each.")
+            "31 − 63 under both, and docs/study-and-statistics.md (\"UF semantics\") gives the measured UF-on configurations under each.")
 
 
 def _selection(page: Page, cells: pd.DataFrame, k: int, n_boot: int, seed: int) -> None:
