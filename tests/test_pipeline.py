@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,11 +23,19 @@ from finalbn.tracking import fingerprint
 
 
 def _repro(repo: Path, *stages: str) -> str:
+    """`dvc repro *stages` in `repo`, which must exit 0 within 600 s (else its whole process group,
+    shard and search workers included, is killed and the test fails); its stdout."""
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    out = subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro", *stages], cwd=repo, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout + out.stderr
-    return out.stdout
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro", *stages], cwd=repo, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"dvc repro {' '.join(stages)}: still running 600 s later (killed)\n{out}{err}") from None
+    assert proc.returncode == 0, out + err
+    return out
 
 
 def _dvc(repo: Path, *args: str) -> str:
