@@ -1,6 +1,6 @@
 """The offline ImageNet body is really ImageNet: photos shipped in scikit-image's wheel are
 classified through the project's own loading (models.get_spec / create_model) and preprocessing
-(data.resize_square, data.eval_transform with the spec's mean/std)."""
+(images.resize_square, data.eval_transform with the spec's mean/std)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +12,8 @@ import skimage
 import torch
 import torchvision
 
-from finalbn.data import eval_transform, resize_square
-from finalbn_field.images import load_rgb
+from finalbn.data import eval_transform
+from finalbn_field.images import load_rgb, resize_square
 from finalbn.models import WeightsError, create_model, get_spec
 
 PHOTOS = Path(skimage.__file__).parent / "data"

@@ -33,14 +33,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from tqdm import tqdm
 
 from finalbn.augment import BatchAugment
 from finalbn.config import AugmentConfig
-from finalbn_field.images import MAX_PIXELS, Intensity, load_rgb, unescape_name
+from finalbn_field.images import MAX_PIXELS, Intensity, load_rgb, resize_square, unescape_name
 from finalbn_field import depth as depth_source, images as images_source
 from finalbn.io import atomic_path
 from finalbn.models import IMAGENET_MEAN, IMAGENET_STD
@@ -66,18 +65,6 @@ class SplitTensors:
     labels: torch.Tensor
     paths: tuple[str, ...]
     sources: tuple[str, ...] = ()
-
-
-def resize_square(img: Image.Image, size: int) -> Image.Image:
-    """Shorter side to `size`, then a centre crop: the eval geometry shared with field inference."""
-    w, h = img.size
-    scale = size / min(w, h)
-    if (w, h) != (size, size):
-        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
-        w, h = img.size
-        left, top = (w - size) // 2, (h - size) // 2
-        img = img.crop((left, top, left + size, top + size))
-    return img
 
 
 def decode_images(paths: Sequence[str], image_size: int, progress: bool = False, intensity: Intensity = "auto",

@@ -348,6 +348,19 @@ def _decode_open(img: Image.Image, fh, max_pixels: int, intensity: Intensity,
         raise BadImage(f"cannot convert mode {upright.mode!r} to RGB ({_error_text(exc)})") from exc
 
 
+def resize_square(img: Image.Image, size: int) -> Image.Image:
+    """Shorter side to `size` (bilinear), then a centre crop to `size` x `size`: the evaluation
+    geometry of training (`finalbn.data.decode_images`) and of the field command, one function."""
+    w, h = img.size
+    scale = size / min(w, h)
+    if (w, h) != (size, size):
+        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+        w, h = img.size
+        left, top = (w - size) // 2, (h - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    return img
+
+
 def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS, intensity: Intensity = "auto",
              size: int | None = None) -> Image.Image:
     """Fully decoded 8-bit RGB image: :func:`decode` without its account. Raises BadImage(reason)."""

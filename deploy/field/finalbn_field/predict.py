@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from finalbn_field.decision import at_prevalence, prior_threshold
-from finalbn_field.images import MAX_PIXELS, BadImage, decode
+from finalbn_field.images import MAX_PIXELS, BadImage, decode, resize_square
 
 __all__ = ["FORMAT", "FieldError", "FieldModel", "file_sha256", "load_image", "preprocess", "prior_threshold",
            "resize_square"]
@@ -36,18 +36,6 @@ FORMAT = "finalbn-field/1"
 
 class FieldError(RuntimeError):
     """A problem with the model or the command line: one line, before any image is read."""
-
-
-def resize_square(img: Image.Image, size: int) -> Image.Image:
-    """Shorter side to `size`, then a centre crop (training's `data.resize_square`)."""
-    w, h = img.size
-    scale = size / min(w, h)
-    if (w, h) != (size, size):
-        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
-        w, h = img.size
-        left, top = (w - size) // 2, (h - size) // 2
-        img = img.crop((left, top, left + size, top + size))
-    return img
 
 
 def load_image(path: str | Path, card: dict, max_pixels: int = MAX_PIXELS) -> Image.Image:
