@@ -5,6 +5,11 @@ MLFLOW_TRACKING_URI: tests/test_pipeline.py.)"""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import mlflow
 import optuna
@@ -14,6 +19,7 @@ from finalbn import tracking
 from finalbn.cli import main
 from finalbn.stages import search
 from finalbn.tracking import fingerprint
+from finalbn.tracking import store as store_module
 
 from conftest import ROOT
 
@@ -198,3 +204,34 @@ def test_a_tracking_server_out_of_reach_is_one_line_in_seconds(store, tmp_path, 
     code, _, err = _store_stage(capsys)
     assert code == 1 and f"the tracking store http://127.0.0.1:{port} cannot be read" in err
     assert len(err.strip().splitlines()) == 1 and time.monotonic() - t0 < 60
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_a_command_killed_while_it_creates_the_store_leaves_none_or_a_whole_one(tmp_path, monkeypatch, how):
+    """MLflow creates a SQLite store's tables by running its migrations on the file (seconds): a
+    command killed meanwhile (a Ctrl-C during a first `make run`) must not leave a half-made store
+    that every later command fails on (`table _alembic_tmp_runs already exists`, found by
+    make test's random kills). The killer waits until a store file is being written, then kills."""
+    db = tmp_path / "my store" / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    code = ("import sys; from finalbn.tracking import store; "
+            "store.client().search_experiments(); print('created', flush=True)")
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not [p for p in db.parent.glob("*mlflow.db*") if not p.name.endswith(".lock") and p.stat().st_size]:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.01)
+        time.sleep(0.2)  # inside the migrations
+        os.killpg(proc.pid, getattr(signal, how))
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert "created" not in out, "the store was made before the kill: nothing was tested"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = store_module.client()  # the next command: a whole store, made now if there was none
+    assert client.get_experiment(client.create_experiment("finalbn/grid")).name == "finalbn/grid"
+    assert not [p.name for p in db.parent.iterdir() if p.name.endswith(".tmp")]  # the killed one's temporary swept

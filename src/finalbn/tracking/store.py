@@ -20,16 +20,18 @@ replaces it. Under `mlflow run` the project's own run id is in `MLFLOW_RUN_ID`: 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 import mlflow
 from filelock import FileLock
 from sqlalchemy.engine import make_url
 
-from finalbn import liveness
+from finalbn import io, liveness
 from finalbn.config import Config
 from finalbn.errors import StoreError, storage_full
 from finalbn.tracking.records import FAILED, FINISHED, KILLED, RUNNING, WORKER, WORKER_STARTED
@@ -61,7 +63,40 @@ def tracking_uri() -> str:
 
 
 def client() -> mlflow.MlflowClient:
-    return mlflow.MlflowClient(tracking_uri=tracking_uri())
+    uri = tracking_uri()
+    created(uri)
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+_created: set[str] = set()
+
+
+def created(uri: str) -> None:
+    """Make sure the SQLite store `uri` names exists whole (a no-op for another store, or once done
+    in this process). MLflow creates a store's tables by running its schema migrations, seconds of
+    them, on the file itself: a command killed meanwhile (a Ctrl-C during a first `make run`) left
+    a half-made file on which every later command failed (`table _alembic_tmp_runs already exists`).
+    So a new store is made in a temporary file beside it (`io.temporary_name`; a dead process's is
+    swept) and linked into place, never over a store another process made first. Raises what
+    MLflow raises for a store it cannot create."""
+    db = sqlite_path(uri)
+    if db is None or uri in _created:
+        return
+    path = Path(db).resolve()
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{path}.lock"):
+            io.sweep(path)
+            if not path.exists():
+                tmp = io.temporary_name(path)
+                try:
+                    made = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp}")
+                    made.search_experiments(max_results=1)  # MLflow makes the tables, every migration
+                    with contextlib.suppress(FileExistsError):
+                        os.link(tmp, path)  # all at once, and only where there is none
+                finally:
+                    tmp.unlink(missing_ok=True)
+    _created.add(uri)
 
 
 def quiet() -> None:
@@ -182,6 +217,7 @@ def setup(cfg: Config, stage: str) -> str:
         exp_id = mlflow.MlflowClient().get_run(project_run).info.experiment_id
         mlflow.set_experiment(experiment_id=exp_id)
         return exp_id
+    created(uri)
     db = sqlite_path(uri)
     if db is not None:
         with FileLock(f"{db}.lock"):
