@@ -1,6 +1,6 @@
 """The long version of the random-kill test: the DVC pipeline on tiny synthetic data, each stage
 killed at many instants drawn over its run, resumed at once each time, to the outputs of an
-uninterrupted run (tests/test_pipeline.py runs the short version: the grid and the search, two draws each).
+uninterrupted run (tests/test_pipeline.py runs the short version: the grid and the search, one draw each, a new seed each run).
 
     python benchmarks/random_kills.py --draws 10 [--seed 1234] [--stages grid search] [--workers 2]
 

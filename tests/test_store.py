@@ -4,6 +4,7 @@ again when its trials' runs are gone. (The whole pipeline after `rm mlflow.db` a
 MLFLOW_TRACKING_URI: tests/test_pipeline.py.)"""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -206,6 +207,16 @@ def test_a_tracking_server_out_of_reach_is_one_line_in_seconds(store, tmp_path, 
     assert len(err.strip().splitlines()) == 1 and time.monotonic() - t0 < 60
 
 
+def _being_written(db) -> bool:
+    """Whether a store file of `db` (the store, its temporary or their SQLite journals), not its
+    lock, holds bytes; a journal SQLite removes between listing and reading counts as none."""
+    for p in db.parent.glob(f"*{db.name}*"):
+        with contextlib.suppress(FileNotFoundError):
+            if not p.name.endswith(".lock") and p.stat().st_size:
+                return True
+    return False
+
+
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
 def test_a_command_killed_while_it_creates_the_store_leaves_none_or_a_whole_one(tmp_path, monkeypatch, how):
     """MLflow creates a SQLite store's tables by running its migrations on the file (seconds): a
@@ -220,7 +231,7 @@ def test_a_command_killed_while_it_creates_the_store_leaves_none_or_a_whole_one(
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while not [p for p in db.parent.glob("*mlflow.db*") if not p.name.endswith(".lock") and p.stat().st_size]:
+        while not _being_written(db):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.01)
         time.sleep(0.2)  # inside the migrations
