@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run test install clean paper dvc-ready dashboard ui
+.PHONY: run test lint install clean paper dvc-ready dashboard ui
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -64,9 +64,14 @@ paper: install
 	$(BIN)/finalbn sensitivity $(PAPER) --splits data/splits-paper --out results-paper/sensitivity
 	$(BIN)/finalbn report $(PAPER) --grid-csv results-paper/grid.csv --ceiling results-paper/ceiling --search results-paper/search.json --sensitivity results-paper/sensitivity/sensitivity.csv --out report-paper
 
+# The house rules first (seconds): ruff's lint (pyproject.toml [tool.ruff]).
+LINTED := src deploy tests benchmarks tools
+lint: install
+	$(BIN)/ruff check $(LINTED)
+
 # The tests in as many processes as cores (at most 4; each test trains with one thread), handed
-# out one at a time, slow ones first (tests/conftest.py); the 15 slowest are listed at the end.
-test: install
+# out one at a time, the longest first (tests/conftest.py); the 15 slowest are listed at the end.
+test: install lint
 	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist load --maxschedchunk 1 --durations 15
 
 # The search's study in a browser (optuna-dashboard, installed into the project's venv on first use;

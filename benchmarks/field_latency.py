@@ -22,12 +22,12 @@ import numpy as np
 import torch
 
 from finalbn import tracking
-from finalbn.stages import export
-from finalbn.stages.export import int8, select
 from finalbn.config import load_config
 from finalbn.data import load_splits
 from finalbn.models import get_spec
 from finalbn.splits import split_dir
+from finalbn.stages import export
+from finalbn.stages.export import select
 
 
 def torch_ms(model: torch.nn.Module, x: np.ndarray, batch: int, repeats: int) -> float:

@@ -83,10 +83,22 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+# the longest tests, longest first (`make test --durations`: the whole pipeline ~650 s of a 14-min run,
+# the scale-out ~150 s, the search's kill ~60 s): the pipeline is the critical path, so it must start at
+# once, not when an earlier slow test frees a process (it started minutes late and ended the run)
+LONGEST = ("test_pipeline.py::test_whole_pipeline", "test_scaleout.py::", "test_search.py::test_killed_study",
+           "test_sensitivity.py::test_the_stage_end_to_end")
+
+
+def _rank(item) -> tuple[int, int]:
+    longest = next((i for i, name in enumerate(LONGEST) if name in item.nodeid), len(LONGEST))
+    return longest, item.get_closest_marker("slow") is None
+
+
 def pytest_collection_modifyitems(config, items):
-    """Slow tests first: handed out one at a time (`--dist load --maxschedchunk 1`), the longest
-    start at once on every process and the short ones fill the gaps."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The longest tests first, then the other slow ones: handed out one at a time (`--dist load
+    --maxschedchunk 1`), the longest start at once on every process and the short ones fill the gaps."""
+    items.sort(key=_rank)
 
 
 @pytest.fixture(autouse=True)

@@ -62,7 +62,7 @@ class Postgres:
         if out.returncode:
             raise RuntimeError(f"{argv[0]} failed: {out.stdout}{out.stderr}")
 
-    def start(self) -> "Postgres":
+    def start(self) -> Postgres:
         if self.as_postgres:
             self.root.chmod(0o755)
             shutil.chown(self.root, "postgres", "postgres")
@@ -104,7 +104,7 @@ class Postgres:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
-    def __enter__(self) -> "Postgres":
+    def __enter__(self) -> Postgres:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -123,7 +123,7 @@ class MlflowServer:
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout_s: float = 120) -> "MlflowServer":
+    def start(self, timeout_s: float = 120) -> MlflowServer:
         mlflow = Path(sys.executable).with_name("mlflow")
         self.proc = subprocess.Popen(
             [str(mlflow), "server", "--backend-store-uri", self.backend, "--artifacts-destination", str(self.artifacts),
@@ -172,7 +172,7 @@ class MlflowServer:
             os.killpg(self.proc.pid, 9)
             self.proc.wait(timeout=30)
 
-    def __enter__(self) -> "MlflowServer":
+    def __enter__(self) -> MlflowServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

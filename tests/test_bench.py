@@ -6,11 +6,10 @@ import json
 import pytest
 import torch
 
-from finalbn import bench, bench_cells
-from finalbn.stages.grid.plan import all_cells
-from finalbn.cli import main
-
 from conftest import ROOT
+from finalbn import bench, bench_cells
+from finalbn.cli import main
+from finalbn.stages.grid.plan import all_cells
 
 
 def test_bench_writes_every_section(prepared, tmp_path, capsys):

@@ -8,12 +8,11 @@ import mlflow
 import numpy as np
 import pytest
 
+from conftest import ROOT
 from finalbn import separability
-from finalbn.stages import ceiling
 from finalbn.cli import main
 from finalbn.splits import DataError, read_manifest
-
-from conftest import ROOT
+from finalbn.stages import ceiling
 
 
 def test_probe_knows_separable_from_noise():

@@ -6,6 +6,7 @@ import dataclasses
 import pytest
 import yaml
 
+from conftest import PARAMS, ROOT
 from finalbn.cli import main, split_overrides
 from finalbn.config import (
     BASELINE_METHODS,
@@ -28,8 +29,6 @@ from finalbn.config import (
     to_dict,
     validate,
 )
-
-from conftest import PARAMS, ROOT
 
 
 def test_params_yaml_loads_with_the_papers_split(load):

@@ -7,10 +7,9 @@ from collections import Counter
 import pytest
 import yaml
 
+from conftest import ROOT
 from finalbn import workers
 from finalbn.stages import grid
-
-from conftest import ROOT
 
 CLUSTER = ROOT / "deploy" / "cluster"
 

@@ -11,11 +11,10 @@ import numpy as np
 import onnx
 import pytest
 
+from conftest import ROOT
+from finalbn.cli import main
 from finalbn.stages import export, grid
 from finalbn.tracking import RunRecord
-from finalbn.cli import main
-
-from conftest import ROOT
 
 SPLITS = Path("data/splits")
 # resnet18: the export's graph is a third of efficientnet_lite0's (torch.export's decompositions

@@ -58,8 +58,8 @@ def test_preprocessing_is_trainings_eval_transform(tmp_path):
     """The field's input for an image equals training's: decode_images, then the torchvision
     evaluation transform (data.eval_transform)."""
     from finalbn.data import decode_images
-    from finalbn.stages.export import preprocess as train_preprocess
     from finalbn.models import get_spec
+    from finalbn.stages.export import preprocess as train_preprocess
 
     spec = get_spec("efficientnet_lite0")
     card = {"preprocessing": {**spec.preprocessing(), "size": 32}}

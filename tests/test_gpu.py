@@ -45,9 +45,8 @@ def test_shared_features_live_on_the_gpu(prepared):
 def test_bench_on_cuda_projects_the_paper_study(prepared, tmp_path):
     import json
 
-    from finalbn.cli import main
-
     from conftest import ROOT
+    from finalbn.cli import main
 
     _, overrides = prepared
     out = tmp_path / "bench.json"

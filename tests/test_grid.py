@@ -11,13 +11,12 @@ import mlflow
 import pandas as pd
 import pytest
 
-from finalbn.cli import main
-from finalbn.stages import grid
-from finalbn.stages.grid.plan import KIND_COST, cell_kinds, unit_costs
-from finalbn.config import ablation_from_id
-from finalbn.stages.grid.output import bn_means
-
 from conftest import ROOT
+from finalbn.cli import main
+from finalbn.config import ablation_from_id
+from finalbn.stages import grid
+from finalbn.stages.grid.output import bn_means
+from finalbn.stages.grid.plan import KIND_COST, cell_kinds, unit_costs
 
 SPLITS = Path("data/splits")
 

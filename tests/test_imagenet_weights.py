@@ -13,8 +13,8 @@ import torch
 import torchvision
 
 from finalbn.data import eval_transform
-from finalbn_field.images import load_rgb, resize_square
 from finalbn.models import WeightsError, create_model, get_spec
+from finalbn_field.images import load_rgb, resize_square
 
 PHOTOS = Path(skimage.__file__).parent / "data"
 # ImageNet classes: 281-285 domestic cats; 967 espresso; 657 missile / 744 projectile;

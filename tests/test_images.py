@@ -24,7 +24,6 @@ from finalbn_field.images import (
     unescape_name,
 )
 
-
 # ---------------------------------------------------------------- helpers
 
 
@@ -598,7 +597,7 @@ def test_corrupted_bytes_only_ever_raise_bad_image(tmp_path):
         p = save(noise(16, 12), tmp_path / f"orig{suffix}", fmt)
         originals[suffix] = p.read_bytes()
     p = tmp_path / "victim"
-    for suffix, data in originals.items():
+    for data in originals.values():
         for i in range(40):
             damaged = bytearray(data)
             if i % 2:
@@ -712,7 +711,7 @@ def test_float64_and_float_colour_tiffs_pillow_cannot_open(tmp_path):
     tifffile = pytest.importorskip("tifffile")
     p = tmp_path / "f64.tif"
     tifffile.imwrite(p, GRADIENT12.astype(np.float64) * 0.5 - 100.0)  # -100..1947.5
-    with pytest.raises(Exception):
+    with pytest.raises(Image.UnidentifiedImageError):
         Image.open(p)
     img, info = images.decode(p)
     assert info.source == "image min..max" and info.range == (-100.0, 1947.5) and levels(img) == 256
@@ -846,7 +845,7 @@ def test_a_large_image_that_cannot_be_drafted_is_refused_naming_the_options(tmp_
 
 
 def test_prepare_refuses_images_whose_maxima_imply_different_depths(tmp_path):
-    from conftest import TINY_SPLIT, PARAMS
+    from conftest import PARAMS, TINY_SPLIT
     from finalbn.config import load_config
     from finalbn.errors import DataError
     from finalbn.splits import prepare_dataset
@@ -876,7 +875,7 @@ def test_prepare_refuses_images_whose_maxima_imply_different_depths(tmp_path):
 def test_prepare_records_and_reports_what_the_images_hold(tmp_path, monkeypatch):
     import json
 
-    from conftest import TINY_SPLIT, PARAMS
+    from conftest import PARAMS, TINY_SPLIT
     from finalbn.config import load_config
     from finalbn.data import decode_images, decoded_cache_path, load_splits
     from finalbn.splits import prepare_dataset

@@ -13,7 +13,6 @@ from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from finalbn.stages.search.journal import mend, mend_journal
 from finalbn.stages.search.study import storage
 
-
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 

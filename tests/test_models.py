@@ -16,10 +16,10 @@ from finalbn.engine import param_groups
 from finalbn.models import (
     ARCHS,
     AdaptiveConcatPool2d,
-    get_spec,
     FinalBNNet,
     WeightsError,
     create_model,
+    get_spec,
     trainable_parameters,
 )
 

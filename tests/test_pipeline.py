@@ -18,8 +18,8 @@ import yaml
 
 import faulting
 from conftest import ROOT
-from test_verdict_facts import check_verdict_numbers
 from finalbn.tracking import fingerprint
+from test_verdict_facts import check_verdict_numbers
 
 
 def _repro(repo: Path, *stages: str) -> str:

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from finalbn.cell import build_model
-from finalbn.stages.pretrain import pretrain, source_images
 from finalbn.splits import DataError
+from finalbn.stages.pretrain import pretrain, source_images
 
 
 def test_pretrain_writes_a_backbone_the_cell_loads(prepared, tmp_path):

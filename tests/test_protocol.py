@@ -7,12 +7,12 @@ from pathlib import Path
 import pandas as pd
 
 from finalbn import imports
-from finalbn_field import decision
 from finalbn.cell import run_cell
 from finalbn.results import rank_configs
-from finalbn.stages import export, grid
 from finalbn.splits import read_manifest
+from finalbn.stages import export, grid
 from finalbn.tracking import RunRecord
+from finalbn_field import decision
 
 SPLITS = Path("data/splits")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
-from pathlib import Path
 import math
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -13,12 +13,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from finalbn.stages import report
 from finalbn import separability
 from finalbn import stats as finalbn_stats
-from finalbn.stages.report import CellData, effects, tables
+from finalbn.stages import report
+from finalbn.stages.report import CellData, choice, effects, tables
 from finalbn.stages.report.cells import prepare
-from finalbn.stages.report import choice
 from finalbn.stages.report.markdown import markdown_table
 
 TOGGLES = ("bn", "wl", "da", "mx", "uf", "wd")

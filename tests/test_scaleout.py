@@ -28,10 +28,9 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
+from conftest import ROOT
 from finalbn import rayexec
 from finalbn.config import RayConfig
-
-from conftest import ROOT
 from servers import MlflowServer, Postgres, free_port, postgres_bin
 
 pytestmark = pytest.mark.slow

@@ -21,13 +21,12 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from conftest import ROOT
 from finalbn import cell, tracked, tracking
+from finalbn.cli import main
 from finalbn.config import has_final_bn
 from finalbn.stages import search
 from finalbn.stages.search import liveness
-from finalbn.cli import main
-
-from conftest import ROOT
 
 SPLITS = Path("data/splits")
 DEFAULT_WORKERS = yaml.safe_load((ROOT / "params.yaml").read_text())["search"]["workers"]  # what users run: 2

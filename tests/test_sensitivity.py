@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.special import expit, logit
+from scipy.special import expit
+from tests.conftest import PARAMS
 
 from finalbn import cli
-from tests.conftest import PARAMS
 from finalbn.stages import sensitivity
 from finalbn.stages.sensitivity import analysis
 

@@ -12,10 +12,9 @@ import urllib3
 from mlflow.exceptions import MlflowException
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ReadTimeoutError, ResponseError
 
+from conftest import PARAMS
 from finalbn import cli
 from finalbn.errors import server_unreachable
-
-from conftest import PARAMS
 
 URL = "/api/2.0/mlflow/runs/create"
 
@@ -30,9 +29,9 @@ def _raised(last_try: Exception, wrap=requests.exceptions.ConnectionError) -> Ml
             try:
                 raise MaxRetryError(pool, URL, last_try) from last_try
             except MaxRetryError as e:
-                raise wrap(e)  # as requests' adapter does: in the except block, no `from`
+                raise wrap(e)  # noqa: B904 as requests' adapter does: in the except block, no `from`
         except requests.exceptions.RequestException as e:
-            raise MlflowException(f"API request to http://127.0.0.1:5099{URL} failed with exception {e}")
+            raise MlflowException(f"API request to http://127.0.0.1:5099{URL} failed with exception {e}")  # noqa: B904 (as MLflow)
     except MlflowException as exc:
         return exc
 
@@ -63,7 +62,7 @@ def test_a_timeout_and_a_failure_while_closing_the_run():
         try:
             raise _raised(_refused())
         except MlflowException:
-            raise MlflowException("API request to .../runs/update failed with exception ...")
+            raise MlflowException("API request to .../runs/update failed with exception ...")  # noqa: B904 (as MLflow)
     except MlflowException as closing:
         assert "connection refused" in server_unreachable(closing)
     gai = _raised(socket.gaierror(-2, "Name or service not known"))

@@ -7,14 +7,15 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
-
-from finalbn.cli import main
-from finalbn.data import decode_images
-from finalbn_field.images import unescape_name
-from finalbn.splits import DataError, read_manifest
+from PIL import Image
 
 from conftest import PARAMS, write_png
+from finalbn.cli import main
+from finalbn.data import decode_images
+from finalbn.splits import DataError, read_manifest
+from finalbn_field.images import unescape_name
 
 
 def _prepare(tmp_path: Path, capsys, *overrides: str) -> tuple[int, str, Path]:
@@ -193,10 +194,7 @@ def test_collect_errors_are_data_errors(load, tmp_path):
 # ---------------------------------------------------------------- near-duplicates (an option)
 
 
-def _photo(seed: int) -> "Image.Image":
-    from PIL import Image
-    import numpy as np
-
+def _photo(seed: int) -> Image.Image:
     small = np.random.default_rng(seed).integers(0, 256, (12, 12, 3), dtype=np.uint8)
     return Image.fromarray(small).resize((96, 96), Image.BICUBIC)  # smooth shapes, like a photo
 

@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import PARAMS, make_plantvillage, write_png
 from finalbn.cli import main
 from finalbn.splits import DataError, draw_split, prepare_dataset, read_manifest
-
-from conftest import PARAMS, make_plantvillage, write_png
 
 
 def _ds(load, tiny_split, root: Path, *extra: str):
@@ -31,7 +30,7 @@ def test_plantvillage_counts_disjoint_and_pooled(load, tiny_split, tmp_path):
     make_plantvillage(tmp_path / "pv", "Apple", healthy=9)  # another crop is ignored
     summary = _prepare(load, tiny_split, root, tmp_path / "out", "datasets.0.source=plantvillage", "datasets.0.crop=Pepper,_bell")
     rows = read_manifest(tmp_path / "out" / "synthetic-apple" / "0" / "manifest.csv")
-    by = {(s, l): [r for r in rows if r["split"] == s and r["label"] == l] for s in ("train", "val", "test") for l in (0, 1)}
+    by = {(s, lab): [r for r in rows if r["split"] == s and r["label"] == lab] for s in ("train", "val", "test") for lab in (0, 1)}
     assert [len(by[k]) for k in sorted(by)] == [2, 2, 4, 2, 2, 1]  # test, train, val × (majority, minority)
     paths = [r["path"] for r in rows]
     assert len(set(paths)) == len(paths)  # disjoint splits

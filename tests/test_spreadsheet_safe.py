@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import write_png
 from finalbn.config.schema import DatasetConfig, SplitConfig
 from finalbn.data import load_splits
-from finalbn_field.images import escape_name, formula_safe, unescape_name
 from finalbn.splits import prepare_dataset, read_manifest
-from conftest import write_png
+from finalbn_field.images import escape_name, formula_safe, unescape_name
 
 NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 

@@ -16,13 +16,12 @@ import mlflow
 import optuna
 import pytest
 
+from conftest import ROOT
 from finalbn import tracking
 from finalbn.cli import main
 from finalbn.stages import search
 from finalbn.tracking import fingerprint
 from finalbn.tracking import store as store_module
-
-from conftest import ROOT
 
 
 @pytest.fixture

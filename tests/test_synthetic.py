@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from finalbn import synthetic
 from finalbn.io import temporary_name
-from finalbn.synthetic import DISEASES, generate, render_leaf
+from finalbn.synthetic import DISEASES, generate, leaf, render_leaf
 from finalbn.synthetic.collection import _TMP_NAME
 
 CONDITIONS = ("healthy", *DISEASES)
@@ -130,8 +129,8 @@ def test_render_leaf_shapes_and_families():
     a = render_leaf(np.random.default_rng(5), 32, "Cherry", None)
     assert np.array_equal(a, render_leaf(np.random.default_rng(5), 32, "Cherry", None))
     # Any crop name gets a style; the families are all reachable from names.
-    families = {synthetic._style(f"crop{i}").family for i in range(40)}
-    assert families == set(synthetic._FAMILIES)
+    families = {leaf._style(f"crop{i}").family for i in range(40)}
+    assert families == set(leaf._FAMILIES)
     with pytest.raises(ValueError, match="unknown disease"):
         render_leaf(np.random.default_rng(0), 32, "Apple", "Scab")
 

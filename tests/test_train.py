@@ -10,6 +10,7 @@ import torch
 import yaml
 from torch import nn
 
+from conftest import ROOT
 from finalbn import cell as cells
 from finalbn.cell import fit_settings, run_cell
 from finalbn.cli import main
@@ -17,8 +18,6 @@ from finalbn.config import ablation_from_id, config_id, config_name
 from finalbn.data import TrainPlan, eval_transform, load_splits, make_loaders
 from finalbn.engine import FitSettings, TrainingDiverged, fit
 from finalbn.models import WeightsError
-
-from conftest import ROOT
 
 SPLITS = Path("data/splits")
 
@@ -51,7 +50,10 @@ def test_toggles_change_what_they_should(prepared):
 
     uf = cells.build_model(load(["ablation.uf=true"])).train()
     frozen = cells.build_model(load(["ablation.uf=false"])).train()
-    body_bn = lambda m: [x for x in m.body.modules() if isinstance(x, nn.BatchNorm2d)]
+
+    def body_bn(m):
+        return [x for x in m.body.modules() if isinstance(x, nn.BatchNorm2d)]
+
     assert all(x.weight.requires_grad and x.training for x in body_bn(uf))
     assert all(not x.weight.requires_grad and not x.training for x in body_bn(frozen))
     fastai = cells.build_model(load(["ablation.uf=false", "model.frozen_bn=train"])).train()

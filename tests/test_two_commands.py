@@ -19,6 +19,7 @@ import mlflow
 import psutil
 import pytest
 
+from conftest import ROOT
 from finalbn import faults, tracking
 from finalbn.cli import main
 from finalbn.errors import StoreError
@@ -27,8 +28,6 @@ from finalbn.stages.grid.plan import all_cells, cell_key
 from finalbn.stages.grid.shard import existing_cells
 from finalbn.tracking import owner, store
 from finalbn.tracking.records import CELL, CELL_KEY, STAGE, WORKER, WORKER_STARTED
-
-from conftest import ROOT
 
 SPLITS = Path("data/splits")
 ELSEWHERE = "node-that-is-not-this-one"

@@ -15,7 +15,7 @@ from finalbn.config import TOGGLES
 from finalbn.config.study import ablation_from_id
 from finalbn.stages import report
 from finalbn.stages.report.cells import CellData
-from finalbn.stages.report.facts import FACT_COLUMNS, direction, opening_lines, triple
+from finalbn.stages.report.facts import FACT_COLUMNS, direction, opening_lines
 from finalbn.stages.report.prevalence import at_validation_cut, tpr_at_fpr
 
 PIS = (0.5, 0.1, 0.05, 0.01)
@@ -133,7 +133,7 @@ def simulated_study(reps=10, n0=400, n1=60, seed=0) -> CellData:
         for cid, (sep, off) in MODELS.items():
             run = f"c{cid}r{rep}"
 
-            def scores(n_pos, n_neg):
+            def scores(n_pos, n_neg, sep=sep, off=off):
                 y = np.r_[np.ones(n_pos, int), np.zeros(n_neg, int)]
                 return y, _sigmoid(sep * y + off + rng.normal(0, 1, len(y)) + rng.normal(0, 0.3))
 

@@ -136,7 +136,7 @@ def _tracking(base: Config, arch: str, ds, splits: Path, log: Callable[[str], No
                         times[name].append(_timed(lambda: run_cell(cfg63, ds, splits, replicate=0)))
                         continue
                     c = dataclasses.replace(cfg63, tracking=dataclasses.replace(base.tracking, cell_figures=figures))
-                    times[name].append(_timed(lambda: track_cell(c, ds.name, splits, stage="grid", replicate=0)))
+                    times[name].append(_timed(lambda: track_cell(c, ds.name, splits, stage="grid", replicate=0)))  # noqa: B023 (called at once)
     finally:
         if prior is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)

@@ -29,12 +29,12 @@ import torch
 from sklearn.utils.class_weight import compute_class_weight
 
 from finalbn import features, metrics
-from finalbn_field import decision
 from finalbn.config import Config, DatasetConfig, cell_seed, config_id, config_name, final_layer
 from finalbn.data import EvalBatches, SplitTensors, TrainPlan, load_splits
 from finalbn.engine import Callback, FitResult, FitSettings, balanced_loss, fit, predict, resolve_device
 from finalbn.models import FinalBNNet, HeadOnFeatures, WeightsError, create_head, create_model, get_spec
 from finalbn.splits import split_dir
+from finalbn_field import decision
 
 
 def weights_path(cfg: Config) -> str:

@@ -39,12 +39,13 @@ from tqdm import tqdm
 
 from finalbn.augment import BatchAugment
 from finalbn.config import AugmentConfig
-from finalbn_field.images import MAX_PIXELS, Intensity, load_rgb, resize_square, unescape_name
-from finalbn_field import depth as depth_source, images as images_source
 from finalbn.io import atomic_path
 from finalbn.models import IMAGENET_MEAN, IMAGENET_STD
 from finalbn.seeds import AUGMENT, MIXUP, ORDER, stream_seed
 from finalbn.splits import SPLITS, read_manifest, sha256_file
+from finalbn_field import depth as depth_source
+from finalbn_field import images as images_source
+from finalbn_field.images import MAX_PIXELS, Intensity, load_rgb, resize_square, unescape_name
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +302,7 @@ class EvalBatches:
         self._images: torch.Tensor | None = None
 
     def __len__(self) -> int:
-        return -(-len(self.split.labels) // self.batch_size)
+        return (len(self.split.labels) + self.batch_size - 1) // self.batch_size  # batches, the last one short
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self._images is None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ from finalbn.errors import TrainingDiverged  # re-exported: raised here
 from finalbn.seeds import DROPOUT, stream_seed
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
-TrainSource = Union[Callable[[int], Batches], Batches]
+TrainSource = Callable[[int], Batches] | Batches
 
 
 class Callback(Protocol):

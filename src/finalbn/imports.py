@@ -100,7 +100,7 @@ def _absolute(node: ast.ImportFrom, here: str, is_pkg: bool) -> str | None:
     return ".".join(parts + ([node.module] if node.module else []))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def closure(name: str) -> tuple[Path, ...]:
     """Every finalbn (and finalbn_field) source file that importing module `name` executes, sorted."""
     seen: set[str] = set()
@@ -115,7 +115,7 @@ def closure(name: str) -> tuple[Path, ...]:
     return tuple(sorted(module_file(m) for m in seen))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def code_digest(name: str) -> str:
     """sha256 (16 hex digits) over the paths (`label`) and sources of `closure(name)`."""
     h = hashlib.sha256()

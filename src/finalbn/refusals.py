@@ -19,9 +19,9 @@ from pathlib import Path
 
 from finalbn.config import DatasetConfig
 from finalbn.errors import DataError
-from finalbn_field.images import escape_name
 from finalbn.io import write_json
 from finalbn.sources import Collection, row_kind
+from finalbn_field.images import escape_name
 
 REFUSED = "refused.json"
 USED_ANYWAY = {"listed again"}  # a row repeating a used one: its image is used (once)

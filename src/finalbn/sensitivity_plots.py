@@ -11,13 +11,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np
 import pandas as pd
 
 from finalbn import plots  # noqa: F401  (selects the Agg backend before pyplot is imported)
 from finalbn.io import save_figure
-
-import matplotlib.pyplot as plt  # noqa: E402
 
 TITLES = {"imbalance": "training minority share", "batch_size": "batch size",
           "final_bn_momentum": "final BN momentum", "frozen_bn": "frozen body BN mode", "single_logit": "output layer",

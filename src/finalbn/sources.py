@@ -36,8 +36,8 @@ from finalbn import tables
 from finalbn.config import DatasetConfig
 from finalbn.errors import DataError
 from finalbn.groups import folder_groups, table_groups
-from finalbn_field.images import Decoded, Rejected, check_image, escape_name, is_system, scan_folder
 from finalbn.tables import label_key
+from finalbn_field.images import Decoded, Rejected, check_image, escape_name, is_system, scan_folder
 
 LABELS = (0, 1)  # 0 = majority (healthy), 1 = minority (diseased)
 Files = dict[int, list[tuple[str, Path]]]  # per label: [(source_class, path)]

@@ -29,15 +29,15 @@ from tqdm import tqdm
 
 from finalbn import faults
 from finalbn.config import DatasetConfig, SplitConfig
-from finalbn_field.depth import dataset_auto
 from finalbn.errors import DataError  # re-exported: raised here
 from finalbn.groups import draw_grouped, group_by, group_record
-from finalbn_field.images import escape_name, formula_safe, unescape_name
 from finalbn.io import replace_dir, temporary_dir, write_text
 from finalbn.neardup import METHOD as NEAR_METHOD
 from finalbn.neardup import near_duplicate_keys
 from finalbn.refusals import explained
 from finalbn.sources import LABELS, Collection, collect, decode_options
+from finalbn_field.depth import dataset_auto
+from finalbn_field.images import escape_name, formula_safe, unescape_name
 
 SPLITS = ("train", "val", "test")
 DISJOINT_STREAM = 7_919  # the seed stream of split.disjoint_test's one order of test images

@@ -16,7 +16,7 @@ import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import numpy as np
 import png  # pypng: 16-bit colour PNGs, every bit (Pillow keeps the high byte)
@@ -40,7 +40,7 @@ INTENSITIES = ("auto", "container")  # or a fixed [lo, hi]
 # found for the whole data set (`dataset_auto`), so that a dark image, in training and in the field,
 # is read at its data set's depth instead of one guessed from its own maximum.
 AUTO_AT = "auto:"
-Intensity = Union[str, tuple[float, float]]
+Intensity = str | tuple[float, float]
 _DEPTHS = (8, 10, 12, 14, 16, 20, 24, 32)  # what an image's own maximum is rounded up to, with no record
 _NUMERIC = frozenset({"I", "F", "I;16", "I;16B", "I;16L", "I;16N", "I;16S"})  # Pillow modes that keep every bit
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")

@@ -47,8 +47,18 @@ import pillow_heif
 import puremagic
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .depth import INTENSITIES, TIFF_MAGIC, Decoded, Intensity, SampleError, check_intensity, deep_of, finish, \
-    read_png16, read_tiff
+from .depth import (
+    INTENSITIES,
+    TIFF_MAGIC,
+    Decoded,
+    Intensity,
+    SampleError,
+    check_intensity,
+    deep_of,
+    finish,
+    read_png16,
+    read_tiff,
+)
 
 pillow_heif.register_heif_opener()  # HEIC/HEIF (iPhone photos); AVIF is Pillow's own
 

@@ -104,7 +104,7 @@ class FieldModel:
 
     @classmethod
     def open(cls, path: str | Path, device: str = "cpu", threads: int = 0,
-             allow_mismatch: bool = False) -> "FieldModel":
+             allow_mismatch: bool = False) -> FieldModel:
         path, card_path = locate(Path(path))
         try:
             card = json.loads(card_path.read_text())

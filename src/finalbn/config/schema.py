@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import codecs
 import glob
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, Strict, model_validator
 from pydantic.dataclasses import dataclass
@@ -64,19 +64,19 @@ class DatasetConfig:
     source: Literal["synthetic", "plantvillage", "folders", "csv"]
     root: Str
     image_size: Size
-    crop: Optional[Str] = None
+    crop: Str | None = None
     majority: tuple[Str, ...] = ()
     minority: tuple[Str, ...] = ()
-    labels: Optional[Str] = None
-    image_column: Optional[Str] = None
-    label_column: Optional[Str] = None
-    group_column: Optional[Str] = None  # csv: the table's column of patient/lesion ids (one group per value)
+    labels: Str | None = None
+    image_column: Str | None = None
+    label_column: Str | None = None
+    group_column: Str | None = None  # csv: the table's column of patient/lesion ids (one group per value)
     group_by_folder: Bool = False  # folders: the folder(s) the patterns' wildcards matched are the group
     # csv (finalbn.tables): a column per class (ISIC 2019), majority/minority naming class columns, no label_column
     one_hot: Bool = False
-    table_separator: Optional[Str] = None  # csv: one character, or `tab`; null = sniffed (, ; tab |)
-    table_encoding: Optional[Str] = None  # csv: a Python codec (cp1252, utf-16); null = BOM, else UTF-8, else cp1252
-    intensity: Union[Literal["auto", "container"], tuple[float, float]] = "auto"  # 16-bit, float: see above
+    table_separator: Str | None = None  # csv: one character, or `tab`; null = sniffed (, ; tab |)
+    table_encoding: Str | None = None  # csv: a Python codec (cp1252, utf-16); null = BOM, else UTF-8, else cp1252
+    intensity: Literal["auto", "container"] | tuple[float, float] = "auto"  # 16-bit, float: see above
     max_pixels: Annotated[int, Strict(), Field(ge=1)] = 89_478_485  # images.MAX_PIXELS, Pillow's default
 
     @model_validator(mode="after")
@@ -169,10 +169,10 @@ class SplitConfig:
     test: Pair
     # None: off. Else look-alike images (perceptual hashes at most this many of 64 bits apart) are
     # drawn together like identical copies (finalbn.neardup)
-    near_duplicates: Optional[Annotated[int, Strict(), Field(ge=0, le=32)]] = None
+    near_duplicates: Annotated[int, Strict(), Field(ge=0, le=32)] | None = None
     # true: no two replicates share a test image (the pool must hold replicates x test images per class);
     # majority: only the healthy test images are disjoint (splits.disjoint_for)
-    disjoint_test: Union[Bool, Literal["majority"]] = False
+    disjoint_test: Bool | Literal["majority"] = False
 
     @model_validator(mode="after")
     def _train_both(self):
@@ -250,7 +250,7 @@ class PretrainConfig:
 class HeadlineConfig:
     """Configurations run on more replicates than the rest: the paper's contrasts."""
 
-    configs: tuple[Union[Int, Str], ...]  # ids and names, checked by parse_configs
+    configs: tuple[Int | Str, ...]  # ids and names, checked by parse_configs
     replicates: Replicates
 
 
@@ -259,7 +259,7 @@ class BaselinesConfig:
     """Each method on `config` (the paper's `none`, 63, by default), on the headline replicates."""
 
     methods: tuple[BaselineMethod, ...]
-    config: Union[Int, Str]
+    config: Int | Str
 
     @model_validator(mode="after")
     def _known(self):
@@ -277,7 +277,7 @@ class GridConfig:
     """Which cells `finalbn grid` runs: (configs × replicates ∪ headline configs × their replicates)
     × archs × every dataset. A replicate is a fresh split draw plus a training seed."""
 
-    configs: Union[Literal["all"], tuple[Union[Int, Str], ...]]  # ids and names are checked by parse_configs
+    configs: Literal["all"] | tuple[Int | Str, ...]  # ids and names are checked by parse_configs
     replicates: Replicates
     headline: HeadlineConfig
     baselines: BaselinesConfig
@@ -346,8 +346,8 @@ class TrackingConfig:
     cell_figures: Literal["all", "train", "none"]  # which cell runs draw their five figures
 
 
-Range = Optional[tuple[float, float]]  # [low, high]; null switches the dimension off
-Choices = Optional[tuple[Any, ...]]
+Range = tuple[float, float] | None  # [low, high]; null switches the dimension off
+Choices = tuple[Any, ...] | None
 
 
 @dataclass(frozen=True, config=STRICT)
@@ -355,13 +355,13 @@ class SearchSpace:
     """The Optuna search space: each dimension a [low, high] range, a list of choices, or null
     (off: the value of params.yaml is used). Ranges marked log are sampled on a log scale."""
 
-    switches: Optional[tuple[Toggle, ...]] = None
+    switches: tuple[Toggle, ...] | None = None
     lr: Range = None  # log
     weight_decay: Range = None  # log
     dropout_0: Range = None
     dropout_1: Range = None
     hidden: Choices = None
-    final: Optional[tuple[FinalLayer, ...]] = None
+    final: tuple[FinalLayer, ...] | None = None
     final_bn_momentum: Range = None  # log
     final_bn_eps: Range = None  # log
     final_bn_affine: Choices = None
@@ -369,10 +369,10 @@ class SearchSpace:
     label_smoothing: Range = None
     mixup_alpha: Range = None
     batch_size: Choices = None
-    epochs: Optional[tuple[int, int]] = None
-    arch: Optional[tuple[Str, ...]] = None
-    loss: Optional[tuple[Loss, ...]] = None
-    calibration: Optional[tuple[Calibration, ...]] = None
+    epochs: tuple[int, int] | None = None
+    arch: tuple[Str, ...] | None = None
+    loss: tuple[Loss, ...] | None = None
+    calibration: tuple[Calibration, ...] | None = None
 
 
 @dataclass(frozen=True, config=STRICT)
@@ -400,7 +400,7 @@ class RayConfig:
     A task is one unit of grid cells (a family sharing features, or one UF-on configuration) or
     one search worker."""
 
-    address: Optional[Str] = None  # null = $RAY_ADDRESS if set, else a Ray started on this machine for the run
+    address: Str | None = None  # null = $RAY_ADDRESS if set, else a Ray started on this machine for the run
     num_cpus: Annotated[float, Field(gt=0.0)] = 1.0  # CPUs per task (its torch threads, rounded down)
     num_gpus: Annotated[float, Field(ge=0.0)] = 0.0  # GPUs per task: 0.25 packs four tasks on a GPU
     max_retries: Annotated[int, Strict(), Field(ge=0)] = 3  # a task whose worker died runs again

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -68,7 +67,7 @@ class FinalBNNet(nn.Module):
         for p in self.head.parameters():
             p.requires_grad_(True)
 
-    def train(self, mode: bool = True) -> "FinalBNNet":
+    def train(self, mode: bool = True) -> FinalBNNet:
         super().train(mode)
         if mode and self.bn_policy == "frozen-eval":
             self.body.eval()  # a fixed function of the image: no BN update, no dropout / drop-path
@@ -86,7 +85,7 @@ class FinalBNNet(nn.Module):
         return keys
 
     @property
-    def final_bn(self) -> Optional[nn.BatchNorm1d]:
+    def final_bn(self) -> nn.BatchNorm1d | None:
         """The BN after the last Linear, or None when `final` is not "bn"."""
         last = final_layer_of(self.head)
         return last if self.final == "bn" and isinstance(last, nn.BatchNorm1d) else None
@@ -98,7 +97,7 @@ class FinalBNNet(nn.Module):
         return final_bn_stats(self.head, self.final)
 
 
-def create_model(arch: str, *, weights: Union[str, os.PathLike] = "none", num_classes: int = 2,
+def create_model(arch: str, *, weights: str | os.PathLike = "none", num_classes: int = 2,
                  final: str = "bn", final_bn_momentum: float = 0.01, final_bn_eps: float = 1e-5,
                  final_bn_affine: bool = True, final_bias: bool = True, single_logit: bool = False, hidden: int = 512,
                  dropout: tuple[float, float] = (0.25, 0.5), unfreeze_bn: bool = False,
@@ -145,7 +144,7 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def _build_body(spec: ArchSpec, weights: Union[str, os.PathLike], *,
+def _build_body(spec: ArchSpec, weights: str | os.PathLike, *,
                 progress: bool) -> tuple[nn.Module, str, int]:
     """The body of `spec` with the requested weights, a short description of their source, and
     its output channels."""

@@ -15,7 +15,7 @@ import re
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import timm
 import torch
@@ -98,7 +98,7 @@ def read_state_dict(path: Path) -> Mapping[str, Any]:
     return state
 
 
-def looks_like_path(weights: Union[str, os.PathLike]) -> bool:
+def looks_like_path(weights: str | os.PathLike) -> bool:
     """Whether `weights` names a file, rather than being a word `create_model` does not know."""
     if not isinstance(weights, str):
         return True

@@ -27,7 +27,6 @@ Modules: `leaf` (crop styles, blade layout, drawing helpers), `lesions` (one pai
 disease), `render` (`render_leaf`: one picture), `collection` (`generate`: the PNG files).
 """
 from finalbn.synthetic.collection import HEALTHY, generate
-from finalbn.synthetic.leaf import _FAMILIES, _style
 from finalbn.synthetic.lesions import DISEASES
 from finalbn.synthetic.render import render_leaf
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import colorsys
 import math
 import zlib
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import NamedTuple
 
 import numpy as np
@@ -62,7 +62,7 @@ class _Blade(NamedTuple):
     vein_slope: float
 
 
-@lru_cache(maxsize=None)
+@cache
 def _style(crop: str) -> _Style:
     key = zlib.crc32(crop.encode("utf-8"))
     family = _KNOWN_FAMILY.get(crop.lower(), _FAMILIES[key % len(_FAMILIES)])

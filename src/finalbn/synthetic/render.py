@@ -13,10 +13,24 @@ import math
 
 import numpy as np
 
-from finalbn.synthetic.leaf import (_blend, _blob, _centres, _downsample, _draw_blade,
-                                    _draw_stem, _hsv, _layout, _paint, _sample,
-                                    _settle_allocator, _smooth_noise, _Style, _style, _unit,
-                                    _window)
+from finalbn.synthetic.leaf import (
+    _blend,
+    _blob,
+    _centres,
+    _downsample,
+    _draw_blade,
+    _draw_stem,
+    _hsv,
+    _layout,
+    _paint,
+    _sample,
+    _settle_allocator,
+    _smooth_noise,
+    _Style,
+    _style,
+    _unit,
+    _window,
+)
 from finalbn.synthetic.lesions import _LESIONS, DISEASES
 
 # Up to this output size the leaf is drawn at twice the size and box-filtered down: cheap

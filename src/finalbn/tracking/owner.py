@@ -48,8 +48,17 @@ from finalbn.config import Config
 from finalbn.errors import StoreError
 from finalbn.tracking.records import STAGE, RunRecord
 from finalbn.tracking.runs import mark_killed
-from finalbn.tracking.store import (STAGES, client, experiment_id, experiment_name, process_gone, run_process, setup,
-                                    sqlite_path, tracking_uri)
+from finalbn.tracking.store import (
+    STAGES,
+    client,
+    experiment_id,
+    experiment_name,
+    process_gone,
+    run_process,
+    setup,
+    sqlite_path,
+    tracking_uri,
+)
 
 OWNER = "finalbn.owner"  # experiment tag prefix: finalbn.owner.<I>-<N>
 CHILD_ENV = "FINALBN_CHILD"  # set in a command's worker processes (`workers.run_commands`): their driver owns
@@ -111,7 +120,7 @@ def live_owners(exp_id: str, shard: tuple[int, int] = (0, 1)) -> list[dict]:
 
 
 def _when(t: float) -> str:
-    return datetime.datetime.fromtimestamp(float(t), datetime.timezone.utc).strftime("%H:%M UTC")
+    return datetime.datetime.fromtimestamp(float(t), datetime.UTC).strftime("%H:%M UTC")
 
 
 def refusal(record: Mapping[str, Any], name: str) -> str:

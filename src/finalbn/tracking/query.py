@@ -9,7 +9,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from mlflow.exceptions import MlflowException
 
@@ -27,7 +27,7 @@ def record(run: Any) -> RunRecord:
                      tags=dict(data.tags), active=info.lifecycle_stage == "active")
 
 
-Experiments = Union[str, Sequence[str]]  # one experiment's name, or several
+Experiments = str | Sequence[str]  # one experiment's name, or several
 
 
 def search(experiment: Experiments, filter_string: str = "") -> list[RunRecord]:

@@ -16,9 +16,8 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Mapping
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import mlflow

@@ -21,18 +21,17 @@ measured.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from finalbn import selection
-from finalbn_field import decision
 from finalbn.config import TOGGLES, final_layer
-from finalbn_field.decision import prior_threshold
 from finalbn.stages.export.onnx import INPUT, OUTPUTS
 from finalbn.stages.export.select import Source
+from finalbn_field import decision
+from finalbn_field.decision import prior_threshold
 
 __all__ = ["CLASSES", "decision_rules", "held_out_card", "held_out_points", "model_card", "prior_threshold",
            "version_description", "version_tags"]

@@ -33,7 +33,6 @@ from finalbn.stages.grid.plan import (
 from finalbn.tracked import track_cell
 from finalbn.tracking import records as tags
 
-
 CELL_STAGES = ("grid", "sensitivity")  # the experiments whose runs are grid cells
 
 

@@ -16,34 +16,39 @@ import pandas as pd
 
 from finalbn import faults
 from finalbn.io import write_csv, write_text
+from finalbn.separability import LOW, ceiling_sentence
 from finalbn.stages.report import baselines as imbalance
 from finalbn.stages.report import figures
 from finalbn.stages.report import prevalence as prev
+from finalbn.stages.report.answer import (
+    at_prevalences,
+    by_setting_section,
+    calibration_section,
+    prevalence_section,
+    sensitivity_section,
+)
 from finalbn.stages.report.cells import CellData, empty_message, prepare
+from finalbn.stages.report.choice import selection_table
+from finalbn.stages.report.dvcplots import write_headline, write_plot_data
 from finalbn.stages.report.effects import study_effects
 from finalbn.stages.report.markdown import Page, json_safe, markdown_table
-from finalbn.stages.report.answer import (at_prevalences, by_setting_section, calibration_section, prevalence_section,
-                                          sensitivity_section)
 from finalbn.stages.report.search import search_section
 from finalbn.stages.report.search import shown as search_shown
-from finalbn.stages.report.choice import selection_table
 from finalbn.stages.report.summary import headline_summary
 from finalbn.stages.report.tables import (
     BN_ID,
     NONE_ID,
     baselines_table,
     calibration_table,
+    flip_counts,
     loss_curve_table,
     p1_column,
-    flip_counts,
     prediction_pairs,
     table1,
     table2,
     table3,
     table4,
 )
-from finalbn.separability import LOW, ceiling_sentence
-from finalbn.stages.report.dvcplots import write_headline, write_plot_data
 
 # The metrics at each π every cell carries as columns (`prevalence.column`): the effects' inputs.
 WIDE_METRICS = ("f1_1", "precision_1", "ece", "brier", "ap", "tpr", "fpr", "cut_f1_1", "cut_precision_1", "cut_tpr",

@@ -18,9 +18,9 @@ from typing import Any
 import pandas as pd
 
 from finalbn import tracking
+from finalbn.config import TOGGLES, AblationConfig, ablation_from_id, config_id, config_name
 from finalbn.tracking import RunRecord
 from finalbn.tracking.records import ARCH, BASELINE, CELL_KEY, CONFIG_ID, DATASET, REPLICATE, toggle_tag
-from finalbn.config import TOGGLES, AblationConfig, ablation_from_id, config_id, config_name
 
 TEST_METRICS = ("accuracy", "balanced_accuracy", "precision_0", "recall_0", "f1_0", "precision_1", "recall_1",
                 "f1_1", "f1_1_pc", "recall_1_pc", "balanced_accuracy_pc", "f1_1_vt", "auroc", "ap", "ece", "brier", "nll")

@@ -44,11 +44,26 @@ import pandas as pd
 
 from finalbn.stages.report import prevalence as prev
 from finalbn.stages.report.factorial import (  # noqa: F401  (re-exported: the report's statistics in one place)
-    SETTING_COLUMNS, by_setting, coded, complete_replicates, factorial_effects, factorial_exploratory, factorial_ols)
-from finalbn.stages.report.pairs import (  # noqa: F401
-    FACTORIAL, OTHER, SIGNIFICANT, VERDICT, PredictionsFor, boot_pairs, hierarchical_bootstrap, paired_differences,
-    prevalence_effect_id)
+    SETTING_COLUMNS,
+    by_setting,
+    coded,
+    complete_replicates,
+    factorial_effects,
+    factorial_exploratory,
+    factorial_ols,
+)
 from finalbn.stages.report.facts import with_directions
+from finalbn.stages.report.pairs import (  # noqa: F401
+    FACTORIAL,
+    OTHER,
+    SIGNIFICANT,
+    VERDICT,
+    PredictionsFor,
+    boot_pairs,
+    hierarchical_bootstrap,
+    paired_differences,
+    prevalence_effect_id,
+)
 from finalbn.stages.report.tables import BN_ID, BNWL_ID, NONE_ID, WL_ID
 from finalbn.stages.report.verdict import PAPER, _versus_paper, describe, verdict_lines  # noqa: F401
 from finalbn.stats import holm, t_interval
@@ -95,7 +110,7 @@ LOW_FPR_ID = "31-63 tpr@fpr"  # TPR at the false-alarm rate prevalence.LOW_FPR: 
 INTERACTION_ID = "BNxWL"      # (15 − 47) − (31 − 63): does WL change what final BN does? (the replicated 2 × 2)
 
 
-def pool_overlap(sub: pd.DataFrame, predictions_for: "PredictionsFor | None", cid: int = BN_ID,
+def pool_overlap(sub: pd.DataFrame, predictions_for: PredictionsFor | None, cid: int = BN_ID,
                  label: int = 1) -> dict | None:
     """How much the replicates' test sets of one class (1 diseased, 0 healthy) share: the mean over
     pairs of replicates of |A ∩ B| / mean(|A|, |B|), the distinct images over all of them, and the

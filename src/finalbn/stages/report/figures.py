@@ -13,13 +13,11 @@ import math
 import re
 from pathlib import Path
 
+import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np
 import pandas as pd
 
 from finalbn import plots  # first: it selects the Agg backend before pyplot is imported
-
-import matplotlib.pyplot as plt  # noqa: E402
-
 from finalbn.io import save_figure
 from finalbn.stages.report.tables import BN_ID, NONE_ID, WL_ID, bins_ece  # noqa: E402
 

@@ -55,7 +55,7 @@ def table1(cells: pd.DataFrame, pi: float | None = None) -> pd.DataFrame:
     sizes = sub.groupby(["dataset", "arch", "config_id"]).size()
     rows = []
     for ds, arch in groups(sub):
-        def get(cid, col):
+        def get(cid, col, ds=ds, arch=arch):
             return float(means.loc[(ds, arch, cid), col]) if (ds, arch, cid) in means.index else math.nan
 
         n = "/".join(str(int(sizes.get((ds, arch, c), 0))) for c in (NONE_ID, WL_ID, BN_ID))

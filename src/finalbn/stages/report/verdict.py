@@ -17,9 +17,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from finalbn.stages.report.pairs import SIGNIFICANT, VERDICT, prevalence_effect_id
-from finalbn.stages.report.tables import BN_ID, NONE_ID
 from finalbn.stages.report.facts import family_size, opening_lines, triple, verdict_facts
+from finalbn.stages.report.pairs import SIGNIFICANT, VERDICT, prevalence_effect_id
 from finalbn.stats import detectable_difference
 
 # The paper's Table I (VGG19, 10 runs, Apple / Pepper / Tomato, a balanced 150/150 test set at the

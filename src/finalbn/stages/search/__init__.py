@@ -31,8 +31,15 @@ from finalbn.cell import preflight
 from finalbn.config import Config
 from finalbn.errors import UsageError
 from finalbn.stages.search.compare import compare, tested_replicates
-from finalbn.stages.search.objective import (SWITCHES, TIE_BREAK, PruningCallback, TrialLog, best_trial, make_objective,
-                                             optimize)
+from finalbn.stages.search.objective import (
+    SWITCHES,
+    TIE_BREAK,
+    PruningCallback,
+    TrialLog,
+    best_trial,
+    make_objective,
+    optimize,
+)
 from finalbn.stages.search.space import check, multi_objective, steps_per_replicate, suggest
 from finalbn.stages.search.study import (
     ReplicateMedianPruner,

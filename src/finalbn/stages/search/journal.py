@@ -77,7 +77,7 @@ def mend_journal(path: Path) -> str | None:
         if not data or (data.endswith(b"\n") and all(_whole(x) for x in data.split(b"\n")[:-1])):
             return None
         good, cut = mend(data)
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
         aside = path.with_name(f"{path.name}.torn-{stamp}")
         aside.write_bytes(cut)
         tmp = path.with_name(f".{path.name}.mending")

@@ -39,10 +39,18 @@ from finalbn import io, tracking, workers
 from finalbn.config import Config, load_config
 from finalbn.errors import DataError
 from finalbn.io import write_csv
-from finalbn.splits import prepare_dataset
-from finalbn.stages.sensitivity.analysis import (BN_ID, COLUMNS, NONE_ID, SHIFT_INVARIANT, contrasts, fit_logit_bias,
-                                                 shifted_metrics)
 from finalbn.sensitivity_plots import fig_factor
+from finalbn.splits import prepare_dataset
+from finalbn.stages.sensitivity.analysis import (
+    BN_ID,
+    COLUMNS,
+    NONE_ID,
+    SHIFT_INVARIANT,
+    contrasts,
+    fit_logit_bias,
+    shifted_metrics,
+)
+
 
 class LevelFailed(Exception):
     """A level's cells did not all finish (the message names the level)."""
@@ -154,7 +162,7 @@ def run_levels(args: argparse.Namespace, cfg: Config, plan: list[Level], splits:
         names = [", ".join(f"{lv.factor} = {lv.level}" for lv in plan if commands[(lv.overrides, lv.splits)][1] == f)
                  for _, f in batch]
         log(f"sensitivity: {'; '.join(names)}")
-        code = workers.run_commands(lambda i: batch[i][0], len(batch))
+        code = workers.run_commands(lambda i: batch[i][0], len(batch))  # noqa: B023 (called at once)
         if code:
             raise LevelFailed(f"{'; '.join(names)}: `finalbn grid` exited {code} (a cell failed or an input is "
                               "missing; rerun to retry what is missing)")

@@ -23,8 +23,8 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import expit
 
-from finalbn_field.decision import f1_at
 from finalbn.stats import detectable_difference, holm, t_interval
+from finalbn_field.decision import f1_at
 
 BN_ID, NONE_ID = 31, 63
 FAMILY = "sensitivity"  # the Holm family of every non-reference (factor, level, π) row
