@@ -29,10 +29,10 @@ def main() -> None:
     args = ap.parse_args()
 
     # lazy: `--help` answers without importing torch
-    from finalbn.cell import run_cell
     from finalbn.config import load_config
-    from finalbn.splits import prepare_dataset
+    from finalbn.data.splits import prepare_dataset
     from finalbn.synthetic import generate
+    from finalbn.train.cell import run_cell
 
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)

@@ -23,9 +23,9 @@ import torch
 
 from finalbn import tracking
 from finalbn.config import load_config
-from finalbn.data import load_splits
+from finalbn.data.splits import split_dir
+from finalbn.data.tensors import load_splits
 from finalbn.models import get_spec
-from finalbn.splits import split_dir
 from finalbn.stages import export
 from finalbn.stages.export import select
 

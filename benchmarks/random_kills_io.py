@@ -1,10 +1,10 @@
-"""The long version of the random-kill test of `finalbn.io`'s atomic writes (tests/killing.py).
+"""The long version of the random-kill test of `finalbn.infra.io`'s atomic writes (tests/killing.py).
 
     .venv/bin/python benchmarks/random_kills_io.py --draws 500 --seed 1234
     .venv/bin/python benchmarks/random_kills_io.py --draws 500 --seed 1234 --stop-at-first
 
 Each draw starts a writer process that rewrites a JSON file, a file written in chunks, a CSV and a
-folder with `finalbn.io`, kills it at a drawn instant (SIGKILL, or SIGINT to its process group for
+folder with `finalbn.infra.io`, kills it at a drawn instant (SIGKILL, or SIGINT to its process group for
 a quarter of the draws), and checks that every file is whole and that the next write leaves no
 temporary behind. Prints each failure (its message names the seed and the draw that repeat it:
 FINALBN_KILL_SEED / FINALBN_KILL_DRAWS for `pytest tests/test_atomic_kills.py -k random`) and a

@@ -51,7 +51,7 @@ def tiny_split():
 def prepare_tiny(root: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """A prepared tiny PlantVillage-layout dataset in `root` (made the cwd), an MLflow store there;
     returns the overrides that make one cell train in a second."""
-    from finalbn.splits import prepare_dataset
+    from finalbn.data.splits import prepare_dataset
 
     monkeypatch.chdir(root)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")

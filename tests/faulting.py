@@ -1,7 +1,7 @@
 """Kill it anywhere, run it again at once (tests/test_pipeline.py): the DVC pipeline, stopped at a
 point in every stage by SIGKILL or by Ctrl-C twice (to its whole process group, as an OOM killer,
 a pre-empted node or a user would), resumes with nothing lost and nothing left RUNNING, and ends
-with the outputs of an uninterrupted run. The points are `finalbn.faults.POINTS` (FINALBN_FAULT
+with the outputs of an uninterrupted run. The points are `finalbn.infra.faults.POINTS` (FINALBN_FAULT
 stops the stage there).
 
     log = stop_and_resume(repo)                  # the PLAN on a fresh project; [(point, how, seconds)]
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from finalbn import faults
+from finalbn.infra import faults
 
 KILL, CTRL_C = "SIGKILL", "Ctrl-C twice"
-# (stage, [(point, how), ...]) in pipeline order, every point of finalbn.faults.POINTS: each stop is
+# (stage, [(point, how), ...]) in pipeline order, every point of finalbn.infra.faults.POINTS: each stop is
 # followed at once by the same `dvc repro --single-item <stage>`, which stops at the stage's next
 # point, if any, and otherwise must finish (exit 0). The two ways alternate along the pipeline, so
 # each stage with two points or more meets both.

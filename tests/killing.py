@@ -1,4 +1,4 @@
-"""Kills at random instants of a process that writes with `finalbn.io` (issue 35): after each, every
+"""Kills at random instants of a process that writes with `finalbn.infra.io` (issue 35): after each, every
 file it was writing is the previous whole one or the new whole one, and the next write leaves no
 temporary of the dead process.
 
@@ -40,7 +40,7 @@ import sys
 import time
 from pathlib import Path
 
-from finalbn import io
+from finalbn.infra import io
 
 DEFAULT_SEED, DEFAULT_DRAWS = 1234, 24
 SIGINT_SHARE = 0.25  # the share of draws that send SIGINT to the process group instead of SIGKILL

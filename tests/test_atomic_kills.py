@@ -1,7 +1,7 @@
-"""`finalbn.io`'s atomic writes under a kill (issue 35): between their steps, half-way through a
+"""`finalbn.infra.io`'s atomic writes under a kill (issue 35): between their steps, half-way through a
 temporary, and at random instants (tests/killing.py).
 
-A writer is a child process that imports only `finalbn.io` (no torch: it starts in a tenth of a
+A writer is a child process that imports only `finalbn.infra.io` (no torch: it starts in a tenth of a
 second). The step it stops at is made visible without touching the product: the child wraps its
 own `os.replace` / `os.rename` (or writes its temporary itself) to print "ready" and sleep there,
 and the test sends the signal then.
@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from finalbn import io
+from finalbn.infra import io
 from killing import run, seed_and_draws, temporaries, wait_line
 
 PROLOGUE = """
 import os, sys, time
 from pathlib import Path
-from finalbn import io
+from finalbn.infra import io
 target = Path(sys.argv[1])
 def pause():  # the step is reached: say so, and wait for the test's signal
     print("ready", flush=True)
@@ -91,7 +91,7 @@ def _signal(proc: subprocess.Popen, sig: int) -> None:
 
 def _write_elsewhere(code: str, target: Path) -> None:
     """`code` run by another process (the next write of the target)."""
-    subprocess.run([sys.executable, "-c", f"from pathlib import Path; import sys\nfrom finalbn import io\n"
+    subprocess.run([sys.executable, "-c", f"from pathlib import Path; import sys\nfrom finalbn.infra import io\n"
                     f"target = Path(sys.argv[1])\n{code}", str(target)], check=True, timeout=60)
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from conftest import ROOT
-from finalbn import bench, bench_cells
+from finalbn.bench import cells as bench_cells
+from finalbn.bench import study as bench
 from finalbn.cli import main
 from finalbn.stages.grid.plan import all_cells
 

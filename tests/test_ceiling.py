@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from finalbn import separability
 from finalbn.cli import main
-from finalbn.splits import DataError, read_manifest
+from finalbn.data.splits import DataError, read_manifest
 from finalbn.stages import ceiling
+from finalbn.stats import separability
 
 
 def test_probe_knows_separable_from_noise():

@@ -1,5 +1,5 @@
 """Decision rules at the user's prevalence (`finalbn_field.decision`) and choosing over replicates
-(`finalbn.selection`): pure functions, checked against scikit-learn and by simulation."""
+(`finalbn.stats.selection`): pure functions, checked against scikit-learn and by simulation."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score, roc_curve
 
-from finalbn import selection
+from finalbn.stats import selection
 from finalbn_field import decision
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from finalbn import data
-from finalbn.cell import run_cell
-from finalbn.data import decoded_cache_path, load_splits
+from finalbn.data import tensors
+from finalbn.data.tensors import decoded_cache_path, load_splits
+from finalbn.train.cell import run_cell
 
 MANIFEST = Path("data/splits/synthetic-apple/0/manifest.csv")
 
@@ -18,7 +18,7 @@ def _forbid_decoding(monkeypatch):
         raise AssertionError("an image file was opened")
 
     monkeypatch.setattr("finalbn_field.images.load_rgb", refuse)
-    monkeypatch.setattr("finalbn.data.load_rgb", refuse)
+    monkeypatch.setattr("finalbn.data.tensors.load_rgb", refuse)
     monkeypatch.setattr("PIL.Image.open", refuse)
 
 
@@ -26,7 +26,7 @@ def test_no_image_is_opened_once_the_cache_exists(prepared, monkeypatch):
     load, _ = prepared
     first = load_splits(MANIFEST, 32)
     assert decoded_cache_path(MANIFEST, 32).is_file()
-    data._load_cached.cache_clear()  # a new process: nothing in memory, the file on disk
+    tensors._load_cached.cache_clear()  # a new process: nothing in memory, the file on disk
     _forbid_decoding(monkeypatch)
     again = load_splits(MANIFEST, 32)
     for split in ("train", "val", "test"):
@@ -46,11 +46,11 @@ def test_a_corrupt_cache_file_is_rebuilt(prepared, caplog):
     good = load_splits(MANIFEST, 32)
     path = decoded_cache_path(MANIFEST, 32)
     path.write_bytes(b"not a tensor file")
-    data._load_cached.cache_clear()
+    tensors._load_cached.cache_clear()
     again = load_splits(MANIFEST, 32)
     assert torch.equal(good["train"].images, again["train"].images)
     assert "could not be read" in caplog.text
-    data._load_cached.cache_clear()
+    tensors._load_cached.cache_clear()
     assert torch.equal(load_splits(MANIFEST, 32)["test"].images, good["test"].images)  # rewritten whole
 
 
@@ -58,7 +58,7 @@ def test_an_unwritable_cache_costs_speed_not_results(prepared, monkeypatch, tmp_
     blocker = tmp_path / "file-not-folder"
     blocker.write_text("x")
     monkeypatch.setenv("FINALBN_CACHE", str(blocker))
-    data._load_cached.cache_clear()
+    tensors._load_cached.cache_clear()
     assert len(load_splits(MANIFEST, 32)["train"].labels) == 6
 
 

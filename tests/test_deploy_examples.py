@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from finalbn import workers
+from finalbn.cluster import workers
 from finalbn.stages import grid
 
 CLUSTER = ROOT / "deploy" / "cluster"

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from finalbn import features
-from finalbn.cell import run_cell, shares_body
+from finalbn.train import features
+from finalbn.train.cell import run_cell, shares_body
 
 SPLITS = Path("data/splits")
 TOL = 1e-5
@@ -112,11 +112,11 @@ def test_shared_cell_returns_the_whole_network(prepared):
 
 @pytest.mark.parametrize("flip_vertical, lighting", [(True, 0.2), (False, 0.5), (True, 0.0)])
 def test_batched_augmentation_gives_the_per_image_pipelines_draws_and_pixels(flip_vertical, lighting):
-    """DA's batched pass (`finalbn.augment`) against torchvision's per-image transforms it replaces:
+    """DA's batched pass (`finalbn.data.augment`) against torchvision's per-image transforms it replaces:
     the same generator state in, the same pixels and the same generator state out."""
-    from finalbn.augment import BatchAugment
     from finalbn.config import AugmentConfig
-    from finalbn.data import augment_transform
+    from finalbn.data.augment import BatchAugment
+    from finalbn.data.tensors import augment_transform
 
     aug = AugmentConfig(flip_vertical=flip_vertical, rotate=10.0, zoom=1.1, lighting=lighting)
     g = torch.Generator().manual_seed(0)

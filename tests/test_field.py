@@ -30,12 +30,12 @@ SPLITS = Path("data/splits")
 def test_the_project_decodes_and_decides_with_the_field_packages_modules():
     """One source: the field package (which cannot import the project, torch-free) holds the image
     decoder, its bit-depth code and the decision rules; the project imports them, no copy."""
-    from finalbn import data
+    from finalbn.data import tensors
     from finalbn.stages.export import card
     from finalbn_field import decision, images
 
     assert not [n for n in ("images.py", "depth.py", "decision.py") if (ROOT / "src" / "finalbn" / n).exists()]
-    assert data.load_rgb is images.load_rgb and card.prior_threshold is decision.prior_threshold
+    assert tensors.load_rgb is images.load_rgb and card.prior_threshold is decision.prior_threshold
     assert Path(images.__file__).resolve().parent == (FIELD / "finalbn_field").resolve()
 
 
@@ -56,8 +56,8 @@ def _odd_images(folder: Path) -> list[Path]:
 
 def test_preprocessing_is_trainings_eval_transform(tmp_path):
     """The field's input for an image equals training's: decode_images, then the torchvision
-    evaluation transform (data.eval_transform)."""
-    from finalbn.data import decode_images
+    evaluation transform (tensors.eval_transform)."""
+    from finalbn.data.tensors import decode_images
     from finalbn.models import get_spec
     from finalbn.stages.export import preprocess as train_preprocess
 
@@ -111,7 +111,7 @@ def _rows(path: Path) -> list[dict]:
 def test_field_predict_equals_the_torch_evaluation_and_keeps_going_past_bad_files(exported, tmp_path, capsys):
     import mlflow
 
-    from finalbn.metrics import classification_report
+    from finalbn.stats.metrics import classification_report
 
     cfg, models, out, root = exported
     card = out["card"]
@@ -305,7 +305,7 @@ def test_the_csv_is_safe_in_a_spreadsheet_and_gives_the_exact_paths_back(exporte
 
 def test_the_field_decodes_with_the_cards_intensity_as_training_does(tmp_path):
     """A 12-bit scan: the field's pixels equal training's decode under the card's intensity (none: auto)."""
-    from finalbn.data import decode_images
+    from finalbn.data.tensors import decode_images
     from finalbn.models import get_spec
     from test_images import GRADIENT12, png16
 
@@ -327,7 +327,7 @@ def test_the_field_decodes_with_the_cards_intensity_as_training_does(tmp_path):
 
 
 def test_the_field_drafts_a_large_jpeg_as_training_does(tmp_path):
-    from finalbn.data import decode_images
+    from finalbn.data.tensors import decode_images
     from finalbn_field.images import decode
 
     p = save(noise(640, 480, seed=9), tmp_path / "photo.jpg", quality=90)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from finalbn import io
-from finalbn.errors import STORAGE_ERRNOS, storage_full
+from finalbn.infra import io
+from finalbn.infra.errors import STORAGE_ERRNOS, storage_full
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +69,7 @@ def test_storage_full_reads_the_chain_and_the_note_of_an_atomic_write(tmp_path):
 def test_a_failed_atomic_write_keeps_the_old_file_whole_and_leaves_no_temporary(tmp_path):
     target = tmp_path / "grid.csv"
     io.write_text(target, "a,b\n1,2\n")
-    code = ("import sys; from finalbn import io\n"
+    code = ("import sys; from finalbn.infra import io\n"
             "try:\n    io.write_text(sys.argv[1], 'x,y\\n' * 50_000)\n"
             "except OSError as exc:\n    print(exc.errno, exc.__notes__[-1]); sys.exit(3)\n")
     r = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True,
@@ -123,7 +123,7 @@ def test_a_writer_that_hides_the_errno_still_reads_as_a_full_disk(tmp_path):
     """torch.save past a file-size limit raises RuntimeError('unexpected pos ...'); the atomic write
     turns it into the OSError it is, so the decode cache's 'costs speed, not results' path and the
     command line's one line both see it."""
-    code = ("import sys, torch; from finalbn import io\n"
+    code = ("import sys, torch; from finalbn.infra import io\n"
             "try:\n    with io.atomic_path(sys.argv[1]) as tmp:\n        torch.save(torch.zeros(100_000), tmp)\n"
             "except OSError as exc:\n    print(exc.errno, exc.filename); sys.exit(3)\n")
     target = tmp_path / "cache.pt"

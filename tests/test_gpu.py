@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from finalbn.cell import run_cell
+from finalbn.train.cell import run_cell
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -30,7 +30,7 @@ def test_auto_picks_cuda(prepared):
 
 
 def test_shared_features_live_on_the_gpu(prepared):
-    from finalbn import features
+    from finalbn.train import features
 
     load, _ = prepared
     features.CACHE.clear()

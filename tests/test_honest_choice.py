@@ -9,11 +9,11 @@ import math
 import pandas as pd
 import pytest
 
-from finalbn import selection
 from finalbn.stages.export import card as export_card
 from finalbn.stages.export import select as export_select
 from finalbn.stages.report import choice
 from finalbn.stages.report.cells import prepare
+from finalbn.stats import selection
 from finalbn.tracking import RunRecord
 
 TOGGLES = ("bn", "wl", "da", "mx", "uf", "wd")

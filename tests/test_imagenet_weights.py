@@ -12,7 +12,7 @@ import skimage
 import torch
 import torchvision
 
-from finalbn.data import eval_transform
+from finalbn.data.tensors import eval_transform
 from finalbn.models import WeightsError, create_model, get_spec
 from finalbn_field.images import load_rgb, resize_square
 

@@ -847,8 +847,8 @@ def test_a_large_image_that_cannot_be_drafted_is_refused_naming_the_options(tmp_
 def test_prepare_refuses_images_whose_maxima_imply_different_depths(tmp_path):
     from conftest import PARAMS, TINY_SPLIT
     from finalbn.config import load_config
-    from finalbn.errors import DataError
-    from finalbn.splits import prepare_dataset
+    from finalbn.data.splits import prepare_dataset
+    from finalbn.infra.errors import DataError
 
     root = tmp_path / "pv"
     for k, (cond, n) in enumerate((("healthy", 8), ("Scab", 5))):
@@ -877,8 +877,8 @@ def test_prepare_records_and_reports_what_the_images_hold(tmp_path, monkeypatch)
 
     from conftest import PARAMS, TINY_SPLIT
     from finalbn.config import load_config
-    from finalbn.data import decode_images, decoded_cache_path, load_splits
-    from finalbn.splits import prepare_dataset
+    from finalbn.data.splits import prepare_dataset
+    from finalbn.data.tensors import decode_images, decoded_cache_path, load_splits
     from finalbn.stages.prepare import _extra
 
     monkeypatch.setenv("FINALBN_CACHE", str(tmp_path / "cache"))
@@ -928,8 +928,8 @@ def test_a_dark_image_is_read_at_its_data_sets_depth_in_training_and_the_field(t
     the field, not 4x brighter."""
     from conftest import PARAMS, TINY_SPLIT
     from finalbn.config import load_config
-    from finalbn.data import decode_settings, load_splits
-    from finalbn.splits import prepare_dataset
+    from finalbn.data.splits import prepare_dataset
+    from finalbn.data.tensors import decode_settings, load_splits
     from finalbn_field.images import load_rgb as field_load_rgb
 
     root = tmp_path / "pv"
@@ -958,8 +958,8 @@ def test_a_fixed_range_that_would_blank_images_is_refused(tmp_path):
 
     from conftest import PARAMS, TINY_SPLIT
     from finalbn.config import load_config
-    from finalbn.errors import DataError
-    from finalbn.splits import prepare_dataset
+    from finalbn.data.splits import prepare_dataset
+    from finalbn.infra.errors import DataError
 
     root = tmp_path / "pv"
     for k, (cond, n) in enumerate((("healthy", 8), ("Scab", 5))):

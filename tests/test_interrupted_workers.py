@@ -15,7 +15,7 @@ import psutil
 import pytest
 from optuna.storages import JournalStorage
 
-from finalbn import interrupt, io, liveness
+from finalbn.infra import interrupt, io, liveness
 from finalbn.stages.search.journal import Backend
 
 

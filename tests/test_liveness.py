@@ -55,7 +55,7 @@ def _dead_process() -> dict:
 
 
 def test_a_dead_writers_temporary_is_swept_at_the_next_write_and_a_live_ones_kept(tmp_path):
-    from finalbn import io
+    from finalbn.infra import io
 
     dead, target = _dead_process(), tmp_path / "grid.csv"
     stale = tmp_path / f".grid.csv.{dead['pid']}.0123abcd.tmp"  # a SIGKILL mid-write left it
@@ -97,7 +97,7 @@ def test_a_dead_processs_running_runs_are_killed_and_the_others_left(tmp_path, m
 
 def test_a_fault_point_stops_on_its_nth_hit_and_costs_nothing_unset(tmp_path):
     ready = tmp_path / "ready"
-    code = ("from finalbn import faults\n"
+    code = ("from finalbn.infra import faults\n"
             "faults.point('grid.cell'); print('first', flush=True)\n"
             "faults.point('grid.between'); faults.point('grid.cell'); print('second', flush=True)\n")
     env = {**os.environ, "FINALBN_FAULT": "grid.cell@2", "FINALBN_FAULT_READY": str(ready)}
@@ -121,7 +121,9 @@ def test_a_ctrl_c_python_swallowed_stops_the_next_epoch_and_the_command_says_int
     import pytest
 
     from conftest import ROOT
-    from finalbn import cli, interrupt, tracked
+    from finalbn import cli
+    from finalbn.infra import interrupt
+    from finalbn.stages import tracked
 
     interrupt.reset()
     try:
@@ -144,7 +146,7 @@ def test_a_swallowed_ctrl_c_prints_no_traceback_and_other_unraisable_errors_stil
     import gc
     import sys
 
-    from finalbn import interrupt
+    from finalbn.infra import interrupt
 
     class Collected:
         def __init__(self, exc):

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from finalbn import metrics
-from finalbn.cell import class_balanced_weights, run_cell
-from finalbn.engine import FitSettings, loss_value
+from finalbn.stats import metrics
+from finalbn.train.cell import class_balanced_weights, run_cell
+from finalbn.train.engine import FitSettings, loss_value
 
 SPLITS = Path("data/splits")
 

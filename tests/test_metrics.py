@@ -1,4 +1,4 @@
-"""Hand-computed checks of finalbn.metrics."""
+"""Hand-computed checks of finalbn.stats.metrics."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from finalbn import metrics as m
+from finalbn.stats import metrics as m
 
 # ---------------------------------------------------------------------------------------------
 # The 6-sample worked example used throughout.

@@ -12,7 +12,6 @@ import torchvision
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from finalbn.engine import param_groups
 from finalbn.models import (
     ARCHS,
     AdaptiveConcatPool2d,
@@ -22,6 +21,7 @@ from finalbn.models import (
     get_spec,
     trainable_parameters,
 )
+from finalbn.train.engine import param_groups
 
 # Every per-arch check runs in about a second on 2 cores (create_model skips VGG's 120M-parameter
 # classifier), so no arch needs the `slow` marker.

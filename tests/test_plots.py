@@ -1,4 +1,4 @@
-"""finalbn.plots: each function returns one Figure that saves to a PNG and closes cleanly."""
+"""finalbn.plots.cellplots: each function returns one Figure that saves to a PNG and closes cleanly."""
 from __future__ import annotations
 
 import re
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from finalbn import metrics, plots
+from finalbn.plots import cellplots
+from finalbn.stats import metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -42,7 +43,7 @@ def test_backend_is_agg():
 
 def test_loss_curves(tmp_path):
     before = plt.get_fignums()
-    fig = plots.loss_curves(HISTORY, title="run 1")
+    fig = cellplots.loss_curves(HISTORY, title="run 1")
     ax_loss, ax_score = fig.axes[:2]
     assert len(fig.axes) == 2
     lines = {ln.get_label(): ln for ln in ax_loss.get_lines()}
@@ -57,7 +58,7 @@ def test_loss_curves(tmp_path):
 
 def test_loss_curves_missing_values_are_gaps(tmp_path):
     before = plt.get_fignums()
-    fig = plots.loss_curves([{"epoch": 0, "train_loss": 1.0}, {"epoch": 1, "train_loss": 0.5,
+    fig = cellplots.loss_curves([{"epoch": 0, "train_loss": 1.0}, {"epoch": 1, "train_loss": 0.5,
                                                                "val_loss": None}])
     val = next(ln for ln in fig.axes[0].get_lines() if ln.get_label() == "val loss")
     assert np.isnan(val.get_ydata()).all()
@@ -66,14 +67,14 @@ def test_loss_curves_missing_values_are_gaps(tmp_path):
 
 def test_loss_curves_rejects_empty():
     with pytest.raises(ValueError):
-        plots.loss_curves([])
+        cellplots.loss_curves([])
     with pytest.raises(ValueError, match="epoch"):
-        plots.loss_curves([{"train_loss": 1.0}])
+        cellplots.loss_curves([{"train_loss": 1.0}])
 
 
 def test_softmax_scatter(tmp_path):
     before = plt.get_fignums()
-    fig = plots.softmax_scatter(Y, PROBS, title="with final BN")
+    fig = cellplots.softmax_scatter(Y, PROBS, title="with final BN")
     ax = fig.axes[0]
     assert ax.get_title() == "with final BN"
     # stable order: class-0 samples (indices 1,3,4,5) then class-1 samples (0,2)
@@ -93,16 +94,16 @@ def test_softmax_scatter(tmp_path):
 
 def test_softmax_scatter_rejects_bad_shapes():
     with pytest.raises(ValueError, match=r"\(N, 2\)"):
-        plots.softmax_scatter([0, 1], np.full((2, 3), 1 / 3))
+        cellplots.softmax_scatter([0, 1], np.full((2, 3), 1 / 3))
     with pytest.raises(ValueError, match="samples"):
-        plots.softmax_scatter([0, 1, 1], PROBS[:2])
+        cellplots.softmax_scatter([0, 1, 1], PROBS[:2])
 
 
 def test_reliability_diagram(tmp_path):
     bins = metrics.reliability_bins(Y, PROBS)
     ece = metrics.ece(Y, PROBS)
     before = plt.get_fignums()
-    fig = plots.reliability_diagram(bins, title=f"ECE = {ece:.3f}")
+    fig = cellplots.reliability_diagram(bins, title=f"ECE = {ece:.3f}")
     ax = fig.axes[0]
     assert ax.get_title() == f"ECE = {ece:.3f}"
     full = [i for i, c in enumerate(bins["count"]) if c]
@@ -122,14 +123,14 @@ def test_reliability_diagram(tmp_path):
 
 def test_reliability_diagram_rejects_bad_bins():
     with pytest.raises(ValueError, match="missing"):
-        plots.reliability_diagram({"lower": [0.0], "upper": [1.0]})
+        cellplots.reliability_diagram({"lower": [0.0], "upper": [1.0]})
 
 
 def test_confusion_matrix_plot(tmp_path):
     cm = metrics.confusion(Y, PROBS.argmax(axis=1))
     assert cm.tolist() == [[3, 1], [1, 1]]
     before = plt.get_fignums()
-    fig = plots.confusion_matrix_plot(cm)
+    fig = cellplots.confusion_matrix_plot(cm)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.texts] == ["3", "1", "1", "1"]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["healthy", "diseased"]
@@ -139,7 +140,7 @@ def test_confusion_matrix_plot(tmp_path):
 
 def test_confusion_matrix_plot_rejects_wrong_shape():
     with pytest.raises(ValueError, match="shape"):
-        plots.confusion_matrix_plot(np.zeros((3, 3)))
+        cellplots.confusion_matrix_plot(np.zeros((3, 3)))
 
 
 def test_panels_draw_on_a_given_axes(tmp_path):
@@ -147,9 +148,9 @@ def test_panels_draw_on_a_given_axes(tmp_path):
     bins = metrics.reliability_bins(Y, PROBS)
     before = plt.get_fignums()
     fig, (ax_rel, ax_soft) = plt.subplots(1, 2)
-    plots.reliability_panel(ax_rel, bins, "pooled", fontsize="small")
-    plots.softmax_panel(ax_soft, Y, PROBS[:, 0], PROBS[:, 1], marker_size=8)
-    single = plots.reliability_diagram(bins)
+    cellplots.reliability_panel(ax_rel, bins, "pooled", fontsize="small")
+    cellplots.softmax_panel(ax_soft, Y, PROBS[:, 0], PROBS[:, 1], marker_size=8)
+    single = cellplots.reliability_diagram(bins)
     np.testing.assert_allclose([r.get_height() for r in ax_rel.containers[0]],
                                [r.get_height() for r in single.axes[0].containers[0]])
     assert ax_rel.get_title() == "pooled" and single.axes[0].get_title() == ""

@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from finalbn.cell import build_model
-from finalbn.splits import DataError
+from finalbn.data.splits import DataError
 from finalbn.stages.pretrain import pretrain, source_images
+from finalbn.train.cell import build_model
 
 
 def test_pretrain_writes_a_backbone_the_cell_loads(prepared, tmp_path):

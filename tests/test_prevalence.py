@@ -1,5 +1,5 @@
 """report.prevalence: the balanced test set reweighted to a field prevalence, against a hand-computed
-case and against scikit-learn / finalbn.metrics at the test set's own prevalence."""
+case and against scikit-learn / finalbn.stats.metrics at the test set's own prevalence."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, precision_score
 
-from finalbn import metrics
 from finalbn.stages.report import prevalence as prev
+from finalbn.stats import metrics
 
 Y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
 P = np.array([0.9, 0.8, 0.6, 0.3, 0.7, 0.4, 0.2, 0.1])  # argmax: TPR 3/4, FPR 1/4

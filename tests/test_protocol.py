@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from finalbn import imports
-from finalbn.cell import run_cell
-from finalbn.results import rank_configs
-from finalbn.splits import read_manifest
+from finalbn.data.splits import read_manifest
+from finalbn.infra import imports
 from finalbn.stages import export, grid
+from finalbn.stats.results import rank_configs
 from finalbn.tracking import RunRecord
+from finalbn.train.cell import run_cell
 from finalbn_field import decision
 
 SPLITS = Path("data/splits")
@@ -78,10 +78,10 @@ def test_a_code_change_reruns_a_finished_cell(prepared, tmp_path, monkeypatch):
     assert grid.run_shard(cfg, SPLITS, log=lambda m: None)["ran"] == 1
     again = grid.run_shard(cfg, SPLITS, log=lambda m: None)
     assert (again["ran"], again["skipped"], again["failed"]) == (0, 1, [])
-    # the same package with a fix in engine.py: the code version reads the import closure's sources
+    # the same package with a fix in train/engine.py: the code version reads the import closure's sources
     pkg = tmp_path / "pkg"
     shutil.copytree(imports.ROOT, pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    with open(pkg / "engine.py", "a") as fh:
+    with open(pkg / "train" / "engine.py", "a") as fh:
         fh.write("\n# a fix\n")
     before = grid.cell_key(cfg, grid.all_cells(cfg)[0], SPLITS)
 
@@ -97,16 +97,16 @@ def test_a_code_change_reruns_a_finished_cell(prepared, tmp_path, monkeypatch):
     # records a cell or of the figures drawn of it, the recorder itself
     after = {c: grid.cell_key(cfg, c, SPLITS) for c in grid.all_cells(cfg)}
     (pkg / "stages" / "report" / "markdown.py").write_text("# changed\n")
-    for name in ("tracking/store.py", "tracking/__init__.py", "plots.py", "cellfigures.py", "tracked.py"):
+    for name in ("tracking/store.py", "tracking/__init__.py", "plots/cellplots.py", "stages/redraw.py", "stages/tracked.py"):
         text = (pkg / name).read_text()
         assert text.startswith('"""'), name
         (pkg / name).write_text('"""Edited. ' + text[3:])
     digest_of(pkg)
     assert {c: grid.cell_key(cfg, c, SPLITS) for c in grid.all_cells(cfg)} == after
     # an edit to the loss changes every key
-    engine = (pkg / "engine.py").read_text()
+    engine = (pkg / "train" / "engine.py").read_text()
     assert engine.count("def loss_value(") == 1
-    (pkg / "engine.py").write_text(engine.replace("def loss_value(", "def loss_value(  # edited\n", 1))
+    (pkg / "train" / "engine.py").write_text(engine.replace("def loss_value(", "def loss_value(  # edited\n", 1))
     digest_of(pkg)
     assert not set(after.values()) & {grid.cell_key(cfg, c, SPLITS) for c in grid.all_cells(cfg)}
-    digest_of(Path(imports.__file__).resolve().parent)  # the real sources again, caches cleared
+    digest_of(Path(imports.__file__).resolve().parents[1])  # the real sources again, caches cleared

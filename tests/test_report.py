@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from finalbn import separability
-from finalbn import stats as finalbn_stats
 from finalbn.stages import report
 from finalbn.stages.report import CellData, choice, effects, tables
 from finalbn.stages.report.cells import prepare
 from finalbn.stages.report.markdown import markdown_table
+from finalbn.stats import inference as finalbn_stats
+from finalbn.stats import separability
 
 TOGGLES = ("bn", "wl", "da", "mx", "uf", "wd")
 PRODUCT = list(itertools.product([True, False], repeat=6))

@@ -29,7 +29,7 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import ROOT
-from finalbn import rayexec
+from finalbn.cluster import rayexec
 from finalbn.config import RayConfig
 from servers import MlflowServer, Postgres, free_port, postgres_bin
 

@@ -22,11 +22,12 @@ import yaml
 from optuna.trial import TrialState
 
 from conftest import ROOT
-from finalbn import cell, tracked, tracking
+from finalbn import tracking
 from finalbn.cli import main
 from finalbn.config import has_final_bn
-from finalbn.stages import search
+from finalbn.stages import search, tracked
 from finalbn.stages.search import liveness
+from finalbn.train import cell
 
 SPLITS = Path("data/splits")
 DEFAULT_WORKERS = yaml.safe_load((ROOT / "params.yaml").read_text())["search"]["workers"]  # what users run: 2
@@ -138,7 +139,7 @@ def test_a_trial_pruned_on_replicate_0_never_trains_replicate_1(searching, monke
         loaded.append(int(Path(manifest).parent.name))
         return real(manifest, *a, **k)
 
-    monkeypatch.setattr("finalbn.cell.load_splits", recording)
+    monkeypatch.setattr("finalbn.train.cell.load_splits", recording)
     cfg = load(["search.n_trials=2"])
     study, parent, _ = search.start(cfg)
     epochs = cfg.train.epochs
@@ -278,7 +279,7 @@ def test_pruning_in_a_real_study(searching, tmp_path):
 
 def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(searching, monkeypatch):
     load, _ = searching
-    from finalbn.engine import TrainingDiverged
+    from finalbn.train.engine import TrainingDiverged
 
     real = tracked.run_cell
     calls = []
@@ -289,7 +290,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(searching
             raise TrainingDiverged("loss is nan at epoch 1, step 2")
         return real(*a, **k)
 
-    monkeypatch.setattr("finalbn.tracked.run_cell", flaky)
+    monkeypatch.setattr("finalbn.stages.tracked.run_cell", flaky)
     cfg = load(["search.n_trials=2"])
     study, parent, _ = search.start(cfg)
     search.optimize(cfg, SPLITS, parent)

@@ -14,7 +14,7 @@ from urllib3.exceptions import MaxRetryError, NewConnectionError, ReadTimeoutErr
 
 from conftest import PARAMS
 from finalbn import cli
-from finalbn.errors import server_unreachable
+from finalbn.infra.errors import server_unreachable
 
 URL = "/api/2.0/mlflow/runs/create"
 

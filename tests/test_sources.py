@@ -1,4 +1,4 @@
-"""Layouts as users have them (finalbn.sources through `finalbn prepare`): a labels table (ISIC,
+"""Layouts as users have them (finalbn.data.sources through `finalbn prepare`): a labels table (ISIC,
 ELPV, Kaggle), many folders per class by glob pattern (patient-per-folder), and file names that
 are not valid UTF-8 (Windows archives unpacked on Linux). Every input is made by the test."""
 from __future__ import annotations
@@ -13,8 +13,8 @@ from PIL import Image
 
 from conftest import PARAMS, write_png
 from finalbn.cli import main
-from finalbn.data import decode_images
-from finalbn.splits import DataError, read_manifest
+from finalbn.data.splits import DataError, read_manifest
+from finalbn.data.tensors import decode_images
 from finalbn_field.images import unescape_name
 
 
@@ -183,7 +183,7 @@ def test_names_that_are_not_utf8_are_used_and_written_escaped(tmp_path, capsys):
 
 
 def test_collect_errors_are_data_errors(load, tmp_path):
-    from finalbn.sources import collect
+    from finalbn.data.sources import collect
 
     cfg = load(["datasets.0.source=folders", "datasets.0.crop=null", f"datasets.0.root={tmp_path}",
                 "datasets.0.majority=[a]", "datasets.0.minority=[b]"])
@@ -456,7 +456,7 @@ def test_a_short_class_says_why_rows_and_files_were_not_usable(tmp_path, capsys)
            "ISIC_0000013), 1 row missing image (e.g. line 19: ISIC_0000099)" in text
     assert f"; every reason in {refused}" in text
     record = json.loads(refused.read_text())
-    from finalbn.refusals import file_kind
+    from finalbn.data.refusals import file_kind
 
     kinds = {Path(r["path"]).name: file_kind(r["reason"]) for r in record["rejected"]}
     assert set(kinds) == {"ISIC_0000017.jpg", "ISIC_0000018.jpg"} and kinds["ISIC_0000017.jpg"] == "not an image"
@@ -476,7 +476,7 @@ def test_a_utf8_comma_table_gives_the_cells_pandas_gave_before(tmp_path):
     quotes, leading zeros, spaces after commas, empty cells, NA-looking text, a BOM."""
     import pandas as pd
 
-    from finalbn.tables import read
+    from finalbn.data.tables import read
 
     text = 'image, label ,note\n007,0,"a, b"\n"x y.jpg", 1,NA\n0010,1.0,\nnull,n/a,"say ""hi"""\n'
     for bom in (b"", b"\xef\xbb\xbf"):

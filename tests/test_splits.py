@@ -10,7 +10,7 @@ import pytest
 
 from conftest import PARAMS, make_plantvillage, write_png
 from finalbn.cli import main
-from finalbn.splits import DataError, draw_split, prepare_dataset, read_manifest
+from finalbn.data.splits import DataError, draw_split, prepare_dataset, read_manifest
 
 
 def _ds(load, tiny_split, root: Path, *extra: str):

@@ -11,8 +11,8 @@ import pytest
 
 from conftest import write_png
 from finalbn.config.schema import DatasetConfig, SplitConfig
-from finalbn.data import load_splits
-from finalbn.splits import prepare_dataset, read_manifest
+from finalbn.data.splits import prepare_dataset, read_manifest
+from finalbn.data.tensors import load_splits
 from finalbn_field.images import escape_name, formula_safe, unescape_name
 
 NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")

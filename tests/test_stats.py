@@ -1,4 +1,4 @@
-"""finalbn.stats: the t interval, Holm's adjustment and the detectable difference against hand computations."""
+"""finalbn.stats.inference: the t interval, Holm's adjustment and the detectable difference against hand computations."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from finalbn.stats import ZERO_TOL, detectable_difference, holm, t_interval
+from finalbn.stats.inference import ZERO_TOL, detectable_difference, holm, t_interval
 
 
 def test_t_interval_by_hand():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from finalbn.io import temporary_name
+from finalbn.infra.io import temporary_name
 from finalbn.synthetic import DISEASES, generate, leaf, render_leaf
 from finalbn.synthetic.collection import _TMP_NAME
 
@@ -96,7 +96,7 @@ def test_rerun_overwrites_its_folders_only(tmp_path):
 
 def test_temp_name_pattern_matches_the_writers_names(tmp_path):
     # _prune finds an interrupted run's leftovers by this pattern: it must match the names
-    # finalbn.io gives a PNG's temporary file (and those of older runs), and nothing else.
+    # finalbn.infra.io gives a PNG's temporary file (and those of older runs), and nothing else.
     assert _TMP_NAME.match(temporary_name(tmp_path / "00042.png").name)
     assert _TMP_NAME.match(".00042.png.123.tmp")
     for name in ("00042.png", ".00042.png", ".notes.txt.123.tmp", ".0042.png.123.tmp"):

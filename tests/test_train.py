@@ -11,13 +11,13 @@ import yaml
 from torch import nn
 
 from conftest import ROOT
-from finalbn import cell as cells
-from finalbn.cell import fit_settings, run_cell
 from finalbn.cli import main
 from finalbn.config import ablation_from_id, config_id, config_name
-from finalbn.data import TrainPlan, eval_transform, load_splits, make_loaders
-from finalbn.engine import FitSettings, TrainingDiverged, fit
+from finalbn.data.tensors import TrainPlan, eval_transform, load_splits, make_loaders
 from finalbn.models import WeightsError
+from finalbn.train import cell as cells
+from finalbn.train.cell import fit_settings, run_cell
+from finalbn.train.engine import FitSettings, TrainingDiverged, fit
 
 SPLITS = Path("data/splits")
 
@@ -136,7 +136,7 @@ def test_failed_cell_run_ends_failed_and_cli_says_why(prepared, monkeypatch, cap
 
 def test_interrupted_cell_run_ends_killed(prepared, monkeypatch):
     load, _ = prepared
-    from finalbn.tracked import track_cell
+    from finalbn.stages.tracked import track_cell
 
     def interrupt(*a, **k):
         raise KeyboardInterrupt

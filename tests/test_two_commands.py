@@ -20,9 +20,10 @@ import psutil
 import pytest
 
 from conftest import ROOT
-from finalbn import faults, tracking
+from finalbn import tracking
 from finalbn.cli import main
-from finalbn.errors import StoreError
+from finalbn.infra import faults
+from finalbn.infra.errors import StoreError
 from finalbn.stages import grid
 from finalbn.stages.grid.plan import all_cells, cell_key
 from finalbn.stages.grid.shard import existing_cells

@@ -15,7 +15,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "src"), str(REPO / "deploy" / "field")]
 
-from finalbn import cli, imports  # noqa: E402  (after the path)
+from finalbn import cli  # noqa: E402  (after the path)
+from finalbn.infra import imports  # noqa: E402
 
 
 def main() -> int:

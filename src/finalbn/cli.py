@@ -21,9 +21,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from finalbn import interrupt
 from finalbn.config import Config, ConfigError, load_config
-from finalbn.errors import (
+from finalbn.infra import interrupt
+from finalbn.infra.errors import (
     DataError,
     StoreError,
     TrainingDiverged,
@@ -171,8 +171,8 @@ COMMANDS: dict[str, str] = {
     "sensitivity": "finalbn.stages.sensitivity",
     "report": "finalbn.stages.report",
     "export": "finalbn.stages.export",
-    "bench": "finalbn.bench",
-    "figures": "finalbn.cellfigures",
+    "bench": "finalbn.bench.study",
+    "figures": "finalbn.stages.redraw",
 }
 
 

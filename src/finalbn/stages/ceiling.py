@@ -32,13 +32,13 @@ from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 from finalbn import tracking
-from finalbn.cell import preflight, weights_path
 from finalbn.config import Config
-from finalbn.data import decode_images, decode_settings, eval_transform
+from finalbn.data.sources import collect
+from finalbn.data.splits import DataError, read_manifest, split_dir
+from finalbn.data.tensors import decode_images, decode_settings, eval_transform
 from finalbn.models import AdaptiveConcatPool2d, create_model, get_spec
-from finalbn.separability import LOW, ceiling_sentence, write_ceiling
-from finalbn.sources import collect
-from finalbn.splits import DataError, read_manifest, split_dir
+from finalbn.stats.separability import LOW, ceiling_sentence, write_ceiling
+from finalbn.train.cell import preflight, weights_path
 from finalbn_field.images import escape_name
 
 MIN_PER_CLASS = 20  # fewer spare images per class than this: use the test split instead

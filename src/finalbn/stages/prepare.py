@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 from finalbn.config import Config
-from finalbn.splits import prepare_dataset
-from finalbn.tables import read_as
+from finalbn.data.splits import prepare_dataset
+from finalbn.data.tables import read_as
 
 
 def _extra(summary: dict) -> str:

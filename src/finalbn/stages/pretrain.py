@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from finalbn import io
 from finalbn.config import Config
-from finalbn.data import SplitTensors, make_loaders
-from finalbn.engine import FitSettings, fit, resolve_device
+from finalbn.data.splits import DataError
+from finalbn.data.tensors import SplitTensors, make_loaders
+from finalbn.infra import io
 from finalbn.models import get_spec
-from finalbn.splits import DataError
 from finalbn.synthetic import DISEASES, HEALTHY, render_leaf
+from finalbn.train.engine import FitSettings, fit, resolve_device
 
 
 def source_images(cfg: Config) -> tuple[list[str], dict[str, SplitTensors]]:

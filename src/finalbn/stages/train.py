@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 from finalbn import tracking
-from finalbn.cell import preflight
 from finalbn.config import Config
-from finalbn.errors import UsageError
-from finalbn.tracked import track_cell
+from finalbn.infra.errors import UsageError
+from finalbn.stages.tracked import track_cell
+from finalbn.train.cell import preflight
 
 
 def main(cfg: Config, args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from finalbn.io import TMP_SUFFIX, write_bytes
+from finalbn.infra.io import TMP_SUFFIX, write_bytes
 from finalbn.synthetic.lesions import DISEASES
 from finalbn.synthetic.render import _check_crop, _check_severity, render_leaf
 
@@ -32,7 +32,7 @@ HEALTHY = "healthy"
 
 _PNG_NAME = re.compile(r"^(\d{5,})\.png$")
 # _write_png's temporary files, left by an interrupted run: `.00000.png.<pid>.<random>.tmp`
-# (finalbn.io's name), or `.00000.png.<pid>.tmp` as written before it.
+# (finalbn.infra.io's name), or `.00000.png.<pid>.tmp` as written before it.
 _TMP_NAME = re.compile(r"^\.\d{5,}\.png\.\d+(?:\.[0-9a-f]+)?" + re.escape(TMP_SUFFIX) + "$")
 
 

@@ -10,7 +10,7 @@ tag name), `runs` (writing runs), `query` (reading them), `parents` (grid and st
 runs), `outputs` (the ceiling's and the report's runs), `registry` (logged models, the
 registered name and alias), `fingerprint` (whether the store holds what a stage's outputs cite),
 `owner` (one live command per stage's experiment: `with owned(cfg, "grid"):`). Stages wrap
-cells in these contexts (`finalbn.tracked`), so a test can run a stage's core with no store at all.
+cells in these contexts (`finalbn.stages.tracked`), so a test can run a stage's core with no store at all.
 """
 from finalbn.tracking import fingerprint, records
 from finalbn.tracking.outputs import log_ceiling, log_report

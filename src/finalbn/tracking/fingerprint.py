@@ -27,8 +27,8 @@ from urllib.parse import urlsplit, urlunsplit
 from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 
-from finalbn import io
-from finalbn.errors import StoreError
+from finalbn.infra import io
+from finalbn.infra.errors import StoreError
 from finalbn.tracking.store import client, sqlite_path, tracking_uri
 
 _noted: dict[str, dict] = {"runs": {}, "models": {}}  # this process's runs its outputs do not cite

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from finalbn import faults
 from finalbn.config import Config
+from finalbn.infra import faults
 from finalbn.tracking.fingerprint import note_run
 from finalbn.tracking.records import ARCH, CEILING, DATASET, FAILED, FINISHED, REPORT
 from finalbn.tracking.runs import cell_run, create_run, end_run, log_artifacts, log_batch, metric_name, set_tag
@@ -32,7 +32,7 @@ def log_ceiling(cfg: Config, result: dict) -> str:
 
 def log_report(out_dir: Path, experiment: str) -> str:
     """Log every file of `out_dir` as artifacts of a new run named "report" (tag finalbn.report=true,
-    never finalbn.cell) in `experiment`; the headline numbers of summary.json become its metrics
+    never finalbn.train.cell) in `experiment`; the headline numbers of summary.json become its metrics
     and the verdict a tag. Returns the run id."""
     out = Path(out_dir)
     if not out.is_dir():

@@ -43,9 +43,9 @@ from typing import Any
 
 from filelock import FileLock
 
-from finalbn import liveness
 from finalbn.config import Config
-from finalbn.errors import StoreError
+from finalbn.infra import liveness
+from finalbn.infra.errors import StoreError
 from finalbn.tracking.records import STAGE, RunRecord
 from finalbn.tracking.runs import mark_killed
 from finalbn.tracking.store import (

@@ -56,7 +56,7 @@ def runs_by_tag(experiment: Experiments, tag: str) -> dict[str, list[RunRecord]]
 
 
 def finished_cell_runs(experiment: Experiments) -> list[RunRecord]:
-    """Every FINISHED cell run (tag finalbn.cell=true) of `experiment`."""
+    """Every FINISHED cell run (tag finalbn.train.cell=true) of `experiment`."""
     runs = search(experiment, f"tags.`{CELL}` = 'true' and attributes.status = '{FINISHED}'")
     # the filter already says so; checked again so a store with looser filtering cannot leak runs in
     return [r for r in runs if r.finished and r.flag(CELL)]

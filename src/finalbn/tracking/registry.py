@@ -27,7 +27,7 @@ import mlflow
 import numpy as np
 from mlflow.models import infer_signature
 
-from finalbn import faults
+from finalbn.infra import faults
 from finalbn.tracking.fingerprint import note_model
 from finalbn.tracking.records import MODEL_URI, ONNX_SHA256, ONNX_SIZE
 from finalbn.tracking.store import client

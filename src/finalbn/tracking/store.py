@@ -31,9 +31,9 @@ import mlflow
 from filelock import FileLock
 from sqlalchemy.engine import make_url
 
-from finalbn import io, liveness
 from finalbn.config import Config
-from finalbn.errors import StoreError, storage_full
+from finalbn.infra import io, liveness
+from finalbn.infra.errors import StoreError, storage_full
 from finalbn.tracking.records import FAILED, FINISHED, KILLED, RUNNING, WORKER, WORKER_STARTED
 
 DEFAULT_URI = "sqlite:///mlflow.db"

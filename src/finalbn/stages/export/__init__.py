@@ -22,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from finalbn import faults, io, tracking
+from finalbn import tracking
 from finalbn.config import Config
-from finalbn.data import decode_settings, load_splits
+from finalbn.data.splits import split_dir
+from finalbn.data.tensors import decode_settings, load_splits
+from finalbn.infra import faults, io
 from finalbn.models import get_spec
-from finalbn.splits import split_dir
 from finalbn.stages.export.card import (
     CLASSES,
     decision_rules,

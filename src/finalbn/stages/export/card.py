@@ -26,10 +26,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from finalbn import selection
 from finalbn.config import TOGGLES, final_layer
 from finalbn.stages.export.onnx import INPUT, OUTPUTS
 from finalbn.stages.export.select import Source
+from finalbn.stats import selection
 from finalbn_field import decision
 from finalbn_field.decision import prior_threshold
 

@@ -19,7 +19,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from finalbn.data import eval_transform
+from finalbn.data.tensors import eval_transform
 
 TOLERANCE = 1e-4  # max |P_ort - P_torch| over the test images, at batch 1 and 32
 INPUT, OUTPUTS = "image", ("logits", "probs")

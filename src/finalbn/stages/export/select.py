@@ -4,7 +4,7 @@ when the run kept no weights.
     choice = choose(tracking.finished_cell_runs(["finalbn/grid", "finalbn/search"]), k=5)   # the best final-BN configuration
     src = rebuild(choice.run, Path("data/splits"))                    # Source: config, model, metrics
 
-By default the configuration with a final BN before the softmax that `finalbn.selection` ranks
+By default the configuration with a final BN before the softmax that `finalbn.stats.selection` ranks
 first over replicates 0..k-1 (`selection.replicates`): grid cells and search runs alike, grouped
 by their configuration key (the cell key without the replicate), only those FINISHED on all k
 replicates, on the mean validation AUROC at the last epoch, ties to the lower mean class-balanced
@@ -32,13 +32,14 @@ import torch
 import yaml
 from torch import nn
 
-from finalbn import selection, tracking
-from finalbn.cell import CellResult, build_model
+from finalbn import tracking
 from finalbn.config import TOGGLES, Config, ConfigError, cell_seed, has_final_bn, validate
-from finalbn.stats import t_interval
-from finalbn.tracked import VAL_PREDICTIONS, track_cell
+from finalbn.stages.tracked import VAL_PREDICTIONS, track_cell
+from finalbn.stats import selection
+from finalbn.stats.inference import t_interval
 from finalbn.tracking import RunRecord, latest
 from finalbn.tracking import records as tags
+from finalbn.train.cell import CellResult, build_model
 
 WEIGHTS_DIR, WEIGHTS = "export", "export/state_dict.pt"
 TEST_PREDICTIONS = "predictions/test_predictions.csv"  # path, label, p1_last: each cell run's test split

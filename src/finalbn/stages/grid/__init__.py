@@ -21,15 +21,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from finalbn import rayexec, tracking, workers
-from finalbn.cell import preflight
+from finalbn import tracking
+from finalbn.cluster import rayexec, workers
 from finalbn.config import Config, parse_configs
-from finalbn.data import load_splits
-from finalbn.errors import UsageError
-from finalbn.splits import split_dir
+from finalbn.data.splits import split_dir
+from finalbn.data.tensors import load_splits
+from finalbn.infra.errors import UsageError
 from finalbn.stages.grid.output import write_results
 from finalbn.stages.grid.plan import Cell, all_cells, cell_config, cell_key, shard_cells, share_order, units
 from finalbn.stages.grid.shard import run_shard, run_unit
+from finalbn.train.cell import preflight
 
 __all__ = ["Cell", "all_cells", "cell_config", "cell_key", "main", "run_ray", "run_shard", "run_workers",
            "shard_cells", "share_order", "units", "write_results"]
@@ -72,7 +73,7 @@ def run_workers(cfg: Config, argv_base: Sequence[str], count: int, stage: str = 
 
 def run_ray(cfg: Config, splits: Path, cells: Sequence[Cell], stage: str = "grid") -> int:
     """Every unit of `cells` (a family sharing features, or a UF-on configuration with its
-    replicates) as a Ray task (`finalbn.rayexec`), the costliest first; 1 when a unit failed."""
+    replicates) as a Ray task (`finalbn.cluster.rayexec`), the costliest first; 1 when a unit failed."""
     tracking.setup(cfg, stage)  # the store and experiment exist before any task touches them
     tcfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=rayexec.task_threads(cfg.ray)))
     todo = units(cells, cfg.train.share_features)

@@ -3,7 +3,7 @@
     summary = write_results(cfg, Path("data/splits"), Path("results"))
 
 "Best configuration" in grid.json is chosen on validation over replicates 0..K-1
-(`selection.replicates`, `finalbn.selection`): only configurations with all K are ranked; test
+(`selection.replicates`, `finalbn.stats.selection`): only configurations with all K are ranked; test
 values are only reported beside it.
 """
 from __future__ import annotations
@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from finalbn import io, selection
 from finalbn.config import TOGGLES, Config, ablation_from_id, config_name
-from finalbn.io import write_csv
-from finalbn.results import METRIC_COLUMNS, SEL_COLUMNS, VAL_COLUMNS, paper_cells, rank_configs, rounded
+from finalbn.infra import io
+from finalbn.infra.io import write_csv
 from finalbn.stages.grid.plan import Cell, all_cells, cell_key
 from finalbn.stages.grid.shard import existing_cells
+from finalbn.stats import selection
+from finalbn.stats.results import METRIC_COLUMNS, SEL_COLUMNS, VAL_COLUMNS, paper_cells, rank_configs, rounded
 from finalbn.tracking import RunRecord, latest
 
 

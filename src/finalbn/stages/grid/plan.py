@@ -14,7 +14,7 @@ frozen backbone the same images); with UF on (nothing to share) one configuratio
 parent run and all of its replicates live in one shard (workers never race to create a parent).
 Units are dealt to shards by their estimated cost, largest first, so that shards end together.
 Within a shard, cells run in `share_order` — family, replicate, configuration — so a share group
-runs back to back on the frozen body's features computed once (`finalbn.features`).
+runs back to back on the frozen body's features computed once (`finalbn.train.features`).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from finalbn.config import Config, ablation_from_id, config_name, configure, parse_configs
-from finalbn.keys import result_key
+from finalbn.train.keys import result_key
 
 # A cell's time in warm-head cells, by kind (`cell_kind`), measured with `finalbn bench --cells` on CPU
 # (efficientnet_lite0, 64 px, one thread): UF on 98-100 s; the first cell of an augmented, a MixUp and the

@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from finalbn import faults, interrupt, tracking
+from finalbn import tracking
 from finalbn.config import Config
-from finalbn.engine import TrainingDiverged
+from finalbn.infra import faults, interrupt
 from finalbn.stages.grid.plan import (
     Cell,
     all_cells,
@@ -30,8 +30,9 @@ from finalbn.stages.grid.plan import (
     shard_cells,
     share_order,
 )
-from finalbn.tracked import track_cell
+from finalbn.stages.tracked import track_cell
 from finalbn.tracking import records as tags
+from finalbn.train.engine import TrainingDiverged
 
 CELL_STAGES = ("grid", "sensitivity")  # the experiments whose runs are grid cells
 

@@ -25,7 +25,7 @@ The package: `make` (`finalbn report`: inputs in, MLflow logging), `build` (the 
 section), `answer` (the sections at the user's prevalence, per setting, at the training prior, the
 sensitivity), `summary` (summary.json), `cells` (collecting runs), `tables`, `prevalence` (the test
 set reweighted to π), `effects` (the study's effects), `pairs` (paired contrasts, the Holm families),
-`factorial`, `verdict` (wording; the generic statistics are `finalbn.stats`), `baselines` (the
+`factorial`, `verdict` (wording; the generic statistics are `finalbn.stats.inference`), `baselines` (the
 imbalance baselines), `search` (the Optuna section), `figures`, `markdown` (formatting, the page).
 """
 from __future__ import annotations

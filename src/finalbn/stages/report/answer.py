@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from finalbn.io import write_csv
-from finalbn.sensitivity_plots import fig_factors
+from finalbn.infra.io import write_csv
+from finalbn.plots.sensitivity import fig_factors
 from finalbn.stages.report import figures
 from finalbn.stages.report import prevalence as prev
 from finalbn.stages.report.cells import CellData

@@ -21,7 +21,7 @@ import pandas as pd
 
 from finalbn.stages.report.markdown import interval_text
 from finalbn.stages.report.tables import BN_ID, NONE_ID
-from finalbn.stats import holm, t_interval
+from finalbn.stats.inference import holm, t_interval
 
 FAMILY = "baselines"
 COMPARISONS = ("f1_1_vs_bn", "auroc_vs_bn", "f1_1_vs_base")

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from finalbn import faults
-from finalbn.io import write_csv, write_text
-from finalbn.separability import LOW, ceiling_sentence
+from finalbn.infra import faults
+from finalbn.infra.io import write_csv, write_text
 from finalbn.stages.report import baselines as imbalance
 from finalbn.stages.report import figures
 from finalbn.stages.report import prevalence as prev
@@ -49,6 +48,7 @@ from finalbn.stages.report.tables import (
     table3,
     table4,
 )
+from finalbn.stats.separability import LOW, ceiling_sentence
 
 # The metrics at each π every cell carries as columns (`prevalence.column`): the effects' inputs.
 WIDE_METRICS = ("f1_1", "precision_1", "ece", "brier", "ap", "tpr", "fpr", "cut_f1_1", "cut_precision_1", "cut_tpr",

@@ -4,7 +4,7 @@ sure that choice is, and the choice against BN only (31) on replicates it was no
     cand, lines = selection_table(cells, k=5, n_boot=2000, seed=0)
 
 Pure functions of the cells DataFrame (see `report.cells`). The candidates are the
-configurations seen on every one of replicates 0..k-1 (`finalbn.selection`); `wins` is the share
+configurations seen on every one of replicates 0..k-1 (`finalbn.stats.selection`); `wins` is the share
 of bootstrap resamples of those replicates in which each would be chosen — within-sample: the same
 replicates that chose it, so optimistic. The honest check is on the replicates >= k (in the
 default grid only the headline configurations run there): the candidates run there are ranked by
@@ -21,10 +21,10 @@ import math
 
 import pandas as pd
 
-from finalbn import selection
 from finalbn.stages.report.cells import config_name_of, toggles_of
 from finalbn.stages.report.tables import BN_ID, F1_1, ranked_configs
-from finalbn.stats import t_interval
+from finalbn.stats import selection
+from finalbn.stats.inference import t_interval
 
 COLUMNS = ["dataset", "arch", "rank", "config_id", "config_name", "replicates", "val_auroc", "val_auroc_ci_low",
            "val_auroc_ci_high", "val_balanced_loss", "wins", "held_out_val_auroc", "held_out_rank"]

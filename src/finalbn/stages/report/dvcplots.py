@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from finalbn.io import write_csv, write_text
-from finalbn.results import paper_cells
+from finalbn.infra.io import write_csv, write_text
+from finalbn.stats.results import paper_cells
 
 BN_ID, NONE_ID = 31, 63
 

@@ -30,7 +30,7 @@ states), `factorial` (its rows, when replicated), `other contrasts` (the effects
 Wording is neutral ("changes minority F1 by +0.12 [+0.05, +0.19]"; "rules out a gain larger than
 +0.03") and set against the paper's reported range.
 
-The generic pieces (t interval, Holm, detectable difference) live in `finalbn.stats`; `t_interval`
+The generic pieces (t interval, Holm, detectable difference) live in `finalbn.stats.inference`; `t_interval`
 stays importable from here too.
 """
 from __future__ import annotations
@@ -66,7 +66,7 @@ from finalbn.stages.report.pairs import (  # noqa: F401
 )
 from finalbn.stages.report.tables import BN_ID, BNWL_ID, NONE_ID, WL_ID
 from finalbn.stages.report.verdict import PAPER, _versus_paper, describe, verdict_lines  # noqa: F401
-from finalbn.stats import holm, t_interval
+from finalbn.stats.inference import holm, t_interval
 
 EFFECT_COLUMNS = ["scope", "effect", "label", "metric", "kind", "prevalence", "protocol", "estimate", "ci_low",
                   "ci_high", "p", "family", "p_holm", "n", "boot_low", "boot_high", "method", "note"]
@@ -164,7 +164,7 @@ def _contrast_specs(prevalences: Sequence[float], test_pi: float | None):
 
 def interaction(sub: pd.DataFrame, column: str) -> dict:
     """BN × WL on the replicated 2 × 2 (configs 31, 63, 15, 47): per replicate (15 − 47) − (31 − 63)
-    in `column`, t interval over the replicates where all four ran (finalbn.stats.t_interval)."""
+    in `column`, t interval over the replicates where all four ran (finalbn.stats.inference.t_interval)."""
     key = ["dataset", "arch", "replicate"]
     if column not in sub:
         return t_interval(np.array([]))

@@ -21,7 +21,7 @@ import statsmodels.api as sm
 
 from finalbn.config import TOGGLES, AblationConfig, config_id
 from finalbn.stages.report.pairs import FACTORIAL, paired_differences
-from finalbn.stats import holm, t_interval
+from finalbn.stats.inference import holm, t_interval
 
 SETTING_COLUMNS = ["scope", "uf", "wl", "setting", "factorial_estimate", "factorial_min", "factorial_max",
                    "factorial_pairs", "factorial_replicates", "factorial_exploratory", "pair", "pair_estimate",

@@ -4,7 +4,7 @@
     fig_effects(effects, "effects.png")   # estimates with their intervals
     fig_prevalence(means, effects, "prevalence.png")   # 31 and 63, and their difference, at each π
 
-Fig. 4's softmax panels and the reliability panels are drawn by `finalbn.plots`, as in the per-run
+Fig. 4's softmax panels and the reliability panels are drawn by `finalbn.plots.cellplots`, as in the per-run
 figures, so the two look alike.
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np
 import pandas as pd
 
-from finalbn import plots  # first: it selects the Agg backend before pyplot is imported
-from finalbn.io import save_figure
+from finalbn.infra.io import save_figure
+from finalbn.plots import cellplots  # first: it selects the Agg backend before pyplot is imported
 from finalbn.stages.report.tables import BN_ID, NONE_ID, WL_ID, bins_ece  # noqa: E402
 
 
@@ -240,7 +240,7 @@ def fig4(pairs: dict, path: Path, p1) -> None:
         for j, (df, name) in enumerate(((p63, "without final BN (63)"), (p31, "with final BN (31)"))):
             p = p1(df).to_numpy(float)
             ax = axes[i][j]
-            plots.softmax_panel(ax, df["label"].to_numpy(int), 1 - p, p, marker_size=8)
+            cellplots.softmax_panel(ax, df["label"].to_numpy(int), 1 - p, p, marker_size=8)
             ax.set_title(f"{key[0]} {key[1]} replicate {rep}: {name}, last epoch", fontsize="small")
     axes[0][0].legend(loc="center left", fontsize=8)
     save_figure(fig, path, dpi=90)
@@ -254,7 +254,7 @@ def fig_reliability(b63: dict | None, n63: int, b31: dict | None, n31: int, path
             ax.axis("off")
             ax.text(0.5, 0.5, f"{name}: no reliability.json", ha="center", va="center")
         else:
-            plots.reliability_panel(ax, b, f"{name}, {n} runs pooled, ECE {bins_ece(b):.3f}", fontsize="small")
+            cellplots.reliability_panel(ax, b, f"{name}, {n} runs pooled, ECE {bins_ece(b):.3f}", fontsize="small")
     save_figure(fig, path, dpi=90)
     plt.close(fig)
 
@@ -270,7 +270,7 @@ def fig_reliability_at(panels: list[tuple[str, dict | None]], path: Path) -> Non
             continue
         shown = {**b, "count": [1 if w > 0 else 0 for w in b["weight"]]}  # bars where the reweighted bin holds mass
         ece = sum(w * abs(a - c) for w, a, c in zip(b["weight"], b["accuracy"], b["confidence"]) if w)
-        plots.reliability_panel(ax, shown, f"{title}, ECE {ece:.3f}", fontsize="small")
+        cellplots.reliability_panel(ax, shown, f"{title}, ECE {ece:.3f}", fontsize="small")
     save_figure(fig, path, dpi=90)
     plt.close(fig)
 

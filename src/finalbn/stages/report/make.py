@@ -17,9 +17,9 @@ from typing import Any
 import pandas as pd
 
 from finalbn import tracking
-from finalbn.separability import read_ceilings
 from finalbn.stages.report.build import build_report
 from finalbn.stages.report.cells import collect
+from finalbn.stats.separability import read_ceilings
 
 
 def grid_keys(grid_csv: Path) -> set[str]:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from finalbn.stats import ZERO_TOL
+from finalbn.stats.inference import ZERO_TOL
 
 VERDICT, FACTORIAL, OTHER = "verdict", "factorial", "other contrasts"
 SIGNIFICANT = 0.05  # a Holm-adjusted p below this: "holds" / "reverses"; above: "not distinguishable"

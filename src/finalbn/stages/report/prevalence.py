@@ -20,7 +20,7 @@ loosest cut whose test FPR is at most LOW_FPR (a point of the ROC: free of π an
 `negatives`/`positives` count the healthy/diseased test images a row rests on. AP(π) is the step-wise area
 under the reweighted PR curve (scikit-learn's `average_precision_score`, which it equals at the test
 set's own prevalence); ECE(π) and Brier(π) put the same image weights into Guo et al.'s (2017) bins
-and into the mean of `finalbn.metrics.brier` (summed over both classes). Every function raises
+and into the mean of `finalbn.stats.metrics.brier` (summed over both classes). Every function raises
 ValueError for a prevalence outside (0, 1) or a test set that lacks a class.
 """
 from __future__ import annotations
@@ -78,7 +78,7 @@ def pr_curve_at(labels, p1, prevalence: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def reliability_at(labels, p1, prevalence: float, n_bins: int = N_BINS) -> dict[str, list]:
-    """Reliability bins (max-probability confidence, equal width, as `finalbn.metrics.reliability_bins`)
+    """Reliability bins (max-probability confidence, equal width, as `finalbn.stats.metrics.reliability_bins`)
     with the images weighted to π: `weight` (summing to 1), accuracy and confidence weighted means
     (None in an empty bin), and the raw image `count`."""
     y, p = _checked(labels, p1, prevalence)
@@ -106,7 +106,7 @@ def ece_at(labels, p1, prevalence: float, n_bins: int = N_BINS) -> float:
 
 
 def brier_at(labels, p1, prevalence: float) -> float:
-    """Brier score (summed over both classes, as `finalbn.metrics.brier`) with the images weighted to π."""
+    """Brier score (summed over both classes, as `finalbn.stats.metrics.brier`) with the images weighted to π."""
     y, p = _checked(labels, p1, prevalence)
     return float(np.sum(weights(y, prevalence) * 2 * (p - y) ** 2))
 

@@ -73,7 +73,7 @@ def _effects(eff: pd.DataFrame) -> dict[str, dict]:
 
 
 def _best_on_validation(cells: pd.DataFrame, k: int) -> dict:
-    """Per dataset/arch: the configuration chosen over replicates 0..k-1 (`finalbn.selection`);
+    """Per dataset/arch: the configuration chosen over replicates 0..k-1 (`finalbn.stats.selection`);
     none where no configuration has them all."""
     best = {}
     for (ds, arch), sub in cells.groupby(["dataset", "arch"], sort=True):

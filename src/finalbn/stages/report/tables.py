@@ -3,7 +3,7 @@ ranking-vs-threshold baselines — pure functions of the cells DataFrame (see `r
 
 Which numbers: test metrics at the *last* epoch (`test_*`, the paper's Table I protocol) unless a
 column says "sel" (the epoch selected on validation AUROC). Any ranking ("top configurations") is
-`finalbn.selection`'s: mean validation AUROC over replicates 0..k-1, ranked only against
+`finalbn.stats.selection`'s: mean validation AUROC over replicates 0..k-1, ranked only against
 configurations seen on the same replicates (`ranked_over`); test values ride along and never
 decide an order. A number "per configuration" is the mean over replicates of one (dataset, arch,
 configuration).
@@ -15,9 +15,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from finalbn import selection
 from finalbn.config import TOGGLES
 from finalbn.stages.report.cells import CellData, config_name_of, groups, toggles_of
+from finalbn.stats import selection
 
 NONE_ID, WL_ID, BN_ID, BNWL_ID = 63, 47, 31, 15  # nothing, WL only, BN only, BN+WL
 HEADLINE = {NONE_ID: "none (63)", WL_ID: "WL (47)", BN_ID: "BN (31)", BNWL_ID: "BN+WL (15)"}

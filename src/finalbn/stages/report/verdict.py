@@ -19,7 +19,7 @@ import pandas as pd
 
 from finalbn.stages.report.facts import family_size, opening_lines, triple, verdict_facts
 from finalbn.stages.report.pairs import SIGNIFICANT, VERDICT, prevalence_effect_id
-from finalbn.stats import detectable_difference
+from finalbn.stats.inference import detectable_difference
 
 # The paper's Table I (VGG19, 10 runs, Apple / Pepper / Tomato, a balanced 150/150 test set at the
 # argmax cut): the same contrasts, reported range.

@@ -26,10 +26,11 @@ from pathlib import Path
 
 import optuna
 
-from finalbn import io, rayexec, tracking, workers
-from finalbn.cell import preflight
+from finalbn import tracking
+from finalbn.cluster import rayexec, workers
 from finalbn.config import Config
-from finalbn.errors import UsageError
+from finalbn.infra import io
+from finalbn.infra.errors import UsageError
 from finalbn.stages.search.compare import compare, tested_replicates
 from finalbn.stages.search.objective import (
     SWITCHES,
@@ -53,6 +54,7 @@ from finalbn.stages.search.study import (
     study_name,
 )
 from finalbn.stages.search.summary import finish, plots, summary
+from finalbn.train.cell import preflight
 
 __all__ = ["SWITCHES", "TIE_BREAK", "PruningCallback", "ReplicateMedianPruner", "TrialLog", "best_trial", "check", "compare", "directions",
            "fail_stale", "finish", "main", "make_objective", "multi_objective", "open_study", "optimize", "plots",

@@ -27,15 +27,16 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from finalbn import tracking, workers
+from finalbn import tracking
+from finalbn.cluster import workers
 from finalbn.config import Config, config_id, config_name, configure
-from finalbn.keys import result_key
-from finalbn.results import rank_configs, rounded
 from finalbn.stages.search.objective import best_trial
 from finalbn.stages.search.space import suggest
-from finalbn.stats import t_interval
-from finalbn.tracked import track_cell
+from finalbn.stages.tracked import track_cell
+from finalbn.stats.inference import t_interval
+from finalbn.stats.results import rank_configs, rounded
 from finalbn.tracking import records as tags
+from finalbn.train.keys import result_key
 
 ARMS = {"best_trial": "the best trial", "grid_best": "the grid's best configuration", "bn_only_31": "BN only (31)"}
 BN_ONLY = 31

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
-from finalbn import interrupt
+from finalbn.infra import interrupt
 
 RECORD_START = b'{"op_code":'
 

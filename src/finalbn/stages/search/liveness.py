@@ -5,7 +5,7 @@
     dead = is_dead(trial.user_attrs)           # True / False, None when the trial says nothing
 
 A journal storage has no heartbeat (Optuna's are RDB-only), so each trial records its worker —
-host, pid and the process's start time (`finalbn.liveness.identity`, so a reused pid is told
+host, pid and the process's start time (`finalbn.infra.liveness.identity`, so a reused pid is told
 apart) — and renews a lease (`lease_until`, a Unix time three intervals ahead) every `every_s`
 seconds while it runs. On a restart a RUNNING trial is a dead worker's when, on this host, its
 process is gone or is another process under the same pid; on another host, when its lease has
@@ -21,7 +21,7 @@ from typing import Any
 
 import optuna
 
-from finalbn.liveness import gone, identity
+from finalbn.infra.liveness import gone, identity
 
 WORKER, LEASE = "worker", "lease_until"  # trial user attributes
 MISSED = 3  # a lease runs this many renewal intervals ahead

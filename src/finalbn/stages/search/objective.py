@@ -11,7 +11,7 @@ values and this epoch's — at step r * steps_per_replicate + epoch, and the pru
 one inside any replicate: a trial pruned on replicate 0 never trains replicate 1. The pruned
 replicate's run ends KILLED, tagged `trial_state=pruned` (the finished ones stay FINISHED). Its
 objective is the mean over the K replicates of the validation value at the last epoch (the grid's
-protocol, `finalbn.selection`'s rule), never one split's 7 positives. A trial whose loss turns NaN
+protocol, `finalbn.stats.selection`'s rule), never one split's 7 positives. A trial whose loss turns NaN
 is FAILED with its reason and the study goes on. A trial stopped by Ctrl-C is FAILED too, and
 retried with its parameters when the search resumes (so is a killed worker's: `study.fail_stale`). Test metrics are logged with the runs and decide
 nothing.
@@ -30,16 +30,16 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from finalbn.cell import CellResult
 from finalbn.config import TOGGLES, Config, config_name
-from finalbn.engine import TrainingDiverged
-from finalbn.keys import result_key
-from finalbn.selection import TIE_BREAK
 from finalbn.stages.search.liveness import lease
 from finalbn.stages.search.space import multi_objective, steps_per_replicate, suggest
 from finalbn.stages.search.study import EPOCHS, OBJECTIVES, RetryDeadWorker, finished, open_study
-from finalbn.tracked import track_cell
+from finalbn.stages.tracked import track_cell
+from finalbn.stats.selection import TIE_BREAK
 from finalbn.tracking import records as tags
+from finalbn.train.cell import CellResult
+from finalbn.train.engine import TrainingDiverged
+from finalbn.train.keys import result_key
 
 PER_EPOCH = {"val_auroc": "val_auroc", "val_minority_f1": "val_minority_f1", "val_ap": "val_ap",
              "val_balanced_loss": "val_balanced_loss"}

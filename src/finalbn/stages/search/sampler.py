@@ -23,7 +23,7 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from finalbn.liveness import identity
+from finalbn.infra.liveness import identity
 
 RETRY_ATTRS = ("fixed_params", "failed_trial")  # system attributes of an enqueued trial, of a retried one
 

@@ -16,7 +16,7 @@ from optuna.visualization import matplotlib as ovm
 
 from finalbn import tracking
 from finalbn.config import Config
-from finalbn.io import save_figure
+from finalbn.infra.io import save_figure
 from finalbn.stages.search.objective import SWITCHES, TIE_BREAK, best_trial
 from finalbn.stages.search.space import multi_objective
 from finalbn.stages.search.study import directions

@@ -35,12 +35,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from finalbn import io, tracking, workers
+from finalbn import tracking
+from finalbn.cluster import workers
 from finalbn.config import Config, load_config
-from finalbn.errors import DataError
-from finalbn.io import write_csv
-from finalbn.sensitivity_plots import fig_factor
-from finalbn.splits import prepare_dataset
+from finalbn.data.splits import prepare_dataset
+from finalbn.infra import io
+from finalbn.infra.errors import DataError
+from finalbn.infra.io import write_csv
+from finalbn.plots.sensitivity import fig_factor
 from finalbn.stages.sensitivity.analysis import (
     BN_ID,
     COLUMNS,

@@ -6,7 +6,7 @@
 Minority F1 at a prevalence π comes from each cell's test TPR and FPR (`finalbn_field.decision.f1_at`,
 the reweighting of `report.prevalence`); the contrast is paired by replicate (same split, same
 seed) with a t interval, and `detectable` is the smallest paired difference a t test finds with
-80 % power at that replicate count and spread (`finalbn.stats.detectable_difference`).
+80 % power at that replicate count and spread (`finalbn.stats.inference.detectable_difference`).
 
 Every non-reference row with a p-value is one Holm family, `sensitivity` (Holm 1979): `p_holm` and
 `direction` read the table as a whole, every level at every π, in both directions. A comparison in
@@ -23,7 +23,7 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import expit
 
-from finalbn.stats import detectable_difference, holm, t_interval
+from finalbn.stats.inference import detectable_difference, holm, t_interval
 from finalbn_field.decision import f1_at
 
 BN_ID, NONE_ID = 31, 63
@@ -81,7 +81,7 @@ def shifted_rates(labels, p1, bias: float) -> tuple[float, float]:
 
 
 def shifted_metrics(labels, p1, bias: float, prefix: str = "test_") -> dict[str, float]:
-    """The argmax metrics of `ARGMAX` (as `finalbn.metrics.classification_report` defines them: 0
+    """The argmax metrics of `ARGMAX` (as `finalbn.stats.metrics.classification_report` defines them: 0
     where undefined) and the Brier score (summed over both classes) after adding `bias` to the
     minority logit, keyed `<prefix><metric>`; the argmax is the one `shifted_rates` counts."""
     y = np.asarray(labels).astype(int).ravel()
@@ -140,7 +140,7 @@ def contrasts(cells: pd.DataFrame, prevalences: Sequence[float]) -> pd.DataFrame
 
 def holm_family(table: pd.DataFrame) -> pd.DataFrame:
     """`table` with its family columns, in `COLUMNS` order: `p_holm`, Holm's step-down adjustment
-    (Holm 1979; `finalbn.stats.holm`) of `p` over the `sensitivity` family, every non-reference row
+    (Holm 1979; `finalbn.stats.inference.holm`) of `p` over the `sensitivity` family, every non-reference row
     with a finite p (every level at every π: the reference level is the grid's headline contrast,
     tested in the report's own family); `family` ("sensitivity", empty outside it); `direction`:
     "above zero" or "below zero" where p_holm < 0.05 (the sign of the estimate), "reference" for

@@ -3,7 +3,7 @@
     fig_factor(rows_of_one_factor, "batch_size", Path("results/sensitivity/batch_size.png"))
     fig_factors(all_rows, Path("report/sensitivity.png"))      # one row of panels per factor
 
-A leaf (matplotlib via `finalbn.plots`): the sensitivity stage draws one figure per factor, the
+A leaf (matplotlib via `finalbn.plots.cellplots`): the sensitivity stage draws one figure per factor, the
 report all of them in one.
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np
 import pandas as pd
 
-from finalbn import plots  # noqa: F401  (selects the Agg backend before pyplot is imported)
-from finalbn.io import save_figure
+from finalbn.infra.io import save_figure
+from finalbn.plots import cellplots  # noqa: F401  (selects the Agg backend before pyplot is imported)
 
 TITLES = {"imbalance": "training minority share", "batch_size": "batch size",
           "final_bn_momentum": "final BN momentum", "frozen_bn": "frozen body BN mode", "single_logit": "output layer",

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from finalbn.data import EvalBatches, SplitTensors, TrainPlan
+from finalbn.data.tensors import EvalBatches, SplitTensors, TrainPlan
 from finalbn.models import AdaptiveConcatPool2d, create_model
 
 Batch = tuple[torch.Tensor, torch.Tensor]

@@ -62,7 +62,7 @@ def storage_full(exc: BaseException) -> tuple[str, str | None] | None:
     """(what happened, the path being written or None) when `exc` or an exception in its chain
     (`__cause__`, `__context__`) is storage refusing a write: an OSError whose errno is in
     STORAGE_ERRNOS, or a library's text for one (SQLite's "database or disk is full"). The path is
-    the OSError's filename or the "writing <path>" note `finalbn.io` adds. None for anything else."""
+    the OSError's filename or the "writing <path>" note `finalbn.infra.io` adds. None for anything else."""
     found: tuple[str, str | None] | None = None
     path = None
     stack, seen = [exc], set()

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from finalbn.config import RayConfig
-from finalbn.errors import UsageError
+from finalbn.infra.errors import UsageError
 
 FORWARDED = ("MLFLOW_", "FINALBN_", "DVC_")  # environment variables every task gets
 

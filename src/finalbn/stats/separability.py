@@ -13,7 +13,7 @@ import json
 import math
 from pathlib import Path
 
-from finalbn import io
+from finalbn.infra import io
 
 LOW = 0.9  # below this the report says the features barely see the cue
 

@@ -40,11 +40,12 @@ from typing import Any
 
 import torch
 
-from finalbn import features, workers
-from finalbn.cell import run_cell
+from finalbn.cluster import workers
 from finalbn.config import Config, configure
 from finalbn.stages.grid.plan import Cell, all_cells, cell_kinds, shard_cells
-from finalbn.tracked import track_cell
+from finalbn.stages.tracked import track_cell
+from finalbn.train import features
+from finalbn.train.cell import run_cell
 
 # kind -> the paper configuration that stands for it (its cost does not depend on BN, WL or WD)
 SAMPLE = {"uf_on": 29, "uf_on_da": 21, "first": 31, "warm": 63, "first_mx": 27, "first_da": 23}

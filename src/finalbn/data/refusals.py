@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from finalbn.config import DatasetConfig
-from finalbn.errors import DataError
-from finalbn.io import write_json
-from finalbn.sources import Collection, row_kind
+from finalbn.data.sources import Collection, row_kind
+from finalbn.infra.errors import DataError
+from finalbn.infra.io import write_json
 from finalbn_field.images import escape_name
 
 REFUSED = "refused.json"

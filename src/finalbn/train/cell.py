@@ -11,9 +11,9 @@ callbacks reach `engine.fit`.
 
 Two paths, the same numbers (to float rounding): with UF off and `train.share_features` on, the
 head trains on the frozen body's features shared with every cell that sees the same images in
-the same batches (`finalbn.features`); otherwise (UF on, or --no-share) the whole network runs
+the same batches (`finalbn.train.features`); otherwise (UF on, or --no-share) the whole network runs
 every step. Order, augmentation, MixUp, head init and dropout draw from their
-own seeded streams (`finalbn.seeds`), so neither path nor the order of cells changes a draw.
+own seeded streams (`finalbn.config.seeds`), so neither path nor the order of cells changes a draw.
 """
 from __future__ import annotations
 
@@ -28,12 +28,13 @@ import numpy as np
 import torch
 from sklearn.utils.class_weight import compute_class_weight
 
-from finalbn import features, metrics
 from finalbn.config import Config, DatasetConfig, cell_seed, config_id, config_name, final_layer
-from finalbn.data import EvalBatches, SplitTensors, TrainPlan, load_splits
-from finalbn.engine import Callback, FitResult, FitSettings, balanced_loss, fit, predict, resolve_device
+from finalbn.data.splits import split_dir
+from finalbn.data.tensors import EvalBatches, SplitTensors, TrainPlan, load_splits
 from finalbn.models import FinalBNNet, HeadOnFeatures, WeightsError, create_head, create_model, get_spec
-from finalbn.splits import split_dir
+from finalbn.stats import metrics
+from finalbn.train import features
+from finalbn.train.engine import Callback, FitResult, FitSettings, balanced_loss, fit, predict, resolve_device
 from finalbn_field import decision
 
 

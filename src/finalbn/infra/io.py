@@ -32,7 +32,7 @@ from typing import Any
 
 import psutil
 
-from finalbn.errors import WRITING
+from finalbn.infra.errors import WRITING
 
 TMP_SUFFIX = ".tmp"
 _TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}(?P<aside>\.aside)?\.tmp$")

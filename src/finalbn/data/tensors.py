@@ -16,7 +16,7 @@ cannot be read is rebuilt. The intensity and pixel limit are those prepare recor
 split.json beside the manifest (`decode_settings`), so every caller decodes as prepare validated.
 
 A `TrainPlan` draws the data order, augmentation (on tensors, on the plan's device) and MixUp
-from its own seeded streams (`finalbn.seeds`): the same epoch gives the same inputs whoever asks,
+from its own seeded streams (`finalbn.config.seeds`): the same epoch gives the same inputs whoever asks,
 which is what lets cells share one pass of a frozen body.
 """
 from __future__ import annotations
@@ -37,12 +37,12 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from finalbn.augment import BatchAugment
 from finalbn.config import AugmentConfig
-from finalbn.io import atomic_path
+from finalbn.config.seeds import AUGMENT, MIXUP, ORDER, stream_seed
+from finalbn.data.augment import BatchAugment
+from finalbn.data.splits import SPLITS, read_manifest, sha256_file
+from finalbn.infra.io import atomic_path
 from finalbn.models import IMAGENET_MEAN, IMAGENET_STD
-from finalbn.seeds import AUGMENT, MIXUP, ORDER, stream_seed
-from finalbn.splits import SPLITS, read_manifest, sha256_file
 from finalbn_field import depth as depth_source
 from finalbn_field import images as images_source
 from finalbn_field.images import MAX_PIXELS, Intensity, load_rgb, resize_square, unescape_name
@@ -272,7 +272,7 @@ class TrainPlan:
                 # draws from it between batches).
                 with torch.random.fork_rng(devices=[]):
                     torch.set_rng_state(aug_state)
-                    x = self._augment(x)  # per-image draws, one batched pass (`finalbn.augment`)
+                    x = self._augment(x)  # per-image draws, one batched pass (`finalbn.data.augment`)
                     aug_state = torch.get_rng_state()
             x = self._normalise(x)
             y = _to_device(labels[idx], self._device)

@@ -8,7 +8,7 @@ report's multi-panel figures use them).
 
     fig = reliability_diagram(metrics.reliability_bins(y, probs), title="ECE 0.041")
 
-Inputs follow ``finalbn.metrics``: ``y_true`` are class indices (0 = healthy/majority,
+Inputs follow ``finalbn.stats.metrics``: ``y_true`` are class indices (0 = healthy/majority,
 1 = diseased/minority), ``probs`` are ``(N, 2)`` softmax rows, ``bins`` is the dict returned by
 ``metrics.reliability_bins``. Bad inputs raise ``ValueError`` with a one-line message.
 """

@@ -2,7 +2,7 @@
 
     closure("finalbn.stages.grid")     # every src/finalbn/*.py it imports, directly or not (and the
                                        # field package's modules it imports: deploy/field/finalbn_field)
-    code_digest("finalbn.cell")        # sha256 over that closure's sources: part of every cell key
+    code_digest("finalbn.train.cell")        # sha256 over that closure's sources: part of every cell key
 
 One list, derived from the code, serves three readers: a cell's key (a change to any module that
 computes a cell re-runs it), each dvc.yaml stage's code deps (tests/test_structure.py checks them
@@ -18,7 +18,7 @@ import importlib.util
 from pathlib import Path
 
 PACKAGE, FIELD = "finalbn", "finalbn_field"
-ROOT = Path(__file__).resolve().parent  # src/finalbn
+ROOT = Path(__file__).resolve().parents[1]  # src/finalbn (this file is src/finalbn/infra/imports.py)
 
 
 def _field_root() -> Path | None:

@@ -2,7 +2,7 @@
 
     summaries = prepare_dataset(cfg.dataset("synthetic-apple"), cfg.split, Path("data/splits"), replicates=5)
 
-Collects the dataset's images (`finalbn.sources`: PlantVillage folders, class folders or globs,
+Collects the dataset's images (`finalbn.data.sources`: PlantVillage folders, class folders or globs,
 or a labels table), validates every image (`finalbn_field.images`), and for each
 replicate r draws disjoint train/val/test sets with exactly the requested [majority, minority]
 counts (seeded by split.seed and r, so each replicate picks other minority images), writing
@@ -27,15 +27,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from finalbn import faults
 from finalbn.config import DatasetConfig, SplitConfig
-from finalbn.errors import DataError  # re-exported: raised here
-from finalbn.groups import draw_grouped, group_by, group_record
-from finalbn.io import replace_dir, temporary_dir, write_text
-from finalbn.neardup import METHOD as NEAR_METHOD
-from finalbn.neardup import near_duplicate_keys
-from finalbn.refusals import explained
-from finalbn.sources import LABELS, Collection, collect, decode_options
+from finalbn.data.groups import draw_grouped, group_by, group_record
+from finalbn.data.neardup import METHOD as NEAR_METHOD
+from finalbn.data.neardup import near_duplicate_keys
+from finalbn.data.refusals import explained
+from finalbn.data.sources import LABELS, Collection, collect, decode_options
+from finalbn.infra import faults
+from finalbn.infra.errors import DataError  # re-exported: raised here
+from finalbn.infra.io import replace_dir, temporary_dir, write_text
 from finalbn_field.depth import dataset_auto
 from finalbn_field.images import escape_name, formula_safe, unescape_name
 

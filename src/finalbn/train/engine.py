@@ -9,7 +9,7 @@
 or is a function epoch -> such batches (features that change with the epoch).
 x may be images for a whole network or a frozen body's features for a head alone: the loop is the
 same. One-cycle LR (OneCycleLR) with AdamW; optional class weights (WL) and label smoothing. With
-`settings.seed`, each epoch's dropout draws from its own seeded stream (`finalbn.seeds`), so the
+`settings.seed`, each epoch's dropout draws from its own seeded stream (`finalbn.config.seeds`), so the
 same cell gives the same numbers on either path.
 
 The last epoch is the primary result (the paper's protocol); a second epoch is selected on a
@@ -35,9 +35,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from tqdm import tqdm
 
-from finalbn import metrics
-from finalbn.errors import TrainingDiverged  # re-exported: raised here
-from finalbn.seeds import DROPOUT, stream_seed
+from finalbn.config.seeds import DROPOUT, stream_seed
+from finalbn.infra.errors import TrainingDiverged  # re-exported: raised here
+from finalbn.stats import metrics
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 TrainSource = Callable[[int], Batches] | Batches

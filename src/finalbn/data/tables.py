@@ -29,7 +29,7 @@ import pandas as pd
 from charset_normalizer import from_bytes
 
 from finalbn.config import DatasetConfig
-from finalbn.errors import DataError
+from finalbn.infra.errors import DataError
 
 SEPARATORS = (",", ";", "\t", "|")
 SEPARATOR_WORDS = {"tab": "\t", "\\t": "\t"}  # how a tab is written in params.yaml or --set

@@ -17,10 +17,11 @@ import json
 import numpy as np
 import pandas as pd
 
-from finalbn import metrics, tracking
+from finalbn import tracking
 from finalbn.config import Config
-from finalbn.errors import UsageError
-from finalbn.tracked import cell_figures
+from finalbn.infra.errors import UsageError
+from finalbn.stages.tracked import cell_figures
+from finalbn.stats import metrics
 from finalbn.tracking import records as tags_
 
 NEEDED = ("history.csv", "predictions/test_predictions.csv", "reliability.json")

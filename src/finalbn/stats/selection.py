@@ -32,7 +32,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from finalbn.stats import t_interval
+from finalbn.stats.inference import t_interval
 
 CRITERION = "val_auroc"  # higher is better: the mean over replicates decides
 TIE_BREAK = "val_balanced_loss"  # lower is better: ties on the criterion

@@ -33,14 +33,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from finalbn import bench_cells, data, features, io, tracking
-from finalbn.augment import BatchAugment
+from finalbn import tracking
+from finalbn.bench import cells
 from finalbn.config import AugmentConfig, Config, ablation_from_id
-from finalbn.data import EVAL_BATCH
-from finalbn.engine import resolve_device
-from finalbn.errors import UsageError
+from finalbn.data import tensors
+from finalbn.data.augment import BatchAugment
+from finalbn.data.tensors import EVAL_BATCH
+from finalbn.infra import io
+from finalbn.infra.errors import UsageError
 from finalbn.models import HeadOnFeatures, create_head, create_model, get_spec
 from finalbn.stages.grid import run_shard
+from finalbn.train import features
+from finalbn.train.engine import resolve_device
 
 PAPER = {"configs": 64, "replicates": 10, "crops": 3, "train": 1010, "val": 157, "test": 300, "epochs": 10}
 
@@ -177,7 +181,7 @@ def _augment_rates(aug: AugmentConfig, size: int, device: torch.device, batch: i
     """Augmented images/s: torchvision's transforms image by image, and `augment.BatchAugment`
     (the same draws and pixels) on the whole batch."""
     x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
-    per_image, batched = data.augment_transform(aug), BatchAugment(aug)
+    per_image, batched = tensors.augment_transform(aug), BatchAugment(aug)
     return (rate(lambda: torch.stack([per_image(img) for img in x]), batch, device, seconds),
             rate(lambda: batched(x), batch, device, seconds))
 
@@ -231,13 +235,13 @@ def _copy_levers(out: _Levers, arch: str, size: int, device: torch.device, m, se
 def _decode_vs_cache(manifest: Path, size: int) -> tuple[float, float]:
     """Seconds to decode one split's images, and to read them from the decode cache."""
     t0 = time.perf_counter()
-    decoded = data._decode_manifest(str(manifest), size, False, *data.decode_settings(manifest))
+    decoded = tensors._decode_manifest(str(manifest), size, False, *tensors.decode_settings(manifest))
     decode_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "c.pt"
-        data._write_cache(path, decoded)
+        tensors._write_cache(path, decoded)
         t0 = time.perf_counter()
-        data._read_cache(path, size)
+        tensors._read_cache(path, size)
         read_s = time.perf_counter() - t0
     return decode_s, read_s
 
@@ -423,7 +427,7 @@ def _cells(cfg: Config, args: argparse.Namespace, device: torch.device, out: Pat
     result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                           "device": str(device),
                           "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
-              "cells": bench_cells.run(cfg, splits, device, args.archs, size, log=lambda m: print(m, flush=True))}
+              "cells": cells.run(cfg, splits, device, args.archs, size, log=lambda m: print(m, flush=True))}
     io.write_json(out, result)
     print(f"bench -> {out}")
     return 0

@@ -12,7 +12,7 @@
 - `csv`: one image folder plus a table (`labels`); `image_column` names a file relative to
   root, with or without its suffix (or a bare id: the one file under root with that name),
   `label_column` a value of `majority` or `minority` (numbers compare as numbers), or with
-  `one_hot` the class column holding 1 (`finalbn.tables`, which also detects the separator and
+  `one_hot` the class column holding 1 (`finalbn.data.tables`, which also detects the separator and
   encoding). Rows whose image is missing or ambiguous, listed again, or whose label is in neither
   list (or, one-hot, none or several) are skipped and reported per row (`table.skipped`).
 
@@ -32,11 +32,11 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from finalbn import tables
 from finalbn.config import DatasetConfig
-from finalbn.errors import DataError
-from finalbn.groups import folder_groups, table_groups
-from finalbn.tables import label_key
+from finalbn.data import tables
+from finalbn.data.groups import folder_groups, table_groups
+from finalbn.data.tables import label_key
+from finalbn.infra.errors import DataError
 from finalbn_field.images import Decoded, Rejected, check_image, escape_name, is_system, scan_folder
 
 LABELS = (0, 1)  # 0 = majority (healthy), 1 = minority (diseased)

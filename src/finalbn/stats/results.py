@@ -5,15 +5,15 @@ on validation over replicates.
     rank_configs(df, k=5).iloc[0]   # the best configuration over replicates 0..4 (test columns ride along)
 
 Read by the grid (grid.json's best configuration), the report's tables and the search (the
-grid's best, compared with its best trial), so all rank the same way: `finalbn.selection`.
+grid's best, compared with its best trial), so all rank the same way: `finalbn.stats.selection`.
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from finalbn import selection
 from finalbn.config import TOGGLES
+from finalbn.stats import selection
 
 # test metrics written per cell (`test_<m>` at the last epoch); `_pc` after the training-count
 # prior correction (only where it is valid, else empty), `_vt` at the cut chosen on the cell's own

@@ -26,12 +26,14 @@ import numpy as np
 import torch
 import yaml
 
-from finalbn import faults, interrupt, plots, tracking
-from finalbn.cell import CellResult, run_cell
+from finalbn import tracking
 from finalbn.config import TOGGLES, Config, cell_seed, config_id, config_name, flatten, to_dict
-from finalbn.keys import result_key
-from finalbn.splits import split_dir
+from finalbn.data.splits import split_dir
+from finalbn.infra import faults, interrupt
+from finalbn.plots import cellplots
 from finalbn.tracking import records as tags_
+from finalbn.train.cell import CellResult, run_cell
+from finalbn.train.keys import result_key
 
 __all__ = ["VAL_PREDICTIONS", "cell_figures", "cell_params", "cell_tags", "draws_figures", "log_result", "track_cell"]
 
@@ -76,7 +78,7 @@ def track_cell(cfg: Config, dataset: str, splits_dir: Path, callbacks=(), progre
     """One cell as one run in `stage`'s experiment (see the module docstring); `on_start(run_id)` is called once the run
     exists (a search trial records its run id), `on_end(run, result)` while it is still open (the
     export saves its weights there); its first epoch ends at the fault point `fault` (default
-    `<stage>.cell`, `finalbn.faults`). Raises what `run_cell` raises; the run then ends FAILED
+    `<stage>.cell`, `finalbn.infra.faults`). Raises what `run_cell` raises; the run then ends FAILED
     (KILLED on Ctrl-C or an exception of `killed_on`)."""
     tracking.setup(cfg, stage)
     tags = {**cell_tags(cfg, dataset, replicate), tags_.CONFIG_KEY: result_key(cfg, dataset, None, splits_dir),
@@ -106,8 +108,8 @@ def track_cell(cfg: Config, dataset: str, splits_dir: Path, callbacks=(), progre
 
 
 class _Point:
-    """An epoch callback at the fault point `<stage>.cell` (`finalbn.faults`), where a Ctrl-C that
-    Python swallowed is also delivered (`finalbn.interrupt`)."""
+    """An epoch callback at the fault point `<stage>.cell` (`finalbn.infra.faults`), where a Ctrl-C that
+    Python swallowed is also delivered (`finalbn.infra.interrupt`)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -166,12 +168,12 @@ def cell_figures(history: list[dict], labels: np.ndarray, probs_last: np.ndarray
     again from the run's artifacts): loss curves, softmax scatter (paper Fig. 4), reliability at
     the last and the selected epoch, confusion matrix. `probs_last`: (N, 2) softmax."""
     return {
-        "loss_curves.png": plots.loss_curves(history, title),
-        "softmax_scatter.png": plots.softmax_scatter(labels, probs_last, f"{title}, last epoch"),
-        "reliability_last.png": plots.reliability_diagram(reliability_last, f"last epoch, ECE {ece_last:.3f}"),
-        "reliability_selected.png": plots.reliability_diagram(
+        "loss_curves.png": cellplots.loss_curves(history, title),
+        "softmax_scatter.png": cellplots.softmax_scatter(labels, probs_last, f"{title}, last epoch"),
+        "reliability_last.png": cellplots.reliability_diagram(reliability_last, f"last epoch, ECE {ece_last:.3f}"),
+        "reliability_selected.png": cellplots.reliability_diagram(
             reliability_sel, f"selected epoch {selected_epoch}, ECE {ece_sel:.3f}"),
-        "confusion_matrix.png": plots.confusion_matrix_plot(confusion),
+        "confusion_matrix.png": cellplots.confusion_matrix_plot(confusion),
     }
 
 

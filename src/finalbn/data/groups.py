@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from finalbn.config import DatasetConfig, SplitConfig
-from finalbn.errors import DataError
+from finalbn.infra.errors import DataError
 from finalbn_field.images import escape_name
 
 SPLITS = ("train", "val", "test")

@@ -19,12 +19,12 @@ import hashlib
 import json
 from pathlib import Path
 
-from finalbn.cell import weights_path
 from finalbn.config import NOT_CELL_KEY_PARAMS, Config, cell_seed, config_id, flatten, to_dict
-from finalbn.imports import code_digest
-from finalbn.splits import sha256_file, split_dir
+from finalbn.data.splits import sha256_file, split_dir
+from finalbn.infra.imports import code_digest
+from finalbn.train.cell import weights_path
 
-CELL_MODULE = "finalbn.cell"  # a cell as it is computed (recorded by `finalbn.tracked`, outside the key)
+CELL_MODULE = "finalbn.train.cell"  # a cell as it is computed (recorded by `finalbn.stages.tracked`, outside the key)
 
 
 def code_version() -> str:

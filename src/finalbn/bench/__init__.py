@@ -1,0 +1,1 @@
+"""`finalbn bench`: what the study costs on this machine, measured in one run."""

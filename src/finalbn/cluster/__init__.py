@@ -1,0 +1,1 @@
+"""Fan-out: local worker processes and the Ray executor."""
