@@ -10,6 +10,7 @@ import mlflow
 import numpy as np
 import onnx
 import pytest
+import torch
 
 from conftest import ROOT
 from finalbn.cli import main
@@ -240,3 +241,20 @@ def test_every_registered_backbone_exports_with_parity(arch, tmp_path):
     x = np.random.default_rng(0).normal(size=(3, 3, 32, 32)).astype(np.float32)
     check = export.parity(net, tmp_path / "m.onnx", x, batch_sizes=(1, 3))
     assert check["passed"], check
+
+
+def test_the_model_file_carries_no_source_paths_of_the_machine_that_exported_it(tmp_path):
+    """torch's exporter records each node's stack trace with absolute source paths (a user's home
+    folder, in a file shipped to the field; another digest for the same model exported elsewhere):
+    export_onnx removes them, and the model still runs."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(4, 2)).eval()
+    path = tmp_path / "m.onnx"
+    export.export_onnx(net, 16, path)
+    data = path.read_bytes()
+    assert str(ROOT).encode() not in data and b"/finalbn/" not in data and b"stack_trace" not in data
+    proto = onnx.load(str(path))
+    assert proto.graph.node and not [p.key for n in proto.graph.node for p in n.metadata_props
+                                     if p.key == "pkg.torch.onnx.stack_trace"]
+    x = np.zeros((1, 3, 16, 16), np.float32)
+    assert export.outputs(path, x)["probs"].shape == (1, 2)

@@ -45,13 +45,38 @@ def export_onnx(model: nn.Module, size: int, path: Path) -> dict:
     prog = torch.onnx.export(wrapped, (example,), dynamo=True, input_names=[INPUT], output_names=list(OUTPUTS),
                              dynamic_shapes={"image": {0: "batch"}}, external_data=False, optimize=True)
     prog.save(str(path))
-    proto = onnx.load(str(path))
+    proto = without_source_paths(onnx.load(str(path)))
     onnx.checker.check_model(proto, full_check=True)
     canonical = proto.SerializeToString()  # what mlflow.onnx.log_model stores (onnx.save_model of the loaded proto)
     if canonical != path.read_bytes():  # so the registry serves these very bytes and the card's digest holds there
         path.write_bytes(canonical)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     return {"opset": opset, "ir_version": proto.ir_version, **pin(path)}
+
+
+# torch's exporter records each node's Python stack trace, absolute source paths included (the home
+# folder of whoever exported): the file shipped to the field would carry them, and the same model
+# exported from another folder would get another digest. Nothing reads them at inference.
+STACK_TRACE = "pkg.torch.onnx.stack_trace"
+
+
+def without_source_paths(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """`proto` with the exporter's per-node stack traces (`STACK_TRACE`) removed, in the main graph,
+    its functions and any subgraph; weights, operators and every other metadata kept."""
+    def clean(nodes) -> None:
+        for node in nodes:
+            kept = [p for p in node.metadata_props if p.key != STACK_TRACE]
+            if len(kept) != len(node.metadata_props):
+                del node.metadata_props[:]
+                node.metadata_props.extend(kept)
+            for attr in node.attribute:
+                for graph in [attr.g, *attr.graphs] if attr.HasField("g") else attr.graphs:
+                    clean(graph.node)
+
+    clean(proto.graph.node)
+    for fn in proto.functions:
+        clean(fn.node)
+    return proto
 
 
 def pin(path: Path) -> dict:
