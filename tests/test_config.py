@@ -42,7 +42,7 @@ def test_params_yaml_loads_with_the_papers_split(load):
 @pytest.mark.parametrize("override, expected", [
     (["split.sed=1"], "unknown key 'split.sed' (allowed: seed, train, val, test, near_duplicates, disjoint_test)"),
     (["nosuch.key=1"], "unknown key 'nosuch'"),
-    (["datasets.0.cropp=x"], "unknown key 'datasets.0.cropp'"),
+    (["datasets.0.cropp=x"], "unknown key 'datasets.0.cropp' (allowed: name, source, root, image_size, crop,"),
     (["datasets.5.crop=x"], "unknown key 'datasets.5'"),
     (["datasets.nope.crop=x"], "unknown key 'datasets.nope': 'datasets' has 1 entries (0..0; or by name: synthetic-apple)"),
     (["split.seed=abc"], "'split.seed': Input should be a valid integer"),
@@ -262,3 +262,14 @@ def test_a_dataset_is_set_by_its_name_as_params_yaml_keys_it(load):
     cfg = load(["datasets.synthetic-apple.image_size=48", "datasets.synthetic-apple.intensity=[0,4095]"])
     assert cfg.datasets[0].image_size == 48 and cfg.datasets[0].intensity == (0.0, 4095.0)
     assert load(["datasets.0.image_size=40"]).datasets[0].image_size == 40
+
+
+def test_an_unknown_key_inside_a_listed_entry_of_a_params_file_names_what_is_allowed(tmp_path):
+    """The schema walk (`load._type_at`) follows a list entry both ways: an override's digits
+    (`datasets.0.cropp`, above) and a validation error's location (an int), here."""
+    entry = dict(yaml.safe_load(PARAMS.read_text())["datasets"]["synthetic-apple"], cropp="Apple")
+    top = tmp_path / "top.yaml"
+    top.write_text(yaml.safe_dump({"datasets": {"synthetic-apple": entry}}))
+    with pytest.raises(ConfigError) as err:
+        load_config([PARAMS, top])
+    assert "unknown key 'datasets.0.cropp' (allowed: name, source, root, image_size, crop," in str(err.value)

@@ -100,8 +100,9 @@ def _item_type(tp: Any) -> Any:
     return None
 
 
-def _type_at(parts: Sequence[str]) -> Any:
-    """The schema type of the key `parts` (list indexes as digits), or None if there is none."""
+def _type_at(parts: Sequence[str | int]) -> Any:
+    """The schema type of the key `parts` from Config (a list index as an int or digits: an
+    override's `datasets.0.crop`, a pydantic error's location), or None if there is none."""
     tp: Any = Config
     for part in parts:
         cls = _unwrap(tp)
@@ -110,7 +111,7 @@ def _type_at(parts: Sequence[str]) -> Any:
             if part not in hints:
                 return None
             tp = hints[part]
-        elif _item_type(tp) is not None and part.isdigit():
+        elif _item_type(tp) is not None and str(part).isdigit():
             tp = _item_type(tp)
         else:
             return None
@@ -241,20 +242,8 @@ def _assign(raw: dict[str, Any], key: str, value: Any) -> None:
 
 
 def _allowed_at(loc: Sequence[Any]) -> list[str]:
-    """Field names of the dataclass reached by following `loc` from Config, or []."""
-    tp: Any = Config
-    for part in loc:
-        tp = _unwrap(tp)
-        if dataclasses.is_dataclass(tp):
-            hints = typing.get_type_hints(tp, include_extras=True)
-            if part not in hints:
-                return []
-            tp = hints[part]
-        elif typing.get_origin(tp) in (tuple, list):
-            tp = typing.get_args(tp)[0]
-        else:
-            return []
-    tp = _unwrap(tp)
+    """Field names of the dataclass reached by following `loc` from Config (`_type_at`), or []."""
+    tp = _unwrap(_type_at(loc))
     return [f.name for f in dataclasses.fields(tp)] if dataclasses.is_dataclass(tp) else []
 
 
