@@ -14,7 +14,7 @@ the key and what is allowed, before any work starts.
 """
 from __future__ import annotations
 
-from finalbn.config.derived import cell_seed, configure, final_layer, has_final_bn
+from finalbn.config.derived import cell_seed, configure, final_layer, final_layer_for, has_final_bn
 from finalbn.config.load import flatten, load_config, parse_value, to_dict, validate
 from finalbn.config.schema import (
     AugmentConfig,
@@ -84,6 +84,7 @@ __all__ = [
     "config_name",
     "configure",
     "final_layer",
+    "final_layer_for",
     "flatten",
     "has_final_bn",
     "load_config",

@@ -13,11 +13,17 @@ from finalbn.config.schema import Config, ModelConfig
 from finalbn.config.study import BASELINE_METHODS, AblationConfig, ablation_from_id
 
 
+def final_layer_for(final_variant: str, bn: bool) -> str:
+    """What sits after the last Linear, one of `FINAL_LAYERS`: the BN switch `bn` adds
+    `final_variant` ("bn", or the paper's "selu" variant); with the switch off, nothing ("none").
+    The rule on its two facts, wherever they come from (a config, a run's params and tags, a
+    search trial's draw)."""
+    return final_variant if bn else "none"
+
+
 def final_layer(model: ModelConfig, ablation: AblationConfig) -> str:
-    """What sits after the last Linear, one of `FINAL_LAYERS`: the BN switch adds
-    `model.final_variant` ("bn", or the paper's "selu" variant); with the switch off, nothing
-    ("none"). Any objects with `final_variant` and `bn` attributes will do."""
-    return model.final_variant if ablation.bn else "none"
+    """`final_layer_for` a configuration: `model.final_variant` and the BN switch `ablation.bn`."""
+    return final_layer_for(model.final_variant, ablation.bn)
 
 
 def has_final_bn(model: ModelConfig, ablation: AblationConfig) -> bool:

@@ -24,7 +24,6 @@ import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -33,7 +32,7 @@ import yaml
 from torch import nn
 
 from finalbn import tracking
-from finalbn.config import TOGGLES, Config, ConfigError, cell_seed, has_final_bn, validate
+from finalbn.config import TOGGLES, Config, ConfigError, cell_seed, final_layer_for, validate
 from finalbn.stages.tracked import VAL_PREDICTIONS, track_cell
 from finalbn.stats import selection
 from finalbn.stats.inference import t_interval
@@ -51,8 +50,7 @@ class ExportError(RuntimeError):
 
 def is_final_bn(run: RunRecord) -> bool:
     """A run whose network ends in BatchNorm1d before the softmax (its BN tag and final variant)."""
-    model = SimpleNamespace(final_variant=run.params.get("model.final_variant", "bn"))
-    return has_final_bn(model, SimpleNamespace(bn=run.flag(tags.toggle_tag("bn"))))
+    return final_layer_for(run.params.get("model.final_variant", "bn"), run.flag(tags.toggle_tag("bn"))) == "bn"
 
 
 def _switches_on(run: RunRecord) -> int:

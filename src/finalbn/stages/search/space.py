@@ -15,12 +15,11 @@ order): keep it.
 from __future__ import annotations
 
 import dataclasses
-from types import SimpleNamespace
 from typing import Any
 
 import optuna
 
-from finalbn.config import Config, ConfigError, has_final_bn
+from finalbn.config import Config, ConfigError, final_layer_for
 from finalbn.models import get_spec
 
 LOG_SCALE = ("lr", "weight_decay", "final_bn_momentum", "final_bn_eps")
@@ -126,8 +125,7 @@ def suggest(trial: optuna.Trial, cfg: Config) -> Config:
         ab = dataclasses.replace(ab, bn=final != "none")
         if final != "none":
             m["final_variant"] = final
-    drawn = SimpleNamespace(final_variant=m.get("final_variant", model.final_variant))
-    _final_layer(d, sp, m, has_final_bn(drawn, ab))
+    _final_layer(d, sp, m, final_layer_for(m.get("final_variant", model.final_variant), ab.bn) == "bn")
     _training(d, sp, m, t, ab.mx)
     return dataclasses.replace(cfg, ablation=ab, model=dataclasses.replace(model, **m),
                                train=dataclasses.replace(cfg.train, **t))
