@@ -3,8 +3,8 @@ docs/architecture.md that a program can check.
 
 - the import contracts (pyproject.toml [tool.importlinter], run by `make lint`): the layers are
   folders and point down; stages never import each other; only `tracking/` imports MLflow and it
-  imports no training code; only the search stage imports Optuna. Shown here to hold, and to
-  break on a copy with an upward import and an MLflow import outside `tracking/`;
+  imports no training code; only the search stage imports Optuna. `make lint` shows them holding;
+  a test here shows them breaking on a copy with an upward import and an MLflow import;
 - imports sit at the top of every file: no finalbn module is imported inside a function, and a
   third-party import inside a function says why on its line or the line above;
 - no module over 450 lines, no function over 60;
@@ -149,8 +149,8 @@ def _contracts(src: Path) -> str:
     return out.stdout + out.stderr
 
 
-def test_the_import_contracts_hold_and_break_on_an_upward_or_an_mlflow_import(tmp_path):
-    assert "Contracts: 5 kept, 0 broken." in _contracts(SRC.parent)
+def test_the_import_contracts_break_on_an_upward_or_an_mlflow_import(tmp_path):
+    """`make lint` shows them holding on the source; here, on a copy with two violations, they break."""
     shutil.copytree(SRC, tmp_path / "finalbn", ignore=shutil.ignore_patterns("__pycache__"))
     with open(tmp_path / "finalbn" / "data" / "splits.py", "a") as fh:
         fh.write("\nfrom finalbn.train import engine  # upward\n")
