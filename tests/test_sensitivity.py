@@ -37,16 +37,20 @@ def test_levels_mark_the_reference_and_draw_their_own_splits_only_for_imbalance(
     assert by[("single_logit", "one sigmoid logit")].overrides == ("model.single_logit=true",)
 
 
-def test_levels_side_by_side_share_the_cores(load, tmp_path, monkeypatch):
-    import argparse
+def test_levels_side_by_side_share_the_cores(load, monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 8)
-    args = argparse.Namespace(forward=["--params", str(PARAMS)])
     lv = sensitivity.Level("batch_size", "16", ("train.batch_size=16",), False)
-    argv = sensitivity.level_command(args, load(["sensitivity.workers=2"]), lv, tmp_path, tmp_path / "out")
-    assert "train.threads=4" in argv  # two levels at once on 8 cores: 4 threads each, not 8
-    args.forward += ["--set", "train.threads=3"]  # the user's own setting is kept
-    argv = sensitivity.level_command(args, load(["sensitivity.workers=2", "train.threads=3"]), lv, tmp_path, tmp_path)
-    assert "train.threads=3" in argv and "train.threads=4" not in argv
+    cfg = load(["sensitivity.workers=2"])
+    lcfg = sensitivity.level_config(cfg, lv, 3, side_by_side=2)
+    assert lcfg.train.threads == 4  # two levels at once on 8 cores: 4 threads each, not 8
+    assert lcfg.train.batch_size == 16 and lcfg.grid.replicates == 3 and lcfg.grid.configs == (31, 63)
+    assert lcfg.grid.headline.configs == () and lcfg.grid.baselines.methods == ()
+    assert sensitivity.level_config(cfg, lv, 3).train.threads == cfg.train.threads  # one at a time: as set
+    # the user's own setting is kept
+    assert sensitivity.level_config(load(["train.threads=3"]), lv, 3, side_by_side=2).train.threads == 3
+    # the level's config is the one `finalbn grid` would load with the same overrides (the same cell keys)
+    assert lcfg == load(["sensitivity.workers=2", *sensitivity.COMMON, "grid.replicates=3", "train.batch_size=16",
+                         "train.threads=4"])
 
 
 def test_the_learned_bias_balances_the_classes_by_hand():

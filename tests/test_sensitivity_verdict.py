@@ -17,6 +17,7 @@ from finalbn.stages import sensitivity
 from finalbn.stages.report.answer import sensitivity_section
 from finalbn.stages.report.markdown import Page
 from finalbn.stages.sensitivity import analysis
+from finalbn.stages.tracker import MemoryTracker
 
 # (TPR, TNR) of 31 and of 63 per replicate, for one level
 UP = [((0.80, 0.90), (0.30, 0.90)), ((0.82, 0.91), (0.31, 0.90)), ((0.79, 0.90), (0.29, 0.91)),
@@ -87,19 +88,24 @@ def test_the_bias_is_fitted_for_the_prevalence_it_is_judged_at():
             analysis.fit_logit_bias(y, expit(z), bad)
 
 
-def test_bias_shift_rows_are_recomputed_from_the_shifted_predictions_per_prevalence(monkeypatch):
+def test_bias_shift_rows_are_recomputed_from_the_shifted_predictions_per_prevalence():
     rng = np.random.default_rng(2)
     yv, yt = np.r_[np.ones(30, int), np.zeros(70, int)], np.r_[np.ones(40, int), np.zeros(60, int)]
     pv, pt = expit(rng.normal(0, 1.5, 100) + yv), expit(rng.normal(0, 1.5, 100) + yt)
     preds = {"predictions/val_predictions.csv": pd.DataFrame({"label": yv, "p1_last": pv}).to_csv(index=False),
              "predictions/test_predictions.csv": pd.DataFrame({"label": yt, "p1_last": pt}).to_csv(index=False)}
-    monkeypatch.setattr(sensitivity.tracking, "artifact_text", lambda run_id, name: preds[name])
+    tracker = MemoryTracker()  # the runs' prediction files, kept in memory
+    ids = {}
+    for c in (31, 63):
+        with tracker.cell_run(f"config {c}", {"stage": "grid"}) as run:
+            run.log_files(preds)
+        ids[c] = run.run_id
     stale = {"test_f1_1": 0.999, "test_precision_1": 0.999, "test_recall_1": 0.999, "test_recall_0": 0.999,
              "test_accuracy": 0.999, "test_balanced_accuracy": 0.999, "test_ece": 0.5, "test_auroc": 0.7,
              "test_sel_f1_1": 0.999, "val_f1_1": 0.999}
     ref = pd.DataFrame([{"factor": "imbalance", "level": "1%", "reference": True, "replicate": 0, "config_id": c,
-                         "run_id": f"r{c}", "rival": "", **stale} for c in (31, 63)])
-    rows = sensitivity.bias_shift_rows(ref, [0.5, 0.01])
+                         "run_id": ids[c], "rival": "", **stale} for c in (31, 63)])
+    rows = sensitivity.bias_shift_rows(ref, [0.5, 0.01], tracker)
     shifted = rows[rows["rival"] == "63 + learned bias"].set_index("fitted_prevalence")
     assert sorted(shifted.index) == [0.01, 0.5]
     assert rows.loc[rows["config_id"] == 31, "test_f1_1"].tolist() == [0.999]  # 31 itself is not shifted

@@ -119,7 +119,7 @@ def test_the_cell_key_covers_the_code_that_computes_a_cell():
 def test_closure_follows_from_imports_and_packages(tmp_path):
     """`from finalbn.x import y` with y a module counts y; a submodule brings its packages' __init__."""
     deps = imports.direct_imports(SRC / "stages" / "grid" / "shard.py")
-    assert {"finalbn.stages.grid.plan", "finalbn.stages.tracked", "finalbn.tracking"} <= deps
+    assert {"finalbn.stages.grid.plan", "finalbn.stages.tracked", "finalbn.stages.tracker"} <= deps
     files = {_rel(p) for p in imports.closure("finalbn.stages.grid.shard")}
     assert "src/finalbn/stages/grid/__init__.py" in files and "src/finalbn/stages/__init__.py" in files
 

@@ -43,6 +43,7 @@ from finalbn.infra import io
 from finalbn.infra.errors import UsageError
 from finalbn.models import HeadOnFeatures, create_head, create_model, get_spec
 from finalbn.stages.grid import run_shard
+from finalbn.stages.tracker import MemoryTracker
 from finalbn.train import features
 from finalbn.train.engine import resolve_device
 
@@ -251,35 +252,25 @@ def _decode_vs_cache(manifest: Path, size: int) -> tuple[float, float]:
 
 def grid_comparison(cfg: Config, splits: Path, configs: list[int], unshared_configs: list[int],
                     log: Callable[[str], None]) -> dict:
-    """Wall time of UF-off cells through the real grid code (temporary MLflow store), with shared
-    features and without, on replicate 0; unshared on a subset of the same configs (a head-side
+    """Wall time of UF-off cells through the real grid code (runs kept in memory, `MemoryTracker`:
+    the store's cost is `finalbn bench --cells`' `tracking` kind), with shared features and without, on replicate 0; unshared on a subset of the same configs (a head-side
     switch does not change an unshared cell's cost)."""
     out: dict[str, Any] = {"replicate": 0, "configs_shared": configs, "configs_unshared": unshared_configs,
                            "epochs": cfg.train.epochs}
-    prior = os.environ.get("MLFLOW_TRACKING_URI")
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            for share, ids in ((True, configs), (False, unshared_configs)):
-                os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/bench-{share}.db"
-                c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, share_features=share),
-                                        grid=dataclasses.replace(cfg.grid, configs=tuple(ids), replicates=1,
-                                                                 headline=dataclasses.replace(cfg.grid.headline,
-                                                                                              configs=())))
-                features.CACHE.clear()
-                t0 = time.perf_counter()
-                stats = run_shard(c, splits, log=log)
-                wall = time.perf_counter() - t0
-                label = "shared" if share else "unshared"
-                out[label] = {"cells": stats["ran"], "wall_s": wall, "per_cell_s": wall / max(stats["ran"], 1),
-                              "uf_off_cell_s": stats["seconds"]["uf_off"] / max(stats["cells"]["uf_off"], 1)}
-                if share:  # cells whose features another cell had computed: head training + tracking
-                    warm = [c["seconds"] for c in stats["log"] if c["body_images"] == 0]
-                    out[label]["warm_cell_s"] = sum(warm) / len(warm) if warm else None
-        finally:
-            if prior is None:
-                os.environ.pop("MLFLOW_TRACKING_URI", None)
-            else:
-                os.environ["MLFLOW_TRACKING_URI"] = prior
+    for share, ids in ((True, configs), (False, unshared_configs)):
+        c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, share_features=share),
+                                grid=dataclasses.replace(cfg.grid, configs=tuple(ids), replicates=1,
+                                                         headline=dataclasses.replace(cfg.grid.headline, configs=())))
+        features.CACHE.clear()
+        t0 = time.perf_counter()
+        stats = run_shard(c, splits, log=log, tracker=MemoryTracker())
+        wall = time.perf_counter() - t0
+        label = "shared" if share else "unshared"
+        out[label] = {"cells": stats["ran"], "wall_s": wall, "per_cell_s": wall / max(stats["ran"], 1),
+                      "uf_off_cell_s": stats["seconds"]["uf_off"] / max(stats["cells"]["uf_off"], 1)}
+        if share:  # cells whose features another cell had computed: head training alone
+            warm = [c["seconds"] for c in stats["log"] if c["body_images"] == 0]
+            out[label]["warm_cell_s"] = sum(warm) / len(warm) if warm else None
     out["shared_over_unshared"] = out["shared"]["per_cell_s"] / out["unshared"]["per_cell_s"]
     return out
 
@@ -361,7 +352,7 @@ def run(cfg: Config, splits: Path, device: torch.device, archs: list[str], sizes
                 f"{g['epochs']} epochs): {g['shared']['per_cell_s']:.1f} s per cell shared vs "
                 f"{g['unshared']['per_cell_s']:.1f} s unshared = {g['shared_over_unshared']:.3f} of the time")
             if g["shared"].get("warm_cell_s"):
-                log(f"  grid: a shared cell whose features were already computed (head training + tracking, "
+                log(f"  grid: a shared cell whose features were already computed (head training, untracked, "
                     f"the floor sharing cannot remove): {g['shared']['warm_cell_s']:.1f} s")
     if device.type == "cuda":
         result["projection"] = {}

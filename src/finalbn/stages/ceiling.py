@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,8 +37,12 @@ from finalbn.config import Config
 from finalbn.data.sources import collect
 from finalbn.data.splits import DataError, read_manifest, split_dir
 from finalbn.data.tensors import decode_images, decode_settings, eval_transform
+from finalbn.infra import faults
 from finalbn.models import AdaptiveConcatPool2d, create_model, get_spec
+from finalbn.stages.tracker import Tracker
 from finalbn.stats.separability import LOW, ceiling_sentence, write_ceiling
+from finalbn.tracking import records
+from finalbn.tracking.adapter import MLFLOW
 from finalbn.train.cell import preflight, weights_path
 from finalbn_field.images import escape_name
 
@@ -116,20 +121,59 @@ def measure_ceiling(cfg: Config, dataset: str, splits_dir: Path, arch: str | Non
     return result
 
 
-def main(cfg: Config, args: argparse.Namespace) -> int:
-    """`finalbn ceiling`: one measurement per (dataset, arch), each an MLflow run, then the JSON file."""
-    tracking.detach_project_run()  # under `mlflow run -e ceiling`: one run per measurement
-    splits = Path(args.splits)
-    names = args.dataset or [d.name for d in cfg.datasets]
+@dataclasses.dataclass(frozen=True)
+class CeilingPaths:
+    """The prepared splits the probe's images come from, and the JSON file it writes."""
+
+    splits: Path
+    out: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class CeilingSummary:
+    """One measurement per (dataset, arch): `measure_ceiling`'s dict plus its run id."""
+
+    results: list[dict]
+
+
+CEILING_PARAMS = ("weights", "image_size", "images", "n", "feature_dim", "folds")
+
+
+def record(tracker: Tracker, cfg: Config, result: dict) -> str:
+    """One run per (dataset, arch) measurement in the ceiling's experiment, tagged finalbn.ceiling=true:
+    its sizes as params, the CV AUROC (mean, std) as metrics, the result as ceiling.json."""
+    tracker.setup(cfg, "ceiling")
+    tags = {records.CEILING: "true", records.DATASET: result["dataset"], records.ARCH: result["arch"]}
+    with tracker.cell_run(f"ceiling {result['dataset']} {result['arch']}", tags) as run:
+        run.log_params({k: result[k] for k in CEILING_PARAMS})
+        faults.point("ceiling.run")
+        run.log_metrics({"ceiling_auroc": result["auroc"], "ceiling_auroc_std": result["auroc_std"]})
+        run.log_files({"ceiling.json": json.dumps(result, indent=2)})
+        return run.run_id
+
+
+def run(cfg: Config, paths: CeilingPaths, tracker: Tracker = MLFLOW, datasets: Sequence[str] = (),
+        log=print) -> CeilingSummary:
+    """The ceiling's core: the probe for every (dataset, arch) (`datasets`: those only), each
+    recorded as a run, then the JSON file. Raises DataError or WeightsError, before any work, when
+    a split or an arch's weights are missing."""
+    names = list(datasets) or [d.name for d in cfg.datasets]
     pairs = [(cfg.dataset(n).name, arch) for n in names for arch in cfg.grid.archs]
     for name, arch in pairs:  # every split and weights file exists before any work
-        preflight(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch=arch)), name, splits)
+        preflight(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch=arch)), name, paths.splits)
     results = []
     for name, arch in pairs:
-        result = measure_ceiling(cfg, name, splits, arch, progress=sys.stderr.isatty())
-        result["mlflow_run_id"] = tracking.log_ceiling(cfg, result)
+        result = measure_ceiling(cfg, name, paths.splits, arch, progress=sys.stderr.isatty())
+        result["mlflow_run_id"] = record(tracker, cfg, result)
         results.append(result)
-        print(ceiling_sentence(result))
-    write_ceiling(results, Path(args.out))
+        log(ceiling_sentence(result))
+    write_ceiling(results, paths.out)
+    return CeilingSummary(results)
+
+
+def main(cfg: Config, args: argparse.Namespace) -> int:
+    """`finalbn ceiling`: the core (`run`) on the store; one run per measurement, then the JSON file."""
+    tracking.detach_project_run()  # under `mlflow run -e ceiling`: one run per measurement
+    run(cfg, CeilingPaths(Path(args.splits), Path(args.out)), MLFLOW, datasets=args.dataset or ())
     print(f"ceiling -> {args.out}")
     return 0

@@ -1,10 +1,12 @@
 """One cell as one tracked run: where the training cell and the tracking adapter meet.
 
-    run_id, result = track_cell(cfg, "synthetic-apple", Path("data/splits"), stage="grid", replicate=0)
+    run_id, result = track_cell(cfg, "synthetic-apple", Path("data/splits"), stage="grid", replicate=0,
+                                tracker=MlflowTracker())
 
 The grid's cells, the search's trials and comparison runs, the export's retraining and
-`finalbn train` all come through here: `tracking.cell_run` wraps `cell.run_cell`, whose epochs
-reach MLflow through the run's epoch logger (the training loop knows nothing of MLflow). Logged:
+`finalbn train` all come through here: the tracker's `cell_run` (`finalbn.stages.tracker`: the
+MLflow adapter, or the in-memory one of tests and `finalbn bench`) wraps `cell.run_cell`, whose
+epochs reach the store through the run's epoch logger (the training loop knows nothing of MLflow). Logged:
 the config values the cell used (`cell_params`, flattened: its dataset, split, model, training and
 switches; not other stages' keys), the six toggles, replicate and BN policy as tags, the split
 manifest as the run's MLflow dataset input (its hash as the digest), per-epoch metrics by step (validation AUROC/AP/F1/balanced loss, the final BN's
@@ -26,11 +28,11 @@ import numpy as np
 import torch
 import yaml
 
-from finalbn import tracking
 from finalbn.config import TOGGLES, Config, cell_seed, config_id, config_name, flatten, to_dict
 from finalbn.data.splits import split_dir
 from finalbn.infra import faults, interrupt
 from finalbn.plots import cellplots
+from finalbn.stages.tracker import Run, Tracker
 from finalbn.tracking import records as tags_
 from finalbn.train.cell import CellResult, run_cell
 from finalbn.train.keys import result_key
@@ -69,23 +71,23 @@ def cell_params(cfg: Config, dataset: str) -> dict[str, object]:
 
 
 def track_cell(cfg: Config, dataset: str, splits_dir: Path, callbacks=(), progress: bool = False,
-               *, stage: str, run_name: str | None = None, extra_tags: dict[str, str] | None = None,
+               *, stage: str, tracker: Tracker, run_name: str | None = None, extra_tags: dict[str, str] | None = None,
                parent_run_id: str | None = None, replicate: int = 0,
                killed_on: tuple[type[BaseException], ...] = (), state_tag: str | None = None,
                on_start: Callable[[str], None] | None = None,
-               on_end: Callable[[tracking.ActiveRun, CellResult], None] | None = None,
+               on_end: Callable[[Run, CellResult], None] | None = None,
                fault: str = "") -> tuple[str, CellResult]:
     """One cell as one run in `stage`'s experiment (see the module docstring); `on_start(run_id)` is called once the run
     exists (a search trial records its run id), `on_end(run, result)` while it is still open (the
     export saves its weights there); its first epoch ends at the fault point `fault` (default
     `<stage>.cell`, `finalbn.infra.faults`). Raises what `run_cell` raises; the run then ends FAILED
     (KILLED on Ctrl-C or an exception of `killed_on`)."""
-    tracking.setup(cfg, stage)
+    tracker.setup(cfg, stage)
     tags = {**cell_tags(cfg, dataset, replicate), tags_.CONFIG_KEY: result_key(cfg, dataset, None, splits_dir),
             **(extra_tags or {})}
     name = run_name or f"{tags[tags_.CONFIG_NAME]} r{replicate}"
-    with tracking.cell_run(name, tags, parent_run_id=parent_run_id, killed_on=killed_on,
-                           state_tag=state_tag) as run:
+    with tracker.cell_run(name, tags, parent_run_id=parent_run_id, killed_on=killed_on,
+                          state_tag=state_tag) as run:
         if on_start is not None:
             on_start(run.run_id)
         # `mlflow run -P a.b=v` has already logged a.b with the user's spelling; MLflow refuses
@@ -124,7 +126,7 @@ def draws_figures(cfg: Config, stage: str) -> bool:
     return cfg.tracking.cell_figures == "all" or (cfg.tracking.cell_figures == "train" and stage == "train")
 
 
-def log_result(run: tracking.ActiveRun, cfg: Config, r: CellResult, figures: bool = True) -> None:
+def log_result(run: Run, cfg: Config, r: CellResult, figures: bool = True) -> None:
     """Test metrics, tags that only exist after training, and every artifact of one cell: one call
     each for the metrics, the tags and the files (a grid logs thousands of cells)."""
     run.set_tags({tags_.MANIFEST: r.manifest_sha256, tags_.BN_POLICY: r.bn_policy, tags_.DEVICE: r.device,
@@ -142,7 +144,7 @@ def log_result(run: tracking.ActiveRun, cfg: Config, r: CellResult, figures: boo
                    "history.csv": _csv(r.fit.history), "config.yaml": yaml.safe_dump(to_dict(cfg), sort_keys=False),
                    "reliability.json": json.dumps({"last": r.reliability_last, "selected": r.reliability_sel}, indent=2)})
     if cfg.train.log_model:
-        _log_model(r.model, cfg.dataset(r.dataset).image_size)
+        _log_model(run, r.model, cfg.dataset(r.dataset).image_size)
 
 
 def describe(cfg: Config, r: CellResult) -> str:
@@ -177,13 +179,13 @@ def cell_figures(history: list[dict], labels: np.ndarray, probs_last: np.ndarray
     }
 
 
-def _log_model(model: torch.nn.Module, size: int) -> None:
+def _log_model(run: Run, model: torch.nn.Module, size: int) -> None:
     model.eval().cpu()
     # Batch 2: torch.export (MLflow 3's pt2 format) would specialise the batch axis to a batch of 1.
     example = np.zeros((2, 3, size, size), dtype=np.float32)
     with torch.no_grad():
         out = model(torch.from_numpy(example)).numpy()
-    tracking.log_torch_model(model, example, out)
+    run.log_torch_model(model, example, out)
 
 
 def _csv(rows: list[dict]) -> str:

@@ -16,18 +16,28 @@ from finalbn import tracking
 from finalbn.config import Config
 from finalbn.infra.errors import UsageError
 from finalbn.stages.tracked import track_cell
-from finalbn.train.cell import preflight
+from finalbn.stages.tracker import Tracker
+from finalbn.tracking.adapter import MLFLOW
+from finalbn.train.cell import CellResult, preflight
+
+
+def run(cfg: Config, splits: Path, tracker: Tracker = MLFLOW, *, dataset: str = "", replicate: int = 0,
+        progress: bool = False) -> tuple[str, CellResult]:
+    """The core of `finalbn train`: one cell of `dataset` (default the first) on `replicate`, as one
+    run of the train experiment; (run id, result). Raises UsageError for a negative replicate,
+    DataError or WeightsError when its split or weights are missing."""
+    dataset = cfg.dataset(dataset).name if dataset else cfg.datasets[0].name
+    if replicate < 0:
+        raise UsageError(f"--replicate must be >= 0 (got {replicate})")
+    preflight(cfg, dataset, splits, replicates=replicate + 1)
+    return track_cell(cfg, dataset, splits, stage="train", tracker=tracker, progress=progress, replicate=replicate)
 
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
-    dataset = cfg.dataset(args.dataset).name if args.dataset else cfg.datasets[0].name
-    if args.replicate < 0:
-        raise UsageError(f"--replicate must be >= 0 (got {args.replicate})")
-    preflight(cfg, dataset, Path(args.splits), replicates=args.replicate + 1)
-    run_id, r = track_cell(cfg, dataset, Path(args.splits), stage="train", progress=sys.stderr.isatty(),
-                           replicate=args.replicate)
+    run_id, r = run(cfg, Path(args.splits), MLFLOW, dataset=args.dataset or "", replicate=args.replicate,
+                    progress=sys.stderr.isatty())
     fitr = r.fit
-    print(f"train {dataset} {r.config_name} (config {r.config_id}) replicate {r.replicate}: "
+    print(f"train {r.dataset} {r.config_name} (config {r.config_id}) replicate {r.replicate}: "
           f"{fitr.train_images / fitr.train_seconds:.0f} train img/s, {fitr.train_seconds:.0f} s, bn_policy {r.bn_policy}, "
           f"{r.features} features")
     for label, m in (("last epoch", r.test_last), (f"selected epoch {fitr.selected_epoch}", r.test_sel)):

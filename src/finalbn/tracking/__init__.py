@@ -13,7 +13,7 @@ registered name and alias), `fingerprint` (whether the store holds what a stage'
 cells in these contexts (`finalbn.stages.tracked`), so a test can run a stage's core with no store at all.
 """
 from finalbn.tracking import fingerprint, records
-from finalbn.tracking.outputs import log_ceiling, log_report
+from finalbn.tracking.outputs import log_report
 from finalbn.tracking.owner import owned, take_over
 from finalbn.tracking.parents import finish_parent, finish_study_parent, grid_parent, open_parent, study_parent
 from finalbn.tracking.query import (
@@ -44,7 +44,7 @@ from finalbn.tracking.store import (
 __all__ = [
     "ALIAS", "fingerprint", "DEFAULT_URI", "after_interrupt", "STAGES", "experiment_name", "experiment_names", "run_experiment", "REGISTERED_NAME", "ActiveRun", "EpochLogger", "RunRecord", "artifact_text",
     "cell_run", "detach_project_run", "download", "finish_parent", "finish_study_parent", "finished_cell_runs",
-    "get_run", "grid_parent", "latest", "log_batch", "log_ceiling", "log_figure", "log_onnx_and_register", "log_report",
+    "get_run", "grid_parent", "latest", "log_batch", "log_figure", "log_onnx_and_register", "log_report",
     "log_torch_model", "mark_killed", "metric_history", "open_parent", "owned", "quiet", "records", "runs_by_tag",
     "search", "set_tag", "setup", "study_parent", "take_over", "tracking_uri",
 ]

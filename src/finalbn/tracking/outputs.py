@@ -1,6 +1,6 @@
-"""Runs that record a stage's output: one per ceiling measurement, one per report.
+"""The run that records the report's output (the ceiling's measurements are runs its core records
+through its tracker, `finalbn.stages.ceiling.record`).
 
-    log_ceiling(cfg, result)                 # tag finalbn.ceiling=true
     log_report(Path("report"), "finalbn/report")   # every file of the folder, the verdict as tags
 """
 from __future__ import annotations
@@ -8,26 +8,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from finalbn.config import Config
-from finalbn.infra import faults
 from finalbn.tracking.fingerprint import note_run
-from finalbn.tracking.records import ARCH, CEILING, DATASET, FAILED, FINISHED, REPORT
-from finalbn.tracking.runs import cell_run, create_run, end_run, log_artifacts, log_batch, metric_name, set_tag
-from finalbn.tracking.store import experiment_id, setup
-
-CEILING_PARAMS = ("weights", "image_size", "images", "n", "feature_dim", "folds")
-
-
-def log_ceiling(cfg: Config, result: dict) -> str:
-    """One run per (dataset, arch) ceiling measurement, tagged finalbn.ceiling=true."""
-    setup(cfg, "ceiling")
-    tags = {CEILING: "true", DATASET: result["dataset"], ARCH: result["arch"]}
-    with cell_run(f"ceiling {result['dataset']} {result['arch']}", tags) as run:
-        run.log_params({k: result[k] for k in CEILING_PARAMS})
-        faults.point("ceiling.run")
-        run.log_metrics({"ceiling_auroc": result["auroc"], "ceiling_auroc_std": result["auroc_std"]})
-        run.log_dict(result, "ceiling.json")
-        return run.run_id
+from finalbn.tracking.records import FAILED, FINISHED, REPORT
+from finalbn.tracking.runs import create_run, end_run, log_artifacts, log_batch, metric_name, set_tag
+from finalbn.tracking.store import experiment_id
 
 
 def log_report(out_dir: Path, experiment: str) -> str:

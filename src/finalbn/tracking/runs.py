@@ -26,6 +26,7 @@ import pandas as pd
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
+from finalbn.tracking import registry
 from finalbn.tracking.records import DATASET_DIGEST, KILLED, STAGE
 from finalbn.tracking.store import client, current_stage, worker_tags
 
@@ -121,6 +122,10 @@ class ActiveRun:
 
     def log_artifact(self, local: str, folder: str | None = None) -> None:
         mlflow.log_artifact(local, folder)
+
+    def log_torch_model(self, model: Any, example: Any, output: Any) -> None:
+        """The network as an MLflow model of this run (`registry.log_torch_model`)."""
+        registry.log_torch_model(model, example, output)
 
     def log_dataset(self, manifest: Path, name: str, sha256: str) -> None:
         """The split manifest (CSV: path, label, split, ...) as the run's MLflow dataset input, so

@@ -15,6 +15,7 @@ run, its network), `onnx` (the file, parity), `int8` (optional quantisation), `c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -51,6 +52,7 @@ from finalbn.stages.export.select import (
     run_config,
     selection_card,
 )
+from finalbn.tracking.adapter import MLFLOW, MlflowTracker
 
 __all__ = ["CLASSES", "INPUT", "INT8_MAX_AUROC_DROP", "OUTPUTS", "TOLERANCE", "Choice", "ExportError", "Exported",
            "Source", "choose", "decision_rules", "export", "export_onnx", "held_out_card", "held_out_test",
@@ -178,12 +180,30 @@ def _promote(tmp: Path, out_dir: Path, with_int8: bool) -> None:
         os.replace(tmp / "model.int8.onnx", out_dir / "model.int8.onnx")
 
 
+@dataclasses.dataclass(frozen=True)
+class ExportPaths:
+    """The prepared splits (the chosen cell's data) and the model folder (model.onnx, model.json,
+    parity.json, metrics.json)."""
+
+    splits: Path
+    out: Path
+
+
+def run(cfg: Config, paths: ExportPaths, tracker: MlflowTracker = MLFLOW, *, run_id: str | None = None,
+        register: bool = True, int8: bool = False, log=print) -> dict:
+    """The export's core (`export`): the honest choice over the store's cells, rebuilt, exported,
+    checked, promoted and registered. It chooses among runs by MLflow filters and registers the
+    model in MLflow's registry, so it needs the store-backed tracker. Raises ExportError."""
+    tracker.setup(cfg, "export")
+    return export(cfg, paths.splits, paths.out, run_id=run_id, log=log, register=register, int8=int8)
+
+
 def main(cfg: Config, args: argparse.Namespace) -> int:
-    """`finalbn export`: exit 1 (one line) when the export cannot go on."""
+    """`finalbn export`: the core (`run`) on the store; exit 1 (one line) when the export cannot go on."""
     tracking.detach_project_run()  # under `mlflow run -e export`: the export trains its own run
     try:
-        export(cfg, Path(args.splits), Path(args.out), run_id=args.run_id, log=lambda m: print(m, flush=True),
-               register=not args.no_register, int8=args.quantize)
+        run(cfg, ExportPaths(Path(args.splits), Path(args.out)), MLFLOW, run_id=args.run_id,
+            log=lambda m: print(m, flush=True), register=not args.no_register, int8=args.quantize)
     except ExportError as exc:
         print(f"finalbn export: failed: {exc}", file=sys.stderr)
         return 1

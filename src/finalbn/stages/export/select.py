@@ -38,6 +38,7 @@ from finalbn.stats import selection
 from finalbn.stats.inference import t_interval
 from finalbn.tracking import RunRecord, latest
 from finalbn.tracking import records as tags
+from finalbn.tracking.adapter import MLFLOW
 from finalbn.train.cell import CellResult, build_model
 
 WEIGHTS_DIR, WEIGHTS = "export", "export/state_dict.pt"
@@ -243,7 +244,7 @@ def rebuild(run: RunRecord, splits: Path, log=print) -> Source:
                       source_val, run.tags.get(tags.MANIFEST, ""), retrained=True)
     log(f"export: run {run.run_id} ({run.name}) kept no weights: training its cell again "
         f"(replicate {replicate}, seed {run.tags.get(tags.SEED)}), its weights saved on that run")
-    run_id, res = track_cell(cfg, dataset, splits, stage="export", run_name=f"{run.name} retrained (run {run.run_id[:8]})",
+    run_id, res = track_cell(cfg, dataset, splits, stage="export", tracker=MLFLOW, run_name=f"{run.name} retrained (run {run.run_id[:8]})",
                              replicate=replicate, extra_tags={tags.EXPORT_SOURCE: run.run_id, tags.EXPORT: "true"},
                              on_end=_save_weights)
     return Source(run.run_id, run_id, cfg, dataset, replicate, res.model.eval().cpu(),

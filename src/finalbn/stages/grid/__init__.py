@@ -5,6 +5,8 @@
     finalbn grid --shard 3/8        # one deterministic eighth (a GPU, a Kubernetes Indexed Job, a Slurm array)
     finalbn grid --executor ray     # every unit of cells a Ray task, on $RAY_ADDRESS or a local Ray
 
+    summary = grid.run(cfg, GridPaths(Path("data/splits"), Path("results")), MemoryTracker())  # the core
+
 Reads the splits and params; writes one MLflow run per cell (nested under a parent run per
 (dataset, arch, configuration) carrying the mean and std of its replicates), then
 results/grid.csv and results/grid.json from the store. A cell's key (`keys.result_key`) hashes
@@ -18,22 +20,50 @@ import argparse
 import dataclasses
 import os
 import sys
-from collections.abc import Sequence
+import tempfile
 from pathlib import Path
+
+import yaml
 
 from finalbn import tracking
 from finalbn.cluster import rayexec, workers
-from finalbn.config import Config, parse_configs
+from finalbn.config import Config, parse_configs, to_dict
 from finalbn.data.splits import split_dir
 from finalbn.data.tensors import load_splits
 from finalbn.infra.errors import UsageError
 from finalbn.stages.grid.output import write_results
 from finalbn.stages.grid.plan import Cell, all_cells, cell_config, cell_key, shard_cells, share_order, units
 from finalbn.stages.grid.shard import run_shard, run_unit
+from finalbn.stages.tracker import Tracker
+from finalbn.tracking.adapter import MLFLOW
 from finalbn.train.cell import preflight
 
-__all__ = ["Cell", "all_cells", "cell_config", "cell_key", "main", "run_ray", "run_shard", "run_workers",
+__all__ = ["Cell", "GridPaths", "GridSummary", "all_cells", "cell_config", "cell_key", "main", "run", "run_shard",
            "shard_cells", "share_order", "units", "write_results"]
+
+
+@dataclasses.dataclass(frozen=True)
+class GridPaths:
+    """Where the grid reads and writes: the prepared splits (<splits>/<dataset>/<replicate>/) and
+    the folder of grid.csv and grid.json."""
+
+    splits: Path
+    results: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class GridSummary:
+    """What a grid run did: `code` 0 when every cell finished (1: a cell failed or is missing);
+    `results` is grid.json's content (cells, finished, missing, best and worst configuration...)."""
+
+    code: int
+    results: dict
+    workers: int
+    executor: str
+
+    @property
+    def missing(self) -> list[str]:
+        return list(self.results.get("missing", []))
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -61,20 +91,57 @@ def warm_decode_cache(cfg: Config, splits: Path) -> None:
             load_splits(split_dir(splits, ds.name, r) / "manifest.csv", ds.image_size, progress=sys.stderr.isatty())
 
 
-def run_workers(cfg: Config, argv_base: Sequence[str], count: int, stage: str = "grid") -> int:
-    """`count` local `finalbn grid --shard i/N` processes; returns the worst exit code."""
-    tracking.setup(cfg, stage)  # create the store and experiment once, before any worker touches it
+def run(cfg: Config, paths: GridPaths, tracker: Tracker = MLFLOW, *, stage: str = "grid",
+        workers: int | None = None, executor: str | None = None, log=print) -> GridSummary:
+    """The grid's core: every cell of `cfg` not yet finished in `tracker`'s store, trained (here,
+    in `workers` local shard processes, default `grid.workers`, or as Ray tasks), then grid.csv
+    and grid.json written from the store. Work goes to `stage`'s experiment (the sensitivity
+    stage's levels: `sensitivity`). A tracker that other processes cannot see (`shared` False,
+    `MemoryTracker`) runs every cell here. Raises DataError or UsageError before any cell runs
+    when a replicate's split or an arch's weights are missing."""
+    check_inputs(cfg, paths.splits)
+    cells = all_cells(cfg)
+    warm_decode_cache(cfg, paths.splits)
+    executor = executor or cfg.grid.executor
+    count = (workers or cfg.grid.workers) if tracker.shared else 1
+    if executor == "ray" and tracker.shared:
+        count = len(units(cells, cfg.train.share_features))
+    else:
+        executor = "local"
+    log(f"grid: {len(cells)} cells ({len(cfg.datasets)} datasets x {len(cfg.grid.archs)} archs x "
+        f"{len(parse_configs(cfg.grid.configs))} configs x {cfg.grid.replicates} replicate(s), headline "
+        f"configs on {cfg.grid.headline.replicates}, {sum(1 for c in cells if c.baseline)} baseline cells), "
+        f"{count} {'Ray task(s)' if executor == 'ray' else 'worker(s)'}")
+    if executor == "ray":
+        code = _run_ray(cfg, paths.splits, cells, stage, tracker)
+    elif count > 1:
+        code = _run_workers(cfg, paths.splits, count, stage, tracker)
+    else:
+        stats = run_shard(cfg, paths.splits, 0, 1, log=log, stage=stage, tracker=tracker)
+        code = 1 if stats["failed"] else 0
+    results = write_results(cfg, paths.splits, paths.results, tracker)
+    return GridSummary(code or (1 if results["missing"] else 0), results, count, executor)
+
+
+def _run_workers(cfg: Config, splits: Path, count: int, stage: str, tracker: Tracker) -> int:
+    """`count` local `finalbn grid --shard i/N` processes on this config (written to a temporary
+    params file: the workers read the very config the core was handed); the worst exit code."""
+    tracker.setup(cfg, stage)  # create the store and experiment once, before any worker touches it
     threads = workers.threads_per_worker(count, cfg.train.threads)
-    return workers.run_commands(
-        lambda i: ["grid", *argv_base, "--shard", f"{i}/{count}", "--set", f"train.threads={threads}",
-                   "--stage", stage], count,
-        env_of=lambda i: workers.gpu_env(i, os.environ))
+    wcfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
+    with tempfile.TemporaryDirectory(prefix="finalbn-grid-") as tmp:
+        params = Path(tmp) / "params.yaml"
+        params.write_text(yaml.safe_dump(to_dict(wcfg), sort_keys=False), encoding="utf-8")
+        return workers.run_commands(
+            lambda i: ["grid", "--params", str(params), "--splits", str(splits), "--shard", f"{i}/{count}",
+                       "--stage", stage], count,
+            env_of=lambda i: workers.gpu_env(i, os.environ))
 
 
-def run_ray(cfg: Config, splits: Path, cells: Sequence[Cell], stage: str = "grid") -> int:
+def _run_ray(cfg: Config, splits: Path, cells: list[Cell], stage: str, tracker: Tracker) -> int:
     """Every unit of `cells` (a family sharing features, or a UF-on configuration with its
     replicates) as a Ray task (`finalbn.cluster.rayexec`), the costliest first; 1 when a unit failed."""
-    tracking.setup(cfg, stage)  # the store and experiment exist before any task touches them
+    tracker.setup(cfg, stage)  # the store and experiment exist before any task touches them
     tcfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=rayexec.task_threads(cfg.ray)))
     todo = units(cells, cfg.train.share_features)
     names = [f"[unit {i + 1}/{len(todo)}]" for i in range(len(todo))]
@@ -85,45 +152,25 @@ def run_ray(cfg: Config, splits: Path, cells: Sequence[Cell], stage: str = "grid
 
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
-    """`finalbn grid`: the cells (in shards), then results/grid.csv and grid.json. The command owns
-    its stage's experiment (its shard of it) while it runs (`tracking.owned`; a shard process it
-    started works under its record): StoreError, one line naming host and pid, when a live grid
+    """`finalbn grid`: the cells (in shards), then results/grid.csv and grid.json (`run`); with
+    `--shard I/N`, that shard's cells only (a worker of `run`, a GPU, an array job). The command
+    owns its stage's experiment (its shard of it) while it runs (`Tracker.owned`; a shard process
+    it started works under its record): StoreError, one line naming host and pid, when a live grid
     command owns an overlapping shard of the same store."""
     tracking.detach_project_run()
     splits = Path(args.splits)
-    check_inputs(cfg, splits)
     shard = parse_shard(args.shard) if args.shard else (0, 1)
-    with tracking.owned(cfg, args.stage, shard=shard, command="grid"):
-        return _run(cfg, args, splits, shard)
-
-
-def _run(cfg: Config, args: argparse.Namespace, splits: Path, shard: tuple[int, int]) -> int:
-    """`main`'s work, its store owned: shard (I, N), or every cell (results written)."""
-    cells = all_cells(cfg)
-    if args.shard:
-        i, n = shard
-        stats = run_shard(cfg, splits, i, n, log=lambda m: print(m, flush=True), stage=args.stage)
-        print(f"grid shard {i}/{n}: {stats['ran']} cells run, {stats['skipped']} already finished, "
-              f"{len(stats['failed'])} failed", flush=True)
-        return 1 if stats["failed"] else 0
-    warm_decode_cache(cfg, splits)
-    count = args.workers or cfg.grid.workers
-    executor = getattr(args, "executor", None) or cfg.grid.executor
-    if executor == "ray":
-        count = len(units(cells, cfg.train.share_features))
-    print(f"grid: {len(cells)} cells ({len(cfg.datasets)} datasets x {len(cfg.grid.archs)} archs x "
-          f"{len(parse_configs(cfg.grid.configs))} configs x {cfg.grid.replicates} replicate(s), headline "
-          f"configs on {cfg.grid.headline.replicates}, {sum(1 for c in cells if c.baseline)} baseline cells), "
-          f"{count} {'Ray task(s)' if executor == 'ray' else 'worker(s)'}", flush=True)
-    if executor == "ray":
-        code = run_ray(cfg, splits, cells, args.stage)
-    elif count > 1:
-        code = run_workers(cfg, args.forward, count, args.stage)
-    else:
-        stats = run_shard(cfg, splits, 0, 1, log=lambda m: print(m, flush=True), stage=args.stage)
-        code = 1 if stats["failed"] else 0
-    summary = write_results(cfg, splits, Path(args.results))
-    return _report(summary, args.results, code)
+    with MLFLOW.owned(cfg, args.stage, shard=shard, command="grid"):
+        if args.shard:
+            check_inputs(cfg, splits)
+            i, n = shard
+            stats = run_shard(cfg, splits, i, n, log=lambda m: print(m, flush=True), stage=args.stage)
+            print(f"grid shard {i}/{n}: {stats['ran']} cells run, {stats['skipped']} already finished, "
+                  f"{len(stats['failed'])} failed", flush=True)
+            return 1 if stats["failed"] else 0
+        summary = run(cfg, GridPaths(splits, Path(args.results)), MLFLOW, stage=args.stage, workers=args.workers,
+                      executor=getattr(args, "executor", None), log=lambda m: print(m, flush=True))
+    return _report(summary.results, args.results, summary.code)
 
 
 def _report(summary: dict, results: str, code: int) -> int:

@@ -17,14 +17,16 @@ from finalbn.infra import io
 from finalbn.infra.io import write_csv
 from finalbn.stages.grid.plan import Cell, all_cells, cell_key
 from finalbn.stages.grid.shard import existing_cells
+from finalbn.stages.tracker import Tracker
 from finalbn.stats import selection
 from finalbn.stats.results import METRIC_COLUMNS, SEL_COLUMNS, VAL_COLUMNS, paper_cells, rank_configs, rounded
 from finalbn.tracking import RunRecord, latest
+from finalbn.tracking.adapter import MLFLOW
 
 
-def write_results(cfg: Config, splits_dir: Path, out_dir: Path) -> dict:
-    """results/grid.csv (one row per cell of this grid) and grid.json, from the tracking store."""
-    existing = existing_cells(cfg)
+def write_results(cfg: Config, splits_dir: Path, out_dir: Path, tracker: Tracker = MLFLOW) -> dict:
+    """results/grid.csv (one row per cell of this grid) and grid.json, from the tracker's store."""
+    existing = existing_cells(cfg, tracker)
     rows, missing = [], []
     for cell in all_cells(cfg):
         key = cell_key(cfg, cell, splits_dir)

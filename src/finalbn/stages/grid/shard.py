@@ -7,8 +7,9 @@ Runs go to `stage`'s experiment (`grid`, or `sensitivity` for that stage's level
 FINISHED run for its key in either is skipped (a sensitivity level's reference cells are the
 grid's). A run left RUNNING by a killed process is marked KILLED and its cell redone; one whose
 process is alive on this host is another command's at work, and the shard refuses to start
-(`tracking.take_over`: StoreError naming its host and pid; the grid command's owner record keeps a
-second grid off the store's cells, `tracking.owned`). A parent gets
+(`Tracker.take_over`: StoreError naming its host and pid; the grid command's owner record keeps a
+second grid off the store's cells, `Tracker.owned`). The store is the tracker's
+(`finalbn.stages.tracker`: MLflow's by default, or kept in memory). A parent gets
 the mean and std of its replicates and ends right after its last cell in this shard (a parent's
 cells all live in one shard).
 """
@@ -18,7 +19,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from finalbn import tracking
 from finalbn.config import Config
 from finalbn.infra import faults, interrupt
 from finalbn.stages.grid.plan import (
@@ -31,22 +31,25 @@ from finalbn.stages.grid.plan import (
     share_order,
 )
 from finalbn.stages.tracked import track_cell
+from finalbn.stages.tracker import Tracker
 from finalbn.tracking import records as tags
+from finalbn.tracking.adapter import MLFLOW
+from finalbn.tracking.records import RunRecord
 from finalbn.train.engine import TrainingDiverged
 
 CELL_STAGES = ("grid", "sensitivity")  # the experiments whose runs are grid cells
 
 
-def existing_cells(cfg: Config) -> dict[str, list[tracking.RunRecord]]:
+def existing_cells(cfg: Config, tracker: Tracker = MLFLOW) -> dict[str, list[RunRecord]]:
     """Cell runs by key, from the grid's and the sensitivity stage's experiments."""
-    return tracking.runs_by_tag(tracking.experiment_names(cfg, *CELL_STAGES), tags.CELL_KEY)
+    return tracker.cells_by_key(cfg, CELL_STAGES, tags.CELL_KEY)
 
 
 def run_shard(cfg: Config, splits_dir: Path, index: int = 0, count: int = 1,
-              log: Callable[[str], None] = print, stage: str = "grid") -> dict:
+              log: Callable[[str], None] = print, stage: str = "grid", tracker: Tracker = MLFLOW) -> dict:
     """Run this shard's unfinished cells; returns {"ran", "skipped", "failed": [...], "seconds": {...}}."""
     cells = shard_cells(all_cells(cfg), index, count, cfg.train.share_features)
-    return run_cells(cfg, splits_dir, cells, f"[shard {index}/{count}]", log, stage)
+    return run_cells(cfg, splits_dir, cells, f"[shard {index}/{count}]", log, stage, tracker)
 
 
 def run_unit(cfg: Config, splits_dir: Path, cells: list[Cell], label: str, stage: str = "grid") -> dict:
@@ -55,16 +58,16 @@ def run_unit(cfg: Config, splits_dir: Path, cells: list[Cell], label: str, stage
 
 
 def run_cells(cfg: Config, splits_dir: Path, cells: list[Cell], label: str,
-              log: Callable[[str], None] = print, stage: str = "grid") -> dict:
+              log: Callable[[str], None] = print, stage: str = "grid", tracker: Tracker = MLFLOW) -> dict:
     """Run the unfinished ones of `cells` (whole parents: a shard's, or a unit's), in share order;
     returns {"ran", "skipped", "failed": [...], "seconds": {...}}. A RUNNING run of one of them is
     marked KILLED before any cell runs when no live command owns it (`tracking.take_over`); raises
     StoreError, one line naming its host and pid, when its process is alive on this host."""
-    tracking.setup(cfg, stage)
+    tracker.setup(cfg, stage)
     cells = share_order(cells)
-    existing = existing_cells(cfg)
+    existing = existing_cells(cfg, tracker)
     keys = [cell_key(cfg, cell, splits_dir) for cell in cells]
-    tracking.take_over(cfg, stage, _left_running(existing, keys))  # or StoreError: a live process trains one
+    tracker.take_over(cfg, stage, _left_running(existing, keys))  # or StoreError: a live process trains one
     last = {cell.parent: i for i, cell in enumerate(cells)}  # a parent ends after its last cell
     where = several_places(cfg)
     stats: dict = {"ran": 0, "skipped": 0, "failed": [], "seconds": {"uf_off": 0.0, "uf_on": 0.0},
@@ -76,34 +79,34 @@ def run_cells(cfg: Config, splits_dir: Path, cells: list[Cell], label: str,
             stats["skipped"] += 1
         else:
             if parents.get(cell.parent) is None:
-                parents[cell.parent] = tracking.grid_parent(
+                parents[cell.parent] = tracker.parent(
                     cfg, stage, cell.dataset, cell.arch, cell.config_id,
                     cell_key(cfg, cell, splits_dir, with_replicate=False), cell.parent_name(where), cell.baseline)
             progress = f"{label} cell {done}/{len(cells)} {cell.name}"
-            if _run_one(cfg, stage, cell, key, splits_dir, parents[cell.parent], stats, progress, log, where):
+            if _run_one(cfg, stage, cell, key, splits_dir, parents[cell.parent], stats, progress, log, where, tracker):
                 touched.add(cell.parent)
             interrupt.deliver()  # a Ctrl-C Python swallowed stops the grid between cells
             faults.point(f"{stage}.between")
         if last[cell.parent] == done - 1:
-            _close_parent(cfg, stage, cell, splits_dir, parents, touched)
+            _close_parent(cfg, stage, cell, splits_dir, parents, touched, tracker)
     return stats
 
 
-def _left_running(existing: dict[str, list[tracking.RunRecord]], keys: list[str]) -> list[tracking.RunRecord]:
+def _left_running(existing: dict[str, list[RunRecord]], keys: list[str]) -> list[RunRecord]:
     """The RUNNING runs of the cells among `keys` that have no FINISHED run (the cells to redo)."""
     return [r for k in keys if not any(x.finished for x in existing.get(k, []))
             for r in existing.get(k, []) if r.status == tags.RUNNING]
 
 
 def _run_one(cfg: Config, stage: str, cell: Cell, key: str, splits_dir: Path, parent_id: str, stats: dict,
-             progress: str, log: Callable[[str], None], where: bool) -> bool:
+             progress: str, log: Callable[[str], None], where: bool, tracker: Tracker) -> bool:
     """Train one cell as a tracked run; False (and a FAILED line) when its training diverged."""
     ccfg = cell_config(cfg, cell)
     pkey = cell_key(cfg, cell, splits_dir, with_replicate=False)
     t0 = time.perf_counter()
     extra = {tags.CELL_KEY: key, tags.PARENT_KEY: pkey, **({tags.BASELINE: cell.baseline} if cell.baseline else {})}
     try:
-        _, result = track_cell(ccfg, cell.dataset, splits_dir, stage=stage, run_name=cell.run_name(where),
+        _, result = track_cell(ccfg, cell.dataset, splits_dir, stage=stage, tracker=tracker, run_name=cell.run_name(where),
                                parent_run_id=parent_id,
                                extra_tags=extra, replicate=cell.replicate)
     except TrainingDiverged as exc:
@@ -124,11 +127,12 @@ def _run_one(cfg: Config, stage: str, cell: Cell, key: str, splits_dir: Path, pa
     return True
 
 
-def _close_parent(cfg: Config, stage: str, cell: Cell, splits_dir: Path, parents: dict, touched: set) -> None:
+def _close_parent(cfg: Config, stage: str, cell: Cell, splits_dir: Path, parents: dict, touched: set,
+                  tracker: Tracker) -> None:
     """Mean/std over its replicates on the parent of `cell` (its last in this shard) when this
     shard ran one of its cells, or a killed run left it open; the parent then ends FINISHED. (Cells
     all found in another stage's experiment leave no parent here.)"""
     pkey = cell_key(cfg, cell, splits_dir, with_replicate=False)
-    pid = parents.get(cell.parent) if cell.parent in touched else tracking.open_parent(cfg, stage, pkey)
+    pid = parents.get(cell.parent) if cell.parent in touched else tracker.open_parent(cfg, stage, pkey)
     if pid:
-        tracking.finish_parent(cfg, stage, pkey, pid)
+        tracker.finish_parent(cfg, stage, pkey, pid)

@@ -2,7 +2,7 @@
 and figures out.
 
     finalbn report --out report   # reads results/grid.csv, results/ceiling, search.json, sensitivity/
-    summary = make_report(cfg, Path("report"), grid_csv=Path("results/grid.csv"))
+    summary = run(cfg, ReportPaths(Path("report"), Path("results/grid.csv")), MlflowTracker())  # the core
     summary = build_report(collect("finalbn"), Path("report"), ceilings=[...])
 
 report.md opens with the separability ceiling (can the frozen body see the cue at all?), then the
@@ -13,7 +13,8 @@ the intervals describe, the sensitivity stage, the multiplicity families), then 
 numbers are the last epoch's and the replicate-level t intervals; every "best configuration" is
 ranked on validation. A partial grid does not crash the report: a piece that cannot be computed is
 a note in report.md, its CSV has its header only and its PNG says why, so every output path exists
-(DVC outs). MLflow is read and written only through `finalbn.tracking`.
+(DVC outs). The store is read and written only through the tracker handed to `run`
+(`finalbn.stages.tracker`).
 
 The files (`FILES`, all in the output folder): report.md, summary.json (headline numbers),
 cells.csv, prevalence.csv, selection.csv, table1–4.csv, baselines.csv, effects.csv, by_setting.csv,
@@ -21,7 +22,7 @@ calibration.csv, imbalance.csv, search.csv, fig3_loss_curves.csv and the PNGs pr
 sensitivity, by_setting, fig3_loss_curves, fig4_softmax, reliability, reliability_prior, effects,
 configs, ceiling, imbalance, search.
 
-The package: `make` (`finalbn report`: inputs in, MLflow logging), `build` (the page, section by
+The package: `make` (the core `run` and `finalbn report`: inputs in, the run recorded), `build` (the page, section by
 section), `answer` (the sections at the user's prevalence, per setting, at the training prior, the
 sensitivity), `summary` (summary.json), `cells` (collecting runs), `tables`, `prevalence` (the test
 set reweighted to π), `effects` (the study's effects), `pairs` (paired contrasts, the Holm families),
@@ -33,7 +34,7 @@ from __future__ import annotations
 from finalbn.stages.report import effects, tables
 from finalbn.stages.report.build import FILES, build_report
 from finalbn.stages.report.cells import CellData, collect
-from finalbn.stages.report.make import grid_keys, main, make_report, read_search
+from finalbn.stages.report.make import ReportPaths, grid_keys, main, read_search, run
 
-__all__ = ["FILES", "CellData", "build_report", "collect", "effects", "grid_keys", "main", "make_report",
-           "read_search", "tables"]
+__all__ = ["FILES", "CellData", "ReportPaths", "build_report", "collect", "effects", "grid_keys", "main",
+           "read_search", "run", "tables"]

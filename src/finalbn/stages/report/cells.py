@@ -12,14 +12,16 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
-from finalbn import tracking
 from finalbn.config import TOGGLES, AblationConfig, ablation_from_id, config_id, config_name
+from finalbn.stages.tracker import Tracker
 from finalbn.tracking import RunRecord
+from finalbn.tracking.adapter import MLFLOW
 from finalbn.tracking.records import ARCH, BASELINE, CELL_KEY, CONFIG_ID, DATASET, REPLICATE, toggle_tag
 
 TEST_METRICS = ("accuracy", "balanced_accuracy", "precision_0", "recall_0", "f1_0", "precision_1", "recall_1",
@@ -47,25 +49,28 @@ def empty_message(experiment: str) -> str:
 
 
 class _TrackingLoader:
-    """Fetches a run's per-epoch history and artifacts through finalbn.tracking, on demand."""
+    """Fetches a run's per-epoch history and artifacts through the tracker, on demand."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
 
     def history(self, run_id: str) -> pd.DataFrame | None:
-        by_epoch = tracking.metric_history(run_id, HISTORY_KEYS)
+        by_epoch = self.tracker.metric_history(run_id, HISTORY_KEYS)
         if by_epoch:
             return pd.DataFrame([{"epoch": e, **v} for e, v in sorted(by_epoch.items())])
-        text = tracking.artifact_text(run_id, "history.csv")  # runs whose metric history was not kept
+        text = self.tracker.artifact_text(run_id, "history.csv")  # runs whose metric history was not kept
         return pd.read_csv(io.StringIO(text)) if text and text.strip() else None
 
     def predictions(self, run_id: str) -> pd.DataFrame | None:
-        text = tracking.artifact_text(run_id, "predictions/test_predictions.csv")
+        text = self.tracker.artifact_text(run_id, "predictions/test_predictions.csv")
         return pd.read_csv(io.StringIO(text)) if text and text.strip() else None
 
     def val_predictions(self, run_id: str) -> pd.DataFrame | None:
-        text = tracking.artifact_text(run_id, "predictions/val_predictions.csv")
+        text = self.tracker.artifact_text(run_id, "predictions/val_predictions.csv")
         return pd.read_csv(io.StringIO(text)) if text and text.strip() else None
 
     def reliability(self, run_id: str) -> dict | None:
-        text = tracking.artifact_text(run_id, "reliability.json")
+        text = self.tracker.artifact_text(run_id, "reliability.json")
         return None if text is None else json.loads(text)
 
 
@@ -148,10 +153,11 @@ def run_row(run: RunRecord) -> dict | None:
     return row
 
 
-def collect(experiment: str, keys: set[str] | None = None) -> CellData:
-    """FINISHED cell runs of `experiment` (only those whose cell_key is in `keys`, when given).
-    Raises ValueError when there is none. Histories and artifacts are fetched on first use."""
-    runs = tracking.finished_cell_runs(experiment)
+def collect(experiment: str | Sequence[str], keys: set[str] | None = None, tracker: Tracker = MLFLOW) -> CellData:
+    """FINISHED cell runs of `experiment` (one or several; only those whose cell_key is in `keys`,
+    when given) in `tracker`'s store. Raises ValueError when there is none. Histories and artifacts
+    are fetched on first use."""
+    runs = tracker.finished_cells(experiment)
     if keys is not None:
         runs = [r for r in runs if r.tags.get(CELL_KEY) in keys]
     rows = [row for row in map(run_row, runs) if row is not None]
@@ -160,7 +166,7 @@ def collect(experiment: str, keys: set[str] | None = None) -> CellData:
         notes.append(f"{len(runs) - len(rows)} cell run(s) without BN..WD / config_id tags were left out")
     if not rows:
         raise ValueError(empty_message(experiment) + (" for the current params" if keys is not None else ""))
-    data = CellData(cells=pd.DataFrame(rows), experiment=experiment, notes=notes, loader=_TrackingLoader())
+    data = CellData(cells=pd.DataFrame(rows), experiment=experiment, notes=notes, loader=_TrackingLoader(tracker))
     data.cells, dropped = prepare(data.cells, experiment)
     if dropped:
         data.notes.append(f"{dropped} older duplicate run(s) of the same cell were left out (latest kept)")

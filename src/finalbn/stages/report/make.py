@@ -1,8 +1,8 @@
 """`finalbn report`: the current grid's cells from MLflow, the ceiling and search files in; the
 report built into a folder and logged to MLflow.
 
-    summary = make_report(cfg, Path("report"), grid_csv=Path("results/grid.csv"),
-                          ceiling=Path("results/ceiling"), search=Path("results/search.json"))
+    summary = run(cfg, ReportPaths(Path("report"), Path("results/grid.csv"), ceiling=Path("results/ceiling"),
+                                   search=Path("results/search.json")), MlflowTracker())
 
 Which cells: those results/grid.csv lists (its `cell_key` column, the grid stage's output), so
 the report shows this grid's cells even when the store holds others (older code, other params).
@@ -10,16 +10,18 @@ the report shows this grid's cells even when the store holds others (older code,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from finalbn import tracking
 from finalbn.stages.report.build import build_report
 from finalbn.stages.report.cells import collect
+from finalbn.stages.tracker import Tracker
 from finalbn.stats.separability import read_ceilings
+from finalbn.tracking.adapter import MLFLOW
 
 
 def grid_keys(grid_csv: Path) -> set[str]:
@@ -34,17 +36,32 @@ def grid_keys(grid_csv: Path) -> set[str]:
     return set(df["cell_key"].dropna())
 
 
-def make_report(cfg: Any, out_dir: Path, grid_csv: Path, ceiling: Path | None = None,
-                search: Path | None = None, sensitivity: Path | None = None) -> dict:
-    """The grid's FINISHED cells (by cell key) -> out_dir, logged to MLflow."""
-    tracking.setup(cfg, "report")
-    data = collect(tracking.experiment_names(cfg, "grid", "sensitivity"), keys=grid_keys(grid_csv))  # this grid's cells
-    ceilings = read_ceilings(Path(ceiling)) if ceiling else []
-    summary = build_report(data, out_dir, n_boot=cfg.report.bootstrap, seed=cfg.report.seed, ceilings=ceilings,
-                           search=read_search(search), k=cfg.selection.replicates,
+@dataclasses.dataclass(frozen=True)
+class ReportPaths:
+    """The report's folder, the grid's results/grid.csv (which cells), and the optional inputs:
+    the ceiling's folder, the search's summary, the sensitivity stage's table (None or a missing
+    file: that section says so)."""
+
+    out: Path
+    grid_csv: Path
+    ceiling: Path | None = None
+    search: Path | None = None
+    sensitivity: Path | None = None
+
+
+def run(cfg: Any, paths: ReportPaths, tracker: Tracker = MLFLOW) -> dict:
+    """The report's core: the grid's FINISHED cells (by cell key, from the grid's and the
+    sensitivity stage's experiments in `tracker`'s store) -> `paths.out`, recorded as a run of the
+    report's experiment. Returns summary.json's content. Raises FileNotFoundError without the
+    grid's results, ValueError when an input is not its stage's output or no cell finished."""
+    tracker.setup(cfg, "report")
+    data = collect(tracker.experiments(cfg, "grid", "sensitivity"), keys=grid_keys(paths.grid_csv), tracker=tracker)
+    ceilings = read_ceilings(Path(paths.ceiling)) if paths.ceiling else []
+    summary = build_report(data, paths.out, n_boot=cfg.report.bootstrap, seed=cfg.report.seed, ceilings=ceilings,
+                           search=read_search(paths.search), k=cfg.selection.replicates,
                            prevalences=tuple(cfg.report.prevalences), train_counts=tuple(cfg.split.train),
-                           sensitivity=read_sensitivity(sensitivity), context=study_context(cfg))
-    tracking.log_report(out_dir, tracking.experiment_name(cfg, "report"))
+                           sensitivity=read_sensitivity(paths.sensitivity), context=study_context(cfg))
+    tracker.log_report(cfg, paths.out)
     return summary
 
 
@@ -93,8 +110,8 @@ def read_sensitivity(path: Path | None) -> pd.DataFrame | None:
 
 def main(cfg: Any, args: argparse.Namespace) -> int:
     """`finalbn report`: prints where it went and the verdict."""
-    summary = make_report(cfg, Path(args.out), grid_csv=Path(args.grid_csv), ceiling=Path(args.ceiling),
-                          search=Path(args.search), sensitivity=Path(args.sensitivity))
+    summary = run(cfg, ReportPaths(Path(args.out), Path(args.grid_csv), ceiling=Path(args.ceiling),
+                                   search=Path(args.search), sensitivity=Path(args.sensitivity)), MLFLOW)
     print(f"report: {summary['cells']} cells -> {args.out}/report.md")
     for line in summary["verdict"]:
         print(f"  {line}")

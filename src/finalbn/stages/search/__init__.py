@@ -3,6 +3,7 @@
     finalbn search                    # search.n_trials trials in search.workers processes
     finalbn search --workers 1        # in this process
     finalbn search --executor ray     # search.workers Ray tasks on $RAY_ADDRESS (or a local Ray)
+    code, out = run(cfg, SearchPaths(splits, Path("results/search.json"), grid_csv), MLFLOW)  # the core
 
 Reads the splits, params and results/grid.csv; writes the study (its journal,
 `search.storage`), one MLflow run per trial under the study's parent run, then the comparison's
@@ -20,15 +21,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import optuna
+import yaml
 
 from finalbn import tracking
 from finalbn.cluster import rayexec, workers
-from finalbn.config import Config
+from finalbn.config import Config, to_dict
 from finalbn.infra import io
 from finalbn.infra.errors import UsageError
 from finalbn.stages.search.compare import compare, tested_replicates
@@ -54,22 +56,27 @@ from finalbn.stages.search.study import (
     study_name,
 )
 from finalbn.stages.search.summary import finish, plots, summary
+from finalbn.tracking.adapter import MLFLOW, MlflowTracker
 from finalbn.train.cell import preflight
 
 __all__ = ["SWITCHES", "TIE_BREAK", "PruningCallback", "ReplicateMedianPruner", "TrialLog", "best_trial", "check", "compare", "directions",
            "fail_stale", "finish", "main", "make_objective", "multi_objective", "open_study", "optimize", "plots",
-           "run_ray", "run_workers", "settle", "start", "steps_per_replicate", "storage", "study_name", "suggest", "summary",
+           "SearchPaths", "run", "run_ray", "run_workers", "settle", "start", "steps_per_replicate", "storage", "study_name", "suggest", "summary",
            "tested_replicates"]
 
 STUDY_RUN_ENV, WORKER_ENV = "FINALBN_STUDY_RUN", "FINALBN_WORKER"
 
 
-def run_workers(argv_base: Sequence[str], count: int, parent_run_id: str) -> int:
-    """`count` processes of `finalbn search --worker`, each study.optimize(n_jobs=1)."""
-    threads = workers.threads_per_worker(count)
-    return workers.run_commands(
-        lambda i: ["search", *argv_base, "--worker", "--set", f"train.threads={threads}"], count,
-        env_of=lambda i: {**os.environ, STUDY_RUN_ENV: parent_run_id, WORKER_ENV: str(i)})
+def run_workers(cfg: Config, splits: Path, count: int, parent_run_id: str) -> int:
+    """`count` processes of `finalbn search --worker` on this config (written to a temporary params
+    file: the workers read the very config the core was handed), each study.optimize(n_jobs=1)."""
+    wcfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=workers.threads_per_worker(count)))
+    with tempfile.TemporaryDirectory(prefix="finalbn-search-") as tmp:
+        params = Path(tmp) / "params.yaml"
+        params.write_text(yaml.safe_dump(to_dict(wcfg), sort_keys=False), encoding="utf-8")
+        return workers.run_commands(
+            lambda i: ["search", "--params", str(params), "--splits", str(splits), "--worker"], count,
+            env_of=lambda i: {**os.environ, STUDY_RUN_ENV: parent_run_id, WORKER_ENV: str(i)})
 
 
 def run_ray(cfg: Config, splits: Path, count: int, parent_run_id: str) -> int:
@@ -81,9 +88,57 @@ def run_ray(cfg: Config, splits: Path, count: int, parent_run_id: str) -> int:
     return 1 if any(isinstance(o, rayexec.TaskFailed) for o in outcomes) else 0
 
 
+@dataclasses.dataclass(frozen=True)
+class SearchPaths:
+    """The prepared splits, the summary file (search.json; the figures go beside it) and the grid's
+    results/grid.csv (the comparison's "grid's best")."""
+
+    splits: Path
+    out: Path
+    grid_csv: Path
+
+
+def run(cfg: Config, paths: SearchPaths, tracker: MlflowTracker = MLFLOW, *, workers: int | None = None,
+        executor: str | None = None, log=print) -> tuple[int, dict]:
+    """The search's core: the Optuna study (its trials in `workers` processes on one journal, or
+    Ray tasks), the comparison on held-out replicates, search.json. The search reads its runs back
+    by MLflow filters and its trials from Optuna's storage, so it needs the store-backed tracker.
+    Returns (exit code, search.json's content). Raises UsageError for a bad worker count,
+    DataError or WeightsError before any trial when an input is missing."""
+    count = workers or cfg.search.workers
+    if count < 1:
+        raise UsageError(f"--workers must be >= 1 (got {count})")
+    check(cfg)
+    # the trials' replicates 0..K-1 and the comparison's held-out ones: every split prepare writes
+    preflight(cfg, cfg.datasets[0].name, paths.splits,
+              replicates=max(cfg.selection.replicates, cfg.grid.max_replicates))
+    tracker.setup(cfg, "search")
+    study, parent, stale = start(cfg)
+    if stale:
+        log(f"search: trials {stale} were left RUNNING by a stopped worker: marked FAIL, each retried once "
+            "with its parameters")
+    # no more processes than trials left: a finished study (a rerun for the comparison or the
+    # summary) starts none, and each one costs seconds of imports before it can train
+    procs = min(count, max(cfg.search.n_trials - finished(study), 1))
+    log(f"search {cfg.search.study}: {cfg.search.n_trials} trials on the mean {cfg.search.objective} over "
+        f"replicates 0..{cfg.selection.replicates - 1} ({len(study.trials)} in the study already), {procs} "
+        f"worker(s), storage {cfg.search.storage}")
+    t0 = time.perf_counter()
+    if (executor or cfg.search.executor) == "ray":
+        code = run_ray(cfg, paths.splits, procs, parent)
+    else:
+        code = run_workers(cfg, paths.splits, procs, parent) if procs > 1 else (optimize(cfg, paths.splits, parent) or 0)
+    retried = settle(cfg, open_study(cfg), log=log)
+    if retried:  # a killed worker's trials: failed on their missing heartbeats, retried here
+        log(f"search: trials {retried} lost their worker (no heartbeat): FAIL, retried in this process")
+        optimize(cfg, paths.splits, parent)
+    seconds = time.perf_counter() - t0
+    return code, _finish(cfg, open_study(cfg), paths, parent, seconds, count, log)
+
+
 def main(cfg: Config, args: argparse.Namespace) -> int:
-    """`finalbn search`: the study, the comparison, results/search.json. The command owns the
-    store's search experiment while it runs (`tracking.owned`; its worker processes and Ray tasks
+    """`finalbn search`: the core (`run`) on the store, then its outcome. The command owns the
+    store's search experiment while it runs (`Tracker.owned`; its worker processes and Ray tasks
     work under its record): StoreError, one line naming host and pid, when a live search command
     owns it."""
     tracking.detach_project_run()  # under `mlflow run -e search`: the study has its own runs
@@ -91,55 +146,26 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     if args.worker:  # spawned by --workers: the parent checked everything and made the study's run
         optimize(cfg, splits, os.environ[STUDY_RUN_ENV], int(os.environ.get(WORKER_ENV, "0")))
         return 0
-    count = args.workers or cfg.search.workers
-    if count < 1:
-        raise UsageError(f"--workers must be >= 1 (got {count})")
-    check(cfg)
-    # the trials' replicates 0..K-1 and the comparison's held-out ones: every split prepare writes
-    preflight(cfg, cfg.datasets[0].name, splits, replicates=max(cfg.selection.replicates, cfg.grid.max_replicates))
-    with tracking.owned(cfg, "search", command="search"):
-        return _search(cfg, args, splits, count)
-
-
-def _search(cfg: Config, args: argparse.Namespace, splits: Path, count: int) -> int:
-    """`main`'s work, the search experiment owned: the trials, the comparison, search.json."""
-    study, parent, stale = start(cfg)
-    if stale:
-        print(f"search: trials {stale} were left RUNNING by a stopped worker: marked FAIL, each retried once "
-              "with its parameters", flush=True)
-    # no more processes than trials left: a finished study (a rerun for the comparison or the
-    # summary) starts none, and each one costs seconds of imports before it can train
-    procs = min(count, max(cfg.search.n_trials - finished(study), 1))
-    print(f"search {cfg.search.study}: {cfg.search.n_trials} trials on the mean {cfg.search.objective} over "
-          f"replicates 0..{cfg.selection.replicates - 1} ({len(study.trials)} in the study already), {procs} "
-          f"worker(s), storage {cfg.search.storage}", flush=True)
-    t0 = time.perf_counter()
-    if (getattr(args, "executor", None) or cfg.search.executor) == "ray":
-        code = run_ray(cfg, splits, procs, parent)
-    else:
-        code = run_workers(args.forward, procs, parent) if procs > 1 else (optimize(cfg, splits, parent) or 0)
-    retried = settle(cfg, open_study(cfg), log=lambda m: print(m, flush=True))
-    if retried:  # a killed worker's trials: failed on their missing heartbeats, retried here
-        print(f"search: trials {retried} lost their worker (no heartbeat): FAIL, retried in this process", flush=True)
-        optimize(cfg, splits, parent)
-    seconds = time.perf_counter() - t0
-    out = _finish(cfg, open_study(cfg), splits, parent, seconds, args, count)
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be >= 1 (got {args.workers})")
+    with MLFLOW.owned(cfg, "search", command="search"):
+        code, out = run(cfg, SearchPaths(splits, Path(args.out), Path(args.grid_csv)), MLFLOW, workers=args.workers,
+                        executor=getattr(args, "executor", None), log=lambda m: print(m, flush=True))
     _print_outcome(cfg, out, args.out)
     return code
 
 
-def _finish(cfg: Config, study: optuna.Study, splits: Path, parent: str, seconds: float,
-            args: argparse.Namespace, count: int) -> dict:
+def _finish(cfg: Config, study: optuna.Study, paths: SearchPaths, parent: str, seconds: float, count: int,
+            log) -> dict:
     comparison = None
     if not multi_objective(cfg) and any(t.state.name == "COMPLETE" for t in study.trials):
         reps, held = tested_replicates(cfg)
-        print(f"search: the best trial on validation, the grid's best and BN only, tested on "
-              f"{'the held-out ' if held else ''}replicates {reps[0]}..{reps[-1]}"
-              f"{'' if held else ' (none held out: the ones chosen on)'}", flush=True)
-        comparison = compare(cfg, study, splits, parent, Path(args.grid_csv), log=lambda m: print(m, flush=True),
-                             processes=count)
-    out = finish(study, cfg, parent, seconds, plot_dir=Path(args.out).parent, comparison=comparison)
-    io.write_json(Path(args.out), out, default=str)
+        log(f"search: the best trial on validation, the grid's best and BN only, tested on "
+            f"{'the held-out ' if held else ''}replicates {reps[0]}..{reps[-1]}"
+            f"{'' if held else ' (none held out: the ones chosen on)'}")
+        comparison = compare(cfg, study, paths.splits, parent, paths.grid_csv, log=log, processes=count)
+    out = finish(study, cfg, parent, seconds, plot_dir=paths.out.parent, comparison=comparison)
+    io.write_json(paths.out, out, default=str)
     return out
 
 

@@ -36,6 +36,7 @@ from finalbn.stages.tracked import track_cell
 from finalbn.stats.inference import t_interval
 from finalbn.stats.results import rank_configs, rounded
 from finalbn.tracking import records as tags
+from finalbn.tracking.adapter import MLFLOW
 from finalbn.train.keys import result_key
 
 ARMS = {"best_trial": "the best trial", "grid_best": "the grid's best configuration", "bn_only_31": "BN only (31)"}
@@ -60,7 +61,7 @@ def rerun(cfg: Config, dataset: str, splits: Path, replicate: int, parent_run_id
     process of `compare`); returns its comparison row."""
     if threads:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
-    run_id, res = track_cell(cfg, dataset, splits, stage="search", run_name=name, parent_run_id=parent_run_id,
+    run_id, res = track_cell(cfg, dataset, splits, stage="search", tracker=MLFLOW, run_name=name, parent_run_id=parent_run_id,
                              replicate=replicate, extra_tags=extra_tags, fault="search.compare")
     m = {**{f"test_{k}": v for k, v in res.test_last.items()}, **{f"val_last_{k}": v for k, v in res.val_last.items()}}
     return _row(replicate, m, run_id)

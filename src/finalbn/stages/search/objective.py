@@ -37,6 +37,7 @@ from finalbn.stages.search.study import EPOCHS, OBJECTIVES, RetryDeadWorker, fin
 from finalbn.stages.tracked import track_cell
 from finalbn.stats.selection import TIE_BREAK
 from finalbn.tracking import records as tags
+from finalbn.tracking.adapter import MLFLOW
 from finalbn.train.cell import CellResult
 from finalbn.train.engine import TrainingDiverged
 from finalbn.train.keys import result_key
@@ -140,7 +141,7 @@ def _replicate(trial: optuna.Trial, cfg: Config, tcfg: Config, dataset: str, spl
 
     try:
         return track_cell(
-            tcfg, dataset, splits, stage="search", callbacks=callbacks,
+            tcfg, dataset, splits, stage="search", tracker=MLFLOW, callbacks=callbacks,
             run_name=f"trial {trial.number} · {config_name(tcfg.ablation)} r{r}",
             parent_run_id=parent_run_id, replicate=r, killed_on=(optuna.TrialPruned,),
             state_tag=tags.TRIAL_STATE, on_start=started,

@@ -18,9 +18,9 @@ setting changed at a time (`FACTORS`, levels from params' `sensitivity` section)
   prevalence π of `report.prevalences` and judged at that π only.
 
 A level equal to params.yaml's own setting is the reference: its cells are the grid's headline cells,
-found by key, not retrained. Every level runs through the grid's own command (`finalbn grid` with
-the level's overrides, `sensitivity.workers` levels at a time): cells keyed and resumable, nothing
-trained twice. Outputs: <out>/sensitivity.csv (31 − 63 per factor, level and
+found by key, not retrained. Every level runs through the grid's core (`grid.run` on the level's
+config, `sensitivity.workers` levels at a time in worker processes): cells keyed and resumable,
+nothing trained twice. The core is `run(cfg, SensitivityPaths(splits, out), tracker)`. Outputs: <out>/sensitivity.csv (31 − 63 per factor, level and
 prevalence, with a t interval over replicates, the difference detectable with 80 % power, Holm's
 adjustment over the `sensitivity` family and a `collapsed` mark),
 <out>/cells.csv (every cell used), <out>/sensitivity.json, and one figure per factor (<out>/<factor>.png).
@@ -37,12 +37,14 @@ import pandas as pd
 
 from finalbn import tracking
 from finalbn.cluster import workers
-from finalbn.config import Config, load_config
+from finalbn.config import Config
+from finalbn.config.overrides import with_overrides
 from finalbn.data.splits import prepare_dataset
 from finalbn.infra import io
 from finalbn.infra.errors import DataError
 from finalbn.infra.io import write_csv
 from finalbn.plots.sensitivity import fig_factor
+from finalbn.stages import grid
 from finalbn.stages.sensitivity.analysis import (
     BN_ID,
     COLUMNS,
@@ -52,6 +54,8 @@ from finalbn.stages.sensitivity.analysis import (
     fit_logit_bias,
     shifted_metrics,
 )
+from finalbn.stages.tracker import Tracker
+from finalbn.tracking.adapter import MLFLOW
 
 
 class LevelFailed(Exception):
@@ -108,27 +112,17 @@ def levels(cfg: Config, out: Path) -> list[Level]:
     return out_levels
 
 
-def _base_overrides(args: argparse.Namespace) -> tuple[list[str], list[str]]:
-    """(params files, overrides) of this run, as `finalbn.cli.forwarded` passed them."""
-    params, overrides, fwd = [], [], list(getattr(args, "forward", []))
-    for flag, value in zip(fwd[::2], fwd[1::2]):
-        if flag == "--params":
-            params.append(value)
-        elif flag == "--set":
-            overrides.append(value)
-    return params or ["params.yaml"], overrides
+def level_config(cfg: Config, lv: Level, replicates: int, side_by_side: int = 1) -> Config:
+    """The config of a level's grid: this run's, with the two configurations, `replicates` and the
+    level's overrides; levels trained `side_by_side` share the cores (`train.threads`, unless set)."""
+    threads = ([f"train.threads={workers.threads_per_worker(side_by_side)}"]
+               if side_by_side > 1 and not cfg.train.threads else [])
+    return with_overrides(cfg, [*COMMON, f"grid.replicates={replicates}", *lv.overrides, *threads])
 
 
-def level_config(args: argparse.Namespace, lv: Level, replicates: int) -> tuple[list[str], list[str], Config]:
-    params, base = _base_overrides(args)
-    overrides = base + COMMON + [f"grid.replicates={replicates}", *lv.overrides]
-    return params, overrides, load_config(params, overrides)
-
-
-def level_command(args: argparse.Namespace, cfg: Config, lv: Level, splits: Path, folder: Path) -> list[str]:
-    """The `finalbn grid` arguments that train (or find) the level's cells into `folder`; an
-    imbalance level's splits are drawn first. Raises DataError naming the level when they cannot be."""
-    params, overrides, lcfg = level_config(args, lv, cfg.sensitivity.replicates)
+def level_splits(lcfg: Config, lv: Level, splits: Path) -> Path:
+    """The splits a level trains on: the run's, or (an imbalance level) its own, drawn first as
+    `prepare` draws them. Raises DataError naming the level when they cannot be."""
     where = lv.splits or splits
     if lv.splits is not None and not all((where / d.name / str(r) / "split.json").is_file()
                                          for d in lcfg.datasets for r in range(lcfg.grid.max_replicates)):
@@ -138,39 +132,46 @@ def level_command(args: argparse.Namespace, cfg: Config, lv: Level, splits: Path
                                 replicates=lcfg.grid.max_replicates)
             except DataError as exc:
                 raise DataError(f"sensitivity {lv.factor} = {lv.level}: {exc}") from None
-    if not lcfg.train.threads:  # levels run side by side: each its share of the cores, not all of them
-        overrides = [*overrides, f"train.threads={workers.threads_per_worker(cfg.sensitivity.workers)}"]
-    argv = [x for p in params for x in ("--params", p)] + [x for o in overrides for x in ("--set", o)]
-    return ["grid", *argv, "--splits", str(where), "--results", str(folder), "--workers", "1", "--stage", "sensitivity"]
+    return where
 
 
-def run_levels(args: argparse.Namespace, cfg: Config, plan: list[Level], splits: Path, out: Path,
+def train_level(lcfg: Config, paths: grid.GridPaths, tracker: Tracker = MLFLOW) -> int:
+    """One level's cells through the grid's core (`grid.run`, stage `sensitivity`, one process):
+    keyed and resumable, the reference level's cells found among the grid's. Its exit code."""
+    return grid.run(lcfg, paths, tracker, stage="sensitivity", workers=1, log=lambda m: print(m, flush=True)).code
+
+
+def run_levels(cfg: Config, plan: list[Level], splits: Path, out: Path, tracker: Tracker = MLFLOW,
                log=print) -> list[pd.DataFrame]:
-    """Every level's cells, through the grid's own command (stages never import each other: keyed,
-    resumable cells), `sensitivity.workers` levels at a time (the cells of 31 and 63 are one family
-    of shared features, so a level is one process); levels with the same overrides (the reference
-    levels) share one run. Returns each level's grid.csv rows tagged with the level. Raises
-    LevelFailed naming the levels whose cells did not all finish."""
-    commands: dict[tuple, tuple[list[str], Path]] = {}
+    """Every level's cells, through the grid's core (`train_level`), `sensitivity.workers` levels
+    at a time in worker processes when the tracker is shared (the cells of 31 and 63 are one
+    family of shared features, so a level is one process), else one after another here; levels
+    with the same overrides (the reference levels) share one grid. Returns each level's grid.csv
+    rows tagged with the level. Raises LevelFailed naming the levels whose cells did not all finish."""
+    n = cfg.sensitivity.workers if tracker.shared else 1
+    todo: dict[tuple, tuple[Config, grid.GridPaths]] = {}
     for lv in plan:
         key = (lv.overrides, lv.splits)
-        if key not in commands:
-            folder = out / "levels" / f"{len(commands):02d}-{lv.factor}"
-            commands[key] = (level_command(args, cfg, lv, splits, folder), folder)
-    todo = list(commands.values())
-    n = cfg.sensitivity.workers
-    for start in range(0, len(todo), n):
-        batch = todo[start:start + n]
-        names = [", ".join(f"{lv.factor} = {lv.level}" for lv in plan if commands[(lv.overrides, lv.splits)][1] == f)
-                 for _, f in batch]
+        if key not in todo:
+            lcfg = level_config(cfg, lv, cfg.sensitivity.replicates, n)
+            folder = out / "levels" / f"{len(todo):02d}-{lv.factor}"
+            todo[key] = (lcfg, grid.GridPaths(level_splits(lcfg, lv, splits), folder))
+    calls = list(todo.values())
+    for start in range(0, len(calls), n):
+        batch = calls[start:start + n]
+        names = [", ".join(f"{lv.factor} = {lv.level}" for lv in plan if todo[(lv.overrides, lv.splits)][1] == p)
+                 for _, p in batch]
         log(f"sensitivity: {'; '.join(names)}")
-        code = workers.run_commands(lambda i: batch[i][0], len(batch))  # noqa: B023 (called at once)
-        if code:
-            raise LevelFailed(f"{'; '.join(names)}: `finalbn grid` exited {code} (a cell failed or an input is "
+        if n > 1:
+            codes = workers.map_processes(train_level, list(batch), n)
+        else:
+            codes = [train_level(lcfg, paths, tracker) for lcfg, paths in batch]
+        if any(codes):
+            raise LevelFailed(f"{'; '.join(names)}: the grid exited {max(codes)} (a cell failed or an input is "
                               "missing; rerun to retry what is missing)")
     frames = []
     for lv in plan:
-        folder = commands[(lv.overrides, lv.splits)][1]
+        folder = todo[(lv.overrides, lv.splits)][1].results
         frames.append(pd.read_csv(folder / "grid.csv").assign(factor=lv.factor, level=lv.level,
                                                               reference=lv.reference, rival=""))
     return frames
@@ -179,7 +180,7 @@ def run_levels(args: argparse.Namespace, cfg: Config, plan: list[Level], splits:
 BIAS_LEVEL, BIAS_RIVAL = "learned bias on 63, fitted at π", "63 + learned bias"
 
 
-def bias_shift_rows(reference: pd.DataFrame, prevalences) -> pd.DataFrame:
+def bias_shift_rows(reference: pd.DataFrame, prevalences, tracker: Tracker = MLFLOW) -> pd.DataFrame:
     """The reference level's 31 cells, and its 63 cells with a minority-logit bias fitted on each
     cell's own validation predictions for each prevalence π (`fit_logit_bias`) and applied to its
     test predictions: one row per (cell, π), `fitted_prevalence` = π, judged at that π only
@@ -192,8 +193,8 @@ def bias_shift_rows(reference: pd.DataFrame, prevalences) -> pd.DataFrame:
     kept = {f"{split}{m}" for split in ("test_", "val_") for m in SHIFT_INVARIANT}
     shifted = []
     for r in reference[reference["config_id"] == NONE_ID].to_dict("records"):
-        val = tracking.artifact_text(r["run_id"], "predictions/val_predictions.csv")
-        test = tracking.artifact_text(r["run_id"], "predictions/test_predictions.csv")
+        val = tracker.artifact_text(r["run_id"], "predictions/val_predictions.csv")
+        test = tracker.artifact_text(r["run_id"], "predictions/test_predictions.csv")
         if not val or not test:
             continue
         v, t = pd.read_csv(_io.StringIO(val)), pd.read_csv(_io.StringIO(test))
@@ -207,45 +208,74 @@ def bias_shift_rows(reference: pd.DataFrame, prevalences) -> pd.DataFrame:
     return pd.concat(rows + [pd.DataFrame(shifted)], ignore_index=True)
 
 
-def main(cfg: Config, args: argparse.Namespace) -> int:
-    """`finalbn sensitivity`: every level's cells, then sensitivity.csv, the figures and the summary."""
-    tracking.detach_project_run()
-    out, splits = Path(args.out), Path(args.splits)
+@dataclasses.dataclass(frozen=True)
+class SensitivityPaths:
+    """The run's prepared splits and the stage's folder (sensitivity.csv, cells.csv, the figures,
+    levels/<nn>-<factor>/grid.csv and the imbalance levels' own splits)."""
+
+    splits: Path
+    out: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class SensitivitySummary:
+    """What the stage found: sensitivity.json's content (replicates, prevalences, factors, rows),
+    and the contrasts table (one row per factor, level and prevalence; empty when no factor ran)."""
+
+    results: dict
+    table: pd.DataFrame
+
+
+def run(cfg: Config, paths: SensitivityPaths, tracker: Tracker = MLFLOW, log=print) -> SensitivitySummary:
+    """The sensitivity stage's core: every level's cells (`run_levels`), the bias-shift rival, then
+    sensitivity.csv, cells.csv, one figure per factor and sensitivity.json under `paths.out`.
+    Raises LevelFailed naming the levels whose cells did not all finish; DataError when an
+    imbalance level's splits cannot be drawn."""
+    out, s = paths.out, cfg.sensitivity
     out.mkdir(parents=True, exist_ok=True)
-    s = cfg.sensitivity
     plan = levels(cfg, out)
-    print(f"sensitivity: {len(plan)} levels of {len({lv.factor for lv in plan})} factors, configs 31 and 63 on "
-          f"{s.replicates} replicates each (reference levels are the grid's cells)", flush=True)
+    log(f"sensitivity: {len(plan)} levels of {len({lv.factor for lv in plan})} factors, configs 31 and 63 on "
+        f"{s.replicates} replicates each (reference levels are the grid's cells)")
     if s.bias_shift and not any(lv.reference for lv in plan):  # the rival needs the run's own cells
         plan.append(Level("reference", "params.yaml", (), True))
     if not plan:
-        print("sensitivity: no factor in params' `sensitivity` section and no bias shift: nothing to run")
+        log("sensitivity: no factor in params' `sensitivity` section and no bias shift: nothing to run")
         write_csv(out / "sensitivity.csv", pd.DataFrame(columns=COLUMNS))
-        io.write_json(out / "sensitivity.json", {"replicates": s.replicates, "factors": [], "rows": []})
-        return 0
-    try:
-        frames = run_levels(args, cfg, plan, splits, out)
-    except LevelFailed as exc:
-        print(f"finalbn sensitivity: failed: {exc}", file=sys.stderr)
-        return 1
+        results = {"replicates": s.replicates, "factors": [], "rows": []}
+        io.write_json(out / "sensitivity.json", results)
+        return SensitivitySummary(results, pd.DataFrame(columns=COLUMNS))
+    frames = run_levels(cfg, plan, paths.splits, out, tracker, log)
     parts = [f for f, lv in zip(frames, plan) if lv.factor != "reference"]  # the reference alone is no factor
     pis = sorted(set(cfg.report.prevalences), reverse=True)
     if s.bias_shift:
-        parts.append(bias_shift_rows(next(f for f, lv in zip(frames, plan) if lv.reference), pis))
+        parts.append(bias_shift_rows(next(f for f, lv in zip(frames, plan) if lv.reference), pis, tracker))
     cells = pd.concat(parts, ignore_index=True)
     write_csv(out / "cells.csv", cells)
     table = contrasts(cells, pis)
     write_csv(out / "sensitivity.csv", table)
     for factor in dict.fromkeys(table["factor"]):
         fig_factor(table[table["factor"] == factor], factor, out / f"{factor}.png")
-    summary = {"replicates": s.replicates, "prevalences": pis, "factors": sorted(set(table["factor"])),
+    results = {"replicates": s.replicates, "prevalences": pis, "factors": sorted(set(table["factor"])),
                "contrast": "final BN alone vs nothing (31 − 63), test minority F1, last epoch",
                "rows": table.astype(object).where(table.notna(), None).to_dict("records")}
-    io.write_json(out / "sensitivity.json", summary)
-    for r in table.to_dict("records"):
+    io.write_json(out / "sensitivity.json", results)
+    return SensitivitySummary(results, table)
+
+
+def main(cfg: Config, args: argparse.Namespace) -> int:
+    """`finalbn sensitivity`: the core (`run`) on the store, and a line per contrast."""
+    tracking.detach_project_run()
+    out = Path(args.out)
+    try:
+        summary = run(cfg, SensitivityPaths(Path(args.splits), out), MLFLOW, log=lambda m: print(m, flush=True))
+    except LevelFailed as exc:
+        print(f"finalbn sensitivity: failed: {exc}", file=sys.stderr)
+        return 1
+    for r in summary.table.to_dict("records"):
         print(f"  {r['factor']} = {r['level']}: 31 − {r['rival']} {r['estimate']:+.3f} "
               f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] at π = {r['prevalence']:g} over {r['n']} replicates: "
               f"{r['direction']}" + (f" (Holm p {r['p_holm']:.3g})" if r["family"] else "")
               + (" — collapsed" if r["collapsed"] else ""))
-    print(f"sensitivity -> {out}/sensitivity.csv and {len(set(table['factor']))} figures")
+    if len(summary.table):
+        print(f"sensitivity -> {out}/sensitivity.csv and {len(set(summary.table['factor']))} figures")
     return 0
