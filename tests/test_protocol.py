@@ -82,7 +82,7 @@ def test_a_code_change_reruns_a_finished_cell(prepared, tmp_path, monkeypatch):
     pkg = tmp_path / "pkg"
     shutil.copytree(imports.ROOT, pkg, ignore=shutil.ignore_patterns("__pycache__"))
     with open(pkg / "train" / "engine.py", "a") as fh:
-        fh.write("\n# a fix\n")
+        fh.write("\nFIXED = True  # a fix\n")
     before = grid.cell_key(cfg, grid.all_cells(cfg)[0], SPLITS)
 
     def digest_of(root):
@@ -103,10 +103,15 @@ def test_a_code_change_reruns_a_finished_cell(prepared, tmp_path, monkeypatch):
         (pkg / name).write_text('"""Edited. ' + text[3:])
     digest_of(pkg)
     assert {c: grid.cell_key(cfg, c, SPLITS) for c in grid.all_cells(cfg)} == after
+    # in the code that computes a cell, a comment, a docstring or a re-wrapped line changes no key either
+    engine = (pkg / "train" / "engine.py").read_text()
+    assert engine.count("def loss_value(") == 1 and engine.startswith('"""')
+    (pkg / "train" / "engine.py").write_text('"""Edited. ' + engine[3:].replace("def loss_value(", "def loss_value(  # a note\n", 1))
+    digest_of(pkg)
+    assert {c: grid.cell_key(cfg, c, SPLITS) for c in grid.all_cells(cfg)} == after
     # an edit to the loss changes every key
     engine = (pkg / "train" / "engine.py").read_text()
-    assert engine.count("def loss_value(") == 1
-    (pkg / "train" / "engine.py").write_text(engine.replace("def loss_value(", "def loss_value(  # edited\n", 1))
+    (pkg / "train" / "engine.py").write_text(engine.replace("loss_value(", "loss_of("))  # the loss, renamed
     digest_of(pkg)
     assert not set(after.values()) & {grid.cell_key(cfg, c, SPLITS) for c in grid.all_cells(cfg)}
     digest_of(Path(imports.__file__).resolve().parents[1])  # the real sources again, caches cleared

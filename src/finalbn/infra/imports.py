@@ -117,9 +117,25 @@ def closure(name: str) -> tuple[Path, ...]:
 
 @functools.cache
 def code_digest(name: str) -> str:
-    """sha256 (16 hex digits) over the paths (`label`) and sources of `closure(name)`."""
+    """sha256 (16 hex digits) over the paths (`label`) and the code of `closure(name)`: each
+    module's syntax tree without its docstrings (`code_text`), so a comment, a docstring or a
+    re-wrapped line changes no digest; any change to what runs does."""
     h = hashlib.sha256()
     for path in closure(name):
         h.update(label(path).encode())
-        h.update(hashlib.sha256(path.read_bytes()).digest())
+        h.update(hashlib.sha256(code_text(path.read_text(encoding="utf-8")).encode()).digest())
     return h.hexdigest()[:16]
+
+
+def code_text(source: str) -> str:
+    """What a module runs, as text: `ast.dump` of its syntax tree (no comments, no layout) with the
+    docstrings of the module, its classes and functions removed. Annotations stay: pydantic and
+    dataclasses read them at run time."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
