@@ -64,12 +64,14 @@ paper: install
 	$(BIN)/finalbn sensitivity $(PAPER) --splits data/splits-paper --out results-paper/sensitivity
 	$(BIN)/finalbn report $(PAPER) --grid-csv results-paper/grid.csv --ceiling results-paper/ceiling --search results-paper/search.json --sensitivity results-paper/sensitivity/sensitivity.csv --out report-paper
 
-# The house rules first (seconds): ruff's lint (pyproject.toml [tool.ruff]) and the import contracts
-# (import-linter: the layers point down, stages never import each other, MLflow only in tracking/).
+# The house rules first (seconds): ruff's lint (pyproject.toml [tool.ruff]), the import contracts
+# (import-linter: the layers point down, stages never import each other, MLflow only in tracking/)
+# and the type checker (mypy, pyproject.toml [tool.mypy]: finalbn and the field package).
 LINTED := src deploy tests benchmarks tools
 lint: install
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 
 # The tests in as many processes as cores (at most 4; each test trains with one thread), handed
 # out one at a time, the longest first (tests/conftest.py); the 15 slowest are listed at the end.

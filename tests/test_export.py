@@ -14,7 +14,7 @@ import torch
 
 from conftest import ROOT
 from finalbn.cli import main
-from finalbn.models import create_model
+from finalbn.models import HeadSpec, create_model
 from finalbn.stages import export, grid
 from finalbn.tracking import RunRecord
 
@@ -235,7 +235,7 @@ def test_every_registered_backbone_exports_with_parity_and_no_source_paths(arch,
     folder, in a file shipped to the field; another digest for the same model exported elsewhere):
     export_onnx removes them."""
     torch.manual_seed(0)
-    net = create_model(arch, weights="none", final="bn", hidden=16).eval()
+    net = create_model(arch, weights="none", head=HeadSpec(final="bn", hidden=16)).eval()
     info = export.export_onnx(net, 32, tmp_path / "m.onnx")
     assert info["opset"] >= 18
     data = (tmp_path / "m.onnx").read_bytes()

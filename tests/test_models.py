@@ -16,6 +16,7 @@ from finalbn.models import (
     ARCHS,
     AdaptiveConcatPool2d,
     FinalBNNet,
+    HeadSpec,
     WeightsError,
     create_model,
     get_spec,
@@ -93,10 +94,10 @@ def test_a_model_without_a_convolutional_body_is_refused():
     "kwargs, match",
     [
         ({"arch": "resnet9"}, r"unknown arch 'resnet9' \(have: efficientnet_lite0, resnet18, .*any torchvision"),
-        ({"final": "batchnorm"}, "final must be one of bn, selu, none"),
+        ({"head": HeadSpec(final="batchnorm")}, "final must be one of bn, selu, none"),
         ({"frozen_bn": "off"}, "frozen_bn must be one of eval, train"),
-        ({"dropout": (0.25, 1.0)}, "dropout"),
-        ({"hidden": 0}, "hidden"),
+        ({"head": HeadSpec(dropout=(0.25, 1.0))}, "dropout"),
+        ({"head": HeadSpec(hidden=0)}, "hidden"),
     ],
 )
 def test_bad_arguments_raise_value_error(kwargs, match):
@@ -216,8 +217,8 @@ def test_head_is_fastai_create_head():
 
 
 def test_final_bn_options_pass_through():
-    model = create_model("resnet18", final_bn_momentum=0.1, final_bn_eps=1e-3, final_bn_affine=False,
-                         num_classes=3, hidden=64, dropout=(0.0, 0.1))
+    model = create_model("resnet18", head=HeadSpec(final_bn_momentum=0.1, final_bn_eps=1e-3, final_bn_affine=False,
+                                                  hidden=64, dropout=(0.0, 0.1)), num_classes=3)
     last = model.head[-1]
     assert (last.num_features, last.momentum, last.eps, last.affine) == (3, 0.1, 1e-3, False)
     assert last.weight is None and last.bias is None
@@ -229,13 +230,13 @@ def test_final_bn_options_pass_through():
 
 @pytest.mark.parametrize("final, kind", [("none", nn.Linear), ("selu", nn.SELU)])
 def test_other_final_layers(final, kind):
-    model = create_model("resnet18", final=final)
+    model = create_model("resnet18", head=HeadSpec(final=final))
     assert type(model.head[-1]) is kind and model.final_bn is None
     assert model.train()(_x()).shape == (4, 2)
 
 
 def test_a_single_sigmoid_logit_is_the_two_class_logits_zero_and_z():
-    model = create_model("resnet18", single_logit=True).train()
+    model = create_model("resnet18", head=HeadSpec(single_logit=True)).train()
     linear, bn = model.head[-3], model.head[-2]
     assert linear.out_features == 1 and isinstance(bn, nn.BatchNorm1d) and bn.num_features == 1
     assert model.final_bn is bn and "final_bn_running_mean_0" in model.epoch_stats()
@@ -248,19 +249,19 @@ def test_a_single_sigmoid_logit_is_the_two_class_logits_zero_and_z():
     assert torch.allclose(nn.functional.cross_entropy(out, y),
                           nn.functional.binary_cross_entropy_with_logits(z, y.float()))
     with pytest.raises(ValueError, match="a single logit is a binary head"):
-        create_model("resnet18", single_logit=True, num_classes=3)
+        create_model("resnet18", head=HeadSpec(single_logit=True), num_classes=3)
 
 
 def test_final_bias_false_removes_the_last_linear_bias():
-    model = create_model("resnet18", final_bias=False)
+    model = create_model("resnet18", head=HeadSpec(final_bias=False))
     assert isinstance(model.head[-2], nn.Linear) and model.head[-2].bias is None
-    model = create_model("resnet18", final="none", final_bias=False)
+    model = create_model("resnet18", head=HeadSpec(final="none", final_bias=False))
     assert model.head[-1].bias is None
 
 
 def test_batch_of_one_raises_in_train_mode_only():
     """The head's BatchNorm1d layers need B >= 2 in train mode; the engine drops such batches."""
-    model = create_model("resnet18", final="bn").train()
+    model = create_model("resnet18", head=HeadSpec(final="bn")).train()
     with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
         model(torch.randn(1, 3, 64, 64))
     assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 2)

@@ -15,6 +15,9 @@ from finalbn.cli import main
 from finalbn.config import ablation_from_id, config_id, config_name
 from finalbn.data.tensors import TrainPlan, eval_transform, load_splits, make_loaders
 from finalbn.models import WeightsError
+from finalbn.stages.tracked import track_cell
+from finalbn.stages.tracker import MemoryTracker
+from finalbn.tracking.adapter import MLFLOW
 from finalbn.train import cell as cells
 from finalbn.train.cell import fit_settings, run_cell
 from finalbn.train.engine import FitSettings, TrainingDiverged, fit
@@ -136,16 +139,19 @@ def test_failed_cell_run_ends_failed_and_cli_says_why(prepared, monkeypatch, cap
 
 def test_interrupted_cell_run_ends_killed(prepared, monkeypatch):
     load, _ = prepared
-    from finalbn.stages.tracked import track_cell
 
     def interrupt(*a, **k):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cells, "fit", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        track_cell(load(), "synthetic-apple", SPLITS, stage="train")
+        track_cell(load(), "synthetic-apple", SPLITS, stage="train", tracker=MLFLOW)
     runs = mlflow.search_runs(experiment_names=["finalbn/train"], output_format="list")
     assert [r.info.status for r in runs] == ["KILLED"]
+    memory = MemoryTracker()  # the in-memory tracker ends it the same way
+    with pytest.raises(KeyboardInterrupt):
+        track_cell(load(), "synthetic-apple", SPLITS, stage="train", tracker=memory)
+    assert [(r.status, r.tags["stage"]) for r in memory.runs.values()] == [("KILLED", "train")]
 
 
 def test_synthetic_weights_missing_says_what_to_run(prepared, capsys):

@@ -1,7 +1,7 @@
 """Two commands, one store: a second grid or search started while the first is alive refuses with
 one line naming it (host and pid) and never marks its runs KILLED; once the first is dead, the
 second takes over. The owner record (`finalbn.tracking.owner`) and the grid's decision on a
-RUNNING run of a cell it is about to redo (`tracking.take_over`)."""
+RUNNING run of a cell it is about to redo (`tracking.owner.take_over`)."""
 from __future__ import annotations
 
 import json

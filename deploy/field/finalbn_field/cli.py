@@ -193,6 +193,7 @@ class RowWriter:
 
     def _full(self, exc: OSError) -> OutputFull:
         """Close and cut the file back to its last whole row; the one line to print."""
+        assert exc.errno is not None  # the callers checked it is in NO_ROOM
         what, todo = NO_ROOM[exc.errno]
         if self.path is None:  # what the buffer still holds goes nowhere: flushing it at exit would fail again
             with contextlib.suppress(OSError, ValueError, AttributeError, io.UnsupportedOperation):

@@ -81,7 +81,7 @@ def wilson_upper(k: float, n: int) -> float:
     return wilson(k, n)[1]
 
 
-def at_prevalence(curve: dict, prevalence: float, miss_cost: float | None = None) -> dict[str, float]:
+def at_prevalence(curve: dict, prevalence: float, miss_cost: float | None = None) -> dict[str, Any]:
     """The cut for a field prevalence: best F1 at that prevalence, or, with `miss_cost` (a missed
     diseased image's cost in false alarms), the least expected cost. Ties go to the stricter cut
     (fewer healthy images flagged). Returns threshold, tpr with its 95 % lower bound and fpr with its

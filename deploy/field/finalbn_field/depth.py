@@ -137,7 +137,7 @@ def _png_header(fh) -> tuple[int, int, tuple[int, ...]]:
     return depth, ctype, tuple(sbit)
 
 
-def _seq(value: Any) -> tuple:
+def _seq(value: Any) -> tuple[Any, ...]:
     return () if value is None else tuple(value) if isinstance(value, (tuple, list)) else (value,)
 
 
@@ -194,6 +194,7 @@ def read_tiff(fh, too_big: Callable[[int, int], str | None]) -> tuple[np.ndarray
     import tifffile  # lazy: a second to import, and only TIFFs Pillow cannot read whole need it
 
     fh.seek(0)
+    values: np.ndarray  # any rank: the shape is checked below
     try:
         with tifffile.TiffFile(fh) as tif:
             page = tif.pages[0]

@@ -20,7 +20,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
@@ -48,6 +48,7 @@ def load_image(path: str | Path, card: dict, max_pixels: int = MAX_PIXELS) -> Im
     img, found = decode(path, max_pixels, intensity, int(pre["size"]))
     if found.blank:
         img.close()
+        assert found.data is not None  # `blank` is only true with the image's own range
         rule = intensity if isinstance(intensity, str) else "[{:g}, {:g}]".format(*intensity)
         raise BadImage(f"decodes blank under the model's intensity {rule} (its {found.label.split(' (')[0]} values "
                        f"{found.data[0]:g}..{found.data[1]:g} fall outside it or within one of its levels): "
@@ -140,6 +141,7 @@ class FieldModel:
         """The model file is the one the card describes: its sha256 equals the card's `onnx.sha256`
         (or `int8.sha256`). A mismatch, or a card without a digest, raises FieldError naming both,
         unless `allow_mismatch`: then `unverified` says so for the summary line."""
+        card_path = cast(Path, self.card_path)  # open(), the one caller, sets it
         pins = {k: e["sha256"] for k in ("onnx", "int8")
                 if isinstance(e := self.card.get(k), dict) and isinstance(e.get("sha256"), str)}
         if "onnx" not in pins:
@@ -148,7 +150,7 @@ class FieldModel:
                                  f"pin), so {self.path} cannot be checked against it: export the model again, or pass "
                                  "--allow-model-mismatch to run it with this card's preprocessing and decision "
                                  "thresholds anyway")
-            self.unverified = (f"model NOT VERIFIED: {self.card_path.name} records no sha256 of its model "
+            self.unverified = (f"model NOT VERIFIED: {card_path.name} records no sha256 of its model "
                                "(--allow-model-mismatch)")
             return
         digest = file_sha256(self.path)
@@ -161,7 +163,7 @@ class FieldModel:
                              "together, or pass --allow-model-mismatch to run it with this card's preprocessing "
                              "and decision thresholds anyway")
         self.unverified = (f"MODEL MISMATCH (--allow-model-mismatch): {self.path.name} sha256 {digest[:16]} is not "
-                           f"the model {self.card_path.name} describes (sha256 {want[:16]})")
+                           f"the model {card_path.name} describes (sha256 {want[:16]})")
 
     def _check_io(self) -> None:
         want = self.card["input"]

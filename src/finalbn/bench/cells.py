@@ -36,7 +36,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import torch
 
@@ -159,7 +159,8 @@ def run(cfg: Config, splits: Path, device: torch.device, archs: list[str], size:
     threads = workers.threads_per_worker(processes, cfg.train.threads) if device.type == "cpu" else torch.get_num_threads()
     torch.set_num_threads(threads)
     tc = cfg.train
-    c = dataclasses.replace(cfg, train=dataclasses.replace(tc, device=str(device)))
+    # a torch device's type names "cpu" or "cuda" (TrainConfig validates it at run time)
+    c = dataclasses.replace(cfg, train=dataclasses.replace(tc, device=cast(Literal["cpu", "cuda"], str(device))))
     out: dict[str, Any] = {"device": str(device), "size": size, "epochs": tc.epochs, "batch_size": tc.batch_size,
                            "threads": threads, "sample": SAMPLE, "archs": {}}
     share = tc.share_features

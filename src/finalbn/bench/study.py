@@ -41,7 +41,7 @@ from finalbn.data.augment import BatchAugment
 from finalbn.data.tensors import EVAL_BATCH
 from finalbn.infra import io
 from finalbn.infra.errors import UsageError
-from finalbn.models import HeadOnFeatures, create_head, create_model, get_spec
+from finalbn.models import HeadOnFeatures, HeadSpec, create_head, create_model, get_spec
 from finalbn.stages.grid import run_shard
 from finalbn.stages.tracker import MemoryTracker
 from finalbn.train import features
@@ -79,7 +79,7 @@ def _weights(arch: str) -> str:
 
 
 def _model(arch: str, mode: str, device: torch.device, channels_last: bool = True):
-    model = create_model(arch, weights=_weights(arch), final="bn", unfreeze_bn=mode in ("uf_on", "full"))
+    model = create_model(arch, weights=_weights(arch), head=HeadSpec(final="bn"), unfreeze_bn=mode in ("uf_on", "full"))
     if mode == "full":
         model.body.requires_grad_(True)
     model.to(device)

@@ -11,6 +11,10 @@ the key and what is allowed, before any work starts.
              the imbalance baselines, the params that leave a cell's numbers alone
     derived  what a Config implies: a grid cell's configuration, a replicate's seed, the final layer
     load     load_config, validate, to_dict, flatten, parse_value
+    overrides  `with_overrides`: a config derived in-process (not on this face: outside a cell's key)
+
+The face names what other packages use; a section's class (`TrainConfig`, `GridConfig`, ...) is
+imported from `finalbn.config.schema` where one is needed.
 """
 from __future__ import annotations
 
@@ -18,25 +22,11 @@ from finalbn.config.derived import cell_seed, configure, final_layer, final_laye
 from finalbn.config.load import flatten, load_config, parse_value, to_dict, validate
 from finalbn.config.schema import (
     AugmentConfig,
-    BaselinesConfig,
-    CeilingConfig,
     Config,
     ConfigError,
     DatasetConfig,
-    GridConfig,
-    HeadlineConfig,
-    ModelConfig,
-    PretrainConfig,
     RayConfig,
-    ReportConfig,
-    SearchConfig,
-    SearchSpace,
-    SelectionConfig,
-    SensitivityConfig,
     SplitConfig,
-    SyntheticConfig,
-    TrackingConfig,
-    TrainConfig,
 )
 from finalbn.config.study import (
     BASELINE_METHODS,
@@ -59,25 +49,11 @@ __all__ = [
     "TOGGLES",
     "AblationConfig",
     "AugmentConfig",
-    "BaselinesConfig",
-    "CeilingConfig",
     "Config",
     "ConfigError",
     "DatasetConfig",
-    "GridConfig",
-    "HeadlineConfig",
-    "ModelConfig",
-    "PretrainConfig",
-    "ReportConfig",
-    "SelectionConfig",
-    "SensitivityConfig",
     "RayConfig",
-    "SearchConfig",
-    "SearchSpace",
     "SplitConfig",
-    "SyntheticConfig",
-    "TrackingConfig",
-    "TrainConfig",
     "ablation_from_id",
     "cell_seed",
     "config_id",

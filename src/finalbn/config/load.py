@@ -120,7 +120,7 @@ def _type_at(parts: Sequence[str | int]) -> Any:
 
 def validate(raw: dict[str, Any]) -> Config:
     try:
-        return Config(**raw) if isinstance(raw, dict) else Config(raw)  # type: ignore[arg-type]
+        return Config(**raw) if isinstance(raw, dict) else Config(raw)
     except ValidationError as exc:
         raise ConfigError(_one_line(exc)) from None
     except TypeError as exc:  # e.g. a section that is not a mapping

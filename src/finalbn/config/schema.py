@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import codecs
 import glob
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import Field, Strict, model_validator
 from pydantic.dataclasses import dataclass
@@ -32,10 +32,10 @@ from finalbn.config.strict import (
 from finalbn.config.study import BASELINE_METHODS, FINAL_LAYERS, TOGGLES, AblationConfig, parse_configs
 
 # Literals spelled once: the study's tuples are the source of the allowed values.
-Toggle = Literal[TOGGLES]
+Toggle = Literal[TOGGLES]  # type: ignore[valid-type]  # a runtime tuple: pydantic reads it, mypy cannot
 Executor = Literal["local", "ray"]  # how cells and trials fan out: local processes, or Ray tasks
-FinalLayer = Literal[FINAL_LAYERS]
-BaselineMethod = Literal[tuple(BASELINE_METHODS)]
+FinalLayer = Literal[FINAL_LAYERS]  # type: ignore[valid-type]  # a runtime tuple, as Toggle
+BaselineMethod: TypeAlias = Literal[tuple(BASELINE_METHODS)]  # type: ignore[valid-type]  # the dict's keys, at run time
 Loss = Literal["ce", "focal", "logit_adjusted", "class_balanced"]
 Calibration = Literal["none", "temperature"]
 

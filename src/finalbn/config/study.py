@@ -10,6 +10,7 @@ Pure functions and constants: nothing here reads a file or imports torch.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic.dataclasses import dataclass
 
@@ -22,7 +23,7 @@ FINAL_LAYERS = ("bn", "selu", "none")
 
 # The imbalance literature's answers, run as fixed grid cells beside the paper's configurations:
 # method -> the train.* values it sets on the base configuration.
-BASELINE_METHODS = {
+BASELINE_METHODS: dict[str, dict[str, Any]] = {
     "focal": {"loss": "focal"},  # Lin et al. 2017
     "logit_adjusted": {"loss": "logit_adjusted"},  # Menon et al. 2021
     "class_balanced": {"loss": "class_balanced"},  # Cui et al. 2019

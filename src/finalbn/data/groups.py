@@ -109,7 +109,7 @@ def _fit(short: list[str], left: dict[str, int], have: int) -> str:
 
 
 def assign(pool: list[Unit], order: list[int], need: dict[str, list[int]], share: float,
-           taken: set[int] = frozenset(), spread: bool = True) -> dict[int, str]:
+           taken: set[int] | frozenset[int] = frozenset(), spread: bool = True) -> dict[int, str]:
     """Unit index -> split for the splits in `need` ({split: [majority, minority]}), in `order`
     (units in `taken` left out). First the units holding minority images, each to the first split
     short of minority images; then units for the majority images, in two kinds: a split's majority
@@ -143,7 +143,7 @@ def assign(pool: list[Unit], order: list[int], need: dict[str, list[int]], share
     return _spread(pool, order, need, out, taken) if spread else out
 
 
-def _spread(pool: list[Unit], order: list[int], need: dict, out: dict, taken: set[int]) -> dict:
+def _spread(pool: list[Unit], order: list[int], need: dict, out: dict, taken: set[int] | frozenset[int]) -> dict:
     """`out` plus every other unit (in `order`): one holding minority images to the split whose
     minority images so far, this unit's included, are fewest per image it needs; any other unit
     likewise by majority images."""

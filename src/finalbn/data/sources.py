@@ -28,6 +28,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import pandas as pd
 from tqdm import tqdm
@@ -95,14 +96,15 @@ def class_folders(ds: DatasetConfig) -> ClassFolders:
     if not root.is_dir():
         raise DataError(f"dataset {ds.name}: root folder {escape_name(root)} does not exist")
     if ds.source in ("synthetic", "plantvillage"):
-        mine = crop_folders(root, ds.crop)
+        crop = cast(str, ds.crop)  # a str: DatasetConfig requires `crop` for these sources
+        mine = crop_folders(root, crop)
         if not mine:
             raise DataError(f"dataset {ds.name}: no <{ds.crop}>___<condition> folders under {escape_name(root)} "
-                            f"({_look_alikes(root, ds.crop)})")
+                            f"({_look_alikes(root, crop)})")
         healthy = [p for p, cond in mine if cond.lower() == "healthy"]
         diseased = [p for p, _ in mine if p not in healthy]
         if not healthy:
-            raise DataError(f"dataset {ds.name}: folder {escape_name(root / (ds.crop + '___healthy'))} does not exist")
+            raise DataError(f"dataset {ds.name}: folder {escape_name(root / (crop + '___healthy'))} does not exist")
         if not diseased:
             raise DataError(f"dataset {ds.name}: no disease folders {ds.crop}___<disease> under {escape_name(root)}")
         return ClassFolders([(p.name, p) for p in healthy], [(p.name, p) for p in diseased], ("healthy", "diseased"))
@@ -186,14 +188,14 @@ def read_table(ds: DatasetConfig) -> tuple[Path, pd.DataFrame, dict]:
     leading zeros stay as written; surrounding spaces are dropped), and how it was read (encoding,
     separator: `tables.read`). Raises DataError (one line) for a missing, unreadable or empty
     table, or a missing column (naming the columns there are, and how the table was read)."""
-    table = Path(ds.labels)
+    table = Path(cast(str, ds.labels))  # a str: DatasetConfig requires `labels` for source csv
     table = table if table.is_absolute() else Path(ds.root) / table
     if not table.is_file():
         raise DataError(f"dataset {ds.name}: labels table {table} does not exist")
     classes = list(dict.fromkeys(v.strip() for v in (*ds.majority, *ds.minority))) if ds.one_hot else []
-    needed = {"image_column": ds.image_column, "label_column": ds.label_column,
-              "group_column": getattr(ds, "group_column", None)}
-    needed = {k: v for k, v in needed.items() if v}
+    given = {"image_column": ds.image_column, "label_column": ds.label_column,
+             "group_column": getattr(ds, "group_column", None)}
+    needed = {k: v for k, v in given.items() if v}
     df, how = tables.read(table, f"dataset {ds.name}: labels table {table}", [*needed.values(), *classes],
                           ds.table_separator, ds.table_encoding)
     columns = f"columns: {', '.join(map(repr, df.columns))} ({tables.read_as(how)}: set table_separator and " \
@@ -259,6 +261,7 @@ def _collect_csv(ds: DatasetConfig, progress: bool) -> Collection:
         if reason is not None:
             skipped.append({**row, "reason": reason})
             continue
+        assert path is not None  # _resolve gives a file whenever it gives no reason
         first[path] = row
     for path, row in list(first.items()):
         if row.pop("conflict", False):  # listed with two labels: neither is trusted

@@ -23,6 +23,7 @@ import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 from tqdm import tqdm
@@ -132,7 +133,7 @@ def draw_split(usable: dict[int, list[tuple[str, Path]]], split: SplitConfig, na
             raise DataError(f"class {names[label]} ({sources[label]}) has {files} usable images{distinct}, the split "
                             f"needs {sum(need)} ({' + '.join(f'{n} {s}' for n, s in zip(need, SPLITS))})")
         # One generator per label, so changing the minority counts never reshuffles the majority.
-        order = np.random.default_rng([split.seed, replicate, label]).permutation(len(pool))
+        order: np.ndarray | list[int] = np.random.default_rng([split.seed, replicate, label]).permutation(len(pool))
         room = list(need)
         disjoint = disjoint_for(split, label)
         if disjoint:
@@ -224,7 +225,8 @@ def decoding_record(ds: DatasetConfig, found: Collection) -> dict:
     depths (each image would be scaled its own way), or when, under a fixed [lo, hi], images lie
     mostly outside it (they would train as blank black or white images)."""
     infos = {p: found.decoded[p] for label in LABELS for _, p in found.usable[label] if p in found.decoded}
-    inferred = Counter(i.significant for i in infos.values() if i.source == "image maximum")
+    # an "image maximum" range always records its depth (significant is an int there)
+    inferred = cast("Counter[int]", Counter(i.significant for i in infos.values() if i.source == "image maximum"))
     fix = (f"set intensity in datasets.{ds.name} of params.yaml, or --set datasets.{ds.name}.intensity=")
     if ds.intensity == "auto" and len(inferred) > 1:
         looks = ", ".join(f"{n} look {b}-bit" for b, n in sorted(inferred.items()))
@@ -237,7 +239,9 @@ def decoding_record(ds: DatasetConfig, found: Collection) -> dict:
     blank = {p: i for p, i in infos.items() if i.blank}
     if blank:
         path, info = next(iter(sorted(blank.items())))
-        rule = ds.intensity if isinstance(ds.intensity, str) else "[{:g}, {:g}]".format(*ds.intensity)
+        assert info.data is not None  # `blank` is only true with the image's own range
+        rule: str | tuple[float, float] = (ds.intensity if isinstance(ds.intensity, str)
+                                           else "[{:g}, {:g}]".format(*ds.intensity))
         raise DataError(f"dataset {ds.name}: {len(blank)} images would train as blank images under intensity "
                         f"{rule}: their values fall outside it or within one of its 256 levels (e.g. "
                         f"{escape_name(path)}: {info.label}, values {info.data[0]:g}..{info.data[1]:g}); "
@@ -263,7 +267,7 @@ def _write_split(ds: DatasetConfig, split: SplitConfig, folder: Path, found: Col
     writer.writerows({**r, "source_class": formula_safe(r["source_class"])} for r in rows)
     manifest = buf.getvalue()
 
-    counts = {s: {"majority": 0, "minority": 0, "by_source_class": {}} for s in SPLITS}
+    counts: dict[str, dict[str, Any]] = {s: {"majority": 0, "minority": 0, "by_source_class": {}} for s in SPLITS}
     for r in rows:
         c = counts[r["split"]]
         c["majority" if r["label"] == 0 else "minority"] += 1

@@ -24,6 +24,7 @@ import io
 import re
 from decimal import Decimal
 from pathlib import Path
+from typing import cast
 
 import pandas as pd
 from charset_normalizer import from_bytes
@@ -65,7 +66,7 @@ def read(path: Path, where: str, needed: list[str], separator: str | None = None
         raise DataError(f"{where} is empty")
     sniffed = _sniff(text)
     if separator:
-        seps, sep_from = [separator_of(separator)], "table_separator"
+        seps, sep_from = [cast(str, separator_of(separator))], "table_separator"  # a str: `separator` is set
     else:
         seps = list(dict.fromkeys([*([sniffed] if sniffed else []), *(("\t",) if path.suffix.lower() == ".tsv" else ()),
                                    *SEPARATORS]))

@@ -173,7 +173,7 @@ def load_splits(manifest: str | Path, image_size: int, progress: bool = False) -
 # ---------------------------------------------------------------- transforms
 
 
-def eval_transform(mean: Stats = IMAGENET_MEAN, std: Stats = IMAGENET_STD) -> v2.Transform:
+def eval_transform(mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> v2.Transform:
     return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
 
 

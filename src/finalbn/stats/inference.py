@@ -10,6 +10,8 @@ comparison share these, so a number means the same in both.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
 from scipy import stats
@@ -19,13 +21,13 @@ from statsmodels.stats.power import TTestPower
 ZERO_TOL = 1e-12  # |difference| below this is float noise of logged metrics, i.e. zero
 
 
-def t_interval(d: np.ndarray) -> dict:
+def t_interval(d: np.ndarray | Sequence[float]) -> dict:
     """Mean of per-replicate differences, its 95 % t interval and two-sided one-sample t p-value."""
     d = np.asarray(d, dtype=float)
-    d = d[np.isfinite(d)]
+    d = cast(np.ndarray, d[np.isfinite(d)])  # numpy's stubs type a mask index as Any
     n = int(d.size)
-    out = {"estimate": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan, "n": n, "sd": math.nan,
-           "note": ""}
+    out: dict[str, Any] = {"estimate": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan, "n": n,
+                           "sd": math.nan, "note": ""}
     if n == 0:
         out["note"] = "no replicate has both configurations"
         return out

@@ -14,37 +14,33 @@ cells in these contexts (`finalbn.stages.tracked`), so a test can run a stage's 
 """
 from finalbn.tracking import fingerprint, records
 from finalbn.tracking.outputs import log_report
-from finalbn.tracking.owner import owned, take_over
-from finalbn.tracking.parents import finish_parent, finish_study_parent, grid_parent, open_parent, study_parent
+from finalbn.tracking.owner import owned
+from finalbn.tracking.parents import finish_study_parent, study_parent
 from finalbn.tracking.query import (
     artifact_text,
     download,
     finished_cell_runs,
     get_run,
-    metric_history,
     runs_by_tag,
     search,
 )
 from finalbn.tracking.records import RunRecord, latest
-from finalbn.tracking.registry import ALIAS, REGISTERED_NAME, log_onnx_and_register, log_torch_model
-from finalbn.tracking.runs import ActiveRun, EpochLogger, cell_run, log_batch, log_figure, mark_killed, set_tag
+from finalbn.tracking.registry import ALIAS, REGISTERED_NAME, log_onnx_and_register
+from finalbn.tracking.runs import ActiveRun, cell_run, log_figure, mark_killed
 from finalbn.tracking.store import (
-    DEFAULT_URI,
-    STAGES,
     after_interrupt,
     detach_project_run,
     experiment_name,
     experiment_names,
-    quiet,
     run_experiment,
     setup,
     tracking_uri,
 )
 
 __all__ = [
-    "ALIAS", "fingerprint", "DEFAULT_URI", "after_interrupt", "STAGES", "experiment_name", "experiment_names", "run_experiment", "REGISTERED_NAME", "ActiveRun", "EpochLogger", "RunRecord", "artifact_text",
-    "cell_run", "detach_project_run", "download", "finish_parent", "finish_study_parent", "finished_cell_runs",
-    "get_run", "grid_parent", "latest", "log_batch", "log_figure", "log_onnx_and_register", "log_report",
-    "log_torch_model", "mark_killed", "metric_history", "open_parent", "owned", "quiet", "records", "runs_by_tag",
-    "search", "set_tag", "setup", "study_parent", "take_over", "tracking_uri",
+    "ActiveRun", "after_interrupt", "ALIAS", "artifact_text", "cell_run", "detach_project_run", "download",
+    "experiment_name", "experiment_names", "fingerprint", "finish_study_parent", "finished_cell_runs",
+    "get_run", "latest", "log_figure", "log_onnx_and_register", "log_report", "mark_killed", "owned",
+    "records", "REGISTERED_NAME", "run_experiment", "RunRecord", "runs_by_tag", "search", "setup",
+    "study_parent", "tracking_uri",
 ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 from finalbn.tracking.fingerprint import note_run
 from finalbn.tracking.records import FAILED, FINISHED, REPORT
@@ -21,7 +22,8 @@ def log_report(out_dir: Path, experiment: str) -> str:
     out = Path(out_dir)
     if not out.is_dir():
         raise FileNotFoundError(f"{out} does not exist: build the report first")
-    run_id = create_run(experiment_id(experiment, create=True), "report", {REPORT: "true"})
+    exp_id = cast(str, experiment_id(experiment, create=True))  # a str: create=True never gives None
+    run_id = create_run(exp_id, "report", {REPORT: "true"})
     try:
         log_artifacts(run_id, str(out))
         summary_path = out / "summary.json"

@@ -9,6 +9,7 @@ A parent speaks its children's metric names: `test_f1_1` on a parent is the mean
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +87,8 @@ def study_parent(cfg: Config, study: str, existing: str | None = None) -> str:
     return run_id
 
 
-def finish_study_parent(run_id: str, metrics: dict[str, float], summary: dict, figures: list[Path] = ()) -> None:
+def finish_study_parent(run_id: str, metrics: Mapping[str, float | None], summary: dict,
+                        figures: Sequence[Path] = ()) -> None:
     log_batch(run_id, metrics)
     log_dict(run_id, summary, "search.json")
     for path in figures:

@@ -38,7 +38,8 @@ def search(experiment: Experiments, filter_string: str = "") -> list[RunRecord]:
     ids = [e.experiment_id for e in map(c.get_experiment_by_name, names) if e is not None]
     if not ids:
         return []
-    runs, token = [], None
+    runs: list[RunRecord] = []
+    token = None
     while True:
         page = c.search_runs(ids, filter_string, max_results=1000, page_token=token)
         runs.extend(record(r) for r in page)

@@ -48,7 +48,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def log_batch(run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+def log_batch(run_id: str, metrics: Mapping[str, float | None], step: int = 0) -> None:
     """Finite metrics onto any run (open or not) at `step`."""
     batch = [Metric(k, float(v), _now_ms(), step) for k, v in metrics.items() if v is not None and v == v]
     if batch:

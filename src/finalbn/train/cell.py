@@ -31,7 +31,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from finalbn.config import Config, DatasetConfig, cell_seed, config_id, config_name, final_layer
 from finalbn.data.splits import split_dir
 from finalbn.data.tensors import EvalBatches, SplitTensors, TrainPlan, load_splits
-from finalbn.models import FinalBNNet, HeadOnFeatures, WeightsError, create_head, create_model, get_spec
+from finalbn.models import FinalBNNet, HeadOnFeatures, HeadSpec, WeightsError, create_head, create_model, get_spec
 from finalbn.stats import metrics
 from finalbn.train import features
 from finalbn.train.engine import Callback, FitResult, FitSettings, balanced_loss, fit, predict, resolve_device
@@ -72,22 +72,15 @@ def build_model(cfg: Config, num_classes: int = 2, seed: int | None = None) -> F
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
             torch.default_generator.manual_seed(seed)
-        return create_model(m.arch, weights=weights_path(cfg), num_classes=num_classes,
-                            final=final_layer(m, ab), final_bn_momentum=m.final_bn_momentum,
-                            final_bn_eps=m.final_bn_eps, final_bn_affine=m.final_bn_affine, final_bias=m.final_bias,
-                            single_logit=m.single_logit, hidden=m.hidden, dropout=m.dropout, unfreeze_bn=ab.uf, frozen_bn=m.frozen_bn,
-                            head_seed=seed)
+        return create_model(m.arch, weights=weights_path(cfg), head=HeadSpec.of(m, final_layer(m, ab)),
+                            num_classes=num_classes, unfreeze_bn=ab.uf, frozen_bn=m.frozen_bn, head_seed=seed)
 
 
 def build_head(cfg: Config, nf: int, num_classes: int = 2, seed: int | None = None) -> HeadOnFeatures:
     """The head of `build_model` alone, fed pooled body features (the shared path)."""
     m, ab = cfg.model, cfg.ablation
     final = final_layer(m, ab)
-    head = create_head(nf, num_classes, hidden=m.hidden, dropout=tuple(m.dropout), final=final,
-                       final_bn_momentum=m.final_bn_momentum, final_bn_eps=m.final_bn_eps,
-                       final_bn_affine=m.final_bn_affine, final_bias=m.final_bias, single_logit=m.single_logit,
-                       seed=seed)
-    return HeadOnFeatures(head, final)
+    return HeadOnFeatures(create_head(nf, num_classes, HeadSpec.of(m, final), seed=seed), final)
 
 
 def shares_body(cfg: Config) -> bool:
@@ -277,6 +270,7 @@ def _whole_network(cfg: Config, model: torch.nn.Module, inputs: _Inputs) -> torc
     """The network for logging or export: on the shared path, a copy of the shared body + this head."""
     if inputs.shared is None:
         return model
+    assert inputs.body_key is not None  # _shared_inputs sets it with `shared`
     policy = "frozen-train (fastai)" if inputs.body_key.bn_train else "frozen-eval"
     return FinalBNNet(copy.deepcopy(inputs.shared.body.body), model.head, bn_policy=policy, arch=cfg.model.arch,
                       nf=inputs.shared.body.nf, final=model.final, weights=weights_path(cfg))

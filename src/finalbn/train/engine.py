@@ -24,9 +24,9 @@ with bf16 autocast.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -262,7 +262,7 @@ def loss_value(logits: torch.Tensor, target: torch.Tensor, settings: FitSettings
 def _count_batches(batches_of: Callable[[int], Batches]) -> int:
     source = batches_of(1)
     if hasattr(source, "__len__"):
-        return len(source)
+        return len(cast(Sized, source))
     owner = getattr(batches_of, "__self__", None)  # a plan's bound `inputs`: count its index batches
     if owner is not None and hasattr(owner, "batches"):
         return len(owner.batches(1))

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from finalbn.data.tensors import EvalBatches, SplitTensors, TrainPlan
-from finalbn.models import AdaptiveConcatPool2d, create_model
+from finalbn.models import AdaptiveConcatPool2d, HeadSpec, create_model
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -64,7 +64,7 @@ class FrozenBody(nn.Module):
         super().__init__()
         with torch.random.fork_rng(devices=[]):  # a random body draws as the unshared path's does
             torch.default_generator.manual_seed(key.seed or 0)
-            net = create_model(key.arch, weights=key.weights, final="none")
+            net = create_model(key.arch, weights=key.weights, head=HeadSpec(final="none"))
         self.body = net.body
         self.nf = net.nf
         self.pool = AdaptiveConcatPool2d()

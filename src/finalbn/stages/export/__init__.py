@@ -20,6 +20,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -131,7 +132,8 @@ def _build(src: Source, tmp: Path, out_dir: Path, size: int, spec, tensors, x: d
     check = parity(src.model, tmp / "model.onnx", x["test"])
     check.update({"source_run_id": src.run_id, "model_run_id": src.model_run_id, "opset": info["opset"],
                   "retrained_vs_source_validation_abs_diff": diffs})
-    counts = tuple(int(c) for c in np.bincount(tensors["train"].labels.numpy(), minlength=2))
+    # (healthy, diseased): the labels are 0 and 1, so the bincount has two entries
+    counts = cast(tuple[int, int], tuple(int(c) for c in np.bincount(tensors["train"].labels.numpy(), minlength=2)))
     try:
         rules = decision_rules(src, pooled[0], pooled[1], counts, prevalences, selected["replicates"])
     except ValueError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -59,8 +60,8 @@ def quantize(fp32: Path, out: Path, calib: np.ndarray, x_val: np.ndarray, y_val:
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax)
     pre.unlink(missing_ok=True)
-    res = {"fp32_val_auroc": _val_auroc(fp32, x_val, y_val), "int8_val_auroc": _val_auroc(out, x_val, y_val),
-           "max_auroc_drop": INT8_MAX_AUROC_DROP}
+    res: dict[str, Any] = {"fp32_val_auroc": _val_auroc(fp32, x_val, y_val),
+                           "int8_val_auroc": _val_auroc(out, x_val, y_val), "max_auroc_drop": INT8_MAX_AUROC_DROP}
     for bs in (1, 32):
         xb = x_val if len(x_val) >= bs else np.concatenate([x_val] * (bs // max(len(x_val), 1) + 1))
         res[f"fp32_ms_per_image_batch{bs}"] = latency_ms(fp32, xb, bs)

@@ -118,7 +118,10 @@ def parity(model: nn.Module, onnx_path: Path, x: np.ndarray, batch_sizes=(1, 32)
             lo, po = sess.run(list(OUTPUTS), {INPUT: xb})
             with torch.inference_mode():
                 lt = model(torch.from_numpy(xb)).float()
-            l_ort.append(lo), p_ort.append(po), l_pt.append(lt.numpy()), p_pt.append(torch.softmax(lt, 1).numpy())
+            l_ort.append(lo)
+            p_ort.append(po)
+            l_pt.append(lt.numpy())
+            p_pt.append(torch.softmax(lt, 1).numpy())
         po, pt = np.concatenate(p_ort), np.concatenate(p_pt)
         lo, lt = np.concatenate(l_ort), np.concatenate(l_pt)
         out["batches"][str(bs)] = {"max_abs_diff_probs": float(np.abs(po - pt).max()),

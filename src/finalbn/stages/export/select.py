@@ -24,6 +24,7 @@ import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,7 @@ from torch import nn
 from finalbn import tracking
 from finalbn.config import TOGGLES, Config, ConfigError, cell_seed, final_layer_for, validate
 from finalbn.stages.tracked import VAL_PREDICTIONS, track_cell
+from finalbn.stages.tracker import Run
 from finalbn.stats import selection
 from finalbn.stats.inference import t_interval
 from finalbn.tracking import RunRecord, latest
@@ -231,7 +233,8 @@ def rebuild(run: RunRecord, splits: Path, log=print) -> Source:
     (same configuration, replicate and seed), its state_dict saved on that run."""
     cfg = run_config(run)
     source_val = run.with_prefix("val_last_")
-    dataset, replicate = run.tags.get(tags.DATASET), int(run.tags.get(tags.REPLICATE, 0))
+    # a cell run always carries its dataset's tag
+    dataset, replicate = cast(str, run.tags.get(tags.DATASET)), int(run.tags.get(tags.REPLICATE, 0))
     # an earlier export's retraining of this run: its weights (state_dict) are an artifact
     earlier = [r for r in tracking.runs_by_tag(tracking.experiment_name(cfg, "export"), tags.EXPORT_SOURCE).get(run.run_id, [])
                if r.finished and r.tags.get(tags.EXPORT_WEIGHTS)]
@@ -251,12 +254,13 @@ def rebuild(run: RunRecord, splits: Path, log=print) -> Source:
                   dict(res.val_last), source_val, res.manifest_sha256, retrained=True)
 
 
-def _save_weights(run: tracking.ActiveRun, result: CellResult) -> None:
+def _save_weights(run: Run, result: CellResult) -> None:
     """track_cell's on_end: the trained network's state_dict as an artifact of its (open) run."""
+    active = cast(tracking.ActiveRun, run)  # `rebuild` tracks on MLFLOW, whose runs are ActiveRuns
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "state_dict.pt"
         torch.save(result.model.state_dict(), path)
-        run.log_artifact(str(path), WEIGHTS_DIR)
+        active.log_artifact(str(path), WEIGHTS_DIR)
     run.set_tags({tags.EXPORT_WEIGHTS: WEIGHTS})
 
 

@@ -61,7 +61,7 @@ def run_cells(cfg: Config, splits_dir: Path, cells: list[Cell], label: str,
               log: Callable[[str], None] = print, stage: str = "grid", tracker: Tracker = MLFLOW) -> dict:
     """Run the unfinished ones of `cells` (whole parents: a shard's, or a unit's), in share order;
     returns {"ran", "skipped", "failed": [...], "seconds": {...}}. A RUNNING run of one of them is
-    marked KILLED before any cell runs when no live command owns it (`tracking.take_over`); raises
+    marked KILLED before any cell runs when no live command owns it (`Tracker.take_over`); raises
     StoreError, one line naming its host and pid, when its process is alive on this host."""
     tracker.setup(cfg, stage)
     cells = share_order(cells)
@@ -72,7 +72,7 @@ def run_cells(cfg: Config, splits_dir: Path, cells: list[Cell], label: str,
     where = several_places(cfg)
     stats: dict = {"ran": 0, "skipped": 0, "failed": [], "seconds": {"uf_off": 0.0, "uf_on": 0.0},
                    "cells": {"uf_off": 0, "uf_on": 0}, "log": []}
-    parents: dict[tuple, str | None] = {}  # Cell.parent -> parent run id, once created
+    parents: dict[tuple, str] = {}  # Cell.parent -> parent run id, once created
     touched: set[tuple] = set()
     for done, (cell, key) in enumerate(zip(cells, keys), start=1):
         if any(r.finished for r in existing.get(key, [])):

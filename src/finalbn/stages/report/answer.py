@@ -80,7 +80,7 @@ def prevalence_section(page: Page, cells: pd.DataFrame, data: CellData, at_pi: p
 def _prevalence_row(m: dict, by: dict, pi: float, test_pi: float | None) -> dict:
     """One row of the section's table at π: each model's F1 at its validation cut and at the argmax,
     AP, the paired differences, and what the low-π numbers rest on."""
-    row = {"π": pi}
+    row: dict[str, float | str] = {"π": pi}
 
     def mean(cid, col):
         return float(m[cid][col]) if cid in m and col in m[cid] else math.nan
@@ -103,7 +103,7 @@ def _prevalence_row(m: dict, by: dict, pi: float, test_pi: float | None) -> dict
 
 def _pr_curves(sub: pd.DataFrame, data: CellData, prevalences) -> dict:
     """π -> config -> [(recall, precision) per replicate] of configs 31 and 63, last epoch."""
-    out = {float(pi): {} for pi in prevalences}
+    out: dict[float, dict[int, list]] = {float(pi): {} for pi in prevalences}
     for r in sub[sub["config_id"].isin([BN_ID, NONE_ID])].itertuples(index=False):
         p = data.prediction(r.run_id)
         if p is None or "p1_last" not in p or p["label"].nunique() < 2:

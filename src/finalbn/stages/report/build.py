@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -384,7 +385,7 @@ def _write_summary(out: Path, summary: dict, imb: pd.DataFrame, search: dict | N
     write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
-def _header(experiment: str, ceiling_md: str, verdicts: dict[str, list[str]], imb: pd.DataFrame,
+def _header(experiment: str | Sequence[str], ceiling_md: str, verdicts: dict[str, list[str]], imb: pd.DataFrame,
             cells: pd.DataFrame, summary: dict, notes_in: list[str]) -> list[str]:
     """report.md's opening lines: ceiling, verdict and method, then the input's notes."""
     # one experiment, or several (the grid's and the sensitivity stage's): their names, not a list's repr

@@ -14,7 +14,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 
@@ -44,7 +44,7 @@ def config_name_of(toggles: dict[str, bool]) -> str:
     return config_name(AblationConfig(**{t: bool(toggles[t]) for t in TOGGLES}))
 
 
-def empty_message(experiment: str) -> str:
+def empty_message(experiment: str | Sequence[str]) -> str:
     return f"no finished cell runs in experiment {experiment}: run `finalbn grid` first"
 
 
@@ -88,7 +88,7 @@ class CellData:
     predictions: dict[str, pd.DataFrame] = field(default_factory=dict)
     reliability: dict[str, dict] = field(default_factory=dict)
     val_predictions: dict[str, pd.DataFrame] = field(default_factory=dict)
-    experiment: str = ""
+    experiment: str | Sequence[str] = ""  # one experiment, or several
     notes: list[str] = field(default_factory=list)
     loader: Any = field(default=None, repr=False)
     _missing: set[tuple[str, str]] = field(default_factory=set, repr=False)
@@ -133,7 +133,7 @@ def run_row(run: RunRecord) -> dict | None:
     tags, metrics = run.tags, run.metrics
     flags = {t: _parse_bool(tags.get(toggle_tag(t))) for t in TOGGLES}
     if all(v is not None for v in flags.values()):
-        toggles = flags  # the switches are the truth; the id is derived from them
+        toggles = cast("dict[str, bool]", flags)  # the switches are the truth (none None); the id is derived from them
     else:
         cid = _parse_int(tags.get(CONFIG_ID))
         if cid is None or not 0 <= cid < 64:
@@ -173,7 +173,7 @@ def collect(experiment: str | Sequence[str], keys: set[str] | None = None, track
     return data
 
 
-def prepare(cells: pd.DataFrame, experiment: str = "") -> tuple[pd.DataFrame, int]:
+def prepare(cells: pd.DataFrame, experiment: str | Sequence[str] = "") -> tuple[pd.DataFrame, int]:
     """Typed, complete columns and one row per cell (the latest run when a cell ran twice)."""
     if cells is None or len(cells) == 0:
         raise ValueError(empty_message(experiment or "?"))

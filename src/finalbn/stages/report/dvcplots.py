@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -59,7 +60,7 @@ def headline(summary: dict, prevalences) -> dict:
     `report.prevalences` (at the argmax cut, and `_cut` with each model at its validation cut for that
     π, the verdict's answer), and the ceiling AUROC. Missing numbers are left out."""
     m = summary.get("metrics") or {}
-    t1 = next(iter((summary.get("table1") or {}).values()), {})
+    t1: dict[str, Any] = next(iter((summary.get("table1") or {}).values()), {})
     low = min(prevalences) if prevalences else None
     out = {"f1_bn": t1.get("bn_f1_1"), "f1_none": t1.get("without_bn_f1_1"),
            # as Table I: on the test set reweighted to balanced classes when it could be, else as drawn

@@ -118,7 +118,7 @@ def pool_overlap(sub: pd.DataFrame, predictions_for: PredictionsFor | None, cid:
     replicates. Under `overlap["healthy"]`, the same for the healthy images."""
     if predictions_for is None:
         return None
-    sets = {0: [], 1: []}
+    sets: dict[int, list[set[str]]] = {0: [], 1: []}
     for rid in sub.loc[sub["config_id"] == cid, "run_id"]:
         p = predictions_for(rid)
         if p is not None and "label" in p and "path" in p:
@@ -189,7 +189,8 @@ def study_effects(cells: pd.DataFrame, predictions_for: PredictionsFor | None = 
     prior; `calibration`: `tables.calibration_at` rows, for the verdict's calibration sentence;
     `context`: scope -> what the study is here (source, arch, image size), for the paper comparison.
     effects.csv's `direction` (gain / loss / null / n/a) follows each row's Holm-adjusted p."""
-    rows, verdicts, methods, settings = [], {}, {}, []
+    rows: list[dict] = []
+    verdicts, methods, settings = {}, {}, []
     specs = _contrast_specs(prevalences, test_pi)
     for (ds, arch), sub in cells.groupby(["dataset", "arch"], sort=True):
         scope = f"{ds}/{arch}"

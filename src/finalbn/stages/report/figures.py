@@ -286,7 +286,7 @@ def fig_methods(groups: list[tuple[str, pd.DataFrame]], path: Path, title: str) 
         # red = final BN on, as in every figure: the label names the configuration (`best trial 9 (BN+WL)`)
         ax.bar(x, means, color=["tab:red" if re.search(r"(?<![A-Za-z])BN(?![A-Za-z])", label) else "tab:blue"
                                 for label, _ in groups], alpha=0.35)
-        by_rep: dict[int, list[tuple[int, float]]] = {}
+        by_rep: dict[int, list[tuple[np.integer, float]]] = {}  # (x position, value) by replicate
         for xi, (_, g) in zip(x, groups):
             ax.scatter([xi] * len(g), g[col], s=12, color="black", zorder=3)
             for r, v in zip(g["replicate"], g[col]):

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,7 @@ class Page:
     multi_arch: bool
     md: list[str] = field(default_factory=list)
 
-    def section(self, title: str, body: str, notes: list[str] = ()) -> None:
+    def section(self, title: str, body: str, notes: Sequence[str] = ()) -> None:
         self.md.extend([f"## {title}", ""])
         self.md.extend(f"> Note: {n}" for n in notes)
         if notes:

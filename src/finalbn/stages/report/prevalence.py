@@ -26,6 +26,7 @@ ValueError for a prevalence outside (0, 1) or a test set that lacks a class.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -169,7 +170,8 @@ def cell_table(cells: pd.DataFrame, predictions_for: Callable[[str], pd.DataFram
         if not ((y == 1).any() and (y == 0).any()):
             missing += 1
             continue
-        val = val_predictions_for(r.run_id) if val_predictions_for is not None else None
+        # a table or None: `has_val` says which (pandas reads as Any, so this is Any | None)
+        val: Any = val_predictions_for(r.run_id) if val_predictions_for is not None else None
         has_val = val is not None and "p1_last" in val and "label" in val
         no_val += not has_val
         for protocol, col in PROTOCOLS.items():

@@ -350,7 +350,8 @@ def bins_ece(bins: dict) -> float:
 
 def pooled_bins(data: CellData, cells: pd.DataFrame, cid: int) -> tuple[dict | None, int, list[str]]:
     """The last-epoch reliability bins of every run of configuration `cid`, merged."""
-    sets, notes = [], []
+    sets: list[dict] = []
+    notes: list[str] = []
     for run_id in cells.loc[cells["config_id"] == cid, "run_id"]:
         rel = data.reliability_bins(run_id)
         b = (rel or {}).get("last")

@@ -126,8 +126,11 @@ def run(cfg: Config, paths: SearchPaths, tracker: MlflowTracker = MLFLOW, *, wor
     t0 = time.perf_counter()
     if (executor or cfg.search.executor) == "ray":
         code = run_ray(cfg, paths.splits, procs, parent)
+    elif procs > 1:
+        code = run_workers(cfg, paths.splits, procs, parent)
     else:
-        code = run_workers(cfg, paths.splits, procs, parent) if procs > 1 else (optimize(cfg, paths.splits, parent) or 0)
+        optimize(cfg, paths.splits, parent)  # in this process; it returns None, so the exit code is 0
+        code = 0
     retried = settle(cfg, open_study(cfg), log=log)
     if retried:  # a killed worker's trials: failed on their missing heartbeats, retried here
         log(f"search: trials {retried} lost their worker (no heartbeat): FAIL, retried in this process")

@@ -19,7 +19,7 @@ paired differences with t intervals (`stats.t_interval`).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ def best_config(cfg: Config, study: optuna.Study) -> tuple[optuna.trial.FrozenTr
     return best, suggest(optuna.trial.FixedTrial(best.params), cfg)
 
 
-def _row(replicate: int, metrics: dict, run_id: str) -> dict:
+def _row(replicate: int, metrics: Mapping[str, Any], run_id: str) -> dict:
     return {"replicate": replicate, "test_f1_1": metrics.get("test_f1_1"), "test_f1_1_vt": metrics.get("test_f1_1_vt"),
             "test_auroc": metrics.get("test_auroc"), "val_auroc": metrics.get("val_last_auroc"),
             "val_f1_1": metrics.get("val_last_f1_1"), "run_id": run_id}

@@ -67,7 +67,7 @@ def plots(study: optuna.Study, cfg: Config, out_dir: Path) -> list[Path]:
     coordinates) as PNG files; a plot the study cannot make yet (too few trials) is skipped."""
     out_dir.mkdir(parents=True, exist_ok=True)
     target = None
-    name = cfg.search.objective
+    name: str = cfg.search.objective
     if multi_objective(cfg):  # one plot per objective
         target, name = (lambda t: t.values[0]), "validation AUROC"
     made = []
