@@ -4,11 +4,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 from PIL import Image
 
 from finalbn.config import load_config
+from finalbn.data.splits import prepare_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"
@@ -51,12 +53,8 @@ def tiny_split():
 def prepare_tiny(root: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """A prepared tiny PlantVillage-layout dataset in `root` (made the cwd), an MLflow store there;
     returns the overrides that make one cell train in a second."""
-    from finalbn.data.splits import prepare_dataset
-
     monkeypatch.chdir(root)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    import mlflow
-
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])  # an earlier test may have set another
     images = make_plantvillage(root / "pv", healthy=12, diseases={"Scab": 4, "Rot": 4}, size=32)
     overrides = TINY_SPLIT + [

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import mlflow
+import optuna
 import pandas as pd
 
 from finalbn.infra import faults
@@ -125,9 +127,6 @@ def _settled(repo: Path) -> None:
     """No MLflow run and no Optuna trial RUNNING, no temporary file left, one registered version
     per exported model file, one FINISHED run per grid cell (the store: MLFLOW_TRACKING_URI, or
     the repo's mlflow.db)."""
-    import mlflow
-    import optuna
-
     client = mlflow.MlflowClient(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo / 'mlflow.db'}")
     exps = [e.experiment_id for e in client.search_experiments()]
     running = client.search_runs(exps, "attributes.status = 'RUNNING'") if exps else []

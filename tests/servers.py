@@ -98,7 +98,7 @@ class Postgres:
 
     def database(self, name: str) -> str:
         """Create database `name`; its URL."""
-        import psycopg  # the driver of SQLAlchemy 2.1 for postgresql:// (MLflow and Optuna)
+        import psycopg  # here: optional (the cluster extra), SQLAlchemy's postgresql:// driver
 
         with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')

@@ -231,8 +231,6 @@ HOSTILE = ["/data/my images", "/d/a,b", "/d/(1) copy", "/d/run #3", "/d/a: b", "
 
 @pytest.mark.parametrize("value", HOSTILE)
 def test_any_text_key_round_trips_through_set_and_key_value(value):
-    from finalbn.cli import split_overrides
-
     for overrides in ([f"datasets.0.root={value}"], split_overrides(["--datasets.0.root", value]),
                       split_overrides([f"--datasets.0.root={value}"])):
         cfg = load_config([PARAMS], overrides)

@@ -3,7 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -14,7 +20,7 @@ import torch
 
 from conftest import ROOT
 from finalbn.cli import main
-from finalbn.models import HeadSpec, create_model
+from finalbn.models import ARCHS, HeadSpec, create_model
 from finalbn.stages import export, grid
 from finalbn.tracking import RunRecord
 
@@ -112,7 +118,7 @@ def test_export_writes_a_checked_model_and_registers_it(gridded, tmp_path, capsy
     assert hashlib.sha256((served / "model.onnx").read_bytes()).hexdigest() == digest
     assert json.loads((served / "extra_files" / "model.json").read_text()) == card
     sys.path.insert(0, str(ROOT / "deploy" / "field"))
-    from finalbn_field.predict import FieldModel
+    from finalbn_field.predict import FieldModel  # here: after sys.path gets deploy/field (the folder's package)
 
     assert FieldModel.open(served).unverified is None  # the downloaded folder passes the field's check
     # again: the retrained model is found and loaded, not trained a third time; a new version is champion
@@ -171,14 +177,6 @@ def test_int8_is_measured_and_kept_only_when_accurate_and_faster(gridded, tmp_pa
 @pytest.mark.slow
 def test_the_champion_is_served_on_loopback(gridded, tmp_path):
     """`mlflow models serve -m models:/finalbn@champion --env-manager local` answers a 4-D tensor."""
-    import os
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
     _, overrides = gridded
     assert main(_args(overrides, "--out", str(tmp_path / "models"))) == 0
     with socket.socket() as s:
@@ -218,8 +216,6 @@ FAMILIES = {"efficientnet_lite0": "timm EfficientNet", "resnet18": "torchvision 
 
 
 def test_every_registered_arch_has_an_export_family():
-    from finalbn.models import ARCHS
-
     stem = lambda name: name.rstrip("0123456789_bn")  # noqa: E731  resnet34 -> resnet, vgg19_bn -> vgg
     orphans = [a for a in ARCHS if stem(a) not in {stem(f) for f in FAMILIES}]
     assert not orphans, f"{orphans}: add an arch of their family to FAMILIES (its export is not tested)"

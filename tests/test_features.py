@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from finalbn.config import AugmentConfig
+from finalbn.data.augment import BatchAugment
+from finalbn.data.tensors import augment_transform
 from finalbn.train import features
 from finalbn.train.cell import run_cell, shares_body
 
@@ -114,10 +117,6 @@ def test_shared_cell_returns_the_whole_network(prepared):
 def test_batched_augmentation_gives_the_per_image_pipelines_draws_and_pixels(flip_vertical, lighting):
     """DA's batched pass (`finalbn.data.augment`) against torchvision's per-image transforms it replaces:
     the same generator state in, the same pixels and the same generator state out."""
-    from finalbn.config import AugmentConfig
-    from finalbn.data.augment import BatchAugment
-    from finalbn.data.tensors import augment_transform
-
     aug = AugmentConfig(flip_vertical=flip_vertical, rotate=10.0, zoom=1.1, lighting=lighting)
     g = torch.Generator().manual_seed(0)
     x = torch.nn.functional.avg_pool2d(torch.randint(0, 256, (300, 3, 40, 40), generator=g).float(), 3, 1, 1)

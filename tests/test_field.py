@@ -9,20 +9,33 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
 from conftest import PARAMS, ROOT, prepare_tiny
-from test_images import noise, png_header_only, save, truncate_half
+from finalbn.config import load_config
+from finalbn.data import tensors
+from finalbn.data.tensors import decode_images
+from finalbn.models import get_spec
+from finalbn.stages import export, grid
+from finalbn.stages.export import card as export_card
+from finalbn.stages.export import preprocess as train_preprocess
+from finalbn.stages.export import prior_threshold
+from finalbn.stats.metrics import classification_report
+from test_images import GRADIENT12, noise, png16, png_header_only, save, truncate_half
+from test_spreadsheet_safe import formula_cells
 
 FIELD = ROOT / "deploy" / "field"
 sys.path.insert(0, str(FIELD))  # the package as its own folder holds it (installed: `pip install deploy/field`)
 
 from finalbn_field import cli as field_cli  # noqa: E402
+from finalbn_field import decision, images  # noqa: E402
 from finalbn_field import predict as field  # noqa: E402
+from finalbn_field.images import BadImage, decode, unescape_name  # noqa: E402
 from finalbn_field.images import load_rgb as field_load_rgb  # noqa: E402
-from finalbn_field.images import unescape_name  # noqa: E402
 
 SPLITS = Path("data/splits")
 
@@ -30,12 +43,8 @@ SPLITS = Path("data/splits")
 def test_the_project_decodes_and_decides_with_the_field_packages_modules():
     """One source: the field package (which cannot import the project, torch-free) holds the image
     decoder, its bit-depth code and the decision rules; the project imports them, no copy."""
-    from finalbn.data import tensors
-    from finalbn.stages.export import card
-    from finalbn_field import decision, images
-
     assert not [n for n in ("images.py", "depth.py", "decision.py") if (ROOT / "src" / "finalbn" / n).exists()]
-    assert tensors.load_rgb is images.load_rgb and card.prior_threshold is decision.prior_threshold
+    assert tensors.load_rgb is images.load_rgb and export_card.prior_threshold is decision.prior_threshold
     assert Path(images.__file__).resolve().parent == (FIELD / "finalbn_field").resolve()
 
 
@@ -57,10 +66,6 @@ def _odd_images(folder: Path) -> list[Path]:
 def test_preprocessing_is_trainings_eval_transform(tmp_path):
     """The field's input for an image equals training's: decode_images, then the torchvision
     evaluation transform (tensors.eval_transform)."""
-    from finalbn.data.tensors import decode_images
-    from finalbn.models import get_spec
-    from finalbn.stages.export import preprocess as train_preprocess
-
     spec = get_spec("efficientnet_lite0")
     card = {"preprocessing": {**spec.preprocessing(), "size": 32}}
     paths = _odd_images(tmp_path)
@@ -73,8 +78,6 @@ def test_preprocessing_is_trainings_eval_transform(tmp_path):
 
 def test_the_decision_rules_are_the_projects_own_file():
     """The field applies model.json's curve with the very code the export computed it with."""
-    from finalbn.stages.export import prior_threshold
-
     for p in (0.001, 0.02, 0.5):
         assert field.prior_threshold([1000, 10], p) == prior_threshold((1000, 10), p)
 
@@ -84,9 +87,6 @@ def exported(tmp_path_factory):
     """A tiny grid (31, 63) and its best final-BN run exported to <root>/models, once for the
     module (the tests only read it): (cfg, models folder, export's result, root holding the
     splits and the MLflow store)."""
-    from finalbn.config import load_config
-    from finalbn.stages import export, grid
-
     root = tmp_path_factory.mktemp("exported")
     before = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
     with pytest.MonkeyPatch.context() as mp:
@@ -109,10 +109,6 @@ def _rows(path: Path) -> list[dict]:
 
 
 def test_field_predict_equals_the_torch_evaluation_and_keeps_going_past_bad_files(exported, tmp_path, capsys):
-    import mlflow
-
-    from finalbn.stats.metrics import classification_report
-
     cfg, models, out, root = exported
     card = out["card"]
     manifest = _rows(root / SPLITS / cfg.datasets[0].name / str(card["replicate"]) / "manifest.csv")
@@ -288,8 +284,6 @@ def test_a_crash_keeps_every_finished_row(exported, tmp_path, monkeypatch):
 def test_the_csv_is_safe_in_a_spreadsheet_and_gives_the_exact_paths_back(exported, tmp_path, monkeypatch, capsys):
     """Files named like formulas, given as relative paths (the CSV's cells start with the name):
     each path cell is text in a spreadsheet (OWASP CSV injection), and unescape_name gives it back."""
-    from test_spreadsheet_safe import formula_cells
-
     _, models, _, _ = exported
     monkeypatch.chdir(tmp_path)
     names = ["=1+2.png", "+cmd.png", "-x.png", "@SUM(1).png", "\tt.png", "ok.png"]
@@ -305,10 +299,6 @@ def test_the_csv_is_safe_in_a_spreadsheet_and_gives_the_exact_paths_back(exporte
 
 def test_the_field_decodes_with_the_cards_intensity_as_training_does(tmp_path):
     """A 12-bit scan: the field's pixels equal training's decode under the card's intensity (none: auto)."""
-    from finalbn.data.tensors import decode_images
-    from finalbn.models import get_spec
-    from test_images import GRADIENT12, png16
-
     spec = get_spec("efficientnet_lite0")
     scans = [save(Image.fromarray(GRADIENT12 // 2), tmp_path / "scan.png"),
              png16(tmp_path / "rgb.png", np.stack([GRADIENT12, GRADIENT12 // 3, GRADIENT12[::-1]], axis=-1),
@@ -327,9 +317,6 @@ def test_the_field_decodes_with_the_cards_intensity_as_training_does(tmp_path):
 
 
 def test_the_field_drafts_a_large_jpeg_as_training_does(tmp_path):
-    from finalbn.data.tensors import decode_images
-    from finalbn_field.images import decode
-
     p = save(noise(640, 480, seed=9), tmp_path / "photo.jpg", quality=90)
     assert decode(p, size=32)[1].scale == 8  # 480 // 32 = 15: decoded at 1/8, 80x60
     card = {"preprocessing": {"size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}}
@@ -344,8 +331,6 @@ def test_max_pixels_option_refuses_with_what_to_do(tmp_path):
     card = {"preprocessing": {"size": 16, "mean": [0.5] * 3, "std": [0.25] * 3}}
     model = field.FieldModel(tmp_path / "m.onnx", card, None, [], max_pixels=500)
     big = save(noise(40, 40), tmp_path / "big.png")
-    from finalbn_field.images import BadImage
-
     with pytest.raises(BadImage, match="--max-pixels"):
         model.load_image(big)
     model.max_pixels = 1600
@@ -369,10 +354,6 @@ def test_the_field_reads_a_dark_image_at_the_cards_depth_and_refuses_one_it_woul
     """The card's intensity is what prepare recorded: `auto:12` reads a dark 12-bit X-ray (max 1000)
     as 12-bit, as training did; a float 0..1 image under a card's [0, 4095] would decode black: it
     gets an error with its reason instead of a prediction about a blank image."""
-    import tifffile
-
-    from finalbn_field.images import BadImage
-
     dark = np.zeros((16, 16), dtype=np.uint16)
     dark[0, :] = np.arange(16) * 66
     dark[-1, -1] = 1000

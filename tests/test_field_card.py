@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import mlflow.onnx
 import numpy as np
 import onnx
 import pytest
@@ -125,8 +126,6 @@ def test_a_card_without_a_digest_is_refused_unless_allowed(tmp_path, capsys):
 def test_the_mlflow_model_folder_passes_the_check(tmp_path, capsys):
     """`mlflow.onnx` stores onnx.save_model of the loaded proto, with the card in extra_files/: the
     served model.onnx is byte-identical to the exported one, so the card's digest holds there."""
-    import mlflow.onnx
-
     ours = _export(tmp_path / "ours")
     served = tmp_path / "served"
     mlflow.onnx.save_model(onnx.load(str(ours / "model.onnx")), str(served), save_as_external_data=False,

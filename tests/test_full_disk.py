@@ -13,8 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import pytest
+from PIL import Image
 
+from conftest import TINY_SPLIT, make_plantvillage
 from finalbn.infra import io
 from finalbn.infra.errors import STORAGE_ERRNOS, storage_full
 
@@ -81,8 +84,6 @@ def test_a_failed_atomic_write_keeps_the_old_file_whole_and_leaves_no_temporary(
 
 
 def _png(path: Path, shade: int) -> None:
-    from PIL import Image
-
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (8, 8), (shade, 90, 30)).save(path)
 
@@ -138,10 +139,6 @@ def test_a_writer_that_hides_the_errno_still_reads_as_a_full_disk(tmp_path):
 def test_grid_on_a_full_disk_under_its_store_says_one_line(tmp_path):
     """The MLflow store (SQLite) cannot grow: SQLite says "disk I/O error", MLflow logs its traceback
     and raises; the command prints one line naming the store and what was kept, exit 1."""
-    import mlflow
-
-    from conftest import TINY_SPLIT, make_plantvillage
-
     make_plantvillage(tmp_path / "pv", healthy=12, diseases={"Scab": 4, "Rot": 4}, size=32)
     sets = [x for o in TINY_SPLIT + ["datasets.0.root=pv", "datasets.0.source=plantvillage", "datasets.0.image_size=32",
                                      "model.weights=none", "train.epochs=1", "train.batch_size=4", "train.threads=1",

@@ -1,12 +1,16 @@
 """The same cell code on CUDA (bf16 autocast, channels_last, pinned memory). Skipped without a GPU."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import ROOT
+from finalbn.cli import main
+from finalbn.train import features
 from finalbn.train.cell import run_cell
 
 pytestmark = [pytest.mark.gpu,
@@ -30,8 +34,6 @@ def test_auto_picks_cuda(prepared):
 
 
 def test_shared_features_live_on_the_gpu(prepared):
-    from finalbn.train import features
-
     load, _ = prepared
     features.CACHE.clear()
     a = run_cell(load(["train.device=cuda", "ablation.da=true"]), "synthetic-apple", Path("data/splits"))
@@ -43,11 +45,6 @@ def test_shared_features_live_on_the_gpu(prepared):
 
 
 def test_bench_on_cuda_projects_the_paper_study(prepared, tmp_path):
-    import json
-
-    from conftest import ROOT
-    from finalbn.cli import main
-
     _, overrides = prepared
     out = tmp_path / "bench.json"
     assert main(["bench", "--params", str(ROOT / "params.yaml"), *[x for o in overrides for x in ("--set", o)],

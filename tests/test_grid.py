@@ -2,6 +2,7 @@
 parent runs with mean/std, and results/grid.csv."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -149,8 +150,6 @@ def test_parent_runs_carry_mean_and_std_of_replicates(prepared, capsys):
 
 
 def test_bad_shard_and_missing_split_exit_2(prepared, capsys):
-    from finalbn.cli import main
-
     _, overrides = prepared
     args = ["grid", "--params", str(ROOT / "params.yaml"), *[x for o in overrides for x in ("--set", o)]]
     assert main(args + ["--shard", "3/2"]) == 2
@@ -158,7 +157,6 @@ def test_bad_shard_and_missing_split_exit_2(prepared, capsys):
     assert main(args + ["--splits", "nowhere"]) == 2
     assert "run `finalbn prepare`" in capsys.readouterr().err
     # the headline configs need 10 replicates; a split folder with fewer is named
-    import shutil
     shutil.rmtree("data/splits/synthetic-apple/4")
     assert main(args) == 2
     err = capsys.readouterr().err

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
+import png
 import pytest
 from PIL import Image, ImageFile
 
+from conftest import PARAMS, TINY_SPLIT
+from finalbn.config import load_config
+from finalbn.data.splits import prepare_dataset
+from finalbn.data.tensors import decode_images, decode_settings, decoded_cache_path, load_splits
+from finalbn.infra.errors import DataError
+from finalbn.stages.prepare import _extra
 from finalbn_field import images
 from finalbn_field.images import (
     MAX_PIXELS,
@@ -23,6 +31,7 @@ from finalbn_field.images import (
     scan_folder,
     unescape_name,
 )
+from finalbn_field.images import load_rgb as field_load_rgb
 
 # ---------------------------------------------------------------- helpers
 
@@ -617,8 +626,6 @@ def test_corrupted_bytes_only_ever_raise_bad_image(tmp_path):
 
 def png16(path: Path, samples: np.ndarray, sbit: bytes | None = None) -> Path:
     """A 16-bit PNG of (H, W) grey or (H, W, 3|4) colour samples (pypng), with an sBIT chunk if given."""
-    import png
-
     h, w = samples.shape[:2]
     planes = 1 if samples.ndim == 2 else samples.shape[2]
     writer = png.Writer(w, h, greyscale=planes in (1, 2), alpha=planes in (2, 4), bitdepth=16)
@@ -794,7 +801,7 @@ def test_corrupted_deep_files_only_ever_raise_bad_image(tmp_path):
 def test_compressed_deep_tiff_without_imagecodecs_is_refused_naming_it(tmp_path):
     tifffile = pytest.importorskip("tifffile")
     try:
-        import imagecodecs  # noqa: F401
+        import imagecodecs  # here: optional; the test needs it absent  # noqa: F401
         pytest.skip("imagecodecs is installed: tifffile decodes LZW")
     except ImportError:
         pass
@@ -845,11 +852,6 @@ def test_a_large_image_that_cannot_be_drafted_is_refused_naming_the_options(tmp_
 
 
 def test_prepare_refuses_images_whose_maxima_imply_different_depths(tmp_path):
-    from conftest import PARAMS, TINY_SPLIT
-    from finalbn.config import load_config
-    from finalbn.data.splits import prepare_dataset
-    from finalbn.infra.errors import DataError
-
     root = tmp_path / "pv"
     for k, (cond, n) in enumerate((("healthy", 8), ("Scab", 5))):
         for i in range(n):
@@ -873,14 +875,6 @@ def test_prepare_refuses_images_whose_maxima_imply_different_depths(tmp_path):
 
 
 def test_prepare_records_and_reports_what_the_images_hold(tmp_path, monkeypatch):
-    import json
-
-    from conftest import PARAMS, TINY_SPLIT
-    from finalbn.config import load_config
-    from finalbn.data.splits import prepare_dataset
-    from finalbn.data.tensors import decode_images, decoded_cache_path, load_splits
-    from finalbn.stages.prepare import _extra
-
     monkeypatch.setenv("FINALBN_CACHE", str(tmp_path / "cache"))
     root = tmp_path / "pv"
     for k, (cond, n) in enumerate((("healthy", 8), ("Scab", 5))):
@@ -926,12 +920,6 @@ def test_a_dark_image_is_read_at_its_data_sets_depth_in_training_and_the_field(t
     """The depths read off the maxima agree (12-bit): prepare records `intensity: auto:12`, and a dark
     image of that scanner (max ~1000, alone it looks 10-bit) decodes as 12-bit in training and in
     the field, not 4x brighter."""
-    from conftest import PARAMS, TINY_SPLIT
-    from finalbn.config import load_config
-    from finalbn.data.splits import prepare_dataset
-    from finalbn.data.tensors import decode_settings, load_splits
-    from finalbn_field.images import load_rgb as field_load_rgb
-
     root = tmp_path / "pv"
     for k, (cond, n) in enumerate((("healthy", 8), ("Scab", 5))):
         for i in range(n):
@@ -954,12 +942,7 @@ def test_a_dark_image_is_read_at_its_data_sets_depth_in_training_and_the_field(t
 def test_a_fixed_range_that_would_blank_images_is_refused(tmp_path):
     """[0, 4095] for 12-bit PNGs is right, but a float 0..1 TIFF beside them would decode black
     (0..1 is less than one of 4096/256 levels): refused in one line naming it and its values."""
-    import tifffile
-
-    from conftest import PARAMS, TINY_SPLIT
-    from finalbn.config import load_config
-    from finalbn.data.splits import prepare_dataset
-    from finalbn.infra.errors import DataError
+    import tifffile  # here: optional in this file (its other TIFF tests importorskip it)
 
     root = tmp_path / "pv"
     for k, (cond, n) in enumerate((("healthy", 8), ("Scab", 5))):

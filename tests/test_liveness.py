@@ -2,16 +2,24 @@
 a live one by the process (this host) or the lease (another host), not by the trial's age."""
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import subprocess
 import sys
 import time
 
+import mlflow
 import optuna
 import psutil
+import pytest
 
+from conftest import ROOT
+from finalbn import cli
+from finalbn.infra import interrupt, io
+from finalbn.stages import tracked
 from finalbn.stages.search.liveness import LEASE, WORKER, identity, is_dead, lease
+from finalbn.tracking import store
 
 
 def test_this_process_is_alive_and_a_finished_one_is_dead():
@@ -55,8 +63,6 @@ def _dead_process() -> dict:
 
 
 def test_a_dead_writers_temporary_is_swept_at_the_next_write_and_a_live_ones_kept(tmp_path):
-    from finalbn.infra import io
-
     dead, target = _dead_process(), tmp_path / "grid.csv"
     stale = tmp_path / f".grid.csv.{dead['pid']}.0123abcd.tmp"  # a SIGKILL mid-write left it
     stale.write_text("half")
@@ -75,10 +81,6 @@ def test_a_dead_writers_temporary_is_swept_at_the_next_write_and_a_live_ones_kep
 
 
 def test_a_dead_processs_running_runs_are_killed_and_the_others_left(tmp_path, monkeypatch):
-    import mlflow
-
-    from finalbn.tracking import store
-
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = store.client()
     exp = client.create_experiment("reap")
@@ -118,13 +120,6 @@ def test_a_ctrl_c_python_swallowed_stops_the_next_epoch_and_the_command_says_int
     """The SIGINT handler's KeyboardInterrupt, raised inside a weakref callback or a __del__, is
     printed as "Exception ignored" and lost: the next epoch's end raises it again, once, and a
     command that still returns exits 130 with its one line."""
-    import pytest
-
-    from conftest import ROOT
-    from finalbn import cli
-    from finalbn.infra import interrupt
-    from finalbn.stages import tracked
-
     interrupt.reset()
     try:
         point = tracked._Point("grid.cell")
@@ -143,11 +138,6 @@ def test_a_ctrl_c_python_swallowed_stops_the_next_epoch_and_the_command_says_int
 def test_a_swallowed_ctrl_c_prints_no_traceback_and_other_unraisable_errors_still_do(capsys):
     """Python prints "Exception ignored ... Traceback" for an exception raised in a __del__: the
     command line's hook drops it for the Ctrl-C it remembered (delivered later), for nothing else."""
-    import gc
-    import sys
-
-    from finalbn.infra import interrupt
-
     class Collected:
         def __init__(self, exc):
             self.exc = exc

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 import yaml
@@ -60,8 +61,6 @@ TRACKING = {"ceiling@synthetic-apple", "grid", "search", "sensitivity", "report"
 def _holds_what_is_cited(repo: Path, db: str) -> set[str]:
     """The store `db` of `repo` holds every run the outputs cite, every trial's, the report's own and
     the champion's (the export's model), and every stage's fingerprint says so; returns its run ids."""
-    import mlflow
-
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / db}")
     held = {r.info.run_id for r in client.search_runs([e.experiment_id for e in client.search_experiments()],
                                                       max_results=5000)}
@@ -102,8 +101,6 @@ def _the_store_as_mlflow_users_expect(repo: Path) -> None:
     parent speaks its children's metric names and ends with its last child; a cell logs only what
     it used and its split manifest as its dataset input; the registered champion is
     self-contained, and `finalbn-field` predicts from it as `mlflow artifacts download` gives it."""
-    import mlflow
-
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
     names = {e.name for e in client.search_experiments()}
     assert {"finalbn/grid", "finalbn/search", "finalbn/ceiling", "finalbn/report", "finalbn/export"} <= names

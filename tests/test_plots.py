@@ -6,11 +6,15 @@ from pathlib import Path
 
 import matplotlib
 import matplotlib.pyplot as plt
+import matplotlib.text
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
+from finalbn.config import ablation_from_id, config_name
 from finalbn.plots import cellplots
+from finalbn.stages.report import figures
 from finalbn.stats import metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -161,8 +165,6 @@ def test_panels_draw_on_a_given_axes(tmp_path):
 
 
 def _smallest_font_pt(fig) -> float:
-    import matplotlib.text
-
     sizes = [t.get_fontsize() for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text().strip()]
     return min(sizes)
 
@@ -170,12 +172,6 @@ def _smallest_font_pt(fig) -> float:
 def test_the_reports_crowded_figures_are_readable_at_their_rendered_size(tmp_path, monkeypatch):
     """configs.png (64 configurations) and effects.png: every text at least MIN_TEXT_PX high when the
     figure is shown RENDER_PX wide (a Markdown viewer), i.e. its font in points against its width."""
-    import pandas as pd
-    from matplotlib.figure import Figure
-
-    from finalbn.config import ablation_from_id, config_name
-    from finalbn.stages.report import figures
-
     seen = {}
     save = Figure.savefig
 

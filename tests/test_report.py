@@ -8,13 +8,18 @@ import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import matplotlib.text
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.figure import Figure
+from mlflow.entities import Metric
 from scipy import stats
 
+from finalbn import tracking
 from finalbn.stages import report
-from finalbn.stages.report import CellData, choice, effects, tables
+from finalbn.stages.report import CellData, baselines, choice, effects, figures, tables
 from finalbn.stages.report.cells import prepare
 from finalbn.stages.report.markdown import markdown_table
 from finalbn.stats import inference as finalbn_stats
@@ -331,9 +336,6 @@ FIGURE_FONTS: dict[str, tuple[float, float]] = {}  # figure file -> (its smalles
 
 @pytest.fixture(scope="module")
 def design_report(tmp_path_factory):
-    import matplotlib.text
-    from matplotlib.figure import Figure
-
     out = tmp_path_factory.mktemp("design_report")
     save = Figure.savefig
 
@@ -351,8 +353,6 @@ def design_report(tmp_path_factory):
 def test_every_report_figure_is_readable_at_its_rendered_size(design_report):
     """Each PNG of the report, shown about RENDER_PX wide (a Markdown viewer): no text under
     MIN_TEXT_PX, i.e. no font under `figures.min_font_pt` of the figure's width."""
-    from finalbn.stages.report import figures
-
     assert len(FIGURE_FONTS) >= 10
     small = {name: f"{pt:.1f} pt in {w:.1f} in (needs {figures.min_font_pt(w):.1f})"
              for name, (pt, w) in FIGURE_FONTS.items() if pt < figures.min_font_pt(w) - 1e-9}
@@ -458,8 +458,6 @@ def test_a_bad_ceiling_file_is_named(tmp_path):
 
 
 def _log_cell(client, exp_id, tmp_path, cid, rep, f1_1, status="FINISHED", history=True, preds=None, key="k"):
-    from mlflow.entities import Metric
-
     flags = dict(zip(TOGGLES, PRODUCT[cid]))
     tags = {t.upper(): str(v).lower() for t, v in flags.items()}
     tags.update({"config_id": str(cid), "config_name": "x", "dataset": "apple", "arch": "efficientnet_lite0",
@@ -483,8 +481,6 @@ def _log_cell(client, exp_id, tmp_path, cid, rep, f1_1, status="FINISHED", histo
 
 
 def test_collect_through_tracking_from_mlflow_sqlite(tmp_path, monkeypatch):
-    import mlflow
-
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -524,8 +520,6 @@ def test_collect_through_tracking_from_mlflow_sqlite(tmp_path, monkeypatch):
     assert sorted(t4["path"]) == ["a.png", "b.png"] and dict(zip(t4["path"], t4["p1_with_final_bn"])) == \
         pytest.approx({"a.png": 0.6, "b.png": 0.7})
 
-    from finalbn import tracking
-
     rid = tracking.log_report(out, "finalbn-test")
     run = client.get_run(rid)
     assert run.info.status == "FINISHED" and run.data.tags["finalbn.report"] == "true"
@@ -553,8 +547,6 @@ def _with_baselines(data: CellData, reps: int = 5) -> CellData:
 
 
 def test_imbalance_baselines_paired_against_bn_only_and_their_base():
-    from finalbn.stages.report import baselines
-
     cells, _ = prepare(_with_baselines(design_grid()).cells)
     t = baselines.imbalance_table(cells).set_index("method")
     assert list(t.index) == ["none (63)", "BN only (31)", "focal", "temperature"]

@@ -11,7 +11,9 @@ import pytest
 from scipy import stats
 
 from finalbn.stages.report import baselines
+from finalbn.stages.report.answer import by_setting_section
 from finalbn.stages.report.factorial import SETTING_COLUMNS, by_setting
+from finalbn.stages.report.markdown import Page
 
 TOGGLES = ("bn", "wl", "da", "mx", "uf", "wd")
 PRODUCT = list(itertools.product([True, False], repeat=6))
@@ -186,9 +188,6 @@ def test_by_setting_without_a_complete_replicate_is_not_flagged():
 
 
 def test_by_setting_section_labels_one_replicate_numbers(tmp_path):
-    from finalbn.stages.report.answer import by_setting_section
-    from finalbn.stages.report.markdown import Page
-
     one, page = tmp_path / "one", None
     one.mkdir()
     page = Page(one, multi_arch=False)

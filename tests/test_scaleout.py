@@ -350,7 +350,7 @@ def _outage_outlasting_the_retries(overrides, servers) -> None:
 def _finished_cells(pg, experiment: str) -> int:
     """FINISHED cell runs of `experiment`, read from the MLflow server's PostgreSQL database itself
     (the server is down)."""
-    import psycopg  # the driver of SQLAlchemy 2.1 for postgresql:// (MLflow and Optuna)
+    import psycopg  # here: optional (the cluster extra), SQLAlchemy's postgresql:// driver
 
     with psycopg.connect(pg.url("mlflow")) as conn:
         return conn.execute("SELECT count(*) FROM runs JOIN experiments USING (experiment_id) JOIN tags USING (run_uuid) "
@@ -363,7 +363,7 @@ def _a_raising_task(servers, monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", servers["ray"])
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     monkeypatch.setenv("RAY_AUTH_TOKEN", servers["ray_token"])
-    import ray  # the test's own driver on the module's Ray head
+    import ray  # here: optional (the cluster extra); the test's own driver on the Ray head
 
     try:
         out = rayexec.run_tasks(RayConfig(), int, [("12",), ("twelve",), ("7",)], ["a", "b", "c"])

@@ -25,9 +25,11 @@ from conftest import ROOT
 from finalbn import tracking
 from finalbn.cli import main
 from finalbn.config import has_final_bn
-from finalbn.stages import search, tracked
+from finalbn.stages import grid, search, tracked
 from finalbn.stages.search import liveness
+from finalbn.stages.search.sampler import TrialSeededSampler
 from finalbn.train import cell
+from finalbn.train.engine import TrainingDiverged
 
 SPLITS = Path("data/splits")
 DEFAULT_WORKERS = yaml.safe_load((ROOT / "params.yaml").read_text())["search"]["workers"]  # what users run: 2
@@ -279,8 +281,6 @@ def test_pruning_in_a_real_study(searching, tmp_path):
 
 def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(searching, monkeypatch):
     load, _ = searching
-    from finalbn.train.engine import TrainingDiverged
-
     real = tracked.run_cell
     calls = []
 
@@ -463,8 +463,6 @@ def test_best_trial_rerun_beside_the_grid(searching, tmp_path):
     replicates K.. against BN-only (31) and the grid's best configuration over 0..K-1, paired;
     runs are found by their result key — the grid's cells — and what is missing is trained (in
     two processes), once: a second call trains nothing."""
-    from finalbn.stages import grid
-
     load, overrides = searching
     more = ["grid.configs=[31, 63]", "grid.replicates=2", "grid.headline.configs=[31]", "grid.headline.replicates=4",
             "grid.baselines.methods=[]", "search.n_trials=2", "selection.replicates=2"]
@@ -570,8 +568,6 @@ def test_a_resumed_study_draws_what_an_uninterrupted_one_would():
     """The sampler draws a trial's point from (seed, its place among the sampled trials): a study
     whose first trial was stopped and retried with its parameters goes on with the same points, and
     a new process does not draw the first points again (as a TPESampler(seed) per process would)."""
-    from finalbn.stages.search.sampler import TrialSeededSampler
-
     def points(study, n):
         out = []
         for _ in range(n):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -103,7 +104,6 @@ def test_the_stage_end_to_end_on_a_tiny_dataset(prepared, capfd):
     assert cli.main(["sensitivity", *argv, "--out", "results/sensitivity"]) == 0
     out = capfd.readouterr().out
     assert "sensitivity" in out and "bias_shift" in out
-    from pathlib import Path
     folder = Path("results/sensitivity")
     table = pd.read_csv(folder / "sensitivity.csv")
     assert set(table["factor"]) == {"imbalance", "bias_shift"}

@@ -8,12 +8,16 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
 from conftest import PARAMS, write_png
 from finalbn.cli import main
+from finalbn.data.refusals import file_kind
+from finalbn.data.sources import collect
 from finalbn.data.splits import DataError, read_manifest
+from finalbn.data.tables import read
 from finalbn.data.tensors import decode_images
 from finalbn_field.images import unescape_name
 
@@ -183,8 +187,6 @@ def test_names_that_are_not_utf8_are_used_and_written_escaped(tmp_path, capsys):
 
 
 def test_collect_errors_are_data_errors(load, tmp_path):
-    from finalbn.data.sources import collect
-
     cfg = load(["datasets.0.source=folders", "datasets.0.crop=null", f"datasets.0.root={tmp_path}",
                 "datasets.0.majority=[a]", "datasets.0.minority=[b]"])
     with pytest.raises(DataError, match="class folder .* does not exist"):
@@ -456,8 +458,6 @@ def test_a_short_class_says_why_rows_and_files_were_not_usable(tmp_path, capsys)
            "ISIC_0000013), 1 row missing image (e.g. line 19: ISIC_0000099)" in text
     assert f"; every reason in {refused}" in text
     record = json.loads(refused.read_text())
-    from finalbn.data.refusals import file_kind
-
     kinds = {Path(r["path"]).name: file_kind(r["reason"]) for r in record["rejected"]}
     assert set(kinds) == {"ISIC_0000017.jpg", "ISIC_0000018.jpg"} and kinds["ISIC_0000017.jpg"] == "not an image"
     for name, kind in kinds.items():
@@ -474,10 +474,6 @@ def test_a_short_class_says_why_rows_and_files_were_not_usable(tmp_path, capsys)
 def test_a_utf8_comma_table_gives_the_cells_pandas_gave_before(tmp_path):
     """The same cells as the former `pd.read_csv(..., dtype=str, encoding="utf-8-sig", sep=",")`:
     quotes, leading zeros, spaces after commas, empty cells, NA-looking text, a BOM."""
-    import pandas as pd
-
-    from finalbn.data.tables import read
-
     text = 'image, label ,note\n007,0,"a, b"\n"x y.jpg", 1,NA\n0010,1.0,\nnull,n/a,"say ""hi"""\n'
     for bom in (b"", b"\xef\xbb\xbf"):
         path = tmp_path / "t.csv"

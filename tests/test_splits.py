@@ -1,6 +1,7 @@
 """The prepare stage on tiny collections: each source, counts, disjointness, determinism, bad input."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from conftest import PARAMS, make_plantvillage, write_png
 from finalbn.cli import main
+from finalbn.config import ConfigError
 from finalbn.data.splits import DataError, draw_split, prepare_dataset, read_manifest
 
 
@@ -56,7 +58,6 @@ def test_same_params_same_bytes_and_seed_changes_draw(load, tiny_split, tmp_path
 
 
 def test_manifest_hash_and_sha256_columns(load, tiny_split, tmp_path):
-    import hashlib
     root = make_plantvillage(tmp_path / "pv")
     summary = _prepare(load, tiny_split, root, tmp_path / "o", "datasets.0.source=plantvillage")
     out = tmp_path / "o" / "synthetic-apple" / "0"
@@ -397,7 +398,6 @@ def test_idc_patient_folders_are_one_group_with_group_by_folder(load, tiny_split
      "source folders takes no 'group_column'"),
 ])
 def test_group_keys_are_refused_where_they_cannot_apply(load, extra, expected):
-    from finalbn.config import ConfigError  # the config's error, raised by load
     with pytest.raises(ConfigError, match=expected.replace("*", r"\*")) as err:
         load(["datasets.0.source=folders", "datasets.0.crop=null", "datasets.0.group_by_folder=true", *extra])
     assert "\n" not in str(err.value)

@@ -4,6 +4,7 @@ unless it is a plain number; programs recover the exact path through `images.une
 from __future__ import annotations
 
 import csv
+import os
 import re
 from pathlib import Path
 
@@ -39,8 +40,6 @@ def test_plain_numbers_stay_as_written(number):
 
 
 def test_a_name_that_is_not_utf8_and_starts_like_a_formula_round_trips():
-    import os
-
     name = os.fsdecode(b"=\xff.png")
     assert escape_name(name) == "\\=\\xff.png" and unescape_name(escape_name(name)) == name
 

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -192,9 +193,6 @@ def test_an_experiment_in_mlflows_trash_is_one_line_saying_what_to_do(store, loa
 
 
 def test_a_tracking_server_out_of_reach_is_one_line_in_seconds(store, tmp_path, monkeypatch, capsys):
-    import socket
-    import time
-
     fingerprint.mark(tmp_path / "results" / "store" / "grid.json", [_run(store)])
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))

@@ -6,7 +6,8 @@ docs/architecture.md that a program can check.
   imports no training code; only the search stage imports Optuna. `make lint` shows them holding;
   a test here shows them breaking on a copy with an upward import and an MLflow import;
 - imports sit at the top of every file: no finalbn module is imported inside a function, and a
-  third-party import inside a function says why on its line or the line above;
+  third-party import inside a function says why on its line or the line above; in the tests, any
+  import inside a function says why on its line (`# here: ...`);
 - no module over 450 lines, no function over 60;
 - every dvc.yaml stage's code deps are exactly its stage module's import closure, and the report's
   outputs are the ones its code declares.
@@ -94,6 +95,19 @@ def test_imports_at_the_top(path):
             f"{where}: a finalbn module imported inside a function"
         said = "#" in lines[node.lineno - 1] or lines[node.lineno - 2].strip().startswith("#")
         assert said, f"{where}: a lazy import says why (a comment on its line or the line above)"
+
+
+TESTS = sorted(Path(__file__).resolve().parent.glob("*.py"))
+
+
+@pytest.mark.parametrize("path", TESTS, ids=lambda p: p.name)
+def test_test_imports_sit_at_the_top(path):
+    """A test file imports at its top; one that must import inside a function (an optional
+    package, code run in a child, a module put on sys.path by the test) says why on the line."""
+    lines = path.read_text().splitlines()
+    late = [f"{path.name}:{n.lineno}" for n in _function_imports(ast.parse("\n".join(lines)))
+            if "# here:" not in lines[n.lineno - 1]]
+    assert not late, f"imports inside a function without a `# here: <why>`: {late}"
 
 
 @pytest.mark.parametrize("path", FILES, ids=_rel)

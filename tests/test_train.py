@@ -1,6 +1,10 @@
 """One training cell end to end on tiny images: toggles, determinism, failures, MLflow content."""
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -15,7 +19,7 @@ from finalbn.cli import main
 from finalbn.config import ablation_from_id, config_id, config_name
 from finalbn.data.tensors import TrainPlan, eval_transform, load_splits, make_loaders
 from finalbn.models import WeightsError
-from finalbn.stages.tracked import track_cell
+from finalbn.stages.tracked import CellRun, track_cell
 from finalbn.stages.tracker import MemoryTracker
 from finalbn.tracking.adapter import MLFLOW
 from finalbn.train import cell as cells
@@ -145,12 +149,12 @@ def test_interrupted_cell_run_ends_killed(prepared, monkeypatch):
 
     monkeypatch.setattr(cells, "fit", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        track_cell(load(), "synthetic-apple", SPLITS, stage="train", tracker=MLFLOW)
+        track_cell(load(), "synthetic-apple", SPLITS, CellRun("train"), MLFLOW)
     runs = mlflow.search_runs(experiment_names=["finalbn/train"], output_format="list")
     assert [r.info.status for r in runs] == ["KILLED"]
     memory = MemoryTracker()  # the in-memory tracker ends it the same way
     with pytest.raises(KeyboardInterrupt):
-        track_cell(load(), "synthetic-apple", SPLITS, stage="train", tracker=memory)
+        track_cell(load(), "synthetic-apple", SPLITS, CellRun("train"), memory)
     assert [(r.status, r.tags["stage"]) for r in memory.runs.values()] == [("KILLED", "train")]
 
 
@@ -224,11 +228,6 @@ def test_mlproject_parameters_are_all_used():
 @pytest.mark.slow
 def test_mlflow_run_entry_point(prepared, tmp_path):
     """`mlflow run . --env-manager local -e train -P a.b=v` trains one cell as the project's run."""
-    import os
-    import shutil
-    import subprocess
-    import sys
-
     _, overrides = prepared
     for name in ("MLproject", "conda.yaml", "params.yaml"):
         shutil.copy(ROOT / name, tmp_path)

@@ -43,7 +43,7 @@ import torch
 from finalbn.cluster import workers
 from finalbn.config import Config, configure
 from finalbn.stages.grid.plan import Cell, all_cells, cell_kinds, shard_cells
-from finalbn.stages.tracked import track_cell
+from finalbn.stages.tracked import CellRun, track_cell
 from finalbn.tracking.adapter import MLFLOW
 from finalbn.train import features
 from finalbn.train.cell import run_cell
@@ -131,14 +131,14 @@ def _tracking(base: Config, arch: str, ds, splits: Path, log: Callable[[str], No
     try:
         with tempfile.TemporaryDirectory() as tmp:
             os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/bench-cells.db"
-            track_cell(cfg63, ds.name, splits, stage="grid", tracker=MLFLOW, replicate=0)  # the store created, MLflow warm
+            track_cell(cfg63, ds.name, splits, CellRun("grid"), MLFLOW)  # the store created, MLflow warm
             for _ in range(repeats):
                 for name, figures in variants.items():
                     if figures is None:
                         times[name].append(_timed(lambda: run_cell(cfg63, ds, splits, replicate=0)))
                         continue
                     c = dataclasses.replace(cfg63, tracking=dataclasses.replace(base.tracking, cell_figures=figures))
-                    times[name].append(_timed(lambda: track_cell(c, ds.name, splits, stage="grid", tracker=MLFLOW, replicate=0)))  # noqa: B023 (called at once)
+                    times[name].append(_timed(lambda: track_cell(c, ds.name, splits, CellRun("grid"), MLFLOW)))  # noqa: B023 (called at once)
     finally:
         if prior is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)

@@ -1,7 +1,7 @@
 """One cell as one tracked run: where the training cell and the tracking adapter meet.
 
-    run_id, result = track_cell(cfg, "synthetic-apple", Path("data/splits"), stage="grid", replicate=0,
-                                tracker=MlflowTracker())
+    run_id, result = track_cell(cfg, "synthetic-apple", Path("data/splits"), CellRun("grid"), MlflowTracker(),
+                                replicate=0)
 
 The grid's cells, the search's trials and comparison runs, the export's retraining and
 `finalbn train` all come through here: the tracker's `cell_run` (`finalbn.stages.tracker`: the
@@ -21,8 +21,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +39,7 @@ from finalbn.tracking import records as tags_
 from finalbn.train.cell import CellResult, run_cell
 from finalbn.train.keys import result_key
 
-__all__ = ["VAL_PREDICTIONS", "cell_figures", "cell_params", "cell_tags", "draws_figures", "log_result", "track_cell"]
+__all__ = ["NO_HOOKS", "VAL_PREDICTIONS", "CellHooks", "CellRun", "cell_figures", "cell_params", "cell_tags", "draws_figures", "log_result", "track_cell"]
 
 VAL_PREDICTIONS = "predictions/val_predictions.csv"  # path, label, p1_last: pooled by the export's decision rules
 
@@ -70,42 +72,66 @@ def cell_params(cfg: Config, dataset: str) -> dict[str, object]:
     return flatten(used)
 
 
-def track_cell(cfg: Config, dataset: str, splits_dir: Path, callbacks=(), progress: bool = False,
-               *, stage: str, tracker: Tracker, run_name: str | None = None, extra_tags: dict[str, str] | None = None,
-               parent_run_id: str | None = None, replicate: int = 0,
-               killed_on: tuple[type[BaseException], ...] = (), state_tag: str | None = None,
-               on_start: Callable[[str], None] | None = None,
-               on_end: Callable[[Run, CellResult], None] | None = None,
-               fault: str = "") -> tuple[str, CellResult]:
-    """One cell as one run in `stage`'s experiment (see the module docstring); `on_start(run_id)` is called once the run
-    exists (a search trial records its run id), `on_end(run, result)` while it is still open (the
-    export saves its weights there); its first epoch ends at the fault point `fault` (default
-    `<stage>.cell`, `finalbn.infra.faults`). Raises what `run_cell` raises; the run then ends FAILED
-    (KILLED on Ctrl-C or an exception of `killed_on`)."""
-    tracker.setup(cfg, stage)
+@dataclass(frozen=True)
+class CellRun:
+    """Where a cell's run goes: `stage`'s experiment, its name (default "<config name> r<replicate>"),
+    its parent run, and tags beyond the cell's own (`cell_tags`)."""
+
+    stage: str
+    name: str | None = None
+    parent_run_id: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CellHooks:
+    """What a caller adds to a tracked cell: epoch `callbacks`; `on_start(run_id)` once the run
+    exists (a search trial records its run id); `on_end(run, result)` while it is still open (the
+    export saves its weights there); the exceptions that end it KILLED rather than FAILED (a pruned
+    trial) and the tag that says how it ended (`state_tag`: complete / pruned / failed / killed);
+    the fault point its first epoch ends at (`fault`, default `<stage>.cell`, `finalbn.infra.faults`)."""
+
+    callbacks: Sequence[Any] = ()
+    on_start: Callable[[str], None] | None = None
+    on_end: Callable[[Run, CellResult], None] | None = None
+    killed_on: tuple[type[BaseException], ...] = ()
+    state_tag: str | None = None
+    fault: str = ""
+
+
+NO_HOOKS = CellHooks()
+
+
+def track_cell(cfg: Config, dataset: str, splits_dir: Path, where: CellRun, tracker: Tracker, *, replicate: int = 0,
+               hooks: CellHooks = NO_HOOKS, progress: bool = False) -> tuple[str, CellResult]:
+    """One cell (`dataset`, `replicate`) as one run `where` says, in `tracker`'s store (see the
+    module docstring), with the caller's `hooks`. Returns (run id, result). Raises what `run_cell`
+    raises; the run then ends FAILED (KILLED on Ctrl-C or an exception of `hooks.killed_on`)."""
+    tracker.setup(cfg, where.stage)
     tags = {**cell_tags(cfg, dataset, replicate), tags_.CONFIG_KEY: result_key(cfg, dataset, None, splits_dir),
-            **(extra_tags or {})}
-    name = run_name or f"{tags[tags_.CONFIG_NAME]} r{replicate}"
-    with tracker.cell_run(name, tags, parent_run_id=parent_run_id, killed_on=killed_on,
-                          state_tag=state_tag) as run:
-        if on_start is not None:
-            on_start(run.run_id)
+            **where.tags}
+    name = where.name or f"{tags[tags_.CONFIG_NAME]} r{replicate}"
+    with tracker.cell_run(name, tags, parent_run_id=where.parent_run_id, killed_on=hooks.killed_on,
+                          state_tag=hooks.state_tag) as run:
+        if hooks.on_start is not None:
+            hooks.on_start(run.run_id)
         # `mlflow run -P a.b=v` has already logged a.b with the user's spelling; MLflow refuses
         # to change a logged param, so those keys keep theirs.
         logged = run.logged_params()
         run.log_params({k: v for k, v in cell_params(cfg, dataset).items() if k not in logged})
         epochs = run.epoch_logger()
         try:
-            result = run_cell(cfg, dataset, splits_dir, callbacks=[epochs, *callbacks, _Point(fault or f"{stage}.cell")],
+            point = _Point(hooks.fault or f"{where.stage}.cell")
+            result = run_cell(cfg, dataset, splits_dir, callbacks=[epochs, *hooks.callbacks, point],
                               progress=progress,
                               replicate=replicate)
         finally:  # a failed or interrupted cell keeps the epochs it trained
             epochs.flush()
-        log_result(run, cfg, result, figures=draws_figures(cfg, stage))
+        log_result(run, cfg, result, figures=draws_figures(cfg, where.stage))
         manifest = split_dir(splits_dir, cfg.dataset(dataset).name, replicate) / "manifest.csv"
         run.log_dataset(manifest, f"{dataset} r{replicate}", result.manifest_sha256)
-        if on_end is not None:
-            on_end(run, result)
+        if hooks.on_end is not None:
+            hooks.on_end(run, result)
     return run.run_id, result
 
 

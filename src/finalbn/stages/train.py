@@ -15,7 +15,7 @@ from pathlib import Path
 from finalbn import tracking
 from finalbn.config import Config
 from finalbn.infra.errors import UsageError
-from finalbn.stages.tracked import track_cell
+from finalbn.stages.tracked import CellRun, track_cell
 from finalbn.stages.tracker import Tracker
 from finalbn.tracking.adapter import MLFLOW
 from finalbn.train.cell import CellResult, preflight
@@ -30,7 +30,7 @@ def run(cfg: Config, splits: Path, tracker: Tracker = MLFLOW, *, dataset: str = 
     if replicate < 0:
         raise UsageError(f"--replicate must be >= 0 (got {replicate})")
     preflight(cfg, dataset, splits, replicates=replicate + 1)
-    return track_cell(cfg, dataset, splits, stage="train", tracker=tracker, progress=progress, replicate=replicate)
+    return track_cell(cfg, dataset, splits, CellRun("train"), tracker, replicate=replicate, progress=progress)
 
 
 def main(cfg: Config, args: argparse.Namespace) -> int:

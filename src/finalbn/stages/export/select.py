@@ -34,7 +34,7 @@ from torch import nn
 
 from finalbn import tracking
 from finalbn.config import TOGGLES, Config, ConfigError, cell_seed, final_layer_for, validate
-from finalbn.stages.tracked import VAL_PREDICTIONS, track_cell
+from finalbn.stages.tracked import VAL_PREDICTIONS, CellHooks, CellRun, track_cell
 from finalbn.stages.tracker import Run
 from finalbn.stats import selection
 from finalbn.stats.inference import t_interval
@@ -247,9 +247,10 @@ def rebuild(run: RunRecord, splits: Path, log=print) -> Source:
                       source_val, run.tags.get(tags.MANIFEST, ""), retrained=True)
     log(f"export: run {run.run_id} ({run.name}) kept no weights: training its cell again "
         f"(replicate {replicate}, seed {run.tags.get(tags.SEED)}), its weights saved on that run")
-    run_id, res = track_cell(cfg, dataset, splits, stage="export", tracker=MLFLOW, run_name=f"{run.name} retrained (run {run.run_id[:8]})",
-                             replicate=replicate, extra_tags={tags.EXPORT_SOURCE: run.run_id, tags.EXPORT: "true"},
-                             on_end=_save_weights)
+    where = CellRun("export", f"{run.name} retrained (run {run.run_id[:8]})", None,
+                    {tags.EXPORT_SOURCE: run.run_id, tags.EXPORT: "true"})
+    run_id, res = track_cell(cfg, dataset, splits, where, MLFLOW, replicate=replicate,
+                             hooks=CellHooks(on_end=_save_weights))
     return Source(run.run_id, run_id, cfg, dataset, replicate, res.model.eval().cpu(),
                   dict(res.val_last), source_val, res.manifest_sha256, retrained=True)
 

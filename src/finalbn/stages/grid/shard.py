@@ -30,7 +30,7 @@ from finalbn.stages.grid.plan import (
     shard_cells,
     share_order,
 )
-from finalbn.stages.tracked import track_cell
+from finalbn.stages.tracked import CellRun, track_cell
 from finalbn.stages.tracker import Tracker
 from finalbn.tracking import records as tags
 from finalbn.tracking.adapter import MLFLOW
@@ -106,9 +106,8 @@ def _run_one(cfg: Config, stage: str, cell: Cell, key: str, splits_dir: Path, pa
     t0 = time.perf_counter()
     extra = {tags.CELL_KEY: key, tags.PARENT_KEY: pkey, **({tags.BASELINE: cell.baseline} if cell.baseline else {})}
     try:
-        _, result = track_cell(ccfg, cell.dataset, splits_dir, stage=stage, tracker=tracker, run_name=cell.run_name(where),
-                               parent_run_id=parent_id,
-                               extra_tags=extra, replicate=cell.replicate)
+        _, result = track_cell(ccfg, cell.dataset, splits_dir, CellRun(stage, cell.run_name(where), parent_id, extra),
+                               tracker, replicate=cell.replicate)
     except TrainingDiverged as exc:
         stats["failed"].append({"cell": cell.name, "error": str(exc)})
         log(f"{progress}: FAILED: {exc}")

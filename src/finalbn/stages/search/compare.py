@@ -32,7 +32,7 @@ from finalbn.cluster import workers
 from finalbn.config import Config, config_id, config_name, configure
 from finalbn.stages.search.objective import best_trial
 from finalbn.stages.search.space import suggest
-from finalbn.stages.tracked import track_cell
+from finalbn.stages.tracked import CellHooks, CellRun, track_cell
 from finalbn.stats.inference import t_interval
 from finalbn.stats.results import rank_configs, rounded
 from finalbn.tracking import records as tags
@@ -61,8 +61,8 @@ def rerun(cfg: Config, dataset: str, splits: Path, replicate: int, parent_run_id
     process of `compare`); returns its comparison row."""
     if threads:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
-    run_id, res = track_cell(cfg, dataset, splits, stage="search", tracker=MLFLOW, run_name=name, parent_run_id=parent_run_id,
-                             replicate=replicate, extra_tags=extra_tags, fault="search.compare")
+    run_id, res = track_cell(cfg, dataset, splits, CellRun("search", name, parent_run_id, extra_tags), MLFLOW,
+                             replicate=replicate, hooks=CellHooks(fault="search.compare"))
     m = {**{f"test_{k}": v for k, v in res.test_last.items()}, **{f"val_last_{k}": v for k, v in res.val_last.items()}}
     return _row(replicate, m, run_id)
 

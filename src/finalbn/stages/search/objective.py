@@ -34,7 +34,7 @@ from finalbn.config import TOGGLES, Config, config_name
 from finalbn.stages.search.liveness import lease
 from finalbn.stages.search.space import multi_objective, steps_per_replicate, suggest
 from finalbn.stages.search.study import EPOCHS, OBJECTIVES, RetryDeadWorker, finished, open_study
-from finalbn.stages.tracked import track_cell
+from finalbn.stages.tracked import CellHooks, CellRun, track_cell
 from finalbn.stats.selection import TIE_BREAK
 from finalbn.tracking import records as tags
 from finalbn.tracking.adapter import MLFLOW
@@ -140,13 +140,12 @@ def _replicate(trial: optuna.Trial, cfg: Config, tcfg: Config, dataset: str, spl
             trial.set_user_attr("mlflow_run_id", run_id)
 
     try:
-        return track_cell(
-            tcfg, dataset, splits, stage="search", tracker=MLFLOW, callbacks=callbacks,
-            run_name=f"trial {trial.number} · {config_name(tcfg.ablation)} r{r}",
-            parent_run_id=parent_run_id, replicate=r, killed_on=(optuna.TrialPruned,),
-            state_tag=tags.TRIAL_STATE, on_start=started,
-            extra_tags={tags.TRIAL: "true", tags.STUDY_NAME: trial.study.study_name, tags.TRIAL_NUMBER: str(trial.number),
-                        tags.RESULT_KEY: key})
+        where = CellRun("search", f"trial {trial.number} · {config_name(tcfg.ablation)} r{r}", parent_run_id,
+                        {tags.TRIAL: "true", tags.STUDY_NAME: trial.study.study_name,
+                         tags.TRIAL_NUMBER: str(trial.number), tags.RESULT_KEY: key})
+        hooks = CellHooks(callbacks=callbacks, on_start=started, killed_on=(optuna.TrialPruned,),
+                          state_tag=tags.TRIAL_STATE)
+        return track_cell(tcfg, dataset, splits, where, MLFLOW, replicate=r, hooks=hooks)
     except TrainingDiverged as exc:
         trial.set_user_attr("fail_reason", f"replicate {r}: {exc}")
         raise
