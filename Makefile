@@ -64,12 +64,14 @@ paper: install
 	$(BIN)/finalbn sensitivity $(PAPER) --splits data/splits-paper --out results-paper/sensitivity
 	$(BIN)/finalbn report $(PAPER) --grid-csv results-paper/grid.csv --ceiling results-paper/ceiling --search results-paper/search.json --sensitivity results-paper/sensitivity/sensitivity.csv --out report-paper
 
-# The house rules first (seconds): ruff's lint (pyproject.toml [tool.ruff]), the import contracts
+# The house rules first (seconds): ruff's lint and its formatter's check (pyproject.toml [tool.ruff];
+# `ruff format src deploy tests benchmarks tools` lays a file out), the import contracts
 # (import-linter: the layers point down, stages never import each other, MLflow only in tracking/)
 # and the type checker (mypy, pyproject.toml [tool.mypy]: finalbn and the field package).
 LINTED := src deploy tests benchmarks tools
 lint: install
 	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
 

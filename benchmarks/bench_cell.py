@@ -7,6 +7,7 @@ final-BN cell with the backbone frozen (UF off) and with its BN layers unfrozen 
 default arch's weights (efficientnet_lite0: ImageNet, offline; `--weights none` for random init). Prints train images/s, wall seconds per cell and the UF-on/UF-off time ratio, all measured
 in this one run (a benchmark prints; it does not assert).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,11 +37,25 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
-        generate(Path(tmp) / "raw", seed=0, image_size=64, crops=["Apple"], healthy=1310, per_disease=45, progress=False,
-                 severity=2.5)
+        generate(
+            Path(tmp) / "raw",
+            seed=0,
+            image_size=64,
+            crops=["Apple"],
+            healthy=1310,
+            per_disease=45,
+            progress=False,
+            severity=2.5,
+        )
         for size in args.sizes:
-            base = [f"datasets.0.root={tmp}/raw", f"datasets.0.image_size={size}", f"model.weights={args.weights}",
-                    f"model.arch={args.arch}", f"train.epochs={args.epochs}", f"train.device={args.device}"]
+            base = [
+                f"datasets.0.root={tmp}/raw",
+                f"datasets.0.image_size={size}",
+                f"model.weights={args.weights}",
+                f"model.arch={args.arch}",
+                f"train.epochs={args.epochs}",
+                f"train.device={args.device}",
+            ]
             cfg = load_config([ROOT / "params.yaml"], base)
             prepare_dataset(cfg.datasets[0], cfg.split, Path(tmp) / "splits", progress=False)
             walls = {}
@@ -49,10 +64,15 @@ def main() -> None:
                 t0 = time.perf_counter()
                 r = run_cell(cfg, cfg.datasets[0].name, Path(tmp) / "splits")
                 walls[uf] = time.perf_counter() - t0
-                print(f"{args.arch} {size:>3} px UF {'on ' if uf else 'off'} on {r.device}: "
-                      f"{r.fit.train_images / r.fit.train_seconds:7.0f} train img/s, {walls[uf]:6.1f} s per cell "
-                      f"({args.epochs} epochs)", flush=True)
-            print(f"{args.arch} {size:>3} px: UF on / UF off wall-time ratio {walls[True] / walls[False]:.2f}", flush=True)
+                print(
+                    f"{args.arch} {size:>3} px UF {'on ' if uf else 'off'} on {r.device}: "
+                    f"{r.fit.train_images / r.fit.train_seconds:7.0f} train img/s, {walls[uf]:6.1f} s per cell "
+                    f"({args.epochs} epochs)",
+                    flush=True,
+                )
+            print(
+                f"{args.arch} {size:>3} px: UF on / UF off wall-time ratio {walls[True] / walls[False]:.2f}", flush=True
+            )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ images/s for workers=1 and workers=0 (one process per core) and their ratio, plu
 drawing alone (no PNG, no files) so that a slow filesystem shows as such. A benchmark prints
 numbers; it asserts nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,18 +38,31 @@ def main() -> None:
     n = min(len(CROPS) * per_crop, 500)
     t0 = time.perf_counter()
     for i in range(n):
-        render_leaf(np.random.default_rng([args.seed, i]), args.size, CROPS[i % len(CROPS)],
-                    None if i % 5 == 0 else DISEASES[i % len(DISEASES)])
+        render_leaf(
+            np.random.default_rng([args.seed, i]),
+            args.size,
+            CROPS[i % len(CROPS)],
+            None if i % 5 == 0 else DISEASES[i % len(DISEASES)],
+        )
     print(f"drawing only, 1 process: {n / (time.perf_counter() - t0):.0f} images/s")
     rates = {}
     for workers in (1, 0):
         with tempfile.TemporaryDirectory(prefix="bench_synthetic_", dir=args.dir) as tmp:
-            stats = generate(tmp, seed=args.seed, image_size=args.size, crops=CROPS,
-                             healthy=healthy, per_disease=per_disease, workers=workers,
-                             progress=False)
+            stats = generate(
+                tmp,
+                seed=args.seed,
+                image_size=args.size,
+                crops=CROPS,
+                healthy=healthy,
+                per_disease=per_disease,
+                workers=workers,
+                progress=False,
+            )
         rates[workers] = stats["images_per_second"]
-        print(f"workers={workers} ({stats['workers']} process{'es' if stats['workers'] > 1 else ''}): "
-              f"{stats['images']} images in {stats['seconds']:.2f} s = {rates[workers]:.0f} images/s")
+        print(
+            f"workers={workers} ({stats['workers']} process{'es' if stats['workers'] > 1 else ''}): "
+            f"{stats['images']} images in {stats['seconds']:.2f} s = {rates[workers]:.0f} images/s"
+        )
     print(f"speed-up workers=0 / workers=1: {rates[0] / rates[1]:.2f}x")
 
 

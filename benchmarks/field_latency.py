@@ -9,6 +9,7 @@ the export kept one, otherwise a static QDQ model made here from the training im
 even when the export would drop it). Prints each time and the ratios measured in this run;
 writes results/field_bench.json. A benchmark, not a test: the machines are shared and noisy.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +39,7 @@ def torch_ms(model: torch.nn.Module, x: np.ndarray, batch: int, repeats: int) ->
         for _ in range(repeats):
             t0, n = time.perf_counter(), 0
             for i in range(0, len(x) - batch + 1, batch):
-                model(xt[i:i + batch])
+                model(xt[i : i + batch])
                 n += batch
             times.append((time.perf_counter() - t0) / n * 1000)
     return float(np.median(times))
@@ -59,40 +60,58 @@ def main() -> int:
     cfg = load_config([args.params])
     tracking.setup(cfg)
     holder = tracking.get_run(card["model_run_id"])
-    net = None if holder is None else select._load_weights(select.run_config(holder), holder,
-                                                           lambda m: print(m, file=sys.stderr))
+    net = (
+        None
+        if holder is None
+        else select._load_weights(select.run_config(holder), holder, lambda m: print(m, file=sys.stderr))
+    )
     if net is None:
         print("no weights saved on the exported run: run `finalbn export` first", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     spec = get_spec(card["arch"])
-    tensors = load_splits(split_dir(Path(args.splits), card["dataset"], card["replicate"]) / "manifest.csv",
-                          card["image_size"])
+    tensors = load_splits(
+        split_dir(Path(args.splits), card["dataset"], card["replicate"]) / "manifest.csv", card["image_size"]
+    )
     x_val = export.preprocess(tensors["val"].images, spec.mean, spec.std)
-    x = np.concatenate([x_val] * (args.images // len(x_val) + 1))[:args.images]
+    x = np.concatenate([x_val] * (args.images // len(x_val) + 1))[: args.images]
 
     int8 = models / "model.int8.onnx"
     made_here = not int8.is_file()
     with tempfile.TemporaryDirectory() as tmp:
         if made_here:
             x_train = export.preprocess(tensors["train"].images, spec.mean, spec.std)
-            q = int8.quantize(models / "model.onnx", Path(tmp) / "model.int8.onnx", x_train, x_val,
-                                tensors["val"].labels.numpy())
+            q = int8.quantize(
+                models / "model.onnx", Path(tmp) / "model.int8.onnx", x_train, x_val, tensors["val"].labels.numpy()
+            )
             int8 = Path(tmp) / "model.int8.onnx"
         else:
             q = card.get("int8", {})
-        out: dict = {"threads": args.threads, "images": len(x), "arch": card["arch"], "image_size": card["image_size"],
-                     "int8_made_here": made_here, "int8_val_auroc": q.get("int8_val_auroc"),
-                     "fp32_val_auroc": q.get("fp32_val_auroc"), "ms_per_image": {}, "ratios": {}}
+        out: dict = {
+            "threads": args.threads,
+            "images": len(x),
+            "arch": card["arch"],
+            "image_size": card["image_size"],
+            "int8_made_here": made_here,
+            "int8_val_auroc": q.get("int8_val_auroc"),
+            "fp32_val_auroc": q.get("fp32_val_auroc"),
+            "ms_per_image": {},
+            "ratios": {},
+        }
         for bs in (1, 32):
             t = torch_ms(net, x, bs, args.repeats)
             f = int8.latency_ms(models / "model.onnx", x, bs, args.repeats, threads=args.threads)
             i8 = int8.latency_ms(int8, x, bs, args.repeats, threads=args.threads)
             out["ms_per_image"][f"batch{bs}"] = {"torch_fp32": t, "ort_fp32": f, "ort_int8": i8}
-            out["ratios"][f"batch{bs}"] = {"ort_fp32/torch_fp32": f / t, "ort_int8/torch_fp32": i8 / t,
-                                           "ort_int8/ort_fp32": i8 / f}
-            print(f"batch {bs:>2}: torch {t:.3f} ms/image, onnxruntime FP32 {f:.3f} ({f / t:.2f}x torch), "
-                  f"INT8 {i8:.3f} ({i8 / t:.2f}x torch, {i8 / f:.2f}x FP32)")
+            out["ratios"][f"batch{bs}"] = {
+                "ort_fp32/torch_fp32": f / t,
+                "ort_int8/torch_fp32": i8 / t,
+                "ort_int8/ort_fp32": i8 / f,
+            }
+            print(
+                f"batch {bs:>2}: torch {t:.3f} ms/image, onnxruntime FP32 {f:.3f} ({f / t:.2f}x torch), "
+                f"INT8 {i8:.3f} ({i8 / t:.2f}x torch, {i8 / f:.2f}x FP32)"
+            )
     print(f"validation AUROC FP32 {out['fp32_val_auroc']}, INT8 {out['int8_val_auroc']}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")

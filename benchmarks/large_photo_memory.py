@@ -12,6 +12,7 @@ its imports; prints both, the decode's own share (peak minus imports) and the ra
 this run. The photo is made in a subprocess of its own too: Linux carries a parent's peak RSS over
 fork and exec into ru_maxrss. A benchmark, not a test.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,9 @@ print(json.dumps({"imports_kib": before, "peak_kib": peak, "decoded": list(info.
 
 
 def measure(path: Path, size: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(path), str(size)], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(path), str(size)], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -57,19 +59,33 @@ def main() -> int:
     width = int(height * 4 / 3)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "photo.jpg"
-        subprocess.run([sys.executable, "-c", "import sys; from PIL import Image; Image.new('RGB', "
-                        f"({width}, {height}), (40, 120, 30)).save(sys.argv[1], quality=90)", str(path)], check=True)
-        print(f"photo: {width}x{height} = {width * height / 1e6:.1f} MP JPEG ({path.stat().st_size / 1e6:.1f} MB), "
-              f"model input {args.size} px")
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from PIL import Image; Image.new('RGB', "
+                f"({width}, {height}), (40, 120, 30)).save(sys.argv[1], quality=90)",
+                str(path),
+            ],
+            check=True,
+        )
+        print(
+            f"photo: {width}x{height} = {width * height / 1e6:.1f} MP JPEG ({path.stat().st_size / 1e6:.1f} MB), "
+            f"model input {args.size} px"
+        )
         drafted, whole = measure(path, args.size), measure(path, 0)
     for name, r in (("with draft", drafted), ("without draft", whole)):
         own = r["peak_kib"] - r["imports_kib"]
-        print(f"{name:>14}: decoded {r['decoded'][0]}x{r['decoded'][1]} (1/{r['scale']}), peak RSS "
-              f"{r['peak_kib'] / 1024:.0f} MiB, of which the decode {own / 1024:.0f} MiB")
+        print(
+            f"{name:>14}: decoded {r['decoded'][0]}x{r['decoded'][1]} (1/{r['scale']}), peak RSS "
+            f"{r['peak_kib'] / 1024:.0f} MiB, of which the decode {own / 1024:.0f} MiB"
+        )
     own_d = max(drafted["peak_kib"] - drafted["imports_kib"], 1)
     own_w = whole["peak_kib"] - whole["imports_kib"]
-    print(f"ratio (without / with draft): peak RSS {whole['peak_kib'] / drafted['peak_kib']:.1f}x, "
-          f"the decode's own memory {own_w / own_d:.0f}x")
+    print(
+        f"ratio (without / with draft): peak RSS {whole['peak_kib'] / drafted['peak_kib']:.1f}x, "
+        f"the decode's own memory {own_w / own_d:.0f}x"
+    )
     return 0
 
 

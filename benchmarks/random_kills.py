@@ -16,6 +16,7 @@ Prints a line per draw (where it landed), then the draws made, how many met a ru
 the time taken. A failure prints the seed and draw that reproduce it (`--seed`) and exits 1.
 Needs the project's venv (`make install`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,9 +59,11 @@ def main() -> int:
             return 1
     print("\n".join(log))
     landed = sum(" killed" in line for line in log)
-    print(f"{len(log)} draws over {len(args.stages)} stage(s), seed {seed}: {landed} killed a running stage, "
-          f"{len(log) - landed} came after it had finished; every output whole after each, every resume settled, "
-          f"the outputs equal the uninterrupted run's; {time.monotonic() - t0:.0f} s")
+    print(
+        f"{len(log)} draws over {len(args.stages)} stage(s), seed {seed}: {landed} killed a running stage, "
+        f"{len(log) - landed} came after it had finished; every output whole after each, every resume settled, "
+        f"the outputs equal the uninterrupted run's; {time.monotonic() - t0:.0f} s"
+    )
     return 0
 
 

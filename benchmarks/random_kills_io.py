@@ -12,6 +12,7 @@ summary: draws run, failures found, draws whose writer had replaced a file befor
 those whose kill fell inside a write, time. Exits 1 when any
 draw failed. About half a second a draw (a process start and a round of writes).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,10 +39,12 @@ def main() -> int:
     for failure in failures:
         print(failure)
     failed_draws = len({f.split(" of seed")[0] for f in failures})
-    print(f"seed {args.seed}: {stats['draws']} draws run, {failed_draws} failed ({len(failures)} problems), "
-          f"{stats['wrote']} writers had replaced a target, {stats['mid_write']} kills fell inside a write "
-          f"(the dead writer left a temporary), "
-          f"one round of writes {stats['round_s'] * 1000:.0f} ms, {time.perf_counter() - start:.1f} s in all")
+    print(
+        f"seed {args.seed}: {stats['draws']} draws run, {failed_draws} failed ({len(failures)} problems), "
+        f"{stats['wrote']} writers had replaced a target, {stats['mid_write']} kills fell inside a write "
+        f"(the dead writer left a temporary), "
+        f"one round of writes {stats['round_s'] * 1000:.0f} ms, {time.perf_counter() - start:.1f} s in all"
+    )
     return 1 if failures else 0
 
 

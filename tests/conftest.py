@@ -1,4 +1,5 @@
 """Shared test helpers: tiny image collections made by the tests, in temporary folders."""
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,9 @@ def write_png(path: Path, seed: int, size: int = 16) -> Path:
     return path
 
 
-def make_plantvillage(root: Path, crop: str = "Apple", healthy: int = 12, diseases: dict[str, int] | None = None,
-                      size: int = 16) -> Path:
+def make_plantvillage(
+    root: Path, crop: str = "Apple", healthy: int = 12, diseases: dict[str, int] | None = None, size: int = 16
+) -> Path:
     """<root>/<crop>___healthy/*.png and <root>/<crop>___<disease>/*.png with random pixels."""
     diseases = {"Black_rot": 4, "Scab": 4} if diseases is None else diseases
     seed = 0
@@ -58,13 +60,19 @@ def prepare_tiny(root: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])  # an earlier test may have set another
     images = make_plantvillage(root / "pv", healthy=12, diseases={"Scab": 4, "Rot": 4}, size=32)
     overrides = TINY_SPLIT + [
-        f"datasets.0.root={images}", "datasets.0.source=plantvillage", "datasets.0.image_size=32",
-        "model.weights=none", "train.epochs=2", "train.batch_size=4", "train.threads=1",
+        f"datasets.0.root={images}",
+        "datasets.0.source=plantvillage",
+        "datasets.0.image_size=32",
+        "model.weights=none",
+        "train.epochs=2",
+        "train.batch_size=4",
+        "train.threads=1",
         f"pretrain.out_dir={root / 'pretrained'}",
     ]
     cfg = load_config([PARAMS], overrides)
-    prepare_dataset(cfg.datasets[0], cfg.split, root / "data" / "splits", progress=False,
-                    replicates=cfg.grid.max_replicates)
+    prepare_dataset(
+        cfg.datasets[0], cfg.split, root / "data" / "splits", progress=False, replicates=cfg.grid.max_replicates
+    )
     return overrides
 
 
@@ -84,8 +92,12 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # the longest tests, longest first (`make test --durations`: the whole pipeline ~650 s of a 14-min run,
 # the scale-out ~150 s, the search's kill ~60 s): the pipeline is the critical path, so it must start at
 # once, not when an earlier slow test frees a process (it started minutes late and ended the run)
-LONGEST = ("test_pipeline.py::test_whole_pipeline", "test_scaleout.py::", "test_search.py::test_killed_study",
-           "test_sensitivity.py::test_the_stage_end_to_end")
+LONGEST = (
+    "test_pipeline.py::test_whole_pipeline",
+    "test_scaleout.py::",
+    "test_search.py::test_killed_study",
+    "test_sensitivity.py::test_the_stage_end_to_end",
+)
 
 
 def _rank(item) -> tuple[int, int]:

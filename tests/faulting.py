@@ -7,6 +7,7 @@ stops the stage there).
     log = stop_and_resume(repo)                  # the PLAN on a fresh project; [(point, how, seconds)]
     assert_same_outputs(repo, reference)         # against an uninterrupted run's
 """
+
 from __future__ import annotations
 
 import json
@@ -54,10 +55,16 @@ def _start(repo: Path, stage: str, **env: str) -> subprocess.Popen:
     # PYTHONFAULTHANDLER: a process that does not end is made to print where it is (SIGABRT) before it is
     # killed. SIGINT back to its default, as a terminal has it: a pytest-xdist worker ignores it, and a
     # process started with SIGINT ignored (nohup, a background job) rightly keeps ignoring Ctrl-C
-    return subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro", "--single-item", stage], cwd=repo,
-                            env=_env(PYTHONFAULTHANDLER="1", **env), start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "dvc"), "repro", "--single-item", stage],
+        cwd=repo,
+        env=_env(PYTHONFAULTHANDLER="1", **env),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def _signal(proc: subprocess.Popen, how: str, what: str) -> str:
@@ -73,8 +80,9 @@ def _signal(proc: subprocess.Popen, how: str, what: str) -> str:
         try:
             return proc.communicate(timeout=120)[0]
         except subprocess.TimeoutExpired:
-            tree = subprocess.run(["ps", "-o", "pid,ppid,stat,etime,cmd", "-g", str(proc.pid)], capture_output=True,
-                                  text=True).stdout
+            tree = subprocess.run(
+                ["ps", "-o", "pid,ppid,stat,etime,cmd", "-g", str(proc.pid)], capture_output=True, text=True
+            ).stdout
             os.killpg(proc.pid, signal.SIGABRT)
             out, _ = proc.communicate(timeout=60)
             raise AssertionError(f"{what} ({how}): still running 120 s later\n{tree}\n{out[-20000:]}") from None
@@ -111,8 +119,12 @@ def _stop_at(repo: Path, stage: str, point: str, how: str) -> str:
 
 def _whole(repo: Path) -> None:
     """Every output that exists is whole: JSON parses, CSV reads, a PNG ends with its IEND chunk."""
-    for path in [*repo.glob("results/**/*"), *repo.glob("report/**/*"), *repo.glob("models/*"),
-                 *repo.glob("data/splits/**/*")]:
+    for path in [
+        *repo.glob("results/**/*"),
+        *repo.glob("report/**/*"),
+        *repo.glob("models/*"),
+        *repo.glob("data/splits/**/*"),
+    ]:
         if path.name.startswith(".") or not path.is_file():
             continue
         if path.suffix == ".json":
@@ -127,7 +139,9 @@ def _settled(repo: Path) -> None:
     """No MLflow run and no Optuna trial RUNNING, no temporary file left, one registered version
     per exported model file, one FINISHED run per grid cell (the store: MLFLOW_TRACKING_URI, or
     the repo's mlflow.db)."""
-    client = mlflow.MlflowClient(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo / 'mlflow.db'}")
+    client = mlflow.MlflowClient(
+        tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo / 'mlflow.db'}"
+    )
     exps = [e.experiment_id for e in client.search_experiments()]
     running = client.search_runs(exps, "attributes.status = 'RUNNING'") if exps else []
     assert not running, [(r.info.run_name, r.data.tags.get("stage")) for r in running]
@@ -147,8 +161,14 @@ def _settled(repo: Path) -> None:
     assert len(digests) == len(set(digests)), digests
     grid = client.get_experiment_by_name("finalbn/grid")
     if grid is not None:  # one FINISHED run per cell, however often a cell was killed
-        keys = [r.data.tags["cell_key"] for r in client.search_runs([grid.experiment_id], max_results=5000,
-                filter_string="attributes.status = 'FINISHED' and tags.`finalbn.cell` = 'true'")]
+        keys = [
+            r.data.tags["cell_key"]
+            for r in client.search_runs(
+                [grid.experiment_id],
+                max_results=5000,
+                filter_string="attributes.status = 'FINISHED' and tags.`finalbn.cell` = 'true'",
+            )
+        ]
         assert len(keys) == len(set(keys)), keys
 
 
@@ -183,7 +203,9 @@ def _grid(repo: Path) -> pd.DataFrame:
 
 def _search(repo: Path) -> dict:
     search = json.loads((repo / "results" / "search.json").read_text())
-    return _strip({"best": search["best"], "comparison": search["comparison"], "complete": search["states"]["complete"]})
+    return _strip(
+        {"best": search["best"], "comparison": search["comparison"], "complete": search["states"]["complete"]}
+    )
 
 
 def _json(repo: Path, path: str) -> dict:
@@ -197,8 +219,9 @@ OUTPUTS_COMPARED = {
     "ceiling": lambda r: _strip(_json(r, "results/ceiling/synthetic-apple.json")),
     "grid": _grid,
     "search": _search,
-    "report": lambda r: _strip({"metrics": _json(r, "report/summary.json")["metrics"],
-                                "headline": _json(r, "report/headline.json")}),
+    "report": lambda r: _strip(
+        {"metrics": _json(r, "report/summary.json")["metrics"], "headline": _json(r, "report/headline.json")}
+    ),
     "model": lambda r: _strip(_unpinned(_json(r, "models/model.json"))),
     "parity": lambda r: _rounded(_strip(_json(r, "models/parity.json"))),
     "metrics": lambda r: _json(r, "models/metrics.json"),
@@ -247,10 +270,16 @@ def assert_same_outputs(repo: Path, reference: Path, only: tuple[str, ...] | Non
 SEED, DRAWS = "FINALBN_KILL_SEED", "FINALBN_KILL_DRAWS"
 # each stage and what it writes last, in pipeline order: a stage's span in an uninterrupted `dvc repro` is
 # the time from the end of the one before (its outputs' last change) to its own end
-OUTPUTS = [("synthesize", "data/raw"), ("prepare@synthetic-apple", "data/splits"),
-           ("ceiling@synthetic-apple", "results/ceiling"), ("grid", "results/grid.*"),
-           ("search", "results/search.json"), ("sensitivity", "results/sensitivity"), ("report", "report"),
-           ("export", "models")]
+OUTPUTS = [
+    ("synthesize", "data/raw"),
+    ("prepare@synthetic-apple", "data/splits"),
+    ("ceiling@synthetic-apple", "results/ceiling"),
+    ("grid", "results/grid.*"),
+    ("search", "results/search.json"),
+    ("sensitivity", "results/sensitivity"),
+    ("report", "report"),
+    ("export", "models"),
+]
 
 
 def _last_change(repo: Path, pattern: str) -> float:
@@ -287,8 +316,15 @@ def _kill_after(repo: Path, stage: str, at: float, how: str, what: str) -> tuple
 
 
 # what each stage writes, among OUTPUTS_COMPARED (the sensitivity's table is empty in the tiny pipeline)
-OF_STAGE = {"prepare@synthetic-apple": ("manifests",), "ceiling@synthetic-apple": ("ceiling",), "grid": ("grid",),
-            "search": ("search",), "sensitivity": (), "report": ("report",), "export": ("model", "parity", "metrics")}
+OF_STAGE = {
+    "prepare@synthetic-apple": ("manifests",),
+    "ceiling@synthetic-apple": ("ceiling",),
+    "grid": ("grid",),
+    "search": ("search",),
+    "sensitivity": (),
+    "report": ("report",),
+    "export": ("model", "parity", "metrics"),
+}
 
 
 def _restore(snapshot: Path, repo: Path) -> None:
@@ -297,8 +333,15 @@ def _restore(snapshot: Path, repo: Path) -> None:
     shutil.copytree(snapshot, repo, symlinks=True)
 
 
-def random_kills(repo: Path, reference: Path, spans_s: dict[str, float], draws: int, seed: int, repro,
-                 stages: tuple[str, ...] | None = None) -> list[str]:
+def random_kills(
+    repo: Path,
+    reference: Path,
+    spans_s: dict[str, float],
+    draws: int,
+    seed: int,
+    repro,
+    stages: tuple[str, ...] | None = None,
+) -> list[str]:
     """The pipeline on `repo` stage by stage (the `store` stage's check once, first, as in
     `stop_and_resume`): every stage after `synthesize`, or only `stages` (in pipeline order; those
     before them already done, as a copy that kept its splits has them). Each stage of `spans_s` is

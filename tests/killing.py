@@ -25,6 +25,7 @@ mixed file from a whole one by a checksum over its content:
 - bundle/: `io.temporary_dir` + `io.replace_dir` (as prepare writes a data set's splits), three
   parts and a manifest.json naming the round and each part's sha256.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,7 +46,7 @@ from finalbn.infra import io
 DEFAULT_SEED, DEFAULT_DRAWS = 1234, 24
 SIGINT_SHARE = 0.25  # the share of draws that send SIGINT to the process group instead of SIGKILL
 _HEX = random.Random(0).randbytes(45 * 20000).hex()
-ROWS = [_HEX[i:i + 90] for i in range(0, len(_HEX), 90)]  # 20,000 rows of 90 characters
+ROWS = [_HEX[i : i + 90] for i in range(0, len(_HEX), 90)]  # 20,000 rows of 90 characters
 CHUNK, CHUNKS = 1 << 16, 32
 PARTS = ("part-0.bin", "part-1.bin", "part-2.bin")
 TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}(\.aside)?\.tmp$")  # io.temporary_name's
@@ -137,8 +138,12 @@ def _check_bundle(folder: Path) -> str | None:
 def _wrote(root: Path) -> bool:
     """Whether a target holds a writer's round (the harness writes round 0)."""
     rounds = []
-    for name, head in (("data.json", rb'\{\s*"n": (\d+)'), ("stream.bin", rb"(\d+)\n"),
-                       ("table.csv", rb"n,i,value\n(\d+),"), ("bundle/manifest.json", rb'\{\s*"n": (\d+)')):
+    for name, head in (
+        ("data.json", rb'\{\s*"n": (\d+)'),
+        ("stream.bin", rb"(\d+)\n"),
+        ("table.csv", rb"n,i,value\n(\d+),"),
+        ("bundle/manifest.json", rb'\{\s*"n": (\d+)'),
+    ):
         with contextlib.suppress(OSError), open(root / name, "rb") as fh:
             if m := re.match(head, fh.read(100)):
                 rounds.append(int(m[1]))
@@ -160,8 +165,12 @@ def _between_renames(root: Path, pid: int) -> bool:
 def check(root: Path, killed: int, sig: int) -> list[str]:
     """What is wrong with the targets after the writer `killed` got `sig`; [] when all are whole."""
     problems = []
-    for name, checker in (("data.json", _check_json), ("stream.bin", _check_stream), ("table.csv", _check_csv),
-                          ("bundle", _check_bundle)):
+    for name, checker in (
+        ("data.json", _check_json),
+        ("stream.bin", _check_stream),
+        ("table.csv", _check_csv),
+        ("bundle", _check_bundle),
+    ):
         if not (root / name).exists():
             if name == "bundle" and sig == signal.SIGKILL and _between_renames(root, killed):
                 continue
@@ -179,12 +188,19 @@ def wait_line(proc: subprocess.Popen, timeout: float) -> str:
 
 def _writer(root: Path) -> subprocess.Popen:
     """A writer process of `root`'s targets, started (its imports done) and waiting for "go"."""
-    return subprocess.Popen([sys.executable, __file__, "write", str(root)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, __file__, "write", str(root)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
-def draw(root: Path, seed: int, k: int, round_s: float, proc: subprocess.Popen,
-         meanwhile=lambda: None) -> tuple[list[str], int, bool]:
+def draw(
+    root: Path, seed: int, k: int, round_s: float, proc: subprocess.Popen, meanwhile=lambda: None
+) -> tuple[list[str], int, bool]:
     """Draw `k` of `seed`: the writer `proc` told to go and killed at the drawn instant, then
     `meanwhile()` (the next draw's writer starts), then the checks. Returns the problems found, how
     many temporaries the dead writer left (swept by the next write) and whether it had replaced a
@@ -235,12 +251,14 @@ def run(root: Path, seed: int, draws: int, stop_at_first: bool = True) -> tuple[
     writers = [_writer(root)]  # the next draw's starts while a draw's files are checked
     try:
         for k in range(draws):
-            problems, left, wrote = draw(root, seed, k, stats["round_s"], writers[-1],
-                                         lambda: writers.append(_writer(root)))
+            problems, left, wrote = draw(
+                root, seed, k, stats["round_s"], writers[-1], lambda: writers.append(_writer(root))
+            )
             stats["draws"] = k + 1
             stats["mid_write"], stats["wrote"] = stats["mid_write"] + (left > 0), stats["wrote"] + wrote
-            failures += [f"draw {k} of seed {seed} (FINALBN_KILL_SEED={seed} FINALBN_KILL_DRAWS={k + 1}): {p}"
-                         for p in problems]
+            failures += [
+                f"draw {k} of seed {seed} (FINALBN_KILL_SEED={seed} FINALBN_KILL_DRAWS={k + 1}): {p}" for p in problems
+            ]
             if failures and stop_at_first:
                 break
     finally:

@@ -13,6 +13,7 @@ server the deploy examples run, started here in a throwaway folder with trust au
 `postgres` user the package creates. `postgres_bin()` is None where it is not installed, and the
 tests that need it are skipped with that reason.
 """
+
 from __future__ import annotations
 
 import glob
@@ -67,11 +68,31 @@ class Postgres:
             self.root.chmod(0o755)
             shutil.chown(self.root, "postgres", "postgres")
         if not self.data.exists():
-            self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", self.user, "--auth=trust", "-E", "UTF8",
-                      "--no-sync")
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
-                  "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                        "-c max_connections=200 -c log_line_prefix='%m [%p] %q%d '", "start")  # %d: the database
+            self._run(
+                str(self.bin / "initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                self.user,
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            )
+        self._run(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c max_connections=200 -c log_line_prefix='%m [%p] %q%d '",
+            "start",
+        )  # %d: the database
         return self
 
     def stop(self) -> None:
@@ -80,16 +101,19 @@ class Postgres:
     def problems(self) -> list[str]:
         """The lines of the server's log that say something went wrong: ERROR (a unique violation, a
         deadlock, a failed statement), FATAL, PANIC, WARNING, each with the statement it names."""
-        return [line for line in self.log.read_text(errors="replace").splitlines()
-                if re.search(r"\b(ERROR|FATAL|PANIC|WARNING):|deadlock", line)
-                and not any(re.search(pattern, line) for pattern in self.ALLOWED)]
+        return [
+            line
+            for line in self.log.read_text(errors="replace").splitlines()
+            if re.search(r"\b(ERROR|FATAL|PANIC|WARNING):|deadlock", line)
+            and not any(re.search(pattern, line) for pattern in self.ALLOWED)
+        ]
 
     ALLOWED = (
         # Optuna's create_study(load_if_exists=True) inserts the study first and loads it when the
         # insert breaks the name's unique index (RDBStorage.create_new_study: IntegrityError ->
         # DuplicatedStudyError -> load): once for every process that opens an existing study (the
         # search's workers, a retried one, the comparison), in an Optuna database only
-        r'^\S+ \S+ \S+ \[\d+\] optuna\w* ERROR:  duplicate key value violates unique constraint '
+        r"^\S+ \S+ \S+ \[\d+\] optuna\w* ERROR:  duplicate key value violates unique constraint "
         r'"ix_studies_study_name"$',
     )
 
@@ -126,11 +150,26 @@ class MlflowServer:
     def start(self, timeout_s: float = 120) -> MlflowServer:
         mlflow = Path(sys.executable).with_name("mlflow")
         self.proc = subprocess.Popen(
-            [str(mlflow), "server", "--backend-store-uri", self.backend, "--artifacts-destination", str(self.artifacts),
-             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-            stdout=open(self.log, "a"), stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                str(mlflow),
+                "server",
+                "--backend-store-uri",
+                self.backend,
+                "--artifacts-destination",
+                str(self.artifacts),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            stdout=open(self.log, "a"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
             # no job runner: seven huey processes of MLflow's GenAI jobs, each importing MLflow (~250 MB)
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -156,8 +195,10 @@ class MlflowServer:
                 out.append(line)
         return out
 
-    WRONG = (r"Traceback|\b(ERROR|CRITICAL|WARNING|FATAL)\b|Exception|Error\b|[Ww]arning\b|psycopg|sqlalchemy"
-             r"|duplicate key|deadlock|violat")
+    WRONG = (
+        r"Traceback|\b(ERROR|CRITICAL|WARNING|FATAL)\b|Exception|Error\b|[Ww]arning\b|psycopg|sqlalchemy"
+        r"|duplicate key|deadlock|violat"
+    )
     ALLOWED = (
         # a lookup of an experiment by name before it exists is answered 404 (RESOURCE_DOES_NOT_EXIST):
         # each stage looks its experiment up before creating it, and the store's old single experiment

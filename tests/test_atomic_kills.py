@@ -6,6 +6,7 @@ second). The step it stops at is made visible without touching the product: the 
 own `os.replace` / `os.rename` (or writes its temporary itself) to print "ready" and sleep there,
 and the test sends the signal then.
 """
+
 from __future__ import annotations
 
 import json
@@ -74,8 +75,13 @@ OLD_DIR, NEW_DIR = {"a.txt": "old a", "b.txt": "old b"}, {"a.txt": "new a", "b.t
 
 def _stopped_at(step: str, target: Path) -> subprocess.Popen:
     """A writer of `target` waiting at `step` (its own process group: a Ctrl-C reaches it alone)."""
-    proc = subprocess.Popen([sys.executable, "-c", PROLOGUE + STEPS[step], str(target)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PROLOGUE + STEPS[step], str(target)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     line = wait_line(proc, 60)
     if line != "ready":
         proc.kill()
@@ -91,8 +97,16 @@ def _signal(proc: subprocess.Popen, sig: int) -> None:
 
 def _write_elsewhere(code: str, target: Path) -> None:
     """`code` run by another process (the next write of the target)."""
-    subprocess.run([sys.executable, "-c", f"from pathlib import Path; import sys\nfrom finalbn.infra import io\n"
-                    f"target = Path(sys.argv[1])\n{code}", str(target)], check=True, timeout=60)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from pathlib import Path; import sys\nfrom finalbn.infra import io\ntarget = Path(sys.argv[1])\n{code}",
+            str(target),
+        ],
+        check=True,
+        timeout=60,
+    )
 
 
 def _json(path: Path) -> object:
@@ -138,7 +152,8 @@ def test_a_kill_half_way_through_leaves_the_old_file_and_its_temporary_is_kept_w
 
 
 def test_a_kill_between_replace_dirs_renames_leaves_the_old_folder_aside_and_the_next_temporary_dir_moves_it_back(
-        tmp_path):
+    tmp_path,
+):
     """replace_dir killed between its renames: no folder at `dest`, the old one renamed aside and the new
     one beside it, both whole; the next temporary_dir(dest) moves the old one back (nothing already
     produced is lost) and removes the new one's remains."""

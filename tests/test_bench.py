@@ -1,4 +1,5 @@
 """`finalbn bench` runs, writes results/bench.json and refuses bad input with one line."""
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,27 @@ from finalbn.stages.grid.plan import all_cells
 def test_bench_writes_every_section(prepared, tmp_path, capsys):
     _, overrides = prepared
     out = tmp_path / "results" / "bench.json"
-    args = ["bench", "--params", str(ROOT / "params.yaml"), *[x for o in overrides for x in ("--set", o)],
-            "--device", "cpu", "--archs", "efficientnet_lite0", "--sizes", "32", "--seconds", "0.05",
-            "--grid-configs", "31", "63", "--batch", "8", "--out", str(out)]
+    args = [
+        "bench",
+        "--params",
+        str(ROOT / "params.yaml"),
+        *[x for o in overrides for x in ("--set", o)],
+        "--device",
+        "cpu",
+        "--archs",
+        "efficientnet_lite0",
+        "--sizes",
+        "32",
+        "--seconds",
+        "0.05",
+        "--grid-configs",
+        "31",
+        "63",
+        "--batch",
+        "8",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     result = json.loads(out.read_text())
     assert {r["dtype"] for r in result["throughput"]} == {"fp32", "bf16"}
@@ -36,14 +55,18 @@ def test_bench_writes_every_section(prepared, tmp_path, capsys):
     assert "lever: channels_last" in text and "grid (UF off" in text
 
 
-@pytest.mark.parametrize("bad, message", [(["--sizes", "8"], "--sizes must be >= 32"),
-                                          (["--archs", "no_such_net"], "unknown arch"),
-                                          (["--seconds", "0"], "--seconds must be > 0"),
-                                          (["--grid-configs", "31", "29"], "UF-off configs in 0..63 (got [29])"),
-                                          (["--grid-configs", "64"], "UF-off configs in 0..63 (got [64])"),
-                                          (["--batch", "1"], "--batch must be >= 2")]
-                         + ([] if torch.cuda.is_available() else
-                            [(["--cells", "--device", "cuda"], "--device cuda but no CUDA device")]))
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (["--sizes", "8"], "--sizes must be >= 32"),
+        (["--archs", "no_such_net"], "unknown arch"),
+        (["--seconds", "0"], "--seconds must be > 0"),
+        (["--grid-configs", "31", "29"], "UF-off configs in 0..63 (got [29])"),
+        (["--grid-configs", "64"], "UF-off configs in 0..63 (got [64])"),
+        (["--batch", "1"], "--batch must be >= 2"),
+    ]
+    + ([] if torch.cuda.is_available() else [(["--cells", "--device", "cuda"], "--device cuda but no CUDA device")]),
+)
 def test_bad_input_is_one_line_exit_2(bad, message, tmp_path, capsys):
     assert main(["bench", "--params", str(ROOT / "params.yaml"), "--out", str(tmp_path / "b.json"), *bad]) == 2
     err = capsys.readouterr().err.strip()
@@ -70,8 +93,21 @@ def test_rate_counts_images_per_second():
 def test_cells_mode_times_each_kind_and_projects_the_grid_and_the_paper(prepared, tmp_path, capsys):
     load, overrides = prepared
     out = tmp_path / "cells.json"
-    args = ["bench", "--cells", "--params", str(ROOT / "params.yaml"), *[x for o in overrides for x in ("--set", o)],
-            "--set", "model.arch=resnet18", "--set", "grid.archs=[resnet18]", "--device", "cpu", "--out", str(out)]
+    args = [
+        "bench",
+        "--cells",
+        "--params",
+        str(ROOT / "params.yaml"),
+        *[x for o in overrides for x in ("--set", o)],
+        "--set",
+        "model.arch=resnet18",
+        "--set",
+        "grid.archs=[resnet18]",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     row = json.loads(out.read_text())["cells"]["archs"]["resnet18"]
     assert set(row["seconds"]) == {*bench_cells.KINDS, "tracking_all_figures"}
@@ -82,8 +118,9 @@ def test_cells_mode_times_each_kind_and_projects_the_grid_and_the_paper(prepared
     assert row["grid"]["cell_seconds"] / cfg.grid.workers <= row["grid"]["wall_s"] <= row["grid"]["cell_seconds"]
     # every cell is priced at its kind plus tracking; drawing every cell's figures costs more
     s = row["seconds"]
-    assert row["grid"]["cell_seconds"] == pytest.approx(sum(n * (s[k] + s["tracking"])
-                                                            for k, n in row["grid"]["kinds"].items()))
+    assert row["grid"]["cell_seconds"] == pytest.approx(
+        sum(n * (s[k] + s["tracking"]) for k, n in row["grid"]["kinds"].items())
+    )
     assert row["paper"]["cells"] == 1920
     text = capsys.readouterr().out
     assert "the paper's study: 1920 cells" in text and "this params' grid" in text
@@ -93,8 +130,14 @@ def test_cell_kinds_of_the_paper_study():
     kinds = bench_cells.plan_kinds(bench_cells.paper_cells("resnet34"), share=True)
     groups = 10 * 3  # replicates x crops
     # 32 UF-on configurations, half with DA; 4 UF-off families (DA x MX) per group, the rest warm heads
-    assert kinds == {"uf_on": 16 * groups, "uf_on_da": 16 * groups, "first": groups, "first_mx": groups,
-                     "first_da": 2 * groups, "warm": 28 * groups}
+    assert kinds == {
+        "uf_on": 16 * groups,
+        "uf_on_da": 16 * groups,
+        "first": groups,
+        "first_mx": groups,
+        "first_da": 2 * groups,
+        "warm": 28 * groups,
+    }
     unshared = bench_cells.plan_kinds(bench_cells.paper_cells("resnet34"), share=False)
     assert "warm" not in unshared and unshared["first"] == 8 * groups and unshared["first_da"] == 16 * groups
     p = bench_cells.project(kinds, dict.fromkeys(bench_cells.KINDS, 1.0) | {"tracking": 0.5}, processes=2)
@@ -102,7 +145,20 @@ def test_cell_kinds_of_the_paper_study():
 
 
 def test_cells_mode_needs_the_splits(tmp_path, capsys):
-    assert main(["bench", "--cells", "--params", str(ROOT / "params.yaml"), "--splits", str(tmp_path / "none"),
-                 "--out", str(tmp_path / "b.json")]) == 2
+    assert (
+        main(
+            [
+                "bench",
+                "--cells",
+                "--params",
+                str(ROOT / "params.yaml"),
+                "--splits",
+                str(tmp_path / "none"),
+                "--out",
+                str(tmp_path / "b.json"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert "--cells trains real cells on replicate 0" in err and len(err.splitlines()) == 1

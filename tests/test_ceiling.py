@@ -1,4 +1,5 @@
 """The separability ceiling: a probe with a known answer, and the stage on tiny images."""
+
 from __future__ import annotations
 
 import json
@@ -33,16 +34,23 @@ def test_probe_needs_two_of_each_class():
 
 def test_ceiling_stage_on_tiny_images(prepared, capsys, monkeypatch):
     load, overrides = prepared
-    args = ["ceiling", "--params", str(ROOT / "params.yaml"), *[x for o in overrides for x in ("--set", o)],
-            "--set", "ceiling.folds=2"]
+    args = [
+        "ceiling",
+        "--params",
+        str(ROOT / "params.yaml"),
+        *[x for o in overrides for x in ("--set", o)],
+        "--set",
+        "ceiling.folds=2",
+    ]
     # 12 healthy + 8 diseased, the split takes 8 + 5: too few spares, so the test split (2 + 2) is used
     assert main(args + ["--out", "results/ceiling/a.json"]) == 0
     out = capsys.readouterr().out
     assert "Separability ceiling (synthetic-apple, efficientnet_lite0 at 32 px)" in out and "test images" in out
     (result,) = json.loads(Path("results/ceiling/a.json").read_text())["ceilings"]
     assert result["n"] == 4 and 0.0 <= result["auroc"] <= 1.0 and result["feature_dim"] == 2 * 1280
-    (run,) = mlflow.search_runs(experiment_names=["finalbn/ceiling"], output_format="list",
-                                filter_string="tags.`finalbn.ceiling` = 'true'")
+    (run,) = mlflow.search_runs(
+        experiment_names=["finalbn/ceiling"], output_format="list", filter_string="tags.`finalbn.ceiling` = 'true'"
+    )
     assert run.data.metrics["ceiling_auroc"] == pytest.approx(result["auroc"])
     # with spares allowed down to 3 per class, the images outside the split are used instead
     monkeypatch.setattr(ceiling, "MIN_PER_CLASS", 3)
@@ -53,9 +61,11 @@ def test_ceiling_stage_on_tiny_images(prepared, capsys, monkeypatch):
 
 
 def test_low_ceiling_is_said_plainly():
-    low = separability.ceiling_sentence({"dataset": "d", "arch": "a", "image_size": 32, "auroc": 0.65, "auroc_std": 0.05,
-                                    "images": "x"})
+    low = separability.ceiling_sentence(
+        {"dataset": "d", "arch": "a", "image_size": 32, "auroc": 0.65, "auroc_std": 0.05, "images": "x"}
+    )
     assert "barely see the cue" in low and "mostly noise" in low
-    high = separability.ceiling_sentence({"dataset": "d", "arch": "a", "image_size": 64, "auroc": 0.95,
-                                     "auroc_std": 0.01, "images": "x"})
+    high = separability.ceiling_sentence(
+        {"dataset": "d", "arch": "a", "image_size": 64, "auroc": 0.95, "auroc_std": 0.01, "images": "x"}
+    )
     assert "do see the cue" in high

@@ -1,4 +1,5 @@
 """Config strictness: unknown keys, wrong types, ranges, overrides, and the CLI's exit code 2."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,34 +40,46 @@ def test_params_yaml_loads_with_the_papers_split(load):
         cfg.split.seed = 3  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("override, expected", [
-    (["split.sed=1"], "unknown key 'split.sed' (allowed: seed, train, val, test, near_duplicates, disjoint_test)"),
-    (["nosuch.key=1"], "unknown key 'nosuch'"),
-    (["datasets.0.cropp=x"], "unknown key 'datasets.0.cropp' (allowed: name, source, root, image_size, crop,"),
-    (["datasets.5.crop=x"], "unknown key 'datasets.5'"),
-    (["datasets.nope.crop=x"], "unknown key 'datasets.nope': 'datasets' has 1 entries (0..0; or by name: synthetic-apple)"),
-    (["split.seed=abc"], "'split.seed': Input should be a valid integer"),
-    (["split.seed=true"], "'split.seed': Input should be a valid integer"),
-    (["split.seed=-1"], "'split.seed': Input should be greater than or equal to 0"),
-    (["synthetic.healthy=0"], "'synthetic.healthy': Input should be greater than or equal to 1"),
-    (["datasets.0.source=imagenet"], "'datasets.0.source': Input should be 'synthetic', 'plantvillage', 'folders' or 'csv'"),
-    (["datasets.0.image_size=8"], "'datasets.0.image_size'"),
-    (["split.train=[5, 0]"], "train needs at least one image of each class"),
-    (["split.train=[1, 2, 3]"], "'split.train'"),
-    (["datasets.0.name=bad/name"], "'datasets.0.name'"),
-    (["datasets.0.crop=null"], "source synthetic needs 'crop'"),
-    (["datasets.0.source=folders"], "source folders needs non-empty 'majority' and 'minority'"),
-    (["split.seed"], "is not key=value"),
-    (["grid.replicates=0"], "'grid.replicates': Input should be greater than or equal to 1"),
-    (["grid.headline.configs=[99]"], "99 is neither an id 0..63 nor a name"),
-    (["grid.seeds=[0, 1]"], "unknown key 'grid.seeds' (allowed: configs, replicates, headline, baselines, archs, workers, executor)"),
-    (["grid.baselines.methods=[smote]"], "grid.baselines.methods"),
-    (["grid.baselines.methods=[focal, focal]"], "lists a method twice"),
-    (["grid.baselines.config=99"], "grid.baselines.config: 99 is neither an id"),
-    (["synthetic.severity=20"], "'synthetic.severity'"),
-    (["train.body_lr_ratio=0"], "'train.body_lr_ratio'"),
-    (["ceiling.folds=1"], "'ceiling.folds'"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        (["split.sed=1"], "unknown key 'split.sed' (allowed: seed, train, val, test, near_duplicates, disjoint_test)"),
+        (["nosuch.key=1"], "unknown key 'nosuch'"),
+        (["datasets.0.cropp=x"], "unknown key 'datasets.0.cropp' (allowed: name, source, root, image_size, crop,"),
+        (["datasets.5.crop=x"], "unknown key 'datasets.5'"),
+        (
+            ["datasets.nope.crop=x"],
+            "unknown key 'datasets.nope': 'datasets' has 1 entries (0..0; or by name: synthetic-apple)",
+        ),
+        (["split.seed=abc"], "'split.seed': Input should be a valid integer"),
+        (["split.seed=true"], "'split.seed': Input should be a valid integer"),
+        (["split.seed=-1"], "'split.seed': Input should be greater than or equal to 0"),
+        (["synthetic.healthy=0"], "'synthetic.healthy': Input should be greater than or equal to 1"),
+        (
+            ["datasets.0.source=imagenet"],
+            "'datasets.0.source': Input should be 'synthetic', 'plantvillage', 'folders' or 'csv'",
+        ),
+        (["datasets.0.image_size=8"], "'datasets.0.image_size'"),
+        (["split.train=[5, 0]"], "train needs at least one image of each class"),
+        (["split.train=[1, 2, 3]"], "'split.train'"),
+        (["datasets.0.name=bad/name"], "'datasets.0.name'"),
+        (["datasets.0.crop=null"], "source synthetic needs 'crop'"),
+        (["datasets.0.source=folders"], "source folders needs non-empty 'majority' and 'minority'"),
+        (["split.seed"], "is not key=value"),
+        (["grid.replicates=0"], "'grid.replicates': Input should be greater than or equal to 1"),
+        (["grid.headline.configs=[99]"], "99 is neither an id 0..63 nor a name"),
+        (
+            ["grid.seeds=[0, 1]"],
+            "unknown key 'grid.seeds' (allowed: configs, replicates, headline, baselines, archs, workers, executor)",
+        ),
+        (["grid.baselines.methods=[smote]"], "grid.baselines.methods"),
+        (["grid.baselines.methods=[focal, focal]"], "lists a method twice"),
+        (["grid.baselines.config=99"], "grid.baselines.config: 99 is neither an id"),
+        (["synthetic.severity=20"], "'synthetic.severity'"),
+        (["train.body_lr_ratio=0"], "'train.body_lr_ratio'"),
+        (["ceiling.folds=1"], "'ceiling.folds'"),
+    ],
+)
 def test_bad_values_name_the_key(load, override, expected):
     with pytest.raises(ConfigError) as err:
         load(override)
@@ -75,8 +88,9 @@ def test_bad_values_name_the_key(load, override, expected):
 
 
 def test_overrides_change_values_and_lists(load):
-    cfg = load(["split.seed=7", "datasets.0.crop=Pepper", "split.val=[3, 2]",
-                "datasets.0.name=x", "synthetic.crops=[A, B]"])
+    cfg = load(
+        ["split.seed=7", "datasets.0.crop=Pepper", "split.val=[3, 2]", "datasets.0.name=x", "synthetic.crops=[A, B]"]
+    )
     assert cfg.split.seed == 7 and cfg.split.val == (3, 2)
     assert cfg.datasets[0].crop == "Pepper" and cfg.datasets[0].name == "x"
     assert cfg.synthetic.crops == ("A", "B")
@@ -112,11 +126,17 @@ def test_datasets_keyed_by_name_load_as_a_list_and_index_as_one(tmp_path):
     cfg = load_config([PARAMS], ["datasets.0.crop=Grape"])
     assert [d.name for d in cfg.datasets] == ["synthetic-apple"] and cfg.datasets[0].crop == "Grape"
     listed = tmp_path / "listed.yaml"
-    listed.write_text("datasets:\n  - name: mine\n    source: synthetic\n    root: r\n    crop: Apple\n    image_size: 32\n")
+    listed.write_text(
+        "datasets:\n  - name: mine\n    source: synthetic\n    root: r\n    crop: Apple\n    image_size: 32\n"
+    )
     assert [d.name for d in load_config([PARAMS, listed]).datasets] == ["mine"]
-    for text, message in (("datasets:\n  a:\n    name: b\n    source: synthetic\n    root: r\n    image_size: 32\n",
-                           "datasets.a has name 'b'"),
-                          ("datasets:\n  a: 3\n", "datasets.a must be a mapping")):
+    for text, message in (
+        (
+            "datasets:\n  a:\n    name: b\n    source: synthetic\n    root: r\n    image_size: 32\n",
+            "datasets.a has name 'b'",
+        ),
+        ("datasets:\n  a: 3\n", "datasets.a must be a mapping"),
+    ):
         bad = tmp_path / "bad.yaml"
         bad.write_text(text)
         with pytest.raises(ConfigError, match=message):
@@ -148,13 +168,16 @@ def test_mlflow_style_overrides():
     assert split_overrides(["--split.seed", "3", "--a.b=4"]) == ["split.seed=3", "a.b=4"]
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["prepare", "--set", "split.sed=1"], "unknown key 'split.sed'"),
-    (["prepare", "--split.seed", "x"], "'split.seed'"),
-    (["prepare", "--split.seed"], "has no value"),
-    (["prepare", "stray"], "unexpected argument 'stray'"),
-    (["prepare", "--dataset", "nope"], "no dataset named 'nope'"),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["prepare", "--set", "split.sed=1"], "unknown key 'split.sed'"),
+        (["prepare", "--split.seed", "x"], "'split.seed'"),
+        (["prepare", "--split.seed"], "has no value"),
+        (["prepare", "stray"], "unexpected argument 'stray'"),
+        (["prepare", "--dataset", "nope"], "no dataset named 'nope'"),
+    ],
+)
 def test_cli_exits_2_with_one_line(argv, expected, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     assert main(argv + ["--params", str(PARAMS)]) == 2
@@ -185,8 +208,10 @@ def test_config_ids_and_names_are_the_papers():
         parse_configs(["BN+XX"])
 
 
-@pytest.mark.parametrize("bn, variant, expected", [(True, "bn", "bn"), (True, "selu", "selu"),
-                                                   (False, "bn", "none"), (False, "selu", "none")])
+@pytest.mark.parametrize(
+    "bn, variant, expected",
+    [(True, "bn", "bn"), (True, "selu", "selu"), (False, "bn", "none"), (False, "selu", "none")],
+)
 def test_final_layer_is_the_variant_when_the_bn_switch_is_on(load, bn, variant, expected):
     cfg = load([f"ablation.bn={str(bn).lower()}", f"model.final_variant={variant}"])
     assert final_layer(cfg.model, cfg.ablation) == expected and expected in FINAL_LAYERS
@@ -207,8 +232,13 @@ def test_not_result_params_are_train_keys_and_leave_the_seed_to_the_cell_key(loa
 
 
 def test_allowed_values_come_from_the_study_vocabulary(load):
-    cfg = load([f"search.space.switches=[{', '.join(TOGGLES)}]", f"search.space.final=[{', '.join(FINAL_LAYERS)}]",
-                f"grid.baselines.methods=[{', '.join(BASELINE_METHODS)}]"])
+    cfg = load(
+        [
+            f"search.space.switches=[{', '.join(TOGGLES)}]",
+            f"search.space.final=[{', '.join(FINAL_LAYERS)}]",
+            f"grid.baselines.methods=[{', '.join(BASELINE_METHODS)}]",
+        ]
+    )
     assert cfg.search.space.switches == TOGGLES and cfg.search.space.final == FINAL_LAYERS
     assert cfg.grid.baselines.methods == tuple(BASELINE_METHODS)
 
@@ -225,14 +255,34 @@ def test_configure_sets_a_cells_arch_switches_and_baseline(load):
 
 # ---------------------------------------------------------------- text keys stay as written
 
-HOSTILE = ["/data/my images", "/d/a,b", "/d/(1) copy", "/d/run #3", "/d/a: b", "/d/it's", '/d/"q"', "no", "yes",
-           "off", "0", "007", "1e3", "null-ish", "[x]", "a=b", " lead"]
+HOSTILE = [
+    "/data/my images",
+    "/d/a,b",
+    "/d/(1) copy",
+    "/d/run #3",
+    "/d/a: b",
+    "/d/it's",
+    '/d/"q"',
+    "no",
+    "yes",
+    "off",
+    "0",
+    "007",
+    "1e3",
+    "null-ish",
+    "[x]",
+    "a=b",
+    " lead",
+]
 
 
 @pytest.mark.parametrize("value", HOSTILE)
 def test_any_text_key_round_trips_through_set_and_key_value(value):
-    for overrides in ([f"datasets.0.root={value}"], split_overrides(["--datasets.0.root", value]),
-                      split_overrides([f"--datasets.0.root={value}"])):
+    for overrides in (
+        [f"datasets.0.root={value}"],
+        split_overrides(["--datasets.0.root", value]),
+        split_overrides([f"--datasets.0.root={value}"]),
+    ):
         cfg = load_config([PARAMS], overrides)
         assert cfg.datasets[0].root == value, overrides
 
@@ -240,12 +290,21 @@ def test_any_text_key_round_trips_through_set_and_key_value(value):
 def test_folder_lists_and_crops_are_text_wherever_they_come_from(tmp_path):
     """YAML 1.1 reads no/yes/on/off as booleans and 0/1 as numbers; a folder name is text."""
     params = tmp_path / "p.yaml"
-    params.write_text("datasets:\n  - name: mri\n    source: folders\n    root: /data/brain\n    image_size: 64\n"
-                      "    majority: [no, 0, off]\n    minority: [yes]\n")
+    params.write_text(
+        "datasets:\n  - name: mri\n    source: folders\n    root: /data/brain\n    image_size: 64\n"
+        "    majority: [no, 0, off]\n    minority: [yes]\n"
+    )
     cfg = load_config([PARAMS, params])
     assert cfg.datasets[0].majority == ("no", "0", "off") and cfg.datasets[0].minority == ("yes",)
-    cfg = load_config([PARAMS], ["datasets.0.crop=null", "datasets.0.source=folders",
-                                 "datasets.0.majority=[no, 0]", "datasets.0.minority=[yes, on]"])
+    cfg = load_config(
+        [PARAMS],
+        [
+            "datasets.0.crop=null",
+            "datasets.0.source=folders",
+            "datasets.0.majority=[no, 0]",
+            "datasets.0.minority=[yes, on]",
+        ],
+    )
     assert cfg.datasets[0].majority == ("no", "0") and cfg.datasets[0].minority == ("yes", "on")
     assert load_config([PARAMS], ["datasets.0.crop=1"]).datasets[0].crop == "1"
     assert load_config([PARAMS], ["synthetic.crops=[on, Apple]"]).synthetic.crops == ("on", "Apple")

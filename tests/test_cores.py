@@ -1,6 +1,7 @@
 """Stage cores on a tracker handed in: the grid and the sensitivity stage run whole in-process on the
 in-memory tracker (no MLflow store is made), the MLflow adapter and the memory tracker offer the
 same methods, and a config derived in-process equals the one loaded with the same overrides."""
+
 from __future__ import annotations
 
 import inspect
@@ -16,13 +17,21 @@ from finalbn.stages.tracker import MemoryTracker, Tracker
 from finalbn.tracking.adapter import MlflowTracker
 
 SPLITS = Path("data/splits")
-SMALL = ["grid.configs=[31,63]", "grid.replicates=2", "grid.headline.configs=[]", "grid.baselines.methods=[]",
-         "train.epochs=1"]
+SMALL = [
+    "grid.configs=[31,63]",
+    "grid.replicates=2",
+    "grid.headline.configs=[]",
+    "grid.baselines.methods=[]",
+    "train.epochs=1",
+]
 
 
 def _methods(cls) -> dict[str, list[str]]:
-    return {n: list(inspect.signature(f).parameters) for n, f in inspect.getmembers(cls, inspect.isfunction)
-            if not n.startswith("_")}
+    return {
+        n: list(inspect.signature(f).parameters)
+        for n, f in inspect.getmembers(cls, inspect.isfunction)
+        if not n.startswith("_")
+    }
 
 
 def test_both_trackers_offer_the_protocol_with_its_signatures():
@@ -38,7 +47,8 @@ def test_with_overrides_is_load_config_in_process(load):
     cfg = load()
     assert with_overrides(cfg, []) == cfg
     assert with_overrides(cfg, ["train.batch_size=16", "split.train=[1000,53]", "datasets.0.crop=0"]) == load(
-        ["train.batch_size=16", "split.train=[1000,53]", "datasets.0.crop=0"])
+        ["train.batch_size=16", "split.train=[1000,53]", "datasets.0.crop=0"]
+    )
     with pytest.raises(ConfigError, match="unknown key 'train.bogus'|train.bogus"):
         with_overrides(cfg, ["train.bogus=1"])
     with pytest.raises(ConfigError, match="not key=value"):
@@ -74,21 +84,35 @@ def test_the_grid_core_runs_whole_on_the_memory_tracker_with_no_store(prepared, 
     assert rep.status == "FINISHED" and "report.md" in rep.files and rep.tags["verdict_0"] == summary["verdict"][0]
     # a fresh memory tracker knows none of them
     fresh = MemoryTracker()
-    grid.run(load([*SMALL[:-1], "grid.replicates=1", "train.epochs=1"]), grid.GridPaths(SPLITS, tmp_path / "r1"),
-             fresh, log=lines.append)
+    grid.run(
+        load([*SMALL[:-1], "grid.replicates=1", "train.epochs=1"]),
+        grid.GridPaths(SPLITS, tmp_path / "r1"),
+        fresh,
+        log=lines.append,
+    )
     assert len([r for r in fresh.runs.values() if r.tags.get("cell_key")]) == 2
 
 
 @pytest.mark.slow
 def test_the_sensitivity_core_calls_the_grid_core_in_process(prepared, tmp_path):
     load, _ = prepared
-    cfg = load(["grid.headline.replicates=2", "sensitivity.replicates=2", "sensitivity.imbalance=[]",
-                "sensitivity.batch_size=[2]", "sensitivity.final_bn_momentum=[]", "sensitivity.frozen_bn=[]",
-                "sensitivity.single_logit=false", "sensitivity.bias_shift=true", "sensitivity.workers=2",
-                "report.prevalences=[0.5]", "train.epochs=1"])
+    cfg = load(
+        [
+            "grid.headline.replicates=2",
+            "sensitivity.replicates=2",
+            "sensitivity.imbalance=[]",
+            "sensitivity.batch_size=[2]",
+            "sensitivity.final_bn_momentum=[]",
+            "sensitivity.frozen_bn=[]",
+            "sensitivity.single_logit=false",
+            "sensitivity.bias_shift=true",
+            "sensitivity.workers=2",
+            "report.prevalences=[0.5]",
+            "train.epochs=1",
+        ]
+    )
     tracker, lines = MemoryTracker(), []
-    summary = sensitivity.run(cfg, sensitivity.SensitivityPaths(SPLITS, tmp_path / "sens"), tracker,
-                              log=lines.append)
+    summary = sensitivity.run(cfg, sensitivity.SensitivityPaths(SPLITS, tmp_path / "sens"), tracker, log=lines.append)
     table = summary.table
     assert set(table["factor"]) == {"batch_size", "bias_shift"} and (table["n"] == 2).all()
     # two levels (batch 2 and params' own 4) x configs 31 and 63 x 2 replicates, one after another here
@@ -96,8 +120,10 @@ def test_the_sensitivity_core_calls_the_grid_core_in_process(prepared, tmp_path)
     assert len(cells) == 8 and {r.tags["stage"] for r in cells} == {"sensitivity"}
     assert {r.params["train.batch_size"] for r in cells} == {"2", "4"}
     assert not (tmp_path / "mlflow.db").exists()
-    assert (tmp_path / "sens" / "sensitivity.csv").is_file() and summary.results["factors"] == ["batch_size",
-                                                                                               "bias_shift"]
+    assert (tmp_path / "sens" / "sensitivity.csv").is_file() and summary.results["factors"] == [
+        "batch_size",
+        "bias_shift",
+    ]
 
 
 def test_the_ceiling_core_records_each_measurement_on_the_tracker(prepared, tmp_path):

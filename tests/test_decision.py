@@ -1,5 +1,6 @@
 """Decision rules at the user's prevalence (`finalbn_field.decision`) and choosing over replicates
 (`finalbn.stats.selection`): pure functions, checked against scikit-learn and by simulation."""
+
 from __future__ import annotations
 
 import math
@@ -68,8 +69,13 @@ def test_at_5_percent_a_model_without_prior_flags_at_most_the_fpr_promised_on_he
 def test_the_training_count_rule_applies_only_to_outputs_that_carry_the_prior():
     assert decision.prior_rule_applies("none", False, "ce")[0]
     assert decision.prior_threshold((1000, 10), 10 / 1010) == pytest.approx(0.5)
-    for final, wl, loss in (("bn", False, "ce"), ("selu", False, "ce"), ("none", True, "ce"),
-                            ("none", False, "logit_adjusted"), ("none", False, "class_balanced")):
+    for final, wl, loss in (
+        ("bn", False, "ce"),
+        ("selu", False, "ce"),
+        ("none", True, "ce"),
+        ("none", False, "logit_adjusted"),
+        ("none", False, "class_balanced"),
+    ):
         ok, why = decision.prior_rule_applies(final, wl, loss)
         assert not ok and "carry no training prior" in why
 
@@ -87,9 +93,16 @@ def _rows(values: dict[str, list[float]], losses: dict[str, list[float]] | None 
         for rep, v in enumerate(vals):
             if v is None:
                 continue
-            rows.append({"key": key, "replicate": rep, "val_auroc": v,
-                         "val_balanced_loss": (losses or {}).get(key, [0.5] * len(vals))[rep],
-                         "switches": (switches or {}).get(key, 1), "test_f1_1": 0.0 if key == "a" else 1.0})
+            rows.append(
+                {
+                    "key": key,
+                    "replicate": rep,
+                    "val_auroc": v,
+                    "val_balanced_loss": (losses or {}).get(key, [0.5] * len(vals))[rep],
+                    "switches": (switches or {}).get(key, 1),
+                    "test_f1_1": 0.0 if key == "a" else 1.0,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -106,8 +119,11 @@ def test_a_mean_over_k_replicates_beats_a_lucky_single_replicate():
 
 
 def test_ties_go_to_the_lower_balanced_loss_then_fewer_switches_never_to_f1():
-    rows = _rows({"a": [1.0, 1.0], "b": [1.0, 1.0], "c": [1.0, 1.0]},
-                 losses={"a": [0.4, 0.4], "b": [0.3, 0.3], "c": [0.3, 0.3]}, switches={"a": 1, "b": 3, "c": 2})
+    rows = _rows(
+        {"a": [1.0, 1.0], "b": [1.0, 1.0], "c": [1.0, 1.0]},
+        losses={"a": [0.4, 0.4], "b": [0.3, 0.3], "c": [0.3, 0.3]},
+        switches={"a": 1, "b": 3, "c": 2},
+    )
     assert selection.rank(rows, 2)["key"].tolist() == ["c", "b", "a"]
     wins = selection.resampled_wins(rows, 2, n=50)
     assert wins.to_dict() == {"c": 1.0, "b": 0.0, "a": 0.0}

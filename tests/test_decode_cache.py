@@ -1,4 +1,5 @@
 """Decode once: split tensors come from an on-disk cache keyed by manifest hash and size."""
+
 from __future__ import annotations
 
 from pathlib import Path

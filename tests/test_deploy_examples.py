@@ -1,4 +1,5 @@
 """The scale-out examples under deploy/cluster rely on the shard arithmetic: check both."""
+
 from __future__ import annotations
 
 import re
@@ -21,8 +22,9 @@ def _covers(cells, n: int) -> None:
     for p in parts:  # a parent (its replicates) and a UF-off family (a share group) never span two shards
         rest = [c for q in parts if q is not p for c in q]
         assert not {c.family for c in p if not c.family[2]} & {c.family for c in rest}
-        assert not {(c.family, c.config_id, c.baseline) for c in p} & \
-            {(c.family, c.config_id, c.baseline) for c in rest}
+        assert not {(c.family, c.config_id, c.baseline) for c in p} & {
+            (c.family, c.config_id, c.baseline) for c in rest
+        }
 
 
 def test_indexed_job_runs_every_shard_once(load):
@@ -30,7 +32,7 @@ def test_indexed_job_runs_every_shard_once(load):
     spec = job["spec"]
     assert job["kind"] == "Job" and spec["completionMode"] == "Indexed"
     args = " ".join(spec["template"]["spec"]["containers"][0]["args"])
-    n = int(re.search(r'\$\{JOB_COMPLETION_INDEX\}/(\d+)', args).group(1))
+    n = int(re.search(r"\$\{JOB_COMPLETION_INDEX\}/(\d+)", args).group(1))
     assert spec["completions"] == n and spec["parallelism"] <= n
     _covers(grid.all_cells(load()), n)
 
@@ -89,7 +91,9 @@ def test_rayjob_runs_the_grid_and_search_as_ray_tasks_on_the_jobs_image(load):
     job = yaml.safe_load((CLUSTER / "rayjob.yaml").read_text())
     spec = job["spec"]
     assert job["kind"] == "RayJob" and spec["shutdownAfterJobFinishes"] is True
-    image = yaml.safe_load((CLUSTER / "grid-job.yaml").read_text())["spec"]["template"]["spec"]["containers"][0]["image"]
+    image = yaml.safe_load((CLUSTER / "grid-job.yaml").read_text())["spec"]["template"]["spec"]["containers"][0][
+        "image"
+    ]
     cluster = spec["rayClusterSpec"]
     pods = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
     assert {c["image"] for p in pods for c in p["spec"]["containers"]} == {image}  # one image everywhere

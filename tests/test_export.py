@@ -1,4 +1,5 @@
 """`finalbn export`: the best final-BN run on validation, to ONNX, checked against torch, registered."""
+
 from __future__ import annotations
 
 import hashlib
@@ -27,8 +28,14 @@ from finalbn.tracking import RunRecord
 SPLITS = Path("data/splits")
 # resnet18: the export's graph is a third of efficientnet_lite0's (torch.export's decompositions
 # take seconds per export); every backbone's export is checked on its own below
-GRID = ["grid.configs=[31, 63]", "grid.replicates=2", "grid.headline.configs=[]", "grid.workers=1",
-        "grid.archs=[resnet18]", "selection.replicates=2"]
+GRID = [
+    "grid.configs=[31, 63]",
+    "grid.replicates=2",
+    "grid.headline.configs=[]",
+    "grid.workers=1",
+    "grid.archs=[resnet18]",
+    "selection.replicates=2",
+]
 
 
 def _args(overrides, *extra):
@@ -45,19 +52,37 @@ def gridded(prepared):
 
 def test_the_best_final_bn_configuration_is_chosen_over_replicates_on_validation_only():
     def R(rid, key, rep, bn, auroc, test, t, final="bn", loss=0.5):  # noqa: N802 - a run record, as the store gives it
-        return RunRecord(run_id=rid, name=rid, status="FINISHED", start_time=t, end_time=t,
-                         tags={"BN": "true" if bn else "false", "config_key": key, "replicate": str(rep),
-                               "config_id": "31", "config_name": key},
-                         params={"model.final_variant": final},
-                         metrics={"val_last_auroc": auroc, "val_last_balanced_loss": loss, "test_f1_1": test})
+        return RunRecord(
+            run_id=rid,
+            name=rid,
+            status="FINISHED",
+            start_time=t,
+            end_time=t,
+            tags={
+                "BN": "true" if bn else "false",
+                "config_key": key,
+                "replicate": str(rep),
+                "config_id": "31",
+                "config_name": key,
+            },
+            params={"model.final_variant": final},
+            metrics={"val_last_auroc": auroc, "val_last_balanced_loss": loss, "test_f1_1": test},
+        )
 
-    runs = [R("nobn0", "nobn", 0, False, 1.0, 0.99, 1), R("nobn1", "nobn", 1, False, 1.0, 0.99, 2),
-            R("selu0", "selu", 0, True, 1.0, 0.99, 3, final="selu"), R("selu1", "selu", 1, True, 1.0, 0.99, 4, final="selu"),
-            R("lucky0", "lucky", 0, True, 1.0, 0.99, 5),  # one replicate only: never a candidate
-            R("a0", "a", 0, True, 0.9, 0.99, 6), R("a1", "a", 1, True, 0.9, 0.99, 7),
-            R("b0", "b", 0, True, 0.95, 0.10, 8), R("b1", "b", 1, True, 0.95, 0.10, 9),
-            R("c0", "c", 0, True, 0.95, 0.20, 10, loss=0.6), R("c1", "c", 1, True, 0.95, 0.20, 11, loss=0.6),
-            R("b1-again", "b", 1, True, 0.95, 0.10, 12)]  # a later run of the same cell: the latest counts
+    runs = [
+        R("nobn0", "nobn", 0, False, 1.0, 0.99, 1),
+        R("nobn1", "nobn", 1, False, 1.0, 0.99, 2),
+        R("selu0", "selu", 0, True, 1.0, 0.99, 3, final="selu"),
+        R("selu1", "selu", 1, True, 1.0, 0.99, 4, final="selu"),
+        R("lucky0", "lucky", 0, True, 1.0, 0.99, 5),  # one replicate only: never a candidate
+        R("a0", "a", 0, True, 0.9, 0.99, 6),
+        R("a1", "a", 1, True, 0.9, 0.99, 7),
+        R("b0", "b", 0, True, 0.95, 0.10, 8),
+        R("b1", "b", 1, True, 0.95, 0.10, 9),
+        R("c0", "c", 0, True, 0.95, 0.20, 10, loss=0.6),
+        R("c1", "c", 1, True, 0.95, 0.20, 11, loss=0.6),
+        R("b1-again", "b", 1, True, 0.95, 0.10, 12),
+    ]  # a later run of the same cell: the latest counts
     c = export.choose(runs, k=2)
     assert (c.key, c.run.run_id, sorted(c.runs)) == ("b", "b0", [0, 1])  # tie on AUROC: the lower balanced loss
     assert c.runs[1].run_id == "b1-again" and "1 seen on fewer replicates" in c.how
@@ -77,11 +102,19 @@ def test_export_writes_a_checked_model_and_registers_it(gridded, tmp_path, capsy
     out = capsys.readouterr().out
     assert "kept no weights: training its cell again" in out and "parity at batch 32" in out
     models = tmp_path / "models"
-    assert sorted(p.name for p in models.iterdir()) == ["metrics.json", "model.json", "model.onnx", "parity.json"]  # no .data
+    assert sorted(p.name for p in models.iterdir()) == [
+        "metrics.json",
+        "model.json",
+        "model.onnx",
+        "parity.json",
+    ]  # no .data
     assert json.loads((models / "metrics.json").read_text())["parity_ok"] is True  # what `dvc metrics show` prints
     proto = onnx.load(str(models / "model.onnx"))
     onnx.checker.check_model(proto)
-    assert [i.name for i in proto.graph.input] == ["image"] and [o.name for o in proto.graph.output] == ["logits", "probs"]
+    assert [i.name for i in proto.graph.input] == ["image"] and [o.name for o in proto.graph.output] == [
+        "logits",
+        "probs",
+    ]
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     parity = json.loads((models / "parity.json").read_text())
     assert parity["passed"] and set(parity["batches"]) == {"1", "32"}
@@ -90,7 +123,13 @@ def test_export_writes_a_checked_model_and_registers_it(gridded, tmp_path, capsy
     assert card["classes"] == ["healthy", "diseased"] and card["configuration"]["BN"] is True
     assert card["input"]["shape"] == ["batch", 3, 32, 32] and card["preprocessing"]["size"] == 32
     dec, sel = card["decision"], card["selection"]
-    assert dec["default"] == "argmax" and [r["prevalence"] for r in dec["at_prevalence"]] == [0.5, 0.1, 0.05, 0.02, 0.01]
+    assert dec["default"] == "argmax" and [r["prevalence"] for r in dec["at_prevalence"]] == [
+        0.5,
+        0.1,
+        0.05,
+        0.02,
+        0.01,
+    ]
     assert sel["replicates"] == [0, 1] and sel["model_replicate"] == 0 and sel["config_id"] == 31
     assert sel["val_positives"] == 2 == dec["operating_curve"]["positives"]  # 1 per tiny validation split, pooled
     assert dec["operating_curve"]["negatives"] == 4 and dec["prior_correction"]["applies"] is False
@@ -99,7 +138,9 @@ def test_export_writes_a_checked_model_and_registers_it(gridded, tmp_path, capsy
     # replicates 0-1 chose it and set the cuts: nothing is held out, and the card says so in one sentence
     held = card["operating_points_held_out"]
     assert held["measured"] is False and held["pool"] == [0, 1] and "beyond 0-1" in held["why"]
-    assert "replicates 0-1 (the replicates that chose the configuration; the shipped model is replicate 0's" in dec["how"]
+    assert (
+        "replicates 0-1 (the replicates that chose the configuration; the shipped model is replicate 0's" in dec["how"]
+    )
     # the retrained cell reproduces the chosen run's validation metrics
     assert parity["retrained_vs_source_validation_abs_diff"]["auroc"] < 1e-6
     src = mlflow.get_run(card["source_run_id"])
@@ -130,8 +171,9 @@ def test_export_writes_a_checked_model_and_registers_it(gridded, tmp_path, capsy
     again = json.loads((models / "parity.json").read_text())
     # the same model (torch's CPU kernels may round the last bits differently from one process to the next)
     assert again["model_run_id"] == parity["model_run_id"] and again["passed"]
-    assert again["batches"]["1"]["max_abs_diff_probs"] == pytest.approx(parity["batches"]["1"]["max_abs_diff_probs"],
-                                                                        abs=1e-6)
+    assert again["batches"]["1"]["max_abs_diff_probs"] == pytest.approx(
+        parity["batches"]["1"]["max_abs_diff_probs"], abs=1e-6
+    )
     assert int(mlflow.MlflowClient().get_model_version_by_alias("finalbn", "champion").version) == int(mv.version) + 1
 
 
@@ -183,10 +225,26 @@ def test_the_champion_is_served_on_loopback(gridded, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mlflow_bin = str(Path(sys.executable).parent / "mlflow")
-    server = subprocess.Popen([mlflow_bin, "models", "serve", "-m", "models:/finalbn@champion", "--env-manager",
-                               "local", "-h", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True,  # the venv on PATH: uvicorn
-                              env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    server = subprocess.Popen(
+        [
+            mlflow_bin,
+            "models",
+            "serve",
+            "-m",
+            "models:/finalbn@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # the venv on PATH: uvicorn
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+    )
     try:
         deadline, ready = time.time() + 180, False
         while time.time() < deadline and server.poll() is None:
@@ -198,8 +256,9 @@ def test_the_champion_is_served_on_loopback(gridded, tmp_path):
                 break
         assert ready, server.stderr.read()[-3000:] if server.poll() is not None else "the server did not answer /ping"
         body = json.dumps({"inputs": {"image": np.zeros((2, 3, 32, 32), dtype=np.float32).tolist()}}).encode()  # named
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
+        )
         answer = json.loads(urllib.request.urlopen(req, timeout=60).read())
         probs = np.array(answer["predictions"]["probs"])
         assert probs.shape == (2, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)

@@ -1,4 +1,5 @@
 """Shared frozen-body features give the numbers of running the body in every cell."""
+
 from __future__ import annotations
 
 import math
@@ -41,14 +42,17 @@ def _same(shared, unshared) -> None:
 
 
 # head-side switches (BN, WL, WD) on the three kinds of body input: fixed, augmented, mixed
-@pytest.mark.parametrize("toggles", [
-    ["ablation.bn=true", "ablation.wl=false", "ablation.wd=false"],
-    ["ablation.bn=false", "ablation.wl=true", "ablation.wd=true", "ablation.da=true"],
-    ["ablation.bn=true", "ablation.wl=true", "ablation.mx=true", "ablation.da=true"],
-    # fastai's frozen BN in train mode (the paper profile): batch statistics, drifting running ones
-    ["model.frozen_bn=train", "ablation.bn=true", "ablation.wl=false"],
-    ["model.frozen_bn=train", "ablation.bn=false", "ablation.wl=true", "ablation.da=true"],
-])
+@pytest.mark.parametrize(
+    "toggles",
+    [
+        ["ablation.bn=true", "ablation.wl=false", "ablation.wd=false"],
+        ["ablation.bn=false", "ablation.wl=true", "ablation.wd=true", "ablation.da=true"],
+        ["ablation.bn=true", "ablation.wl=true", "ablation.mx=true", "ablation.da=true"],
+        # fastai's frozen BN in train mode (the paper profile): batch statistics, drifting running ones
+        ["model.frozen_bn=train", "ablation.bn=true", "ablation.wl=false"],
+        ["model.frozen_bn=train", "ablation.bn=false", "ablation.wl=true", "ablation.da=true"],
+    ],
+)
 def test_shared_equals_unshared(prepared, toggles):
     load, _ = prepared
     features.CACHE.clear()

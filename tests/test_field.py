@@ -1,4 +1,5 @@
 """finalbn-field (deploy/field): torch-free field inference on an exported model."""
+
 from __future__ import annotations
 
 import csv
@@ -52,11 +53,14 @@ def _odd_images(folder: Path) -> list[Path]:
     """Images in every mode training converts: RGB, grayscale, 16-bit, RGBA, palette, CMYK, EXIF-rotated."""
     folder.mkdir(parents=True, exist_ok=True)
     rgb = noise(40, 30, seed=1)
-    out = [save(rgb, folder / "rgb.jpg", quality=90), save(noise(23, 50, seed=2).convert("L"), folder / "gray.png"),
-           save(Image.fromarray((np.arange(48 * 40).reshape(40, 48) * 30 % 65536).astype(np.uint16)), folder / "deep.png"),
-           save(noise(33, 33, seed=3).convert("RGBA"), folder / "rgba.png"),
-           save(noise(64, 20, seed=4).convert("P"), folder / "palette.png"),
-           save(noise(35, 45, seed=5).convert("CMYK"), folder / "cmyk.jpg")]
+    out = [
+        save(rgb, folder / "rgb.jpg", quality=90),
+        save(noise(23, 50, seed=2).convert("L"), folder / "gray.png"),
+        save(Image.fromarray((np.arange(48 * 40).reshape(40, 48) * 30 % 65536).astype(np.uint16)), folder / "deep.png"),
+        save(noise(33, 33, seed=3).convert("RGBA"), folder / "rgba.png"),
+        save(noise(64, 20, seed=4).convert("P"), folder / "palette.png"),
+        save(noise(35, 45, seed=5).convert("CMYK"), folder / "cmyk.jpg"),
+    ]
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° on display
     out.append(save(noise(50, 20, seed=6), folder / "rotated.jpg", exif=exif.tobytes()))
@@ -92,9 +96,18 @@ def exported(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FINALBN_CACHE", str(root / "cache"))
         overrides = prepare_tiny(root, mp)
-        cfg = load_config([PARAMS], overrides + [
-            "grid.configs=[31, 63]", "grid.replicates=1", "grid.headline.configs=[]", "grid.workers=1",
-            "grid.archs=[resnet18]", "selection.replicates=1"])  # a small graph to export (test_export checks each backbone)
+        cfg = load_config(
+            [PARAMS],
+            overrides
+            + [
+                "grid.configs=[31, 63]",
+                "grid.replicates=1",
+                "grid.headline.configs=[]",
+                "grid.workers=1",
+                "grid.archs=[resnet18]",
+                "selection.replicates=1",
+            ],
+        )  # a small graph to export (test_export checks each backbone)
         grid.run_shard(cfg, SPLITS, log=lambda m: None)
         out = export.export(cfg, SPLITS, root / "models", log=lambda m: None, register=False)
     for k in [k for k in os.environ if k.startswith("MLFLOW_")]:  # mlflow.set_experiment exports its id
@@ -114,8 +127,9 @@ def test_field_predict_equals_the_torch_evaluation_and_keeps_going_past_bad_file
     manifest = _rows(root / SPLITS / cfg.datasets[0].name / str(card["replicate"]) / "manifest.csv")
     test = [r for r in manifest if r["split"] == "test"]
     preds = tmp_path / "preds.csv"
-    code = field_cli.main(["predict", "--model", str(models / "model.onnx"), *[r["path"] for r in test],
-                           "--out", str(preds)])
+    code = field_cli.main(
+        ["predict", "--model", str(models / "model.onnx"), *[r["path"] for r in test], "--out", str(preds)]
+    )
     assert code == 0
     rows = _rows(preds)
     assert [r["path"] for r in rows] == [r["path"] for r in test] and {r["status"] for r in rows} == {"ok"}
@@ -145,8 +159,19 @@ def test_field_predict_equals_the_torch_evaluation_and_keeps_going_past_bad_file
     (mixed / "notes.txt").write_text("not an image")
     (mixed / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage" * 10)
     png_header_only(mixed / "bomb.png", 20000, 20000)
-    code = field_cli.main(["predict", "--model", str(models / "model.onnx"), "--images", str(mixed),
-                           "--out", str(tmp_path / "mixed.csv"), "--prevalence", "0.05"])
+    code = field_cli.main(
+        [
+            "predict",
+            "--model",
+            str(models / "model.onnx"),
+            "--images",
+            str(mixed),
+            "--out",
+            str(tmp_path / "mixed.csv"),
+            "--prevalence",
+            "0.05",
+        ]
+    )
     assert code == 1
     rows = {Path(r["path"]).name: r for r in _rows(tmp_path / "mixed.csv")}
     assert len(rows) == 2 + 7 + 5
@@ -211,14 +236,23 @@ def test_installs_and_runs_in_a_clean_venv_without_torch(exported, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
-    pip = subprocess.run([str(py), "-m", "pip", "install", "--quiet", f"{FIELD}[cpu]"], capture_output=True,
-                         text=True, timeout=600, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    pip = subprocess.run(
+        [str(py), "-m", "pip", "install", "--quiet", f"{FIELD}[cpu]"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+    )
     assert pip.returncode == 0, pip.stderr[-3000:]
     no_torch = subprocess.run([str(py), "-c", "import torch"], capture_output=True, text=True)
     assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
     img = save(noise(40, 40), tmp_path / "leaf.png")
-    out = subprocess.run([str(venv / "bin" / "finalbn-field"), "predict", "--model", str(models / "model.onnx"),
-                          str(img)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [str(venv / "bin" / "finalbn-field"), "predict", "--model", str(models / "model.onnx"), str(img)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     rows = list(csv.DictReader(out.stdout.splitlines()))
     assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["label"] in ("0", "1")
@@ -230,12 +264,22 @@ def test_system_files_are_skipped_and_counted(exported, tmp_path, capsys):
     for p in (photos / "a.png", photos / "day 2" / "b.png"):
         p.parent.mkdir(parents=True, exist_ok=True)
         save(noise(), p)
-    for junk in (".thumbnails/a.png", "@eaDir/a.png/SYNOFILE_THUMB_M.jpg", "__MACOSX/day 2/._b.png", "Thumbs.db",
-                 "day 2/desktop.ini", ".DS_Store", "._a.png"):
+    for junk in (
+        ".thumbnails/a.png",
+        "@eaDir/a.png/SYNOFILE_THUMB_M.jpg",
+        "__MACOSX/day 2/._b.png",
+        "Thumbs.db",
+        "day 2/desktop.ini",
+        ".DS_Store",
+        "._a.png",
+    ):
         (photos / junk).parent.mkdir(parents=True, exist_ok=True)
         (photos / junk).write_bytes(b"\x00junk")
     out = tmp_path / "p.csv"
-    assert field_cli.main(["predict", "--model", str(models / "model.onnx"), "--images", str(photos), "--out", str(out)]) == 0
+    assert (
+        field_cli.main(["predict", "--model", str(models / "model.onnx"), "--images", str(photos), "--out", str(out)])
+        == 0
+    )
     assert sorted(Path(r["path"]).name for r in _rows(out)) == ["a.png", "b.png"]
     err = capsys.readouterr().err
     assert "2 images, 2 predicted" in err and "7 system files skipped" in err
@@ -252,7 +296,10 @@ def test_phone_formats_and_names_that_are_not_utf8_are_predicted(exported, tmp_p
     with open(os.fsencode(photos) + b"/caf\xe9 (1).png", "wb") as fh:
         noise(seed=9).save(fh, "PNG")
     out = tmp_path / "p.csv"
-    assert field_cli.main(["predict", "--model", str(models / "model.onnx"), "--images", str(photos), "--out", str(out)]) == 0
+    assert (
+        field_cli.main(["predict", "--model", str(models / "model.onnx"), "--images", str(photos), "--out", str(out)])
+        == 0
+    )
     rows = _rows(out)  # read as UTF-8: the file is valid UTF-8
     assert [Path(r["path"]).name for r in rows] == ["a.jfif", "b.jpe", "c.avif", "caf\\xe9 (1).png", "d.HEIC"]
     assert {r["status"] for r in rows} == {"ok"}
@@ -275,8 +322,9 @@ def test_a_crash_keeps_every_finished_row(exported, tmp_path, monkeypatch):
     monkeypatch.setattr(field.FieldModel, "probabilities", dies_on_the_third_batch)
     out = tmp_path / "p.csv"
     with pytest.raises(MemoryError):
-        field_cli.main(["predict", "--model", str(models / "model.onnx"), *map(str, paths), "--batch-size", "2",
-                        "--out", str(out)])
+        field_cli.main(
+            ["predict", "--model", str(models / "model.onnx"), *map(str, paths), "--batch-size", "2", "--out", str(out)]
+        )
     rows = _rows(out)
     assert [r["path"] for r in rows] == [str(p) for p in paths[:4]] and {r["status"] for r in rows} == {"ok"}
 
@@ -300,17 +348,31 @@ def test_the_csv_is_safe_in_a_spreadsheet_and_gives_the_exact_paths_back(exporte
 def test_the_field_decodes_with_the_cards_intensity_as_training_does(tmp_path):
     """A 12-bit scan: the field's pixels equal training's decode under the card's intensity (none: auto)."""
     spec = get_spec("efficientnet_lite0")
-    scans = [save(Image.fromarray(GRADIENT12 // 2), tmp_path / "scan.png"),
-             png16(tmp_path / "rgb.png", np.stack([GRADIENT12, GRADIENT12 // 3, GRADIENT12[::-1]], axis=-1),
-                   sbit=bytes([12, 12, 12]))]
+    scans = [
+        save(Image.fromarray(GRADIENT12 // 2), tmp_path / "scan.png"),
+        png16(
+            tmp_path / "rgb.png",
+            np.stack([GRADIENT12, GRADIENT12 // 3, GRADIENT12[::-1]], axis=-1),
+            sbit=bytes([12, 12, 12]),
+        ),
+    ]
     seen = []
     for intensity in (None, [0, 1023], "container"):
-        card = {"preprocessing": {**spec.preprocessing(), "size": 32,
-                                  **({} if intensity is None else {"intensity": intensity})}}
-        train = decode_images([str(p) for p in scans], 32, intensity=tuple(intensity) if isinstance(intensity, list)
-                              else intensity or "auto").numpy()
-        mine = np.stack([np.asarray(field.resize_square(field.load_image(p, card), 32)).transpose(2, 0, 1)
-                         for p in scans])
+        card = {
+            "preprocessing": {
+                **spec.preprocessing(),
+                "size": 32,
+                **({} if intensity is None else {"intensity": intensity}),
+            }
+        }
+        train = decode_images(
+            [str(p) for p in scans],
+            32,
+            intensity=tuple(intensity) if isinstance(intensity, list) else intensity or "auto",
+        ).numpy()
+        mine = np.stack(
+            [np.asarray(field.resize_square(field.load_image(p, card), 32)).transpose(2, 0, 1) for p in scans]
+        )
         assert np.array_equal(mine, train)
         seen.append(mine)
     assert not np.array_equal(seen[0], seen[1]) and not np.array_equal(seen[0], seen[2])  # the card's value counts
@@ -343,8 +405,19 @@ def test_exported_card_carries_the_intensity_and_predict_takes_max_pixels(export
     assert json.loads((models / "model.json").read_text())["preprocessing"]["intensity"] == "auto"
     big, small = save(noise(60, 60), tmp_path / "big.png"), save(noise(30, 30), tmp_path / "small.png")
     preds = tmp_path / "p.csv"
-    code = field_cli.main(["predict", "--model", str(models / "model.onnx"), str(big), str(small),
-                           "--max-pixels", "1000", "--out", str(preds)])
+    code = field_cli.main(
+        [
+            "predict",
+            "--model",
+            str(models / "model.onnx"),
+            str(big),
+            str(small),
+            "--max-pixels",
+            "1000",
+            "--out",
+            str(preds),
+        ]
+    )
     rows = _rows(preds)
     assert code == 1 and [r["status"] for r in rows] == ["error", "ok"]
     assert "over the 1000-pixel limit" in rows[0]["error"] and "--max-pixels" in rows[0]["error"]

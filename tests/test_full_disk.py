@@ -2,6 +2,7 @@
 wherever it strikes: one line naming the path and what was kept, exit 1, no traceback, nothing
 already written torn. The end-to-end cases run the real command under a real file-size limit
 (RLIMIT_FSIZE with SIGXFSZ ignored: the kernel then answers a write past the limit with EFBIG)."""
+
 from __future__ import annotations
 
 import errno
@@ -34,9 +35,11 @@ def _env(**extra: str) -> dict[str, str]:
 def _limited(limit: int):
     """preexec_fn: writes past `limit` bytes fail with EFBIG instead of killing the process (run it
     with `_env()`)."""
+
     def setup() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     return setup
 
 
@@ -72,11 +75,19 @@ def test_storage_full_reads_the_chain_and_the_note_of_an_atomic_write(tmp_path):
 def test_a_failed_atomic_write_keeps_the_old_file_whole_and_leaves_no_temporary(tmp_path):
     target = tmp_path / "grid.csv"
     io.write_text(target, "a,b\n1,2\n")
-    code = ("import sys; from finalbn.infra import io\n"
-            "try:\n    io.write_text(sys.argv[1], 'x,y\\n' * 50_000)\n"
-            "except OSError as exc:\n    print(exc.errno, exc.__notes__[-1]); sys.exit(3)\n")
-    r = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True,
-                       preexec_fn=_limited(4096), timeout=120, env=_env())
+    code = (
+        "import sys; from finalbn.infra import io\n"
+        "try:\n    io.write_text(sys.argv[1], 'x,y\\n' * 50_000)\n"
+        "except OSError as exc:\n    print(exc.errno, exc.__notes__[-1]); sys.exit(3)\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(target)],
+        capture_output=True,
+        text=True,
+        preexec_fn=_limited(4096),
+        timeout=120,
+        env=_env(),
+    )
     assert r.returncode == 3, r.stderr
     assert r.stdout.split()[0] == str(errno.EFBIG) and r.stdout.strip().endswith(f"writing {target}")
     assert target.read_text() == "a,b\n1,2\n"  # the old file, whole
@@ -98,19 +109,38 @@ def test_prepare_on_a_full_disk_says_one_line_and_keeps_the_earlier_splits(tmp_p
     params = tmp_path / "params.yaml"
     params.write_text((ROOT / "params.yaml").read_text())
     overlay = tmp_path / "overlay.yaml"
-    overlay.write_text(f"datasets:\n  leaves:\n    source: folders\n    root: {root}\n    majority: [ok]\n"
-                       "    minority: [bad]\n    image_size: 16\nsplit: {seed: 0, train: [4, 2], val: [2, 1], "
-                       "test: [2, 2], disjoint_test: false}\n")
-    cmd = [str(ROOT / ".venv" / "bin" / "finalbn"), "prepare", "--params", str(params), "--params", str(overlay),
-           "--dataset", "leaves", "--out", str(tmp_path / "splits")]
+    overlay.write_text(
+        f"datasets:\n  leaves:\n    source: folders\n    root: {root}\n    majority: [ok]\n"
+        "    minority: [bad]\n    image_size: 16\nsplit: {seed: 0, train: [4, 2], val: [2, 1], "
+        "test: [2, 2], disjoint_test: false}\n"
+    )
+    cmd = [
+        str(ROOT / ".venv" / "bin" / "finalbn"),
+        "prepare",
+        "--params",
+        str(params),
+        "--params",
+        str(overlay),
+        "--dataset",
+        "leaves",
+        "--out",
+        str(tmp_path / "splits"),
+    ]
     ok = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert ok.returncode == 0, ok.stderr
     before = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "splits").rglob("*") if p.is_file()}
     assert len([p for p in before if p.name == "manifest.csv"]) > 1
 
     # another seed, on a disk that takes files of at most 1 kB: the first manifest already fails
-    again = subprocess.run(cmd + ["--set", "split.seed=5"], capture_output=True, text=True, cwd=tmp_path,
-                           timeout=300, preexec_fn=_limited(1024), env=_env())
+    again = subprocess.run(
+        cmd + ["--set", "split.seed=5"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+        preexec_fn=_limited(1024),
+        env=_env(),
+    )
     assert again.returncode == 1, again.stderr
     lines = [ln for ln in again.stderr.splitlines() if ln.strip()]
     assert "Traceback" not in again.stderr and len(lines) == 1, again.stderr
@@ -124,12 +154,20 @@ def test_a_writer_that_hides_the_errno_still_reads_as_a_full_disk(tmp_path):
     """torch.save past a file-size limit raises RuntimeError('unexpected pos ...'); the atomic write
     turns it into the OSError it is, so the decode cache's 'costs speed, not results' path and the
     command line's one line both see it."""
-    code = ("import sys, torch; from finalbn.infra import io\n"
-            "try:\n    with io.atomic_path(sys.argv[1]) as tmp:\n        torch.save(torch.zeros(100_000), tmp)\n"
-            "except OSError as exc:\n    print(exc.errno, exc.filename); sys.exit(3)\n")
+    code = (
+        "import sys, torch; from finalbn.infra import io\n"
+        "try:\n    with io.atomic_path(sys.argv[1]) as tmp:\n        torch.save(torch.zeros(100_000), tmp)\n"
+        "except OSError as exc:\n    print(exc.errno, exc.filename); sys.exit(3)\n"
+    )
     target = tmp_path / "cache.pt"
-    r = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True,
-                       preexec_fn=_limited(4096), timeout=120, env=_env())
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(target)],
+        capture_output=True,
+        text=True,
+        preexec_fn=_limited(4096),
+        timeout=120,
+        env=_env(),
+    )
     assert r.returncode == 3, r.stderr
     assert r.stdout.split() == [str(errno.EFBIG), str(target)]
     assert list(tmp_path.iterdir()) == []
@@ -140,20 +178,48 @@ def test_grid_on_a_full_disk_under_its_store_says_one_line(tmp_path):
     """The MLflow store (SQLite) cannot grow: SQLite says "disk I/O error", MLflow logs its traceback
     and raises; the command prints one line naming the store and what was kept, exit 1."""
     make_plantvillage(tmp_path / "pv", healthy=12, diseases={"Scab": 4, "Rot": 4}, size=32)
-    sets = [x for o in TINY_SPLIT + ["datasets.0.root=pv", "datasets.0.source=plantvillage", "datasets.0.image_size=32",
-                                     "model.weights=none", "train.epochs=1", "train.batch_size=4", "train.threads=1",
-                                     "grid.configs=[31, 63]", "grid.replicates=1", "grid.headline.configs=[]",
-                                     "grid.workers=1", "grid.archs=[resnet18]", "grid.baselines.methods=[]"]
-            for x in ("--set", o)]
+    sets = [
+        x
+        for o in TINY_SPLIT
+        + [
+            "datasets.0.root=pv",
+            "datasets.0.source=plantvillage",
+            "datasets.0.image_size=32",
+            "model.weights=none",
+            "train.epochs=1",
+            "train.batch_size=4",
+            "train.threads=1",
+            "grid.configs=[31, 63]",
+            "grid.replicates=1",
+            "grid.headline.configs=[]",
+            "grid.workers=1",
+            "grid.archs=[resnet18]",
+            "grid.baselines.methods=[]",
+        ]
+        for x in ("--set", o)
+    ]
     finalbn = str(ROOT / ".venv" / "bin" / "finalbn")
     env = _env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    prep = subprocess.run([finalbn, "prepare", "--params", str(ROOT / "params.yaml"), *sets], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    prep = subprocess.run(
+        [finalbn, "prepare", "--params", str(ROOT / "params.yaml"), *sets],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert prep.returncode == 0, prep.stderr
     mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"]).search_experiments()  # the store, its tables made
     assert (tmp_path / "mlflow.db").stat().st_size > 64 * 1024
-    r = subprocess.run([finalbn, "grid", "--params", str(ROOT / "params.yaml"), *sets], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=300, preexec_fn=_limited(64 * 1024))
+    r = subprocess.run(
+        [finalbn, "grid", "--params", str(ROOT / "params.yaml"), *sets],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=_limited(64 * 1024),
+    )
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 1 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert lines[0].startswith("finalbn grid: error: disk I/O error (a full disk") and "sqlite:///" in lines[0]

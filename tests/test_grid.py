@@ -1,5 +1,6 @@
 """The grid: shard partition, resumability after SIGKILL, concurrent shards on one sqlite store,
 parent runs with mean/std, and results/grid.csv."""
+
 from __future__ import annotations
 
 import shutil
@@ -40,8 +41,9 @@ def test_shards_cover_every_cell_exactly_once(load, n):
         # a UF-off family (dataset, arch, UF, DA, MX: its cells share features) stays in one shard
         assert not {c.family for c in part if not c.family[2]} & {c.family for c in others}
         # and so does every parent's set of replicates
-        assert not {(c.family, c.config_id, c.baseline) for c in part} & \
-            {(c.family, c.config_id, c.baseline) for c in others}
+        assert not {(c.family, c.config_id, c.baseline) for c in part} & {
+            (c.family, c.config_id, c.baseline) for c in others
+        }
     assert grid.shard_cells(cells, 0, n) == parts[0]  # deterministic
 
 
@@ -51,8 +53,14 @@ def test_shards_are_balanced_by_cost(load):
     measured cost) differ by at most one UF-on cell."""
     cells = grid.all_cells(load())
     kinds = cell_kinds(cells)
-    assert Counter(kinds.values()) == {"uf_on": 16, "uf_on_da": 16, "first": 10, "first_mx": 1, "first_da": 2,
-                                       "warm": 95}  # the plain family on 10 replicates; 3 others on replicate 0
+    assert Counter(kinds.values()) == {
+        "uf_on": 16,
+        "uf_on_da": 16,
+        "first": 10,
+        "first_mx": 1,
+        "first_da": 2,
+        "warm": 95,
+    }  # the plain family on 10 replicates; 3 others on replicate 0
     loads = [sum(KIND_COST[kinds[c]] for c in grid.shard_cells(cells, i, 2)) for i in range(2)]
     assert abs(loads[0] - loads[1]) <= KIND_COST["uf_on"]
 
@@ -63,8 +71,9 @@ def test_baselines_are_cells_of_their_own(load, tmp_path):
     cfg = load()
     cells = grid.all_cells(cfg)
     base = [c for c in cells if c.baseline]
-    assert Counter(c.baseline for c in base) == {m: 10 for m in ("focal", "logit_adjusted", "class_balanced",
-                                                                   "temperature")}
+    assert Counter(c.baseline for c in base) == {
+        m: 10 for m in ("focal", "logit_adjusted", "class_balanced", "temperature")
+    }
     assert {c.config_id for c in base} == {63}
     focal = grid.cell_config(cfg, base[0])
     plain = grid.cell_config(cfg, grid.Cell(base[0].dataset, base[0].arch, 63, base[0].replicate))
@@ -90,13 +99,22 @@ def test_default_design_every_config_once_headline_contrasts_ten_times(load):
 
 
 def _grid_cmd(overrides, *extra):
-    return [sys.executable, "-m", "finalbn", "grid", "--params", str(ROOT / "params.yaml"),
-            *[x for o in overrides for x in ("--set", o)], *extra]
+    return [
+        sys.executable,
+        "-m",
+        "finalbn",
+        "grid",
+        "--params",
+        str(ROOT / "params.yaml"),
+        *[x for o in overrides for x in ("--set", o)],
+        *extra,
+    ]
 
 
 def _cell_runs():
-    runs = mlflow.search_runs(experiment_names=["finalbn/grid"], output_format="list",
-                              filter_string="tags.`finalbn.cell` = 'true'")
+    runs = mlflow.search_runs(
+        experiment_names=["finalbn/grid"], output_format="list", filter_string="tags.`finalbn.cell` = 'true'"
+    )
     return runs
 
 
@@ -106,8 +124,15 @@ GRID4 = ["grid.configs=[31, 63, 15, 47]", "grid.headline.configs=[]", "grid.work
 @pytest.mark.slow
 def test_two_concurrent_shards_share_one_sqlite_store(prepared):
     _, overrides = prepared
-    procs = [subprocess.Popen(_grid_cmd(overrides + GRID4, "--shard", f"{i}/2"), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            _grid_cmd(overrides + GRID4, "--shard", f"{i}/2"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     runs = _cell_runs()
@@ -123,8 +148,9 @@ def test_parent_runs_carry_mean_and_std_of_replicates(prepared, capsys):
     assert (stats["ran"], stats["skipped"], stats["failed"]) == (2, 0, [])
     assert stats["cells"] == {"uf_off": 2, "uf_on": 0} and stats["seconds"]["uf_off"] > 0
     children = _cell_runs()
-    (parent,) = mlflow.search_runs(experiment_names=["finalbn/grid"], output_format="list",
-                                   filter_string="tags.`finalbn.parent` = 'true'")
+    (parent,) = mlflow.search_runs(
+        experiment_names=["finalbn/grid"], output_format="list", filter_string="tags.`finalbn.parent` = 'true'"
+    )
     assert parent.info.status == "FINISHED" and parent.data.tags["config_id"] == "31"
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert {c.data.tags["replicate"] for c in children} == {"0", "1"}
@@ -138,15 +164,24 @@ def test_parent_runs_carry_mean_and_std_of_replicates(prepared, capsys):
     assert client.list_artifacts(run_id, "plots") == []
     assert main(["figures", "--params", str(ROOT / "params.yaml"), "--run-id", run_id]) == 0
     assert {a.path for a in client.list_artifacts(run_id, "plots")} == {
-        f"plots/{n}.png" for n in ("loss_curves", "softmax_scatter", "reliability_last", "reliability_selected",
-                                   "confusion_matrix")}
-    assert main(["figures", "--params", str(ROOT / "params.yaml"), "--run-id", parent.info.run_id]) == 2  # a parent is not a cell: one line, nothing drawn
+        f"plots/{n}.png"
+        for n in ("loss_curves", "softmax_scatter", "reliability_last", "reliability_selected", "confusion_matrix")
+    }
+    assert (
+        main(["figures", "--params", str(ROOT / "params.yaml"), "--run-id", parent.info.run_id]) == 2
+    )  # a parent is not a cell: one line, nothing drawn
     err = capsys.readouterr().err.strip()
     assert "is not a finished cell run: it lacks history.csv" in err and len(err.splitlines()) == 1
     assert client.list_artifacts(parent.info.run_id, "plots") == []
     # a changed result-relevant param gives new keys: nothing is skipped
-    assert grid.run_shard(load(["grid.configs=[31]", "grid.replicates=1", "grid.headline.configs=[]",
-                                "train.epochs=2"]), SPLITS, log=lambda m: None)["ran"] == 1
+    assert (
+        grid.run_shard(
+            load(["grid.configs=[31]", "grid.replicates=1", "grid.headline.configs=[]", "train.epochs=2"]),
+            SPLITS,
+            log=lambda m: None,
+        )["ran"]
+        == 1
+    )
 
 
 def test_bad_shard_and_missing_split_exit_2(prepared, capsys):
@@ -164,8 +199,14 @@ def test_bad_shard_and_missing_split_exit_2(prepared, capsys):
 
 
 def test_bn_on_and_off_are_means_of_configuration_means():
-    df = pd.DataFrame({"BN": [1] * 11 + [0, 0], "config_id": [31] * 10 + [30] + [63, 62], "baseline": [""] * 13,
-                       "test_f1_1": [0.9] * 10 + [0.1] + [0.5, 0.3]})
+    df = pd.DataFrame(
+        {
+            "BN": [1] * 11 + [0, 0],
+            "config_id": [31] * 10 + [30] + [63, 62],
+            "baseline": [""] * 13,
+            "test_f1_1": [0.9] * 10 + [0.1] + [0.5, 0.3],
+        }
+    )
     m = bn_means(df)
     assert m[1] == pytest.approx((0.9 + 0.1) / 2) and m[0] == pytest.approx(0.4)  # not (10 x 0.9 + 0.1) / 11
 

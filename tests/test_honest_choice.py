@@ -1,6 +1,7 @@
 """Choices with honest confidence: the report's choice checked on replicates that did not make it,
 and the model card's operating points set beside what the same cuts give on held-out replicates'
 test predictions. Hand-made cells and prediction tables with hand-computed answers."""
+
 from __future__ import annotations
 
 import itertools
@@ -22,12 +23,31 @@ PRODUCT = list(itertools.product([True, False], repeat=6))
 
 def _row(rep, cid, val_auroc, dataset="apple"):
     flags = dict(zip(TOGGLES, PRODUCT[cid]))
-    return {"run_id": f"{cid}-{rep}", "dataset": dataset, "arch": "efficientnet_lite0", "replicate": rep,
-            "config_id": cid, "config_name": "+".join(t.upper() for t in TOGGLES if flags[t]) or "none", **flags,
-            "selected_epoch": 5, "test_f1_1": 0.5, "test_f1_0": 0.9, "test_precision_1": 0.5, "test_recall_1": 0.5,
-            "test_precision_0": 0.9, "test_recall_0": 0.9, "test_ece": 0.1, "test_brier": 0.2, "test_auroc": 0.75,
-            "test_ap": 0.75, "test_f1_1_pc": 0.45, "test_sel_f1_1": 0.49, "val_auroc": val_auroc, "val_f1_1": 0.5,
-            "val_balanced_loss": 0.5}
+    return {
+        "run_id": f"{cid}-{rep}",
+        "dataset": dataset,
+        "arch": "efficientnet_lite0",
+        "replicate": rep,
+        "config_id": cid,
+        "config_name": "+".join(t.upper() for t in TOGGLES if flags[t]) or "none",
+        **flags,
+        "selected_epoch": 5,
+        "test_f1_1": 0.5,
+        "test_f1_0": 0.9,
+        "test_precision_1": 0.5,
+        "test_recall_1": 0.5,
+        "test_precision_0": 0.9,
+        "test_recall_0": 0.9,
+        "test_ece": 0.1,
+        "test_brier": 0.2,
+        "test_auroc": 0.75,
+        "test_ap": 0.75,
+        "test_f1_1_pc": 0.45,
+        "test_sel_f1_1": 0.49,
+        "val_auroc": val_auroc,
+        "val_f1_1": 0.5,
+        "val_balanced_loss": 0.5,
+    }
 
 
 def _cells(rows):
@@ -51,12 +71,19 @@ def test_a_choice_that_wins_within_sample_but_ranks_last_held_out_says_so():
     cand, lines = choice.selection_table(_lucky_grid(), k=2, n_boot=200)
     assert cand["config_id"].tolist()[0] == 31 and cand["wins"].iloc[0] == 1.0  # within-sample: always
     assert "wins" not in lines[0] and "chosen on validation over replicates 0-1" in lines[0]
-    assert lines[1] == ("apple/efficientnet_lite0: on held-out replicates 2-4 (not used to choose), the 4 "
-                        "configurations run there rank config 31 4th of 4 by mean validation AUROC (0.800 vs best "
-                        "0.920, config 15); chosen on those replicates instead, it would be chosen in 0% of 200 "
-                        "bootstrap resamples of them")
-    assert lines[2].startswith("apple/efficientnet_lite0: within-sample only: config 31 wins 100% of 200 bootstrap "
-                               "resamples of replicates 0-1") and "so optimistic" in lines[2]
+    assert lines[1] == (
+        "apple/efficientnet_lite0: on held-out replicates 2-4 (not used to choose), the 4 "
+        "configurations run there rank config 31 4th of 4 by mean validation AUROC (0.800 vs best "
+        "0.920, config 15); chosen on those replicates instead, it would be chosen in 0% of 200 "
+        "bootstrap resamples of them"
+    )
+    assert (
+        lines[2].startswith(
+            "apple/efficientnet_lite0: within-sample only: config 31 wins 100% of 200 bootstrap "
+            "resamples of replicates 0-1"
+        )
+        and "so optimistic" in lines[2]
+    )
 
 
 def test_selection_csv_carries_the_held_out_mean_and_rank():
@@ -84,8 +111,13 @@ def test_a_choice_confirmed_held_out_and_one_that_cannot_be_checked():
 
 
 def test_held_out_rows_keep_only_the_replicates_all_share():
-    rows = pd.DataFrame({"key": ["a"] * 4 + ["b"] * 3 + ["c"] * 2, "replicate": [0, 1, 2, 3, 0, 2, 3, 0, 1],
-                         "val_auroc": [0.9, 0.9, 0.5, 0.6, 0.8, 0.7, 0.8, 1.0, 1.0]})
+    rows = pd.DataFrame(
+        {
+            "key": ["a"] * 4 + ["b"] * 3 + ["c"] * 2,
+            "replicate": [0, 1, 2, 3, 0, 2, 3, 0, 1],
+            "val_auroc": [0.9, 0.9, 0.5, 0.6, 0.8, 0.7, 0.8, 1.0, 1.0],
+        }
+    )
     held, shared = selection.held_out_rows(rows, k=2)
     assert shared == (2, 3) and set(held["key"]) == {"a", "b"}  # c never ran beyond 0-1
     assert sorted(held["replicate"]) == [0, 0, 1, 1] and sorted(held["held_out_replicate"]) == [2, 2, 3, 3]
@@ -110,7 +142,9 @@ def test_held_out_points_apply_the_cuts_to_each_test_table_and_average_over_repl
     f1_t2 = 2 * 0.5 * 1.0 / (0.5 * 1.0 + 0.5 * 0.5 + 0.5)  # 0.8
     assert got[0]["prevalence"] == 0.5 and got[0]["threshold"] == 0.6 and got[0]["n"] == 2
     assert (got[0]["tpr"], got[0]["fpr"]) == pytest.approx((0.75, 0.375))
-    assert got[0]["f1"] == pytest.approx((f1_t1 + f1_t2) / 2) and got[0]["f1_per_table"] == pytest.approx([f1_t1, f1_t2])
+    assert got[0]["f1"] == pytest.approx((f1_t1 + f1_t2) / 2) and got[0]["f1_per_table"] == pytest.approx(
+        [f1_t1, f1_t2]
+    )
     # cut 0.8 at 10 %: T1 1/4 found, none flagged -> F1 2*.1*.25/(.025+.1) = 0.4; T2 none found -> 0
     assert (got[1]["tpr"], got[1]["fpr"], got[1]["f1"]) == pytest.approx((0.125, 0.25, 0.2))
     with pytest.raises(ValueError, match="lacks a class"):
@@ -118,8 +152,12 @@ def test_held_out_points_apply_the_cuts_to_each_test_table_and_average_over_repl
 
 
 def test_the_card_states_validation_held_out_and_optimism_and_names_the_pool():
-    rules = {"at_prevalence": [{"prevalence": 0.5, "threshold": 0.6, "tpr": 0.9, "fpr": 0.1, "f1": 0.9},
-                               {"prevalence": 0.1, "threshold": 0.8, "tpr": 0.5, "fpr": 0.0, "f1": 0.6}]}
+    rules = {
+        "at_prevalence": [
+            {"prevalence": 0.5, "threshold": 0.6, "tpr": 0.9, "fpr": 0.1, "f1": 0.9},
+            {"prevalence": 0.1, "threshold": 0.8, "tpr": 0.5, "fpr": 0.0, "f1": 0.6},
+        ]
+    }
     held = export_card.held_out_card(rules, {5: T1, 6: T2}, [], [0, 1, 2, 3, 4], 0, k=5)
     assert held["measured"] and held["replicates"] == [5, 6] and held["pool"] == [0, 1, 2, 3, 4]
     first = held["at_prevalence"][0]
@@ -128,32 +166,44 @@ def test_the_card_states_validation_held_out_and_optimism_and_names_the_pool():
     assert first["optimism"]["f1"] == pytest.approx(0.9 - (0.5714285714 + 0.8) / 2)
     assert first["optimism"]["fpr"] == pytest.approx(0.1 - 0.375)  # negative: validation understated alarms
     assert held["at_prevalence"][1]["optimism"]["f1"] == pytest.approx(0.4)
-    assert held["how"].startswith("cuts and the estimates beside them from the validation predictions of replicates "
-                                  "0-4 (the replicates that chose the configuration); the shipped model is "
-                                  "replicate 0's; held-out replicates 5-6 at the same cuts give")
+    assert held["how"].startswith(
+        "cuts and the estimates beside them from the validation predictions of replicates "
+        "0-4 (the replicates that chose the configuration); the shipped model is "
+        "replicate 0's; held-out replicates 5-6 at the same cuts give"
+    )
     md = export_card.held_out_markdown(held)
     assert md[0] == f"Operating points: {held['how']}." and "| 0.5 | 0.600 | 0.900 → 0.686 (+0.214) |" in md[4]
     none = export_card.held_out_card(rules, {}, [], [0, 1, 2, 3, 4], 0, k=5)
     assert not none["measured"] and none["at_prevalence"] == []
-    assert none["why"] == ("The optimism of the validation estimates could not be measured: the configuration has "
-                           "no FINISHED run on a replicate beyond 0-4 (only the grid's headline configurations run "
-                           "there: raise grid.headline.replicates above selection.replicates).")
+    assert none["why"] == (
+        "The optimism of the validation estimates could not be measured: the configuration has "
+        "no FINISHED run on a replicate beyond 0-4 (only the grid's headline configurations run "
+        "there: raise grid.headline.replicates above selection.replicates)."
+    )
     assert export_card.held_out_markdown(none) == [none["why"], ""]
     old = export_card.held_out_card(rules, {}, [5], [0, 1, 2, 3, 4], 0, k=5)
     assert "held-out replicates 5 logged no test predictions" in old["why"]
 
 
 def _run(rid, key, rep, t):
-    return RunRecord(run_id=rid, name=rid, status="FINISHED", start_time=t, end_time=t,
-                     tags={"BN": "true", "config_key": key, "replicate": str(rep), "config_id": "31",
-                           "config_name": key}, params={"model.final_variant": "bn"},
-                     metrics={"val_last_auroc": 0.9, "val_last_balanced_loss": 0.5, "test_f1_1": 0.8})
+    return RunRecord(
+        run_id=rid,
+        name=rid,
+        status="FINISHED",
+        start_time=t,
+        end_time=t,
+        tags={"BN": "true", "config_key": key, "replicate": str(rep), "config_id": "31", "config_name": key},
+        params={"model.final_variant": "bn"},
+        metrics={"val_last_auroc": 0.9, "val_last_balanced_loss": 0.5, "test_f1_1": 0.8},
+    )
 
 
 def test_the_export_finds_the_chosen_configurations_held_out_runs_and_their_test_predictions(monkeypatch):
     runs = [_run(f"b{r}", "b", r, r) for r in range(4)] + [_run("c0", "c", 0, 9), _run("c2", "c", 2, 10)]
     c = export_select.choose(runs, k=2)
-    assert c.key == "b" and sorted(c.runs) == [0, 1] and {r: x.run_id for r, x in c.held_out.items()} == {2: "b2", 3: "b3"}
+    assert (
+        c.key == "b" and sorted(c.runs) == [0, 1] and {r: x.run_id for r, x in c.held_out.items()} == {2: "b2", 3: "b3"}
+    )
     texts = {("b2", export_select.TEST_PREDICTIONS): T1.to_csv(index=False)}
     monkeypatch.setattr(export_select.tracking, "artifact_text", lambda run_id, path: texts.get((run_id, path)))
     tables, missing = export_select.held_out_test(c)
@@ -162,20 +212,38 @@ def test_the_export_finds_the_chosen_configurations_held_out_runs_and_their_test
 
 
 def test_the_registered_description_names_the_pool_and_the_held_out_check():
-    at = [{"prevalence": 0.5, "threshold": 0.6, "tpr": 0.9, "tpr_lower95": 0.8, "fpr": 0.1, "fpr_upper95": 0.2,
-           "f1": 0.9}]
+    at = [
+        {"prevalence": 0.5, "threshold": 0.6, "tpr": 0.9, "tpr_lower95": 0.8, "fpr": 0.1, "fpr_upper95": 0.2, "f1": 0.9}
+    ]
     held = export_card.held_out_card({"at_prevalence": at}, {5: T1, 6: T2}, [], [0, 1, 2, 3, 4], 0, k=5)
     stat = {"mean": 0.9, "ci95": [0.8, 1.0], "n": 5}
-    card = {"selection": {"config_name": "BN", "config_id": 31, "how": "the best", "source": "grid",
-                          "replicates": [0, 1, 2, 3, 4], "validation_auroc": stat, "test_minority_f1": stat},
-            "configuration": {"BN": True}, "final_layer": "bn", "arch": "resnet18", "image_size": 32,
-            "dataset": "apple", "replicate": 0, "train_counts": [990, 10], "classes": ["healthy", "diseased"],
-            "validation": {"auroc": 0.9, "f1_1": 0.5, "ece": 0.1},
-            "decision": {"at_prevalence": at, "argmax_validation": {"healthy_flagged": 0.0, "diseased_found": 0.5}},
-            "operating_points_held_out": held}
+    card = {
+        "selection": {
+            "config_name": "BN",
+            "config_id": 31,
+            "how": "the best",
+            "source": "grid",
+            "replicates": [0, 1, 2, 3, 4],
+            "validation_auroc": stat,
+            "test_minority_f1": stat,
+        },
+        "configuration": {"BN": True},
+        "final_layer": "bn",
+        "arch": "resnet18",
+        "image_size": 32,
+        "dataset": "apple",
+        "replicate": 0,
+        "train_counts": [990, 10],
+        "classes": ["healthy", "diseased"],
+        "validation": {"auroc": 0.9, "f1_1": 0.5, "ece": 0.1},
+        "decision": {"at_prevalence": at, "argmax_validation": {"healthy_flagged": 0.0, "diseased_found": 0.5}},
+        "operating_points_held_out": held,
+    }
     text = export_card.version_description(card)
-    assert ("Expected in the field (cut on the pooled validation predictions of replicates 0-4, the replicates that "
-            "chose the configuration;") in text
+    assert (
+        "Expected in the field (cut on the pooled validation predictions of replicates 0-4, the replicates that "
+        "chose the configuration;"
+    ) in text
     assert f"Operating points: {held['how']}." in text and "| 0.5 | 0.600 | 0.900 → 0.686 (+0.214) |" in text
     card["operating_points_held_out"] = export_card.held_out_card({"at_prevalence": at}, {}, [], [0, 1, 2, 3, 4], 0, 5)
     assert "could not be measured: the configuration has no FINISHED run" in export_card.version_description(card)

@@ -1,6 +1,7 @@
 """The offline ImageNet body is really ImageNet: photos shipped in scikit-image's wheel are
 classified through the project's own loading (models.get_spec / create_model) and preprocessing
 (images.resize_square, data.eval_transform with the spec's mean/std)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,8 +20,12 @@ from finalbn_field.images import load_rgb, resize_square
 PHOTOS = Path(skimage.__file__).parent / "data"
 # ImageNet classes: 281-285 domestic cats; 967 espresso; 657 missile / 744 projectile;
 # 665 moped / 670 motor scooter
-EXPECTED = {"chelsea.png": range(281, 286), "coffee.png": [967], "rocket.jpg": [657, 744],
-            "motorcycle_left.png": [665, 670]}
+EXPECTED = {
+    "chelsea.png": range(281, 286),
+    "coffee.png": [967],
+    "rocket.jpg": [657, 744],
+    "motorcycle_left.png": [665, 670],
+}
 
 
 @pytest.fixture(scope="module")

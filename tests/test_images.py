@@ -187,6 +187,7 @@ def test_max_pixels_not_pillows_global_limit_decides(tmp_path, monkeypatch):
 @pytest.mark.parametrize("exc", [Image.DecompressionBombError("big"), Image.DecompressionBombWarning("big")])
 def test_pillow_bomb_inside_a_plugin_becomes_bad_image(tmp_path, monkeypatch, exc):
     """Pillow's plugins check frames themselves (MPO, GIF, ...): their error or warning is a refusal."""
+
     def bomb(self):
         raise exc
 
@@ -379,8 +380,17 @@ def test_png_named_jpg_is_accepted(tmp_path):
     assert_rgb(load_rgb(p), (32, 24))
 
 
-@pytest.mark.parametrize("name, fmt", [("browser.jfif", "JPEG"), ("saved.jpe", "JPEG"), ("phone.avif", "AVIF"),
-                                       ("iphone.heic", "HEIF"), ("no_suffix", "PNG"), ("IMG_1.JPG", "WEBP")])
+@pytest.mark.parametrize(
+    "name, fmt",
+    [
+        ("browser.jfif", "JPEG"),
+        ("saved.jpe", "JPEG"),
+        ("phone.avif", "AVIF"),
+        ("iphone.heic", "HEIF"),
+        ("no_suffix", "PNG"),
+        ("IMG_1.JPG", "WEBP"),
+    ],
+)
 def test_what_pillow_or_pillow_heif_decodes_is_an_image_whatever_its_suffix(tmp_path, name, fmt):
     p = save(noise(), tmp_path / name, fmt)
     assert check_image(p) is None
@@ -389,12 +399,16 @@ def test_what_pillow_or_pillow_heif_decodes_is_an_image_whatever_its_suffix(tmp_
     assert good == [p] and bad == []
 
 
-@pytest.mark.parametrize("content, detected", [
-    (b"\x00\x00\x00\x14ftypqt  \x00\x00\x00\x00qt  " + bytes(64), "QuickTime movie file (video/quicktime)"),
-    (b"%PDF-1.4\n%\xe2\xe3\n1 0 obj\n" + bytes(64), "(application/pdf)"),
-    (b"\x1f\x8b\x08\x00" + bytes(64), "gzip"),
-    (bytes(range(256)), "content not recognised"),
-], ids=["video", "pdf", "gzip", "noise"])
+@pytest.mark.parametrize(
+    "content, detected",
+    [
+        (b"\x00\x00\x00\x14ftypqt  \x00\x00\x00\x00qt  " + bytes(64), "QuickTime movie file (video/quicktime)"),
+        (b"%PDF-1.4\n%\xe2\xe3\n1 0 obj\n" + bytes(64), "(application/pdf)"),
+        (b"\x1f\x8b\x08\x00" + bytes(64), "gzip"),
+        (bytes(range(256)), "content not recognised"),
+    ],
+    ids=["video", "pdf", "gzip", "noise"],
+)
 def test_a_refusal_names_the_detected_format(tmp_path, content, detected):
     """A phone's video, a scanned PDF, a compressed file and noise, each saved as .jpg."""
     p = tmp_path / "IMG_0001.jpg"  # the suffix says JPEG; the content is something else
@@ -408,8 +422,15 @@ def test_a_corrupt_file_of_a_known_format_names_it(tmp_path):
     assert rejected_reason(p).startswith("truncated or corrupt")
 
 
-HOSTILE_NAMES = [b"caf\xe9.jpg", b"\xff\xfe\x00"[:2] + b".png", b"back\\slash.png", b"lit\\xe9ral.png", "ünï cödé.png".encode(),
-                 b"sp ace, (1) #:'\".png", b"x\\\\y\xc3(.png"]
+HOSTILE_NAMES = [
+    b"caf\xe9.jpg",
+    b"\xff\xfe\x00"[:2] + b".png",
+    b"back\\slash.png",
+    b"lit\\xe9ral.png",
+    "ünï cödé.png".encode(),
+    b"sp ace, (1) #:'\".png",
+    b"x\\\\y\xc3(.png",
+]
 
 
 @pytest.mark.parametrize("raw", HOSTILE_NAMES, ids=range(len(HOSTILE_NAMES)))
@@ -472,7 +493,11 @@ def test_scan_rejects_non_images_naming_what_they_are(tmp_path):
     reasons = {Path(r.path).name: r.reason for r in bad}
     system = "system file (hidden, Thumbs.db, desktop.ini, ...): skipped"
     assert reasons[".DS_Store"] == reasons["Thumbs.db"] == system
-    assert {n for n, r in reasons.items() if r.startswith("not an image (detected: ")} == {"README", "labels.csv", "notes.txt"}
+    assert {n for n, r in reasons.items() if r.startswith("not an image (detected: ")} == {
+        "README",
+        "labels.csv",
+        "notes.txt",
+    }
     assert [r.path for r in bad] == sorted(r.path for r in bad)
 
 
@@ -602,7 +627,14 @@ def test_corrupted_bytes_only_ever_raise_bad_image(tmp_path):
     # succeed or raise BadImage, never anything else.
     rng = np.random.default_rng(123)
     originals = {}
-    for fmt, suffix in [("PNG", ".png"), ("JPEG", ".jpg"), ("GIF", ".gif"), ("BMP", ".bmp"), ("TIFF", ".tif"), ("WEBP", ".webp")]:
+    for fmt, suffix in [
+        ("PNG", ".png"),
+        ("JPEG", ".jpg"),
+        ("GIF", ".gif"),
+        ("BMP", ".bmp"),
+        ("TIFF", ".tif"),
+        ("WEBP", ".webp"),
+    ]:
         p = save(noise(16, 12), tmp_path / f"orig{suffix}", fmt)
         originals[suffix] = p.read_bytes()
     p = tmp_path / "victim"
@@ -696,8 +728,10 @@ def test_16bit_rgb_keeps_every_bit(tmp_path, fmt):
     img, info = images.decode(p)
     assert info.mode == "RGB;16" and info.significant == 12
     assert min(levels(img, c) for c in range(3)) >= 128 and levels(img, 0) >= 200
-    assert np.array_equal(np.asarray(img)[..., 0], np.asarray(images.decode(save(Image.fromarray(GRADIENT12),
-                                                                           tmp_path / "grey.png"))[0])[..., 0])
+    assert np.array_equal(
+        np.asarray(img)[..., 0],
+        np.asarray(images.decode(save(Image.fromarray(GRADIENT12), tmp_path / "grey.png"))[0])[..., 0],
+    )
 
 
 def test_16bit_rgba_png_composited_on_white(tmp_path):
@@ -779,8 +813,11 @@ def test_corrupted_deep_files_only_ever_raise_bad_image(tmp_path):
     rgb = np.stack([GRADIENT12[:16, :16]] * 3, axis=-1)
     tifffile.imwrite(tmp_path / "o.tif", rgb, photometric="rgb")
     tifffile.imwrite(tmp_path / "o64.tif", rgb[..., 0].astype(np.float64))
-    originals = [png16(tmp_path / "o.png", rgb).read_bytes(), (tmp_path / "o.tif").read_bytes(),
-                 (tmp_path / "o64.tif").read_bytes()]
+    originals = [
+        png16(tmp_path / "o.png", rgb).read_bytes(),
+        (tmp_path / "o.tif").read_bytes(),
+        (tmp_path / "o64.tif").read_bytes(),
+    ]
     rng = np.random.default_rng(7)
     p = tmp_path / "victim"
     for data in originals:
@@ -802,6 +839,7 @@ def test_compressed_deep_tiff_without_imagecodecs_is_refused_naming_it(tmp_path)
     tifffile = pytest.importorskip("tifffile")
     try:
         import imagecodecs  # here: optional; the test needs it absent  # noqa: F401
+
         pytest.skip("imagecodecs is installed: tifffile decodes LZW")
     except ImportError:
         pass
@@ -810,7 +848,7 @@ def test_compressed_deep_tiff_without_imagecodecs_is_refused_naming_it(tmp_path)
     with tifffile.TiffFile(p) as tif:
         at = tif.pages[0].tags[259].offset + 8  # the Compression entry's inline value
     data = bytearray(p.read_bytes())
-    data[at:at + 2] = struct.pack("<H", 5)  # LZW, which tifffile leaves to imagecodecs
+    data[at : at + 2] = struct.pack("<H", 5)  # LZW, which tifffile leaves to imagecodecs
     p.write_bytes(bytes(data))
     assert "pip install imagecodecs" in rejected_reason(p)
 
@@ -886,14 +924,18 @@ def test_prepare_records_and_reports_what_the_images_hold(tmp_path, monkeypatch)
             else:
                 save(Image.fromarray(arr), root / f"Apple___{cond}" / f"{i}.png")
     save(noise(32, 32), root / "Apple___healthy" / "rgb.png")
-    cfg = load_config([PARAMS], TINY_SPLIT + [f"datasets.0.root={root}", "datasets.0.source=plantvillage",
-                                              "datasets.0.image_size=16"])
+    cfg = load_config(
+        [PARAMS], TINY_SPLIT + [f"datasets.0.root={root}", "datasets.0.source=plantvillage", "datasets.0.image_size=16"]
+    )
     summary = prepare_dataset(cfg.datasets[0], cfg.split, tmp_path / "splits", progress=False)[0]
     written = json.loads((tmp_path / "splits" / cfg.datasets[0].name / "0" / "split.json").read_text())
     assert written["intensity"] == "auto:12" and written["max_pixels"] == 89_478_485  # the data set's depth
-    assert written["decoded"] == {"counts": {"I;16 12-bit (image maximum)": 9, "I;16 12-bit (sBIT)": 4,
-                                             "RGB 8-bit": 1},
-                                  "high_bit_depth": 13, "own_range": 0, "inferred_depths": {"12": 9}}
+    assert written["decoded"] == {
+        "counts": {"I;16 12-bit (image maximum)": 9, "I;16 12-bit (sBIT)": 4, "RGB 8-bit": 1},
+        "high_bit_depth": 13,
+        "own_range": 0,
+        "inferred_depths": {"12": 9},
+    }
     line = _extra(summary)
     assert "decoded (intensity auto:12): 9 I;16 12-bit (image maximum), 4 I;16 12-bit (sBIT), 1 RGB 8-bit" in line
     assert "bit depth read off the image maximum (no sBIT or TIFF record): 9 as 12-bit" in line
@@ -949,8 +991,12 @@ def test_a_fixed_range_that_would_blank_images_is_refused(tmp_path):
         for i in range(n):
             _gradient12(root / f"Apple___{cond}" / f"{i}.png", 4095, i + 10 * k)
     tifffile.imwrite(root / "Apple___healthy" / "float.tif", np.linspace(0, 1, 256, dtype=np.float32).reshape(16, 16))
-    base = TINY_SPLIT + [f"datasets.0.root={root}", "datasets.0.source=plantvillage", "datasets.0.image_size=16",
-                         "datasets.0.intensity=[0, 4095]"]
+    base = TINY_SPLIT + [
+        f"datasets.0.root={root}",
+        "datasets.0.source=plantvillage",
+        "datasets.0.image_size=16",
+        "datasets.0.intensity=[0, 4095]",
+    ]
     cfg = load_config([PARAMS], base)
     with pytest.raises(DataError) as info:
         prepare_dataset(cfg.datasets[0], cfg.split, tmp_path / "splits", progress=False)

@@ -1,6 +1,7 @@
 """What a kill or a Ctrl-C of a whole process group leaves for a command resumed at once (issue 35):
 workers that ended but are not yet reaped count as gone, and a Ctrl-C that lands inside a search
 journal's append is raised once the record is written and Optuna's lock released."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """A search journal torn by a killed worker is mended under Optuna's lock before the study opens."""
+
 from __future__ import annotations
 
 import threading
@@ -51,7 +52,7 @@ def test_without_mending_a_torn_record_breaks_the_study_for_good(tmp_path):
 def test_a_torn_last_record_at_any_byte_is_cut_kept_aside_and_the_study_goes_on(tmp_path, where):
     path = tmp_path / "journal.log"
     whole = _journal(path)
-    last = whole[whole.rstrip(b"\n").rfind(b"\n") + 1:]
+    last = whole[whole.rstrip(b"\n").rfind(b"\n") + 1 :]
     torn = whole[: len(whole) - len(last)] + last[: int(len(last) * where)]  # the last record cut short
     path.write_bytes(torn)
     note = mend_journal(path)

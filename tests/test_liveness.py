@@ -1,5 +1,6 @@
 """A search trial names its worker and renews its lease; a restart tells a dead worker's trial from
 a live one by the process (this host) or the lease (another host), not by the trial's age."""
+
 from __future__ import annotations
 
 import gc
@@ -17,8 +18,8 @@ import pytest
 from conftest import ROOT
 from finalbn import cli
 from finalbn.infra import interrupt, io
-from finalbn.stages import tracked
-from finalbn.stages.search.liveness import LEASE, WORKER, identity, is_dead, lease
+from finalbn.stages import cellrun
+from finalbn.stages.search.lease import LEASE, WORKER, identity, is_dead, lease
 from finalbn.tracking import store
 
 
@@ -85,10 +86,12 @@ def test_a_dead_processs_running_runs_are_killed_and_the_others_left(tmp_path, m
     client = store.client()
     exp = client.create_experiment("reap")
     dead = _dead_process()
-    tags = {"dead": {"finalbn.worker": f"{dead['host']}:{dead['pid']}", "finalbn.worker_started": str(dead["started"])},
-            "live": store.worker_tags(),
-            "elsewhere": {"finalbn.worker": f"node-that-is-not-this-one:{os.getpid()}"},
-            "untagged": {}}  # not finalbn's (an `mlflow run` project run): never touched
+    tags = {
+        "dead": {"finalbn.worker": f"{dead['host']}:{dead['pid']}", "finalbn.worker_started": str(dead["started"])},
+        "live": store.worker_tags(),
+        "elsewhere": {"finalbn.worker": f"node-that-is-not-this-one:{os.getpid()}"},
+        "untagged": {},
+    }  # not finalbn's (an `mlflow run` project run): never touched
     ids = {name: client.create_run(exp, run_name=name, tags=t).info.run_id for name, t in tags.items()}
     assert store.reap([exp]) == [ids["dead"]]
     status = {name: client.get_run(i).info.status for name, i in ids.items()}
@@ -99,9 +102,11 @@ def test_a_dead_processs_running_runs_are_killed_and_the_others_left(tmp_path, m
 
 def test_a_fault_point_stops_on_its_nth_hit_and_costs_nothing_unset(tmp_path):
     ready = tmp_path / "ready"
-    code = ("from finalbn.infra import faults\n"
-            "faults.point('grid.cell'); print('first', flush=True)\n"
-            "faults.point('grid.between'); faults.point('grid.cell'); print('second', flush=True)\n")
+    code = (
+        "from finalbn.infra import faults\n"
+        "faults.point('grid.cell'); print('first', flush=True)\n"
+        "faults.point('grid.between'); faults.point('grid.cell'); print('second', flush=True)\n"
+    )
     env = {**os.environ, "FINALBN_FAULT": "grid.cell@2", "FINALBN_FAULT_READY": str(ready)}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
@@ -113,7 +118,10 @@ def test_a_fault_point_stops_on_its_nth_hit_and_costs_nothing_unset(tmp_path):
     proc.kill()
     assert proc.communicate()[0] == "first\n"
     env.pop("FINALBN_FAULT")
-    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout == "first\nsecond\n"
+    assert (
+        subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout
+        == "first\nsecond\n"
+    )
 
 
 def test_a_ctrl_c_python_swallowed_stops_the_next_epoch_and_the_command_says_interrupted(monkeypatch, capsys):
@@ -122,13 +130,13 @@ def test_a_ctrl_c_python_swallowed_stops_the_next_epoch_and_the_command_says_int
     command that still returns exits 130 with its one line."""
     interrupt.reset()
     try:
-        point = tracked._Point("grid.cell")
+        point = cellrun._Point("grid.cell")
         point.on_epoch_end(1, {})  # no Ctrl-C: nothing
         interrupt.received()  # the handler ran; its exception went nowhere
         with pytest.raises(KeyboardInterrupt):
             point.on_epoch_end(2, {})
         point.on_epoch_end(3, {})  # delivered once
-        monkeypatch.setattr(cli, "stage_main", lambda command: (lambda cfg, args: 0))
+        monkeypatch.setattr(cli, "stage_main", lambda command: lambda cfg, args: 0)
         assert cli.main(["store", "--params", str(ROOT / "params.yaml")]) == 130
         assert "finalbn store: interrupted" in capsys.readouterr().err
     finally:
@@ -138,6 +146,7 @@ def test_a_ctrl_c_python_swallowed_stops_the_next_epoch_and_the_command_says_int
 def test_a_swallowed_ctrl_c_prints_no_traceback_and_other_unraisable_errors_still_do(capsys):
     """Python prints "Exception ignored ... Traceback" for an exception raised in a __del__: the
     command line's hook drops it for the Ctrl-C it remembered (delivered later), for nothing else."""
+
     class Collected:
         def __init__(self, exc):
             self.exc = exc

@@ -1,4 +1,5 @@
 """The imbalance baselines: focal, logit-adjusted and class-balanced losses; temperature scaling."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,7 +27,9 @@ def test_focal_with_gamma_zero_is_cross_entropy(weight):
     soft = torch.softmax(torch.randn(8, 2, generator=g), 1)
     for target in (y, soft):
         ce = F.cross_entropy(logits, target, weight=weight)
-        assert loss_value(logits, target, _settings(loss="focal", focal_gamma=0.0), weight) == pytest.approx(float(ce), abs=1e-6)
+        assert loss_value(logits, target, _settings(loss="focal", focal_gamma=0.0), weight) == pytest.approx(
+            float(ce), abs=1e-6
+        )
 
 
 def test_focal_down_weights_easy_examples():
@@ -49,7 +52,7 @@ def test_logit_adjusted_is_cross_entropy_on_shifted_logits():
 def test_class_balanced_weights_follow_the_effective_number():
     labels = np.array([0] * 1000 + [1] * 10)
     w = class_balanced_weights(labels, 0.999)
-    eff = [(1 - 0.999 ** 1000) / 0.001, (1 - 0.999 ** 10) / 0.001]  # effective numbers
+    eff = [(1 - 0.999**1000) / 0.001, (1 - 0.999**10) / 0.001]  # effective numbers
     assert w[1] / w[0] == pytest.approx(eff[0] / eff[1], rel=1e-9) and sum(w) == pytest.approx(2.0)
     assert 50 < w[1] / w[0] < 100  # between no weighting and inverse frequency (100)
     assert class_balanced_weights(labels, 0.0) == pytest.approx((1.0, 1.0))

@@ -1,4 +1,5 @@
 """Hand-computed checks of finalbn.stats.metrics."""
+
 from __future__ import annotations
 
 import json
@@ -46,10 +47,22 @@ def test_classification_report_worked_example():
     r = m.classification_report(Y6, PROBS6)
     assert list(r) == [
         "accuracy",
-        "precision_0", "recall_0", "f1_0", "support_0",
-        "precision_1", "recall_1", "f1_1", "support_1",
-        "f1_macro", "ece", "brier", "nll", "minority_f1",
-        "balanced_accuracy", "auroc", "ap",
+        "precision_0",
+        "recall_0",
+        "f1_0",
+        "support_0",
+        "precision_1",
+        "recall_1",
+        "f1_1",
+        "support_1",
+        "f1_macro",
+        "ece",
+        "brier",
+        "nll",
+        "minority_f1",
+        "balanced_accuracy",
+        "auroc",
+        "ap",
     ]
     assert all(type(v) is float for v in r.values())
     assert r["accuracy"] == pytest.approx(4 / 6)

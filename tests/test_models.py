@@ -2,6 +2,7 @@
 
 No test touches the network: an autouse fixture makes torch.hub's downloader raise.
 """
+
 from __future__ import annotations
 
 import urllib.error
@@ -69,8 +70,9 @@ def test_registry_has_the_study_archs():
     assert all(callable(spec) for spec in ARCHS.values())
 
 
-@pytest.mark.parametrize("arch, nf", [("mobilenet_v3_small", 576), ("regnet_y_400mf", 440),
-                                      ("convnext_tiny", 768), ("densenet121", 1024)])
+@pytest.mark.parametrize(
+    "arch, nf", [("mobilenet_v3_small", 576), ("regnet_y_400mf", 440), ("convnext_tiny", 768), ("densenet121", 1024)]
+)
 def test_any_torchvision_model_by_name(arch, nf):
     """Not only the registered archs: the body is cut generically (features, or up to the pool)."""
     model = create_model(arch).eval()
@@ -203,8 +205,18 @@ def test_train_keeps_frozen_body_bn_in_eval_but_head_follows():
 def test_head_is_fastai_create_head():
     model = create_model("resnet18")
     kinds = [type(m) for m in model.head]
-    assert kinds == [AdaptiveConcatPool2d, nn.Flatten, nn.BatchNorm1d, nn.Dropout, nn.Linear, nn.ReLU,
-                     nn.BatchNorm1d, nn.Dropout, nn.Linear, nn.BatchNorm1d]
+    assert kinds == [
+        AdaptiveConcatPool2d,
+        nn.Flatten,
+        nn.BatchNorm1d,
+        nn.Dropout,
+        nn.Linear,
+        nn.ReLU,
+        nn.BatchNorm1d,
+        nn.Dropout,
+        nn.Linear,
+        nn.BatchNorm1d,
+    ]
     assert [model.head[3].p, model.head[7].p] == [0.25, 0.5]
     assert model.head[2].num_features == 1024 and model.head[4].in_features == 1024
     assert model.head[4].out_features == 512 and model.head[8].out_features == 2
@@ -217,8 +229,11 @@ def test_head_is_fastai_create_head():
 
 
 def test_final_bn_options_pass_through():
-    model = create_model("resnet18", head=HeadSpec(final_bn_momentum=0.1, final_bn_eps=1e-3, final_bn_affine=False,
-                                                  hidden=64, dropout=(0.0, 0.1)), num_classes=3)
+    model = create_model(
+        "resnet18",
+        head=HeadSpec(final_bn_momentum=0.1, final_bn_eps=1e-3, final_bn_affine=False, hidden=64, dropout=(0.0, 0.1)),
+        num_classes=3,
+    )
     last = model.head[-1]
     assert (last.num_features, last.momentum, last.eps, last.affine) == (3, 0.1, 1e-3, False)
     assert last.weight is None and last.bias is None
@@ -246,8 +261,9 @@ def test_a_single_sigmoid_logit_is_the_two_class_logits_zero_and_z():
     y = torch.tensor([1, 0, 1, 0])
     # softmax over [0, z] is the sigmoid of z, and cross-entropy is the binary cross-entropy
     assert torch.allclose(out.softmax(1)[:, 1], torch.sigmoid(z))
-    assert torch.allclose(nn.functional.cross_entropy(out, y),
-                          nn.functional.binary_cross_entropy_with_logits(z, y.float()))
+    assert torch.allclose(
+        nn.functional.cross_entropy(out, y), nn.functional.binary_cross_entropy_with_logits(z, y.float())
+    )
     with pytest.raises(ValueError, match="a single logit is a binary head"):
         create_model("resnet18", head=HeadSpec(single_logit=True), num_classes=3)
 

@@ -1,6 +1,7 @@
 """The DVC pipeline in a scratch project (git repo or plain folder): stages run, rerun nothing, re-run what changed;
 killed or interrupted anywhere, it resumes to the same outputs (tests/faulting.py).
 (That every stage's code deps are its import closure is checked in tests/test_structure.py.)"""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,15 @@ def _repro(repo: Path, *stages: str) -> str:
     """`dvc repro *stages` in `repo`, which must exit 0 within 600 s (else its whole process group,
     shard and search workers included, is killed and the test fails); its stdout."""
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro", *stages], cwd=repo, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dvc"), "repro", *stages],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=600)
     except subprocess.TimeoutExpired:
@@ -41,8 +49,14 @@ def _repro(repo: Path, *stages: str) -> str:
 
 def _dvc(repo: Path, *args: str) -> str:
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "COLUMNS": "300"}
-    out = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=repo, env=env,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), *args],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout
 
@@ -62,14 +76,18 @@ def _holds_what_is_cited(repo: Path, db: str) -> set[str]:
     """The store `db` of `repo` holds every run the outputs cite, every trial's, the report's own and
     the champion's (the export's model), and every stage's fingerprint says so; returns its run ids."""
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / db}")
-    held = {r.info.run_id for r in client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                                      max_results=5000)}
+    held = {
+        r.info.run_id
+        for r in client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=5000)
+    }
     cited = fingerprint.cited([repo / "results", repo / "report", repo / "models"])
     assert cited and cited <= held, cited - held
     trials = json.loads((repo / "results" / "search.json").read_text())["trial_mlflow_run_ids"]
     assert len(trials) == 2 and all(ids and set(ids) <= held for ids in trials.values()), trials
-    marks = {p.relative_to(repo / "results" / "store").as_posix(): json.loads(p.read_text())
-             for p in (repo / "results" / "store").rglob("*.json")}
+    marks = {
+        p.relative_to(repo / "results" / "store").as_posix(): json.loads(p.read_text())
+        for p in (repo / "results" / "store").rglob("*.json")
+    }
     assert all(m["complete"] and set(m["runs"]) <= held for m in marks.values()), marks
     report = client.get_experiment_by_name("finalbn/report").experiment_id
     assert set(marks["report.json"]["runs"]) & {r.info.run_id for r in client.search_runs([report])}
@@ -110,11 +128,15 @@ def _the_store_as_mlflow_users_expect(repo: Path) -> None:
     parents = {r.info.run_id: r for r in runs if r.data.tags.get("finalbn.parent") == "true"}
     assert len(cells) == 13 and len(parents) == 3 + 4  # 31, 63, 59 and the 4 baselines on 63
     for r in runs:
-        assert r.info.run_name.startswith(r.data.tags["config_name"]) and r.data.tags["stage"] == "grid", r.info.run_name
+        assert r.info.run_name.startswith(r.data.tags["config_name"]) and r.data.tags["stage"] == "grid", (
+            r.info.run_name
+        )
     for c in cells:
         p = c.data.params
         assert p["dataset.name"] == "synthetic-apple" and "model.arch" in p
-        assert not [k for k in p if k.split(".")[0] in ("search", "grid", "pretrain", "report", "sensitivity", "datasets")]
+        assert not [
+            k for k in p if k.split(".")[0] in ("search", "grid", "pretrain", "report", "sensitivity", "datasets")
+        ]
         (ds,) = c.inputs.dataset_inputs
         assert ds.dataset.digest == c.data.tags["manifest_sha256"][:32]
     for pid, parent in parents.items():
@@ -129,14 +151,23 @@ def _the_store_as_mlflow_users_expect(repo: Path) -> None:
     bindir = Path(sys.executable).parent
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
     dst = repo / "downloaded model"
-    subprocess.run([str(bindir / "mlflow"), "artifacts", "download", "-u", "models:/finalbn@champion", "-d", str(dst)],
-                   env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [str(bindir / "mlflow"), "artifacts", "download", "-u", "models:/finalbn@champion", "-d", str(dst)],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     assert (dst / "extra_files" / "model.json").is_file() and (dst / "model.onnx").is_file()
     mlmodel = yaml.safe_load((dst / "MLmodel").read_text())
     assert json.loads(mlmodel["signature"]["inputs"])[0]["name"] == "image"
     leaf = next((repo / "data" / "raw" / "synthetic").rglob("*.png"))
-    out = subprocess.run([str(bindir / "finalbn-field"), "predict", "--model", str(dst), str(leaf), "--out",
-                          str(repo / "preds.csv")], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [str(bindir / "finalbn-field"), "predict", "--model", str(dst), str(leaf), "--out", str(repo / "preds.csv")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert (repo / "preds.csv").read_text().count("\n") == 2
 
@@ -148,11 +179,15 @@ def _project(tmp_path: Path, git: bool) -> Path:
     shutil.copy(ROOT / "dvc.yaml", tmp_path)
     shutil.copy(ROOT / "Makefile", tmp_path)
     shutil.copytree(ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    shutil.copytree(ROOT / "deploy" / "field" / "finalbn_field", tmp_path / "deploy" / "field" / "finalbn_field",
-                    ignore=shutil.ignore_patterns("__pycache__"))  # the decoder's and decision rules' source: deps too
+    shutil.copytree(
+        ROOT / "deploy" / "field" / "finalbn_field",
+        tmp_path / "deploy" / "field" / "finalbn_field",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )  # the decoder's and decision rules' source: deps too
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["synthetic"].update(image_size=16, crops=["Apple", "Grape"], healthy=12, per_disease=2, workers=1,
-                               healthy_by_crop={})
+    params["synthetic"].update(
+        image_size=16, crops=["Apple", "Grape"], healthy=12, per_disease=2, workers=1, healthy_by_crop={}
+    )
     params["datasets"]["synthetic-apple"]["image_size"] = 16
     params["split"].update(train=[4, 2], val=[2, 1], test=[2, 2], disjoint_test=False)
     params["train"].update(epochs=1, batch_size=4, threads=1)
@@ -161,14 +196,27 @@ def _project(tmp_path: Path, git: bool) -> Path:
     params["report"]["bootstrap"] = 200
     params["search"].update(n_trials=2, pruner="none")
     params["selection"]["replicates"] = 1  # chosen on replicate 0, compared on the held-out replicate 1
-    params["sensitivity"].update(replicates=2, imbalance=[], batch_size=[], final_bn_momentum=[], frozen_bn=[],
-                                 single_logit=False, bias_shift=False, workers=1)  # the stage runs and writes its
+    params["sensitivity"].update(
+        replicates=2,
+        imbalance=[],
+        batch_size=[],
+        final_bn_momentum=[],
+        frozen_bn=[],
+        single_logit=False,
+        bias_shift=False,
+        workers=1,
+    )  # the stage runs and writes its
     # empty table (its levels and the bias shift are tests/test_sensitivity.py's: a `finalbn grid` process less here)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     if git:
         subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
-    made = subprocess.run(["make", "--no-print-directory", "dvc-ready", f"BIN={Path(sys.executable).parent}"],
-                          cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    made = subprocess.run(
+        ["make", "--no-print-directory", "dvc-ready", f"BIN={Path(sys.executable).parent}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DVC_NO_ANALYTICS": "1"},
+    )
     assert made.returncode == 0, made.stdout + made.stderr
     assert ("not a git work tree" in made.stdout) is not git
     return tmp_path
@@ -188,7 +236,8 @@ def repo_without_git(tmp_path):
 
 @pytest.mark.slow
 def test_whole_pipeline_then_store_gone_and_killed_anywhere_then_nothing_then_only_what_changed_then_another_store(
-        repo, tmp_path_factory, monkeypatch):
+    repo, tmp_path_factory, monkeypatch
+):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # MLflow's default store in the repo
     first = _repro(repo)
     # the per-dataset stages named by the dataset
@@ -242,8 +291,13 @@ def test_whole_pipeline_then_store_gone_and_killed_anywhere_then_nothing_then_on
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     randomly = _copy_without_store(repo, tmp_path_factory.mktemp("randomly"), workers=1, keep_splits=True)
     seed, draws = faulting.kill_seed(), int(os.environ.get(faulting.DRAWS, "1"))
-    print("\n".join(faulting.random_kills(randomly, repo, {s: spans[s] for s in KILLED_AT_RANDOM}, draws, seed,
-                                          _repro, stages=KILLED_AT_RANDOM)))
+    print(
+        "\n".join(
+            faulting.random_kills(
+                randomly, repo, {s: spans[s] for s in KILLED_AT_RANDOM}, draws, seed, _repro, stages=KILLED_AT_RANDOM
+            )
+        )
+    )
     shown = _dvc(repo, "metrics", "show")  # the headline only: one short row per file
     assert "gain" in shown and "val_auroc" in shown and max(map(len, shown.splitlines())) <= 200, shown
     assert _ran(_repro(repo)) == {"store"}
@@ -257,7 +311,9 @@ def test_whole_pipeline_then_store_gone_and_killed_anywhere_then_nothing_then_on
     plots = json.loads(_dvc(repo, "plots", "diff", "HEAD~1", "HEAD", "--json"))["data"]
     assert len(plots) == 4  # data plots, drawn for both commits
     for title, (plot, *_) in plots.items():
-        assert plot["type"] == "vega" and {v["rev"] for v in plot["content"]["data"]["values"]} == {"HEAD~1", "HEAD"}, title
+        assert plot["type"] == "vega" and {v["rev"] for v in plot["content"]["data"]["values"]} == {"HEAD~1", "HEAD"}, (
+            title
+        )
     assert "Running stage 'report'" in third and "Running stage 'grid'" not in third
     assert "Running stage 'search'" not in third and "Running stage 'export'" not in third
     assert "Running stage 'sensitivity'" not in third

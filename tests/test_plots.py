@@ -1,4 +1,5 @@
 """finalbn.plots.cellplots: each function returns one Figure that saves to a PNG and closes cleanly."""
+
 from __future__ import annotations
 
 import re
@@ -62,8 +63,7 @@ def test_loss_curves(tmp_path):
 
 def test_loss_curves_missing_values_are_gaps(tmp_path):
     before = plt.get_fignums()
-    fig = cellplots.loss_curves([{"epoch": 0, "train_loss": 1.0}, {"epoch": 1, "train_loss": 0.5,
-                                                               "val_loss": None}])
+    fig = cellplots.loss_curves([{"epoch": 0, "train_loss": 1.0}, {"epoch": 1, "train_loss": 0.5, "val_loss": None}])
     val = next(ln for ln in fig.axes[0].get_lines() if ln.get_label() == "val loss")
     assert np.isnan(val.get_ydata()).all()
     _save_and_close(fig, tmp_path, "loss_gaps", before)
@@ -114,12 +114,10 @@ def test_reliability_diagram(tmp_path):
     assert len(full) == 5  # empty bins are not drawn
     acc_bars = ax.containers[0]
     gap_bars = ax.containers[1]
-    np.testing.assert_allclose([r.get_height() for r in acc_bars],
-                               [bins["accuracy"][i] for i in full])
+    np.testing.assert_allclose([r.get_height() for r in acc_bars], [bins["accuracy"][i] for i in full])
     np.testing.assert_allclose([r.get_x() for r in acc_bars], [bins["lower"][i] for i in full])
     # gap bar spans accuracy -> confidence
-    np.testing.assert_allclose([r.get_y() + r.get_height() for r in gap_bars],
-                               [bins["confidence"][i] for i in full])
+    np.testing.assert_allclose([r.get_y() + r.get_height() for r in gap_bars], [bins["confidence"][i] for i in full])
     diag = next(ln for ln in ax.get_lines() if ln.get_label() == "perfect calibration")
     np.testing.assert_allclose(diag.get_ydata(), [0, 1])
     _save_and_close(fig, tmp_path, "reliability", before)
@@ -155,8 +153,9 @@ def test_panels_draw_on_a_given_axes(tmp_path):
     cellplots.reliability_panel(ax_rel, bins, "pooled", fontsize="small")
     cellplots.softmax_panel(ax_soft, Y, PROBS[:, 0], PROBS[:, 1], marker_size=8)
     single = cellplots.reliability_diagram(bins)
-    np.testing.assert_allclose([r.get_height() for r in ax_rel.containers[0]],
-                               [r.get_height() for r in single.axes[0].containers[0]])
+    np.testing.assert_allclose(
+        [r.get_height() for r in ax_rel.containers[0]], [r.get_height() for r in single.axes[0].containers[0]]
+    )
     assert ax_rel.get_title() == "pooled" and single.axes[0].get_title() == ""
     plt.close(single)
     np.testing.assert_allclose(ax_soft.collections[1].get_offsets()[:, 1], PROBS[[1, 3, 4, 5, 0, 2], 1])
@@ -182,13 +181,40 @@ def test_the_reports_crowded_figures_are_readable_at_their_rendered_size(tmp_pat
 
     monkeypatch.setattr(Figure, "savefig", spy)
     rng = np.random.default_rng(0)
-    cells = pd.DataFrame([{"dataset": "d", "arch": "a", "config_id": c, "config_name": config_name(ablation_from_id(c)),
-                           "replicate": r, "val_auroc": rng.random(), "test_auroc": rng.random(),
-                           "test_f1_1": rng.random()} for c in range(64) for r in range(2)])
+    cells = pd.DataFrame(
+        [
+            {
+                "dataset": "d",
+                "arch": "a",
+                "config_id": c,
+                "config_name": config_name(ablation_from_id(c)),
+                "replicate": r,
+                "val_auroc": rng.random(),
+                "test_auroc": rng.random(),
+                "test_f1_1": rng.random(),
+            }
+            for c in range(64)
+            for r in range(2)
+        ]
+    )
     figures.fig_configs(cells, tmp_path / "configs.png")
-    eff = pd.DataFrame([{"metric": "f1_1", "effect": f"e{i}", "kind": "main", "estimate": 0.1 * i, "ci_low": 0.0,
-                         "ci_high": 0.2 * i, "boot_low": float("nan"), "boot_high": float("nan"), "scope": "d/a",
-                         "label": f"effect number {i}"} for i in range(30)])
+    eff = pd.DataFrame(
+        [
+            {
+                "metric": "f1_1",
+                "effect": f"e{i}",
+                "kind": "main",
+                "estimate": 0.1 * i,
+                "ci_low": 0.0,
+                "ci_high": 0.2 * i,
+                "boot_low": float("nan"),
+                "boot_high": float("nan"),
+                "scope": "d/a",
+                "label": f"effect number {i}",
+            }
+            for i in range(30)
+        ]
+    )
     figures.fig_effects(eff, tmp_path / "effects.png")
     assert set(seen) == {"configs.png", "effects.png"}
     for name, (pt, width) in seen.items():

@@ -1,4 +1,5 @@
 """The pretrain stage on a tiny in-memory source task, and its guard against target leakage."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,16 @@ from finalbn.train.cell import build_model
 
 def test_pretrain_writes_a_backbone_the_cell_loads(prepared, tmp_path):
     load, _ = prepared
-    cfg = load(["pretrain.per_class=5", "pretrain.image_size=32", "pretrain.epochs=1", "pretrain.batch_size=8",
-                "model.weights=synthetic", "model.arch=resnet18"])
+    cfg = load(
+        [
+            "pretrain.per_class=5",
+            "pretrain.image_size=32",
+            "pretrain.epochs=1",
+            "pretrain.batch_size=8",
+            "model.weights=synthetic",
+            "model.arch=resnet18",
+        ]
+    )
     summary = pretrain(cfg)
     out = tmp_path / "pretrained"
     assert summary["classes"] == ["healthy", "Leaf_spot", "Rust", "Mosaic", "Blight"]

@@ -1,5 +1,6 @@
 """report.prevalence: the balanced test set reweighted to a field prevalence, against a hand-computed
 case and against scikit-learn / finalbn.stats.metrics at the test set's own prevalence."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -55,24 +56,35 @@ def test_precision_falls_with_prevalence_and_the_pr_curve_with_it():
     assert (precision_low <= precision + 1e-12).all() and precision_low[-1] == pytest.approx(0.01)
 
 
-@pytest.mark.parametrize("labels, pi, message", [
-    (Y, 0.0, r"a prevalence must lie in \(0, 1\)"), (Y, 1.0, r"a prevalence must lie in \(0, 1\)"),
-    (np.ones(8, int), 0.1, "needs both classes"),
-])
+@pytest.mark.parametrize(
+    "labels, pi, message",
+    [
+        (Y, 0.0, r"a prevalence must lie in \(0, 1\)"),
+        (Y, 1.0, r"a prevalence must lie in \(0, 1\)"),
+        (np.ones(8, int), 0.1, "needs both classes"),
+    ],
+)
 def test_bad_input_is_one_clear_error(labels, pi, message):
     with pytest.raises(ValueError, match=message):
         prev.at_prevalence(labels, P, pi)
 
 
 def test_cell_table_widen_and_means():
-    cells = pd.DataFrame([{"run_id": "a", "dataset": "d", "arch": "x", "config_id": 31, "baseline": "", "replicate": 0},
-                          {"run_id": "b", "dataset": "d", "arch": "x", "config_id": 63, "baseline": "", "replicate": 0},
-                          {"run_id": "gone", "dataset": "d", "arch": "x", "config_id": 63, "baseline": "", "replicate": 1}])
-    preds = {"a": pd.DataFrame({"label": Y, "p1_last": P, "p1_sel": P}),
-             "b": pd.DataFrame({"label": Y, "p1_last": P / 2, "p1_sel": P})}
+    cells = pd.DataFrame(
+        [
+            {"run_id": "a", "dataset": "d", "arch": "x", "config_id": 31, "baseline": "", "replicate": 0},
+            {"run_id": "b", "dataset": "d", "arch": "x", "config_id": 63, "baseline": "", "replicate": 0},
+            {"run_id": "gone", "dataset": "d", "arch": "x", "config_id": 63, "baseline": "", "replicate": 1},
+        ]
+    )
+    preds = {
+        "a": pd.DataFrame({"label": Y, "p1_last": P, "p1_sel": P}),
+        "b": pd.DataFrame({"label": Y, "p1_last": P / 2, "p1_sel": P}),
+    }
     table, notes = prev.cell_table(cells, preds.get, [0.5, 0.1])
-    assert len(table) == 2 * 2 * 2 and notes == ["1 cell run(s) without test predictions are left out of the "
-                                                 "metrics at each prevalence"]
+    assert len(table) == 2 * 2 * 2 and notes == [
+        "1 cell run(s) without test predictions are left out of the metrics at each prevalence"
+    ]
     wide = prev.widen(cells, table)
     assert wide.loc[0, "f1_1@0.1"] == pytest.approx(prev.at_prevalence(Y, P, 0.1)["f1_1"])
     assert wide.loc[1, "sel_f1_1@0.1"] == pytest.approx(prev.at_prevalence(Y, P, 0.1)["f1_1"])

@@ -1,5 +1,6 @@
 """finalbn.report: hand-made cell grids with known numbers in, tables / effects / files checked by
 hand; the statistics against hand computations; one small real MLflow sqlite store read back."""
+
 from __future__ import annotations
 
 import itertools
@@ -32,12 +33,30 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def _row(run_id, dataset, rep, cid, f1_1, f1_0=0.9, arch="efficientnet_lite0", val_auroc=0.8, **extra):
     flags = dict(zip(TOGGLES, PRODUCT[cid]))
-    row = {"run_id": run_id, "dataset": dataset, "arch": arch, "replicate": rep, "config_id": cid,
-           "config_name": "+".join(t.upper() for t in TOGGLES if flags[t]) or "none", **flags,
-           "selected_epoch": 5, "test_f1_1": f1_1, "test_f1_0": f1_0, "test_precision_1": f1_1,
-           "test_recall_1": f1_1, "test_precision_0": f1_0, "test_recall_0": f1_0, "test_ece": 0.1,
-           "test_brier": 0.2, "test_auroc": 0.5 + f1_1 / 2, "test_ap": 0.5 + f1_1 / 2, "test_f1_1_pc": f1_1 - 0.05,
-           "test_sel_f1_1": f1_1 - 0.01, "val_auroc": val_auroc, "val_f1_1": 0.5}
+    row = {
+        "run_id": run_id,
+        "dataset": dataset,
+        "arch": arch,
+        "replicate": rep,
+        "config_id": cid,
+        "config_name": "+".join(t.upper() for t in TOGGLES if flags[t]) or "none",
+        **flags,
+        "selected_epoch": 5,
+        "test_f1_1": f1_1,
+        "test_f1_0": f1_0,
+        "test_precision_1": f1_1,
+        "test_recall_1": f1_1,
+        "test_precision_0": f1_0,
+        "test_recall_0": f1_0,
+        "test_ece": 0.1,
+        "test_brier": 0.2,
+        "test_auroc": 0.5 + f1_1 / 2,
+        "test_ap": 0.5 + f1_1 / 2,
+        "test_f1_1_pc": f1_1 - 0.05,
+        "test_sel_f1_1": f1_1 - 0.01,
+        "val_auroc": val_auroc,
+        "val_f1_1": 0.5,
+    }
     row.update(extra)
     return row
 
@@ -55,8 +74,13 @@ def _predictions(p1_minority: dict[str, float], p1_majority: dict[str, float]) -
 
 def _bins(counts, accs, confs):
     edges = np.linspace(0, 1, len(counts) + 1)
-    return {"lower": edges[:-1].tolist(), "upper": edges[1:].tolist(), "count": counts,
-            "accuracy": accs, "confidence": confs}
+    return {
+        "lower": edges[:-1].tolist(),
+        "upper": edges[1:].tolist(),
+        "count": counts,
+        "accuracy": accs,
+        "confidence": confs,
+    }
 
 
 def design_grid(bn_effect=0.3, headline_reps=5, noise=0.02) -> CellData:
@@ -69,10 +93,27 @@ def design_grid(bn_effect=0.3, headline_reps=5, noise=0.02) -> CellData:
     for cid, r in sorted(wanted):
         f = dict(zip(TOGGLES, PRODUCT[cid]))
         x = {t: 1 if f[t] else -1 for t in TOGGLES}
-        f1 = 0.3 + bn_effect * f["bn"] + 0.1 * f["da"] + 0.025 * x["bn"] * x["wl"] + rep_shift[r] \
+        f1 = (
+            0.3
+            + bn_effect * f["bn"]
+            + 0.1 * f["da"]
+            + 0.025 * x["bn"] * x["wl"]
+            + rep_shift[r]
             + 0.01 * rng.normal() * f["bn"]
-        rows.append(_row(f"r{n}", "apple", r, cid, f1, f1_0=0.8 + 0.1 * f["bn"], val_auroc=0.7 + 0.2 * f["bn"]
-                         + 0.001 * (cid % 7), test_ece=0.2 - 0.1 * f["bn"], test_brier=0.3 - 0.1 * f["bn"]))
+        )
+        rows.append(
+            _row(
+                f"r{n}",
+                "apple",
+                r,
+                cid,
+                f1,
+                f1_0=0.8 + 0.1 * f["bn"],
+                val_auroc=0.7 + 0.2 * f["bn"] + 0.001 * (cid % 7),
+                test_ece=0.2 - 0.1 * f["bn"],
+                test_brier=0.3 - 0.1 * f["bn"],
+            )
+        )
         n += 1
     cells = pd.DataFrame(rows)
     data = CellData(cells=cells, experiment="fake")
@@ -82,27 +123,43 @@ def design_grid(bn_effect=0.3, headline_reps=5, noise=0.02) -> CellData:
         bn = r.bn
         data.predictions[r.run_id] = _predictions(
             {f"d{i}.png": (0.6 + 0.05 * i if bn else 0.1 * i + 0.01 * r.replicate) for i in range(8)},
-            {f"h{i}.png": (0.45 if bn else 0.01 * i) for i in range(8)})
+            {f"h{i}.png": (0.45 if bn else 0.01 * i) for i in range(8)},
+        )
         data.val_predictions[r.run_id] = data.predictions[r.run_id].drop(columns=["p1_sel"])  # its own cuts
-        data.reliability[r.run_id] = {"selected": _bins([0, 2, 2], [None, 0.5, 1.0], [None, 0.5, 0.9]),
-                                      "last": _bins([0, 2, 2], [None, 0.5, 1.0], [None, 0.5, 0.9])}
+        data.reliability[r.run_id] = {
+            "selected": _bins([0, 2, 2], [None, 0.5, 1.0], [None, 0.5, 0.9]),
+            "last": _bins([0, 2, 2], [None, 0.5, 1.0], [None, 0.5, 0.9]),
+        }
     return data
 
 
-CEILING = {"dataset": "apple", "arch": "efficientnet_lite0", "image_size": 64, "auroc": 0.95, "auroc_std": 0.02,
-           "images": "150 + 150 spare images outside the split", "low": False}
+CEILING = {
+    "dataset": "apple",
+    "arch": "efficientnet_lite0",
+    "image_size": 64,
+    "auroc": 0.95,
+    "auroc_std": 0.02,
+    "images": "150 + 150 spare images outside the split",
+    "low": False,
+}
 
 
 # --------------------------------------------------------------------------- tables
 
 
 def test_table1_means_and_bn_improvement():
-    cells = pd.DataFrame([
-        _row("a", "apple", 0, 63, 0.2, 0.7), _row("b", "apple", 1, 63, 0.4, 0.8),
-        _row("c", "apple", 0, 47, 0.5, 0.85), _row("d", "apple", 1, 47, 0.7, 0.95),
-        _row("e", "apple", 0, 31, 0.9, 0.96), _row("f", "apple", 1, 31, 0.8, 0.94),
-        _row("g", "tomato", 0, 63, 0.1), _row("h", "tomato", 0, 31, 0.6),  # no WL run for tomato
-    ])
+    cells = pd.DataFrame(
+        [
+            _row("a", "apple", 0, 63, 0.2, 0.7),
+            _row("b", "apple", 1, 63, 0.4, 0.8),
+            _row("c", "apple", 0, 47, 0.5, 0.85),
+            _row("d", "apple", 1, 47, 0.7, 0.95),
+            _row("e", "apple", 0, 31, 0.9, 0.96),
+            _row("f", "apple", 1, 31, 0.8, 0.94),
+            _row("g", "tomato", 0, 63, 0.1),
+            _row("h", "tomato", 0, 31, 0.6),  # no WL run for tomato
+        ]
+    )
     t1 = tables.table1(prepare(cells)[0])
     apple = t1[(t1["dataset"] == "apple")].set_index("class")
     assert apple.loc["diseased (1)", "without_final_bn"] == pytest.approx(0.3)
@@ -156,24 +213,40 @@ def test_a_configuration_on_fewer_replicates_is_never_ranked_against_replicated_
 def test_the_choice_against_bn_only_uses_only_held_out_replicates():
     rows = []
     for r in range(5):  # config 15 leads on replicates 0-1 (chosen there), and loses to 31 on 2-4
-        rows += [_row(f"a{r}", "apple", r, 15, 0.9 if r < 2 else 0.4, val_auroc=0.95),
-                 _row(f"b{r}", "apple", r, 31, 0.7, val_auroc=0.9)]
+        rows += [
+            _row(f"a{r}", "apple", r, 15, 0.9 if r < 2 else 0.4, val_auroc=0.95),
+            _row(f"b{r}", "apple", r, 31, 0.7, val_auroc=0.9),
+        ]
     cells = prepare(pd.DataFrame(rows))[0]
     line = choice.held_out_line(cells, 15, 2, "apple")
     assert "held-out replicates 2-4 (3, not used to choose)" in line and "minority F1 0.400 vs 0.700" in line
 
 
 def test_table4_draws_its_images_by_a_seeded_rule_that_reads_no_score():
-    cells = prepare(pd.DataFrame([
-        _row("n0", "apple", 0, 63, 0.2), _row("b0", "apple", 0, 31, 0.9),
-        _row("n1", "apple", 1, 63, 0.2), _row("b1", "apple", 1, 31, 0.9)]))[0]
+    cells = prepare(
+        pd.DataFrame(
+            [
+                _row("n0", "apple", 0, 63, 0.2),
+                _row("b0", "apple", 0, 31, 0.9),
+                _row("n1", "apple", 1, 63, 0.2),
+                _row("b1", "apple", 1, 31, 0.9),
+            ]
+        )
+    )[0]
     paths = [f"{c}.png" for c in "abcdefg"]
     without = _predictions(dict(zip(paths, [0.30, 0.05, 0.6, 0.10, 0.2, 0.15, 0.9])), {"h0.png": 0.0, "h1.png": 0.01})
-    with_bn = _predictions(dict(zip(paths, [0.70, 0.61, 0.8, 0.64, 0.67, 0.66, 0.95])) | {"z.png": 0.99},
-                           {"h1.png": 0.6, "h0.png": 0.3})
-    data = CellData(cells=cells, predictions={
-        "n0": without, "b0": with_bn,
-        "n1": _predictions({"a.png": 0.0, "x.png": 0.0}, {}), "b1": _predictions({"a.png": 1.0}, {})})
+    with_bn = _predictions(
+        dict(zip(paths, [0.70, 0.61, 0.8, 0.64, 0.67, 0.66, 0.95])) | {"z.png": 0.99}, {"h1.png": 0.6, "h0.png": 0.3}
+    )
+    data = CellData(
+        cells=cells,
+        predictions={
+            "n0": without,
+            "b0": with_bn,
+            "n1": _predictions({"a.png": 0.0, "x.png": 0.0}, {}),
+            "b1": _predictions({"a.png": 1.0}, {}),
+        },
+    )
     pairs, _ = tables.prediction_pairs(data, cells)
     t4 = tables.table4(pairs, seed=0)
     assert t4["replicate"].unique().tolist() == [0] and len(t4) == 5
@@ -185,8 +258,15 @@ def test_table4_draws_its_images_by_a_seeded_rule_that_reads_no_score():
     pairs2, _ = tables.prediction_pairs(CellData(cells=cells, predictions=flipped), cells)
     assert tables.table4(pairs2, seed=0)["path"].tolist() == t4["path"].tolist()
     assert tables.table4(pairs, seed=1)["path"].tolist() != t4["path"].tolist()
-    expect = {"a.png": "found", "b.png": "found", "c.png": "", "d.png": "found", "e.png": "found", "f.png": "found",
-              "g.png": ""}
+    expect = {
+        "a.png": "found",
+        "b.png": "found",
+        "c.png": "",
+        "d.png": "found",
+        "e.png": "found",
+        "f.png": "found",
+        "g.png": "",
+    }
     assert t4["flips"].tolist() == [expect[p] for p in t4["path"]]
     flips = tables.flip_counts(pairs).set_index("class")
     assert flips.loc["diseased", "flagged_only_with_final_bn"] == 5 and flips.loc["diseased", "images"] == 7
@@ -198,10 +278,13 @@ def test_table4_draws_its_images_by_a_seeded_rule_that_reads_no_score():
 
 def test_paired_contrast_is_a_t_interval_over_replicates():
     # the t interval itself is checked by hand in test_stats.py
-    cells = prepare(pd.DataFrame(
-        [_row(f"b{r}", "apple", r, 31, v) for r, v in enumerate([0.9, 0.8, 0.7, 0.95])]
-        + [_row(f"n{r}", "apple", r, 63, v) for r, v in enumerate([0.5, 0.6, 0.6, 0.5])]
-        + [_row("lonely", "apple", 9, 31, 0.1)]))[0]  # no partner: not a pair
+    cells = prepare(
+        pd.DataFrame(
+            [_row(f"b{r}", "apple", r, 31, v) for r, v in enumerate([0.9, 0.8, 0.7, 0.95])]
+            + [_row(f"n{r}", "apple", r, 63, v) for r, v in enumerate([0.5, 0.6, 0.6, 0.5])]
+            + [_row("lonely", "apple", 9, 31, 0.1)]
+        )
+    )[0]  # no partner: not a pair
     d = effects.paired_differences(cells, 31, "test_f1_1", 63, "test_f1_1")
     assert d["diff"].tolist() == pytest.approx([0.4, 0.2, 0.1, 0.45])
     assert effects.t_interval is finalbn_stats.t_interval  # finalbn.search imports it from effects
@@ -237,7 +320,8 @@ def test_ols_cluster_robust_effect_matches_the_hand_computed_sandwich():
     # simple effect of BN with WL off: 2 (b_BN - b_BNxWL), the difference of the two cell means
     off = df[(df["WL"] == -1)]
     assert eff.loc["BN | WL off", "estimate"] == pytest.approx(
-        off[off["BN"] == 1]["y"].mean() - off[off["BN"] == -1]["y"].mean())
+        off[off["BN"] == 1]["y"].mean() - off[off["BN"] == -1]["y"].mean()
+    )
 
 
 def test_the_unreplicated_factorial_is_exploratory_estimates_without_intervals():
@@ -261,8 +345,9 @@ def test_a_replicated_factorial_gets_cluster_robust_intervals_that_cover_the_tru
         shift = rng.normal(0, 0.05)
         for cid in range(64):
             f = dict(zip(TOGGLES, PRODUCT[cid]))
-            rows.append(_row(f"r{n}", "apple", r, cid, 0.3 + 0.2 * f["bn"] + 0.1 * f["da"] + shift
-                             + rng.normal(0, 0.02)))
+            rows.append(
+                _row(f"r{n}", "apple", r, cid, 0.3 + 0.2 * f["bn"] + 0.1 * f["da"] + shift + rng.normal(0, 0.02))
+            )
             n += 1
     cells = prepare(pd.DataFrame(rows))[0]
     eff, how = effects.factorial_effects(cells)
@@ -312,8 +397,9 @@ def test_hierarchical_bootstrap():
 def test_verdict_wording_is_neutral_and_set_against_the_paper():
     base = {"n": 5, "p": 0.01, "p_holm": 0.03, "kind": "contrast", "boot_low": math.nan}
     inside = effects.describe("X", {**base, "estimate": 0.12, "ci_low": 0.05, "ci_high": 0.19})
-    assert inside == ("X changes minority F1 by +0.120 [+0.050, +0.190] (95 % CI; 5 replicates; Holm-adjusted "
-                      "p = 0.03).")
+    assert inside == (
+        "X changes minority F1 by +0.120 [+0.050, +0.190] (95 % CI; 5 replicates; Holm-adjusted p = 0.03)."
+    )
     null = effects.describe("X", {**base, "estimate": 0.0, "ci_low": -0.04, "ci_high": 0.03})
     assert "rule out a gain larger than +0.030 and a loss larger than 0.040" in null
     assert not any(w in inside + null for w in ("helps", "hurts", "rescue"))
@@ -340,22 +426,28 @@ def design_report(tmp_path_factory):
     save = Figure.savefig
 
     def spy(fig, path, *a, **k):  # every figure the report draws, as it is saved
-        sizes = [t.get_fontsize() for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text().strip()]
+        sizes = [
+            t.get_fontsize() for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text().strip()
+        ]
         FIGURE_FONTS[Path(path).name] = (min(sizes, default=99.0), fig.get_figwidth())
         return save(fig, path, *a, **k)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Figure, "savefig", spy)
-        return report.build_report(design_grid(), out, n_boot=300, seed=1, ceilings=[CEILING],
-                                   train_counts=(1000, 10)), out
+        return report.build_report(
+            design_grid(), out, n_boot=300, seed=1, ceilings=[CEILING], train_counts=(1000, 10)
+        ), out
 
 
 def test_every_report_figure_is_readable_at_its_rendered_size(design_report):
     """Each PNG of the report, shown about RENDER_PX wide (a Markdown viewer): no text under
     MIN_TEXT_PX, i.e. no font under `figures.min_font_pt` of the figure's width."""
     assert len(FIGURE_FONTS) >= 10
-    small = {name: f"{pt:.1f} pt in {w:.1f} in (needs {figures.min_font_pt(w):.1f})"
-             for name, (pt, w) in FIGURE_FONTS.items() if pt < figures.min_font_pt(w) - 1e-9}
+    small = {
+        name: f"{pt:.1f} pt in {w:.1f} in (needs {figures.min_font_pt(w):.1f})"
+        for name, (pt, w) in FIGURE_FONTS.items()
+        if pt < figures.min_font_pt(w) - 1e-9
+    }
     assert not small, small
 
 
@@ -367,8 +459,10 @@ def test_report_opens_with_the_ceiling_then_the_verdict(design_report):
     verdict = summary["verdict"]
     # 31 - 63 = BN effect 0.3 minus the BN x WL product term at WL off (2 x 0.025)
     paper = next(v for v in verdict if v.startswith("The paper's contrast"))
-    assert paper.startswith("The paper's contrast, measured as the paper did (the test set as drawn, argmax cut, last "
-                            "epoch): final BN alone vs nothing (31 − 63) changes minority F1 by +0.25")
+    assert paper.startswith(
+        "The paper's contrast, measured as the paper did (the test set as drawn, argmax cut, last "
+        "epoch): final BN alone vs nothing (31 − 63) changes minority F1 by +0.25"
+    )
     assert "5 replicates" in paper and "bootstrap" not in paper  # the replicate interval is primary
     assert "The paper reports +0.23 (Pepper) to +0.66 (Apple)" in paper
     assert verdict[0].startswith("**Does final BN help at your prevalence?**")
@@ -381,8 +475,9 @@ def test_report_opens_with_the_ceiling_then_the_verdict(design_report):
     assert "exploratory" in fac and "Lenth" not in md and "replicate scale" not in md
     assert "AUROC by" in verdict[2]
     assert any(v.startswith("WD (1e-2, decoupled") for v in verdict)
-    assert any(v.startswith("Calibration (31 vs 63, last epoch)") and "training prior (π = 0.0099)" in v
-               for v in verdict)
+    assert any(
+        v.startswith("Calibration (31 vs 63, last epoch)") and "training prior (π = 0.0099)" in v for v in verdict
+    )
     assert any(v.startswith("Power: with 5 replicates") for v in verdict)
     assert any(v.startswith("What the intervals describe") for v in verdict)
     assert verdict[-1].startswith("Multiplicity: the Holm-adjusted p values of the opening sentences")
@@ -399,8 +494,9 @@ def test_all_files_and_summary(design_report):
         assert (out / name).is_file(), name
     for png in [n for n in report.FILES if n.endswith(".png")]:
         assert (out / png).read_bytes().startswith(PNG_MAGIC), png
-    on_disk = json.loads((out / "summary.json").read_text(),
-                         parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    on_disk = json.loads(
+        (out / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}")
+    )
     assert on_disk == summary
     assert summary["cells"] == 64 + 16 and summary["replicates"] == 5 and summary["configs"] == 64
     assert summary["ceiling"][0]["auroc"] == 0.95
@@ -436,8 +532,9 @@ def test_empty_raises(tmp_path):
 
 
 def test_duplicate_cell_keeps_latest():
-    cells = pd.DataFrame([_row("old", "apple", 0, 63, 0.1, start_time=1), _row("new", "apple", 0, 63, 0.5,
-                                                                               start_time=2)])
+    cells = pd.DataFrame(
+        [_row("old", "apple", 0, 63, 0.1, start_time=1), _row("new", "apple", 0, 63, 0.5, start_time=2)]
+    )
     prepared, dropped = prepare(cells)
     assert dropped == 1 and prepared["run_id"].tolist() == ["new"]
 
@@ -460,11 +557,25 @@ def test_a_bad_ceiling_file_is_named(tmp_path):
 def _log_cell(client, exp_id, tmp_path, cid, rep, f1_1, status="FINISHED", history=True, preds=None, key="k"):
     flags = dict(zip(TOGGLES, PRODUCT[cid]))
     tags = {t.upper(): str(v).lower() for t, v in flags.items()}
-    tags.update({"config_id": str(cid), "config_name": "x", "dataset": "apple", "arch": "efficientnet_lite0",
-                 "replicate": str(rep), "finalbn.cell": "true", "cell_key": f"{key}{cid}-{rep}"})
+    tags.update(
+        {
+            "config_id": str(cid),
+            "config_name": "x",
+            "dataset": "apple",
+            "arch": "efficientnet_lite0",
+            "replicate": str(rep),
+            "finalbn.cell": "true",
+            "cell_key": f"{key}{cid}-{rep}",
+        }
+    )
     run_id = client.create_run(exp_id, tags=tags).info.run_id
-    metrics = [Metric("test_f1_1", f1_1, 0, 0), Metric("test_f1_0", 0.9, 0, 0), Metric("test_sel_f1_1", f1_1 - 0.1, 0, 0),
-               Metric("selected_epoch", 2, 0, 0), Metric("val_last_auroc", 0.8, 0, 0)]
+    metrics = [
+        Metric("test_f1_1", f1_1, 0, 0),
+        Metric("test_f1_0", 0.9, 0, 0),
+        Metric("test_sel_f1_1", f1_1 - 0.1, 0, 0),
+        Metric("selected_epoch", 2, 0, 0),
+        Metric("val_last_auroc", 0.8, 0, 0),
+    ]
     if history:
         metrics += [Metric("train_loss", 1.0 / e, e, e) for e in (1, 2, 3)]
         metrics += [Metric("val_loss", 2.0 / e, e, e) for e in (1, 2, 3)]
@@ -473,8 +584,11 @@ def _log_cell(client, exp_id, tmp_path, cid, rep, f1_1, status="FINISHED", histo
         d = tmp_path / f"art_{run_id}"
         (d / "predictions").mkdir(parents=True)
         preds.to_csv(d / "predictions" / "test_predictions.csv", index=False)
-        (d / "reliability.json").write_text(json.dumps({"selected": _bins([1, 1], [1.0, 0.0], [0.6, 0.9]),
-                                                        "last": _bins([1, 1], [1.0, 0.0], [0.6, 0.9])}))
+        (d / "reliability.json").write_text(
+            json.dumps(
+                {"selected": _bins([1, 1], [1.0, 0.0], [0.6, 0.9]), "last": _bins([1, 1], [1.0, 0.0], [0.6, 0.9])}
+            )
+        )
         client.log_artifacts(run_id, str(d))
     client.set_terminated(run_id, status)
     return run_id
@@ -517,8 +631,9 @@ def test_collect_through_tracking_from_mlflow_sqlite(tmp_path, monkeypatch):
     summary = report.build_report(data, out, n_boot=100)
     assert summary["table1"]["apple"]["bn_improvement_f1_1"] == pytest.approx(0.2)
     t4 = pd.read_csv(out / "table4.csv")
-    assert sorted(t4["path"]) == ["a.png", "b.png"] and dict(zip(t4["path"], t4["p1_with_final_bn"])) == \
-        pytest.approx({"a.png": 0.6, "b.png": 0.7})
+    assert sorted(t4["path"]) == ["a.png", "b.png"] and dict(zip(t4["path"], t4["p1_with_final_bn"])) == pytest.approx(
+        {"a.png": 0.6, "b.png": 0.7}
+    )
 
     rid = tracking.log_report(out, "finalbn-test")
     run = client.get_run(rid)
@@ -538,12 +653,23 @@ def _with_baselines(data: CellData, reps: int = 5) -> CellData:
     rows = []
     for r in range(reps):
         base = cells[(cells["config_id"] == 63) & (cells["replicate"] == r)].iloc[0].to_dict()
-        rows.append({**base, "run_id": f"focal{r}", "baseline": "focal",
-                     "test_f1_1": base["test_f1_1"] + (0.2 if r < reps - 1 else 0.1)})
+        rows.append(
+            {
+                **base,
+                "run_id": f"focal{r}",
+                "baseline": "focal",
+                "test_f1_1": base["test_f1_1"] + (0.2 if r < reps - 1 else 0.1),
+            }
+        )
         rows.append({**base, "run_id": f"temp{r}", "baseline": "temperature", "test_ece": 0.01})
     cells = pd.concat([cells.assign(baseline=""), pd.DataFrame(rows)], ignore_index=True)
-    return CellData(cells=cells, histories=data.histories, predictions=data.predictions,
-                    reliability=data.reliability, experiment="fake")
+    return CellData(
+        cells=cells,
+        histories=data.histories,
+        predictions=data.predictions,
+        reliability=data.reliability,
+        experiment="fake",
+    )
 
 
 def test_imbalance_baselines_paired_against_bn_only_and_their_base():
@@ -565,8 +691,13 @@ def test_imbalance_baselines_paired_against_bn_only_and_their_base():
     assert t.loc["temperature", "ece"] == pytest.approx(0.01)
     lines = baselines.summary_lines(baselines.imbalance_table(cells))
     # ... so it is no rival: listed apart, its ECE against its base's, not counted as falling short of BN
-    assert any(line.startswith("temperature (on config 63) changes no decision (its argmax equals its base's): "
-                               "listed apart, ECE 0.010 vs") and "falls short" not in line for line in lines)
+    assert any(
+        line.startswith(
+            "temperature (on config 63) changes no decision (its argmax equals its base's): listed apart, ECE 0.010 vs"
+        )
+        and "falls short" not in line
+        for line in lines
+    )
     assert any(line.startswith("focal (on config 63): minority F1") and "Holm-adjusted p = " in line for line in lines)
     assert not t.loc["temperature", "moves_decisions"] and t.loc["focal", "moves_decisions"]
 
@@ -581,31 +712,68 @@ def test_baseline_cells_stay_out_of_the_paper_tables(tmp_path):
     pd.testing.assert_frame_equal(t1, pd.read_csv(tmp_path / "plain" / "table1.csv"))  # as without the baselines
     assert "## The imbalance baselines against the final BN" in md and "![](imbalance.png)" in md
     assert "**Against the imbalance baselines**" in md
-    assert set(pd.read_csv(tmp_path / "imbalance.csv")["method"]) == {"none (63)", "BN only (31)", "focal",
-                                                                       "temperature"}
+    assert set(pd.read_csv(tmp_path / "imbalance.csv")["method"]) == {
+        "none (63)",
+        "BN only (31)",
+        "focal",
+        "temperature",
+    }
     assert len(summary["imbalance_baselines"]) == 4
 
 
 def _search_summary() -> dict:
-    rows = lambda base: [{"replicate": r, "test_f1_1": base + 0.01 * r, "test_f1_1_vt": base + 0.05,  # noqa: E731
-                          "test_auroc": 0.9, "val_auroc": 1.0, "val_f1_1": 0.8, "run_id": f"x{base}{r}"} for r in range(3)]
+    def rows(base: float) -> list[dict]:
+        return [
+            {
+                "replicate": r,
+                "test_f1_1": base + 0.01 * r,
+                "test_f1_1_vt": base + 0.05,
+                "test_auroc": 0.9,
+                "val_auroc": 1.0,
+                "val_f1_1": 0.8,
+                "run_id": f"x{base}{r}",
+            }
+            for r in range(3)
+        ]
+
     diff = {"estimate": -0.1, "ci_low": -0.1, "ci_high": -0.1, "p": 0.0, "n": 3, "note": "all differences equal"}
-    return {"study": "finalbn-search-abc", "objective": "val_auroc", "trials": 16,
-            "states": {"complete": 10, "pruned": 6, "fail": 0}, "trials_per_hour": 240.0,
-            "best": {"number": 4, "value": 1.0, "params": {"lr": 0.0123, "loss": "focal"}, "config_name": "WL+DA",
-                     "tied_on_objective": [1, 4, 9]},
-            "comparison": {"best_trial": 4, "replicates": 3, "runs": rows(0.7), "best_trial_mean": {},
-                           "bn_only_31": {"config_id": 31, "config_name": "BN", "replicates": 3, "rows": rows(0.8),
-                                          "mean": {"test_f1_1": 0.81}, "best_trial_minus_test_f1_1": diff,
-                                          "best_trial_minus_test_auroc": {**diff, "estimate": 0.0},
-                                          "best_trial_minus_test_f1_1_vt": diff}},
-            "plots": ["results/search_history.png"]}
+    return {
+        "study": "finalbn-search-abc",
+        "objective": "val_auroc",
+        "trials": 16,
+        "states": {"complete": 10, "pruned": 6, "fail": 0},
+        "trials_per_hour": 240.0,
+        "best": {
+            "number": 4,
+            "value": 1.0,
+            "params": {"lr": 0.0123, "loss": "focal"},
+            "config_name": "WL+DA",
+            "tied_on_objective": [1, 4, 9],
+        },
+        "comparison": {
+            "best_trial": 4,
+            "replicates": 3,
+            "runs": rows(0.7),
+            "best_trial_mean": {},
+            "bn_only_31": {
+                "config_id": 31,
+                "config_name": "BN",
+                "replicates": 3,
+                "rows": rows(0.8),
+                "mean": {"test_f1_1": 0.81},
+                "best_trial_minus_test_f1_1": diff,
+                "best_trial_minus_test_auroc": {**diff, "estimate": 0.0},
+                "best_trial_minus_test_f1_1_vt": diff,
+            },
+        },
+        "plots": ["results/search_history.png"],
+    }
 
 
 def test_the_search_section(tmp_path):
     report.build_report(design_grid(), tmp_path, n_boot=200, seed=1, search=_search_summary())
     md = (tmp_path / "report.md").read_text()
-    sec = md[md.index("## Beyond the grid: the Optuna search"):]
+    sec = md[md.index("## Beyond the grid: the Optuna search") :]
     assert "16 trials (10 complete, 6 pruned)" in sec and "240 finished trials per hour" in sec
     assert "trial 4 (WL+DA)" in sec and "3 trials tied on it, broken by the lower validation balanced loss" in sec
     assert "lr=0.0123, loss=focal" in sec

@@ -1,5 +1,6 @@
 """The imbalance baselines' Holm family and the rivals listed apart; the exploratory flag of BN by
 (UF, WL) setting. Tiny hand-made tables, numbers checked by hand."""
+
 from __future__ import annotations
 
 import itertools
@@ -27,16 +28,33 @@ LA = [0.60, 0.41, 0.50, 0.47]
 
 def _cell(cid, rep, f1, baseline="", ece=0.2, auroc=None):
     flags = dict(zip(TOGGLES, PRODUCT[cid]))
-    return {"dataset": "apple", "arch": "lite0", "replicate": rep, "config_id": cid, "baseline": baseline, **flags,
-            "test_f1_1": f1, "test_f1_1_pc": np.nan, "test_f1_1_vt": f1, "test_auroc": 0.5 + f1 / 2 if auroc is None
-            else auroc, "test_ap": 0.5, "test_ece": ece, "val_auroc": 0.8}
+    return {
+        "dataset": "apple",
+        "arch": "lite0",
+        "replicate": rep,
+        "config_id": cid,
+        "baseline": baseline,
+        **flags,
+        "test_f1_1": f1,
+        "test_f1_1_pc": np.nan,
+        "test_f1_1_vt": f1,
+        "test_auroc": 0.5 + f1 / 2 if auroc is None else auroc,
+        "test_ap": 0.5,
+        "test_ece": ece,
+        "val_auroc": 0.8,
+    }
 
 
 def _cells(extra_methods=()) -> pd.DataFrame:
     rows = []
     for r in range(4):
-        rows += [_cell(63, r, F63[r], ece=0.30), _cell(31, r, F31[r]), _cell(63, r, FOCAL[r], "focal"),
-                 _cell(63, r, LA[r], "logit_adjusted"), _cell(63, r, F63[r], "temperature", ece=0.05)]
+        rows += [
+            _cell(63, r, F63[r], ece=0.30),
+            _cell(31, r, F31[r]),
+            _cell(63, r, FOCAL[r], "focal"),
+            _cell(63, r, LA[r], "logit_adjusted"),
+            _cell(63, r, F63[r], "temperature", ece=0.05),
+        ]
         rows += [_cell(63, r, f[r], name) for name, f in extra_methods]
     return pd.DataFrame(rows)
 
@@ -62,13 +80,19 @@ def test_paired_p_and_one_holm_family_per_scope():
     sub = lambda a, b: np.subtract(a, b)  # noqa: E731
     auc = lambda f: [0.5 + x / 2 for x in f]  # noqa: E731
     # every comparison of the table, hand-computed: (method, comparison) -> raw p (sd > 0 everywhere but temperature's base)
-    raw = {("none (63)", "f1_1_vs_bn"): _p(sub(F63, F31)), ("none (63)", "auroc_vs_bn"): _p(sub(auc(F63), auc(F31))),
-           ("focal", "f1_1_vs_bn"): _p(sub(FOCAL, F31)), ("focal", "auroc_vs_bn"): _p(sub(auc(FOCAL), auc(F31))),
-           ("focal", "f1_1_vs_base"): _p(sub(FOCAL, F63)),
-           ("logit_adjusted", "f1_1_vs_bn"): _p(sub(LA, F31)), ("logit_adjusted", "auroc_vs_bn"): _p(sub(auc(LA), auc(F31))),
-           ("logit_adjusted", "f1_1_vs_base"): _p(sub(LA, F63)),
-           ("temperature", "f1_1_vs_bn"): _p(sub(F63, F31)), ("temperature", "auroc_vs_bn"): _p(sub(auc(F63), auc(F31))),
-           ("temperature", "f1_1_vs_base"): 1.0}  # all differences 0: t_interval's p = 1
+    raw = {
+        ("none (63)", "f1_1_vs_bn"): _p(sub(F63, F31)),
+        ("none (63)", "auroc_vs_bn"): _p(sub(auc(F63), auc(F31))),
+        ("focal", "f1_1_vs_bn"): _p(sub(FOCAL, F31)),
+        ("focal", "auroc_vs_bn"): _p(sub(auc(FOCAL), auc(F31))),
+        ("focal", "f1_1_vs_base"): _p(sub(FOCAL, F63)),
+        ("logit_adjusted", "f1_1_vs_bn"): _p(sub(LA, F31)),
+        ("logit_adjusted", "auroc_vs_bn"): _p(sub(auc(LA), auc(F31))),
+        ("logit_adjusted", "f1_1_vs_base"): _p(sub(LA, F63)),
+        ("temperature", "f1_1_vs_bn"): _p(sub(F63, F31)),
+        ("temperature", "auroc_vs_bn"): _p(sub(auc(F63), auc(F31))),
+        ("temperature", "f1_1_vs_base"): 1.0,
+    }  # all differences 0: t_interval's p = 1
     for (m, c), p in raw.items():
         assert t.loc[m, f"{c}_p"] == pytest.approx(p, rel=1e-9), (m, c)
     adjusted = dict(zip(raw, _holm_by_hand(list(raw.values()))))
@@ -84,7 +108,8 @@ def test_holm_family_is_per_dataset_and_arch():
     for ds in ("apple", "pear"):  # a second scope does not enlarge the first's family
         part = two[two["dataset"] == ds].reset_index(drop=True)
         assert part["focal" == part["method"]]["f1_1_vs_bn_p_holm"].to_numpy() == pytest.approx(
-            one[one["method"] == "focal"]["f1_1_vs_bn_p_holm"].to_numpy())
+            one[one["method"] == "focal"]["f1_1_vs_bn_p_holm"].to_numpy()
+        )
 
 
 def test_words_follow_the_holm_adjusted_p():
@@ -114,17 +139,27 @@ def test_temperature_and_same_argmax_methods_are_listed_apart():
     # "copy" has its base's minority F1 on every replicate (to 1e-12) under another name: detected from the data
     t = baselines.imbalance_table(_cells([("copy", [f + 1e-12 for f in F63])]))
     by = t.set_index("method")["moves_decisions"]
-    assert by.to_dict() == {"none (63)": True, "BN only (31)": True, "focal": True, "logit_adjusted": True,
-                            "temperature": False, "copy": False}
+    assert by.to_dict() == {
+        "none (63)": True,
+        "BN only (31)": True,
+        "focal": True,
+        "logit_adjusted": True,
+        "temperature": False,
+        "copy": False,
+    }
     lines = baselines.summary_lines(t)
     temp = next(s for s in lines if s.startswith("temperature"))
-    assert temp.startswith("temperature (on config 63) changes no decision (its argmax equals its base's): listed "
-                           "apart, ECE 0.050 vs 0.300 (its base);")
+    assert temp.startswith(
+        "temperature (on config 63) changes no decision (its argmax equals its base's): listed "
+        "apart, ECE 0.050 vs 0.300 (its base);"
+    )
     assert "falls short" not in temp and "not counted for or against BN only" in temp and "Holm-adjusted p = " in temp
     assert next(s for s in lines if s.startswith("copy")).startswith("copy (on config 63) changes no decision")
     compact = baselines.compact_line(t)
-    assert compact == ("falls short of BN only: focal; is not distinguishable from BN only: logit_adjusted; "
-                       "listed apart as changing no decision: temperature, copy")
+    assert compact == (
+        "falls short of BN only: focal; is not distinguishable from BN only: logit_adjusted; "
+        "listed apart as changing no decision: temperature, copy"
+    )
     # the header's sentence form: "word: method, method; word: method"
     for part in compact.split("; "):
         word, methods = part.split(": ")
@@ -134,8 +169,11 @@ def test_temperature_and_same_argmax_methods_are_listed_apart():
 def test_temperature_is_apart_by_name_even_when_its_f1_moved():
     t = baselines.imbalance_table(_cells([("temperature_v2", [f + 0.05 for f in F63])])).set_index("method")
     assert not t.loc["temperature_v2", "moves_decisions"]
-    assert baselines.moves_decisions("focal", pd.DataFrame({"replicate": [0], "test_f1_1": [0.3]}),
-                                     pd.DataFrame({"replicate": [0], "test_f1_1": [0.3 + 1e-6]}))
+    assert baselines.moves_decisions(
+        "focal",
+        pd.DataFrame({"replicate": [0], "test_f1_1": [0.3]}),
+        pd.DataFrame({"replicate": [0], "test_f1_1": [0.3 + 1e-6]}),
+    )
 
 
 def test_one_replicate_is_exploratory_without_p():
@@ -158,8 +196,16 @@ def _grid(replicates) -> pd.DataFrame:
     for r in replicates:
         for cid in range(64):
             f = dict(zip(TOGGLES, PRODUCT[cid]))
-            rows.append({"dataset": "apple", "arch": "x", "replicate": r, "config_id": cid, **f,
-                         "test_f1_1": 0.3 + 0.2 * f["bn"] + 0.01 * r})
+            rows.append(
+                {
+                    "dataset": "apple",
+                    "arch": "x",
+                    "replicate": r,
+                    "config_id": cid,
+                    **f,
+                    "test_f1_1": 0.3 + 0.2 * f["bn"] + 0.01 * r,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -194,8 +240,9 @@ def test_by_setting_section_labels_one_replicate_numbers(tmp_path):
     by_setting_section(page, by_setting(_grid([0]), "apple/x"))
     md = "\n".join(page.md)
     assert "| setting | factorial evidence |" in md and md.count("| exploratory (one replicate) |") >= 4
-    assert "The factorial's per-setting numbers of every setting rest on one replicate: exploratory (one " \
-           "replicate)" in md
+    assert (
+        "The factorial's per-setting numbers of every setting rest on one replicate: exploratory (one replicate)" in md
+    )
     three = tmp_path / "three"
     three.mkdir()
     page = Page(three, multi_arch=False)

@@ -8,6 +8,7 @@ The servers (tests/servers.py) and a Ray head (`ray start --head`, the several-m
 the commands join it through RAY_ADDRESS) start once, on loopback only, for one test that goes
 through every case in turn: starting them is a third of its time, and xdist would start them again
 in each process that ran a part."""
+
 from __future__ import annotations
 
 import os
@@ -36,27 +37,48 @@ from servers import MlflowServer, Postgres, free_port, postgres_bin
 pytestmark = pytest.mark.slow
 
 GRID = ["grid.configs=[31, 29]", "grid.headline.configs=[]", "grid.replicates=2"]  # 2 units (tasks), 4 cells
-SEARCH = ["search.space.switches=[bn, wl, wd]", "search.space.hidden=[16, 32]", "search.space.final=null",
-          "search.space.final_bn_affine=null", "search.space.final_bias=null", "search.space.batch_size=null",
-          "search.space.mixup_alpha=null", "search.space.final_bn_momentum=null", "search.space.label_smoothing=null",
-          "search.space.dropout_0=null", "search.space.dropout_1=null", "search.pruner=none", "search.n_trials=3",
-          "selection.replicates=2", "search.workers=2",
-          # trials here last seconds: a dead worker's trial is found after 3 missed heartbeats of 1 s
-          # (the default, 60 s, suits trials of minutes)
-          "search.heartbeat_s=1"]
+SEARCH = [
+    "search.space.switches=[bn, wl, wd]",
+    "search.space.hidden=[16, 32]",
+    "search.space.final=null",
+    "search.space.final_bn_affine=null",
+    "search.space.final_bias=null",
+    "search.space.batch_size=null",
+    "search.space.mixup_alpha=null",
+    "search.space.final_bn_momentum=null",
+    "search.space.label_smoothing=null",
+    "search.space.dropout_0=null",
+    "search.space.dropout_1=null",
+    "search.pruner=none",
+    "search.n_trials=3",
+    "selection.replicates=2",
+    "search.workers=2",
+    # trials here last seconds: a dead worker's trial is found after 3 missed heartbeats of 1 s
+    # (the default, 60 s, suits trials of minutes)
+    "search.heartbeat_s=1",
+]
 
 
 # `python -m finalbn`, with urllib3's warnings on stderr: each retry of a request is a line "Retrying
 # (Retry(total=...)) after connection broken by '<why>': <path>" that urllib3 logs, and that nobody
 # shows by default (urllib3's logger has only a NullHandler)
-SHOWING_RETRIES = ("import logging, sys; logging.getLogger('urllib3').addHandler(logging.StreamHandler()); "
-                   "from finalbn.cli import main; sys.exit(main(sys.argv[1:]))")
+SHOWING_RETRIES = (
+    "import logging, sys; logging.getLogger('urllib3').addHandler(logging.StreamHandler()); "
+    "from finalbn.cli import main; sys.exit(main(sys.argv[1:]))"
+)
 
 
 def _finalbn(command: str, overrides, *extra, show_retries: bool = False) -> list[str]:
     run = ["-c", SHOWING_RETRIES] if show_retries else ["-m", "finalbn"]
-    return [sys.executable, *run, command, "--params", str(ROOT / "params.yaml"),
-            *[x for o in overrides for x in ("--set", o)], *extra]
+    return [
+        sys.executable,
+        *run,
+        command,
+        "--params",
+        str(ROOT / "params.yaml"),
+        *[x for o in overrides for x in ("--set", o)],
+        *extra,
+    ]
 
 
 def _runs(experiment: str, uri: str | None = None) -> list:
@@ -81,12 +103,27 @@ def servers(tmp_path_factory):
     # command that joins it have RAY_AUTH_MODE=token and this cluster's own token in RAY_AUTH_TOKEN
     # (`ray start` makes none, and ~/.ray/auth_token exists only where a local Ray once ran)
     token = secrets.token_hex(32)
-    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", f"--port={port}",
-                             "--num-cpus=4", "--include-dashboard=false", "--disable-usage-stats", "--block"],
-                            stdout=open(tmp / "ray-head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
+    head = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("ray")),
+            "start",
+            "--head",
+            f"--port={port}",
+            "--num-cpus=4",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            "--block",
+        ],
+        stdout=open(tmp / "ray-head.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token},
+    )
     try:
-        with Postgres() as pg, MlflowServer(pg.database("mlflow"), tmp / "artifacts", tmp / "mlflow-server.log") as server:
+        with (
+            Postgres() as pg,
+            MlflowServer(pg.database("mlflow"), tmp / "artifacts", tmp / "mlflow-server.log") as server,
+        ):
             yield {"pg": pg, "mlflow": server, "ray": f"127.0.0.1:{port}", "ray_token": token}
     finally:  # a throwaway cluster: kill -9 at once (SIGTERM makes `ray start --block` stop it gently, ~30 s)
         os.killpg(head.pid, signal.SIGKILL)
@@ -104,10 +141,15 @@ def _kill_under_load(finds: dict, deadline_s: float, procs: dict[str, subprocess
             if name in killed:
                 continue
             if procs[name].poll() is not None:
-                raise AssertionError(f"{name} ended (exit {procs[name].returncode}) before two of its workers "
-                                     f"ran at once:\n{procs[name].stdout.read()[-20000:]}")
-            running = {r.data.tags["finalbn.worker"]: r for r in find()
-                       if r.info.status == "RUNNING" and r.data.tags.get("finalbn.worker")}
+                raise AssertionError(
+                    f"{name} ended (exit {procs[name].returncode}) before two of its workers "
+                    f"ran at once:\n{procs[name].stdout.read()[-20000:]}"
+                )
+            running = {
+                r.data.tags["finalbn.worker"]: r
+                for r in find()
+                if r.info.status == "RUNNING" and r.data.tags.get("finalbn.worker")
+            }
             if len(running) >= 2:
                 worker, run = next(iter(running.items()))
                 pid = int(worker.rsplit(":", 1)[1])
@@ -131,8 +173,9 @@ def _spans(runs, killed: tuple) -> dict[str, list[tuple[float, float]]]:
 def together_s(groups: dict[str, list[tuple[float, float]]]) -> float:
     """Seconds during which intervals of at least two of `groups` were open at once (intervals
     that only touch do not overlap)."""
-    events = sorted((t, step) for spans in groups.values() for start, end in _union(spans)
-                    for t, step in ((start, 1), (end, -1)))  # at one instant, an end (-1) before a start
+    events = sorted(
+        (t, step) for spans in groups.values() for start, end in _union(spans) for t, step in ((start, 1), (end, -1))
+    )  # at one instant, an end (-1) before a start
     open_, since, total = 0, 0.0, 0.0
     for t, step in events:
         if open_ >= 2:
@@ -154,8 +197,11 @@ def _union(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
 
 def _metrics(runs) -> dict[str, dict]:
     """Each FINISHED cell's metrics by cell key: what it computed (not how fast it ran)."""
-    return {r.data.tags["cell_key"]: {k: v for k, v in r.data.metrics.items() if "second" not in k}
-            for r in runs if r.info.status == "FINISHED"}
+    return {
+        r.data.tags["cell_key"]: {k: v for k, v in r.data.metrics.items() if "second" not in k}
+        for r in runs
+        if r.info.status == "FINISHED"
+    }
 
 
 def test_on_real_servers_kill_9_load_outage(prepared, servers, monkeypatch):
@@ -188,16 +234,32 @@ def _kill_9_under_load(overrides, servers, monkeypatch) -> dict[str, dict]:
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     monkeypatch.setenv("RAY_AUTH_TOKEN", servers["ray_token"])
     storage = servers["pg"].database("optuna_kill")
-    grid = subprocess.Popen(_finalbn("grid", overrides + GRID + ["train.epochs=2"], "--executor", "ray"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    search = subprocess.Popen(_finalbn("search", overrides + GRID + SEARCH + [f"search.storage={storage}"],
-                                       "--executor", "ray", "--out", "search.json"),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    killed = _kill_under_load({"grid": lambda: _cells(uri), "search": lambda: _trials(uri)}, 300,
-                              {"grid": grid, "search": search})
+    grid = subprocess.Popen(
+        _finalbn("grid", overrides + GRID + ["train.epochs=2"], "--executor", "ray"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    search = subprocess.Popen(
+        _finalbn(
+            "search",
+            overrides + GRID + SEARCH + [f"search.storage={storage}"],
+            "--executor",
+            "ray",
+            "--out",
+            "search.json",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    killed = _kill_under_load(
+        {"grid": lambda: _cells(uri), "search": lambda: _trials(uri)}, 300, {"grid": grid, "search": search}
+    )
     outs = {"grid": grid.communicate(timeout=600)[0], "search": search.communicate(timeout=600)[0]}
     assert (grid.returncode, search.returncode) == (0, 0), "\n".join(
-        [f"--- {k}:\n{v}" for k, v in outs.items()] + ["--- the store's cells:", *_described(_cells(uri))])
+        [f"--- {k}:\n{v}" for k, v in outs.items()] + ["--- the store's cells:", *_described(_cells(uri))]
+    )
     for out in outs.values():
         assert "Traceback" not in out, out
 
@@ -217,17 +279,21 @@ def _kill_9_under_load(overrides, servers, monkeypatch) -> dict[str, dict]:
     assert retries[0].state == TrialState.COMPLETE and "no heartbeat" in retries[0].user_attrs["retry_reason"]
     assert retries[0].params == dead[0].params
     assert {r.info.run_id: r.info.status for r in _runs("finalbn/search", uri)}[killed["search"][1]] == "KILLED"
-    print(f"grid: killed worker {killed['grid'][0]} in a cell; 4 cells, {len(runs)} runs, 4 FINISHED; search: "
-          f"killed worker {killed['search'][0]} in trial {dead[0].number}, retried as trial {retries[0].number}; {states}")
+    print(
+        f"grid: killed worker {killed['grid'][0]} in a cell; 4 cells, {len(runs)} runs, 4 FINISHED; search: "
+        f"killed worker {killed['search'][0]} in trial {dead[0].number}, retried as trial {retries[0].number}; {states}"
+    )
     _overlapped(_spans(runs, killed["grid"]), _spans(_trials(uri), killed["search"]))
     return _metrics(runs)
 
 
 def _described(runs) -> list[str]:
     """One line per run: name, status, worker, start and end (s), and the tags that say why it ended."""
-    return [f"{r.info.run_name} {r.info.status} {r.data.tags.get('finalbn.worker')} {r.info.start_time / 1000:.3f}-"
-            f"{(r.info.end_time or 0) / 1000:.3f} {({k: v for k, v in r.data.tags.items() if 'reason' in k or 'kill' in k})}"
-            for r in sorted(runs, key=lambda r: r.info.start_time)]
+    return [
+        f"{r.info.run_name} {r.info.status} {r.data.tags.get('finalbn.worker')} {r.info.start_time / 1000:.3f}-"
+        f"{(r.info.end_time or 0) / 1000:.3f} { ({k: v for k, v in r.data.tags.items() if 'reason' in k or 'kill' in k}) }"
+        for r in sorted(runs, key=lambda r: r.info.start_time)
+    ]
 
 
 def _trials(uri: str) -> list:
@@ -239,10 +305,16 @@ def _overlapped(cells: dict[str, list], trials: dict[str, list]) -> None:
     two RUNNING at once: it cannot pass by luck). How long cells and trials overlapped is printed,
     not asserted: on a loaded machine the grid's four short cells can end before the search's
     first trial starts."""
-    seconds = {"grid tasks": together_s(cells), "search workers": together_s(trials),
-               "grid and search": together_s({"grid": sum(cells.values(), []), "search": sum(trials.values(), [])})}
-    print("ran at once: " + ", ".join(f"{what} {s:.1f} s" for what, s in seconds.items())
-          + f" ({len(cells)} grid workers, {len(trials)} search workers)")
+    seconds = {
+        "grid tasks": together_s(cells),
+        "search workers": together_s(trials),
+        "grid and search": together_s({"grid": sum(cells.values(), []), "search": sum(trials.values(), [])}),
+    }
+    print(
+        "ran at once: "
+        + ", ".join(f"{what} {s:.1f} s" for what, s in seconds.items())
+        + f" ({len(cells)} grid workers, {len(trials)} search workers)"
+    )
     assert seconds["grid tasks"] > 0 and seconds["search workers"] > 0, seconds
 
 
@@ -255,16 +327,28 @@ def _outage(overrides, servers, monkeypatch) -> dict[str, dict]:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
     # MLflow's 7 retries, their backoff factor 1, not 2: tries at about 0, 0, 2, 6, 14, 30, 62 s, not
     # 0, 0, 4, 12, 28, 60, 124, so that a restart of 10-20 s (a loaded machine) is met ~14 s in, not 28
-    grid = subprocess.Popen(_finalbn("grid", overrides + GRID + ["train.epochs=2", "tracking.experiment=outage"],
-                                     "--workers", "1", show_retries=True),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"})
+    grid = subprocess.Popen(
+        _finalbn(
+            "grid",
+            overrides + GRID + ["train.epochs=2", "tracking.experiment=outage"],
+            "--workers",
+            "1",
+            show_retries=True,
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"},
+    )
     lines = _Lines(grid)
     lines.until(lambda line: " cell 1/" in line, 300, "a first cell")
     server.stop()
     down = time.monotonic()
-    met = lines.until(lambda line: line.startswith("Retrying (Retry(total=") and "Connection refused" in line, 120,
-                      "a request meeting the outage (urllib3's retry line)")
+    met = lines.until(
+        lambda line: line.startswith("Retrying (Retry(total=") and "Connection refused" in line,
+        120,
+        "a request meeting the outage (urllib3's retry line)",
+    )
     server.start()
     print(f"outage: {time.monotonic() - down:.1f} s; met by: {met.strip()[:300]}")
     grid.wait(timeout=600)
@@ -315,8 +399,11 @@ class _Lines:
 
 
 # MLflow's retries made short, as a deployment may set them: 2 tries, no backoff, 5 s per try
-SHORT_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
-                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+SHORT_RETRIES = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+}
 
 
 def _outage_outlasting_the_retries(overrides, servers) -> None:
@@ -324,9 +411,13 @@ def _outage_outlasting_the_retries(overrides, servers) -> None:
     finished: it ends with exit 1 and one line on stderr naming the server and what to do, no
     traceback; the cell that finished is kept in the store (read from PostgreSQL itself)."""
     server = servers["mlflow"]
-    grid = subprocess.Popen(_finalbn("grid", overrides + GRID + ["tracking.experiment=unreachable"], "--workers", "1"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "MLFLOW_TRACKING_URI": server.uri, **SHORT_RETRIES})
+    grid = subprocess.Popen(
+        _finalbn("grid", overrides + GRID + ["tracking.experiment=unreachable"], "--workers", "1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "MLFLOW_TRACKING_URI": server.uri, **SHORT_RETRIES},
+    )
     errs: list[str] = []
     reader = threading.Thread(target=lambda: errs.append(grid.stderr.read()), daemon=True)
     reader.start()
@@ -339,9 +430,12 @@ def _outage_outlasting_the_retries(overrides, servers) -> None:
     reader.join(timeout=30)
     out, err = lines.text(), "".join(errs)
     assert code == 1 and "Traceback" not in out + err, out + err
-    assert re.fullmatch(rf"finalbn grid: error: the tracking server {re.escape(server.uri)} did not answer \(connection "
-                        r"refused; 2 tries, MLFLOW_HTTP_REQUEST_MAX_RETRIES=1\); finished runs are kept in the store; "
-                        r"start it again and run the same command\n", err), err
+    assert re.fullmatch(
+        rf"finalbn grid: error: the tracking server {re.escape(server.uri)} did not answer \(connection "
+        r"refused; 2 tries, MLFLOW_HTTP_REQUEST_MAX_RETRIES=1\); finished runs are kept in the store; "
+        r"start it again and run the same command\n",
+        err,
+    ), err
     print(f"server down for good: exit 1 after {took:.1f} s, stderr: {err.strip()}")
     kept = _finished_cells(servers["pg"], "unreachable/grid")
     assert kept >= 1, kept
@@ -353,9 +447,12 @@ def _finished_cells(pg, experiment: str) -> int:
     import psycopg  # here: optional (the cluster extra), SQLAlchemy's postgresql:// driver
 
     with psycopg.connect(pg.url("mlflow")) as conn:
-        return conn.execute("SELECT count(*) FROM runs JOIN experiments USING (experiment_id) JOIN tags USING (run_uuid) "
-                            "WHERE experiments.name = %s AND runs.status = 'FINISHED' AND tags.key = 'finalbn.cell' "
-                            "AND tags.value = 'true'", (experiment,)).fetchone()[0]
+        return conn.execute(
+            "SELECT count(*) FROM runs JOIN experiments USING (experiment_id) JOIN tags USING (run_uuid) "
+            "WHERE experiments.name = %s AND runs.status = 'FINISHED' AND tags.key = 'finalbn.cell' "
+            "AND tags.value = 'true'",
+            (experiment,),
+        ).fetchone()[0]
 
 
 def _a_raising_task(servers, monkeypatch):

@@ -1,5 +1,6 @@
 """The Optuna search: a study on tiny data, trials raced over replicates, resume after a kill,
 pruning, workers, child runs, the comparison on held-out replicates."""
+
 from __future__ import annotations
 
 import csv
@@ -25,18 +26,27 @@ from conftest import ROOT
 from finalbn import tracking
 from finalbn.cli import main
 from finalbn.config import has_final_bn
-from finalbn.stages import grid, search, tracked
-from finalbn.stages.search import liveness
+from finalbn.stages import cellrun, grid, search
+from finalbn.stages.search import lease as liveness
 from finalbn.stages.search.sampler import TrialSeededSampler
 from finalbn.train import cell
 from finalbn.train.engine import TrainingDiverged
 
 SPLITS = Path("data/splits")
 DEFAULT_WORKERS = yaml.safe_load((ROOT / "params.yaml").read_text())["search"]["workers"]  # what users run: 2
-SMALL_SPACE = ["search.space.switches=[bn, wl, wd]", "search.space.hidden=[16, 32]", "search.space.final=null",
-               "search.space.final_bn_affine=null", "search.space.final_bias=null", "search.space.batch_size=null",
-               "search.space.mixup_alpha=null", "search.space.final_bn_momentum=null",
-               "search.space.label_smoothing=null", "search.space.dropout_0=null", "search.space.dropout_1=null"]
+SMALL_SPACE = [
+    "search.space.switches=[bn, wl, wd]",
+    "search.space.hidden=[16, 32]",
+    "search.space.final=null",
+    "search.space.final_bn_affine=null",
+    "search.space.final_bias=null",
+    "search.space.batch_size=null",
+    "search.space.mixup_alpha=null",
+    "search.space.final_bn_momentum=null",
+    "search.space.label_smoothing=null",
+    "search.space.dropout_0=null",
+    "search.space.dropout_1=null",
+]
 
 
 def _args(overrides, *extra):
@@ -50,15 +60,24 @@ def _study(load, extra=()):
 @pytest.fixture
 def searching(prepared, tmp_path):
     load, overrides = prepared
-    extra = SMALL_SPACE + [f"search.storage={tmp_path / 'search' / 'journal.log'}", "search.n_trials=3",
-                           "search.pruner=none", "train.epochs=2", "grid.headline.replicates=3",
-                           "selection.replicates=2", "search.workers=1"]  # trials race over replicates 0, 1; 2 is held out
+    extra = SMALL_SPACE + [
+        f"search.storage={tmp_path / 'search' / 'journal.log'}",
+        "search.n_trials=3",
+        "search.pruner=none",
+        "train.epochs=2",
+        "grid.headline.replicates=3",
+        "selection.replicates=2",
+        "search.workers=1",
+    ]  # trials race over replicates 0, 1; 2 is held out
     return (lambda more=(): load(extra + list(more))), overrides + extra
 
 
 def _trial_runs(parent: str) -> list:
-    return mlflow.search_runs(experiment_names=["finalbn/search"], output_format="list",
-                              filter_string=f"tags.mlflow.parentRunId = '{parent}' and tags.`finalbn.trial` = 'true'")
+    return mlflow.search_runs(
+        experiment_names=["finalbn/search"],
+        output_format="list",
+        filter_string=f"tags.mlflow.parentRunId = '{parent}' and tags.`finalbn.trial` = 'true'",
+    )
 
 
 def test_three_trials_complete_as_child_runs(searching, tmp_path, capsys):
@@ -77,8 +96,9 @@ def test_three_trials_complete_as_child_runs(searching, tmp_path, capsys):
     assert [n for n, _ in names] == [0, 0, 1, 1, 2, 2]
     assert all(name.startswith(f"trial {n} · ") and name.endswith((" r0", " r1")) for n, name in names)
     assert study.metric_names == ["validation AUROC (mean over replicates)"]
-    (sp,) = mlflow.search_runs(experiment_names=["finalbn/search"], output_format="list",
-                               filter_string="tags.`finalbn.study` != ''")
+    (sp,) = mlflow.search_runs(
+        experiment_names=["finalbn/search"], output_format="list", filter_string="tags.`finalbn.study` != ''"
+    )
     assert sp.data.params["search.n_trials"] == "3" and "search" not in sp.data.params  # flattened, not a blob
     assert {r.data.tags["trial_state"] for r in runs} == {"complete"} and {r.info.status for r in runs} == {"FINISHED"}
     by_run = {rid: t for t in study.trials for rid in t.user_attrs["mlflow_run_ids"]}
@@ -158,32 +178,39 @@ def test_a_trial_pruned_on_replicate_0_never_trains_replicate_1(searching, monke
     assert max(first.intermediate_values) == 2 * epochs  # steps: replicate 1's epochs follow replicate 0's
     assert max(second.intermediate_values) == epochs and "replicates" not in second.user_attrs
     runs = [r for r in _trial_runs(parent) if r.data.tags["trial"] == "1"]
-    assert [(r.data.tags["replicate"], r.info.status, r.data.tags["trial_state"]) for r in runs] == \
-        [("0", "KILLED", "pruned")]
+    assert [(r.data.tags["replicate"], r.info.status, r.data.tags["trial_state"]) for r in runs] == [
+        ("0", "KILLED", "pruned")
+    ]
     assert second.user_attrs["mlflow_run_ids"] == [runs[0].info.run_id]
     lines = []
     search.TrialLog(cfg, lines.append)(study, second)
     assert f"pruned at epoch {epochs} of replicate 0" in lines[0]
 
 
-@pytest.mark.parametrize("bad, message", [
-    (["search.space.depth=[1, 2]"], "unknown key 'search.space.depth'"),
-    (["search.space.lr=[0.01, 0.001]"], "search.space.lr: empty range"),
-    (["search.space.hidden=[]"], "search.space.hidden is empty"),
-    (["search.objective=val_auroc+ece", "search.pruner=median"], "cannot prune the two-objective study"),
-    (["search.storage=postgresql://nobody@127.0.0.1:1/none"], "search.storage"),
-    (["selection.replicates=4"], "selection.replicates=4 exceeds the 3 replicates prepare writes"),
-    (["search.space.final=[bn, none]"], "search.space.switches holds bn and search.space.final"),  # one overrides
-    (["search.space.calibration=[none, temperature]"],
-     "search.space.calibration cannot change search.objective=val_auroc"),  # temperature moves no ranking
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (["search.space.depth=[1, 2]"], "unknown key 'search.space.depth'"),
+        (["search.space.lr=[0.01, 0.001]"], "search.space.lr: empty range"),
+        (["search.space.hidden=[]"], "search.space.hidden is empty"),
+        (["search.objective=val_auroc+ece", "search.pruner=median"], "cannot prune the two-objective study"),
+        (["search.storage=postgresql://nobody@127.0.0.1:1/none"], "search.storage"),
+        (["selection.replicates=4"], "selection.replicates=4 exceeds the 3 replicates prepare writes"),
+        (["search.space.final=[bn, none]"], "search.space.switches holds bn and search.space.final"),  # one overrides
+        (
+            ["search.space.calibration=[none, temperature]"],
+            "search.space.calibration cannot change search.objective=val_auroc",
+        ),  # temperature moves no ranking
+    ],
+)
 def test_bad_search_input_is_one_line_before_any_trial(searching, capsys, bad, message):
     _, overrides = searching
     assert main(_args(overrides + bad)) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
-    assert not mlflow.search_runs(experiment_names=["finalbn/search"], output_format="list",
-                                  filter_string="tags.`finalbn.trial` = 'true'")
+    assert not mlflow.search_runs(
+        experiment_names=["finalbn/search"], output_format="list", filter_string="tags.`finalbn.trial` = 'true'"
+    )
 
 
 def test_the_space_draws_no_dead_dimension(load):
@@ -255,11 +282,13 @@ def test_a_poor_trial_is_pruned_and_its_run_ends_killed(searching, tmp_path):
         raise optuna.TrialPruned("pruned at epoch 1: val_auroc 0.2000")
 
     with pytest.raises(optuna.TrialPruned):
-        with tracking.cell_run("trial-x", {"finalbn.trial": "true"}, killed_on=(optuna.TrialPruned,),
-                               state_tag="trial_state"):
+        with tracking.cell_run(
+            "trial-x", {"finalbn.trial": "true"}, killed_on=(optuna.TrialPruned,), state_tag="trial_state"
+        ):
             prune()
-    run = mlflow.search_runs(experiment_names=["finalbn/search"], output_format="list",
-                             filter_string="tags.`finalbn.trial` = 'true'")[0]
+    run = mlflow.search_runs(
+        experiment_names=["finalbn/search"], output_format="list", filter_string="tags.`finalbn.trial` = 'true'"
+    )[0]
     assert run.info.status == "KILLED" and run.data.tags["trial_state"] == "pruned"
     assert "epoch 1" in run.data.tags["trial_state_reason"]
 
@@ -274,14 +303,15 @@ def test_pruning_in_a_real_study(searching, tmp_path):
     parent = tracking.study_parent(cfg, cfg.search.study)
     study.optimize(search.make_objective(cfg, SPLITS, parent), n_trials=2)
     assert {t.state for t in study.trials} == {TrialState.PRUNED}
-    runs = mlflow.search_runs(experiment_names=["finalbn/search"], output_format="list",
-                              filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    runs = mlflow.search_runs(
+        experiment_names=["finalbn/search"], output_format="list", filter_string=f"tags.mlflow.parentRunId = '{parent}'"
+    )
     assert {r.info.status for r in runs} == {"KILLED"} and {r.data.tags["trial_state"] for r in runs} == {"pruned"}
 
 
 def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(searching, monkeypatch):
     load, _ = searching
-    real = tracked.run_cell
+    real = cellrun.run_cell
     calls = []
 
     def flaky(*a, **k):
@@ -290,13 +320,15 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(searching
             raise TrainingDiverged("loss is nan at epoch 1, step 2")
         return real(*a, **k)
 
-    monkeypatch.setattr("finalbn.stages.tracked.run_cell", flaky)
+    monkeypatch.setattr("finalbn.stages.cellrun.run_cell", flaky)
     cfg = load(["search.n_trials=2"])
     study, parent, _ = search.start(cfg)
     search.optimize(cfg, SPLITS, parent)
     states = [t.state for t in study.trials]
-    assert states[0] == TrialState.FAIL and study.trials[0].user_attrs["fail_reason"] == \
-        "replicate 0: loss is nan at epoch 1, step 2"
+    assert (
+        states[0] == TrialState.FAIL
+        and study.trials[0].user_attrs["fail_reason"] == "replicate 0: loss is nan at epoch 1, step 2"
+    )
     assert states.count(TrialState.COMPLETE) == 2
 
 
@@ -333,8 +365,10 @@ def test_test_labels_do_not_reach_the_objective(searching, tmp_path):
     assert [v for _, _, v in poisoned] == [pytest.approx(v, abs=1e-9) for _, _, v in clean]
     best_a, best_b = search.best_trial(search.open_study(a)), search.best_trial(search.open_study(b))
     assert best_a.number == best_b.number and best_a.value == pytest.approx(best_b.value, abs=1e-9)
-    assert search.summary(a, search.open_study(a))["best"]["number"] == \
-        search.summary(b, search.open_study(b))["best"]["number"]
+    assert (
+        search.summary(a, search.open_study(a))["best"]["number"]
+        == search.summary(b, search.open_study(b))["best"]["number"]
+    )
 
 
 @pytest.mark.slow
@@ -344,8 +378,12 @@ def test_killed_study_keeps_its_trials_fails_the_killed_one_and_finishes(searchi
     load, overrides = searching
     # the defaults a user has: liveness, not age, fails the killed trials
     over = overrides + ["train.epochs=6", f"search.workers={DEFAULT_WORKERS}"]
-    proc = subprocess.Popen([sys.executable, "-m", "finalbn", *_args(over)], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "finalbn", *_args(over)],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     cfg = load(["train.epochs=6"])
     deadline = time.time() + 240
     try:
@@ -357,8 +395,9 @@ def test_killed_study_keeps_its_trials_fails_the_killed_one_and_finishes(searchi
                 trials = search.open_study(cfg).trials
             except Exception:
                 continue
-            if any(t.state == TrialState.COMPLETE for t in trials) and \
-                    any(t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs for t in trials):
+            if any(t.state == TrialState.COMPLETE for t in trials) and any(
+                t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs for t in trials
+            ):
                 break
         else:
             pytest.fail("the study never reached its second trial")
@@ -423,11 +462,24 @@ def test_a_line_per_trial_names_its_configuration_even_when_pruned(searching):
     load, _ = searching
     study = search.open_study(load(["search.study=lines"]))
     dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
-    study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, params={"x": 0.5}, distributions=dist,
-                                              intermediate_values={1: 0.6, 2: 0.5}, user_attrs={"config_name": "BN+WL"}))
-    study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, params={"x": 0.5}, distributions=dist,
-                                              intermediate_values={1: 0.6, 2: 0.5, 3: 0.5},
-                                              user_attrs={"config_name": "WL", "steps_per_replicate": 2}))
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.PRUNED,
+            params={"x": 0.5},
+            distributions=dist,
+            intermediate_values={1: 0.6, 2: 0.5},
+            user_attrs={"config_name": "BN+WL"},
+        )
+    )
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.PRUNED,
+            params={"x": 0.5},
+            distributions=dist,
+            intermediate_values={1: 0.6, 2: 0.5, 3: 0.5},
+            user_attrs={"config_name": "WL", "steps_per_replicate": 2},
+        )
+    )
     lines = []
     search.TrialLog(load(), lines.append)(study, study.trials[0])
     search.TrialLog(load(), lines.append)(study, study.trials[1])
@@ -440,8 +492,11 @@ def test_ties_on_the_objective_go_to_the_lower_validation_balanced_loss(searchin
     study = search.open_study(load(["search.study=ties"]))
     dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
     for value, loss in ((0.9, 0.1), (1.0, 0.5), (1.0, 0.2), (1.0, 0.2)):
-        study.add_trial(optuna.trial.create_trial(value=value, params={"x": 0.5}, distributions=dist,
-                                                  user_attrs={search.TIE_BREAK: loss}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=value, params={"x": 0.5}, distributions=dist, user_attrs={search.TIE_BREAK: loss}
+            )
+        )
     assert search.best_trial(study).number == 2  # not Optuna's first-best (1), not the later equal one (3)
     out = search.summary(load(["search.study=ties"]), study)
     assert out["best"]["number"] == 2 and out["best"]["tied_on_objective"] == [1, 2, 3]
@@ -452,8 +507,14 @@ def test_ties_on_the_objective_go_to_the_lower_validation_balanced_loss(searchin
     assert search.best_trial(low).number == 1
     simple = search.open_study(load(["search.study=ties-switches"]))  # equal on both: fewer switches win
     for switches in (3, 1, 2):
-        simple.add_trial(optuna.trial.create_trial(value=1.0, params={"x": 0.5}, distributions=dist,
-                                                   user_attrs={search.TIE_BREAK: 0.2, search.SWITCHES: switches}))
+        simple.add_trial(
+            optuna.trial.create_trial(
+                value=1.0,
+                params={"x": 0.5},
+                distributions=dist,
+                user_attrs={search.TIE_BREAK: 0.2, search.SWITCHES: switches},
+            )
+        )
     assert search.best_trial(simple).number == 1
 
 
@@ -464,14 +525,28 @@ def test_best_trial_rerun_beside_the_grid(searching, tmp_path):
     runs are found by their result key — the grid's cells — and what is missing is trained (in
     two processes), once: a second call trains nothing."""
     load, overrides = searching
-    more = ["grid.configs=[31, 63]", "grid.replicates=2", "grid.headline.configs=[31]", "grid.headline.replicates=4",
-            "grid.baselines.methods=[]", "search.n_trials=2", "selection.replicates=2"]
+    more = [
+        "grid.configs=[31, 63]",
+        "grid.replicates=2",
+        "grid.headline.configs=[31]",
+        "grid.headline.replicates=4",
+        "grid.baselines.methods=[]",
+        "search.n_trials=2",
+        "selection.replicates=2",
+    ]
     gcfg = load(more)
     grid.run_shard(gcfg, SPLITS, log=lambda m: None)
     grid.write_results(gcfg, SPLITS, tmp_path / "results")
     grid_runs = {r.info.run_id for r in mlflow.search_runs(experiment_names=["finalbn/grid"], output_format="list")}
-    args = _args(overrides + more, "--out", str(tmp_path / "results" / "search.json"),
-                 "--grid-csv", str(tmp_path / "results" / "grid.csv"), "--workers", "2")
+    args = _args(
+        overrides + more,
+        "--out",
+        str(tmp_path / "results" / "search.json"),
+        "--grid-csv",
+        str(tmp_path / "results" / "grid.csv"),
+        "--workers",
+        "2",
+    )
     assert main(args) == 0
     summary = json.loads((tmp_path / "results" / "search.json").read_text())
     out = summary["comparison"]
@@ -501,9 +576,21 @@ def test_without_held_out_replicates_the_comparison_says_so(searching, tmp_path,
     held out; a grid with no configuration on all K replicates has no best to compare."""
     load, overrides = searching
     grid_csv = tmp_path / "grid.csv"  # 31 and 63 on replicate 0 only: neither has all K
-    rows = [{"dataset": load().datasets[0].name, "arch": load().model.arch, "config_id": cid, "config_name": name,
-             "replicate": r, "val_auroc": 0.9, "val_balanced_loss": 0.5, "test_f1_1": 0.5, "test_auroc": 0.5}
-            for cid, name in ((31, "BN"), (63, "none")) for r in (0,)]
+    rows = [
+        {
+            "dataset": load().datasets[0].name,
+            "arch": load().model.arch,
+            "config_id": cid,
+            "config_name": name,
+            "replicate": r,
+            "val_auroc": 0.9,
+            "val_balanced_loss": 0.5,
+            "test_f1_1": 0.5,
+            "test_auroc": 0.5,
+        }
+        for cid, name in ((31, "BN"), (63, "none"))
+        for r in (0,)
+    ]
     with grid_csv.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
@@ -527,9 +614,14 @@ def test_ctrl_c_leaves_no_running_trial(searching):
     # two workers on one journal (the default), the signal to the whole process group as a terminal's
     # Ctrl-C sends it. SIGINT back to its default in the child: a shell's background job starts with
     # it ignored, and Python then installs no KeyboardInterrupt handler
-    proc = subprocess.Popen([sys.executable, "-m", "finalbn", *_args(over)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "finalbn", *_args(over)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     cfg = load(["train.epochs=30", "search.n_trials=20"])
     deadline = time.time() + 240
     try:
@@ -559,8 +651,9 @@ def test_ctrl_c_leaves_no_running_trial(searching):
     retries = [t for t in trials if t.state == TrialState.WAITING]
     assert {t.system_attrs["failed_trial"] for t in retries} == stopped
     assert all(t.params == trials[t.system_attrs["failed_trial"]].params for t in retries)
-    runs = mlflow.search_runs(experiment_names=["finalbn/search"], output_format="list",
-                              filter_string="tags.`finalbn.trial` = 'true'")
+    runs = mlflow.search_runs(
+        experiment_names=["finalbn/search"], output_format="list", filter_string="tags.`finalbn.trial` = 'true'"
+    )
     assert "RUNNING" not in {r.info.status for r in runs}  # (the signal may land before the trial's run exists)
 
 
@@ -568,6 +661,7 @@ def test_a_resumed_study_draws_what_an_uninterrupted_one_would():
     """The sampler draws a trial's point from (seed, its place among the sampled trials): a study
     whose first trial was stopped and retried with its parameters goes on with the same points, and
     a new process does not draw the first points again (as a TPESampler(seed) per process would)."""
+
     def points(study, n):
         out = []
         for _ in range(n):

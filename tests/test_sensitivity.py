@@ -1,5 +1,6 @@
 """finalbn sensitivity: the levels it plans, the bias-shift rival by hand, and the stage end to end
 on a tiny prepared dataset (real cells, a real MLflow store)."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,13 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def test_levels_mark_the_reference_and_draw_their_own_splits_only_for_imbalance(load, tmp_path):
-    cfg = load(["sensitivity.imbalance=[0.01,0.05,0.1]", "sensitivity.batch_size=[16,256]",
-                "sensitivity.final_bn_momentum=[0.1]"])
+    cfg = load(
+        [
+            "sensitivity.imbalance=[0.01,0.05,0.1]",
+            "sensitivity.batch_size=[16,256]",
+            "sensitivity.final_bn_momentum=[0.1]",
+        ]
+    )
     plan = sensitivity.levels(cfg, tmp_path)
     by = {(lv.factor, lv.level): lv for lv in plan}
     imb = [lv for lv in plan if lv.factor == "imbalance"]
@@ -50,8 +56,9 @@ def test_levels_side_by_side_share_the_cores(load, monkeypatch):
     # the user's own setting is kept
     assert sensitivity.level_config(load(["train.threads=3"]), lv, 3, side_by_side=2).train.threads == 3
     # the level's config is the one `finalbn grid` would load with the same overrides (the same cell keys)
-    assert lcfg == load(["sensitivity.workers=2", *sensitivity.COMMON, "grid.replicates=3", "train.batch_size=16",
-                         "train.threads=4"])
+    assert lcfg == load(
+        ["sensitivity.workers=2", *sensitivity.COMMON, "grid.replicates=3", "train.batch_size=16", "train.threads=4"]
+    )
 
 
 def test_the_learned_bias_balances_the_classes_by_hand():
@@ -62,10 +69,12 @@ def test_the_learned_bias_balances_the_classes_by_hand():
     y = np.r_[np.ones(400, int), np.zeros(4000, int)]
     b = analysis.fit_logit_bias(y, expit(z))
     assert b == pytest.approx(2.0, abs=0.15)
+
     # the balanced NLL is smallest there
     def nll(bb):
         s = z + bb
         return (np.log1p(np.exp(-s[y == 1])).mean() + np.log1p(np.exp(s[y == 0])).mean()) / 2
+
     assert nll(b) <= min(nll(b - 0.1), nll(b + 0.1))
     tpr, tnr = analysis.shifted_rates(y, expit(z), b)
     assert tpr == pytest.approx(((z + b > 0) & (y == 1)).sum() / 400)
@@ -77,17 +86,35 @@ def test_the_learned_bias_balances_the_classes_by_hand():
 def test_contrasts_pair_by_replicate_and_reweight_to_each_prevalence():
     rows = []
     for r, (t31, s31, t63, s63) in enumerate([(0.7, 0.95, 0.4, 0.99), (0.8, 0.9, 0.5, 0.98), (0.6, 0.92, 0.45, 0.97)]):
-        rows += [{"factor": "f", "level": "a", "reference": True, "replicate": r, "config_id": 31,
-                  "test_recall_1": t31, "test_recall_0": s31},
-                 {"factor": "f", "level": "a", "reference": True, "replicate": r, "config_id": 63,
-                  "test_recall_1": t63, "test_recall_0": s63}]
+        rows += [
+            {
+                "factor": "f",
+                "level": "a",
+                "reference": True,
+                "replicate": r,
+                "config_id": 31,
+                "test_recall_1": t31,
+                "test_recall_0": s31,
+            },
+            {
+                "factor": "f",
+                "level": "a",
+                "reference": True,
+                "replicate": r,
+                "config_id": 63,
+                "test_recall_1": t63,
+                "test_recall_0": s63,
+            },
+        ]
     out = analysis.contrasts(pd.DataFrame(rows), [0.5, 0.01]).set_index("prevalence")
 
     def f1(t, s, pi):
         return 2 * pi * t / (pi * t + (1 - pi) * (1 - s) + pi)
 
-    d = [f1(a, b, 0.01) - f1(c, e, 0.01) for a, b, c, e in
-         [(0.7, 0.95, 0.4, 0.99), (0.8, 0.9, 0.5, 0.98), (0.6, 0.92, 0.45, 0.97)]]
+    d = [
+        f1(a, b, 0.01) - f1(c, e, 0.01)
+        for a, b, c, e in [(0.7, 0.95, 0.4, 0.99), (0.8, 0.9, 0.5, 0.98), (0.6, 0.92, 0.45, 0.97)]
+    ]
     assert out.loc[0.01, "estimate"] == pytest.approx(np.mean(d))
     assert out.loc[0.01, "n"] == 3 and out.loc[0.01, "estimate"] < 0 < out.loc[0.5, "estimate"]
     assert out.loc[0.01, "sd"] == pytest.approx(np.std(d, ddof=1))
@@ -97,9 +124,17 @@ def test_contrasts_pair_by_replicate_and_reweight_to_each_prevalence():
 @pytest.mark.slow
 def test_the_stage_end_to_end_on_a_tiny_dataset(prepared, capfd):
     _, overrides = prepared
-    extra = ["grid.headline.replicates=2", "sensitivity.replicates=2", "sensitivity.imbalance=[0.2]",
-             "sensitivity.batch_size=[]", "sensitivity.final_bn_momentum=[]", "sensitivity.frozen_bn=[]", "sensitivity.single_logit=false", "sensitivity.workers=2",
-             "report.prevalences=[0.5,0.1]"]
+    extra = [
+        "grid.headline.replicates=2",
+        "sensitivity.replicates=2",
+        "sensitivity.imbalance=[0.2]",
+        "sensitivity.batch_size=[]",
+        "sensitivity.final_bn_momentum=[]",
+        "sensitivity.frozen_bn=[]",
+        "sensitivity.single_logit=false",
+        "sensitivity.workers=2",
+        "report.prevalences=[0.5,0.1]",
+    ]
     argv = ["--params", str(PARAMS)] + [x for o in overrides + extra for x in ("--set", o)]
     assert cli.main(["sensitivity", *argv, "--out", "results/sensitivity"]) == 0
     out = capfd.readouterr().out
@@ -114,8 +149,9 @@ def test_the_stage_end_to_end_on_a_tiny_dataset(prepared, capfd):
     assert refs["estimate"].nunique() == 1
     for f in ("imbalance", "bias_shift"):
         assert (folder / f"{f}.png").read_bytes().startswith(PNG_MAGIC)
-    summary = json.loads((folder / "sensitivity.json").read_text(),
-                         parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    summary = json.loads(
+        (folder / "sensitivity.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}")
+    )
     assert summary["replicates"] == 2
     cells = pd.read_csv(folder / "cells.csv")
     assert "bias" in cells and cells.loc[cells["rival"] == "63 + learned bias", "bias"].notna().all()

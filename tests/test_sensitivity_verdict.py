@@ -1,6 +1,7 @@
 """The sensitivity stage's family and rival on tiny hand-made data: Holm over every non-reference
 row in both directions, collapsed comparisons, the bias fitted for the prevalence it is judged at,
 consistent bias-shift rows, and the report line that names them."""
+
 from __future__ import annotations
 
 import math
@@ -20,13 +21,25 @@ from finalbn.stages.sensitivity import analysis
 from finalbn.stages.tracker import MemoryTracker
 
 # (TPR, TNR) of 31 and of 63 per replicate, for one level
-UP = [((0.80, 0.90), (0.30, 0.90)), ((0.82, 0.91), (0.31, 0.90)), ((0.79, 0.90), (0.29, 0.91)),
-      ((0.81, 0.89), (0.30, 0.90))]
+UP = [
+    ((0.80, 0.90), (0.30, 0.90)),
+    ((0.82, 0.91), (0.31, 0.90)),
+    ((0.79, 0.90), (0.29, 0.91)),
+    ((0.81, 0.89), (0.30, 0.90)),
+]
 DOWN = [(b, a) for a, b in UP]
-FLAT = [((0.50, 0.90), (0.52, 0.90)), ((0.55, 0.90), (0.50, 0.90)), ((0.48, 0.90), (0.51, 0.90)),
-        ((0.52, 0.90), (0.49, 0.90))]
-DEAD = [((0.24, 0.97), (0.02, 0.999)), ((0.25, 0.96), (0.02, 0.999)), ((0.23, 0.97), (0.03, 0.998)),
-        ((0.24, 0.97), (0.01, 0.999))]  # the rival flags (almost) nothing
+FLAT = [
+    ((0.50, 0.90), (0.52, 0.90)),
+    ((0.55, 0.90), (0.50, 0.90)),
+    ((0.48, 0.90), (0.51, 0.90)),
+    ((0.52, 0.90), (0.49, 0.90)),
+]
+DEAD = [
+    ((0.24, 0.97), (0.02, 0.999)),
+    ((0.25, 0.96), (0.02, 0.999)),
+    ((0.23, 0.97), (0.03, 0.998)),
+    ((0.24, 0.97), (0.01, 0.999)),
+]  # the rival flags (almost) nothing
 
 
 def _cells(levels: dict[str, tuple[bool, list]]) -> pd.DataFrame:
@@ -34,8 +47,17 @@ def _cells(levels: dict[str, tuple[bool, list]]) -> pd.DataFrame:
     for level, (ref, reps) in levels.items():
         for r, ((t31, s31), (t63, s63)) in enumerate(reps):
             for cid, t, s in ((31, t31, s31), (63, t63, s63)):
-                rows.append({"factor": "f", "level": level, "reference": ref, "replicate": r, "config_id": cid,
-                             "test_recall_1": t, "test_recall_0": s})
+                rows.append(
+                    {
+                        "factor": "f",
+                        "level": level,
+                        "reference": ref,
+                        "replicate": r,
+                        "config_id": cid,
+                        "test_recall_1": t,
+                        "test_recall_0": s,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -67,8 +89,11 @@ def test_a_comparison_with_a_model_that_flags_almost_nothing_or_everything_is_co
 
 def _old_balanced_fit(y, p1):
     z = logit(np.clip(p1, 1e-12, 1 - 1e-12))
-    return minimize_scalar(lambda b: (np.logaddexp(0, -(z[y == 1] + b)).mean() + np.logaddexp(0, z[y == 0] + b).mean())
-                           / 2, bounds=(-20.0, 20.0), method="bounded").x
+    return minimize_scalar(
+        lambda b: (np.logaddexp(0, -(z[y == 1] + b)).mean() + np.logaddexp(0, z[y == 0] + b).mean()) / 2,
+        bounds=(-20.0, 20.0),
+        method="bounded",
+    ).x
 
 
 def test_the_bias_is_fitted_for_the_prevalence_it_is_judged_at():
@@ -82,6 +107,7 @@ def test_the_bias_is_fitted_for_the_prevalence_it_is_judged_at():
 
     def nll(b, pi):
         return pi * np.logaddexp(0, -(z[y == 1] + b)).mean() + (1 - pi) * np.logaddexp(0, z[y == 0] + b).mean()
+
     assert nll(b01, 0.01) <= min(nll(b01 - 0.05, 0.01), nll(b01 + 0.05, 0.01), nll(b05, 0.01))
     for bad in (0.0, 1.0):
         with pytest.raises(ValueError, match="prevalence"):
@@ -92,19 +118,43 @@ def test_bias_shift_rows_are_recomputed_from_the_shifted_predictions_per_prevale
     rng = np.random.default_rng(2)
     yv, yt = np.r_[np.ones(30, int), np.zeros(70, int)], np.r_[np.ones(40, int), np.zeros(60, int)]
     pv, pt = expit(rng.normal(0, 1.5, 100) + yv), expit(rng.normal(0, 1.5, 100) + yt)
-    preds = {"predictions/val_predictions.csv": pd.DataFrame({"label": yv, "p1_last": pv}).to_csv(index=False),
-             "predictions/test_predictions.csv": pd.DataFrame({"label": yt, "p1_last": pt}).to_csv(index=False)}
+    preds = {
+        "predictions/val_predictions.csv": pd.DataFrame({"label": yv, "p1_last": pv}).to_csv(index=False),
+        "predictions/test_predictions.csv": pd.DataFrame({"label": yt, "p1_last": pt}).to_csv(index=False),
+    }
     tracker = MemoryTracker()  # the runs' prediction files, kept in memory
     ids = {}
     for c in (31, 63):
         with tracker.cell_run(f"config {c}", {"stage": "grid"}) as run:
             run.log_files(preds)
         ids[c] = run.run_id
-    stale = {"test_f1_1": 0.999, "test_precision_1": 0.999, "test_recall_1": 0.999, "test_recall_0": 0.999,
-             "test_accuracy": 0.999, "test_balanced_accuracy": 0.999, "test_ece": 0.5, "test_auroc": 0.7,
-             "test_sel_f1_1": 0.999, "val_f1_1": 0.999}
-    ref = pd.DataFrame([{"factor": "imbalance", "level": "1%", "reference": True, "replicate": 0, "config_id": c,
-                         "run_id": ids[c], "rival": "", **stale} for c in (31, 63)])
+    stale = {
+        "test_f1_1": 0.999,
+        "test_precision_1": 0.999,
+        "test_recall_1": 0.999,
+        "test_recall_0": 0.999,
+        "test_accuracy": 0.999,
+        "test_balanced_accuracy": 0.999,
+        "test_ece": 0.5,
+        "test_auroc": 0.7,
+        "test_sel_f1_1": 0.999,
+        "val_f1_1": 0.999,
+    }
+    ref = pd.DataFrame(
+        [
+            {
+                "factor": "imbalance",
+                "level": "1%",
+                "reference": True,
+                "replicate": 0,
+                "config_id": c,
+                "run_id": ids[c],
+                "rival": "",
+                **stale,
+            }
+            for c in (31, 63)
+        ]
+    )
     rows = sensitivity.bias_shift_rows(ref, [0.5, 0.01], tracker)
     shifted = rows[rows["rival"] == "63 + learned bias"].set_index("fitted_prevalence")
     assert sorted(shifted.index) == [0.01, 0.5]
@@ -129,24 +179,48 @@ def test_bias_shift_rows_are_recomputed_from_the_shifted_predictions_per_prevale
 
 def test_the_section_names_every_direction_reversals_and_collapsed_levels(tmp_path):
     def row(level, pi, est, lo, hi, p_holm, direction, collapsed=False, ref=False, tpr=(0.8, 0.5)):
-        return {"factor": "batch_size", "level": level, "reference": ref, "rival": "none (63)", "prevalence": pi,
-                "f1_bn": 0.5, "f1_rival": 0.4, "estimate": est, "ci_low": lo, "ci_high": hi, "p": p_holm / 3,
-                "n": 5, "sd": 0.1, "detectable": 0.1, "p_holm": p_holm, "family": "" if ref else "sensitivity",
-                "direction": direction, "tpr_bn": tpr[0], "tpr_rival": tpr[1], "tnr_bn": 0.9, "tnr_rival": 0.99,
-                "collapsed": collapsed}
-    table = pd.DataFrame([
-        row("64", 0.5, 0.10, 0.05, 0.15, math.nan, "reference", ref=True),
-        row("64", 0.01, -0.01, -0.02, 0.0, math.nan, "reference", ref=True),
-        row("16", 0.5, 0.12, 0.05, 0.19, 0.01, "above zero"),
-        row("16", 0.01, -0.08, -0.12, -0.04, 0.02, "below zero"),
-        row("256", 0.5, 0.02, -0.03, 0.07, 0.6, "not distinguishable"),
-        row("256", 0.01, 0.01, -0.03, 0.05, 0.6, "not distinguishable"),
-        row("train", 0.5, 0.33, 0.2, 0.46, 0.001, "above zero", collapsed=True, tpr=(0.24, 0.02)),
-        row("train", 0.01, 0.05, 0.02, 0.08, 0.03, "above zero", collapsed=True, tpr=(0.24, 0.02))])
+        return {
+            "factor": "batch_size",
+            "level": level,
+            "reference": ref,
+            "rival": "none (63)",
+            "prevalence": pi,
+            "f1_bn": 0.5,
+            "f1_rival": 0.4,
+            "estimate": est,
+            "ci_low": lo,
+            "ci_high": hi,
+            "p": p_holm / 3,
+            "n": 5,
+            "sd": 0.1,
+            "detectable": 0.1,
+            "p_holm": p_holm,
+            "family": "" if ref else "sensitivity",
+            "direction": direction,
+            "tpr_bn": tpr[0],
+            "tpr_rival": tpr[1],
+            "tnr_bn": 0.9,
+            "tnr_rival": 0.99,
+            "collapsed": collapsed,
+        }
+
+    table = pd.DataFrame(
+        [
+            row("64", 0.5, 0.10, 0.05, 0.15, math.nan, "reference", ref=True),
+            row("64", 0.01, -0.01, -0.02, 0.0, math.nan, "reference", ref=True),
+            row("16", 0.5, 0.12, 0.05, 0.19, 0.01, "above zero"),
+            row("16", 0.01, -0.08, -0.12, -0.04, 0.02, "below zero"),
+            row("256", 0.5, 0.02, -0.03, 0.07, 0.6, "not distinguishable"),
+            row("256", 0.01, 0.01, -0.03, 0.05, 0.6, "not distinguishable"),
+            row("train", 0.5, 0.33, 0.2, 0.46, 0.001, "above zero", collapsed=True, tpr=(0.24, 0.02)),
+            row("train", 0.01, 0.05, 0.02, 0.08, 0.03, "above zero", collapsed=True, tpr=(0.24, 0.02)),
+        ]
+    )
     page = Page(tmp_path, False)
     [line] = sensitivity_section(page, table)
-    assert "At π = 0.01, above zero: none; below zero: batch_size 16 -0.08 [-0.12, -0.04]; 1 not distinguishable." \
-        in line
+    assert (
+        "At π = 0.01, above zero: none; below zero: batch_size 16 -0.08 [-0.12, -0.04]; 1 not distinguishable." in line
+    )
     assert "at π = 0.5, above zero: batch_size 16 +0.12 [+0.05, +0.19]; below zero: none;" in line
     assert "Holm-adjusted" in line and "sensitivity family of 6" in line
     assert "Sign reversals between π values: batch_size 16 (+0.12 at π = 0.5, -0.08 at π = 0.01)" in line

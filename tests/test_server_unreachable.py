@@ -2,6 +2,7 @@
 MLflow's REST client raises (`errors.server_unreachable`), and said by the command in one line.
 The chains are built here from the real classes, as `mlflow.utils.rest_utils.http_request` and
 requests raise them; the scale-out test (tests/test_scaleout.py) meets the real one."""
+
 from __future__ import annotations
 
 import socket
@@ -50,7 +51,8 @@ def test_connection_refused_names_the_server_and_the_tries(monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     assert server_unreachable(_raised(_refused())) == (
         "the tracking server http://127.0.0.1:5099 did not answer (connection refused; 2 tries, "
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES=1)")
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES=1)"
+    )
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES")  # MLflow's default: 7 retries
     assert "(connection refused; 8 tries, MLFLOW_HTTP_REQUEST_MAX_RETRIES=7)" in server_unreachable(_raised(_refused()))
 
@@ -69,20 +71,26 @@ def test_a_timeout_and_a_failure_while_closing_the_run():
     assert "(host name not resolved;" in server_unreachable(gai)
 
 
-@pytest.mark.parametrize("exc", [
-    MlflowException("RESOURCE_DOES_NOT_EXIST: Run 'x' not found"),  # the server answered
-    requests.exceptions.ConnectionError("not through MLflow"),  # someone else's request
-    OSError(28, "No space left on device"),
-    ValueError("x"),
-], ids=["server-answered", "not-mlflow", "full-disk", "other"])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        MlflowException("RESOURCE_DOES_NOT_EXIST: Run 'x' not found"),  # the server answered
+        requests.exceptions.ConnectionError("not through MLflow"),  # someone else's request
+        OSError(28, "No space left on device"),
+        ValueError("x"),
+    ],
+    ids=["server-answered", "not-mlflow", "full-disk", "other"],
+)
 def test_anything_else_is_not_an_unreachable_server(exc):
     assert server_unreachable(exc) is None
 
 
 def test_a_server_that_answered_5xx_every_try_is_not_unreachable():
     """urllib3 ends status retries with a MaxRetryError too; requests then raises RetryError."""
-    assert server_unreachable(_raised(ResponseError("too many 503 error responses"),
-                                      wrap=requests.exceptions.RetryError)) is None
+    assert (
+        server_unreachable(_raised(ResponseError("too many 503 error responses"), wrap=requests.exceptions.RetryError))
+        is None
+    )
 
 
 def test_the_command_says_it_in_one_line(monkeypatch, capsys):
@@ -94,6 +102,8 @@ def test_the_command_says_it_in_one_line(monkeypatch, capsys):
     monkeypatch.setattr(cli, "stage_main", lambda command: stage)
     assert cli.main(["grid", "--params", str(PARAMS)]) == 1
     err = capsys.readouterr().err
-    assert err == ("finalbn grid: error: the tracking server http://127.0.0.1:5099 did not answer (connection "
-                   "refused; 2 tries, MLFLOW_HTTP_REQUEST_MAX_RETRIES=1); finished runs are kept in the store; "
-                   "start it again and run the same command\n")
+    assert err == (
+        "finalbn grid: error: the tracking server http://127.0.0.1:5099 did not answer (connection "
+        "refused; 2 tries, MLFLOW_HTTP_REQUEST_MAX_RETRIES=1); finished runs are kept in the store; "
+        "start it again and run the same command\n"
+    )

@@ -1,6 +1,7 @@
 """Outputs safe to open in a spreadsheet (OWASP "CSV injection", CWE-1236): no cell the tool writes
 from a user's string (a file or folder name, a label value) starts with =, +, -, @, tab or CR
 unless it is a plain number; programs recover the exact path through `images.unescape_name`."""
+
 from __future__ import annotations
 
 import csv
@@ -22,12 +23,30 @@ NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 def formula_cells(path: Path) -> list[str]:
     """The cells of a CSV file that a spreadsheet would run as a formula."""
     with path.open(newline="", encoding="utf-8") as fh:
-        return [c for row in csv.reader(fh) for c in row
-                if c[:1] in ("=", "+", "-", "@", "\t", "\r") and not NUMBER.fullmatch(c)]
+        return [
+            c
+            for row in csv.reader(fh)
+            for c in row
+            if c[:1] in ("=", "+", "-", "@", "\t", "\r") and not NUMBER.fullmatch(c)
+        ]
 
 
-@pytest.mark.parametrize("text", ["=cmd|' /C calc'!A0.png", "+SUM(A1)", "-2+3", "@SUM(1)", "\tx.png", "\rx.png",
-                                  "=", "-", "\\=already", "a\\b=c", "dir/=x.png"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "=cmd|' /C calc'!A0.png",
+        "+SUM(A1)",
+        "-2+3",
+        "@SUM(1)",
+        "\tx.png",
+        "\rx.png",
+        "=",
+        "-",
+        "\\=already",
+        "a\\b=c",
+        "dir/=x.png",
+    ],
+)
 def test_escape_name_makes_formulas_text_and_is_reversible(text):
     out = escape_name(text)
     assert not (out[:1] in "=+-@\t\r" and not NUMBER.fullmatch(out)), out
@@ -53,8 +72,14 @@ def test_manifests_of_hostile_names_are_spreadsheet_safe_and_still_decode(tmp_pa
         write_png(root / '=HYPERLINK("http://x")' / f"+{i}.png", i)
     for i in range(6):
         write_png(root / "@evil" / f"=1+{i}.png", 100 + i)
-    ds = DatasetConfig(name="hostile", source="folders", root=str(root), image_size=16,
-                       majority=('=HYPERLINK("http://x")',), minority=("@evil",))
+    ds = DatasetConfig(
+        name="hostile",
+        source="folders",
+        root=str(root),
+        image_size=16,
+        majority=('=HYPERLINK("http://x")',),
+        minority=("@evil",),
+    )
     split = SplitConfig(seed=0, train=(4, 2), val=(2, 1), test=(2, 2))
     prepare_dataset(ds, split, tmp_path / "splits", progress=False, replicates=1)
     manifest = tmp_path / "splits" / "hostile" / "0" / "manifest.csv"

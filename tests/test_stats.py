@@ -1,4 +1,5 @@
 """finalbn.stats.inference: the t interval, Holm's adjustment and the detectable difference against hand computations."""
+
 from __future__ import annotations
 
 import math

@@ -2,6 +2,7 @@
 its outputs cite (`finalbn.tracking.fingerprint`, the `store` stage); the search starts its study
 again when its trials' runs are gone. (The whole pipeline after `rm mlflow.db` and with another
 MLFLOW_TRACKING_URI: tests/test_pipeline.py.)"""
+
 from __future__ import annotations
 
 import contextlib
@@ -45,10 +46,18 @@ def _run(client: mlflow.MlflowClient, name: str = "finalbn/grid") -> str:
 
 def test_cited_reads_run_id_keys_and_columns_in_json_and_csv(tmp_path):
     (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "a.json").write_text(json.dumps({
-        "mlflow_run_id": "r1", "best": {"mlflow_run_ids": ["r2", "r3"], "value": 0.9},
-        "trial_mlflow_run_ids": {"0": ["r4"], "1": []}, "rows": [{"run_id": "r5", "config_key": "k"}],
-        "note": "run_id r9 in prose is not cited", "model_run_id": None}))
+    (tmp_path / "out" / "a.json").write_text(
+        json.dumps(
+            {
+                "mlflow_run_id": "r1",
+                "best": {"mlflow_run_ids": ["r2", "r3"], "value": 0.9},
+                "trial_mlflow_run_ids": {"0": ["r4"], "1": []},
+                "rows": [{"run_id": "r5", "config_key": "k"}],
+                "note": "run_id r9 in prose is not cited",
+                "model_run_id": None,
+            }
+        )
+    )
     (tmp_path / "out" / "cells.csv").write_text("run_id,source_run_id,x\nr6,r7,1\n,,2\nnan,r8,3\n")
     (tmp_path / "out" / "plain.txt").write_text("run_id\nr10\n")
     assert fingerprint.cited([tmp_path / "out"]) == {f"r{i}" for i in range(1, 9)}
@@ -90,8 +99,10 @@ def test_an_alias_counts_only_while_it_points_at_the_runs_version(store):
 
 
 def test_the_store_is_named_without_its_password():
-    assert fingerprint.store_identity("postgresql://ann:s3cret@db.example:5432/mlflow") == \
-        "postgresql://ann:***@db.example:5432/mlflow"
+    assert (
+        fingerprint.store_identity("postgresql://ann:s3cret@db.example:5432/mlflow")
+        == "postgresql://ann:***@db.example:5432/mlflow"
+    )
     assert fingerprint.store_identity("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
 
 
@@ -104,10 +115,18 @@ def _store_stage(capsys) -> tuple[int, str, str]:
 def test_the_store_stage_says_which_stages_run_again_and_why(store, tmp_path, monkeypatch, capsys):
     code, out, _ = _store_stage(capsys)  # a new project: nothing cited yet, nothing to say
     assert code == 0 and "no stage's outputs cite a run yet" in out
-    files = sorted(p.relative_to(tmp_path / "results" / "store").as_posix()
-                   for p in (tmp_path / "results" / "store").rglob("*.json"))
-    assert files == ["ceiling/synthetic-apple.json", "export.json", "grid.json", "report.json", "search.json",
-                     "sensitivity.json"]
+    files = sorted(
+        p.relative_to(tmp_path / "results" / "store").as_posix()
+        for p in (tmp_path / "results" / "store").rglob("*.json")
+    )
+    assert files == [
+        "ceiling/synthetic-apple.json",
+        "export.json",
+        "grid.json",
+        "report.json",
+        "search.json",
+        "sensitivity.json",
+    ]
     cells = [_run(store) for _ in range(3)]
     fingerprint.mark("results/store/grid.json", cells)
     store.create_registered_model("finalbn")
@@ -140,8 +159,17 @@ def test_a_store_that_cannot_be_read_is_one_line(store, tmp_path, monkeypatch, c
 
 def test_a_stage_marks_its_fingerprint_only_when_it_succeeds(store, tmp_path, capsys):
     (tmp_path / "results" / "ceiling").mkdir(parents=True)
-    args = ["ceiling", "--params", str(ROOT / "params.yaml"), "--splits", str(tmp_path / "nowhere"),
-            "--out", "results/ceiling/x.json", "--fingerprint", "results/store/ceiling/x.json"]
+    args = [
+        "ceiling",
+        "--params",
+        str(ROOT / "params.yaml"),
+        "--splits",
+        str(tmp_path / "nowhere"),
+        "--out",
+        "results/ceiling/x.json",
+        "--fingerprint",
+        "results/store/ceiling/x.json",
+    ]
     assert main(args) == 2 and not (tmp_path / "results" / "store").exists()  # no splits: exit 2, no mark
 
 
@@ -150,8 +178,11 @@ def test_a_study_whose_trials_runs_are_gone_starts_again_beside_the_old_one(stor
     study = search.open_study(cfg)
     kept = _run(store, "finalbn/search")
     dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
-    study.add_trial(optuna.trial.create_trial(params={"x": 0.5}, distributions=dist, value=0.9,
-                                              user_attrs={"mlflow_run_ids": [kept]}))
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"x": 0.5}, distributions=dist, value=0.9, user_attrs={"mlflow_run_ids": [kept]}
+        )
+    )
     again, _, _ = search.start(cfg)
     assert again.study_name == search.study_name(cfg) and "starts again" not in capsys.readouterr().out
     store.delete_run(kept)  # `rm mlflow.db`, or another MLFLOW_TRACKING_URI: the trial's run is not there
@@ -187,8 +218,11 @@ def test_a_stage_whose_runs_the_store_does_not_show_writes_no_fingerprint(store,
 def test_an_experiment_in_mlflows_trash_is_one_line_saying_what_to_do(store, load, tmp_path, capsys):
     exp = store.create_experiment("finalbn/grid")
     store.delete_experiment(exp)
-    with pytest.raises(tracking.fingerprint.StoreError, match=rf"'finalbn/grid' \(id {exp}\) is in MLflow's trash: "
-                                                              rf"restore it .*--experiment-id {exp}"):
+    with pytest.raises(
+        tracking.fingerprint.StoreError,
+        match=rf"'finalbn/grid' \(id {exp}\) is in MLflow's trash: "
+        rf"restore it .*--experiment-id {exp}",
+    ):
         tracking.setup(load(), "grid")
 
 
@@ -222,10 +256,18 @@ def test_a_command_killed_while_it_creates_the_store_leaves_none_or_a_whole_one(
     make test's random kills). The killer waits until a store file is being written, then kills."""
     db = tmp_path / "my store" / "mlflow.db"
     uri = f"sqlite:///{db}"
-    code = ("import sys; from finalbn.tracking import store; "
-            "store.client().search_experiments(); print('created', flush=True)")
-    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "MLFLOW_TRACKING_URI": uri},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    code = (
+        "import sys; from finalbn.tracking import store; "
+        "store.client().search_experiments(); print('created', flush=True)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not _being_written(db):

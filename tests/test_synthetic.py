@@ -1,4 +1,5 @@
 """The procedural leaf generator: layout, determinism, image validity, lesion design, arguments."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,8 +20,7 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def _small(root: Path, **kw) -> dict:
-    args = dict(seed=3, image_size=16, crops=["Apple", "Grape"], healthy=3, per_disease=2,
-                workers=1, progress=False)
+    args = dict(seed=3, image_size=16, crops=["Apple", "Grape"], healthy=3, per_disease=2, workers=1, progress=False)
     args.update(kw)
     return generate(root, **args)
 
@@ -28,8 +28,9 @@ def _small(root: Path, **kw) -> dict:
 def test_layout_counts_and_stats(tmp_path):
     stats = _small(tmp_path / "new" / "root")  # parents are created
     root = tmp_path / "new" / "root"
-    expected = {f"{crop}___{cond}": (3 if cond == "healthy" else 2)
-                for crop in ("Apple", "Grape") for cond in CONDITIONS}
+    expected = {
+        f"{crop}___{cond}": (3 if cond == "healthy" else 2) for crop in ("Apple", "Grape") for cond in CONDITIONS
+    }
     assert sorted(p.name for p in root.iterdir()) == sorted(expected)
     for folder, n in expected.items():
         assert sorted(p.name for p in (root / folder).iterdir()) == [f"{i:05d}.png" for i in range(n)]
@@ -42,14 +43,32 @@ def test_layout_counts_and_stats(tmp_path):
 
 def test_healthy_by_crop_sets_one_crops_healthy_count(tmp_path):
     """The dataset's crop gets more healthy images (the default: Apple, for 10 disjoint test sets)."""
-    stats = generate(tmp_path, seed=0, image_size=16, crops=["Apple", "Grape"], healthy=2, per_disease=1, workers=1,
-                     progress=False, healthy_by_crop={"Apple": 5})
+    stats = generate(
+        tmp_path,
+        seed=0,
+        image_size=16,
+        crops=["Apple", "Grape"],
+        healthy=2,
+        per_disease=1,
+        workers=1,
+        progress=False,
+        healthy_by_crop={"Apple": 5},
+    )
     assert stats["classes"]["Apple___healthy"] == 5 and stats["classes"]["Grape___healthy"] == 2
     assert len(list((tmp_path / "Apple___healthy").iterdir())) == 5
     assert stats["images"] == 5 + 2 + 2 * len(DISEASES)
     with pytest.raises(ValueError, match=r"healthy_by_crop names crops not generated: \['Tomato'\]"):
-        generate(tmp_path, seed=0, image_size=16, crops=["Apple"], healthy=2, per_disease=1, workers=1,
-                 progress=False, healthy_by_crop={"Tomato": 3})
+        generate(
+            tmp_path,
+            seed=0,
+            image_size=16,
+            crops=["Apple"],
+            healthy=2,
+            per_disease=1,
+            workers=1,
+            progress=False,
+            healthy_by_crop={"Tomato": 3},
+        )
 
 
 def test_images_are_rgb_png_of_requested_size(tmp_path):
@@ -88,7 +107,10 @@ def test_rerun_overwrites_its_folders_only(tmp_path):
     after = _files(tmp_path)
     assert after.pop("Other___healthy/00000.png") == b"not ours"
     assert sorted(p.name for p in (tmp_path / "Apple___healthy").iterdir()) == [
-        "00000.png", "00001.png", "00002.png"]  # 00003/00004 of the larger run are gone
+        "00000.png",
+        "00001.png",
+        "00002.png",
+    ]  # 00003/00004 of the larger run are gone
     dropped = {f"{crop}___healthy/{i:05d}.png" for crop in ("Apple", "Grape") for i in (3, 4)}
     assert after == {k: v for k, v in first.items() if k not in dropped}
     assert not list(tmp_path.rglob("*.tmp"))
@@ -135,12 +157,26 @@ def test_render_leaf_shapes_and_families():
         render_leaf(np.random.default_rng(0), 32, "Apple", "Scab")
 
 
-@pytest.mark.parametrize("override", [
-    {"image_size": 15}, {"image_size": 32.0}, {"healthy": 0}, {"per_disease": 0}, {"seed": -1},
-    {"workers": -1}, {"crops": []}, {"crops": "Apple"}, {"crops": [""]}, {"crops": ["a/b"]},
-    {"crops": ["Apple___x"]}, {"crops": ["Apple_"]}, {"crops": [".."]}, {"crops": ["A", "A"]},
-    {"healthy": True},
-])
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"image_size": 15},
+        {"image_size": 32.0},
+        {"healthy": 0},
+        {"per_disease": 0},
+        {"seed": -1},
+        {"workers": -1},
+        {"crops": []},
+        {"crops": "Apple"},
+        {"crops": [""]},
+        {"crops": ["a/b"]},
+        {"crops": ["Apple___x"]},
+        {"crops": ["Apple_"]},
+        {"crops": [".."]},
+        {"crops": ["A", "A"]},
+        {"healthy": True},
+    ],
+)
 def test_bad_arguments_raise_one_line_value_error(tmp_path, override):
     with pytest.raises(ValueError) as info:
         _small(tmp_path / "out", **override)

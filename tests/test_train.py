@@ -1,4 +1,5 @@
 """One training cell end to end on tiny images: toggles, determinism, failures, MLflow content."""
+
 from __future__ import annotations
 
 import os
@@ -19,7 +20,7 @@ from finalbn.cli import main
 from finalbn.config import ablation_from_id, config_id, config_name
 from finalbn.data.tensors import TrainPlan, eval_transform, load_splits, make_loaders
 from finalbn.models import WeightsError
-from finalbn.stages.tracked import CellRun, track_cell
+from finalbn.stages.cellrun import CellRun, track_cell
 from finalbn.stages.tracker import MemoryTracker
 from finalbn.tracking.adapter import MLFLOW
 from finalbn.train import cell as cells
@@ -73,8 +74,10 @@ def test_toggles_change_what_they_should(prepared):
     assert not plain.varies and augmented.varies
     norm = eval_transform(plain.mean, plain.std)
     for epoch in (1, 2):  # no augmentation: the split's images, in the epoch's order
-        assert all(torch.equal(x, norm(tensors["train"].images[idx]))
-                   for (x, _), idx in zip(plain.inputs(epoch), plain.batches(epoch)))
+        assert all(
+            torch.equal(x, norm(tensors["train"].images[idx]))
+            for (x, _), idx in zip(plain.inputs(epoch), plain.batches(epoch))
+        )
     assert not all(torch.equal(a[0], b[0]) for a, b in zip(augmented.inputs(1), plain.inputs(1)))
 
 
@@ -186,29 +189,64 @@ def test_mlflow_run_holds_params_metrics_by_step_and_artifacts(prepared, capsys)
     # what differs leads the name; the params are what the cell used (no other stage's keys, no
     # setting its switches leave unused); the split manifest is its dataset input
     assert run.info.run_name == "BN+WL r0" and tags["stage"] == "train"
-    assert tags["mlflow.note.content"].startswith("Configuration 15 (BN+WL): BN, WL on; DA, MX, UF, WD off. Replicate 0")
-    assert not [k for k in p if k.split(".")[0] in ("search", "grid", "report", "sensitivity", "datasets", "tracking",
-                                                      "selection", "ceiling", "synthetic")]
+    assert tags["mlflow.note.content"].startswith(
+        "Configuration 15 (BN+WL): BN, WL on; DA, MX, UF, WD off. Replicate 0"
+    )
+    assert not [
+        k
+        for k in p
+        if k.split(".")[0]
+        in ("search", "grid", "report", "sensitivity", "datasets", "tracking", "selection", "ceiling", "synthetic")
+    ]
     assert p["dataset.name"] == "synthetic-apple" and "train.mixup_alpha" not in p and "train.augment.rotate" not in p
     (ds,) = run.inputs.dataset_inputs
     assert ds.dataset.name == "synthetic-apple r0" and ds.dataset.digest == tags["manifest_sha256"][:32]
     assert {t.key: t.value for t in ds.tags}["mlflow.data.context"] == "training"
     assert [x.step for x in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2]
     # the mechanism under study, per epoch: the final BN's running statistics, gamma and beta
-    for key in ("val_auroc", "val_balanced_loss", "final_bn_running_mean_1", "final_bn_running_var_0",
-                "final_bn_gamma_1", "final_bn_beta_0"):
+    for key in (
+        "val_auroc",
+        "val_balanced_loss",
+        "final_bn_running_mean_1",
+        "final_bn_running_var_0",
+        "final_bn_gamma_1",
+        "final_bn_beta_0",
+    ):
         assert [x.step for x in client.get_metric_history(run.info.run_id, key)] == [1, 2], key
-    for key in ("test_f1_1", "test_sel_f1_1", "test_ece", "test_brier", "selected_epoch", "test_auroc", "test_ap",
-                "test_balanced_accuracy", "test_f1_1_vt", "val_last_auroc", "val_last_balanced_loss", "val_sel_auroc"):
+    for key in (
+        "test_f1_1",
+        "test_sel_f1_1",
+        "test_ece",
+        "test_brier",
+        "selected_epoch",
+        "test_auroc",
+        "test_ap",
+        "test_balanced_accuracy",
+        "test_f1_1_vt",
+        "val_last_auroc",
+        "val_last_balanced_loss",
+        "val_sel_auroc",
+    ):
         assert key in m, key
     # BN+WL: the training-count prior correction is not valid for its outputs, and is not logged
     assert "test_f1_1_pc" not in m and "val_last_f1_1_pc" not in m
     assert len(tags["config_key"]) == 32
-    assert {k for k in m if k.startswith("test_recall_1__")} == {"test_recall_1__Apple___Scab", "test_recall_1__Apple___Rot"}
+    assert {k for k in m if k.startswith("test_recall_1__")} == {
+        "test_recall_1__Apple___Scab",
+        "test_recall_1__Apple___Rot",
+    }
     arts = {a.path for d in ("", "plots", "predictions") for a in client.list_artifacts(run.info.run_id, d or None)}
-    for path in ("config.yaml", "history.csv", "reliability.json", "plots/loss_curves.png", "plots/softmax_scatter.png",
-                 "plots/reliability_selected.png", "plots/confusion_matrix.png", "predictions/test_predictions.csv",
-                 "predictions/val_predictions.csv"):
+    for path in (
+        "config.yaml",
+        "history.csv",
+        "reliability.json",
+        "plots/loss_curves.png",
+        "plots/softmax_scatter.png",
+        "plots/reliability_selected.png",
+        "plots/confusion_matrix.png",
+        "predictions/test_predictions.csv",
+        "predictions/val_predictions.csv",
+    ):
         assert path in arts, path
     local = Path(client.download_artifacts(run.info.run_id, "predictions/test_predictions.csv"))
     assert len(local.read_text().splitlines()) == 1 + 4  # header + 4 test images
@@ -232,10 +270,26 @@ def test_mlflow_run_entry_point(prepared, tmp_path):
     for name in ("MLproject", "conda.yaml", "params.yaml"):
         shutil.copy(ROOT / name, tmp_path)
     bindir = Path(sys.executable).parent
-    cmd = [str(bindir / "mlflow"), "run", str(tmp_path), "--env-manager", "local", "-e", "train",
-           "--experiment-name", "finalbn", *[x for o in overrides + ["ablation.bn=false"] for x in ("-P", o)]]
-    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"})
+    cmd = [
+        str(bindir / "mlflow"),
+        "run",
+        str(tmp_path),
+        "--env-manager",
+        "local",
+        "-e",
+        "train",
+        "--experiment-name",
+        "finalbn",
+        *[x for o in overrides + ["ablation.bn=false"] for x in ("-P", o)],
+    ]
+    out = subprocess.run(
+        cmd,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"},
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "train synthetic-apple none (config 63)" in out.stdout
     assert "(experiment finalbn)" in out.stdout  # the experiment `mlflow run` put the run in

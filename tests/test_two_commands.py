@@ -2,6 +2,7 @@
 one line naming it (host and pid) and never marks its runs KILLED; once the first is dead, the
 second takes over. The owner record (`finalbn.tracking.owner`) and the grid's decision on a
 RUNNING run of a cell it is about to redo (`tracking.owner.take_over`)."""
+
 from __future__ import annotations
 
 import json
@@ -154,6 +155,7 @@ def test_without_a_file_lock_a_claim_is_verified_and_the_earlier_claim_wins(stor
         def sleep(seconds: float) -> None:  # the settle wait: the rival's claim lands now
             assert seconds == owner.SETTLE_S
             _write(store_cfg, "grid", {**_record(rival, shard="0/2"), "since": time.time() + since_s})
+
         return sleep
 
     monkeypatch.setattr(owner.time, "sleep", racing(-5))
@@ -195,7 +197,9 @@ def test_a_live_processs_running_cell_is_refused_and_another_hosts_killed(prepar
     store.client().set_tag(run_id, WORKER, f"{ELSEWHERE}:77")
     store.client().delete_tag(run_id, WORKER_STARTED)
     exp_id = _write(cfg, "grid", _record({"host": ELSEWHERE, "pid": 77, "started": time.time()}))
-    with pytest.raises(StoreError, match=f"another finalbn grid owns experiment finalbn/grid .*pid 77 on host {ELSEWHERE}"):
+    with pytest.raises(
+        StoreError, match=f"another finalbn grid owns experiment finalbn/grid .*pid 77 on host {ELSEWHERE}"
+    ):
         grid.run_shard(cfg, SPLITS, log=lambda m: None, stage="sensitivity")
     assert _statuses(cfg, key) == {"RUNNING": 1}
     store.client().delete_experiment_tag(exp_id, owner.tag_key((0, 1)))
@@ -213,8 +217,14 @@ def _stopped(argv: list[str], point: str, ready: Path) -> tuple[subprocess.Popen
     (inside a cell, its run RUNNING); returns it and the pid that wrote `ready`."""
     env = {**os.environ, faults.ENV: point, faults.READY: str(ready)}
     env.pop(owner.CHILD_ENV, None)
-    proc = subprocess.Popen([sys.executable, "-m", "finalbn", *argv], env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "finalbn", *argv],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 240
     while not ready.exists() or not ready.read_text().endswith("\n"):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -232,7 +242,9 @@ def _refused(argv: list[str], capsys, command: str, stage: str, pid: int) -> Non
     out, err = capsys.readouterr()
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert code == 2 and len(lines) == 1, out[-2000:] + err[-3000:]
-    assert lines[0].startswith(f"finalbn {command}: error: another finalbn {command} owns experiment finalbn/{stage} "), lines
+    assert lines[0].startswith(
+        f"finalbn {command}: error: another finalbn {command} owns experiment finalbn/{stage} "
+    ), lines
     assert f"pid {pid} on host {socket.gethostname()}" in lines[0] and f"kill {pid}" in lines[0], lines
 
 
@@ -242,8 +254,9 @@ def _kill(proc: subprocess.Popen) -> None:
 
 
 def _runs(experiment: str, flag: str) -> list:
-    return mlflow.search_runs(experiment_names=[experiment], output_format="list",
-                              filter_string=f"tags.`{flag}` = 'true'")
+    return mlflow.search_runs(
+        experiment_names=[experiment], output_format="list", filter_string=f"tags.`{flag}` = 'true'"
+    )
 
 
 @pytest.mark.slow
@@ -269,13 +282,32 @@ def test_a_second_grid_refuses_while_the_first_lives_then_takes_over(prepared, e
 def test_a_second_search_refuses_while_the_first_lives_then_takes_over(prepared, empty_store, tmp_path, capsys):
     _, overrides = prepared
     shutil.copy(empty_store, tmp_path / "mlflow.db")
-    small = ["search.space.switches=[bn, wl]", "search.space.hidden=[16, 32]", "search.space.final=null",
-             "search.space.final_bn_affine=null", "search.space.final_bias=null", "search.space.batch_size=null",
-             "search.space.mixup_alpha=null", "search.space.final_bn_momentum=null",
-             "search.space.label_smoothing=null", "search.space.dropout_0=null", "search.space.dropout_1=null"]
-    over = overrides + small + [f"search.storage={tmp_path / 'search' / 'journal.log'}", "search.n_trials=1",
-                                "search.pruner=none", "train.epochs=2", "grid.headline.replicates=2",
-                                "selection.replicates=1", "search.workers=1"]
+    small = [
+        "search.space.switches=[bn, wl]",
+        "search.space.hidden=[16, 32]",
+        "search.space.final=null",
+        "search.space.final_bn_affine=null",
+        "search.space.final_bias=null",
+        "search.space.batch_size=null",
+        "search.space.mixup_alpha=null",
+        "search.space.final_bn_momentum=null",
+        "search.space.label_smoothing=null",
+        "search.space.dropout_0=null",
+        "search.space.dropout_1=null",
+    ]
+    over = (
+        overrides
+        + small
+        + [
+            f"search.storage={tmp_path / 'search' / 'journal.log'}",
+            "search.n_trials=1",
+            "search.pruner=none",
+            "train.epochs=2",
+            "grid.headline.replicates=2",
+            "selection.replicates=1",
+            "search.workers=1",
+        ]
+    )
     argv = _finalbn("search", over, "--out", str(tmp_path / "search.json"))
     first, pid = _stopped(argv, "search.cell", tmp_path / "ready")
     try:

@@ -1,5 +1,6 @@
 """The verdict built from facts: hand-made cases (gain, loss, null, mixed, collapsed models) and a
 whole report whose every verdict number is parsed back and found in effects.csv."""
+
 from __future__ import annotations
 
 import json
@@ -26,9 +27,23 @@ TRIPLE = re.compile(r"([+-]\d+\.\d{3}) \[([+-]\d+\.\d{3}), ([+-]\d+\.\d{3})\]")
 
 
 def _fact(quantity, pi, est, lo, hi, p, collapsed=False, tpr=(0.8, 0.6), fpr=(0.05, 0.01), neg=1000, pos=150):
-    r = {"quantity": quantity, "prevalence": pi, "effect": f"{quantity} {pi}", "estimate": est, "ci_low": lo,
-         "ci_high": hi, "p_holm": p, "n": 10, "collapsed": collapsed, "tpr_bn": tpr[0], "tpr_none": tpr[1],
-         "fpr_bn": fpr[0], "fpr_none": fpr[1], "negatives": neg, "positives": pos}
+    r = {
+        "quantity": quantity,
+        "prevalence": pi,
+        "effect": f"{quantity} {pi}",
+        "estimate": est,
+        "ci_low": lo,
+        "ci_high": hi,
+        "p_holm": p,
+        "n": 10,
+        "collapsed": collapsed,
+        "tpr_bn": tpr[0],
+        "tpr_none": tpr[1],
+        "fpr_bn": fpr[0],
+        "fpr_none": fpr[1],
+        "negatives": neg,
+        "positives": pos,
+    }
     r["direction"] = direction(r)
     return r
 
@@ -74,15 +89,25 @@ def test_a_null_result_says_what_the_interval_rules_out_the_right_way_round():
 
 
 def test_mixed_directions_and_the_argmax_cuts_reversal():
-    cut = {0.5: (0.2, 0.1, 0.3, 0.001), 0.1: (0.1, 0.05, 0.15, 0.01), 0.05: (0.02, -0.05, 0.09, 0.5),
-           0.01: (0.01, -0.08, 0.1, 0.8)}
-    argmax = {0.5: (0.2, 0.1, 0.3, 0.001), 0.1: (0.0, -0.1, 0.1, 0.9), 0.05: (-0.1, -0.15, -0.05, 0.01),
-              0.01: (-0.135, -0.2, -0.07, 0.004)}
+    cut = {
+        0.5: (0.2, 0.1, 0.3, 0.001),
+        0.1: (0.1, 0.05, 0.15, 0.01),
+        0.05: (0.02, -0.05, 0.09, 0.5),
+        0.01: (0.01, -0.08, 0.1, 0.8),
+    }
+    argmax = {
+        0.5: (0.2, 0.1, 0.3, 0.001),
+        0.1: (0.0, -0.1, 0.1, 0.9),
+        0.05: (-0.1, -0.15, -0.05, 0.01),
+        0.01: (-0.135, -0.2, -0.07, 0.004),
+    }
     lines = opening_lines(_facts(cut, argmax, ap={0.01: (0.216, 0.107, 0.325, 0.003)}))
     assert "helps at π = 0.5 and 0.1; is not distinguishable from zero at π = 0.05 and 0.01" in lines[0]
     assert lines[1].startswith("**Which cut?**") and "hurts at π = 0.05 and 0.01" in lines[1]
-    assert ("At π = 0.05 and 0.01 the argmax cut's loss does not hold at the cut fit for π, where the contrast is not "
-            "distinguishable from zero: it is the cut's, not final BN's.") in lines[1]
+    assert (
+        "At π = 0.05 and 0.01 the argmax cut's loss does not hold at the cut fit for π, where the contrast is not "
+        "distinguishable from zero: it is the cut's, not final BN's."
+    ) in lines[1]
     assert "At π = 0.1 the argmax cut's result does not hold" in lines[1]  # null at argmax, a gain at the cut
     assert "At π = 0.5" not in lines[1]  # the same direction under both cuts: nothing to say
     assert lines[2].startswith("**How sure?**") and "π = 0.01 changes by +0.216 [+0.107, +0.325]" in lines[2]
@@ -139,18 +164,35 @@ def simulated_study(reps=10, n0=400, n1=60, seed=0) -> CellData:
 
             y, p = scores(n1, n0)
             vy, vp = scores(7, 150)
-            data.predictions[run] = pd.DataFrame({"path": [f"i{i}.png" for i in range(len(y))], "label": y,
-                                                  "p1_last": p, "p1_sel": p})
-            data.val_predictions[run] = pd.DataFrame({"path": [f"v{i}.png" for i in range(len(vy))], "label": vy,
-                                                      "p1_last": vp})
+            data.predictions[run] = pd.DataFrame(
+                {"path": [f"i{i}.png" for i in range(len(y))], "label": y, "p1_last": p, "p1_sel": p}
+            )
+            data.val_predictions[run] = pd.DataFrame(
+                {"path": [f"v{i}.png" for i in range(len(vy))], "label": vy, "p1_last": vp}
+            )
             flag = p > 0.5
             tp, fp = (flag & (y == 1)).sum(), (flag & (y == 0)).sum()
             f1 = 2 * tp / (2 * tp + fp + (y == 1).sum() - tp)
             ab = ablation_from_id(cid)
-            rows.append({"run_id": run, "dataset": "apple", "arch": "efficientnet_lite0", "replicate": rep,
-                         "config_id": cid, **{t: getattr(ab, t) for t in TOGGLES}, "selected_epoch": 5,
-                         "test_f1_1": f1, "test_recall_1": flag[y == 1].mean(), "test_recall_0": 1 - flag[y == 0].mean(),
-                         "test_auroc": roc_auc_score(y, p), "test_sel_f1_1": f1, "val_auroc": 0.8, "test_ece": 0.1, "test_brier": 0.2})
+            rows.append(
+                {
+                    "run_id": run,
+                    "dataset": "apple",
+                    "arch": "efficientnet_lite0",
+                    "replicate": rep,
+                    "config_id": cid,
+                    **{t: getattr(ab, t) for t in TOGGLES},
+                    "selected_epoch": 5,
+                    "test_f1_1": f1,
+                    "test_recall_1": flag[y == 1].mean(),
+                    "test_recall_0": 1 - flag[y == 0].mean(),
+                    "test_auroc": roc_auc_score(y, p),
+                    "test_sel_f1_1": f1,
+                    "val_auroc": 0.8,
+                    "test_ece": 0.1,
+                    "test_brier": 0.2,
+                }
+            )
     data.cells = pd.DataFrame(rows)
     return data
 
@@ -158,15 +200,14 @@ def simulated_study(reps=10, n0=400, n1=60, seed=0) -> CellData:
 @pytest.fixture(scope="module")
 def simulated_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("verdict")
-    summary = report.build_report(simulated_study(), out, n_boot=50, seed=0, train_counts=(1000, 10),
-                                  prevalences=PIS)
+    summary = report.build_report(simulated_study(), out, n_boot=50, seed=0, train_counts=(1000, 10), prevalences=PIS)
     return summary, out
 
 
 def test_the_report_opens_with_the_answer_at_each_prevalence(simulated_report):
     summary, out = simulated_report
     md = (out / "report.md").read_text()
-    verdict = md[md.index("## Verdict"):]
+    verdict = md[md.index("## Verdict") :]
     first = verdict.split("\n- ")[1]
     assert first.startswith("**Does final BN help at your prevalence?**")
     assert all(f"π = {pi:g}: " in first for pi in PIS)
@@ -186,10 +227,12 @@ def check_verdict_numbers(verdict: list[str], eff: pd.DataFrame, prevalences=PIS
     for line in verdict:
         for m in TRIPLE.finditer(line):
             assert m.groups() in keyed, f"{m.group(0)} of {line[:80]!r} is in no effects.csv row"
-            pi = re.search(r"π = ([\d.]+): $", line[:m.start()])
+            pi = re.search(r"π = ([\d.]+): $", line[: m.start()])
             if pi:
-                assert any(math.isclose(r.prevalence, float(pi.group(1))) for r in keyed[m.groups()]), \
-                    (m.group(0), [r.effect for r in keyed[m.groups()]])
+                assert any(math.isclose(r.prevalence, float(pi.group(1))) for r in keyed[m.groups()]), (
+                    m.group(0),
+                    [r.effect for r in keyed[m.groups()]],
+                )
             found += 1
     by = {r.effect: r for r in eff.itertuples()}
     first = verdict[0]
@@ -197,7 +240,9 @@ def check_verdict_numbers(verdict: list[str], eff: pd.DataFrame, prevalences=PIS
         r = by.get(f"31-63 cut π={pi:g}")
         if r is None or r.direction == "not estimable" or f"at π = {pi:g} both models collapse" in first:
             continue
-        words = {"gain": "helps", "loss": "hurts", "not distinguishable": "is not distinguishable from zero"}[r.direction]
+        words = {"gain": "helps", "loss": "hurts", "not distinguishable": "is not distinguishable from zero"}[
+            r.direction
+        ]
         listed = re.search(words + r" at π = ([\d.]+(?:(?:, | and )[\d.]+)*)", first)
         assert listed and f"{pi:g}" in re.split(r", | and ", listed.group(1)), (pi, r.direction, first)
     return found
@@ -230,8 +275,9 @@ def test_the_simulated_reversal_is_the_argmax_cuts(simulated_report):
     eff = pd.read_csv(out / "effects.csv").set_index("effect")
     assert eff.loc["31-63 π=0.01", "direction"] == "loss"
     assert eff.loc["31-63 cut π=0.01", "direction"] != "loss"
-    assert re.search(r"At π = [\d., and]*0\.01 the argmax cut's loss does not hold at the cut fit for π",
-                     summary["verdict"][1])
+    assert re.search(
+        r"At π = [\d., and]*0\.01 the argmax cut's loss does not hold at the cut fit for π", summary["verdict"][1]
+    )
     assert eff.loc["31-63 ap π=0.01", "family"] == "verdict" and eff.loc["BNxWL", "family"] == "verdict"
 
 

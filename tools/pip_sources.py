@@ -7,14 +7,20 @@ from its cache of unpacked wheels), but it does not read pip's configuration (pi
 variables): this prints what `pip config list` holds as uv's options, and pip's own resolution
 strategy (any index may give a package its best version). Nothing configured: nothing printed.
 """
+
 from __future__ import annotations
 
 import shlex
 import subprocess
 import sys
 
-OPTIONS = {"index-url": "--index-url", "extra-index-url": "--extra-index-url", "find-links": "--find-links",
-           "constraint": "--constraint", "trusted-host": "--allow-insecure-host"}
+OPTIONS = {
+    "index-url": "--index-url",
+    "extra-index-url": "--extra-index-url",
+    "find-links": "--find-links",
+    "constraint": "--constraint",
+    "trusted-host": "--allow-insecure-host",
+}
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ command's import closure.
 tests/test_structure.py checks the same rule and names what is missing; this writes it. Only the
 runs of `- src/...` and `- deploy/field/...` lines change: comments, order of stages and other deps stay as written.
 """
+
 from __future__ import annotations
 
 import re

@@ -10,6 +10,7 @@ of the same command cleans up after it). The same command then goes on from ther
 refused a write, or a tracking server that did not answer through MLflow's retries, is one line too
 (exit 1): what was kept, and to run the same command again.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,10 +39,20 @@ EXIT_USAGE = 2
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--params", action="append", metavar="FILE",
-                        help="params file (default params.yaml); repeat to overlay files in order")
-    common.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                        help="override one key, e.g. --set split.seed=3 (also: --split.seed 3)")
+    common.add_argument(
+        "--params",
+        action="append",
+        metavar="FILE",
+        help="params file (default params.yaml); repeat to overlay files in order",
+    )
+    common.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override one key, e.g. --set split.seed=3 (also: --split.seed 3)",
+    )
     parser = argparse.ArgumentParser(prog="finalbn", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("synthesize", parents=[common], help="write the built-in synthetic leaf collection")
@@ -49,30 +60,46 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", action="append", help="only this dataset (repeatable); default: all")
     p.add_argument("--out", default="data/splits", help="output folder (default data/splits)")
     p = sub.add_parser("pretrain", parents=[common], help="train the synthetic backbone (model.weights=synthetic)")
-    p = sub.add_parser("store", parents=[common],
-                       help="does the MLflow store hold what each stage's outputs cite? (a fingerprint per stage)")
+    p = sub.add_parser(
+        "store",
+        parents=[common],
+        help="does the MLflow store hold what each stage's outputs cite? (a fingerprint per stage)",
+    )
     p.add_argument("--out", default="results/store", help="folder of the fingerprints (default results/store)")
-    p = sub.add_parser("ceiling", parents=[common, _fingerprinted()],
-                       help="can the frozen body see the cue? CV AUROC of a balanced linear probe")
+    p = sub.add_parser(
+        "ceiling",
+        parents=[common, _fingerprinted()],
+        help="can the frozen body see the cue? CV AUROC of a balanced linear probe",
+    )
     p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
     p.add_argument("--dataset", action="append", help="only this dataset (repeatable); default: all")
     p.add_argument("--out", default="results/ceiling/all.json", help="output file (default results/ceiling/all.json)")
-    p = sub.add_parser("train", parents=[common], help="train one cell (dataset, replicate, six toggles) as an MLflow run")
+    p = sub.add_parser(
+        "train", parents=[common], help="train one cell (dataset, replicate, six toggles) as an MLflow run"
+    )
     p.add_argument("--dataset", help="dataset name (default: the first in params)")
     p.add_argument("--replicate", type=int, default=0, help="which split draw and seed (default 0)")
     p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
-    p = sub.add_parser("grid", parents=[common, _fingerprinted()],
-                       help="run the factorial grid of cells (resumable, shardable)")
+    p = sub.add_parser(
+        "grid", parents=[common, _fingerprinted()], help="run the factorial grid of cells (resumable, shardable)"
+    )
     p.add_argument("--shard", metavar="I/N", help="run only shard I of N (0-based), e.g. 0/4; writes no results")
     p.add_argument("--workers", type=int, help="local shard processes (default grid.workers)")
-    p.add_argument("--executor", choices=("local", "ray"),
-                   help="local shard processes, or Ray tasks on $RAY_ADDRESS / a local Ray (default grid.executor)")
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        help="local shard processes, or Ray tasks on $RAY_ADDRESS / a local Ray (default grid.executor)",
+    )
     p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
     p.add_argument("--results", default="results", help="where grid.csv/grid.json go (default results)")
-    p.add_argument("--stage", choices=("grid", "sensitivity"), default="grid",
-                   help=argparse.SUPPRESS)  # whose experiment the runs go to: the sensitivity stage's levels
-    p.add_argument("--no-share", action="store_true",
-                   help="run the frozen body inside every UF-off cell (train.share_features=false): same numbers, slower")
+    p.add_argument(
+        "--stage", choices=("grid", "sensitivity"), default="grid", help=argparse.SUPPRESS
+    )  # whose experiment the runs go to: the sensitivity stage's levels
+    p.add_argument(
+        "--no-share",
+        action="store_true",
+        help="run the frozen body inside every UF-off cell (train.share_features=false): same numbers, slower",
+    )
     _later_stages(sub, common)
     return parser
 
@@ -80,63 +107,109 @@ def _parser() -> argparse.ArgumentParser:
 def _fingerprinted() -> argparse.ArgumentParser:
     """The option of the commands that track: the stage's store fingerprint (dvc.yaml's `store` stage)."""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--fingerprint", metavar="FILE", help="once done, write which runs and models of the tracking "
-                   "store the outputs cite to FILE (dvc.yaml: results/store/<stage>.json)")
+    p.add_argument(
+        "--fingerprint",
+        metavar="FILE",
+        help="once done, write which runs and models of the tracking "
+        "store the outputs cite to FILE (dvc.yaml: results/store/<stage>.json)",
+    )
     return p
 
 
 def _later_stages(sub, common: argparse.ArgumentParser) -> None:
     """search, export, bench, report: the stages after the grid, and the benchmark."""
-    p = sub.add_parser("search", parents=[common, _fingerprinted()],
-                       help="an Optuna study beyond the grid, scored on validation")
+    p = sub.add_parser(
+        "search", parents=[common, _fingerprinted()], help="an Optuna study beyond the grid, scored on validation"
+    )
     p.add_argument("--workers", type=int, help="processes on the study (default search.workers)")
-    p.add_argument("--executor", choices=("local", "ray"),
-                   help="local processes, or search.workers Ray tasks (default search.executor)")
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        help="local processes, or search.workers Ray tasks (default search.executor)",
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one of --workers' processes
     p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
     p.add_argument("--out", default="results/search.json", help="summary file (default results/search.json)")
-    p.add_argument("--grid-csv", default="results/grid.csv",
-                   help="the grid's results, for the comparison with its configurations (default results/grid.csv)")
-    p = sub.add_parser("sensitivity", parents=[common, _fingerprinted()],
-                       help="the headline contrast (31 vs 63) under other imbalance, batch size, BN momentum, output")
+    p.add_argument(
+        "--grid-csv",
+        default="results/grid.csv",
+        help="the grid's results, for the comparison with its configurations (default results/grid.csv)",
+    )
+    p = sub.add_parser(
+        "sensitivity",
+        parents=[common, _fingerprinted()],
+        help="the headline contrast (31 vs 63) under other imbalance, batch size, BN momentum, output",
+    )
     p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
     p.add_argument("--out", default="results/sensitivity", help="output folder (default results/sensitivity)")
-    p = sub.add_parser("export", parents=[common, _fingerprinted()],
-                       help="the best final-BN run (on validation) to ONNX, checked against torch, registered")
+    p = sub.add_parser(
+        "export",
+        parents=[common, _fingerprinted()],
+        help="the best final-BN run (on validation) to ONNX, checked against torch, registered",
+    )
     p.add_argument("--run-id", help="export this run instead of the best final-BN run on validation")
     p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
     p.add_argument("--out", default="models", help="output folder (default models)")
     p.add_argument("--no-register", action="store_true", help="do not log the ONNX model to MLflow nor register it")
-    p.add_argument("--quantize", action="store_true",
-                   help="also a static INT8 model (models/model.int8.onnx), kept only if accurate and faster")
-    p = sub.add_parser("bench", parents=[common], help="measure throughput, each speed lever and the grid, shared vs not")
+    p.add_argument(
+        "--quantize",
+        action="store_true",
+        help="also a static INT8 model (models/model.int8.onnx), kept only if accurate and faster",
+    )
+    p = sub.add_parser(
+        "bench", parents=[common], help="measure throughput, each speed lever and the grid, shared vs not"
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to measure (default auto)")
-    p.add_argument("--archs", nargs="+", help="default: efficientnet_lite0 resnet18 on CPU; efficientnet_lite0 "
-                                              "resnet34 vgg19_bn on CUDA")
+    p.add_argument(
+        "--archs",
+        nargs="+",
+        help="default: efficientnet_lite0 resnet18 on CPU; efficientnet_lite0 resnet34 vgg19_bn on CUDA",
+    )
     p.add_argument("--sizes", nargs="+", type=int, help="image sizes (default: the dataset's on CPU, 224 on CUDA)")
     p.add_argument("--seconds", type=float, default=1.5, help="timing window per measurement (default 1.5)")
     p.add_argument("--batch", type=int, default=64, help="images per training/inference step measured (default 64)")
     p.add_argument("--no-grid", action="store_true", help="skip the grid's shared vs unshared comparison")
-    p.add_argument("--cells", action="store_true",
-                   help="instead: real cells of each kind through the grid's cell code, and the grid's and the "
-                        "paper's study projected from them (archs default: params' on CPU, lite0 resnet34 vgg19_bn on CUDA)")
-    p.add_argument("--grid-configs", nargs="+", type=int, metavar="ID",
-                   help="UF-off configs timed shared (the first two also unshared); default: the 16 with MX off")
+    p.add_argument(
+        "--cells",
+        action="store_true",
+        help="instead: real cells of each kind through the grid's cell code, and the grid's and the "
+        "paper's study projected from them (archs default: params' on CPU, lite0 resnet34 vgg19_bn on CUDA)",
+    )
+    p.add_argument(
+        "--grid-configs",
+        nargs="+",
+        type=int,
+        metavar="ID",
+        help="UF-off configs timed shared (the first two also unshared); default: the 16 with MX off",
+    )
     p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
     p.add_argument("--out", default="results/bench.json", help="output file (default results/bench.json)")
     p = sub.add_parser("figures", parents=[common], help="draw cell runs' figures from what they logged")
     p.add_argument("--run-id", nargs="+", required=True, metavar="ID", help="the cell runs to draw")
-    p = sub.add_parser("report", parents=[common, _fingerprinted()],
-                       help="the paper's tables and figures, from the tracking store")
-    p.add_argument("--grid-csv", default="results/grid.csv",
-                   help="the grid's results: which cells the report reads (default results/grid.csv)")
+    p = sub.add_parser(
+        "report", parents=[common, _fingerprinted()], help="the paper's tables and figures, from the tracking store"
+    )
+    p.add_argument(
+        "--grid-csv",
+        default="results/grid.csv",
+        help="the grid's results: which cells the report reads (default results/grid.csv)",
+    )
     p.add_argument("--out", default="report", help="output folder (default report)")
-    p.add_argument("--ceiling", default="results/ceiling",
-                   help="folder of the ceiling stage's JSON files, shown first (default results/ceiling)")
-    p.add_argument("--search", default="results/search.json",
-                   help="`finalbn search`'s summary, for its section (default results/search.json)")
-    p.add_argument("--sensitivity", default="results/sensitivity/sensitivity.csv",
-                   help="`finalbn sensitivity`'s table, for its section (default results/sensitivity/sensitivity.csv)")
+    p.add_argument(
+        "--ceiling",
+        default="results/ceiling",
+        help="folder of the ceiling stage's JSON files, shown first (default results/ceiling)",
+    )
+    p.add_argument(
+        "--search",
+        default="results/search.json",
+        help="`finalbn search`'s summary, for its section (default results/search.json)",
+    )
+    p.add_argument(
+        "--sensitivity",
+        default="results/sensitivity/sensitivity.csv",
+        help="`finalbn sensitivity`'s table, for its section (default results/sensitivity/sensitivity.csv)",
+    )
 
 
 def split_overrides(extra: list[str]) -> list[str]:
@@ -215,9 +288,11 @@ def _kept(command: str, cfg: Config | None, started_ms: int) -> str:
         n = tracking.after_interrupt(cfg, started_ms)
     except Exception as exc:  # the store itself is out of reach: say so, keep the exit status
         return f"{head}; the tracking store could not be read ({type(exc).__name__}); run it again to resume"
-    return (f"{head}; kept {n['FINISHED']} finished run(s) of this command, closed {n['KILLED']} KILLED "
-            f"({n['FAILED']} failed); files already written are whole. The same command resumes: what finished "
-            f"is found by its key, not trained again")
+    return (
+        f"{head}; kept {n['FINISHED']} finished run(s) of this command, closed {n['KILLED']} KILLED "
+        f"({n['FAILED']} failed); files already written are whole. The same command resumes: what finished "
+        f"is found by its key, not trained again"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -271,9 +346,12 @@ def _main(argv: list[str] | None) -> int:
         full, unreachable = storage_full(exc), server_unreachable(exc)
         if full is None and unreachable is None:
             raise
-        line = (_full_line(args.command, full) if full is not None else
-                f"finalbn {args.command}: error: {unreachable}; finished runs are kept in the store; start it "
-                "again and run the same command")
+        line = (
+            _full_line(args.command, full)
+            if full is not None
+            else f"finalbn {args.command}: error: {unreachable}; finished runs are kept in the store; start it "
+            "again and run the same command"
+        )
         print(line, file=sys.stderr, flush=True)
         return 1
 
@@ -284,9 +362,11 @@ def _full_line(command: str, full: tuple[str, str | None]) -> str:
     if path is None:  # SQLite's message has no file name: the tracking store is the one such writer
         mlflow = sys.modules.get("mlflow")
         path = f"the tracking store {mlflow.get_tracking_uri()}" if mlflow is not None else "an output"
-    kept = ("the earlier splits are kept as they were (a dataset's replicates are replaced all at once)"
-            if command == "prepare" else
-            "files already written are whole (each is replaced in one step) and finished runs stay in the store")
+    kept = (
+        "the earlier splits are kept as they were (a dataset's replicates are replaced all at once)"
+        if command == "prepare"
+        else "files already written are whole (each is replaced in one step) and finished runs stay in the store"
+    )
     return f"finalbn {command}: error: {what} writing {path}; {kept}; free space and run the same command again"
 
 

@@ -1,4 +1,5 @@
 """python -m finalbn_field predict ..."""
+
 import sys
 
 from finalbn_field.cli import main

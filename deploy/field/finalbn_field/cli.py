@@ -24,6 +24,7 @@ flushed; when the disk is full (or a quota, a file-size limit, a read-only file 
 write) the CSV is cut back to its last whole row and the command exits 1 with one line saying
 what was kept.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,40 +45,65 @@ from finalbn_field.predict import FieldError, FieldModel, preprocess
 EXIT_USAGE = 2
 COLUMNS = ["path", "p_healthy", "p_diseased", "label", "label_name", "status", "error"]
 # a write that fails for want of room: (what happened, what to do); the CSV is cut back to its last whole row
-NO_ROOM = {errno.ENOSPC: ("no space left on device", "free space and run again"),
-           errno.EDQUOT: ("disk quota exceeded", "free space within your quota and run again"),
-           errno.EFBIG: ("file too large for this file system/limit",
-                         "write --out to another file system (or raise the file-size limit) and run again"),
-           errno.EROFS: ("read-only file system", "write --out elsewhere and run again")}
+NO_ROOM = {
+    errno.ENOSPC: ("no space left on device", "free space and run again"),
+    errno.EDQUOT: ("disk quota exceeded", "free space within your quota and run again"),
+    errno.EFBIG: (
+        "file too large for this file system/limit",
+        "write --out to another file system (or raise the file-size limit) and run again",
+    ),
+    errno.EROFS: ("read-only file system", "write --out elsewhere and run again"),
+}
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="finalbn-field", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("predict", help="predict images with an exported model; one CSV row per image")
-    p.add_argument("--model", required=True, help="models/model.onnx (model.json beside it), or a folder: models/, or an MLflow model "
-                   "downloaded with `mlflow artifacts download -u models:/finalbn@champion`")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="models/model.onnx (model.json beside it), or a folder: models/, or an MLflow model "
+        "downloaded with `mlflow artifacts download -u models:/finalbn@champion`",
+    )
     p.add_argument("images", nargs="*", help="image files")
     p.add_argument("--images", dest="folder", help="a folder of images (searched recursively)")
     p.add_argument("--out", default="-", help="CSV file (default: standard output)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--threshold", type=float, help="label diseased when P(diseased) >= this")
-    g.add_argument("--prevalence", type=float,
-                   help="the diseased fraction expected in the field: the cut with the best F1 there, from the "
-                        "model's validation curve (model.json), and what it promises")
-    p.add_argument("--miss-cost", type=float,
-                   help="with --prevalence: a missed diseased image costs this many false alarms; the cut then "
-                        "minimises the expected cost instead of maximising F1")
+    g.add_argument(
+        "--prevalence",
+        type=float,
+        help="the diseased fraction expected in the field: the cut with the best F1 there, from the "
+        "model's validation curve (model.json), and what it promises",
+    )
+    p.add_argument(
+        "--miss-cost",
+        type=float,
+        help="with --prevalence: a missed diseased image costs this many false alarms; the cut then "
+        "minimises the expected cost instead of maximising F1",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="images per onnxruntime call (default 32)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                   help="cpu, or cuda (fails if onnxruntime cannot use CUDA; never silently on CPU)")
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cpu, or cuda (fails if onnxruntime cannot use CUDA; never silently on CPU)",
+    )
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: its own)")
-    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
-                   help=f"refuse images over this many pixels as they decode (a JPEG at reduced scale for the "
-                        f"model's size); default {MAX_PIXELS}, Pillow's")
-    p.add_argument("--allow-model-mismatch", action="store_true",
-                   help="run a model file that is not the one model.json pins (its sha256), or a card that pins "
-                        "none, with this card's preprocessing and decision thresholds anyway (the summary says so)")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=MAX_PIXELS,
+        help=f"refuse images over this many pixels as they decode (a JPEG at reduced scale for the "
+        f"model's size); default {MAX_PIXELS}, Pillow's",
+    )
+    p.add_argument(
+        "--allow-model-mismatch",
+        action="store_true",
+        help="run a model file that is not the one model.json pins (its sha256), or a card that pins "
+        "none, with this card's preprocessing and decision thresholds anyway (the summary says so)",
+    )
     return parser
 
 
@@ -96,7 +122,9 @@ def _inputs(args: argparse.Namespace) -> tuple[list[Path], int]:
                 else:
                     paths.append(p)
     if not paths:
-        raise FieldError("no images: give files, or --images DIR" + (f" ({skipped} system files skipped)" if skipped else ""))
+        raise FieldError(
+            "no images: give files, or --images DIR" + (f" ({skipped} system files skipped)" if skipped else "")
+        )
     return paths, skipped
 
 
@@ -200,16 +228,20 @@ class RowWriter:
                 devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, self.fh.fileno())
                 os.close(devnull)
-            return OutputFull(f"{what} writing standard output after {self.kept()}: whatever reads it may hold a "
-                              f"torn last row; {todo}")
+            return OutputFull(
+                f"{what} writing standard output after {self.kept()}: whatever reads it may hold a "
+                f"torn last row; {todo}"
+            )
         with contextlib.suppress(OSError):
             self.fh.close()  # its buffer's rest fails again, or lands partly: cut back below either way
         try:
             os.truncate(self.path, self.end)
         except OSError as cut:
-            return OutputFull(f"{what} writing {self.path}: could not cut it back to its last whole row "
-                              f"({os.strerror(cut.errno) if cut.errno else cut}): it may end in a torn row after "
-                              f"{self.kept()}; {todo}")
+            return OutputFull(
+                f"{what} writing {self.path}: could not cut it back to its last whole row "
+                f"({os.strerror(cut.errno) if cut.errno else cut}): it may end in a torn row after "
+                f"{self.kept()}; {todo}"
+            )
         return OutputFull(f"{what} writing {self.path}: kept {self.kept()}; {todo}")
 
 
@@ -223,12 +255,16 @@ def predict(args: argparse.Namespace) -> int:
     if args.prevalence is not None and not 0 < args.prevalence < 1:
         raise FieldError(f"--prevalence must lie in (0, 1) (got {args.prevalence})")
     if args.miss_cost is not None and (args.prevalence is None or not args.miss_cost > 0):
-        raise FieldError("--miss-cost needs --prevalence and a cost > 0 (a miss's cost in false alarms)"
-                         if args.prevalence is None else f"--miss-cost must be > 0 (got {args.miss_cost})")
+        raise FieldError(
+            "--miss-cost needs --prevalence and a cost > 0 (a miss's cost in false alarms)"
+            if args.prevalence is None
+            else f"--miss-cost must be > 0 (got {args.miss_cost})"
+        )
     _check_out(args.out)
     paths, skipped = _inputs(args)
-    model = FieldModel.open(args.model, device=args.device, threads=args.threads,
-                            allow_mismatch=args.allow_model_mismatch)
+    model = FieldModel.open(
+        args.model, device=args.device, threads=args.threads, allow_mismatch=args.allow_model_mismatch
+    )
     model.max_pixels = args.max_pixels  # images decode with the card's intensity and size (FieldModel.load_image)
     cut, how = model.threshold(args.threshold, args.prevalence, args.miss_cost)
     names = model.card["classes"]
@@ -239,14 +275,17 @@ def predict(args: argparse.Namespace) -> int:
     where = "stdout" if args.out == "-" else args.out
     skip = f", {skipped} system files skipped (hidden, @eaDir, __MACOSX, Thumbs.db, ...)" if skipped else ""
     unverified = f"; {model.unverified}" if model.unverified else ""
-    print(f"finalbn-field: {len(rows)} images, {len(rows) - failed} predicted ({diseased} {names[1]}), "
-          f"{failed} failed{skip}{unverified}; decision: {how}; providers {','.join(model.providers)} -> {where}",
-          file=sys.stderr)
+    print(
+        f"finalbn-field: {len(rows)} images, {len(rows) - failed} predicted ({diseased} {names[1]}), "
+        f"{failed} failed{skip}{unverified}; decision: {how}; providers {','.join(model.providers)} -> {where}",
+        file=sys.stderr,
+    )
     return 1 if failed else 0
 
 
-def _predict_rows(model: FieldModel, paths: list[Path], cut: float | None, names: list[str], batch_size: int,
-                  out: RowWriter) -> list[dict]:
+def _predict_rows(
+    model: FieldModel, paths: list[Path], cut: float | None, names: list[str], batch_size: int, out: RowWriter
+) -> list[dict]:
     """One row per path, in order, each written to `out` (and flushed) as soon as it and every row
     before it are done: an interruption keeps every finished row. Raises OutputFull (the CSV cut
     back to its last whole row) when the disk is full."""
@@ -268,15 +307,25 @@ def _predict_rows(model: FieldModel, paths: list[Path], cut: float | None, names
         probs = model.probabilities(np.stack([x for _, x in pending]))
         for (i, _), p in zip(pending, probs):
             label = int(p[1] >= cut) if cut is not None else int(p.argmax())
-            rows[i].update(p_healthy=f"{p[0]:.6f}", p_diseased=f"{p[1]:.6f}", label=label, label_name=names[label],
-                           status="ok")
+            rows[i].update(
+                p_healthy=f"{p[0]:.6f}", p_diseased=f"{p[1]:.6f}", label=label, label_name=names[label], status="ok"
+            )
         bar.update(len(pending))
         pending.clear()
         emit()
 
     for path in paths:
-        rows.append({"path": escape_name(path), "p_healthy": "", "p_diseased": "", "label": "", "label_name": "",
-                     "status": "error", "error": ""})
+        rows.append(
+            {
+                "path": escape_name(path),
+                "p_healthy": "",
+                "p_diseased": "",
+                "label": "",
+                "label_name": "",
+                "status": "error",
+                "error": "",
+            }
+        )
         try:
             with model.load_image(path) as img:
                 x = preprocess(img, model.card)

@@ -17,6 +17,7 @@ re-centres the logits (a final BN or SELU), see `prior_rule_applies`.
 One source: finalbn's export, report and cells import this module from the field package, so the
 field command applies the exported card exactly as the export computed it.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,8 +49,13 @@ def operating_curve(labels, p1) -> dict[str, Any]:
     last = np.r_[np.flatnonzero(np.diff(ps) != 0), len(ps) - 1]  # the last image of each distinct score
     tp, fp = np.cumsum(ys)[last], np.cumsum(1 - ys)[last]
     thresholds = np.r_[np.nextafter(ps[0], np.inf), ps[last]]
-    return {"threshold": thresholds.tolist(), "tpr": np.r_[0.0, tp / pos].tolist(),
-            "fpr": np.r_[0.0, fp / neg].tolist(), "positives": pos, "negatives": neg}
+    return {
+        "threshold": thresholds.tolist(),
+        "tpr": np.r_[0.0, tp / pos].tolist(),
+        "fpr": np.r_[0.0, fp / neg].tolist(),
+        "positives": pos,
+        "negatives": neg,
+    }
 
 
 def f1_at(tpr, fpr, prevalence: float) -> np.ndarray:
@@ -71,9 +77,9 @@ def wilson(k: float, n: int) -> tuple[float, float]:
     if n <= 0:
         return math.nan, math.nan
     p = k / n
-    centre = p + Z95 ** 2 / (2 * n)
-    half = Z95 * math.sqrt(p * (1 - p) / n + Z95 ** 2 / (4 * n * n))
-    return max(0.0, (centre - half) / (1 + Z95 ** 2 / n)), min(1.0, (centre + half) / (1 + Z95 ** 2 / n))
+    centre = p + Z95**2 / (2 * n)
+    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n))
+    return max(0.0, (centre - half) / (1 + Z95**2 / n)), min(1.0, (centre + half) / (1 + Z95**2 / n))
 
 
 def wilson_upper(k: float, n: int) -> float:
@@ -100,11 +106,17 @@ def at_prevalence(curve: dict, prevalence: float, miss_cost: float | None = None
         rule = f"least expected cost, a miss costing {miss_cost:g} false alarms"
     i = int(np.flatnonzero(score >= score.max() - 1e-12)[0])  # the strictest of the best cuts
     neg, pos = int(curve["negatives"]), int(curve["positives"])
-    return {"prevalence": float(prevalence), "threshold": float(curve["threshold"][i]), "tpr": float(tpr[i]),
-            "tpr_lower95": wilson(round(tpr[i] * pos), pos)[0],
-            "fpr": float(fpr[i]), "fpr_upper95": wilson_upper(round(fpr[i] * neg), neg),
-            "precision": float(precision_at(tpr[i], fpr[i], prevalence)), "f1": float(f1_at(tpr[i], fpr[i], prevalence)),
-            "rule": rule}
+    return {
+        "prevalence": float(prevalence),
+        "threshold": float(curve["threshold"][i]),
+        "tpr": float(tpr[i]),
+        "tpr_lower95": wilson(round(tpr[i] * pos), pos)[0],
+        "fpr": float(fpr[i]),
+        "fpr_upper95": wilson_upper(round(fpr[i] * neg), neg),
+        "precision": float(precision_at(tpr[i], fpr[i], prevalence)),
+        "f1": float(f1_at(tpr[i], fpr[i], prevalence)),
+        "rule": rule,
+    }
 
 
 def prior_threshold(train_counts, prevalence: float) -> float:

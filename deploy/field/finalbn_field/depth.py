@@ -10,6 +10,7 @@ of 16-bit colour PNGs and TIFFs, cannot open float64 or float colour TIFFs, and 
 PNG's sBIT chunk: those are read here, with pypng and tifffile. `intensity` (`check_intensity`)
 says how samples map to 0..255; `images.decode` documents its three forms.
 """
+
 from __future__ import annotations
 
 import struct
@@ -22,8 +23,20 @@ import numpy as np
 import png  # pypng: 16-bit colour PNGs, every bit (Pillow keeps the high byte)
 from PIL import Image
 
-__all__ = ["AUTO_AT", "INTENSITIES", "TIFF_MAGIC", "Decoded", "Intensity", "SampleError", "check_intensity",
-           "dataset_auto", "deep_of", "finish", "read_png16", "read_tiff"]
+__all__ = [
+    "AUTO_AT",
+    "INTENSITIES",
+    "TIFF_MAGIC",
+    "Decoded",
+    "Intensity",
+    "SampleError",
+    "check_intensity",
+    "dataset_auto",
+    "deep_of",
+    "finish",
+    "read_png16",
+    "read_tiff",
+]
 
 
 class SampleError(ValueError):
@@ -45,9 +58,15 @@ _DEPTHS = (8, 10, 12, 14, 16, 20, 24, 32)  # what an image's own maximum is roun
 _NUMERIC = frozenset({"I", "F", "I;16", "I;16B", "I;16L", "I;16N", "I;16S"})  # Pillow modes that keep every bit
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 # EXIF orientation -> the transpose that makes the image upright (ImageOps.exif_transpose's table)
-_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-              8: Image.Transpose.ROTATE_90}
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 @dataclass(frozen=True)
@@ -104,11 +123,19 @@ def check_intensity(value: Any) -> Intensity:
     """`value` checked: "auto", "container", or [lo, hi] with lo < hi (a list, as JSON and YAML give it)."""
     if isinstance(value, str) and value in INTENSITIES:
         return value
-    if isinstance(value, str) and value.startswith(AUTO_AT) and value[len(AUTO_AT):].isdigit() \
-            and int(value[len(AUTO_AT):]) in _DEPTHS:
+    if (
+        isinstance(value, str)
+        and value.startswith(AUTO_AT)
+        and value[len(AUTO_AT) :].isdigit()
+        and int(value[len(AUTO_AT) :]) in _DEPTHS
+    ):
         return value
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value) \
-            and value[0] < value[1]:
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) for v in value)
+        and value[0] < value[1]
+    ):
         return float(value[0]), float(value[1])
     raise ValueError(f"intensity must be 'auto', 'container' or [lo, hi] with lo < hi (got {value!r})")
 
@@ -146,7 +173,7 @@ def _tiff_record(max_sample: Any, bps: int, bits: int) -> tuple[float, str] | No
     less than its container (12 bits decoded into 16)."""
     if _seq(max_sample):
         return float(max(_seq(max_sample))), "TIFF MaxSampleValue"
-    return (2.0 ** bps - 1, "TIFF BitsPerSample") if bps < bits else None
+    return (2.0**bps - 1, "TIFF BitsPerSample") if bps < bits else None
 
 
 def deep_of(img: Image.Image, fh) -> _Deep | None:
@@ -169,8 +196,9 @@ def deep_of(img: Image.Image, fh) -> _Deep | None:
         if img.mode not in _NUMERIC:
             return _Deep("tiff", "", "", 0)
         kind = {2: "i", 3: "f"}.get((_seq(tags.get(339)) or (1,))[0], "u")
-        return _Deep("pillow", img.mode, kind, bps[0], _tiff_record(tags.get(281), bps[0], bps[0]),
-                     _seq(tags.get(262)) == (0,))
+        return _Deep(
+            "pillow", img.mode, kind, bps[0], _tiff_record(tags.get(281), bps[0], bps[0]), _seq(tags.get(262)) == (0,)
+        )
     if img.mode in _NUMERIC:
         kind = "f" if img.mode == "F" else "i" if img.mode in ("I", "I;16S") else "u"
         return _Deep("pillow", img.mode, kind, 32 if img.mode in ("I", "F") else 16)
@@ -203,8 +231,9 @@ def read_tiff(fh, too_big: Callable[[int, int], str | None]) -> tuple[np.ndarray
             values, axes = (np.zeros(0), "") if refusal else (page.asarray(), page.axes)
     except Exception as exc:  # tifffile raises many kinds on damaged files (TiffFileError, TypeError, KeyError, ...)
         if "imagecodecs" in str(exc):
-            raise SampleError(f"this TIFF's compression needs the imagecodecs package ({_text(exc)}): "
-                              "pip install imagecodecs") from exc
+            raise SampleError(
+                f"this TIFF's compression needs the imagecodecs package ({_text(exc)}): pip install imagecodecs"
+            ) from exc
         raise SampleError(f"truncated or corrupt TIFF image data ({_text(exc)})") from exc
     if refusal:
         raise SampleError(refusal)
@@ -223,12 +252,12 @@ def _range(colour: np.ndarray, how: _Deep, intensity: Intensity) -> tuple[float,
     """(lo, hi, significant bits, source): the sample values that `intensity` maps to 0 and 255."""
     kind, bits = how.kind, how.bits
     if kind != "f" and bits <= 8:
-        return 0.0, 2.0 ** bits - 1, bits, "container"
+        return 0.0, 2.0**bits - 1, bits, "container"
     if not isinstance(intensity, str):
         return intensity[0], intensity[1], None, "fixed"
     if intensity == "container":
         low = -(2.0 ** (bits - 1)) if kind == "i" else 0.0
-        return (0.0, 1.0, None, "container") if kind == "f" else (low, low + 2.0 ** bits - 1, bits, "container")
+        return (0.0, 1.0, None, "container") if kind == "f" else (low, low + 2.0**bits - 1, bits, "container")
     finite = colour[np.isfinite(colour)] if kind == "f" else colour
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
     if (kind == "f" and (lo < 0 or hi > 1)) or (kind == "i" and lo < 0):
@@ -237,15 +266,16 @@ def _range(colour: np.ndarray, how: _Deep, intensity: Intensity) -> tuple[float,
         return 0.0, 1.0, None, "float 0..1"
     if how.record is not None and hi <= how.record[0]:
         return 0.0, how.record[0], int(how.record[0]).bit_length(), how.record[1]
-    depth = next((b for b in _DEPTHS if hi < 2 ** b), bits)
-    at_least = int(intensity[len(AUTO_AT):]) if intensity.startswith(AUTO_AT) else 0
+    depth = next((b for b in _DEPTHS if hi < 2**b), bits)
+    at_least = int(intensity[len(AUTO_AT) :]) if intensity.startswith(AUTO_AT) else 0
     if at_least > depth:  # a dark image of a deeper data set: read at the data set's depth
-        return 0.0, 2.0 ** at_least - 1, at_least, "data set depth"
-    return 0.0, 2.0 ** depth - 1, depth, "image maximum"
+        return 0.0, 2.0**at_least - 1, at_least, "data set depth"
+    return 0.0, 2.0**depth - 1, depth, "image maximum"
 
 
-def finish(values: np.ndarray, how: _Deep, intensity: Intensity,
-            orientation: int | None = None) -> tuple[Image.Image, Decoded]:
+def finish(
+    values: np.ndarray, how: _Deep, intensity: Intensity, orientation: int | None = None
+) -> tuple[Image.Image, Decoded]:
     """Samples (H, W[, C]) of more than 8 bits -> 8-bit RGB by `intensity` (`_range`), linearly,
     clipped; NaN is black; alpha (grey+alpha, RGBA) composited onto white; EXIF orientation applied."""
     dtype = np.float64 if how.bits > 16 else np.float32  # float32 holds every 16-bit value exactly
@@ -260,9 +290,10 @@ def finish(values: np.ndarray, how: _Deep, intensity: Intensity,
     out = np.clip((np.nan_to_num(colour, nan=lo, posinf=hi, neginf=lo) - lo) * dtype(255.0 / (hi - lo)), 0, 255)
     out = 255 - out if how.invert else out
     if n in (2, 4):
-        alpha = np.clip(np.nan_to_num(values[..., -1:]) / (1.0 if how.kind == "f" else 2.0 ** how.bits - 1), 0, 1)
+        alpha = np.clip(np.nan_to_num(values[..., -1:]) / (1.0 if how.kind == "f" else 2.0**how.bits - 1), 0, 1)
         out = out * alpha + 255 * (1 - alpha)
     img = Image.fromarray(np.rint(np.broadcast_to(out, out.shape[:2] + (3,))).astype(np.uint8))
     img = img.transpose(_TRANSPOSE[orientation]) if orientation in _TRANSPOSE else img
-    return img, Decoded(how.mode, how.bits, how.kind, significant, source, (float(lo), float(hi)), img.size,
-                        levels=levels, data=data)
+    return img, Decoded(
+        how.mode, how.bits, how.kind, significant, source, (float(lo), float(hi)), img.size, levels=levels, data=data
+    )

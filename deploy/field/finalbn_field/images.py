@@ -264,14 +264,17 @@ def _too_big(width: int, height: int, max_pixels: int, scale: int = 1) -> str | 
     """Why an image of that size (as it will decode) is refused, or None."""
     if width * height > max_pixels:
         at = f" at 1/{scale} scale" if scale > 1 else ""
-        return (f"image is {width}x{height} = {width * height} pixels{at}, over the {max_pixels}-pixel limit "
-                "(a decompression-bomb guard; to use it raise datasets.<name>.max_pixels for training, or "
-                "finalbn-field predict --max-pixels N)")
+        return (
+            f"image is {width}x{height} = {width * height} pixels{at}, over the {max_pixels}-pixel limit "
+            "(a decompression-bomb guard; to use it raise datasets.<name>.max_pixels for training, or "
+            "finalbn-field predict --max-pixels N)"
+        )
     return f"image has no pixels ({width}x{height})" if width == 0 or height == 0 else None
 
 
-def decode(path: str | Path, max_pixels: int = MAX_PIXELS, intensity: Intensity = "auto",
-           size: int | None = None) -> tuple[Image.Image, Decoded]:
+def decode(
+    path: str | Path, max_pixels: int = MAX_PIXELS, intensity: Intensity = "auto", size: int | None = None
+) -> tuple[Image.Image, Decoded]:
     """(the fully decoded 8-bit RGB image, what was found: :class:`Decoded`). Raises
     BadImage(reason) for anything unusable.
 
@@ -325,8 +328,9 @@ def _tiff(fh, max_pixels: int, intensity: Intensity) -> tuple[Image.Image, Decod
     return finish(values, how, intensity, orientation)
 
 
-def _decode_open(img: Image.Image, fh, max_pixels: int, intensity: Intensity,
-                 size: int | None) -> tuple[Image.Image, Decoded]:
+def _decode_open(
+    img: Image.Image, fh, max_pixels: int, intensity: Intensity, size: int | None
+) -> tuple[Image.Image, Decoded]:
     scale = _draft(img, size)
     width, height = img.size
     refusal = _too_big(width, height, max_pixels, scale)
@@ -351,7 +355,7 @@ def _decode_open(img: Image.Image, fh, max_pixels: int, intensity: Intensity,
     if how is not None:
         return finish(np.asarray(upright), how, intensity)
     bits = 1 if img.mode == "1" else 8
-    info = Decoded(img.mode, bits, "u", bits, "container", (0.0, 2.0 ** bits - 1), upright.size, scale)
+    info = Decoded(img.mode, bits, "u", bits, "container", (0.0, 2.0**bits - 1), upright.size, scale)
     try:
         return _to_rgb(upright), info
     except ValueError as exc:  # e.g. a mode Pillow cannot convert to RGB
@@ -371,14 +375,20 @@ def resize_square(img: Image.Image, size: int) -> Image.Image:
     return img
 
 
-def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS, intensity: Intensity = "auto",
-             size: int | None = None) -> Image.Image:
+def load_rgb(
+    path: str | Path, max_pixels: int = MAX_PIXELS, intensity: Intensity = "auto", size: int | None = None
+) -> Image.Image:
     """Fully decoded 8-bit RGB image: :func:`decode` without its account. Raises BadImage(reason)."""
     return decode(path, max_pixels, intensity, size)[0]
 
 
-def check_image(path: str | Path, max_pixels: int = MAX_PIXELS, intensity: Intensity = "auto",
-                size: int | None = None, found: dict[Path, Decoded] | None = None) -> str | None:
+def check_image(
+    path: str | Path,
+    max_pixels: int = MAX_PIXELS,
+    intensity: Intensity = "auto",
+    size: int | None = None,
+    found: dict[Path, Decoded] | None = None,
+) -> str | None:
     """None if load_rgb would succeed, else the reason. `found`, when given, collects what
     :func:`decode` found in a usable image, under Path(path)."""
     try:
@@ -391,9 +401,13 @@ def check_image(path: str | Path, max_pixels: int = MAX_PIXELS, intensity: Inten
     return None
 
 
-def scan_folder(folder: str | Path, max_pixels: int = MAX_PIXELS, intensity: Intensity = "auto",
-                size: int | None = None, found: dict[Path, Decoded] | None = None
-                ) -> tuple[list[Path], list[Rejected]]:
+def scan_folder(
+    folder: str | Path,
+    max_pixels: int = MAX_PIXELS,
+    intensity: Intensity = "auto",
+    size: int | None = None,
+    found: dict[Path, Decoded] | None = None,
+) -> tuple[list[Path], list[Rejected]]:
     """Usable image files directly inside `folder` (sorted by name, not recursive; subfolders ignored),
     and every other regular file with its reason. Raises FileNotFoundError(one-line message naming the
     folder) if it does not exist or is not a directory. An empty folder returns ([], []).

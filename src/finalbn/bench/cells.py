@@ -14,7 +14,7 @@ of cell runs for real (`cell.run_cell`, replicate 0, the configured epochs and b
   first_mx    BN+MX (27), first of a MixUp family: features once per epoch
   first_da    BN+DA (23), first of an augmented family: augmentation + features once per epoch
   warm        none (63) right after 31: the head alone, on features already computed
-  tracking    the warm cell through `tracked.track_cell` (a temporary MLflow store) minus `warm`,
+  tracking    the warm cell through `cellrun.track_cell` (a temporary MLflow store) minus `warm`,
               with this params' `tracking.cell_figures` and with every cell's figures drawn (the
               three interleaved three times, medians)
 
@@ -26,6 +26,7 @@ uf_on_da; a DA+MX family's first cell as first_da; an imbalance baseline as warm
 is a sum of measured cells; it assumes processes do not slow each other beyond the threads each
 is given (on a GPU they share, so a GPU projection is for one process).
 """
+
 from __future__ import annotations
 
 import collections
@@ -42,8 +43,8 @@ import torch
 
 from finalbn.cluster import workers
 from finalbn.config import Config, configure
+from finalbn.stages.cellrun import CellRun, track_cell
 from finalbn.stages.grid.plan import Cell, all_cells, cell_kinds, shard_cells
-from finalbn.stages.tracked import CellRun, track_cell
 from finalbn.tracking.adapter import MLFLOW
 from finalbn.train import features
 from finalbn.train.cell import run_cell
@@ -63,28 +64,40 @@ def plan_kinds(cells: Iterable[Cell], share: bool) -> collections.Counter:
 def paper_cells(arch: str) -> list[Cell]:
     """The paper's study for one arch: every configuration on 10 replicates of 3 crops."""
     p = PAPER_CELLS
-    return [Cell(f"crop{k}", arch, cid, r) for k in range(p["crops"]) for cid in range(p["configs"])
-            for r in range(p["replicates"])]
+    return [
+        Cell(f"crop{k}", arch, cid, r)
+        for k in range(p["crops"])
+        for cid in range(p["configs"])
+        for r in range(p["replicates"])
+    ]
 
 
-def project(kinds: collections.Counter, seconds: dict[str, float], processes: int = 1,
-            wall_s: float | None = None) -> dict[str, Any]:
+def project(
+    kinds: collections.Counter, seconds: dict[str, float], processes: int = 1, wall_s: float | None = None
+) -> dict[str, Any]:
     """Seconds of a plan from measured cells: each cell at its kind's time plus tracking; the wall
     time with `processes` processes that do not slow each other (`wall_s` when the caller knows
     how the cells are dealt, else evenly)."""
     per_kind = {k: n * (seconds[k] + seconds.get("tracking", 0.0)) for k, n in sorted(kinds.items())}
     total = sum(per_kind.values())
-    return {"cells": sum(kinds.values()), "kinds": dict(sorted(kinds.items())), "seconds_by_kind": per_kind,
-            "cell_seconds": total, "processes": processes,
-            "wall_s": wall_s if wall_s is not None else total / max(processes, 1)}
+    return {
+        "cells": sum(kinds.values()),
+        "kinds": dict(sorted(kinds.items())),
+        "seconds_by_kind": per_kind,
+        "cell_seconds": total,
+        "processes": processes,
+        "wall_s": wall_s if wall_s is not None else total / max(processes, 1),
+    }
 
 
 def shard_wall(cells: list[Cell], seconds: dict[str, float], processes: int, share: bool) -> float:
     """The grid's wall time: its busiest shard, with the cells dealt as `finalbn grid --workers`
     deals them (`grid.plan.shard_cells`)."""
     kinds = cell_kinds(cells, share)
-    return max(sum(seconds[kinds[c]] + seconds.get("tracking", 0.0) for c in shard_cells(cells, i, processes, share))
-               for i in range(processes))
+    return max(
+        sum(seconds[kinds[c]] + seconds.get("tracking", 0.0) for c in shard_cells(cells, i, processes, share))
+        for i in range(processes)
+    )
 
 
 def _weights(cfg: Config, arch: str) -> str:
@@ -111,16 +124,18 @@ def measure(cfg: Config, splits: Path, arch: str, size: int, log: Callable[[str]
         log(f"  {arch} {size} px: {kind} cell ({SAMPLE[kind]}) {s:.1f} s")
         return s
 
-    run_cell(configure(dataclasses.replace(base, train=dataclasses.replace(base.train, epochs=1)), arch, 63),
-             ds, splits)  # warm-up: the split decoded at this size, the weights read once
+    run_cell(
+        configure(dataclasses.replace(base, train=dataclasses.replace(base.train, epochs=1)), arch, 63), ds, splits
+    )  # warm-up: the split decoded at this size, the weights read once
     out = {k: cell(k) for k in ("uf_on", "uf_on_da", "first")}
     out.update(_tracking(base, arch, ds, splits, log))  # warm: right after `first`, its features in memory
     out.update({k: cell(k) for k in ("first_mx", "first_da")})
     return out
 
 
-def _tracking(base: Config, arch: str, ds, splits: Path, log: Callable[[str], None],
-              repeats: int = 3) -> dict[str, float]:
+def _tracking(
+    base: Config, arch: str, ds, splits: Path, log: Callable[[str], None], repeats: int = 3
+) -> dict[str, float]:
     """The warm cell untracked, tracked with this params' `tracking.cell_figures` and tracked
     with every cell's figures, interleaved `repeats` times in a temporary store (a warm cell is a
     few seconds: one timing is noise); medians, and tracking = tracked - untracked."""
@@ -145,24 +160,39 @@ def _tracking(base: Config, arch: str, ds, splits: Path, log: Callable[[str], No
         else:
             os.environ["MLFLOW_TRACKING_URI"] = prior
     med = {k: statistics.median(v) for k, v in times.items()}
-    out = {"warm": med["warm"], "tracking": max(med["tracked"] - med["warm"], 0.0),
-           "tracking_all_figures": max(med["tracked_all_figures"] - med["warm"], 0.0)}
-    log(f"  {arch}: a warm cell {med['warm']:.2f} s untracked, {med['tracked']:.2f} s tracked (cell_figures: "
-        f"{base.tracking.cell_figures}), {med['tracked_all_figures']:.2f} s drawing its figures (medians of {repeats})")
+    out = {
+        "warm": med["warm"],
+        "tracking": max(med["tracked"] - med["warm"], 0.0),
+        "tracking_all_figures": max(med["tracked_all_figures"] - med["warm"], 0.0),
+    }
+    log(
+        f"  {arch}: a warm cell {med['warm']:.2f} s untracked, {med['tracked']:.2f} s tracked (cell_figures: "
+        f"{base.tracking.cell_figures}), {med['tracked_all_figures']:.2f} s drawing its figures (medians of {repeats})"
+    )
     return out
 
 
-def run(cfg: Config, splits: Path, device: torch.device, archs: list[str], size: int,
-        log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(
+    cfg: Config, splits: Path, device: torch.device, archs: list[str], size: int, log: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Measure each arch's cell kinds; project this params' grid and the paper's study from them."""
     processes = cfg.grid.workers if device.type == "cpu" else 1
-    threads = workers.threads_per_worker(processes, cfg.train.threads) if device.type == "cpu" else torch.get_num_threads()
+    threads = (
+        workers.threads_per_worker(processes, cfg.train.threads) if device.type == "cpu" else torch.get_num_threads()
+    )
     torch.set_num_threads(threads)
     tc = cfg.train
     # a torch device's type names "cpu" or "cuda" (TrainConfig validates it at run time)
     c = dataclasses.replace(cfg, train=dataclasses.replace(tc, device=cast(Literal["cpu", "cuda"], str(device))))
-    out: dict[str, Any] = {"device": str(device), "size": size, "epochs": tc.epochs, "batch_size": tc.batch_size,
-                           "threads": threads, "sample": SAMPLE, "archs": {}}
+    out: dict[str, Any] = {
+        "device": str(device),
+        "size": size,
+        "epochs": tc.epochs,
+        "batch_size": tc.batch_size,
+        "threads": threads,
+        "sample": SAMPLE,
+        "archs": {},
+    }
     share = tc.share_features
     for arch in archs:
         seconds = measure(c, splits, arch, size, log)
@@ -170,10 +200,12 @@ def run(cfg: Config, splits: Path, device: torch.device, archs: list[str], size:
         row = {"seconds": seconds, "paper": project(plan_kinds(paper_cells(arch), share), seconds)}
         if grid_plan:
             figures = dict(seconds, tracking=seconds["tracking_all_figures"])
-            row["grid"] = project(plan_kinds(grid_plan, share), seconds, processes, shard_wall(grid_plan, seconds,
-                                                                                               processes, share))
-            row["grid_all_figures"] = project(plan_kinds(grid_plan, share), figures, processes,
-                                              shard_wall(grid_plan, figures, processes, share))
+            row["grid"] = project(
+                plan_kinds(grid_plan, share), seconds, processes, shard_wall(grid_plan, seconds, processes, share)
+            )
+            row["grid_all_figures"] = project(
+                plan_kinds(grid_plan, share), figures, processes, shard_wall(grid_plan, figures, processes, share)
+            )
         out["archs"][arch] = row
         log(_summary(arch, row, size, tc.epochs, threads))
     return out
@@ -182,14 +214,20 @@ def run(cfg: Config, splits: Path, device: torch.device, archs: list[str], size:
 def _summary(arch: str, row: dict, size: int, epochs: int, threads: int) -> str:
     s = row["seconds"]
     kinds = ", ".join(f"{k} {s[k]:.1f} s" for k in SAMPLE)
-    lines = [f"cells, {arch} at {size} px, {epochs} epochs, {threads} thread(s): {kinds}; tracking +{s['tracking']:.1f} s "
-             f"a cell (+{s['tracking_all_figures']:.1f} s with every cell's figures)"]
+    lines = [
+        f"cells, {arch} at {size} px, {epochs} epochs, {threads} thread(s): {kinds}; tracking +{s['tracking']:.1f} s "
+        f"a cell (+{s['tracking_all_figures']:.1f} s with every cell's figures)"
+    ]
     if "grid" in row:
         g, f = row["grid"], row["grid_all_figures"]
-        lines.append(f"  this params' grid: {g['cells']} cells, {g['cell_seconds'] / 60:.1f} min of cells, "
-                     f"{g['wall_s'] / 60:.1f} min at {g['processes']} process(es) "
-                     f"({f['wall_s'] / 60:.1f} min with every cell's figures)")
+        lines.append(
+            f"  this params' grid: {g['cells']} cells, {g['cell_seconds'] / 60:.1f} min of cells, "
+            f"{g['wall_s'] / 60:.1f} min at {g['processes']} process(es) "
+            f"({f['wall_s'] / 60:.1f} min with every cell's figures)"
+        )
     p = row["paper"]
-    lines.append(f"  the paper's study: {p['cells']} cells, {p['cell_seconds'] / 3600:.2f} h in one process "
-                 f"(UF on {(p['seconds_by_kind'].get('uf_on', 0) + p['seconds_by_kind'].get('uf_on_da', 0)) / 3600:.2f} h)")
+    lines.append(
+        f"  the paper's study: {p['cells']} cells, {p['cell_seconds'] / 3600:.2f} h in one process "
+        f"(UF on {(p['seconds_by_kind'].get('uf_on', 0) + p['seconds_by_kind'].get('uf_on_da', 0)) / 3600:.2f} h)"
+    )
     return "\n".join(lines)

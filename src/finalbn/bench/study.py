@@ -16,6 +16,7 @@ Sections (all written to `results/bench.json`):
               arch, from the measured rates.
 A benchmark prints what it measured; it asserts nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -105,6 +106,7 @@ def _train_step(model, x, y, bf16: bool, sync_each: bool = False, fused: bool | 
         opt.step()
         if sync_each:
             loss.item()
+
     return step
 
 
@@ -113,6 +115,7 @@ def _eval_step(model, x, bf16: bool, inference: bool = True):
         ctx = torch.inference_mode() if inference else torch.no_grad()
         with ctx, torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             model(x)
+
     return step
 
 
@@ -156,8 +159,15 @@ class _Levers(list):
         self.append({"lever": lever, "before": before, "after": after, "unit": unit, "speedup": ratio})
 
 
-def levers(arch: str, size: int, device: torch.device, manifest: Path | None, seconds: float = 1.5,
-           batch: int = 64, augment: AugmentConfig | None = None) -> list[dict]:
+def levers(
+    arch: str,
+    size: int,
+    device: torch.device,
+    manifest: Path | None,
+    seconds: float = 1.5,
+    batch: int = 64,
+    augment: AugmentConfig | None = None,
+) -> list[dict]:
     """Each change against what it replaced, measured here: (lever, before, after, unit, ratio)."""
     out = _Levers()
     y = torch.randint(0, 2, (batch,), device=device)
@@ -169,22 +179,37 @@ def levers(arch: str, size: int, device: torch.device, manifest: Path | None, se
             two = sum(pool.map(_layout_worker, [(arch, size, 1, seconds, batch)] * 2))
         out.add("2 processes x 1 thread (was 1 process x 2 threads), UF-on training", one, two, "img/s total")
     if manifest is not None and manifest.is_file():
-        out.add("decode cache: read the split's tensors (was: decode its images)", *_decode_vs_cache(manifest, size),
-                "s per split", higher_is_better=False)
-    out.add("DA: one batched pass, per-image draws (was torchvision per image)", *_augment_rates(
-        augment or AugmentConfig(flip_vertical=True, rotate=10.0, zoom=1.1, lighting=0.2), size, device, batch, seconds),
-        "img/s")
+        out.add(
+            "decode cache: read the split's tensors (was: decode its images)",
+            *_decode_vs_cache(manifest, size),
+            "s per split",
+            higher_is_better=False,
+        )
+    out.add(
+        "DA: one batched pass, per-image draws (was torchvision per image)",
+        *_augment_rates(
+            augment or AugmentConfig(flip_vertical=True, rotate=10.0, zoom=1.1, lighting=0.2),
+            size,
+            device,
+            batch,
+            seconds,
+        ),
+        "img/s",
+    )
     return list(out)
 
 
-def _augment_rates(aug: AugmentConfig, size: int, device: torch.device, batch: int,
-                   seconds: float) -> tuple[float, float]:
+def _augment_rates(
+    aug: AugmentConfig, size: int, device: torch.device, batch: int, seconds: float
+) -> tuple[float, float]:
     """Augmented images/s: torchvision's transforms image by image, and `augment.BatchAugment`
     (the same draws and pixels) on the whole batch."""
     x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
     per_image, batched = tensors.augment_transform(aug), BatchAugment(aug)
-    return (rate(lambda: torch.stack([per_image(img) for img in x]), batch, device, seconds),
-            rate(lambda: batched(x), batch, device, seconds))
+    return (
+        rate(lambda: torch.stack([per_image(img) for img in x]), batch, device, seconds),
+        rate(lambda: batched(x), batch, device, seconds),
+    )
 
 
 def _training_levers(out: _Levers, arch: str, size: int, device: torch.device, y: torch.Tensor, seconds: float):
@@ -199,14 +224,21 @@ def _training_levers(out: _Levers, arch: str, size: int, device: torch.device, y
 
     m = _model(arch, "uf_on", device).train()
     x = _images(batch, size, device)
-    out.add("no per-step .item() (UF-on training)",
-            rate(_train_step(m, x, y, False, sync_each=True), batch, device, seconds),
-            rate(_train_step(m, x, y, False), batch, device, seconds), "img/s")
+    out.add(
+        "no per-step .item() (UF-on training)",
+        rate(_train_step(m, x, y, False, sync_each=True), batch, device, seconds),
+        rate(_train_step(m, x, y, False), batch, device, seconds),
+        "img/s",
+    )
 
     head = HeadOnFeatures(create_head(m.nf, 2, seed=0)).to(device).train()
     feats = torch.randn(batch, 2 * m.nf, device=device)
-    out.add("fused AdamW (head on features)", rate(_train_step(head, feats, y, False, fused=None), batch, device, seconds),
-            rate(_train_step(head, feats, y, False), batch, device, seconds), "img/s")
+    out.add(
+        "fused AdamW (head on features)",
+        rate(_train_step(head, feats, y, False, fused=None), batch, device, seconds),
+        rate(_train_step(head, feats, y, False), batch, device, seconds),
+        "img/s",
+    )
     return m
 
 
@@ -214,9 +246,12 @@ def _copy_levers(out: _Levers, arch: str, size: int, device: torch.device, m, se
     eb = EVAL_BATCH.get(device.type, 64)
     xs = _images(max(eb, 128), size, device)
     m.eval()
-    out.add(f"evaluation: inference mode, batch {eb} (was no_grad, batch 128)",
-            rate(_eval_step(m, xs[:128], False, inference=False), 128, device, seconds),
-            rate(_eval_step(m, xs[:eb], False), eb, device, seconds), "img/s")
+    out.add(
+        f"evaluation: inference mode, batch {eb} (was no_grad, batch 128)",
+        rate(_eval_step(m, xs[:128], False, inference=False), 128, device, seconds),
+        rate(_eval_step(m, xs[:eb], False), eb, device, seconds),
+        "img/s",
+    )
 
     frozen = _model(arch, "uf_off", device)
     keep = set(frozen.mutable_state_keys())
@@ -229,8 +264,13 @@ def _copy_levers(out: _Levers, arch: str, size: int, device: torch.device, m, se
     for _ in range(n):
         {k: v.detach().clone() for k, v in frozen.state_dict().items() if k in keep}
     part = (time.perf_counter() - t0) / n * 1000
-    out.add("selected-epoch copy: head state only (was the whole model), UF off", full, part, "ms per copy",
-            higher_is_better=False)
+    out.add(
+        "selected-epoch copy: head state only (was the whole model), UF off",
+        full,
+        part,
+        "ms per copy",
+        higher_is_better=False,
+    )
 
 
 def _decode_vs_cache(manifest: Path, size: int) -> tuple[float, float]:
@@ -250,24 +290,37 @@ def _decode_vs_cache(manifest: Path, size: int) -> tuple[float, float]:
 # ---------------------------------------------------------------- the grid, shared vs not
 
 
-def grid_comparison(cfg: Config, splits: Path, configs: list[int], unshared_configs: list[int],
-                    log: Callable[[str], None]) -> dict:
+def grid_comparison(
+    cfg: Config, splits: Path, configs: list[int], unshared_configs: list[int], log: Callable[[str], None]
+) -> dict:
     """Wall time of UF-off cells through the real grid code (runs kept in memory, `MemoryTracker`:
     the store's cost is `finalbn bench --cells`' `tracking` kind), with shared features and without, on replicate 0; unshared on a subset of the same configs (a head-side
     switch does not change an unshared cell's cost)."""
-    out: dict[str, Any] = {"replicate": 0, "configs_shared": configs, "configs_unshared": unshared_configs,
-                           "epochs": cfg.train.epochs}
+    out: dict[str, Any] = {
+        "replicate": 0,
+        "configs_shared": configs,
+        "configs_unshared": unshared_configs,
+        "epochs": cfg.train.epochs,
+    }
     for share, ids in ((True, configs), (False, unshared_configs)):
-        c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, share_features=share),
-                                grid=dataclasses.replace(cfg.grid, configs=tuple(ids), replicates=1,
-                                                         headline=dataclasses.replace(cfg.grid.headline, configs=())))
+        c = dataclasses.replace(
+            cfg,
+            train=dataclasses.replace(cfg.train, share_features=share),
+            grid=dataclasses.replace(
+                cfg.grid, configs=tuple(ids), replicates=1, headline=dataclasses.replace(cfg.grid.headline, configs=())
+            ),
+        )
         features.CACHE.clear()
         t0 = time.perf_counter()
         stats = run_shard(c, splits, log=log, tracker=MemoryTracker())
         wall = time.perf_counter() - t0
         label = "shared" if share else "unshared"
-        out[label] = {"cells": stats["ran"], "wall_s": wall, "per_cell_s": wall / max(stats["ran"], 1),
-                      "uf_off_cell_s": stats["seconds"]["uf_off"] / max(stats["cells"]["uf_off"], 1)}
+        out[label] = {
+            "cells": stats["ran"],
+            "wall_s": wall,
+            "per_cell_s": wall / max(stats["ran"], 1),
+            "uf_off_cell_s": stats["seconds"]["uf_off"] / max(stats["cells"]["uf_off"], 1),
+        }
         if share:  # cells whose features another cell had computed: head training alone
             warm = [c["seconds"] for c in stats["log"] if c["body_images"] == 0]
             out[label]["warm_cell_s"] = sum(warm) / len(warm) if warm else None
@@ -313,32 +366,58 @@ def project_paper(row: dict, head_rate: float, frozen_train_rate: float | None =
     fwd = frozen_train_rate or row["eval"]
     unshared = 32 * groups * (e * n / fwd + evals)
     cells = p["configs"] * groups
-    return {"cells": cells, "uf_on_h": uf_on / 3600, "uf_off_shared_h": shared / 3600,
-            "uf_off_unshared_h": unshared / 3600, "total_shared_h": (uf_on + shared) / 3600,
-            "total_paper_profile_h": (uf_on + unshared) / 3600}
+    return {
+        "cells": cells,
+        "uf_on_h": uf_on / 3600,
+        "uf_off_shared_h": shared / 3600,
+        "uf_off_unshared_h": unshared / 3600,
+        "total_shared_h": (uf_on + shared) / 3600,
+        "total_paper_profile_h": (uf_on + unshared) / 3600,
+    }
 
 
 # ---------------------------------------------------------------- the command
 
 
-def run(cfg: Config, splits: Path, device: torch.device, archs: list[str], sizes: list[int], with_grid: bool,
-        seconds: float, log: Callable[[str], None] = print, configs: list[int] | None = None,
-        batch: int = 64) -> dict:
+def run(
+    cfg: Config,
+    splits: Path,
+    device: torch.device,
+    archs: list[str],
+    sizes: list[int],
+    with_grid: bool,
+    seconds: float,
+    log: Callable[[str], None] = print,
+    configs: list[int] | None = None,
+    batch: int = 64,
+) -> dict:
     result: dict[str, Any] = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(), "device": str(device),
-                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
-        "throughput": [], "levers": [], "grid": None, "projection": None}
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "device": str(device),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        },
+        "throughput": [],
+        "levers": [],
+        "grid": None,
+        "projection": None,
+    }
     for arch in archs:
         for size in sizes:
             for row in throughput(arch, size, device, batch=batch, seconds=seconds):
                 result["throughput"].append(row)
-                log(f"  {arch:18s} {size:4d} px {row['dtype']}: eval {row['eval']:8.0f}  head on features "
-                    f"{row['head_on_features']:8.0f}  UF-on train {row['uf_on']:7.0f}  full fine-tune {row['full']:7.0f} img/s")
+                log(
+                    f"  {arch:18s} {size:4d} px {row['dtype']}: eval {row['eval']:8.0f}  head on features "
+                    f"{row['head_on_features']:8.0f}  UF-on train {row['uf_on']:7.0f}  full fine-tune {row['full']:7.0f} img/s"
+                )
     ds = cfg.datasets[0]
     manifest = splits / ds.name / "0" / "manifest.csv"
-    result["levers"] = levers(archs[0], sizes[0], device, manifest if manifest.is_file() else None, seconds, batch,
-                              cfg.train.augment)
+    result["levers"] = levers(
+        archs[0], sizes[0], device, manifest if manifest.is_file() else None, seconds, batch, cfg.train.augment
+    )
     for lv in result["levers"]:
         log(f"  lever: {lv['lever']}: {lv['before']:.3g} -> {lv['after']:.3g} {lv['unit']} ({lv['speedup']:.2f}x)")
     if with_grid:
@@ -348,21 +427,27 @@ def run(cfg: Config, splits: Path, device: torch.device, archs: list[str], sizes
             shared, unshared = grid_configs(configs)
             g = grid_comparison(cfg, splits, shared, unshared, log=lambda m: None)
             result["grid"] = g
-            log(f"  grid (UF off, replicate 0, {len(shared)} configs shared / {len(unshared)} unshared, "
+            log(
+                f"  grid (UF off, replicate 0, {len(shared)} configs shared / {len(unshared)} unshared, "
                 f"{g['epochs']} epochs): {g['shared']['per_cell_s']:.1f} s per cell shared vs "
-                f"{g['unshared']['per_cell_s']:.1f} s unshared = {g['shared_over_unshared']:.3f} of the time")
+                f"{g['unshared']['per_cell_s']:.1f} s unshared = {g['shared_over_unshared']:.3f} of the time"
+            )
             if g["shared"].get("warm_cell_s"):
-                log(f"  grid: a shared cell whose features were already computed (head training, untracked, "
-                    f"the floor sharing cannot remove): {g['shared']['warm_cell_s']:.1f} s")
+                log(
+                    f"  grid: a shared cell whose features were already computed (head training, untracked, "
+                    f"the floor sharing cannot remove): {g['shared']['warm_cell_s']:.1f} s"
+                )
     if device.type == "cuda":
         result["projection"] = {}
         for row in result["throughput"]:
             if row["dtype"] == "bf16" and row["size"] == 224:
                 p = project_paper(row, row["head_on_features"])
                 result["projection"][row["arch"]] = p
-                log(f"  paper study, {row['arch']} (bf16): {p['cells']} cells, {p['total_shared_h']:.2f} h "
+                log(
+                    f"  paper study, {row['arch']} (bf16): {p['cells']} cells, {p['total_shared_h']:.2f} h "
                     f"with shared features (UF on {p['uf_on_h']:.2f} h), {p['total_paper_profile_h']:.2f} h "
-                    f"with the paper profile's frozen BN in train mode (not shareable)")
+                    f"with the paper profile's frozen BN in train mode (not shareable)"
+                )
     return result
 
 
@@ -378,8 +463,13 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)  # an unwritable output fails before any work
     cuda = device.type == "cuda"
-    archs = args.archs or (["efficientnet_lite0", "resnet34", "vgg19_bn"] if cuda else
-                           [cfg.model.arch] if args.cells else ["efficientnet_lite0", "resnet18"])
+    archs = args.archs or (
+        ["efficientnet_lite0", "resnet34", "vgg19_bn"]
+        if cuda
+        else [cfg.model.arch]
+        if args.cells
+        else ["efficientnet_lite0", "resnet18"]
+    )
     sizes = args.sizes or ([224] if cuda else [cfg.datasets[0].image_size])
     args.archs = archs
     if any(s < 32 for s in sizes):
@@ -396,10 +486,21 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
         torch.set_num_threads(cfg.train.threads)
     if args.cells:
         return _cells(cfg, args, device, out)
-    print(f"bench on {device} ({os.cpu_count()} CPUs): {', '.join(archs)} at {', '.join(map(str, sizes))} px", flush=True)
-    result = run(cfg, Path(args.splits), device, archs, sizes, with_grid=not args.no_grid,
-                 seconds=args.seconds, log=lambda m: print(m, flush=True), configs=args.grid_configs,
-                 batch=args.batch)
+    print(
+        f"bench on {device} ({os.cpu_count()} CPUs): {', '.join(archs)} at {', '.join(map(str, sizes))} px", flush=True
+    )
+    result = run(
+        cfg,
+        Path(args.splits),
+        device,
+        archs,
+        sizes,
+        with_grid=not args.no_grid,
+        seconds=args.seconds,
+        log=lambda m: print(m, flush=True),
+        configs=args.grid_configs,
+        batch=args.batch,
+    )
     io.write_json(out, result)
     print(f"bench -> {out}")
     return 0
@@ -410,15 +511,26 @@ def _cells(cfg: Config, args: argparse.Namespace, device: torch.device, out: Pat
     splits = Path(args.splits)
     manifest = splits / cfg.datasets[0].name / "0" / "manifest.csv"
     if not manifest.is_file():
-        raise UsageError(f"--cells trains real cells on replicate 0: {manifest} does not exist (run `finalbn prepare` "
-                         "or `dvc repro prepare` first)")
+        raise UsageError(
+            f"--cells trains real cells on replicate 0: {manifest} does not exist (run `finalbn prepare` "
+            "or `dvc repro prepare` first)"
+        )
     size = args.sizes[0] if args.sizes else (224 if device.type == "cuda" else cfg.datasets[0].image_size)
-    print(f"bench --cells on {device} ({os.cpu_count()} CPUs): {', '.join(args.archs)} at {size} px, "
-          f"{cfg.train.epochs} epochs", flush=True)
-    result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                          "device": str(device),
-                          "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
-              "cells": cells.run(cfg, splits, device, args.archs, size, log=lambda m: print(m, flush=True))}
+    print(
+        f"bench --cells on {device} ({os.cpu_count()} CPUs): {', '.join(args.archs)} at {size} px, "
+        f"{cfg.train.epochs} epochs",
+        flush=True,
+    )
+    result = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "device": str(device),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        },
+        "cells": cells.run(cfg, splits, device, args.archs, size, log=lambda m: print(m, flush=True)),
+    }
     io.write_json(out, result)
     print(f"bench -> {out}")
     return 0

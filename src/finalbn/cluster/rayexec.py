@@ -16,6 +16,7 @@ every task's environment (`runtime_env`), and a task runs in this process's work
 that folder exists on its node (always on one machine; on a cluster, a shared file system), so
 relative paths (`data/splits`, `sqlite:///mlflow.db`) mean the same there.
 """
+
 from __future__ import annotations
 
 import os
@@ -62,16 +63,26 @@ def connect(rc: RayConfig) -> bool:
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # a task's lines in a log file: no colour codes
     env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED)}
     try:
-        ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=True,
-                 include_dashboard=None if address else False, configure_logging=False)
+        ray.init(
+            address=address,
+            runtime_env={"env_vars": env} if env else None,
+            log_to_driver=True,
+            include_dashboard=None if address else False,
+            configure_logging=False,
+        )
     except ConnectionError as exc:
-        auth = ("" if os.environ.get("RAY_AUTH_MODE") else
-                " (a cluster with token authentication needs RAY_AUTH_MODE=token here too, and its token in "
-                "~/.ray/auth_token or RAY_AUTH_TOKEN)")
+        auth = (
+            ""
+            if os.environ.get("RAY_AUTH_MODE")
+            else " (a cluster with token authentication needs RAY_AUTH_MODE=token here too, and its token in "
+            "~/.ray/auth_token or RAY_AUTH_TOKEN)"
+        )
         raise UsageError(f"cannot reach the Ray cluster at {address}: {exc}{auth}") from None
     where = address or "a Ray on this machine"
-    print(f"ray: {where}, {ray.cluster_resources().get('CPU', 0):g} CPUs, "
-          f"{ray.cluster_resources().get('GPU', 0):g} GPUs", flush=True)
+    print(
+        f"ray: {where}, {ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs",
+        flush=True,
+    )
     return address is None
 
 
@@ -94,9 +105,12 @@ def run_tasks(rc: RayConfig, fn: Callable[..., Any], calls: Sequence[tuple], nam
     started = connect(rc)
     remote = ray.remote(_in_folder)
     folder = os.getcwd()
-    refs = {remote.options(num_cpus=rc.num_cpus, num_gpus=rc.num_gpus, max_retries=rc.max_retries,
-                           retry_exceptions=False, name=name).remote(fn, folder, call): i
-            for i, (call, name) in enumerate(zip(calls, names))}
+    refs = {
+        remote.options(
+            num_cpus=rc.num_cpus, num_gpus=rc.num_gpus, max_retries=rc.max_retries, retry_exceptions=False, name=name
+        ).remote(fn, folder, call): i
+        for i, (call, name) in enumerate(zip(calls, names))
+    }
     out: list[Any] = [None] * len(calls)
     pending = list(refs)
     try:

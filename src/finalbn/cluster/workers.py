@@ -8,6 +8,7 @@ comparison's missing runs). Ctrl-C reaches every child (each closes its runs) be
 propagates. With several GPUs each process gets one (`CUDA_VISIBLE_DEVICES`, round-robin); with
 one GPU they share it.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -38,13 +39,18 @@ def gpu_env(index: int, environ: Mapping[str, str], gpus: int | None = None) -> 
     return env
 
 
-def run_commands(argv_of: Callable[[int], Sequence[str]], workers: int,
-                 env_of: Callable[[int], Mapping[str, str]] | None = None) -> int:
+def run_commands(
+    argv_of: Callable[[int], Sequence[str]], workers: int, env_of: Callable[[int], Mapping[str, str]] | None = None
+) -> int:
     """Start `workers` processes `python -m finalbn <argv_of(i)>` (environment `env_of(i)`, default
     this one), wait for all; returns the worst exit code."""
-    procs = [subprocess.Popen([sys.executable, "-m", "finalbn", *argv_of(i)],
-                              env={**(env_of(i) if env_of else os.environ), "FINALBN_CHILD": "1"})
-             for i in range(workers)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "finalbn", *argv_of(i)],
+            env={**(env_of(i) if env_of else os.environ), "FINALBN_CHILD": "1"},
+        )
+        for i in range(workers)
+    ]
     try:
         codes = [p.wait() for p in procs]
     except KeyboardInterrupt:

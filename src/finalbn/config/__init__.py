@@ -16,6 +16,7 @@ the key and what is allowed, before any work starts.
 The face names what other packages use; a section's class (`TrainConfig`, `GridConfig`, ...) is
 imported from `finalbn.config.schema` where one is needed.
 """
+
 from __future__ import annotations
 
 from finalbn.config.derived import cell_seed, configure, final_layer, final_layer_for, has_final_bn

@@ -5,6 +5,7 @@ layer before the softmax — derived in one place from the study's vocabulary (`
     cell_seed(cfg, replicate)                 # train.seed + replicate
     configure(cfg, "resnet34", 31, "focal")   # params.yaml as one grid cell trains it
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,5 +41,6 @@ def configure(cfg: Config, arch: str, config: int, baseline: str | None = None) 
     """`cfg` with a grid cell's arch, switches (paper id `config`) and imbalance baseline method
     (a key of `BASELINE_METHODS`, whose train.* values it sets; "" or None: the paper's cell)."""
     train = dataclasses.replace(cfg.train, **BASELINE_METHODS[baseline]) if baseline else cfg.train
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch=arch),
-                               ablation=ablation_from_id(config), train=train)
+    return dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, arch=arch), ablation=ablation_from_id(config), train=train
+    )

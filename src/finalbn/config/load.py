@@ -7,6 +7,7 @@ with one-line errors, and the plain forms logged with a run.
 An unknown key, a wrong type or an out-of-range value raises `ConfigError` with one line naming
 the key and what is allowed, before any work starts.
 """
+
 from __future__ import annotations
 
 import copy
@@ -194,8 +195,10 @@ def _datasets_listed(raw: Any, path: Path) -> Any:
         if not isinstance(entry, dict):
             raise ConfigError(f"params file {path}: datasets.{key} must be a mapping (source, root, ...)")
         if str(entry.get("name", key)) != str(key):
-            raise ConfigError(f"params file {path}: datasets.{key} has name {entry['name']!r}; "
-                              "a dataset keyed by name needs no `name` (or the same one)")
+            raise ConfigError(
+                f"params file {path}: datasets.{key} has name {entry['name']!r}; "
+                "a dataset keyed by name needs no `name` (or the same one)"
+            )
         listed.append({"name": key, **{k: v for k, v in entry.items() if k != "name"}})
     return {**raw, "datasets": listed}
 
@@ -222,8 +225,10 @@ def _assign(raw: dict[str, Any], key: str, value: Any) -> None:
                 part = str(named[0])
             if not part.isdigit() or int(part) >= len(node):
                 names = [str(e["name"]) for e in node if isinstance(e, dict) and "name" in e]
-                raise ConfigError(f"unknown key '{where}': '{'.'.join(parts[:i])}' has {len(node)} entries (0..{len(node) - 1}"
-                                  + (f"; or by name: {', '.join(names)})" if names else ")"))
+                raise ConfigError(
+                    f"unknown key '{where}': '{'.'.join(parts[:i])}' has {len(node)} entries (0..{len(node) - 1}"
+                    + (f"; or by name: {', '.join(names)})" if names else ")")
+                )
             idx = int(part)
             if last:
                 node[idx] = value
@@ -235,7 +240,9 @@ def _assign(raw: dict[str, Any], key: str, value: Any) -> None:
             else:
                 if part not in node:
                     allowed = _allowed_at(parts[:i])
-                    raise ConfigError(f"unknown key '{where}'" + (f" (allowed: {', '.join(allowed)})" if allowed else ""))
+                    raise ConfigError(
+                        f"unknown key '{where}'" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
+                    )
                 node = node[part]
         else:
             raise ConfigError(f"unknown key '{where}': '{'.'.join(parts[:i])}' is a value, not a section")

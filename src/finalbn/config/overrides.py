@@ -5,6 +5,7 @@
 A module of its own, outside `finalbn.config`'s face: the training code never imports it, so it
 is not in a cell's key (`finalbn.train.keys`) and its edits retrain nothing.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

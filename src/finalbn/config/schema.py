@@ -6,6 +6,7 @@
 `params.yaml` is the only place defaults live; this module only says what shape and range each
 key has. The switches (`AblationConfig`) and the id/name vocabulary live in `study`.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -102,12 +103,15 @@ class DatasetConfig:
         if self.source == "csv":
             missing = [k for k, v in table.items() if not v and not (k == "label_column" and self.one_hot)]
             if missing:
-                raise ValueError(f"source csv needs {', '.join(repr(k) for k in missing)} (the table, its image "
-                                 "and label columns)")
+                raise ValueError(
+                    f"source csv needs {', '.join(repr(k) for k in missing)} (the table, its image and label columns)"
+                )
         elif any(table.values()) or self.group_column:
-            raise ValueError(f"source {self.source} takes no "
-                             f"{', '.join(repr(k) for k, v in {**table, 'group_column': self.group_column}.items() if v)} "
-                             "(those are for source csv)")
+            raise ValueError(
+                f"source {self.source} takes no "
+                f"{', '.join(repr(k) for k, v in {**table, 'group_column': self.group_column}.items() if v)} "
+                "(those are for source csv)"
+            )
         if self.group_by_folder:
             self._group_patterns()
         self._table_options()
@@ -121,28 +125,36 @@ class DatasetConfig:
         if self.one_hot and self.label_column:
             raise ValueError("one_hot takes no 'label_column': majority and minority name the class columns")
         sep = self.table_separator
-        if sep is not None and sep not in ("tab", "\\t") and (len(sep) != 1 or sep.isalnum() or sep in "\"\r\n"):
+        if sep is not None and sep not in ("tab", "\\t") and (len(sep) != 1 or sep.isalnum() or sep in '"\r\n'):
             raise ValueError(f"table_separator {sep!r} is not one character (e.g. ';', ',', '|') or 'tab'")
         if self.table_encoding is not None:
             try:
                 codecs.lookup(self.table_encoding)
             except LookupError:
-                raise ValueError(f"table_encoding {self.table_encoding!r} is not an encoding Python knows "
-                                 "(e.g. utf-8, cp1252, utf-16)") from None
+                raise ValueError(
+                    f"table_encoding {self.table_encoding!r} is not an encoding Python knows "
+                    "(e.g. utf-8, cp1252, utf-16)"
+                ) from None
 
     def _group_patterns(self) -> None:
         """group_by_folder: every entry a glob pattern without `**` (the wildcards' matches are the group)."""
         if self.source != "folders":
-            raise ValueError(f"source {self.source} takes no 'group_by_folder' (it is for source folders with glob "
-                             "patterns; a table's groups are 'group_column')")
+            raise ValueError(
+                f"source {self.source} takes no 'group_by_folder' (it is for source folders with glob "
+                "patterns; a table's groups are 'group_column')"
+            )
         plain = [e for e in self.majority + self.minority if not glob.has_magic(e)]
         if plain:
-            raise ValueError(f"group_by_folder needs glob patterns (e.g. '*/0'), the group being the folder their "
-                             f"wildcards match; not a pattern: {', '.join(map(repr, plain))}")
+            raise ValueError(
+                f"group_by_folder needs glob patterns (e.g. '*/0'), the group being the folder their "
+                f"wildcards match; not a pattern: {', '.join(map(repr, plain))}"
+            )
         deep = [e for e in self.majority + self.minority if "**" in e]
         if deep:
-            raise ValueError(f"group_by_folder cannot group by '**' (it matches any depth): {', '.join(map(repr, deep))}; "
-                             "write one wildcard per folder level (e.g. '*/0')")
+            raise ValueError(
+                f"group_by_folder cannot group by '**' (it matches any depth): {', '.join(map(repr, deep))}; "
+                "write one wildcard per folder level (e.g. '*/0')"
+            )
 
 
 @dataclass(frozen=True, config=STRICT)
@@ -326,8 +338,8 @@ class SensitivityConfig:
     batch_size: tuple[Annotated[int, Strict(), Field(ge=2)], ...] = ()
     final_bn_momentum: tuple[Annotated[float, Field(gt=0.0, le=1.0)], ...] = ()
     frozen_bn: tuple[Literal["eval", "train"], ...] = ()  # the body's frozen BN layers: eval, or train (fastai's)
-    single_logit: Bool = True   # one sigmoid logit (with BN over it) against two softmax logits
-    bias_shift: Bool = True     # 31 against 63 with a minority-logit bias learned on validation
+    single_logit: Bool = True  # one sigmoid logit (with BN over it) against two softmax logits
+    bias_shift: Bool = True  # 31 against 63 with a minority-logit bias learned on validation
     workers: Annotated[int, Strict(), Field(ge=1)] = 2
 
 
@@ -336,8 +348,12 @@ class ReportConfig:
     bootstrap: Annotated[int, Strict(), Field(ge=100)]  # bootstrap resamples for the CIs
     seed: Seed
     # field prevalences at which every cell's test metrics and the verdict's contrasts are given
-    prevalences: Annotated[tuple[Annotated[float, Field(gt=0.0, lt=1.0)], ...], Field(min_length=1)] = \
-        (0.5, 0.1, 0.05, 0.01)
+    prevalences: Annotated[tuple[Annotated[float, Field(gt=0.0, lt=1.0)], ...], Field(min_length=1)] = (
+        0.5,
+        0.1,
+        0.05,
+        0.01,
+    )
 
 
 @dataclass(frozen=True, config=STRICT)

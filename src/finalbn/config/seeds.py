@@ -7,6 +7,7 @@ Data order, augmentation, MixUp and head dropout each draw from their own stream
 body runs inside the cell (unshared path) or once for many cells (shared features), in whatever
 order the work is done.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -7,6 +7,7 @@
 A YAML "10" (a string) is not an int and 1 is not a bool here; floats stay lax so that `lr: 1`
 and an override `lr=3e-4` (YAML reads that as a string) both work. Used by `schema` and `study`.
 """
+
 from __future__ import annotations
 
 from typing import Annotated

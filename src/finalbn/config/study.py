@@ -7,6 +7,7 @@ place, for the grid, the search, the export and the report (`derived` applies th
 
 Pure functions and constants: nothing here reads a file or imports torch.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -32,8 +33,9 @@ BASELINE_METHODS: dict[str, dict[str, Any]] = {
 
 # train.* keys (flattened, as `load.flatten` spells them) that do not change what a cell computes:
 # where and how fast it runs and what is logged. A search study's name leaves them out.
-NOT_RESULT_PARAMS = frozenset({"train.device", "train.num_workers", "train.threads", "train.log_model",
-                               "train.share_features"})
+NOT_RESULT_PARAMS = frozenset(
+    {"train.device", "train.num_workers", "train.threads", "train.log_model", "train.share_features"}
+)
 # A cell's result key leaves train.seed out as well: the seed enters the key as the cell's own
 # seed (`cell_seed`: train.seed + replicate), so the same training seed is the same cell.
 NOT_CELL_KEY_PARAMS = NOT_RESULT_PARAMS | {"train.seed"}

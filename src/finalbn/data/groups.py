@@ -15,6 +15,7 @@ in a seeded order, from its own units' images (copies whole; its majority images
 share from groups with and without minority images); images not drawn are simply unused. A split
 its units cannot fill is refused, naming the counts.
 """
+
 from __future__ import annotations
 
 import glob
@@ -45,13 +46,16 @@ def table_groups(ds: DatasetConfig, table: Path, df) -> list[str] | None:
     if not ds.group_column:
         return None
     if ds.group_column not in df.columns:
-        raise DataError(f"dataset {ds.name}: labels table {table} has no column {ds.group_column!r} (group_column); "
-                        f"columns: {', '.join(map(repr, df.columns))}")
+        raise DataError(
+            f"dataset {ds.name}: labels table {table} has no column {ds.group_column!r} (group_column); "
+            f"columns: {', '.join(map(repr, df.columns))}"
+        )
     return [str(v).strip() for v in df[ds.group_column]]
 
 
-def folder_groups(ds: DatasetConfig, patterns: dict[str, dict[str, list[str]]],
-                  usable: dict[int, list[tuple[str, Path]]]) -> dict[str, str]:
+def folder_groups(
+    ds: DatasetConfig, patterns: dict[str, dict[str, list[str]]], usable: dict[int, list[tuple[str, Path]]]
+) -> dict[str, str]:
     """group_by_folder: each usable file's group, the folder levels its pattern's wildcards matched
     (`*/0` matching `10253/0` -> `10253`, the same group as `10253/1` under `*/1`)."""
     of_folder: dict[str, str] = {}
@@ -59,9 +63,11 @@ def folder_groups(ds: DatasetConfig, patterns: dict[str, dict[str, list[str]]],
         for entry in entries:
             matched = patterns.get(which, {}).get(entry)
             if matched is None:
-                raise DataError(f"dataset {ds.name}: group_by_folder: {which} entry {entry!r} is a folder of that "
-                                "name, not a pattern, so its images have no group; rename the folder or set "
-                                "group_by_folder: false")
+                raise DataError(
+                    f"dataset {ds.name}: group_by_folder: {which} entry {entry!r} is a folder of that "
+                    "name, not a pattern, so its images have no group; rename the folder or set "
+                    "group_by_folder: false"
+                )
             wild = [i for i, part in enumerate(PurePosixPath(entry).parts) if glob.has_magic(part)]
             for folder in matched:
                 parts = folder.split("/")
@@ -108,8 +114,14 @@ def _fit(short: list[str], left: dict[str, int], have: int) -> str:
     return next((s for s in short if left[s] >= have), short[0])
 
 
-def assign(pool: list[Unit], order: list[int], need: dict[str, list[int]], share: float,
-           taken: set[int] | frozenset[int] = frozenset(), spread: bool = True) -> dict[int, str]:
+def assign(
+    pool: list[Unit],
+    order: list[int],
+    need: dict[str, list[int]],
+    share: float,
+    taken: set[int] | frozenset[int] = frozenset(),
+    spread: bool = True,
+) -> dict[int, str]:
     """Unit index -> split for the splits in `need` ({split: [majority, minority]}), in `order`
     (units in `taken` left out). First the units holding minority images, each to the first split
     short of minority images; then units for the majority images, in two kinds: a split's majority
@@ -187,8 +199,14 @@ def _take(groups: list[Group], room: int, rng: np.random.Generator) -> tuple[lis
     return drawn, rest, room
 
 
-def _draw_assigned(found: list[Unit], where: dict[int, str], need: dict[str, list[int]], share: float,
-                   seed: list[int], names: tuple[str, str]) -> tuple[list[dict], list[str]]:
+def _draw_assigned(
+    found: list[Unit],
+    where: dict[int, str],
+    need: dict[str, list[int]],
+    share: float,
+    seed: list[int],
+    names: tuple[str, str],
+) -> tuple[list[dict], list[str]]:
     """(rows, shortfalls): each split's exact counts from its own units' images; the majority's in
     the two kinds' shares (`assign`), topped up from either kind where one falls short."""
     rows, short = [], []
@@ -201,37 +219,57 @@ def _draw_assigned(found: list[Unit], where: dict[int, str], need: dict[str, lis
             a, rest_a, left_a = _take(kinds[0], quota, rng)
             b, rest_b, left_b = _take(kinds[1], need[s][label] - quota, rng)
             c, _, room = _take(rest_a + rest_b, left_a + left_b, rng)
-            rows += [{"path": escape_name(p.as_posix()), "label": label, "split": s, "source_class": cls}
-                     for g in a + b + c for cls, p in g]
+            rows += [
+                {"path": escape_name(p.as_posix()), "label": label, "split": s, "source_class": cls}
+                for g in a + b + c
+                for cls, p in g
+            ]
             if room:
                 give = sum(len(g) for kind in kinds for g in kind)
-                short.append(f"{s} {names[label]} needs {need[s][label]}, its groups give {give}"
-                             + (" (groups of copies that do not add up to it)" if give >= need[s][label] else ""))
+                short.append(
+                    f"{s} {names[label]} needs {need[s][label]}, its groups give {give}"
+                    + (" (groups of copies that do not add up to it)" if give >= need[s][label] else "")
+                )
     return rows, short
 
 
-def draw_grouped(pool: dict[int, list[Group]], groups: dict[str, str], split: SplitConfig, names: tuple[str, str],
-                 sources: tuple[str, str], replicate: int, replicates: int, by: str) -> list[dict]:
+def draw_grouped(
+    pool: dict[int, list[Group]],
+    groups: dict[str, str],
+    split: SplitConfig,
+    names: tuple[str, str],
+    sources: tuple[str, str],
+    replicate: int,
+    replicates: int,
+    by: str,
+) -> list[dict]:
     """`splits.draw_split` when the dataset has groups: rows with exactly the requested counts, no
     unit (group, copies) in two splits. With `split.disjoint_test` the units are cut once into
     `replicates` disjoint test sets and replicate r's train and val come from the other units.
     Raises DataError naming the counts when a label or a split cannot be filled."""
     if split.disjoint_test == "majority":
-        raise DataError(f"split.disjoint_test: majority cannot be kept with groups ({by}): a group goes whole into one "
-                        "split with both its classes; set split.disjoint_test: true or false")
+        raise DataError(
+            f"split.disjoint_test: majority cannot be kept with groups ({by}): a group goes whole into one "
+            "split with both its classes; set split.disjoint_test: true or false"
+        )
     need = {s: list(getattr(split, s)) for s in SPLITS}
     for label in LABELS:
         files = sum(len(g) for g in pool[label])
         if files < sum(n[label] for n in need.values()):
-            raise DataError(f"class {names[label]} ({sources[label]}) has {files} usable images, the split needs "
-                            f"{sum(n[label] for n in need.values())} "
-                            f"({' + '.join(f'{need[s][label]} {s}' for s in SPLITS)})")
+            raise DataError(
+                f"class {names[label]} ({sources[label]}) has {files} usable images, the split needs "
+                f"{sum(n[label] for n in need.values())} "
+                f"({' + '.join(f'{need[s][label]} {s}' for s in SPLITS)})"
+            )
     found = units(pool, groups)
     share = sum(u.files(0) for u in found if u.files(1)) / max(1, sum(u.files(0) for u in found))
     order = [int(i) for i in np.random.default_rng([split.seed, replicate, GROUP_STREAM]).permutation(len(found))]
     if split.disjoint_test:
-        test = {u: "test" for u, r in disjoint_tests(found, need["test"], share, split.seed, replicates).items()
-                if r == replicate}
+        test = {
+            u: "test"
+            for u, r in disjoint_tests(found, need["test"], share, split.seed, replicates).items()
+            if r == replicate
+        }
         where = {**test, **assign(found, order, {"train": need["train"], "val": need["val"]}, share, set(test))}
     else:
         where = assign(found, order, need, share)
@@ -239,9 +277,11 @@ def draw_grouped(pool: dict[int, list[Group]], groups: dict[str, str], split: Sp
     if short:
         with_minority = sum(1 for u in found if u.files(1))
         which = f" (split.disjoint_test, replicate {replicate} of {replicates})" if split.disjoint_test else ""
-        raise DataError(f"groups ({by}){which}: a group goes whole into one split, and the groups cannot fill it: "
-                        f"{'; '.join(short)} ({with_minority} groups hold {names[1]} images, "
-                        f"{sum(len(g) for g in pool[1])} images in all); lower the split counts or add groups")
+        raise DataError(
+            f"groups ({by}){which}: a group goes whole into one split, and the groups cannot fill it: "
+            f"{'; '.join(short)} ({with_minority} groups hold {names[1]} images, "
+            f"{sum(len(g) for g in pool[1])} images in all); lower the split counts or add groups"
+        )
     rows.sort(key=lambda r: (SPLITS.index(r["split"]), r["label"], r["path"]))
     return rows
 
@@ -268,7 +308,10 @@ def group_record(groups: dict[str, str], rows: list[dict], copies: list[list[str
         "per_split": {s: sum(1 for v in named.values() if v == s) for s in SPLITS},
         "unused": sum(1 for v in named.values() if v is None),
         "split_of": named,
-        "ungrouped": {"images": len(alone), "per_split": {s: sum(1 for v in alone.values() if v == s) for s in SPLITS},
-                      "paths": sorted(alone)},
+        "ungrouped": {
+            "images": len(alone),
+            "per_split": {s: sum(1 for v in alone.values() if v == s) for s in SPLITS},
+            "paths": sorted(alone),
+        },
         "joined_by_copies": sorted(sorted(g) for g in joined),
     }

@@ -11,6 +11,7 @@ draw key: `splits.draw_split` then puts the whole group into one split, as it do
 byte-identical copies. Pairs across the two labels are not merged (a lesion can be all that
 tells two photos apart); they are returned for the record.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -45,7 +46,7 @@ def groups_within(hashes: np.ndarray, max_distance: int) -> list[int]:
         return i
 
     for i in range(len(hashes) - 1):
-        close = np.nonzero(np.bitwise_count(hashes[i] ^ hashes[i + 1:]) <= max_distance)[0] + i + 1
+        close = np.nonzero(np.bitwise_count(hashes[i] ^ hashes[i + 1 :]) <= max_distance)[0] + i + 1
         for j in close:
             a, b = root(i), root(int(j))
             if a != b:
@@ -53,8 +54,13 @@ def groups_within(hashes: np.ndarray, max_distance: int) -> list[int]:
     return [root(i) for i in range(len(hashes))]
 
 
-def near_duplicate_keys(usable: dict[int, list[tuple[str, Path]]], sha256_of: dict[str, str], max_distance: int,
-                        progress: bool = False, decode: dict | None = None) -> tuple[dict[str, str], list[list[str]]]:
+def near_duplicate_keys(
+    usable: dict[int, list[tuple[str, Path]]],
+    sha256_of: dict[str, str],
+    max_distance: int,
+    progress: bool = False,
+    decode: dict | None = None,
+) -> tuple[dict[str, str], list[list[str]]]:
     """(draw key per escaped path, cross-label near pairs). A file's key is its sha256, or, in a
     near-duplicate group holding more than one content, `near:<label>:<smallest sha256>`."""
     keys = dict(sha256_of)
@@ -62,8 +68,13 @@ def near_duplicate_keys(usable: dict[int, list[tuple[str, Path]]], sha256_of: di
     for label, files in usable.items():
         paths = sorted({escape_name(p.as_posix()) for _, p in files})
         raw = {escape_name(p.as_posix()): p for _, p in files}
-        hashes = np.array([phash64(raw[t], decode) for t in tqdm(paths, desc=f"perceptual hash, label {label}",
-                                                            unit="img", disable=not progress)], dtype=np.uint64)
+        hashes = np.array(
+            [
+                phash64(raw[t], decode)
+                for t in tqdm(paths, desc=f"perceptual hash, label {label}", unit="img", disable=not progress)
+            ],
+            dtype=np.uint64,
+        )
         per_label[label] = (paths, hashes)
         roots = groups_within(hashes, max_distance)
         members: dict[int, list[str]] = {}

@@ -10,6 +10,7 @@ naming `<out_root>/<dataset>/refused.json`, which lists every rejected file and 
 its reason. With nothing refused the error passes unchanged and no file is written; a run that
 draws its splits removes a refused.json left by an earlier one.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,11 +28,22 @@ REFUSED = "refused.json"
 USED_ANYWAY = {"listed again"}  # a row repeating a used one: its image is used (once)
 SHOWN = 5  # label values named in the line
 # a rejected file's reason (images.load_rgb, scan_folder), in a word
-_FILE_KINDS = (("system file", "system file"), ("not an image", "not an image"), ("truncated", "truncated or corrupt"),
-               ("corrupt", "truncated or corrupt"), ("empty file", "empty file"), ("broken link", "broken link"),
-               ("no such file", "missing file"), ("pixel limit", "too large"), ("decompression-bomb", "too large"),
-               ("no pixels", "no pixels"), ("EXIF", "unreadable EXIF"), ("cannot convert mode", "unsupported mode"),
-               ("cannot read", "unreadable file"), ("not a regular file", "not a regular file"))
+_FILE_KINDS = (
+    ("system file", "system file"),
+    ("not an image", "not an image"),
+    ("truncated", "truncated or corrupt"),
+    ("corrupt", "truncated or corrupt"),
+    ("empty file", "empty file"),
+    ("broken link", "broken link"),
+    ("no such file", "missing file"),
+    ("pixel limit", "too large"),
+    ("decompression-bomb", "too large"),
+    ("no pixels", "no pixels"),
+    ("EXIF", "unreadable EXIF"),
+    ("cannot convert mode", "unsupported mode"),
+    ("cannot read", "unreadable file"),
+    ("not a regular file", "not a regular file"),
+)
 
 
 def file_kind(reason: str) -> str:
@@ -52,11 +64,20 @@ def explained(ds: DatasetConfig, found: Collection, out_root: Path) -> Iterator[
         counts = not_usable(found, Path(ds.root))
         if not counts["rows"] and not counts["files"]:
             raise
-        write_json(target, {"dataset": ds.name, "error": str(exc), "not_usable": {
-            "rows": {k: v["count"] for k, v in counts["rows"].items()},
-            "files": {k: v["count"] for k, v in counts["files"].items()}, "labels_seen": counts["labels_seen"]},
-            "rejected": [{"path": escape_name(r.path), "reason": r.reason} for r in found.rejected],
-            "skipped": (found.table or {}).get("skipped", [])})
+        write_json(
+            target,
+            {
+                "dataset": ds.name,
+                "error": str(exc),
+                "not_usable": {
+                    "rows": {k: v["count"] for k, v in counts["rows"].items()},
+                    "files": {k: v["count"] for k, v in counts["files"].items()},
+                    "labels_seen": counts["labels_seen"],
+                },
+                "rejected": [{"path": escape_name(r.path), "reason": r.reason} for r in found.rejected],
+                "skipped": (found.table or {}).get("skipped", []),
+            },
+        )
         raise DataError(f"{exc}; not usable: {summary(counts)}; every reason in {escape_name(target)}") from None
     target.unlink(missing_ok=True)
 
@@ -93,11 +114,17 @@ def summary(counts: dict) -> str:
         if kind == "label in neither list" and counts["labels_seen"]:
             shown = list(counts["labels_seen"].items())[:SHOWN]
             more = len(counts["labels_seen"]) - len(shown)
-            labels = "labels seen: " + ", ".join(f"{k!r} {n}" for k, n in shown) + \
-                (f", {more} more values" if more else "") + "; "
+            labels = (
+                "labels seen: "
+                + ", ".join(f"{k!r} {n}" for k, n in shown)
+                + (f", {more} more values" if more else "")
+                + "; "
+            )
         parts.append(f"{c['count']} row{'s' * (c['count'] != 1)} {kind} ({labels}e.g. {c['example']})")
-    parts += [f"{c['count']} file{'s' * (c['count'] != 1)} {kind} (e.g. {c['example']})"
-              for kind, c in counts["files"].items()]
+    parts += [
+        f"{c['count']} file{'s' * (c['count'] != 1)} {kind} (e.g. {c['example']})"
+        for kind, c in counts["files"].items()
+    ]
     return ", ".join(parts)
 
 

@@ -19,6 +19,7 @@
 Raises DataError (one line) for a missing root, folder, table or column, an empty table, or a
 pattern that matches nothing. Nothing here writes anything.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -81,10 +82,15 @@ def collect(ds: DatasetConfig, progress: bool = True) -> Collection:
     folders = class_folders(ds)
     decoded: dict[Path, Decoded] = {}
     usable, rejected = scan_dataset(folders, progress, decode_options(ds), decoded)
-    return Collection(usable, rejected, folders.names,
-                      {"majority": [c for c, _ in folders.majority], "minority": [c for c, _ in folders.minority]},
-                      folders.patterns, groups=folder_groups(ds, folders.patterns, usable) if ds.group_by_folder
-                      else None, decoded=decoded)
+    return Collection(
+        usable,
+        rejected,
+        folders.names,
+        {"majority": [c for c, _ in folders.majority], "minority": [c for c, _ in folders.minority]},
+        folders.patterns,
+        groups=folder_groups(ds, folders.patterns, usable) if ds.group_by_folder else None,
+        decoded=decoded,
+    )
 
 
 # ---------------------------------------------------------------- folders
@@ -99,8 +105,10 @@ def class_folders(ds: DatasetConfig) -> ClassFolders:
         crop = cast(str, ds.crop)  # a str: DatasetConfig requires `crop` for these sources
         mine = crop_folders(root, crop)
         if not mine:
-            raise DataError(f"dataset {ds.name}: no <{ds.crop}>___<condition> folders under {escape_name(root)} "
-                            f"({_look_alikes(root, crop)})")
+            raise DataError(
+                f"dataset {ds.name}: no <{ds.crop}>___<condition> folders under {escape_name(root)} "
+                f"({_look_alikes(root, crop)})"
+            )
         healthy = [p for p, cond in mine if cond.lower() == "healthy"]
         diseased = [p for p, _ in mine if p not in healthy]
         if not healthy:
@@ -109,13 +117,16 @@ def class_folders(ds: DatasetConfig) -> ClassFolders:
             raise DataError(f"dataset {ds.name}: no disease folders {ds.crop}___<disease> under {escape_name(root)}")
         return ClassFolders([(p.name, p) for p in healthy], [(p.name, p) for p in diseased], ("healthy", "diseased"))
     patterns: dict[str, dict[str, list[str]]] = {}
-    lists = [_expand(ds, root, entries, which, patterns) for which, entries in
-             (("majority", ds.majority), ("minority", ds.minority))]
+    lists = [
+        _expand(ds, root, entries, which, patterns)
+        for which, entries in (("majority", ds.majority), ("minority", ds.minority))
+    ]
     return ClassFolders(lists[0], lists[1], ("majority", "minority"), patterns)
 
 
-def _expand(ds: DatasetConfig, root: Path, entries: tuple[str, ...], which: str,
-            patterns: dict[str, dict[str, list[str]]]) -> list[tuple[str, Path]]:
+def _expand(
+    ds: DatasetConfig, root: Path, entries: tuple[str, ...], which: str, patterns: dict[str, dict[str, list[str]]]
+) -> list[tuple[str, Path]]:
     """[(name relative to root, folder)] for one label's entries: a folder as written, or, when no
     such folder exists and the entry is a glob pattern, every (non-system) folder it matches."""
     out: dict[Path, str] = {}
@@ -129,8 +140,9 @@ def _expand(ds: DatasetConfig, root: Path, entries: tuple[str, ...], which: str,
         try:
             hits = sorted(p for p in root.glob(entry) if p.is_dir() and not is_system(p, root))
         except (ValueError, NotImplementedError) as exc:
-            raise DataError(f"dataset {ds.name}: {which} pattern {entry!r} is not a pattern relative to root "
-                            f"({exc})") from None
+            raise DataError(
+                f"dataset {ds.name}: {which} pattern {entry!r} is not a pattern relative to root ({exc})"
+            ) from None
         if not hits:
             raise DataError(f"dataset {ds.name}: {which} pattern {entry!r} matches no folder under {escape_name(root)}")
         names = [escape_name(p.relative_to(root).as_posix()) for p in hits]
@@ -159,18 +171,26 @@ def _look_alikes(root: Path, crop: str) -> str:
     """The folders a user probably meant, for the message when a crop has none."""
     names = sorted(escape_name(p.name) for p in root.iterdir() if p.is_dir())
     crops = sorted({n.split("___")[0] if "___" in n else re.split(r"_+", n)[0] for n in names if "_" in n})
-    close = [n for n in names if n.lower().startswith(crop.lower()[:4])] or \
-        difflib.get_close_matches(crop, names, n=5, cutoff=0.5)
-    return (f"look-alike folders: {', '.join(close[:6])}; " if close else "") + f"crops found: {', '.join(crops) or 'none'}"
+    close = [n for n in names if n.lower().startswith(crop.lower()[:4])] or difflib.get_close_matches(
+        crop, names, n=5, cutoff=0.5
+    )
+    return (
+        f"look-alike folders: {', '.join(close[:6])}; " if close else ""
+    ) + f"crops found: {', '.join(crops) or 'none'}"
 
 
-def scan_dataset(folders: ClassFolders, progress: bool = True, decode: dict | None = None,
-                 found: dict[Path, Decoded] | None = None) -> tuple[Files, list[Rejected]]:
+def scan_dataset(
+    folders: ClassFolders, progress: bool = True, decode: dict | None = None, found: dict[Path, Decoded] | None = None
+) -> tuple[Files, list[Rejected]]:
     """Usable (source_class, path) per label, and every rejected file with its reason; `decode`:
     `decode_options`, `found` collects what decoding each usable file found."""
     usable: Files = {0: [], 1: []}
     rejected: list[Rejected] = []
-    jobs = [(label, cls, folder) for label, group in enumerate((folders.majority, folders.minority)) for cls, folder in group]
+    jobs = [
+        (label, cls, folder)
+        for label, group in enumerate((folders.majority, folders.minority))
+        for cls, folder in group
+    ]
     # Sequential on purpose: images.load_rgb guards decompression bombs with warnings.catch_warnings,
     # which is not thread-safe.
     for label, cls, folder in tqdm(jobs, desc="scan folders", unit="folder", disable=not progress):
@@ -193,20 +213,32 @@ def read_table(ds: DatasetConfig) -> tuple[Path, pd.DataFrame, dict]:
     if not table.is_file():
         raise DataError(f"dataset {ds.name}: labels table {table} does not exist")
     classes = list(dict.fromkeys(v.strip() for v in (*ds.majority, *ds.minority))) if ds.one_hot else []
-    given = {"image_column": ds.image_column, "label_column": ds.label_column,
-             "group_column": getattr(ds, "group_column", None)}
+    given = {
+        "image_column": ds.image_column,
+        "label_column": ds.label_column,
+        "group_column": getattr(ds, "group_column", None),
+    }
     needed = {k: v for k, v in given.items() if v}
-    df, how = tables.read(table, f"dataset {ds.name}: labels table {table}", [*needed.values(), *classes],
-                          ds.table_separator, ds.table_encoding)
-    columns = f"columns: {', '.join(map(repr, df.columns))} ({tables.read_as(how)}: set table_separator and " \
-              "table_encoding if the table is written otherwise)"
+    df, how = tables.read(
+        table,
+        f"dataset {ds.name}: labels table {table}",
+        [*needed.values(), *classes],
+        ds.table_separator,
+        ds.table_encoding,
+    )
+    columns = (
+        f"columns: {', '.join(map(repr, df.columns))} ({tables.read_as(how)}: set table_separator and "
+        "table_encoding if the table is written otherwise)"
+    )
     for key, col in needed.items():
         if col not in df.columns:
             raise DataError(f"dataset {ds.name}: labels table {table} has no column {col!r} ({key}); {columns}")
     missing = [c for c in classes if c not in df.columns]
     if missing:
-        raise DataError(f"dataset {ds.name}: labels table {table} has no class column(s) "
-                        f"{', '.join(map(repr, missing))} (one_hot: majority/minority name columns); {columns}")
+        raise DataError(
+            f"dataset {ds.name}: labels table {table} has no class column(s) "
+            f"{', '.join(map(repr, missing))} (one_hot: majority/minority name columns); {columns}"
+        )
     if df.empty:
         raise DataError(f"dataset {ds.name}: labels table {table} has a header but no rows")
     return table, df, how
@@ -239,11 +271,15 @@ def _collect_csv(ds: DatasetConfig, progress: bool) -> Collection:
     table, df, how = read_table(ds)
     group_values = table_groups(ds, table, df)  # group_column: one value per row, or None
     # a label value -> (label, source class as listed); numbers compare as numbers (tables.label_key)
-    label_of = {**{label_key(v): (0, v.strip()) for v in ds.majority}, **{label_key(v): (1, v.strip()) for v in ds.minority}}
+    label_of = {
+        **{label_key(v): (0, v.strip()) for v in ds.majority},
+        **{label_key(v): (1, v.strip()) for v in ds.minority},
+    }
     both = sorted({v.strip() for v in ds.majority if label_key(v) in {label_key(m) for m in ds.minority}})
     if both:
-        raise DataError(f"dataset {ds.name}: label value(s) {', '.join(map(repr, both))} listed as both majority "
-                        "and minority")
+        raise DataError(
+            f"dataset {ds.name}: label value(s) {', '.join(map(repr, both))} listed as both majority and minority"
+        )
     exact, stems, names = _index(root)
     skipped: list[dict] = []
     first: dict[Path, dict] = {}  # file -> its first row
@@ -279,17 +315,39 @@ def _collect_csv(ds: DatasetConfig, progress: bool) -> Collection:
             rejected.append(Rejected(str(path), reason))
     skipped.sort(key=lambda r: r["line"])
     kinds = Counter(row_kind(r["reason"]) for r in skipped)
-    info = {"path": table.as_posix(), "image_column": ds.image_column, "label_column": ds.label_column,
-            "rows": int(len(df)), "used": len(first), "skipped": skipped, "skipped_by_reason": dict(sorted(kinds.items())),
-            **how, **({"one_hot": True} if ds.one_hot else {})}  # how: encoding, separator, and where each came from
-    groups = None if group_values is None else {escape_name(p.as_posix()): group_values[first[p]["line"] - 2]
-                                                for label in LABELS for _, p in usable[label]}
-    return Collection(usable, rejected, ("majority", "minority"),
-                      {"majority": list(ds.majority), "minority": list(ds.minority)}, {}, info, groups, decoded)
+    info = {
+        "path": table.as_posix(),
+        "image_column": ds.image_column,
+        "label_column": ds.label_column,
+        "rows": int(len(df)),
+        "used": len(first),
+        "skipped": skipped,
+        "skipped_by_reason": dict(sorted(kinds.items())),
+        **how,
+        **({"one_hot": True} if ds.one_hot else {}),
+    }  # how: encoding, separator, and where each came from
+    groups = (
+        None
+        if group_values is None
+        else {
+            escape_name(p.as_posix()): group_values[first[p]["line"] - 2] for label in LABELS for _, p in usable[label]
+        }
+    )
+    return Collection(
+        usable,
+        rejected,
+        ("majority", "minority"),
+        {"majority": list(ds.majority), "minority": list(ds.minority)},
+        {},
+        info,
+        groups,
+        decoded,
+    )
 
 
-def _resolve(name: str, root: Path, exact: dict[str, Path], stems: dict[str, list[Path]],
-             names: dict[str, list[Path]]) -> tuple[str | None, Path | None]:
+def _resolve(
+    name: str, root: Path, exact: dict[str, Path], stems: dict[str, list[Path]], names: dict[str, list[Path]]
+) -> tuple[str | None, Path | None]:
     """(None, file) for a table's image name, else (reason, None): the file at that path relative
     to root, else the one there with that name plus a suffix, else (a name without a folder) the
     one file anywhere under root with that name, with or without its suffix."""
@@ -313,10 +371,17 @@ def _resolve(name: str, root: Path, exact: dict[str, Path], stems: dict[str, lis
 
 def row_kind(reason: str) -> str:
     """A skipped row's reason, in a word, for the counts."""
-    for key, kind in (("no image file", "missing image"), ("ambiguous", "ambiguous name"), ("no image name", "no name"),
-                      ("neither majority", "label in neither list"), ("another label", "conflicting labels"),
-                      ("listed again", "listed again"), ("no class:", "no class"), ("several classes", "several classes"),
-                      ("not 0 or 1", "not 0 or 1")):
+    for key, kind in (
+        ("no image file", "missing image"),
+        ("ambiguous", "ambiguous name"),
+        ("no image name", "no name"),
+        ("neither majority", "label in neither list"),
+        ("another label", "conflicting labels"),
+        ("listed again", "listed again"),
+        ("no class:", "no class"),
+        ("several classes", "several classes"),
+        ("not 0 or 1", "not 0 or 1"),
+    ):
         if key in reason:
             return kind
     return "other"

@@ -13,6 +13,7 @@ patterns and what they matched, groups of copies and near-duplicates, the manife
 keeps the text; `images.unescape_name` opens it).
 Same params and same files give byte-identical outputs.
 """
+
 from __future__ import annotations
 
 import csv
@@ -48,8 +49,9 @@ MANIFEST_COLUMNS = ("path", "label", "split", "source_class", "sha256")
 Group = list[tuple[str, Path]]  # files of one content: [(source_class, path)], sorted by path
 
 
-def content_groups(usable: dict[int, list[tuple[str, Path]]], hashes: dict[str, str] | None = None
-                   ) -> dict[int, list[Group]]:
+def content_groups(
+    usable: dict[int, list[tuple[str, Path]]], hashes: dict[str, str] | None = None
+) -> dict[int, list[Group]]:
     """Per label, the usable files grouped by content: byte-identical copies (same sha256 in
     `hashes`, keyed by posix path) are one group; without hashes every file is its own group.
     Groups are sorted by their first path. Raises DataError when one content would carry both
@@ -63,8 +65,10 @@ def content_groups(usable: dict[int, list[tuple[str, Path]]], hashes: dict[str, 
     if both:
         shown = "; ".join(" = ".join(f"{_text(p)} ({cls})" for _, cls, p in g) for g in both[:3])
         more = f", and {len(both) - 3} more" if len(both) > 3 else ""
-        raise DataError(f"{len(both)} image(s) would carry both labels (the same content under the majority and "
-                        f"the minority): {shown}{more}; remove the copies or fix the class lists")
+        raise DataError(
+            f"{len(both)} image(s) would carry both labels (the same content under the majority and "
+            f"the minority): {shown}{more}; remove the copies or fix the class lists"
+        )
     groups: dict[int, list[Group]] = {0: [], 1: []}
     for members in by_key.values():
         groups[members[0][0]].append(sorted(((cls, p) for _, cls, p in members), key=lambda x: str(x[1])))
@@ -73,7 +77,9 @@ def content_groups(usable: dict[int, list[tuple[str, Path]]], hashes: dict[str, 
     return groups
 
 
-def disjoint_test_sets(pool: list[Group], size: int, replicates: int, seed: int, label: int, name: str) -> list[list[int]]:
+def disjoint_test_sets(
+    pool: list[Group], size: int, replicates: int, seed: int, label: int, name: str
+) -> list[list[int]]:
     """`replicates` disjoint sets of group indices holding exactly `size` files each, from one seeded
     order of the label's groups (the same for every replicate): `split.disjoint_test`. A group that
     does not fit the set being filled waits for the next one. Raises DataError naming the class when
@@ -90,9 +96,11 @@ def disjoint_test_sets(pool: list[Group], size: int, replicates: int, seed: int,
                 rest.append(idx)
         if room:
             files = sum(len(g) for g in pool)
-            raise DataError(f"split.disjoint_test: class {name} has {files} usable images, {replicates} disjoint test "
-                            f"sets of {size} need {replicates * size} (filled {r}); lower the replicates or the test "
-                            "count, or set split.disjoint_test: false")
+            raise DataError(
+                f"split.disjoint_test: class {name} has {files} usable images, {replicates} disjoint test "
+                f"sets of {size} need {replicates * size} (filled {r}); lower the replicates or the test "
+                "count, or set split.disjoint_test: false"
+            )
         chunks.append(chunk)
         waiting = rest
     return chunks
@@ -106,9 +114,17 @@ def disjoint_for(split: SplitConfig, label: int) -> bool:
     return split.disjoint_test is True or (split.disjoint_test == "majority" and label == 0)
 
 
-def draw_split(usable: dict[int, list[tuple[str, Path]]], split: SplitConfig, names: tuple[str, str],
-               sources: tuple[str, str], replicate: int = 0, hashes: dict[str, str] | None = None,
-               replicates: int = 1, group_of: dict[str, str] | None = None, by: str = "group") -> list[dict]:
+def draw_split(
+    usable: dict[int, list[tuple[str, Path]]],
+    split: SplitConfig,
+    names: tuple[str, str],
+    sources: tuple[str, str],
+    replicate: int = 0,
+    hashes: dict[str, str] | None = None,
+    replicates: int = 1,
+    group_of: dict[str, str] | None = None,
+    by: str = "group",
+) -> list[dict]:
     """Seeded, disjoint train/val/test rows with exactly the requested counts per label.
 
     Files are drawn as content groups (`content_groups`): a group of byte-identical copies goes
@@ -130,14 +146,18 @@ def draw_split(usable: dict[int, list[tuple[str, Path]]], split: SplitConfig, na
         files = sum(len(g) for g in pool)
         distinct = "" if files == len(pool) else f" ({len(pool)} distinct contents)"
         if files < sum(need):
-            raise DataError(f"class {names[label]} ({sources[label]}) has {files} usable images{distinct}, the split "
-                            f"needs {sum(need)} ({' + '.join(f'{n} {s}' for n, s in zip(need, SPLITS))})")
+            raise DataError(
+                f"class {names[label]} ({sources[label]}) has {files} usable images{distinct}, the split "
+                f"needs {sum(need)} ({' + '.join(f'{n} {s}' for n, s in zip(need, SPLITS))})"
+            )
         # One generator per label, so changing the minority counts never reshuffles the majority.
         order: np.ndarray | list[int] = np.random.default_rng([split.seed, replicate, label]).permutation(len(pool))
         room = list(need)
         disjoint = disjoint_for(split, label)
         if disjoint:
-            test = disjoint_test_sets(pool, need[2], replicates, split.seed, label, f"{names[label]} ({sources[label]})")
+            test = disjoint_test_sets(
+                pool, need[2], replicates, split.seed, label, f"{names[label]} ({sources[label]})"
+            )
             mine = set(test[replicate])
             order = [i for i in test[replicate]] + [i for i in order if i not in mine]
             room = [0, 0, need[2]]  # the test set first, then train and val from the rest
@@ -151,14 +171,18 @@ def draw_split(usable: dict[int, list[tuple[str, Path]]], split: SplitConfig, na
                 if fits is None:
                     continue
                 room[fits] -= len(pool[idx])
-                rows += [{"path": _text(path), "label": label, "split": SPLITS[fits], "source_class": cls}
-                         for cls, path in pool[idx]]
+                rows += [
+                    {"path": _text(path), "label": label, "split": SPLITS[fits], "source_class": cls}
+                    for cls, path in pool[idx]
+                ]
             if disjoint and step == (2,):
                 room = [need[0], need[1], 0]
         if any(room):
-            raise DataError(f"class {names[label]} ({sources[label]}): groups of copies or near-duplicates{distinct} cannot "
-                            f"fill the split's exact counts ({' + '.join(f'{n} {s}' for n, s in zip(need, SPLITS))}); "
-                            "remove the copies or lower the counts")
+            raise DataError(
+                f"class {names[label]} ({sources[label]}): groups of copies or near-duplicates{distinct} cannot "
+                f"fill the split's exact counts ({' + '.join(f'{n} {s}' for n, s in zip(need, SPLITS))}); "
+                "remove the copies or lower the counts"
+            )
     rows.sort(key=lambda r: (SPLITS.index(r["split"]), r["label"], r["path"]))
     return rows
 
@@ -181,8 +205,9 @@ def split_dir(splits_dir: Path, dataset: str, replicate: int) -> Path:
     return Path(splits_dir) / dataset / str(replicate)
 
 
-def prepare_dataset(ds: DatasetConfig, split: SplitConfig, out_root: Path, progress: bool = True,
-                    replicates: int = 1) -> list[dict]:
+def prepare_dataset(
+    ds: DatasetConfig, split: SplitConfig, out_root: Path, progress: bool = True, replicates: int = 1
+) -> list[dict]:
     """Collect and validate once, then split and write manifest.csv + split.json per replicate;
     returns the summaries (one per replicate)."""
     found = collect(ds, progress=progress)
@@ -191,24 +216,48 @@ def prepare_dataset(ds: DatasetConfig, split: SplitConfig, out_root: Path, progr
     # every usable file's content hash before drawing: copies are drawn together (draw_split)
     paths = sorted({_text(p) for label in LABELS for _, p in found.usable[label]})
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        hashes = dict(zip(paths, tqdm(pool.map(lambda t: sha256_file(unescape_name(t)), paths), total=len(paths),
-                                      desc=f"hash {ds.name}", unit="img", disable=not progress)))
+        hashes = dict(
+            zip(
+                paths,
+                tqdm(
+                    pool.map(lambda t: sha256_file(unescape_name(t)), paths),
+                    total=len(paths),
+                    desc=f"hash {ds.name}",
+                    unit="img",
+                    disable=not progress,
+                ),
+            )
+        )
     content_groups(found.usable, hashes)  # refuses one content under both labels, before any grouping
     keys, near = hashes, None
     if split.near_duplicates is not None:
         keys, across = near_duplicate_keys(found.usable, hashes, split.near_duplicates, progress, decode_options(ds))
         near = {"method": NEAR_METHOD, "max_distance": split.near_duplicates, "across_labels": across}
     with explained(ds, found, out_root):  # a refused draw also says why rows and files were not usable
-        draws = [draw_split(found.usable, split, found.names, sources, r, keys, replicates,  # type: ignore[arg-type]
-                            found.groups, group_by(ds) or "") for r in range(replicates)]
-    copies = [[_text(p) for _, p in g] for label in LABELS
-              for g in content_groups(found.usable, keys)[label] if len(g) > 1]
+        draws = [
+            draw_split(
+                found.usable,
+                split,
+                found.names,
+                sources,  # type: ignore[arg-type]
+                r,
+                keys,
+                replicates,
+                found.groups,
+                group_by(ds) or "",
+            )
+            for r in range(replicates)
+        ]
+    copies = [
+        [_text(p) for _, p in g] for label in LABELS for g in content_groups(found.usable, keys)[label] if len(g) > 1
+    ]
     # every replicate is written into a hidden folder that then replaces <out>/<dataset> at once: a
     # failure half-way (a full disk, a kill) leaves the earlier set as it was, never a mixed one
     dest = Path(out_root) / ds.name
     with temporary_dir(dest) as tmp:
-        summaries = [_write_split(ds, split, tmp, found, rows, hashes, r, copies, near, decoding)
-                     for r, rows in enumerate(draws)]
+        summaries = [
+            _write_split(ds, split, tmp, found, rows, hashes, r, copies, near, decoding) for r, rows in enumerate(draws)
+        ]
         replace_dir(tmp, dest)
     return summaries
 
@@ -227,36 +276,58 @@ def decoding_record(ds: DatasetConfig, found: Collection) -> dict:
     infos = {p: found.decoded[p] for label in LABELS for _, p in found.usable[label] if p in found.decoded}
     # an "image maximum" range always records its depth (significant is an int there)
     inferred = cast("Counter[int]", Counter(i.significant for i in infos.values() if i.source == "image maximum"))
-    fix = (f"set intensity in datasets.{ds.name} of params.yaml, or --set datasets.{ds.name}.intensity=")
+    fix = f"set intensity in datasets.{ds.name} of params.yaml, or --set datasets.{ds.name}.intensity="
     if ds.intensity == "auto" and len(inferred) > 1:
         looks = ", ".join(f"{n} look {b}-bit" for b, n in sorted(inferred.items()))
         floats = sum(i.kind == "f" for i in infos.values())
-        also = (f" ({floats} float images among them would need a data set of their own: one range cannot hold "
-                "both)") if floats else ""
-        raise DataError(f"dataset {ds.name}: {sum(inferred.values())} images record no bit depth and their maxima "
-                        f"imply different depths ({looks}), so intensity auto would scale each its own way; "
-                        f"{fix}[0,{2 ** max(inferred) - 1}] (the largest depth's range) or container{also}")
+        also = (
+            (f" ({floats} float images among them would need a data set of their own: one range cannot hold both)")
+            if floats
+            else ""
+        )
+        raise DataError(
+            f"dataset {ds.name}: {sum(inferred.values())} images record no bit depth and their maxima "
+            f"imply different depths ({looks}), so intensity auto would scale each its own way; "
+            f"{fix}[0,{2 ** max(inferred) - 1}] (the largest depth's range) or container{also}"
+        )
     blank = {p: i for p, i in infos.items() if i.blank}
     if blank:
         path, info = next(iter(sorted(blank.items())))
         assert info.data is not None  # `blank` is only true with the image's own range
-        rule: str | tuple[float, float] = (ds.intensity if isinstance(ds.intensity, str)
-                                           else "[{:g}, {:g}]".format(*ds.intensity))
-        raise DataError(f"dataset {ds.name}: {len(blank)} images would train as blank images under intensity "
-                        f"{rule}: their values fall outside it or within one of its 256 levels (e.g. "
-                        f"{escape_name(path)}: {info.label}, values {info.data[0]:g}..{info.data[1]:g}); "
-                        f"{fix}[lo,hi] with a range that holds them, or give them a data set of their own")
+        rule: str | tuple[float, float] = (
+            ds.intensity if isinstance(ds.intensity, str) else "[{:g}, {:g}]".format(*ds.intensity)
+        )
+        raise DataError(
+            f"dataset {ds.name}: {len(blank)} images would train as blank images under intensity "
+            f"{rule}: their values fall outside it or within one of its 256 levels (e.g. "
+            f"{escape_name(path)}: {info.label}, values {info.data[0]:g}..{info.data[1]:g}); "
+            f"{fix}[lo,hi] with a range that holds them, or give them a data set of their own"
+        )
     rule = dataset_auto(set(inferred)) if ds.intensity == "auto" else ds.intensity
-    return {"intensity": rule, "max_pixels": ds.max_pixels, "decoded": {
-        "counts": dict(sorted(Counter(i.label for i in infos.values()).items())),
-        "high_bit_depth": sum(i.deep for i in infos.values()),
-        "own_range": sum(i.source == "image min..max" for i in infos.values()),
-        "inferred_depths": {str(b): n for b, n in sorted(inferred.items())}}}
+    return {
+        "intensity": rule,
+        "max_pixels": ds.max_pixels,
+        "decoded": {
+            "counts": dict(sorted(Counter(i.label for i in infos.values()).items())),
+            "high_bit_depth": sum(i.deep for i in infos.values()),
+            "own_range": sum(i.source == "image min..max" for i in infos.values()),
+            "inferred_depths": {str(b): n for b, n in sorted(inferred.items())},
+        },
+    }
 
 
-def _write_split(ds: DatasetConfig, split: SplitConfig, folder: Path, found: Collection, rows: list[dict],
-                 hashes: dict[str, str], replicate: int, copies: list[list[str]], near: dict | None,
-                 decoding: dict) -> dict:
+def _write_split(
+    ds: DatasetConfig,
+    split: SplitConfig,
+    folder: Path,
+    found: Collection,
+    rows: list[dict],
+    hashes: dict[str, str],
+    replicate: int,
+    copies: list[list[str]],
+    near: dict | None,
+    decoding: dict,
+) -> dict:
     for row in rows:
         row["sha256"] = hashes[row["path"]]
 
@@ -286,8 +357,15 @@ def _write_split(ds: DatasetConfig, split: SplitConfig, folder: Path, found: Col
         "usable": dict(sorted(available.items())),
         "rejected": [{"path": escape_name(r.path), "reason": r.reason} for r in found.rejected],
         # byte-identical copies (and near-duplicates, when on), each group drawn whole into one split
-        "duplicate_groups": [{"sha256": hashes[g[0]], "paths": g, "split": split_of.get(g[0]),
-                              **({"near": True} if len({hashes[p] for p in g}) > 1 else {})} for g in copies],
+        "duplicate_groups": [
+            {
+                "sha256": hashes[g[0]],
+                "paths": g,
+                "split": split_of.get(g[0]),
+                **({"near": True} if len({hashes[p] for p in g}) > 1 else {}),
+            }
+            for g in copies
+        ],
         "near_duplicates": near,  # null: off (split.near_duplicates); else the method and its threshold
         "manifest_sha256": hashlib.sha256(manifest.encode()).hexdigest(),
         **decoding,  # intensity, max_pixels (training decodes with them) and what the images hold

@@ -16,6 +16,7 @@ csv dataset through it).
 
 Raises DataError (one line) naming the encoding and separator found and the option to set.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -36,8 +37,13 @@ SEPARATORS = (",", ";", "\t", "|")
 SEPARATOR_WORDS = {"tab": "\t", "\\t": "\t"}  # how a tab is written in params.yaml or --set
 FALLBACK = "cp1252"  # Excel's "CSV" on Western Windows
 # UTF-32's marks first: UTF-32-LE's starts with UTF-16-LE's
-_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
-         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _OPTIONS = "set table_separator and table_encoding if the table is written otherwise"
 
@@ -54,8 +60,9 @@ def separator_of(option: str | None) -> str | None:
     return SEPARATOR_WORDS.get(option, option) if option else None
 
 
-def read(path: Path, where: str, needed: list[str], separator: str | None = None,
-         encoding: str | None = None) -> tuple[pd.DataFrame, dict]:
+def read(
+    path: Path, where: str, needed: list[str], separator: str | None = None, encoding: str | None = None
+) -> tuple[pd.DataFrame, dict]:
     """The table as text cells (header stripped) and how it was read; `where` starts each message."""
     try:
         raw = path.read_bytes()
@@ -68,8 +75,11 @@ def read(path: Path, where: str, needed: list[str], separator: str | None = None
     if separator:
         seps, sep_from = [cast(str, separator_of(separator))], "table_separator"  # a str: `separator` is set
     else:
-        seps = list(dict.fromkeys([*([sniffed] if sniffed else []), *(("\t",) if path.suffix.lower() == ".tsv" else ()),
-                                   *SEPARATORS]))
+        seps = list(
+            dict.fromkeys(
+                [*([sniffed] if sniffed else []), *(("\t",) if path.suffix.lower() == ".tsv" else ()), *SEPARATORS]
+            )
+        )
         sep_from = "sniffed"
     sep = next((s for s in seps if set(needed) <= set(_header(text, s))), seps[0])
     if sep != sniffed and sep_from == "sniffed":
@@ -80,8 +90,9 @@ def read(path: Path, where: str, needed: list[str], separator: str | None = None
     except pd.errors.EmptyDataError:
         raise DataError(f"{where} is empty") from None
     except (pd.errors.ParserError, csv.Error) as exc:
-        raise DataError(f"{where} cannot be read as CSV ({' '.join(str(exc).split())}); {read_as(how)}: "
-                        f"{_OPTIONS}") from None
+        raise DataError(
+            f"{where} cannot be read as CSV ({' '.join(str(exc).split())}); {read_as(how)}: {_OPTIONS}"
+        ) from None
     df.columns = [str(c).strip() for c in df.columns]
     return df, how
 
@@ -89,8 +100,10 @@ def read(path: Path, where: str, needed: list[str], separator: str | None = None
 def read_as(how: dict) -> str:
     """`read as cp1252 (fallback: not UTF-8), separator ';' (sniffed)`, for messages."""
     notes = {"fallback": " (fallback: not UTF-8)", "BOM": " (byte-order mark)"}
-    return (f"read as {how['encoding']}{notes.get(how['encoding_from'], '')}, separator {how['separator']!r} "
-            f"({how['separator_from']})")
+    return (
+        f"read as {how['encoding']}{notes.get(how['encoding_from'], '')}, separator {how['separator']!r} "
+        f"({how['separator_from']})"
+    )
 
 
 def _decode(raw: bytes, where: str, encoding: str | None) -> tuple[str, str, str]:
@@ -99,18 +112,24 @@ def _decode(raw: bytes, where: str, encoding: str | None) -> tuple[str, str, str
         try:
             return raw.decode(encoding), encoding, "table_encoding"
         except UnicodeDecodeError as exc:
-            raise DataError(f"{where} is not {encoding} (table_encoding): {_bad(exc)}{_guess(raw)}; set "
-                            "table_encoding to its encoding, or null to detect it") from None
+            raise DataError(
+                f"{where} is not {encoding} (table_encoding): {_bad(exc)}{_guess(raw)}; set "
+                "table_encoding to its encoding, or null to detect it"
+            ) from None
     for bom, codec in _BOMS:
         if raw.startswith(bom):
             try:
                 return raw.decode(codec), codec, "BOM"
             except UnicodeDecodeError as exc:
-                raise DataError(f"{where} starts with a {codec} byte-order mark but is not {codec} ({_bad(exc)}); "
-                                "set table_encoding to its encoding") from None
+                raise DataError(
+                    f"{where} starts with a {codec} byte-order mark but is not {codec} ({_bad(exc)}); "
+                    "set table_encoding to its encoding"
+                ) from None
     if b"\x00" in raw:  # UTF-16/32 without a mark decodes as UTF-8 full of NULs: never guess that
-        raise DataError(f"{where} holds NUL bytes and no byte-order mark (UTF-16 or UTF-32 without one?"
-                        f"{_guess(raw, ' ')}); set table_encoding (e.g. utf-16-le)")
+        raise DataError(
+            f"{where} holds NUL bytes and no byte-order mark (UTF-16 or UTF-32 without one?"
+            f"{_guess(raw, ' ')}); set table_encoding (e.g. utf-16-le)"
+        )
     try:
         return raw.decode("utf-8"), "utf-8", "UTF-8"
     except UnicodeDecodeError as exc:
@@ -118,8 +137,10 @@ def _decode(raw: bytes, where: str, encoding: str | None) -> tuple[str, str, str
     try:
         return raw.decode(FALLBACK), FALLBACK, "fallback"
     except UnicodeDecodeError as exc:
-        raise DataError(f"{where} is neither UTF-8 ({_bad(not_utf8)}) nor {FALLBACK} ({_bad(exc)}){_guess(raw)}; "
-                        "set table_encoding to its encoding (e.g. cp1250, latin-1, shift_jis)") from None
+        raise DataError(
+            f"{where} is neither UTF-8 ({_bad(not_utf8)}) nor {FALLBACK} ({_bad(exc)}){_guess(raw)}; "
+            "set table_encoding to its encoding (e.g. cp1250, latin-1, shift_jis)"
+        ) from None
 
 
 def _bad(exc: UnicodeDecodeError) -> str:
@@ -128,7 +149,7 @@ def _bad(exc: UnicodeDecodeError) -> str:
 
 def _guess(raw: bytes, sep: str = "; ") -> str:
     """charset-normalizer's guess at an encoding, for a refusal's hint (never used to read)."""
-    best = from_bytes(raw[:1 << 16]).best()
+    best = from_bytes(raw[: 1 << 16]).best()
     return f"{sep}charset-normalizer guesses {best.encoding}" if best is not None else ""
 
 
@@ -175,6 +196,8 @@ def _one_hot(row: dict[str, str], classes: list[str], others: list[str]) -> tupl
     elsewhere = [c for c in others if label_key(row[c]) == 1]
     if elsewhere:
         label = "+".join(elsewhere)
-        return label, (f"label {label!r} is in neither majority nor minority (the row's 1 is in column "
-                       f"{', '.join(map(repr, elsewhere))})")
+        return label, (
+            f"label {label!r} is in neither majority nor minority (the row's 1 is in column "
+            f"{', '.join(map(repr, elsewhere))})"
+        )
     return "", f"no class: none of the columns {', '.join(map(repr, classes))} holds 1"

@@ -19,6 +19,7 @@ A `TrainPlan` draws the data order, augmentation (on tensors, on the plan's devi
 from its own seeded streams (`finalbn.config.seeds`): the same epoch gives the same inputs whoever asks,
 which is what lets cells share one pass of a frozen body.
 """
+
 from __future__ import annotations
 
 import functools
@@ -68,8 +69,13 @@ class SplitTensors:
     sources: tuple[str, ...] = ()
 
 
-def decode_images(paths: Sequence[str], image_size: int, progress: bool = False, intensity: Intensity = "auto",
-                  max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+def decode_images(
+    paths: Sequence[str],
+    image_size: int,
+    progress: bool = False,
+    intensity: Intensity = "auto",
+    max_pixels: int = MAX_PIXELS,
+) -> torch.Tensor:
     """(N, 3, image_size, image_size) uint8 images of `paths` as manifests write them (escaped
     names, `images.unescape_name`), decoded with `intensity` (a JPEG at reduced scale for
     image_size, as the field does). Raises images.BadImage for a file that cannot be used."""
@@ -111,27 +117,37 @@ def decoded_cache_path(manifest: str | Path, image_size: int, intensity: Intensi
     return cache_root() / "decoded" / f"{sha256_file(manifest)[:32]}-{image_size}-{rule}-{_decoder_version()}.pt"
 
 
-def _decode_manifest(manifest: str, image_size: int, progress: bool, intensity: Intensity,
-                     max_pixels: int) -> dict[str, SplitTensors]:
+def _decode_manifest(
+    manifest: str, image_size: int, progress: bool, intensity: Intensity, max_pixels: int
+) -> dict[str, SplitTensors]:
     rows = read_manifest(manifest)
     out = {}
     for split in SPLITS:
         part = [r for r in rows if r["split"] == split]
         paths = tuple(r["path"] for r in part)
-        out[split] = SplitTensors(decode_images(paths, image_size, progress, intensity, max_pixels),
-                                  torch.tensor([r["label"] for r in part], dtype=torch.int64), paths,
-                                  tuple(r.get("source_class", "") for r in part))
+        out[split] = SplitTensors(
+            decode_images(paths, image_size, progress, intensity, max_pixels),
+            torch.tensor([r["label"] for r in part], dtype=torch.int64),
+            paths,
+            tuple(r.get("source_class", "") for r in part),
+        )
     return out
 
 
 def _read_cache(path: Path, image_size: int) -> dict[str, SplitTensors] | None:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
-        out = {s: SplitTensors(raw[s]["images"], raw[s]["labels"], tuple(raw[s]["paths"]), tuple(raw[s]["sources"]))
-               for s in SPLITS}
+        out = {
+            s: SplitTensors(raw[s]["images"], raw[s]["labels"], tuple(raw[s]["paths"]), tuple(raw[s]["sources"]))
+            for s in SPLITS
+        }
         for s in out.values():
-            if s.images.dtype != torch.uint8 or tuple(s.images.shape[1:]) != (3, image_size, image_size) \
-                    or len(s.images) != len(s.labels) or len(s.paths) != len(s.labels):
+            if (
+                s.images.dtype != torch.uint8
+                or tuple(s.images.shape[1:]) != (3, image_size, image_size)
+                or len(s.images) != len(s.labels)
+                or len(s.paths) != len(s.labels)
+            ):
                 raise ValueError("tensor shapes do not match")
         return out
     except Exception as exc:  # a truncated or foreign file: decode again and replace it
@@ -141,13 +157,19 @@ def _read_cache(path: Path, image_size: int) -> dict[str, SplitTensors] | None:
 
 def _write_cache(path: Path, splits: dict[str, SplitTensors]) -> None:
     with atomic_path(path) as tmp:  # a concurrent reader sees the old file or the whole new one
-        torch.save({s: {"images": t.images, "labels": t.labels, "paths": list(t.paths), "sources": list(t.sources)}
-                    for s, t in splits.items()}, tmp)
+        torch.save(
+            {
+                s: {"images": t.images, "labels": t.labels, "paths": list(t.paths), "sources": list(t.sources)}
+                for s, t in splits.items()
+            },
+            tmp,
+        )
 
 
 @functools.lru_cache(maxsize=4)
-def _load_cached(manifest: str, mtime_ns: int, image_size: int, progress: bool, intensity: Intensity,
-                 max_pixels: int) -> dict[str, SplitTensors]:
+def _load_cached(
+    manifest: str, mtime_ns: int, image_size: int, progress: bool, intensity: Intensity, max_pixels: int
+) -> dict[str, SplitTensors]:
     path = decoded_cache_path(manifest, image_size, intensity)
     if path.is_file():
         got = _read_cache(path, image_size)
@@ -183,13 +205,14 @@ def augment_transform(aug: AugmentConfig) -> v2.Transform:
     steps: list[v2.Transform] = [v2.RandomHorizontalFlip()]
     if aug.flip_vertical:
         steps.append(v2.RandomVerticalFlip())
-    steps += [v2.RandomAffine(degrees=aug.rotate, scale=(1.0, aug.zoom)),
-              v2.ColorJitter(brightness=aug.lighting, contrast=aug.lighting)]
+    steps += [
+        v2.RandomAffine(degrees=aug.rotate, scale=(1.0, aug.zoom)),
+        v2.ColorJitter(brightness=aug.lighting, contrast=aug.lighting),
+    ]
     return v2.Compose(steps)
 
 
-def train_transform(aug: AugmentConfig | None, mean: Stats = IMAGENET_MEAN,
-                    std: Stats = IMAGENET_STD) -> v2.Transform:
+def train_transform(aug: AugmentConfig | None, mean: Stats = IMAGENET_MEAN, std: Stats = IMAGENET_STD) -> v2.Transform:
     """The augmentation (when `aug` is given) followed by the eval transform."""
     if aug is None:
         return eval_transform(mean, std)
@@ -326,9 +349,16 @@ class TensorImages(Dataset):
         return self.transform(self.split.images[i]), self.split.labels[i]
 
 
-def make_loaders(splits: dict[str, SplitTensors], batch_size: int, augment: AugmentConfig | None, seed: int,
-                 num_workers: int = 0, pin_memory: bool = False, mean: Stats = IMAGENET_MEAN,
-                 std: Stats = IMAGENET_STD) -> dict[str, DataLoader]:
+def make_loaders(
+    splits: dict[str, SplitTensors],
+    batch_size: int,
+    augment: AugmentConfig | None,
+    seed: int,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    mean: Stats = IMAGENET_MEAN,
+    std: Stats = IMAGENET_STD,
+) -> dict[str, DataLoader]:
     """DataLoaders over split tensors (the pretrain stage's multi-class training): train
     (shuffled, seeded; augmented when `augment` is given) and val/test, normalised with the body's
     `mean` / `std`. The train loader never yields a batch of 1."""
@@ -338,11 +368,24 @@ def make_loaders(splits: dict[str, SplitTensors], batch_size: int, augment: Augm
     # A lone last sample would make BatchNorm raise in train mode ("Expected more than 1 value").
     drop_last = len(train.labels) % batch_size == 1
     gen = torch.Generator().manual_seed(seed)
-    loaders = {"train": DataLoader(TensorImages(train, train_transform(augment, mean, std)), batch_size=batch_size,
-                                   shuffle=True, drop_last=drop_last, generator=gen,
-                                   num_workers=num_workers, pin_memory=pin_memory)}
+    loaders = {
+        "train": DataLoader(
+            TensorImages(train, train_transform(augment, mean, std)),
+            batch_size=batch_size,
+            shuffle=True,
+            drop_last=drop_last,
+            generator=gen,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+        )
+    }
     for name in ("val", "test"):
         if name in splits:
-            loaders[name] = DataLoader(TensorImages(splits[name], eval_transform(mean, std)), batch_size=max(batch_size, 128),
-                                       shuffle=False, num_workers=num_workers, pin_memory=pin_memory)
+            loaders[name] = DataLoader(
+                TensorImages(splits[name], eval_transform(mean, std)),
+                batch_size=max(batch_size, 128),
+                shuffle=False,
+                num_workers=num_workers,
+                pin_memory=pin_memory,
+            )
     return loaders

@@ -12,6 +12,7 @@ happened, and a tracking server that did not answer through MLflow's retries
 (`server_unreachable`). Each is re-exported where it is raised (`splits.DataError`,
 `models.WeightsError`, `engine.TrainingDiverged`).
 """
+
 from __future__ import annotations
 
 import errno
@@ -29,12 +30,15 @@ DISK_IO = "disk I/O error (a full disk, a quota, a file-size limit or a failing 
 # The same failures where a library reports them as text (SQLite: "database or disk is full", "attempt
 # to write a readonly database", and "disk I/O error" when a write past a file-size limit or quota fails;
 # torch.save: "file write failed" only says so through its errno text).
-_STORAGE_TEXT = (("database or disk is full", STORAGE_ERRNOS[errno.ENOSPC]),
-                 ("no space left on device", STORAGE_ERRNOS[errno.ENOSPC]),
-                 ("disk quota exceeded", STORAGE_ERRNOS[errno.EDQUOT]),
-                 ("read-only file system", STORAGE_ERRNOS[errno.EROFS]),
-                 ("readonly database", STORAGE_ERRNOS[errno.EROFS]),
-                 ("file too large", STORAGE_ERRNOS[errno.EFBIG]), ("disk i/o error", DISK_IO))
+_STORAGE_TEXT = (
+    ("database or disk is full", STORAGE_ERRNOS[errno.ENOSPC]),
+    ("no space left on device", STORAGE_ERRNOS[errno.ENOSPC]),
+    ("disk quota exceeded", STORAGE_ERRNOS[errno.EDQUOT]),
+    ("read-only file system", STORAGE_ERRNOS[errno.EROFS]),
+    ("readonly database", STORAGE_ERRNOS[errno.EROFS]),
+    ("file too large", STORAGE_ERRNOS[errno.EFBIG]),
+    ("disk i/o error", DISK_IO),
+)
 WRITING = "writing "  # the note `io.atomic_path` adds to a failed write: "writing <path>"
 
 
@@ -73,8 +77,11 @@ def storage_full(exc: BaseException) -> tuple[str, str | None] | None:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        path = path or getattr(e, "filename", None) or next(
-            (n[len(WRITING):] for n in getattr(e, "__notes__", ()) if n.startswith(WRITING)), None)
+        path = (
+            path
+            or getattr(e, "filename", None)
+            or next((n[len(WRITING) :] for n in getattr(e, "__notes__", ()) if n.startswith(WRITING)), None)
+        )
         if found is None:
             if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
                 found = (STORAGE_ERRNOS[e.errno], None)
@@ -95,11 +102,15 @@ _MLFLOW_ERROR = "mlflow.exceptions.MlflowException"
 # (not urllib3's MaxRetryError by itself: it also ends the retries of a server that answered 5xx)
 _NO_ANSWER = {"requests.exceptions.ConnectionError", "requests.exceptions.Timeout"}
 # the first of these found in the chain names why; else "connection failed"
-_WHY = (({"builtins.ConnectionRefusedError"}, "connection refused"),
-        ({"builtins.TimeoutError", "urllib3.exceptions.TimeoutError", "requests.exceptions.Timeout"}, "timed out"),
-        ({"socket.gaierror", "urllib3.exceptions.NameResolutionError"}, "host name not resolved"),
-        ({"builtins.ConnectionResetError", "http.client.RemoteDisconnected", "urllib3.exceptions.ProtocolError"},
-         "connection dropped"))
+_WHY = (
+    ({"builtins.ConnectionRefusedError"}, "connection refused"),
+    ({"builtins.TimeoutError", "urllib3.exceptions.TimeoutError", "requests.exceptions.Timeout"}, "timed out"),
+    ({"socket.gaierror", "urllib3.exceptions.NameResolutionError"}, "host name not resolved"),
+    (
+        {"builtins.ConnectionResetError", "http.client.RemoteDisconnected", "urllib3.exceptions.ProtocolError"},
+        "connection dropped",
+    ),
+)
 RETRIES_VAR, MLFLOW_DEFAULT_RETRIES = "MLFLOW_HTTP_REQUEST_MAX_RETRIES", 7  # MLflow 3's default
 
 
@@ -123,7 +134,7 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 
 def server_unreachable(exc: BaseException) -> str | None:
-    """"the tracking server <url> did not answer (<why>; <n> tries, MLFLOW_HTTP_REQUEST_MAX_RETRIES=<r>)"
+    """ "the tracking server <url> did not answer (<why>; <n> tries, MLFLOW_HTTP_REQUEST_MAX_RETRIES=<r>)"
     when `exc` or its chain is MLflow's REST client giving up on a server that refused, dropped or
     timed out every try: an MlflowException over requests' ConnectionError or Timeout. The url is
     urllib3's pool's (left out where there is none); the tries are what the setting allows. None for
@@ -134,8 +145,14 @@ def server_unreachable(exc: BaseException) -> str | None:
         return None
     why = next((w for keys, w in _WHY if any(keys & n for n in names)), "connection failed")
     # urllib3's MaxRetryError carries `pool`; the getattr checks say which exceptions have one
-    pool = next((cast(Any, e).pool for e in chain
-                 if getattr(e, "pool", None) is not None and getattr(cast(Any, e).pool, "host", None)), None)
+    pool = next(
+        (
+            cast(Any, e).pool
+            for e in chain
+            if getattr(e, "pool", None) is not None and getattr(cast(Any, e).pool, "host", None)
+        ),
+        None,
+    )
     where = f" {pool.scheme}://{pool.host}:{pool.port}" if pool is not None else ""
     try:
         retries = int(os.environ.get(RETRIES_VAR, MLFLOW_DEFAULT_RETRIES))

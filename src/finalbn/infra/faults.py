@@ -10,6 +10,7 @@ point costs one dictionary lookup. The technique is that of failpoints in databa
 (FoundationDB's `BUGGIFY`, etcd's gofail, TiKV's fail-rs): the production code path, stopped
 at a named place. The points, in pipeline order, are in POINTS (tests/test_faults.py kills at them).
 """
+
 from __future__ import annotations
 
 import os

@@ -9,6 +9,7 @@ computes a cell re-runs it), each dvc.yaml stage's code deps (tests/test_structu
 against this closure), and the structural rules of the package. Importing a submodule runs its
 packages' `__init__` too, so those count.
 """
+
 from __future__ import annotations
 
 import ast
@@ -97,7 +98,7 @@ def _absolute(node: ast.ImportFrom, here: str, is_pkg: bool) -> str | None:
     if not node.level:
         return node.module
     parts = here.split(".") if is_pkg else here.split(".")[:-1]
-    parts = parts[:len(parts) - (node.level - 1)]
+    parts = parts[: len(parts) - (node.level - 1)]
     return ".".join(parts + ([node.module] if node.module else []))
 
 
@@ -136,7 +137,11 @@ def code_text(source: str) -> str:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                    and isinstance(body[0].value.value, str):
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
                 node.body = body[1:] or [ast.Pass()]
     return ast.dump(tree)

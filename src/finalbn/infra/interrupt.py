@@ -23,6 +23,7 @@ trial fails with it, and the command says "error"), and one that lands while `ac
 renames away the lock another process holds. With the signal sent to a whole process group (a
 terminal's Ctrl-C) every search worker meets it, so one of them inside a journal append is likely.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -55,10 +56,12 @@ def deliver() -> None:
 def quiet(hook):
     """`sys.unraisablehook` that drops a KeyboardInterrupt this process received as a Ctrl-C (it is
     remembered, and `deliver`/`pending` hand it over) and passes anything else to `hook`."""
+
     def unraisable(info) -> None:
         if _state["received"] and info.exc_type is not None and issubclass(info.exc_type, KeyboardInterrupt):
             return
         hook(info)
+
     return unraisable
 
 

@@ -16,6 +16,7 @@ was. On an exception the temporary file is removed and the exception propagates.
 killed with SIGKILL cannot remove its temporary: the next write to the same path (or the next
 `temporary_dir` there) removes the ones whose process is gone (`sweep`).
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -6,9 +6,10 @@
 A process is named by its host, pid and start time (`psutil.Process.create_time`), so a pid
 the system gave to another process since is told apart. Only a process on this host can be
 checked; for one elsewhere `gone` says None (the caller decides: a lease, a heartbeat).
-Used by the search's trials (`stages/search/liveness.py`) and by the tracking store's runs
+Used by the search's trials (`stages/search/lease.py`) and by the tracking store's runs
 (a RUNNING run whose process is gone is marked KILLED: `tracking.store.reap`).
 """
+
 from __future__ import annotations
 
 import os

@@ -20,6 +20,7 @@ Used by the training engine as::
 they are missing: `WeightsError` says which file to fetch) or a path to a `.pt` state_dict of the
 full model of the same arch.
 """
+
 from __future__ import annotations
 
 from finalbn.models.head import AdaptiveConcatPool2d, HeadOnFeatures, HeadSpec, create_head, final_bn_stats

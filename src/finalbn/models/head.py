@@ -11,6 +11,7 @@ and returns the logits [0, z]: their softmax is [1 − σ(z), σ(z)] and cross-e
 binary cross-entropy of a sigmoid output, so every later step (loss, class weights, metrics, ONNX,
 the field) stays as it is.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,10 +44,16 @@ class HeadSpec:
     def of(cls, model: ModelConfig, final: str) -> HeadSpec:
         """A cell's head: its `model` section with the final layer its switches chose
         (`config.final_layer`)."""
-        return cls(hidden=model.hidden, dropout=tuple(model.dropout), final=final,
-                   final_bn_momentum=model.final_bn_momentum, final_bn_eps=model.final_bn_eps,
-                   final_bn_affine=model.final_bn_affine, final_bias=model.final_bias,
-                   single_logit=model.single_logit)
+        return cls(
+            hidden=model.hidden,
+            dropout=tuple(model.dropout),
+            final=final,
+            final_bn_momentum=model.final_bn_momentum,
+            final_bn_eps=model.final_bn_eps,
+            final_bn_affine=model.final_bn_affine,
+            final_bias=model.final_bias,
+            single_logit=model.single_logit,
+        )
 
 
 def check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -78,8 +85,9 @@ class SigmoidAsSoftmax(nn.Module):
 DEFAULT_HEAD = HeadSpec()  # fastai v1's head with a final BN
 
 
-def create_head(nf: int, num_classes: int = 2, spec: HeadSpec = DEFAULT_HEAD, *,
-                seed: int | None = None) -> nn.Sequential:
+def create_head(
+    nf: int, num_classes: int = 2, spec: HeadSpec = DEFAULT_HEAD, *, seed: int | None = None
+) -> nn.Sequential:
     """fastai v1 `create_head(nf, nc, lin_ftrs=[hidden], ps=0.5, bn_final=...)` for `nf` body channels.
 
     pool(2nf) -> Flatten -> BN(2nf) -> Dropout(p0) -> Linear(2nf, hidden) -> ReLU -> BN(hidden)
@@ -104,8 +112,9 @@ def create_head(nf: int, num_classes: int = 2, spec: HeadSpec = DEFAULT_HEAD, *,
         layers += [nn.Dropout(dropout[1])]
     layers += [nn.Linear(hidden, width, bias=spec.final_bias)]  # (B, width) logits before the final layer
     if final == "bn":
-        layers += [nn.BatchNorm1d(width, eps=spec.final_bn_eps, momentum=spec.final_bn_momentum,
-                                  affine=spec.final_bn_affine)]
+        layers += [
+            nn.BatchNorm1d(width, eps=spec.final_bn_eps, momentum=spec.final_bn_momentum, affine=spec.final_bn_affine)
+        ]
     elif final == "selu":
         layers += [nn.SELU()]
     if single_logit:
@@ -137,8 +146,12 @@ def final_bn_stats(head: nn.Sequential, final: str) -> dict[str, float]:
     if final != "bn" or not isinstance(last, nn.BatchNorm1d):
         return {}
     out: dict[str, float] = {}
-    parts = {"running_mean": last.running_mean, "running_var": last.running_var, "gamma": last.weight,
-             "beta": last.bias}
+    parts = {
+        "running_mean": last.running_mean,
+        "running_var": last.running_var,
+        "gamma": last.weight,
+        "beta": last.bias,
+    }
     for name, t in parts.items():
         if t is not None:
             out.update({f"final_bn_{name}_{i}": float(v) for i, v in enumerate(t.detach().cpu().tolist())})
@@ -156,8 +169,11 @@ class HeadOnFeatures(nn.Module):
             raise ValueError("HeadOnFeatures needs a create_head head (concat pool, flatten, ...)")
         self.head = head
         self.final = final
-        self.num_classes = 2 if isinstance(head[-1], SigmoidAsSoftmax) else \
-            int(next(m for m in reversed(head) if isinstance(m, nn.Linear)).out_features)
+        self.num_classes = (
+            2
+            if isinstance(head[-1], SigmoidAsSoftmax)
+            else int(next(m for m in reversed(head) if isinstance(m, nn.Linear)).out_features)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for m in list(self.head)[2:]:

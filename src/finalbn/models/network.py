@@ -8,6 +8,7 @@ The body is frozen as fastai does when fine-tuning the head, with three ways of 
 BatchNorm layers (`BN_POLICIES`, logged with a run). Bodies are built on the meta device and then
 initialised or loaded (`weights`: "none", "imagenet" or a .pt state_dict path).
 """
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,17 @@ class FinalBNNet(nn.Module):
     In train mode every BatchNorm1d of the head needs a batch of at least 2.
     """
 
-    def __init__(self, body: nn.Module, head: nn.Sequential, *, bn_policy: str, arch: str = "",
-                 nf: int = 0, final: str = "bn", weights: str = "none") -> None:
+    def __init__(
+        self,
+        body: nn.Module,
+        head: nn.Sequential,
+        *,
+        bn_policy: str,
+        arch: str = "",
+        nf: int = 0,
+        final: str = "bn",
+        weights: str = "none",
+    ) -> None:
         super().__init__()
         check_choice("bn_policy", bn_policy, BN_POLICIES)
         self.body = body
@@ -80,8 +90,9 @@ class FinalBNNet(nn.Module):
         keys = [f"head.{k}" for k in self.head.state_dict()]
         if self.bn_policy != "frozen-eval":
             bn_ids = {id(m) for m in self._body_bns()}
-            keys += [f"body.{name}.{k}" for name, m in self.body.named_modules() if id(m) in bn_ids
-                     for k in m.state_dict()]
+            keys += [
+                f"body.{name}.{k}" for name, m in self.body.named_modules() if id(m) in bn_ids for k in m.state_dict()
+            ]
         return keys
 
     @property
@@ -97,9 +108,17 @@ class FinalBNNet(nn.Module):
         return final_bn_stats(self.head, self.final)
 
 
-def create_model(arch: str, *, weights: str | os.PathLike = "none", head: HeadSpec = DEFAULT_HEAD,
-                 num_classes: int = 2, unfreeze_bn: bool = False, frozen_bn: str = "eval", progress: bool = False,
-                 head_seed: int | None = None) -> FinalBNNet:
+def create_model(
+    arch: str,
+    *,
+    weights: str | os.PathLike = "none",
+    head: HeadSpec = DEFAULT_HEAD,
+    num_classes: int = 2,
+    unfreeze_bn: bool = False,
+    frozen_bn: str = "eval",
+    progress: bool = False,
+    head_seed: int | None = None,
+) -> FinalBNNet:
     """Build a frozen pretrained body with a fastai v1 head, e.g.::
 
         create_model("efficientnet_lite0", weights="imagenet", head=HeadSpec(final="bn"))
@@ -140,8 +159,7 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def _build_body(spec: ArchSpec, weights: str | os.PathLike, *,
-                progress: bool) -> tuple[nn.Module, str, int]:
+def _build_body(spec: ArchSpec, weights: str | os.PathLike, *, progress: bool) -> tuple[nn.Module, str, int]:
     """The body of `spec` with the requested weights, a short description of their source, and
     its output channels."""
     # Built on the meta device: VGG's 120M-parameter classifier would cost ~3 s and 0.5 GB to
@@ -176,7 +194,8 @@ def _build_body(spec: ArchSpec, weights: str | os.PathLike, *,
     if not looks_like_path(weights):
         raise WeightsError(
             f"weights must be 'none', 'imagenet' or a path to a .pt state_dict (got {str(weights)!r};"
-            f" 'synthetic' must be resolved to its pretrained .pt file before create_model)")
+            f" 'synthetic' must be resolved to its pretrained .pt file before create_model)"
+        )
     state = read_state_dict(path)
     load_body(full, body, state, where=f"weights file {path}", arch=spec.name)
     return body, str(path), nf

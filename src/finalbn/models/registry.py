@@ -13,6 +13,7 @@ weights, and normalise its input.
 Each spec carries its preprocessing (mean/std; the lite models were trained on [-1, 1] inputs):
 training, export and field inference read it from here, never from a global constant.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -52,14 +53,19 @@ class ArchSpec:
     def __call__(self, num_classes: int = 1000) -> nn.Module:
         """The full model with random weights and a `num_classes` classifier (the pretrain stage)."""
         if self.library == "timm":
-            return timm.create_model(self.name.replace("efficientnet", "tf_efficientnet"), pretrained=False,
-                                     num_classes=num_classes)
+            return timm.create_model(
+                self.name.replace("efficientnet", "tf_efficientnet"), pretrained=False, num_classes=num_classes
+            )
         return torchvision.models.get_model(self.name, weights=None, num_classes=num_classes)
 
     def preprocessing(self) -> dict[str, Any]:
         """What export and field inference need to feed this body as training did."""
-        return {"mean": list(self.mean), "std": list(self.std), "scale": "uint8 / 255",
-                "resize": "shorter side to image_size (bilinear), then centre crop image_size x image_size"}
+        return {
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "scale": "uint8 / 255",
+            "resize": "shorter side to image_size (bilinear), then centre crop image_size x image_size",
+        }
 
 
 def torchvision_body(full: nn.Module) -> nn.Module:
@@ -74,8 +80,10 @@ def torchvision_body(full: nn.Module) -> nn.Module:
     for i, m in enumerate(children):
         if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
             return nn.Sequential(*children[:i])
-    raise ValueError(f"{type(full).__name__} has no convolutional body (no `features` and no global pool): "
-                     "the head needs a (B, C, h, w) feature map")
+    raise ValueError(
+        f"{type(full).__name__} has no convolutional body (no `features` and no global pool): "
+        "the head needs a (B, C, h, w) feature map"
+    )
 
 
 def _torchvision_spec(name: str) -> ArchSpec:
@@ -88,8 +96,15 @@ def _torchvision_spec(name: str) -> ArchSpec:
         mean, std = tuple(tf.mean), tuple(tf.std)
     except (ValueError, KeyError, AttributeError, TypeError):  # no weights enum / no normalisation
         mean, std = IMAGENET_MEAN, IMAGENET_STD
-    return ArchSpec(name, lambda: torchvision.models.get_model(name, weights=None), torchvision_body, imagenet,
-                    mean, std, "torchvision")
+    return ArchSpec(
+        name,
+        lambda: torchvision.models.get_model(name, weights=None),
+        torchvision_body,
+        imagenet,
+        mean,
+        std,
+        "torchvision",
+    )
 
 
 def _lite_body(full: nn.Module) -> nn.Module:
@@ -100,8 +115,15 @@ def _lite_body(full: nn.Module) -> nn.Module:
 # Registered by hand: archs whose weights need more than torchvision gives. Every other name is
 # looked up in torchvision (`get_spec`).
 ARCHS: dict[str, ArchSpec] = {
-    "efficientnet_lite0": ArchSpec("efficientnet_lite0", lambda: timm.create_model("tf_efficientnet_lite0"),
-                                   _lite_body, lite_imagenet, TF_MEAN, TF_STD, "timm"),
+    "efficientnet_lite0": ArchSpec(
+        "efficientnet_lite0",
+        lambda: timm.create_model("tf_efficientnet_lite0"),
+        _lite_body,
+        lite_imagenet,
+        TF_MEAN,
+        TF_STD,
+        "timm",
+    ),
     **{name: _torchvision_spec(name) for name in ("resnet18", "resnet34", "resnet50", "vgg19_bn", "vgg19")},
 }
 
@@ -112,5 +134,7 @@ def get_spec(arch: str) -> ArchSpec:
         return ARCHS[arch]
     if arch in torchvision.models.list_models(module=torchvision.models):
         return _torchvision_spec(arch)
-    raise ValueError(f"unknown arch {arch!r} (have: {', '.join(ARCHS)}, or any torchvision classification "
-                     f"model such as mobilenet_v3_large, convnext_tiny, regnet_y_400mf)")
+    raise ValueError(
+        f"unknown arch {arch!r} (have: {', '.join(ARCHS)}, or any torchvision classification "
+        f"model such as mobilenet_v3_large, convnext_tiny, regnet_y_400mf)"
+    )

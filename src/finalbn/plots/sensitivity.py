@@ -6,6 +6,7 @@
 A leaf (matplotlib via `finalbn.plots.cellplots`): the sensitivity stage draws one figure per factor, the
 report all of them in one.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,9 +19,14 @@ import pandas as pd
 from finalbn.infra.io import save_figure
 from finalbn.plots import cellplots  # noqa: F401  (selects the Agg backend before pyplot is imported)
 
-TITLES = {"imbalance": "training minority share", "batch_size": "batch size",
-          "final_bn_momentum": "final BN momentum", "frozen_bn": "frozen body BN mode", "single_logit": "output layer",
-          "bias_shift": "rival of the final BN"}
+TITLES = {
+    "imbalance": "training minority share",
+    "batch_size": "batch size",
+    "final_bn_momentum": "final BN momentum",
+    "frozen_bn": "frozen body BN mode",
+    "single_logit": "output layer",
+    "bias_shift": "rival of the final BN",
+}
 
 
 def draw_factor(axes, rows: pd.DataFrame, factor: str) -> None:
@@ -65,8 +71,9 @@ def fig_factor(rows: pd.DataFrame, factor: str, path: Path) -> None:
     levels = rows["level"].nunique()
     fig, axes = plt.subplots(1, 2, figsize=(max(9, 2.2 * levels + 5), 4.3), layout="constrained")
     draw_factor(axes, rows, factor)
-    fig.suptitle(f"sensitivity of final BN alone vs nothing (31 − 63) to the {TITLES.get(factor, factor)}",
-                 fontsize="small")
+    fig.suptitle(
+        f"sensitivity of final BN alone vs nothing (31 − 63) to the {TITLES.get(factor, factor)}", fontsize="small"
+    )
     save_figure(fig, path, dpi=90)
     plt.close(fig)
 

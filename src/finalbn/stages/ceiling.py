@@ -15,6 +15,7 @@ The images: spare images of the dataset that no split of replicate 0 uses (the s
 renders more than the split needs), balanced by subsampling; where the source has too few spares,
 the test split of replicate 0 — for reporting only: nothing here feeds training or any choice.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,15 +51,21 @@ MIN_PER_CLASS = 20  # fewer spare images per class than this: use the test split
 
 
 @torch.no_grad()
-def pooled_features(body: torch.nn.Module, images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-                    batch_size: int = 128, progress: bool = False) -> np.ndarray:
+def pooled_features(
+    body: torch.nn.Module,
+    images: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    batch_size: int = 128,
+    progress: bool = False,
+) -> np.ndarray:
     """(N, 2C) max ‖ avg pooled body features of uint8 images (N, 3, H, W), body in eval mode."""
     body.eval()
     tf = eval_transform(tuple(mean), tuple(std))
     pool = AdaptiveConcatPool2d()
     out = []
     for i in tqdm(range(0, len(images), batch_size), desc="features", unit="batch", disable=not progress):
-        fmap = body(tf(images[i:i + batch_size]))  # (B, C, h, w)
+        fmap = body(tf(images[i : i + batch_size]))  # (B, C, h, w)
         out.append(pool(fmap).flatten(1).numpy())
     return np.concatenate(out).astype(np.float64)
 
@@ -74,11 +81,17 @@ def probe_auroc(features: np.ndarray, labels: np.ndarray, folds: int = 5, seed: 
     probe = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", C=1.0, max_iter=2000))
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     scores = cross_val_score(probe, features, labels, cv=cv, scoring="roc_auc")
-    return {"auroc": float(scores.mean()), "auroc_std": float(scores.std(ddof=1)) if len(scores) > 1 else 0.0,
-            "folds": folds, "fold_auroc": [float(s) for s in scores]}
+    return {
+        "auroc": float(scores.mean()),
+        "auroc_std": float(scores.std(ddof=1)) if len(scores) > 1 else 0.0,
+        "folds": folds,
+        "fold_auroc": [float(s) for s in scores],
+    }
 
 
-def probe_images(cfg: Config, dataset: str, splits_dir: Path, per_class: int, seed: int = 0) -> tuple[list[str], np.ndarray, str]:
+def probe_images(
+    cfg: Config, dataset: str, splits_dir: Path, per_class: int, seed: int = 0
+) -> tuple[list[str], np.ndarray, str]:
     """(paths, labels, where they come from): a balanced set of spare images, else the test split."""
     ds = cfg.dataset(dataset)
     manifest = splits_dir / ds.name / "0" / "manifest.csv"
@@ -101,8 +114,9 @@ def probe_images(cfg: Config, dataset: str, splits_dir: Path, per_class: int, se
     return paths, np.repeat([0, 1], n), f"{n} + {n} test images (too few spare images; for reporting only)"
 
 
-def measure_ceiling(cfg: Config, dataset: str, splits_dir: Path, arch: str | None = None,
-                    progress: bool = False) -> dict:
+def measure_ceiling(
+    cfg: Config, dataset: str, splits_dir: Path, arch: str | None = None, progress: bool = False
+) -> dict:
     """The probe's CV AUROC for one (dataset, arch) with the configured weights."""
     arch = arch or cfg.model.arch
     c = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch=arch))
@@ -115,9 +129,18 @@ def measure_ceiling(cfg: Config, dataset: str, splits_dir: Path, arch: str | Non
     images = decode_images(paths, ds.image_size, progress, intensity, max_pixels)
     feats = pooled_features(model.body, images, spec.mean, spec.std, progress=progress)
     result = probe_auroc(feats, labels, cfg.ceiling.folds, cfg.ceiling.seed)
-    result.update({"dataset": ds.name, "arch": arch, "weights": model.weights, "image_size": ds.image_size,
-                   "images": source, "n": int(len(labels)), "feature_dim": int(feats.shape[1]),
-                   "low": bool(result["auroc"] < LOW)})
+    result.update(
+        {
+            "dataset": ds.name,
+            "arch": arch,
+            "weights": model.weights,
+            "image_size": ds.image_size,
+            "images": source,
+            "n": int(len(labels)),
+            "feature_dim": int(feats.shape[1]),
+            "low": bool(result["auroc"] < LOW),
+        }
+    )
     return result
 
 
@@ -152,8 +175,9 @@ def record(tracker: Tracker, cfg: Config, result: dict) -> str:
         return run.run_id
 
 
-def run(cfg: Config, paths: CeilingPaths, tracker: Tracker = MLFLOW, datasets: Sequence[str] = (),
-        log=print) -> CeilingSummary:
+def run(
+    cfg: Config, paths: CeilingPaths, tracker: Tracker = MLFLOW, datasets: Sequence[str] = (), log=print
+) -> CeilingSummary:
     """The ceiling's core: the probe for every (dataset, arch) (`datasets`: those only), each
     recorded as a run, then the JSON file. Raises DataError or WeightsError, before any work, when
     a split or an arch's weights are missing."""

@@ -7,6 +7,7 @@ per replicate.
 Reads `datasets`, `split` and the replicate counts (`grid.replicates`, `grid.headline`); the
 work itself is `splits.prepare_dataset`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,9 @@ def _extra(summary: dict) -> str:
     table = summary.get("table")
     if table:
         kinds = ", ".join(f"{n} {k}" for k, n in table["skipped_by_reason"].items())
-        out += f"; table: {table['rows']} rows, {table['used']} used, {len(table['skipped'])} skipped" + \
-            (f" ({kinds})" if kinds else "")
+        out += f"; table: {table['rows']} rows, {table['used']} used, {len(table['skipped'])} skipped" + (
+            f" ({kinds})" if kinds else ""
+        )
         if table.get("encoding", "utf-8") not in ("utf-8", "utf-8-sig") or table.get("separator", ",") != ",":
             out += f", {read_as(table)}"  # e.g. read as cp1252 (fallback: not UTF-8), separator ';' (sniffed)
     if summary["duplicate_groups"]:
@@ -35,12 +37,16 @@ def _extra(summary: dict) -> str:
         out += "".join(f"; {which} {p!r}: {len(folders)} folders" for p, folders in pats.items())
     groups = summary.get("groups")  # group_column / group_by_folder: no group in two splits
     if groups:
-        out += f"; groups ({groups['by']}): " + \
-            ", ".join(f"{groups['per_split'][s]} {s}" for s in ("train", "val", "test"))
+        out += f"; groups ({groups['by']}): " + ", ".join(
+            f"{groups['per_split'][s]} {s}" for s in ("train", "val", "test")
+        )
         alone = groups["ungrouped"]
         if alone["images"]:
-            out += f"; {alone['images']} images without a group value, each its own group (" + \
-                ", ".join(f"{alone['per_split'][s]} {s}" for s in ("train", "val", "test")) + " drawn)"
+            out += (
+                f"; {alone['images']} images without a group value, each its own group ("
+                + ", ".join(f"{alone['per_split'][s]} {s}" for s in ("train", "val", "test"))
+                + " drawn)"
+            )
     return out + _decoded(summary)
 
 
@@ -58,8 +64,10 @@ def _decoded(summary: dict) -> str:
         if rule.startswith("auto:"):  # depth.dataset_auto
             out += f" (the data set's depth: training and the field read a darker such image as {rule[5:]}-bit too)"
     if dec.get("own_range"):
-        out += (f"; {dec['own_range']} images scaled by their own min..max (floats outside 0..1 or negative values: "
-                f"ambiguous; --set datasets.{summary['dataset']}.intensity=[lo,hi] fixes one range)")
+        out += (
+            f"; {dec['own_range']} images scaled by their own min..max (floats outside 0..1 or negative values: "
+            f"ambiguous; --set datasets.{summary['dataset']}.intensity=[lo,hi] fixes one range)"
+        )
     return out
 
 
@@ -71,8 +79,10 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
         summaries = prepare_dataset(ds, cfg.split, Path(args.out), progress=sys.stderr.isatty(), replicates=n)
         summary = summaries[0]
         c = summary["counts"]
-        print(f"prepare {ds.name}: {n} replicate split(s) of train {c['train']['majority']}/{c['train']['minority']}, "
-              f"val {c['val']['majority']}/{c['val']['minority']}, test {c['test']['majority']}/{c['test']['minority']} "
-              f"({summary['classes'][0]}/{summary['classes'][1]}); {len(summary['rejected'])} files rejected"
-              f"{_extra(summary)}; -> {Path(args.out) / ds.name}/<replicate>/manifest.csv")
+        print(
+            f"prepare {ds.name}: {n} replicate split(s) of train {c['train']['majority']}/{c['train']['minority']}, "
+            f"val {c['val']['majority']}/{c['val']['minority']}, test {c['test']['majority']}/{c['test']['minority']} "
+            f"({summary['classes'][0]}/{summary['classes'][1]}); {len(summary['rejected'])} files rejected"
+            f"{_extra(summary)}; -> {Path(args.out) / ds.name}/<replicate>/manifest.csv"
+        )
     return 0

@@ -13,6 +13,7 @@ It saves the state_dict: `model.weights=synthetic` loads it like any local `.pt`
 image is ever seen here, so nothing leaks into a test split; what transfers is what lesions
 look like.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,10 @@ def source_images(cfg: Config) -> tuple[list[str], dict[str, SplitTensors]]:
     # strs only (the crops of pc.crops), though a dataset's crop may be None
     targets = cast(set[str], {d.crop for d in cfg.datasets if d.source == "synthetic"} & set(pc.crops))
     if targets:
-        raise DataError(f"pretrain.crops must not include a crop a dataset targets ({', '.join(sorted(targets))}): "
-                        "its images would leak into the study")
+        raise DataError(
+            f"pretrain.crops must not include a crop a dataset targets ({', '.join(sorted(targets))}): "
+            "its images would leak into the study"
+        )
     classes = [HEALTHY, *DISEASES]
     n_val = max(1, pc.per_class // 5)
     parts: dict[str, list[tuple[np.ndarray, int]]] = {"train": [], "val": []}
@@ -52,9 +55,14 @@ def source_images(cfg: Config) -> tuple[list[str], dict[str, SplitTensors]]:
             rng = np.random.default_rng([pc.seed, 7919, zlib.crc32(crop.encode()), label, i])
             img = render_leaf(rng, pc.image_size, crop, None if condition == HEALTHY else condition, pc.severity)
             parts["val" if i < n_val else "train"].append((img, label))
-    tensors = {name: SplitTensors(torch.from_numpy(np.stack([a for a, _ in items])).permute(0, 3, 1, 2).contiguous(),
-                                  torch.tensor([y for _, y in items]), tuple(f"{name}/{j}" for j in range(len(items))))
-               for name, items in parts.items()}
+    tensors = {
+        name: SplitTensors(
+            torch.from_numpy(np.stack([a for a, _ in items])).permute(0, 3, 1, 2).contiguous(),
+            torch.tensor([y for _, y in items]),
+            tuple(f"{name}/{j}" for j in range(len(items))),
+        )
+        for name, items in parts.items()
+    }
     return classes, tensors
 
 
@@ -68,11 +76,19 @@ def pretrain(cfg: Config, progress: bool = False) -> dict:
     torch.manual_seed(pc.seed)
     model = spec(num_classes=len(classes))  # from scratch: every parameter trains
     device = resolve_device(cfg.train.device)
-    loaders = make_loaders(tensors, pc.batch_size, cfg.train.augment, seed=pc.seed,
-                           num_workers=cfg.train.num_workers, pin_memory=device.type == "cuda",
-                           mean=spec.mean, std=spec.std)
-    settings = FitSettings(epochs=pc.epochs, lr=pc.lr, weight_decay=cfg.train.weight_decay, device=str(device),
-                           progress=progress)
+    loaders = make_loaders(
+        tensors,
+        pc.batch_size,
+        cfg.train.augment,
+        seed=pc.seed,
+        num_workers=cfg.train.num_workers,
+        pin_memory=device.type == "cuda",
+        mean=spec.mean,
+        std=spec.std,
+    )
+    settings = FitSettings(
+        epochs=pc.epochs, lr=pc.lr, weight_decay=cfg.train.weight_decay, device=str(device), progress=progress
+    )
     result = fit(model, loaders["train"], loaders["val"], settings)
     model.load_state_dict(result.selected_state)
     out = Path(pc.out_dir)
@@ -80,10 +96,17 @@ def pretrain(cfg: Config, progress: bool = False) -> dict:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save(state, out / f"{arch}.pt")
     summary = {
-        "arch": arch, "classes": classes, "crops": list(pc.crops), "severity": pc.severity, "images_per_class": pc.per_class,
-        "image_size": pc.image_size, "epochs": pc.epochs, "best_epoch": result.selected_epoch,
+        "arch": arch,
+        "classes": classes,
+        "crops": list(pc.crops),
+        "severity": pc.severity,
+        "images_per_class": pc.per_class,
+        "image_size": pc.image_size,
+        "epochs": pc.epochs,
+        "best_epoch": result.selected_epoch,
         "val_accuracy": result.history[result.selected_epoch - 1]["val_accuracy"],
-        "chance_accuracy": 1 / len(classes), "train_seconds": round(result.train_seconds, 1),
+        "chance_accuracy": 1 / len(classes),
+        "train_seconds": round(result.train_seconds, 1),
         "history": result.history,
     }
     io.write_text(out / f"{arch}.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
@@ -92,7 +115,9 @@ def pretrain(cfg: Config, progress: bool = False) -> dict:
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
     s = pretrain(cfg, progress=sys.stderr.isatty())
-    print(f"pretrain {s['arch']}: {len(s['classes'])} synthetic classes x {s['images_per_class']} images, "
-          f"val accuracy {s['val_accuracy']:.3f} (chance {s['chance_accuracy']:.3f}) at epoch {s['best_epoch']}, "
-          f"{s['train_seconds']:.0f} s -> {cfg.pretrain.out_dir}/{s['arch']}.pt")
+    print(
+        f"pretrain {s['arch']}: {len(s['classes'])} synthetic classes x {s['images_per_class']} images, "
+        f"val accuracy {s['val_accuracy']:.3f} (chance {s['chance_accuracy']:.3f}) at epoch {s['best_epoch']}, "
+        f"{s['train_seconds']:.0f} s -> {cfg.pretrain.out_dir}/{s['arch']}.pt"
+    )
     return 0

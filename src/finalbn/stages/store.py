@@ -20,6 +20,7 @@ stages has its fingerprint as a dependency, so:
 The fingerprints are DVC outputs with `cache: false` and `persist: true`: never restored from
 DVC's cache nor deleted before this stage runs (each keeps the run ids its stage wrote).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,11 @@ def _why(stage: str, old: dict, new: dict) -> str | None:
     parts = []
     lost, cited = len(new["missing_runs"]), len(new["runs"])
     if lost:
-        parts.append(f"all {cited} run(s) its outputs cite" if lost == cited else
-                     f"{lost} of the {cited} run(s) its outputs cite")
+        parts.append(
+            f"all {cited} run(s) its outputs cite"
+            if lost == cited
+            else f"{lost} of the {cited} run(s) its outputs cite"
+        )
     if new["missing_models"]:
         parts.append(f"the alias {', '.join(new['missing_models'])} of its model")
     return f"{stage}: the store lacks {' and '.join(parts)}: it runs again" if parts else None
@@ -86,8 +90,10 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
             new = tracking.fingerprint.refresh(path)
         except Exception as exc:  # a server out of reach, a database refused: one line, not a traceback
             first = str(exc).splitlines()[0] if str(exc) else ""
-            print(f"finalbn store: the tracking store {where} cannot be read: {type(exc).__name__}: {first}",
-                  file=sys.stderr)
+            print(
+                f"finalbn store: the tracking store {where} cannot be read: {type(exc).__name__}: {first}",
+                file=sys.stderr,
+            )
             return 1
         why = _why(stage, old, new)
         if why:

@@ -8,9 +8,10 @@
 ends (nothing is written: no store, no files), so a stage's core runs whole with no MLflow store at
 all. The cores of the stages that read runs other commands made (search, report, export) query the
 store by MLflow filters and need the store-backed tracker; the grid, the sensitivity stage and a
-single cell (`tracked.track_cell`) run on either. `shared` says whether other processes see what a
+single cell (`cellrun.track_cell`) run on either. `shared` says whether other processes see what a
 tracker records: a core runs its work in worker processes only with a shared one.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -71,13 +72,18 @@ class Tracker(Protocol):
     def setup(self, cfg: Config, stage: str) -> None:
         """The store and `stage`'s experiment exist (before any worker touches them)."""
 
-    def owned(self, cfg: Config, stage: str, shard: tuple[int, int] = (0, 1),
-              command: str = "") -> ContextManager[Any]:
+    def owned(self, cfg: Config, stage: str, shard: tuple[int, int] = (0, 1), command: str = "") -> ContextManager[Any]:
         """This command owns `stage`'s experiment (its shard) for the block, or StoreError."""
 
-    def cell_run(self, name: str, tags: dict[str, str], *, parent_run_id: str | None = None,
-                 killed_on: tuple[type[BaseException], ...] = (), state_tag: str | None = None
-                 ) -> ContextManager[Run]:
+    def cell_run(
+        self,
+        name: str,
+        tags: dict[str, str],
+        *,
+        parent_run_id: str | None = None,
+        killed_on: tuple[type[BaseException], ...] = (),
+        state_tag: str | None = None,
+    ) -> ContextManager[Run]:
         """A run that always ends: FINISHED, FAILED on an exception, KILLED on Ctrl-C or `killed_on`."""
 
     def cells_by_key(self, cfg: Config, stages: Iterable[str], tag: str) -> dict[str, list[RunRecord]]:
@@ -86,8 +92,17 @@ class Tracker(Protocol):
     def take_over(self, cfg: Config, stage: str, runs: Iterable[RunRecord]) -> list[str]:
         """End KILLED the RUNNING `runs` a dead process left; StoreError when one's process lives."""
 
-    def parent(self, cfg: Config, stage: str, dataset: str, arch: str, config_id: int, parent_key: str,
-               name: str, baseline: str = "") -> str:
+    def parent(
+        self,
+        cfg: Config,
+        stage: str,
+        dataset: str,
+        arch: str,
+        config_id: int,
+        parent_key: str,
+        name: str,
+        baseline: str = "",
+    ) -> str:
         """The parent run of one grid configuration: found by key (reopened), or created."""
 
     def open_parent(self, cfg: Config, stage: str, parent_key: str) -> str | None:
@@ -167,9 +182,16 @@ class _MemoryRun:
         self.tags[records.MODEL_URI] = f"memory:/{self.run_id}/model"
 
     def record(self) -> RunRecord:
-        return RunRecord(run_id=self.run_id, name=self.name, status=self.status, start_time=self.start_time,
-                         end_time=self.end_time, metrics=dict(self.metrics), params=dict(self.params),
-                         tags=dict(self.tags))
+        return RunRecord(
+            run_id=self.run_id,
+            name=self.name,
+            status=self.status,
+            start_time=self.start_time,
+            end_time=self.end_time,
+            metrics=dict(self.metrics),
+            params=dict(self.params),
+            tags=dict(self.tags),
+        )
 
 
 class MemoryTracker:
@@ -187,8 +209,7 @@ class MemoryTracker:
     def setup(self, cfg: Config, stage: str) -> None:
         self.stage = stage
 
-    def owned(self, cfg: Config, stage: str, shard: tuple[int, int] = (0, 1),
-              command: str = "") -> ContextManager[Any]:
+    def owned(self, cfg: Config, stage: str, shard: tuple[int, int] = (0, 1), command: str = "") -> ContextManager[Any]:
         return contextlib.nullcontext()  # one process, one owner
 
     def _new(self, name: str, experiment: str, run_tags: Mapping[str, str]) -> _MemoryRun:
@@ -197,12 +218,21 @@ class MemoryTracker:
         return run
 
     @contextlib.contextmanager
-    def cell_run(self, name: str, tags: dict[str, str], *, parent_run_id: str | None = None,
-                 killed_on: tuple[type[BaseException], ...] = (), state_tag: str | None = None
-                 ) -> Iterator[_MemoryRun]:
+    def cell_run(
+        self,
+        name: str,
+        tags: dict[str, str],
+        *,
+        parent_run_id: str | None = None,
+        killed_on: tuple[type[BaseException], ...] = (),
+        state_tag: str | None = None,
+    ) -> Iterator[_MemoryRun]:
         stage = tags.get(records.STAGE, self.stage)
-        run = self._new(name, stage, {records.STAGE: stage, **tags,
-                                      **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})})
+        run = self._new(
+            name,
+            stage,
+            {records.STAGE: stage, **tags, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})},
+        )
 
         def end(status: str, state: str) -> None:
             run.status, run.end_time = status, _now_ms()
@@ -238,19 +268,43 @@ class MemoryTracker:
         return doomed
 
     def _parent(self, stage: str, parent_key: str) -> _MemoryRun | None:
-        found = [r for r in self.runs.values() if r.experiment == stage and r.tags.get(records.PARENT_KEY) == parent_key
-                 and r.tags.get(records.PARENT) == "true"]
+        found = [
+            r
+            for r in self.runs.values()
+            if r.experiment == stage
+            and r.tags.get(records.PARENT_KEY) == parent_key
+            and r.tags.get(records.PARENT) == "true"
+        ]
         return found[-1] if found else None
 
-    def parent(self, cfg: Config, stage: str, dataset: str, arch: str, config_id: int, parent_key: str,
-               name: str, baseline: str = "") -> str:
+    def parent(
+        self,
+        cfg: Config,
+        stage: str,
+        dataset: str,
+        arch: str,
+        config_id: int,
+        parent_key: str,
+        name: str,
+        baseline: str = "",
+    ) -> str:
         found = self._parent(stage, parent_key)
         if found is not None:
             found.status = RUNNING if found.status == KILLED else found.status
             return found.run_id
-        return self._new(name, stage, {records.STAGE: stage, records.PARENT: "true", records.PARENT_KEY: parent_key,
-                                       records.DATASET: dataset, records.ARCH: arch, records.CONFIG_ID: str(config_id),
-                                       **({records.BASELINE: baseline} if baseline else {})}).run_id
+        return self._new(
+            name,
+            stage,
+            {
+                records.STAGE: stage,
+                records.PARENT: "true",
+                records.PARENT_KEY: parent_key,
+                records.DATASET: dataset,
+                records.ARCH: arch,
+                records.CONFIG_ID: str(config_id),
+                **({records.BASELINE: baseline} if baseline else {}),
+            },
+        ).run_id
 
     def open_parent(self, cfg: Config, stage: str, parent_key: str) -> str | None:
         found = self._parent(stage, parent_key)
@@ -262,7 +316,10 @@ class MemoryTracker:
         for k in sorted({k for c in kids for k in c.metrics if k.startswith(("test_", "val_", "selected_epoch"))}):
             vals = [c.metrics[k] for c in kids if k in c.metrics]
             mean = sum(vals) / len(vals)
-            parent.metrics[k], parent.metrics[f"{k}_std"] = mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))
+            parent.metrics[k], parent.metrics[f"{k}_std"] = (
+                mean,
+                math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals)),
+            )
         if kids:
             parent.tags["replicates_finished"] = str(len(kids))
         parent.status, parent.end_time = FINISHED, _now_ms()
@@ -276,8 +333,11 @@ class MemoryTracker:
 
     def finished_cells(self, experiments: str | Sequence[str]) -> list[RunRecord]:
         wanted = {experiments} if isinstance(experiments, str) else set(experiments)
-        return [r.record() for r in self.runs.values()
-                if r.experiment in wanted and r.status == FINISHED and r.tags.get(records.CELL) == "true"]
+        return [
+            r.record()
+            for r in self.runs.values()
+            if r.experiment in wanted and r.status == FINISHED and r.tags.get(records.CELL) == "true"
+        ]
 
     def metric_history(self, run_id: str, keys: Iterable[str]) -> dict[int, dict[str, float]]:
         by_epoch: dict[int, dict[str, float]] = {}

@@ -7,6 +7,7 @@
 Leaf module (numpy, scipy, statsmodels only): the report's effects and the Optuna search's
 comparison share these, so a number means the same in both.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,15 @@ def t_interval(d: np.ndarray | Sequence[float]) -> dict:
     d = np.asarray(d, dtype=float)
     d = cast(np.ndarray, d[np.isfinite(d)])  # numpy's stubs type a mask index as Any
     n = int(d.size)
-    out: dict[str, Any] = {"estimate": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan, "n": n,
-                           "sd": math.nan, "note": ""}
+    out: dict[str, Any] = {
+        "estimate": math.nan,
+        "ci_low": math.nan,
+        "ci_high": math.nan,
+        "p": math.nan,
+        "n": n,
+        "sd": math.nan,
+        "note": "",
+    }
     if n == 0:
         out["note"] = "no replicate has both configurations"
         return out

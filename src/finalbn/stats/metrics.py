@@ -32,6 +32,7 @@ Which metric is which:
   ``n_bins`` equal-width intervals ``(lower, upper]`` over ``[0, 1]`` (a confidence of exactly 0
   goes in the first bin), and ECE is ``sum_b |B_b| / N * |acc(B_b) - conf(B_b)|``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -100,15 +101,11 @@ def _as_probs(probs) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise ValueError("probs contains NaN or inf")
     if arr.min() < -ROW_SUM_TOL or arr.max() > 1 + ROW_SUM_TOL:
-        raise ValueError(
-            f"probs must lie in [0, 1], got min {arr.min():.4g} and max {arr.max():.4g}"
-        )
+        raise ValueError(f"probs must lie in [0, 1], got min {arr.min():.4g} and max {arr.max():.4g}")
     sums = arr.sum(axis=1)
     worst = int(np.argmax(np.abs(sums - 1.0)))
     if abs(sums[worst] - 1.0) > ROW_SUM_TOL:
-        raise ValueError(
-            f"probs rows must sum to 1 (tolerance {ROW_SUM_TOL}); row {worst} sums to {sums[worst]:.6g}"
-        )
+        raise ValueError(f"probs rows must sum to 1 (tolerance {ROW_SUM_TOL}); row {worst} sums to {sums[worst]:.6g}")
     arr = np.clip(arr, 0.0, 1.0)
     return arr / arr.sum(axis=1, keepdims=True)
 
@@ -188,9 +185,7 @@ def prior_corrected_preds(probs, train_counts: Sequence[int]) -> np.ndarray:
 def minority_f1(y_true, y_pred) -> float:
     """F1 of the minority class (label 1); 0.0 when it is never predicted or never present."""
     y, yp = _pair_preds(y_true, y_pred)
-    _, _, f1, _ = precision_recall_fscore_support(
-        y, yp, labels=[MINORITY], average=None, zero_division=0
-    )
+    _, _, f1, _ = precision_recall_fscore_support(y, yp, labels=[MINORITY], average=None, zero_division=0)
     return float(f1[0])
 
 
@@ -215,12 +210,7 @@ def brier(y_true, probs) -> float:
     """
     y, p = _pair_probs(y_true, probs)
     # Sum of per-class one-vs-rest binary Brier scores (each is mean((1[y==c] - p_c)^2)).
-    return float(
-        sum(
-            brier_score_loss((y == c).astype(np.int64), p[:, c], pos_label=1)
-            for c in range(p.shape[1])
-        )
-    )
+    return float(sum(brier_score_loss((y == c).astype(np.int64), p[:, c], pos_label=1) for c in range(p.shape[1])))
 
 
 def reliability_bins(y_true, probs, n_bins: int = 15) -> dict[str, list]:
@@ -263,8 +253,9 @@ def ece(y_true, probs, n_bins: int = 15) -> float:
     return float(total)
 
 
-def classification_report(y_true, probs, labels: Sequence[int] = (0, 1),
-                          train_counts: Sequence[int] | None = None) -> dict[str, float]:
+def classification_report(
+    y_true, probs, labels: Sequence[int] = (0, 1), train_counts: Sequence[int] | None = None
+) -> dict[str, float]:
     """All scalar metrics of one evaluation, as plain floats (ready for logging).
 
     Keys: ``accuracy``, ``balanced_accuracy``; for each class ``l`` in ``labels``: ``precision_l``,
@@ -279,9 +270,7 @@ def classification_report(y_true, probs, labels: Sequence[int] = (0, 1),
     y, p = _pair_probs(y_true, probs)
     labs = _check_labels(labels, p.shape[1])
     y_pred = p.argmax(axis=1)
-    prec, rec, f1, sup = precision_recall_fscore_support(
-        y, y_pred, labels=labs, average=None, zero_division=0
-    )
+    prec, rec, f1, sup = precision_recall_fscore_support(y, y_pred, labels=labs, average=None, zero_division=0)
     report: dict[str, float] = {"accuracy": float(accuracy_score(y, y_pred))}
     for i, lab in enumerate(labs):
         report[f"precision_{lab}"] = float(prec[i])
@@ -299,12 +288,14 @@ def classification_report(y_true, probs, labels: Sequence[int] = (0, 1),
         report["ap"] = average_precision(y, p)
         if train_counts is not None:
             pc = prior_corrected_preds(p, train_counts)
-            _, rec_pc, f1_pc, _ = precision_recall_fscore_support(y, pc, labels=[MINORITY], average=None,
-                                                                 zero_division=0)
+            _, rec_pc, f1_pc, _ = precision_recall_fscore_support(
+                y, pc, labels=[MINORITY], average=None, zero_division=0
+            )
             report["f1_1_pc"] = float(f1_pc[0])
             report["recall_1_pc"] = float(rec_pc[0])
-            report["balanced_accuracy_pc"] = (float(balanced_accuracy_score(y, pc)) if len(np.unique(y)) > 1
-                                              else float("nan"))
+            report["balanced_accuracy_pc"] = (
+                float(balanced_accuracy_score(y, pc)) if len(np.unique(y)) > 1 else float("nan")
+            )
     return report
 
 

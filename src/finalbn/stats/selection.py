@@ -24,6 +24,7 @@ and the export):
   loss (prevalence-free and continuous), then to fewer switches, then to the lower key. Never to
   validation F1, which at 7 positives rewards a threshold leaning to the majority.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,10 @@ from finalbn.stats.inference import t_interval
 
 CRITERION = "val_auroc"  # higher is better: the mean over replicates decides
 TIE_BREAK = "val_balanced_loss"  # lower is better: ties on the criterion
-RANKED_ON = ("mean validation AUROC over replicates 0..k-1 (last epoch); ties to the lower mean class-balanced "
-             "validation loss, then fewer switches, then the lower id; test values never decide")
+RANKED_ON = (
+    "mean validation AUROC over replicates 0..k-1 (last epoch); ties to the lower mean class-balanced "
+    "validation loss, then fewer switches, then the lower id; test values never decide"
+)
 
 
 def judged(rows: pd.DataFrame, k: int) -> pd.DataFrame:
@@ -96,8 +99,11 @@ def resampled_wins(rows: pd.DataFrame, k: int, key: str = "key", n: int = 2000, 
     keys = list(elig[key])
     sub = sub[sub[key].isin(keys)]
     crit = sub.pivot_table(index=key, columns="replicate", values=CRITERION, aggfunc="mean").reindex(keys)
-    tie = (sub.pivot_table(index=key, columns="replicate", values=TIE_BREAK, aggfunc="mean").reindex(keys)
-           if TIE_BREAK in sub else pd.DataFrame(0.0, index=keys, columns=crit.columns))
+    tie = (
+        sub.pivot_table(index=key, columns="replicate", values=TIE_BREAK, aggfunc="mean").reindex(keys)
+        if TIE_BREAK in sub
+        else pd.DataFrame(0.0, index=keys, columns=crit.columns)
+    )
     switches = elig.set_index(key)["switches"].reindex(keys).to_numpy() if "switches" in elig else np.zeros(len(keys))
     c, t = crit.to_numpy(dtype=float), tie.reindex(columns=crit.columns).to_numpy(dtype=float)
     rng = np.random.default_rng(seed)

@@ -7,6 +7,7 @@
 The ceiling stage (`stages.ceiling`) measures it; the report opens with it. Both read the
 threshold `LOW` and the wording from here, so they say the same thing.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,12 +22,16 @@ LOW = 0.9  # below this the report says the features barely see the cue
 def ceiling_sentence(result: dict) -> str:
     """The report's opening line about the ceiling."""
     auc = result.get("auroc", math.nan)
-    head = (f"Separability ceiling ({result.get('dataset')}, {result.get('arch')} at {result.get('image_size')} px): "
-            f"a balanced linear probe on the frozen body's features reaches a cross-validated AUROC of "
-            f"{auc:.3f} ± {result.get('auroc_std', math.nan):.3f} ({result.get('images')})")
+    head = (
+        f"Separability ceiling ({result.get('dataset')}, {result.get('arch')} at {result.get('image_size')} px): "
+        f"a balanced linear probe on the frozen body's features reaches a cross-validated AUROC of "
+        f"{auc:.3f} ± {result.get('auroc_std', math.nan):.3f} ({result.get('images')})"
+    )
     if auc < LOW:
-        return (head + f". Below {LOW}: the features barely see the cue, so the study below measures mostly "
-                "noise; no head, with or without a final BN, can do much better.")
+        return (
+            head + f". Below {LOW}: the features barely see the cue, so the study below measures mostly "
+            "noise; no head, with or without a final BN, can do much better."
+        )
     return head + ": the features do see the cue, so differences between heads are about using it."
 
 

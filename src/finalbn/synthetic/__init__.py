@@ -26,6 +26,7 @@ determined by (seed, crop, condition, index): reruns are byte-identical whatever
 Modules: `leaf` (crop styles, blade layout, drawing helpers), `lesions` (one painter per
 disease), `render` (`render_leaf`: one picture), `collection` (`generate`: the PNG files).
 """
+
 from finalbn.synthetic.collection import HEALTHY, generate
 from finalbn.synthetic.lesions import DISEASES
 from finalbn.synthetic.render import render_leaf

@@ -8,6 +8,7 @@ The images of one class folder are split into jobs of consecutive indices, rende
 process or in a pool of worker processes; each file is determined by (seed, crop, condition,
 index), so reruns are byte-identical whatever `workers` is.
 """
+
 from __future__ import annotations
 
 import io
@@ -36,9 +37,19 @@ _PNG_NAME = re.compile(r"^(\d{5,})\.png$")
 _TMP_NAME = re.compile(r"^\.\d{5,}\.png\.\d+(?:\.[0-9a-f]+)?" + re.escape(TMP_SUFFIX) + "$")
 
 
-def generate(root: str | os.PathLike, *, seed: int, image_size: int, crops: Sequence[str],
-             healthy: int, per_disease: int, workers: int = 0, progress: bool = True,
-             severity: float = 1.0, healthy_by_crop: Mapping[str, int] | None = None) -> dict:
+def generate(
+    root: str | os.PathLike,
+    *,
+    seed: int,
+    image_size: int,
+    crops: Sequence[str],
+    healthy: int,
+    per_disease: int,
+    workers: int = 0,
+    progress: bool = True,
+    severity: float = 1.0,
+    healthy_by_crop: Mapping[str, int] | None = None,
+) -> dict:
     """Write the synthetic collection under `root` and return timing and per-class counts.
 
     Per crop: `healthy` images in <Crop>___healthy and `per_disease` images in each
@@ -60,8 +71,9 @@ def generate(root: str | os.PathLike, *, seed: int, image_size: int, crops: Sequ
     _check_crops(crops)
     by_crop = {str(c): _check_count(f"healthy_by_crop.{c}", n, 1) for c, n in (healthy_by_crop or {}).items()}
     if set(by_crop) - set(crops):
-        raise ValueError(f"healthy_by_crop names crops not generated: {sorted(set(by_crop) - set(crops))} "
-                         f"(crops: {list(crops)})")
+        raise ValueError(
+            f"healthy_by_crop names crops not generated: {sorted(set(by_crop) - set(crops))} (crops: {list(crops)})"
+        )
     counts = {c: by_crop.get(c, healthy) for c in crops}
 
     root = Path(root)
@@ -74,9 +86,13 @@ def generate(root: str | os.PathLike, *, seed: int, image_size: int, crops: Sequ
     classes, jobs = _plan(root, seed, image_size, counts, per_disease, severity, chunk)
     procs = min(procs, len(jobs))
     seconds = _run_jobs(jobs, procs, total, progress)
-    return {"images": total, "seconds": seconds,
-            "images_per_second": total / seconds if seconds > 0 else float("inf"),
-            "workers": procs, "classes": classes}
+    return {
+        "images": total,
+        "seconds": seconds,
+        "images_per_second": total / seconds if seconds > 0 else float("inf"),
+        "workers": procs,
+        "classes": classes,
+    }
 
 
 def _check_count(name: str, value: object, low: int) -> int:
@@ -94,8 +110,9 @@ def _check_crops(crops: Sequence[str]) -> None:
         raise ValueError(f"crops must be unique, got {list(crops)}")
 
 
-def _plan(root: Path, seed: int, image_size: int, healthy: Mapping[str, int],
-          per_disease: int, severity: float, chunk: int) -> tuple[dict[str, int], list[tuple]]:
+def _plan(
+    root: Path, seed: int, image_size: int, healthy: Mapping[str, int], per_disease: int, severity: float, chunk: int
+) -> tuple[dict[str, int], list[tuple]]:
     """Create and prune the class folders; the per-class counts and the jobs that fill them."""
     classes: dict[str, int] = {}
     jobs = []
@@ -105,16 +122,17 @@ def _plan(root: Path, seed: int, image_size: int, healthy: Mapping[str, int],
             folder.mkdir(exist_ok=True)
             _prune(folder, count)
             classes[folder.name] = count
-            jobs += [(str(folder), seed, image_size, crop, condition, i, min(i + chunk, count), float(severity))
-                     for i in range(0, count, chunk)]
+            jobs += [
+                (str(folder), seed, image_size, crop, condition, i, min(i + chunk, count), float(severity))
+                for i in range(0, count, chunk)
+            ]
     return classes, jobs
 
 
 def _run_jobs(jobs: list[tuple], procs: int, total: int, progress: bool) -> float:
     """Run the jobs in this process (procs == 1) or a pool; returns the seconds taken."""
     t0 = time.perf_counter()
-    with tqdm(total=total, unit="img", desc="synthetic leaves",
-              disable=None if progress else True) as bar:
+    with tqdm(total=total, unit="img", desc="synthetic leaves", disable=None if progress else True) as bar:
         if procs == 1:
             for job in jobs:
                 bar.update(_run_job(job))
@@ -126,8 +144,7 @@ def _run_jobs(jobs: list[tuple], procs: int, total: int, progress: bool) -> floa
 
 
 def _seed_for(seed: int, crop: str, condition: str, index: int) -> np.random.Generator:
-    return np.random.default_rng(
-        [seed, zlib.crc32(crop.encode("utf-8")), zlib.crc32(condition.encode("utf-8")), index])
+    return np.random.default_rng([seed, zlib.crc32(crop.encode("utf-8")), zlib.crc32(condition.encode("utf-8")), index])
 
 
 def _write_png(folder: str, index: int, pixels: np.ndarray) -> None:

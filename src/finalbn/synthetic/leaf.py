@@ -9,6 +9,7 @@
 The leaf's shape family (ovate, lanceolate, palmate, compound) and its typical proportions
 follow from the crop name, so any crop name works; hue, shade, pose and venation vary per image.
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -22,10 +23,20 @@ import numpy as np
 _FAMILIES = ("ovate", "lanceolate", "palmate", "compound")
 # PlantVillage crops get their botanical family; any other name gets one from its CRC.
 _KNOWN_FAMILY = {
-    "apple": "ovate", "blueberry": "ovate", "orange": "ovate", "peach": "lanceolate",
-    "cherry": "lanceolate", "pepper": "lanceolate", "corn": "lanceolate", "grape": "palmate",
-    "squash": "palmate", "tomato": "compound", "potato": "compound", "raspberry": "compound",
-    "soybean": "compound", "strawberry": "compound",
+    "apple": "ovate",
+    "blueberry": "ovate",
+    "orange": "ovate",
+    "peach": "lanceolate",
+    "cherry": "lanceolate",
+    "pepper": "lanceolate",
+    "corn": "lanceolate",
+    "grape": "palmate",
+    "squash": "palmate",
+    "tomato": "compound",
+    "potato": "compound",
+    "raspberry": "compound",
+    "soybean": "compound",
+    "strawberry": "compound",
 }
 
 
@@ -33,31 +44,31 @@ class _Style(NamedTuple):
     """Per-crop proportions; every image jitters around them."""
 
     family: str
-    width: float       # blade half-width / blade length at the widest point
-    a: float           # width profile u**a * (1-u)**b along the blade (u: 0 base, 1 tip)
+    width: float  # blade half-width / blade length at the widest point
+    a: float  # width profile u**a * (1-u)**b along the blade (u: 0 base, 1 tip)
     b: float
-    serration: float   # tooth depth, fraction of the local half-width
-    teeth: int         # teeth along one margin of a blade
-    hue: float         # HSV hue of the crop's typical green
-    veins: int         # lateral vein pairs per blade
+    serration: float  # tooth depth, fraction of the local half-width
+    teeth: int  # teeth along one margin of a blade
+    hue: float  # HSV hue of the crop's typical green
+    veins: int  # lateral vein pairs per blade
     vein_slope: float  # how far a lateral vein runs tipwards per unit of width
-    lobes: int         # palmate: lobes; compound: leaflet pairs
-    spread: float      # palmate: angle between neighbouring lobes (radians)
+    lobes: int  # palmate: lobes; compound: leaflet pairs
+    spread: float  # palmate: angle between neighbouring lobes (radians)
 
 
 class _Blade(NamedTuple):
     """One blade: a simple leaf, a palmate lobe or a compound leaflet."""
 
-    x: float           # base point, image units (0..1)
+    x: float  # base point, image units (0..1)
     y: float
-    angle: float       # direction base -> tip
+    angle: float  # direction base -> tip
     length: float
     width: float
     a: float
     b: float
     serration: float
     teeth: int
-    bend: float        # sideways offset of the tip, fraction of the length
+    bend: float  # sideways offset of the tip, fraction of the length
     veins: int
     vein_slope: float
 
@@ -71,18 +82,60 @@ def _style(crop: str) -> _Style:
     serration = 0.0 if u[1] < 0.3 else 0.03 + 0.07 * u[2]
     teeth = 10 + int(12 * u[3])
     if family == "ovate":
-        return _Style(family, 0.30 + 0.08 * u[4], 0.55 + 0.25 * u[5], 0.8 + 0.35 * u[6],
-                      serration, teeth, hue, 6 + int(3 * u[7]), 1.2 + 0.8 * u[8], 1, 0.0)
+        return _Style(
+            family,
+            0.30 + 0.08 * u[4],
+            0.55 + 0.25 * u[5],
+            0.8 + 0.35 * u[6],
+            serration,
+            teeth,
+            hue,
+            6 + int(3 * u[7]),
+            1.2 + 0.8 * u[8],
+            1,
+            0.0,
+        )
     if family == "lanceolate":
-        return _Style(family, 0.15 + 0.07 * u[4], 0.7 + 0.35 * u[5], 0.9 + 0.5 * u[6],
-                      serration, teeth + 6, hue, 8 + int(4 * u[7]), 1.8 + 1.2 * u[8], 1, 0.0)
+        return _Style(
+            family,
+            0.15 + 0.07 * u[4],
+            0.7 + 0.35 * u[5],
+            0.9 + 0.5 * u[6],
+            serration,
+            teeth + 6,
+            hue,
+            8 + int(4 * u[7]),
+            1.8 + 1.2 * u[8],
+            1,
+            0.0,
+        )
     if family == "palmate":  # lobes always toothed, fewer teeth per (shorter) lobe
-        return _Style(family, 0.30 + 0.08 * u[4], 0.6 + 0.2 * u[5], 1.0 + 0.4 * u[6],
-                      max(serration, 0.05), teeth // 2 + 4, hue, 4 + int(2 * u[7]),
-                      1.3 + 0.6 * u[8], 5 if u[9] < 0.75 else 3, math.radians(36 + 14 * u[10]))
-    return _Style(family, 0.25 + 0.07 * u[4], 0.6 + 0.3 * u[5], 0.8 + 0.4 * u[6],
-                  serration, teeth // 2 + 3, hue, 4 + int(2 * u[7]), 1.2 + 0.6 * u[8],
-                  2 + int(u[9] < 0.5), 0.0)
+        return _Style(
+            family,
+            0.30 + 0.08 * u[4],
+            0.6 + 0.2 * u[5],
+            1.0 + 0.4 * u[6],
+            max(serration, 0.05),
+            teeth // 2 + 4,
+            hue,
+            4 + int(2 * u[7]),
+            1.3 + 0.6 * u[8],
+            5 if u[9] < 0.75 else 3,
+            math.radians(36 + 14 * u[10]),
+        )
+    return _Style(
+        family,
+        0.25 + 0.07 * u[4],
+        0.6 + 0.3 * u[5],
+        0.8 + 0.4 * u[6],
+        serration,
+        teeth // 2 + 3,
+        hue,
+        4 + int(2 * u[7]),
+        1.2 + 0.6 * u[8],
+        2 + int(u[9] < 0.5),
+        0.0,
+    )
 
 
 # ---------------------------------------------------------------- drawing helpers
@@ -94,7 +147,7 @@ def _style(crop: str) -> _Style:
 
 _ALL = slice(None)
 _LUT = 2048  # samples of a blade's profiles along its length
-_PAD = 4     # "outside the blade" samples before the base and after the tip
+_PAD = 4  # "outside the blade" samples before the base and after the tip
 _settled = False
 
 
@@ -135,8 +188,12 @@ def _upsampler(cells: int, n: int) -> np.ndarray:
     p = (np.arange(n) + 0.5) * (cells / n)
     k = np.floor(p).astype(int)
     f = p - k
-    taps = ((-f ** 3 + 2 * f ** 2 - f) / 2, (3 * f ** 3 - 5 * f ** 2 + 2) / 2,
-            (-3 * f ** 3 + 4 * f ** 2 + f) / 2, (f ** 3 - f ** 2) / 2)
+    taps = (
+        (-(f**3) + 2 * f**2 - f) / 2,
+        (3 * f**3 - 5 * f**2 + 2) / 2,
+        (-3 * f**3 + 4 * f**2 + f) / 2,
+        (f**3 - f**2) / 2,
+    )
     m = np.zeros((n, cells + 1))
     for j, wj in enumerate(taps):
         np.add.at(m, (np.arange(n), np.clip(k + j - 1, 0, cells)), wj)
@@ -184,8 +241,9 @@ def _blob(u6, amount, xs, ys, cx, cy, r, S, soft=1.0):
     k1, k2 = 2 + int(2 * u6[0]), 4 + int(3 * u6[1])
     dx, dy = xs - cx, ys - cy
     ang = np.arctan2(dy, dx)
-    rr = r * (1.0 + amount * (u6[4] * np.sin(k1 * ang + math.tau * u6[2])
-                              + 0.4 * u6[5] * np.sin(k2 * ang + math.tau * u6[3])))
+    rr = r * (
+        1.0 + amount * (u6[4] * np.sin(k1 * ang + math.tau * u6[2]) + 0.4 * u6[5] * np.sin(k2 * ang + math.tau * u6[3]))
+    )
     d = np.sqrt(dx * dx + dy * dy)
     return _unit((rr - d) * (S / soft) + 0.5), d / rr
 
@@ -199,7 +257,7 @@ def _profiles(a: float, b: float, serration: float, teeth: int) -> tuple[np.ndar
     """
     u = np.linspace(-_PAD / _LUT, 1.0 + _PAD / _LUT, _LUT + 2 * _PAD + 1)
     uc = np.clip(u, 0.0, 1.0)
-    width = uc ** a * (1.0 - uc) ** b
+    width = uc**a * (1.0 - uc) ** b
     width /= width.max()
     if serration > 0:
         width *= 1.0 - serration * ((uc * teeth) % 1.0)
@@ -217,20 +275,25 @@ def _draw_blade(bl: _Blade, S: int, alpha, depth, vein, side) -> None:
     c, s, L, W = math.cos(bl.angle), math.sin(bl.angle), bl.length, bl.width
     hw = L * (W * (1 + bl.serration) + abs(bl.bend)) + 2.0 / S  # half-height of the blade's box
     tx, ty = bl.x + c * L, bl.y + s * L
-    found = _box(min(bl.x, tx) - abs(s) * hw, max(bl.x, tx) + abs(s) * hw,
-                 min(bl.y, ty) - abs(c) * hw, max(bl.y, ty) + abs(c) * hw, S)
+    found = _box(
+        min(bl.x, tx) - abs(s) * hw,
+        max(bl.x, tx) + abs(s) * hw,
+        min(bl.y, ty) - abs(c) * hw,
+        max(bl.y, ty) + abs(c) * hw,
+        S,
+    )
     if found is None:
         return
     win, xs, ys = found
     dx, dy = xs - bl.x, ys - bl.y
-    u = dx * (c / L) + dy * (s / L)                      # along the midrib: 0 base .. 1 tip
-    vn = dy * (c / (L * W)) - dx * (s / (L * W))         # across, in units of the half-width
-    vn -= (bl.bend / W) * u * u                          # midrib curved sideways
+    u = dx * (c / L) + dy * (s / L)  # along the midrib: 0 base .. 1 tip
+    vn = dy * (c / (L * W)) - dx * (s / (L * W))  # across, in units of the half-width
+    vn -= (bl.bend / W) * u * u  # midrib curved sideways
     idx = np.clip(u * _LUT + (_PAD + 0.5), 0.0, _LUT + 2 * _PAD).astype(np.intp)
     width_lut, midrib_lut = _profiles(bl.a, bl.b, bl.serration, bl.teeth)
     prof = width_lut[idx]
     av = np.abs(vn)
-    d = (prof - av) * (L * W)                            # > 0 inside, image units
+    d = (prof - av) * (L * W)  # > 0 inside, image units
     a_b = _unit(d * (S / 1.2) + 0.5)
 
     px = L * W * S  # half-width units -> canvas pixels
@@ -238,7 +301,7 @@ def _draw_blade(bl: _Blade, S: int, alpha, depth, vein, side) -> None:
     # Lateral veins: lines of constant u - slope * |v|, `veins` of them along the blade.
     t = u * bl.veins - av * (bl.vein_slope * W * bl.veins)
     lateral = np.abs(t - np.round(t))
-    lateral *= -(px / W / bl.veins / math.sqrt(1.0 + bl.vein_slope ** 2) / max(0.0028 * S, 0.6))
+    lateral *= -(px / W / bl.veins / math.sqrt(1.0 + bl.vein_slope**2) / max(0.0028 * S, 0.6))
     lateral += 1.0
     _unit(lateral)
     lateral *= (t > 0.5) & (t < 0.93 * bl.veins)
@@ -268,7 +331,7 @@ def _layout(rng: np.random.Generator, st: _Style):
     """One leaf's blades and stems in image units: pose and per-image jitter of the style."""
     g = rng.random(8).tolist()
     jit = (rng.random(16) * 2.0 - 1.0).tolist()  # in [-1, 1)
-    L = 0.6 + 0.32 * g[0]                        # overall extent of the leaf
+    L = 0.6 + 0.32 * g[0]  # overall extent of the leaf
     theta = 2 * math.pi * g[1]
     cx, cy = 0.4 + 0.2 * g[2], 0.4 + 0.2 * g[3]
     width = st.width * (0.85 + 0.3 * g[4])
@@ -281,8 +344,7 @@ def _layout(rng: np.random.Generator, st: _Style):
     stems: list[tuple[float, float, float, float, float]] = []
 
     def blade(x, y, ang, length, wid, bnd, veins):
-        blades.append(_Blade(x, y, ang, length, wid, a, b, st.serration, st.teeth, bnd,
-                             veins, st.vein_slope))
+        blades.append(_Blade(x, y, ang, length, wid, a, b, st.serration, st.teeth, bnd, veins, st.vein_slope))
 
     if st.family in ("ovate", "lanceolate"):
         Lb = L * (0.88 if st.family == "ovate" else 1.0)
@@ -298,24 +360,39 @@ def _layout(rng: np.random.Generator, st: _Style):
             ang = theta + k * st.spread * (1.0 + 0.12 * jit[1 + i])
             ln = l0 * (1.0, 0.82, 0.82, 0.58, 0.58)[i] * (1.0 + 0.08 * jit[6 + i])
             back = 0.1 * ln  # lobes start behind the junction so that they fuse into one blade
-            blade(bx - math.cos(ang) * back, by - math.sin(ang) * back, ang, ln * 1.1,
-                  width, bend * 0.5 + 0.04 * jit[11 + i], st.veins)
+            blade(
+                bx - math.cos(ang) * back,
+                by - math.sin(ang) * back,
+                ang,
+                ln * 1.1,
+                width,
+                bend * 0.5 + 0.04 * jit[11 + i],
+                st.veins,
+            )
         pl = L * (0.2 + 0.05 * jit[0])
         stems.append((bx - dc * pl, by - ds * pl, bx, by, 0.009))
     else:  # compound: a rachis with leaflet pairs and a terminal leaflet
         rl = L * 0.62
         bx, by = cx - dc * L / 2, cy - ds * L / 2
         stems.append((bx, by, bx + dc * rl, by + ds * rl, 0.007))
-        blade(bx + dc * (rl - 0.04 * L), by + ds * (rl - 0.04 * L), theta + 0.1 * jit[0],
-              L * 0.42, width, bend, st.veins)
+        blade(
+            bx + dc * (rl - 0.04 * L), by + ds * (rl - 0.04 * L), theta + 0.1 * jit[0], L * 0.42, width, bend, st.veins
+        )
         for i in range(st.lobes):
             pos = rl * (0.22 + 0.62 * i / max(st.lobes - 0.5, 1)) + 0.02 * L * jit[1 + i]
             ln = L * (0.26 + 0.05 * i / max(st.lobes - 1, 1)) * (1.0 + 0.1 * jit[4 + i])
             px, py = bx + dc * pos, by + ds * pos
             for sgn, j in ((1, 7 + i), (-1, 10 + i)):
                 ang = theta + sgn * (1.2 - 0.12 * i + 0.12 * jit[j])  # near-perpendicular
-                blade(px, py, ang, ln * (1.0 + 0.06 * jit[j + 3]), width * 1.05,
-                      sgn * 0.05 * jit[13], max(st.veins - 1, 3))
+                blade(
+                    px,
+                    py,
+                    ang,
+                    ln * (1.0 + 0.06 * jit[j + 3]),
+                    width * 1.05,
+                    sgn * 0.05 * jit[13],
+                    max(st.veins - 1, 3),
+                )
     return blades, stems
 
 

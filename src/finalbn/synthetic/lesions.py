@@ -8,6 +8,7 @@
 Leaf_spot: dark spots with a light halo; Rust: orange-brown rings; Mosaic: pale yellow-green
 mottled patches; Blight: a browned necrotic segment of the margin.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -82,7 +83,10 @@ def _blight(rng, leaf, S, cx, cy, scale):
 
 
 # disease -> (paint one lesion, fewest, most lesions)
-_LESIONS = {"Leaf_spot": (_leaf_spot, 1, 4), "Rust": (_rust, 2, 5), "Mosaic": (_mosaic, 2, 3),
-            "Blight": (_blight, 1, 1)}
+_LESIONS = {
+    "Leaf_spot": (_leaf_spot, 1, 4),
+    "Rust": (_rust, 2, 5),
+    "Mosaic": (_mosaic, 2, 3),
+    "Blight": (_blight, 1, 1),
+}
 DISEASES: tuple[str, ...] = tuple(_LESIONS)  # ("Leaf_spot", "Rust", "Mosaic", "Blight")
-

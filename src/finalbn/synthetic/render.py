@@ -7,6 +7,7 @@ Each step below draws from `rng` in a fixed order, and every part of the healthy
 before the lesions, so with the same generator state a diseased image is the healthy image plus
 lesions.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,8 +39,9 @@ from finalbn.synthetic.lesions import _LESIONS, DISEASES
 _SUPERSAMPLE_UP_TO = 256
 
 
-def render_leaf(rng: np.random.Generator, size: int, crop: str, disease: str | None,
-                severity: float = 1.0) -> np.ndarray:
+def render_leaf(
+    rng: np.random.Generator, size: int, crop: str, disease: str | None, severity: float = 1.0
+) -> np.ndarray:
     """One (size, size, 3) uint8 image of a `crop` leaf, healthy (None) or with `disease`.
 
     `severity` multiplies the number of lesions and their area (1.0: the scarce early-stage
@@ -82,8 +84,9 @@ def _check_crop(crop: object) -> None:
     if crop != crop.strip() or crop in (".", "..") or any(ch in crop for ch in "/\\\0"):
         raise ValueError(f"crop name {crop!r} is not a safe folder name")
     if "___" in crop or crop.endswith("_"):
-        raise ValueError(f"crop name {crop!r} must not contain '___' or end in '_' "
-                         "(it is the <Crop>___<condition> separator)")
+        raise ValueError(
+            f"crop name {crop!r} must not contain '___' or end in '_' (it is the <Crop>___<condition> separator)"
+        )
 
 
 def _check_severity(severity: float) -> None:
@@ -112,8 +115,7 @@ def _soil(rng: np.random.Generator, size: int) -> np.ndarray:
     tone *= 0.2
     tone += 1.0
     bg = _paint(soil, tone)
-    bg += _paint(np.array([0.03, 0.015, -0.01], np.float32).reshape(3, 1, 1),
-                 _smooth_noise(rng, 4, size))
+    bg += _paint(np.array([0.03, 0.015, -0.01], np.float32).reshape(3, 1, 1), _smooth_noise(rng, 4, size))
     return bg
 
 
@@ -136,8 +138,7 @@ def _soil_distractors(rng: np.random.Generator, bg: np.ndarray, size: int) -> No
             if p[3] < 0.35:
                 ring = _unit((1.6 - nd) * 2.0) * (1.0 - stain)
                 _blend(bg, win, 0.35 * ring, _hsv(0.1, 0.45, 0.6))
-            _blend(bg, win, (0.45 + 0.4 * p[4]) * stain,
-                   _hsv(0.04 + 0.05 * p[5], 0.4 + 0.3 * p[6], 0.08 + 0.12 * p[7]))
+            _blend(bg, win, (0.45 + 0.4 * p[4]) * stain, _hsv(0.04 + 0.05 * p[5], 0.4 + 0.3 * p[6], 0.08 + 0.12 * p[7]))
 
 
 def _leaf_layers(rng: np.random.Generator, st: _Style, S: int):
@@ -160,8 +161,9 @@ def _cast_shadow(bg: np.ndarray, cover_out: np.ndarray, g: list[float], size: in
     sh = max(int(round((0.01 + 0.02 * g[0]) * size)), 1)
     sdx = sh if g[1] < 0.5 else -sh
     shadow = np.ones((size, size), np.float32)
-    shadow[sh:, max(sdx, 0): size + min(sdx, 0)] -= (0.25 + 0.2 * g[2]) * cover_out[
-        : size - sh, max(-sdx, 0): size - max(sdx, 0)]
+    shadow[sh:, max(sdx, 0) : size + min(sdx, 0)] -= (0.25 + 0.2 * g[2]) * cover_out[
+        : size - sh, max(-sdx, 0) : size - max(sdx, 0)
+    ]
     bg *= shadow
 
 
@@ -198,8 +200,7 @@ def _lesion_sites(st: _Style, blades, alpha, depth, stem, S: int):
     return interior, margin, scale
 
 
-def _benign_mark(rng: np.random.Generator, leaf: np.ndarray, interior: np.ndarray,
-                 S: int) -> np.ndarray:
+def _benign_mark(rng: np.random.Generator, leaf: np.ndarray, interior: np.ndarray, S: int) -> np.ndarray:
     """A benign mark, drawn whatever the condition: a soil speck or a faint yellowing about
     the size of a lesion. Returns the camera gain (its draws share the mark's batch)."""
     g = rng.random(12).tolist()
@@ -218,11 +219,20 @@ def _benign_mark(rng: np.random.Generator, leaf: np.ndarray, interior: np.ndarra
     return np.array([0.96 + 0.08 * x for x in g[2:5]], np.float32) * (0.92 + 0.16 * g[5])
 
 
-def _paint_lesions(rng: np.random.Generator, leaf: np.ndarray, S: int, disease: str,
-                   severity: float, scale: float, interior, margin, alpha) -> None:
+def _paint_lesions(
+    rng: np.random.Generator,
+    leaf: np.ndarray,
+    S: int,
+    disease: str,
+    severity: float,
+    scale: float,
+    interior,
+    margin,
+    alpha,
+) -> None:
     paint, lo, hi = _LESIONS[disease]
     n = max(1, round(int(rng.integers(lo, hi + 1)) * severity))
-    scale *= severity ** 0.5
+    scale *= severity**0.5
     pool = margin if disease == "Blight" and len(margin) else interior
     if len(pool) == 0:
         pool = np.flatnonzero(alpha > 0.5)

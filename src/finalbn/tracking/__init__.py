@@ -10,8 +10,9 @@ tag name), `runs` (writing runs), `query` (reading them), `parents` (grid and st
 runs), `outputs` (the ceiling's and the report's runs), `registry` (logged models, the
 registered name and alias), `fingerprint` (whether the store holds what a stage's outputs cite),
 `owner` (one live command per stage's experiment: `with owned(cfg, "grid"):`). Stages wrap
-cells in these contexts (`finalbn.stages.tracked`), so a test can run a stage's core with no store at all.
+cells in these contexts (`finalbn.stages.cellrun`), so a test can run a stage's core with no store at all.
 """
+
 from finalbn.tracking import fingerprint, records
 from finalbn.tracking.outputs import log_report
 from finalbn.tracking.owner import owned
@@ -38,9 +39,32 @@ from finalbn.tracking.store import (
 )
 
 __all__ = [
-    "ActiveRun", "after_interrupt", "ALIAS", "artifact_text", "cell_run", "detach_project_run", "download",
-    "experiment_name", "experiment_names", "fingerprint", "finish_study_parent", "finished_cell_runs",
-    "get_run", "latest", "log_figure", "log_onnx_and_register", "log_report", "mark_killed", "owned",
-    "records", "REGISTERED_NAME", "run_experiment", "RunRecord", "runs_by_tag", "search", "setup",
-    "study_parent", "tracking_uri",
+    "ActiveRun",
+    "after_interrupt",
+    "ALIAS",
+    "artifact_text",
+    "cell_run",
+    "detach_project_run",
+    "download",
+    "experiment_name",
+    "experiment_names",
+    "fingerprint",
+    "finish_study_parent",
+    "finished_cell_runs",
+    "get_run",
+    "latest",
+    "log_figure",
+    "log_onnx_and_register",
+    "log_report",
+    "mark_killed",
+    "owned",
+    "records",
+    "REGISTERED_NAME",
+    "run_experiment",
+    "RunRecord",
+    "runs_by_tag",
+    "search",
+    "setup",
+    "study_parent",
+    "tracking_uri",
 ]

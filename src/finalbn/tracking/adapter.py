@@ -6,6 +6,7 @@ Each method is the `finalbn.tracking` function of the same job, so the commands 
 what they recorded before the cores were handed a tracker. Stateless: a worker process makes its
 own (`shared`: every process on the store sees what it records).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -29,9 +30,15 @@ class MlflowTracker:
     def owned(self, cfg: Config, stage: str, shard: tuple[int, int] = (0, 1), command: str = "") -> ContextManager[Any]:
         return owner.owned(cfg, stage, shard=shard, command=command)
 
-    def cell_run(self, name: str, tags: dict[str, str], *, parent_run_id: str | None = None,
-                 killed_on: tuple[type[BaseException], ...] = (), state_tag: str | None = None
-                 ) -> ContextManager[runs.ActiveRun]:
+    def cell_run(
+        self,
+        name: str,
+        tags: dict[str, str],
+        *,
+        parent_run_id: str | None = None,
+        killed_on: tuple[type[BaseException], ...] = (),
+        state_tag: str | None = None,
+    ) -> ContextManager[runs.ActiveRun]:
         return runs.cell_run(name, tags, parent_run_id=parent_run_id, killed_on=killed_on, state_tag=state_tag)
 
     def cells_by_key(self, cfg: Config, stages: Iterable[str], tag: str) -> dict[str, list[RunRecord]]:
@@ -40,8 +47,17 @@ class MlflowTracker:
     def take_over(self, cfg: Config, stage: str, runs: Iterable[RunRecord]) -> list[str]:
         return owner.take_over(cfg, stage, runs)
 
-    def parent(self, cfg: Config, stage: str, dataset: str, arch: str, config_id: int, parent_key: str,
-               name: str, baseline: str = "") -> str:
+    def parent(
+        self,
+        cfg: Config,
+        stage: str,
+        dataset: str,
+        arch: str,
+        config_id: int,
+        parent_key: str,
+        name: str,
+        baseline: str = "",
+    ) -> str:
         return parents.grid_parent(cfg, stage, dataset, arch, config_id, parent_key, name, baseline)
 
     def open_parent(self, cfg: Config, stage: str, parent_key: str) -> str | None:

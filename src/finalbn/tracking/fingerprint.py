@@ -15,6 +15,7 @@ it; a run or alias gone, or another URI, changes them, and DVC runs the stage ag
 A run counts when it is active (not deleted) in an active experiment. A SQLite store whose file
 does not exist holds nothing (it is not created here).
 """
+
 from __future__ import annotations
 
 import csv
@@ -129,14 +130,15 @@ def missing_runs(run_ids: Iterable[str]) -> list[str]:
             break
     have: set[str] = set()
     for i in range(0, len(want), _BATCH):
-        chunk = want[i:i + _BATCH]
+        chunk = want[i : i + _BATCH]
         ids = ", ".join(f"'{r}'" for r in chunk if "'" not in r)
         if not ids or not experiments:
             continue
         token = None
         while True:
-            page = c.search_runs(experiments, f"attributes.run_id IN ({ids})", ViewType.ACTIVE_ONLY,
-                                 max_results=1000, page_token=token)
+            page = c.search_runs(
+                experiments, f"attributes.run_id IN ({ids})", ViewType.ACTIVE_ONLY, max_results=1000, page_token=token
+            )
             have.update(r.info.run_id for r in page)
             token = page.token
             if not token:
@@ -166,8 +168,14 @@ def missing_models(models: dict[str, str]) -> list[str]:
 def _content(runs: Iterable[str], models: dict[str, str]) -> dict:
     runs, models = sorted(set(runs)), dict(sorted(models.items()))
     lost, unset = missing_runs(runs), missing_models(models)
-    return {"store": store_identity(), "runs": runs, "models": models, "missing_runs": lost,
-            "missing_models": unset, "complete": not lost and not unset}
+    return {
+        "store": store_identity(),
+        "runs": runs,
+        "models": models,
+        "missing_runs": lost,
+        "missing_models": unset,
+        "complete": not lost and not unset,
+    }
 
 
 def mark(path: str | os.PathLike, runs: Iterable[str], models: dict[str, str] | None = None) -> dict:
@@ -178,9 +186,11 @@ def mark(path: str | os.PathLike, runs: Iterable[str], models: dict[str, str] | 
     out = _content(runs, models or {})
     if not out["complete"]:
         lost = out["missing_runs"] + out["missing_models"]
-        raise StoreError(f"the tracking store {out['store']} does not show {len(lost)} of the runs and aliases this "
-                         f"stage's outputs cite (e.g. {lost[0]}) right after it made them: is it the store the stage "
-                         "wrote to? Its fingerprint was not written, so the stage runs again next time")
+        raise StoreError(
+            f"the tracking store {out['store']} does not show {len(lost)} of the runs and aliases this "
+            f"stage's outputs cite (e.g. {lost[0]}) right after it made them: is it the store the stage "
+            "wrote to? Its fingerprint was not written, so the stage runs again next time"
+        )
     io.write_json(path, out)
     return out
 

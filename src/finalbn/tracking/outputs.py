@@ -3,6 +3,7 @@ through its tracker, `finalbn.stages.ceiling.record`).
 
     log_report(Path("report"), "finalbn/report")   # every file of the folder, the verdict as tags
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,10 @@ def log_report(out_dir: Path, experiment: str) -> str:
         summary_path = out / "summary.json"
         if summary_path.is_file():
             s = json.loads(summary_path.read_text(encoding="utf-8"))
-            log_batch(run_id, {metric_name(k): float(v) for k, v in (s.get("metrics") or {}).items()
-                               if isinstance(v, (int, float))})
+            log_batch(
+                run_id,
+                {metric_name(k): float(v) for k, v in (s.get("metrics") or {}).items() if isinstance(v, (int, float))},
+            )
             for i, line in enumerate(s.get("verdict") or []):
                 set_tag(run_id, f"verdict_{i}", str(line))
         end_run(run_id, FINISHED)

@@ -30,6 +30,7 @@ expires. A command's own worker processes (FINALBN_CHILD, set by `workers.run_co
 shards, search workers, the sensitivity stage's levels) and Ray tasks work under their driver's
 record and take none.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -108,8 +109,9 @@ def alive(record: Mapping[str, Any], now: float | None = None) -> bool:
 def mine(record: Mapping[str, Any]) -> bool:
     """Whether `record` names this process."""
     me = liveness.identity()
-    return (record.get("host"), record.get("pid")) == (me["host"], me["pid"]) and \
-        abs(float(record.get("started", 0)) - me["started"]) <= liveness.SAME_START_S
+    return (record.get("host"), record.get("pid")) == (me["host"], me["pid"]) and abs(
+        float(record.get("started", 0)) - me["started"]
+    ) <= liveness.SAME_START_S
 
 
 def live_owners(exp_id: str, shard: tuple[int, int] = (0, 1)) -> list[dict]:
@@ -127,17 +129,27 @@ def refusal(record: Mapping[str, Any], name: str) -> str:
     """The one line that names the live owner `record` of experiment `name`, and what to do."""
     pid, host = record.get("pid"), record.get("host")
     here = liveness.gone(record) is not None
-    stop = (f"wait for it to end or stop it (kill {pid}), then run this again" if here else
-            f"wait for it to end or stop it (kill {pid} on {host}), then run this again (a record its "
-            f"process could not remove lapses at {_when(record.get('lease_until', 0))})")
-    return (f"another {record.get('command', 'finalbn command')} owns experiment {name} of this store: pid {pid} on "
-            f"host {host}, started {_when(record.get('started', 0))} ({tracking_uri()}); {stop}")
+    stop = (
+        f"wait for it to end or stop it (kill {pid}), then run this again"
+        if here
+        else f"wait for it to end or stop it (kill {pid} on {host}), then run this again (a record its "
+        f"process could not remove lapses at {_when(record.get('lease_until', 0))})"
+    )
+    return (
+        f"another {record.get('command', 'finalbn command')} owns experiment {name} of this store: pid {pid} on "
+        f"host {host}, started {_when(record.get('started', 0))} ({tracking_uri()}); {stop}"
+    )
 
 
 def _record(shard: tuple[int, int], command: str, every_s: float) -> dict:
     label = f"finalbn {command}" + (f" --shard {shard[0]}/{shard[1]}" if shard != (0, 1) else "")
-    return {**liveness.identity(), "lease_until": time.time() + MISSED * every_s,
-            "shard": f"{shard[0]}/{shard[1]}", "command": label, "since": time.time()}
+    return {
+        **liveness.identity(),
+        "lease_until": time.time() + MISSED * every_s,
+        "shard": f"{shard[0]}/{shard[1]}",
+        "command": label,
+        "since": time.time(),
+    }
 
 
 def _store_lock(timeout: float = LOCK_S) -> contextlib.AbstractContextManager:
@@ -163,9 +175,12 @@ def _claim(exp_id: str, key: str, record: dict, shard: tuple[int, int], name: st
         return
     _release(exp_id, key)
     blocker = now if now is not None and not mine(now) else (first[0] if first else None)
-    raise StoreError(refusal(blocker, name) if blocker else
-                     f"the owner record {key} of experiment {name} vanished as this command wrote it "
-                     f"({tracking_uri()}): another command is starting on the same store; run this again")
+    raise StoreError(
+        refusal(blocker, name)
+        if blocker
+        else f"the owner record {key} of experiment {name} vanished as this command wrote it "
+        f"({tracking_uri()}): another command is starting on the same store; run this again"
+    )
 
 
 def _release(exp_id: str, key: str) -> None:
@@ -176,8 +191,7 @@ def _release(exp_id: str, key: str) -> None:
             client().delete_experiment_tag(exp_id, key)
 
 
-def _renew(exp_id: str, key: str, record: dict, every_s: float, stop: threading.Event,
-           guard: threading.Lock) -> None:
+def _renew(exp_id: str, key: str, record: dict, every_s: float, stop: threading.Event, guard: threading.Lock) -> None:
     """Push the lease MISSED intervals ahead every `every_s` s until `stop`, while the record is ours."""
     while not stop.wait(every_s):
         try:
@@ -194,8 +208,9 @@ def _renew(exp_id: str, key: str, record: dict, every_s: float, stop: threading.
 
 
 @contextlib.contextmanager
-def owned(cfg: Config, stage: str, shard: tuple[int, int] = (0, 1), command: str = "",
-          every_s: float = RENEW_S) -> Iterator[dict | None]:
+def owned(
+    cfg: Config, stage: str, shard: tuple[int, int] = (0, 1), command: str = "", every_s: float = RENEW_S
+) -> Iterator[dict | None]:
     """Own `stage`'s experiment (shard (I, N) of it) in the store for the block; yields the record
     (None in a command's worker process, FINALBN_CHILD: its driver owns). Raises StoreError, one
     line naming host and pid, when a live command owns an overlapping shard."""
@@ -206,8 +221,9 @@ def owned(cfg: Config, stage: str, shard: tuple[int, int] = (0, 1), command: str
     record = _record(shard, command or stage, every_s)
     _claim(exp_id, key, record, shard, name)
     stop, guard = threading.Event(), threading.Lock()
-    thread = threading.Thread(target=_renew, args=(exp_id, key, record, every_s, stop, guard),
-                              name=f"lease-{key}", daemon=True)
+    thread = threading.Thread(
+        target=_renew, args=(exp_id, key, record, every_s, stop, guard), name=f"lease-{key}", daemon=True
+    )
     thread.start()
     try:
         yield record
@@ -235,9 +251,11 @@ def take_over(cfg: Config, stage: str, runs: Iterable[RunRecord]) -> list[str]:
         gone = process_gone(run.tags)
         if gone is False:
             who = run_process(run.tags) or {}
-            raise StoreError(f"cell run {run.name!r} ({run.run_id}) is RUNNING in process pid {who.get('pid')} on host "
-                             f"{who.get('host')}, which is alive ({tracking_uri()}): another finalbn command trains "
-                             f"this cell; wait for it to end or stop it (kill {who.get('pid')}), then run this again")
+            raise StoreError(
+                f"cell run {run.name!r} ({run.run_id}) is RUNNING in process pid {who.get('pid')} on host "
+                f"{who.get('host')}, which is alive ({tracking_uri()}): another finalbn command trains "
+                f"this cell; wait for it to end or stop it (kill {who.get('pid')}), then run this again"
+            )
         other = run.tags.get(STAGE, stage)
         if gone is None and other != stage and other in STAGES:
             if other not in owners:

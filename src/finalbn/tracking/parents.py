@@ -7,6 +7,7 @@ mean and std as its metrics) and a search study's parent (its trials as children
 A parent speaks its children's metric names: `test_f1_1` on a parent is the mean of its replicates'
 `test_f1_1` (and `test_f1_1_std` their standard deviation), so one chart or column serves both levels.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -41,8 +42,9 @@ def open_parent(cfg: Config, stage: str, parent_key: str) -> str | None:
     return run.run_id if run is not None and not run.finished else None
 
 
-def grid_parent(cfg: Config, stage: str, dataset: str, arch: str, config_id: int, parent_key: str, name: str,
-                baseline: str = "") -> str:
+def grid_parent(
+    cfg: Config, stage: str, dataset: str, arch: str, config_id: int, parent_key: str, name: str, baseline: str = ""
+) -> str:
     """The parent run of one (dataset, arch, configuration[, baseline]) in `stage`'s experiment,
     named `name`: found by key, or created."""
     found = query.parent_run(experiment_name(cfg, stage), parent_key)
@@ -51,9 +53,16 @@ def grid_parent(cfg: Config, stage: str, dataset: str, arch: str, config_id: int
             reopen(found.run_id)
         return found.run_id
     ab = ablation_from_id(config_id)
-    tags = {**{toggle_tag(t): str(getattr(ab, t)).lower() for t in TOGGLES}, CONFIG_ID: str(config_id),
-            CONFIG_NAME: config_name(ab), DATASET: dataset, ARCH: arch, PARENT_KEY: parent_key,
-            PARENT: "true", **({BASELINE: baseline} if baseline else {})}
+    tags = {
+        **{toggle_tag(t): str(getattr(ab, t)).lower() for t in TOGGLES},
+        CONFIG_ID: str(config_id),
+        CONFIG_NAME: config_name(ab),
+        DATASET: dataset,
+        ARCH: arch,
+        PARENT_KEY: parent_key,
+        PARENT: "true",
+        **({BASELINE: baseline} if baseline else {}),
+    }
     return create_run(setup(cfg, stage), name, tags)
 
 
@@ -87,8 +96,9 @@ def study_parent(cfg: Config, study: str, existing: str | None = None) -> str:
     return run_id
 
 
-def finish_study_parent(run_id: str, metrics: Mapping[str, float | None], summary: dict,
-                        figures: Sequence[Path] = ()) -> None:
+def finish_study_parent(
+    run_id: str, metrics: Mapping[str, float | None], summary: dict, figures: Sequence[Path] = ()
+) -> None:
     log_batch(run_id, metrics)
     log_dict(run_id, summary, "search.json")
     for path in figures:

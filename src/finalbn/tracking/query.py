@@ -1,9 +1,10 @@
 """Reading the store: runs as `RunRecord`s, per-epoch metric histories, artifacts.
 
-    runs = finished_cell_runs(["finalbn/grid", "finalbn/search"])   # [RunRecord, ...]
-    by_key = runs_by_tag("finalbn/grid", CELL_KEY)        # {key: [RunRecord, ...]}
-    text = artifact_text(run_id, "config.yaml")           # or None
+runs = finished_cell_runs(["finalbn/grid", "finalbn/search"])   # [RunRecord, ...]
+by_key = runs_by_tag("finalbn/grid", CELL_KEY)        # {key: [RunRecord, ...]}
+text = artifact_text(run_id, "config.yaml")           # or None
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -22,9 +23,17 @@ MAX_RESULTS = 100_000
 def record(run: Any) -> RunRecord:
     """An MLflow `Run` as a RunRecord."""
     info, data = run.info, run.data
-    return RunRecord(run_id=info.run_id, name=info.run_name or "", status=info.status, start_time=info.start_time,
-                     end_time=info.end_time, metrics=dict(data.metrics), params=dict(data.params),
-                     tags=dict(data.tags), active=info.lifecycle_stage == "active")
+    return RunRecord(
+        run_id=info.run_id,
+        name=info.run_name or "",
+        status=info.status,
+        start_time=info.start_time,
+        end_time=info.end_time,
+        metrics=dict(data.metrics),
+        params=dict(data.params),
+        tags=dict(data.tags),
+        active=info.lifecycle_stage == "active",
+    )
 
 
 Experiments = str | Sequence[str]  # one experiment's name, or several

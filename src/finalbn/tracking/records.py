@@ -6,6 +6,7 @@
 Every tag that finalbn writes or reads is named here once. MLflow's own objects never leave
 `finalbn.tracking`: queries turn them into `RunRecord`s (`query.record`).
 """
+
 from __future__ import annotations
 
 import math
@@ -90,7 +91,7 @@ class RunRecord:
 
     def with_prefix(self, prefix: str) -> dict[str, float]:
         """Metrics whose name starts with `prefix`, the prefix removed: `val_last_` -> {auroc: ...}."""
-        return {k[len(prefix):]: v for k, v in self.metrics.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in self.metrics.items() if k.startswith(prefix)}
 
 
 def latest(runs: list[RunRecord]) -> RunRecord:

@@ -17,6 +17,7 @@ i.e. `proto.SerializeToString()`. The export writes model.onnx as exactly those 
 the card's `onnx.sha256` (checked by `finalbn-field`) holds for the downloaded folder too; this is
 verified here before anything is logged, and the version carries the digest and size as tags.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,15 +37,25 @@ REGISTERED_NAME = "finalbn"
 ALIAS = "champion"
 
 
-MODEL_DESCRIPTION = ("finalbn's champion: a healthy-vs-diseased image classifier fine-tuned under a 99 %/1 % "
-                     "imbalance (the best final-BN configuration on validation), exported to ONNX. Input `image`: "
-                     "float32 [batch, 3, H, W], preprocessed as `extra_files/model.json` says; outputs `logits` and "
-                     "`probs` (column 1 = diseased). Field use: `finalbn-field predict --model <downloaded folder>`.")
+MODEL_DESCRIPTION = (
+    "finalbn's champion: a healthy-vs-diseased image classifier fine-tuned under a 99 %/1 % "
+    "imbalance (the best final-BN configuration on validation), exported to ONNX. Input `image`: "
+    "float32 [batch, 3, H, W], preprocessed as `extra_files/model.json` says; outputs `logits` and "
+    "`probs` (column 1 = diseased). Field use: `finalbn-field predict --model <downloaded folder>`."
+)
 
 
-def log_onnx_and_register(run_id: str, onnx_path: Path, input_name: str, example: np.ndarray,
-                          outputs: dict[str, np.ndarray], card_path: Path, description: str,
-                          tags: dict[str, str], metadata: dict) -> dict:
+def log_onnx_and_register(
+    run_id: str,
+    onnx_path: Path,
+    input_name: str,
+    example: np.ndarray,
+    outputs: dict[str, np.ndarray],
+    card_path: Path,
+    description: str,
+    tags: dict[str, str],
+    metadata: dict,
+) -> dict:
     """`mlflow.onnx.log_model` on run `run_id` with a named input signature, the model card as an
     extra file and `metadata` in MLmodel; registered, described, tagged, alias `champion`; returns
     {name, version, alias, model_uri, serve}.
@@ -63,34 +74,50 @@ def log_onnx_and_register(run_id: str, onnx_path: Path, input_name: str, example
     if pinned != digest or proto.SerializeToString() != data:  # the export's invariants: never register a model
         raise RuntimeError(  # whose served bytes the card's digest would not match
             f"{onnx_path} (sha256 {digest}) is not what MLflow would store and the card pins (card sha256 "
-            f"{pinned}): export it again (`export.onnx.export_onnx` writes the canonical bytes)")
+            f"{pinned}): export it again (`export.onnx.export_onnx` writes the canonical bytes)"
+        )
     if _registered(c):
         c.update_registered_model(REGISTERED_NAME, description=MODEL_DESCRIPTION)
     else:
         c.create_registered_model(REGISTERED_NAME, description=MODEL_DESCRIPTION)
     mv = _version_of(c, run_id, digest)
     if mv is None:
-        info = mlflow.onnx.log_model(proto, name="model", run_id=run_id,
-                                     signature=infer_signature({input_name: example}, outputs),
-                                     input_example={input_name: example},
-                                     onnx_execution_providers=["CPUExecutionProvider"],
-                                     pip_requirements=["onnxruntime", "numpy"], save_as_external_data=False,
-                                     extra_files=[str(card_path)], metadata=metadata)
+        info = mlflow.onnx.log_model(
+            proto,
+            name="model",
+            run_id=run_id,
+            signature=infer_signature({input_name: example}, outputs),
+            input_example={input_name: example},
+            onnx_execution_providers=["CPUExecutionProvider"],
+            pip_requirements=["onnxruntime", "numpy"],
+            save_as_external_data=False,
+            extra_files=[str(card_path)],
+            metadata=metadata,
+        )
         c.log_artifact(run_id, str(card_path))
-        mv = mlflow.register_model(info.model_uri, REGISTERED_NAME,
-                                   tags={**tags, ONNX_SHA256: digest, ONNX_SIZE: str(len(data))})
+        mv = mlflow.register_model(
+            info.model_uri, REGISTERED_NAME, tags={**tags, ONNX_SHA256: digest, ONNX_SIZE: str(len(data))}
+        )
         faults.point("export.register")
     c.update_model_version(REGISTERED_NAME, mv.version, description=description)
     c.set_registered_model_alias(REGISTERED_NAME, ALIAS, mv.version)
     note_model(REGISTERED_NAME, ALIAS, mv.run_id)  # the export's fingerprint: the alias must stay there
-    return {"name": REGISTERED_NAME, "version": mv.version, "alias": ALIAS, "model_uri": mv.source,
-            "serve": f"models:/{REGISTERED_NAME}@{ALIAS}"}
+    return {
+        "name": REGISTERED_NAME,
+        "version": mv.version,
+        "alias": ALIAS,
+        "model_uri": mv.source,
+        "serve": f"models:/{REGISTERED_NAME}@{ALIAS}",
+    }
 
 
 def _version_of(c, run_id: str, digest: str):
     """The registered version of run `run_id` whose ONNX file has `digest`, or None."""
-    found = [v for v in c.search_model_versions(f"name = '{REGISTERED_NAME}'")
-             if v.run_id == run_id and (v.tags or {}).get(ONNX_SHA256) == digest]
+    found = [
+        v
+        for v in c.search_model_versions(f"name = '{REGISTERED_NAME}'")
+        if v.run_id == run_id and (v.tags or {}).get(ONNX_SHA256) == digest
+    ]
     return min(found, key=lambda v: int(v.version)) if found else None
 
 
@@ -108,6 +135,7 @@ def log_torch_model(model, example: np.ndarray, output: np.ndarray) -> None:
     the model's output on it."""
     import mlflow.pytorch  # here, not at the top: it imports torch, which the report and others need not
 
-    info = mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example, output),
-                                    input_example=example)
+    info = mlflow.pytorch.log_model(
+        model, name="model", signature=infer_signature(example, output), input_example=example
+    )
     mlflow.set_tag(MODEL_URI, info.model_uri)

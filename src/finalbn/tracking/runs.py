@@ -7,6 +7,7 @@
 A run that raises ends FAILED; Ctrl-C (or SystemExit) ends it KILLED, as does an exception of
 `killed_on` (a pruned search trial: stopped on purpose, not broken); it never stays RUNNING.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -73,7 +74,7 @@ class EpochLogger:
 
     def flush(self) -> None:
         for i in range(0, len(self.pending), 1000):  # MLflow's batch limit
-            self.client.log_batch(self.run_id, metrics=self.pending[i:i + 1000])
+            self.client.log_batch(self.run_id, metrics=self.pending[i : i + 1000])
         self.pending, self.last = [], time.monotonic()
 
 
@@ -144,14 +145,23 @@ def _dataset_input(manifest: str, name: str, sha256: str) -> DatasetInput:
     with warnings.catch_warnings():  # the source's two equal readings; the int label column's hint
         warnings.simplefilter("ignore", UserWarning)
         ds = mlflow.data.from_pandas(df, source=manifest, targets="label", name=name, digest=sha256[:32])
-        tags = {"sha256": sha256, "splits": ", ".join(f"{k} {v}" for k, v in df["split"].value_counts().items()),
-                MLFLOW_DATASET_CONTEXT: "training"}
+        tags = {
+            "sha256": sha256,
+            "splits": ", ".join(f"{k} {v}" for k, v in df["split"].value_counts().items()),
+            MLFLOW_DATASET_CONTEXT: "training",
+        }
         return DatasetInput(dataset=ds._to_mlflow_entity(), tags=[InputTag(key=k, value=v) for k, v in tags.items()])
 
 
 @contextlib.contextmanager
-def cell_run(run_name: str, tags: dict[str, str], nested: bool = False, parent_run_id: str | None = None,
-             killed_on: tuple[type[BaseException], ...] = (), state_tag: str | None = None) -> Iterator[ActiveRun]:
+def cell_run(
+    run_name: str,
+    tags: dict[str, str],
+    nested: bool = False,
+    parent_run_id: str | None = None,
+    killed_on: tuple[type[BaseException], ...] = (),
+    state_tag: str | None = None,
+) -> Iterator[ActiveRun]:
     """A run that always ends: FINISHED, FAILED on an exception, KILLED on Ctrl-C / SystemExit or
     on an exception of `killed_on`. With `state_tag`, the tag of that name says complete /
     pruned / failed / killed (and `<state_tag>_reason` why)."""
@@ -190,8 +200,11 @@ def mark_killed(run_id: str) -> None:
 
 def create_run(experiment_id: str, name: str, tags: Mapping[str, str]) -> str:
     """A run that stays open until `end_run`: a grid parent, a study, the report."""
-    return client().create_run(experiment_id, run_name=name,
-                               tags={STAGE: current_stage(), **worker_tags(), **tags}).info.run_id
+    return (
+        client()
+        .create_run(experiment_id, run_name=name, tags={STAGE: current_stage(), **worker_tags(), **tags})
+        .info.run_id
+    )
 
 
 def reopen(run_id: str) -> None:
@@ -215,7 +228,7 @@ def log_params(run_id: str, params: Mapping[str, Any]) -> None:
     """Params onto any run, 100 at a time (MLflow's batch limit)."""
     items = [Param(k, param_text(v)) for k, v in params.items()]
     for i in range(0, len(items), 100):
-        client().log_batch(run_id, params=items[i:i + 100])
+        client().log_batch(run_id, params=items[i : i + 100])
 
 
 def log_dict(run_id: str, d: dict, path: str) -> None:

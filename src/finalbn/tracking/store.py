@@ -18,6 +18,7 @@ MLflow's default store is `sqlite:///mlflow.db`; `MLFLOW_TRACKING_URI` (a server
 replaces it. Under `mlflow run` the project's own run id is in `MLFLOW_RUN_ID`: `finalbn train`
 (one cell) logs into that run; every other command makes its own runs (`detach_project_run`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -165,8 +166,12 @@ def reap(experiment_ids: list[str], own: bool = False, since_ms: int = 0) -> lis
         return []
     reaped, token = [], None
     while True:
-        page = c.search_runs(ids, f"attributes.status = '{RUNNING}' and attributes.start_time >= {since_ms}",
-                             max_results=1000, page_token=token)
+        page = c.search_runs(
+            ids,
+            f"attributes.status = '{RUNNING}' and attributes.start_time >= {since_ms}",
+            max_results=1000,
+            page_token=token,
+        )
         for run in page:
             who = run_process(run.data.tags)
             mine = own and run.data.tags.get(WORKER) == me[WORKER]
@@ -183,8 +188,11 @@ def after_interrupt(cfg: Config, since_ms: int) -> dict[str, int]:
     own that is gone) left RUNNING in the study's experiments, and count the runs since `since_ms`
     by status: {"FINISHED": n, "KILLED": n, "FAILED": n}."""
     c = client()
-    ids = [e.experiment_id for e in c.search_experiments()
-           if e.name == cfg.tracking.experiment or e.name.startswith(f"{cfg.tracking.experiment}/")]
+    ids = [
+        e.experiment_id
+        for e in c.search_experiments()
+        if e.name == cfg.tracking.experiment or e.name.startswith(f"{cfg.tracking.experiment}/")
+    ]
     reap(ids, own=True, since_ms=since_ms)
     counts = {FINISHED: 0, KILLED: 0, FAILED: 0}
     token = None
@@ -247,9 +255,11 @@ def _not_in_trash(name: str, uri: str) -> None:
     exp = client().get_experiment_by_name(name)
     if exp is not None and exp.lifecycle_stage == "deleted":
         i = exp.experiment_id
-        raise StoreError(f"experiment {name!r} (id {i}) is in MLflow's trash: restore it (`mlflow experiments restore "
-                         f"--experiment-id {i}`) or delete it for good (`mlflow gc --backend-store-uri {uri} "
-                         f"--experiment-ids {i}`), then run again")
+        raise StoreError(
+            f"experiment {name!r} (id {i}) is in MLflow's trash: restore it (`mlflow experiments restore "
+            f"--experiment-id {i}`) or delete it for good (`mlflow gc --backend-store-uri {uri} "
+            f"--experiment-ids {i}`), then run again"
+        )
 
 
 def now_ms() -> int:

@@ -15,6 +15,7 @@ the same batches (`finalbn.train.features`); otherwise (UF on, or --no-share) th
 every step. Order, augmentation, MixUp, head init and dropout draw from their
 own seeded streams (`finalbn.config.seeds`), so neither path nor the order of cells changes a draw.
 """
+
 from __future__ import annotations
 
 import copy
@@ -44,8 +45,10 @@ def weights_path(cfg: Config) -> str:
         return cfg.model.weights
     path = Path(cfg.pretrain.out_dir) / f"{cfg.model.arch}.pt"
     if not path.is_file():
-        raise WeightsError(f"model.weights=synthetic but {path} does not exist: run `finalbn pretrain` "
-                           f"(or `dvc repro pretrain`) first, or set model.weights=imagenet|none|<file.pt>")
+        raise WeightsError(
+            f"model.weights=synthetic but {path} does not exist: run `finalbn pretrain` "
+            f"(or `dvc repro pretrain`) first, or set model.weights=imagenet|none|<file.pt>"
+        )
     return str(path)
 
 
@@ -54,8 +57,10 @@ def preflight(cfg: Config, dataset: str, splits_dir: Path, replicates: int = 1) 
     for r in range(replicates):
         manifest = split_dir(splits_dir, cfg.dataset(dataset).name, r) / "manifest.csv"
         if not manifest.is_file():
-            raise FileNotFoundError(f"{manifest} does not exist: run `finalbn prepare` (or `dvc repro`) first"
-                                    f"{' with grid.replicates covering ' + str(r) if r else ''}")
+            raise FileNotFoundError(
+                f"{manifest} does not exist: run `finalbn prepare` (or `dvc repro`) first"
+                f"{' with grid.replicates covering ' + str(r) if r else ''}"
+            )
     try:
         get_spec(cfg.model.arch)
     except ValueError as exc:
@@ -72,8 +77,15 @@ def build_model(cfg: Config, num_classes: int = 2, seed: int | None = None) -> F
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
             torch.default_generator.manual_seed(seed)
-        return create_model(m.arch, weights=weights_path(cfg), head=HeadSpec.of(m, final_layer(m, ab)),
-                            num_classes=num_classes, unfreeze_bn=ab.uf, frozen_bn=m.frozen_bn, head_seed=seed)
+        return create_model(
+            m.arch,
+            weights=weights_path(cfg),
+            head=HeadSpec.of(m, final_layer(m, ab)),
+            num_classes=num_classes,
+            unfreeze_bn=ab.uf,
+            frozen_bn=m.frozen_bn,
+            head_seed=seed,
+        )
 
 
 def build_head(cfg: Config, nf: int, num_classes: int = 2, seed: int | None = None) -> HeadOnFeatures:
@@ -104,28 +116,48 @@ def class_balanced_weights(labels: np.ndarray, beta: float) -> tuple[float, ...]
     return tuple(float(x) for x in w * len(w) / w.sum())
 
 
-def fit_settings(cfg: Config, train_labels: np.ndarray, device: str = "cpu", progress: bool = False,
-                 seed: int | None = None) -> FitSettings:
+def fit_settings(
+    cfg: Config, train_labels: np.ndarray, device: str = "cpu", progress: bool = False, seed: int | None = None
+) -> FitSettings:
     """What the head-side toggles mean for the loop: WL -> class weights, WD -> decay. (DA and MX
     change the inputs: `train_plan`.)"""
     tc, ab = cfg.train, cfg.ablation
     weights = class_weights(train_labels) if ab.wl else None
     if tc.loss == "class_balanced":  # its own weights replace WL's
         weights = class_balanced_weights(train_labels, tc.cb_beta)
-    return FitSettings(epochs=tc.epochs, lr=tc.lr, weight_decay=tc.weight_decay if ab.wd else 0.0,
-                       class_weights=weights, loss=tc.loss, focal_gamma=tc.focal_gamma,
-                       label_smoothing=tc.label_smoothing, device=device, progress=progress,
-                       body_lr_ratio=tc.body_lr_ratio, wd_on_bn=tc.wd_on_bn, train_counts=train_counts(train_labels),
-                       prior_metrics=prior_rule_valid(cfg), seed=seed)
+    return FitSettings(
+        epochs=tc.epochs,
+        lr=tc.lr,
+        weight_decay=tc.weight_decay if ab.wd else 0.0,
+        class_weights=weights,
+        loss=tc.loss,
+        focal_gamma=tc.focal_gamma,
+        label_smoothing=tc.label_smoothing,
+        device=device,
+        progress=progress,
+        body_lr_ratio=tc.body_lr_ratio,
+        wd_on_bn=tc.wd_on_bn,
+        train_counts=train_counts(train_labels),
+        prior_metrics=prior_rule_valid(cfg),
+        seed=seed,
+    )
 
 
 def train_plan(cfg: Config, train: SplitTensors, seed: int, device: str = "cpu") -> TrainPlan:
     """What the body sees in training: DA -> augmentation, MX -> MixUp, from the seed's streams."""
     tc, ab = cfg.train, cfg.ablation
     spec = get_spec(cfg.model.arch)
-    return TrainPlan(train, tc.batch_size, seed, augment=tc.augment if ab.da else None,
-                     mixup_alpha=tc.mixup_alpha if ab.mx else None, num_classes=2, mean=spec.mean, std=spec.std,
-                     device=device)
+    return TrainPlan(
+        train,
+        tc.batch_size,
+        seed,
+        augment=tc.augment if ab.da else None,
+        mixup_alpha=tc.mixup_alpha if ab.mx else None,
+        num_classes=2,
+        mean=spec.mean,
+        std=spec.std,
+        device=device,
+    )
 
 
 def train_counts(labels: np.ndarray) -> tuple[int, int]:
@@ -178,13 +210,16 @@ class CellResult:
         `temperature` (if calibrated), `selected_epoch`, `train_seconds`, `train_images_per_second`.
         Named here, with the code that computes them, so that a cell's key (`keys`) covers them."""
         sel = self.fit.history[self.fit.selected_epoch - 1]
-        return {**{f"test_{k}": v for k, v in self.test_last.items()},
-                **{f"test_sel_{k}": v for k, v in self.test_sel.items()},
-                **{f"val_last_{k}": v for k, v in self.val_last.items()},
-                **{f"val_sel_{k[4:]}": v for k, v in sel.items() if k.startswith("val_")},
-                **({"temperature": self.temperature} if self.temperature is not None else {}),
-                "selected_epoch": self.fit.selected_epoch, "train_seconds": self.fit.train_seconds,
-                "train_images_per_second": self.fit.train_images / max(self.fit.train_seconds, 1e-9)}
+        return {
+            **{f"test_{k}": v for k, v in self.test_last.items()},
+            **{f"test_sel_{k}": v for k, v in self.test_sel.items()},
+            **{f"val_last_{k}": v for k, v in self.val_last.items()},
+            **{f"val_sel_{k[4:]}": v for k, v in sel.items() if k.startswith("val_")},
+            **({"temperature": self.temperature} if self.temperature is not None else {}),
+            "selected_epoch": self.fit.selected_epoch,
+            "train_seconds": self.fit.train_seconds,
+            "train_images_per_second": self.fit.train_images / max(self.fit.train_seconds, 1e-9),
+        }
 
 
 def per_source_recall(labels: np.ndarray, preds: np.ndarray, sources: Sequence[str]) -> dict[str, float]:
@@ -211,15 +246,37 @@ class _Inputs:
     images_before: int = 0
 
 
-def _shared_inputs(cfg: Config, ds: DatasetConfig, where: Path, tensors, plan: TrainPlan, manifest_hash: str,
-                   seed: int, device: torch.device) -> _Inputs:
+def _shared_inputs(
+    cfg: Config,
+    ds: DatasetConfig,
+    where: Path,
+    tensors,
+    plan: TrainPlan,
+    manifest_hash: str,
+    seed: int,
+    device: torch.device,
+) -> _Inputs:
     """UF off: a head on the frozen body's features, computed once for every cell that shares them."""
     w = weights_path(cfg)
     # bf16 on CUDA, as the engine's autocast runs the whole network there
-    body_key = features.BodyKey(cfg.model.arch, w, seed if w == "none" else None, str(device),
-                                bf16=device.type == "cuda", bn_train=cfg.model.frozen_bn == "train")
-    share_key = (str((where / "manifest.csv").resolve()), manifest_hash, ds.image_size, body_key, seed,
-                 cfg.train.batch_size, plan.augment, plan.mixup_alpha)
+    body_key = features.BodyKey(
+        cfg.model.arch,
+        w,
+        seed if w == "none" else None,
+        str(device),
+        bf16=device.type == "cuda",
+        bn_train=cfg.model.frozen_bn == "train",
+    )
+    share_key = (
+        str((where / "manifest.csv").resolve()),
+        manifest_hash,
+        ds.image_size,
+        body_key,
+        seed,
+        cfg.train.batch_size,
+        plan.augment,
+        plan.mixup_alpha,
+    )
     shared = features.CACHE.get(share_key, plan, tensors, body_key)
     images_before = shared.body_images
     head = build_head(cfg, shared.body.nf, seed=seed)
@@ -272,12 +329,25 @@ def _whole_network(cfg: Config, model: torch.nn.Module, inputs: _Inputs) -> torc
         return model
     assert inputs.body_key is not None  # _shared_inputs sets it with `shared`
     policy = "frozen-train (fastai)" if inputs.body_key.bn_train else "frozen-eval"
-    return FinalBNNet(copy.deepcopy(inputs.shared.body.body), model.head, bn_policy=policy, arch=cfg.model.arch,
-                      nf=inputs.shared.body.nf, final=model.final, weights=weights_path(cfg))
+    return FinalBNNet(
+        copy.deepcopy(inputs.shared.body.body),
+        model.head,
+        bn_policy=policy,
+        arch=cfg.model.arch,
+        nf=inputs.shared.body.nf,
+        final=model.final,
+        weights=weights_path(cfg),
+    )
 
 
-def run_cell(cfg: Config, dataset: str | DatasetConfig, splits_dir: Path, callbacks: Sequence[Callback] = (),
-             progress: bool = False, replicate: int = 0) -> CellResult:
+def run_cell(
+    cfg: Config,
+    dataset: str | DatasetConfig,
+    splits_dir: Path,
+    callbacks: Sequence[Callback] = (),
+    progress: bool = False,
+    replicate: int = 0,
+) -> CellResult:
     """Train one cell on `<splits_dir>/<dataset>/<replicate>/manifest.csv`; evaluate it on test.
     Raises FileNotFoundError for a missing split, engine.TrainingDiverged when the loss turns NaN."""
     ds = cfg.dataset(dataset) if isinstance(dataset, str) else dataset
@@ -294,13 +364,17 @@ def run_cell(cfg: Config, dataset: str | DatasetConfig, splits_dir: Path, callba
     plan = train_plan(cfg, tensors["train"], seed, str(device))
     train_labels = tensors["train"].labels.numpy()
     settings = fit_settings(cfg, train_labels, str(device), progress, seed=seed)
-    inputs = (_shared_inputs(cfg, ds, where, tensors, plan, manifest_hash, seed, device) if shares_body(cfg)
-              else _whole_inputs(cfg, tensors, plan, seed, device))
+    inputs = (
+        _shared_inputs(cfg, ds, where, tensors, plan, manifest_hash, seed, device)
+        if shares_body(cfg)
+        else _whole_inputs(cfg, tensors, plan, seed, device)
+    )
     fitted = fit(inputs.model, inputs.train, inputs.val_of, settings, callbacks)
     ev = _evaluate(inputs.model, inputs, fitted, tc, device)
     model = _whole_network(cfg, inputs.model, inputs)
-    return _result(cfg, ds.name, replicate, manifest_hash, tensors, fitted, ev, model, settings,
-                   train_labels, seed, inputs, device)
+    return _result(
+        cfg, ds.name, replicate, manifest_hash, tensors, fitted, ev, model, settings, train_labels, seed, inputs, device
+    )
 
 
 def prior_rule_valid(cfg: Config) -> bool:
@@ -309,8 +383,7 @@ def prior_rule_valid(cfg: Config) -> bool:
     return decision.prior_rule_applies(final_layer(cfg.model, cfg.ablation), cfg.ablation.wl, cfg.train.loss)[0]
 
 
-def validation_threshold_f1(val_labels: np.ndarray, val_p1: np.ndarray, labels: np.ndarray,
-                            p1: np.ndarray) -> float:
+def validation_threshold_f1(val_labels: np.ndarray, val_p1: np.ndarray, labels: np.ndarray, p1: np.ndarray) -> float:
     """Test minority F1 at the cut chosen on this cell's validation predictions for the test
     set's own prevalence (`decision.at_prevalence`); NaN when a split lacks a class."""
     prevalence = float(np.mean(labels))
@@ -322,18 +395,33 @@ def validation_threshold_f1(val_labels: np.ndarray, val_p1: np.ndarray, labels: 
     return 2 * tp / (float(np.sum(flagged)) + float(np.sum(labels == 1)))
 
 
-def _result(cfg: Config, dataset: str, replicate: int, manifest_hash: str, tensors: dict[str, SplitTensors],
-            fitted: FitResult, ev: _Evaluation, model: torch.nn.Module, settings: FitSettings,
-            train_labels: np.ndarray, seed: int, inputs: _Inputs, device: torch.device) -> CellResult:
+def _result(
+    cfg: Config,
+    dataset: str,
+    replicate: int,
+    manifest_hash: str,
+    tensors: dict[str, SplitTensors],
+    fitted: FitResult,
+    ev: _Evaluation,
+    model: torch.nn.Module,
+    settings: FitSettings,
+    train_labels: np.ndarray,
+    seed: int,
+    inputs: _Inputs,
+    device: torch.device,
+) -> CellResult:
     counts = train_counts(train_labels)
     test, val = tensors["test"], tensors["val"]
     pc_counts = counts if prior_rule_valid(cfg) else None
     labels, probs_last, probs_sel = ev.labels, ev.probs_last, ev.probs_sel
     sources = test.sources or ("",) * len(labels)
-    preds = [{"path": p, "source_class": s, "label": int(y), "p1_last": float(a[1]), "p1_sel": float(b[1])}
-             for p, s, y, a, b in zip(test.paths, sources, labels, probs_last, probs_sel)]
-    val_preds = [{"path": p, "label": int(y), "p1_last": float(a[1])}
-                 for p, y, a in zip(val.paths, ev.val_labels, ev.val_last)]
+    preds = [
+        {"path": p, "source_class": s, "label": int(y), "p1_last": float(a[1]), "p1_sel": float(b[1])}
+        for p, s, y, a, b in zip(test.paths, sources, labels, probs_last, probs_sel)
+    ]
+    val_preds = [
+        {"path": p, "label": int(y), "p1_last": float(a[1])} for p, y, a in zip(val.paths, ev.val_labels, ev.val_last)
+    ]
     test_last = metrics.classification_report(labels, probs_last, train_counts=pc_counts)
     test_last["f1_1_vt"] = validation_threshold_f1(ev.val_labels, ev.val_last[:, 1], labels, probs_last[:, 1])
     test_last.update({f"recall_1__{k}": v for k, v in per_source_recall(labels, probs_last.argmax(1), sources).items()})
@@ -341,15 +429,31 @@ def _result(cfg: Config, dataset: str, replicate: int, manifest_hash: str, tenso
     val_last["balanced_loss"] = balanced_loss(ev.val_labels, ev.val_last)
     shared = inputs.shared
     return CellResult(
-        dataset=dataset, replicate=replicate, manifest_sha256=manifest_hash, config_id=config_id(cfg.ablation),
-        config_name=config_name(cfg.ablation), fit=fitted, test_last=test_last,
+        dataset=dataset,
+        replicate=replicate,
+        manifest_sha256=manifest_hash,
+        config_id=config_id(cfg.ablation),
+        config_name=config_name(cfg.ablation),
+        fit=fitted,
+        test_last=test_last,
         test_sel=metrics.classification_report(labels, probs_sel, train_counts=pc_counts),
-        val_last=val_last, predictions=preds, val_predictions=val_preds,
+        val_last=val_last,
+        predictions=preds,
+        val_predictions=val_preds,
         reliability_last=metrics.reliability_bins(labels, probs_last),
         reliability_sel=metrics.reliability_bins(labels, probs_sel),
         confusion_last=metrics.confusion(labels, probs_last.argmax(1)).tolist(),
-        class_weights=settings.class_weights, bn_policy=model.bn_policy, device=str(device), model=model,
-        labels=labels, probs_last=probs_last, probs_sel=probs_sel, train_size=len(train_labels), train_counts=counts,
-        seed=seed, features="shared" if shared is not None else "unshared", temperature=ev.temperature,
+        class_weights=settings.class_weights,
+        bn_policy=model.bn_policy,
+        device=str(device),
+        model=model,
+        labels=labels,
+        probs_last=probs_last,
+        probs_sel=probs_sel,
+        train_size=len(train_labels),
+        train_counts=counts,
+        seed=seed,
+        features="shared" if shared is not None else "unshared",
+        temperature=ev.temperature,
         body_images=(shared.body_images - inputs.images_before) if shared is not None else None,
     )

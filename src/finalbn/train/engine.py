@@ -21,6 +21,7 @@ statistics, gamma, beta) has them added to each epoch's row. The loss is checked
 (no host sync per step). Image inputs run channels_last (measured faster on CPU and GPU); on CUDA
 with bf16 autocast.
 """
+
 from __future__ import annotations
 
 import time
@@ -85,8 +86,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def param_groups(model: nn.Module, weight_decay: float, body_lr_ratio: float = 1.0,
-                 wd_on_bn: bool = False) -> list[dict[str, Any]]:
+def param_groups(
+    model: nn.Module, weight_decay: float, body_lr_ratio: float = 1.0, wd_on_bn: bool = False
+) -> list[dict[str, Any]]:
     """AdamW groups: by default BN weights/biases and every other bias get no weight decay, the
     rest `weight_decay`; parameters under a `body` submodule get `lr_scale` = `body_lr_ratio`.
 
@@ -109,9 +111,14 @@ def param_groups(model: nn.Module, weight_decay: float, body_lr_ratio: float = 1
             buckets.setdefault((id(p) in body_ids, not exempt), []).append(p)
     groups = []
     for (in_body, decays), params in sorted(buckets.items()):
-        groups.append({"params": params, "weight_decay": float(weight_decay) if decays else 0.0,
-                       "name": f"{'body_' if in_body else ''}{'decay' if decays else 'no_decay'}",
-                       "lr_scale": body_lr_ratio if in_body else 1.0})
+        groups.append(
+            {
+                "params": params,
+                "weight_decay": float(weight_decay) if decays else 0.0,
+                "name": f"{'body_' if in_body else ''}{'decay' if decays else 'no_decay'}",
+                "lr_scale": body_lr_ratio if in_body else 1.0,
+            }
+        )
     return groups
 
 
@@ -133,14 +140,17 @@ def _optimiser(model: nn.Module, settings: FitSettings, steps_per_epoch: int):
     total_steps = settings.epochs * steps_per_epoch
     # OneCycleLR divides by zero when the warm-up phase is under 1.5 steps (tiny runs): stretch it.
     pct = min(max(settings.pct_start, 1.5 / total_steps), 0.75)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[settings.lr * g["lr_scale"] for g in groups],
-                                                total_steps=total_steps, pct_start=pct)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=[settings.lr * g["lr_scale"] for g in groups], total_steps=total_steps, pct_start=pct
+    )
     return opt, sched
 
 
 def _loss_inputs(settings: FitSettings, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(class weights, log training prior): what the loss needs besides logits and targets."""
-    weight = torch.tensor(settings.class_weights, dtype=torch.float32, device=device) if settings.class_weights else None
+    weight = (
+        torch.tensor(settings.class_weights, dtype=torch.float32, device=device) if settings.class_weights else None
+    )
     log_prior = None
     if settings.loss == "logit_adjusted":
         if not settings.train_counts:
@@ -150,14 +160,30 @@ def _loss_inputs(settings: FitSettings, device: torch.device) -> tuple[torch.Ten
     return weight, log_prior
 
 
-def _train_epoch(model: nn.Module, batches, opt, sched, settings: FitSettings, device: torch.device,
-                 weight, log_prior, epoch: int, steps_per_epoch: int) -> tuple[torch.Tensor, list[int]]:
+def _train_epoch(
+    model: nn.Module,
+    batches,
+    opt,
+    sched,
+    settings: FitSettings,
+    device: torch.device,
+    weight,
+    log_prior,
+    epoch: int,
+    steps_per_epoch: int,
+) -> tuple[torch.Tensor, list[int]]:
     """One epoch of steps; returns the per-step losses (on the CPU) and batch sizes. Raises
     TrainingDiverged at the first non-finite loss (checked once per epoch: no per-step host sync)."""
     model.train()
     losses, sizes = [], []
-    bar = tqdm(batches, desc=f"epoch {epoch}/{settings.epochs}", unit="batch", leave=False,
-               disable=not settings.progress, total=steps_per_epoch)
+    bar = tqdm(
+        batches,
+        desc=f"epoch {epoch}/{settings.epochs}",
+        unit="batch",
+        leave=False,
+        disable=not settings.progress,
+        total=steps_per_epoch,
+    )
     for x, target in bar:
         if len(target) < 2:
             continue  # BatchNorm cannot train on one sample; the plans avoid this already
@@ -182,8 +208,9 @@ def _train_epoch(model: nn.Module, batches, opt, sched, settings: FitSettings, d
     return step_losses, sizes
 
 
-def fit(model: nn.Module, train: TrainSource, val: TrainSource, settings: FitSettings,
-        callbacks: Sequence[Callback] = ()) -> FitResult:
+def fit(
+    model: nn.Module, train: TrainSource, val: TrainSource, settings: FitSettings, callbacks: Sequence[Callback] = ()
+) -> FitResult:
     """Train `model` for `settings.epochs`; validate after each epoch, keep the epoch selected on
     validation, call each callback's `on_epoch_end(epoch, row)`. Raises TrainingDiverged (NaN loss)."""
     device = torch.device(settings.device)
@@ -208,17 +235,23 @@ def fit(model: nn.Module, train: TrainSource, val: TrainSource, settings: FitSet
     for epoch in range(1, settings.epochs + 1):
         if settings.seed is not None:
             torch.manual_seed(stream_seed(settings.seed, DROPOUT, epoch))
-        step_losses, sizes = _train_epoch(model, batches_of(epoch), opt, sched, settings, device, weight, log_prior,
-                                          epoch, steps_per_epoch)
+        step_losses, sizes = _train_epoch(
+            model, batches_of(epoch), opt, sched, settings, device, weight, log_prior, epoch, steps_per_epoch
+        )
         count = sum(sizes)
         seen += count
         train_loss = float((step_losses * torch.tensor(sizes, dtype=torch.float32)).sum()) / max(count, 1)
-        labels, probs, val_loss = predict(model, val_of(epoch), device, with_loss=True, channels_last=settings.channels_last,
-                                          bf16=settings.bf16)
+        labels, probs, val_loss = predict(
+            model, val_of(epoch), device, with_loss=True, channels_last=settings.channels_last, bf16=settings.bf16
+        )
         # "lr": the head's (body groups run at body_lr_ratio of it)
-        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-               "lr": max(sched.get_last_lr()), **_val_metrics(labels, probs, num_classes,
-                                                                    settings.train_counts if settings.prior_metrics else None)}
+        row = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "lr": max(sched.get_last_lr()),
+            **_val_metrics(labels, probs, num_classes, settings.train_counts if settings.prior_metrics else None),
+        }
         if callable(probe):
             row.update(probe())
         history.append(row)
@@ -233,8 +266,13 @@ def fit(model: nn.Module, train: TrainSource, val: TrainSource, settings: FitSet
 LOSSES = ("ce", "focal", "logit_adjusted", "class_balanced")
 
 
-def loss_value(logits: torch.Tensor, target: torch.Tensor, settings: FitSettings, weight: torch.Tensor | None,
-               log_prior: torch.Tensor | None = None) -> torch.Tensor:
+def loss_value(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    settings: FitSettings,
+    weight: torch.Tensor | None,
+    log_prior: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The training loss: cross-entropy (class-weighted when `weight`; class_balanced is CE with
     Cui et al.'s weights, passed in as `weight`), softmax focal loss (Lin et al. 2017:
     -sum_c t_c (1 - p_c)^gamma log p_c, alpha = `weight`), or logit-adjusted cross-entropy (Menon
@@ -283,8 +321,14 @@ def _selection_key(row: dict[str, float], num_classes: int) -> tuple[float, floa
     return (auc if np.isfinite(auc) else -np.inf, -row["val_balanced_loss"])
 
 
-def predict(model: nn.Module, batches: Batches, device: torch.device | str, with_loss: bool = False,
-            channels_last: bool = True, bf16: bool | None = None):
+def predict(
+    model: nn.Module,
+    batches: Batches,
+    device: torch.device | str,
+    with_loss: bool = False,
+    channels_last: bool = True,
+    bf16: bool | None = None,
+):
     """(labels (N,), softmax probs (N, C)[, mean cross-entropy]) in eval mode, inference mode."""
     device = torch.device(device)
     model.eval()
@@ -304,14 +348,19 @@ def predict(model: nn.Module, batches: Batches, device: torch.device | str, with
     return labels, probs
 
 
-def _val_metrics(labels: np.ndarray, probs: np.ndarray, num_classes: int,
-                 train_counts: tuple[int, ...] | None = None) -> dict[str, float]:
+def _val_metrics(
+    labels: np.ndarray, probs: np.ndarray, num_classes: int, train_counts: tuple[int, ...] | None = None
+) -> dict[str, float]:
     acc = float((probs.argmax(1) == labels).mean())
     if num_classes != 2:
         return {"val_accuracy": acc}
-    out = {"val_accuracy": acc, "val_minority_f1": metrics.minority_f1(labels, probs.argmax(1)),
-           "val_auroc": metrics.auroc(labels, probs), "val_ap": metrics.average_precision(labels, probs),
-           "val_balanced_loss": balanced_loss(labels, probs)}
+    out = {
+        "val_accuracy": acc,
+        "val_minority_f1": metrics.minority_f1(labels, probs.argmax(1)),
+        "val_auroc": metrics.auroc(labels, probs),
+        "val_ap": metrics.average_precision(labels, probs),
+        "val_balanced_loss": balanced_loss(labels, probs),
+    }
     if train_counts is not None:
         out["val_minority_f1_pc"] = metrics.minority_f1(labels, metrics.prior_corrected_preds(probs, train_counts))
     return out

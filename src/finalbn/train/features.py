@@ -24,6 +24,7 @@ with the running statistics of that epoch. The group owns its copy of the body.
 The pool (fastai's concat pool) and flatten run here, so the head trains on (B, 2nf) vectors
 (`models.HeadOnFeatures`).
 """
+
 from __future__ import annotations
 
 import collections
@@ -108,8 +109,10 @@ class SharedFeatures:
             if self._fixed is None:
                 self._fixed = self._run("train")[0][0]
             labels = self.plan.labels.to(self._fixed.device)
-            return [(self._fixed[idx.to(self._fixed.device)], labels[idx.to(labels.device)])
-                    for idx in self.plan.batches(epoch)]
+            return [
+                (self._fixed[idx.to(self._fixed.device)], labels[idx.to(labels.device)])
+                for idx in self.plan.batches(epoch)
+            ]
         self._advance(epoch)
         return self._epochs[epoch]
 
@@ -164,7 +167,9 @@ class FeatureCache:
             self._bodies[key] = FrozenBody(key)
         return self._bodies[key]
 
-    def get(self, share_key: tuple, plan: TrainPlan, splits: dict[str, SplitTensors], body_key: BodyKey) -> SharedFeatures:
+    def get(
+        self, share_key: tuple, plan: TrainPlan, splits: dict[str, SplitTensors], body_key: BodyKey
+    ) -> SharedFeatures:
         if share_key in self._features:
             self.hits += 1
             self._features.move_to_end(share_key)

@@ -12,6 +12,7 @@ that records them nor the figures drawn of them, so that an edit there keeps eve
 The grid's cells, the search's runs and the export all use it, so a configuration computed once is
 found by any of them, and a code change re-runs what it can change.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,7 +25,7 @@ from finalbn.data.splits import sha256_file, split_dir
 from finalbn.infra.imports import code_digest
 from finalbn.train.cell import weights_path
 
-CELL_MODULE = "finalbn.train.cell"  # a cell as it is computed (recorded by `finalbn.stages.tracked`, outside the key)
+CELL_MODULE = "finalbn.train.cell"  # a cell as it is computed (recorded by `finalbn.stages.cellrun`, outside the key)
 
 
 def code_version() -> str:
@@ -40,13 +41,18 @@ def result_key(cfg: Config, dataset: str, replicate: int | None, splits_dir: Pat
     w = weights_path(cfg)
     flat = flatten(to_dict(cfg))
     payload = {
-        "dataset": dataset, "manifest": split["manifest_sha256"], "image_size": cfg.dataset(dataset).image_size,
+        "dataset": dataset,
+        "manifest": split["manifest_sha256"],
+        "image_size": cfg.dataset(dataset).image_size,
         "intensity": split.get("intensity", "auto"),  # how the images' samples map to 8 bits (images.decode)
-        "arch": cfg.model.arch, "config": config_id(cfg.ablation),
-        "replicate": replicate, "seed": cell_seed(cfg, replicate) if replicate is not None else None,
+        "arch": cfg.model.arch,
+        "config": config_id(cfg.ablation),
+        "replicate": replicate,
+        "seed": cell_seed(cfg, replicate) if replicate is not None else None,
         "weights": _file_hash(w, Path(w).stat().st_mtime_ns) if Path(w).is_file() else w,
-        "params": {k: v for k, v in flat.items()
-                   if k.split(".")[0] in ("model", "train") and k not in NOT_CELL_KEY_PARAMS},
+        "params": {
+            k: v for k, v in flat.items() if k.split(".")[0] in ("model", "train") and k not in NOT_CELL_KEY_PARAMS
+        },
         "code": code_version(),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]

@@ -12,6 +12,7 @@ model is not promoted (nothing in models/ is replaced). Then the ONNX model is l
 on the export's run, registered as `finalbn` and given the alias `champion`. `select` (which
 run, its network), `onnx` (the file, parity), `int8` (optional quantisation), `card` (model.json).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,14 +56,44 @@ from finalbn.stages.export.select import (
 )
 from finalbn.tracking.adapter import MLFLOW, MlflowTracker
 
-__all__ = ["CLASSES", "INPUT", "INT8_MAX_AUROC_DROP", "OUTPUTS", "TOLERANCE", "Choice", "ExportError", "Exported",
-           "Source", "choose", "decision_rules", "export", "export_onnx", "held_out_card", "held_out_test",
-           "is_final_bn", "main", "model_card", "parity", "pooled_validation", "preprocess", "prior_threshold",
-           "rebuild", "run_config", "selection_card"]
+__all__ = [
+    "CLASSES",
+    "INPUT",
+    "INT8_MAX_AUROC_DROP",
+    "OUTPUTS",
+    "TOLERANCE",
+    "Choice",
+    "ExportError",
+    "Exported",
+    "Source",
+    "choose",
+    "decision_rules",
+    "export",
+    "export_onnx",
+    "held_out_card",
+    "held_out_test",
+    "is_final_bn",
+    "main",
+    "model_card",
+    "parity",
+    "pooled_validation",
+    "preprocess",
+    "prior_threshold",
+    "rebuild",
+    "run_config",
+    "selection_card",
+]
 
 
-def export(cfg: Config, splits: Path, out_dir: Path, run_id: str | None = None, log=print,
-           register: bool = True, int8: bool = False) -> dict:
+def export(
+    cfg: Config,
+    splits: Path,
+    out_dir: Path,
+    run_id: str | None = None,
+    log=print,
+    register: bool = True,
+    int8: bool = False,
+) -> dict:
     """Choose, rebuild, export, check, and (only when parity holds) promote and register.
     Raises ExportError (no candidate, unknown run, parity past the tolerance)."""
     tracking.setup(cfg, "export")
@@ -76,14 +107,18 @@ def export(cfg: Config, splits: Path, out_dir: Path, run_id: str | None = None, 
     held_out = (*held_out_test(choice), k)  # the same configuration's test predictions on replicates >= k
     selected = selection_card(choice, int(val_labels.sum()))
     va = selected["validation_auroc"]
-    log(f"export: configuration {selected['config_name']} ({selected['source']}), {choice.how}: "
+    log(
+        f"export: configuration {selected['config_name']} ({selected['source']}), {choice.how}: "
         f"validation AUROC {_f(va['mean'])} [95% CI {_f(va['ci95'][0])}, {_f(va['ci95'][1])}] over replicates "
         f"{selected['replicates']} ({selected['val_positives']} validation positives pooled); its model: "
-        f"replicate {selected['model_replicate']}, run {run.run_id}")
+        f"replicate {selected['model_replicate']}, run {run.run_id}"
+    )
     src = rebuild(run, splits, log=log)
-    log(f"export: retrained validation AUROC {src.val.get('auroc', math.nan):.4f} (source "
+    log(
+        f"export: retrained validation AUROC {src.val.get('auroc', math.nan):.4f} (source "
         f"{src.source_val.get('auroc', math.nan):.4f}), minority F1 {src.val.get('f1_1', math.nan):.4f} "
-        f"(source {src.source_val.get('f1_1', math.nan):.4f})")
+        f"(source {src.source_val.get('f1_1', math.nan):.4f})"
+    )
     size = src.cfg.dataset(src.dataset).image_size
     spec = get_spec(src.cfg.model.arch)
     manifest = split_dir(splits, src.dataset, src.replicate) / "manifest.csv"
@@ -91,27 +126,59 @@ def export(cfg: Config, splits: Path, out_dir: Path, run_id: str | None = None, 
     x = {s: preprocess(tensors[s].images, spec.mean, spec.std) for s in ("test", "val")}
     out_dir.mkdir(parents=True, exist_ok=True)
     with io.temporary_dir(out_dir / "export") as tmp:  # a killed export's leftover is swept the next time
-        card, check = _build(src, tmp, out_dir, size, spec, tensors, x, int8, log,
-                             selected, (val_labels, val_p1), cfg.selection.prevalences, decode_settings(manifest)[0],
-                             held_out)
+        card, check = _build(
+            src,
+            tmp,
+            out_dir,
+            size,
+            spec,
+            tensors,
+            x,
+            int8,
+            log,
+            selected,
+            (val_labels, val_p1),
+            cfg.selection.prevalences,
+            decode_settings(manifest)[0],
+            held_out,
+        )
         _promote(tmp, out_dir, int8 and card["int8"]["kept"])
     for bs, b in check["batches"].items():
-        log(f"export: parity at batch {bs}: max |Δprob| {b['max_abs_diff_probs']:.2e}, labels identical "
-            f"{b['labels_identical']} ({check['images']} test images)")
+        log(
+            f"export: parity at batch {bs}: max |Δprob| {b['max_abs_diff_probs']:.2e}, labels identical "
+            f"{b['labels_identical']} ({check['images']} test images)"
+        )
     result = {"model": str(out_dir / "model.onnx"), "card": card, "parity": check}
     # what `dvc metrics show` prints for the export: one short row
-    io.write_json(out_dir / "metrics.json", {
-        "val_auroc": round(float(card["validation"]["auroc"]), 4),
-        "parity_ok": bool(check["passed"])})  # its max |Δprob| is in parity.json (too small for dvc's 5 decimals)
+    io.write_json(
+        out_dir / "metrics.json",
+        {"val_auroc": round(float(card["validation"]["auroc"]), 4), "parity_ok": bool(check["passed"])},
+    )  # its max |Δprob| is in parity.json (too small for dvc's 5 decimals)
     if register:
         example = x["test"][:2]
-        meta = {"finalbn_card": "extra_files/model.json", "classes": card["classes"], "positive_class": 1,
-                "config_name": card["selection"]["config_name"], "arch": card["arch"], "image_size": card["image_size"]}
+        meta = {
+            "finalbn_card": "extra_files/model.json",
+            "classes": card["classes"],
+            "positive_class": 1,
+            "config_name": card["selection"]["config_name"],
+            "arch": card["arch"],
+            "image_size": card["image_size"],
+        }
         result["registry"] = tracking.log_onnx_and_register(
-            src.model_run_id, out_dir / "model.onnx", INPUT, example, outputs(out_dir / "model.onnx", example),
-            out_dir / "model.json", version_description(card), version_tags(card), meta)
-        log(f"export: registered {tracking.REGISTERED_NAME} version {result['registry']['version']}, "
-            f"alias @{tracking.ALIAS}")
+            src.model_run_id,
+            out_dir / "model.onnx",
+            INPUT,
+            example,
+            outputs(out_dir / "model.onnx", example),
+            out_dir / "model.json",
+            version_description(card),
+            version_tags(card),
+            meta,
+        )
+        log(
+            f"export: registered {tracking.REGISTERED_NAME} version {result['registry']['version']}, "
+            f"alias @{tracking.ALIAS}"
+        )
     return result
 
 
@@ -119,19 +186,39 @@ def _f(x) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
-def _build(src: Source, tmp: Path, out_dir: Path, size: int, spec, tensors, x: dict, int8: bool, log,
-           selected: dict, pooled: tuple, prevalences: tuple[float, ...], intensity="auto",
-           held_out: tuple = ({}, [], 0)) -> tuple:
+def _build(
+    src: Source,
+    tmp: Path,
+    out_dir: Path,
+    size: int,
+    spec,
+    tensors,
+    x: dict,
+    int8: bool,
+    log,
+    selected: dict,
+    pooled: tuple,
+    prevalences: tuple[float, ...],
+    intensity="auto",
+    held_out: tuple = ({}, [], 0),
+) -> tuple:
     """model.onnx, parity.json (written to out_dir either way: it says why) and model.json in `tmp`
     (`intensity`: how training decoded, split.json's; `held_out`: (test tables by held-out replicate,
     held-out replicates without them, k) for `held_out_card`); raises ExportError when parity fails."""
-    diffs = {k: abs(float(src.val.get(k, math.nan)) - float(src.source_val.get(k, math.nan)))
-             for k in ("auroc", "f1_1")}
+    diffs = {
+        k: abs(float(src.val.get(k, math.nan)) - float(src.source_val.get(k, math.nan))) for k in ("auroc", "f1_1")
+    }
     info = export_onnx(src.model, size, tmp / "model.onnx")
     faults.point("export.onnx")
     check = parity(src.model, tmp / "model.onnx", x["test"])
-    check.update({"source_run_id": src.run_id, "model_run_id": src.model_run_id, "opset": info["opset"],
-                  "retrained_vs_source_validation_abs_diff": diffs})
+    check.update(
+        {
+            "source_run_id": src.run_id,
+            "model_run_id": src.model_run_id,
+            "opset": info["opset"],
+            "retrained_vs_source_validation_abs_diff": diffs,
+        }
+    )
     # (healthy, diseased): the labels are 0 and 1, so the bincount has two entries
     counts = cast(tuple[int, int], tuple(int(c) for c in np.bincount(tensors["train"].labels.numpy(), minlength=2)))
     try:
@@ -141,35 +228,48 @@ def _build(src: Source, tmp: Path, out_dir: Path, size: int, spec, tensors, x: d
     try:
         held = held_out_card(rules, held_out[0], held_out[1], selected["replicates"], src.replicate, held_out[2])
     except ValueError as exc:  # a held-out test table lacking a class: say so on the card, ship anyway
-        held = {"measured": False, "at_prevalence": [], "why": f"The optimism of the validation estimates could not "
-                f"be measured: {exc}."}
+        held = {
+            "measured": False,
+            "at_prevalence": [],
+            "why": f"The optimism of the validation estimates could not be measured: {exc}.",
+        }
     card = model_card(src, size, spec.preprocessing(), info, selected, rules, counts, intensity, held)
     for r in rules["at_prevalence"]:
-        log(f"export: at a field prevalence of {r['prevalence']:g}: flag P(diseased) >= {r['threshold']:.4f} — on "
+        log(
+            f"export: at a field prevalence of {r['prevalence']:g}: flag P(diseased) >= {r['threshold']:.4f} — on "
             f"validation it flags {r['fpr']:.1%} of healthy (<= {r['fpr_upper95']:.1%} at 95%) and finds "
-            f"{r['tpr']:.1%} of diseased (>= {r['tpr_lower95']:.1%}); F1 {r['f1']:.3f} at that prevalence")
+            f"{r['tpr']:.1%} of diseased (>= {r['tpr_lower95']:.1%}); F1 {r['f1']:.3f} at that prevalence"
+        )
     log(f"export: {held['how'] if held['measured'] else held['why']}")
     for r in held["at_prevalence"]:
-        log(f"export: at {r['prevalence']:g}: F1 {r['validation']['f1']:.3f} on validation, "
+        log(
+            f"export: at {r['prevalence']:g}: F1 {r['validation']['f1']:.3f} on validation, "
             f"{r['held_out_test']['f1']:.3f} on held-out test (optimism {r['optimism']['f1']:+.3f}); diseased found "
             f"{r['validation']['tpr']:.1%} -> {r['held_out_test']['tpr']:.1%}, healthy flagged "
-            f"{r['validation']['fpr']:.1%} -> {r['held_out_test']['fpr']:.1%}")
+            f"{r['validation']['fpr']:.1%} -> {r['held_out_test']['fpr']:.1%}"
+        )
     seen = rules["argmax_validation"]
-    log(f"export: argmax (the default) flags {seen['healthy_flagged']:.1%} of healthy and finds "
-        f"{seen['diseased_found']:.1%} of diseased on validation; `finalbn-field --prevalence` applies the cuts above")
+    log(
+        f"export: argmax (the default) flags {seen['healthy_flagged']:.1%} of healthy and finds "
+        f"{seen['diseased_found']:.1%} of diseased on validation; `finalbn-field --prevalence` applies the cuts above"
+    )
     if not rules["prior_correction"]["applies"]:
         log(f"export: no training-count prior correction: {rules['prior_correction']['why']}")
     io.write_json(out_dir / "parity.json", check)
     if not check["passed"]:
         worst = max(b["max_abs_diff_probs"] for b in check["batches"].values())
-        raise ExportError(f"onnxruntime and torch disagree: max |Δprob| {worst:.2e} (tolerance {check['tolerance']:.0e}) "
-                          f"or labels differ — see {out_dir / 'parity.json'}; models/model.onnx was not replaced")
+        raise ExportError(
+            f"onnxruntime and torch disagree: max |Δprob| {worst:.2e} (tolerance {check['tolerance']:.0e}) "
+            f"or labels differ — see {out_dir / 'parity.json'}; models/model.onnx was not replaced"
+        )
     if int8:
         x_train = preprocess(tensors["train"].images, spec.mean, spec.std)
         q = quantize(tmp / "model.onnx", tmp / "model.int8.onnx", x_train, x["val"], tensors["val"].labels.numpy())
         card["int8"] = q
-        log(f"export: INT8 {q['why']}: validation AUROC {q['fp32_val_auroc']:.4f} -> {q['int8_val_auroc']:.4f}, "
-            f"{q['fp32_ms_per_image_batch32']:.2f} -> {q['int8_ms_per_image_batch32']:.2f} ms/image at batch 32")
+        log(
+            f"export: INT8 {q['why']}: validation AUROC {q['fp32_val_auroc']:.4f} -> {q['int8_val_auroc']:.4f}, "
+            f"{q['fp32_ms_per_image_batch32']:.2f} -> {q['int8_ms_per_image_batch32']:.2f} ms/image at batch 32"
+        )
     io.write_json(tmp / "model.json", card)
     return card, check
 
@@ -191,8 +291,16 @@ class ExportPaths:
     out: Path
 
 
-def run(cfg: Config, paths: ExportPaths, tracker: MlflowTracker = MLFLOW, *, run_id: str | None = None,
-        register: bool = True, int8: bool = False, log=print) -> dict:
+def run(
+    cfg: Config,
+    paths: ExportPaths,
+    tracker: MlflowTracker = MLFLOW,
+    *,
+    run_id: str | None = None,
+    register: bool = True,
+    int8: bool = False,
+    log=print,
+) -> dict:
     """The export's core (`export`): the honest choice over the store's cells, rebuilt, exported,
     checked, promoted and registered. It chooses among runs by MLflow filters and registers the
     model in MLflow's registry, so it needs the store-backed tracker. Raises ExportError."""
@@ -204,8 +312,15 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     """`finalbn export`: the core (`run`) on the store; exit 1 (one line) when the export cannot go on."""
     tracking.detach_project_run()  # under `mlflow run -e export`: the export trains its own run
     try:
-        run(cfg, ExportPaths(Path(args.splits), Path(args.out)), MLFLOW, run_id=args.run_id,
-            log=lambda m: print(m, flush=True), register=not args.no_register, int8=args.quantize)
+        run(
+            cfg,
+            ExportPaths(Path(args.splits), Path(args.out)),
+            MLFLOW,
+            run_id=args.run_id,
+            log=lambda m: print(m, flush=True),
+            register=not args.no_register,
+            int8=args.quantize,
+        )
     except ExportError as exc:
         print(f"finalbn export: failed: {exc}", file=sys.stderr)
         return 1

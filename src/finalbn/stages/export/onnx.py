@@ -7,6 +7,7 @@ The file is self-contained (`torch.onnx.export(dynamo=True, external_data=False)
 eval mode, with input `image` (float32, N x 3 x H x W, normalised as model.json says) on a
 dynamic batch axis and outputs `logits` and `probs`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,8 +43,16 @@ def export_onnx(model: nn.Module, size: int, path: Path) -> dict:
     flavour will store; returns {opset, ir_version, sha256, size}."""
     wrapped = Exported(model).eval()
     example = torch.zeros((2, 3, size, size), dtype=torch.float32)
-    prog = torch.onnx.export(wrapped, (example,), dynamo=True, input_names=[INPUT], output_names=list(OUTPUTS),
-                             dynamic_shapes={"image": {0: "batch"}}, external_data=False, optimize=True)
+    prog = torch.onnx.export(
+        wrapped,
+        (example,),
+        dynamo=True,
+        input_names=[INPUT],
+        output_names=list(OUTPUTS),
+        dynamic_shapes={"image": {0: "batch"}},
+        external_data=False,
+        optimize=True,
+    )
     prog.save(str(path))
     proto = without_source_paths(onnx.load(str(path)))
     onnx.checker.check_model(proto, full_check=True)
@@ -63,6 +72,7 @@ STACK_TRACE = "pkg.torch.onnx.stack_trace"
 def without_source_paths(proto: onnx.ModelProto) -> onnx.ModelProto:
     """`proto` with the exporter's per-node stack traces (`STACK_TRACE`) removed, in the main graph,
     its functions and any subgraph; weights, operators and every other metadata kept."""
+
     def clean(nodes) -> None:
         for node in nodes:
             kept = [p for p in node.metadata_props if p.key != STACK_TRACE]
@@ -114,7 +124,7 @@ def parity(model: nn.Module, onnx_path: Path, x: np.ndarray, batch_sizes=(1, 32)
     for bs in batch_sizes:
         p_ort, p_pt, l_ort, l_pt = [], [], [], []
         for i in range(0, len(x), bs):
-            xb = x[i:i + bs]
+            xb = x[i : i + bs]
             lo, po = sess.run(list(OUTPUTS), {INPUT: xb})
             with torch.inference_mode():
                 lt = model(torch.from_numpy(xb)).float()
@@ -124,9 +134,11 @@ def parity(model: nn.Module, onnx_path: Path, x: np.ndarray, batch_sizes=(1, 32)
             p_pt.append(torch.softmax(lt, 1).numpy())
         po, pt = np.concatenate(p_ort), np.concatenate(p_pt)
         lo, lt = np.concatenate(l_ort), np.concatenate(l_pt)
-        out["batches"][str(bs)] = {"max_abs_diff_probs": float(np.abs(po - pt).max()),
-                                   "max_abs_diff_logits": float(np.abs(lo - lt).max()),
-                                   "labels_identical": bool((po.argmax(1) == pt.argmax(1)).all()),
-                                   "label_disagreements": int((po.argmax(1) != pt.argmax(1)).sum())}
+        out["batches"][str(bs)] = {
+            "max_abs_diff_probs": float(np.abs(po - pt).max()),
+            "max_abs_diff_logits": float(np.abs(lo - lt).max()),
+            "labels_identical": bool((po.argmax(1) == pt.argmax(1)).all()),
+            "label_disagreements": int((po.argmax(1) != pt.argmax(1)).sum()),
+        }
     out["passed"] = all(b["max_abs_diff_probs"] <= TOLERANCE and b["labels_identical"] for b in out["batches"].values())
     return out

@@ -17,6 +17,7 @@ The same configuration's runs on replicates >= k (`Choice.held_out`: neither tra
 model nor chose the configuration) give their test predictions (`held_out_test`) to measure how
 optimistic the cuts' validation estimates are.
 """
+
 from __future__ import annotations
 
 import io
@@ -34,7 +35,7 @@ from torch import nn
 
 from finalbn import tracking
 from finalbn.config import TOGGLES, Config, ConfigError, cell_seed, final_layer_for, validate
-from finalbn.stages.tracked import VAL_PREDICTIONS, CellHooks, CellRun, track_cell
+from finalbn.stages.cellrun import VAL_PREDICTIONS, CellHooks, CellRun, track_cell
 from finalbn.stages.tracker import Run
 from finalbn.stats import selection
 from finalbn.stats.inference import t_interval
@@ -84,10 +85,18 @@ def candidate_rows(runs: list[RunRecord]) -> tuple[pd.DataFrame, dict[tuple[str,
         if key and is_final_bn(r) and "val_last_auroc" in r.metrics:
             by.setdefault((key, int(r.tags.get(tags.REPLICATE, 0))), []).append(r)
     chosen = {k: latest(v) for k, v in by.items()}
-    rows = [{"key": k, "replicate": rep, "val_auroc": run.metrics.get("val_last_auroc", math.nan),
-             selection.TIE_BREAK: run.metrics.get("val_last_balanced_loss", math.nan), "switches": _switches_on(run),
-             "test_f1_1": run.metrics.get("test_f1_1", math.nan), "test_auroc": run.metrics.get("test_auroc", math.nan)}
-            for (k, rep), run in chosen.items()]
+    rows = [
+        {
+            "key": k,
+            "replicate": rep,
+            "val_auroc": run.metrics.get("val_last_auroc", math.nan),
+            selection.TIE_BREAK: run.metrics.get("val_last_balanced_loss", math.nan),
+            "switches": _switches_on(run),
+            "test_f1_1": run.metrics.get("test_f1_1", math.nan),
+            "test_auroc": run.metrics.get("test_auroc", math.nan),
+        }
+        for (k, rep), run in chosen.items()
+    ]
     cols = ["key", "replicate", "val_auroc", selection.TIE_BREAK, "switches", "test_f1_1", "test_auroc"]
     return pd.DataFrame(rows, columns=cols), chosen
 
@@ -106,23 +115,37 @@ def choose(runs: list[RunRecord], k: int, run_id: str | None = None) -> Choice:
         mine = {r: by[(key, r)] for r in range(k) if (key, r) in by}
         if len(mine) < k or rep not in mine or mine[rep].run_id != run.run_id:
             mine = {rep: run}  # the run alone: its own validation predictions set the thresholds
-        return Choice(run, mine, key, f"given by --run-id {run_id}", _summary_row(rows, key, k),
-                      held_out=_held_out(by, key, k, mine))
+        return Choice(
+            run,
+            mine,
+            key,
+            f"given by --run-id {run_id}",
+            _summary_row(rows, key, k),
+            held_out=_held_out(by, key, k, mine),
+        )
     if rows.empty:
         raise ExportError("no FINISHED cell run with a final BN and a validation AUROC: run `finalbn grid` first")
     ranked = selection.rank(rows, k)
     eligible = ranked[ranked["eligible"]]
     if eligible.empty:
         most = int(ranked["replicates"].max())
-        raise ExportError(f"no final-BN configuration has FINISHED runs on all {k} replicates 0..{k - 1} "
-                          f"(selection.replicates; the most any has is {most}): run the grid with the headline "
-                          f"configurations on >= {k} replicates, or set selection.replicates={most}")
+        raise ExportError(
+            f"no final-BN configuration has FINISHED runs on all {k} replicates 0..{k - 1} "
+            f"(selection.replicates; the most any has is {most}): run the grid with the headline "
+            f"configurations on >= {k} replicates, or set selection.replicates={most}"
+        )
     best = eligible.iloc[0]
     key = best["key"]
     mine = {rep: by[(key, rep)] for rep in range(k)}
-    how = (f"the best of {len(eligible)} final-BN configuration(s) on the mean validation AUROC over replicates "
-           f"0..{k - 1}" + (f" ({len(ranked) - len(eligible)} seen on fewer replicates were not candidates)"
-                            if len(ranked) > len(eligible) else ""))
+    how = (
+        f"the best of {len(eligible)} final-BN configuration(s) on the mean validation AUROC over replicates "
+        f"0..{k - 1}"
+        + (
+            f" ({len(ranked) - len(eligible)} seen on fewer replicates were not candidates)"
+            if len(ranked) > len(eligible)
+            else ""
+        )
+    )
     return Choice(mine[min(mine)], mine, key, how, best.to_dict(), len(eligible), _held_out(by, key, k, mine))
 
 
@@ -149,11 +172,16 @@ def selection_card(choice: Choice, positives: int) -> dict:
 
     runs = [choice.runs[r] for r in reps]
     return {
-        "how": choice.how, "config_key": choice.key, "config_name": choice.run.tags.get(tags.CONFIG_NAME),
+        "how": choice.how,
+        "config_key": choice.key,
+        "config_name": choice.run.tags.get(tags.CONFIG_NAME),
         "source": source_of(choice.run),
-        "config_id": int(choice.run.tags.get(tags.CONFIG_ID, -1)), "candidates": choice.candidates,
-        "replicates": reps, "model_replicate": int(choice.run.tags.get(tags.REPLICATE, 0)),
-        "run_ids": {str(r): choice.runs[r].run_id for r in reps}, "val_positives": positives,
+        "config_id": int(choice.run.tags.get(tags.CONFIG_ID, -1)),
+        "candidates": choice.candidates,
+        "replicates": reps,
+        "model_replicate": int(choice.run.tags.get(tags.REPLICATE, 0)),
+        "run_ids": {str(r): choice.runs[r].run_id for r in reps},
+        "val_positives": positives,
         "validation_auroc": mean_ci([r.metrics.get("val_last_auroc", math.nan) for r in runs]),
         "validation_balanced_loss": mean_ci([r.metrics.get("val_last_balanced_loss", math.nan) for r in runs]),
         "test_minority_f1": mean_ci([r.metrics.get("test_f1_1", math.nan) for r in runs]),
@@ -177,8 +205,10 @@ def pooled_validation(choice: Choice) -> tuple[np.ndarray, np.ndarray]:
         run = choice.runs[rep]
         text = tracking.artifact_text(run.run_id, VAL_PREDICTIONS)
         if text is None:
-            raise ExportError(f"run {run.run_id} (replicate {rep}) has no {VAL_PREDICTIONS}: it was trained by an "
-                              "older finalbn; rerun `finalbn grid` (its cells train again under the new code)")
+            raise ExportError(
+                f"run {run.run_id} (replicate {rep}) has no {VAL_PREDICTIONS}: it was trained by an "
+                "older finalbn; rerun `finalbn grid` (its cells train again under the new code)"
+            )
         df = pd.read_csv(io.StringIO(text))
         labels.append(df["label"].to_numpy(dtype=int))
         scores.append(df["p1_last"].to_numpy(dtype=float))
@@ -236,23 +266,53 @@ def rebuild(run: RunRecord, splits: Path, log=print) -> Source:
     # a cell run always carries its dataset's tag
     dataset, replicate = cast(str, run.tags.get(tags.DATASET)), int(run.tags.get(tags.REPLICATE, 0))
     # an earlier export's retraining of this run: its weights (state_dict) are an artifact
-    earlier = [r for r in tracking.runs_by_tag(tracking.experiment_name(cfg, "export"), tags.EXPORT_SOURCE).get(run.run_id, [])
-               if r.finished and r.tags.get(tags.EXPORT_WEIGHTS)]
+    earlier = [
+        r
+        for r in tracking.runs_by_tag(tracking.experiment_name(cfg, "export"), tags.EXPORT_SOURCE).get(run.run_id, [])
+        if r.finished and r.tags.get(tags.EXPORT_WEIGHTS)
+    ]
     for holder in sorted(earlier, key=lambda r: -(r.end_time or 0)):
         model = _load_weights(cfg, holder, log)
         if model is None:
             continue
         log(f"export: run {run.run_id} kept no weights; using its retrained model from run {holder.run_id}")
-        return Source(run.run_id, holder.run_id, cfg, dataset, replicate, model, holder.with_prefix("val_last_"),
-                      source_val, run.tags.get(tags.MANIFEST, ""), retrained=True)
-    log(f"export: run {run.run_id} ({run.name}) kept no weights: training its cell again "
-        f"(replicate {replicate}, seed {run.tags.get(tags.SEED)}), its weights saved on that run")
-    where = CellRun("export", f"{run.name} retrained (run {run.run_id[:8]})", None,
-                    {tags.EXPORT_SOURCE: run.run_id, tags.EXPORT: "true"})
-    run_id, res = track_cell(cfg, dataset, splits, where, MLFLOW, replicate=replicate,
-                             hooks=CellHooks(on_end=_save_weights))
-    return Source(run.run_id, run_id, cfg, dataset, replicate, res.model.eval().cpu(),
-                  dict(res.val_last), source_val, res.manifest_sha256, retrained=True)
+        return Source(
+            run.run_id,
+            holder.run_id,
+            cfg,
+            dataset,
+            replicate,
+            model,
+            holder.with_prefix("val_last_"),
+            source_val,
+            run.tags.get(tags.MANIFEST, ""),
+            retrained=True,
+        )
+    log(
+        f"export: run {run.run_id} ({run.name}) kept no weights: training its cell again "
+        f"(replicate {replicate}, seed {run.tags.get(tags.SEED)}), its weights saved on that run"
+    )
+    where = CellRun(
+        "export",
+        f"{run.name} retrained (run {run.run_id[:8]})",
+        None,
+        {tags.EXPORT_SOURCE: run.run_id, tags.EXPORT: "true"},
+    )
+    run_id, res = track_cell(
+        cfg, dataset, splits, where, MLFLOW, replicate=replicate, hooks=CellHooks(on_end=_save_weights)
+    )
+    return Source(
+        run.run_id,
+        run_id,
+        cfg,
+        dataset,
+        replicate,
+        res.model.eval().cpu(),
+        dict(res.val_last),
+        source_val,
+        res.manifest_sha256,
+        retrained=True,
+    )
 
 
 def _save_weights(run: Run, result: CellResult) -> None:

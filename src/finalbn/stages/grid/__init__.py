@@ -14,6 +14,7 @@ everything that changes its result, so a rerun trains only what is missing and a
 re-runs what it can change. `plan` says which cells and how they are sharded, `shard` runs a
 shard's cells, `output` writes the results.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,21 @@ from finalbn.stages.tracker import Tracker
 from finalbn.tracking.adapter import MLFLOW
 from finalbn.train.cell import preflight
 
-__all__ = ["Cell", "GridPaths", "GridSummary", "all_cells", "cell_config", "cell_key", "main", "run", "run_shard",
-           "shard_cells", "share_order", "units", "write_results"]
+__all__ = [
+    "Cell",
+    "GridPaths",
+    "GridSummary",
+    "all_cells",
+    "cell_config",
+    "cell_key",
+    "main",
+    "run",
+    "run_shard",
+    "shard_cells",
+    "share_order",
+    "units",
+    "write_results",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,8 +94,12 @@ def check_inputs(cfg: Config, splits: Path) -> None:
     """Every replicate's split and every arch's weights exist, before any cell runs."""
     for ds in cfg.datasets:
         for arch in cfg.grid.archs:
-            preflight(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch=arch)), ds.name, splits,
-                      replicates=cfg.grid.max_replicates)
+            preflight(
+                dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch=arch)),
+                ds.name,
+                splits,
+                replicates=cfg.grid.max_replicates,
+            )
 
 
 def warm_decode_cache(cfg: Config, splits: Path) -> None:
@@ -91,8 +109,16 @@ def warm_decode_cache(cfg: Config, splits: Path) -> None:
             load_splits(split_dir(splits, ds.name, r) / "manifest.csv", ds.image_size, progress=sys.stderr.isatty())
 
 
-def run(cfg: Config, paths: GridPaths, tracker: Tracker = MLFLOW, *, stage: str = "grid",
-        workers: int | None = None, executor: str | None = None, log=print) -> GridSummary:
+def run(
+    cfg: Config,
+    paths: GridPaths,
+    tracker: Tracker = MLFLOW,
+    *,
+    stage: str = "grid",
+    workers: int | None = None,
+    executor: str | None = None,
+    log=print,
+) -> GridSummary:
     """The grid's core: every cell of `cfg` not yet finished in `tracker`'s store, trained (here,
     in `workers` local shard processes, default `grid.workers`, or as Ray tasks), then grid.csv
     and grid.json written from the store. Work goes to `stage`'s experiment (the sensitivity
@@ -108,10 +134,12 @@ def run(cfg: Config, paths: GridPaths, tracker: Tracker = MLFLOW, *, stage: str 
         count = len(units(cells, cfg.train.share_features))
     else:
         executor = "local"
-    log(f"grid: {len(cells)} cells ({len(cfg.datasets)} datasets x {len(cfg.grid.archs)} archs x "
+    log(
+        f"grid: {len(cells)} cells ({len(cfg.datasets)} datasets x {len(cfg.grid.archs)} archs x "
         f"{len(parse_configs(cfg.grid.configs))} configs x {cfg.grid.replicates} replicate(s), headline "
         f"configs on {cfg.grid.headline.replicates}, {sum(1 for c in cells if c.baseline)} baseline cells), "
-        f"{count} {'Ray task(s)' if executor == 'ray' else 'worker(s)'}")
+        f"{count} {'Ray task(s)' if executor == 'ray' else 'worker(s)'}"
+    )
     if executor == "ray":
         code = _run_ray(cfg, paths.splits, cells, stage, tracker)
     elif count > 1:
@@ -133,9 +161,20 @@ def _run_workers(cfg: Config, splits: Path, count: int, stage: str, tracker: Tra
         params = Path(tmp) / "params.yaml"
         params.write_text(yaml.safe_dump(to_dict(wcfg), sort_keys=False), encoding="utf-8")
         return workers.run_commands(
-            lambda i: ["grid", "--params", str(params), "--splits", str(splits), "--shard", f"{i}/{count}",
-                       "--stage", stage], count,
-            env_of=lambda i: workers.gpu_env(i, os.environ))
+            lambda i: [
+                "grid",
+                "--params",
+                str(params),
+                "--splits",
+                str(splits),
+                "--shard",
+                f"{i}/{count}",
+                "--stage",
+                stage,
+            ],
+            count,
+            env_of=lambda i: workers.gpu_env(i, os.environ),
+        )
 
 
 def _run_ray(cfg: Config, splits: Path, cells: list[Cell], stage: str, tracker: Tracker) -> int:
@@ -145,8 +184,9 @@ def _run_ray(cfg: Config, splits: Path, cells: list[Cell], stage: str, tracker: 
     tcfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=rayexec.task_threads(cfg.ray)))
     todo = units(cells, cfg.train.share_features)
     names = [f"[unit {i + 1}/{len(todo)}]" for i in range(len(todo))]
-    outcomes = rayexec.run_tasks(cfg.ray, run_unit, [(tcfg, splits.resolve(), u, n, stage) for u, n in zip(todo, names)],
-                                 names)
+    outcomes = rayexec.run_tasks(
+        cfg.ray, run_unit, [(tcfg, splits.resolve(), u, n, stage) for u, n in zip(todo, names)], names
+    )
     failed = [o for o in outcomes if isinstance(o, rayexec.TaskFailed) or o["failed"]]
     return 1 if failed else 0
 
@@ -165,11 +205,21 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
             check_inputs(cfg, splits)
             i, n = shard
             stats = run_shard(cfg, splits, i, n, log=lambda m: print(m, flush=True), stage=args.stage)
-            print(f"grid shard {i}/{n}: {stats['ran']} cells run, {stats['skipped']} already finished, "
-                  f"{len(stats['failed'])} failed", flush=True)
+            print(
+                f"grid shard {i}/{n}: {stats['ran']} cells run, {stats['skipped']} already finished, "
+                f"{len(stats['failed'])} failed",
+                flush=True,
+            )
             return 1 if stats["failed"] else 0
-        summary = run(cfg, GridPaths(splits, Path(args.results)), MLFLOW, stage=args.stage, workers=args.workers,
-                      executor=getattr(args, "executor", None), log=lambda m: print(m, flush=True))
+        summary = run(
+            cfg,
+            GridPaths(splits, Path(args.results)),
+            MLFLOW,
+            stage=args.stage,
+            workers=args.workers,
+            executor=getattr(args, "executor", None),
+            log=lambda m: print(m, flush=True),
+        )
     return _report(summary.results, args.results, summary.code)
 
 
@@ -177,15 +227,20 @@ def _report(summary: dict, results: str, code: int) -> int:
     print(f"grid: {summary['finished']}/{summary['cells']} cells finished -> {results}/grid.csv")
     if "best_config" in summary:
         f1, b = summary["minority_f1_mean"], summary["best_config"]
-        print(f"  test minority F1, mean over configurations: final BN on {f1['bn_on']}, off {f1['bn_off']}; best config "
-              f"on validation "
-              f"over {b['replicates']} replicates: {b['id']} ({b['name']}): val AUROC {b['val_auroc']}, "
-              f"test minority F1 {b['test_minority_f1']} ({summary['unranked_configs']} configs with fewer "
-              "replicates are not ranked)")
+        print(
+            f"  test minority F1, mean over configurations: final BN on {f1['bn_on']}, off {f1['bn_off']}; best config "
+            f"on validation "
+            f"over {b['replicates']} replicates: {b['id']} ({b['name']}): val AUROC {b['val_auroc']}, "
+            f"test minority F1 {b['test_minority_f1']} ({summary['unranked_configs']} configs with fewer "
+            "replicates are not ranked)"
+        )
     elif summary.get("note"):
         print(f"  {summary['note']}")
     if summary["missing"]:
-        print(f"  {len(summary['missing'])} cells have no finished run (rerun `finalbn grid` to retry): "
-              f"{', '.join(summary['missing'][:5])}{' ...' if len(summary['missing']) > 5 else ''}", file=sys.stderr)
+        print(
+            f"  {len(summary['missing'])} cells have no finished run (rerun `finalbn grid` to retry): "
+            f"{', '.join(summary['missing'][:5])}{' ...' if len(summary['missing']) > 5 else ''}",
+            file=sys.stderr,
+        )
         return code or 1
     return code

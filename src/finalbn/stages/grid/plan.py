@@ -16,6 +16,7 @@ Units are dealt to shards by their estimated cost, largest first, so that shards
 Within a shard, cells run in `share_order` — family, replicate, configuration — so a share group
 runs back to back on the frozen body's features computed once (`finalbn.train.features`).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -13,6 +13,7 @@ second grid off the store's cells, `Tracker.owned`). The store is the tracker's
 the mean and std of its replicates and ends right after its last cell in this shard (a parent's
 cells all live in one shard).
 """
+
 from __future__ import annotations
 
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from finalbn.config import Config
 from finalbn.infra import faults, interrupt
+from finalbn.stages.cellrun import CellRun, track_cell
 from finalbn.stages.grid.plan import (
     Cell,
     all_cells,
@@ -30,7 +32,6 @@ from finalbn.stages.grid.plan import (
     shard_cells,
     share_order,
 )
-from finalbn.stages.tracked import CellRun, track_cell
 from finalbn.stages.tracker import Tracker
 from finalbn.tracking import records as tags
 from finalbn.tracking.adapter import MLFLOW
@@ -45,8 +46,15 @@ def existing_cells(cfg: Config, tracker: Tracker = MLFLOW) -> dict[str, list[Run
     return tracker.cells_by_key(cfg, CELL_STAGES, tags.CELL_KEY)
 
 
-def run_shard(cfg: Config, splits_dir: Path, index: int = 0, count: int = 1,
-              log: Callable[[str], None] = print, stage: str = "grid", tracker: Tracker = MLFLOW) -> dict:
+def run_shard(
+    cfg: Config,
+    splits_dir: Path,
+    index: int = 0,
+    count: int = 1,
+    log: Callable[[str], None] = print,
+    stage: str = "grid",
+    tracker: Tracker = MLFLOW,
+) -> dict:
     """Run this shard's unfinished cells; returns {"ran", "skipped", "failed": [...], "seconds": {...}}."""
     cells = shard_cells(all_cells(cfg), index, count, cfg.train.share_features)
     return run_cells(cfg, splits_dir, cells, f"[shard {index}/{count}]", log, stage, tracker)
@@ -57,8 +65,15 @@ def run_unit(cfg: Config, splits_dir: Path, cells: list[Cell], label: str, stage
     return run_cells(cfg, splits_dir, cells, label, lambda m: print(m, flush=True), stage)
 
 
-def run_cells(cfg: Config, splits_dir: Path, cells: list[Cell], label: str,
-              log: Callable[[str], None] = print, stage: str = "grid", tracker: Tracker = MLFLOW) -> dict:
+def run_cells(
+    cfg: Config,
+    splits_dir: Path,
+    cells: list[Cell],
+    label: str,
+    log: Callable[[str], None] = print,
+    stage: str = "grid",
+    tracker: Tracker = MLFLOW,
+) -> dict:
     """Run the unfinished ones of `cells` (whole parents: a shard's, or a unit's), in share order;
     returns {"ran", "skipped", "failed": [...], "seconds": {...}}. A RUNNING run of one of them is
     marked KILLED before any cell runs when no live command owns it (`Tracker.take_over`); raises
@@ -70,8 +85,14 @@ def run_cells(cfg: Config, splits_dir: Path, cells: list[Cell], label: str,
     tracker.take_over(cfg, stage, _left_running(existing, keys))  # or StoreError: a live process trains one
     last = {cell.parent: i for i, cell in enumerate(cells)}  # a parent ends after its last cell
     where = several_places(cfg)
-    stats: dict = {"ran": 0, "skipped": 0, "failed": [], "seconds": {"uf_off": 0.0, "uf_on": 0.0},
-                   "cells": {"uf_off": 0, "uf_on": 0}, "log": []}
+    stats: dict = {
+        "ran": 0,
+        "skipped": 0,
+        "failed": [],
+        "seconds": {"uf_off": 0.0, "uf_on": 0.0},
+        "cells": {"uf_off": 0, "uf_on": 0},
+        "log": [],
+    }
     parents: dict[tuple, str] = {}  # Cell.parent -> parent run id, once created
     touched: set[tuple] = set()
     for done, (cell, key) in enumerate(zip(cells, keys), start=1):
@@ -80,8 +101,15 @@ def run_cells(cfg: Config, splits_dir: Path, cells: list[Cell], label: str,
         else:
             if parents.get(cell.parent) is None:
                 parents[cell.parent] = tracker.parent(
-                    cfg, stage, cell.dataset, cell.arch, cell.config_id,
-                    cell_key(cfg, cell, splits_dir, with_replicate=False), cell.parent_name(where), cell.baseline)
+                    cfg,
+                    stage,
+                    cell.dataset,
+                    cell.arch,
+                    cell.config_id,
+                    cell_key(cfg, cell, splits_dir, with_replicate=False),
+                    cell.parent_name(where),
+                    cell.baseline,
+                )
             progress = f"{label} cell {done}/{len(cells)} {cell.name}"
             if _run_one(cfg, stage, cell, key, splits_dir, parents[cell.parent], stats, progress, log, where, tracker):
                 touched.add(cell.parent)
@@ -94,20 +122,42 @@ def run_cells(cfg: Config, splits_dir: Path, cells: list[Cell], label: str,
 
 def _left_running(existing: dict[str, list[RunRecord]], keys: list[str]) -> list[RunRecord]:
     """The RUNNING runs of the cells among `keys` that have no FINISHED run (the cells to redo)."""
-    return [r for k in keys if not any(x.finished for x in existing.get(k, []))
-            for r in existing.get(k, []) if r.status == tags.RUNNING]
+    return [
+        r
+        for k in keys
+        if not any(x.finished for x in existing.get(k, []))
+        for r in existing.get(k, [])
+        if r.status == tags.RUNNING
+    ]
 
 
-def _run_one(cfg: Config, stage: str, cell: Cell, key: str, splits_dir: Path, parent_id: str, stats: dict,
-             progress: str, log: Callable[[str], None], where: bool, tracker: Tracker) -> bool:
+def _run_one(
+    cfg: Config,
+    stage: str,
+    cell: Cell,
+    key: str,
+    splits_dir: Path,
+    parent_id: str,
+    stats: dict,
+    progress: str,
+    log: Callable[[str], None],
+    where: bool,
+    tracker: Tracker,
+) -> bool:
     """Train one cell as a tracked run; False (and a FAILED line) when its training diverged."""
     ccfg = cell_config(cfg, cell)
     pkey = cell_key(cfg, cell, splits_dir, with_replicate=False)
     t0 = time.perf_counter()
     extra = {tags.CELL_KEY: key, tags.PARENT_KEY: pkey, **({tags.BASELINE: cell.baseline} if cell.baseline else {})}
     try:
-        _, result = track_cell(ccfg, cell.dataset, splits_dir, CellRun(stage, cell.run_name(where), parent_id, extra),
-                               tracker, replicate=cell.replicate)
+        _, result = track_cell(
+            ccfg,
+            cell.dataset,
+            splits_dir,
+            CellRun(stage, cell.run_name(where), parent_id, extra),
+            tracker,
+            replicate=cell.replicate,
+        )
     except TrainingDiverged as exc:
         stats["failed"].append({"cell": cell.name, "error": str(exc)})
         log(f"{progress}: FAILED: {exc}")
@@ -117,17 +167,21 @@ def _run_one(cfg: Config, stage: str, cell: Cell, key: str, splits_dir: Path, pa
     stats["seconds"][kind] += seconds
     stats["cells"][kind] += 1
     stats["ran"] += 1
-    stats["log"].append({"cell": cell.name, "seconds": seconds, "features": result.features,
-                         "body_images": result.body_images})
+    stats["log"].append(
+        {"cell": cell.name, "seconds": seconds, "features": result.features, "body_images": result.body_images}
+    )
     m = result.test_last
-    log(f"{progress} (config {cell.config_id}): test minority F1 "
+    log(
+        f"{progress} (config {cell.config_id}): test minority F1 "
         f"{m['f1_1']:.3f}, AUROC {m['auroc']:.3f} (last epoch; selected epoch {result.fit.selected_epoch}), "
-        f"{seconds:.1f} s, {result.features} features")
+        f"{seconds:.1f} s, {result.features} features"
+    )
     return True
 
 
-def _close_parent(cfg: Config, stage: str, cell: Cell, splits_dir: Path, parents: dict, touched: set,
-                  tracker: Tracker) -> None:
+def _close_parent(
+    cfg: Config, stage: str, cell: Cell, splits_dir: Path, parents: dict, touched: set, tracker: Tracker
+) -> None:
     """Mean/std over its replicates on the parent of `cell` (its last in this shard) when this
     shard ran one of its cells, or a killed run left it open; the parent then ends FINISHED. (Cells
     all found in another stage's experiment leave no parent here.)"""

@@ -29,6 +29,7 @@ set reweighted to π), `effects` (the study's effects), `pairs` (paired contrast
 `factorial`, `verdict` (wording; the generic statistics are `finalbn.stats.inference`), `baselines` (the
 imbalance baselines), `search` (the Optuna section), `figures`, `markdown` (formatting, the page).
 """
+
 from __future__ import annotations
 
 from finalbn.stages.report import effects, tables
@@ -36,5 +37,16 @@ from finalbn.stages.report.build import FILES, build_report
 from finalbn.stages.report.cells import CellData, collect
 from finalbn.stages.report.make import ReportPaths, grid_keys, main, read_search, run
 
-__all__ = ["FILES", "CellData", "ReportPaths", "build_report", "collect", "effects", "grid_keys", "main",
-           "read_search", "run", "tables"]
+__all__ = [
+    "FILES",
+    "CellData",
+    "ReportPaths",
+    "build_report",
+    "collect",
+    "effects",
+    "grid_keys",
+    "main",
+    "read_search",
+    "run",
+    "tables",
+]

@@ -6,6 +6,7 @@ per (UF, WL) setting, calibrated at the training prior, and under the sensitivit
 
 Each writes its CSV / PNG into the page's folder and appends its Markdown (`markdown.Page`).
 """
+
 from __future__ import annotations
 
 import math
@@ -39,8 +40,9 @@ def at_prevalences(all_cells: pd.DataFrame, data: CellData, out: Path, prevalenc
     return table, test_pi, notes
 
 
-def prevalence_section(page: Page, cells: pd.DataFrame, data: CellData, at_pi: pd.DataFrame, eff: pd.DataFrame,
-                        prevalences, test_pi) -> None:
+def prevalence_section(
+    page: Page, cells: pd.DataFrame, data: CellData, at_pi: pd.DataFrame, eff: pd.DataFrame, prevalences, test_pi
+) -> None:
     """The answer at each prevalence: the table of 31 and 63 and their difference, prevalence.png."""
     title = "The answer at the prevalence the user will meet"
     if at_pi.empty:
@@ -58,23 +60,29 @@ def prevalence_section(page: Page, cells: pd.DataFrame, data: CellData, at_pi: p
     shown = pd.DataFrame(rows)
     first = sorted(set(zip(cells["dataset"], cells["arch"])))[0]
     curves = _pr_curves(cells[(cells["dataset"] == first[0]) & (cells["arch"] == first[1])], data, prevalences)
-    figures.fig_prevalence(means[(means["dataset"] == first[0]) & (means["arch"] == first[1])],
-                           eff[eff["scope"] == f"{first[0]}/{first[1]}"], curves, page.out / "prevalence.png")
-    page.section(title,
-                 page.table(shown) + "\n\nThe test set reweighted to each field prevalence π (share of "
-                 "diseased images): each diseased test image stands for π / n₁ of the field and each healthy one "
-                 "for (1 − π) / n₀, so TPR and FPR at a cut are as measured and precision = π TPR / (π TPR "
-                 "+ (1 − π) FPR), F1 and the PR curve follow (label shift; Saerens et al. 2002). `validation cut`: "
-                 "each model at the cut with the best F1 at π on its own validation predictions (the export's "
-                 "decision rule; the test set chooses nothing); `argmax`: flag when P(diseased) > 0.5, which fits "
-                 "balanced classes only; AP: average precision reweighted to π (no cut). Means over replicates (last "
-                 "epoch); Δ: 31 − 63 paired by replicate, 95 % t interval, Holm-adjusted within the verdict's family. "
-                 "`healthy images`: the healthy test images each replicate's numbers rest on; `one false alarm`: "
-                 "precision at π with final BN's TPR at the validation cut and one false alarm, against 1 with none. "
-                 "`prevalence.csv` holds every cell at every π (precision, F1, accuracy, balanced accuracy, AP, ECE, "
-                 "Brier, the validation cut's TPR, FPR, precision and F1; both epoch protocols)."
-                 + (f" Figure: {first[0]}/{first[1]}." if cells[["dataset", "arch"]].drop_duplicates().shape[0] > 1
-                    else "") + "\n\n![](prevalence.png)")
+    figures.fig_prevalence(
+        means[(means["dataset"] == first[0]) & (means["arch"] == first[1])],
+        eff[eff["scope"] == f"{first[0]}/{first[1]}"],
+        curves,
+        page.out / "prevalence.png",
+    )
+    page.section(
+        title,
+        page.table(shown) + "\n\nThe test set reweighted to each field prevalence π (share of "
+        "diseased images): each diseased test image stands for π / n₁ of the field and each healthy one "
+        "for (1 − π) / n₀, so TPR and FPR at a cut are as measured and precision = π TPR / (π TPR "
+        "+ (1 − π) FPR), F1 and the PR curve follow (label shift; Saerens et al. 2002). `validation cut`: "
+        "each model at the cut with the best F1 at π on its own validation predictions (the export's "
+        "decision rule; the test set chooses nothing); `argmax`: flag when P(diseased) > 0.5, which fits "
+        "balanced classes only; AP: average precision reweighted to π (no cut). Means over replicates (last "
+        "epoch); Δ: 31 − 63 paired by replicate, 95 % t interval, Holm-adjusted within the verdict's family. "
+        "`healthy images`: the healthy test images each replicate's numbers rest on; `one false alarm`: "
+        "precision at π with final BN's TPR at the validation cut and one false alarm, against 1 with none. "
+        "`prevalence.csv` holds every cell at every π (precision, F1, accuracy, balanced accuracy, AP, ECE, "
+        "Brier, the validation cut's TPR, FPR, precision and F1; both epoch protocols)."
+        + (f" Figure: {first[0]}/{first[1]}." if cells[["dataset", "arch"]].drop_duplicates().shape[0] > 1 else "")
+        + "\n\n![](prevalence.png)",
+    )
 
 
 def _prevalence_row(m: dict, by: dict, pi: float, test_pi: float | None) -> dict:
@@ -86,14 +94,21 @@ def _prevalence_row(m: dict, by: dict, pi: float, test_pi: float | None) -> dict
         return float(m[cid][col]) if cid in m and col in m[cid] else math.nan
 
     own = test_pi is not None and math.isclose(pi, test_pi, abs_tol=1e-9)
-    for head, col, eid in (("F1 validation cut", "cut_f1_1", prevalence_effect_id("31-63 cut", pi)),
-                           ("F1 argmax", "f1_1", "31-63" if own else prevalence_effect_id("31-63", pi)),
-                           ("AP", "ap", prevalence_effect_id("31-63 ap", pi))):
+    for head, col, eid in (
+        ("F1 validation cut", "cut_f1_1", prevalence_effect_id("31-63 cut", pi)),
+        ("F1 argmax", "f1_1", "31-63" if own else prevalence_effect_id("31-63", pi)),
+        ("AP", "ap", prevalence_effect_id("31-63 ap", pi)),
+    ):
         row[f"{head} BN (31)"], row[f"{head} none (63)"] = mean(BN_ID, col), mean(NONE_ID, col)
         r = by.get(eid)
-        row[f"Δ {head}"] = (interval_text(r["estimate"], r["ci_low"], r["ci_high"])
-                            + (f" (Holm p {r['p_holm']:.2g})" if math.isfinite(r.get("p_holm", math.nan)) else "")
-                            ) if r else "—"
+        row[f"Δ {head}"] = (
+            (
+                interval_text(r["estimate"], r["ci_low"], r["ci_high"])
+                + (f" (Holm p {r['p_holm']:.2g})" if math.isfinite(r.get("p_holm", math.nan)) else "")
+            )
+            if r
+            else "—"
+        )
     neg, tpr = mean(BN_ID, "negatives"), mean(BN_ID, "cut_tpr")
     row["healthy images"] = f"{neg:.0f}" if math.isfinite(neg) else "—"
     one = pi * tpr / (pi * tpr + (1 - pi) / neg) if math.isfinite(neg) and neg > 0 and tpr > 0 else math.nan
@@ -110,7 +125,8 @@ def _pr_curves(sub: pd.DataFrame, data: CellData, prevalences) -> dict:
             continue
         for pi in prevalences:
             out[float(pi)].setdefault(int(r.config_id), []).append(
-                prev.pr_curve_at(p["label"].to_numpy(int), p["p1_last"].to_numpy(float), pi))
+                prev.pr_curve_at(p["label"].to_numpy(int), p["p1_last"].to_numpy(float), pi)
+            )
     return out
 
 
@@ -122,8 +138,11 @@ def _num(r) -> str:
 
 
 def _broken(r, collapse: float = COLLAPSE) -> str:
-    sides = [name for name, tp, tn in (("final BN", r.tpr_bn, r.tnr_bn), ("rival", r.tpr_rival, r.tnr_rival))
-             if tp < collapse or tn < collapse]
+    sides = [
+        name
+        for name, tp, tn in (("final BN", r.tpr_bn, r.tnr_bn), ("rival", r.tpr_rival, r.tnr_rival))
+        if tp < collapse or tn < collapse
+    ]
     who = "both models" if len(sides) == 2 else (sides[0] if sides else "a model")
     rates = f"TPR {r.tpr_bn:.2f} vs {r.tpr_rival:.2f}"
     if min(r.tnr_bn, r.tnr_rival) < collapse:
@@ -142,31 +161,40 @@ def _sensitivity_line(t: pd.DataFrame, pis, n_family: int, old: bool) -> str:
         ups = [f"{r.factor} {r.level} {_num(r)}" for r in at.itertuples() if r.direction == "above zero"]
         downs = [f"{r.factor} {r.level} {_num(r)}" for r in at.itertuples() if r.direction == "below zero"]
         rest = len(at) - len(ups) - len(downs)
-        sentences.append(f"{'at' if i == 0 else 'At'} π = {pi:g}, above zero: {', '.join(ups) or 'none'}; below "
-                         f"zero: {', '.join(downs) or 'none'}; {rest} not distinguishable.")
+        sentences.append(
+            f"{'at' if i == 0 else 'At'} π = {pi:g}, above zero: {', '.join(ups) or 'none'}; below "
+            f"zero: {', '.join(downs) or 'none'}; {rest} not distinguishable."
+        )
     flips = []
     for (factor, level), g in ok.groupby(["factor", "level"], sort=False):
         hi, lo = g.loc[g["estimate"].idxmax()], g.loc[g["estimate"].idxmin()]
         if hi["estimate"] > 0 > lo["estimate"] and g["direction"].isin(["above zero", "below zero"]).any():
-            flips.append(f"{factor} {level} ({hi['estimate']:+.2f} at π = {hi['prevalence']:g}, "
-                         f"{lo['estimate']:+.2f} at π = {lo['prevalence']:g})")
+            flips.append(
+                f"{factor} {level} ({hi['estimate']:+.2f} at π = {hi['prevalence']:g}, "
+                f"{lo['estimate']:+.2f} at π = {lo['prevalence']:g})"
+            )
     broke = []
     for (factor, level), g in rows[rows["collapsed"]].groupby(["factor", "level"], sort=False):
         r = next(g.itertuples())
-        where = "" if len(g) == rows[(rows["factor"] == factor) & (rows["level"] == level)].shape[0] else \
-            f" at π = {', '.join(f'{x:g}' for x in g['prevalence'])}"
+        where = (
+            ""
+            if len(g) == rows[(rows["factor"] == factor) & (rows["level"] == level)].shape[0]
+            else f" at π = {', '.join(f'{x:g}' for x in g['prevalence'])}"
+        )
         broke.append(f"{factor} {level} ({_broken(r)}{where})")
-    last = (f"Sign reversals between π values: {'; '.join(flips) or 'none'}; collapsed comparisons, not read as "
-            f"gains or losses: {'; '.join(broke) or 'none'}.")
-    line = (f"Sensitivity (section below; 31 − rival in minority F1 at the argmax cut, not the cut fit for π, so its "
-            f"low-π losses may be the cut's as in the opening; one setting changed at a time, 95 % t "
-            f"intervals; above or below zero: Holm-adjusted p < 0.05 within the sensitivity family of {n_family} "
-            f"comparisons, every non-reference level at every π): " + " ".join(sentences) + " " + last)
+    last = (
+        f"Sign reversals between π values: {'; '.join(flips) or 'none'}; collapsed comparisons, not read as "
+        f"gains or losses: {'; '.join(broke) or 'none'}."
+    )
+    line = (
+        f"Sensitivity (section below; 31 − rival in minority F1 at the argmax cut, not the cut fit for π, so its "
+        f"low-π losses may be the cut's as in the opening; one setting changed at a time, 95 % t "
+        f"intervals; above or below zero: Holm-adjusted p < 0.05 within the sensitivity family of {n_family} "
+        f"comparisons, every non-reference level at every π): " + " ".join(sentences) + " " + last
+    )
     if old:
         line += " (This sensitivity.csv predates the Holm family: rerun `finalbn sensitivity`.)"
     return line
-
-
 
 
 def sensitivity_section(page: Page, table: pd.DataFrame | None) -> list[str]:
@@ -177,14 +205,28 @@ def sensitivity_section(page: Page, table: pd.DataFrame | None) -> list[str]:
     title = "Beyond the paper: how sensitive is the headline contrast?"
     if table is None or table.empty:
         figures.placeholder(page.out / "sensitivity.png", "no sensitivity table: run `finalbn sensitivity`")
-        page.section(title, "", ["no results/sensitivity/sensitivity.csv: run `finalbn sensitivity` (or `dvc repro "
-                                 "sensitivity`)"])
+        page.section(
+            title,
+            "",
+            ["no results/sensitivity/sensitivity.csv: run `finalbn sensitivity` (or `dvc repro sensitivity`)"],
+        )
         return []
     collapse = COLLAPSE
     old = "direction" not in table  # a sensitivity.csv from before the Holm family: no direction to report
-    t = table.assign(**{c: table[c] if c in table else v for c, v in (
-        ("p_holm", math.nan), ("direction", "not distinguishable"), ("collapsed", False), ("tpr_bn", math.nan),
-        ("tpr_rival", math.nan), ("tnr_bn", math.nan), ("tnr_rival", math.nan))})
+    t = table.assign(
+        **{
+            c: table[c] if c in table else v
+            for c, v in (
+                ("p_holm", math.nan),
+                ("direction", "not distinguishable"),
+                ("collapsed", False),
+                ("tpr_bn", math.nan),
+                ("tpr_rival", math.nan),
+                ("tnr_bn", math.nan),
+                ("tnr_rival", math.nan),
+            )
+        }
+    )
     t["collapsed"] = t["collapsed"].fillna(False).astype(bool)
 
     fig_factors(table, page.out / "sensitivity.png")
@@ -192,23 +234,41 @@ def sensitivity_section(page: Page, table: pd.DataFrame | None) -> list[str]:
     shown = t.copy()
     shown["31 − rival"] = [interval_text(r.estimate, r.ci_low, r.ci_high) for r in shown.itertuples()]
     shown["collapsed"] = [_broken(r) if r.collapsed else "" for r in shown.itertuples()]
-    shown = shown[["factor", "level", "reference", "rival", "prevalence", "f1_bn", "f1_rival", "31 − rival", "p_holm",
-                   "direction", "collapsed", "n", "detectable"]]
+    shown = shown[
+        [
+            "factor",
+            "level",
+            "reference",
+            "rival",
+            "prevalence",
+            "f1_bn",
+            "f1_rival",
+            "31 − rival",
+            "p_holm",
+            "direction",
+            "collapsed",
+            "n",
+            "detectable",
+        ]
+    ]
     fam = t[~t["reference"].astype(bool) & t["p_holm"].notna()]
-    page.section(title, markdown_table(shown) + "\n\nFinal BN alone vs nothing (31 − 63), one setting changed at a "
-                 "time (`sensitivity` in params.yaml), on the same replicates; the reference level is params.yaml's "
-                 "own setting (the grid's cells, tested in the verdict's own family). Minority F1 on the test set "
-                 "reweighted to each prevalence of `report.prevalences`; intervals: paired 95 % t over replicates; "
-                 f"`p_holm`: Holm-adjusted (Holm 1979) over the `sensitivity` family, the {len(fam)} non-reference "
-                 "rows (every level at every π); `direction`: above or below zero where p_holm < 0.05; `collapsed`: "
-                 f"a model whose mean test TPR or TNR is below {collapse:g} (it flags almost nothing or almost "
-                 "everything), so the difference is between broken classifiers, not a gain; `detectable`: the "
-                 "smallest paired difference found with 80 % power at that spread and replicate count. The bias-shift "
-                 "rows set 31 against 63 with a minority-logit bias learned on each cell's validation predictions "
-                 "for the prevalence it is judged at (the likelihood with the classes weighted π and 1 − π, the "
-                 "prior shift of Saerens et al. 2002), the simplest rival of a final BN."
-                 + (" This sensitivity.csv predates the Holm family: rerun `finalbn sensitivity`." if old else "")
-                 + "\n\n![](sensitivity.png)")
+    page.section(
+        title,
+        markdown_table(shown) + "\n\nFinal BN alone vs nothing (31 − 63), one setting changed at a "
+        "time (`sensitivity` in params.yaml), on the same replicates; the reference level is params.yaml's "
+        "own setting (the grid's cells, tested in the verdict's own family). Minority F1 on the test set "
+        "reweighted to each prevalence of `report.prevalences`; intervals: paired 95 % t over replicates; "
+        f"`p_holm`: Holm-adjusted (Holm 1979) over the `sensitivity` family, the {len(fam)} non-reference "
+        "rows (every level at every π); `direction`: above or below zero where p_holm < 0.05; `collapsed`: "
+        f"a model whose mean test TPR or TNR is below {collapse:g} (it flags almost nothing or almost "
+        "everything), so the difference is between broken classifiers, not a gain; `detectable`: the "
+        "smallest paired difference found with 80 % power at that spread and replicate count. The bias-shift "
+        "rows set 31 against 63 with a minority-logit bias learned on each cell's validation predictions "
+        "for the prevalence it is judged at (the likelihood with the classes weighted π and 1 − π, the "
+        "prior shift of Saerens et al. 2002), the simplest rival of a final BN."
+        + (" This sensitivity.csv predates the Holm family: rerun `finalbn sensitivity`." if old else "")
+        + "\n\n![](sensitivity.png)",
+    )
     return [_sensitivity_line(t, pis, len(fam), old)]
 
 
@@ -223,17 +283,28 @@ def by_setting_section(page: Page, setting: pd.DataFrame) -> None:
         return
     figures.fig_by_setting(setting, page.out / "by_setting.png")
     one = "exploratory (one replicate)"
-    fx = setting["factorial_exploratory"].fillna(False).astype(bool) if "factorial_exploratory" in setting \
+    fx = (
+        setting["factorial_exploratory"].fillna(False).astype(bool)
+        if "factorial_exploratory" in setting
         else pd.Series(False, index=setting.index)
+    )
     fr = setting["factorial_replicates"] if "factorial_replicates" in setting else setting["factorial_pairs"] * 0
     shown = setting.drop(columns=["uf", "wl", "factorial_exploratory", "factorial_replicates"], errors="ignore")
     shown = shown.drop(columns=["scope"] if setting["scope"].nunique() == 1 else [])
-    shown.insert(shown.columns.get_loc("factorial_estimate"), "factorial evidence",
-                 [one if x else (f"{int(n)} replicates" if n == n and n else "—") for x, n in zip(fx, fr)])
-    shown.insert(shown.columns.get_loc("pair_estimate"), "pair evidence",
-                 [one if n == 1 else (f"{int(n)} replicates" if n else "—") for n in setting["pair_replicates"]])
-    labels = [f"({r['scope']}: {r['setting']})" if setting["scope"].nunique() > 1 else f"({r['setting']})"
-              for r in setting.to_dict("records")]
+    shown.insert(
+        shown.columns.get_loc("factorial_estimate"),
+        "factorial evidence",
+        [one if x else (f"{int(n)} replicates" if n == n and n else "—") for x, n in zip(fx, fr)],
+    )
+    shown.insert(
+        shown.columns.get_loc("pair_estimate"),
+        "pair evidence",
+        [one if n == 1 else (f"{int(n)} replicates" if n else "—") for n in setting["pair_replicates"]],
+    )
+    labels = [
+        f"({r['scope']}: {r['setting']})" if setting["scope"].nunique() > 1 else f"({r['setting']})"
+        for r in setting.to_dict("records")
+    ]
 
     def which(flags) -> str:
         chosen = [lab for lab, f in zip(labels, flags) if f]
@@ -241,24 +312,30 @@ def by_setting_section(page: Page, setting: pd.DataFrame) -> None:
 
     single_pairs = list(setting["pair_replicates"] == 1)
     if fx.any():
-        caveat = (f"The factorial's per-setting numbers of {which(fx)} rest "
-                  f"on one replicate: {one}, without interval — one replicate's split and seed can move a "
-                  "difference as much as the effect itself, so where the matched pair has more replicates its "
-                  "mean (`pair_estimate`) is the number to read. ")
+        caveat = (
+            f"The factorial's per-setting numbers of {which(fx)} rest "
+            f"on one replicate: {one}, without interval — one replicate's split and seed can move a "
+            "difference as much as the effect itself, so where the matched pair has more replicates its "
+            "mean (`pair_estimate`) is the number to read. "
+        )
     else:
         caveat = "The factorial's per-setting numbers rest on the replicates in `factorial evidence`. "
     if any(single_pairs):
         caveat += f"The matched pairs of {which(single_pairs)} rest on one replicate: {one}, without interval. "
-    page.section(title, markdown_table(shown) + "\n\nTest minority F1, last epoch. `factorial_*`: BN on − off over "
-                 "the factorial's pairs in the setting (DA, MX and WD on and off; every complete replicate): mean, "
-                 "smallest and largest. `pair_*`: the matched pair with DA, MX and WD off over its replicates, with a "
-                 "95 % t interval where it has two or more. " + caveat + "A factorial main effect averages these "
-                 "settings, in which final BN does different things: with UF on and no WL the model without it "
-                 "collapses toward the majority class, and BN rescues it.\n\n![](by_setting.png)")
+    page.section(
+        title,
+        markdown_table(shown) + "\n\nTest minority F1, last epoch. `factorial_*`: BN on − off over "
+        "the factorial's pairs in the setting (DA, MX and WD on and off; every complete replicate): mean, "
+        "smallest and largest. `pair_*`: the matched pair with DA, MX and WD off over its replicates, with a "
+        "95 % t interval where it has two or more. " + caveat + "A factorial main effect averages these "
+        "settings, in which final BN does different things: with UF on and no WL the model without it "
+        "collapses toward the majority class, and BN rescues it.\n\n![](by_setting.png)",
+    )
 
 
-def calibration_section(page: Page, data: CellData, cells: pd.DataFrame, cal: pd.DataFrame,
-                 train_pi: float | None) -> pd.DataFrame:
+def calibration_section(
+    page: Page, data: CellData, cells: pd.DataFrame, cal: pd.DataFrame, train_pi: float | None
+) -> pd.DataFrame:
     """calibration.csv, reliability.png, reliability_prior.png, the section; the rows pooled over
     (dataset, arch) ("all")."""
     write_csv(page.out / "calibration.csv", cal)
@@ -266,32 +343,42 @@ def calibration_section(page: Page, data: CellData, cells: pd.DataFrame, cal: pd
     b31, n31, notes31 = pooled_bins(data, cells, BN_ID)
     cal_all = cal[cal["scope"] == "all"]
     body = markdown_table(cal_all.drop(columns=["scope"]))
-    body += ("\n\nECE (15 equal-width bins of the top-class probability; Guo et al. 2017) and Brier (summed over "
-             "both classes), last epoch. `test set`: the test set as drawn; `training prior`: the same "
-             "images reweighted to the training prevalence"
-             + (f" (π = {train_pi:.2g})" if train_pi else "") + ", the prior a plain softmax learns. They differ "
-             "because calibration is a statement about a prior: a model whose probabilities match a 50/50 test set "
-             "over-calls the minority where it is 1 %, and a model that learned the 1 % prior under-calls it on a "
-             "50/50 set. Final BN re-centres the logits on each batch, moving the outputs toward balanced classes. "
-             "`all configurations`: a mean of configuration means (each configuration weighs the same, however "
-             "many replicates it ran).")
+    body += (
+        "\n\nECE (15 equal-width bins of the top-class probability; Guo et al. 2017) and Brier (summed over "
+        "both classes), last epoch. `test set`: the test set as drawn; `training prior`: the same "
+        "images reweighted to the training prevalence"
+        + (f" (π = {train_pi:.2g})" if train_pi else "")
+        + ", the prior a plain softmax learns. They differ "
+        "because calibration is a statement about a prior: a model whose probabilities match a 50/50 test set "
+        "over-calls the minority where it is 1 %, and a model that learned the 1 % prior under-calls it on a "
+        "50/50 set. Final BN re-centres the logits on each batch, moving the outputs toward balanced classes. "
+        "`all configurations`: a mean of configuration means (each configuration weighs the same, however "
+        "many replicates it ran)."
+    )
     rel_notes = notes63 + notes31
     if b63 is not None or b31 is not None:
         figures.fig_reliability(b63, n63, b31, n31, page.out / "reliability.png")
-        body += ("\n\nReliability diagrams on the test set as drawn (last epoch), bins of every run of the "
-                 "configuration pooled over datasets and replicates:\n\n![](reliability.png)")
+        body += (
+            "\n\nReliability diagrams on the test set as drawn (last epoch), bins of every run of the "
+            "configuration pooled over datasets and replicates:\n\n![](reliability.png)"
+        )
     else:
         figures.placeholder(page.out / "reliability.png", "no reliability.json of configs 63 and 31")
         rel_notes = rel_notes + ["no reliability.json of configs 63 or 31: no reliability diagram"]
     panels = _prior_bins(data, cells, train_pi)
     if panels:
         figures.fig_reliability_at(panels, page.out / "reliability_prior.png")
-        body += ("\n\nThe same, reweighted to the training prior (bars where a bin holds reweighted images):"
-                 "\n\n![](reliability_prior.png)")
+        body += (
+            "\n\nThe same, reweighted to the training prior (bars where a bin holds reweighted images):"
+            "\n\n![](reliability_prior.png)"
+        )
     else:
         figures.placeholder(page.out / "reliability_prior.png", "no test predictions of configs 63 and 31")
-    page.section("Calibration: ECE and Brier with and without final BN, on the test set and at the training prior",
-                 body, rel_notes)
+    page.section(
+        "Calibration: ECE and Brier with and without final BN, on the test set and at the training prior",
+        body,
+        rel_notes,
+    )
     return cal_all
 
 
@@ -310,6 +397,10 @@ def _prior_bins(data: CellData, cells: pd.DataFrame, train_pi: float | None) -> 
                 ps.append(p["p1_last"].to_numpy(float))
         y = np.concatenate(ys) if ys else np.array([], dtype=int)
         ok = ys and (y == 1).any() and (y == 0).any()
-        panels.append((f"{name}, {len(ys)} runs at π = {train_pi:.2g}",
-                       prev.reliability_at(y, np.concatenate(ps), train_pi) if ok else None))
+        panels.append(
+            (
+                f"{name}, {len(ys)} runs at π = {train_pi:.2g}",
+                prev.reliability_at(y, np.concatenate(ps), train_pi) if ok else None,
+            )
+        )
     return panels if any(b is not None for _, b in panels) else []

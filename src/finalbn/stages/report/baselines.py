@@ -14,6 +14,7 @@ base's) is marked `moves_decisions` False and listed apart, neither beating nor 
 A number over one replicate is exploratory (one replicate). Test labels decide nothing here either:
 no method is chosen, all are shown.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,12 +29,20 @@ COMPARISONS = ("f1_1_vs_bn", "auroc_vs_bn", "f1_1_vs_base")
 DECISION_TOL = 1e-9
 EXPLORATORY = "exploratory (one replicate)"
 
-METRICS = {"f1_1": "test_f1_1", "f1_1_pc": "test_f1_1_pc", "f1_1_vt": "test_f1_1_vt", "auroc": "test_auroc",
-           "ap": "test_ap",
-           "ece": "test_ece", "val_auroc": "val_auroc"}
-COLUMNS = (["dataset", "arch", "method", "config_id", "replicates", "moves_decisions", "base_ece", "family"]
-           + [c for m in METRICS for c in (m, f"{m}_std")]
-           + [f"{d}_{k}" for d in COMPARISONS for k in ("estimate", "ci_low", "ci_high", "n", "p", "p_holm")])
+METRICS = {
+    "f1_1": "test_f1_1",
+    "f1_1_pc": "test_f1_1_pc",
+    "f1_1_vt": "test_f1_1_vt",
+    "auroc": "test_auroc",
+    "ap": "test_ap",
+    "ece": "test_ece",
+    "val_auroc": "val_auroc",
+}
+COLUMNS = (
+    ["dataset", "arch", "method", "config_id", "replicates", "moves_decisions", "base_ece", "family"]
+    + [c for m in METRICS for c in (m, f"{m}_std")]
+    + [f"{d}_{k}" for d in COMPARISONS for k in ("estimate", "ci_low", "ci_high", "n", "p", "p_holm")]
+)
 
 
 def _paired(a: pd.DataFrame, b: pd.DataFrame, col: str) -> dict:
@@ -64,7 +73,7 @@ def _holm_per_scope(table: pd.DataFrame) -> pd.DataFrame:
         p = np.concatenate([table.loc[idx, f"{c}_p"].to_numpy(float) for c in COMPARISONS])
         adj = holm(p)
         for i, c in enumerate(COMPARISONS):
-            table.loc[idx, f"{c}_p_holm"] = adj[i * len(idx):(i + 1) * len(idx)]
+            table.loc[idx, f"{c}_p_holm"] = adj[i * len(idx) : (i + 1) * len(idx)]
     return table
 
 
@@ -87,15 +96,24 @@ def imbalance_table(cells: pd.DataFrame) -> pd.DataFrame:
         for label, g, base in entries:
             if g.empty:
                 continue
-            row = {"dataset": ds, "arch": arch, "method": label, "config_id": int(g["config_id"].iloc[0]),
-                   "replicates": int(len(g)), "moves_decisions": moves_decisions(label, g, base) if base is not None
-                   else True, "base_ece": float(base["test_ece"].mean()) if base is not None and not base.empty
-                   else np.nan, "family": FAMILY}
+            row = {
+                "dataset": ds,
+                "arch": arch,
+                "method": label,
+                "config_id": int(g["config_id"].iloc[0]),
+                "replicates": int(len(g)),
+                "moves_decisions": moves_decisions(label, g, base) if base is not None else True,
+                "base_ece": float(base["test_ece"].mean()) if base is not None and not base.empty else np.nan,
+                "family": FAMILY,
+            }
             for name, col in METRICS.items():
                 row[name] = float(g[col].mean())
                 row[f"{name}_std"] = float(g[col].std(ddof=1)) if len(g) > 1 else 0.0
-            comparisons = {"f1_1_vs_bn": (bn, "test_f1_1"), "auroc_vs_bn": (bn, "test_auroc"),
-                           "f1_1_vs_base": (base, "test_f1_1")}
+            comparisons = {
+                "f1_1_vs_bn": (bn, "test_f1_1"),
+                "auroc_vs_bn": (bn, "test_auroc"),
+                "f1_1_vs_base": (base, "test_f1_1"),
+            }
             for name, (ref, col) in comparisons.items():
                 r = _paired(g, ref, col) if ref is not None and not ref.empty and label != "BN only (31)" else None
                 for k in ("estimate", "ci_low", "ci_high", "n", "p"):
@@ -129,8 +147,11 @@ def shown(table: pd.DataFrame) -> pd.DataFrame:
     out["F1 at the validation cut"] = table["f1_1_vt"].round(3)
     out["AUROC"] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(table["auroc"], table["auroc_std"])]
     out["ECE"] = table["ece"].round(3)
-    for name, head in (("f1_1_vs_bn", "ΔF1 vs BN only"), ("auroc_vs_bn", "ΔAUROC vs BN only"),
-                       ("f1_1_vs_base", "ΔF1 vs its base")):
+    for name, head in (
+        ("f1_1_vs_bn", "ΔF1 vs BN only"),
+        ("auroc_vs_bn", "ΔAUROC vs BN only"),
+        ("f1_1_vs_base", "ΔF1 vs its base"),
+    ):
         out[head] = [_interval(r, name) for _, r in table.iterrows()]
         out[f"Holm p, {head}"] = [p_text(p) for p in table[f"{name}_p_holm"]]
     out["moves decisions"] = ["yes" if m else "no: listed apart" for m in table["moves_decisions"]]
@@ -154,8 +175,7 @@ def _word(r: pd.Series) -> str:
 
 
 def _methods(table: pd.DataFrame) -> list[pd.Series]:
-    return [r for _, r in table.iterrows()
-            if r["method"] not in ("none (63)", "BN only (31)") and r["f1_1_vs_bn_n"]]
+    return [r for _, r in table.iterrows() if r["method"] not in ("none (63)", "BN only (31)") and r["f1_1_vs_bn_n"]]
 
 
 APART = "listed apart as changing no decision"
@@ -185,13 +205,17 @@ def summary_lines(table: pd.DataFrame) -> list[str]:
     for r in _methods(table):
         holm_bn = f"Holm-adjusted p = {p_text(r['f1_1_vs_bn_p_holm'])} (family `{FAMILY}`)"
         if _apart(r):
-            lines.append(f"{r['method']} (on config {r['config_id']}) changes no decision (its argmax equals its "
-                         f"base's): listed apart, ECE {r['ece']:.3f} vs {r['base_ece']:.3f} (its base); minority F1 "
-                         f"{r['f1_1']:.3f}, its base's, ΔF1 vs BN only {_interval(r, 'f1_1_vs_bn')} over "
-                         f"{_reps(r)}, {holm_bn}: not counted for or against BN only.")
+            lines.append(
+                f"{r['method']} (on config {r['config_id']}) changes no decision (its argmax equals its "
+                f"base's): listed apart, ECE {r['ece']:.3f} vs {r['base_ece']:.3f} (its base); minority F1 "
+                f"{r['f1_1']:.3f}, its base's, ΔF1 vs BN only {_interval(r, 'f1_1_vs_bn')} over "
+                f"{_reps(r)}, {holm_bn}: not counted for or against BN only."
+            )
             continue
-        lines.append(f"{r['method']} (on config {r['config_id']}): minority F1 {r['f1_1']:.3f} — {_word(r)}, "
-                     f"ΔF1 {_interval(r, 'f1_1_vs_bn')} over {_reps(r)}, {holm_bn}; "
-                     f"against its base without it ΔF1 {_interval(r, 'f1_1_vs_base')}, Holm-adjusted p = "
-                     f"{p_text(r['f1_1_vs_base_p_holm'])}.")
+        lines.append(
+            f"{r['method']} (on config {r['config_id']}): minority F1 {r['f1_1']:.3f} — {_word(r)}, "
+            f"ΔF1 {_interval(r, 'f1_1_vs_bn')} over {_reps(r)}, {holm_bn}; "
+            f"against its base without it ΔF1 {_interval(r, 'f1_1_vs_base')}, Holm-adjusted p = "
+            f"{p_text(r['f1_1_vs_base_p_holm'])}."
+        )
     return lines

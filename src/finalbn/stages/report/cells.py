@@ -7,6 +7,7 @@
 Metric columns: `test_<m>` is the last epoch (the primary protocol, as the paper's Table I),
 `test_sel_<m>` the epoch selected on validation AUROC, `val_<m>` validation at the last epoch.
 """
+
 from __future__ import annotations
 
 import io
@@ -24,8 +25,25 @@ from finalbn.tracking import RunRecord
 from finalbn.tracking.adapter import MLFLOW
 from finalbn.tracking.records import ARCH, BASELINE, CELL_KEY, CONFIG_ID, DATASET, REPLICATE, toggle_tag
 
-TEST_METRICS = ("accuracy", "balanced_accuracy", "precision_0", "recall_0", "f1_0", "precision_1", "recall_1",
-                "f1_1", "f1_1_pc", "recall_1_pc", "balanced_accuracy_pc", "f1_1_vt", "auroc", "ap", "ece", "brier", "nll")
+TEST_METRICS = (
+    "accuracy",
+    "balanced_accuracy",
+    "precision_0",
+    "recall_0",
+    "f1_0",
+    "precision_1",
+    "recall_1",
+    "f1_1",
+    "f1_1_pc",
+    "recall_1_pc",
+    "balanced_accuracy_pc",
+    "f1_1_vt",
+    "auroc",
+    "ap",
+    "ece",
+    "brier",
+    "nll",
+)
 SEL_METRICS = ("f1_1", "f1_0", "auroc", "ap", "ece")
 VAL_METRICS = ("auroc", "ap", "f1_1", "balanced_loss")
 HISTORY_KEYS = ("train_loss", "val_loss", "val_balanced_loss", "val_auroc", "val_minority_f1", "lr")
@@ -139,11 +157,19 @@ def run_row(run: RunRecord) -> dict | None:
         if cid is None or not 0 <= cid < 64:
             return None
         toggles = toggles_of(cid)
-    row = {"run_id": run.run_id, "dataset": tags.get(DATASET, "?"), "arch": tags.get(ARCH, "?"),
-           "replicate": _parse_int(tags.get(REPLICATE)) or 0, "config_id": config_id_of(toggles),
-           "config_name": config_name_of(toggles), **toggles, "selected_epoch": metrics.get("selected_epoch"),
-           "cell_key": tags.get(CELL_KEY, ""), "baseline": tags.get(BASELINE, ""),
-           "start_time": run.start_time or 0}
+    row = {
+        "run_id": run.run_id,
+        "dataset": tags.get(DATASET, "?"),
+        "arch": tags.get(ARCH, "?"),
+        "replicate": _parse_int(tags.get(REPLICATE)) or 0,
+        "config_id": config_id_of(toggles),
+        "config_name": config_name_of(toggles),
+        **toggles,
+        "selected_epoch": metrics.get("selected_epoch"),
+        "cell_key": tags.get(CELL_KEY, ""),
+        "baseline": tags.get(BASELINE, ""),
+        "start_time": run.start_time or 0,
+    }
     for k in TEST_METRICS:
         row[f"test_{k}"] = float(metrics.get(f"test_{k}", math.nan))
     for k in SEL_METRICS:
@@ -197,11 +223,15 @@ def prepare(cells: pd.DataFrame, experiment: str | Sequence[str] = "") -> tuple[
     df["baseline"] = df["baseline"].fillna("").astype(str) if "baseline" in df else ""
     for col in ("dataset", "arch", "run_id"):
         df[col] = df[col].astype(str)
-    epochs = pd.to_numeric(df["selected_epoch"], errors="coerce") if "selected_epoch" in df \
+    epochs = (
+        pd.to_numeric(df["selected_epoch"], errors="coerce")
+        if "selected_epoch" in df
         else pd.Series(math.nan, df.index)
+    )
     df["selected_epoch"] = epochs.astype(float)
-    cols = ([f"test_{k}" for k in TEST_METRICS] + [f"test_sel_{k}" for k in SEL_METRICS]
-            + [f"val_{k}" for k in VAL_METRICS])
+    cols = (
+        [f"test_{k}" for k in TEST_METRICS] + [f"test_sel_{k}" for k in SEL_METRICS] + [f"val_{k}" for k in VAL_METRICS]
+    )
     for col in cols:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float) if col in df else math.nan
     if "start_time" in df:

@@ -33,6 +33,7 @@ Wording is neutral ("changes minority F1 by +0.12 [+0.05, +0.19]"; "rules out a 
 The generic pieces (t interval, Holm, detectable difference) live in `finalbn.stats.inference`; `t_interval`
 stays importable from here too.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -68,50 +69,149 @@ from finalbn.stages.report.tables import BN_ID, BNWL_ID, NONE_ID, WL_ID
 from finalbn.stages.report.verdict import PAPER, _versus_paper, describe, verdict_lines  # noqa: F401
 from finalbn.stats.inference import holm, t_interval
 
-EFFECT_COLUMNS = ["scope", "effect", "label", "metric", "kind", "prevalence", "protocol", "estimate", "ci_low",
-                  "ci_high", "p", "family", "p_holm", "n", "boot_low", "boot_high", "method", "note"]
+EFFECT_COLUMNS = [
+    "scope",
+    "effect",
+    "label",
+    "metric",
+    "kind",
+    "prevalence",
+    "protocol",
+    "estimate",
+    "ci_low",
+    "ci_high",
+    "p",
+    "family",
+    "p_holm",
+    "n",
+    "boot_low",
+    "boot_high",
+    "method",
+    "note",
+]
 
 
 # (effect id, label, metric, config a, its column, config b, its column, family) on the test set as
 # drawn; a row marked VERDICT joins the verdict's family only when the test set's own prevalence is one
 # of `report.prevalences` (it then stands for that π), else it is in OTHER.
 CONTRASTS = [
-    ("31-63", "final BN alone vs nothing (31 − 63), argmax cut", "f1_1", BN_ID, "test_f1_1", NONE_ID, "test_f1_1",
-     VERDICT),
-    ("31-63 sel", "final BN alone vs nothing (31 − 63), argmax cut, selected epoch", "f1_1", BN_ID, "test_sel_f1_1",
-     NONE_ID, "test_sel_f1_1", OTHER),
+    (
+        "31-63",
+        "final BN alone vs nothing (31 − 63), argmax cut",
+        "f1_1",
+        BN_ID,
+        "test_f1_1",
+        NONE_ID,
+        "test_f1_1",
+        VERDICT,
+    ),
+    (
+        "31-63 sel",
+        "final BN alone vs nothing (31 − 63), argmax cut, selected epoch",
+        "f1_1",
+        BN_ID,
+        "test_sel_f1_1",
+        NONE_ID,
+        "test_sel_f1_1",
+        OTHER,
+    ),
     ("15-47", "final BN with WL on (15 − 47), argmax cut", "f1_1", BNWL_ID, "test_f1_1", WL_ID, "test_f1_1", OTHER),
-    ("15-47 sel", "final BN with WL on (15 − 47), argmax cut, selected epoch", "f1_1", BNWL_ID, "test_sel_f1_1", WL_ID,
-     "test_sel_f1_1", OTHER),
-    ("31-pc63", "final BN vs the free prior correction (31 − prior-corrected 63)", "f1_1", BN_ID, "test_f1_1",
-     NONE_ID, "test_f1_1_pc", OTHER),
-    ("31-63 auroc", "final BN alone vs nothing (31 − 63), AUROC", "auroc", BN_ID, "test_auroc", NONE_ID,
-     "test_auroc", VERDICT),
+    (
+        "15-47 sel",
+        "final BN with WL on (15 − 47), argmax cut, selected epoch",
+        "f1_1",
+        BNWL_ID,
+        "test_sel_f1_1",
+        WL_ID,
+        "test_sel_f1_1",
+        OTHER,
+    ),
+    (
+        "31-pc63",
+        "final BN vs the free prior correction (31 − prior-corrected 63)",
+        "f1_1",
+        BN_ID,
+        "test_f1_1",
+        NONE_ID,
+        "test_f1_1_pc",
+        OTHER,
+    ),
+    (
+        "31-63 auroc",
+        "final BN alone vs nothing (31 − 63), AUROC",
+        "auroc",
+        BN_ID,
+        "test_auroc",
+        NONE_ID,
+        "test_auroc",
+        VERDICT,
+    ),
     ("31-47", "final BN vs WL (31 − 47)", "f1_1", BN_ID, "test_f1_1", WL_ID, "test_f1_1", OTHER),
-    ("pc63-63", "prior correction alone (prior-corrected 63 − 63)", "f1_1", NONE_ID, "test_f1_1_pc", NONE_ID,
-     "test_f1_1", OTHER),
-    ("31-63 ap", "final BN alone vs nothing (31 − 63), average precision", "ap", BN_ID, "test_ap", NONE_ID,
-     "test_ap", OTHER),
+    (
+        "pc63-63",
+        "prior correction alone (prior-corrected 63 − 63)",
+        "f1_1",
+        NONE_ID,
+        "test_f1_1_pc",
+        NONE_ID,
+        "test_f1_1",
+        OTHER,
+    ),
+    (
+        "31-63 ap",
+        "final BN alone vs nothing (31 − 63), average precision",
+        "ap",
+        BN_ID,
+        "test_ap",
+        NONE_ID,
+        "test_ap",
+        OTHER,
+    ),
     ("31-63 ece", "final BN alone vs nothing (31 − 63), ECE", "ece", BN_ID, "test_ece", NONE_ID, "test_ece", OTHER),
 ]
 # (effect id stem, label stem, metric, wide column metric, config a, config b, family, protocols) at each
 # prevalence: the argmax cut (TPR and FPR as measured), the cut chosen on validation for π (the export's
 # decision rule), and AP reweighted to π (ranking quality, no cut).
 PREVALENCE_CONTRASTS = [
-    ("31-63", "final BN alone vs nothing (31 − 63), argmax cut", "f1_1", "f1_1", BN_ID, NONE_ID, VERDICT,
-     ("last", "sel")),
-    ("31-63 cut", "final BN alone vs nothing (31 − 63), each model at its validation cut for π", "f1_1",
-     "cut_f1_1", BN_ID, NONE_ID, VERDICT, ("last",)),
-    ("31-63 ap", "final BN alone vs nothing (31 − 63), average precision", "ap", "ap", BN_ID, NONE_ID, VERDICT,
-     ("last",)),
+    (
+        "31-63",
+        "final BN alone vs nothing (31 − 63), argmax cut",
+        "f1_1",
+        "f1_1",
+        BN_ID,
+        NONE_ID,
+        VERDICT,
+        ("last", "sel"),
+    ),
+    (
+        "31-63 cut",
+        "final BN alone vs nothing (31 − 63), each model at its validation cut for π",
+        "f1_1",
+        "cut_f1_1",
+        BN_ID,
+        NONE_ID,
+        VERDICT,
+        ("last",),
+    ),
+    (
+        "31-63 ap",
+        "final BN alone vs nothing (31 − 63), average precision",
+        "ap",
+        "ap",
+        BN_ID,
+        NONE_ID,
+        VERDICT,
+        ("last",),
+    ),
     ("15-47", "final BN with WL on (15 − 47), argmax cut", "f1_1", "f1_1", BNWL_ID, WL_ID, OTHER, ("last", "sel")),
 ]
 LOW_FPR_ID = "31-63 tpr@fpr"  # TPR at the false-alarm rate prevalence.LOW_FPR: one row, free of π
-INTERACTION_ID = "BNxWL"      # (15 − 47) − (31 − 63): does WL change what final BN does? (the replicated 2 × 2)
+INTERACTION_ID = "BNxWL"  # (15 − 47) − (31 − 63): does WL change what final BN does? (the replicated 2 × 2)
 
 
-def pool_overlap(sub: pd.DataFrame, predictions_for: PredictionsFor | None, cid: int = BN_ID,
-                 label: int = 1) -> dict | None:
+def pool_overlap(
+    sub: pd.DataFrame, predictions_for: PredictionsFor | None, cid: int = BN_ID, label: int = 1
+) -> dict | None:
     """How much the replicates' test sets of one class (1 diseased, 0 healthy) share: the mean over
     pairs of replicates of |A ∩ B| / mean(|A|, |B|), the distinct images over all of them, and the
     replicates compared (from the test predictions of config `cid`); None with fewer than 2
@@ -130,8 +230,12 @@ def pool_overlap(sub: pd.DataFrame, predictions_for: PredictionsFor | None, cid:
         if len(found) < 2:
             return None
         shares = [len(a & b) / ((len(a) + len(b)) / 2) for a, b in itertools.combinations(found, 2)]
-        return {"share": float(np.mean(shares)), "distinct": len(set().union(*found)), "replicates": len(found),
-                "per_replicate": float(np.mean([len(s) for s in found]))}
+        return {
+            "share": float(np.mean(shares)),
+            "distinct": len(set().union(*found)),
+            "replicates": len(found),
+            "per_replicate": float(np.mean([len(s) for s in found])),
+        }
 
     out = share(sets[label])
     if out is not None:
@@ -143,9 +247,13 @@ def _contrast_specs(prevalences: Sequence[float], test_pi: float | None):
     """CONTRASTS, then the prevalence contrasts at every π of the list (the argmax rows at the test
     set's own π are CONTRASTS' rows on the test set as drawn), then TPR at a low false-alarm rate.
     Selected-epoch rows are never in the verdict's family (a secondary protocol)."""
-    own = not prevalences or (test_pi is not None and any(math.isclose(pi, test_pi, abs_tol=1e-9) for pi in prevalences))
-    specs = [(eid, label, metric, a, ma, b, mb, fam if own else OTHER, test_pi, "sel" if " sel" in eid else "last")
-             for eid, label, metric, a, ma, b, mb, fam in CONTRASTS]
+    own = not prevalences or (
+        test_pi is not None and any(math.isclose(pi, test_pi, abs_tol=1e-9) for pi in prevalences)
+    )
+    specs = [
+        (eid, label, metric, a, ma, b, mb, fam if own else OTHER, test_pi, "sel" if " sel" in eid else "last")
+        for eid, label, metric, a, ma, b, mb, fam in CONTRASTS
+    ]
     for pi in prevalences:
         for stem, label, metric, wide, a, b, fam, protocols in PREVALENCE_CONTRASTS:
             for protocol in protocols:
@@ -153,12 +261,36 @@ def _contrast_specs(prevalences: Sequence[float], test_pi: float | None):
                     continue  # the row on the test set as drawn stands for it
                 col = prev.column(wide, pi, protocol)
                 when = ", selected epoch" if protocol == "sel" else ""
-                specs.append((prevalence_effect_id(stem, pi, protocol), f"{label} at π = {pi:g}{when}", metric,
-                              a, col, b, col, fam if protocol == "last" else OTHER, pi, protocol))
+                specs.append(
+                    (
+                        prevalence_effect_id(stem, pi, protocol),
+                        f"{label} at π = {pi:g}{when}",
+                        metric,
+                        a,
+                        col,
+                        b,
+                        col,
+                        fam if protocol == "last" else OTHER,
+                        pi,
+                        protocol,
+                    )
+                )
     if prevalences:
         col = prev.column("tpr_at_fpr", prevalences[0])
-        specs.append((LOW_FPR_ID, f"final BN alone vs nothing (31 − 63), TPR at a false-alarm rate of "
-                      f"{prev.LOW_FPR:.0%}", "tpr", BN_ID, col, NONE_ID, col, VERDICT, math.nan, "last"))
+        specs.append(
+            (
+                LOW_FPR_ID,
+                f"final BN alone vs nothing (31 − 63), TPR at a false-alarm rate of {prev.LOW_FPR:.0%}",
+                "tpr",
+                BN_ID,
+                col,
+                NONE_ID,
+                col,
+                VERDICT,
+                math.nan,
+                "last",
+            )
+        )
     return specs
 
 
@@ -169,7 +301,8 @@ def interaction(sub: pd.DataFrame, column: str) -> dict:
     if column not in sub:
         return t_interval(np.array([]))
     wide = sub[sub["config_id"].isin([BN_ID, NONE_ID, BNWL_ID, WL_ID])].pivot_table(
-        index=key, columns="config_id", values=column, aggfunc="first")
+        index=key, columns="config_id", values=column, aggfunc="first"
+    )
     if not {BN_ID, NONE_ID, BNWL_ID, WL_ID} <= set(wide.columns):
         return t_interval(np.array([]))
     wide = wide.dropna(subset=[BN_ID, NONE_ID, BNWL_ID, WL_ID])
@@ -177,11 +310,17 @@ def interaction(sub: pd.DataFrame, column: str) -> dict:
     return t_interval(d.to_numpy(dtype=float))
 
 
-def study_effects(cells: pd.DataFrame, predictions_for: PredictionsFor | None = None, n_boot: int = 2000,
-                  seed: int = 0, prevalences: Sequence[float] = (), test_pi: float | None = None,
-                  train_pi: float | None = None, calibration: pd.DataFrame | None = None,
-                  context: dict[str, str] | None = None
-                  ) -> tuple[pd.DataFrame, dict[str, list[str]], dict[str, str], pd.DataFrame]:
+def study_effects(
+    cells: pd.DataFrame,
+    predictions_for: PredictionsFor | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    prevalences: Sequence[float] = (),
+    test_pi: float | None = None,
+    train_pi: float | None = None,
+    calibration: pd.DataFrame | None = None,
+    context: dict[str, str] | None = None,
+) -> tuple[pd.DataFrame, dict[str, list[str]], dict[str, str], pd.DataFrame]:
     """(effects table, verdict lines per scope, factorial method sentence per scope, BN by setting).
 
     `cells` carries the prevalence columns of `prevalence.widen` for `prevalences` (missing ones
@@ -197,10 +336,20 @@ def study_effects(cells: pd.DataFrame, predictions_for: PredictionsFor | None = 
         start = len(rows)
         for eid, label, metric, a, ma, b, mb, fam, pi, protocol in specs:
             d = paired_differences(sub, a, ma, b, mb)
-            row = {"scope": scope, "effect": eid, "label": label, "metric": metric, "kind": "contrast",
-                   "prevalence": pi if pi is not None else math.nan, "protocol": protocol,
-                   **t_interval(d["diff"].to_numpy()), "boot_low": math.nan, "boot_high": math.nan,
-                   "method": "paired over replicates, t interval", "family": fam}
+            row = {
+                "scope": scope,
+                "effect": eid,
+                "label": label,
+                "metric": metric,
+                "kind": "contrast",
+                "prevalence": pi if pi is not None else math.nan,
+                "protocol": protocol,
+                **t_interval(d["diff"].to_numpy()),
+                "boot_low": math.nan,
+                "boot_high": math.nan,
+                "method": "paired over replicates, t interval",
+                "family": fam,
+            }
             if ma == mb and ma in ("test_f1_1", "test_sel_f1_1") and len(d) >= 2:
                 pairs = boot_pairs(d, sub, a, b, predictions_for, "p1_last" if ma == "test_f1_1" else "p1_sel")
                 if pairs:
@@ -211,9 +360,19 @@ def study_effects(cells: pd.DataFrame, predictions_for: PredictionsFor | None = 
         fac, how = factorial_effects(sub)
         methods[scope] = how
         for r in fac.to_dict("records"):
-            rows.append({"scope": scope, "label": f"factorial: {r['effect']}", "metric": "f1_1",
-                         "prevalence": test_pi if test_pi is not None else math.nan, "protocol": "last",
-                         "boot_low": math.nan, "boot_high": math.nan, "note": "", **r})
+            rows.append(
+                {
+                    "scope": scope,
+                    "label": f"factorial: {r['effect']}",
+                    "metric": "f1_1",
+                    "prevalence": test_pi if test_pi is not None else math.nan,
+                    "protocol": "last",
+                    "boot_low": math.nan,
+                    "boot_high": math.nan,
+                    "note": "",
+                    **r,
+                }
+            )
         mine = pd.DataFrame(rows[start:])
         for fam in (VERDICT, OTHER):
             idx = np.flatnonzero((mine["family"] == fam).to_numpy())
@@ -221,10 +380,16 @@ def study_effects(cells: pd.DataFrame, predictions_for: PredictionsFor | None = 
                 rows[start + i]["p_holm"] = h
         setting = by_setting(sub, scope)
         settings.append(setting)
-        extra = {"overlap": pool_overlap(sub, predictions_for), "train_pi": train_pi, "test_pi": test_pi,
-                 "cells": sub, "here": (context or {}).get(scope, ""),
-                 "prevalences": list(prevalences), "rates": _rates(sub),
-                 "calibration": None if calibration is None else calibration[calibration["scope"] == scope]}
+        extra = {
+            "overlap": pool_overlap(sub, predictions_for),
+            "train_pi": train_pi,
+            "test_pi": test_pi,
+            "cells": sub,
+            "here": (context or {}).get(scope, ""),
+            "prevalences": list(prevalences),
+            "rates": _rates(sub),
+            "calibration": None if calibration is None else calibration[calibration["scope"] == scope],
+        }
         verdicts[scope] = verdict_lines(pd.DataFrame(rows[start:]), how, setting, extra)
     eff = pd.DataFrame(rows)
     setting_df = pd.concat(settings, ignore_index=True) if settings else pd.DataFrame(columns=SETTING_COLUMNS)
@@ -241,10 +406,20 @@ def study_effects(cells: pd.DataFrame, predictions_for: PredictionsFor | None = 
 def _interaction_row(sub: pd.DataFrame, scope: str, top: float, test_pi: float | None) -> dict:
     """The BN × WL row (`interaction`) at the argmax cut at π = `top` (the test set reweighted to balanced classes)."""
     col = "test_f1_1" if test_pi is not None and math.isclose(top, test_pi, abs_tol=1e-9) else prev.column("f1_1", top)
-    return {"scope": scope, "effect": INTERACTION_ID, "metric": "f1_1", "kind": "contrast",
-            "label": f"BN × WL interaction, (15 − 47) − (31 − 63), argmax cut at π = {top:g}", "prevalence": top,
-            "protocol": "last", **interaction(sub, col), "boot_low": math.nan, "boot_high": math.nan,
-            "method": "paired over replicates, t interval", "family": VERDICT}
+    return {
+        "scope": scope,
+        "effect": INTERACTION_ID,
+        "metric": "f1_1",
+        "kind": "contrast",
+        "label": f"BN × WL interaction, (15 − 47) − (31 − 63), argmax cut at π = {top:g}",
+        "prevalence": top,
+        "protocol": "last",
+        **interaction(sub, col),
+        "boot_low": math.nan,
+        "boot_high": math.nan,
+        "method": "paired over replicates, t interval",
+        "family": VERDICT,
+    }
 
 
 def _rates(sub: pd.DataFrame) -> dict:

@@ -9,6 +9,7 @@ the saturated design's effects as exploratory estimates, without interval or p v
 module docstring says why not Lenth's). An effect is (mean with the switch on) − (mean with it
 off) = 2 × coefficient.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -23,9 +24,23 @@ from finalbn.config import TOGGLES, AblationConfig, config_id
 from finalbn.stages.report.pairs import FACTORIAL, paired_differences
 from finalbn.stats.inference import holm, t_interval
 
-SETTING_COLUMNS = ["scope", "uf", "wl", "setting", "factorial_estimate", "factorial_min", "factorial_max",
-                   "factorial_pairs", "factorial_replicates", "factorial_exploratory", "pair", "pair_estimate",
-                   "pair_ci_low", "pair_ci_high", "pair_replicates"]
+SETTING_COLUMNS = [
+    "scope",
+    "uf",
+    "wl",
+    "setting",
+    "factorial_estimate",
+    "factorial_min",
+    "factorial_max",
+    "factorial_pairs",
+    "factorial_replicates",
+    "factorial_exploratory",
+    "pair",
+    "pair_estimate",
+    "pair_ci_low",
+    "pair_ci_high",
+    "pair_replicates",
+]
 
 
 def coded(cells: pd.DataFrame) -> pd.DataFrame:
@@ -48,12 +63,16 @@ def factorial_exploratory(y: np.ndarray, x: pd.DataFrame) -> pd.DataFrame:
     def effect(s):
         return float(2 * np.mean(y * np.prod(x[list(s)].to_numpy(), axis=1)))
 
-    rows = [{"effect": name, "estimate": effect(s), "kind": "main" if len(s) == 1 else "interaction"}
-            for name, s in _report_terms(names)]
+    rows = [
+        {"effect": name, "estimate": effect(s), "kind": "main" if len(s) == 1 else "interaction"}
+        for name, s in _report_terms(names)
+    ]
     if "BN" in names and "WL" in names:
         bn, bnwl = effect(("BN",)), effect(("BN", "WL"))
-        rows += [{"effect": "BN | WL off", "estimate": bn - bnwl, "kind": "simple"},
-                 {"effect": "BN | WL on", "estimate": bn + bnwl, "kind": "simple"}]
+        rows += [
+            {"effect": "BN | WL off", "estimate": bn - bnwl, "kind": "simple"},
+            {"effect": "BN | WL on", "estimate": bn + bnwl, "kind": "simple"},
+        ]
     out = pd.DataFrame(rows)
     for c in ("ci_low", "ci_high", "p", "se", "df"):
         out[c] = math.nan
@@ -69,8 +88,9 @@ def factorial_ols(y: np.ndarray, x: pd.DataFrame, clusters: np.ndarray) -> pd.Da
     design = sm.add_constant(pd.DataFrame(cols, index=x.index), has_constant="add")
     with warnings.catch_warnings():  # few clusters: the report states the method instead
         warnings.simplefilter("ignore")
-        res = sm.OLS(np.asarray(y, dtype=float), design).fit(cov_type="cluster", cov_kwds={"groups": clusters},
-                                                              use_t=True)
+        res = sm.OLS(np.asarray(y, dtype=float), design).fit(
+            cov_type="cluster", cov_kwds={"groups": clusters}, use_t=True
+        )
     rows = []
 
     def add(name, weights: dict[str, float], kind):
@@ -81,9 +101,18 @@ def factorial_ols(y: np.ndarray, x: pd.DataFrame, clusters: np.ndarray) -> pd.Da
             warnings.simplefilter("ignore")
             t = res.t_test(L)
         lo, hi = np.asarray(t.conf_int(alpha=0.05)).ravel()
-        rows.append({"effect": name, "estimate": float(np.asarray(t.effect).ravel()[0]), "ci_low": float(lo),
-                     "ci_high": float(hi), "p": float(np.asarray(t.pvalue).ravel()[0]),
-                     "se": float(np.asarray(t.sd).ravel()[0]), "df": float(t.df_denom), "kind": kind})
+        rows.append(
+            {
+                "effect": name,
+                "estimate": float(np.asarray(t.effect).ravel()[0]),
+                "ci_low": float(lo),
+                "ci_high": float(hi),
+                "p": float(np.asarray(t.pvalue).ravel()[0]),
+                "se": float(np.asarray(t.sd).ravel()[0]),
+                "df": float(t.df_denom),
+                "kind": kind,
+            }
+        )
 
     for name, s in _report_terms(x.columns):
         add(name, {s[0] if len(s) == 1 else f"{s[0]}x{s[1]}": 1.0}, "main" if len(s) == 1 else "interaction")
@@ -110,17 +139,21 @@ def factorial_effects(sub: pd.DataFrame, metric: str = "test_f1_1") -> tuple[pd.
     x = coded(full)
     if len(complete) >= 2:
         eff = factorial_ols(full[metric].to_numpy(), x, full["replicate"].to_numpy())
-        how = (f"OLS on ±1-coded switches (main effects and two-way interactions) over {len(complete)} complete "
-               f"replicates of all 64 configurations, standard errors clustered by replicate; Holm across the "
-               f"factorial's rows (family `factorial`)")
+        how = (
+            f"OLS on ±1-coded switches (main effects and two-way interactions) over {len(complete)} complete "
+            f"replicates of all 64 configurations, standard errors clustered by replicate; Holm across the "
+            f"factorial's rows (family `factorial`)"
+        )
         eff["method"] = "OLS, cluster-robust by replicate"
         eff["family"] = FACTORIAL
         eff["p_holm"] = holm(eff["p"].to_numpy())
     else:
         eff = factorial_exploratory(full[metric].to_numpy(), x)
-        how = (f"exploratory: all 64 configurations on one replicate (replicate {complete[0]}), so the factorial's "
-               "estimates come without interval or p value (its cells share one split, one training seed and one "
-               "test set; replicate the grid, `grid.replicates` ≥ 2, for intervals)")
+        how = (
+            f"exploratory: all 64 configurations on one replicate (replicate {complete[0]}), so the factorial's "
+            "estimates come without interval or p value (its cells share one split, one training seed and one "
+            "test set; replicate the grid, `grid.replicates` ≥ 2, for intervals)"
+        )
         eff["method"] = "exploratory, one replicate"
         eff["family"] = ""
         eff["p_holm"] = math.nan
@@ -146,16 +179,31 @@ def by_setting(sub: pd.DataFrame, scope: str, metric: str = "test_f1_1") -> pd.D
         if complete:
             part = sub[sub["replicate"].isin(complete) & (sub["uf"] == uf) & (sub["wl"] == wl)].dropna(subset=[metric])
             key = ["replicate", "da", "mx", "wd"]
-            j = part[part["bn"]][key + [metric]].merge(part[~part["bn"]][key + [metric]], on=key, suffixes=("_on", "_off"))
+            j = part[part["bn"]][key + [metric]].merge(
+                part[~part["bn"]][key + [metric]], on=key, suffixes=("_on", "_off")
+            )
             d = (j[f"{metric}_on"] - j[f"{metric}_off"]).to_numpy()
             reps = int(j["replicate"].nunique())
-        row.update({"factorial_estimate": float(d.mean()) if d.size else math.nan,
-                    "factorial_min": float(d.min()) if d.size else math.nan,
-                    "factorial_max": float(d.max()) if d.size else math.nan, "factorial_pairs": int(d.size),
-                    "factorial_replicates": reps, "factorial_exploratory": bool(d.size) and reps == 1})
+        row.update(
+            {
+                "factorial_estimate": float(d.mean()) if d.size else math.nan,
+                "factorial_min": float(d.min()) if d.size else math.nan,
+                "factorial_max": float(d.max()) if d.size else math.nan,
+                "factorial_pairs": int(d.size),
+                "factorial_replicates": reps,
+                "factorial_exploratory": bool(d.size) and reps == 1,
+            }
+        )
         a, b = _setting_id(True, wl, uf), _setting_id(False, wl, uf)
         t = t_interval(paired_differences(sub, a, metric, b, metric)["diff"].to_numpy())
-        row.update({"pair": f"{a} − {b}", "pair_estimate": t["estimate"], "pair_ci_low": t["ci_low"],
-                    "pair_ci_high": t["ci_high"], "pair_replicates": t["n"]})
+        row.update(
+            {
+                "pair": f"{a} − {b}",
+                "pair_estimate": t["estimate"],
+                "pair_ci_low": t["ci_low"],
+                "pair_ci_high": t["ci_high"],
+                "pair_replicates": t["n"],
+            }
+        )
         rows.append(row)
     return pd.DataFrame(rows, columns=SETTING_COLUMNS)

@@ -7,6 +7,7 @@
 Fig. 4's softmax panels and the reliability panels are drawn by `finalbn.plots.cellplots`, as in the per-run
 figures, so the two look alike.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,13 @@ def fig_ceiling(ceilings: list[dict], path: Path, low: float) -> None:
     fig, ax = plt.subplots(figsize=(8, 0.6 * len(ceilings) + 1.8), layout="constrained")
     y = np.arange(len(ceilings))[::-1]
     auc = [c["auroc"] for c in ceilings]
-    ax.barh(y, auc, xerr=[c.get("auroc_std", 0) for c in ceilings], color=["tab:green" if a >= low else "tab:red"
-                                                                           for a in auc], capsize=3)
+    ax.barh(
+        y,
+        auc,
+        xerr=[c.get("auroc_std", 0) for c in ceilings],
+        color=["tab:green" if a >= low else "tab:red" for a in auc],
+        capsize=3,
+    )
     ax.axvline(0.5, color="gray", linestyle=":", label="chance")
     ax.axvline(low, color="black", linestyle="--", label=f"{low}: the features see the cue")
     ax.set_yticks(y, labels=[f"{c['dataset']} {c['arch']} {c['image_size']} px" for c in ceilings])
@@ -64,12 +70,14 @@ def fig_configs(cells: pd.DataFrame, path: Path) -> None:
     mean, a dot per replicate."""
     pairs = sorted(set(zip(cells["dataset"], cells["arch"])))
     n = max(cells.groupby(["dataset", "arch"])["config_id"].nunique().max(), 1)
-    fig, axes = plt.subplots(len(pairs), 2, figsize=(10, (0.2 * n + 1.6) * len(pairs)), squeeze=False,
-                             layout="constrained", sharey="row")
+    fig, axes = plt.subplots(
+        len(pairs), 2, figsize=(10, (0.2 * n + 1.6) * len(pairs)), squeeze=False, layout="constrained", sharey="row"
+    )
     for i, (ds, arch) in enumerate(pairs):
         sub = cells[(cells["dataset"] == ds) & (cells["arch"] == arch)]
-        order = (sub.groupby("config_id")["val_auroc"].mean().sort_values(ascending=False, na_position="last")
-                 .index.tolist())
+        order = (
+            sub.groupby("config_id")["val_auroc"].mean().sort_values(ascending=False, na_position="last").index.tolist()
+        )
         pos = {cid: len(order) - 1 - k for k, cid in enumerate(order)}  # the best on top
         names = sub.drop_duplicates("config_id").set_index("config_id")["config_name"]
         for j, (col, what) in enumerate((("test_auroc", "test AUROC"), ("test_f1_1", "test minority F1"))):
@@ -84,8 +92,9 @@ def fig_configs(cells: pd.DataFrame, path: Path) -> None:
             ax.set_xlabel(what, fontsize=9)
             ax.tick_params(axis="x", labelsize=8)
             ax.grid(axis="x", alpha=0.3)
-        axes[i][0].set_title(f"{ds} {arch}: red = final BN on; best validation AUROC on top; dots = replicates",
-                             fontsize=9, loc="left")
+        axes[i][0].set_title(
+            f"{ds} {arch}: red = final BN on; best validation AUROC on top; dots = replicates", fontsize=9, loc="left"
+        )
     save_figure(fig, path, dpi=90)
     plt.close(fig)
 
@@ -112,13 +121,20 @@ def fig_effects(eff: pd.DataFrame, path: Path) -> None:
             ax.plot([r["boot_low"], r["boot_high"]], [yi - 0.2, yi - 0.2], color="tab:orange", linewidth=2)
     ax.axvline(0, color="gray", linestyle="--")
     multi = rows["scope"].nunique() > 1
-    ax.set_yticks(y, labels=[f"{r['scope']}: {r['label']}" if multi else r["label"] for r in rows.to_dict("records")],
-                  fontsize=9)
+    ax.set_yticks(
+        y, labels=[f"{r['scope']}: {r['label']}" if multi else r["label"] for r in rows.to_dict("records")], fontsize=9
+    )
     ax.tick_params(axis="x", labelsize=9)
-    ax.set_xlabel("effect on test minority F1: 95 % t interval over replicates; orange: image-level\nbootstrap "
-                  "(secondary); hollow: exploratory (one replicate, no interval)", fontsize=9)
-    ax.set_title("contrasts over replicates (red), factorial main effects (blue),\nBN×X interactions (purple), "
-                 "simple effects of BN (green)", fontsize=9)
+    ax.set_xlabel(
+        "effect on test minority F1: 95 % t interval over replicates; orange: image-level\nbootstrap "
+        "(secondary); hollow: exploratory (one replicate, no interval)",
+        fontsize=9,
+    )
+    ax.set_title(
+        "contrasts over replicates (red), factorial main effects (blue),\nBN×X interactions (purple), "
+        "simple effects of BN (green)",
+        fontsize=9,
+    )
     ax.grid(axis="x", alpha=0.3)
     save_figure(fig, path, dpi=90)
     plt.close(fig)
@@ -134,7 +150,7 @@ def fig_prevalence(means: pd.DataFrame, eff: pd.DataFrame, curves: dict, path: P
     ncol = max(2, len(pis))
     fig = plt.figure(figsize=(min(2.6 * ncol, 10.5), 7.5), layout="constrained")  # readable: min_font_pt
     grid = fig.add_gridspec(2, ncol)
-    ax0, ax1 = fig.add_subplot(grid[0, : ncol // 2]), fig.add_subplot(grid[0, ncol // 2:])
+    ax0, ax1 = fig.add_subplot(grid[0, : ncol // 2]), fig.add_subplot(grid[0, ncol // 2 :])
     for cid, color, name in ((BN_ID, "tab:red", "BN (31)"), (NONE_ID, "tab:blue", "none (63)")):
         m = means[means["config_id"] == cid].sort_values("prevalence")
         if "cut_f1_1" in m and m["cut_f1_1"].notna().any():
@@ -147,10 +163,11 @@ def fig_prevalence(means: pd.DataFrame, eff: pd.DataFrame, curves: dict, path: P
     ax0.legend(fontsize="small")
     ax0.grid(alpha=0.3)
     ids = eff["effect"].astype(str)
-    series = (("validation cut for π, last epoch", ids.str.startswith("31-63 cut π="), "o", 1.0),
-              ("argmax, last epoch", (ids == "31-63") | ids.str.startswith("31-63 π="), "x", 1.06),
-              ("argmax, epoch selected on validation", (ids == "31-63 sel") | ids.str.startswith("31-63 sel π="),
-               "s", 1.12))
+    series = (
+        ("validation cut for π, last epoch", ids.str.startswith("31-63 cut π="), "o", 1.0),
+        ("argmax, last epoch", (ids == "31-63") | ids.str.startswith("31-63 π="), "x", 1.06),
+        ("argmax, epoch selected on validation", (ids == "31-63 sel") | ids.str.startswith("31-63 sel π="), "s", 1.12),
+    )
     for label, which, style, offset in series:
         r = eff[which & (eff["kind"] == "contrast") & eff["prevalence"].notna()].sort_values("prevalence")
         if len(r):
@@ -175,8 +192,11 @@ def fig_prevalence(means: pd.DataFrame, eff: pd.DataFrame, curves: dict, path: P
         ax.set_xlabel("recall")
         if i == 0:
             ax.set_ylabel("precision (reweighted)")
-    fig.suptitle("final BN (31, red) against none (63, blue) at the prevalence the user will meet; "
-                 "PR curves: one line per replicate", fontsize="small")
+    fig.suptitle(
+        "final BN (31, red) against none (63, blue) at the prevalence the user will meet; "
+        "PR curves: one line per replicate",
+        fontsize="small",
+    )
     save_figure(fig, path, dpi=90)
     plt.close(fig)
 
@@ -196,11 +216,16 @@ def fig_by_setting(setting: pd.DataFrame, path: Path) -> None:
             err = [[r["pair_estimate"] - lo], [hi - r["pair_estimate"]]] if math.isfinite(lo) else None
             ax.errorbar(r["pair_estimate"], yi - 0.12, xerr=err, fmt="s", color="tab:red", capsize=3)
     multi = rows["scope"].nunique() > 1
-    ax.set_yticks(y, labels=[f"{r['scope']}: {r['setting']}" if multi else r["setting"] for r in rows.to_dict("records")])
+    ax.set_yticks(
+        y, labels=[f"{r['scope']}: {r['setting']}" if multi else r["setting"] for r in rows.to_dict("records")]
+    )
     ax.axvline(0, color="gray", linestyle="--")
     ax.set_xlabel("final BN on − off, test minority F1 (last epoch)")
-    ax.set_title("blue: factorial pairs over DA, MX, WD (dot mean, line range; exploratory with one replicate)\n"
-                 "red: the matched pair with the other switches off, 95% t interval over replicates", fontsize="small")
+    ax.set_title(
+        "blue: factorial pairs over DA, MX, WD (dot mean, line range; exploratory with one replicate)\n"
+        "red: the matched pair with the other switches off, 95% t interval over replicates",
+        fontsize="small",
+    )
     ax.grid(axis="x", alpha=0.3)
     save_figure(fig, path, dpi=90)
     plt.close(fig)
@@ -208,8 +233,9 @@ def fig_by_setting(setting: pd.DataFrame, path: Path) -> None:
 
 def fig3(curves: pd.DataFrame, path: Path) -> None:
     pairs = sorted(set(zip(curves["dataset"], curves["arch"])))
-    fig, axes = plt.subplots(len(pairs), 3, figsize=(10.5, 3.3 * len(pairs)), squeeze=False, sharey="row",
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        len(pairs), 3, figsize=(10.5, 3.3 * len(pairs)), squeeze=False, sharey="row", layout="constrained"
+    )
     titles = {NONE_ID: "without final BN (63)", WL_ID: "with WL, no BN (47)", BN_ID: "with final BN (31)"}
     for i, (ds, arch) in enumerate(pairs):
         for j, cid in enumerate((NONE_ID, WL_ID, BN_ID)):
@@ -284,8 +310,14 @@ def fig_methods(groups: list[tuple[str, pd.DataFrame]], path: Path, title: str) 
         x = np.arange(len(groups))
         means = [float(g[col].mean()) if len(g) else math.nan for _, g in groups]
         # red = final BN on, as in every figure: the label names the configuration (`best trial 9 (BN+WL)`)
-        ax.bar(x, means, color=["tab:red" if re.search(r"(?<![A-Za-z])BN(?![A-Za-z])", label) else "tab:blue"
-                                for label, _ in groups], alpha=0.35)
+        ax.bar(
+            x,
+            means,
+            color=[
+                "tab:red" if re.search(r"(?<![A-Za-z])BN(?![A-Za-z])", label) else "tab:blue" for label, _ in groups
+            ],
+            alpha=0.35,
+        )
         by_rep: dict[int, list[tuple[np.integer, float]]] = {}  # (x position, value) by replicate
         for xi, (_, g) in zip(x, groups):
             ax.scatter([xi] * len(g), g[col], s=12, color="black", zorder=3)

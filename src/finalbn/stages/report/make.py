@@ -7,6 +7,7 @@ report built into a folder and logged to MLflow.
 Which cells: those results/grid.csv lists (its `cell_key` column, the grid stage's output), so
 the report shows this grid's cells even when the store holds others (older code, other params).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,16 +58,29 @@ def run(cfg: Any, paths: ReportPaths, tracker: Tracker = MLFLOW) -> dict:
     tracker.setup(cfg, "report")
     data = collect(tracker.experiments(cfg, "grid", "sensitivity"), keys=grid_keys(paths.grid_csv), tracker=tracker)
     ceilings = read_ceilings(Path(paths.ceiling)) if paths.ceiling else []
-    summary = build_report(data, paths.out, n_boot=cfg.report.bootstrap, seed=cfg.report.seed, ceilings=ceilings,
-                           search=read_search(paths.search), k=cfg.selection.replicates,
-                           prevalences=tuple(cfg.report.prevalences), train_counts=tuple(cfg.split.train),
-                           sensitivity=read_sensitivity(paths.sensitivity), context=study_context(cfg))
+    summary = build_report(
+        data,
+        paths.out,
+        n_boot=cfg.report.bootstrap,
+        seed=cfg.report.seed,
+        ceilings=ceilings,
+        search=read_search(paths.search),
+        k=cfg.selection.replicates,
+        prevalences=tuple(cfg.report.prevalences),
+        train_counts=tuple(cfg.split.train),
+        sensitivity=read_sensitivity(paths.sensitivity),
+        context=study_context(cfg),
+    )
     tracker.log_report(cfg, paths.out)
     return summary
 
 
-SOURCES = {"synthetic": "the built-in synthetic leaves", "plantvillage": "PlantVillage photographs",
-           "folders": "your images", "csv": "your images"}
+SOURCES = {
+    "synthetic": "the built-in synthetic leaves",
+    "plantvillage": "PlantVillage photographs",
+    "folders": "your images",
+    "csv": "your images",
+}
 
 
 def study_context(cfg: Any) -> dict[str, str]:
@@ -110,8 +124,17 @@ def read_sensitivity(path: Path | None) -> pd.DataFrame | None:
 
 def main(cfg: Any, args: argparse.Namespace) -> int:
     """`finalbn report`: prints where it went and the verdict."""
-    summary = run(cfg, ReportPaths(Path(args.out), Path(args.grid_csv), ceiling=Path(args.ceiling),
-                                   search=Path(args.search), sensitivity=Path(args.sensitivity)), MLFLOW)
+    summary = run(
+        cfg,
+        ReportPaths(
+            Path(args.out),
+            Path(args.grid_csv),
+            ceiling=Path(args.ceiling),
+            search=Path(args.search),
+            sensitivity=Path(args.sensitivity),
+        ),
+        MLFLOW,
+    )
     print(f"report: {summary['cells']} cells -> {args.out}/report.md")
     for line in summary["verdict"]:
         print(f"  {line}")

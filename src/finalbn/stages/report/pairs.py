@@ -6,6 +6,7 @@
 The Holm families (`VERDICT`, `FACTORIAL`, `OTHER`) and the ids of the contrasts at a prevalence are
 named here, so `effects`, `factorial` and `verdict` speak of the same rows.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,6 +19,7 @@ from finalbn.stats.inference import ZERO_TOL
 
 VERDICT, FACTORIAL, OTHER = "verdict", "factorial", "other contrasts"
 SIGNIFICANT = 0.05  # a Holm-adjusted p below this: "holds" / "reverses"; above: "not distinguishable"
+
 
 def prevalence_effect_id(stem: str, pi: float, protocol: str = "last") -> str:
     """`31-63 π=0.05` (last epoch), `31-63 sel π=0.05` (selected epoch)."""
@@ -46,8 +48,9 @@ def _f1_minority(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
 
 
-def hierarchical_bootstrap(pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_boot: int = 2000,
-                           seed: int = 0) -> tuple[float, float]:
+def hierarchical_bootstrap(
+    pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float]:
     """95 % percentile interval of the mean over replicates of F1(a) − F1(b), resampling replicates
     and then the test images within each. `pairs`: per replicate (labels, pred_a, pred_b), the same
     images in the same order. (nan, nan) with fewer than 2 replicates. Secondary: the replicate
@@ -69,8 +72,14 @@ def hierarchical_bootstrap(pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]
 PredictionsFor = Callable[[str], "pd.DataFrame | None"]
 
 
-def boot_pairs(diffs: pd.DataFrame, sub: pd.DataFrame, a: int, b: int, predictions_for: PredictionsFor | None,
-                column: str = "p1_last"):
+def boot_pairs(
+    diffs: pd.DataFrame,
+    sub: pd.DataFrame,
+    a: int,
+    b: int,
+    predictions_for: PredictionsFor | None,
+    column: str = "p1_last",
+):
     """Per replicate (labels, argmax pred of a, argmax pred of b) joined on path, when available."""
     if predictions_for is None:
         return []
@@ -81,6 +90,11 @@ def boot_pairs(diffs: pd.DataFrame, sub: pd.DataFrame, a: int, b: int, predictio
         if pa is None or pb is None or column not in pa or column not in pb:
             return []
         j = pa[["path", "label", column]].merge(pb[["path", column]], on="path", suffixes=("_a", "_b"))
-        out.append((j["label"].to_numpy(int), (j[f"{column}_a"].to_numpy() > 0.5).astype(int),
-                    (j[f"{column}_b"].to_numpy() > 0.5).astype(int)))
+        out.append(
+            (
+                j["label"].to_numpy(int),
+                (j[f"{column}_a"].to_numpy() > 0.5).astype(int),
+                (j[f"{column}_b"].to_numpy() > 0.5).astype(int),
+            )
+        )
     return out

@@ -23,6 +23,7 @@ set's own prevalence); ECE(π) and Brier(π) put the same image weights into Guo
 and into the mean of `finalbn.stats.metrics.brier` (summed over both classes). Every function raises
 ValueError for a prevalence outside (0, 1) or a test set that lacks a class.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -36,8 +37,21 @@ from finalbn_field.decision import f1_at, operating_curve, precision_at
 
 PROTOCOLS = {"last": "p1_last", "sel": "p1_sel"}  # the last epoch (primary) and the validation-selected one
 CUT_METRICS = ("cut_threshold", "cut_tpr", "cut_fpr", "cut_precision_1", "cut_f1_1")
-METRICS = ("tpr", "fpr", "precision_1", "f1_1", "accuracy", "balanced_accuracy", "ap", "ece", "brier",
-           *CUT_METRICS, "tpr_at_fpr", "negatives", "positives")
+METRICS = (
+    "tpr",
+    "fpr",
+    "precision_1",
+    "f1_1",
+    "accuracy",
+    "balanced_accuracy",
+    "ap",
+    "ece",
+    "brier",
+    *CUT_METRICS,
+    "tpr_at_fpr",
+    "negatives",
+    "positives",
+)
 LOW_FPR = 0.01  # the false-alarm rate of `tpr_at_fpr`: 1 healthy image in 100 flagged
 N_BINS = 15
 
@@ -88,8 +102,14 @@ def reliability_at(labels, p1, prevalence: float, n_bins: int = N_BINS) -> dict[
     conf, correct = probs.max(axis=1), (probs.argmax(axis=1) == y).astype(float)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     idx = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
-    out: dict[str, list] = {"lower": edges[:-1].tolist(), "upper": edges[1:].tolist(), "count": [], "weight": [],
-                            "accuracy": [], "confidence": []}
+    out: dict[str, list] = {
+        "lower": edges[:-1].tolist(),
+        "upper": edges[1:].tolist(),
+        "count": [],
+        "weight": [],
+        "accuracy": [],
+        "confidence": [],
+    }
     for b in range(n_bins):
         m = idx == b
         wb = float(w[m].sum())
@@ -118,10 +138,17 @@ def at_prevalence(labels, p1, prevalence: float) -> dict[str, float]:
     y, p = _checked(labels, p1, prevalence)
     flag = p > 0.5
     tpr, fpr = float(flag[y == 1].mean()), float(flag[y == 0].mean())
-    return {"tpr": tpr, "fpr": fpr, "precision_1": float(precision_at(tpr, fpr, prevalence)),
-            "f1_1": float(f1_at(tpr, fpr, prevalence)), "accuracy": prevalence * tpr + (1 - prevalence) * (1 - fpr),
-            "balanced_accuracy": (tpr + 1 - fpr) / 2, "ap": average_precision_at(y, p, prevalence),
-            "ece": ece_at(y, p, prevalence), "brier": brier_at(y, p, prevalence)}
+    return {
+        "tpr": tpr,
+        "fpr": fpr,
+        "precision_1": float(precision_at(tpr, fpr, prevalence)),
+        "f1_1": float(f1_at(tpr, fpr, prevalence)),
+        "accuracy": prevalence * tpr + (1 - prevalence) * (1 - fpr),
+        "balanced_accuracy": (tpr + 1 - fpr) / 2,
+        "ap": average_precision_at(y, p, prevalence),
+        "ece": ece_at(y, p, prevalence),
+        "brier": brier_at(y, p, prevalence),
+    }
 
 
 def at_validation_cut(val_labels, val_p1, labels, p1, prevalence: float) -> dict[str, float]:
@@ -135,8 +162,13 @@ def at_validation_cut(val_labels, val_p1, labels, p1, prevalence: float) -> dict
     cut = at_prevalence_rule(operating_curve(vy, np.asarray(val_p1, dtype=float)), prevalence)["threshold"]
     flag = p >= cut
     tpr, fpr = float(flag[y == 1].mean()), float(flag[y == 0].mean())
-    return {"cut_threshold": float(cut), "cut_tpr": tpr, "cut_fpr": fpr,
-            "cut_precision_1": float(precision_at(tpr, fpr, prevalence)), "cut_f1_1": float(f1_at(tpr, fpr, prevalence))}
+    return {
+        "cut_threshold": float(cut),
+        "cut_tpr": tpr,
+        "cut_fpr": fpr,
+        "cut_precision_1": float(precision_at(tpr, fpr, prevalence)),
+        "cut_f1_1": float(f1_at(tpr, fpr, prevalence)),
+    }
 
 
 def tpr_at_fpr(labels, p1, max_fpr: float = LOW_FPR) -> float:
@@ -153,9 +185,12 @@ def prevalence_of(pred: pd.DataFrame) -> float:
     return float((pred["label"].astype(int) == 1).mean())
 
 
-def cell_table(cells: pd.DataFrame, predictions_for: Callable[[str], pd.DataFrame | None],
-               prevalences: Sequence[float], val_predictions_for: Callable[[str], pd.DataFrame | None] | None = None
-               ) -> tuple[pd.DataFrame, list[str]]:
+def cell_table(
+    cells: pd.DataFrame,
+    predictions_for: Callable[[str], pd.DataFrame | None],
+    prevalences: Sequence[float],
+    val_predictions_for: Callable[[str], pd.DataFrame | None] | None = None,
+) -> tuple[pd.DataFrame, list[str]]:
     """One row per (cell run, protocol, π) with METRICS, from each run's test predictions (the
     `cut_*` ones, last epoch only, from its validation predictions too: NaN without them); and notes
     naming the runs that have none. `cells` needs run_id, dataset, arch, config_id, baseline,
@@ -180,15 +215,34 @@ def cell_table(cells: pd.DataFrame, predictions_for: Callable[[str], pd.DataFram
             p = pred[col].to_numpy(float)
             low = tpr_at_fpr(y, p)
             for pi in prevalences:
-                cut = (at_validation_cut(val["label"], val["p1_last"], y, p, pi) if has_val and protocol == "last"
-                       else dict.fromkeys(CUT_METRICS, float("nan")))
-                rows.append({"run_id": r.run_id, "dataset": r.dataset, "arch": r.arch, "config_id": int(r.config_id),
-                             "baseline": r.baseline, "replicate": int(r.replicate), "protocol": protocol,
-                             "prevalence": float(pi), **at_prevalence(y, p, pi), **cut, "tpr_at_fpr": low,
-                             "negatives": int((y == 0).sum()), "positives": int((y == 1).sum())})
+                cut = (
+                    at_validation_cut(val["label"], val["p1_last"], y, p, pi)
+                    if has_val and protocol == "last"
+                    else dict.fromkeys(CUT_METRICS, float("nan"))
+                )
+                rows.append(
+                    {
+                        "run_id": r.run_id,
+                        "dataset": r.dataset,
+                        "arch": r.arch,
+                        "config_id": int(r.config_id),
+                        "baseline": r.baseline,
+                        "replicate": int(r.replicate),
+                        "protocol": protocol,
+                        "prevalence": float(pi),
+                        **at_prevalence(y, p, pi),
+                        **cut,
+                        "tpr_at_fpr": low,
+                        "negatives": int((y == 0).sum()),
+                        "positives": int((y == 1).sum()),
+                    }
+                )
     cols = ["run_id", "dataset", "arch", "config_id", "baseline", "replicate", "protocol", "prevalence", *METRICS]
-    notes = [f"{missing} cell run(s) without test predictions are left out of the metrics at each prevalence"] \
-        if missing else []
+    notes = (
+        [f"{missing} cell run(s) without test predictions are left out of the metrics at each prevalence"]
+        if missing
+        else []
+    )
     if val_predictions_for is not None and no_val:
         notes.append(f"{no_val} cell run(s) without validation predictions have no metric at the validation cut")
     return pd.DataFrame(rows, columns=cols), notes
@@ -206,8 +260,9 @@ def widen(cells: pd.DataFrame, table: pd.DataFrame, metrics: Sequence[str] = ("f
         vals = g.set_index("run_id")
         for m in metrics:
             cols[column(m, pi, protocol)] = cells["run_id"].map(vals[m]).astype(float)
-    return pd.concat([cells.drop(columns=[c for c in cols if c in cells]), pd.DataFrame(cols, index=cells.index)],
-                     axis=1)
+    return pd.concat(
+        [cells.drop(columns=[c for c in cols if c in cells]), pd.DataFrame(cols, index=cells.index)], axis=1
+    )
 
 
 def means_at_prevalence(table: pd.DataFrame, config_ids: Sequence[int], protocol: str = "last") -> pd.DataFrame:

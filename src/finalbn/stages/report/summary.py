@@ -5,6 +5,7 @@ configuration on validation, ECE and Brier, the study's size, and a flat `metric
 
 Plain JSON types (NaN as null); `report.build` adds the imbalance baselines and the search.
 """
+
 from __future__ import annotations
 
 import pandas as pd
@@ -13,8 +14,13 @@ from finalbn.stages.report.markdown import json_safe
 from finalbn.stages.report.tables import ranked_configs
 
 # (effect id, its name in summary["metrics"]): flat, as tracking.log_report logs them as MLflow metrics
-METRIC_NAMES = (("31-63", "bn_vs_none_f1"), ("15-47", "bn_with_wl_f1"), ("BN", "bn_factorial_f1"),
-                ("31-63 auroc", "bn_vs_none_auroc"), ("31-pc63", "bn_vs_prior_corrected_f1"))
+METRIC_NAMES = (
+    ("31-63", "bn_vs_none_f1"),
+    ("15-47", "bn_with_wl_f1"),
+    ("BN", "bn_factorial_f1"),
+    ("31-63 auroc", "bn_vs_none_auroc"),
+    ("31-pc63", "bn_vs_prior_corrected_f1"),
+)
 
 
 ALL = "all configurations, BN on vs off"
@@ -29,19 +35,27 @@ def headline_summary(cells, t1, eff, verdicts, ceilings, cal_all, multi_arch, k:
 
     summary = {
         "verdict": [line for lines in verdicts.values() for line in lines],
-        "ceiling": [{k: c.get(k) for k in ("dataset", "arch", "image_size", "auroc", "auroc_std", "images", "low")}
-                    for c in ceilings],
+        "ceiling": [
+            {k: c.get(k) for k in ("dataset", "arch", "image_size", "auroc", "auroc_std", "images", "low")}
+            for c in ceilings
+        ],
         "effects": effects,
         "table1": _table1(t1, multi_arch),
         "best_config_on_validation": _best_on_validation(cells, k),
-        "ece": {"bn": cal_value("ece", ALL, True), "no_bn": cal_value("ece", ALL, False),
-                "config31": cal_value("ece", "config 31 vs 63", True),
-                "config63": cal_value("ece", "config 31 vs 63", False),
-                "config31_training_prior": cal_value("ece", "config 31 vs 63", True, "training prior"),
-                "config63_training_prior": cal_value("ece", "config 31 vs 63", False, "training prior")},
-        "brier": {"bn": cal_value("brier", ALL, True), "no_bn": cal_value("brier", ALL, False),
-                  "config31_training_prior": cal_value("brier", "config 31 vs 63", True, "training prior"),
-                  "config63_training_prior": cal_value("brier", "config 31 vs 63", False, "training prior")},
+        "ece": {
+            "bn": cal_value("ece", ALL, True),
+            "no_bn": cal_value("ece", ALL, False),
+            "config31": cal_value("ece", "config 31 vs 63", True),
+            "config63": cal_value("ece", "config 31 vs 63", False),
+            "config31_training_prior": cal_value("ece", "config 31 vs 63", True, "training prior"),
+            "config63_training_prior": cal_value("ece", "config 31 vs 63", False, "training prior"),
+        },
+        "brier": {
+            "bn": cal_value("brier", ALL, True),
+            "no_bn": cal_value("brier", ALL, False),
+            "config31_training_prior": cal_value("brier", "config 31 vs 63", True, "training prior"),
+            "config63_training_prior": cal_value("brier", "config 31 vs 63", False, "training prior"),
+        },
         "cells": int(len(cells)),
         "datasets": sorted(cells["dataset"].unique().tolist()),
         "archs": sorted(cells["arch"].unique().tolist()),
@@ -57,8 +71,11 @@ def _table1(t1: pd.DataFrame, multi_arch: bool) -> dict:
     table1_summary = {}
     for r in t1[t1["class"] == "diseased (1)"].itertuples(index=False):
         table1_summary[f"{r.dataset}/{r.arch}" if multi_arch else r.dataset] = {
-            "without_bn_f1_1": r.without_final_bn, "wl_f1_1": r.with_wl_no_bn, "bn_f1_1": r.with_final_bn_no_wl,
-            "bn_improvement_f1_1": r.bn_improvement}
+            "without_bn_f1_1": r.without_final_bn,
+            "wl_f1_1": r.with_wl_no_bn,
+            "bn_f1_1": r.with_final_bn_no_wl,
+            "bn_improvement_f1_1": r.bn_improvement,
+        }
     return table1_summary
 
 
@@ -66,9 +83,10 @@ def _effects(eff: pd.DataFrame) -> dict[str, dict]:
     """scope -> effect id -> its numbers."""
     effects: dict[str, dict] = {}
     for r in eff.to_dict("records"):
-        effects.setdefault(r["scope"], {})[r["effect"]] = {k: r[k] for k in ("estimate", "ci_low", "ci_high", "p", "family",
-                                                                              "p_holm", "n", "metric", "prevalence",
-                                                                              "protocol")}
+        effects.setdefault(r["scope"], {})[r["effect"]] = {
+            k: r[k]
+            for k in ("estimate", "ci_low", "ci_high", "p", "family", "p_holm", "n", "metric", "prevalence", "protocol")
+        }
     return effects
 
 
@@ -81,10 +99,14 @@ def _best_on_validation(cells: pd.DataFrame, k: int) -> dict:
         m = m[m["eligible"]]
         if len(m) and pd.notna(m.iloc[0]["val_auroc"]):
             r = m.iloc[0]
-            best[f"{ds}/{arch}"] = {"config_id": int(r["config_id"]), "val_auroc": r["val_auroc"],
-                                    "val_auroc_ci": [r["val_auroc_ci_low"], r["val_auroc_ci_high"]],
-                                    "replicates": int(r["replicates"]),
-                                    "test_f1_1": r["test_f1_1"], "test_auroc": r["test_auroc"]}
+            best[f"{ds}/{arch}"] = {
+                "config_id": int(r["config_id"]),
+                "val_auroc": r["val_auroc"],
+                "val_auroc_ci": [r["val_auroc_ci_low"], r["val_auroc_ci_high"]],
+                "replicates": int(r["replicates"]),
+                "test_f1_1": r["test_f1_1"],
+                "test_auroc": r["test_auroc"],
+            }
     return best
 
 
@@ -97,8 +119,11 @@ def _metrics(effects: dict[str, dict], ceilings: list[dict]) -> dict:
             for k in ("estimate", "ci_low", "ci_high"):
                 metrics[f"{name}_{k}"] = first[eid][k]
     for eid, r in first.items():  # 31 - 63 at each prevalence, last epoch: argmax, validation cut, AP
-        for stem, name in (("31-63 π=", "bn_vs_none_f1_at"), ("31-63 cut π=", "bn_vs_none_f1_cut_at"),
-                           ("31-63 ap π=", "bn_vs_none_ap_at")):
+        for stem, name in (
+            ("31-63 π=", "bn_vs_none_f1_at"),
+            ("31-63 cut π=", "bn_vs_none_f1_cut_at"),
+            ("31-63 ap π=", "bn_vs_none_ap_at"),
+        ):
             if eid.startswith(stem):
                 metrics[f"{name}_{eid.split('=')[1]}_estimate"] = r["estimate"]
     if ceilings:

@@ -8,6 +8,7 @@ configurations seen on the same replicates (`ranked_over`); test values ride alo
 decide an order. A number "per configuration" is the mean over replicates of one (dataset, arch,
 configuration).
 """
+
 from __future__ import annotations
 
 import math
@@ -46,8 +47,16 @@ def table1(cells: pd.DataFrame, pi: float | None = None) -> pd.DataFrame:
     """Paper Table I: mean F1 per class for none (63), WL only (47), BN only (31); BN - WL. With
     `pi`, each class's F1 on the test set reweighted to π (`balanced_f1`; the paper's test set was
     balanced, 150/150) when every run of the three has test predictions; else on the test set as drawn."""
-    cols = ["dataset", "arch", "class", "without_final_bn", "with_wl_no_bn", "with_final_bn_no_wl",
-            "bn_improvement", "replicates_63_47_31"]
+    cols = [
+        "dataset",
+        "arch",
+        "class",
+        "without_final_bn",
+        "with_wl_no_bn",
+        "with_final_bn_no_wl",
+        "bn_improvement",
+        "replicates_63_47_31",
+    ]
     if pi is not None:
         cells = balanced_f1(cells, pi) if balanced_f1(cells, pi) is not None else cells
     sub = cells[cells["config_id"].isin([NONE_ID, WL_ID, BN_ID])]
@@ -55,15 +64,25 @@ def table1(cells: pd.DataFrame, pi: float | None = None) -> pd.DataFrame:
     sizes = sub.groupby(["dataset", "arch", "config_id"]).size()
     rows = []
     for ds, arch in groups(sub):
+
         def get(cid, col, ds=ds, arch=arch):
             return float(means.loc[(ds, arch, cid), col]) if (ds, arch, cid) in means.index else math.nan
 
         n = "/".join(str(int(sizes.get((ds, arch, c), 0))) for c in (NONE_ID, WL_ID, BN_ID))
         for label, col in (("diseased (1)", F1_1), ("healthy (0)", F1_0)):
-            rows.append({"dataset": ds, "arch": arch, "class": label, "without_final_bn": get(NONE_ID, col),
-                         "with_wl_no_bn": get(WL_ID, col), "with_final_bn_no_wl": get(BN_ID, col),
-                         # as the paper's "BN total improvement": BN only minus WL only
-                         "bn_improvement": get(BN_ID, col) - get(WL_ID, col), "replicates_63_47_31": n})
+            rows.append(
+                {
+                    "dataset": ds,
+                    "arch": arch,
+                    "class": label,
+                    "without_final_bn": get(NONE_ID, col),
+                    "with_wl_no_bn": get(WL_ID, col),
+                    "with_final_bn_no_wl": get(BN_ID, col),
+                    # as the paper's "BN total improvement": BN only minus WL only
+                    "bn_improvement": get(BN_ID, col) - get(WL_ID, col),
+                    "replicates_63_47_31": n,
+                }
+            )
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -71,9 +90,16 @@ def baselines_table(cells: pd.DataFrame) -> pd.DataFrame:
     """Ranking vs threshold for the headline configurations: argmax minority F1 (last epoch and
     the validation-selected epoch), F1 after the free prior correction, AUROC, AP and balanced
     accuracy; mean and std over replicates."""
-    metrics = {"f1_1": "test_f1_1", "f1_1_sel": "test_sel_f1_1", "f1_1_prior_corrected": "test_f1_1_pc",
-               "f1_1_validation_threshold": "test_f1_1_vt", "auroc": "test_auroc", "ap": "test_ap", "balanced_accuracy": "test_balanced_accuracy",
-               "val_auroc": "val_auroc"}
+    metrics = {
+        "f1_1": "test_f1_1",
+        "f1_1_sel": "test_sel_f1_1",
+        "f1_1_prior_corrected": "test_f1_1_pc",
+        "f1_1_validation_threshold": "test_f1_1_vt",
+        "auroc": "test_auroc",
+        "ap": "test_ap",
+        "balanced_accuracy": "test_balanced_accuracy",
+        "val_auroc": "val_auroc",
+    }
     rows = []
     sub = cells[cells["config_id"].isin(list(HEADLINE))]
     for (ds, arch, cid), g in sub.groupby(["dataset", "arch", "config_id"], sort=True):
@@ -109,8 +135,9 @@ def ranked_over(replicates: tuple) -> str:
 def ranked_configs(sub: pd.DataFrame, k: int) -> pd.DataFrame:
     """The configurations of one (dataset, arch) ranked by `selection.rank` over replicates
     0..k-1, with every test mean riding along and `ranked_over` naming each tier."""
-    num = ["val_auroc", selection.TIE_BREAK, "val_f1_1", "selected_epoch"] + \
-        [f"test_{m}" for m in ("precision_1", "recall_1", "f1_1", "precision_0", "recall_0", "f1_0", "auroc", "ap")]
+    num = ["val_auroc", selection.TIE_BREAK, "val_f1_1", "selected_epoch"] + [
+        f"test_{m}" for m in ("precision_1", "recall_1", "f1_1", "precision_0", "recall_0", "f1_0", "auroc", "ap")
+    ]
     rows = _selection_rows(sub)
     out = selection.rank(rows[["key", "config_id", "replicate", "switches", *[c for c in num if c in rows]]], k)
     out["ranked_over"] = [ranked_over(s) for s in out["replicate_set"]]
@@ -121,9 +148,26 @@ def table2(cells: pd.DataFrame, top: int = 3, k: int = K_DEFAULT) -> pd.DataFram
     """Paper Table II: per dataset (and arch) and per tier of replicates (`ranked_over`), the `top`
     configurations ranked on validation over replicates 0..k-1, with their test precision /
     recall / F1 (last epoch) per class."""
-    cols = ["dataset", "arch", "ranked_over", "class", "rank", "config_id", "config_name", "val_auroc",
-            "val_auroc_ci_low", "val_auroc_ci_high", "val_balanced_loss", "precision", "recall", "f1", "test_auroc",
-            "sel_epoch", "replicates", *[t.upper() for t in TOGGLES]]
+    cols = [
+        "dataset",
+        "arch",
+        "ranked_over",
+        "class",
+        "rank",
+        "config_id",
+        "config_name",
+        "val_auroc",
+        "val_auroc_ci_low",
+        "val_auroc_ci_high",
+        "val_balanced_loss",
+        "precision",
+        "recall",
+        "f1",
+        "test_auroc",
+        "sel_epoch",
+        "replicates",
+        *[t.upper() for t in TOGGLES],
+    ]
     rows = []
     for (ds, arch), sub in cells.groupby(["dataset", "arch"], sort=True):
         ranked = ranked_configs(sub, k)
@@ -132,15 +176,28 @@ def table2(cells: pd.DataFrame, top: int = 3, k: int = K_DEFAULT) -> pd.DataFram
             for cls, label in ((1, "diseased (1)"), (0, "healthy (0)")):
                 for r in agg.to_dict("records"):
                     flags = toggles_of(r["config_id"])
-                    rows.append({"dataset": ds, "arch": arch, "ranked_over": r["ranked_over"], "class": label,
-                                 "rank": int(r["rank"]), "config_id": int(r["config_id"]),
-                                 "config_name": config_name_of(flags), "val_auroc": r["val_auroc"],
-                                 "val_auroc_ci_low": r["val_auroc_ci_low"], "val_auroc_ci_high": r["val_auroc_ci_high"],
-                                 "val_balanced_loss": r.get(selection.TIE_BREAK, math.nan),
-                                 "precision": r[f"test_precision_{cls}"], "recall": r[f"test_recall_{cls}"],
-                                 "f1": r[f"test_f1_{cls}"], "test_auroc": r["test_auroc"],
-                                 "sel_epoch": r["selected_epoch"], "replicates": int(r["replicates"]),
-                                 **{t.upper(): flags[t] for t in TOGGLES}})
+                    rows.append(
+                        {
+                            "dataset": ds,
+                            "arch": arch,
+                            "ranked_over": r["ranked_over"],
+                            "class": label,
+                            "rank": int(r["rank"]),
+                            "config_id": int(r["config_id"]),
+                            "config_name": config_name_of(flags),
+                            "val_auroc": r["val_auroc"],
+                            "val_auroc_ci_low": r["val_auroc_ci_low"],
+                            "val_auroc_ci_high": r["val_auroc_ci_high"],
+                            "val_balanced_loss": r.get(selection.TIE_BREAK, math.nan),
+                            "precision": r[f"test_precision_{cls}"],
+                            "recall": r[f"test_recall_{cls}"],
+                            "f1": r[f"test_f1_{cls}"],
+                            "test_auroc": r["test_auroc"],
+                            "sel_epoch": r["selected_epoch"],
+                            "replicates": int(r["replicates"]),
+                            **{t.upper(): flags[t] for t in TOGGLES},
+                        }
+                    )
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -166,14 +223,20 @@ def table3(cells: pd.DataFrame, k: int = K_DEFAULT, n: int = 3) -> tuple[pd.Data
         avg["key"] = avg["config_id"]
         avg["switches"] = [sum(toggles_of(c).values()) for c in avg["config_id"]]
         ranked = selection.rank(avg, k)
-        f1 = selection.judged(per, k).groupby(["config_id", "dataset"])[F1_1].mean().unstack("dataset") \
+        f1 = (
+            selection.judged(per, k)
+            .groupby(["config_id", "dataset"])[F1_1]
+            .mean()
+            .unstack("dataset")
             .reindex(columns=datasets)
+        )
         for _, tier in ranked.groupby("tier", sort=True):
             t = tier.reset_index(drop=True)
             n_top = min(n, len(t))
             n_bottom = min(n, len(t) - n_top)  # a tier of < 2n configs: no config listed twice
-            picked = pd.concat([t.head(n_top).assign(group="top"),
-                                t.tail(n_bottom).assign(group="bottom") if n_bottom else None])
+            picked = pd.concat(
+                [t.head(n_top).assign(group="top"), t.tail(n_bottom).assign(group="bottom") if n_bottom else None]
+            )
             for ds in datasets:
                 picked[ds] = [f1.loc[c, ds] for c in picked["config_id"]]
             picked["average"] = picked[datasets].mean(axis=1)
@@ -226,9 +289,18 @@ def table4(pairs: dict, n: int = 5, seed: int = 0) -> pd.DataFrame:
         j = j[j["label"] == 1].sort_values("path").reset_index(drop=True)
         pick = np.sort(np.random.default_rng(seed).choice(len(j), size=min(n, len(j)), replace=False))
         for r in j.iloc[pick].itertuples(index=False):
-            rows.append({"dataset": ds, "arch": arch, "replicate": rep, "path": r.path, "label": 1,
-                         "p1_without_final_bn": float(r.p0), "p1_with_final_bn": float(r.p1),
-                         "flips": _flip(r.p0, r.p1)})
+            rows.append(
+                {
+                    "dataset": ds,
+                    "arch": arch,
+                    "replicate": rep,
+                    "path": r.path,
+                    "label": 1,
+                    "p1_without_final_bn": float(r.p0),
+                    "p1_with_final_bn": float(r.p1),
+                    "flips": _flip(r.p0, r.p1),
+                }
+            )
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -253,17 +325,46 @@ def flip_counts(pairs: dict) -> pd.DataFrame:
             g = j[j["label"] == label]
             up = int(((g["p0"] <= 0.5) & (g["p1"] > 0.5)).sum())
             down = int(((g["p0"] > 0.5) & (g["p1"] <= 0.5)).sum())
-            rows.append({"dataset": ds, "arch": arch, "replicate": rep, "class": name, "images": len(g),
-                         "flagged_only_with_final_bn": up, "flagged_only_without": down})
-    return pd.DataFrame(rows, columns=["dataset", "arch", "replicate", "class", "images", "flagged_only_with_final_bn",
-                                       "flagged_only_without"])
+            rows.append(
+                {
+                    "dataset": ds,
+                    "arch": arch,
+                    "replicate": rep,
+                    "class": name,
+                    "images": len(g),
+                    "flagged_only_with_final_bn": up,
+                    "flagged_only_without": down,
+                }
+            )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "dataset",
+            "arch",
+            "replicate",
+            "class",
+            "images",
+            "flagged_only_with_final_bn",
+            "flagged_only_without",
+        ],
+    )
 
 
 def loss_curve_table(data: CellData, cells: pd.DataFrame) -> pd.DataFrame:
     """Fig. 3 data: train/val loss per epoch, mean and std (ddof 1; 0 for one run) over
     replicates, for configs 63, 47 and 31 of every (dataset, arch)."""
-    cols = ["dataset", "arch", "config_id", "config", "epoch", "train_loss_mean", "train_loss_std",
-            "val_loss_mean", "val_loss_std", "runs"]
+    cols = [
+        "dataset",
+        "arch",
+        "config_id",
+        "config",
+        "epoch",
+        "train_loss_mean",
+        "train_loss_std",
+        "val_loss_mean",
+        "val_loss_std",
+        "runs",
+    ]
     frames = []
     for r in cells[cells["config_id"].isin([NONE_ID, WL_ID, BN_ID])].itertuples(index=False):
         h = data.history(r.run_id)
@@ -276,17 +377,23 @@ def loss_curve_table(data: CellData, cells: pd.DataFrame) -> pd.DataFrame:
     allh = pd.concat(frames, ignore_index=True)
     allh["epoch"] = allh["epoch"].astype(int)
     g = allh.groupby(["dataset", "arch", "config_id", "epoch"])
-    out = g.agg(train_loss_mean=("train_loss", "mean"), train_loss_std=("train_loss", "std"),
-                val_loss_mean=("val_loss", "mean"), val_loss_std=("val_loss", "std"),
-                runs=("epoch", "size")).reset_index()
+    out = g.agg(
+        train_loss_mean=("train_loss", "mean"),
+        train_loss_std=("train_loss", "std"),
+        val_loss_mean=("val_loss", "mean"),
+        val_loss_std=("val_loss", "std"),
+        runs=("epoch", "size"),
+    ).reset_index()
     out[["train_loss_std", "val_loss_std"]] = out[["train_loss_std", "val_loss_std"]].fillna(0.0)
-    out["config"] = out["config_id"].map({NONE_ID: "without final BN", WL_ID: "with WL (no BN)",
-                                          BN_ID: "with final BN (no WL)"})
+    out["config"] = out["config_id"].map(
+        {NONE_ID: "without final BN", WL_ID: "with WL (no BN)", BN_ID: "with final BN (no WL)"}
+    )
     return out[cols]
 
 
-def calibration_table(cells: pd.DataFrame, at_prevalence: pd.DataFrame | None = None,
-                      train_pi: float | None = None) -> pd.DataFrame:
+def calibration_table(
+    cells: pd.DataFrame, at_prevalence: pd.DataFrame | None = None, train_pi: float | None = None
+) -> pd.DataFrame:
     """ECE and Brier (last epoch) with and without final BN, on the test set as drawn (`at` "test
     set", from the cells) and reweighted to the training prior (`at` "training prior", from
     `prevalence.cell_table` rows at `train_pi`). Two comparisons: every configuration with BN on vs
@@ -295,11 +402,17 @@ def calibration_table(cells: pd.DataFrame, at_prevalence: pd.DataFrame | None = 
     pooled over them ("all")."""
     frames = [cells.assign(at="test set", prevalence=math.nan, ece=cells["test_ece"], brier=cells["test_brier"])]
     if at_prevalence is not None and train_pi is not None and len(at_prevalence):
-        t = at_prevalence[(at_prevalence["protocol"] == "last") & (at_prevalence["baseline"] == "")
-                          & np.isclose(at_prevalence["prevalence"], train_pi)]
+        t = at_prevalence[
+            (at_prevalence["protocol"] == "last")
+            & (at_prevalence["baseline"] == "")
+            & np.isclose(at_prevalence["prevalence"], train_pi)
+        ]
         keep = cells[["run_id", *TOGGLES]]
-        frames.append(t[["run_id", "dataset", "arch", "config_id", "replicate", "prevalence", "ece", "brier"]]
-                      .merge(keep, on="run_id").assign(at="training prior"))
+        frames.append(
+            t[["run_id", "dataset", "arch", "config_id", "replicate", "prevalence", "ece", "brier"]]
+            .merge(keep, on="run_id")
+            .assign(at="training prior")
+        )
     allc = pd.concat(frames, ignore_index=True)
     allc["scope"] = allc["dataset"].astype(str) + "/" + allc["arch"].astype(str)
     rows = []
@@ -307,19 +420,53 @@ def calibration_table(cells: pd.DataFrame, at_prevalence: pd.DataFrame | None = 
     for scope, sub in scopes:
         for at, part_at in sub.groupby("at", sort=False):
             pi = float(part_at["prevalence"].iloc[0]) if at == "training prior" else math.nan
-            for comparison, parts in (("all configurations, BN on vs off", ((True, part_at[part_at["bn"]]),
-                                                                             (False, part_at[~part_at["bn"]]))),
-                                      ("config 31 vs 63", ((True, part_at[part_at["config_id"] == BN_ID]),
-                                                           (False, part_at[part_at["config_id"] == NONE_ID])))):
+            for comparison, parts in (
+                (
+                    "all configurations, BN on vs off",
+                    ((True, part_at[part_at["bn"]]), (False, part_at[~part_at["bn"]])),
+                ),
+                (
+                    "config 31 vs 63",
+                    ((True, part_at[part_at["config_id"] == BN_ID]), (False, part_at[part_at["config_id"] == NONE_ID])),
+                ),
+            ):
                 for bn, part in parts:
-                    by_config = part.groupby(["scope", "config_id"])[["ece", "brier"]].mean() \
-                        if comparison.startswith("all") else part[["ece", "brier"]]
-                    rows.append({"scope": scope, "at": at, "prevalence": pi, "comparison": comparison,
-                                 "final_bn": bn, "configs": int(part["config_id"].nunique()), "cells": len(part),
-                                 "ece_mean": by_config["ece"].mean(), "ece_std": by_config["ece"].std(),
-                                 "brier_mean": by_config["brier"].mean(), "brier_std": by_config["brier"].std()})
-    return pd.DataFrame(rows, columns=["scope", "at", "prevalence", "comparison", "final_bn", "configs", "cells",
-                                       "ece_mean", "ece_std", "brier_mean", "brier_std"])
+                    by_config = (
+                        part.groupby(["scope", "config_id"])[["ece", "brier"]].mean()
+                        if comparison.startswith("all")
+                        else part[["ece", "brier"]]
+                    )
+                    rows.append(
+                        {
+                            "scope": scope,
+                            "at": at,
+                            "prevalence": pi,
+                            "comparison": comparison,
+                            "final_bn": bn,
+                            "configs": int(part["config_id"].nunique()),
+                            "cells": len(part),
+                            "ece_mean": by_config["ece"].mean(),
+                            "ece_std": by_config["ece"].std(),
+                            "brier_mean": by_config["brier"].mean(),
+                            "brier_std": by_config["brier"].std(),
+                        }
+                    )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "scope",
+            "at",
+            "prevalence",
+            "comparison",
+            "final_bn",
+            "configs",
+            "cells",
+            "ece_mean",
+            "ece_std",
+            "brier_mean",
+            "brier_std",
+        ],
+    )
 
 
 def merge_bins(bin_sets: list[dict]) -> dict | None:
@@ -335,17 +482,22 @@ def merge_bins(bin_sets: list[dict]) -> dict | None:
         count += c
         acc += c * np.asarray([0.0 if v is None else v for v in b["accuracy"]], dtype=float)
         conf += c * np.asarray([0.0 if v is None else v for v in b["confidence"]], dtype=float)
-    return {"lower": list(first["lower"]), "upper": list(first["upper"]), "count": [int(c) for c in count],
-            "accuracy": [float(a / c) if c else None for a, c in zip(acc, count)],
-            "confidence": [float(f / c) if c else None for f, c in zip(conf, count)]}
+    return {
+        "lower": list(first["lower"]),
+        "upper": list(first["upper"]),
+        "count": [int(c) for c in count],
+        "accuracy": [float(a / c) if c else None for a, c in zip(acc, count)],
+        "confidence": [float(f / c) if c else None for f, c in zip(conf, count)],
+    }
 
 
 def bins_ece(bins: dict) -> float:
     total = sum(bins["count"])
     if not total:
         return math.nan
-    return float(sum(c / total * abs(a - f) for c, a, f in zip(bins["count"], bins["accuracy"], bins["confidence"])
-                     if c))
+    return float(
+        sum(c / total * abs(a - f) for c, a, f in zip(bins["count"], bins["accuracy"], bins["confidence"]) if c)
+    )
 
 
 def pooled_bins(data: CellData, cells: pd.DataFrame, cid: int) -> tuple[dict | None, int, list[str]]:

@@ -16,6 +16,7 @@ on the held-out replicates K.. beside the grid's best and BN only. `space` (what
 a trial's configuration), `study` (storage, name, resuming), `objective` (a trial), `compare` (the
 best trial against the grid, tested), `summary` (search.json, plots).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,10 +60,37 @@ from finalbn.stages.search.summary import finish, plots, summary
 from finalbn.tracking.adapter import MLFLOW, MlflowTracker
 from finalbn.train.cell import preflight
 
-__all__ = ["SWITCHES", "TIE_BREAK", "PruningCallback", "ReplicateMedianPruner", "TrialLog", "best_trial", "check", "compare", "directions",
-           "fail_stale", "finish", "main", "make_objective", "multi_objective", "open_study", "optimize", "plots",
-           "SearchPaths", "run", "run_ray", "run_workers", "settle", "start", "steps_per_replicate", "storage", "study_name", "suggest", "summary",
-           "tested_replicates"]
+__all__ = [
+    "SWITCHES",
+    "TIE_BREAK",
+    "PruningCallback",
+    "ReplicateMedianPruner",
+    "TrialLog",
+    "best_trial",
+    "check",
+    "compare",
+    "directions",
+    "fail_stale",
+    "finish",
+    "main",
+    "make_objective",
+    "multi_objective",
+    "open_study",
+    "optimize",
+    "plots",
+    "SearchPaths",
+    "run",
+    "run_ray",
+    "run_workers",
+    "settle",
+    "start",
+    "steps_per_replicate",
+    "storage",
+    "study_name",
+    "suggest",
+    "summary",
+    "tested_replicates",
+]
 
 STUDY_RUN_ENV, WORKER_ENV = "FINALBN_STUDY_RUN", "FINALBN_WORKER"
 
@@ -75,16 +103,22 @@ def run_workers(cfg: Config, splits: Path, count: int, parent_run_id: str) -> in
         params = Path(tmp) / "params.yaml"
         params.write_text(yaml.safe_dump(to_dict(wcfg), sort_keys=False), encoding="utf-8")
         return workers.run_commands(
-            lambda i: ["search", "--params", str(params), "--splits", str(splits), "--worker"], count,
-            env_of=lambda i: {**os.environ, STUDY_RUN_ENV: parent_run_id, WORKER_ENV: str(i)})
+            lambda i: ["search", "--params", str(params), "--splits", str(splits), "--worker"],
+            count,
+            env_of=lambda i: {**os.environ, STUDY_RUN_ENV: parent_run_id, WORKER_ENV: str(i)},
+        )
 
 
 def run_ray(cfg: Config, splits: Path, count: int, parent_run_id: str) -> int:
     """`count` Ray tasks, each study.optimize(n_jobs=1) on the study's storage (an RDB URL, or a
     journal on a file system every node shares); 1 when one failed."""
     tcfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=rayexec.task_threads(cfg.ray)))
-    outcomes = rayexec.run_tasks(cfg.ray, optimize, [(tcfg, splits.resolve(), parent_run_id, i) for i in range(count)],
-                                 [f"[search worker {i}]" for i in range(count)])
+    outcomes = rayexec.run_tasks(
+        cfg.ray,
+        optimize,
+        [(tcfg, splits.resolve(), parent_run_id, i) for i in range(count)],
+        [f"[search worker {i}]" for i in range(count)],
+    )
     return 1 if any(isinstance(o, rayexec.TaskFailed) for o in outcomes) else 0
 
 
@@ -98,8 +132,15 @@ class SearchPaths:
     grid_csv: Path
 
 
-def run(cfg: Config, paths: SearchPaths, tracker: MlflowTracker = MLFLOW, *, workers: int | None = None,
-        executor: str | None = None, log=print) -> tuple[int, dict]:
+def run(
+    cfg: Config,
+    paths: SearchPaths,
+    tracker: MlflowTracker = MLFLOW,
+    *,
+    workers: int | None = None,
+    executor: str | None = None,
+    log=print,
+) -> tuple[int, dict]:
     """The search's core: the Optuna study (its trials in `workers` processes on one journal, or
     Ray tasks), the comparison on held-out replicates, search.json. The search reads its runs back
     by MLflow filters and its trials from Optuna's storage, so it needs the store-backed tracker.
@@ -110,19 +151,24 @@ def run(cfg: Config, paths: SearchPaths, tracker: MlflowTracker = MLFLOW, *, wor
         raise UsageError(f"--workers must be >= 1 (got {count})")
     check(cfg)
     # the trials' replicates 0..K-1 and the comparison's held-out ones: every split prepare writes
-    preflight(cfg, cfg.datasets[0].name, paths.splits,
-              replicates=max(cfg.selection.replicates, cfg.grid.max_replicates))
+    preflight(
+        cfg, cfg.datasets[0].name, paths.splits, replicates=max(cfg.selection.replicates, cfg.grid.max_replicates)
+    )
     tracker.setup(cfg, "search")
     study, parent, stale = start(cfg)
     if stale:
-        log(f"search: trials {stale} were left RUNNING by a stopped worker: marked FAIL, each retried once "
-            "with its parameters")
+        log(
+            f"search: trials {stale} were left RUNNING by a stopped worker: marked FAIL, each retried once "
+            "with its parameters"
+        )
     # no more processes than trials left: a finished study (a rerun for the comparison or the
     # summary) starts none, and each one costs seconds of imports before it can train
     procs = min(count, max(cfg.search.n_trials - finished(study), 1))
-    log(f"search {cfg.search.study}: {cfg.search.n_trials} trials on the mean {cfg.search.objective} over "
+    log(
+        f"search {cfg.search.study}: {cfg.search.n_trials} trials on the mean {cfg.search.objective} over "
         f"replicates 0..{cfg.selection.replicates - 1} ({len(study.trials)} in the study already), {procs} "
-        f"worker(s), storage {cfg.search.storage}")
+        f"worker(s), storage {cfg.search.storage}"
+    )
     t0 = time.perf_counter()
     if (executor or cfg.search.executor) == "ray":
         code = run_ray(cfg, paths.splits, procs, parent)
@@ -152,20 +198,27 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers must be >= 1 (got {args.workers})")
     with MLFLOW.owned(cfg, "search", command="search"):
-        code, out = run(cfg, SearchPaths(splits, Path(args.out), Path(args.grid_csv)), MLFLOW, workers=args.workers,
-                        executor=getattr(args, "executor", None), log=lambda m: print(m, flush=True))
+        code, out = run(
+            cfg,
+            SearchPaths(splits, Path(args.out), Path(args.grid_csv)),
+            MLFLOW,
+            workers=args.workers,
+            executor=getattr(args, "executor", None),
+            log=lambda m: print(m, flush=True),
+        )
     _print_outcome(cfg, out, args.out)
     return code
 
 
-def _finish(cfg: Config, study: optuna.Study, paths: SearchPaths, parent: str, seconds: float, count: int,
-            log) -> dict:
+def _finish(cfg: Config, study: optuna.Study, paths: SearchPaths, parent: str, seconds: float, count: int, log) -> dict:
     comparison = None
     if not multi_objective(cfg) and any(t.state.name == "COMPLETE" for t in study.trials):
         reps, held = tested_replicates(cfg)
-        log(f"search: the best trial on validation, the grid's best and BN only, tested on "
+        log(
+            f"search: the best trial on validation, the grid's best and BN only, tested on "
             f"{'the held-out ' if held else ''}replicates {reps[0]}..{reps[-1]}"
-            f"{'' if held else ' (none held out: the ones chosen on)'}")
+            f"{'' if held else ' (none held out: the ones chosen on)'}"
+        )
         comparison = compare(cfg, study, paths.splits, parent, paths.grid_csv, log=log, processes=count)
     out = finish(study, cfg, parent, seconds, plot_dir=paths.out.parent, comparison=comparison)
     io.write_json(paths.out, out, default=str)
@@ -177,20 +230,31 @@ def _print_outcome(cfg: Config, out: dict, path: str) -> None:
     print(f"search: {out['trials']} trials ({states}) -> {path}")
     if "best" in out:
         b = out["best"]
-        print(f"  best on validation: trial {b['number']} ({b['config_name']}), mean {cfg.search.objective} "
-              f"{b['value']:.4f} over replicates {b.get('replicates')}; mlflow runs {b.get('mlflow_run_ids')}")
+        print(
+            f"  best on validation: trial {b['number']} ({b['config_name']}), mean {cfg.search.objective} "
+            f"{b['value']:.4f} over replicates {b.get('replicates')}; mlflow runs {b.get('mlflow_run_ids')}"
+        )
     shown = set()
     for label in ("bn_only_31", "grid_best"):
         c = (out.get("comparison") or {}).get(label)
         if c and c["config_id"] not in shown:  # the grid's best may be BN only itself: one line
             shown.add(c["config_id"])
             d = c["best_trial_minus_test_f1_1"]
-            ci = (f"[95% CI {d['ci_low']:+.3f}, {d['ci_high']:+.3f}]" if d.get("ci_low") is not None
-                  else f"({d.get('note') or 'no interval'})")
-            mine = [r["test_f1_1"] for r in out["comparison"]["runs"] if r["replicate"] in {x["replicate"] for x in c["rows"]}]
-            print(f"  best trial vs {c['config_name']} (config {c['config_id']}): test minority F1 "
-                  f"{sum(mine) / max(len(mine), 1):.3f} vs {c['mean']['test_f1_1']:.3f}, difference "
-                  f"{d['estimate']:+.3f} {ci} over {c['replicates']} "
-                  f"{'held-out ' if out['comparison'].get('held_out') else ''}replicate(s)")
+            ci = (
+                f"[95% CI {d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+                if d.get("ci_low") is not None
+                else f"({d.get('note') or 'no interval'})"
+            )
+            mine = [
+                r["test_f1_1"]
+                for r in out["comparison"]["runs"]
+                if r["replicate"] in {x["replicate"] for x in c["rows"]}
+            ]
+            print(
+                f"  best trial vs {c['config_name']} (config {c['config_id']}): test minority F1 "
+                f"{sum(mine) / max(len(mine), 1):.3f} vs {c['mean']['test_f1_1']:.3f}, difference "
+                f"{d['estimate']:+.3f} {ci} over {c['replicates']} "
+                f"{'held-out ' if out['comparison'].get('held_out') else ''}replicate(s)"
+            )
     if (out.get("comparison") or {}).get("note"):
         print(f"  note: {out['comparison']['note']}")

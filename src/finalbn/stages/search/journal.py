@@ -14,6 +14,7 @@ kept aside in `<journal>.torn-<UTC time>`, and the returned line says so.
 it is done (`interrupt.deferred`): Optuna's lock, interrupted inside, fails the trial with a
 FileNotFoundError or breaks another worker's lock.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -87,5 +88,7 @@ def mend_journal(path: Path) -> str | None:
         with interrupt.deferred():
             lock.release()
     records = cut.count(b"\n")
-    return (f"search journal {path}: cut {len(cut)} bytes of {records} torn record(s) a killed worker left; "
-            f"kept aside in {aside.name}")
+    return (
+        f"search journal {path}: cut {len(cut)} bytes of {records} torn record(s) a killed worker left; "
+        f"kept aside in {aside.name}"
+    )

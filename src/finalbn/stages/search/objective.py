@@ -20,6 +20,7 @@ User attributes: `mlflow_run_ids` (one per replicate started), `mlflow_run_id` (
 `replicates` (those finished), `per_replicate` (each one's values and run), the means `TIE_BREAK`
 (validation balanced loss), `val_minority_f1` and `test_minority_f1` (reported only), `switches`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -31,10 +32,10 @@ import optuna
 from optuna.trial import TrialState
 
 from finalbn.config import TOGGLES, Config, config_name
-from finalbn.stages.search.liveness import lease
+from finalbn.stages.cellrun import CellHooks, CellRun, track_cell
+from finalbn.stages.search.lease import lease
 from finalbn.stages.search.space import multi_objective, steps_per_replicate, suggest
 from finalbn.stages.search.study import EPOCHS, OBJECTIVES, RetryDeadWorker, finished, open_study
-from finalbn.stages.tracked import CellHooks, CellRun, track_cell
 from finalbn.stats.selection import TIE_BREAK
 from finalbn.tracking import records as tags
 from finalbn.tracking.adapter import MLFLOW
@@ -42,8 +43,12 @@ from finalbn.train.cell import CellResult
 from finalbn.train.engine import TrainingDiverged
 from finalbn.train.keys import result_key
 
-PER_EPOCH = {"val_auroc": "val_auroc", "val_minority_f1": "val_minority_f1", "val_ap": "val_ap",
-             "val_balanced_loss": "val_balanced_loss"}
+PER_EPOCH = {
+    "val_auroc": "val_auroc",
+    "val_minority_f1": "val_minority_f1",
+    "val_ap": "val_ap",
+    "val_balanced_loss": "val_balanced_loss",
+}
 # TIE_BREAK: among trials tied on the objective (AUROC saturates on 7 positives), the lower mean wins
 SWITCHES = "switches"  # how many of the six switches are on: the simpler wins a tie on both
 STEPS = "steps_per_replicate"
@@ -55,8 +60,9 @@ class PruningCallback:
     replicate * stride + epoch; raises TrialPruned when the pruner says so (a single-objective
     study; Optuna cannot prune two objectives)."""
 
-    def __init__(self, trial: optuna.Trial, key: str, replicate: int = 0, stride: int = 0,
-                 done: list[float] | tuple = ()) -> None:
+    def __init__(
+        self, trial: optuna.Trial, key: str, replicate: int = 0, stride: int = 0, done: list[float] | tuple = ()
+    ) -> None:
         self.trial, self.key, self.replicate, self.stride = trial, key, replicate, stride
         self.done = [float(v) for v in done if v == v]  # a NaN replicate (one class in validation) is left out
 
@@ -67,19 +73,29 @@ class PruningCallback:
         mean = (sum(self.done) + float(value)) / (len(self.done) + 1)
         self.trial.report(mean, self.replicate * self.stride + epoch)
         if self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at epoch {epoch} of replicate {self.replicate}: running mean "
-                                     f"{self.key} {mean:.4f} over {len(self.done) + 1} replicate(s)")
+            raise optuna.TrialPruned(
+                f"pruned at epoch {epoch} of replicate {self.replicate}: running mean "
+                f"{self.key} {mean:.4f} over {len(self.done) + 1} replicate(s)"
+            )
 
 
 def replicate_values(cfg: Config, result: CellResult, run_id: str, replicate: int) -> dict[str, Any]:
     """One replicate's numbers at the last epoch: the objective's value(s) on validation, the
     tie-break, validation and test minority F1 (test: reported, never optimised)."""
     val = result.val_last
-    value: Any = [float(val["auroc"]), float(val["ece"])] if multi_objective(cfg) \
+    value: Any = (
+        [float(val["auroc"]), float(val["ece"])]
+        if multi_objective(cfg)
         else float(val[OBJECTIVES[cfg.search.objective][0]])
-    return {"replicate": replicate, "value": value, TIE_BREAK: float(val["balanced_loss"]),
-            "val_minority_f1": float(val["f1_1"]), "test_minority_f1": float(result.test_last["f1_1"]),
-            "run_id": run_id}
+    )
+    return {
+        "replicate": replicate,
+        "value": value,
+        TIE_BREAK: float(val["balanced_loss"]),
+        "val_minority_f1": float(val["f1_1"]),
+        "test_minority_f1": float(result.test_last["f1_1"]),
+        "run_id": run_id,
+    }
 
 
 def objective_values(cfg: Config, per: list[dict[str, Any]]) -> float | tuple[float, float]:
@@ -103,7 +119,9 @@ def make_objective(cfg: Config, splits: Path, parent_run_id: str) -> Callable[[o
         except KeyboardInterrupt:  # FAIL (Optuna), and retried with its parameters when the search resumes
             reason = f"trial {trial.number} was stopped by Ctrl-C"
             trial.set_user_attr("fail_reason", reason)
-            RetryDeadWorker(cfg)(trial.study, trial.study._storage.get_trial(trial._trial_id), f"{reason}: FAIL, retried")
+            RetryDeadWorker(cfg)(
+                trial.study, trial.study._storage.get_trial(trial._trial_id), f"{reason}: FAIL, retried"
+            )
             raise
 
     def _objective(trial: optuna.Trial):
@@ -124,11 +142,27 @@ def make_objective(cfg: Config, splits: Path, parent_run_id: str) -> Callable[[o
     return objective
 
 
-def _replicate(trial: optuna.Trial, cfg: Config, tcfg: Config, dataset: str, splits: Path, parent_run_id: str,
-               r: int, per: list[dict], ids: list[str]) -> tuple[str, CellResult]:
+def _replicate(
+    trial: optuna.Trial,
+    cfg: Config,
+    tcfg: Config,
+    dataset: str,
+    splits: Path,
+    parent_run_id: str,
+    r: int,
+    per: list[dict],
+    ids: list[str],
+) -> tuple[str, CellResult]:
     """Replicate `r` of the trial as one tracked run; pruned (TrialPruned) on the running mean."""
-    callbacks = [] if multi_objective(cfg) else [
-        PruningCallback(trial, PER_EPOCH[cfg.search.objective], r, steps_per_replicate(cfg), [p["value"] for p in per])]
+    callbacks = (
+        []
+        if multi_objective(cfg)
+        else [
+            PruningCallback(
+                trial, PER_EPOCH[cfg.search.objective], r, steps_per_replicate(cfg), [p["value"] for p in per]
+            )
+        ]
+    )
     # the key of what the run computes: the comparison after the study finds it as this
     # configuration's run on this replicate (and the grid's cells the same way)
     key = result_key(tcfg, dataset, r, splits)
@@ -140,11 +174,20 @@ def _replicate(trial: optuna.Trial, cfg: Config, tcfg: Config, dataset: str, spl
             trial.set_user_attr("mlflow_run_id", run_id)
 
     try:
-        where = CellRun("search", f"trial {trial.number} · {config_name(tcfg.ablation)} r{r}", parent_run_id,
-                        {tags.TRIAL: "true", tags.STUDY_NAME: trial.study.study_name,
-                         tags.TRIAL_NUMBER: str(trial.number), tags.RESULT_KEY: key})
-        hooks = CellHooks(callbacks=callbacks, on_start=started, killed_on=(optuna.TrialPruned,),
-                          state_tag=tags.TRIAL_STATE)
+        where = CellRun(
+            "search",
+            f"trial {trial.number} · {config_name(tcfg.ablation)} r{r}",
+            parent_run_id,
+            {
+                tags.TRIAL: "true",
+                tags.STUDY_NAME: trial.study.study_name,
+                tags.TRIAL_NUMBER: str(trial.number),
+                tags.RESULT_KEY: key,
+            },
+        )
+        hooks = CellHooks(
+            callbacks=callbacks, on_start=started, killed_on=(optuna.TrialPruned,), state_tag=tags.TRIAL_STATE
+        )
         return track_cell(tcfg, dataset, splits, where, MLFLOW, replicate=r, hooks=hooks)
     except TrainingDiverged as exc:
         trial.set_user_attr("fail_reason", f"replicate {r}: {exc}")
@@ -199,18 +242,25 @@ class TrialLog:
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         done = finished(study)
-        secs = (trial.datetime_complete - trial.datetime_start).total_seconds() \
-            if trial.datetime_complete and trial.datetime_start else float("nan")
+        secs = (
+            (trial.datetime_complete - trial.datetime_start).total_seconds()
+            if trial.datetime_complete and trial.datetime_start
+            else float("nan")
+        )
         if trial.state == TrialState.COMPLETE:
             what = ", ".join(f"{v:.4f}" for v in trial.values)
-            what = (f"{self.cfg.search.objective} {what} (mean over replicates "
-                    f"{_span(trial.user_attrs.get('replicates') or [])})")
+            what = (
+                f"{self.cfg.search.objective} {what} (mean over replicates "
+                f"{_span(trial.user_attrs.get('replicates') or [])})"
+            )
         elif trial.state == TrialState.PRUNED:
             what = pruned_at(trial)
         else:
             what = f"FAILED: {trial.user_attrs.get('fail_reason', 'see its run')}"
-        self.log(f"search: trial {trial.number} ({trial.user_attrs.get('config_name', '?')}) {what}, {secs:.0f} s "
-                 f"[{done}/{self.cfg.search.n_trials} finished]")
+        self.log(
+            f"search: trial {trial.number} ({trial.user_attrs.get('config_name', '?')}) {what}, {secs:.0f} s "
+            f"[{done}/{self.cfg.search.n_trials} finished]"
+        )
 
 
 def _span(reps: list[int]) -> str:
@@ -224,10 +274,16 @@ def optimize(cfg: Config, splits: Path, parent_run_id: str, worker: int = 0) -> 
     # workers are running (they will finish): a worker stops when the study will have n_trials,
     # so two workers do not overshoot. Failed ones are replaced, up to as many again per process,
     # so a study that always fails still ends.
-    cap = optuna.study.MaxTrialsCallback(cfg.search.n_trials,
-                                         states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+    cap = optuna.study.MaxTrialsCallback(
+        cfg.search.n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    )
     if finished(study) >= cfg.search.n_trials:
         return
-    study.optimize(make_objective(cfg, splits, parent_run_id), n_trials=2 * cfg.search.n_trials, n_jobs=1,
-                   callbacks=[cap, TrialLog(cfg, lambda m: print(m, flush=True))], catch=(TrainingDiverged,),
-                   gc_after_trial=False)
+    study.optimize(
+        make_objective(cfg, splits, parent_run_id),
+        n_trials=2 * cfg.search.n_trials,
+        n_jobs=1,
+        callbacks=[cap, TrialLog(cfg, lambda m: print(m, flush=True))],
+        catch=(TrainingDiverged,),
+        gc_after_trial=False,
+    )

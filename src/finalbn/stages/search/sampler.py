@@ -13,6 +13,7 @@ killed and resumed tries exactly the configurations an uninterrupted one tries (
 random start-up trials, also reads the finished trials, which are then the same); with several,
 each trial number still draws its own point (no two alike), in an order the timing decides.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -30,8 +31,11 @@ RETRY_ATTRS = ("fixed_params", "failed_trial")  # system attributes of an enqueu
 
 def sampled_before(study: optuna.Study, number: int) -> int:
     """How many trials numbered below `number` drew their parameters (not enqueued, not retries)."""
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if t.number < number and not any(a in t.system_attrs for a in RETRY_ATTRS))
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False)
+        if t.number < number and not any(a in t.system_attrs for a in RETRY_ATTRS)
+    )
 
 
 def trial_seed(seed: int, k: int) -> int:
@@ -57,16 +61,19 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return self._inner.infer_relative_search_space(study, trial)
 
-    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
-                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
         return self._inner.sample_relative(study, trial, search_space)
 
-    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
-                           param_distribution: BaseDistribution) -> Any:
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
         return self._inner.sample_independent(study, trial, param_name, param_distribution)
 
-    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
-                    values: list[float] | None) -> None:
+    def after_trial(
+        self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: list[float] | None
+    ) -> None:
         self._inner.after_trial(study, trial, state, values)
 
     def reseed_rng(self) -> None:

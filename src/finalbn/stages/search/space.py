@@ -12,6 +12,7 @@ other), and temperature scaling only for an objective it can change (it moves no
 argmax). The order of the `suggest_*` calls is part of the study (a seeded sampler draws in call
 order): keep it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,8 +24,7 @@ from finalbn.config import Config, ConfigError, final_layer_for
 from finalbn.models import get_spec
 
 LOG_SCALE = ("lr", "weight_decay", "final_bn_momentum", "final_bn_eps")
-CHOICES = ("switches", "hidden", "final", "final_bn_affine", "final_bias", "batch_size", "arch", "loss",
-           "calibration")
+CHOICES = ("switches", "hidden", "final", "final_bn_affine", "final_bias", "batch_size", "arch", "loss", "calibration")
 CALIBRATED_OBJECTIVES = ("val_auroc+ece", "val_balanced_loss")  # what temperature scaling changes
 
 
@@ -40,21 +40,29 @@ def check(cfg: Config) -> None:
         except ValueError as exc:
             raise ConfigError(f"search.space.arch: {exc}") from None
     if "bn" in (s.space.switches or ()) and s.space.final is not None:
-        raise ConfigError(f"search.space.switches holds bn and search.space.final={list(s.space.final)}: one would "
-                          "override the other (the final layer is the BN switch): drop bn from the switches or set "
-                          "search.space.final=null")
+        raise ConfigError(
+            f"search.space.switches holds bn and search.space.final={list(s.space.final)}: one would "
+            "override the other (the final layer is the BN switch): drop bn from the switches or set "
+            "search.space.final=null"
+        )
     if s.space.calibration is not None and s.objective not in CALIBRATED_OBJECTIVES:
-        raise ConfigError(f"search.space.calibration cannot change search.objective={s.objective} (temperature "
-                          "scaling moves no ranking and no argmax): set search.space.calibration=null or "
-                          f"search.objective to one of {', '.join(CALIBRATED_OBJECTIVES)}")
+        raise ConfigError(
+            f"search.space.calibration cannot change search.objective={s.objective} (temperature "
+            "scaling moves no ranking and no argmax): set search.space.calibration=null or "
+            f"search.objective to one of {', '.join(CALIBRATED_OBJECTIVES)}"
+        )
     have = cfg.grid.max_replicates  # the split draws `prepare` writes
     if cfg.selection.replicates > have:
-        raise ConfigError(f"selection.replicates={cfg.selection.replicates} exceeds the {have} replicates prepare "
-                          "writes (grid.replicates / grid.headline.replicates)")
+        raise ConfigError(
+            f"selection.replicates={cfg.selection.replicates} exceeds the {have} replicates prepare "
+            "writes (grid.replicates / grid.headline.replicates)"
+        )
     if multi_objective(cfg) and s.pruner != "none":
         # Optuna's Trial.report raises NotImplementedError for multi-objective studies
-        raise ConfigError(f"search.pruner={s.pruner} cannot prune the two-objective study {s.objective!r}: "
-                          "set search.pruner=none or a single objective")
+        raise ConfigError(
+            f"search.pruner={s.pruner} cannot prune the two-objective study {s.objective!r}: "
+            "set search.pruner=none or a single objective"
+        )
 
 
 def _check_dimension(key: str, name: str, value) -> None:
@@ -127,8 +135,9 @@ def suggest(trial: optuna.Trial, cfg: Config) -> Config:
             m["final_variant"] = final
     _final_layer(d, sp, m, final_layer_for(m.get("final_variant", model.final_variant), ab.bn) == "bn")
     _training(d, sp, m, t, ab.mx)
-    return dataclasses.replace(cfg, ablation=ab, model=dataclasses.replace(model, **m),
-                               train=dataclasses.replace(cfg.train, **t))
+    return dataclasses.replace(
+        cfg, ablation=ab, model=dataclasses.replace(model, **m), train=dataclasses.replace(cfg.train, **t)
+    )
 
 
 def _switches(trial: optuna.Trial, sp, ab, loss: str):
@@ -138,8 +147,11 @@ def _switches(trial: optuna.Trial, sp, ab, loss: str):
         return ab
     drawn = {}
     for name in sp.switches:
-        drawn[name] = False if name == "wl" and loss == "class_balanced" else \
-            trial.suggest_categorical(name.upper(), [True, False])
+        drawn[name] = (
+            False
+            if name == "wl" and loss == "class_balanced"
+            else trial.suggest_categorical(name.upper(), [True, False])
+        )
     return dataclasses.replace(ab, **drawn)
 
 

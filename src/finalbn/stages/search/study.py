@@ -8,6 +8,7 @@ on one machine; SQLite is not; a record a killed worker left torn is cut first, 
 an RDB URL (PostgreSQL, for several machines; heartbeats then fail the trials of a dead worker). The study's name is `search.study` plus a digest of what
 defines it, so the same params resume it and a changed space starts a new one.
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,22 +30,28 @@ from optuna.trial import TrialState
 from finalbn import tracking
 from finalbn.config import NOT_RESULT_PARAMS, Config, ConfigError, to_dict
 from finalbn.stages.search.journal import Backend, mend_journal
-from finalbn.stages.search.liveness import LEASE, WORKER, is_dead
+from finalbn.stages.search.lease import LEASE, WORKER, is_dead
 from finalbn.stages.search.sampler import TrialSeededSampler
 from finalbn.stages.search.space import check, multi_objective, steps_per_replicate
 
-OBJECTIVES = {"val_auroc": ("auroc", "maximize"), "val_minority_f1": ("f1_1", "maximize"),
-              "val_ap": ("ap", "maximize"), "val_balanced_loss": ("balanced_loss", "minimize")}
+OBJECTIVES = {
+    "val_auroc": ("auroc", "maximize"),
+    "val_minority_f1": ("f1_1", "maximize"),
+    "val_ap": ("ap", "maximize"),
+    "val_balanced_loss": ("balanced_loss", "minimize"),
+}
 # search.* keys that do not change what the study is: how long it runs and where
 _NOT_STUDY = {"n_trials", "workers", "stale_after_s", "storage", "study", "executor", "heartbeat_s"}
 MISSED_HEARTBEATS = 3  # an RDB trial whose worker sent none for this many heartbeats is dead
 
 
-METRIC_NAMES = {"val_auroc": "validation AUROC (mean over replicates)",
-                "val_minority_f1": "validation minority F1 (mean over replicates)",
-                "val_ap": "validation AP (mean over replicates)",
-                "val_balanced_loss": "validation balanced loss (mean over replicates)",
-                "val_auroc+ece": "validation AUROC (mean over replicates)"}
+METRIC_NAMES = {
+    "val_auroc": "validation AUROC (mean over replicates)",
+    "val_minority_f1": "validation minority F1 (mean over replicates)",
+    "val_ap": "validation AP (mean over replicates)",
+    "val_balanced_loss": "validation balanced loss (mean over replicates)",
+    "val_auroc+ece": "validation AUROC (mean over replicates)",
+}
 
 
 def metric_names(cfg: Config) -> list[str]:
@@ -76,10 +83,14 @@ class RetryDeadWorker(optuna.storages.RetryHeartbeatStaleTrialCallback):
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, why: str = "") -> None:
         kill_runs(self.cfg, study, trial)
         trial = copy.copy(trial)
-        trial.user_attrs = {k: v for k, v in trial.user_attrs.items()  # the dead worker's, not the retry's
-                            if not k.startswith("mlflow_run_id") and k not in (WORKER, LEASE, "fail_reason")}
-        trial.user_attrs["retry_reason"] = why or (f"trial {trial.number}'s worker sent no heartbeat for "
-                                                   f"{self.grace_s} s (its process died): FAIL, retried")
+        trial.user_attrs = {
+            k: v
+            for k, v in trial.user_attrs.items()  # the dead worker's, not the retry's
+            if not k.startswith("mlflow_run_id") and k not in (WORKER, LEASE, "fail_reason")
+        }
+        trial.user_attrs["retry_reason"] = why or (
+            f"trial {trial.number}'s worker sent no heartbeat for {self.grace_s} s (its process died): FAIL, retried"
+        )
         super().__call__(study, trial)
 
 
@@ -87,10 +98,12 @@ def kill_runs(cfg: Config, study: optuna.Study, trial: optuna.trial.FrozenTrial)
     """Mark KILLED the MLflow runs a dead worker's trial left RUNNING: found by the trial's tags
     (study, trial number), so a worker killed between creating a run and recording its id in
     the trial leaves none behind (a trial's runs of finished replicates stay FINISHED)."""
-    running = tracking.search(tracking.experiment_name(cfg, "search"),
-                              f"tags.`{tracking.records.STUDY_NAME}` = '{study.study_name}' and "
-                              f"tags.`{tracking.records.TRIAL_NUMBER}` = '{trial.number}' and "
-                              f"attributes.status = '{tracking.records.RUNNING}'")
+    running = tracking.search(
+        tracking.experiment_name(cfg, "search"),
+        f"tags.`{tracking.records.STUDY_NAME}` = '{study.study_name}' and "
+        f"tags.`{tracking.records.TRIAL_NUMBER}` = '{trial.number}' and "
+        f"attributes.status = '{tracking.records.RUNNING}'",
+    )
     for run in running:
         tracking.mark_killed(run.run_id)
 
@@ -106,8 +119,12 @@ def storage(cfg: Config):
     try:
         if "://" in where:
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(where, heartbeat_interval=cfg.search.heartbeat_s, grace_period=grace_s(cfg),
-                              heartbeat_stale_trial_callback=RetryDeadWorker(cfg))
+            return RDBStorage(
+                where,
+                heartbeat_interval=cfg.search.heartbeat_s,
+                grace_period=grace_s(cfg),
+                heartbeat_stale_trial_callback=RetryDeadWorker(cfg),
+            )
         path = Path(where)
         path.parent.mkdir(parents=True, exist_ok=True)
         note = mend_journal(path)  # a torn last record would make the study unreadable
@@ -115,8 +132,10 @@ def storage(cfg: Config):
             print(f"finalbn search: {note}", file=sys.stderr)
         return JournalStorage(Backend(str(path)))  # a Ctrl-C never cuts an append (`journal`)
     except Exception as exc:  # a bad URL, a missing driver, an unwritable folder
-        raise ConfigError(f"search.storage {where!r} cannot be opened: {type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        raise ConfigError(
+            f"search.storage {where!r} cannot be opened: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
 
 
 EPOCHS = "epochs"  # a trial's user attribute: the epochs of each of its replicates
@@ -160,8 +179,10 @@ def pruner(cfg: Config) -> optuna.pruners.BasePruner:
         return ReplicateMedianPruner(cfg.selection.replicates, s.pruner_startup_trials)
     if s.pruner == "hyperband":
         # a trial's resource: its replicates' epochs (steps r * steps_per_replicate + epoch)
-        return optuna.pruners.HyperbandPruner(min_resource=max(1, s.pruner_warmup_epochs),
-                                              max_resource=cfg.selection.replicates * steps_per_replicate(cfg))
+        return optuna.pruners.HyperbandPruner(
+            min_resource=max(1, s.pruner_warmup_epochs),
+            max_resource=cfg.selection.replicates * steps_per_replicate(cfg),
+        )
     return optuna.pruners.NopPruner()
 
 
@@ -205,16 +226,25 @@ def current_name(cfg: Config, st, fresh: bool = False) -> str:
     `<name>.<k>` (k >= 2: started again because the tracking store lost its trials' runs,
     `start`); with `fresh`, the next one."""
     base = study_name(cfg)
-    k = max((int(n[len(base) + 1:]) for n in optuna.get_all_study_names(st)
-             if n.startswith(f"{base}.") and n[len(base) + 1:].isdigit()), default=1)
+    k = max(
+        (
+            int(n[len(base) + 1 :])
+            for n in optuna.get_all_study_names(st)
+            if n.startswith(f"{base}.") and n[len(base) + 1 :].isdigit()
+        ),
+        default=1,
+    )
     k += int(fresh)
     return base if k == 1 else f"{base}.{k}"
 
 
 def lost_runs(study: optuna.Study) -> list[str]:
     """The MLflow runs of the study's finished trials that the tracking store does not hold."""
-    ids = [r for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-           for r in t.user_attrs.get("mlflow_run_ids", [])]
+    ids = [
+        r
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        for r in t.user_attrs.get("mlflow_run_ids", [])
+    ]
     return tracking.fingerprint.missing_runs(ids)
 
 
@@ -226,14 +256,21 @@ def open_study(cfg: Config, worker: int = 0, fresh: bool = False) -> optuna.Stud
     st = storage(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("optuna.study._optimize").addFilter(_no_ctrl_c_traceback)  # the logger that writes them
-    study = optuna.create_study(study_name=current_name(cfg, st, fresh), storage=st, load_if_exists=True,
-                                directions=directions(cfg), pruner=pruner(cfg),
-                                sampler=TrialSeededSampler(cfg.search.sampler_seed))
+    study = optuna.create_study(
+        study_name=current_name(cfg, st, fresh),
+        storage=st,
+        load_if_exists=True,
+        directions=directions(cfg),
+        pruner=pruner(cfg),
+        sampler=TrialSeededSampler(cfg.search.sampler_seed),
+    )
     stored = [d.name.lower() for d in study.directions]
     if stored != directions(cfg):
-        raise ConfigError(f"study {study.study_name!r} in {cfg.search.storage} optimises {stored}, "
-                          f"search.objective={cfg.search.objective} needs {directions(cfg)}: "
-                          "use another search.study or the same objective")
+        raise ConfigError(
+            f"study {study.study_name!r} in {cfg.search.storage} optimises {stored}, "
+            f"search.objective={cfg.search.objective} needs {directions(cfg)}: "
+            "use another search.study or the same objective"
+        )
     if study.metric_names != metric_names(cfg):
         with warnings.catch_warnings():  # experimental since Optuna 3.2, still in 5.0
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -241,7 +278,9 @@ def open_study(cfg: Config, worker: int = 0, fresh: bool = False) -> optuna.Stud
     return study
 
 
-def fail_stale(cfg: Config, study: optuna.Study, older_than_s: float, now: datetime.datetime | None = None) -> list[int]:
+def fail_stale(
+    cfg: Config, study: optuna.Study, older_than_s: float, now: datetime.datetime | None = None
+) -> list[int]:
     """Mark FAIL the RUNNING trials of a dead worker (`liveness.is_dead`: on this host its process
     is gone, elsewhere its lease expired; a trial that names no worker when it is older than
     `older_than_s`), with the reason, and the MLflow runs each was training KILLED; each is retried
@@ -256,8 +295,11 @@ def fail_stale(cfg: Config, study: optuna.Study, older_than_s: float, now: datet
         if not dead:
             continue
         who = t.user_attrs.get(WORKER) or {}
-        reason = (f"its worker (pid {who.get('pid')} on {who.get('host')}) is gone" if who else
-                  f"RUNNING for over {older_than_s:g} s on restart, worker unknown")
+        reason = (
+            f"its worker (pid {who.get('pid')} on {who.get('host')}) is gone"
+            if who
+            else f"RUNNING for over {older_than_s:g} s on restart, worker unknown"
+        )
         study._storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
         study.tell(t.number, state=TrialState.FAIL)  # Optuna's FAQ recipe for a journal's zombie trials
         # retried once with its own parameters (as Optuna's heartbeat retry does for an RDB): the study
@@ -280,8 +322,10 @@ def settle(cfg: Config, study: optuna.Study, log=print) -> list[int]:
         return []
     before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     if before:
-        log(f"search: trials {sorted(before)} still RUNNING after the workers ended: waiting up to {grace_s(cfg)} s "
-            "for their heartbeats")
+        log(
+            f"search: trials {sorted(before)} still RUNNING after the workers ended: waiting up to {grace_s(cfg)} s "
+            "for their heartbeats"
+        )
     deadline = time.monotonic() + grace_s(cfg) + cfg.search.heartbeat_s
     while True:
         optuna.storages.fail_stale_trials(study)
@@ -304,14 +348,18 @@ def start(cfg: Config) -> tuple[optuna.Study, str, list[int]]:
     lost = lost_runs(study)
     if lost:  # `rm mlflow.db`, another MLFLOW_TRACKING_URI: its trials' runs are not in this store
         old, study = study.study_name, open_study(cfg, fresh=True)
-        print(f"search: study {old}'s finished trials cite {len(lost)} MLflow run(s) that the tracking store "
-              f"{tracking.fingerprint.store_identity()} does not hold: the study starts again as {study.study_name} "
-              f"(its sampler draws the same points; {old} stays in {cfg.search.storage})", flush=True)
+        print(
+            f"search: study {old}'s finished trials cite {len(lost)} MLflow run(s) that the tracking store "
+            f"{tracking.fingerprint.store_identity()} does not hold: the study starts again as {study.study_name} "
+            f"(its sampler draws the same points; {old} stays in {cfg.search.storage})",
+            flush=True,
+        )
     if heartbeats(study):  # an RDB storage: a dead worker's trial is one without a recent heartbeat
         running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         optuna.storages.fail_stale_trials(study)
-        stale = sorted(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                       if t.number in running)
+        stale = sorted(
+            t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number in running
+        )
     else:
         stale = fail_stale(cfg, study, cfg.search.stale_after_s)
     parent = tracking.study_parent(cfg, study.study_name, study.user_attrs.get("mlflow_run_id"))

@@ -25,6 +25,7 @@ prevalence, with a t interval over replicates, the difference detectable with 80
 adjustment over the `sensitivity` family and a `collapsed` mark),
 <out>/cells.csv (every cell used), <out>/sensitivity.json, and one figure per factor (<out>/<factor>.png).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -93,30 +94,43 @@ def levels(cfg: Config, out: Path) -> list[Level]:
             continue
         seen.add(m)
         ref = m == n1
-        out_levels.append(Level("imbalance", f"{m / (n0 + m):.1%} ({n0}/{m})", () if ref else
-                                (f"split.train=[{n0},{m}]",), ref, None if ref else out / "splits" / f"minority-{m}",
-                                (n0, m)))
-    for factor, values, current, key in (("batch_size", s.batch_size, cfg.train.batch_size, "train.batch_size"),
-                                         ("final_bn_momentum", s.final_bn_momentum, cfg.model.final_bn_momentum,
-                                          "model.final_bn_momentum"),
-                                         ("frozen_bn", s.frozen_bn, cfg.model.frozen_bn, "model.frozen_bn")):
+        out_levels.append(
+            Level(
+                "imbalance",
+                f"{m / (n0 + m):.1%} ({n0}/{m})",
+                () if ref else (f"split.train=[{n0},{m}]",),
+                ref,
+                None if ref else out / "splits" / f"minority-{m}",
+                (n0, m),
+            )
+        )
+    for factor, values, current, key in (
+        ("batch_size", s.batch_size, cfg.train.batch_size, "train.batch_size"),
+        ("final_bn_momentum", s.final_bn_momentum, cfg.model.final_bn_momentum, "model.final_bn_momentum"),
+        ("frozen_bn", s.frozen_bn, cfg.model.frozen_bn, "model.frozen_bn"),
+    ):
         if values:
             for v in sorted(set(values) | {current}, key=lambda x: (isinstance(x, str), x)):
                 ref = v == current
-                out_levels.append(Level(factor, f"{v:g}" if not isinstance(v, str) else v,
-                                        () if ref else (f"{key}={v}",), ref))
+                out_levels.append(
+                    Level(factor, f"{v:g}" if not isinstance(v, str) else v, () if ref else (f"{key}={v}",), ref)
+                )
     if s.single_logit:
         out_levels.append(Level("single_logit", "two softmax logits", (), not cfg.model.single_logit))
-        out_levels.append(Level("single_logit", "one sigmoid logit", ("model.single_logit=true",),
-                                cfg.model.single_logit))
+        out_levels.append(
+            Level("single_logit", "one sigmoid logit", ("model.single_logit=true",), cfg.model.single_logit)
+        )
     return out_levels
 
 
 def level_config(cfg: Config, lv: Level, replicates: int, side_by_side: int = 1) -> Config:
     """The config of a level's grid: this run's, with the two configurations, `replicates` and the
     level's overrides; levels trained `side_by_side` share the cores (`train.threads`, unless set)."""
-    threads = ([f"train.threads={workers.threads_per_worker(side_by_side)}"]
-               if side_by_side > 1 and not cfg.train.threads else [])
+    threads = (
+        [f"train.threads={workers.threads_per_worker(side_by_side)}"]
+        if side_by_side > 1 and not cfg.train.threads
+        else []
+    )
     return with_overrides(cfg, [*COMMON, f"grid.replicates={replicates}", *lv.overrides, *threads])
 
 
@@ -124,12 +138,16 @@ def level_splits(lcfg: Config, lv: Level, splits: Path) -> Path:
     """The splits a level trains on: the run's, or (an imbalance level) its own, drawn first as
     `prepare` draws them. Raises DataError naming the level when they cannot be."""
     where = lv.splits or splits
-    if lv.splits is not None and not all((where / d.name / str(r) / "split.json").is_file()
-                                         for d in lcfg.datasets for r in range(lcfg.grid.max_replicates)):
+    if lv.splits is not None and not all(
+        (where / d.name / str(r) / "split.json").is_file()
+        for d in lcfg.datasets
+        for r in range(lcfg.grid.max_replicates)
+    ):
         for ds in lcfg.datasets:
             try:
-                prepare_dataset(ds, lcfg.split, where, progress=sys.stderr.isatty(),
-                                replicates=lcfg.grid.max_replicates)
+                prepare_dataset(
+                    ds, lcfg.split, where, progress=sys.stderr.isatty(), replicates=lcfg.grid.max_replicates
+                )
             except DataError as exc:
                 raise DataError(f"sensitivity {lv.factor} = {lv.level}: {exc}") from None
     return where
@@ -141,8 +159,9 @@ def train_level(lcfg: Config, paths: grid.GridPaths, tracker: Tracker = MLFLOW) 
     return grid.run(lcfg, paths, tracker, stage="sensitivity", workers=1, log=lambda m: print(m, flush=True)).code
 
 
-def run_levels(cfg: Config, plan: list[Level], splits: Path, out: Path, tracker: Tracker = MLFLOW,
-               log=print) -> list[pd.DataFrame]:
+def run_levels(
+    cfg: Config, plan: list[Level], splits: Path, out: Path, tracker: Tracker = MLFLOW, log=print
+) -> list[pd.DataFrame]:
     """Every level's cells, through the grid's core (`train_level`), `sensitivity.workers` levels
     at a time in worker processes when the tracker is shared (the cells of 31 and 63 are one
     family of shared features, so a level is one process), else one after another here; levels
@@ -158,22 +177,27 @@ def run_levels(cfg: Config, plan: list[Level], splits: Path, out: Path, tracker:
             todo[key] = (lcfg, grid.GridPaths(level_splits(lcfg, lv, splits), folder))
     calls = list(todo.values())
     for start in range(0, len(calls), n):
-        batch = calls[start:start + n]
-        names = [", ".join(f"{lv.factor} = {lv.level}" for lv in plan if todo[(lv.overrides, lv.splits)][1] == p)
-                 for _, p in batch]
+        batch = calls[start : start + n]
+        names = [
+            ", ".join(f"{lv.factor} = {lv.level}" for lv in plan if todo[(lv.overrides, lv.splits)][1] == p)
+            for _, p in batch
+        ]
         log(f"sensitivity: {'; '.join(names)}")
         if n > 1:
             codes = workers.map_processes(train_level, list(batch), n)
         else:
             codes = [train_level(lcfg, paths, tracker) for lcfg, paths in batch]
         if any(codes):
-            raise LevelFailed(f"{'; '.join(names)}: the grid exited {max(codes)} (a cell failed or an input is "
-                              "missing; rerun to retry what is missing)")
+            raise LevelFailed(
+                f"{'; '.join(names)}: the grid exited {max(codes)} (a cell failed or an input is "
+                "missing; rerun to retry what is missing)"
+            )
     frames = []
     for lv in plan:
         folder = todo[(lv.overrides, lv.splits)][1].results
-        frames.append(pd.read_csv(folder / "grid.csv").assign(factor=lv.factor, level=lv.level,
-                                                              reference=lv.reference, rival=""))
+        frames.append(
+            pd.read_csv(folder / "grid.csv").assign(factor=lv.factor, level=lv.level, reference=lv.reference, rival="")
+        )
     return frames
 
 
@@ -188,8 +212,11 @@ def bias_shift_rows(reference: pd.DataFrame, prevalences, tracker: Tracker = MLF
     predictions, test and validation (`shifted_metrics`); AUROC and AP, which a shift does not move,
     are kept; every other metric (ECE, the prior-corrected and validation-threshold F1, the
     selected epoch's) is left empty rather than copied from the unshifted cell."""
-    rows = [reference[reference["config_id"] == BN_ID].assign(factor="bias_shift", level=BIAS_LEVEL,
-                                                               reference=False, rival="")]
+    rows = [
+        reference[reference["config_id"] == BN_ID].assign(
+            factor="bias_shift", level=BIAS_LEVEL, reference=False, rival=""
+        )
+    ]
     kept = {f"{split}{m}" for split in ("test_", "val_") for m in SHIFT_INVARIANT}
     shifted = []
     for r in reference[reference["config_id"] == NONE_ID].to_dict("records"):
@@ -202,9 +229,20 @@ def bias_shift_rows(reference: pd.DataFrame, prevalences, tracker: Tracker = MLF
         for pi in prevalences:
             b = fit_logit_bias(v["label"], v["p1_last"], pi)
             val_f1 = shifted_metrics(v["label"], v["p1_last"], b, "val_")["val_f1_1"]
-            shifted.append({**r, **blank, **shifted_metrics(t["label"], t["p1_last"], b), "val_f1_1": val_f1,
-                            "factor": "bias_shift", "level": BIAS_LEVEL, "reference": False, "rival": BIAS_RIVAL,
-                            "bias": b, "fitted_prevalence": float(pi)})
+            shifted.append(
+                {
+                    **r,
+                    **blank,
+                    **shifted_metrics(t["label"], t["p1_last"], b),
+                    "val_f1_1": val_f1,
+                    "factor": "bias_shift",
+                    "level": BIAS_LEVEL,
+                    "reference": False,
+                    "rival": BIAS_RIVAL,
+                    "bias": b,
+                    "fitted_prevalence": float(pi),
+                }
+            )
     return pd.concat(rows + [pd.DataFrame(shifted)], ignore_index=True)
 
 
@@ -234,8 +272,10 @@ def run(cfg: Config, paths: SensitivityPaths, tracker: Tracker = MLFLOW, log=pri
     out, s = paths.out, cfg.sensitivity
     out.mkdir(parents=True, exist_ok=True)
     plan = levels(cfg, out)
-    log(f"sensitivity: {len(plan)} levels of {len({lv.factor for lv in plan})} factors, configs 31 and 63 on "
-        f"{s.replicates} replicates each (reference levels are the grid's cells)")
+    log(
+        f"sensitivity: {len(plan)} levels of {len({lv.factor for lv in plan})} factors, configs 31 and 63 on "
+        f"{s.replicates} replicates each (reference levels are the grid's cells)"
+    )
     if s.bias_shift and not any(lv.reference for lv in plan):  # the rival needs the run's own cells
         plan.append(Level("reference", "params.yaml", (), True))
     if not plan:
@@ -255,9 +295,13 @@ def run(cfg: Config, paths: SensitivityPaths, tracker: Tracker = MLFLOW, log=pri
     write_csv(out / "sensitivity.csv", table)
     for factor in dict.fromkeys(table["factor"]):
         fig_factor(table[table["factor"] == factor], factor, out / f"{factor}.png")
-    results = {"replicates": s.replicates, "prevalences": pis, "factors": sorted(set(table["factor"])),
-               "contrast": "final BN alone vs nothing (31 − 63), test minority F1, last epoch",
-               "rows": table.astype(object).where(table.notna(), None).to_dict("records")}
+    results = {
+        "replicates": s.replicates,
+        "prevalences": pis,
+        "factors": sorted(set(table["factor"])),
+        "contrast": "final BN alone vs nothing (31 − 63), test minority F1, last epoch",
+        "rows": table.astype(object).where(table.notna(), None).to_dict("records"),
+    }
     io.write_json(out / "sensitivity.json", results)
     return SensitivitySummary(results, table)
 
@@ -272,10 +316,13 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
         print(f"finalbn sensitivity: failed: {exc}", file=sys.stderr)
         return 1
     for r in summary.table.to_dict("records"):
-        print(f"  {r['factor']} = {r['level']}: 31 − {r['rival']} {r['estimate']:+.3f} "
-              f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] at π = {r['prevalence']:g} over {r['n']} replicates: "
-              f"{r['direction']}" + (f" (Holm p {r['p_holm']:.3g})" if r["family"] else "")
-              + (" — collapsed" if r["collapsed"] else ""))
+        print(
+            f"  {r['factor']} = {r['level']}: 31 − {r['rival']} {r['estimate']:+.3f} "
+            f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] at π = {r['prevalence']:g} over {r['n']} replicates: "
+            f"{r['direction']}"
+            + (f" (Holm p {r['p_holm']:.3g})" if r["family"] else "")
+            + (" — collapsed" if r["collapsed"] else "")
+        )
     if len(summary.table):
         print(f"sensitivity -> {out}/sensitivity.csv and {len(set(summary.table['factor']))} figures")
     return 0

@@ -13,6 +13,7 @@ Every non-reference row with a p-value is one Holm family, `sensitivity` (Holm 1
 which either model flags almost no diseased image or almost every image is `collapsed`: its F1
 difference measures two broken classifiers, not a gain.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,9 +33,31 @@ ALPHA = 0.05
 # A model whose mean test TPR or TNR is below this flags almost nothing or almost everything: its
 # minority F1 is that of a constant classifier, and a difference against it is no gain.
 COLLAPSE_RATE = 0.1
-COLUMNS = ["factor", "level", "reference", "prevalence", "f1_bn", "f1_rival", "estimate", "ci_low", "ci_high", "p",
-           "n", "sd", "detectable", "rival", "p_holm", "family", "direction", "tpr_bn", "tpr_rival", "tnr_bn",
-           "tnr_rival", "collapsed", "fitted_prevalence"]
+COLUMNS = [
+    "factor",
+    "level",
+    "reference",
+    "prevalence",
+    "f1_bn",
+    "f1_rival",
+    "estimate",
+    "ci_low",
+    "ci_high",
+    "p",
+    "n",
+    "sd",
+    "detectable",
+    "rival",
+    "p_holm",
+    "family",
+    "direction",
+    "tpr_bn",
+    "tpr_rival",
+    "tnr_bn",
+    "tnr_rival",
+    "collapsed",
+    "fitted_prevalence",
+]
 # the argmax metrics of a cell, recomputed on shifted predictions (`shifted_metrics`); AUROC and AP
 # do not move under a shift of the logit, every other metric of a shifted row is left empty
 ARGMAX = ("precision_0", "recall_0", "f1_0", "precision_1", "recall_1", "f1_1", "accuracy", "balanced_accuracy")
@@ -66,7 +89,7 @@ def fit_logit_bias(labels, p1, prevalence: float = 0.5, bounds: tuple[float, flo
     def loss(b: float) -> float:
         s = z + b
         nll_pos = np.logaddexp(0.0, -s[y == 1]).mean()  # -log sigmoid(s)
-        nll_neg = np.logaddexp(0.0, s[y == 0]).mean()   # -log (1 - sigmoid(s))
+        nll_neg = np.logaddexp(0.0, s[y == 0]).mean()  # -log (1 - sigmoid(s))
         return float(prevalence * nll_pos + (1 - prevalence) * nll_neg)  # at π = 0.5 the balanced mean
 
     return float(minimize_scalar(loss, bounds=bounds, method="bounded").x)
@@ -95,8 +118,9 @@ def shifted_metrics(labels, p1, bias: float, prefix: str = "test_") -> dict[str,
         out[f"recall_{c}"] = tp / (tp + fn) if tp + fn else 0.0
         out[f"f1_{c}"] = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
     out["accuracy"] = float((flag == (y == 1)).mean())
-    out["balanced_accuracy"] = ((out["recall_0"] + out["recall_1"]) / 2 if (y == 1).any() and (y == 0).any()
-                                else math.nan)
+    out["balanced_accuracy"] = (
+        (out["recall_0"] + out["recall_1"]) / 2 if (y == 1).any() and (y == 0).any() else math.nan
+    )
     out["brier"] = float(2 * np.mean((expit(s) - y) ** 2))
     return {f"{prefix}{k}": float(v) for k, v in out.items()}
 
@@ -124,17 +148,28 @@ def contrasts(cells: pd.DataFrame, prevalences: Sequence[float]) -> pd.DataFrame
             fa = f1_at_prevalence(a.loc[both, "test_recall_1"], a.loc[both, "test_recall_0"], pi)
             fb = f1_at_prevalence(b.loc[both, "test_recall_1"], b.loc[both, "test_recall_0"], pi)
             t = t_interval(fa - fb)
-            rates = {f"{m}_{side}": float(np.mean(x.loc[both, col])) if len(both) else math.nan
-                     for side, x in (("bn", a), ("rival", b))
-                     for m, col in (("tpr", "test_recall_1"), ("tnr", "test_recall_0"))}
+            rates = {
+                f"{m}_{side}": float(np.mean(x.loc[both, col])) if len(both) else math.nan
+                for side, x in (("bn", a), ("rival", b))
+                for m, col in (("tpr", "test_recall_1"), ("tnr", "test_recall_0"))
+            }
             fit = b.loc[both, "fitted_prevalence"] if len(both) and "fitted_prevalence" in b else pd.Series(dtype=float)
-            rows.append({"factor": factor, "level": level, "reference": ref, "prevalence": float(pi),
-                         "f1_bn": float(np.mean(fa)) if len(both) else math.nan,
-                         "f1_rival": float(np.mean(fb)) if len(both) else math.nan,
-                         **{k: t[k] for k in ("estimate", "ci_low", "ci_high", "p", "n", "sd")},
-                         "detectable": detectable_difference(t["sd"], t["n"]), "rival": rival_name or "none (63)",
-                         **rates, "collapsed": any(v < COLLAPSE_RATE for v in rates.values()),
-                         "fitted_prevalence": float(fit.dropna().iloc[0]) if fit.notna().any() else math.nan})
+            rows.append(
+                {
+                    "factor": factor,
+                    "level": level,
+                    "reference": ref,
+                    "prevalence": float(pi),
+                    "f1_bn": float(np.mean(fa)) if len(both) else math.nan,
+                    "f1_rival": float(np.mean(fb)) if len(both) else math.nan,
+                    **{k: t[k] for k in ("estimate", "ci_low", "ci_high", "p", "n", "sd")},
+                    "detectable": detectable_difference(t["sd"], t["n"]),
+                    "rival": rival_name or "none (63)",
+                    **rates,
+                    "collapsed": any(v < COLLAPSE_RATE for v in rates.values()),
+                    "fitted_prevalence": float(fit.dropna().iloc[0]) if fit.notna().any() else math.nan,
+                }
+            )
     return holm_family(pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("p_holm", "family", "direction")]))
 
 
@@ -152,6 +187,7 @@ def holm_family(table: pd.DataFrame) -> pd.DataFrame:
     out["family"] = np.where(np.isfinite(p), FAMILY, "")
     sig = (out["p_holm"] < ALPHA).to_numpy()
     est = out["estimate"].to_numpy(float)
-    out["direction"] = np.select([ref, sig & (est > 0), sig & (est < 0)], ["reference", "above zero", "below zero"],
-                                 "not distinguishable")
+    out["direction"] = np.select(
+        [ref, sig & (est > 0), sig & (est < 0)], ["reference", "above zero", "below zero"], "not distinguishable"
+    )
     return out[COLUMNS]

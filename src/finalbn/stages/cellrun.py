@@ -16,6 +16,7 @@ per-disease test recall, and artifacts: loss curves, the softmax scatter (paper 
 reliability diagrams, confusion matrix, per-image test and validation predictions, history and
 config.yaml.
 """
+
 from __future__ import annotations
 
 import csv
@@ -39,7 +40,18 @@ from finalbn.tracking import records as tags_
 from finalbn.train.cell import CellResult, run_cell
 from finalbn.train.keys import result_key
 
-__all__ = ["NO_HOOKS", "VAL_PREDICTIONS", "CellHooks", "CellRun", "cell_figures", "cell_params", "cell_tags", "draws_figures", "log_result", "track_cell"]
+__all__ = [
+    "NO_HOOKS",
+    "VAL_PREDICTIONS",
+    "CellHooks",
+    "CellRun",
+    "cell_figures",
+    "cell_params",
+    "cell_tags",
+    "draws_figures",
+    "log_result",
+    "track_cell",
+]
 
 VAL_PREDICTIONS = "predictions/val_predictions.csv"  # path, label, p1_last: pooled by the export's decision rules
 
@@ -48,10 +60,16 @@ def cell_tags(cfg: Config, dataset: str, replicate: int = 0) -> dict[str, str]:
     """The tags that describe a cell: its six switches, config id and name, dataset, arch,
     replicate and seed."""
     ab = cfg.ablation
-    return {**{tags_.toggle_tag(t): str(getattr(ab, t)).lower() for t in TOGGLES},
-            tags_.CONFIG_ID: str(config_id(ab)), tags_.CONFIG_NAME: config_name(ab), tags_.DATASET: dataset,
-            tags_.ARCH: cfg.model.arch, tags_.REPLICATE: str(replicate), tags_.SEED: str(cell_seed(cfg, replicate)),
-            tags_.CELL: "true"}
+    return {
+        **{tags_.toggle_tag(t): str(getattr(ab, t)).lower() for t in TOGGLES},
+        tags_.CONFIG_ID: str(config_id(ab)),
+        tags_.CONFIG_NAME: config_name(ab),
+        tags_.DATASET: dataset,
+        tags_.ARCH: cfg.model.arch,
+        tags_.REPLICATE: str(replicate),
+        tags_.SEED: str(cell_seed(cfg, replicate)),
+        tags_.CELL: "true",
+    }
 
 
 def cell_params(cfg: Config, dataset: str) -> dict[str, object]:
@@ -65,8 +83,13 @@ def cell_params(cfg: Config, dataset: str) -> dict[str, object]:
     drop |= {"weight_decay", "wd_on_bn"} if not ab.wd else set()
     drop |= {"focal_gamma"} if cfg.train.loss != "focal" else set()
     drop |= {"cb_beta"} if cfg.train.loss != "class_balanced" else set()
-    used = {"dataset": to_dict(cfg.dataset(dataset)), "split": to_dict(cfg.split), "model": to_dict(cfg.model),
-            "train": {k: v for k, v in t.items() if k not in drop}, "ablation": to_dict(ab)}
+    used = {
+        "dataset": to_dict(cfg.dataset(dataset)),
+        "split": to_dict(cfg.split),
+        "model": to_dict(cfg.model),
+        "train": {k: v for k, v in t.items() if k not in drop},
+        "ablation": to_dict(ab),
+    }
     if cfg.model.weights == "synthetic":
         used["pretrain"] = {"out_dir": cfg.pretrain.out_dir}
     return flatten(used)
@@ -102,17 +125,30 @@ class CellHooks:
 NO_HOOKS = CellHooks()
 
 
-def track_cell(cfg: Config, dataset: str, splits_dir: Path, where: CellRun, tracker: Tracker, *, replicate: int = 0,
-               hooks: CellHooks = NO_HOOKS, progress: bool = False) -> tuple[str, CellResult]:
+def track_cell(
+    cfg: Config,
+    dataset: str,
+    splits_dir: Path,
+    where: CellRun,
+    tracker: Tracker,
+    *,
+    replicate: int = 0,
+    hooks: CellHooks = NO_HOOKS,
+    progress: bool = False,
+) -> tuple[str, CellResult]:
     """One cell (`dataset`, `replicate`) as one run `where` says, in `tracker`'s store (see the
     module docstring), with the caller's `hooks`. Returns (run id, result). Raises what `run_cell`
     raises; the run then ends FAILED (KILLED on Ctrl-C or an exception of `hooks.killed_on`)."""
     tracker.setup(cfg, where.stage)
-    tags = {**cell_tags(cfg, dataset, replicate), tags_.CONFIG_KEY: result_key(cfg, dataset, None, splits_dir),
-            **where.tags}
+    tags = {
+        **cell_tags(cfg, dataset, replicate),
+        tags_.CONFIG_KEY: result_key(cfg, dataset, None, splits_dir),
+        **where.tags,
+    }
     name = where.name or f"{tags[tags_.CONFIG_NAME]} r{replicate}"
-    with tracker.cell_run(name, tags, parent_run_id=where.parent_run_id, killed_on=hooks.killed_on,
-                          state_tag=hooks.state_tag) as run:
+    with tracker.cell_run(
+        name, tags, parent_run_id=where.parent_run_id, killed_on=hooks.killed_on, state_tag=hooks.state_tag
+    ) as run:
         if hooks.on_start is not None:
             hooks.on_start(run.run_id)
         # `mlflow run -P a.b=v` has already logged a.b with the user's spelling; MLflow refuses
@@ -122,9 +158,14 @@ def track_cell(cfg: Config, dataset: str, splits_dir: Path, where: CellRun, trac
         epochs = run.epoch_logger()
         try:
             point = _Point(hooks.fault or f"{where.stage}.cell")
-            result = run_cell(cfg, dataset, splits_dir, callbacks=[epochs, *hooks.callbacks, point],
-                              progress=progress,
-                              replicate=replicate)
+            result = run_cell(
+                cfg,
+                dataset,
+                splits_dir,
+                callbacks=[epochs, *hooks.callbacks, point],
+                progress=progress,
+                replicate=replicate,
+            )
         finally:  # a failed or interrupted cell keeps the epochs it trained
             epochs.flush()
         log_result(run, cfg, result, figures=draws_figures(cfg, where.stage))
@@ -155,20 +196,42 @@ def draws_figures(cfg: Config, stage: str) -> bool:
 def log_result(run: Run, cfg: Config, r: CellResult, figures: bool = True) -> None:
     """Test metrics, tags that only exist after training, and every artifact of one cell: one call
     each for the metrics, the tags and the files (a grid logs thousands of cells)."""
-    run.set_tags({tags_.MANIFEST: r.manifest_sha256, tags_.BN_POLICY: r.bn_policy, tags_.DEVICE: r.device,
-                  tags_.FEATURES: r.features, tags_.SELECTED_EPOCH: str(r.fit.selected_epoch),
-                  "mlflow.note.content": describe(cfg, r)})  # the run page's Description
+    run.set_tags(
+        {
+            tags_.MANIFEST: r.manifest_sha256,
+            tags_.BN_POLICY: r.bn_policy,
+            tags_.DEVICE: r.device,
+            tags_.FEATURES: r.features,
+            tags_.SELECTED_EPOCH: str(r.fit.selected_epoch),
+            "mlflow.note.content": describe(cfg, r),
+        }
+    )  # the run page's Description
     run.log_metrics(r.metrics())
     if r.class_weights:
         run.log_params({f"class_weight_{i}": round(w, 6) for i, w in enumerate(r.class_weights)})
     if figures:
-        for name, fig in cell_figures(r.fit.history, r.labels, r.probs_last, r.reliability_last, r.reliability_sel,
-                                      r.confusion_last, r.fit.selected_epoch, _title(r), r.test_last["ece"],
-                                      r.test_sel["ece"]).items():
+        for name, fig in cell_figures(
+            r.fit.history,
+            r.labels,
+            r.probs_last,
+            r.reliability_last,
+            r.reliability_sel,
+            r.confusion_last,
+            r.fit.selected_epoch,
+            _title(r),
+            r.test_last["ece"],
+            r.test_sel["ece"],
+        ).items():
             run.log_figure(fig, f"plots/{name}")
-    run.log_files({"predictions/test_predictions.csv": _csv(r.predictions), VAL_PREDICTIONS: _csv(r.val_predictions),
-                   "history.csv": _csv(r.fit.history), "config.yaml": yaml.safe_dump(to_dict(cfg), sort_keys=False),
-                   "reliability.json": json.dumps({"last": r.reliability_last, "selected": r.reliability_sel}, indent=2)})
+    run.log_files(
+        {
+            "predictions/test_predictions.csv": _csv(r.predictions),
+            VAL_PREDICTIONS: _csv(r.val_predictions),
+            "history.csv": _csv(r.fit.history),
+            "config.yaml": yaml.safe_dump(to_dict(cfg), sort_keys=False),
+            "reliability.json": json.dumps({"last": r.reliability_last, "selected": r.reliability_sel}, indent=2),
+        }
+    )
     if cfg.train.log_model:
         _log_model(run, r.model, cfg.dataset(r.dataset).image_size)
 
@@ -178,20 +241,31 @@ def describe(cfg: Config, r: CellResult) -> str:
     on = [t.upper() for t in TOGGLES if getattr(cfg.ablation, t)]
     off = [t.upper() for t in TOGGLES if not getattr(cfg.ablation, t)]
     t = r.test_last
-    return (f"Configuration {r.config_id} ({r.config_name}): {', '.join(on) or 'no switch'} on"
-            f"{'; ' + ', '.join(off) + ' off' if off else ''}. Replicate {r.replicate} of {r.dataset} "
-            f"(split manifest {r.manifest_sha256[:12]}), {cfg.model.arch}, {r.fit.selected_epoch} of "
-            f"{len(r.fit.history)} epochs selected on validation. Test, last epoch: minority F1 {t['f1_1']:.3f}, "
-            f"AUROC {t['auroc']:.3f}, ECE {t['ece']:.3f}.")
+    return (
+        f"Configuration {r.config_id} ({r.config_name}): {', '.join(on) or 'no switch'} on"
+        f"{'; ' + ', '.join(off) + ' off' if off else ''}. Replicate {r.replicate} of {r.dataset} "
+        f"(split manifest {r.manifest_sha256[:12]}), {cfg.model.arch}, {r.fit.selected_epoch} of "
+        f"{len(r.fit.history)} epochs selected on validation. Test, last epoch: minority F1 {t['f1_1']:.3f}, "
+        f"AUROC {t['auroc']:.3f}, ECE {t['ece']:.3f}."
+    )
 
 
 def _title(r: CellResult) -> str:
     return f"{r.dataset} r{r.replicate} {r.config_name} (config {r.config_id})"
 
 
-def cell_figures(history: list[dict], labels: np.ndarray, probs_last: np.ndarray, reliability_last: dict,
-                 reliability_sel: dict, confusion: list[list[int]], selected_epoch: int, title: str,
-                 ece_last: float, ece_sel: float) -> dict:
+def cell_figures(
+    history: list[dict],
+    labels: np.ndarray,
+    probs_last: np.ndarray,
+    reliability_last: dict,
+    reliability_sel: dict,
+    confusion: list[list[int]],
+    selected_epoch: int,
+    title: str,
+    ece_last: float,
+    ece_sel: float,
+) -> dict:
     """A cell's five figures by file name, from what its run logs (`finalbn figures` draws them
     again from the run's artifacts): loss curves, softmax scatter (paper Fig. 4), reliability at
     the last and the selected epoch, confusion matrix. `probs_last`: (N, 2) softmax."""
@@ -200,7 +274,8 @@ def cell_figures(history: list[dict], labels: np.ndarray, probs_last: np.ndarray
         "softmax_scatter.png": cellplots.softmax_scatter(labels, probs_last, f"{title}, last epoch"),
         "reliability_last.png": cellplots.reliability_diagram(reliability_last, f"last epoch, ECE {ece_last:.3f}"),
         "reliability_selected.png": cellplots.reliability_diagram(
-            reliability_sel, f"selected epoch {selected_epoch}, ECE {ece_sel:.3f}"),
+            reliability_sel, f"selected epoch {selected_epoch}, ECE {ece_sel:.3f}"
+        ),
         "confusion_matrix.png": cellplots.confusion_matrix_plot(confusion),
     }
 

@@ -11,6 +11,7 @@ seconds while it runs. On a restart a RUNNING trial is a dead worker's when, on 
 process is gone or is another process under the same pid; on another host, when its lease has
 expired. A live worker on another machine keeps its trials.
 """
+
 from __future__ import annotations
 
 import contextlib
