@@ -119,7 +119,11 @@ def test_export_writes_a_checked_model_and_registers_it(gridded, tmp_path, capsy
     parity = json.loads((models / "parity.json").read_text())
     assert parity["passed"] and set(parity["batches"]) == {"1", "32"}
     assert all(b["max_abs_diff_probs"] <= 1e-4 and b["labels_identical"] for b in parity["batches"].values())
+    # the final BN is folded into the last Linear: none left after the last Gemm, the same probabilities
+    assert export.bn_after_last_matmul(proto) == [] and "final BN folded into the last Linear" in out
+    assert parity["fold"]["folded"] and parity["fold"]["max_abs_diff_probs"] <= 1e-5
     card = json.loads((models / "model.json").read_text())
+    assert card["final_bn"]["folded"] and card["onnx"]["final_bn"] == "folded into the last Linear"
     assert card["classes"] == ["healthy", "diseased"] and card["configuration"]["BN"] is True
     assert card["input"]["shape"] == ["batch", 3, 32, 32] and card["preprocessing"]["size"] == 32
     dec, sel = card["decision"], card["selection"]
@@ -183,11 +187,14 @@ def test_parity_past_the_tolerance_exits_1_and_keeps_the_old_model(gridded, tmp_
     models.mkdir()
     (models / "model.onnx").write_bytes(b"the champion before")
     monkeypatch.setattr(export.onnx, "TOLERANCE", -1.0)  # no model can pass
+    monkeypatch.setattr(export.onnx, "FOLD_TOLERANCE", -1.0)  # nor the final BN's fold: both said, in one line
     assert main(_args(overrides, "--out", str(models), "--no-register")) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "onnxruntime and torch disagree" in err[0] and "was not replaced" in err[0]
+    assert "; the final BN folded into the last Linear changes the probabilities: max |Δprob|" in err[0]
     assert (models / "model.onnx").read_bytes() == b"the champion before"
-    assert not (models / "model.json").exists() and json.loads((models / "parity.json").read_text())["passed"] is False
+    parity = json.loads((models / "parity.json").read_text())
+    assert not (models / "model.json").exists() and parity["passed"] is False and parity["fold"]["passed"] is False
     assert not [p for p in models.iterdir() if p.name.startswith(".export-")]  # no temporary left behind
 
 

@@ -7,7 +7,8 @@ Reads the splits and the tracking store; writes `models/model.onnx` (one self-co
 `models/model.json` (classes, arch, input size and preprocessing, the source run, manifest hash,
 how the configuration was chosen, validation metrics, the decision rules at field prevalences)
 and `models/parity.json` (onnxruntime against torch on
-the real test images at batch 1 and batch 32). Past the tolerance the export exits 1 and the
+the real test images at batch 1 and batch 32; the final BN, folded into the last Linear before
+the export, checked folded against unfolded). Past the tolerance the export exits 1 and the
 model is not promoted (nothing in models/ is replaced). Then the ONNX model is logged to MLflow
 on the export's run, registered as `finalbn` and given the alias `champion`. `select` (which
 run, its network), `onnx` (the file, parity), `int8` (optional quantisation), `card` (model.json).
@@ -34,6 +35,7 @@ from finalbn.models import get_spec
 from finalbn.stages.export.card import (
     CLASSES,
     decision_rules,
+    final_bn_note,
     held_out_card,
     model_card,
     prior_threshold,
@@ -41,7 +43,19 @@ from finalbn.stages.export.card import (
     version_tags,
 )
 from finalbn.stages.export.int8 import INT8_MAX_AUROC_DROP, quantize
-from finalbn.stages.export.onnx import INPUT, OUTPUTS, TOLERANCE, Exported, export_onnx, outputs, parity, preprocess
+from finalbn.stages.export.onnx import (
+    FOLD_TOLERANCE,
+    INPUT,
+    OUTPUTS,
+    TOLERANCE,
+    Exported,
+    bn_after_last_matmul,
+    export_onnx,
+    fold_parity,
+    outputs,
+    parity,
+    preprocess,
+)
 from finalbn.stages.export.select import (
     Choice,
     ExportError,
@@ -58,6 +72,7 @@ from finalbn.tracking.adapter import MLFLOW, MlflowTracker
 
 __all__ = [
     "CLASSES",
+    "FOLD_TOLERANCE",
     "INPUT",
     "INT8_MAX_AUROC_DROP",
     "OUTPUTS",
@@ -66,16 +81,20 @@ __all__ = [
     "ExportError",
     "Exported",
     "Source",
+    "bn_after_last_matmul",
     "choose",
     "decision_rules",
     "export",
     "export_onnx",
+    "final_bn_note",
+    "fold_parity",
     "held_out_card",
     "held_out_test",
     "is_final_bn",
     "main",
     "model_card",
     "parity",
+    "parity_failure",
     "pooled_validation",
     "preprocess",
     "prior_threshold",
@@ -147,6 +166,13 @@ def export(
         log(
             f"export: parity at batch {bs}: max |Δprob| {b['max_abs_diff_probs']:.2e}, labels identical "
             f"{b['labels_identical']} ({check['images']} test images)"
+        )
+    if check["fold"]["folded"]:
+        fold = check["fold"]
+        log(
+            f"export: final BN folded into the last Linear: max |Δprob| {fold['max_abs_diff_probs']:.2e} folded vs "
+            f"unfolded torch, {fold['onnx_max_abs_diff_probs']:.2e} onnxruntime vs unfolded torch "
+            f"(tolerance {fold['tolerance']:.0e})"
         )
     result = {"model": str(out_dir / "model.onnx"), "card": card, "parity": check}
     # what `dvc metrics show` prints for the export: one short row
@@ -257,10 +283,8 @@ def _build(
         log(f"export: no training-count prior correction: {rules['prior_correction']['why']}")
     io.write_json(out_dir / "parity.json", check)
     if not check["passed"]:
-        worst = max(b["max_abs_diff_probs"] for b in check["batches"].values())
         raise ExportError(
-            f"onnxruntime and torch disagree: max |Δprob| {worst:.2e} (tolerance {check['tolerance']:.0e}) "
-            f"or labels differ — see {out_dir / 'parity.json'}; models/model.onnx was not replaced"
+            f"{parity_failure(check)} — see {out_dir / 'parity.json'}; models/model.onnx was not replaced"
         )
     if int8:
         x_train = preprocess(tensors["train"].images, spec.mean, spec.std)
@@ -272,6 +296,26 @@ def _build(
         )
     io.write_json(tmp / "model.json", card)
     return card, check
+
+
+def parity_failure(check: dict) -> str:
+    """What failed in a `parity` check, one line: onnxruntime against torch past `tolerance` or with
+    labels that differ, and/or the folded final BN against the unfolded network past its tolerance."""
+    worst = max(b["max_abs_diff_probs"] for b in check["batches"].values())
+    ort_ok = all(
+        b["max_abs_diff_probs"] <= check["tolerance"] and b["labels_identical"] for b in check["batches"].values()
+    )
+    fold, why = check["fold"], []
+    if not ort_ok:
+        why.append(
+            f"onnxruntime and torch disagree: max |Δprob| {worst:.2e} (tolerance {check['tolerance']:.0e}) or labels differ"
+        )
+    if not fold["passed"]:
+        why.append(
+            f"the final BN folded into the last Linear changes the probabilities: max |Δprob| "
+            f"{fold['max_abs_diff_probs']:.2e} (tolerance {fold['tolerance']:.0e})"
+        )
+    return "; ".join(why)
 
 
 def _promote(tmp: Path, out_dir: Path, with_int8: bool) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from finalbn.config import TOGGLES, final_layer
-from finalbn.stages.export.onnx import INPUT, OUTPUTS
+from finalbn.stages.export.onnx import FOLD_TOLERANCE, INPUT, OUTPUTS
 from finalbn.stages.export.select import Source
 from finalbn.stats import selection
 from finalbn_field import decision
@@ -37,6 +37,7 @@ from finalbn_field.decision import prior_threshold
 __all__ = [
     "CLASSES",
     "decision_rules",
+    "final_bn_note",
     "held_out_card",
     "held_out_points",
     "model_card",
@@ -236,12 +237,33 @@ def model_card(
         "manifest_sha256": src.manifest_sha256,
         "configuration": {t.upper(): getattr(ab, t) for t in TOGGLES},
         "final_layer": final_layer(src.cfg.model, ab),
+        "final_bn": final_bn_note(final_layer(src.cfg.model, ab), onnx_info.get("final_bn", "kept")),
         "selection": selected,
         "validation": {k: src.val.get(k) for k in ("auroc", "ap", "f1_1", "balanced_accuracy", "ece")},
         "source_validation": {k: src.source_val.get(k) for k in ("auroc", "ap", "f1_1")},
         "train_counts": list(train_counts),
         "decision": rules,
         **({"operating_points_held_out": held_out} if held_out is not None else {}),
+    }
+
+
+def final_bn_note(final: str, in_onnx: str) -> dict:
+    """The card's `final_bn`: {folded (bool), how (one sentence)}. `final`: the final layer (one of
+    `FINAL_LAYERS`); `in_onnx`: what the export did with a final BN (`export_onnx`'s `final_bn`:
+    "folded into the last Linear", "kept" or "none"). The card is written only after the fold's
+    parity held, so a folded note states its tolerance."""
+    if final != "bn" or in_onnx == "none":
+        return {"folded": False, "how": f"no final BN (final layer {final}): nothing to fold"}
+    if in_onnx == "kept":
+        return {"folded": False, "how": "the final BN is a BatchNormalization node of model.onnx (not folded)"}
+    return {
+        "folded": True,
+        "how": (
+            "the final BN is folded into the last Linear at export (eval mode, its running statistics: "
+            "W' = diag(gamma / sqrt(var + eps)) W, b' = gamma (b - mean) / sqrt(var + eps) + beta), so "
+            "model.onnx has no BatchNormalization after its last Gemm/MatMul; its probabilities equal the "
+            f"unfolded network's within {FOLD_TOLERANCE:.0e} (parity.json's `fold`)"
+        ),
     }
 
 
@@ -267,7 +289,12 @@ def version_description(card: dict) -> str:
         f"Validation AUROC over replicates {', '.join(map(str, sel['replicates']))}: "
         f"{_pm(sel['validation_auroc'])}; test minority F1 over them {_pm(sel['test_minority_f1'])} "
         "(reported, never used to choose).",
-        f"This model on validation: AUROC {val['auroc']:.3f}, minority F1 {val['f1_1']:.3f}, ECE {val['ece']:.3f}.",
+        f"This model on validation: AUROC {val['auroc']:.3f}, minority F1 {val['f1_1']:.3f}, ECE {val['ece']:.3f}."
+        + (
+            " Its final BN is folded into the last Linear of model.onnx."
+            if card.get("final_bn", {}).get("folded")
+            else ""
+        ),
         "",
         f"Expected in the field (cut on the pooled validation predictions of replicates "
         f"{selection.replicate_span(sel['replicates'])}, the replicates that chose the configuration; "

@@ -1,11 +1,13 @@
 """The network to one ONNX file, and its check against PyTorch on the same inputs.
 
-    info = export_onnx(model, size=64, path=Path("models/model.onnx"))   # {opset, ir_version, sha256, size}
-    check = parity(model, Path("models/model.onnx"), x)                  # onnxruntime vs torch
+    info = export_onnx(model, size=64, path=Path("models/model.onnx"))   # {opset, ir_version, sha256, size, final_bn}
+    check = parity(model, Path("models/model.onnx"), x)                  # onnxruntime vs torch, and the fold
 
 The file is self-contained (`torch.onnx.export(dynamo=True, external_data=False)`), exported in
 eval mode, with input `image` (float32, N x 3 x H x W, normalised as model.json says) on a
-dynamic batch axis and outputs `logits` and `probs`.
+dynamic batch axis and outputs `logits` and `probs`. A final BN is folded into the last Linear
+before the export (`finalbn.models.fold`), so the graph has no BatchNormalization after its last
+Gemm/MatMul; the parity check compares against the unfolded network.
 """
 
 from __future__ import annotations
@@ -21,9 +23,13 @@ import torch
 from torch import nn
 
 from finalbn.data.tensors import eval_transform
+from finalbn.models.fold import fold_final_bn
+from finalbn.models.network import FinalBNNet
 
 TOLERANCE = 1e-4  # max |P_ort - P_torch| over the test images, at batch 1 and 32
+FOLD_TOLERANCE = 1e-5  # max |P_folded - P_unfolded| of the two torch networks on the same images
 INPUT, OUTPUTS = "image", ("logits", "probs")
+MATMULS = ("Gemm", "MatMul")
 
 
 class Exported(nn.Module):
@@ -38,10 +44,20 @@ class Exported(nn.Module):
         return logits, torch.softmax(logits, dim=1)
 
 
-def export_onnx(model: nn.Module, size: int, path: Path) -> dict:
+def export_onnx(model: nn.Module, size: int, path: Path, *, fold: bool = True, optimize: bool = True) -> dict:
     """One self-contained ONNX file with a dynamic batch axis, written as the bytes MLflow's ONNX
-    flavour will store; returns {opset, ir_version, sha256, size}."""
-    wrapped = Exported(model).eval()
+    flavour will store; returns {opset, ir_version, sha256, size, final_bn}.
+
+    `fold`: a FinalBNNet's final BN is folded into its last Linear first (`fold_final_bn`; `model`
+    is untouched) and the graph as exported, before any ONNX optimiser, is checked to have no
+    BatchNormalization after its last Gemm/MatMul. `final_bn` says what became of it: "folded into
+    the last Linear", "none" (no final BN) or "kept" (`fold=False`). `optimize`: torch's ONNX
+    optimiser pass (constant folding, fusions), as shipped; False only to inspect the raw graph.
+    Raises ValueError when the folded graph still has a BatchNormalization after its last Gemm/MatMul.
+    """
+    has_bn = isinstance(model, FinalBNNet) and model.final_bn is not None
+    net = fold_final_bn(model) if fold and isinstance(model, FinalBNNet) else model
+    wrapped = Exported(net).eval()
     example = torch.zeros((2, 3, size, size), dtype=torch.float32)
     prog = torch.onnx.export(
         wrapped,
@@ -51,8 +67,14 @@ def export_onnx(model: nn.Module, size: int, path: Path) -> dict:
         output_names=list(OUTPUTS),
         dynamic_shapes={"image": {0: "batch"}},
         external_data=False,
-        optimize=True,
+        optimize=False,
     )
+    if fold and (left := bn_after_last_matmul(prog.model_proto)):
+        raise ValueError(
+            f"the exported graph keeps {', '.join(left)} after its last Gemm/MatMul: the final BN was not folded"
+        )
+    if optimize:
+        prog.optimize()  # what torch.onnx.export(optimize=True) runs
     prog.save(str(path))
     proto = without_source_paths(onnx.load(str(path)))
     onnx.checker.check_model(proto, full_check=True)
@@ -60,7 +82,17 @@ def export_onnx(model: nn.Module, size: int, path: Path) -> dict:
     if canonical != path.read_bytes():  # so the registry serves these very bytes and the card's digest holds there
         path.write_bytes(canonical)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    return {"opset": opset, "ir_version": proto.ir_version, **pin(path)}
+    final_bn = "none" if not has_bn else "folded into the last Linear" if fold else "kept"
+    return {"opset": opset, "ir_version": proto.ir_version, **pin(path), "final_bn": final_bn}
+
+
+def bn_after_last_matmul(proto: onnx.ModelProto) -> list[str]:
+    """The BatchNormalization nodes (their names) after the main graph's last Gemm/MatMul, in the
+    graph's (topological) order; every one when the graph has no Gemm/MatMul. Empty for a shipped
+    model: the head's final BN is folded into its last Linear."""
+    ops = [n.op_type for n in proto.graph.node]
+    last = max((i for i, op in enumerate(ops) if op in MATMULS), default=-1)
+    return [n.name or n.op_type for n in proto.graph.node[last + 1 :] if n.op_type == "BatchNormalization"]
 
 
 # torch's exporter records each node's Python stack trace, absolute source paths included (the home
@@ -117,7 +149,11 @@ def outputs(path: Path, x: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def parity(model: nn.Module, onnx_path: Path, x: np.ndarray, batch_sizes=(1, 32)) -> dict:
-    """onnxruntime vs torch on the same inputs: max |Δprob|, max |Δlogit|, label agreement."""
+    """onnxruntime vs torch (`model` as trained, unfolded) on the same inputs: per batch size, max
+    |Δprob|, max |Δlogit|, label agreement; `passed` when every max |Δprob| <= TOLERANCE with the
+    labels identical and the fold holds. `fold` (`fold_parity`): the folded torch network against
+    `model`, and whether onnxruntime is within FOLD_TOLERANCE of `model` too.
+    `x`: float32 (N, 3, H, W), preprocessed."""
     sess = session(onnx_path)
     model = model.eval()
     out: dict[str, Any] = {"images": int(len(x)), "tolerance": TOLERANCE, "batches": {}}
@@ -140,5 +176,34 @@ def parity(model: nn.Module, onnx_path: Path, x: np.ndarray, batch_sizes=(1, 32)
             "labels_identical": bool((po.argmax(1) == pt.argmax(1)).all()),
             "label_disagreements": int((po.argmax(1) != pt.argmax(1)).sum()),
         }
-    out["passed"] = all(b["max_abs_diff_probs"] <= TOLERANCE and b["labels_identical"] for b in out["batches"].values())
+    fold = fold_parity(model, x)
+    worst_ort = max(b["max_abs_diff_probs"] for b in out["batches"].values())
+    out["fold"] = {**fold, "onnx_max_abs_diff_probs": worst_ort, "onnx_within_tolerance": worst_ort <= FOLD_TOLERANCE}
+    out["passed"] = fold["passed"] and all(
+        b["max_abs_diff_probs"] <= TOLERANCE and b["labels_identical"] for b in out["batches"].values()
+    )
     return out
+
+
+def fold_parity(model: nn.Module, x: np.ndarray, batch: int = 32) -> dict:
+    """The folded network (`fold_final_bn`) against `model`, both torch in eval mode, on `x`
+    (float32 (N, 3, H, W)) in batches of `batch`: {folded, tolerance (FOLD_TOLERANCE),
+    max_abs_diff_probs, max_abs_diff_logits, passed}. `folded` False (and passed) when `model` has
+    no final BN: nothing to compare."""
+    if not (isinstance(model, FinalBNNet) and model.final_bn is not None):
+        return {"folded": False, "tolerance": FOLD_TOLERANCE, "passed": True}
+    folded, model = fold_final_bn(model), model.eval()
+    dp, dl = 0.0, 0.0
+    with torch.inference_mode():
+        for i in range(0, len(x), batch):
+            xb = torch.from_numpy(x[i : i + batch])
+            a, b = model(xb).float(), folded(xb).float()
+            dl = max(dl, float((a - b).abs().max()))
+            dp = max(dp, float((torch.softmax(a, 1) - torch.softmax(b, 1)).abs().max()))
+    return {
+        "folded": True,
+        "tolerance": FOLD_TOLERANCE,
+        "max_abs_diff_probs": dp,
+        "max_abs_diff_logits": dl,
+        "passed": dp <= FOLD_TOLERANCE,
+    }
