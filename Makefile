@@ -37,8 +37,10 @@ $(VENV)/.installed: pyproject.toml deploy/field/pyproject.toml tools/pip_sources
 install: $(VENV)/.installed
 
 # The main job: the whole DVC pipeline on the embedded default (params.yaml).
+# `finalbn plan` first: each stage `dvc repro` will run, and its projected time on this machine.
 run: install
 	@$(MAKE) --no-print-directory dvc-ready
+	@$(BIN)/finalbn plan
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 # DVC needs git unless told otherwise. Outside a git work tree (a ZIP download, a release

@@ -24,8 +24,9 @@ def test_levels_mark_the_reference_and_draw_their_own_splits_only_for_imbalance(
     cfg = load(
         [
             "sensitivity.imbalance=[0.01,0.05,0.1]",
-            "sensitivity.batch_size=[16,256]",
+            "sensitivity.batch_size=[256]",
             "sensitivity.final_bn_momentum=[0.1]",
+            "sensitivity.costly=true",  # adds the costly levels: batch size 16, the body's BN in train mode
         ]
     )
     plan = sensitivity.levels(cfg, tmp_path)
@@ -42,6 +43,10 @@ def test_levels_mark_the_reference_and_draw_their_own_splits_only_for_imbalance(
     assert by[("frozen_bn", "eval")].reference and by[("frozen_bn", "train")].overrides == ("model.frozen_bn=train",)
     assert by[("single_logit", "two softmax logits")].reference
     assert by[("single_logit", "one sigmoid logit")].overrides == ("model.single_logit=true",)
+    # without the switch, the costly levels are left out, and a factor with only its reference compares nothing
+    cheap = {(lv.factor, lv.level) for lv in sensitivity.levels(load(["sensitivity.batch_size=[256]"]), tmp_path)}
+    assert ("batch_size", "16") not in cheap and ("batch_size", "256") in cheap
+    assert not any(f == "frozen_bn" for f, _ in cheap)
 
 
 def test_levels_side_by_side_share_the_cores(load, monkeypatch):

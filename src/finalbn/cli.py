@@ -184,6 +184,8 @@ def _later_stages(sub, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
     p.add_argument("--out", default="results/bench.json", help="output file (default results/bench.json)")
+    p = sub.add_parser("plan", parents=[common], help="the pipeline's projected time on this machine, per stage")
+    p.add_argument("--all", action="store_true", help="every stage, as on a fresh clone (default: what dvc repro runs)")
     p = sub.add_parser("figures", parents=[common], help="draw cell runs' figures from what they logged")
     p.add_argument("--run-id", nargs="+", required=True, metavar="ID", help="the cell runs to draw")
     p = sub.add_parser(
@@ -245,6 +247,7 @@ COMMANDS: dict[str, str] = {
     "report": "finalbn.stages.report",
     "export": "finalbn.stages.export",
     "bench": "finalbn.bench.study",
+    "plan": "finalbn.bench.plan",
     "figures": "finalbn.stages.redraw",
 }
 

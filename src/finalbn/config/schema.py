@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, TypeAlias
 from pydantic import Field, Strict, model_validator
 from pydantic.dataclasses import dataclass
 
+from finalbn.config.cost import CostConfig
 from finalbn.config.strict import (
     STRICT,
     Bool,
@@ -328,6 +329,16 @@ class SelectionConfig:
 
 
 @dataclass(frozen=True, config=STRICT)
+class CostlyLevels:
+    """The sensitivity levels that cost most (`sensitivity.costly: true` adds them to the lists)."""
+
+    imbalance: tuple[Annotated[float, Field(gt=0.0, lt=0.5)], ...] = ()
+    batch_size: tuple[Annotated[int, Strict(), Field(ge=2)], ...] = ()
+    final_bn_momentum: tuple[Annotated[float, Field(gt=0.0, le=1.0)], ...] = ()
+    frozen_bn: tuple[Literal["eval", "train"], ...] = ()
+
+
+@dataclass(frozen=True, config=STRICT)
 class SensitivityConfig:
     """The `sensitivity` stage (`finalbn.stages.sensitivity`): the headline contrast, final BN alone
     vs nothing (31 − 63), under other settings, each on replicates 0..replicates-1. A level equal
@@ -341,6 +352,12 @@ class SensitivityConfig:
     single_logit: Bool = True  # one sigmoid logit (with BN over it) against two softmax logits
     bias_shift: Bool = True  # 31 against 63 with a minority-logit bias learned on validation
     workers: Annotated[int, Strict(), Field(ge=1)] = 2
+    costly: Bool = False  # add `costly_levels` to the lists above
+    costly_levels: CostlyLevels = CostlyLevels()
+
+    def values(self, factor: str) -> tuple:
+        """A factor's levels: its list, with its costly levels when `costly` is on."""
+        return tuple(getattr(self, factor)) + (tuple(getattr(self.costly_levels, factor)) if self.costly else ())
 
 
 @dataclass(frozen=True, config=STRICT)
@@ -439,6 +456,7 @@ class Config:
     tracking: TrackingConfig
     search: SearchConfig
     ray: RayConfig = RayConfig()
+    cost: CostConfig | None = None  # the projection's prices (None: stages project nothing)
 
     @model_validator(mode="after")
     def _unique_names(self):

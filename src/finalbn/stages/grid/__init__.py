@@ -32,9 +32,11 @@ from finalbn.config import Config, parse_configs, to_dict
 from finalbn.data.splits import split_dir
 from finalbn.data.tensors import load_splits
 from finalbn.infra.errors import UsageError
+from finalbn.stages.cost import projection_line
 from finalbn.stages.grid.output import write_results
 from finalbn.stages.grid.plan import Cell, all_cells, cell_config, cell_key, shard_cells, share_order, units
-from finalbn.stages.grid.shard import run_shard, run_unit
+from finalbn.stages.grid.price import grid_wall, price_book, sources
+from finalbn.stages.grid.shard import existing_cells, run_shard, run_unit
 from finalbn.stages.tracker import Tracker
 from finalbn.tracking.adapter import MLFLOW
 from finalbn.train.cell import preflight
@@ -43,10 +45,12 @@ __all__ = [
     "Cell",
     "GridPaths",
     "GridSummary",
+    "Priced",
     "all_cells",
     "cell_config",
     "cell_key",
     "main",
+    "priced",
     "run",
     "run_shard",
     "shard_cells",
@@ -140,6 +144,7 @@ def run(
         f"configs on {cfg.grid.headline.replicates}, {sum(1 for c in cells if c.baseline)} baseline cells), "
         f"{count} {'Ray task(s)' if executor == 'ray' else 'worker(s)'}"
     )
+    log(projection(cfg, paths.splits, tracker, count, stage))
     if executor == "ray":
         code = _run_ray(cfg, paths.splits, cells, stage, tracker)
     elif count > 1:
@@ -149,6 +154,38 @@ def run(
         code = 1 if stats["failed"] else 0
     results = write_results(cfg, paths.splits, paths.results, tracker)
     return GridSummary(code or (1 if results["missing"] else 0), results, count, executor)
+
+
+@dataclasses.dataclass(frozen=True)
+class Priced:
+    """The grid's cells still to train and their projected wall seconds (None: not priced here,
+    `unpriced` names the arch and size; `source`: where the prices come from)."""
+
+    todo: int
+    total: int
+    seconds: float | None
+    source: str = ""
+    unpriced: str = ""
+
+
+def priced(cfg: Config, splits: Path, tracker: Tracker, processes: int) -> Priced:
+    """`cfg`'s grid as `run` would train it: the cells without a finished run in the store, each at
+    its kind's measured seconds (`price.grid_wall`, the busiest of `processes` shards)."""
+    cells = all_cells(cfg)
+    existing = existing_cells(cfg, tracker)
+    todo = [c for c in cells if not any(r.finished for r in existing.get(cell_key(cfg, c, splits), []))]
+    book, unpriced = price_book(cfg, todo)
+    if book is None:
+        return Priced(len(todo), len(cells), None, unpriced=unpriced)
+    wall = grid_wall(cfg, cells, todo, book, processes, cfg.train.share_features)
+    return Priced(len(todo), len(cells), wall, sources(book))
+
+
+def projection(cfg: Config, splits: Path, tracker: Tracker, processes: int, stage: str) -> str:
+    """The line said before the cells run: how many are still to train, their projected time."""
+    p = priced(cfg, splits, tracker, processes)
+    what = f"{p.todo} of {p.total} cells to train at {processes} process(es)"
+    return projection_line(stage, p.seconds, what, p.source, p.unpriced)
 
 
 def _run_workers(cfg: Config, splits: Path, count: int, stage: str, tracker: Tracker) -> int:

@@ -23,6 +23,7 @@ from pathlib import Path
 from finalbn.config import Config
 from finalbn.infra import faults, interrupt
 from finalbn.stages.cellrun import CellRun, track_cell
+from finalbn.stages.cost import Progress
 from finalbn.stages.grid.plan import (
     Cell,
     all_cells,
@@ -32,6 +33,7 @@ from finalbn.stages.grid.plan import (
     shard_cells,
     share_order,
 )
+from finalbn.stages.grid.price import cell_seconds, price_book
 from finalbn.stages.tracker import Tracker
 from finalbn.tracking import records as tags
 from finalbn.tracking.adapter import MLFLOW
@@ -57,7 +59,7 @@ def run_shard(
 ) -> dict:
     """Run this shard's unfinished cells; returns {"ran", "skipped", "failed": [...], "seconds": {...}}."""
     cells = shard_cells(all_cells(cfg), index, count, cfg.train.share_features)
-    return run_cells(cfg, splits_dir, cells, f"[shard {index}/{count}]", log, stage, tracker)
+    return run_cells(cfg, splits_dir, cells, f"[shard {index}/{count}]", log, stage, tracker, position=index)
 
 
 def run_unit(cfg: Config, splits_dir: Path, cells: list[Cell], label: str, stage: str = "grid") -> dict:
@@ -73,8 +75,10 @@ def run_cells(
     log: Callable[[str], None] = print,
     stage: str = "grid",
     tracker: Tracker = MLFLOW,
+    position: int = 0,
 ) -> dict:
-    """Run the unfinished ones of `cells` (whole parents: a shard's, or a unit's), in share order;
+    """Run the unfinished ones of `cells` (whole parents: a shard's, or a unit's), in share order,
+    each line saying the time left (`cost.Progress`; a bar at `position` on a terminal);
     returns {"ran", "skipped", "failed": [...], "seconds": {...}}. A RUNNING run of one of them is
     marked KILLED before any cell runs when no live command owns it (`Tracker.take_over`); raises
     StoreError, one line naming its host and pid, when its process is alive on this host."""
@@ -95,6 +99,7 @@ def run_cells(
     }
     parents: dict[tuple, str] = {}  # Cell.parent -> parent run id, once created
     touched: set[tuple] = set()
+    bar = _progress(cfg, cells, keys, existing, label, position)
     for done, (cell, key) in enumerate(zip(cells, keys), start=1):
         if any(r.finished for r in existing.get(key, [])):
             stats["skipped"] += 1
@@ -110,14 +115,25 @@ def run_cells(
                     cell.parent_name(where),
                     cell.baseline,
                 )
-            progress = f"{label} cell {done}/{len(cells)} {cell.name}"
+            progress = f"{label} cell {done}/{len(cells)} {cell.name} ({bar.left()})"
             if _run_one(cfg, stage, cell, key, splits_dir, parents[cell.parent], stats, progress, log, where, tracker):
                 touched.add(cell.parent)
+            bar.done(done - 1)
             interrupt.deliver()  # a Ctrl-C Python swallowed stops the grid between cells
             faults.point(f"{stage}.between")
         if last[cell.parent] == done - 1:
             _close_parent(cfg, stage, cell, splits_dir, parents, touched, tracker)
+    bar.close()
     return stats
+
+
+def _progress(cfg: Config, cells: list[Cell], keys: list[str], existing: dict, label: str, position: int) -> Progress:
+    """The shard's time left: its unfinished cells at their kinds' measured seconds (a finished cell
+    weighs nothing; unpriced, every cell weighs the same)."""
+    todo = [c for c, k in zip(cells, keys) if not any(r.finished for r in existing.get(k, []))]
+    book, _ = price_book(cfg, todo)
+    seconds = cell_seconds(cfg, todo, book, cfg.train.share_features) if book else dict.fromkeys(todo, 1.0)
+    return Progress(label.strip("[]"), [seconds.get(c, 0.0) for c in cells], position=position)
 
 
 def _left_running(existing: dict[str, list[RunRecord]], keys: list[str]) -> list[RunRecord]:

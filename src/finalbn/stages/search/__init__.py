@@ -34,6 +34,7 @@ from finalbn.cluster import rayexec, workers
 from finalbn.config import Config, to_dict
 from finalbn.infra import io
 from finalbn.infra.errors import UsageError
+from finalbn.stages.cost import cell_prices, projection_line
 from finalbn.stages.search.compare import compare, tested_replicates
 from finalbn.stages.search.objective import (
     SWITCHES,
@@ -122,6 +123,36 @@ def run_ray(cfg: Config, splits: Path, count: int, parent_run_id: str) -> int:
     return 1 if any(isinstance(o, rayexec.TaskFailed) for o in outcomes) else 0
 
 
+def seconds(cfg: Config, trials: int, procs: int) -> tuple[float | None, str]:
+    """The search's time: each of `trials` on `cost.search_share` of the replicates it races over
+    (a pruned trial stops sooner; 1 = every replicate, at most), a replicate priced as the first cell of the family its switches draw
+    (`cost.cell_prices`; augmented or mixed with probability 1/2 when DA or MX is in the space),
+    shared by `procs` processes, then the comparison, the best trial on the same replicates.
+    Returns (seconds, the prices' source), or (None, the arch and size not priced)."""
+    ds = cfg.datasets[0]
+    prices = cell_prices(cfg, cfg.model.arch, ds.image_size)
+    if prices is None:
+        return None, f"{cfg.model.arch} at {ds.image_size} px"
+    space = set(cfg.search.space.switches or ())
+    p_da = 0.5 if "da" in space else float(cfg.ablation.da)
+    p_mx = 0.5 if "mx" in space else float(cfg.ablation.mx)
+    cell = (
+        p_da * prices.cell("first_da")
+        + (1 - p_da) * p_mx * prices.cell("first_mx")
+        + (1 - p_da) * (1 - p_mx) * prices.cell("first")
+    )
+    reps = cfg.selection.replicates
+    share = cfg.cost.search_share if cfg.cost is not None else 1.0  # the pruner's measured saving
+    return max(trials, 0) * reps * share * cell / max(procs, 1) + reps * cell, prices.source
+
+
+def projection(cfg: Config, trials: int, procs: int) -> str:
+    """The line said before the trials start (`seconds`)."""
+    secs, source = seconds(cfg, trials, procs)
+    what = f"{max(trials, 0)} trial(s) to run, {procs} process(es)"
+    return projection_line("search", secs, what, source, unpriced=source)
+
+
 @dataclasses.dataclass(frozen=True)
 class SearchPaths:
     """The prepared splits, the summary file (search.json; the figures go beside it) and the grid's
@@ -169,6 +200,7 @@ def run(
         f"replicates 0..{cfg.selection.replicates - 1} ({len(study.trials)} in the study already), {procs} "
         f"worker(s), storage {cfg.search.storage}"
     )
+    log(projection(cfg, cfg.search.n_trials - finished(study), procs))
     t0 = time.perf_counter()
     if (executor or cfg.search.executor) == "ray":
         code = run_ray(cfg, paths.splits, procs, parent)

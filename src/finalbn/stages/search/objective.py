@@ -33,6 +33,7 @@ from optuna.trial import TrialState
 
 from finalbn.config import TOGGLES, Config, config_name
 from finalbn.stages.cellrun import CellHooks, CellRun, track_cell
+from finalbn.stages.cost import duration
 from finalbn.stages.search.lease import lease
 from finalbn.stages.search.space import multi_objective, steps_per_replicate, suggest
 from finalbn.stages.search.study import EPOCHS, OBJECTIVES, RetryDeadWorker, finished, open_study
@@ -259,8 +260,22 @@ class TrialLog:
             what = f"FAILED: {trial.user_attrs.get('fail_reason', 'see its run')}"
         self.log(
             f"search: trial {trial.number} ({trial.user_attrs.get('config_name', '?')}) {what}, {secs:.0f} s "
-            f"[{done}/{self.cfg.search.n_trials} finished]"
+            f"[{done}/{self.cfg.search.n_trials} finished{_left(study, self.cfg, done)}]"
         )
+
+
+def _left(study: optuna.Study, cfg: Config, done: int) -> str:
+    """`, about 2 min 10 s left`: the trials still to finish at the mean time of the finished
+    ones, shared by the workers (empty before any trial finished, or when none is left)."""
+    spent = [
+        t.duration.total_seconds()
+        for t in study.trials
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.duration is not None
+    ]
+    left = cfg.search.n_trials - done
+    if left <= 0 or not spent:
+        return ""
+    return f", about {duration(sum(spent) / len(spent) * left / max(cfg.search.workers, 1))} left"
 
 
 def _span(reps: list[int]) -> str:

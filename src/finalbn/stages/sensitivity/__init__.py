@@ -46,6 +46,7 @@ from finalbn.infra.errors import DataError
 from finalbn.infra.io import write_csv
 from finalbn.plots.sensitivity import fig_factor
 from finalbn.stages import grid
+from finalbn.stages.cost import Progress, projection_line
 from finalbn.stages.sensitivity.analysis import (
     BN_ID,
     COLUMNS,
@@ -86,7 +87,7 @@ def levels(cfg: Config, out: Path) -> list[Level]:
     """Every (factor, level) of params' `sensitivity` section, the reference levels marked."""
     s, out_levels = cfg.sensitivity, []
     n0, n1 = cfg.split.train
-    shares = sorted(set(s.imbalance) | {n1 / (n0 + n1)}) if s.imbalance else []
+    shares = sorted(set(s.values("imbalance")) | {n1 / (n0 + n1)}) if s.values("imbalance") else []
     seen = set()
     for share in shares:
         m = minority_count(share, n0)
@@ -105,11 +106,11 @@ def levels(cfg: Config, out: Path) -> list[Level]:
             )
         )
     for factor, values, current, key in (
-        ("batch_size", s.batch_size, cfg.train.batch_size, "train.batch_size"),
-        ("final_bn_momentum", s.final_bn_momentum, cfg.model.final_bn_momentum, "model.final_bn_momentum"),
-        ("frozen_bn", s.frozen_bn, cfg.model.frozen_bn, "model.frozen_bn"),
+        ("batch_size", s.values("batch_size"), cfg.train.batch_size, "train.batch_size"),
+        ("final_bn_momentum", s.values("final_bn_momentum"), cfg.model.final_bn_momentum, "model.final_bn_momentum"),
+        ("frozen_bn", s.values("frozen_bn"), cfg.model.frozen_bn, "model.frozen_bn"),
     ):
-        if values:
+        if set(values) - {current}:  # a factor with no level but the reference compares nothing
             for v in sorted(set(values) | {current}, key=lambda x: (isinstance(x, str), x)):
                 ref = v == current
                 out_levels.append(
@@ -176,17 +177,20 @@ def run_levels(
             folder = out / "levels" / f"{len(todo):02d}-{lv.factor}"
             todo[key] = (lcfg, grid.GridPaths(level_splits(lcfg, lv, splits), folder))
     calls = list(todo.values())
+    bar = _projection(calls, n, tracker, log)
     for start in range(0, len(calls), n):
         batch = calls[start : start + n]
         names = [
             ", ".join(f"{lv.factor} = {lv.level}" for lv in plan if todo[(lv.overrides, lv.splits)][1] == p)
             for _, p in batch
         ]
-        log(f"sensitivity: {'; '.join(names)}")
+        log(f"sensitivity: {'; '.join(names)} ({bar.left()})")
         if n > 1:
             codes = workers.map_processes(train_level, list(batch), n)
         else:
             codes = [train_level(lcfg, paths, tracker) for lcfg, paths in batch]
+        for i in range(start, start + len(batch)):
+            bar.done(i)
         if any(codes):
             raise LevelFailed(
                 f"{'; '.join(names)}: the grid exited {max(codes)} (a cell failed or an input is "
@@ -199,6 +203,25 @@ def run_levels(
             pd.read_csv(folder / "grid.csv").assign(factor=lv.factor, level=lv.level, reference=lv.reference, rival="")
         )
     return frames
+
+
+def _projection(calls: list[tuple[Config, grid.GridPaths]], n: int, tracker: Tracker, log) -> Progress:
+    """Say the levels' projected time (each level's grid priced as `grid.priced` prices it, one
+    process each, `n` levels at a time: a batch lasts as its longest level) and return their
+    progress (a batch's levels share its time)."""
+    levels_priced = [grid.priced(lcfg, paths.splits, tracker, 1) for lcfg, paths in calls]
+    what = f"{sum(p.todo for p in levels_priced)} cells to train in {len(calls)} level grid(s), {n} at a time"
+    if any(p.seconds is None for p in levels_priced):
+        unpriced = next(p.unpriced for p in levels_priced if p.seconds is None)
+        log(projection_line("sensitivity", None, what, unpriced=unpriced))
+        return Progress("sensitivity", [1.0] * len(calls), bar=False)
+    seconds = [float(p.seconds or 0.0) for p in levels_priced]
+    shares = []
+    for start in range(0, len(seconds), n):
+        batch = seconds[start : start + n]
+        shares += [max(batch) / len(batch)] * len(batch)
+    log(projection_line("sensitivity", sum(shares), what, levels_priced[0].source))
+    return Progress("sensitivity", shares, bar=False)
 
 
 BIAS_LEVEL, BIAS_RIVAL = "learned bias on 63, fitted at π", "63 + learned bias"
