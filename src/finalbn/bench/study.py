@@ -453,7 +453,6 @@ def run(
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
     """`finalbn bench`: checks the arguments before any measurement, then results/bench.json."""
-    tracking.detach_project_run()
     try:
         device = resolve_device(args.device)
     except RuntimeError as exc:  # --device cuda on a machine without one
@@ -508,6 +507,7 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
 
 def _cells(cfg: Config, args: argparse.Namespace, device: torch.device, out: Path) -> int:
     """`finalbn bench --cells` (`bench_cells`): one size, the archs asked for; results/bench.json."""
+    tracking.detach_project_run()  # its `tracking` kind makes MLflow runs: never the project run's (mlflow run)
     splits = Path(args.splits)
     manifest = splits / cfg.datasets[0].name / "0" / "manifest.csv"
     if not manifest.is_file():

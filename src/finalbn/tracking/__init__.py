@@ -13,30 +13,63 @@ registered name and alias), `fingerprint` (whether the store holds what a stage'
 cells in these contexts (`finalbn.stages.cellrun`), so a test can run a stage's core with no store at all.
 """
 
-from finalbn.tracking import fingerprint, records
-from finalbn.tracking.outputs import log_report
-from finalbn.tracking.owner import owned
-from finalbn.tracking.parents import finish_study_parent, study_parent
-from finalbn.tracking.query import (
-    artifact_text,
-    download,
-    finished_cell_runs,
-    get_run,
-    runs_by_tag,
-    search,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from finalbn.tracking import records
 from finalbn.tracking.records import RunRecord, latest
-from finalbn.tracking.registry import ALIAS, REGISTERED_NAME, log_onnx_and_register
-from finalbn.tracking.runs import ActiveRun, cell_run, log_figure, mark_killed
-from finalbn.tracking.store import (
-    after_interrupt,
-    detach_project_run,
-    experiment_name,
-    experiment_names,
-    run_experiment,
-    setup,
-    tracking_uri,
-)
+
+if TYPE_CHECKING:  # what a type checker and the import graph see; at run time each loads on first use
+    from finalbn.tracking import fingerprint
+    from finalbn.tracking.outputs import log_report
+    from finalbn.tracking.owner import owned
+    from finalbn.tracking.parents import finish_study_parent, study_parent
+    from finalbn.tracking.query import artifact_text, download, finished_cell_runs, get_run, runs_by_tag, search
+    from finalbn.tracking.registry import ALIAS, REGISTERED_NAME, log_onnx_and_register
+    from finalbn.tracking.runs import ActiveRun, cell_run, log_figure, mark_killed
+    from finalbn.tracking.store import (
+        after_interrupt,
+        detach_project_run,
+        experiment_name,
+        experiment_names,
+        run_experiment,
+        setup,
+        tracking_uri,
+    )
+
+# name -> the module that defines it: these modules import MLflow, so `finalbn.tracking.records`
+# (the run records and tag names a `MemoryTracker` needs) imports without it
+_LAZY = {
+    "log_report": "outputs",
+    "owned": "owner",
+    **dict.fromkeys(("finish_study_parent", "study_parent"), "parents"),
+    **dict.fromkeys(("artifact_text", "download", "finished_cell_runs", "get_run", "runs_by_tag", "search"), "query"),
+    **dict.fromkeys(("ALIAS", "REGISTERED_NAME", "log_onnx_and_register"), "registry"),
+    **dict.fromkeys(("ActiveRun", "cell_run", "log_figure", "mark_killed"), "runs"),
+    **dict.fromkeys(
+        (
+            "after_interrupt",
+            "detach_project_run",
+            "experiment_name",
+            "experiment_names",
+            "run_experiment",
+            "setup",
+            "tracking_uri",
+        ),
+        "store",
+    ),
+}
+_MODULES = {"adapter", "fingerprint", "outputs", "owner", "parents", "query", "registry", "runs", "store"}
+
+
+def __getattr__(name: str) -> Any:
+    """A re-exported name or a submodule, imported (with MLflow) the first time it is asked for."""
+    if name in _MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ActiveRun",

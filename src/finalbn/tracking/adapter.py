@@ -14,8 +14,8 @@ from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
 from typing import Any
 
+from finalbn import tracking  # its modules load (with MLflow) when a method first runs
 from finalbn.config import Config
-from finalbn.tracking import outputs, owner, parents, query, runs, store
 from finalbn.tracking.records import RunRecord
 
 
@@ -25,10 +25,10 @@ class MlflowTracker:
     shared = True
 
     def setup(self, cfg: Config, stage: str) -> None:
-        store.setup(cfg, stage)
+        tracking.store.setup(cfg, stage)
 
     def owned(self, cfg: Config, stage: str, shard: tuple[int, int] = (0, 1), command: str = "") -> ContextManager[Any]:
-        return owner.owned(cfg, stage, shard=shard, command=command)
+        return tracking.owner.owned(cfg, stage, shard=shard, command=command)
 
     def cell_run(
         self,
@@ -38,14 +38,14 @@ class MlflowTracker:
         parent_run_id: str | None = None,
         killed_on: tuple[type[BaseException], ...] = (),
         state_tag: str | None = None,
-    ) -> ContextManager[runs.ActiveRun]:
-        return runs.cell_run(name, tags, parent_run_id=parent_run_id, killed_on=killed_on, state_tag=state_tag)
+    ) -> ContextManager[tracking.runs.ActiveRun]:
+        return tracking.runs.cell_run(name, tags, parent_run_id=parent_run_id, killed_on=killed_on, state_tag=state_tag)
 
     def cells_by_key(self, cfg: Config, stages: Iterable[str], tag: str) -> dict[str, list[RunRecord]]:
-        return query.runs_by_tag(store.experiment_names(cfg, *stages), tag)
+        return tracking.query.runs_by_tag(tracking.store.experiment_names(cfg, *stages), tag)
 
     def take_over(self, cfg: Config, stage: str, runs: Iterable[RunRecord]) -> list[str]:
-        return owner.take_over(cfg, stage, runs)
+        return tracking.owner.take_over(cfg, stage, runs)
 
     def parent(
         self,
@@ -58,28 +58,28 @@ class MlflowTracker:
         name: str,
         baseline: str = "",
     ) -> str:
-        return parents.grid_parent(cfg, stage, dataset, arch, config_id, parent_key, name, baseline)
+        return tracking.parents.grid_parent(cfg, stage, dataset, arch, config_id, parent_key, name, baseline)
 
     def open_parent(self, cfg: Config, stage: str, parent_key: str) -> str | None:
-        return parents.open_parent(cfg, stage, parent_key)
+        return tracking.parents.open_parent(cfg, stage, parent_key)
 
     def finish_parent(self, cfg: Config, stage: str, parent_key: str, parent_id: str) -> None:
-        parents.finish_parent(cfg, stage, parent_key, parent_id)
+        tracking.parents.finish_parent(cfg, stage, parent_key, parent_id)
 
     def artifact_text(self, run_id: str, path: str) -> str | None:
-        return query.artifact_text(run_id, path)
+        return tracking.query.artifact_text(run_id, path)
 
     def experiments(self, cfg: Config, *stages: str) -> list[str]:
-        return store.experiment_names(cfg, *stages)
+        return tracking.store.experiment_names(cfg, *stages)
 
     def finished_cells(self, experiments: str | Sequence[str]) -> list[RunRecord]:
-        return query.finished_cell_runs(experiments)
+        return tracking.query.finished_cell_runs(experiments)
 
     def metric_history(self, run_id: str, keys: Iterable[str]) -> dict[int, dict[str, float]]:
-        return query.metric_history(run_id, keys)
+        return tracking.query.metric_history(run_id, keys)
 
     def log_report(self, cfg: Config, out_dir: Path) -> str:
-        return outputs.log_report(out_dir, store.experiment_name(cfg, "report"))
+        return tracking.outputs.log_report(out_dir, tracking.store.experiment_name(cfg, "report"))
 
 
 MLFLOW = MlflowTracker()  # stateless: the one every command uses
