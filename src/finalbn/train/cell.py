@@ -14,6 +14,9 @@ head trains on the frozen body's features shared with every cell that sees the s
 the same batches (`finalbn.train.features`); otherwise (UF on, or --no-share) the whole network runs
 every step. Order, augmentation, MixUp, head init and dropout draw from their
 own seeded streams (`finalbn.config.seeds`), so neither path nor the order of cells changes a draw.
+`run_cell` is `prepare_cell` (data, seed, plan, settings), `cell_inputs` (the network and its
+data), `engine.fit` and `finish_cell` (evaluation, the CellResult); `finalbn.train.stacked` runs
+the same parts around one training loop for several head-only cells.
 """
 
 from __future__ import annotations
@@ -233,7 +236,7 @@ def per_source_recall(labels: np.ndarray, preds: np.ndarray, sources: Sequence[s
 
 
 @dataclass
-class _Inputs:
+class CellInputs:
     """How a cell's network meets its data: the network to train, its training source, and the
     validation and test batches at a given epoch (the shared path's depend on the epoch)."""
 
@@ -246,50 +249,57 @@ class _Inputs:
     images_before: int = 0
 
 
-def _shared_inputs(
-    cfg: Config,
-    ds: DatasetConfig,
-    where: Path,
-    tensors,
-    plan: TrainPlan,
-    manifest_hash: str,
-    seed: int,
-    device: torch.device,
-) -> _Inputs:
-    """UF off: a head on the frozen body's features, computed once for every cell that shares them."""
+def share_key(setup: CellSetup) -> tuple[tuple, features.BodyKey]:
+    """(share key, body key) of a UF-off cell: its features are those of every cell with the same
+    share key — the same manifest, image size, body, seed, batch size, augmentation and MixUp
+    (`features.CACHE`); the body key fixes the frozen body as a function."""
+    cfg, plan, device = setup.cfg, setup.plan, setup.device
     w = weights_path(cfg)
     # bf16 on CUDA, as the engine's autocast runs the whole network there
     body_key = features.BodyKey(
         cfg.model.arch,
         w,
-        seed if w == "none" else None,
+        setup.seed if w == "none" else None,
         str(device),
         bf16=device.type == "cuda",
         bn_train=cfg.model.frozen_bn == "train",
     )
-    share_key = (
-        str((where / "manifest.csv").resolve()),
-        manifest_hash,
-        ds.image_size,
+    key = (
+        str((setup.where / "manifest.csv").resolve()),
+        setup.manifest_hash,
+        setup.ds.image_size,
         body_key,
-        seed,
+        setup.seed,
         cfg.train.batch_size,
         plan.augment,
         plan.mixup_alpha,
     )
-    shared = features.CACHE.get(share_key, plan, tensors, body_key)
+    return key, body_key
+
+
+def _shared_inputs(setup: CellSetup) -> CellInputs:
+    """UF off: a head on the frozen body's features, computed once for every cell that shares them."""
+    key, body_key = share_key(setup)
+    shared = features.CACHE.get(key, setup.plan, setup.tensors, body_key)
     images_before = shared.body_images
-    head = build_head(cfg, shared.body.nf, seed=seed)
-    return _Inputs(head, shared.train, shared.val_at, shared.test_at, shared, body_key, images_before)
+    head = build_head(setup.cfg, shared.body.nf, seed=setup.seed)
+    return CellInputs(head, shared.train, shared.val_at, shared.test_at, shared, body_key, images_before)
 
 
-def _whole_inputs(cfg: Config, tensors, plan: TrainPlan, seed: int, device: torch.device) -> _Inputs:
+def _whole_inputs(setup: CellSetup) -> CellInputs:
     """UF on (or --no-share): the whole network runs every step."""
-    spec = get_spec(cfg.model.arch)
-    model = build_model(cfg, seed=seed)
-    val_b = EvalBatches(tensors["val"], spec.mean, spec.std, device=str(device))
-    test_b = EvalBatches(tensors["test"], spec.mean, spec.std, device=str(device))
-    return _Inputs(model, plan.inputs, (lambda epoch: val_b), (lambda epoch: test_b))
+    spec = get_spec(setup.cfg.model.arch)
+    model = build_model(setup.cfg, seed=setup.seed)
+    device, tensors = str(setup.device), setup.tensors
+    val_b = EvalBatches(tensors["val"], spec.mean, spec.std, device=device)
+    test_b = EvalBatches(tensors["test"], spec.mean, spec.std, device=device)
+    return CellInputs(model, setup.plan.inputs, (lambda epoch: val_b), (lambda epoch: test_b))
+
+
+def cell_inputs(setup: CellSetup) -> CellInputs:
+    """The network a cell trains and its data: a head on shared features (`shares_body`), else
+    the whole network on images."""
+    return _shared_inputs(setup) if shares_body(setup.cfg) else _whole_inputs(setup)
 
 
 @dataclass
@@ -302,7 +312,7 @@ class _Evaluation:
     temperature: float | None
 
 
-def _evaluate(model: torch.nn.Module, inputs: _Inputs, fitted: FitResult, tc, device: torch.device) -> _Evaluation:
+def _evaluate(model: torch.nn.Module, inputs: CellInputs, fitted: FitResult, tc, device: torch.device) -> _Evaluation:
     """Test and validation predictions at the last and the selected epoch (temperature-scaled when
     `train.calibration` says so); the model is left at its last epoch, as trained."""
     last, sel = tc.epochs, fitted.selected_epoch
@@ -323,7 +333,7 @@ def _evaluate(model: torch.nn.Module, inputs: _Inputs, fitted: FitResult, tc, de
     return _Evaluation(labels, probs_last, probs_sel, val_labels, val_last, temperature)
 
 
-def _whole_network(cfg: Config, model: torch.nn.Module, inputs: _Inputs) -> torch.nn.Module:
+def _whole_network(cfg: Config, model: torch.nn.Module, inputs: CellInputs) -> torch.nn.Module:
     """The network for logging or export: on the shared path, a copy of the shared body + this head."""
     if inputs.shared is None:
         return model
@@ -340,6 +350,52 @@ def _whole_network(cfg: Config, model: torch.nn.Module, inputs: _Inputs) -> torc
     )
 
 
+@dataclass
+class CellSetup:
+    """A cell before training: its config, dataset, split folder and replicate, the split's
+    tensors and manifest hash, its seed, training plan and fit settings, the device."""
+
+    cfg: Config
+    ds: DatasetConfig
+    where: Path
+    replicate: int
+    tensors: dict[str, SplitTensors]
+    manifest_hash: str
+    seed: int
+    plan: TrainPlan
+    settings: FitSettings
+    train_labels: np.ndarray
+    device: torch.device
+
+
+def prepare_cell(
+    cfg: Config, dataset: str | DatasetConfig, splits_dir: Path, progress: bool = False, replicate: int = 0
+) -> CellSetup:
+    """Everything a cell needs before its network is built (`run_cell`'s first half). Raises
+    FileNotFoundError for a missing split."""
+    ds = cfg.dataset(dataset) if isinstance(dataset, str) else dataset
+    where = split_dir(splits_dir, ds.name, replicate)
+    tc = cfg.train
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    device = resolve_device(tc.device)
+    tensors = load_splits(where / "manifest.csv", ds.image_size)
+    manifest_hash = json.loads((where / "split.json").read_text())["manifest_sha256"]
+    seed = cell_seed(cfg, replicate)
+    seed_everything(seed)
+    plan = train_plan(cfg, tensors["train"], seed, str(device))
+    train_labels = tensors["train"].labels.numpy()
+    settings = fit_settings(cfg, train_labels, str(device), progress, seed=seed)
+    return CellSetup(cfg, ds, where, replicate, tensors, manifest_hash, seed, plan, settings, train_labels, device)
+
+
+def finish_cell(setup: CellSetup, inputs: CellInputs, fitted: FitResult) -> CellResult:
+    """A trained cell evaluated on test (last and selected epoch) and validation: its CellResult."""
+    ev = _evaluate(inputs.model, inputs, fitted, setup.cfg.train, setup.device)
+    model = _whole_network(setup.cfg, inputs.model, inputs)
+    return _result(setup, fitted, ev, model, inputs)
+
+
 def run_cell(
     cfg: Config,
     dataset: str | DatasetConfig,
@@ -350,31 +406,10 @@ def run_cell(
 ) -> CellResult:
     """Train one cell on `<splits_dir>/<dataset>/<replicate>/manifest.csv`; evaluate it on test.
     Raises FileNotFoundError for a missing split, engine.TrainingDiverged when the loss turns NaN."""
-    ds = cfg.dataset(dataset) if isinstance(dataset, str) else dataset
-    where = split_dir(splits_dir, ds.name, replicate)
-    tc = cfg.train
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    device = resolve_device(tc.device)
-    tensors = load_splits(where / "manifest.csv", ds.image_size)
-    manifest_hash = json.loads((where / "split.json").read_text())["manifest_sha256"]
-
-    seed = cell_seed(cfg, replicate)
-    seed_everything(seed)
-    plan = train_plan(cfg, tensors["train"], seed, str(device))
-    train_labels = tensors["train"].labels.numpy()
-    settings = fit_settings(cfg, train_labels, str(device), progress, seed=seed)
-    inputs = (
-        _shared_inputs(cfg, ds, where, tensors, plan, manifest_hash, seed, device)
-        if shares_body(cfg)
-        else _whole_inputs(cfg, tensors, plan, seed, device)
-    )
-    fitted = fit(inputs.model, inputs.train, inputs.val_of, settings, callbacks)
-    ev = _evaluate(inputs.model, inputs, fitted, tc, device)
-    model = _whole_network(cfg, inputs.model, inputs)
-    return _result(
-        cfg, ds.name, replicate, manifest_hash, tensors, fitted, ev, model, settings, train_labels, seed, inputs, device
-    )
+    setup = prepare_cell(cfg, dataset, splits_dir, progress, replicate)
+    inputs = cell_inputs(setup)
+    fitted = fit(inputs.model, inputs.train, inputs.val_of, setup.settings, callbacks)
+    return finish_cell(setup, inputs, fitted)
 
 
 def prior_rule_valid(cfg: Config) -> bool:
@@ -396,20 +431,9 @@ def validation_threshold_f1(val_labels: np.ndarray, val_p1: np.ndarray, labels: 
 
 
 def _result(
-    cfg: Config,
-    dataset: str,
-    replicate: int,
-    manifest_hash: str,
-    tensors: dict[str, SplitTensors],
-    fitted: FitResult,
-    ev: _Evaluation,
-    model: torch.nn.Module,
-    settings: FitSettings,
-    train_labels: np.ndarray,
-    seed: int,
-    inputs: _Inputs,
-    device: torch.device,
+    setup: CellSetup, fitted: FitResult, ev: _Evaluation, model: torch.nn.Module, inputs: CellInputs
 ) -> CellResult:
+    cfg, tensors, train_labels, settings = setup.cfg, setup.tensors, setup.train_labels, setup.settings
     counts = train_counts(train_labels)
     test, val = tensors["test"], tensors["val"]
     pc_counts = counts if prior_rule_valid(cfg) else None
@@ -429,9 +453,9 @@ def _result(
     val_last["balanced_loss"] = balanced_loss(ev.val_labels, ev.val_last)
     shared = inputs.shared
     return CellResult(
-        dataset=dataset,
-        replicate=replicate,
-        manifest_sha256=manifest_hash,
+        dataset=setup.ds.name,
+        replicate=setup.replicate,
+        manifest_sha256=setup.manifest_hash,
         config_id=config_id(cfg.ablation),
         config_name=config_name(cfg.ablation),
         fit=fitted,
@@ -445,14 +469,14 @@ def _result(
         confusion_last=metrics.confusion(labels, probs_last.argmax(1)).tolist(),
         class_weights=settings.class_weights,
         bn_policy=model.bn_policy,
-        device=str(device),
+        device=str(setup.device),
         model=model,
         labels=labels,
         probs_last=probs_last,
         probs_sel=probs_sel,
         train_size=len(train_labels),
         train_counts=counts,
-        seed=seed,
+        seed=setup.seed,
         features="shared" if shared is not None else "unshared",
         temperature=ev.temperature,
         body_images=(shared.body_images - inputs.images_before) if shared is not None else None,

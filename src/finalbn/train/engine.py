@@ -17,7 +17,8 @@ prevalence-invariant validation criterion — validation AUROC of P(minority), t
 class-balanced validation loss (accuracy for multi-class) — and the state training can change
 (`model.mutable_state_keys()`: the head, and body BN layers when they train) is kept for it, so the
 caller can evaluate both. A model with an `epoch_stats()` method (the final BN's running
-statistics, gamma, beta) has them added to each epoch's row. The loss is checked once per epoch
+statistics, gamma, beta) has them added to each epoch's row (`EpochLedger` records an epoch, for
+`fit` and for a stack of cells, `finalbn.train.stacked`). The loss is checked once per epoch
 (no host sync per step). Image inputs run channels_last (measured faster on CPU and GPU); on CUDA
 with bf16 autocast.
 """
@@ -122,18 +123,26 @@ def param_groups(
     return groups
 
 
-def _autocast(device: torch.device, bf16: bool | None):
+def autocast(device: torch.device, bf16: bool | None):
+    """bf16 autocast on `device` when `bf16` says (None: on CUDA only), else a no-op context."""
     on = device.type == "cuda" if bf16 is None else bf16
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
 
 
-def _epoch_source(train: TrainSource) -> Callable[[int], Batches]:
+def epoch_source(train: TrainSource) -> Callable[[int], Batches]:
+    """`train` as a function epoch -> batches (a re-iterable: the same batches every epoch)."""
     return train if callable(train) else (lambda epoch: train)
 
 
 def _optimiser(model: nn.Module, settings: FitSettings, steps_per_epoch: int):
     """AdamW over the model's parameter groups and its one-cycle schedule."""
     groups = param_groups(model, settings.weight_decay, settings.body_lr_ratio, settings.wd_on_bn)
+    return adamw_one_cycle(groups, settings, steps_per_epoch)
+
+
+def adamw_one_cycle(groups: list[dict[str, Any]], settings: FitSettings, steps_per_epoch: int):
+    """(AdamW, OneCycleLR) over `param_groups`-style `groups` (each with its "lr_scale"): the
+    schedule's maximum LR is `settings.lr` x the group's scale, warm-up `settings.pct_start`."""
     # fused AdamW: one kernel for all parameters (measured ~1.5x faster per head step on CPU)
     fused = all(p.dtype.is_floating_point and p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
     opt = torch.optim.AdamW(groups, lr=settings.lr, fused=fused or None)
@@ -146,7 +155,7 @@ def _optimiser(model: nn.Module, settings: FitSettings, steps_per_epoch: int):
     return opt, sched
 
 
-def _loss_inputs(settings: FitSettings, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def loss_inputs(settings: FitSettings, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(class weights, log training prior): what the loss needs besides logits and targets."""
     weight = (
         torch.tensor(settings.class_weights, dtype=torch.float32, device=device) if settings.class_weights else None
@@ -187,9 +196,9 @@ def _train_epoch(
     for x, target in bar:
         if len(target) < 2:
             continue  # BatchNorm cannot train on one sample; the plans avoid this already
-        x = _to(x, device, settings.channels_last)
+        x = to_device(x, device, settings.channels_last)
         target = target.to(device, non_blocking=True)
-        with _autocast(device, settings.bf16):
+        with autocast(device, settings.bf16):
             logits = model(x)
         loss = loss_value(logits.float(), target, settings, weight, log_prior)
         opt.zero_grad(set_to_none=True)
@@ -201,11 +210,23 @@ def _train_epoch(
         if settings.progress:  # a host sync per step only when someone watches
             bar.set_postfix(loss=f"{loss.item():.4f}")
     step_losses = torch.stack(losses).float().cpu() if losses else torch.zeros(0)
+    check_finite(step_losses, epoch)
+    return step_losses, sizes
+
+
+def check_finite(step_losses: torch.Tensor, epoch: int) -> None:
+    """Raise TrainingDiverged naming the epoch and step of the first non-finite loss in
+    `step_losses` (steps,)."""
     bad = (~torch.isfinite(step_losses)).nonzero()
     if len(bad):
         i = int(bad[0])
         raise TrainingDiverged(f"loss is {float(step_losses[i])} at epoch {epoch}, step {i + 1}")
-    return step_losses, sizes
+
+
+def seed_dropout(settings: FitSettings, epoch: int) -> None:
+    """Each epoch's dropout draws from its own stream of `settings.seed` (left alone without one)."""
+    if settings.seed is not None:
+        torch.manual_seed(stream_seed(settings.seed, DROPOUT, epoch))
 
 
 def fit(
@@ -217,50 +238,70 @@ def fit(
     model.to(device)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
-    batches_of, val_of = _epoch_source(train), _epoch_source(val)
-    steps_per_epoch = _count_batches(batches_of)
-    if steps_per_epoch == 0:
-        raise ValueError("the training loader yields no batch")
+    batches_of, val_of = epoch_source(train), epoch_source(val)
+    steps_per_epoch = count_batches(batches_of)
     opt, sched = _optimiser(model, settings, steps_per_epoch)
-    weight, log_prior = _loss_inputs(settings, device)
-    num_classes = _num_classes(model)
-    keys = getattr(model, "mutable_state_keys", None)
-    keep = set(keys()) if callable(keys) else None
-
-    history: list[dict[str, float]] = []
-    best: tuple[float, float] | None = None
-    best_epoch, best_state = 1, _snapshot(model, keep)
-    probe = getattr(model, "epoch_stats", None)
-    seen, t0 = 0, time.perf_counter()
+    weight, log_prior = loss_inputs(settings, device)
+    ledger = EpochLedger(model, settings, callbacks)
+    t0 = time.perf_counter()
     for epoch in range(1, settings.epochs + 1):
-        if settings.seed is not None:
-            torch.manual_seed(stream_seed(settings.seed, DROPOUT, epoch))
+        seed_dropout(settings, epoch)
         step_losses, sizes = _train_epoch(
             model, batches_of(epoch), opt, sched, settings, device, weight, log_prior, epoch, steps_per_epoch
         )
+        ledger.end_epoch(epoch, step_losses, sizes, max(sched.get_last_lr()), val_of(epoch))
+    return ledger.result(time.perf_counter() - t0)
+
+
+class EpochLedger:
+    """What `fit` records of one model after each training epoch: the epoch's row (train loss,
+    validation loss and metrics, the LR, the model's `epoch_stats()` when it has them), the epoch
+    selected on validation (`_selection_key`) with a copy of its state (`mutable_state_keys()`, or
+    the whole state), and each callback's `on_epoch_end(epoch, row)`. A stacked loop keeps one per
+    cell (`finalbn.train.stacked`), so both paths record alike."""
+
+    def __init__(self, model: nn.Module, settings: FitSettings, callbacks: Sequence[Callback] = ()) -> None:
+        self.model, self.settings, self.callbacks = model, settings, callbacks
+        self.device = torch.device(settings.device)
+        self.num_classes = _num_classes(model)
+        keys = getattr(model, "mutable_state_keys", None)
+        self.keep = set(keys()) if callable(keys) else None
+        self.probe = getattr(model, "epoch_stats", None)
+        self.history: list[dict[str, float]] = []
+        self.best: tuple[float, float] | None = None
+        self.best_epoch, self.best_state = 1, _snapshot(model, self.keep)
+        self.seen = 0
+
+    def end_epoch(self, epoch: int, step_losses: torch.Tensor, sizes: list[int], lr: float, val: Batches) -> None:
+        """Record epoch `epoch`: `step_losses` (steps,) and `sizes` its training steps' losses and
+        batch sizes, `lr` the head's LR after it, `val` the validation batches to predict."""
+        s = self.settings
         count = sum(sizes)
-        seen += count
+        self.seen += count
         train_loss = float((step_losses * torch.tensor(sizes, dtype=torch.float32)).sum()) / max(count, 1)
         labels, probs, val_loss = predict(
-            model, val_of(epoch), device, with_loss=True, channels_last=settings.channels_last, bf16=settings.bf16
+            self.model, val, self.device, with_loss=True, channels_last=s.channels_last, bf16=s.bf16
         )
         # "lr": the head's (body groups run at body_lr_ratio of it)
         row = {
             "epoch": epoch,
             "train_loss": train_loss,
             "val_loss": val_loss,
-            "lr": max(sched.get_last_lr()),
-            **_val_metrics(labels, probs, num_classes, settings.train_counts if settings.prior_metrics else None),
+            "lr": lr,
+            **_val_metrics(labels, probs, self.num_classes, s.train_counts if s.prior_metrics else None),
         }
-        if callable(probe):
-            row.update(probe())
-        history.append(row)
-        key = _selection_key(row, num_classes)
-        if best is None or key > best:
-            best, best_epoch, best_state = key, epoch, _snapshot(model, keep)
-        for cb in callbacks:
+        if callable(self.probe):
+            row.update(self.probe())
+        self.history.append(row)
+        key = _selection_key(row, self.num_classes)
+        if self.best is None or key > self.best:
+            self.best, self.best_epoch, self.best_state = key, epoch, _snapshot(self.model, self.keep)
+        for cb in self.callbacks:
             cb.on_epoch_end(epoch, dict(row))
-    return FitResult(history, best_epoch, best_state, time.perf_counter() - t0, seen)
+
+    def result(self, seconds: float) -> FitResult:
+        """The FitResult of the epochs recorded, `seconds` of training."""
+        return FitResult(self.history, self.best_epoch, self.best_state, seconds, self.seen)
 
 
 LOSSES = ("ce", "focal", "logit_adjusted", "class_balanced")
@@ -297,7 +338,16 @@ def loss_value(
     return per_class.sum() / weight[target].sum() if hard else per_class.sum(1).mean()
 
 
-def _count_batches(batches_of: Callable[[int], Batches]) -> int:
+def count_batches(batches_of: Callable[[int], Batches]) -> int:
+    """Batches per epoch (epoch 1's: a sized source, a plan's index batches, or counted); ValueError
+    when there is none."""
+    n = _count(batches_of)
+    if n == 0:
+        raise ValueError("the training loader yields no batch")
+    return n
+
+
+def _count(batches_of: Callable[[int], Batches]) -> int:
     source = batches_of(1)
     if hasattr(source, "__len__"):
         return len(cast(Sized, source))
@@ -335,8 +385,8 @@ def predict(
     ys, logit_parts = [], []
     with torch.inference_mode():
         for x, y in batches:
-            with _autocast(device, bf16):
-                logit_parts.append(model(_to(x, device, channels_last)).float())
+            with autocast(device, bf16):
+                logit_parts.append(model(to_device(x, device, channels_last)).float())
             ys.append(y)
         logits = torch.cat(logit_parts)
         y_all = torch.cat(ys).to(logits.device)
@@ -380,6 +430,7 @@ def _num_classes(model: nn.Module) -> int:
     return int(n)
 
 
-def _to(x: torch.Tensor, device: torch.device, channels_last: bool = True) -> torch.Tensor:
+def to_device(x: torch.Tensor, device: torch.device, channels_last: bool = True) -> torch.Tensor:
+    """`x` on `device`; a 4-D image batch in channels_last when `channels_last`."""
     x = x.to(device, non_blocking=True)
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
