@@ -184,6 +184,8 @@ def priced(cfg: Config, splits: Path, tracker: Tracker, processes: int) -> Price
 def projection(cfg: Config, splits: Path, tracker: Tracker, processes: int, stage: str) -> str:
     """The line said before the cells run: how many are still to train, their projected time."""
     p = priced(cfg, splits, tracker, processes)
+    if not p.todo:
+        return f"{stage}: all {p.total} cells are in the store: none to train"
     what = f"{p.todo} of {p.total} cells to train at {processes} process(es)"
     return projection_line(stage, p.seconds, what, p.source, p.unpriced)
 
