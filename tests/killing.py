@@ -195,6 +195,9 @@ def _writer(root: Path) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # Ctrl-C as a user's shell delivers it, whatever this test process inherited (an ignored SIGINT
+        # is inherited across exec, and a driver library in an earlier test of this worker may leave it so)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

@@ -81,6 +81,9 @@ def _stopped_at(step: str, target: Path) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # Ctrl-C as a user's shell delivers it, whatever this test process inherited (an ignored SIGINT
+        # is inherited across exec, and a driver library in an earlier test of this worker may leave it so)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     line = wait_line(proc, 60)
     if line != "ready":

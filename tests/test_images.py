@@ -1003,3 +1003,18 @@ def test_a_fixed_range_that_would_blank_images_is_refused(tmp_path):
     msg = str(info.value)
     assert "\n" not in msg and "1 images would train as blank images under intensity [0, 4095]" in msg
     assert "float.tif: F 32-bit float (fixed), values 0..1" in msg and not (tmp_path / "splits").exists()
+
+
+def test_an_image_gone_since_prepare_is_one_line_naming_it(tmp_path):
+    """The ceiling and the grid decode what the split names: a file deleted or replaced since
+    `finalbn prepare` is a DataError naming it and what to do, not a traceback."""
+    good = tmp_path / "a.png"
+    Image.new("RGB", (8, 8), (10, 200, 30)).save(good)
+    assert decode_images([str(good)], 8).shape == (1, 3, 8, 8)
+    gone = tmp_path / "gone.png"
+    with pytest.raises(DataError, match=r"gone\.png: no such file: .*run prepare again") as exc:
+        decode_images([str(good), str(gone)], 8)
+    assert "\n" not in str(exc.value)
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(DataError, match=r"text\.png: .*run prepare again"):
+        decode_images([str(tmp_path / "text.png")], 8)

@@ -267,6 +267,9 @@ def test_a_command_killed_while_it_creates_the_store_leaves_none_or_a_whole_one(
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # Ctrl-C as a user's shell delivers it, whatever this test process inherited (an ignored SIGINT
+        # is inherited across exec, and a driver library in an earlier test of this worker may leave it so)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 120

@@ -50,7 +50,7 @@ def sensitivity_seconds(cfg: Config) -> tuple[float | None, str]:
         seconds, source = grid_seconds(level_config(cfg, lv, cfg.sensitivity.replicates, n), 1)
         if seconds is None:
             return None, source
-        walls.append(seconds)
+        walls.append(seconds + (cfg.cost.level_startup if cfg.cost is not None else 0.0))
     total = sum(max(walls[i : i + n]) for i in range(0, len(walls), n))
     return total, source if walls else ""
 

@@ -33,6 +33,8 @@ class CostConfig:
     stages: dict[Literal[FIXED_STAGES], Annotated[float, Field(ge=0.0)]] = Field(default_factory=dict)  # type: ignore[valid-type]
     # the share of the search's trial replicates that run (a pruned trial stops early), as make run measured it
     search_share: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    # a sensitivity level grid's start-up (its worker process, the grid's set-up and results), seconds
+    level_startup: Annotated[float, Field(ge=0.0)] = 0.0
 
     @model_validator(mode="after")
     def _every_kind(self):

@@ -42,11 +42,12 @@ from finalbn.config import AugmentConfig
 from finalbn.config.seeds import AUGMENT, MIXUP, ORDER, stream_seed
 from finalbn.data.augment import BatchAugment
 from finalbn.data.splits import SPLITS, read_manifest, sha256_file
+from finalbn.infra.errors import DataError
 from finalbn.infra.io import atomic_path
 from finalbn.models import IMAGENET_MEAN, IMAGENET_STD
 from finalbn_field import depth as depth_source
 from finalbn_field import images as images_source
-from finalbn_field.images import MAX_PIXELS, Intensity, load_rgb, resize_square, unescape_name
+from finalbn_field.images import MAX_PIXELS, BadImage, Intensity, load_rgb, resize_square, unescape_name
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +79,17 @@ def decode_images(
 ) -> torch.Tensor:
     """(N, 3, image_size, image_size) uint8 images of `paths` as manifests write them (escaped
     names, `images.unescape_name`), decoded with `intensity` (a JPEG at reduced scale for
-    image_size, as the field does). Raises images.BadImage for a file that cannot be used."""
+    image_size, as the field does). Raises DataError, one line naming the file, for one that cannot
+    be used (gone, or changed since `finalbn prepare` checked it)."""
     out = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
     for i, p in enumerate(tqdm(paths, desc="decode", unit="img", disable=not progress)):
-        img = load_rgb(unescape_name(p), max_pixels, intensity, image_size)
+        try:
+            img = load_rgb(unescape_name(p), max_pixels, intensity, image_size)
+        except BadImage as exc:
+            raise DataError(
+                f"{p}: {exc}: the split names an image that is gone or changed since `finalbn prepare` "
+                "drew it (run prepare again)"
+            ) from None
         arr = np.array(resize_square(img, image_size))  # (H, W, 3) uint8, writable copy
         out[i] = torch.from_numpy(arr).permute(2, 0, 1)
     return out

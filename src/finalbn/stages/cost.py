@@ -101,7 +101,9 @@ def projection_line(stage: str, seconds: float | None, what: str, source: str = 
             f"{stage}: {what}; no projection: no measured cells for {unpriced or 'this arch'} here "
             "(`finalbn bench --cells` measures them, about 5 minutes)"
         )
-    return f"{stage}: {what}; projected {duration(seconds)} on this machine (priced by {source})"
+    return f"{stage}: {what}; projected {duration(seconds)} on this machine" + (
+        f" (priced by {source})" if source else ""
+    )
 
 
 class Progress:

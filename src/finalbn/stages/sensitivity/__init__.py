@@ -215,12 +215,15 @@ def _projection(calls: list[tuple[Config, grid.GridPaths]], n: int, tracker: Tra
         unpriced = next(p.unpriced for p in levels_priced if p.seconds is None)
         log(projection_line("sensitivity", None, what, unpriced=unpriced))
         return Progress("sensitivity", [1.0] * len(calls), bar=False)
-    seconds = [float(p.seconds or 0.0) for p in levels_priced]
+    priced_by = calls[0][0].cost if calls else None
+    startup = priced_by.level_startup if priced_by is not None else 0.0  # a level grid's process and set-up
+    seconds = [float(p.seconds or 0.0) + (startup if p.todo else 0.0) for p in levels_priced]
     shares = []
     for start in range(0, len(seconds), n):
         batch = seconds[start : start + n]
         shares += [max(batch) / len(batch)] * len(batch)
-    log(projection_line("sensitivity", sum(shares), what, levels_priced[0].source))
+    source = next((p.source for p in levels_priced if p.source), "")  # a level all in the store priced nothing
+    log(projection_line("sensitivity", sum(shares), what, source))
     return Progress("sensitivity", shares, bar=False)
 
 
