@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import tempfile
 import time
@@ -107,6 +108,7 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=["exact", "vmap"], choices=MODES)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
+    os.environ["FINALBN_FEATURE_CACHE"] = "off"  # the first cell of each mode runs the body
 
     overrides = [f"train.device={args.device}"] + ([f"train.threads={args.threads}"] if args.threads else [])
     with tempfile.TemporaryDirectory(prefix="bench_stacked_") as tmp:

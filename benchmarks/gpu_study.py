@@ -309,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gpu-study-") as tmp:
         root = Path(tmp)
         os.environ.setdefault("FINALBN_CACHE", str(root / "cache"))  # worker processes inherit it
+        os.environ["FINALBN_FEATURE_CACHE"] = "off"  # each first cell runs its body, as the study's would
         try:
             cfg = study_config(args, s, root / "raw")
         except (ConfigError, OSError) as exc:  # --params or --profile

@@ -12,6 +12,7 @@ from PIL import Image
 
 from finalbn.config import load_config
 from finalbn.data.splits import prepare_dataset
+from finalbn.tracking import store
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"
@@ -119,7 +120,10 @@ def _decode_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(autouse=True)
 def _restore_mlflow_env():
-    """mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID; keep one test's store out of the next."""
+    """mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID; keep one test's store out of the next.
+    What the tracking adapter sets once per process on import (`store.quiet`: no artifact progress
+    bars) is set before the first test, so that the first test to import it does not take it away."""
+    store.quiet()
     before = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
     yield
     for k in [k for k in os.environ if k.startswith("MLFLOW_")]:

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -9,7 +10,9 @@ from finalbn.bench import plan
 from finalbn.stages import cost, search
 from finalbn.stages.grid import all_cells
 from finalbn.stages.grid.plan import cell_kinds
-from finalbn.stages.grid.price import cell_seconds, grid_wall, price_book
+from finalbn.stages.grid.price import cell_seconds, grid_wall, kept_on_disk, price_book
+from finalbn.train import features
+from finalbn.train.cell import run_cell
 
 
 def test_prices_come_from_params_scaled_by_pixels_and_not_for_another_arch(load, tmp_path):
@@ -99,3 +102,36 @@ def test_plan_counts_the_stages_that_run(load):
     only_report, t = plan.table(cfg, {"report"})
     assert t == pytest.approx(cost.fixed(cfg, "report"))
     assert dict((r[0], r[1]) for r in only_report)["grid"] == "up to date"
+
+
+def test_features_kept_on_disk_price_a_plain_familys_first_cell_as_warm(load, monkeypatch):
+    cfg = load()
+    cells = all_cells(cfg)
+    book, _ = price_book(cfg, cells)
+    kinds, kept = cell_kinds(cells), cell_kinds(cells, kept=lambda c: True)
+    assert {kinds[c] for c in kinds if kept[c] != kinds[c]} == {"first"}  # only the plain families' firsts
+    assert {kept[c] for c in kept if kinds[c] in ("first_da", "first_mx")} <= {"first_da", "first_mx"}
+    assert grid_wall(cfg, cells, cells, book, 2, kept=lambda c: True) < grid_wall(cfg, cells, cells, book, 2)
+    # the search after the grid: its plain trials' replicates train heads on the grid's features
+    assert search.seconds(cfg, 8, 2, kept=True)[0] < search.seconds(cfg, 8, 2)[0]
+    monkeypatch.setenv("FINALBN_FEATURE_CACHE", "off")  # nothing kept on disk: nothing priced as kept
+    assert not plan.after_grid(cfg) and plan.search_seconds(cfg) == search.seconds(cfg, 8, 2)
+
+
+def test_pricing_reads_what_is_on_disk(prepared, tmp_path, monkeypatch):
+    monkeypatch.setenv("FINALBN_FEATURE_CACHE", "on")
+    monkeypatch.setenv("FINALBN_CACHE", str(tmp_path / "cache"))
+    cfg_of, _ = prepared
+    cfg = cfg_of(["train.epochs=1", "grid.configs=[31, 63]", "grid.replicates=2"])
+    splits = Path("data/splits")
+    cells = all_cells(cfg)
+    kept = kept_on_disk(cfg, splits)
+    assert kept is not None and not any(kept(c) for c in cells)
+    features.CACHE.clear()
+    run_cell(cfg, cfg.datasets[0].name, splits, replicate=0)
+    kept = kept_on_disk(cfg, splits)
+    assert {c.replicate for c in cells if kept(c)} == {0}  # replicate 1's split has none yet
+    one = dataclasses.replace(cfg, selection=dataclasses.replace(cfg.selection, replicates=1))
+    assert search.features_kept(one, splits) and not search.features_kept(cfg, splits)  # races over 0..4
+    frozen_train = cfg_of(["model.frozen_bn=train"])
+    assert kept_on_disk(frozen_train, splits) is None  # a body whose BN layers train keeps nothing

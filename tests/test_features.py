@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +19,24 @@ from finalbn.train.cell import run_cell, shares_body
 
 SPLITS = Path("data/splits")
 TOL = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def _memory_only(monkeypatch):
+    """These tests count the body's images in one process: features kept on disk by an earlier test's
+    cells would make a first cell warm. The disk tests below turn it on again."""
+    monkeypatch.setenv("FINALBN_FEATURE_CACHE", "off")
+
+
+@pytest.fixture
+def disk(monkeypatch, tmp_path):
+    """Features kept on disk, in a cache folder of this test's own."""
+    monkeypatch.setenv("FINALBN_FEATURE_CACHE", "on")
+    monkeypatch.setenv("FINALBN_CACHE", str(tmp_path / "own-cache"))
+
+
+def _kept(split: str) -> list[Path]:
+    return sorted((Path(os.environ["FINALBN_CACHE"]) / "features").glob(f"*-{split}.pt"))
 
 
 def _close(a: dict, b: dict) -> None:
@@ -135,3 +156,57 @@ def test_batched_augmentation_gives_the_per_image_pipelines_draws_and_pixels(fli
     assert not torch.equal(got, x)
     with pytest.raises(ValueError, match="uint8"):
         BatchAugment(aug)(x.float())
+
+
+def _identical(a, b) -> None:
+    """Two cells' numbers to the bit (a disk hit is the tensor the body would have given)."""
+    assert a.fit.history == b.fit.history and a.fit.selected_epoch == b.fit.selected_epoch
+    assert np.array_equal(a.probs_last, b.probs_last) and np.array_equal(a.probs_sel, b.probs_sel)
+    assert a.test_last == b.test_last and a.val_last == b.val_last
+
+
+def test_features_kept_on_disk_give_a_later_process_the_same_cell_to_the_bit(prepared, disk, monkeypatch):
+    load, _ = prepared
+    features.CACHE.clear()
+    first = run_cell(load(), "synthetic-apple", SPLITS)
+    assert first.body_images > 0 and all(len(_kept(s)) == 1 for s in ("train", "val", "test"))
+    features.CACHE.clear()  # a new process: nothing in memory
+    again = run_cell(load(), "synthetic-apple", SPLITS)
+    assert again.body_images == 0  # every feature read from disk
+    _identical(first, again)
+    # an augmented family reads its validation and test features, runs the body on its training epochs
+    features.CACHE.clear()
+    augmented = run_cell(load(["ablation.da=true"]), "synthetic-apple", SPLITS)
+    assert augmented.body_images == first.train_size * augmented.fit.history[-1]["epoch"]
+    monkeypatch.setenv("FINALBN_FEATURE_CACHE", "off")
+    features.CACHE.clear()
+    _identical(first, run_cell(load(), "synthetic-apple", SPLITS))  # and the body run again agrees
+
+
+def test_another_thread_count_or_body_is_another_entry(prepared, disk):
+    load, _ = prepared
+    features.CACHE.clear()
+    run_cell(load(["train.threads=1"]), "synthetic-apple", SPLITS)
+    features.CACHE.clear()
+    two = run_cell(load(["train.threads=2"]), "synthetic-apple", SPLITS)
+    assert two.body_images > 0 and len(_kept("val")) == 2  # 1 and 2 threads round differently: two entries
+    a = features.FrozenBody(features.BodyKey("efficientnet_lite0", "none", seed=0))
+    b = features.FrozenBody(features.BodyKey("efficientnet_lite0", "none", seed=1))
+    assert a.digest != b.digest and a.digest == features.FrozenBody(a.key).digest
+
+
+def test_a_damaged_or_foreign_feature_file_is_computed_again(prepared, disk, caplog):
+    load, _ = prepared
+    features.CACHE.clear()
+    first = run_cell(load(), "synthetic-apple", SPLITS)
+    (train,), (val,), (test,) = _kept("train"), _kept("val"), _kept("test")
+    train.write_bytes(b"truncated")
+    val.write_bytes(test.read_bytes())  # another split's features: other rows and labels
+    features.CACHE.clear()
+    with caplog.at_level(logging.WARNING, logger="finalbn.train.features"):
+        again = run_cell(load(), "synthetic-apple", SPLITS)
+    assert again.body_images == first.train_size + len(first.val_predictions)  # train and val run again
+    assert sum("could not be read" in r.getMessage() for r in caplog.records) == 2
+    _identical(first, again)
+    features.CACHE.clear()
+    assert run_cell(load(), "synthetic-apple", SPLITS).body_images == 0  # both replaced by whole files

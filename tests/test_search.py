@@ -29,6 +29,7 @@ from finalbn.cli import main
 from finalbn.config import has_final_bn
 from finalbn.stages import cellrun, grid, search
 from finalbn.stages.search import lease as liveness
+from finalbn.stages.search.objective import trial_name
 from finalbn.stages.search.sampler import TrialSeededSampler
 from finalbn.train import cell
 from finalbn.train.engine import TrainingDiverged
@@ -685,3 +686,12 @@ def test_a_resumed_study_draws_what_an_uninterrupted_one_would():
     assert points(resumed, 2) == uninterrupted[:2]  # the retry (point 0), then point 1
     again = optuna.load_study(study_name=study.study_name, storage=study._storage, sampler=TrialSeededSampler(0))
     assert points(again, 2) == uninterrupted[2:]  # another process goes on with points 2, 3
+
+
+def test_a_trial_is_named_by_the_final_layer_it_drew(load):
+    """A SELU trial read 'BN+WL+WD' (val AUROC 0.46 at 2c8d3f2), as if the final BN had failed: the
+    SELU final layer under a logit-adjusted and class-weighted loss ranks backwards (replicate 0:
+    val/test AUROC 0.31/0.38; SELU with CE 0.72/0.65; the final BN under the same loss 0.81/0.85)."""
+    assert trial_name(load(["ablation.bn=true", "ablation.wl=true", "model.final_variant=selu"])) == "SELU+WL"
+    assert trial_name(load(["ablation.bn=true", "ablation.wl=true", "model.final_variant=bn"])) == "BN+WL"
+    assert trial_name(load(["ablation.bn=false", "ablation.wl=true", "model.final_variant=selu"])) == "WL"

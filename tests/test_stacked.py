@@ -33,6 +33,13 @@ class Rows:
         self.rows.append((epoch, metrics))
 
 
+@pytest.fixture(autouse=True)
+def _memory_only(monkeypatch):
+    """Stacked and one-at-a-time cells are compared on the images their bodies ran (body_images):
+    features kept on disk by the first would make the second's first cell warm."""
+    monkeypatch.setenv("FINALBN_FEATURE_CACHE", "off")
+
+
 def _close(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for k in a:

@@ -8,7 +8,9 @@ params and outputs are unchanged is skipped); without DVC every stage is counted
 by kind (`finalbn.stages.cost`: this machine's `finalbn bench --cells`, else params' `cost`), the
 grid as its shards deal them (`grid.price`), the sensitivity levels as their grids, `n` at a time,
 the search's trials on the share of their replicates that `cost.search_share` says run, the other stages
-at the seconds params' `cost.stages` gives them. Each costly stage says its own projection again
+at the seconds params' `cost.stages` gives them. The grid leaves its splits' frozen-body features on disk
+(`finalbn.train.features`): the search's and the sensitivity levels' cells on those splits are priced
+without the body's pass. Each costly stage says its own projection again
 when it starts, from the store (cells already trained are not counted), and the time left as it goes.
 """
 
@@ -27,17 +29,25 @@ from finalbn.stages.cost import duration, fixed
 from finalbn.stages.grid import all_cells
 from finalbn.stages.grid.price import grid_wall, price_book, sources
 from finalbn.stages.sensitivity import level_config, levels
+from finalbn.train import features
 
 ORDER = ("synthesize", "prepare", "store", "ceiling", "grid", "search", "sensitivity", "report", "export")
 
 
-def grid_seconds(cfg: Config, processes: int) -> tuple[float | None, str]:
-    """Every cell of `cfg`'s grid, at `processes` shards: (seconds or None, source or what is unpriced)."""
+def after_grid(cfg: Config) -> bool:
+    """Whether a stage after the grid finds the body's features of the grid's splits on disk."""
+    return cfg.model.frozen_bn == "eval" and features.disk_enabled()
+
+
+def grid_seconds(cfg: Config, processes: int, kept: bool = False) -> tuple[float | None, str]:
+    """Every cell of `cfg`'s grid, at `processes` shards: (seconds or None, source or what is unpriced);
+    `kept`: its splits' features are on disk already."""
     cells = all_cells(cfg)
     book, unpriced = price_book(cfg, cells)
     if book is None:
         return None, unpriced
-    return grid_wall(cfg, cells, cells, book, processes, cfg.train.share_features), sources(book)
+    on_disk = (lambda c: True) if kept else None
+    return grid_wall(cfg, cells, cells, book, processes, cfg.train.share_features, on_disk), sources(book)
 
 
 def sensitivity_seconds(cfg: Config) -> tuple[float | None, str]:
@@ -47,7 +57,8 @@ def sensitivity_seconds(cfg: Config) -> tuple[float | None, str]:
     todo = {(lv.overrides, lv.splits): lv for lv in levels(cfg, Path("results/sensitivity")) if not lv.reference}
     walls = []
     for lv in todo.values():
-        seconds, source = grid_seconds(level_config(cfg, lv, cfg.sensitivity.replicates, n), 1)
+        lcfg = level_config(cfg, lv, cfg.sensitivity.replicates, n)
+        seconds, source = grid_seconds(lcfg, 1, kept=lv.splits is None and after_grid(lcfg))  # the grid's splits
         if seconds is None:
             return None, source
         walls.append(seconds + (cfg.cost.level_startup if cfg.cost is not None else 0.0))
@@ -56,7 +67,7 @@ def sensitivity_seconds(cfg: Config) -> tuple[float | None, str]:
 
 
 def search_seconds(cfg: Config) -> tuple[float | None, str]:
-    return search.seconds(cfg, cfg.search.n_trials, min(cfg.search.workers, cfg.search.n_trials))
+    return search.seconds(cfg, cfg.search.n_trials, min(cfg.search.workers, cfg.search.n_trials), after_grid(cfg))
 
 
 def to_run(everything: bool) -> set[str] | None:

@@ -453,6 +453,8 @@ def run(
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
     """`finalbn bench`: checks the arguments before any measurement, then results/bench.json."""
+    # every cell pays for its body: features another process kept on disk would make a first cell warm
+    os.environ["FINALBN_FEATURE_CACHE"] = "off"
     try:
         device = resolve_device(args.device)
     except RuntimeError as exc:  # --device cuda on a machine without one

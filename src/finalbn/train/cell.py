@@ -280,7 +280,8 @@ def share_key(setup: CellSetup) -> tuple[tuple, features.BodyKey]:
 def _shared_inputs(setup: CellSetup) -> CellInputs:
     """UF off: a head on the frozen body's features, computed once for every cell that shares them."""
     key, body_key = share_key(setup)
-    shared = features.CACHE.get(key, setup.plan, setup.tensors, body_key)
+    source = features.source_of(setup.where / "manifest.csv", setup.ds.image_size)
+    shared = features.CACHE.get(key, setup.plan, setup.tensors, body_key, source)
     images_before = shared.body_images
     head = build_head(setup.cfg, shared.body.nf, seed=setup.seed)
     return CellInputs(head, shared.train, shared.val_at, shared.test_at, shared, body_key, images_before)
@@ -320,7 +321,9 @@ def _evaluate(model: torch.nn.Module, inputs: CellInputs, fitted: FitResult, tc,
     val_labels, val_last = predict(model, inputs.val_of(last), device)
     last_state = {k: v.clone() for k, v in model.state_dict().items() if k in fitted.selected_state}
     model.load_state_dict(fitted.selected_state, strict=False)
-    _, probs_sel = predict(model, inputs.test_of(sel), device)
+    # the selected epoch is the last: the same state on the same batches (the same numbers, a pass less)
+    same = sel == last and all(torch.equal(last_state[k], v) for k, v in fitted.selected_state.items())
+    probs_sel = probs_last.copy() if same else predict(model, inputs.test_of(sel), device)[1]
     temperature = None
     if tc.calibration == "temperature":  # fitted on validation at each evaluated epoch; argmax unchanged
         _, val_sel = predict(model, inputs.val_of(sel), device)

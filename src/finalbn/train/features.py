@@ -23,19 +23,39 @@ with the running statistics of that epoch. The group owns its copy of the body.
 
 The pool (fastai's concat pool) and flatten run here, so the head trains on (B, 2nf) vectors
 (`models.HeadOnFeatures`).
+
+On disk: a fixed body's features of a split's fixed images (train in split order, val, test) are also
+kept in the cache folder (`FINALBN_CACHE`, `<cache>/features/<key>-<split>.pt`), so that the
+processes of later stages (the search's trials, the sensitivity stage's levels, the export) read
+what the grid's computed instead of running the body again. The key names everything the numbers
+depend on: the decoded tensors' content (`source`, the decode cache's name), the body's parameters
+and buffers (a digest of its state), the normalisation, the device, memory format, bf16, torch's
+thread count (1 and 2 threads round differently) and the code versions (torch, torchvision, this
+module and the model code): a hit is the tensor this process would have computed, to the bit.
+`FINALBN_FEATURE_CACHE=off` keeps them in memory only (what `finalbn bench` measures: the body's cost).
 """
 
 from __future__ import annotations
 
 import collections
 import copy
+import functools
+import hashlib
+import json
+import logging
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+import torchvision
 from torch import nn
 
-from finalbn.data.tensors import EvalBatches, SplitTensors, TrainPlan
-from finalbn.models import AdaptiveConcatPool2d, HeadSpec, create_model
+from finalbn.data.tensors import EvalBatches, SplitTensors, TrainPlan, cache_root, decode_settings, decoded_cache_path
+from finalbn.infra.io import atomic_path
+from finalbn.models import AdaptiveConcatPool2d, HeadSpec, create_model, head, network, registry
+
+log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -75,6 +95,18 @@ class FrozenBody(nn.Module):
             self.to(memory_format=torch.channels_last)
         self.requires_grad_(False)
         self.eval()
+        self._digest: str | None = None
+
+    @property
+    def digest(self) -> str:
+        """sha256 (hex, 24 characters) of the body's parameters and buffers: what fixes it as a function."""
+        if self._digest is None:
+            h = hashlib.sha256()
+            for name, t in self.body.state_dict().items():
+                h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+                h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            self._digest = h.hexdigest()[:24]
+        return self._digest
 
     @torch.no_grad()  # not inference mode: the features are inputs of autograd-tracked heads
     def forward(self, x: torch.Tensor, training: bool = False) -> torch.Tensor:
@@ -98,6 +130,7 @@ class SharedFeatures:
     _epochs: dict[int, list[Batch]] = field(default_factory=dict)
     _evals_at: dict[int, dict[str, list[Batch]]] = field(default_factory=dict)  # BN in train mode
     body_images: int = 0  # images passed through the body so far (the shared cost)
+    source: str | None = None  # the decoded tensors' identity (`decoded_cache_path` stem): kept on disk
 
     @property
     def stateful(self) -> bool:
@@ -143,12 +176,104 @@ class SharedFeatures:
                 self._evals_at[e] = {s: self._run(s) for s in ("val", "test")}
 
     def _run(self, split: str) -> list[Batch]:
+        """A split's features in split order (body in eval mode): from disk when a fixed body's were
+        kept there (`disk_path`), else computed (and kept)."""
+        batches = EvalBatches(self.splits[split], self.plan.mean, self.plan.std, device=self.plan.device)
+        kept = not self.stateful and self.source is not None and disk_enabled()
+        path = disk_path(self, split, batches.batch_size) if kept else None
+        if path is not None and path.is_file():
+            got = _read(path, self.splits[split].labels, 2 * self.body.nf)
+            if got is not None:
+                return [(got.to(torch.device(self.plan.device)), self.splits[split].labels.to(got.device))]
         feats, labels = [], []
-        for x, y in EvalBatches(self.splits[split], self.plan.mean, self.plan.std, device=self.plan.device):
+        for x, y in batches:
             feats.append(self.body(x))
             labels.append(y)
         self.body_images += len(self.splits[split].labels)
-        return [(torch.cat(feats), torch.cat(labels))]
+        out = (torch.cat(feats), torch.cat(labels))
+        if path is not None:
+            _write(path, out[0], self.splits[split].labels, self.source or "", self.body.key.arch)
+        return [out]
+
+
+# ---------------------------------------------------------------- on disk
+
+
+@functools.lru_cache(maxsize=1)
+def _code_version() -> str:
+    """The code that turns images into features: torch, torchvision, this module, the model code."""
+    h = hashlib.sha256(f"{torch.__version__}|{torchvision.__version__}".encode())
+    for module in (__file__, head.__file__, network.__file__, registry.__file__):
+        h.update(Path(module).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def disk_enabled() -> bool:
+    """Whether fixed bodies' features are kept on disk (`FINALBN_FEATURE_CACHE`, on unless `off`)."""
+    return os.environ.get("FINALBN_FEATURE_CACHE", "on").strip().lower() != "off"
+
+
+def disk_path(shared: SharedFeatures, split: str, batch_size: int) -> Path:
+    """`<cache>/features/<key>-<split>.pt`: the key hashes every input of the features' numbers."""
+    k = shared.body.key
+    parts = [
+        shared.source,
+        k.arch,
+        shared.body.digest,
+        k.device,
+        k.channels_last,
+        k.bf16,
+        list(shared.plan.mean),
+        list(shared.plan.std),
+        batch_size,
+        torch.get_num_threads(),
+        _code_version(),
+    ]
+    key = hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:32]
+    return cache_root() / "features" / f"{key}-{split}.pt"
+
+
+def _read(path: Path, labels: torch.Tensor, width: int) -> torch.Tensor | None:
+    """The features kept at `path` when they match the split (rows, labels, width); else None."""
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+        feats = raw["features"]
+        if feats.dtype != torch.float32 or tuple(feats.shape) != (len(labels), width):
+            raise ValueError("shape does not match the split")
+        if not torch.equal(raw["labels"], labels.cpu()):
+            raise ValueError("labels do not match the split")
+        return feats
+    except Exception as exc:  # a truncated or foreign file: computed again and replaced
+        log.warning("feature cache %s could not be read (%s); running the body again", path, exc)
+        return None
+
+
+def _write(path: Path, feats: torch.Tensor, labels: torch.Tensor, source: str, arch: str) -> None:
+    try:
+        with atomic_path(path) as tmp:  # a concurrent reader sees no file or the whole one
+            torch.save({"features": feats.detach().cpu(), "labels": labels.cpu()}, tmp)
+        hint = hint_path(source, arch)
+        hint.parent.mkdir(parents=True, exist_ok=True)
+        hint.touch()
+    except OSError as exc:  # a read-only or full cache folder costs speed, not results
+        log.warning("feature cache %s could not be written (%s)", path, exc)
+
+
+def hint_path(source: str, arch: str) -> Path:
+    """A marker that some process kept `arch`'s features of the tensors `source` (pricing reads it)."""
+    return cache_root() / "features" / "seen" / f"{source}-{arch}"
+
+
+def source_of(manifest: Path, image_size: int) -> str:
+    """The identity of a split's decoded tensors: the decode cache's file stem (manifest content,
+    size, intensity rule, decoder version)."""
+    return decoded_cache_path(manifest, image_size, decode_settings(manifest)[0]).stem
+
+
+def on_disk(manifest: Path, image_size: int, arch: str) -> bool:
+    """Whether a process has kept `arch`'s features of this split at this size (a pricing hint:
+    another thread count or weights would still compute them)."""
+    return manifest.is_file() and hint_path(source_of(manifest, image_size), arch).is_file()
 
 
 class FeatureCache:
@@ -168,8 +293,15 @@ class FeatureCache:
         return self._bodies[key]
 
     def get(
-        self, share_key: tuple, plan: TrainPlan, splits: dict[str, SplitTensors], body_key: BodyKey
+        self,
+        share_key: tuple,
+        plan: TrainPlan,
+        splits: dict[str, SplitTensors],
+        body_key: BodyKey,
+        source: str | None = None,
     ) -> SharedFeatures:
+        """The shared features of `share_key` (made here on a miss); `source` names the splits'
+        decoded tensors, so that a fixed body's features are also kept on disk (None: memory only)."""
         if share_key in self._features:
             self.hits += 1
             self._features.move_to_end(share_key)
@@ -178,7 +310,7 @@ class FeatureCache:
         body = self.body(body_key)
         if body_key.bn_train:  # its running statistics will drift: the group's own copy
             body = copy.deepcopy(body)
-        shared = SharedFeatures(plan, body, splits)
+        shared = SharedFeatures(plan, body, splits, source=source)
         self._features[share_key] = shared
         while len(self._features) > self.max_entries:
             self._features.popitem(last=False)

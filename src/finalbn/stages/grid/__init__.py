@@ -35,7 +35,7 @@ from finalbn.infra.errors import UsageError
 from finalbn.stages.cost import projection_line
 from finalbn.stages.grid.output import write_results
 from finalbn.stages.grid.plan import Cell, all_cells, cell_config, cell_key, shard_cells, share_order, units
-from finalbn.stages.grid.price import grid_wall, price_book, sources
+from finalbn.stages.grid.price import grid_wall, kept_on_disk, price_book, sources
 from finalbn.stages.grid.shard import existing_cells, run_shard, run_unit
 from finalbn.stages.tracker import Tracker
 from finalbn.tracking.adapter import MLFLOW
@@ -177,7 +177,7 @@ def priced(cfg: Config, splits: Path, tracker: Tracker, processes: int) -> Price
     book, unpriced = price_book(cfg, todo)
     if book is None:
         return Priced(len(todo), len(cells), None, unpriced=unpriced)
-    wall = grid_wall(cfg, cells, todo, book, processes, cfg.train.share_features)
+    wall = grid_wall(cfg, cells, todo, book, processes, cfg.train.share_features, kept_on_disk(cfg, splits))
     return Priced(len(todo), len(cells), wall, sources(book))
 
 

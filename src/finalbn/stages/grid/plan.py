@@ -19,7 +19,7 @@ runs back to back on the frozen body's features computed once (`finalbn.train.fe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,12 +106,17 @@ def cell_kind(config_id: int, first: bool, share: bool = True) -> str:
     return "first_da" if ab.da else "first_mx" if ab.mx else "first"
 
 
-def cell_kinds(cells: Sequence[Cell], share: bool = True) -> dict[Cell, str]:
-    """Each cell's kind, in the share order the shards run them in."""
+def cell_kinds(
+    cells: Sequence[Cell], share: bool = True, kept: Callable[[Cell], bool] | None = None
+) -> dict[Cell, str]:
+    """Each cell's kind, in the share order the shards run them in. `kept(cell)`: the body's
+    features of the cell's split are on disk (`features.on_disk`), so a plain family's first cell
+    only trains its head (warm); augmented and mixed families still run the body every epoch."""
     seen: set[tuple] = set()
     out = {}
     for c in share_order(cells):
-        out[c] = cell_kind(c.config_id, (c.family, c.replicate) not in seen, share)
+        kind = cell_kind(c.config_id, (c.family, c.replicate) not in seen, share)
+        out[c] = "warm" if kind == "first" and share and kept is not None and kept(c) else kind
         seen.add((c.family, c.replicate))
     return out
 

@@ -11,25 +11,57 @@ every cell, finished or not, so the deal is the one the shards make). Prices: `f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from finalbn.config import Config
+from finalbn.data.splits import split_dir
 from finalbn.stages.cost import Prices, cell_prices
 from finalbn.stages.grid.plan import Cell, cell_kinds, shard_cells
+from finalbn.train import features
 
 PriceBook = dict[tuple[str, int], Prices]  # (arch, image size) -> its measured cells
 
 
-def cell_seconds(cfg: Config, todo: Sequence[Cell], book: PriceBook, share: bool = True) -> dict[Cell, float]:
+Kept = Callable[[Cell], bool]  # the body's features of the cell's split are on disk (`plan.cell_kinds`)
+
+
+def kept_on_disk(cfg: Config, splits: Path) -> Kept | None:
+    """Whether each cell's split already has its body's features on disk (`features.on_disk`, read
+    once per dataset, arch and replicate); None where no fixed body's features are kept (a body whose
+    BN layers train, or `FINALBN_FEATURE_CACHE=off`)."""
+    if cfg.model.frozen_bn != "eval" or not features.disk_enabled():
+        return None
+    memo: dict[tuple[str, str, int], bool] = {}
+
+    def kept(c: Cell) -> bool:
+        k = (c.dataset, c.arch, c.replicate)
+        if k not in memo:
+            manifest = split_dir(splits, c.dataset, c.replicate) / "manifest.csv"
+            memo[k] = features.on_disk(manifest, cfg.dataset(c.dataset).image_size, c.arch)
+        return memo[k]
+
+    return kept
+
+
+def cell_seconds(
+    cfg: Config, todo: Sequence[Cell], book: PriceBook, share: bool = True, kept: Kept | None = None
+) -> dict[Cell, float]:
     """Each cell of `todo` at its kind's measured seconds (with tracking), for its arch and size."""
-    return {c: book[_pair(cfg, c)].cell(kind) for c, kind in cell_kinds(todo, share).items()}
+    return {c: book[_pair(cfg, c)].cell(kind) for c, kind in cell_kinds(todo, share, kept).items()}
 
 
 def grid_wall(
-    cfg: Config, cells: Sequence[Cell], todo: Sequence[Cell], book: PriceBook, processes: int, share: bool = True
+    cfg: Config,
+    cells: Sequence[Cell],
+    todo: Sequence[Cell],
+    book: PriceBook,
+    processes: int,
+    share: bool = True,
+    kept: Kept | None = None,
 ) -> float:
     """The grid's projected wall seconds: the busiest of `processes` shards over its cells in `todo`."""
-    seconds = cell_seconds(cfg, todo, book, share)
+    seconds = cell_seconds(cfg, todo, book, share, kept)
     return max(
         (sum(seconds.get(c, 0.0) for c in shard_cells(cells, i, processes, share)) for i in range(processes)),
         default=0.0,

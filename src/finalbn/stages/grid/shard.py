@@ -33,7 +33,7 @@ from finalbn.stages.grid.plan import (
     shard_cells,
     share_order,
 )
-from finalbn.stages.grid.price import cell_seconds, price_book
+from finalbn.stages.grid.price import cell_seconds, kept_on_disk, price_book
 from finalbn.stages.tracker import Tracker
 from finalbn.tracking import records as tags
 from finalbn.tracking.adapter import MLFLOW
@@ -99,7 +99,7 @@ def run_cells(
     }
     parents: dict[tuple, str] = {}  # Cell.parent -> parent run id, once created
     touched: set[tuple] = set()
-    bar = _progress(cfg, cells, keys, existing, label, position)
+    bar = _progress(cfg, splits_dir, cells, keys, existing, label, position)
     for done, (cell, key) in enumerate(zip(cells, keys), start=1):
         if any(r.finished for r in existing.get(key, [])):
             stats["skipped"] += 1
@@ -127,12 +127,15 @@ def run_cells(
     return stats
 
 
-def _progress(cfg: Config, cells: list[Cell], keys: list[str], existing: dict, label: str, position: int) -> Progress:
+def _progress(
+    cfg: Config, splits: Path, cells: list[Cell], keys: list[str], existing: dict, label: str, position: int
+) -> Progress:
     """The shard's time left: its unfinished cells at their kinds' measured seconds (a finished cell
     weighs nothing; unpriced, every cell weighs the same)."""
     todo = [c for c, k in zip(cells, keys) if not any(r.finished for r in existing.get(k, []))]
     book, _ = price_book(cfg, todo)
-    seconds = cell_seconds(cfg, todo, book, cfg.train.share_features) if book else dict.fromkeys(todo, 1.0)
+    kept = kept_on_disk(cfg, splits)
+    seconds = cell_seconds(cfg, todo, book, cfg.train.share_features, kept) if book else dict.fromkeys(todo, 1.0)
     return Progress(label.strip("[]"), [seconds.get(c, 0.0) for c in cells], position=position)
 
 

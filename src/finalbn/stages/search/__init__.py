@@ -32,6 +32,7 @@ import yaml
 from finalbn import tracking
 from finalbn.cluster import rayexec, workers
 from finalbn.config import Config, to_dict
+from finalbn.data.splits import split_dir
 from finalbn.infra import io
 from finalbn.infra.errors import UsageError
 from finalbn.stages.cost import cell_prices, projection_line
@@ -59,6 +60,7 @@ from finalbn.stages.search.study import (
 )
 from finalbn.stages.search.summary import finish, plots, summary
 from finalbn.tracking.adapter import MLFLOW, MlflowTracker
+from finalbn.train import features
 from finalbn.train.cell import preflight
 
 __all__ = [
@@ -123,12 +125,14 @@ def run_ray(cfg: Config, splits: Path, count: int, parent_run_id: str) -> int:
     return 1 if any(isinstance(o, rayexec.TaskFailed) for o in outcomes) else 0
 
 
-def seconds(cfg: Config, trials: int, procs: int) -> tuple[float | None, str]:
+def seconds(cfg: Config, trials: int, procs: int, kept: bool = False) -> tuple[float | None, str]:
     """The search's time: each of `trials` on `cost.search_share` of the replicates it races over
     (a pruned trial stops sooner; 1 = every replicate, at most), a replicate priced as the first cell of the family its switches draw
     (`cost.cell_prices`; augmented or mixed with probability 1/2 when DA or MX is in the space),
     shared by `procs` processes, then the comparison, the best trial on the same replicates.
-    Returns (seconds, the prices' source), or (None, the arch and size not priced)."""
+    `kept`: the replicates' body features are on disk (the grid's, `features.on_disk`), so a plain
+    family's replicate only trains its head (warm). Returns (seconds, the prices' source), or
+    (None, the arch and size not priced)."""
     ds = cfg.datasets[0]
     prices = cell_prices(cfg, cfg.model.arch, ds.image_size)
     if prices is None:
@@ -139,16 +143,29 @@ def seconds(cfg: Config, trials: int, procs: int) -> tuple[float | None, str]:
     cell = (
         p_da * prices.cell("first_da")
         + (1 - p_da) * p_mx * prices.cell("first_mx")
-        + (1 - p_da) * (1 - p_mx) * prices.cell("first")
+        + (1 - p_da) * (1 - p_mx) * prices.cell("warm" if kept else "first")
     )
     reps = cfg.selection.replicates
     share = cfg.cost.search_share if cfg.cost is not None else 1.0  # the pruner's measured saving
     return max(trials, 0) * reps * share * cell / max(procs, 1) + reps * cell, prices.source
 
 
-def projection(cfg: Config, trials: int, procs: int) -> str:
+def features_kept(cfg: Config, splits: Path) -> bool:
+    """Whether the body's features of the replicates a trial races over are on disk (the grid's)."""
+    ds = cfg.datasets[0]
+    return (
+        cfg.model.frozen_bn == "eval"
+        and features.disk_enabled()
+        and all(
+            features.on_disk(split_dir(splits, ds.name, r) / "manifest.csv", ds.image_size, cfg.model.arch)
+            for r in range(cfg.selection.replicates)
+        )
+    )
+
+
+def projection(cfg: Config, trials: int, procs: int, kept: bool = False) -> str:
     """The line said before the trials start (`seconds`)."""
-    secs, source = seconds(cfg, trials, procs)
+    secs, source = seconds(cfg, trials, procs, kept)
     what = f"{max(trials, 0)} trial(s) to run, {procs} process(es)"
     return projection_line("search", secs, what, source, unpriced=source)
 
@@ -200,7 +217,7 @@ def run(
         f"replicates 0..{cfg.selection.replicates - 1} ({len(study.trials)} in the study already), {procs} "
         f"worker(s), storage {cfg.search.storage}"
     )
-    log(projection(cfg, cfg.search.n_trials - finished(study), procs))
+    log(projection(cfg, cfg.search.n_trials - finished(study), procs, features_kept(cfg, paths.splits)))
     t0 = time.perf_counter()
     if (executor or cfg.search.executor) == "ray":
         code = run_ray(cfg, paths.splits, procs, parent)

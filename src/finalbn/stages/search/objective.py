@@ -106,6 +106,15 @@ def objective_values(cfg: Config, per: list[dict[str, Any]]) -> float | tuple[fl
     return float(np.mean([p["value"] for p in per]))
 
 
+def trial_name(tcfg: Config) -> str:
+    """A trial's switches as the grid names them ('BN+WL'), with the final layer it drew in place of
+    BN: 'SELU+WL' when it is the paper's SELU variant (a 'BN' there misled a reader of the trials)."""
+    name = config_name(tcfg.ablation)
+    if tcfg.ablation.bn and tcfg.model.final_variant != "bn":
+        name = "+".join(tcfg.model.final_variant.upper() if part == "BN" else part for part in name.split("+"))
+    return name
+
+
 def _switches_on(cfg: Config) -> int:
     """How many of the six switches `cfg` has on."""
     return sum(bool(getattr(cfg.ablation, t)) for t in TOGGLES)
@@ -127,7 +136,7 @@ def make_objective(cfg: Config, splits: Path, parent_run_id: str) -> Callable[[o
 
     def _objective(trial: optuna.Trial):
         tcfg = suggest(trial, cfg)
-        trial.set_user_attr("config_name", config_name(tcfg.ablation))  # also for a pruned or failed trial's line
+        trial.set_user_attr("config_name", trial_name(tcfg))  # also for a pruned or failed trial's line
         trial.set_user_attr(SWITCHES, _switches_on(tcfg))
         trial.set_user_attr(STEPS, steps_per_replicate(cfg))
         trial.set_user_attr(EPOCHS, tcfg.train.epochs)  # where each replicate ends (the pruner decides there)
@@ -177,7 +186,7 @@ def _replicate(
     try:
         where = CellRun(
             "search",
-            f"trial {trial.number} · {config_name(tcfg.ablation)} r{r}",
+            f"trial {trial.number} · {trial_name(tcfg)} r{r}",
             parent_run_id,
             {
                 tags.TRIAL: "true",
