@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 
@@ -55,6 +56,13 @@ def test_with_overrides_is_load_config_in_process(load):
         with_overrides(cfg, ["train.lr"])
 
 
+def _untouched(db: Path) -> bool:
+    """The store the environment names (`prepared`'s empty one) holds no run and no experiment of ours."""
+    client = mlflow.MlflowClient(f"sqlite:///{db}")
+    exps = client.search_experiments()
+    return [e.name for e in exps] == ["Default"] and not client.search_runs([e.experiment_id for e in exps])
+
+
 def test_the_grid_core_runs_whole_on_the_memory_tracker_with_no_store(prepared, tmp_path):
     load, _ = prepared
     cfg = load(SMALL)
@@ -62,7 +70,7 @@ def test_the_grid_core_runs_whole_on_the_memory_tracker_with_no_store(prepared, 
     summary = grid.run(cfg, grid.GridPaths(SPLITS, tmp_path / "results"), tracker, log=lines.append)
     assert summary.code == 0 and summary.workers == 1  # a memory tracker: every cell here, not in workers
     assert (summary.results["cells"], summary.results["finished"], summary.missing) == (4, 4, [])
-    assert not (tmp_path / "mlflow.db").exists()  # nothing reached the store the environment names
+    assert _untouched(tmp_path / "mlflow.db")  # nothing reached the store the environment names
     df = pd.read_csv(tmp_path / "results" / "grid.csv")
     assert len(df) == 4 and df["run_id"].str.startswith("mem-").all()
     assert sorted(df["config_id"]) == [31, 31, 63, 63]
@@ -124,7 +132,7 @@ def test_the_sensitivity_core_calls_the_grid_core_in_process(prepared, tmp_path)
     cells = [r for r in tracker.runs.values() if r.tags.get("cell_key")]
     assert len(cells) == 8 and {r.tags["stage"] for r in cells} == {"sensitivity"}
     assert {r.params["train.batch_size"] for r in cells} == {"2", "4"}
-    assert not (tmp_path / "mlflow.db").exists()
+    assert _untouched(tmp_path / "mlflow.db")
     assert (tmp_path / "sens" / "sensitivity.csv").is_file() and summary.results["factors"] == [
         "batch_size",
         "bias_shift",
@@ -142,4 +150,4 @@ def test_the_ceiling_core_records_each_measurement_on_the_tracker(prepared, tmp_
     assert result["mlflow_run_id"] == run.run_id and run.tags["finalbn.ceiling"] == "true"
     assert run.tags["stage"] == "ceiling" and run.metrics["ceiling_auroc"] == pytest.approx(result["auroc"])
     assert run.params["n"] == str(result["n"]) and '"auroc"' in run.files["ceiling.json"]
-    assert out.is_file() and not (tmp_path / "mlflow.db").exists()
+    assert out.is_file() and _untouched(tmp_path / "mlflow.db")

@@ -217,7 +217,8 @@ def test_bad_search_input_is_one_line_before_any_trial(searching, capsys, bad, m
 
 def test_the_space_draws_no_dead_dimension(load):
     """params.yaml's space: the final Linear's bias only without a final BN, the final BN's knobs
-    only with one, WL only when the loss is not class_balanced (whose weights replace WL's), weight
+    only with one, WL only under ce or focal (class_balanced's weights replace WL's; logit_adjusted's
+    prior shift with WL's weights corrects the prior twice), weight
     decay only with WD on, MixUp's alpha only with MX on; the same seed draws the same trials."""
     cfg = load()
 
@@ -230,7 +231,7 @@ def test_the_space_draws_no_dead_dimension(load):
             p, ab = trial.params, tcfg.ablation
             bn = has_final_bn(tcfg.model, ab)
             assert ("final_bias" in p) != bn and ("final_bn_momentum" in p) == bn and ("final_bn_affine" in p) == bn
-            assert ("WL" in p) == (p["loss"] != "class_balanced")
+            assert ("WL" in p) == (p["loss"] in ("ce", "focal"))
             assert ab.wl == p.get("WL", False) and ("weight_decay" in p) == ab.wd and ("mixup_alpha" in p) == ab.mx
             assert "BN" not in p and ab.bn == (p["final"] != "none")  # the final layer is the BN switch
             study.tell(trial, 0.0)
@@ -525,8 +526,9 @@ def test_ties_on_the_objective_go_to_the_lower_validation_balanced_loss(searchin
 def test_best_trial_rerun_beside_the_grid(searching, tmp_path):
     """After the study: the best trial (chosen on replicates 0..K-1) tested on the held-out
     replicates K.. against BN-only (31) and the grid's best configuration over 0..K-1, paired;
-    runs are found by their result key — the grid's cells — and what is missing is trained (in
-    two processes), once: a second call trains nothing."""
+    runs are found by their result key — the grid's cells — and what is missing is trained once (in
+    this process: the pipeline test's search trains its comparison in the default two): a second
+    call trains nothing."""
     load, overrides = searching
     more = [
         "grid.configs=[31, 63]",
@@ -548,7 +550,7 @@ def test_best_trial_rerun_beside_the_grid(searching, tmp_path):
         "--grid-csv",
         str(tmp_path / "results" / "grid.csv"),
         "--workers",
-        "2",
+        "1",
     )
     assert main(args) == 0
     summary = json.loads((tmp_path / "results" / "search.json").read_text())
@@ -566,8 +568,7 @@ def test_best_trial_rerun_beside_the_grid(searching, tmp_path):
         assert len({r["run_id"] for r in gb["rows"]} - grid_runs) == 2
     runs = {r["run_id"] for r in out["runs"]} | {r["run_id"] for r in gb["rows"]}
     before = len(mlflow.search_runs(experiment_names=["finalbn/search"], output_format="list"))
-    again_args = [a if a != "2" or args[i - 1] != "--workers" else "1" for i, a in enumerate(args)]
-    assert main(again_args) == 0  # the runs are found by key, not trained again (one process: no start-ups)
+    assert main(args) == 0  # the runs are found by key, not trained again
     again = json.loads((tmp_path / "results" / "search.json").read_text())["comparison"]
     assert {r["run_id"] for r in again["runs"]} | {r["run_id"] for r in again["grid_best"]["rows"]} == runs
     assert len(mlflow.search_runs(experiment_names=["finalbn/search"], output_format="list")) == before

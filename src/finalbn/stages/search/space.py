@@ -6,8 +6,9 @@
 Each dimension is a [low, high] range, a list of choices, or null (off: params.yaml's value).
 A space has no dead or overriding dimension: a dimension is drawn only when the configuration
 drawn so far uses it (weight decay with WD on, MixUp's alpha with MX on, the final BN's knobs
-with a final BN, the final Linear's bias without one, WL unless the loss is class_balanced, whose
-weights replace WL's), `check` refuses `bn` in `switches` beside `final` (one would override the
+with a final BN, the final Linear's bias without one, WL only under a loss without a prior correction
+of its own (ce, focal: class_balanced's weights replace WL's, and logit_adjusted's prior shift with WL
+corrects the prior twice, `PRIOR_LOSSES`), `check` refuses `bn` in `switches` beside `final` (one would override the
 other), and temperature scaling only for an objective it can change (it moves no ranking and no
 argmax). The order of the `suggest_*` calls is part of the study (a seeded sampler draws in call
 order): keep it.
@@ -117,7 +118,7 @@ def suggest(trial: optuna.Trial, cfg: Config) -> Config:
     d = _Draw(trial)
     m: dict[str, Any] = {}
     t: dict[str, Any] = {}
-    if (loss := d.pick("loss", sp.loss)) is not None:  # first: class_balanced's weights replace WL's
+    if (loss := d.pick("loss", sp.loss)) is not None:  # first: it decides whether WL is drawn
         t["loss"] = loss
     ab = _switches(trial, sp, cfg.ablation, t.get("loss", cfg.train.loss))
     if (lr := d.rng("lr", sp.lr, log=True)) is not None:
@@ -140,16 +141,23 @@ def suggest(trial: optuna.Trial, cfg: Config) -> Config:
     )
 
 
+# Losses that correct for the class prior themselves: WL is not drawn under them. class_balanced's
+# weights replace WL's; logit_adjusted (Menon et al. 2021: an alternative to re-weighting) with WL's
+# weights corrects twice: at 2c8d3f2 and ccd8b67 such trials were the search's worst (SELU: validation
+# AUROC 0.46, ranking backwards) and its best by AUROC (BN: 0.856, whose argmax then flagged 100 % of
+# healthy validation images).
+PRIOR_LOSSES = ("class_balanced", "logit_adjusted")
+
+
 def _switches(trial: optuna.Trial, sp, ab, loss: str):
-    """The switches of the space drawn; WL off (not drawn) under the class_balanced loss, which
-    ignores it."""
+    """The switches of the space drawn; WL off (not drawn) under a loss of `PRIOR_LOSSES`."""
     if not sp.switches:
         return ab
     drawn = {}
     for name in sp.switches:
         drawn[name] = (
             False
-            if name == "wl" and loss == "class_balanced"
+            if name == "wl" and loss in PRIOR_LOSSES
             else trial.suggest_categorical(name.upper(), [True, False])
         )
     return dataclasses.replace(ab, **drawn)
