@@ -156,9 +156,7 @@ def _switches(trial: optuna.Trial, sp, ab, loss: str):
     drawn = {}
     for name in sp.switches:
         drawn[name] = (
-            False
-            if name == "wl" and loss in PRIOR_LOSSES
-            else trial.suggest_categorical(name.upper(), [True, False])
+            False if name == "wl" and loss in PRIOR_LOSSES else trial.suggest_categorical(name.upper(), [True, False])
         )
     return dataclasses.replace(ab, **drawn)
 
