@@ -93,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
     p.add_argument("--results", default="results", help="where grid.csv/grid.json go (default results)")
     p.add_argument(
-        "--stage", choices=("grid", "sensitivity"), default="grid", help=argparse.SUPPRESS
+        "--stage", choices=("grid", "sensitivity", "needs"), default="grid", help=argparse.SUPPRESS
     )  # whose experiment the runs go to: the sensitivity stage's levels
     p.add_argument(
         "--no-share",
@@ -142,6 +142,13 @@ def _later_stages(sub, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
     p.add_argument("--out", default="results/sensitivity", help="output folder (default results/sensitivity)")
+    p = sub.add_parser(
+        "needs",
+        parents=[common, _fingerprinted()],
+        help="how many defect images to label: minority F1 against their number, a learning curve, one sentence",
+    )
+    p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
+    p.add_argument("--out", default="results/needs", help="output folder (default results/needs)")
     p = sub.add_parser(
         "export",
         parents=[common, _fingerprinted()],
@@ -212,6 +219,11 @@ def _later_stages(sub, common: argparse.ArgumentParser) -> None:
         default="results/sensitivity/sensitivity.csv",
         help="`finalbn sensitivity`'s table, for its section (default results/sensitivity/sensitivity.csv)",
     )
+    p.add_argument(
+        "--needs",
+        default="results/needs/needs.json",
+        help="`finalbn needs`' answer, for its section (default results/needs/needs.json)",
+    )
 
 
 def split_overrides(extra: list[str]) -> list[str]:
@@ -244,6 +256,7 @@ COMMANDS: dict[str, str] = {
     "grid": "finalbn.stages.grid",
     "search": "finalbn.stages.search",
     "sensitivity": "finalbn.stages.sensitivity",
+    "needs": "finalbn.stages.needs",
     "report": "finalbn.stages.report",
     "export": "finalbn.stages.export",
     "bench": "finalbn.bench.study",

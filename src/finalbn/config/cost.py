@@ -13,7 +13,10 @@ from pydantic.dataclasses import dataclass
 
 from finalbn.config.strict import STRICT, Size, Str
 
-CELL_KINDS = ("uf_on", "uf_on_da", "first", "warm", "first_mx", "first_da", "tracking")
+CELL_KINDS = ("uf_on", "uf_on_da", "first", "warm", "first_mx", "first_da", "tracking", "posthoc", "anomaly")
+# kinds `finalbn bench --cells` does not measure: a post-hoc cell right after its base (evaluation only) and a
+# PatchCore cell (the body's patch features of the split, a coreset, nearest neighbours); priced from params
+EXTRA_KINDS = ("posthoc", "anomaly")
 FIXED_STAGES = ("install", "synthesize", "prepare", "store", "ceiling", "report", "export")
 
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import codecs
 import glob
-from typing import Annotated, Any, Literal, TypeAlias
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, Strict, model_validator
 from pydantic.dataclasses import dataclass
 
+from finalbn.config.beyond import AnomalyConfig, BaselineMethod, NeedsConfig, SensitivityConfig
 from finalbn.config.cost import CostConfig
 from finalbn.config.strict import (
     STRICT,
@@ -31,15 +32,23 @@ from finalbn.config.strict import (
     Size,
     Str,
 )
-from finalbn.config.study import BASELINE_METHODS, FINAL_LAYERS, TOGGLES, AblationConfig, parse_configs
+from finalbn.config.study import (
+    FINAL_LAYERS,
+    POSTHOC_METHODS,
+    TOGGLES,
+    AblationConfig,
+    parse_configs,
+)
 
 # Literals spelled once: the study's tuples are the source of the allowed values.
 Toggle = Literal[TOGGLES]  # type: ignore[valid-type]  # a runtime tuple: pydantic reads it, mypy cannot
 Executor = Literal["local", "ray"]  # how cells and trials fan out: local processes, or Ray tasks
 FinalLayer = Literal[FINAL_LAYERS]  # type: ignore[valid-type]  # a runtime tuple, as Toggle
-BaselineMethod: TypeAlias = Literal[tuple(BASELINE_METHODS)]  # type: ignore[valid-type]  # the dict's keys, at run time
-Loss = Literal["ce", "focal", "logit_adjusted", "class_balanced"]
+Loss = Literal["ce", "focal", "logit_adjusted", "class_balanced", "ldam_drw"]
 Calibration = Literal["none", "temperature"]
+PostHoc = Literal[POSTHOC_METHODS]  # type: ignore[valid-type]  # a runtime tuple, as Toggle
+Sampler = Literal["shuffle", "class_balanced"]
+Detector = Literal["classifier", "patchcore"]
 
 
 class ConfigError(ValueError):
@@ -242,6 +251,12 @@ class TrainConfig:
     focal_gamma: Annotated[float, Field(ge=0.0, le=10.0)]
     cb_beta: Annotated[float, Field(ge=0.0, lt=1.0)]  # class_balanced: Cui et al.'s effective-number beta
     calibration: Calibration  # post-hoc temperature scaling fitted on validation
+    posthoc: PostHoc  # a post-hoc rival applied to the trained head (finalbn.train.posthoc)
+    sampler: Sampler  # class_balanced: minority images oversampled, each class equally likely per draw
+    ldam_scale: PosFloat  # LDAM-DRW (Cao et al. 2019): logit scale s
+    ldam_max_margin: Annotated[float, Field(ge=0.0)]  # the largest class margin (the minority's)
+    drw_start: Prob  # the share of epochs before deferred re-weighting starts
+    detector: Detector  # patchcore: no classifier, the healthy-only anomaly baseline (`anomaly`)
 
 
 @dataclass(frozen=True, config=STRICT)
@@ -326,38 +341,6 @@ class SelectionConfig:
 
     replicates: Replicates  # K: a configuration is ranked on replicates 0..K-1 (the search races over them)
     prevalences: Annotated[tuple[Annotated[float, Field(gt=0.0, lt=1.0)], ...], Field(min_length=1)]
-
-
-@dataclass(frozen=True, config=STRICT)
-class CostlyLevels:
-    """The sensitivity levels that cost most (`sensitivity.costly: true` adds them to the lists)."""
-
-    imbalance: tuple[Annotated[float, Field(gt=0.0, lt=0.5)], ...] = ()
-    batch_size: tuple[Annotated[int, Strict(), Field(ge=2)], ...] = ()
-    final_bn_momentum: tuple[Annotated[float, Field(gt=0.0, le=1.0)], ...] = ()
-    frozen_bn: tuple[Literal["eval", "train"], ...] = ()
-
-
-@dataclass(frozen=True, config=STRICT)
-class SensitivityConfig:
-    """The `sensitivity` stage (`finalbn.stages.sensitivity`): the headline contrast, final BN alone
-    vs nothing (31 − 63), under other settings, each on replicates 0..replicates-1. A level equal
-    to params.yaml's own is the reference, whose cells are the grid's."""
-
-    replicates: Replicates
-    imbalance: tuple[Annotated[float, Field(gt=0.0, lt=0.5)], ...] = ()  # minority share of the training split
-    batch_size: tuple[Annotated[int, Strict(), Field(ge=2)], ...] = ()
-    final_bn_momentum: tuple[Annotated[float, Field(gt=0.0, le=1.0)], ...] = ()
-    frozen_bn: tuple[Literal["eval", "train"], ...] = ()  # the body's frozen BN layers: eval, or train (fastai's)
-    single_logit: Bool = True  # one sigmoid logit (with BN over it) against two softmax logits
-    bias_shift: Bool = True  # 31 against 63 with a minority-logit bias learned on validation
-    workers: Annotated[int, Strict(), Field(ge=1)] = 2
-    costly: Bool = False  # add `costly_levels` to the lists above
-    costly_levels: CostlyLevels = CostlyLevels()
-
-    def values(self, factor: str) -> tuple:
-        """A factor's levels: its list, with its costly levels when `costly` is on."""
-        return tuple(getattr(self, factor)) + (tuple(getattr(self.costly_levels, factor)) if self.costly else ())
 
 
 @dataclass(frozen=True, config=STRICT)
@@ -447,12 +430,14 @@ class Config:
     model: ModelConfig
     ablation: AblationConfig
     train: TrainConfig
+    anomaly: AnomalyConfig
     pretrain: PretrainConfig
     grid: GridConfig
     ceiling: CeilingConfig
     selection: SelectionConfig
     report: ReportConfig
     sensitivity: SensitivityConfig
+    needs: NeedsConfig
     tracking: TrackingConfig
     search: SearchConfig
     ray: RayConfig = RayConfig()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 ORDER, AUGMENT, MIXUP, DROPOUT, HEAD_INIT = 1, 2, 3, 4, 5
+POSTHOC, SAMPLER = 6, 7  # post-hoc re-training (cRT, LWS); class-balanced sampling of the training split
 
 
 def stream_seed(seed: int, stream: int, epoch: int = 0) -> int:

@@ -22,14 +22,43 @@ TOGGLES = ("bn", "wl", "da", "mx", "uf", "wd")
 # What can sit after the last Linear, before the softmax (`final_layer`; `models.create_model(final=)`).
 FINAL_LAYERS = ("bn", "selu", "none")
 
+# What a trained head's outputs may be changed by after training (`finalbn.train.posthoc`).
+POSTHOC_METHODS = (
+    "none",
+    "logit_adjustment",
+    "vector_scaling",
+    "standardisation",
+    "tau_norm",
+    "crt",
+    "lws",
+    "remove_final_bn",
+)
+
 # The imbalance literature's answers, run as fixed grid cells beside the paper's configurations:
-# method -> the train.* values it sets on the base configuration.
+# method -> the train.* values it sets on the base configuration. The post-hoc ones change a trained
+# cell's outputs only: a process that has just trained their base cell reuses its head (`cell.run_cell`).
 BASELINE_METHODS: dict[str, dict[str, Any]] = {
     "focal": {"loss": "focal"},  # Lin et al. 2017
-    "logit_adjusted": {"loss": "logit_adjusted"},  # Menon et al. 2021
+    "logit_adjusted": {"loss": "logit_adjusted"},  # Menon et al. 2021 (= Balanced Softmax, Ren et al. 2020)
     "class_balanced": {"loss": "class_balanced"},  # Cui et al. 2019
+    "ldam_drw": {"loss": "ldam_drw"},  # Cao et al. 2019
+    "balanced_sampling": {"sampler": "class_balanced"},  # minority oversampling (Kang et al. 2020's sampler)
     "temperature": {"calibration": "temperature"},  # post-hoc, fitted on validation
+    "posthoc_logit_adjustment": {"posthoc": "logit_adjustment"},  # Menon et al. 2021, tau on validation
+    "vector_scaling": {"posthoc": "vector_scaling"},  # Guo et al. 2017
+    "logit_standardisation": {"posthoc": "standardisation"},  # a final BN's inference map, without training it
+    "tau_norm": {"posthoc": "tau_norm"},  # Kang et al. 2020
+    "crt": {"posthoc": "crt"},  # Kang et al. 2020
+    "lws": {"posthoc": "lws"},  # Kang et al. 2020
+    "final_bn_removed": {"posthoc": "remove_final_bn"},  # Kocaman et al. 2021: trained with it, run without
+    "patchcore": {"detector": "patchcore"},  # Roth et al. 2022: healthy images only, no classifier
 }
+# Methods run on the base configuration with the final BN switched on (63 -> 31): what they change is it.
+ON_FINAL_BN = frozenset({"final_bn_removed"})
+# Methods whose numbers do not depend on the base configuration's switches (no head is trained).
+NO_HEAD = frozenset({"patchcore"})
+POSTHOC_BASELINES = frozenset(m for m, v in BASELINE_METHODS.items() if "posthoc" in v or "calibration" in v)
+
 
 # train.* keys (flattened, as `load.flatten` spells them) that do not change what a cell computes:
 # where and how fast it runs and what is logged. A search study's name leaves them out.

@@ -39,7 +39,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from finalbn.config import AugmentConfig
-from finalbn.config.seeds import AUGMENT, MIXUP, ORDER, stream_seed
+from finalbn.config.seeds import AUGMENT, MIXUP, ORDER, SAMPLER, stream_seed
 from finalbn.data.augment import BatchAugment
 from finalbn.data.splits import SPLITS, read_manifest, sha256_file
 from finalbn.infra.errors import DataError
@@ -240,14 +240,19 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 class TrainPlan:
     """The training inputs of every epoch, from the plan's own seeded streams.
 
-    batches(epoch): the epoch's index batches (a seeded permutation; never a batch of 1, which
-      BatchNorm cannot train on).
+    batches(epoch): the epoch's index batches, by `sampler`: "shuffle", a seeded permutation of the
+      split; "class_balanced" (Kang et al. ICLR 2020's class-balanced sampling), as many indices
+      as the split has images drawn with replacement, each class present equally likely, then
+      uniform within it (minority images repeat). Each draws from its own stream of the epoch
+      (`seeds.ORDER`, `seeds.SAMPLER`); never a batch of 1, which BatchNorm cannot train on.
     inputs(epoch): (x (B, 3, H, W) float, normalised with mean/std; target) per batch — target is
       (B,) labels, or (B, C) soft labels when MixUp is on (torchvision's MixUp: one lambda ~
       Beta(alpha, alpha) per batch, mixed with the batch rolled by one).
     varies: whether the images differ between epochs (augmentation or MixUp): a shared frozen
       body must then run once per epoch, else once.
     """
+
+    SAMPLERS = ("shuffle", "class_balanced")  # how `batches` draws an epoch's order (no annotation: not a field)
 
     split: SplitTensors
     batch_size: int
@@ -258,11 +263,14 @@ class TrainPlan:
     mean: Stats = IMAGENET_MEAN
     std: Stats = IMAGENET_STD
     device: str = "cpu"
+    sampler: str = "shuffle"  # one of `SAMPLERS`
 
     def __post_init__(self) -> None:
         n = len(self.split.labels)
         if n < 2:
             raise ValueError("the training split needs at least 2 images")
+        if self.sampler not in self.SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(self.SAMPLERS)} (got {self.sampler!r})")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 (got {self.batch_size})")
         self._device = torch.device(self.device)
@@ -280,11 +288,25 @@ class TrainPlan:
 
     def batches(self, epoch: int) -> list[torch.Tensor]:
         n = len(self.split.labels)
-        g = torch.Generator().manual_seed(stream_seed(self.seed, ORDER, epoch))
-        chunks = list(torch.randperm(n, generator=g).split(self.batch_size))
+        if self.sampler == "shuffle":
+            g = torch.Generator().manual_seed(stream_seed(self.seed, ORDER, epoch))
+            order = torch.randperm(n, generator=g)
+        else:
+            order = self._class_balanced(epoch)
+        chunks = list(order.split(self.batch_size))
         if len(chunks[-1]) == 1:  # a lone last sample would make BatchNorm raise in train mode
             chunks = chunks[:-1]
         return chunks
+
+    def _class_balanced(self, epoch: int) -> torch.Tensor:
+        """(N,) int64 indices drawn with replacement, each with probability 1 / (K n_y): K the
+        classes present, n_y its class's count (torch's WeightedRandomSampler draw, on the epoch's
+        sampler stream)."""
+        g = torch.Generator().manual_seed(stream_seed(self.seed, SAMPLER, epoch))
+        labels = self.split.labels
+        counts = torch.bincount(labels).double()
+        per_image = 1.0 / counts[labels]  # (N,): each present class's images sum to 1
+        return torch.multinomial(per_image, len(labels), replacement=True, generator=g)
 
     def images(self) -> torch.Tensor:
         if self._images is None:

@@ -30,9 +30,10 @@ from typing import Any
 from tqdm import tqdm
 
 from finalbn.config import Config
+from finalbn.config.cost import EXTRA_KINDS
 
 KINDS = ("uf_on", "uf_on_da", "first", "warm", "first_mx", "first_da")
-SIZE_FREE = ("warm", "tracking")  # a head on features in memory; MLflow's bookkeeping
+SIZE_FREE = ("warm", "tracking", "posthoc")  # a head on features in memory; MLflow's bookkeeping
 BENCH_CELLS = Path("results/bench-cells.json")
 
 
@@ -44,8 +45,9 @@ class Prices:
     source: str
 
     def cell(self, kind: str) -> float:
-        """A cell of `kind` with its tracking, in seconds."""
-        return self.seconds[kind] + self.seconds.get("tracking", 0.0)
+        """A cell of `kind` with its tracking, in seconds (a kind nothing measured: as a `first` cell,
+        the dearest head-only kind)."""
+        return self.seconds.get(kind, self.seconds["first"]) + self.seconds.get("tracking", 0.0)
 
 
 def _scaled(seconds: Mapping[str, float], measured: int, size: int) -> dict[str, float]:
@@ -67,12 +69,21 @@ def _bench_file(path: Path, arch: str, size: int) -> Prices | None:
     return Prices(_scaled(row, measured, size), f"this machine's finalbn bench --cells ({path}, {at})")
 
 
+def _with_extra(found: Prices, cfg: Config, size: int) -> Prices:
+    """A bench file's prices with the kinds it does not measure (`EXTRA_KINDS`) from params' `cost`."""
+    c = cfg.cost
+    if c is None:
+        return found
+    extra = {k: v for k, v in _scaled(dict(c.cells), c.image_size, size).items() if k in EXTRA_KINDS}
+    return Prices({**extra, **found.seconds}, found.source)
+
+
 def cell_prices(cfg: Config, arch: str, size: int, bench: Path = BENCH_CELLS) -> Prices | None:
     """Seconds of a cell of each kind for `arch` at `size` px on CPU: this machine's bench file,
     else params' `cost` (scaled by pixels to `size`); None when neither measured `arch`."""
     found = _bench_file(bench, arch, size)
     if found is not None:
-        return found
+        return _with_extra(found, cfg, size)
     c = cfg.cost
     if c is None or c.arch != arch:
         return None

@@ -31,7 +31,7 @@ from pathlib import Path
 from finalbn import tracking
 from finalbn.config import Config
 
-STAGES = ("grid", "search", "sensitivity", "report", "export")  # besides one ceiling per dataset
+STAGES = ("grid", "search", "sensitivity", "needs", "report", "export")  # besides one ceiling per dataset
 
 # what each tracking command's outputs are (from its arguments): the files its fingerprint's runs are read from
 OUTPUTS = {
@@ -39,6 +39,7 @@ OUTPUTS = {
     "grid": lambda a: [Path(a.results) / "grid.csv", Path(a.results) / "grid.json"],
     "search": lambda a: [a.out],
     "sensitivity": lambda a: [a.out],
+    "needs": lambda a: [a.out],
     "report": lambda a: [a.out],
     "export": lambda a: [a.out],
 }

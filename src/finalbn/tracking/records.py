@@ -25,6 +25,7 @@ SEARCH_COMPARE = "finalbn.search_compare"  # a run the search's comparison train
 EXPORT = "finalbn.export"  # the export's retraining of a run that kept no weights
 CEILING = "finalbn.ceiling"
 REPORT = "finalbn.report"
+NEEDS = "finalbn.needs"  # the data-needs planner's answer (its cells are CELL runs)
 
 STAGE = "stage"  # on every run: the stage that made it (grid, search, ...; `store.STAGES`)
 WORKER = "finalbn.worker"  # on every run: host:pid of the process that made it (a kill -9 test finds it there)

@@ -39,9 +39,9 @@ from finalbn.tracking.records import FAILED, FINISHED, KILLED, RUNNING, WORKER, 
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 # grid cells and parents; search trials, comparison runs and the study; the sensitivity stage's levels
-# (its own cells; reference cells are the grid's); ceiling measurements; the report; the export's
+# (its own cells; reference cells are the grid's); the data-needs planner's cells and answer; ceiling measurements; the report; the export's
 # retraining and registered model; `finalbn train` outside `mlflow run`
-STAGES = ("grid", "search", "sensitivity", "ceiling", "report", "export", "train")
+STAGES = ("grid", "search", "sensitivity", "needs", "ceiling", "report", "export", "train")
 
 
 def experiment_name(cfg: Config, stage: str) -> str:

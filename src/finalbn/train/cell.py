@@ -22,6 +22,7 @@ the same parts around one training loop for several head-only cells.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from finalbn.data.splits import split_dir
 from finalbn.data.tensors import EvalBatches, SplitTensors, TrainPlan, load_splits
 from finalbn.models import FinalBNNet, HeadOnFeatures, HeadSpec, WeightsError, create_head, create_model, get_spec
 from finalbn.stats import metrics
-from finalbn.train import features
+from finalbn.train import anomaly, features, posthoc, trained
 from finalbn.train.engine import Callback, FitResult, FitSettings, balanced_loss, fit, predict, resolve_device
 from finalbn_field import decision
 
@@ -128,6 +129,8 @@ def fit_settings(
     weights = class_weights(train_labels) if ab.wl else None
     if tc.loss == "class_balanced":  # its own weights replace WL's
         weights = class_balanced_weights(train_labels, tc.cb_beta)
+    if tc.loss == "ldam_drw":  # its deferred re-weighting brings its own (engine.loss_inputs)
+        weights = None
     return FitSettings(
         epochs=tc.epochs,
         lr=tc.lr,
@@ -143,6 +146,9 @@ def fit_settings(
         train_counts=train_counts(train_labels),
         prior_metrics=prior_rule_valid(cfg),
         seed=seed,
+        ldam_scale=tc.ldam_scale,
+        ldam_max_margin=tc.ldam_max_margin,
+        drw_start=tc.drw_start,
     )
 
 
@@ -156,6 +162,7 @@ def train_plan(cfg: Config, train: SplitTensors, seed: int, device: str = "cpu")
         seed,
         augment=tc.augment if ab.da else None,
         mixup_alpha=tc.mixup_alpha if ab.mx else None,
+        sampler=tc.sampler,
         num_classes=2,
         mean=spec.mean,
         std=spec.std,
@@ -206,6 +213,7 @@ class CellResult:
     features: str  # "shared" (head on the frozen body's shared features) or "unshared"
     temperature: float | None = None  # fitted on validation (train.calibration: temperature)
     body_images: int | None = None  # images this cell passed through the body itself (0: another cell had)
+    posthoc: dict[str, float] = dataclasses.field(default_factory=dict)  # train.posthoc's fitted values
 
     def metrics(self) -> dict[str, float]:
         """The cell's numbers by the names its run records and every stage reads: `test_*` (last
@@ -219,6 +227,7 @@ class CellResult:
             **{f"val_last_{k}": v for k, v in self.val_last.items()},
             **{f"val_sel_{k[4:]}": v for k, v in sel.items() if k.startswith("val_")},
             **({"temperature": self.temperature} if self.temperature is not None else {}),
+            **{f"posthoc_{k}": v for k, v in self.posthoc.items()},
             "selected_epoch": self.fit.selected_epoch,
             "train_seconds": self.fit.train_seconds,
             "train_images_per_second": self.fit.train_images / max(self.fit.train_seconds, 1e-9),
@@ -247,11 +256,12 @@ class CellInputs:
     shared: features.SharedFeatures | None = None
     body_key: features.BodyKey | None = None
     images_before: int = 0
+    train_eval: Callable[[], Any] | None = None  # the training split in order, eval mode (post-hoc fits)
 
 
 def share_key(setup: CellSetup) -> tuple[tuple, features.BodyKey]:
     """(share key, body key) of a UF-off cell: its features are those of every cell with the same
-    share key — the same manifest, image size, body, seed, batch size, augmentation and MixUp
+    share key — the same manifest, image size, body, seed, batch size, augmentation, MixUp and sampler
     (`features.CACHE`); the body key fixes the frozen body as a function."""
     cfg, plan, device = setup.cfg, setup.plan, setup.device
     w = weights_path(cfg)
@@ -273,6 +283,7 @@ def share_key(setup: CellSetup) -> tuple[tuple, features.BodyKey]:
         cfg.train.batch_size,
         plan.augment,
         plan.mixup_alpha,
+        plan.sampler,  # the batches the shared features are served in
     )
     return key, body_key
 
@@ -284,7 +295,9 @@ def _shared_inputs(setup: CellSetup) -> CellInputs:
     shared = features.CACHE.get(key, setup.plan, setup.tensors, body_key, source)
     images_before = shared.body_images
     head = build_head(setup.cfg, shared.body.nf, seed=setup.seed)
-    return CellInputs(head, shared.train, shared.val_at, shared.test_at, shared, body_key, images_before)
+    return CellInputs(
+        head, shared.train, shared.val_at, shared.test_at, shared, body_key, images_before, shared.train_eval
+    )
 
 
 def _whole_inputs(setup: CellSetup) -> CellInputs:
@@ -294,7 +307,10 @@ def _whole_inputs(setup: CellSetup) -> CellInputs:
     device, tensors = str(setup.device), setup.tensors
     val_b = EvalBatches(tensors["val"], spec.mean, spec.std, device=device)
     test_b = EvalBatches(tensors["test"], spec.mean, spec.std, device=device)
-    return CellInputs(model, setup.plan.inputs, (lambda epoch: val_b), (lambda epoch: test_b))
+    train_b = EvalBatches(tensors["train"], spec.mean, spec.std, device=device)
+    return CellInputs(
+        model, setup.plan.inputs, (lambda epoch: val_b), (lambda epoch: test_b), train_eval=lambda: train_b
+    )
 
 
 def cell_inputs(setup: CellSetup) -> CellInputs:
@@ -311,11 +327,14 @@ class _Evaluation:
     val_labels: np.ndarray
     val_last: np.ndarray
     temperature: float | None
+    posthoc: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
-def _evaluate(model: torch.nn.Module, inputs: CellInputs, fitted: FitResult, tc, device: torch.device) -> _Evaluation:
+def _evaluate(setup: CellSetup, inputs: CellInputs, fitted: FitResult) -> _Evaluation:
     """Test and validation predictions at the last and the selected epoch (temperature-scaled when
-    `train.calibration` says so); the model is left at its last epoch, as trained."""
+    `train.calibration` says so, through `train.posthoc`'s method when set, each fitted at its
+    epoch); the model is left at its last epoch, as trained."""
+    model, tc, device = inputs.model, setup.cfg.train, setup.device
     last, sel = tc.epochs, fitted.selected_epoch
     labels, probs_last = predict(model, inputs.test_of(last), device)
     val_labels, val_last = predict(model, inputs.val_of(last), device)
@@ -324,6 +343,13 @@ def _evaluate(model: torch.nn.Module, inputs: CellInputs, fitted: FitResult, tc,
     # the selected epoch is the last: the same state on the same batches (the same numbers, a pass less)
     same = sel == last and all(torch.equal(last_state[k], v) for k, v in fitted.selected_state.items())
     probs_sel = probs_last.copy() if same else predict(model, inputs.test_of(sel), device)[1]
+    fitted_values: dict[str, float] = {}
+    if tc.posthoc != "none":
+        probs_sel = probs_last.copy() if same else posthoc.cell_outputs(setup, model, inputs, sel)[0]
+        model.load_state_dict(last_state, strict=False)
+        probs_last, val_last, fitted_values = posthoc.cell_outputs(setup, model, inputs, last)
+        probs_sel = probs_last.copy() if same else probs_sel
+        model.load_state_dict(fitted.selected_state, strict=False)
     temperature = None
     if tc.calibration == "temperature":  # fitted on validation at each evaluated epoch; argmax unchanged
         _, val_sel = predict(model, inputs.val_of(sel), device)
@@ -333,7 +359,7 @@ def _evaluate(model: torch.nn.Module, inputs: CellInputs, fitted: FitResult, tc,
         probs_last = metrics.apply_temperature(probs_last, temperature)
         val_last = metrics.apply_temperature(val_last, temperature)
     model.load_state_dict(last_state, strict=False)
-    return _Evaluation(labels, probs_last, probs_sel, val_labels, val_last, temperature)
+    return _Evaluation(labels, probs_last, probs_sel, val_labels, val_last, temperature, fitted_values)
 
 
 def _whole_network(cfg: Config, model: torch.nn.Module, inputs: CellInputs) -> torch.nn.Module:
@@ -394,7 +420,7 @@ def prepare_cell(
 
 def finish_cell(setup: CellSetup, inputs: CellInputs, fitted: FitResult) -> CellResult:
     """A trained cell evaluated on test (last and selected epoch) and validation: its CellResult."""
-    ev = _evaluate(inputs.model, inputs, fitted, setup.cfg.train, setup.device)
+    ev = _evaluate(setup, inputs, fitted)
     model = _whole_network(setup.cfg, inputs.model, inputs)
     return _result(setup, fitted, ev, model, inputs)
 
@@ -410,14 +436,46 @@ def run_cell(
     """Train one cell on `<splits_dir>/<dataset>/<replicate>/manifest.csv`; evaluate it on test.
     Raises FileNotFoundError for a missing split, engine.TrainingDiverged when the loss turns NaN."""
     setup = prepare_cell(cfg, dataset, splits_dir, progress, replicate)
+    if cfg.train.detector == "patchcore":
+        return anomaly_cell(setup)
     inputs = cell_inputs(setup)
-    fitted = fit(inputs.model, inputs.train, inputs.val_of, setup.settings, callbacks)
+    identity = trained.training_identity(setup, share_key(setup)[0]) if inputs.shared is not None else None
+    fitted = trained.HEADS.fit_or_reuse(
+        identity,
+        inputs.model,
+        callbacks,
+        lambda: fit(inputs.model, inputs.train, inputs.val_of, setup.settings, callbacks),
+    )
     return finish_cell(setup, inputs, fitted)
+
+
+def anomaly_cell(setup: CellSetup) -> CellResult:
+    """`train.detector: patchcore`: the healthy-only anomaly baseline (`finalbn.train.anomaly`) on the
+    cell's frozen body, as a CellResult (one "epoch": its validation row; `posthoc_bank` its memory
+    bank's patches, `posthoc_platt` 1 where Platt scaling mapped its scores)."""
+    cfg = setup.cfg
+    spec = get_spec(cfg.model.arch)
+    body = build_model(cfg, seed=setup.seed).body
+    s = anomaly.fit_and_score(body, setup.tensors, cfg.anomaly, spec.mean, spec.std, str(setup.device), setup.seed)
+    row = {
+        "val_auroc": metrics.auroc(s.val_labels, s.val_probs),
+        "val_ap": metrics.average_precision(s.val_labels, s.val_probs),
+        "val_minority_f1": metrics.minority_f1(s.val_labels, s.val_probs.argmax(1)),
+        "val_balanced_loss": balanced_loss(s.val_labels, s.val_probs),
+    }
+    fitted = FitResult([row], 1, {}, s.seconds, s.healthy)
+    values = {"bank": float(s.bank), "platt": float(s.platt)}
+    ev = _Evaluation(s.labels, s.probs, s.probs.copy(), s.val_labels, s.val_probs, None, values)
+    setattr(s.model, "bn_policy", "frozen-eval")  # noqa: B010  (what a cell's record names: the body's BN mode)
+    return _result(setup, fitted, ev, s.model, CellInputs(s.model, None, lambda e: None, lambda e: None))
 
 
 def prior_rule_valid(cfg: Config) -> bool:
     """Whether the training-count prior correction is valid for the cell's model
-    (`decision.prior_rule_applies`): only then are the `*_pc` metrics computed."""
+    (`decision.prior_rule_applies`): only then are the `*_pc` metrics computed (never for PatchCore,
+    whose scores carry no training prior)."""
+    if cfg.train.detector == "patchcore":
+        return False
     return decision.prior_rule_applies(final_layer(cfg.model, cfg.ablation), cfg.ablation.wl, cfg.train.loss)[0]
 
 
@@ -482,5 +540,6 @@ def _result(
         seed=setup.seed,
         features="shared" if shared is not None else "unshared",
         temperature=ev.temperature,
+        posthoc=ev.posthoc,
         body_images=(shared.body_images - inputs.images_before) if shared is not None else None,
     )

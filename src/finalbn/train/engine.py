@@ -8,7 +8,9 @@
 (MixUp, drawn by the caller's plan) — or any re-iterable such as a DataLoader; `val` yields (x, y),
 or is a function epoch -> such batches (features that change with the epoch).
 x may be images for a whole network or a frozen body's features for a head alone: the loop is the
-same. One-cycle LR (OneCycleLR) with AdamW; optional class weights (WL) and label smoothing. With
+same. One-cycle LR (OneCycleLR) with AdamW; optional class weights (WL), label smoothing and the
+imbalance baselines' losses (`LOSSES`; LDAM-DRW's class weights change with the epoch, so the loss's
+inputs are made per epoch, `loss_inputs`). With
 `settings.seed`, each epoch's dropout draws from its own seeded stream (`finalbn.config.seeds`), so the
 same cell gives the same numbers on either path.
 
@@ -63,8 +65,14 @@ class FitSettings:
     wd_on_bn: bool = False  # decay BN weights and biases too (fastai's bn_wd=True)
     train_counts: tuple[int, ...] | None = None  # (n_majority, n_minority): the logit-adjusted loss's prior
     prior_metrics: bool = True  # log the prior-corrected val F1 (only where the outputs carry the training prior)
-    loss: str = "ce"  # ce | focal | logit_adjusted (class weights: WL's or class_balanced's, set by the caller)
+    loss: str = "ce"  # `LOSSES` (class weights: WL's or class_balanced's, set by the caller; ldam_drw: its own)
     focal_gamma: float = 2.0
+    # LDAM-DRW (Cao et al. 2019). The paper's logits are cosines (normalised features and weights);
+    # our head's are not, so s = 30 sharpens raw logits: a value to tune, not a given.
+    ldam_scale: float = 30.0  # s: the margined logits' scale (the paper's 30)
+    ldam_max_margin: float = 0.5  # the largest margin, the rarest class's (the paper's 0.5)
+    drw_start: float = 0.8  # re-weighted from the epoch after round(drw_start * epochs) (the paper: 160 of 200)
+    drw_beta: float = 0.9999  # DRW's effective-number beta (the paper's, after Cui et al. 2019)
     seed: int | None = None  # dropout's own stream per epoch (None: the global generator as it is)
     channels_last: bool = True  # image inputs and the network in channels_last
     bf16: bool | None = None  # autocast to bf16; None = on CUDA only (measured slower on CPU)
@@ -155,8 +163,22 @@ def adamw_one_cycle(groups: list[dict[str, Any]], settings: FitSettings, steps_p
     return opt, sched
 
 
-def loss_inputs(settings: FitSettings, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(class weights, log training prior): what the loss needs besides logits and targets."""
+def loss_inputs(
+    settings: FitSettings, device: torch.device, epoch: int | None = None
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(class weights (C,) or None, per-class logit term (C,) or None) on `device`: what
+    `loss_value` needs besides logits and targets in epoch `epoch` (1-based).
+
+    Every loss but ldam_drw: (settings.class_weights, the log training prior for logit_adjusted,
+    else None), the same in every epoch (`epoch` unused). ldam_drw: (None before DRW's first epoch
+    (`drw_first_epoch`), then Cui et al.'s effective-number weights; LDAM's margins Delta (C,),
+    formulas in `_ldam_drw_inputs`): it needs `epoch`, so `fit` calls this once per epoch.
+    ValueError (one line): logit_adjusted or ldam_drw without settings.train_counts (ldam_drw: or
+    a count of 0); ldam_drw without `epoch`, with class_weights set (DRW brings its own), or with an
+    out-of-range ldam_* / drw_* field.
+    """
+    if settings.loss == "ldam_drw":
+        return _ldam_drw_inputs(settings, device, epoch)
     weight = (
         torch.tensor(settings.class_weights, dtype=torch.float32, device=device) if settings.class_weights else None
     )
@@ -167,6 +189,46 @@ def loss_inputs(settings: FitSettings, device: torch.device) -> tuple[torch.Tens
         counts = torch.tensor(settings.train_counts, dtype=torch.float32, device=device)
         log_prior = torch.log(counts / counts.sum())
     return weight, log_prior
+
+
+def _ldam_drw_inputs(
+    settings: FitSettings, device: torch.device, epoch: int | None
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """LDAM-DRW's (class weights of epoch `epoch` or None, margins (C,)); `loss_inputs` says when
+    it raises. Margins Delta_j = C / n_j^(1/4), C such that the largest (the rarest class's) is
+    ldam_max_margin (Cao et al. 2019). DRW's weights: Cui et al. (2019)'s (1 - beta) / (1 -
+    beta^n_c), scaled to sum to the number of classes (`cell.class_balanced_weights` from labels)."""
+    if epoch is None:
+        raise ValueError("loss=ldam_drw re-weights by epoch: call loss_inputs(settings, device, epoch)")
+    n = np.asarray(settings.train_counts or (), dtype=np.float64)  # (C,) training counts
+    s = settings
+    checks = {  # a one-line ValueError for the first that fails
+        f"loss=ldam_drw needs the training counts, each positive (settings.train_counts: {s.train_counts})": (
+            len(n) > 0 and bool((n > 0).all())
+        ),
+        "loss=ldam_drw brings its own class weights (DRW): leave settings.class_weights unset": not s.class_weights,
+        f"ldam_scale must be > 0 (got {s.ldam_scale})": s.ldam_scale > 0,
+        f"ldam_max_margin must be >= 0 (got {s.ldam_max_margin})": s.ldam_max_margin >= 0,
+        f"drw_beta must be in [0, 1) (got {s.drw_beta})": 0 <= s.drw_beta < 1,
+    }
+    for message, ok in checks.items():
+        if not ok:
+            raise ValueError(message)
+    m = n**-0.25
+    margins = torch.tensor(s.ldam_max_margin * m / m.max(), dtype=torch.float32, device=device)
+    if epoch < drw_first_epoch(s.epochs, s.drw_start):
+        return None, margins
+    w = (1.0 - s.drw_beta) / (1.0 - np.power(s.drw_beta, n))
+    return torch.tensor(w * len(w) / w.sum(), dtype=torch.float32, device=device), margins
+
+
+def drw_first_epoch(epochs: int, drw_start: float) -> int:
+    """DRW's first re-weighted epoch (1-based): the one after int(round(drw_start * epochs)). With
+    10 epochs and drw_start 0.8, epochs 9 and 10; with 200, epoch 161 on (the paper's: its 0-based
+    epoch 160 on); drw_start 1: never (plain LDAM), 0: every epoch. ValueError outside [0, 1]."""
+    if not 0 <= drw_start <= 1:
+        raise ValueError(f"drw_start must be a fraction of the epochs in [0, 1] (got {drw_start})")
+    return int(round(drw_start * epochs)) + 1
 
 
 def _train_epoch(
@@ -241,11 +303,11 @@ def fit(
     batches_of, val_of = epoch_source(train), epoch_source(val)
     steps_per_epoch = count_batches(batches_of)
     opt, sched = _optimiser(model, settings, steps_per_epoch)
-    weight, log_prior = loss_inputs(settings, device)
     ledger = EpochLedger(model, settings, callbacks)
     t0 = time.perf_counter()
     for epoch in range(1, settings.epochs + 1):
         seed_dropout(settings, epoch)
+        weight, log_prior = loss_inputs(settings, device, epoch)  # ldam_drw's weights change with the epoch
         step_losses, sizes = _train_epoch(
             model, batches_of(epoch), opt, sched, settings, device, weight, log_prior, epoch, steps_per_epoch
         )
@@ -304,7 +366,7 @@ class EpochLedger:
         return FitResult(self.history, self.best_epoch, self.best_state, seconds, self.seen)
 
 
-LOSSES = ("ce", "focal", "logit_adjusted", "class_balanced")
+LOSSES = ("ce", "focal", "logit_adjusted", "class_balanced", "ldam_drw")
 
 
 def loss_value(
@@ -314,13 +376,20 @@ def loss_value(
     weight: torch.Tensor | None,
     log_prior: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The training loss: cross-entropy (class-weighted when `weight`; class_balanced is CE with
-    Cui et al.'s weights, passed in as `weight`), softmax focal loss (Lin et al. 2017:
-    -sum_c t_c (1 - p_c)^gamma log p_c, alpha = `weight`), or logit-adjusted cross-entropy (Menon
-    et al. 2021: CE on logits + log prior; prediction uses the plain logits). `target`: labels or
-    soft labels (MixUp); label smoothing applies to every form."""
+    """The training loss (a scalar) of `logits` (B, C): cross-entropy (class-weighted when `weight`
+    (C,); class_balanced is CE with Cui et al.'s weights, passed in as `weight`), softmax focal
+    loss (Lin et al. 2017: -sum_c t_c (1 - p_c)^gamma log p_c, alpha = `weight`), logit-adjusted
+    cross-entropy (Menon et al. 2021: CE on logits + `log_prior` (C,)), or LDAM (Cao et al. 2019:
+    CE on s * (logits - t * Delta), `ldam_logits`; the margins Delta (C,) come in the `log_prior`
+    slot and DRW's weights as `weight`, both from `loss_inputs(settings, device, epoch)`).
+    Prediction uses the plain logits. `target`: (B,) labels or (B, C) soft labels (MixUp); label
+    smoothing applies to every form. ValueError for ldam_drw without its margins."""
     if settings.loss == "logit_adjusted":
         logits = logits + log_prior
+    elif settings.loss == "ldam_drw":
+        if log_prior is None:
+            raise ValueError("loss=ldam_drw needs its margins: pass loss_inputs(settings, device, epoch)'s second item")
+        logits = ldam_logits(logits, target, log_prior, settings.ldam_scale)
     if settings.loss != "focal":
         return F.cross_entropy(logits, target, weight=weight, label_smoothing=settings.label_smoothing)
     n = logits.shape[1]
@@ -336,6 +405,15 @@ def loss_value(
     # cross_entropy's conventions, so that gamma = 0 is exactly it: labels -> a mean weighted by
     # each sample's class weight; soft labels -> a plain mean over the batch
     return per_class.sum() / weight[target].sum() if hard else per_class.sum(1).mean()
+
+
+def ldam_logits(logits: torch.Tensor, target: torch.Tensor, margins: torch.Tensor, scale: float) -> torch.Tensor:
+    """LDAM's (B, C) logits s * (z - t * Delta) (Cao et al. 2019; their code's `LDAMLoss`):
+    `logits` z (B, C), `target` t (B,) labels (one-hot: the true class's logit less its margin) or
+    (B, C) soft labels (each class's logit less its share t_c of its margin), `margins` Delta (C,),
+    `scale` s. Hand-written: no library has it."""
+    soft = F.one_hot(target, logits.shape[1]).to(logits.dtype) if target.dim() == 1 else target
+    return scale * (logits - soft * margins)
 
 
 def count_batches(batches_of: Callable[[int], Batches]) -> int:

@@ -149,6 +149,10 @@ class SharedFeatures:
         self._advance(epoch)
         return self._epochs[epoch]
 
+    def train_eval(self) -> list[Batch]:
+        """The training split's features in split order, body in eval mode (no augmentation)."""
+        return self._run("train")
+
     def val_at(self, epoch: int) -> list[Batch]:
         return self._eval_at("val", epoch)
 

@@ -4,7 +4,7 @@
 
 The key hashes everything that changes what a cell computes: the dataset and its replicate's
 manifest hash and intensity (split.json), image size, arch, the six switches, every model.* and train.* value that changes
-a result (`config.NOT_CELL_KEY_PARAMS` lists those that do not: where and how fast it runs, and
+a result (and anomaly.* for a PatchCore cell) (`config.NOT_CELL_KEY_PARAMS` lists those that do not: where and how fast it runs, and
 train.seed, which enters as the cell's own seed), the cell's seed, the weights file, and the code
 that computes a cell's numbers: the sources of every module the training cell (`finalbn.cell`:
 data, model, training, metrics, config) imports (`imports.code_digest`), not the tracking layer
@@ -50,12 +50,16 @@ def result_key(cfg: Config, dataset: str, replicate: int | None, splits_dir: Pat
         "replicate": replicate,
         "seed": cell_seed(cfg, replicate) if replicate is not None else None,
         "weights": _file_hash(w, Path(w).stat().st_mtime_ns) if Path(w).is_file() else w,
-        "params": {
-            k: v for k, v in flat.items() if k.split(".")[0] in ("model", "train") and k not in NOT_CELL_KEY_PARAMS
-        },
+        "params": {k: v for k, v in flat.items() if k.split(".")[0] in _sections(cfg) and k not in NOT_CELL_KEY_PARAMS},
         "code": code_version(),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _sections(cfg: Config) -> tuple[str, ...]:
+    """The params sections a cell's numbers depend on: model and train, and the anomaly baseline's
+    own section for a PatchCore cell (`train.detector`)."""
+    return ("model", "train", "anomaly") if cfg.train.detector == "patchcore" else ("model", "train")
 
 
 @functools.lru_cache(maxsize=8)

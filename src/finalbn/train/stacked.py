@@ -238,13 +238,13 @@ def fit_stacked(
     batches_of, val_of = epoch_source(train), epoch_source(val)
     steps_per_epoch = count_batches(batches_of)
     stack = (_Exact if mode == "exact" else _Vmapped)(models, settings, common, steps_per_epoch)
-    losses = [(s, *loss_inputs(s, device)) for s in settings]
     ledgers = [EpochLedger(m, s, cb) for m, s, cb in zip(models, settings, callbacks)]
     failed: list[TrainingDiverged | None] = [None] * len(models)
     t0 = time.perf_counter()
     with stack.training():
         for epoch in range(1, common.epochs + 1):
             seed_dropout(common, epoch)
+            losses = [(s, *loss_inputs(s, device, epoch)) for s in settings]  # LDAM-DRW re-weights by epoch
             step_losses, sizes = _train_epoch(stack, batches_of(epoch), losses, common)
             stack.unstack()
             for k, ledger in enumerate(ledgers):

@@ -19,17 +19,28 @@ runs back to back on the frozen body's features computed once (`finalbn.train.fe
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from finalbn.config import Config, ablation_from_id, config_name, configure, parse_configs
+from finalbn.config import Config, ablation_from_id, config_id, config_name, configure, parse_configs
+from finalbn.config.study import NO_HEAD, ON_FINAL_BN, POSTHOC_BASELINES
 from finalbn.train.keys import result_key
 
 # A cell's time in warm-head cells, by kind (`cell_kind`), measured with `finalbn bench --cells` on CPU
 # (efficientnet_lite0, 64 px, one thread): UF on 98-100 s; the first cell of an augmented, a MixUp and the
 # plain family 47, 39 and 7.8 s; a head on features in memory 3.8 s with its tracking.
-KIND_COST = {"uf_on": 26.0, "uf_on_da": 26.0, "first_da": 12.0, "first_mx": 10.0, "first": 2.0, "warm": 1.0}
+KIND_COST = {
+    "uf_on": 26.0,
+    "uf_on_da": 26.0,
+    "first_da": 12.0,
+    "first_mx": 10.0,
+    "first": 2.0,
+    "warm": 1.0,
+    "posthoc": 0.3,
+    "anomaly": 2.0,
+}
 
 
 @dataclass(frozen=True)
@@ -83,13 +94,23 @@ def all_cells(cfg: Config) -> list[Cell]:
     if g.headline.configs:
         wanted |= {(cid, r, "") for cid in parse_configs(g.headline.configs) for r in range(g.headline.replicates)}
         base = parse_configs([g.baselines.config])[0]
-        wanted |= {(base, r, m) for m in g.baselines.methods for r in range(g.headline.replicates)}
+        wanted |= {(baseline_base(base, m), r, m) for m in g.baselines.methods for r in range(g.headline.replicates)}
     return [Cell(d.name, arch, cid, r, m) for d in cfg.datasets for arch in g.archs for cid, r, m in sorted(wanted)]
+
+
+def baseline_base(config: int, method: str) -> int:
+    """The configuration a baseline method runs on: `config` (grid.baselines.config), with the final
+    BN switched on for a method that changes it (`ON_FINAL_BN`: 63 -> 31)."""
+    if method not in ON_FINAL_BN:
+        return config
+    return config_id(dataclasses.replace(ablation_from_id(config), bn=True))
 
 
 def _unit(cell: Cell) -> tuple:
     """What one shard must own whole: a family with UF off (its cells share features), one
     configuration (with its replicates and parent) with UF on."""
+    if cell.baseline in NO_HEAD:  # no head, no shared features: a unit of its own
+        return (*cell.family, cell.baseline)
     return cell.family if not cell.family[2] else (*cell.family, cell.config_id, cell.baseline)
 
 
@@ -113,8 +134,15 @@ def cell_kinds(
     features of the cell's split are on disk (`features.on_disk`), so a plain family's first cell
     only trains its head (warm); augmented and mixed families still run the body every epoch."""
     seen: set[tuple] = set()
-    out = {}
+    out: dict[Cell, str] = {}
     for c in share_order(cells):
+        if c.baseline in NO_HEAD:
+            out[c] = "anomaly"
+            continue
+        base = dataclasses.replace(c, baseline="")
+        if share and c.baseline in POSTHOC_BASELINES and base in out and not ablation_from_id(c.config_id).uf:
+            out[c] = "posthoc"  # right after its base, in one process: its trained head is reused
+            continue
         kind = cell_kind(c.config_id, (c.family, c.replicate) not in seen, share)
         out[c] = "warm" if kind == "first" and share and kept is not None and kept(c) else kind
         seen.add((c.family, c.replicate))

@@ -40,7 +40,7 @@ from finalbn.tracking.adapter import MLFLOW
 from finalbn.tracking.records import RunRecord
 from finalbn.train.engine import TrainingDiverged
 
-CELL_STAGES = ("grid", "sensitivity")  # the experiments whose runs are grid cells
+CELL_STAGES = ("grid", "sensitivity", "needs")  # the experiments whose runs are grid cells
 
 
 def existing_cells(cfg: Config, tracker: Tracker = MLFLOW) -> dict[str, list[RunRecord]]:

@@ -19,7 +19,7 @@ import pandas as pd
 from finalbn.infra import faults
 from finalbn.infra.io import write_csv, write_text
 from finalbn.stages.report import baselines as imbalance
-from finalbn.stages.report import figures
+from finalbn.stages.report import figures, rivals
 from finalbn.stages.report import prevalence as prev
 from finalbn.stages.report.answer import (
     at_prevalences,
@@ -117,6 +117,8 @@ def build_report(
     train_counts: tuple[int, int] | None = None,
     sensitivity: pd.DataFrame | None = None,
     context: dict[str, str] | None = None,
+    needs: dict | None = None,
+    needs_figure: Path | None = None,
 ) -> dict:
     """Write FILES into `out_dir`; return (and write as summary.json) the headline numbers.
     `search`: `finalbn search`'s summary (results/search.json), for its section; `k`: the
@@ -149,6 +151,10 @@ def build_report(
     prevalence_section(page, cells, data, at_pi, eff, prevalences, test_pi)
     _ranking_vs_threshold(page, cells)
     imb = _imbalance_baselines(page, all_cells)
+    riv = rivals.rivals_table(at_pi)
+    rivals.rivals_section(page, riv, prevalences)
+    needs_line = rivals.needs_section(page, needs, needs_figure)
+    extra = [x for x in (rivals.best_rival_line(riv, min(prevalences)), needs_line) if x]
     _search(page, search)
     sens_lines = sensitivity_section(page, sensitivity)
     _selection(page, cells, k, n_boot, seed)
@@ -169,7 +175,7 @@ def build_report(
     faults.point("report.write")
     write_headline(summary, prevalences, out / "headline.json")  # what `dvc metrics show` prints
     write_plot_data(cells, at_pi, out / "plots")  # what `dvc plots show/diff` draws
-    header = _header(data.experiment, ceiling_md, verdicts, imb, cells, summary, notes_in)
+    header = _header(data.experiment, ceiling_md, verdicts, imb, cells, summary, notes_in, extra)
     write_text(out / "report.md", "\n".join(header + page.md).rstrip() + "\n")
     return summary
 
@@ -555,8 +561,10 @@ def _header(
     cells: pd.DataFrame,
     summary: dict,
     notes_in: list[str],
+    extra: Sequence[str] = (),
 ) -> list[str]:
-    """report.md's opening lines: ceiling, verdict and method, then the input's notes."""
+    """report.md's opening lines: ceiling, verdict (with `extra`: the strongest rival, the data-needs
+    answer) and method, then the input's notes."""
     # one experiment, or several (the grid's and the sensitivity stage's): their names, not a list's repr
     names = ", ".join(map(str, experiment)) if isinstance(experiment, (list, tuple)) else str(experiment or "")
     label = (
@@ -579,6 +587,8 @@ def _header(
                 f"over replicates; the section below gives each its interval): {compact}.",
                 "",
             ]
+    for line in extra:
+        header += [line, ""]
     header += _method_lines(cells, summary)
     header.extend(f"> Note: {n}" for n in notes_in)
     if notes_in:

@@ -48,6 +48,7 @@ class ReportPaths:
     ceiling: Path | None = None
     search: Path | None = None
     sensitivity: Path | None = None
+    needs: Path | None = None
 
 
 def run(cfg: Any, paths: ReportPaths, tracker: Tracker = MLFLOW) -> dict:
@@ -70,6 +71,8 @@ def run(cfg: Any, paths: ReportPaths, tracker: Tracker = MLFLOW) -> dict:
         train_counts=tuple(cfg.split.train),
         sensitivity=read_sensitivity(paths.sensitivity),
         context=study_context(cfg),
+        needs=read_needs(paths.needs),
+        needs_figure=Path(paths.needs).with_name("needs.png") if paths.needs else None,
     )
     tracker.log_report(cfg, paths.out)
     return summary
@@ -122,6 +125,20 @@ def read_sensitivity(path: Path | None) -> pd.DataFrame | None:
     return df
 
 
+def read_needs(path: Path | None) -> dict | None:
+    """`finalbn needs`' answer (needs.json), or None when there is none. Raises ValueError when the
+    file is not that stage's output."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        out = json.loads(Path(path).read_text())
+    except ValueError as exc:
+        raise ValueError(f"data-needs answer {path} is not JSON ({exc})") from None
+    if not isinstance(out, dict) or "sentence" not in out:
+        raise ValueError(f"data-needs answer {path} is not a `finalbn needs` output (no 'sentence')")
+    return out
+
+
 def main(cfg: Any, args: argparse.Namespace) -> int:
     """`finalbn report`: prints where it went and the verdict."""
     summary = run(
@@ -132,6 +149,7 @@ def main(cfg: Any, args: argparse.Namespace) -> int:
             ceiling=Path(args.ceiling),
             search=Path(args.search),
             sensitivity=Path(args.sensitivity),
+            needs=Path(args.needs),
         ),
         MLFLOW,
     )

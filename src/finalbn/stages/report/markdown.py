@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from finalbn.infra.io import json_safe  # noqa: F401  (the report's modules import it from here)
+
 # p-values span many orders of magnitude; an epoch is a whole number unless it is a mean
 MD_FORMATS = {
     "p": ".2g",
@@ -95,23 +97,6 @@ def interval_text(est: float, lo: float, hi: float) -> str:
     if not math.isfinite(est):
         return "—"
     return f"{est:+.3f}" if not math.isfinite(lo) else f"{est:+.3f} [{lo:+.3f}, {hi:+.3f}]"
-
-
-def json_safe(obj: Any) -> Any:
-    """Plain JSON types; NaN and infinities become null."""
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if obj is None or obj is pd.NA:
-        return None
-    return obj
 
 
 @dataclass

@@ -146,7 +146,7 @@ def suggest(trial: optuna.Trial, cfg: Config) -> Config:
 # weights corrects twice: at 2c8d3f2 and ccd8b67 such trials were the search's worst (SELU: validation
 # AUROC 0.46, ranking backwards) and its best by AUROC (BN: 0.856, whose argmax then flagged 100 % of
 # healthy validation images).
-PRIOR_LOSSES = ("class_balanced", "logit_adjusted")
+PRIOR_LOSSES = ("class_balanced", "logit_adjusted", "ldam_drw")
 
 
 def _switches(trial: optuna.Trial, sp, ab, loss: str):

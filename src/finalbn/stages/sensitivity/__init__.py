@@ -13,6 +13,10 @@ setting changed at a time (`FACTORS`, levels from params' `sensitivity` section)
 * `frozen_bn`: the frozen body's BN layers in eval mode (pre-trained statistics, the default) or in
   train mode (batch statistics: fastai's behaviour, the paper's);
 * `single_logit`: one sigmoid logit with BN over it, against two softmax logits;
+* `final_bn_at_inference`: 31 trained with its final BN and run without it (`train.posthoc:
+  remove_final_bn`: the last Linear's logits) against 63 — does the gain survive removing the layer at
+  inference, as Kocaman, Shir & Bäck (ISVC 2021) report? Its cells are the grid's baseline
+  `final_bn_removed` when the grid ran it (found by key), else trained here; its 63 is the reference's;
 * `bias_shift`: 31 against 63 plus a minority-logit bias learned on validation (`analysis.fit_logit_bias`,
   no training: the simplest rival of a final BN, which also moves that logit), fitted for each
   prevalence π of `report.prevalences` and judged at that π only.
@@ -64,7 +68,16 @@ class LevelFailed(Exception):
     """A level's cells did not all finish (the message names the level)."""
 
 
-FACTORS = ("imbalance", "batch_size", "final_bn_momentum", "frozen_bn", "single_logit", "bias_shift")
+FACTORS = (
+    "imbalance",
+    "batch_size",
+    "final_bn_momentum",
+    "frozen_bn",
+    "single_logit",
+    "final_bn_at_inference",
+    "bias_shift",
+)
+REMOVED = ("grid.configs=[31]", "train.posthoc=remove_final_bn")  # 31 run without its final BN; 63 unchanged
 COMMON = ["grid.configs=[31,63]", "grid.headline.configs=[]", "grid.baselines.methods=[]"]
 
 
@@ -121,6 +134,9 @@ def levels(cfg: Config, out: Path) -> list[Level]:
         out_levels.append(
             Level("single_logit", "one sigmoid logit", ("model.single_logit=true",), cfg.model.single_logit)
         )
+    if s.inference_removal and cfg.train.posthoc == "none":
+        out_levels.append(Level("final_bn_at_inference", "kept", (), True))
+        out_levels.append(Level("final_bn_at_inference", "trained, removed at inference", REMOVED, False))
     return out_levels
 
 
@@ -202,7 +218,20 @@ def run_levels(
         frames.append(
             pd.read_csv(folder / "grid.csv").assign(factor=lv.factor, level=lv.level, reference=lv.reference, rival="")
         )
-    return frames
+    return _with_reference_none(plan, frames)
+
+
+def _with_reference_none(plan: list[Level], frames: list[pd.DataFrame]) -> list[pd.DataFrame]:
+    """A level that trains 31 alone (`REMOVED`: 63 has no final BN to remove) gets the reference
+    level's 63 cells, the same cells it would train."""
+    ref = next((f for f, lv in zip(frames, plan) if lv.reference and not lv.splits), None)
+    out = []
+    for f, lv in zip(frames, plan):
+        if lv.overrides == REMOVED and ref is not None:
+            none = ref[ref["config_id"] == NONE_ID].assign(factor=lv.factor, level=lv.level, reference=False)
+            f = pd.concat([f[f["config_id"] == BN_ID], none], ignore_index=True)
+        out.append(f)
+    return out
 
 
 def _projection(calls: list[tuple[Config, grid.GridPaths]], n: int, tracker: Tracker, log) -> Progress:
