@@ -119,7 +119,7 @@ def test_cells_mode_times_each_kind_and_projects_the_grid_and_the_paper(prepared
     # every cell is priced at its kind plus tracking; drawing every cell's figures costs more
     s = row["seconds"]
     assert row["grid"]["cell_seconds"] == pytest.approx(
-        sum(n * (s[k] + s["tracking"]) for k, n in row["grid"]["kinds"].items())
+        sum(n * (s.get(k, s["first"]) + s["tracking"]) for k, n in row["grid"]["kinds"].items())
     )
     assert row["paper"]["cells"] == 1920
     text = capsys.readouterr().out

@@ -16,6 +16,7 @@ import pytest
 from conftest import ROOT
 from finalbn.cli import main
 from finalbn.config import ablation_from_id
+from finalbn.config.study import POSTHOC_METHODS
 from finalbn.stages import grid
 from finalbn.stages.grid.output import bn_means
 from finalbn.stages.grid.plan import KIND_COST, cell_kinds, unit_costs
@@ -31,8 +32,9 @@ def _cells(load, extra=()):
 def test_shards_cover_every_cell_exactly_once(load, n):
     cfg = load(["grid.replicates=3", "grid.archs=[resnet18, vgg19]"])
     cells = grid.all_cells(cfg)
-    # headline configs on 10 replicates, the 4 baselines on the same 10
-    assert len(cells) == (64 * 3 + 4 * 7 + 4 * 10) * 2
+    # headline configs on 10 replicates, the baselines on the same 10
+    m = len(cfg.grid.baselines.methods)
+    assert m == 14 and len(cells) == (64 * 3 + 4 * 7 + m * 10) * 2
     parts = [grid.shard_cells(cells, i, n) for i in range(n)]
     counts = Counter(c for part in parts for c in part)
     assert set(counts) == set(cells) and set(counts.values()) == {1}
@@ -59,7 +61,9 @@ def test_shards_are_balanced_by_cost(load):
         "first": 10,
         "first_mx": 1,
         "first_da": 2,
-        "warm": 95,
+        "warm": 105,
+        "posthoc": 80,  # 8 post-hoc methods right after their base cell, on 10 replicates: its head reused
+        "anomaly": 10,  # PatchCore
     }  # the plain family on 10 replicates; 3 others on replicate 0
     loads = [sum(KIND_COST[kinds[c]] for c in grid.shard_cells(cells, i, 2)) for i in range(2)]
     assert abs(loads[0] - loads[1]) <= KIND_COST["uf_on"]
@@ -71,14 +75,21 @@ def test_baselines_are_cells_of_their_own(load, tmp_path):
     cfg = load()
     cells = grid.all_cells(cfg)
     base = [c for c in cells if c.baseline]
-    assert Counter(c.baseline for c in base) == {
-        m: 10 for m in ("focal", "logit_adjusted", "class_balanced", "temperature")
-    }
-    assert {c.config_id for c in base} == {63}
-    focal = grid.cell_config(cfg, base[0])
-    plain = grid.cell_config(cfg, grid.Cell(base[0].dataset, base[0].arch, 63, base[0].replicate))
+    assert Counter(c.baseline for c in base) == {m: 10 for m in cfg.grid.baselines.methods}
+    assert {c.config_id for c in base if c.baseline != "final_bn_removed"} == {63}
+    assert {c.config_id for c in base if c.baseline == "final_bn_removed"} == {31}  # what it removes is 31's
+    first = next(c for c in base if c.baseline == "focal")
+    focal = grid.cell_config(cfg, first)
+    plain = grid.cell_config(cfg, grid.Cell(first.dataset, first.arch, 63, first.replicate))
     assert (plain.train.loss, plain.train.calibration) == ("ce", "none")
-    assert {grid.cell_config(cfg, c).train.loss for c in base} == {"focal", "logit_adjusted", "class_balanced", "ce"}
+    assert {grid.cell_config(cfg, c).train.loss for c in base} == {
+        "focal",
+        "logit_adjusted",
+        "class_balanced",
+        "ldam_drw",
+        "ce",
+    }
+    assert {grid.cell_config(cfg, c).train.posthoc for c in base} == set(POSTHOC_METHODS) - {"none"} | {"none"}
     assert focal.ablation == plain.ablation
     assert not [c for c in grid.all_cells(load(["grid.headline.configs=[]"])) if c.baseline]
 
@@ -92,7 +103,7 @@ def test_config_selection(load):
 def test_default_design_every_config_once_headline_contrasts_ten_times(load):
     cells = grid.all_cells(load())
     reps = Counter(c.config_id for c in cells if not c.baseline)
-    assert set(reps) == set(range(64)) and len(cells) == 64 + 4 * 9 + 4 * 10
+    assert set(reps) == set(range(64)) and len(cells) == 64 + 4 * 9 + 14 * 10
     assert {cid: reps[cid] for cid in (31, 63, 47, 15)} == {31: 10, 63: 10, 47: 10, 15: 10}
     assert all(n == 1 for cid, n in reps.items() if cid not in (31, 63, 47, 15))
     assert load().grid.max_replicates == 10
@@ -215,7 +226,7 @@ def test_units_are_the_shards_building_blocks_costliest_first(load):
     cells = grid.all_cells(load())
     units = grid.units(cells)
     assert sorted((c for u in units for c in u), key=repr) == sorted(cells, key=repr)  # every cell once
-    assert len(units) == 36  # 4 UF-off families and 32 UF-on configurations
+    assert len(units) == 37  # 4 UF-off families, PatchCore's cells (no head, its own patch features), 32 UF-on configurations
     for u in units:  # a unit is a UF-off family, or one UF-on configuration with its replicates
         assert len({c.family for c in u}) == 1 and (not u[0].family[2] or len({c.config_id for c in u}) == 1)
     costs = list(unit_costs(cells).values())

@@ -69,7 +69,15 @@ def _ran(out: str) -> set[str]:
 # the stages killed at random instants in `make test` (one draw each, a new seed each run): those of several processes, where a
 # kill leaves the most to clean up (benchmarks/random_kills.py: every stage, many draws)
 KILLED_AT_RANDOM = ("grid", "search")
-TRACKING = {"ceiling@synthetic-apple", "grid", "search", "sensitivity", "report", "export"}  # stages with MLflow runs
+TRACKING = {
+    "ceiling@synthetic-apple",
+    "grid",
+    "search",
+    "sensitivity",
+    "needs",
+    "report",
+    "export",
+}  # stages with MLflow runs
 
 
 def _holds_what_is_cited(repo: Path, db: str) -> set[str]:
@@ -208,8 +216,12 @@ def _project(tmp_path: Path, git: bool) -> Path:
         single_logit=False,
         bias_shift=False,
         workers=1,
+        inference_removal=False,
     )  # the stage runs and writes its
     # empty table (its levels and the bias shift are tests/test_sensitivity.py's: a `finalbn grid` process less here)
+    # the planner at 1, 2 (the grid's own count) and 3 minority images, one replicate, one process (tests/test_needs.py
+    # runs it on more)
+    params["needs"].update(counts=[1, 2, 3], replicates=1, bootstrap=100, workers=1)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     if git:
         subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
@@ -267,6 +279,7 @@ def test_whole_pipeline_then_store_gone_and_killed_anywhere_then_nothing_then_on
     assert check_verdict_numbers(verdict, pd.read_csv(repo / "report" / "effects.csv")) >= 4  # every number is a row
     sens = json.loads((repo / "results" / "sensitivity" / "sensitivity.json").read_text())
     assert sens["factors"] == []
+    assert "## How many defect images? The data-needs planner" in md and (repo / "report" / "needs.png").is_file()
     _the_store_as_mlflow_users_expect(repo)
     spans = faulting.spans(repo)  # each stage's seconds, read from its outputs' times: random kills are drawn over them
     reference = _holds_what_is_cited(repo, "mlflow.db")
@@ -319,7 +332,7 @@ def test_whole_pipeline_then_store_gone_and_killed_anywhere_then_nothing_then_on
         )
     assert "Running stage 'report'" in third and "Running stage 'grid'" not in third
     assert "Running stage 'search'" not in third and "Running stage 'export'" not in third
-    assert "Running stage 'sensitivity'" not in third
+    assert "Running stage 'sensitivity'" not in third and "Running stage 'needs'" not in third
 
 
 @pytest.mark.slow

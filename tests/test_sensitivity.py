@@ -146,7 +146,9 @@ def test_the_stage_end_to_end_on_a_tiny_dataset(prepared, capfd):
     assert "sensitivity" in out and "bias_shift" in out
     folder = Path("results/sensitivity")
     table = pd.read_csv(folder / "sensitivity.csv")
-    assert set(table["factor"]) == {"imbalance", "bias_shift"}
+    assert set(table["factor"]) == {"imbalance", "bias_shift", "final_bn_at_inference"}
+    removed = table[(table["factor"] == "final_bn_at_inference") & ~table["reference"]]
+    assert len(removed) == 2 and (removed["n"] == 2).all()  # 31 without its final BN against the reference's 63
     assert set(table["prevalence"]) == {0.5, 0.1}
     assert (table["n"] == 2).all()
     # the reference levels are one set of cells: the same numbers wherever they appear
@@ -166,6 +168,6 @@ def test_the_stage_end_to_end_on_a_tiny_dataset(prepared, capfd):
     assert cli.main(["sensitivity", *argv, *once, "--out", "results/sensitivity"]) == 0
     assert "cell " not in capfd.readouterr().out
     # nothing asked for: an empty table, no error
-    none = ["sensitivity.imbalance=[]", "sensitivity.bias_shift=false"]
+    none = ["sensitivity.imbalance=[]", "sensitivity.bias_shift=false", "sensitivity.inference_removal=false"]
     assert cli.main(["sensitivity", *argv, *[x for o in none for x in ("--set", o)], "--out", "results/empty"]) == 0
     assert "nothing to run" in capfd.readouterr().out and pd.read_csv("results/empty/sensitivity.csv").empty

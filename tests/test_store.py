@@ -123,6 +123,7 @@ def test_the_store_stage_says_which_stages_run_again_and_why(store, tmp_path, mo
         "ceiling/synthetic-apple.json",
         "export.json",
         "grid.json",
+        "needs.json",
         "report.json",
         "search.json",
         "sensitivity.json",

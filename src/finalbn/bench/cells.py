@@ -80,7 +80,9 @@ def project(
     """Seconds of a plan from measured cells: each cell at its kind's time plus tracking; the wall
     time with `processes` processes that do not slow each other (`wall_s` when the caller knows
     how the cells are dealt, else evenly)."""
-    per_kind = {k: n * (seconds[k] + seconds.get("tracking", 0.0)) for k, n in sorted(kinds.items())}
+    per_kind = {
+        k: n * (seconds.get(k, seconds["first"]) + seconds.get("tracking", 0.0)) for k, n in sorted(kinds.items())
+    }
     total = sum(per_kind.values())
     return {
         "cells": sum(kinds.values()),
@@ -97,7 +99,10 @@ def shard_wall(cells: list[Cell], seconds: dict[str, float], processes: int, sha
     deals them (`grid.plan.shard_cells`)."""
     kinds = cell_kinds(cells, share)
     return max(
-        sum(seconds[kinds[c]] + seconds.get("tracking", 0.0) for c in shard_cells(cells, i, processes, share))
+        sum(
+            seconds.get(kinds[c], seconds["first"]) + seconds.get("tracking", 0.0)  # a kind not measured: as first
+            for c in shard_cells(cells, i, processes, share)
+        )
         for i in range(processes)
     )
 

@@ -6,7 +6,7 @@
 `make run` prints it first. Which stages run is DVC's answer (`dvc status`: a stage whose deps,
 params and outputs are unchanged is skipped); without DVC every stage is counted. Cells are priced
 by kind (`finalbn.stages.cost`: this machine's `finalbn bench --cells`, else params' `cost`), the
-grid as its shards deal them (`grid.price`), the sensitivity levels as their grids, `n` at a time,
+grid as its shards deal them (`grid.price`), the sensitivity levels and the planner's counts as their grids, `n` at a time,
 the search's trials on the share of their replicates that `cost.search_share` says run, the other stages
 at the seconds params' `cost.stages` gives them. The grid leaves its splits' frozen-body features on disk
 (`finalbn.train.features`): the search's and the sensitivity levels' cells on those splits are priced
@@ -28,10 +28,11 @@ from finalbn.stages import search
 from finalbn.stages.cost import duration, fixed
 from finalbn.stages.grid import all_cells
 from finalbn.stages.grid.price import grid_wall, price_book, sources
+from finalbn.stages.needs import count_config, counts, deal
 from finalbn.stages.sensitivity import level_config, levels
 from finalbn.train import features
 
-ORDER = ("synthesize", "prepare", "store", "ceiling", "grid", "search", "sensitivity", "report", "export")
+ORDER = ("synthesize", "prepare", "store", "ceiling", "grid", "search", "sensitivity", "needs", "report", "export")
 
 
 def after_grid(cfg: Config) -> bool:
@@ -66,6 +67,23 @@ def sensitivity_seconds(cfg: Config) -> tuple[float | None, str]:
     return total, source if walls else ""
 
 
+def needs_seconds(cfg: Config) -> tuple[float | None, str]:
+    """Every minority count's grid (the run's own count: the grid's cells, nothing to train) at one
+    process, dealt to `needs.workers` processes as the stage deals them (`needs.deal`), one start-up
+    each; a count's splits are its own, so its first cells run the body."""
+    seconds, source = [], ""
+    for c in counts(cfg, Path("data/splits"), Path("results/needs")):
+        if c.reference:
+            continue
+        s, source = grid_seconds(count_config(cfg, c.n, cfg.needs.workers), 1)
+        if s is None:
+            return None, source
+        seconds.append(s)
+    startup = cfg.cost.level_startup if cfg.cost is not None else 0.0
+    groups = deal(seconds, cfg.needs.workers)
+    return max((sum(seconds[i] for i in g) + startup for g in groups), default=0.0), source
+
+
 def search_seconds(cfg: Config) -> tuple[float | None, str]:
     return search.seconds(cfg, cfg.search.n_trials, min(cfg.search.workers, cfg.search.n_trials), after_grid(cfg))
 
@@ -96,6 +114,7 @@ def table(cfg: Config, run: set[str] | None) -> tuple[list[tuple[str, str, float
         "grid": lambda: grid_seconds(cfg, cfg.grid.workers),
         "search": lambda: search_seconds(cfg),
         "sensitivity": lambda: sensitivity_seconds(cfg),
+        "needs": lambda: needs_seconds(cfg),
     }
     rows, total = [], 0.0
     for stage in ORDER:

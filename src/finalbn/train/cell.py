@@ -445,6 +445,7 @@ def run_cell(
         inputs.model,
         callbacks,
         lambda: fit(inputs.model, inputs.train, inputs.val_of, setup.settings, callbacks),
+        reuse=trained.after_training(cfg),
     )
     return finish_cell(setup, inputs, fitted)
 

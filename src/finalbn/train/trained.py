@@ -28,6 +28,11 @@ from finalbn.train.engine import Callback, FitResult
 AFTER_TRAINING = ("train.posthoc", "train.calibration")
 
 
+def after_training(cfg: Any) -> bool:
+    """Whether a cell's config changes its trained head after training (`AFTER_TRAINING` set)."""
+    return cfg.train.posthoc != "none" or cfg.train.calibration != "none"
+
+
 def training_identity(setup: Any, share_key: tuple) -> tuple:
     """What fixes a head-only cell's training: its shared features' key, dataset and replicate, and
     every result-changing config value but the post-hoc ones (`AFTER_TRAINING`)."""
@@ -50,15 +55,18 @@ class TrainedHeads:
         model: torch.nn.Module,
         callbacks: Sequence[Callback],
         train: Callable[[], FitResult],
+        reuse: bool = True,
     ) -> FitResult:
-        """`train()`'s FitResult, or (`identity` kept) the kept head loaded into `model`, its epoch
-        rows replayed to `callbacks`, `train_seconds` and `train_images` 0. `identity` None: train."""
+        """`train()`'s FitResult, or (`reuse` and `identity` kept) the kept head loaded into `model`,
+        its epoch rows replayed to `callbacks`, `train_seconds` and `train_images` 0. `identity` None:
+        train, keep nothing. Only a post-hoc cell reuses (`reuse`); every trained head is kept."""
         if identity is None or self.max_entries < 1:
             return train()
-        hit = self._kept.get(identity)
+        hit = self._kept.get(identity) if reuse else None
         if hit is None:
             fitted = train()
             self._kept[identity] = (fitted, {k: v.detach().clone() for k, v in model.state_dict().items()})
+            self._kept.move_to_end(identity)
             while len(self._kept) > self.max_entries:
                 self._kept.popitem(last=False)
             return fitted

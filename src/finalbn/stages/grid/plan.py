@@ -53,8 +53,11 @@ class Cell:
 
     @property
     def family(self) -> tuple:
+        """The cells that see the same frozen-body inputs: (dataset, arch, UF, DA, MX); a method with no
+        head (PatchCore: its own patch features) is a family of its own."""
         ab = ablation_from_id(self.config_id)
-        return (self.dataset, self.arch, ab.uf, ab.da, ab.mx)
+        own = (self.baseline,) if self.baseline in NO_HEAD else ()
+        return (self.dataset, self.arch, ab.uf, ab.da, ab.mx, *own)
 
     @property
     def label(self) -> str:
@@ -109,8 +112,6 @@ def baseline_base(config: int, method: str) -> int:
 def _unit(cell: Cell) -> tuple:
     """What one shard must own whole: a family with UF off (its cells share features), one
     configuration (with its replicates and parent) with UF on."""
-    if cell.baseline in NO_HEAD:  # no head, no shared features: a unit of its own
-        return (*cell.family, cell.baseline)
     return cell.family if not cell.family[2] else (*cell.family, cell.config_id, cell.baseline)
 
 

@@ -122,32 +122,60 @@ def train_count(ccfg: Config, paths: grid.GridPaths, tracker: Tracker = MLFLOW) 
     return grid.run(ccfg, paths, tracker, stage="needs", workers=1, log=lambda m: print(m, flush=True)).code
 
 
+def train_counts(calls: list[tuple[Config, grid.GridPaths]], tracker: Tracker = MLFLOW) -> list[int]:
+    """Several counts one after another in one process (one start-up for all): their exit codes."""
+    return [train_count(ccfg, paths, tracker) for ccfg, paths in calls]
+
+
+def deal(seconds: list[float], n: int) -> list[list[int]]:
+    """The counts' indices dealt to `n` processes by their projected seconds, the costliest first to
+    the least loaded (every process computes the same deal); empty groups left out."""
+    loads: list[float] = [0.0] * n
+    groups: list[list[int]] = [[] for _ in range(n)]
+    for i in sorted(range(len(seconds)), key=lambda i: (-seconds[i], i)):
+        k = min(range(n), key=lambda j: (loads[j], j))
+        groups[k].append(i)
+        loads[k] += seconds[i]
+    return [sorted(g) for g in groups if g]
+
+
 def run_counts(cfg: Config, plan: list[Count], out: Path, tracker: Tracker = MLFLOW, log=print) -> pd.DataFrame:
-    """Every count's cells (`needs.workers` counts at a time in worker processes when the tracker is
-    shared); their grid.csv rows with the count `n`. Raises CountFailed naming the counts that did not finish."""
+    """Every count's cells, dealt by price to `needs.workers` worker processes (each runs its counts one
+    after another) when the tracker is shared; their grid.csv rows with the count `n`. Raises
+    CountFailed naming the counts that did not finish."""
     n_proc = cfg.needs.workers if tracker.shared else 1
     calls = []
     for c in plan:
         ccfg = count_config(cfg, c.n, n_proc)
         calls.append((ccfg, grid.GridPaths(count_splits(ccfg, c), out / "counts" / f"minority-{c.n}")))
     priced = [grid.priced(ccfg, paths.splits, tracker, 1) for ccfg, paths in calls]
+    groups = deal([float(p.seconds or 0.0) for p in priced], n_proc)
+    startup = cfg.cost.level_startup if cfg.cost is not None else 0.0
+    secs = (
+        None
+        if any(p.seconds is None for p in priced)
+        else max(sum(float(priced[i].seconds or 0.0) for i in g) + startup for g in groups)
+    )
     todo = sum(p.todo for p in priced)
-    secs = None if any(p.seconds is None for p in priced) else sum(float(p.seconds or 0) for p in priced) / n_proc
-    log(projection_line("needs", secs, f"{todo} cells to train over {len(plan)} minority counts, {n_proc} at a time"))
-    frames = []
-    for start in range(0, len(calls), n_proc):
-        batch = calls[start : start + n_proc]
-        names = ", ".join(str(c.n) for c in plan[start : start + n_proc])
-        log(f"needs: {names} minority images")
-        codes = (
-            workers.map_processes(train_count, list(batch), n_proc)
-            if n_proc > 1
-            else [train_count(ccfg, paths, tracker) for ccfg, paths in batch]
+    log(
+        projection_line(
+            "needs", secs, f"{todo} cells to train over {len(plan)} minority counts, {len(groups)} process(es)"
         )
-        if any(codes):
-            raise CountFailed(f"{names} minority images: the grid exited {max(codes)} (rerun to retry what is missing)")
-    for c, (_, paths) in zip(plan, calls):
-        frames.append(pd.read_csv(paths.results / "grid.csv").assign(n=c.n, reference=c.reference))
+    )
+    batches = [[calls[i] for i in g] for g in groups]
+    if len(batches) > 1:
+        results = workers.map_processes(train_counts, [(b,) for b in batches], len(batches))
+    else:
+        results = [train_counts(b, tracker) for b in batches]
+    failed = [plan[i].n for g, codes in zip(groups, results) for i, code in zip(g, codes) if code]
+    if failed:
+        raise CountFailed(
+            f"{', '.join(map(str, failed))} minority images: a cell failed or an input is missing (rerun to retry)"
+        )
+    frames = [
+        pd.read_csv(paths.results / "grid.csv").assign(n=c.n, reference=c.reference)
+        for c, (_, paths) in zip(plan, calls)
+    ]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -162,7 +190,7 @@ def scored(cells: pd.DataFrame, prevalence: float, rival: str, tracker: Tracker 
     are left out."""
     rows = []
     for r in cells.to_dict("records"):
-        base = str(r.get("baseline") or "")
+        base = "" if pd.isna(r.get("baseline")) else str(r.get("baseline") or "")
         if base not in ("", rival) or (base == "" and int(r["config_id"]) not in METHODS):
             continue
         val, test = (
