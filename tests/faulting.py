@@ -38,6 +38,7 @@ PLAN = [
     ("grid", [("grid.cell", KILL), ("grid.between", CTRL_C)]),
     ("search", [("search.cell", KILL), ("search.compare", CTRL_C)]),
     ("sensitivity", []),  # its levels are `finalbn grid` processes (the grid's points); the tiny pipeline has none
+    ("needs", []),  # its counts run the grid's core (the grid's points, tested there)
     ("report", [("report.write", KILL)]),
     ("export", [("export.cell", CTRL_C), ("export.onnx", KILL), ("export.register", CTRL_C)]),
 ]
@@ -277,6 +278,7 @@ OUTPUTS = [
     ("grid", "results/grid.*"),
     ("search", "results/search.json"),
     ("sensitivity", "results/sensitivity"),
+    ("needs", "results/needs"),
     ("report", "report"),
     ("export", "models"),
 ]
@@ -322,6 +324,7 @@ OF_STAGE = {
     "grid": ("grid",),
     "search": ("search",),
     "sensitivity": (),
+    "needs": (),
     "report": ("report",),
     "export": ("model", "parity", "metrics"),
 }

@@ -119,6 +119,7 @@ def test_the_sensitivity_core_calls_the_grid_core_in_process(prepared, tmp_path)
             "sensitivity.frozen_bn=[]",
             "sensitivity.single_logit=false",
             "sensitivity.bias_shift=true",
+            "sensitivity.inference_removal=false",  # tests/test_sensitivity.py runs it
             "sensitivity.workers=2",
             "report.prevalences=[0.5]",
             "train.epochs=1",

@@ -226,7 +226,9 @@ def test_units_are_the_shards_building_blocks_costliest_first(load):
     cells = grid.all_cells(load())
     units = grid.units(cells)
     assert sorted((c for u in units for c in u), key=repr) == sorted(cells, key=repr)  # every cell once
-    assert len(units) == 37  # 4 UF-off families, PatchCore's cells (no head, its own patch features), 32 UF-on configurations
+    assert (
+        len(units) == 37
+    )  # 4 UF-off families, PatchCore's cells (no head, its own patch features), 32 UF-on configurations
     for u in units:  # a unit is a UF-off family, or one UF-on configuration with its replicates
         assert len({c.family for c in u}) == 1 and (not u[0].family[2] or len({c.config_id for c in u}) == 1)
     costs = list(unit_costs(cells).values())

@@ -25,6 +25,7 @@ TITLES = {
     "final_bn_momentum": "final BN momentum",
     "frozen_bn": "frozen body BN mode",
     "single_logit": "output layer",
+    "final_bn_at_inference": "final BN at inference",
     "bias_shift": "rival of the final BN",
 }
 

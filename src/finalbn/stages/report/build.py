@@ -171,6 +171,8 @@ def build_report(
         at = len(lines) - 1 if lines and lines[-1].startswith("Multiplicity") else len(lines)
         lines[at:at] = sens_lines
     summary = headline_summary(cells, t1, eff, verdicts, ceilings, cal_all, page.multi_arch, k)
+    summary["rivals"] = json_safe(riv.to_dict("records"))  # every rival at every π (rivals.csv)
+    summary["strongest_rival_and_data_needs"] = extra  # the verdict's lines on them
     _write_summary(out, summary, imb, search)
     faults.point("report.write")
     write_headline(summary, prevalences, out / "headline.json")  # what `dvc metrics show` prints

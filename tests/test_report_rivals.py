@@ -1,0 +1,78 @@
+"""The report's rivals at each field prevalence, the strongest rival's sentence and the planner's section,
+on hand-made rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from finalbn.stages.report import rivals
+from finalbn.stages.report.markdown import Page
+
+
+def _rows(method: str, config_id: int, f1s: list[float], pi: float = 0.05) -> list[dict]:
+    return [
+        {
+            "run_id": f"{method}{config_id}r{r}",
+            "dataset": "d",
+            "arch": "a",
+            "config_id": config_id,
+            "baseline": method,
+            "replicate": r,
+            "protocol": "last",
+            "prevalence": pi,
+            "cut_f1_1": f1,
+            "f1_1": f1 - 0.1,
+        }
+        for r, f1 in enumerate(f1s)
+    ]
+
+
+def _at_pi() -> pd.DataFrame:
+    bn = [0.70, 0.72, 0.68, 0.71]
+    rows = _rows("", 31, bn) + _rows("", 63, [0.40, 0.45, 0.42, 0.41])
+    rows += _rows("vector_scaling", 63, [b + d for b, d in zip(bn, [0.01, -0.01, 0.02, -0.02])])  # matches BN
+    rows += _rows("patchcore", 63, [0.30, 0.31, 0.29, 0.30])  # far below
+    return pd.DataFrame(rows)
+
+
+def test_each_rival_is_paired_with_bn_only_by_replicate():
+    table = rivals.rivals_table(_at_pi())
+    by = table.set_index("method")
+    vs = by.loc[rivals.label("vector_scaling")]
+    assert vs["estimate"] == pytest.approx(0.0) and vs["n"] == 4
+    pc = by.loc[rivals.label("patchcore")]
+    assert pc["estimate"] == pytest.approx(np.mean([0.30, 0.31, 0.29, 0.30]) - np.mean([0.70, 0.72, 0.68, 0.71]))
+    assert pc["p_holm"] < 0.05 and by.loc[rivals.BN_LABEL, "n"] == 0  # BN is the reference: no pair
+    assert by.loc[rivals.NONE_LABEL, "f1_argmax"] == pytest.approx(0.32)
+
+
+def test_the_strongest_rival_is_named_with_its_standing():
+    line = rivals.best_rival_line(rivals.rivals_table(_at_pi()), 0.05)
+    assert line is not None and "vector scaling (Guo 2017)" in line
+    assert "matches the final BN here" in line and "0.703 at π = 0.05 against the final BN's 0.703" in line
+    assert rivals.best_rival_line(rivals.rivals_table(_at_pi()), 0.5) is None  # no rows at that π
+
+
+def test_the_rivals_section_and_the_planner_section(tmp_path):
+    page = Page(tmp_path, multi_arch=False)
+    table = rivals.rivals_table(_at_pi())
+    rivals.rivals_section(page, table, [0.05])
+    needs = {
+        "sentence": "To reach minority F1 0.80 at a 5 % prevalence with the final BN, label about 23 defect images.",
+        "prevalence": 0.05,
+        "needed": {
+            "final BN (31)": {"n": 22.4, "ci_low": 14.0, "ci_high": None},
+            "none (63)": {"n": None, "ci_low": None, "ci_high": None},
+            "vector_scaling (on 63)": {"error": "fewer than 3 distinct n"},
+        },
+        "curves": {"final BN (31)": {"asymptote": 0.91}},
+        "mlflow_run_id": "abc",
+    }
+    assert rivals.needs_section(page, needs, None) == needs["sentence"]
+    md = "\n".join(page.md)
+    assert "## The rivals at each field prevalence" in md and (tmp_path / "rivals.csv").is_file()
+    assert "22.4" in md and "14.0–∞" in md and "never (asymptote below the target)" in md
+    assert "not fitted: fewer than 3 distinct n" in md and "`abc`" in md
+    assert rivals.needs_section(Page(tmp_path, multi_arch=False), None, None) is None
