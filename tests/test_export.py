@@ -51,7 +51,7 @@ def gridded(prepared):
 
 
 def test_the_best_final_bn_configuration_is_chosen_over_replicates_on_validation_only():
-    def R(rid, key, rep, bn, auroc, test, t, final="bn", loss=0.5):  # noqa: N802 - a run record, as the store gives it
+    def R(rid, key, rep, bn, auroc, test, t, final="bn", loss=0.5, **params):  # noqa: N802 - a run record, as the store gives it
         return RunRecord(
             run_id=rid,
             name=rid,
@@ -65,7 +65,7 @@ def test_the_best_final_bn_configuration_is_chosen_over_replicates_on_validation
                 "config_id": "31",
                 "config_name": key,
             },
-            params={"model.final_variant": final},
+            params={"model.final_variant": final, **params},
             metrics={"val_last_auroc": auroc, "val_last_balanced_loss": loss, "test_f1_1": test},
         )
 
@@ -81,8 +81,14 @@ def test_the_best_final_bn_configuration_is_chosen_over_replicates_on_validation
         R("b1", "b", 1, True, 0.95, 0.10, 9),
         R("c0", "c", 0, True, 0.95, 0.20, 10, loss=0.6),
         R("c1", "c", 1, True, 0.95, 0.20, 11, loss=0.6),
-        R("b1-again", "b", 1, True, 0.95, 0.10, 12),
-    ]  # a later run of the same cell: the latest counts
+        R("b1-again", "b", 1, True, 0.95, 0.10, 12),  # a later run of the same cell: the latest counts
+        # rivals with the best validation AUROC: their numbers are not their network's own (a post-hoc step,
+        # the final BN removed at inference; PatchCore): never candidates
+        R("removed0", "removed", 0, True, 0.99, 0.99, 13, **{"train.posthoc": "remove_final_bn"}),
+        R("removed1", "removed", 1, True, 0.99, 0.99, 14, **{"train.posthoc": "remove_final_bn"}),
+        R("pc0", "pc", 0, True, 0.99, 0.99, 15, **{"train.detector": "patchcore"}),
+        R("pc1", "pc", 1, True, 0.99, 0.99, 16, **{"train.detector": "patchcore"}),
+    ]
     c = export.choose(runs, k=2)
     assert (c.key, c.run.run_id, sorted(c.runs)) == ("b", "b0", [0, 1])  # tie on AUROC: the lower balanced loss
     assert c.runs[1].run_id == "b1-again" and "1 seen on fewer replicates" in c.how

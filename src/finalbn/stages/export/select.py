@@ -57,6 +57,15 @@ def is_final_bn(run: RunRecord) -> bool:
     return final_layer_for(run.params.get("model.final_variant", "bn"), run.flag(tags.toggle_tag("bn"))) == "bn"
 
 
+def ships_as_trained(run: RunRecord) -> bool:
+    """Whether the run's numbers are its trained network's own: no post-hoc step after training
+    (`train.posthoc`: vector scaling, the final BN removed, ...) and a classifier (not PatchCore).
+    The rivals' runs measure a change the exported network would not carry: never candidates."""
+    return run.params.get("train.posthoc", "none") == "none" and run.params.get("train.detector", "classifier") == (
+        "classifier"
+    )
+
+
 def _switches_on(run: RunRecord) -> int:
     """How many of the six switches `run`'s configuration has on (from its tags)."""
     return sum(bool(run.flag(tags.toggle_tag(t))) for t in TOGGLES)
@@ -82,7 +91,7 @@ def candidate_rows(runs: list[RunRecord]) -> tuple[pd.DataFrame, dict[tuple[str,
     by: dict[tuple[str, int], list[RunRecord]] = {}
     for r in runs:
         key = r.tags.get(tags.CONFIG_KEY)
-        if key and is_final_bn(r) and "val_last_auroc" in r.metrics:
+        if key and is_final_bn(r) and ships_as_trained(r) and "val_last_auroc" in r.metrics:
             by.setdefault((key, int(r.tags.get(tags.REPLICATE, 0))), []).append(r)
     chosen = {k: latest(v) for k, v in by.items()}
     rows = [
