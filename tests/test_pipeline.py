@@ -221,7 +221,7 @@ def _project(tmp_path: Path, git: bool) -> Path:
     # empty table (its levels and the bias shift are tests/test_sensitivity.py's: a `finalbn grid` process less here)
     # the planner at 1, 2 (the grid's own count) and 3 minority images, one replicate, one process (tests/test_needs.py
     # runs it on more)
-    params["needs"].update(counts=[1, 2, 3], replicates=1, bootstrap=100, workers=1)
+    params["needs"].update(counts=[1, 2, 3], replicates=1, bootstrap=100, workers=1, rival="vector_scaling")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     if git:
         subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)

@@ -49,10 +49,12 @@ def test_each_rival_is_paired_with_bn_only_by_replicate():
 
 
 def test_the_strongest_rival_is_named_with_its_standing():
-    line = rivals.best_rival_line(rivals.rivals_table(_at_pi()), 0.05)
-    assert line is not None and "vector scaling (Guo 2017)" in line
-    assert "matches the final BN here" in line and "0.703 at π = 0.05 against the final BN's 0.703" in line
-    assert rivals.best_rival_line(rivals.rivals_table(_at_pi()), 0.5) is None  # no rows at that π
+    at_pi = pd.concat([_at_pi(), pd.DataFrame(_rows("final_bn_removed", 31, [0.9, 0.9, 0.9, 0.9]))], ignore_index=True)
+    line = rivals.best_rival_line(rivals.rivals_table(at_pi), [0.05])
+    # the final BN removed at inference is the final BN itself (a sensitivity level), never "the strongest rival"
+    assert line is not None and "vector scaling (Guo 2017) 0.703 against 0.703" in line and "Kocaman" not in line
+    assert "is not distinguishable from the final BN after Holm's adjustment" in line and "4 paired replicates" in line
+    assert rivals.best_rival_line(rivals.rivals_table(_at_pi()), [0.5]) is None  # no rows at that π
 
 
 def test_the_rivals_section_and_the_planner_section(tmp_path):
@@ -63,8 +65,10 @@ def test_the_rivals_section_and_the_planner_section(tmp_path):
         "sentence": "To reach minority F1 0.80 at a 5 % prevalence with the final BN, label about 23 defect images.",
         "prevalence": 0.05,
         "needed": {
-            "final BN (31)": {"n": 22.4, "ci_low": 14.0, "ci_high": None},
-            "none (63)": {"n": None, "ci_low": None, "ci_high": None},
+            "final BN (31)": {"n": 22.4, "ci_low": 14.0, "ci_high": None, "n_max": 40, "extrapolated": False},
+            "none (63)": {"n": None, "ci_low": 17996.6, "ci_high": None, "n_max": 40},
+            "class_balanced (on 63)": {"n": 41065.2, "ci_low": 16622.6, "ci_high": 1e5, "n_max": 40},
+            "lws (on 63)": {"n": 61.2, "ci_low": 30.0, "ci_high": 99.0, "n_max": 40, "extrapolated": True},
             "vector_scaling (on 63)": {"error": "fewer than 3 distinct n"},
         },
         "curves": {"final BN (31)": {"asymptote": 0.91}},
@@ -73,6 +77,8 @@ def test_the_rivals_section_and_the_planner_section(tmp_path):
     assert rivals.needs_section(page, needs, None) == needs["sentence"]
     md = "\n".join(page.md)
     assert "## The rivals at each field prevalence" in md and (tmp_path / "rivals.csv").is_file()
-    assert "22.4" in md and "14.0–∞" in md and "never (asymptote below the target)" in md
+    assert "| 23 | 14–∞ |" in md and "never (the curve levels off below the target) | — |" in md  # no 17997
+    assert "more than 160 (4x the 40 measured): not estimable from these counts | — |" in md  # no 41065
+    assert "62 (extrapolated beyond the 40 measured) | 30–99 |" in md
     assert "not fitted: fewer than 3 distinct n" in md and "`abc`" in md
     assert rivals.needs_section(Page(tmp_path, multi_arch=False), None, None) is None

@@ -154,7 +154,7 @@ def build_report(
     riv = rivals.rivals_table(at_pi)
     rivals.rivals_section(page, riv, prevalences)
     needs_line = rivals.needs_section(page, needs, needs_figure)
-    extra = [x for x in (rivals.best_rival_line(riv, min(prevalences)), needs_line) if x]
+    extra = [x for x in (rivals.best_rival_line(riv, prevalences), needs_line) if x]
     _search(page, search)
     sens_lines = sensitivity_section(page, sensitivity)
     _selection(page, cells, k, n_boot, seed)

@@ -1,7 +1,7 @@
 """The rivals of the final BN at each field prevalence, the strongest of them named, and the data-needs answer.
 
     table = rivals_table(at_pi)                  # one row per (dataset, arch, method, π)
-    line = best_rival_line(table, pi=0.05)       # the verdict's sentence on the strongest rival
+    line = best_rival_line(table, [0.5, 0.05])   # the verdict's sentence on the strongest rival at each π
     rivals_section(page, table, prevalences); needs_section(page, needs_json, figure)
 
 Every baseline method of the grid (`grid.baselines.methods`: the losses, the sampler, the post-hoc
@@ -16,6 +16,7 @@ model: nothing downstream uses it.
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -122,31 +123,38 @@ def _standing(r: pd.Series) -> str:
         return "not testable (fewer than 2 paired replicates)"
     if r["p_holm"] < 0.05:
         return "beats the final BN" if r["estimate"] > 0 else "falls short of the final BN"
-    return "matches the final BN here (its difference is not distinguishable from 0)"
+    return "is not distinguishable from the final BN after Holm's adjustment"
 
 
-def best_rival_line(table: pd.DataFrame, pi: float) -> str | None:
-    """The verdict's sentence on the strongest rival at `pi` (highest mean F1 at its validation cut;
-    a description of the test set, not a choice), per (dataset, arch); None without rivals."""
-    at = table[np.isclose(table["prevalence"], pi) & ~table["method"].isin([BN_LABEL, NONE_LABEL])]
+def best_rival_line(table: pd.DataFrame, prevalences) -> str | None:
+    """The verdict's sentence on the strongest rival at each π of `prevalences` (highest mean F1 at its
+    validation cut; a description of the test set, not a choice), per (dataset, arch); the final BN
+    removed at inference is the final BN itself (the sensitivity stage's level), not a rival. None
+    without rivals."""
+    rivals_only = table[~table["method"].isin([BN_LABEL, NONE_LABEL, label("final_bn_removed")])]
     parts = []
-    for (ds, arch), sub in at.groupby(["dataset", "arch"], sort=True):
-        r = sub.loc[sub["f1_cut"].idxmax()]
-        bn = table[
-            np.isclose(table["prevalence"], pi)
-            & (table["method"] == BN_LABEL)
-            & (table["dataset"] == ds)
-            & (table["arch"] == arch)
-        ]
-        bn_f1 = float(bn["f1_cut"].iloc[0]) if len(bn) else float("nan")
-        parts.append(
-            f"{r['method']} (on config {int(r['config_id'])}): minority F1 {r['f1_cut']:.3f} at π = {pi:g} against "
-            f"the final BN's {bn_f1:.3f}, Δ {interval_text(r['estimate'], r['ci_low'], r['ci_high'])} over "
-            f"{int(r['n'])} replicates, Holm p = {r['p_holm']:.2g} (family `{FAMILY}`): it {_standing(r)}"
-        )
+    for (ds, arch), sub in rivals_only.groupby(["dataset", "arch"], sort=True):
+        mine = table[(table["dataset"] == ds) & (table["arch"] == arch) & (table["method"] == BN_LABEL)]
+        scope = f"{ds}/{arch}: " if table[["dataset", "arch"]].drop_duplicates().shape[0] > 1 else ""
+        at = []
+        for pi in sorted(prevalences, reverse=True):
+            here = sub[np.isclose(sub["prevalence"], pi)]
+            bn = mine[np.isclose(mine["prevalence"], pi)]
+            if here.empty or bn.empty:
+                continue
+            r = here.loc[here["f1_cut"].idxmax()]
+            at.append(
+                f"π = {pi:g}: {r['method']} {r['f1_cut']:.3f} against {float(bn['f1_cut'].iloc[0]):.3f}, Δ "
+                f"{interval_text(r['estimate'], r['ci_low'], r['ci_high'])} (Holm p = {r['p_holm']:.2g}): it {_standing(r)}"
+            )
+        if at:
+            parts.append(scope + "; ".join(at))
     if not parts:
         return None
-    return "**The strongest rival** (each cell at the cut its validation chose for π): " + "; ".join(parts) + "."
+    return (
+        "**The strongest rival at each prevalence** (minority F1, each model at the cut its validation chose for π; "
+        f"{int(rivals_only['n'].max())} paired replicates, family `{FAMILY}`): " + " — ".join(parts) + "."
+    )
 
 
 def shown(table: pd.DataFrame, prevalences) -> pd.DataFrame:
@@ -185,6 +193,33 @@ def rivals_section(page: Page, table: pd.DataFrame, prevalences) -> None:
     )
 
 
+FAR = 4  # an estimate beyond FAR x the largest count measured is no estimate: the curve's form decides it
+
+
+def _count(x: float | None) -> str:
+    return "∞" if x is None else f"{x:.0f}"
+
+
+def _needed_row(method: str, need: dict, needs: dict) -> dict:
+    """One method's row of the planner's table: the images needed with its interval, flagged where the
+    curve is extrapolated (beyond FAR x the largest count measured: not an estimate)."""
+    if "error" in need:
+        return {"method": method, "images needed": f"not fitted: {need['error']}"}
+    n, lo, hi, top = need.get("n"), need.get("ci_low"), need.get("ci_high"), need.get("n_max") or float("nan")
+    if n is None:
+        what = "never (the curve levels off below the target)"
+    elif n > FAR * top:
+        what = f"more than {FAR * top:.0f} ({FAR}x the {top:.0f} measured): not estimable from these counts"
+    else:
+        what = f"{math.ceil(n)}" + (
+            f" (extrapolated beyond the {top:.0f} measured)" if need.get("extrapolated") else ""
+        )
+    far = (n is not None and n > FAR * top) or (lo is not None and lo > FAR * top)
+    interval = "—" if lo is None or far else f"{_count(lo)}–{_count(hi)}"
+    asymptote = (needs.get("curves", {}).get(method) or {}).get("asymptote", float("nan"))
+    return {"method": method, "images needed": what, "95 % interval": interval, "curve's asymptote": f"{asymptote:.3f}"}
+
+
 def needs_section(page: Page, needs: dict | None, figure: Path | None) -> str | None:
     """The data-needs planner's section (needs.png, the table of images needed); its sentence."""
     title = "How many defect images? The data-needs planner"
@@ -193,20 +228,7 @@ def needs_section(page: Page, needs: dict | None, figure: Path | None) -> str | 
         return None
     if figure is not None and figure.is_file():
         shutil.copyfile(figure, page.out / "needs.png")
-    rows = []
-    for method, need in needs.get("needed", {}).items():
-        if "error" in need:
-            rows.append({"method": method, "images needed": f"not fitted: {need['error']}"})
-            continue
-        n, lo, hi = need.get("n"), need.get("ci_low"), need.get("ci_high")
-        rows.append(
-            {
-                "method": method,
-                "images needed": "never (asymptote below the target)" if n is None else f"{n:.1f}",
-                "95 % interval": f"{'—' if lo is None else f'{lo:.1f}'}–{'∞' if hi is None else f'{hi:.1f}'}",
-                "curve's asymptote": f"{(needs.get('curves', {}).get(method) or {}).get('asymptote', float('nan')):.3f}",
-            }
-        )
+    rows = [_needed_row(method, need, needs) for method, need in needs.get("needed", {}).items()]
     page.section(
         title,
         f"{needs.get('sentence', '')}\n\n"
