@@ -7,8 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from finalbn.stages.export import select
 from finalbn.stages.report import rivals
 from finalbn.stages.report.markdown import Page
+from finalbn.stats import inference
+from finalbn.tracking import RunRecord
 
 
 def _rows(method: str, config_id: int, f1s: list[float], pi: float = 0.05) -> list[dict]:
@@ -82,3 +85,32 @@ def test_the_rivals_section_and_the_planner_section(tmp_path):
     assert "62 (extrapolated beyond the 40 measured) | 30–99 |" in md
     assert "not fitted: fewer than 3 distinct n" in md and "`abc`" in md
     assert rivals.needs_section(Page(tmp_path, multi_arch=False), None, None) is None
+
+
+def test_an_interval_never_leaves_its_metrics_range():
+    r = inference.t_interval([0.85, 1.0, 1.0, 0.95])  # AUROCs: mean 0.95, the t interval's top above 1
+    assert r["ci_high"] > 1.0
+    c = inference.clipped(r, 0.0, 1.0)
+    assert c["clipped"] and c["ci_high"] == 1.0 and c["ci_low"] == pytest.approx(r["ci_low"])
+    assert c["estimate"] == r["estimate"] and not inference.clipped(c, 0.0, 1.0)["clipped"]
+    assert np.isnan(inference.clipped(inference.t_interval([0.9]), 0.0, 1.0)["ci_high"])  # no interval: none made
+
+
+def test_the_model_card_clips_the_validation_auroc_interval():
+    runs = {
+        r: RunRecord(
+            run_id=f"r{r}",
+            name=f"r{r}",
+            status="FINISHED",
+            start_time=r,
+            end_time=r,
+            tags={"config_key": "k", "replicate": str(r), "config_id": "31", "config_name": "BN"},
+            params={},
+            metrics={"val_last_auroc": v, "val_last_balanced_loss": 0.3, "test_f1_1": 0.5, "test_auroc": 0.9},
+        )
+        for r, v in enumerate([0.85, 1.0, 1.0, 0.95])
+    }
+    choice = select.Choice(run=runs[0], key="k", runs=runs, how="", candidates=1)
+    card = select.selection_card(choice, positives=28)
+    lo, hi = card["validation_auroc"]["ci95"]
+    assert hi == 1.0 and 0.7 < lo < 0.95  # the registry's description quotes this interval

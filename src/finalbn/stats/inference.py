@@ -22,8 +22,23 @@ from statsmodels.stats.power import TTestPower
 ZERO_TOL = 1e-12  # |difference| below this is float noise of logged metrics, i.e. zero
 
 
+def clipped(r: dict, low: float, high: float) -> dict:
+    """`t_interval`'s result with its interval clipped to [low, high], the range of the quantity
+    (an AUROC or an F1 lies in [0, 1], their paired difference in [-1, 1]): a t interval is symmetric
+    and can cross a bound it cannot exceed. `clipped` True where it did."""
+    out = dict(r)
+    lo, hi = out.get("ci_low", math.nan), out.get("ci_high", math.nan)
+    out["clipped"] = bool((math.isfinite(lo) and lo < low) or (math.isfinite(hi) and hi > high))
+    if math.isfinite(lo):
+        out["ci_low"] = min(max(lo, low), high)
+    if math.isfinite(hi):
+        out["ci_high"] = max(min(hi, high), low)
+    return out
+
+
 def t_interval(d: np.ndarray | Sequence[float]) -> dict:
-    """Mean of per-replicate differences, its 95 % t interval and two-sided one-sample t p-value."""
+    """Mean of per-replicate differences, its 95 % t interval and two-sided one-sample t p-value
+    (`clipped` bounds the interval to the quantity's range)."""
     d = np.asarray(d, dtype=float)
     d = cast(np.ndarray, d[np.isfinite(d)])  # numpy's stubs type a mask index as Any
     n = int(d.size)

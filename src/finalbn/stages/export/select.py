@@ -38,7 +38,7 @@ from finalbn.config import TOGGLES, Config, ConfigError, cell_seed, final_layer_
 from finalbn.stages.cellrun import VAL_PREDICTIONS, CellHooks, CellRun, track_cell
 from finalbn.stages.tracker import Run
 from finalbn.stats import selection
-from finalbn.stats.inference import t_interval
+from finalbn.stats.inference import clipped, t_interval
 from finalbn.tracking import RunRecord, latest
 from finalbn.tracking import records as tags
 from finalbn.tracking.adapter import MLFLOW
@@ -175,8 +175,9 @@ def selection_card(choice: Choice, positives: int) -> dict:
     the same replicates with intervals (reported, never used to choose)."""
     reps = sorted(choice.runs)
 
-    def mean_ci(values: list[float]) -> dict:
-        r = t_interval(np.asarray(values, dtype=float) - 0.0)
+    def mean_ci(values: list[float], bounds: tuple[float, float] = (0.0, 1.0)) -> dict:
+        """Mean and 95 % t interval, clipped to the metric's range (an AUROC interval never past 1)."""
+        r = clipped(t_interval(np.asarray(values, dtype=float) - 0.0), *bounds)
         return {"mean": _num(r["estimate"]), "ci95": [_num(r["ci_low"]), _num(r["ci_high"])], "n": r["n"]}
 
     runs = [choice.runs[r] for r in reps]
@@ -192,7 +193,9 @@ def selection_card(choice: Choice, positives: int) -> dict:
         "run_ids": {str(r): choice.runs[r].run_id for r in reps},
         "val_positives": positives,
         "validation_auroc": mean_ci([r.metrics.get("val_last_auroc", math.nan) for r in runs]),
-        "validation_balanced_loss": mean_ci([r.metrics.get("val_last_balanced_loss", math.nan) for r in runs]),
+        "validation_balanced_loss": mean_ci(
+            [r.metrics.get("val_last_balanced_loss", math.nan) for r in runs], (0.0, math.inf)
+        ),
         "test_minority_f1": mean_ci([r.metrics.get("test_f1_1", math.nan) for r in runs]),
         "test_auroc": mean_ci([r.metrics.get("test_auroc", math.nan) for r in runs]),
         "test_note": "test metrics over the same replicates: reported, never used to choose",

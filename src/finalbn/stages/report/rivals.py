@@ -26,7 +26,7 @@ import pandas as pd
 from finalbn.infra.io import write_csv
 from finalbn.stages.report.markdown import Page, interval_text
 from finalbn.stages.report.tables import BN_ID, NONE_ID
-from finalbn.stats.inference import holm, t_interval
+from finalbn.stats.inference import clipped, holm, t_interval
 
 FAMILY = "rivals"
 BN_LABEL, NONE_LABEL = "BN only (31)", "none (63)"
@@ -95,7 +95,7 @@ def rivals_table(at_pi: pd.DataFrame) -> pd.DataFrame:
                 continue
             x = g.set_index("replicate")["cut_f1_1"].astype(float)
             both = x.index.intersection(bn.index)
-            t = t_interval((x.loc[both] - bn.loc[both]).to_numpy()) if name != BN_LABEL else None
+            t = clipped(t_interval((x.loc[both] - bn.loc[both]).to_numpy()), -1.0, 1.0) if name != BN_LABEL else None
             rows.append(
                 {
                     "dataset": ds,
