@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run test lint install clean paper dvc-ready dashboard ui
+.PHONY: run test lint install clean paper exp dvc-ready dashboard ui
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,9 +37,12 @@ $(VENV)/.installed: pyproject.toml deploy/field/pyproject.toml tools/pip_sources
 install: $(VENV)/.installed
 
 # The main job: the whole DVC pipeline on the embedded default (params.yaml).
-# `finalbn plan` first: each stage `dvc repro` will run, and its projected time on this machine.
+# `finalbn store` first: does the MLflow store still hold the runs each stage's outputs cite? (A stage
+# whose runs are gone runs again; run it yourself before a bare `dvc repro`: src/finalbn/stages/store.py.)
+# `finalbn plan` then: each stage `dvc repro` will run, and its projected time on this machine.
 run: install
 	@$(MAKE) --no-print-directory dvc-ready
+	@$(BIN)/finalbn store --out results/store
 	@$(BIN)/finalbn plan
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
@@ -47,8 +50,12 @@ run: install
 # tarball, a container build context without .git) it runs without SCM: core.no_scm in
 # .dvc/config.local, which belongs to this copy only (.dvc/.gitignore ignores it).
 IN_GIT := $(shell git rev-parse --is-inside-work-tree 2>/dev/null)
+# `dvc plots show` offline: a page with Vega inlined (tools/offline_plots.py, .dvc/plots.html, made once
+# from the npm registry; without npm, DVC's own page, which loads Vega from its CDN).
 dvc-ready:
 	@test -d .dvc || "$(BIN)/dvc" init --quiet $(if $(IN_GIT),,--no-scm)
+	@$(BIN)/python tools/offline_plots.py .dvc/plots.html && if test -f .dvc/plots.html; then \
+	    "$(BIN)/dvc" config --local plots.html_template plots.html; fi
 ifeq ($(IN_GIT),true)
 	@"$(BIN)/dvc" config --local --unset core.no_scm 2>/dev/null || true
 else
@@ -88,6 +95,15 @@ test: install
 	@$(BIN)/python -c "$(WARM)" & warm=$$!; \
 	$(MAKE) --no-print-directory lint || { wait $$warm; exit 1; }; wait $$warm
 	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist load --maxschedchunk 1 --durations 15
+
+# A variant of the study as a DVC experiment: the profile's values written into params.yaml inside
+# `dvc exp run -n <profile>` (finalbn variant prints the -S arguments), its params and metrics then in
+# `dvc exp show` beside the workspace's: make exp PROFILE=profiles/paper.yaml
+PROFILE ?= profiles/paper.yaml
+exp: install
+	@$(MAKE) --no-print-directory dvc-ready
+	@$(BIN)/finalbn store --out results/store
+	args=$$($(BIN)/finalbn variant $(PROFILE)) && eval "PATH=\"$(CURDIR)/$(BIN):\$$PATH\" $(BIN)/dvc exp run $$args"
 
 # The search's study in a browser (optuna-dashboard, installed into the project's venv on first use;
 # plain `pip` would install into the system Python): make dashboard [STORAGE=...] [PORT=8080]

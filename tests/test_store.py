@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import time
 import mlflow
 import optuna
 import pytest
+import yaml
 
 from conftest import ROOT
 from finalbn import tracking
@@ -128,6 +130,9 @@ def test_the_store_stage_says_which_stages_run_again_and_why(store, tmp_path, mo
         "search.json",
         "sensitivity.json",
     ]
+    readme = tmp_path / "results" / "store" / "README.md"  # the `store` stage's one output, unchanged by a rerun
+    before = readme.read_bytes()
+    assert b"do not edit" in before and _store_stage(capsys)[0] == 0 and readme.read_bytes() == before
     cells = [_run(store) for _ in range(3)]
     fingerprint.mark("results/store/grid.json", cells)
     store.create_registered_model("finalbn")
@@ -289,3 +294,24 @@ def test_a_command_killed_while_it_creates_the_store_leaves_none_or_a_whole_one(
     client = store_module.client()  # the next command: a whole store, made now if there was none
     assert client.get_experiment(client.create_experiment("finalbn/grid")).name == "finalbn/grid"
     assert not [p.name for p in db.parent.iterdir() if p.name.endswith(".tmp")]  # the killed one's temporary swept
+
+
+def test_each_stage_owns_what_it_writes_so_dvc_status_can_say_up_to_date():
+    """No stage runs every time (DVC lists such a stage in every `dvc status`), and no stage writes into
+    another's outputs: a stage's fingerprint (`--fingerprint PATH`, which it writes as it ends) is a
+    dependency of its own, inside no stage's outputs; every tracking stage runs after the `store` stage."""
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    outs = {
+        stage: [next(iter(o)) if isinstance(o, dict) else o for o in s.get("outs", []) + s.get("metrics", [])]
+        for stage, s in ((k, v.get("do", v)) for k, v in spec.items())
+    }
+    assert not [k for k, s in spec.items() if s.get("do", s).get("always_changed")]
+    for stage, s in ((k, v.get("do", v)) for k, v in spec.items()):
+        m = re.search(r"--fingerprint (\S+)", s["cmd"])
+        if not m:
+            continue
+        fp = m.group(1)
+        assert fp in s["deps"] and "results/store/README.md" in s["deps"], stage
+        owners = [k for k, paths in outs.items() for o in paths if fp == o or fp.startswith(o.rstrip("/") + "/")]
+        assert owners == [], (stage, owners)
+    assert outs["store"] == ["results/store/README.md"]

@@ -191,6 +191,12 @@ def _later_stages(sub, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--splits", default="data/splits", help="where prepare wrote the splits (default data/splits)")
     p.add_argument("--out", default="results/bench.json", help="output file (default results/bench.json)")
+    p = sub.add_parser(
+        "variant",
+        parents=[common],
+        help="a profile as `dvc exp run` arguments (`make exp PROFILE=profiles/paper.yaml`)",
+    )
+    p.add_argument("profile", help="a params file laid over params.yaml, e.g. profiles/paper.yaml")
     p = sub.add_parser("plan", parents=[common], help="the pipeline's projected time on this machine, per stage")
     p.add_argument("--all", action="store_true", help="every stage, as on a fresh clone (default: what dvc repro runs)")
     p = sub.add_parser("figures", parents=[common], help="draw cell runs' figures from what they logged")
@@ -261,6 +267,7 @@ COMMANDS: dict[str, str] = {
     "export": "finalbn.stages.export",
     "bench": "finalbn.bench.study",
     "plan": "finalbn.bench.plan",
+    "variant": "finalbn.config.variants",
     "figures": "finalbn.stages.redraw",
 }
 

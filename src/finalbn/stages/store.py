@@ -3,10 +3,10 @@
     finalbn store --out results/store    # one fingerprint per tracking stage (`tracking.fingerprint`)
     finalbn grid --fingerprint results/store/grid.json   # a stage marks its own as it ends (`mark`)
 
-DVC decides from files; the store is outside them. dvc.yaml runs this stage every time
-(`always_changed`, a second or two) before the others: it rewrites each tracking stage's
-fingerprint from the store MLFLOW_TRACKING_URI names (default sqlite:///mlflow.db). Each of those
-stages has its fingerprint as a dependency, so:
+DVC decides from files; the store is outside them. `finalbn store` rewrites each tracking stage's
+fingerprint from the store MLFLOW_TRACKING_URI names (default sqlite:///mlflow.db), and `make run`
+runs it before `dvc repro` (run it yourself before a bare `dvc repro`). Each of those stages has its
+fingerprint as a dependency, so:
 
 - the store holds every run and alias a stage's outputs cite: the fingerprint is the one the stage
   wrote as it ended, and DVC skips the stage;
@@ -17,8 +17,12 @@ stages has its fingerprint as a dependency, so:
   it was run with. Runs are trained, not copied from another store: a run holds its weights and
   figures, which only the store that made it has.
 
-The fingerprints are DVC outputs with `cache: false` and `persist: true`: never restored from
-DVC's cache nor deleted before this stage runs (each keeps the run ids its stage wrote).
+In dvc.yaml this command is also the `store` stage, whose one output is the folder's README.md:
+it runs once (and when its code or the datasets change), making the fingerprints not there yet, and
+every tracking stage depends on that README, so it runs first. It is not `always_changed`: DVC
+would then list it in every `dvc status`, which could never say the pipeline is up to date. Each
+fingerprint belongs to no stage's outputs (its stage writes it as it ends, and DVC records it as
+that stage's dependency then), so after a full run `dvc status` is clean.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from pathlib import Path
 
 from finalbn import tracking
 from finalbn.config import Config
+from finalbn.infra import io
 
 STAGES = ("grid", "search", "sensitivity", "needs", "report", "export")  # besides one ceiling per dataset
 
@@ -43,6 +48,16 @@ OUTPUTS = {
     "report": lambda a: [a.out],
     "export": lambda a: [a.out],
 }
+
+
+README = """# The tracking store's fingerprints
+
+One JSON file per tracking stage of dvc.yaml: the MLflow store's URI, the run ids its outputs cite,
+the registered aliases it set, and which of them the store lacks. Each is a dependency of its stage,
+written by that stage as it ends; `finalbn store` (which `make run` runs before `dvc repro`) rewrites
+them from the store it finds, so a stage whose runs are gone runs again. src/finalbn/stages/store.py
+says more. Made by `finalbn store`; do not edit.
+"""
 
 
 def fingerprints(cfg: Config, out: Path) -> dict[str, Path]:
@@ -105,6 +120,9 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
         said = f"{len(notes)} stage(s) to run again ({held} run(s) of the others found)"
     else:
         said = f"it holds the {held} run(s) the stages' outputs cite" if held else "no stage's outputs cite a run yet"
+    readme = out / "README.md"
+    if not readme.is_file() or readme.read_text(encoding="utf-8") != README:
+        io.write_text(readme, README)
     print(f"store {where}: {said} -> {out}")
     for line in notes:
         print(f"  {line}")
