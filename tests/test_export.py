@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from conftest import ROOT
+from finalbn import tracking
 from finalbn.cli import main
 from finalbn.models import ARCHS, HeadSpec, create_model
 from finalbn.stages import export, grid
@@ -165,6 +166,16 @@ def test_export_writes_a_checked_model_and_registers_it(gridded, tmp_path, capsy
     digest = hashlib.sha256((models / "model.onnx").read_bytes()).hexdigest()
     assert card["onnx"]["sha256"] == digest and card["onnx"]["size"] == (models / "model.onnx").stat().st_size
     assert mv.tags["onnx_sha256"] == digest and mv.tags["onnx_size"] == str(card["onnx"]["size"])
+    # the grid's parents carry the choice's own number and rank: sorting the UI by selection rank shows the champion
+    parents = {r.tags["config_name"]: r for r in tracking.search("finalbn/grid", "tags.`finalbn.parent` = 'true'")}
+    bn, none = parents["BN"], parents["none"]
+    assert (
+        bn.metrics["selection_rank"] == 1
+        and bn.tags["selection.chosen"] == "true"
+        and "selection_rank" not in none.metrics
+    )
+    assert none.tags["selection.candidate"] == "false" and none.tags["selection.why"] == "no final BN"
+    assert bn.metrics["selection_val_auroc"] == pytest.approx(sel["validation_auroc"]["mean"], abs=1e-4)
     served = Path(mlflow.artifacts.download_artifacts("models:/finalbn@champion", dst_path=str(tmp_path / "served")))
     assert hashlib.sha256((served / "model.onnx").read_bytes()).hexdigest() == digest
     assert json.loads((served / "extra_files" / "model.json").read_text()) == card

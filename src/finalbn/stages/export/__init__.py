@@ -32,6 +32,7 @@ from finalbn.data.splits import split_dir
 from finalbn.data.tensors import decode_settings, load_splits
 from finalbn.infra import faults, io
 from finalbn.models import get_spec
+from finalbn.stages.export import standing
 from finalbn.stages.export.card import (
     CLASSES,
     decision_rules,
@@ -69,6 +70,7 @@ from finalbn.stages.export.select import (
     selection_card,
 )
 from finalbn.tracking.adapter import MLFLOW, MlflowTracker
+from finalbn.tracking.standing import mark_parents
 
 __all__ = [
     "CLASSES",
@@ -122,6 +124,9 @@ def export(
     k = cfg.selection.replicates
     choice = choose([r for r in runs if not r.flag(tracking.records.EXPORT)], k, run_id)
     run = choice.run
+    if run_id is None:  # each grid parent's standing in this choice (its rank: sorting the UI shows the champion)
+        table = standing.standings([r for r in runs if not r.flag(tracking.records.EXPORT)], k, choice.key)
+        mark_parents(tracking.experiment_names(cfg, "grid"), {key: dataclasses.asdict(s) for key, s in table.items()})
     val_labels, val_p1 = pooled_validation(choice)
     held_out = (*held_out_test(choice), k)  # the same configuration's test predictions on replicates >= k
     selected = selection_card(choice, int(val_labels.sum()))
