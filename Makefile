@@ -114,8 +114,12 @@ dashboard: install
 	@test -e "$(STORAGE)" || case "$(STORAGE)" in *://*) ;; *) echo "no study at $(STORAGE): run the search first (make run)"; exit 2;; esac
 	$(BIN)/optuna-dashboard "$(STORAGE)" --host 127.0.0.1 --port $(PORT)
 
-# The MLflow UI on the project's store: one experiment per stage (finalbn/grid, finalbn/search, ...)
+# The MLflow UI on the project's store: one experiment per stage (finalbn/grid, finalbn/search, ...).
+# The address printed first opens the grid's runs in the model-training view (MLflow 3.17's UI opens
+# its GenAI view otherwise): tracking.store.ui_url.
 ui: install
+	@$(BIN)/python -c "from finalbn.config import load_config; from finalbn.tracking.store import ui_url; \
+	    print('the grid in the MLflow UI:', ui_url(load_config(['params.yaml']), '127.0.0.1', 5000))" || true
 	$(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} --host 127.0.0.1 --port 5000
 
 clean:

@@ -144,7 +144,7 @@ def test_field_predict_equals_the_torch_evaluation_and_keeps_going_past_bad_file
     labels = np.array([int(r["label"]) for r in test])
     p1 = np.array([float(r["p_diseased"]) for r in rows])
     f1 = classification_report(labels, np.stack([1 - p1, p1], 1))["f1_1"]
-    assert f1 == pytest.approx(client.get_run(card["model_run_id"]).data.metrics["test_f1_1"], abs=1e-9)
+    assert f1 == pytest.approx(client.get_run(card["model_run_id"]).data.metrics["test/f1_1"], abs=1e-9)
     err = capsys.readouterr().err
     assert "finalbn-field: 4 images, 4 predicted" in err and "argmax (on validation it flagged" in err
 

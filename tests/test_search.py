@@ -105,7 +105,7 @@ def test_three_trials_complete_as_child_runs(searching, tmp_path, capsys):
     assert {r.data.tags["trial_state"] for r in runs} == {"complete"} and {r.info.status for r in runs} == {"FINISHED"}
     by_run = {rid: t for t in study.trials for rid in t.user_attrs["mlflow_run_ids"]}
     for r in runs:  # each trial knows its runs, and its runs have the per-epoch values and the result key
-        assert r.info.run_id in by_run and "val_auroc" in r.data.metrics and r.data.tags["result_key"]
+        assert r.info.run_id in by_run and "val/auroc" in r.data.metrics and r.data.tags["result_key"]
         assert r.data.tags["replicate"] == r.info.run_name[-1]
     assert mlflow.get_run(parent).info.status == "FINISHED"
     assert out["best"]["value"] == max(t.value for t in study.trials)
@@ -141,12 +141,12 @@ def test_a_trials_objective_is_the_mean_over_its_replicates(searching):
     runs = [mlflow.get_run(i) for i in ids]
     assert [r.data.tags["replicate"] for r in runs] == ["0", "1", "2"]
     assert len({r.data.tags["result_key"] for r in runs}) == 3 and len({r.data.tags["config_key"] for r in runs}) == 1
-    aurocs = [r.data.metrics["val_last_auroc"] for r in runs]
+    aurocs = [r.data.metrics["val/last_auroc"] for r in runs]  # stored grouped (`tracking.names`)
     assert trial.user_attrs["values_per_replicate"] == pytest.approx(aurocs)
     assert trial.value == pytest.approx(np.mean(aurocs))
-    losses = [r.data.metrics["val_last_balanced_loss"] for r in runs]
+    losses = [r.data.metrics["val/last_balanced_loss"] for r in runs]
     assert trial.user_attrs[search.TIE_BREAK] == pytest.approx(np.mean(losses))
-    tests = [r.data.metrics["test_f1_1"] for r in runs]
+    tests = [r.data.metrics["test/f1_1"] for r in runs]
     assert trial.user_attrs["test_minority_f1"] == pytest.approx(np.mean(tests))  # reported only
     out = search.summary(cfg, search.open_study(cfg))
     assert out["best"]["replicates"] == [0, 1, 2] and out["best"]["value"] == pytest.approx(np.mean(aurocs))

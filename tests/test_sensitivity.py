@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,8 +15,11 @@ from scipy.special import expit
 from tests.conftest import PARAMS
 
 from finalbn import cli
-from finalbn.stages import sensitivity
+from finalbn.stages import grid, sensitivity
+from finalbn.stages.grid import shard
 from finalbn.stages.sensitivity import analysis
+from finalbn.stages.tracker import MemoryTracker
+from finalbn.tracking.adapter import MLFLOW
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -162,6 +166,17 @@ def test_the_stage_end_to_end_on_a_tiny_dataset(prepared, capfd):
     assert summary["replicates"] == 2
     cells = pd.read_csv(folder / "cells.csv")
     assert "bias" in cells and cells.loc[cells["rival"] == "63 + learned bias", "bias"].notna().all()
+    # each level's parents (trained in worker processes) are named by its setting
+    parents = mlflow.search_runs(
+        experiment_names=["finalbn/sensitivity"], output_format="list", filter_string="tags.`finalbn.parent` = 'true'"
+    )
+    assert {r.info.run_name for r in parents} == {
+        "BN (config 31) · imbalance=20.0% (4/1)",
+        "none (config 63) · imbalance=20.0% (4/1)",
+        "BN (config 31) · reference (params.yaml)",
+        "none (config 63) · reference (params.yaml)",
+        "BN (config 31) · final_bn_at_inference=trained, removed at inference",
+    }
     # a second run trains nothing: every cell is found by its key (its levels here, one after another: no
     # worker processes to start for cells that are all in the store)
     once = ["--set", "sensitivity.workers=1"]
@@ -171,3 +186,51 @@ def test_the_stage_end_to_end_on_a_tiny_dataset(prepared, capfd):
     none = ["sensitivity.imbalance=[]", "sensitivity.bias_shift=false", "sensitivity.inference_removal=false"]
     assert cli.main(["sensitivity", *argv, *[x for o in none for x in ("--set", o)], "--out", "results/empty"]) == 0
     assert "nothing to run" in capfd.readouterr().out and pd.read_csv("results/empty/sensitivity.csv").empty
+
+
+def test_a_levels_runs_are_named_and_tagged_by_its_setting(load):
+    lv = sensitivity.Level("batch_size", "16", ("train.batch_size=16",), False)
+    setting = sensitivity.level_setting([lv])
+    assert setting == grid.Setting("batch_size=16", (("sensitivity.factor", "batch_size"), ("sensitivity.level", "16")))
+    refs = [
+        sensitivity.Level("batch_size", "64", (), True),
+        sensitivity.Level("single_logit", "two softmax logits", (), True),
+    ]
+    assert sensitivity.level_setting(refs) == grid.Setting(
+        "reference (params.yaml)", (("sensitivity.factor", "reference"), ("sensitivity.level", "params.yaml"))
+    )
+    bn = grid.Cell("apple", "efficientnet_lite0", 31, 2)
+    assert bn.parent_name(False, setting.label) == "BN (config 31) · batch_size=16"
+    assert bn.run_name(False, setting.label) == "BN r2 · batch_size=16"
+    assert bn.run_name(True, setting.label) == "BN r2 · batch_size=16 · apple efficientnet_lite0"
+    assert (bn.parent_name(), bn.run_name()) == ("BN (config 31)", "BN r2")  # the grid's own names, as before
+    # a parent found by its key under an older name takes the level's name and tags (in memory here)
+    tracker = MemoryTracker()
+    pid = tracker.parent(load(), "sensitivity", "apple", "efficientnet_lite0", 31, "k", "BN (config 31)")
+    shard.label_run(tracker, pid, "BN (config 31) · batch_size=16", dict(setting.tags))
+    run = tracker.runs[pid]
+    assert run.name == "BN (config 31) · batch_size=16" and run.tags["parent_key"] == "k"
+    assert (run.tags["sensitivity.factor"], run.tags["sensitivity.level"]) == ("batch_size", "16")
+
+
+def test_a_level_in_the_store_names_its_parents_and_cells_by_its_setting_keyed_as_before(prepared):
+    load, _ = prepared
+    lv = sensitivity.Level("batch_size", "2", ("train.batch_size=2",), False)
+    lcfg = sensitivity.level_config(load(["train.epochs=1"]), lv, 1)
+    splits, paths = Path("data/splits"), grid.GridPaths(Path("data/splits"), Path("levels/00-batch_size"))
+    ds, arch = lcfg.datasets[0].name, lcfg.grid.archs[0]
+    key = {cid: grid.cell_key(lcfg, grid.Cell(ds, arch, cid, 0), splits, with_replicate=False) for cid in (31, 63)}
+    MLFLOW.parent(lcfg, "sensitivity", ds, arch, 31, key[31], "BN (config 31)")  # left by an older finalbn
+    assert sensitivity.train_level(lcfg, paths, sensitivity.level_setting([lv])) == 0
+    runs = mlflow.search_runs(experiment_names=["finalbn/sensitivity"], output_format="list")
+    parents = {r.info.run_name: r for r in runs if r.data.tags.get("finalbn.parent") == "true"}
+    cells = {r.info.run_name: r for r in runs if r.data.tags.get("finalbn.cell") == "true"}
+    assert set(parents) == {"BN (config 31) · batch_size=2", "none (config 63) · batch_size=2"}
+    assert set(cells) == {"BN r0 · batch_size=2", "none r0 · batch_size=2"}
+    for r in [*parents.values(), *cells.values()]:
+        assert (r.data.tags["sensitivity.factor"], r.data.tags["sensitivity.level"]) == ("batch_size", "2")
+    assert parents["BN (config 31) · batch_size=2"].data.tags["parent_key"] == key[31]  # the older run, renamed
+    assert parents["none (config 63) · batch_size=2"].data.tags["parent_key"] == key[63]
+    # the name is no part of a key: the same level without a setting finds every cell and trains nothing
+    assert sensitivity.train_level(lcfg, paths) == 0
+    assert len(mlflow.search_runs(experiment_names=["finalbn/sensitivity"], output_format="list")) == len(runs) == 4

@@ -22,6 +22,7 @@ from finalbn.data.tensors import TrainPlan, eval_transform, load_splits, make_lo
 from finalbn.models import WeightsError
 from finalbn.stages.cellrun import CellRun, track_cell
 from finalbn.stages.tracker import MemoryTracker
+from finalbn.tracking import names
 from finalbn.tracking.adapter import MLFLOW
 from finalbn.train import cell as cells
 from finalbn.train.cell import fit_settings, run_cell
@@ -180,7 +181,8 @@ def test_mlflow_run_holds_params_metrics_by_step_and_artifacts(prepared, capsys)
     client = mlflow.MlflowClient()
     (run,) = mlflow.search_runs(experiment_names=["finalbn/train"], output_format="list")
     assert run.info.status == "FINISHED"
-    p, tags, m = run.data.params, run.data.tags, run.data.metrics
+    p, tags = run.data.params, run.data.tags
+    m = {names.read(k): v for k, v in run.data.metrics.items()}  # stored grouped: `test/f1_1` (`tracking.names`)
     assert p["train.epochs"] == "2" and p["model.final_bn_momentum"] == "0.01" and p["ablation.wl"] == "true"
     assert "class_weight_1" in p
     assert tags["BN"] == "true" and tags["WL"] == "true" and tags["DA"] == "false" and tags["config_id"] == "15"
@@ -202,7 +204,7 @@ def test_mlflow_run_holds_params_metrics_by_step_and_artifacts(prepared, capsys)
     (ds,) = run.inputs.dataset_inputs
     assert ds.dataset.name == "synthetic-apple r0" and ds.dataset.digest == tags["manifest_sha256"][:32]
     assert {t.key: t.value for t in ds.tags}["mlflow.data.context"] == "training"
-    assert [x.step for x in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2]
+    assert [x.step for x in client.get_metric_history(run.info.run_id, "val/loss")] == [1, 2]
     # the mechanism under study, per epoch: the final BN's running statistics, gamma and beta
     for key in (
         "val_auroc",
@@ -212,7 +214,7 @@ def test_mlflow_run_holds_params_metrics_by_step_and_artifacts(prepared, capsys)
         "final_bn_gamma_1",
         "final_bn_beta_0",
     ):
-        assert [x.step for x in client.get_metric_history(run.info.run_id, key)] == [1, 2], key
+        assert [x.step for x in client.get_metric_history(run.info.run_id, names.stored(key))] == [1, 2], key
     for key in (
         "test_f1_1",
         "test_sel_f1_1",
@@ -295,4 +297,4 @@ def test_mlflow_run_entry_point(prepared, tmp_path):
     assert "(experiment finalbn)" in out.stdout  # the experiment `mlflow run` put the run in
     (run,) = mlflow.search_runs(experiment_names=["finalbn"], output_format="list")
     assert run.info.status == "FINISHED" and run.data.tags["BN"] == "false"
-    assert run.data.params["ablation.bn"] == "false" and "test_sel_f1_1" in run.data.metrics
+    assert run.data.params["ablation.bn"] == "false" and "test/sel_f1_1" in run.data.metrics

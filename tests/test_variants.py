@@ -8,6 +8,7 @@ import shlex
 import shutil
 
 import pytest
+import yaml
 from dvc.utils.hydra import apply_overrides
 
 from conftest import ROOT
@@ -23,8 +24,6 @@ def _applied(tmp_path, profile_text: str):
     shutil.copy(ROOT / "params.yaml", params)
     profile = tmp_path / "profile.yaml"
     profile.write_text(profile_text)
-    import yaml
-
     args = set_args(yaml.safe_load(profile_text), yaml.safe_load(params.read_text()))
     apply_overrides(params, args[1::2])
     return load_config([params]), load_config([ROOT / "params.yaml", profile])

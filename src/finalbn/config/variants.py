@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from finalbn.config.load import load_config
 from finalbn.config.schema import Config, ConfigError
 
 
@@ -105,8 +106,6 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     """`finalbn variant PROFILE`: the `dvc exp run` arguments of PROFILE over params.yaml, one
     shell-quoted line (`make exp PROFILE=...` runs them). The profile is checked by loading it over
     params.yaml first: a key or value the schema refuses is ConfigError, before DVC sees it."""
-    from finalbn.config.load import load_config
-
     base_path = Path((args.params or ["params.yaml"])[0])
     profile = Path(args.profile)
     load_config([base_path, profile])

@@ -8,8 +8,9 @@ The grid's cells, the search's trials and comparison runs, the export's retraini
 MLflow adapter, or the in-memory one of tests and `finalbn bench`) wraps `cell.run_cell`, whose
 epochs reach the store through the run's epoch logger (the training loop knows nothing of MLflow). Logged:
 the config values the cell used (`cell_params`, flattened: its dataset, split, model, training and
-switches; not other stages' keys), the six toggles, replicate and BN policy as tags, the split
-manifest as the run's MLflow dataset input (its hash as the digest), per-epoch metrics by step (validation AUROC/AP/F1/balanced loss, the final BN's
+switches; not other stages' keys) and, beside them, its replicate, the seed it trained with and the six
+switches (`run_params`: `replicate`, `seed.effective`, `switch.bn`, ...); the six toggles, replicate and
+BN policy as tags; the split manifest as the run's MLflow dataset input (its hash as the digest), per-epoch metrics by step (validation AUROC/AP/F1/balanced loss, the final BN's
 running mean/var, gamma, beta), validation and test metrics at the last epoch (`val_last_*`,
 `test_*`: the primary numbers) and test metrics at the validation-selected epoch (`test_sel_*`),
 per-disease test recall, and artifacts: loss curves, the softmax scatter (paper Fig. 4),
@@ -50,6 +51,7 @@ __all__ = [
     "cell_tags",
     "draws_figures",
     "log_result",
+    "run_params",
     "track_cell",
 ]
 
@@ -93,6 +95,17 @@ def cell_params(cfg: Config, dataset: str) -> dict[str, object]:
     if cfg.model.weights == "synthetic":
         used["pretrain"] = {"out_dir": cfg.pretrain.out_dir}
     return flatten(used)
+
+
+def run_params(cfg: Config, replicate: int) -> dict[str, object]:
+    """The params that say which run of its configuration a cell is, beside `cell_params`: its
+    replicate, the seed it trained with (`cell_seed`: `train.seed` is the base of every replicate's)
+    and the six switches as `switch.<name>`, named like a grid parent's, so MLflow compares both."""
+    return {
+        tags_.REPLICATE_PARAM: replicate,
+        tags_.SEED_EFFECTIVE: cell_seed(cfg, replicate),
+        **{tags_.switch_param(t): getattr(cfg.ablation, t) for t in TOGGLES},
+    }
 
 
 @dataclass(frozen=True)
@@ -151,10 +164,11 @@ def track_cell(
     ) as run:
         if hooks.on_start is not None:
             hooks.on_start(run.run_id)
-        # `mlflow run -P a.b=v` has already logged a.b with the user's spelling; MLflow refuses
-        # to change a logged param, so those keys keep theirs.
+        # `mlflow run -P a.b=v` has already logged a.b with the user's spelling, and a resumed run
+        # has its params; MLflow refuses to change a logged param, so those keys keep theirs.
         logged = run.logged_params()
-        run.log_params({k: v for k, v in cell_params(cfg, dataset).items() if k not in logged})
+        params = {**cell_params(cfg, dataset), **run_params(cfg, replicate)}
+        run.log_params({k: v for k, v in params.items() if k not in logged})
         epochs = run.epoch_logger()
         try:
             point = _Point(hooks.fault or f"{where.stage}.cell")
@@ -203,7 +217,7 @@ def log_result(run: Run, cfg: Config, r: CellResult, figures: bool = True) -> No
             tags_.DEVICE: r.device,
             tags_.FEATURES: r.features,
             tags_.SELECTED_EPOCH: str(r.fit.selected_epoch),
-            "mlflow.note.content": describe(cfg, r),
+            tags_.NOTE: describe(cfg, r),
         }
     )  # the run page's Description
     run.log_metrics(r.metrics())

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager as ContextManager
@@ -110,6 +109,16 @@ class Tracker(Protocol):
 
     def finish_parent(self, cfg: Config, stage: str, parent_key: str, parent_id: str) -> None:
         """The mean and std of its FINISHED children on the parent; it ends FINISHED."""
+
+    def children(self, cfg: Config, stage: str, parent_key: str) -> list[RunRecord]:
+        """The FINISHED cell runs under `parent_key`'s parent in `stage`'s experiment (its replicates)."""
+
+    def log_figure_to(self, run_id: str, fig: Any, path: str) -> None:
+        """A matplotlib figure as the PNG artifact `path` of the run `run_id` (open or ended); the
+        figure is closed."""
+
+    def tag_run(self, run_id: str, run_tags: Mapping[str, str]) -> None:
+        """Tags on the run `run_id` (open or ended); `mlflow.runName` renames it."""
 
     def artifact_text(self, run_id: str, path: str) -> str | None:
         """A text artifact of a run, or None."""
@@ -244,7 +253,8 @@ class MemoryTracker:
         except (KeyboardInterrupt, SystemExit):
             end(KILLED, "killed")
             raise
-        except killed_on:
+        except killed_on as exc:
+            run.tags.update(records.pruned_tags(str(exc)))
             end(KILLED, "pruned")
             raise
         except BaseException:
@@ -315,14 +325,29 @@ class MemoryTracker:
         parent = self.runs[parent_id]
         for k in sorted({k for c in kids for k in c.metrics if k.startswith(("test_", "val_", "selected_epoch"))}):
             vals = [c.metrics[k] for c in kids if k in c.metrics]
-            mean = sum(vals) / len(vals)
-            parent.metrics[k], parent.metrics[f"{k}_std"] = (
-                mean,
-                math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals)),
-            )
+            parent.metrics[k] = sum(vals) / len(vals)  # the mean under the children's name, as the store's parents
         if kids:
             parent.tags["replicates_finished"] = str(len(kids))
         parent.status, parent.end_time = FINISHED, _now_ms()
+
+    def children(self, cfg: Config, stage: str, parent_key: str) -> list[RunRecord]:
+        return [
+            r.record()
+            for r in self.runs.values()
+            if r.experiment == stage
+            and r.status == FINISHED
+            and r.tags.get(records.CELL) == "true"
+            and r.tags.get(records.PARENT_KEY) == parent_key
+        ]
+
+    def log_figure_to(self, run_id: str, fig: Any, path: str) -> None:
+        plt.close(fig)  # not drawn: its name is kept, as `log_report` keeps its files' names
+        self.runs[run_id].files[path] = ""
+
+    def tag_run(self, run_id: str, run_tags: Mapping[str, str]) -> None:
+        run = self.runs[run_id]
+        run.tags.update(run_tags)
+        run.name = run_tags.get("mlflow.runName", run.name)
 
     def artifact_text(self, run_id: str, path: str) -> str | None:
         run = self.runs.get(run_id)

@@ -9,7 +9,7 @@ own (`shared`: every process on the store sees what it records).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,16 @@ class MlflowTracker:
 
     def finish_parent(self, cfg: Config, stage: str, parent_key: str, parent_id: str) -> None:
         tracking.parents.finish_parent(cfg, stage, parent_key, parent_id)
+
+    def children(self, cfg: Config, stage: str, parent_key: str) -> list[RunRecord]:
+        return tracking.query.children(tracking.store.experiment_name(cfg, stage), parent_key)
+
+    def log_figure_to(self, run_id: str, fig: Any, path: str) -> None:
+        tracking.runs.log_figure(run_id, fig, path)
+
+    def tag_run(self, run_id: str, run_tags: Mapping[str, str]) -> None:
+        for key, value in run_tags.items():
+            tracking.runs.set_tag(run_id, key, value)
 
     def artifact_text(self, run_id: str, path: str) -> str | None:
         return tracking.query.artifact_text(run_id, path)

@@ -3,6 +3,8 @@
 runs = finished_cell_runs(["finalbn/grid", "finalbn/search"])   # [RunRecord, ...]
 by_key = runs_by_tag("finalbn/grid", CELL_KEY)        # {key: [RunRecord, ...]}
 text = artifact_text(run_id, "config.yaml")           # or None
+
+Metric names come back as finalbn's (`names.read`: the store's `test/f1_1` is `test_f1_1`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from mlflow.exceptions import MlflowException
 
+from finalbn.tracking import names
 from finalbn.tracking.records import CELL, FINISHED, PARENT, PARENT_KEY, RunRecord
 from finalbn.tracking.store import client
 
@@ -21,7 +24,7 @@ MAX_RESULTS = 100_000
 
 
 def record(run: Any) -> RunRecord:
-    """An MLflow `Run` as a RunRecord."""
+    """An MLflow `Run` as a RunRecord, its metrics by finalbn name."""
     info, data = run.info, run.data
     return RunRecord(
         run_id=info.run_id,
@@ -29,7 +32,7 @@ def record(run: Any) -> RunRecord:
         status=info.status,
         start_time=info.start_time,
         end_time=info.end_time,
-        metrics=dict(data.metrics),
+        metrics={names.read(k): v for k, v in data.metrics.items()},
         params=dict(data.params),
         tags=dict(data.tags),
         active=info.lifecycle_stage == "active",
@@ -93,11 +96,16 @@ def get_run(run_id: str) -> RunRecord | None:
 
 
 def metric_history(run_id: str, keys) -> dict[int, dict[str, float]]:
-    """{epoch: {key: value}} of the per-epoch metrics `keys` of one run (a later value wins)."""
+    """{epoch: {key: value}} of the per-epoch metrics `keys` (finalbn names) of one run (a later
+    value wins). Each is fetched by its stored name, or by its own in a store written before
+    the names were grouped (`names`)."""
     c = client()
     by_epoch: dict[int, dict[str, float]] = {}
     for key in keys:
-        for m in sorted(c.get_metric_history(run_id, key), key=lambda m: m.timestamp):
+        history = c.get_metric_history(run_id, names.stored(key))
+        if not history and names.stored(key) != key:
+            history = c.get_metric_history(run_id, key)
+        for m in sorted(history, key=lambda m: m.timestamp):
             by_epoch.setdefault(int(m.step), {})[key] = float(m.value)
     return by_epoch
 

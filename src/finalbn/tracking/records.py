@@ -55,6 +55,34 @@ MODEL_URI = "model_uri"
 ONNX_SHA256 = "onnx_sha256"  # on a registered version: its ONNX file's digest (one version per exported file)
 ONNX_SIZE = "onnx_size"  # on a registered version: its ONNX file's size in bytes (the card's onnx.size)
 
+# MLflow's own tags that finalbn writes
+NOTE = "mlflow.note.content"  # a run's Description in the UI (markdown)
+# a pruned search trial's run (it stays KILLED): the tag Optuna's own MLflowCallback (optuna-integration)
+# gives a finished trial's run, `state` = the TrialState's name, here always PRUNED
+OPTUNA_STATE, PRUNED = "state", "PRUNED"
+REPLICATES_FINISHED = "replicates_finished"  # on a grid parent: how many replicates its metrics average
+
+# params beside the config values (`stages.cellrun.cell_params`), so MLflow's run table and
+# parallel-coordinates view can compare runs by them
+REPLICATE_PARAM = "replicate"  # on a cell run: its replicate
+SEED_EFFECTIVE = "seed.effective"  # on a cell run: the seed it trained with (`config.cell_seed`), not train.seed
+PARENT_ARTIFACTS = ("replicates.json", "replicates.csv")  # on a grid parent: mean, std, n and every replicate
+
+
+def switch_param(toggle: str) -> str:
+    """The param of one of the six switches on a cell and a grid parent: `switch.bn` (value true/false)."""
+    return f"switch.{toggle}"
+
+
+def pruned_tags(reason: str) -> dict[str, str]:
+    """The tags of a run a search's pruner stopped: Optuna's state and a Description saying why
+    (`reason`: the TrialPruned's message)."""
+    why = reason.strip().rstrip(".") or "no reason given"
+    return {
+        OPTUNA_STATE: PRUNED,
+        NOTE: f"Pruned by the search's pruner: {why[:1000]}. Its epochs up to then are kept; it is not a result.",
+    }
+
 
 def toggle_tag(toggle: str) -> str:
     """The tag of one of the six switches: `BN`, `WL`, ... (value "true"/"false")."""

@@ -5,7 +5,9 @@
         run.log_metrics({"test_f1_1": 0.8}); run.log_figure(fig, "plots/x.png")
 
 A run that raises ends FAILED; Ctrl-C (or SystemExit) ends it KILLED, as does an exception of
-`killed_on` (a pruned search trial: stopped on purpose, not broken); it never stays RUNNING.
+`killed_on` (a pruned search trial: stopped on purpose, not broken; its Description says why); it
+never stays RUNNING. Metric names are written as the store holds them (`names.stored`: `test_f1_1`
+is stored `test/f1_1`); callers pass finalbn's names.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ import mlflow
 import mlflow.data
 import pandas as pd
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus
+from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from finalbn.tracking import registry
-from finalbn.tracking.records import DATASET_DIGEST, KILLED, STAGE
+from finalbn.tracking.names import stored
+from finalbn.tracking.records import DATASET_DIGEST, KILLED, STAGE, pruned_tags
 from finalbn.tracking.store import client, current_stage, worker_tags
 
 MAX_PARAM_CHARS, MAX_TAG_CHARS = 6000, 5000
@@ -50,8 +54,8 @@ def _now_ms() -> int:
 
 
 def log_batch(run_id: str, metrics: Mapping[str, float | None], step: int = 0) -> None:
-    """Finite metrics onto any run (open or not) at `step`."""
-    batch = [Metric(k, float(v), _now_ms(), step) for k, v in metrics.items() if v is not None and v == v]
+    """Finite metrics onto any run (open or not) at `step`, by finalbn name (stored `names.stored`)."""
+    batch = [Metric(stored(k), float(v), _now_ms(), step) for k, v in metrics.items() if v is not None and v == v]
     if batch:
         client().log_batch(run_id, metrics=batch)
 
@@ -68,7 +72,7 @@ class EpochLogger:
         self.last = time.monotonic()
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        self.pending += [Metric(k, float(v), _now_ms(), epoch) for k, v in metrics.items() if k != "epoch"]
+        self.pending += [Metric(stored(k), float(v), _now_ms(), epoch) for k, v in metrics.items() if k != "epoch"]
         if time.monotonic() - self.last >= self.every_s:
             self.flush()
 
@@ -94,8 +98,8 @@ class ActiveRun:
         mlflow.log_params({k: param_text(v) for k, v in params.items()})
 
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
-        """Metrics at step 0; NaN (e.g. AUROC of one class) is not logged; names made legal."""
-        mlflow.log_metrics({metric_name(k): v for k, v in metrics.items() if v == v})
+        """Metrics at step 0; NaN (e.g. AUROC of one class) is not logged; names made legal, then stored."""
+        mlflow.log_metrics({stored(metric_name(k)): v for k, v in metrics.items() if v == v})
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         mlflow.set_tags(tags)
@@ -164,7 +168,9 @@ def cell_run(
 ) -> Iterator[ActiveRun]:
     """A run that always ends: FINISHED, FAILED on an exception, KILLED on Ctrl-C / SystemExit or
     on an exception of `killed_on`. With `state_tag`, the tag of that name says complete /
-    pruned / failed / killed (and `<state_tag>_reason` why)."""
+    pruned / failed / killed (and `<state_tag>_reason` why). A `killed_on` run (a pruned trial)
+    also gets Optuna's `state=PRUNED` tag and a Description with the exception's message
+    (`records.pruned_tags`): MLflow's UI shows KILLED without a word otherwise."""
     tags = {STAGE: current_stage(), **worker_tags(), **tags}
     if parent_run_id:
         tags = {**tags, "mlflow.parentRunId": parent_run_id}
@@ -184,6 +190,7 @@ def cell_run(
         end(RunStatus.KILLED, "killed")
         raise
     except killed_on as exc:
+        mlflow.set_tags(pruned_tags(str(exc)))
         end(RunStatus.KILLED, "pruned", str(exc))
         raise
     except BaseException as exc:
@@ -199,12 +206,22 @@ def mark_killed(run_id: str) -> None:
 
 
 def create_run(experiment_id: str, name: str, tags: Mapping[str, str]) -> str:
-    """A run that stays open until `end_run`: a grid parent, a study, the report."""
+    """A run that stays open until `end_run`: a grid parent, a study, the report. It carries the
+    source tags `mlflow.start_run` gives a cell run (`source_tags`), which `create_run` leaves out."""
     return (
         client()
-        .create_run(experiment_id, run_name=name, tags={STAGE: current_stage(), **worker_tags(), **tags})
+        .create_run(
+            experiment_id, run_name=name, tags={**source_tags(), STAGE: current_stage(), **worker_tags(), **tags}
+        )
         .info.run_id
     )
+
+
+def source_tags() -> dict[str, str]:
+    """What MLflow itself tags a run it starts with in this process (its run-context providers):
+    `mlflow.user`, `mlflow.source.name` (the command's path) and `.type` (LOCAL), and, when that
+    path is in a git work tree, `mlflow.source.git.commit`, `.branch` and `.repoURL`."""
+    return {k: str(v) for k, v in resolve_tags().items()}
 
 
 def reopen(run_id: str) -> None:
@@ -233,6 +250,10 @@ def log_params(run_id: str, params: Mapping[str, Any]) -> None:
 
 def log_dict(run_id: str, d: dict, path: str) -> None:
     client().log_dict(run_id, d, path)
+
+
+def log_text(run_id: str, text: str, path: str) -> None:
+    client().log_text(run_id, text, path)
 
 
 def log_figure(run_id: str, fig, path: str) -> None:

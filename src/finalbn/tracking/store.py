@@ -14,6 +14,11 @@ and experiment, every RUNNING run of the experiment whose process (tags `finalbn
 other hosts, are left alone (the grid decides on those before it redoes a cell, `owner.take_over`;
 the search by its trials' leases).
 
+Each experiment says what it holds: `setup` gives it a Description (MLflow's `mlflow.note.content`
+tag, `DESCRIPTIONS`) and the kind that opens it in the UI's model-training view (tag
+`mlflow.experimentKind` = `custom_model_development`), when it has none; `ui_url` is the address
+of the grid's runs in that view (`make ui` prints it).
+
 MLflow's default store is `sqlite:///mlflow.db`; `MLFLOW_TRACKING_URI` (a server, PostgreSQL)
 replaces it. Under `mlflow run` the project's own run id is in `MLFLOW_RUN_ID`: `finalbn train`
 (one cell) logs into that run; every other command makes its own runs (`detach_project_run`).
@@ -35,13 +40,43 @@ from sqlalchemy.engine import make_url
 from finalbn.config import Config
 from finalbn.infra import io, liveness
 from finalbn.infra.errors import StoreError, storage_full
-from finalbn.tracking.records import FAILED, FINISHED, KILLED, RUNNING, WORKER, WORKER_STARTED
+from finalbn.tracking.records import FAILED, FINISHED, KILLED, NOTE, RUNNING, WORKER, WORKER_STARTED
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 # grid cells and parents; search trials, comparison runs and the study; the sensitivity stage's levels
 # (its own cells; reference cells are the grid's); the data-needs planner's cells and answer; ceiling measurements; the report; the export's
 # retraining and registered model; `finalbn train` outside `mlflow run`
 STAGES = ("grid", "search", "sensitivity", "needs", "ceiling", "report", "export", "train")
+# What each stage's experiment holds: its Description in the MLflow UI (markdown).
+DESCRIPTIONS = {
+    "grid": "The factorial grid: one parent run per configuration (dataset, arch, the six switches, an imbalance "
+    "baseline if any) with the mean and std over its replicates; each replicate is a cell run nested under it.",
+    "search": "The Optuna search: one parent run per study (tag `finalbn.study`) with its trials nested under it "
+    "(tag `finalbn.trial`; a pruned trial is KILLED), and the runs that compare the best trials.",
+    "sensitivity": "The sensitivity stage: final BN alone (31) against nothing (63) with one setting changed at a "
+    "time; one parent run per configuration and level, named by its setting (tags `sensitivity.factor`, "
+    "`sensitivity.level`), its replicates nested. Reference levels are the grid's cells.",
+    "needs": "The data-needs planner: cells of 31, 63 and a rival at each count of minority images, keyed like "
+    "grid cells, and one run `data needs` with the learning curves and the answer (needs.json, needs.png).",
+    "ceiling": "The ceiling: one run per dataset and arch, the cross-validated AUROC of a linear probe on the frozen "
+    "body's features (can any head see the cue at all?).",
+    "report": "The report: one run per build, every file of the report as an artifact, its headline numbers as "
+    "metrics and the verdict as tags.",
+    "export": "The export: the retraining of the chosen run when it kept no weights, and the run holding the "
+    "exported ONNX model that is registered as `finalbn` with the alias `champion`.",
+    "train": "`finalbn train` outside `mlflow run`: one cell run per command.",
+}
+# The MLflow UI's view of an experiment: its tag `mlflow.experimentKind` (MLflow 3.x's server JS bundle),
+# `custom_model_development` = the model-training view (runs, charts), against `genai_development` (traces).
+# MLflow 3.17's UI opens whichever view its workflow switch holds (`?workflowType=` in the address, else
+# the browser's last choice, GenAI at first), so `ui_url` names the view; the tag serves UIs without the switch.
+EXPERIMENT_KIND, MODEL_TRAINING, WORKFLOW = "mlflow.experimentKind", "custom_model_development", "machine_learning"
+
+
+def experiment_tags(stage: str) -> dict[str, str]:
+    """The tags `stage`'s experiment is made with: the model-training kind and its Description.
+    Raises KeyError for a stage not in STAGES."""
+    return {EXPERIMENT_KIND: MODEL_TRAINING, NOTE: DESCRIPTIONS[stage]}
 
 
 def experiment_name(cfg: Config, stage: str) -> str:
@@ -229,15 +264,40 @@ def setup(cfg: Config, stage: str) -> str:
     db = sqlite_path(uri)
     if db is not None:
         with FileLock(f"{db}.lock"):
-            _not_in_trash(name, uri)
-            exp_id = mlflow.set_experiment(name).experiment_id
+            exp_id = _open(name, stage, uri)
     else:
-        _not_in_trash(name, uri)
-        exp_id = mlflow.set_experiment(name).experiment_id
+        exp_id = _open(name, stage, uri)
     if (uri, exp_id) not in _reaped:
         _reaped.add((uri, exp_id))
         reap([exp_id])
     return exp_id
+
+
+def _open(name: str, stage: str, uri: str) -> str:
+    """Experiment `name` made current (created when new), with the tags of `experiment_tags` it
+    lacks: an experiment made before it had them gets them; one a user changed (a Description
+    edited in the UI) keeps theirs. Returns its id."""
+    _not_in_trash(name, uri)
+    exp = mlflow.set_experiment(name)
+    for key, value in experiment_tags(stage).items():
+        if key not in exp.tags:
+            client().set_experiment_tag(exp.experiment_id, key, value)
+    return exp.experiment_id
+
+
+def ui_url(cfg: Config, host: str = "127.0.0.1", port: int = 5000, uri: str | None = None) -> str:
+    """The address at which `mlflow ui --host <host> --port <port>` on the store `uri` (default
+    `tracking_uri()`) shows the grid's runs in the model-training view:
+    `http://127.0.0.1:5000/#/experiments/<id>/runs?workflowType=machine_learning` (the UI's hash
+    route); the experiments list in that view while the store holds no grid experiment. Reads the
+    store, creates nothing. Raises what MLflow raises for a store it cannot read."""
+    uri = uri or tracking_uri()
+    db = sqlite_path(uri)
+    exp = None
+    if db is None or Path(db).is_file():
+        exp = mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment_name(cfg, "grid"))
+    where = f"experiments/{exp.experiment_id}/runs" if exp is not None else "experiments"
+    return f"http://{host}:{port}/#/{where}?workflowType={WORKFLOW}"
 
 
 def sqlite_path(uri: str) -> str | None:
@@ -277,4 +337,7 @@ def experiment_id(name: str, create: bool = False) -> str | None:
     exp = client().get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    return client().create_experiment(name) if create else None
+    if not create:
+        return None
+    stage = name.rpartition("/")[2]  # `<tracking.experiment>/<stage>`: made with its stage's tags
+    return client().create_experiment(name, tags=experiment_tags(stage) if stage in STAGES else None)

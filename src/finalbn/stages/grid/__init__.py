@@ -34,7 +34,7 @@ from finalbn.data.tensors import load_splits
 from finalbn.infra.errors import UsageError
 from finalbn.stages.cost import projection_line
 from finalbn.stages.grid.output import write_results
-from finalbn.stages.grid.plan import Cell, all_cells, cell_config, cell_key, shard_cells, share_order, units
+from finalbn.stages.grid.plan import Cell, Setting, all_cells, cell_config, cell_key, shard_cells, share_order, units
 from finalbn.stages.grid.price import grid_wall, kept_on_disk, price_book, sources
 from finalbn.stages.grid.shard import existing_cells, run_shard, run_unit
 from finalbn.stages.tracker import Tracker
@@ -46,6 +46,7 @@ __all__ = [
     "GridPaths",
     "GridSummary",
     "Priced",
+    "Setting",
     "all_cells",
     "cell_config",
     "cell_key",
@@ -122,13 +123,16 @@ def run(
     workers: int | None = None,
     executor: str | None = None,
     log=print,
+    setting: Setting | None = None,
 ) -> GridSummary:
     """The grid's core: every cell of `cfg` not yet finished in `tracker`'s store, trained (here,
     in `workers` local shard processes, default `grid.workers`, or as Ray tasks), then grid.csv
     and grid.json written from the store. Work goes to `stage`'s experiment (the sensitivity
-    stage's levels: `sensitivity`). A tracker that other processes cannot see (`shared` False,
-    `MemoryTracker`) runs every cell here. Raises DataError or UsageError before any cell runs
-    when a replicate's split or an arch's weights are missing."""
+    stage's levels: `sensitivity`, each a `setting` its parents and cells are named and tagged
+    by; a labelled grid's local cells run here, as `finalbn grid --shard` processes take no
+    setting). A tracker that other processes cannot see (`shared` False, `MemoryTracker`) runs
+    every cell here. Raises DataError or UsageError before any cell runs when a replicate's split
+    or an arch's weights are missing."""
     check_inputs(cfg, paths.splits)
     cells = all_cells(cfg)
     warm_decode_cache(cfg, paths.splits)
@@ -138,6 +142,7 @@ def run(
         count = len(units(cells, cfg.train.share_features))
     else:
         executor = "local"
+        count = 1 if setting is not None else count
     log(
         f"grid: {len(cells)} cells ({len(cfg.datasets)} datasets x {len(cfg.grid.archs)} archs x "
         f"{len(parse_configs(cfg.grid.configs))} configs x {cfg.grid.replicates} replicate(s), headline "
@@ -146,11 +151,11 @@ def run(
     )
     log(projection(cfg, paths.splits, tracker, count, stage))
     if executor == "ray":
-        code = _run_ray(cfg, paths.splits, cells, stage, tracker)
+        code = _run_ray(cfg, paths.splits, cells, stage, tracker, setting)
     elif count > 1:
         code = _run_workers(cfg, paths.splits, count, stage, tracker)
     else:
-        stats = run_shard(cfg, paths.splits, 0, 1, log=log, stage=stage, tracker=tracker)
+        stats = run_shard(cfg, paths.splits, 0, 1, log=log, stage=stage, tracker=tracker, setting=setting)
         code = 1 if stats["failed"] else 0
     results = write_results(cfg, paths.splits, paths.results, tracker)
     return GridSummary(code or (1 if results["missing"] else 0), results, count, executor)
@@ -216,7 +221,9 @@ def _run_workers(cfg: Config, splits: Path, count: int, stage: str, tracker: Tra
         )
 
 
-def _run_ray(cfg: Config, splits: Path, cells: list[Cell], stage: str, tracker: Tracker) -> int:
+def _run_ray(
+    cfg: Config, splits: Path, cells: list[Cell], stage: str, tracker: Tracker, setting: Setting | None = None
+) -> int:
     """Every unit of `cells` (a family sharing features, or a UF-on configuration with its
     replicates) as a Ray task (`finalbn.cluster.rayexec`), the costliest first; 1 when a unit failed."""
     tracker.setup(cfg, stage)  # the store and experiment exist before any task touches them
@@ -224,7 +231,7 @@ def _run_ray(cfg: Config, splits: Path, cells: list[Cell], stage: str, tracker: 
     todo = units(cells, cfg.train.share_features)
     names = [f"[unit {i + 1}/{len(todo)}]" for i in range(len(todo))]
     outcomes = rayexec.run_tasks(
-        cfg.ray, run_unit, [(tcfg, splits.resolve(), u, n, stage) for u, n in zip(todo, names)], names
+        cfg.ray, run_unit, [(tcfg, splits.resolve(), u, n, stage, setting) for u, n in zip(todo, names)], names
     )
     failed = [o for o in outcomes if isinstance(o, rayexec.TaskFailed) or o["failed"]]
     return 1 if failed else 0

@@ -74,14 +74,28 @@ class Cell:
     def name(self) -> str:
         return f"{self.dataset} {self.arch} {self.label} r{self.replicate}"
 
-    def run_name(self, where: bool = False) -> str:
-        """The MLflow run name: what differs between cells first (`BN+WL r3`), the dataset and arch
-        after it only when the grid has several (`where`); they are tags on every run."""
-        return f"{self.label} r{self.replicate}" + (f" · {self.dataset} {self.arch}" if where else "")
+    def run_name(self, where: bool = False, setting: str = "") -> str:
+        """The MLflow run name: what differs between cells first (`BN+WL r3`), then the setting of a
+        labelled grid (`Setting.label`: `BN r3 · batch_size=16`), the dataset and arch after it only
+        when the grid has several (`where`); they are tags on every run."""
+        return f"{self.label} r{self.replicate}" + self._after(where, setting)
 
-    def parent_name(self, where: bool = False) -> str:
-        """The parent run's name: `BN+WL (config 15)`, with the dataset and arch as in `run_name`."""
-        return f"{self.label} (config {self.config_id})" + (f" · {self.dataset} {self.arch}" if where else "")
+    def parent_name(self, where: bool = False, setting: str = "") -> str:
+        """The parent run's name: `BN+WL (config 15)`, with the setting, dataset and arch as in `run_name`."""
+        return f"{self.label} (config {self.config_id})" + self._after(where, setting)
+
+    def _after(self, where: bool, setting: str) -> str:
+        return (f" · {setting}" if setting else "") + (f" · {self.dataset} {self.arch}" if where else "")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a labelled grid changes from params.yaml (a sensitivity level): `label` follows its
+    runs' names (`BN (config 31) · batch_size=16`), `tags` ((name, value) pairs) go on its parents
+    and cells. Neither is part of a key: the runs are found by key whatever they are called."""
+
+    label: str
+    tags: tuple[tuple[str, str], ...] = ()
 
 
 def several_places(cfg: Config) -> bool:

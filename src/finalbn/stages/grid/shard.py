@@ -24,8 +24,10 @@ from finalbn.config import Config
 from finalbn.infra import faults, interrupt
 from finalbn.stages.cellrun import CellRun, track_cell
 from finalbn.stages.cost import Progress
+from finalbn.stages.grid.parentplots import log_parent_figures
 from finalbn.stages.grid.plan import (
     Cell,
+    Setting,
     all_cells,
     cell_config,
     cell_key,
@@ -56,15 +58,20 @@ def run_shard(
     log: Callable[[str], None] = print,
     stage: str = "grid",
     tracker: Tracker = MLFLOW,
+    setting: Setting | None = None,
 ) -> dict:
     """Run this shard's unfinished cells; returns {"ran", "skipped", "failed": [...], "seconds": {...}}."""
     cells = shard_cells(all_cells(cfg), index, count, cfg.train.share_features)
-    return run_cells(cfg, splits_dir, cells, f"[shard {index}/{count}]", log, stage, tracker, position=index)
+    return run_cells(
+        cfg, splits_dir, cells, f"[shard {index}/{count}]", log, stage, tracker, position=index, setting=setting
+    )
 
 
-def run_unit(cfg: Config, splits_dir: Path, cells: list[Cell], label: str, stage: str = "grid") -> dict:
+def run_unit(
+    cfg: Config, splits_dir: Path, cells: list[Cell], label: str, stage: str = "grid", setting: Setting | None = None
+) -> dict:
     """One unit of cells (`plan.units`) as a Ray task runs it: `run_cells`, its lines printed."""
-    return run_cells(cfg, splits_dir, cells, label, lambda m: print(m, flush=True), stage)
+    return run_cells(cfg, splits_dir, cells, label, lambda m: print(m, flush=True), stage, setting=setting)
 
 
 def run_cells(
@@ -76,9 +83,11 @@ def run_cells(
     stage: str = "grid",
     tracker: Tracker = MLFLOW,
     position: int = 0,
+    setting: Setting | None = None,
 ) -> dict:
     """Run the unfinished ones of `cells` (whole parents: a shard's, or a unit's), in share order,
-    each line saying the time left (`cost.Progress`; a bar at `position` on a terminal);
+    each line saying the time left (`cost.Progress`; a bar at `position` on a terminal), the runs
+    of a labelled grid (`setting`: a sensitivity level) named and tagged by it;
     returns {"ran", "skipped", "failed": [...], "seconds": {...}}. A RUNNING run of one of them is
     marked KILLED before any cell runs when no live command owns it (`Tracker.take_over`); raises
     StoreError, one line naming its host and pid, when its process is alive on this host."""
@@ -105,18 +114,10 @@ def run_cells(
             stats["skipped"] += 1
         else:
             if parents.get(cell.parent) is None:
-                parents[cell.parent] = tracker.parent(
-                    cfg,
-                    stage,
-                    cell.dataset,
-                    cell.arch,
-                    cell.config_id,
-                    cell_key(cfg, cell, splits_dir, with_replicate=False),
-                    cell.parent_name(where),
-                    cell.baseline,
-                )
+                parents[cell.parent] = _open_parent(cfg, stage, cell, splits_dir, where, setting, tracker)
             progress = f"{label} cell {done}/{len(cells)} {cell.name} ({bar.left()})"
-            if _run_one(cfg, stage, cell, key, splits_dir, parents[cell.parent], stats, progress, log, where, tracker):
+            pid = parents[cell.parent]
+            if _run_one(cfg, stage, cell, key, splits_dir, pid, stats, progress, log, where, tracker, setting):
                 touched.add(cell.parent)
             bar.done(done - 1)
             interrupt.deliver()  # a Ctrl-C Python swallowed stops the grid between cells
@@ -137,6 +138,26 @@ def _progress(
     kept = kept_on_disk(cfg, splits)
     seconds = cell_seconds(cfg, todo, book, cfg.train.share_features, kept) if book else dict.fromkeys(todo, 1.0)
     return Progress(label.strip("[]"), [seconds.get(c, 0.0) for c in cells], position=position)
+
+
+def _open_parent(
+    cfg: Config, stage: str, cell: Cell, splits_dir: Path, where: bool, setting: Setting | None, tracker: Tracker
+) -> str:
+    """The id of `cell`'s parent run (`Tracker.parent`: found by its key, or created), named with
+    the setting of a labelled grid and carrying its tags (`label_run`)."""
+    name = cell.parent_name(where, setting.label if setting else "")
+    pkey = cell_key(cfg, cell, splits_dir, with_replicate=False)
+    pid = tracker.parent(cfg, stage, cell.dataset, cell.arch, cell.config_id, pkey, name, cell.baseline)
+    if setting is not None:
+        label_run(tracker, pid, name, dict(setting.tags))
+    return pid
+
+
+def label_run(tracker: Tracker, run_id: str, name: str, run_tags: dict[str, str]) -> None:
+    """Name run `run_id` `name` and set `run_tags` on it: a labelled grid's parent, which
+    `Tracker.parent` makes with its own tags only, or found by key under the name an older
+    finalbn gave it."""
+    tracker.tag_run(run_id, {**run_tags, "mlflow.runName": name})
 
 
 def _left_running(existing: dict[str, list[RunRecord]], keys: list[str]) -> list[RunRecord]:
@@ -162,18 +183,26 @@ def _run_one(
     log: Callable[[str], None],
     where: bool,
     tracker: Tracker,
+    setting: Setting | None = None,
 ) -> bool:
-    """Train one cell as a tracked run; False (and a FAILED line) when its training diverged."""
+    """Train one cell as a tracked run (named and tagged with a labelled grid's `setting`); False
+    (and a FAILED line) when its training diverged."""
     ccfg = cell_config(cfg, cell)
     pkey = cell_key(cfg, cell, splits_dir, with_replicate=False)
     t0 = time.perf_counter()
-    extra = {tags.CELL_KEY: key, tags.PARENT_KEY: pkey, **({tags.BASELINE: cell.baseline} if cell.baseline else {})}
+    extra = {
+        tags.CELL_KEY: key,
+        tags.PARENT_KEY: pkey,
+        **({tags.BASELINE: cell.baseline} if cell.baseline else {}),
+        **dict(setting.tags if setting else ()),
+    }
+    name = cell.run_name(where, setting.label if setting else "")
     try:
         _, result = track_cell(
             ccfg,
             cell.dataset,
             splits_dir,
-            CellRun(stage, cell.run_name(where), parent_id, extra),
+            CellRun(stage, name, parent_id, extra),
             tracker,
             replicate=cell.replicate,
         )
@@ -202,9 +231,11 @@ def _close_parent(
     cfg: Config, stage: str, cell: Cell, splits_dir: Path, parents: dict, touched: set, tracker: Tracker
 ) -> None:
     """Mean/std over its replicates on the parent of `cell` (its last in this shard) when this
-    shard ran one of its cells, or a killed run left it open; the parent then ends FINISHED. (Cells
-    all found in another stage's experiment leave no parent here.)"""
+    shard ran one of its cells, or a killed run left it open; the parent then ends FINISHED, and
+    gets its replicates' loss curves and pooled reliability diagram (`parentplots`). (Cells all
+    found in another stage's experiment leave no parent here.)"""
     pkey = cell_key(cfg, cell, splits_dir, with_replicate=False)
     pid = parents.get(cell.parent) if cell.parent in touched else tracker.open_parent(cfg, stage, pkey)
     if pid:
         tracker.finish_parent(cfg, stage, pkey, pid)
+        log_parent_figures(tracker, pid, tracker.children(cfg, stage, pkey), cell.parent_name(several_places(cfg)))

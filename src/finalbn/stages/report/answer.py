@@ -228,8 +228,11 @@ def sensitivity_section(page: Page, table: pd.DataFrame | None) -> list[str]:
         }
     )
     t["collapsed"] = t["collapsed"].fillna(False).astype(bool)
+    # F1 − F1 lies in [-1, 1]: so does its printed interval, also from a sensitivity.csv written before
+    # the stage clipped it (`analysis.contrasts`); p_holm and direction are the file's
+    t[["ci_low", "ci_high"]] = t[["ci_low", "ci_high"]].astype(float).clip(-1.0, 1.0)
 
-    fig_factors(table, page.out / "sensitivity.png")
+    fig_factors(t, page.out / "sensitivity.png")
     pis = sorted(t["prevalence"].unique(), reverse=True)
     shown = t.copy()
     shown["31 − rival"] = [interval_text(r.estimate, r.ci_low, r.ci_high) for r in shown.itertuples()]

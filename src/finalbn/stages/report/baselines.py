@@ -22,7 +22,7 @@ import pandas as pd
 
 from finalbn.stages.report.markdown import interval_text
 from finalbn.stages.report.tables import BN_ID, NONE_ID
-from finalbn.stats.inference import holm, t_interval
+from finalbn.stats.inference import clipped, holm, t_interval
 
 FAMILY = "baselines"
 COMPARISONS = ("f1_1_vs_bn", "auroc_vs_bn", "f1_1_vs_base")
@@ -46,10 +46,11 @@ COLUMNS = (
 
 
 def _paired(a: pd.DataFrame, b: pd.DataFrame, col: str) -> dict:
-    """t interval of a - b over the replicates both have."""
+    """t interval of a - b over the replicates both have (its p as computed), clipped to [-1, 1]: `col`
+    is a metric in [0, 1] (minority F1, AUROC)."""
     x, y = a.set_index("replicate")[col], b.set_index("replicate")[col]
     both = x.index.intersection(y.index)
-    return t_interval((x.loc[both].astype(float) - y.loc[both].astype(float)).to_numpy())
+    return clipped(t_interval((x.loc[both].astype(float) - y.loc[both].astype(float)).to_numpy()), -1.0, 1.0)
 
 
 def moves_decisions(method: str, g: pd.DataFrame, base: pd.DataFrame | None) -> bool:

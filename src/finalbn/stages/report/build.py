@@ -32,6 +32,7 @@ from finalbn.stages.report.cells import CellData, empty_message, prepare
 from finalbn.stages.report.choice import selection_table
 from finalbn.stages.report.dvcplots import write_headline, write_plot_data
 from finalbn.stages.report.effects import study_effects
+from finalbn.stages.report.html import description, write_html
 from finalbn.stages.report.markdown import Page, json_safe, markdown_table
 from finalbn.stages.report.search import search_section
 from finalbn.stages.report.search import shown as search_shown
@@ -72,6 +73,7 @@ WIDE_METRICS = (
 
 FILES = (
     "report.md",
+    "report.html",
     "summary.json",
     "headline.json",
     "plots/configs.csv",
@@ -173,12 +175,13 @@ def build_report(
     summary = headline_summary(cells, t1, eff, verdicts, ceilings, cal_all, page.multi_arch, k)
     summary["rivals"] = json_safe(riv.to_dict("records"))  # every rival at every π (rivals.csv)
     summary["strongest_rival_and_data_needs"] = extra  # the verdict's lines on them
-    _write_summary(out, summary, imb, search)
+    _write_summary(out, summary, imb, search, description(verdicts, extra))
     faults.point("report.write")
     write_headline(summary, prevalences, out / "headline.json")  # what `dvc metrics show` prints
     write_plot_data(cells, at_pi, out / "plots")  # what `dvc plots show/diff` draws
     header = _header(data.experiment, ceiling_md, verdicts, imb, cells, summary, notes_in, extra)
     write_text(out / "report.md", "\n".join(header + page.md).rstrip() + "\n")
+    write_html(out)  # report.html: report.md with its figures inside, for MLflow's artifact viewer
     return summary
 
 
@@ -540,9 +543,11 @@ def _fig3(page: Page, data: CellData, cells: pd.DataFrame) -> None:
 # --------------------------------------------------------------------------- summary.json and the header
 
 
-def _write_summary(out: Path, summary: dict, imb: pd.DataFrame, search: dict | None) -> None:
-    """summary.json: the headline numbers, the imbalance baselines and the search's comparison."""
+def _write_summary(out: Path, summary: dict, imb: pd.DataFrame, search: dict | None, note: str) -> None:
+    """summary.json: the headline numbers, the imbalance baselines, the search's comparison and
+    `note`, the report run's Description in MLflow (`html.description`, set by `tracking.log_report`)."""
     summary["imbalance_baselines"] = json_safe(imb.to_dict("records"))
+    summary["description"] = note
     if search and search.get("comparison"):
         summary["search"] = json_safe(
             {k: search["comparison"].get(k) for k in ("best_trial", "best_trial_mean")}

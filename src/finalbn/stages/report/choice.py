@@ -25,7 +25,7 @@ import pandas as pd
 from finalbn.stages.report.cells import config_name_of, toggles_of
 from finalbn.stages.report.tables import BN_ID, F1_1, ranked_configs
 from finalbn.stats import selection
-from finalbn.stats.inference import t_interval
+from finalbn.stats.inference import clipped, t_interval
 
 COLUMNS = [
     "dataset",
@@ -189,7 +189,7 @@ def held_out_line(sub: pd.DataFrame, chosen: int, k: int, where: str) -> str:
         )
     parts = []
     for metric, label in ((F1_1, "minority F1"), ("test_auroc", "AUROC")):
-        r = t_interval((a.loc[both, metric] - b.loc[both, metric]).to_numpy(dtype=float))
+        r = clipped(t_interval((a.loc[both, metric] - b.loc[both, metric]).to_numpy(dtype=float)), -1.0, 1.0)
         ci = f"[95 % CI {r['ci_low']:+.3f}, {r['ci_high']:+.3f}]" if not math.isnan(r["ci_low"]) else f"({r['note']})"
         parts.append(
             f"{label} {a.loc[both, metric].mean():.3f} vs {b.loc[both, metric].mean():.3f}, "

@@ -67,7 +67,7 @@ from finalbn.stages.report.pairs import (  # noqa: F401
 )
 from finalbn.stages.report.tables import BN_ID, BNWL_ID, NONE_ID, WL_ID
 from finalbn.stages.report.verdict import PAPER, _versus_paper, describe, verdict_lines  # noqa: F401
-from finalbn.stats.inference import holm, t_interval
+from finalbn.stats.inference import clipped, holm, t_interval
 
 EFFECT_COLUMNS = [
     "scope",
@@ -344,7 +344,7 @@ def study_effects(
                 "kind": "contrast",
                 "prevalence": pi if pi is not None else math.nan,
                 "protocol": protocol,
-                **t_interval(d["diff"].to_numpy()),
+                **clipped(t_interval(d["diff"].to_numpy()), -1.0, 1.0),  # two metrics in [0, 1]: p as computed
                 "boot_low": math.nan,
                 "boot_high": math.nan,
                 "method": "paired over replicates, t interval",
@@ -370,7 +370,7 @@ def study_effects(
                     "boot_low": math.nan,
                     "boot_high": math.nan,
                     "note": "",
-                    **r,
+                    **clipped(r, -1.0, 1.0),  # (mean with a switch on) − (mean off) of F1 in [0, 1]
                 }
             )
         mine = pd.DataFrame(rows[start:])
@@ -378,7 +378,7 @@ def study_effects(
             idx = np.flatnonzero((mine["family"] == fam).to_numpy())
             for i, h in zip(idx, holm(mine["p"].to_numpy(float)[idx])):
                 rows[start + i]["p_holm"] = h
-        setting = by_setting(sub, scope)
+        setting = _clipped_pairs(by_setting(sub, scope))
         settings.append(setting)
         extra = {
             "overlap": pool_overlap(sub, predictions_for),
@@ -414,12 +414,22 @@ def _interaction_row(sub: pd.DataFrame, scope: str, top: float, test_pi: float |
         "label": f"BN × WL interaction, (15 − 47) − (31 − 63), argmax cut at π = {top:g}",
         "prevalence": top,
         "protocol": "last",
-        **interaction(sub, col),
+        **clipped(interaction(sub, col), -2.0, 2.0),  # a difference of two differences of F1
         "boot_low": math.nan,
         "boot_high": math.nan,
         "method": "paired over replicates, t interval",
         "family": VERDICT,
     }
+
+
+def _clipped_pairs(setting: pd.DataFrame) -> pd.DataFrame:
+    """`by_setting`'s rows with each matched pair's t interval (BN on − BN off, minority F1)
+    clipped to [-1, 1], as the verdict, by_setting.csv and the report print it."""
+    out = setting.copy()
+    for col in ("pair_ci_low", "pair_ci_high"):
+        if col in out:
+            out[col] = out[col].astype(float).clip(-1.0, 1.0)
+    return out
 
 
 def _rates(sub: pd.DataFrame) -> dict:

@@ -20,6 +20,7 @@ import pandas as pd
 
 from finalbn.stages.report.build import build_report
 from finalbn.stages.report.cells import collect
+from finalbn.stages.report.html import HTML_NAME
 from finalbn.stages.tracker import Tracker
 from finalbn.stats.separability import read_ceilings
 from finalbn.tracking.adapter import MLFLOW
@@ -153,7 +154,7 @@ def main(cfg: Any, args: argparse.Namespace) -> int:
         ),
         MLFLOW,
     )
-    print(f"report: {summary['cells']} cells -> {args.out}/report.md")
+    print(f"report: {summary['cells']} cells -> {args.out}/report.md ({args.out}/{HTML_NAME}: its figures inside)")
     for line in summary["verdict"]:
         print(f"  {line}")
     return 0

@@ -24,7 +24,10 @@ setting changed at a time (`FACTORS`, levels from params' `sensitivity` section)
 A level equal to params.yaml's own setting is the reference: its cells are the grid's headline cells,
 found by key, not retrained. Every level runs through the grid's core (`grid.run` on the level's
 config, `sensitivity.workers` levels at a time in worker processes): cells keyed and resumable,
-nothing trained twice. The core is `run(cfg, SensitivityPaths(splits, out), tracker)`. Outputs: <out>/sensitivity.csv (31 − 63 per factor, level and
+nothing trained twice. A level's parent and cell runs are named by its setting (`BN (config 31) ·
+batch_size=16`; its cells `none r2 · batch_size=16`) and tagged `sensitivity.factor` and
+`sensitivity.level` (`level_setting`); their keys are the grid's. The core is
+`run(cfg, SensitivityPaths(splits, out), tracker)`. Outputs: <out>/sensitivity.csv (31 − 63 per factor, level and
 prevalence, with a t interval over replicates, the difference detectable with 80 % power, Holm's
 adjustment over the `sensitivity` family and a `collapsed` mark),
 <out>/cells.csv (every cell used), <out>/sensitivity.json, and one figure per factor (<out>/<factor>.png).
@@ -79,6 +82,9 @@ FACTORS = (
 )
 REMOVED = ("grid.configs=[31]", "train.posthoc=remove_final_bn")  # 31 run without its final BN; 63 unchanged
 COMMON = ["grid.configs=[31,63]", "grid.headline.configs=[]", "grid.baselines.methods=[]"]
+# on a level's parent and cell runs: the factor and the level it sets (MLflow: tags.`sensitivity.factor` = 'batch_size')
+FACTOR_TAG, LEVEL_TAG = "sensitivity.factor", "sensitivity.level"
+REFERENCE = "reference (params.yaml)"  # the name of the grid the reference levels share
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,10 +176,27 @@ def level_splits(lcfg: Config, lv: Level, splits: Path) -> Path:
     return where
 
 
-def train_level(lcfg: Config, paths: grid.GridPaths, tracker: Tracker = MLFLOW) -> int:
+def level_setting(same: list[Level]) -> grid.Setting:
+    """What the runs of one level grid are named and tagged by (`grid.Setting`): its level,
+    `batch_size=16` (tags `sensitivity.factor` batch_size, `sensitivity.level` 16); the grid the
+    reference levels share (params.yaml's own settings), `reference (params.yaml)`. `same`: the
+    levels that grid serves (one, or the reference levels)."""
+    if all(lv.reference for lv in same):
+        return grid.Setting(REFERENCE, ((FACTOR_TAG, "reference"), (LEVEL_TAG, "params.yaml")))
+    label = " / ".join(f"{lv.factor}={lv.level}" for lv in same)
+    factors = ", ".join(dict.fromkeys(lv.factor for lv in same))
+    return grid.Setting(label, ((FACTOR_TAG, factors), (LEVEL_TAG, ", ".join(lv.level for lv in same))))
+
+
+def train_level(
+    lcfg: Config, paths: grid.GridPaths, setting: grid.Setting | None = None, tracker: Tracker = MLFLOW
+) -> int:
     """One level's cells through the grid's core (`grid.run`, stage `sensitivity`, one process):
-    keyed and resumable, the reference level's cells found among the grid's. Its exit code."""
-    return grid.run(lcfg, paths, tracker, stage="sensitivity", workers=1, log=lambda m: print(m, flush=True)).code
+    keyed and resumable, the reference level's cells found among the grid's; its parents and cells
+    named and tagged by `setting` (`level_setting`). Its exit code."""
+    return grid.run(
+        lcfg, paths, tracker, stage="sensitivity", workers=1, log=lambda m: print(m, flush=True), setting=setting
+    ).code
 
 
 def run_levels(
@@ -193,6 +216,7 @@ def run_levels(
             folder = out / "levels" / f"{len(todo):02d}-{lv.factor}"
             todo[key] = (lcfg, grid.GridPaths(level_splits(lcfg, lv, splits), folder))
     calls = list(todo.values())
+    settings = [level_setting([lv for lv in plan if (lv.overrides, lv.splits) == key]) for key in todo]
     bar = _projection(calls, n, tracker, log)
     for start in range(0, len(calls), n):
         batch = calls[start : start + n]
@@ -201,10 +225,11 @@ def run_levels(
             for _, p in batch
         ]
         log(f"sensitivity: {'; '.join(names)} ({bar.left()})")
+        labelled = [(lcfg, paths, settings[start + i]) for i, (lcfg, paths) in enumerate(batch)]
         if n > 1:
-            codes = workers.map_processes(train_level, list(batch), n)
+            codes = workers.map_processes(train_level, labelled, n)
         else:
-            codes = [train_level(lcfg, paths, tracker) for lcfg, paths in batch]
+            codes = [train_level(lcfg, paths, setting, tracker) for lcfg, paths, setting in labelled]
         for i in range(start, start + len(batch)):
             bar.done(i)
         if any(codes):

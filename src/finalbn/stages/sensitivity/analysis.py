@@ -5,7 +5,7 @@
 
 Minority F1 at a prevalence π comes from each cell's test TPR and FPR (`finalbn_field.decision.f1_at`,
 the reweighting of `report.prevalence`); the contrast is paired by replicate (same split, same
-seed) with a t interval, and `detectable` is the smallest paired difference a t test finds with
+seed) with a t interval clipped to [-1, 1] (`inference.clipped`), and `detectable` is the smallest paired difference a t test finds with
 80 % power at that replicate count and spread (`finalbn.stats.inference.detectable_difference`).
 
 Every non-reference row with a p-value is one Holm family, `sensitivity` (Holm 1979): `p_holm` and
@@ -24,7 +24,7 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import expit
 
-from finalbn.stats.inference import detectable_difference, holm, t_interval
+from finalbn.stats.inference import clipped, detectable_difference, holm, t_interval
 from finalbn_field.decision import f1_at
 
 BN_ID, NONE_ID = 31, 63
@@ -147,7 +147,7 @@ def contrasts(cells: pd.DataFrame, prevalences: Sequence[float]) -> pd.DataFrame
             both = sorted(set(a.index) & set(b.index))
             fa = f1_at_prevalence(a.loc[both, "test_recall_1"], a.loc[both, "test_recall_0"], pi)
             fb = f1_at_prevalence(b.loc[both, "test_recall_1"], b.loc[both, "test_recall_0"], pi)
-            t = t_interval(fa - fb)
+            t = clipped(t_interval(fa - fb), -1.0, 1.0)  # F1 − F1: the interval in [-1, 1], p and sd as computed
             rates = {
                 f"{m}_{side}": float(np.mean(x.loc[both, col])) if len(both) else math.nan
                 for side, x in (("bn", a), ("rival", b))
