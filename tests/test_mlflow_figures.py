@@ -218,25 +218,30 @@ def test_the_markdown_subset_as_html(tmp_path):
             "![](a.png)",
             "",
             "![](missing.png)",
+            "",
+            "<script>x</script>",
         ]
     )
     body = html.render(md, tmp_path).split("<body>\n")[1].split("\n</body>")[0]
     data = base64.b64encode(png.read_bytes()).decode()
     assert body.split("\n") == [
         "<h1>Title</h1>",
-        "<p>Some <strong>bold</strong> and <code>a&lt;b</code> text on two lines.</p>",
+        "<p>Some <strong>bold</strong> and <code>a&lt;b</code> text",
+        "on two lines.</p>",
         "<ul>",
         '<li>item one, see <a href="https://mlflow.org">docs</a></li>',
         "<li>item two</li>",
         "</ul>",
         '<div class="table"><table>',
-        "<thead><tr><th>a</th><th>b</th></tr></thead>",
-        "<tbody>",
-        "<tr><td>x | y</td><td>1</td></tr>",
-        "</tbody></table></div>",
-        "<blockquote><p>Note: careful</p></blockquote>",
+        *("<thead>", "<tr>", "<th>a</th>", "<th>b</th>", "</tr>", "</thead>"),
+        *("<tbody>", "<tr>", "<td>x | y</td>", "<td>1</td>", "</tr>", "</tbody>"),
+        "</table></div>",
+        "<blockquote>",
+        "<p>Note: careful</p>",
+        "</blockquote>",
         f'<p><img alt="a" src="data:image/png;base64,{data}"></p>',
         "<p><em>(figure missing.png is not in the report folder)</em></p>",
+        "<p>&lt;script&gt;x&lt;/script&gt;</p>",  # raw HTML in the Markdown is shown, not run
     ]
     with pytest.raises(FileNotFoundError, match="report.md does not exist: build the report first"):
         html.write_html(tmp_path)

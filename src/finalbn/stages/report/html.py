@@ -6,9 +6,8 @@ Description, the verdict in full (MLflow cuts a long tag in its table).
     write_html(Path("report"))                       # report/report.md + its PNGs -> report/report.html
     note = description({"apple/efficientnet_lite0": lines}, extra)   # Markdown
 
-The Markdown is converted here: the `markdown` package is not a dependency, and report.md uses a
-small subset (`markdown.Page`, `build._header`): `#` headings, paragraphs, `- ` lists, GitHub
-tables, `> ` quotes, images `![alt](file.png)`, links, **bold** and `code`.
+The Markdown is converted by markdown-it-py (CommonMark, with GitHub's tables), whose image rule
+here reads the figure and inlines it.
 """
 
 from __future__ import annotations
@@ -16,8 +15,10 @@ from __future__ import annotations
 import base64
 import html
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from markdown_it import MarkdownIt
 
 from finalbn.infra.io import write_text
 
@@ -35,16 +36,6 @@ img { max-width: 100%; }
 blockquote { border-left: 4px solid #ddd; margin: 0.6em 0; padding: 0 0.8em; color: #444; }
 code { background: #f3f3f3; padding: 0 0.2em; }
 """
-
-# inline Markdown, in order of precedence: `code`, ![image](src), [link](href), **bold**
-_INLINE = re.compile(
-    r"`(?P<code>[^`]+)`"
-    r"|!\[(?P<alt>[^\]]*)\]\((?P<src>[^)\s]+)\)"
-    r"|\[(?P<text>[^\]]+)\]\((?P<href>[^)\s]+)\)"
-    r"|\*\*(?P<bold>.+?)\*\*"
-)
-_HEADING = re.compile(r"(#{1,6})\s+(.*)")
-_ITEM = re.compile(r"(?:[-*]|\d+\.)\s+(.*)")
 
 
 def description(verdicts: Mapping[str, Sequence[str]], extra: Sequence[str] = ()) -> str:
@@ -73,118 +64,22 @@ def write_html(folder: Path, source: str = "report.md") -> Path:
 
 
 def render(md: str, folder: Path, title: str = "Final BN report") -> str:
-    """One HTML page of the Markdown `md`; an image it names is read from `folder` and embedded as
-    a data URI (one that is not there becomes a line saying so)."""
-    body = "\n".join(_blocks(md.splitlines(), Path(folder)))
+    """One HTML page of the Markdown `md` (CommonMark with GitHub tables: markdown-it-py); an
+    image it names is read from `folder` and embedded as a data URI (one that is not there becomes
+    a line saying so). Raw HTML in `md` is shown as text, not run."""
+    parser = MarkdownIt("commonmark", {"html": False}).enable("table")
+
+    def image(renderer, tokens, idx, options, env) -> str:  # markdown-it calls it as a method
+        token = tokens[idx]
+        alt = renderer.renderInlineAsText(token.children or [], options, env)
+        return _image(alt, str(token.attrGet("src") or ""), Path(folder))
+
+    parser.add_render_rule("image", image)
+    body = parser.render(md).replace("<table>", '<div class="table"><table>').replace("</table>", "</table></div>")
     return (
         f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
-        f"<style>{STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+        f"<style>{STYLE}</style>\n</head>\n<body>\n{body.strip()}\n</body>\n</html>\n"
     )
-
-
-def _blocks(lines: list[str], folder: Path) -> Iterator[str]:
-    """The HTML of each block of `lines`: a heading, a table, a list, a quote or a paragraph
-    (blocks are separated by a blank line or by a line that starts another kind)."""
-    i = 0
-    while i < len(lines):
-        line = lines[i].strip()
-        if not line:
-            i += 1
-            continue
-        heading = _HEADING.fullmatch(line)
-        if heading:
-            level = len(heading.group(1))
-            yield f"<h{level}>{_inline(heading.group(2), folder)}</h{level}>"
-            i += 1
-            continue
-        kind = _kind(line)
-        j = i + 1
-        while j < len(lines) and lines[j].strip() and _continues(kind, lines[j].strip()):
-            j += 1
-        yield _BLOCKS[kind]([x.strip() for x in lines[i:j]], folder)
-        i = j
-
-
-def _kind(line: str) -> str:
-    if line.startswith("|"):
-        return "table"
-    if line.startswith(">"):
-        return "quote"
-    if _ITEM.fullmatch(line):
-        return "ol" if line[0].isdigit() else "ul"
-    return "p"
-
-
-def _continues(kind: str, line: str) -> bool:
-    """Whether `line` belongs to the block of `kind` above it (a list item's wrapped line does)."""
-    if _HEADING.fullmatch(line):
-        return False
-    if kind in ("table", "quote"):
-        return _kind(line) == kind
-    return _kind(line) in (kind, "p") if kind in ("ul", "ol") else _kind(line) == "p"
-
-
-def _paragraph(lines: list[str], folder: Path) -> str:
-    return f"<p>{_inline(' '.join(lines), folder)}</p>"
-
-
-def _quote(lines: list[str], folder: Path) -> str:
-    return f"<blockquote>{_paragraph([x.lstrip('>').strip() for x in lines], folder)}</blockquote>"
-
-
-def _list(tag: str) -> Callable[[list[str], Path], str]:
-    """The HTML of a list block of `tag` (ul, ol)."""
-
-    def make(lines: list[str], folder: Path) -> str:
-        items: list[str] = []
-        for line in lines:
-            item = _ITEM.fullmatch(line)
-            if item:
-                items.append(item.group(1))
-            else:  # a wrapped line of the item above
-                items[-1] += " " + line
-        return f"<{tag}>\n" + "\n".join(f"<li>{_inline(x, folder)}</li>" for x in items) + f"\n</{tag}>"
-
-    return make
-
-
-def _cells(row: str) -> list[str]:
-    """A table row's cells: split on `|` that is not escaped (`markdown.cell_text` writes `\\|`)."""
-    inner = row.strip().removeprefix("|").removesuffix("|")
-    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", inner)]
-
-
-def _table(lines: list[str], folder: Path) -> str:
-    rows = [_cells(x) for x in lines]
-    head, body = (rows[0], rows[2:]) if len(rows) > 1 and set("".join(rows[1])) <= set("-: ") else ([], rows)
-    out = ['<div class="table"><table>']
-    if head:
-        out.append("<thead><tr>" + "".join(f"<th>{_inline(c, folder)}</th>" for c in head) + "</tr></thead>")
-    out.append("<tbody>")
-    out += ["<tr>" + "".join(f"<td>{_inline(c, folder)}</td>" for c in row) + "</tr>" for row in body]
-    out.append("</tbody></table></div>")
-    return "\n".join(out)
-
-
-_BLOCKS = {"p": _paragraph, "quote": _quote, "ul": _list("ul"), "ol": _list("ol"), "table": _table}
-
-
-def _inline(text: str, folder: Path) -> str:
-    """`text` escaped for HTML, its inline Markdown as tags, its images as data URIs."""
-    out, at = [], 0
-    for m in _INLINE.finditer(text):
-        out.append(html.escape(text[at : m.start()]))
-        at = m.end()
-        if m.group("code") is not None:
-            out.append(f"<code>{html.escape(m.group('code'))}</code>")
-        elif m.group("src") is not None:
-            out.append(_image(m.group("alt"), m.group("src"), folder))
-        elif m.group("href") is not None:
-            out.append(f'<a href="{html.escape(m.group("href"))}">{_inline(m.group("text"), folder)}</a>')
-        else:
-            out.append(f"<strong>{_inline(m.group('bold'), folder)}</strong>")
-    out.append(html.escape(text[at:]))
-    return "".join(out)
 
 
 def _image(alt: str, src: str, folder: Path) -> str:
