@@ -339,6 +339,8 @@ def test_whole_pipeline_then_store_gone_and_killed_anywhere_then_nothing_then_on
     # as DVC users share a run: dvc.lock committed, the pipeline up to date, the metrics comparable with a commit
     assert "Data and pipelines are up to date." in _dvc(repo, "status")
     assert "gain" in _dvc(repo, "metrics", "diff", "HEAD", "--all")  # the commit's metrics read back, no warning
+    table = _dvc(repo, "exp", "show", "--csv", "--no-pager")  # DVC's experiment table: the workspace and the commit
+    assert "workspace" in table and "report.bootstrap" in table.splitlines()[0] and "val_auroc" in table.splitlines()[0]
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["report"]["bootstrap"] = 300
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as profile:
             for name, frag in pages(client).items():
                 png = out / f"{name}.png"
-                url = f"{base}/#{frag}"
+                sep = "&" if "?" in frag else "?"
+                url = f"{base}/#{frag}{sep}workflowType=machine_learning"  # the model-training view (tracking.store.ui_url)
                 subprocess.run(
                     [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={png}", url],
                     capture_output=True,
