@@ -50,9 +50,13 @@ STAGES = ("grid", "search", "sensitivity", "needs", "ceiling", "report", "export
 # What each stage's experiment holds: its Description in the MLflow UI (markdown).
 DESCRIPTIONS = {
     "grid": "The factorial grid: one parent run per configuration (dataset, arch, the six switches, an imbalance "
-    "baseline if any) with the mean and std over its replicates; each replicate is a cell run nested under it.",
+    "baseline if any) with the mean over its replicates (their spread in its replicates.json) and its loss curves "
+    "and reliability diagram; each replicate is a cell run nested under it. After the export, sort by "
+    "`selection/rank`: the final-BN configurations as the export ranked them (rank 1 is the champion unless a "
+    "search configuration won: the search's runs carry their rank too).",
     "search": "The Optuna search: one parent run per study (tag `finalbn.study`) with its trials nested under it "
-    "(tag `finalbn.trial`; a pruned trial is KILLED), and the runs that compare the best trials.",
+    "(tag `finalbn.trial`; a pruned trial is KILLED, tagged `state=PRUNED`), and the runs that compare the best "
+    "trials. After the export, a trial's runs carry their configuration's `selection/rank`.",
     "sensitivity": "The sensitivity stage: final BN alone (31) against nothing (63) with one setting changed at a "
     "time; one parent run per configuration and level, named by its setting (tags `sensitivity.factor`, "
     "`sensitivity.level`), its replicates nested. Reference levels are the grid's cells.",
@@ -60,8 +64,8 @@ DESCRIPTIONS = {
     "grid cells, and one run `data needs` with the learning curves and the answer (needs.json, needs.png).",
     "ceiling": "The ceiling: one run per dataset and arch, the cross-validated AUROC of a linear probe on the frozen "
     "body's features (can any head see the cue at all?).",
-    "report": "The report: one run per build, every file of the report as an artifact, its headline numbers as "
-    "metrics and the verdict as tags.",
+    "report": "The report: one run per build, the verdict in its description, every file of the report as an "
+    "artifact (report.html: the whole report with its figures inside), its headline numbers as metrics.",
     "export": "The export: the retraining of the chosen run when it kept no weights, and the run holding the "
     "exported ONNX model that is registered as `finalbn` with the alias `champion`.",
     "train": "`finalbn train` outside `mlflow run`: one cell run per command.",

@@ -70,7 +70,7 @@ from finalbn.stages.export.select import (
     selection_card,
 )
 from finalbn.tracking.adapter import MLFLOW, MlflowTracker
-from finalbn.tracking.standing import mark_parents
+from finalbn.tracking.standing import mark_cells, mark_parents
 
 __all__ = [
     "CLASSES",
@@ -124,9 +124,11 @@ def export(
     k = cfg.selection.replicates
     choice = choose([r for r in runs if not r.flag(tracking.records.EXPORT)], k, run_id)
     run = choice.run
-    if run_id is None:  # each grid parent's standing in this choice (its rank: sorting the UI shows the champion)
+    if run_id is None:  # each configuration's standing in this choice (its rank: sorting the UI shows the champion)
         table = standing.standings([r for r in runs if not r.flag(tracking.records.EXPORT)], k, choice.key)
-        mark_parents(tracking.experiment_names(cfg, "grid"), {key: dataclasses.asdict(s) for key, s in table.items()})
+        rows = {key: dataclasses.asdict(s) for key, s in table.items()}
+        mark_parents(tracking.experiment_names(cfg, "grid"), rows)
+        mark_cells(tracking.experiment_names(cfg, "search"), rows)  # the search's configurations have no parent
     val_labels, val_p1 = pooled_validation(choice)
     held_out = (*held_out_test(choice), k)  # the same configuration's test predictions on replicates >= k
     selected = selection_card(choice, int(val_labels.sum()))
