@@ -231,6 +231,7 @@ def test_a_level_in_the_store_names_its_parents_and_cells_by_its_setting_keyed_a
         assert (r.data.tags["sensitivity.factor"], r.data.tags["sensitivity.level"]) == ("batch_size", "2")
     assert parents["BN (config 31) · batch_size=2"].data.tags["parent_key"] == key[31]  # the older run, renamed
     assert parents["none (config 63) · batch_size=2"].data.tags["parent_key"] == key[63]
+    assert "Sensitivity: batch_size = 2." in parents["none (config 63) · batch_size=2"].data.tags["mlflow.note.content"]
     # the name is no part of a key: the same level without a setting finds every cell and trains nothing
     assert sensitivity.train_level(lcfg, paths) == 0
     assert len(mlflow.search_runs(experiment_names=["finalbn/sensitivity"], output_format="list")) == len(runs) == 4

@@ -168,6 +168,8 @@ def describe_parent(tags: Mapping[str, str], finished: int | None) -> str:
         f"{tags.get(DATASET, '?')}, {tags.get(ARCH, '?')}{baseline}: "
         f"{', '.join(on) or 'no switch'} on{'; ' + ', '.join(off) + ' off' if off else ''}."
     )
+    if tags.get("sensitivity.factor"):  # a sensitivity level's parent (`stages.sensitivity`)
+        what += f" Sensitivity: {tags['sensitivity.factor']} = {tags.get('sensitivity.level', '?')}."
     if finished is None:
         return f"{what}\n\nIts replicates are the runs under it; their mean is logged here once they end."
     return (
