@@ -6,6 +6,9 @@ It starts `mlflow ui` on the store (127.0.0.1, a free port), finds the pages a u
 writes one PNG each: the experiments list; the grid's runs sorted by the export's choice
 (`selection/rank`, the champion first); a sensitivity parent; a cell's charts; the report run's
 `report.html`. It prints each page's URL beside its file. Exit 2 when Chromium or the store is missing.
+With Playwright installed (`pip install playwright`; it drives the same Chromium) each page gets 15 s
+of real time to load its charts and artifacts; Chromium alone (`--screenshot`) may catch a chart or a
+large artifact still loading.
 """
 
 from __future__ import annotations
@@ -107,17 +110,28 @@ def main(argv: list[str] | None = None) -> int:
             except OSError:
                 time.sleep(1)
         client = mlflow.MlflowClient(args.store)
-        with tempfile.TemporaryDirectory() as profile:
-            for name, frag in pages(client).items():
-                png = out / f"{name}.png"
-                sep = "&" if "?" in frag else "?"
-                url = f"{base}/#{frag}{sep}workflowType=machine_learning"  # the model-training view (tracking.store.ui_url)
-                subprocess.run(
-                    [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={png}", url],
-                    capture_output=True,
-                    timeout=120,
-                )
+        shots = {}
+        for name, frag in pages(client).items():
+            sep = "&" if "?" in frag else "?"
+            shots[out / f"{name}.png"] = f"{base}/#{frag}{sep}workflowType=machine_learning"  # tracking.store.ui_url
+        try:
+            from playwright.sync_api import sync_playwright  # here: optional, the better browser driver
+        except ImportError:
+            with tempfile.TemporaryDirectory() as profile:
+                for png, url in shots.items():
+                    flags = [*CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={png}"]
+                    subprocess.run([chromium, *flags, url], capture_output=True, timeout=120)
+                    print(f"{png}  {url}")
+            return 0
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+            for png, url in shots.items():
+                page = browser.new_page(viewport={"width": 1600, "height": 1000})
+                page.goto(url)
+                page.wait_for_timeout(15_000)
+                page.screenshot(path=str(png))
                 print(f"{png}  {url}")
+            browser.close()
     finally:
         ui.terminate()
         ui.wait(timeout=30)
